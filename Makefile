@@ -1,0 +1,40 @@
+# memring — the two commands that matter: `make run` and `make test`.
+# One cargo profile (release) serves run, test and bench: RocksDB and usearch take ~15 minutes to
+# compile per profile on a 2-core machine, so building two profiles would double every clean build.
+
+CARGO ?= cargo
+PROFILE_FLAGS := --release
+BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+
+.PHONY: deps build run test unit integration lint fmt bench clean-data
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins
+
+## Start a local cluster (router :7700, shards :7711-7713, control plane :7800) on the embedded ring store.
+run: build
+	@scripts/run-local.sh
+
+## Unit tests and integration tests (real binaries, real RocksDB, free loopback ports).
+test: build
+	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast
+
+unit: deps
+	$(CARGO) test $(PROFILE_FLAGS) --workspace --lib --bins
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(PROFILE_FLAGS) --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## The benchmark of docs/benchmarks.md (starts its own cluster in a temp dir).
+bench: build
+	$(BIN_DIR)/memring-bench $(BENCH_ARGS)
+
+clean-data:
+	rm -rf data

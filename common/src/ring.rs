@@ -1,0 +1,302 @@
+//! The ring: consistent hashing with virtual nodes, with a pinned hash.
+//!
+//! Placement is built on the `hashring` crate, which hashes through `std::hash::Hash` with the
+//! `BuildHasher` it is given. Neither std's `DefaultHasher` nor std's `Hash` impls for `str` are
+//! promised to stay the same across Rust releases, and a ring must not move when the compiler
+//! does. So every value placed on or looked up in the ring implements `Hash` by handing exactly
+//! one explicit byte string to the hasher, and the hasher is [`StableHasher`]: XXH3-64 (seed 0)
+//! over those bytes. The golden test at the bottom pins concrete outputs.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashring::HashRing;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::ids::NodeId;
+use crate::layout::{ClusterLayout, LayoutNode};
+use crate::scope::PartitionKey;
+
+/// XXH3-64 over the bytes written; see the module docs for why.
+#[derive(Default)]
+pub struct StableHasher {
+    bytes: Vec<u8>,
+}
+
+impl Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        xxh3_64(&self.bytes)
+    }
+}
+
+/// Builds [`StableHasher`]s.
+#[derive(Clone, Copy, Default)]
+pub struct StableBuildHasher;
+
+impl BuildHasher for StableBuildHasher {
+    type Hasher = StableHasher;
+    fn build_hasher(&self) -> StableHasher {
+        StableHasher::default()
+    }
+}
+
+/// One virtual node: the `replica`-th point of physical node `node` (an index into the layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VNode {
+    node: usize,
+    replica: u32,
+    /// The ring position, computed once from the node id and replica number.
+    point: u64,
+}
+
+impl Hash for VNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Re-hashing the precomputed point keeps the placement a function of (node id, replica)
+        // only, not of the node's index in this layout.
+        state.write(&self.point.to_be_bytes());
+    }
+}
+
+fn vnode_point(node: &NodeId, replica: u32) -> u64 {
+    let mut bytes = Vec::with_capacity(node.as_str().len() + 5);
+    bytes.extend_from_slice(node.as_str().as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&replica.to_be_bytes());
+    xxh3_64(&bytes)
+}
+
+/// A partition key as the ring sees it: its stable byte encoding.
+struct KeyBytes<'a>(&'a [u8]);
+
+impl Hash for KeyBytes<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0);
+    }
+}
+
+/// The placement function of one layout: partition → owning node.
+pub struct Ring {
+    layout: ClusterLayout,
+    ring: HashRing<VNode, StableBuildHasher>,
+}
+
+impl Ring {
+    /// Builds the ring of `layout`.
+    pub fn new(layout: ClusterLayout) -> Self {
+        let mut ring = HashRing::with_hasher(StableBuildHasher);
+        let vnodes = layout
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(node, n)| {
+                (0..layout.vnodes_per_node)
+                    .map(move |replica| VNode { node, replica, point: vnode_point(&n.id, replica) })
+            })
+            .collect();
+        ring.batch_add(vnodes);
+        Self { layout, ring }
+    }
+
+    /// The layout this ring was built from.
+    pub fn layout(&self) -> &ClusterLayout {
+        &self.layout
+    }
+
+    /// The epoch of that layout.
+    pub fn epoch(&self) -> u64 {
+        self.layout.epoch
+    }
+
+    /// The node that owns `partition`: its override if it has one, else its ring position.
+    pub fn owner(&self, partition: &PartitionKey) -> Option<&LayoutNode> {
+        if let Some(node) = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id))
+        {
+            return Some(node);
+        }
+        self.owner_of_bytes(&partition.encode())
+    }
+
+    /// The ring owner of an arbitrary key (ignores overrides); used by tests and benchmarks.
+    pub fn owner_of_bytes(&self, key: &[u8]) -> Option<&LayoutNode> {
+        self.ring.get(&KeyBytes(key)).map(|v| &self.layout.nodes[v.node])
+    }
+
+    /// Each node's share of the key space (fractions summing to 1), in layout order.
+    pub fn shares(&self) -> Vec<(NodeId, f64)> {
+        let hasher = StableBuildHasher;
+        let mut points: Vec<(u64, usize)> = self
+            .layout
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| {
+                (0..self.layout.vnodes_per_node).map(move |r| (i, vnode_point(&n.id, r)))
+            })
+            .map(|(i, point)| (hasher.hash_one(VNode { node: i, replica: 0, point }), i))
+            .collect();
+        points.sort_unstable();
+        let mut owned = vec![0u128; self.layout.nodes.len()];
+        let mut prev = points.last().map(|p| p.0).unwrap_or(0);
+        for &(point, node) in &points {
+            // A vnode owns the arc (prev, point], wrapping around zero for the first one.
+            owned[node] += u128::from(point.wrapping_sub(prev));
+            prev = point;
+        }
+        if points.len() == 1 {
+            owned[points[0].1] = 1u128 << 64;
+        }
+        let total = (1u128 << 64) as f64;
+        self.layout
+            .nodes
+            .iter()
+            .zip(owned)
+            .map(|(n, arc)| (n.id.clone(), arc as f64 / total))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::TenantId;
+    use crate::scope::Scope;
+    use proptest::prelude::*;
+
+    fn layout(n: usize, vnodes: u32) -> ClusterLayout {
+        let mut l = ClusterLayout { vnodes_per_node: vnodes, ..Default::default() };
+        for i in 0..n {
+            l = l.with_node(LayoutNode {
+                id: NodeId::parse(&format!("shard-{i}")).expect("id"),
+                addr: format!("127.0.0.1:{}", 7710 + i),
+            });
+        }
+        l
+    }
+
+    fn keys(n: usize) -> Vec<PartitionKey> {
+        (0..n)
+            .map(|i| {
+                PartitionKey::new(&TenantId::parse(&format!("tenant-{i}")).expect("id"), &Scope::Shared)
+            })
+            .collect()
+    }
+
+    /// Pins the hash: if this fails, placement changed and every cluster's data would move.
+    #[test]
+    fn golden_placement_values() {
+        assert_eq!(xxh3_64(b""), 0x2d06800538d394c2);
+        assert_eq!(StableBuildHasher.hash_one(KeyBytes(b"memring")), xxh3_64(b"memring"));
+        let ring = Ring::new(layout(3, 256));
+        let owners: Vec<&str> = keys(8)
+            .iter()
+            .map(|k| ring.owner(k).map(|n| n.id.as_str()).unwrap_or("none"))
+            .collect();
+        assert_eq!(owners, GOLDEN_OWNERS, "placement moved: {owners:?}");
+    }
+
+    /// Owners of tenant-0..7/shared on shard-0..2 with 256 vnodes, recorded when the hash was pinned.
+    const GOLDEN_OWNERS: [&str; 8] =
+        ["shard-1", "shard-0", "shard-0", "shard-1", "shard-1", "shard-0", "shard-0", "shard-1"];
+
+    #[test]
+    fn empty_ring_has_no_owner() {
+        assert!(Ring::new(ClusterLayout::default()).owner(&PartitionKey::global()).is_none());
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut l = layout(3, 16);
+        let key = keys(1).remove(0);
+        let ring = Ring::new(l.clone());
+        let natural = ring.owner(&key).expect("owner").id.clone();
+        let other = l.nodes.iter().find(|n| n.id != natural).expect("another").id.clone();
+        l.overrides.insert(key.clone(), other.clone());
+        assert_eq!(Ring::new(l).owner(&key).expect("owner").id, other);
+    }
+
+    #[test]
+    fn shares_sum_to_one() {
+        for n in 1..5 {
+            let total: f64 = Ring::new(layout(n, 64)).shares().iter().map(|s| s.1).sum();
+            assert!((total - 1.0).abs() < 1e-9, "{n} nodes: {total}");
+        }
+    }
+
+    /// Moving from 3 to 4 nodes moves about a quarter of the keys, all onto the new node; prints
+    /// the balance (max/mean load) for 16/128/256 vnodes (recorded in docs/benchmarks.md).
+    #[test]
+    fn add_a_fourth_node_moves_a_quarter_onto_it_only() {
+        let keys = keys(100_000);
+        for vnodes in [16, 128, 256] {
+            let before = Ring::new(layout(3, vnodes));
+            let after = Ring::new(layout(4, vnodes));
+            let mut moved = 0usize;
+            let mut load = [0usize; 4];
+            for key in &keys {
+                let a = before.owner(key).expect("owner");
+                let b = after.owner(key).expect("owner");
+                if a.id != b.id {
+                    moved += 1;
+                    assert_eq!(b.id.as_str(), "shard-3", "a key moved between old nodes");
+                }
+                let idx = after.layout().nodes.iter().position(|n| n.id == b.id).expect("member");
+                load[idx] += 1;
+            }
+            let fraction = moved as f64 / keys.len() as f64;
+            let mean = keys.len() as f64 / 4.0;
+            let max = *load.iter().max().expect("nonempty") as f64;
+            println!(
+                "vnodes={vnodes}: moved {:.2}% (ideal 25%), max/mean load {:.3}",
+                fraction * 100.0,
+                max / mean
+            );
+            let tolerance = if vnodes >= 128 { 0.04 } else { 0.10 };
+            assert!((fraction - 0.25).abs() < tolerance, "vnodes={vnodes}: moved {fraction}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Adding any node to any ring only moves keys onto the added node.
+        #[test]
+        fn adding_a_node_only_moves_keys_to_it(n in 1usize..8, vnodes in 1u32..64, seed in 0u64..1000) {
+            let before = Ring::new(layout(n, vnodes));
+            let after = Ring::new(layout(n + 1, vnodes));
+            let added = format!("shard-{n}");
+            for i in 0..500u64 {
+                let key = (seed * 1_000_003 + i).to_be_bytes();
+                let a = before.owner_of_bytes(&key).expect("owner");
+                let b = after.owner_of_bytes(&key).expect("owner");
+                prop_assert!(a.id == b.id || b.id.as_str() == added);
+            }
+        }
+
+        /// Removing a node only moves the keys it owned.
+        #[test]
+        fn removing_a_node_only_moves_its_keys(n in 2usize..8, vnodes in 1u32..64, gone in 0usize..8) {
+            let gone = gone % n;
+            let full = layout(n, vnodes);
+            let gone_id = full.nodes[gone].id.clone();
+            let before = Ring::new(full.clone());
+            let after = Ring::new(full.without_node(&gone_id));
+            for i in 0..500u64 {
+                let key = i.to_le_bytes();
+                let a = before.owner_of_bytes(&key).expect("owner");
+                let b = after.owner_of_bytes(&key).expect("owner");
+                prop_assert!(a.id == b.id || a.id == gone_id);
+            }
+        }
+
+        /// The same layout always gives the same placement (no hidden per-process state).
+        #[test]
+        fn placement_is_deterministic(n in 1usize..6, key in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let a = Ring::new(layout(n, 32));
+            let b = Ring::new(layout(n, 32));
+            prop_assert_eq!(&a.owner_of_bytes(&key).expect("owner").id, &b.owner_of_bytes(&key).expect("owner").id);
+        }
+    }
+}

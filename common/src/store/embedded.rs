@@ -1,0 +1,372 @@
+//! The embedded ring store: the layout and node records as files in a directory.
+//!
+//! One machine needs no etcd: every memring process started with the same `--data-dir` shares
+//! `<dir>/layout.json` and `<dir>/nodes/*.json`. Compare-and-swap holds an exclusive file lock
+//! (`<dir>/lock`) across read-compare-write, and writes go to a temporary file that is fsynced
+//! and renamed over the old one, so a crash never leaves a torn layout. Watchers poll the file
+//! (every 100 ms by default); node leases are heartbeats that rewrite the record's expiry.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use super::{NodeLease, NodeRecord, RingStore, StoreError, Versioned};
+use crate::clock::now_millis;
+use crate::layout::ClusterLayout;
+
+/// The layout file's own format version (the layout inside has one too).
+const FILE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct LayoutFile {
+    format_version: u32,
+    revision: u64,
+    layout: ClusterLayout,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeFile {
+    format_version: u32,
+    expires_at_ms: i64,
+    record: NodeRecord,
+}
+
+/// A ring store in a local directory.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    poll: Duration,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(dir.join("nodes")).map_err(|e| io_err(&dir, e))?;
+        Ok(Self { dir, poll: Duration::from_millis(100) })
+    }
+
+    /// Sets how often watchers look for changes.
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    fn layout_path(&self) -> PathBuf {
+        self.dir.join("layout.json")
+    }
+
+    fn node_path(&self, id: &str) -> PathBuf {
+        self.dir.join("nodes").join(format!("{id}.json"))
+    }
+
+    fn read_layout(path: &Path) -> Result<Versioned, StoreError> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Versioned { revision: 0, layout: ClusterLayout::default() });
+            }
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let file: LayoutFile = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        if file.format_version > FILE_FORMAT_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "{} has format {} and this binary reads up to {FILE_FORMAT_VERSION}; upgrade memring",
+                path.display(),
+                file.format_version
+            )));
+        }
+        file.layout.validate().map_err(|e| StoreError::Corrupt(e.message().to_owned()))?;
+        Ok(Versioned { revision: file.revision, layout: file.layout })
+    }
+
+    fn cas_blocking(&self, expected: u64, new: ClusterLayout) -> Result<Versioned, StoreError> {
+        let lock_path = self.dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        lock.lock().map_err(|e| io_err(&lock_path, e))?;
+        let current = Self::read_layout(&self.layout_path())?;
+        if current.layout.epoch != expected {
+            return Err(StoreError::Conflict { expected, current: Box::new(current) });
+        }
+        let stored = Versioned { revision: current.revision + 1, layout: new };
+        let file = LayoutFile {
+            format_version: FILE_FORMAT_VERSION,
+            revision: stored.revision,
+            layout: stored.layout.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file)
+            .map_err(|e| StoreError::Invalid(format!("layout does not serialize: {e}")))?;
+        write_atomically(&self.layout_path(), &bytes)?;
+        drop(lock);
+        Ok(stored)
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, fsyncs it, and renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(path, e)
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+#[async_trait]
+impl RingStore for EmbeddedStore {
+    async fn load(&self) -> Result<Versioned, StoreError> {
+        let path = self.layout_path();
+        blocking(move || Self::read_layout(&path)).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        expected_epoch: u64,
+        new: &ClusterLayout,
+    ) -> Result<Versioned, StoreError> {
+        if new.epoch != expected_epoch + 1 {
+            return Err(StoreError::Invalid(format!(
+                "a new layout must have epoch {} (expected + 1), it has {}",
+                expected_epoch + 1,
+                new.epoch
+            )));
+        }
+        new.validate().map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        let (this, new) = (self.clone(), new.clone());
+        blocking(move || this.cas_blocking(expected_epoch, new)).await
+    }
+
+    async fn watch(
+        &self,
+        after_revision: u64,
+    ) -> Result<BoxStream<'static, Result<Versioned, StoreError>>, StoreError> {
+        let path = self.layout_path();
+        let poll = self.poll;
+        let stream = futures::stream::unfold(after_revision, move |mut seen| {
+            let path = path.clone();
+            async move {
+                loop {
+                    let p = path.clone();
+                    match blocking(move || Self::read_layout(&p)).await {
+                        Ok(v) if v.revision > seen => {
+                            seen = v.revision;
+                            return Some((Ok(v), seen));
+                        }
+                        Ok(_) => tokio::time::sleep(poll).await,
+                        Err(e) => return Some((Err(e), seen)),
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn register_node(
+        &self,
+        record: NodeRecord,
+        ttl: Duration,
+    ) -> Result<NodeLease, StoreError> {
+        let path = self.node_path(record.id.as_str());
+        let write = {
+            let path = path.clone();
+            let record = record.clone();
+            move || {
+                let file = NodeFile {
+                    format_version: FILE_FORMAT_VERSION,
+                    expires_at_ms: now_millis() + ttl.as_millis() as i64,
+                    record: record.clone(),
+                };
+                let bytes = serde_json::to_vec(&file)
+                    .map_err(|e| StoreError::Invalid(format!("node record: {e}")))?;
+                write_atomically(&path, &bytes)
+            }
+        };
+        let first = write.clone();
+        blocking(first).await?;
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(50)));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = blocking(write.clone()).await {
+                            tracing::warn!(error = %e, "node lease heartbeat failed");
+                        }
+                    }
+                }
+            }
+            let _ = tokio::task::spawn_blocking(move || fs::remove_file(&path)).await;
+        });
+        Ok(NodeLease::new(stop_tx, task))
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let dir = self.dir.join("nodes");
+        blocking(move || {
+            let now = now_millis();
+            let mut out = Vec::new();
+            for entry in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+                let path = entry.map_err(|e| io_err(&dir, e))?.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                // A record being replaced or removed right now is simply skipped this time.
+                let Ok(bytes) = fs::read(&path) else { continue };
+                let Ok(file) = serde_json::from_slice::<NodeFile>(&bytes) else { continue };
+                if file.expires_at_ms > now {
+                    out.push(file.record);
+                }
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded:{}", self.dir.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+    use crate::layout::LayoutNode;
+    use futures::StreamExt;
+
+    fn node(id: &str) -> LayoutNode {
+        LayoutNode { id: NodeId::parse(id).expect("id"), addr: "127.0.0.1:1".into() }
+    }
+
+    #[tokio::test]
+    async fn cas_persists_and_conflicts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let empty = store.load().await.expect("load");
+        assert_eq!((empty.revision, empty.layout.epoch), (0, 0));
+        let one = empty.layout.with_node(node("a"));
+        let stored = store.compare_and_swap(0, &one).await.expect("cas");
+        assert_eq!(stored.revision, 1);
+        // The same expectation again loses.
+        match store.compare_and_swap(0, &one).await {
+            Err(StoreError::Conflict { current, .. }) => assert_eq!(current.layout.epoch, 1),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // A wrong epoch step is refused outright.
+        assert!(matches!(
+            store.compare_and_swap(1, &one).await,
+            Err(StoreError::Invalid(_))
+        ));
+        // Reopening finds it again.
+        let again = EmbeddedStore::open(dir.path()).expect("reopen").load().await.expect("load");
+        assert_eq!(again.layout, one);
+    }
+
+    #[tokio::test]
+    async fn concurrent_cas_has_exactly_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let base = store.load().await.expect("load").layout;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            let next = base.with_node(node(&format!("n{i}")));
+            tasks.push(tokio::spawn(async move { store.compare_and_swap(0, &next).await }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.expect("join") {
+                Ok(_) => wins += 1,
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(wins, 1);
+    }
+
+    #[tokio::test]
+    async fn watch_sees_later_changes_and_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open").with_poll_interval(Duration::from_millis(10));
+        let mut watch = store.watch(0).await.expect("watch");
+        let l1 = ClusterLayout::default().with_node(node("a"));
+        store.compare_and_swap(0, &l1).await.expect("cas");
+        let seen = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("in time");
+        let seen = seen.expect("item").expect("ok");
+        assert_eq!(seen.layout.epoch, 1);
+        // A watch resumed after revision 1 does not repeat it, but sees the next change.
+        let mut resumed = store.watch(seen.revision).await.expect("watch");
+        store.compare_and_swap(1, &l1.with_node(node("b"))).await.expect("cas");
+        let next = tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.expect("in time");
+        assert_eq!(next.expect("item").expect("ok").layout.epoch, 2);
+    }
+
+    #[tokio::test]
+    async fn node_records_live_with_their_lease() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let record = NodeRecord {
+            id: NodeId::parse("a").expect("id"),
+            addr: "127.0.0.1:9".into(),
+            version: "test".into(),
+            started_at_ms: 0,
+        };
+        let lease = store.register_node(record.clone(), Duration::from_secs(5)).await.expect("register");
+        assert_eq!(store.live_nodes().await.expect("list"), vec![record]);
+        lease.revoke().await;
+        assert!(store.live_nodes().await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_expired_record_is_not_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let file = NodeFile {
+            format_version: 1,
+            expires_at_ms: now_millis() - 1,
+            record: NodeRecord {
+                id: NodeId::parse("dead").expect("id"),
+                addr: "x".into(),
+                version: "v".into(),
+                started_at_ms: 0,
+            },
+        };
+        fs::write(store.node_path("dead"), serde_json::to_vec(&file).expect("json")).expect("write");
+        assert!(store.live_nodes().await.expect("list").is_empty());
+    }
+}

@@ -1,0 +1,96 @@
+//! The cluster view: layout, ring shares, live nodes, and what each node stores.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use memring_common::api::{ClusterView, NodeView, PartitionList};
+use memring_common::store::RingStore;
+use memring_common::Ring;
+
+/// The client the control plane uses to ask shard nodes about their partitions.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?)
+}
+
+/// Builds the view from the store, then asks every reachable node what it holds.
+pub async fn cluster_view(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::Result<ClusterView> {
+    let layout = store.load().await?.layout;
+    let live = store.live_nodes().await?;
+    let ring = Ring::new(layout.clone());
+    let shares: BTreeMap<_, _> = ring.shares().into_iter().collect();
+    let mut nodes: Vec<NodeView> = layout
+        .nodes
+        .iter()
+        .map(|n| NodeView {
+            id: n.id.clone(),
+            addr: n.addr.clone(),
+            in_ring: true,
+            live: live.iter().any(|r| r.id == n.id),
+            share: shares.get(&n.id).copied().unwrap_or(0.0),
+            partitions: None,
+            episodes: None,
+        })
+        .collect();
+    for record in &live {
+        if !nodes.iter().any(|n| n.id == record.id) {
+            nodes.push(NodeView {
+                id: record.id.clone(),
+                addr: record.addr.clone(),
+                in_ring: false,
+                live: true,
+                share: 0.0,
+                partitions: None,
+                episodes: None,
+            });
+        }
+    }
+    let asks = nodes.iter().map(|n| {
+        let url = format!("http://{}/internal/v1/partitions", n.addr);
+        async move {
+            let resp = client.get(url).send().await.ok()?;
+            resp.json::<PartitionList>().await.ok()
+        }
+    });
+    for (node, answer) in nodes.iter_mut().zip(futures::future::join_all(asks).await) {
+        if let Some(list) = answer {
+            node.partitions = Some(list.partitions.len() as u64);
+            node.episodes = Some(list.partitions.iter().map(|p| p.count).sum());
+        }
+    }
+    Ok(ClusterView {
+        epoch: layout.epoch,
+        store: store.describe(),
+        vnodes_per_node: layout.vnodes_per_node,
+        nodes,
+        overrides: layout.overrides.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect(),
+        migrations: Vec::new(),
+    })
+}
+
+/// Renders the view as the table `shardctl status` prints.
+pub fn render(view: &ClusterView) -> String {
+    let mut out = format!(
+        "epoch {}   store {}   vnodes/node {}\n\n{:<16} {:<22} {:>7} {:>5} {:>8} {:>11} {:>10}\n",
+        view.epoch, view.store, view.vnodes_per_node, "NODE", "ADDR", "IN RING", "LIVE", "SHARE", "PARTITIONS", "MEMORIES"
+    );
+    for n in &view.nodes {
+        let show = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "?".into());
+        out.push_str(&format!(
+            "{:<16} {:<22} {:>7} {:>5} {:>7.2}% {:>11} {:>10}\n",
+            n.id.as_str(),
+            n.addr,
+            if n.in_ring { "yes" } else { "no" },
+            if n.live { "yes" } else { "no" },
+            n.share * 100.0,
+            show(n.partitions),
+            show(n.episodes)
+        ));
+    }
+    if !view.overrides.is_empty() {
+        out.push_str("\noverrides:\n");
+        for (p, n) in &view.overrides {
+            out.push_str(&format!("  {p} -> {n}\n"));
+        }
+    }
+    out
+}

@@ -1,0 +1,88 @@
+//! The router's configuration: defaults → TOML (`--config`) → `MEMRING_*` env → flags.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use memring_common::config::{check_addr, load_file, overlay};
+use serde::Deserialize;
+
+/// Settings of one router.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Directory of the embedded ring store shared by the local cluster.
+    pub ring_dir: PathBuf,
+    /// Largest request body, bytes. Must admit a full batch (1000 × 1536 dims ≈ 20 MiB of JSON).
+    pub body_limit_bytes: usize,
+    /// Timeout of one forwarded write, get, list or delete, milliseconds.
+    pub forward_timeout_ms: u64,
+    /// Timeout of one scope's search; a scope slower than this is left out (`partial: true`).
+    pub search_timeout_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7700".into(),
+            ring_dir: PathBuf::from("data/ring"),
+            body_limit_bytes: 32 << 20,
+            forward_timeout_ms: 10_000,
+            search_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Command-line flags (each also readable from its `MEMRING_*` variable).
+#[derive(Debug, Parser)]
+#[command(name = "memring-router", version, about = "memring router: the public API")]
+pub struct RouterArgs {
+    /// TOML config file.
+    #[arg(long, env = "MEMRING_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address, host:port.
+    #[arg(long, env = "MEMRING_LISTEN")]
+    pub listen: Option<String>,
+    /// Embedded ring store directory.
+    #[arg(long, env = "MEMRING_RING_DIR")]
+    pub ring_dir: Option<PathBuf>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "MEMRING_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// Forward timeout in milliseconds.
+    #[arg(long, env = "MEMRING_FORWARD_TIMEOUT_MS")]
+    pub forward_timeout_ms: Option<u64>,
+    /// Per-scope search timeout in milliseconds.
+    #[arg(long, env = "MEMRING_SEARCH_TIMEOUT_MS")]
+    pub search_timeout_ms: Option<u64>,
+}
+
+impl RouterArgs {
+    /// Resolves the layers into a validated config.
+    pub fn resolve(self) -> anyhow::Result<RouterConfig> {
+        let mut c: RouterConfig = load_file(self.config.as_deref())?;
+        overlay(&mut c.listen, self.listen);
+        overlay(&mut c.ring_dir, self.ring_dir);
+        overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
+        overlay(&mut c.forward_timeout_ms, self.forward_timeout_ms);
+        overlay(&mut c.search_timeout_ms, self.search_timeout_ms);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl RouterConfig {
+    /// Checks every setting, naming the bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        check_addr("listen", &self.listen)?;
+        anyhow::ensure!(
+            (1024..64 << 20).contains(&self.body_limit_bytes),
+            "setting `body_limit_bytes` must be from 1024 up to (not including) 64 MiB, got {}",
+            self.body_limit_bytes
+        );
+        anyhow::ensure!(self.forward_timeout_ms >= 10, "setting `forward_timeout_ms` must be at least 10");
+        anyhow::ensure!(self.search_timeout_ms >= 10, "setting `search_timeout_ms` must be at least 10");
+        Ok(())
+    }
+}

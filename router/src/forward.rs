@@ -1,0 +1,140 @@
+//! Forwarding to shard nodes: one pooled keep-alive HTTP client, the ring lookup, and the
+//! "421 → reload the ring → retry once" rule.
+//!
+//! A shard node answers 421 `wrong_owner` when the router's ring is stale; the router then reads
+//! the layout from the store and tries the (new) owner once more. Network failures and timeouts
+//! become 503 `unavailable` with `Retry-After`, never a 500.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use memring_common::api::{EPOCH_HEADER, REQUEST_ID_HEADER, partition_path};
+use memring_common::error::ErrorBody;
+use memring_common::layout::LayoutNode;
+use memring_common::watcher::RingView;
+use memring_common::{ApiError, ErrorCode, PartitionKey};
+
+/// A shard node's answer: status and body, passed through or parsed by the caller.
+#[derive(Debug)]
+pub struct ShardReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes (JSON).
+    pub body: Bytes,
+}
+
+impl ShardReply {
+    /// Turns an error status into the `ApiError` the shard node sent.
+    pub fn into_result(self) -> Result<Bytes, ApiError> {
+        if self.status < 300 {
+            return Ok(self.body);
+        }
+        Err(match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(body) => ApiError::from_body(body),
+            Err(_) => ApiError::internal(format!("shard node answered {} with a body that is not an error", self.status)),
+        })
+    }
+}
+
+/// Sends requests to the shard node that owns a partition.
+pub struct Forwarder {
+    client: reqwest::Client,
+    ring: Arc<RingView>,
+}
+
+impl Forwarder {
+    /// A forwarder over `ring` with a pooled client.
+    pub fn new(ring: Arc<RingView>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .connect_timeout(Duration::from_secs(2))
+            .http1_only()
+            .build()?;
+        Ok(Self { client, ring })
+    }
+
+    /// The ring view.
+    pub fn ring(&self) -> &Arc<RingView> {
+        &self.ring
+    }
+
+    /// Sends `method` to `/internal/v1/p/{partition}/{suffix}` on the owner, retrying once on 421.
+    pub async fn to_partition(
+        &self,
+        partition: &PartitionKey,
+        method: Method,
+        suffix: &str,
+        body: Option<Bytes>,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<ShardReply, ApiError> {
+        let path = format!("/internal/v1/p/{}/{suffix}", partition_path(partition));
+        for attempt in 0..2 {
+            let ring = self.ring.ring();
+            let Some(owner) = ring.owner(partition).cloned() else {
+                return Err(ApiError::unavailable("no shard nodes are in the ring yet", 1));
+            };
+            let reply = self.send(&owner, method.clone(), &path, body.clone(), request_id, Some(ring.epoch()), timeout).await?;
+            if reply.status == 421 && attempt == 0 {
+                tracing::info!(%partition, node = %owner.id, epoch = ring.epoch(), "stale ring; reloading and retrying");
+                metrics::counter!("memring_router_wrong_owner_retries_total").increment(1);
+                if let Err(e) = self.ring.refresh().await {
+                    tracing::warn!(error = %e, "ring reload failed; retrying with the ring we have");
+                }
+                continue;
+            }
+            if reply.status == 421 {
+                return Err(ApiError::unavailable(
+                    format!("{partition} is changing owners; retry shortly"),
+                    1,
+                ));
+            }
+            return Ok(reply);
+        }
+        Err(ApiError::unavailable("no owner answered", 1))
+    }
+
+    /// Sends one request to one node.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send(
+        &self,
+        node: &LayoutNode,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        request_id: &str,
+        epoch: Option<u64>,
+        timeout: Duration,
+    ) -> Result<ShardReply, ApiError> {
+        let url = format!("http://{}{path}", node.addr);
+        let mut req = self.client.request(method, &url).timeout(timeout).header(REQUEST_ID_HEADER, request_id);
+        if let Some(epoch) = epoch {
+            req = req.header(EPOCH_HEADER, epoch);
+        }
+        if let Some(body) = body {
+            req = req.header(http::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let started = Instant::now();
+        let result = async {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>(ShardReply { status, body })
+        }
+        .await;
+        metrics::histogram!("memring_forward_duration_seconds", "node" => node.id.to_string())
+            .record(started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            metrics::counter!("memring_forward_errors_total", "node" => node.id.to_string()).increment(1);
+            let what = if e.is_timeout() { "timed out" } else { "could not be reached" };
+            tracing::warn!(node = %node.id, addr = %node.addr, error = %e, "shard node {what}");
+            ApiError::new(ErrorCode::Unavailable, format!("shard node {} {what}; retry shortly", node.id))
+                .with_retry_after(1)
+        })
+    }
+}

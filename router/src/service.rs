@@ -1,0 +1,483 @@
+//! The public API v1 (API.md): parse, validate, route, forward, merge.
+//!
+//! Validation happens here, before anything is forwarded, with the shared checks of
+//! `memring_common::api`, so a bad request never reaches a shard node and every client mistake is
+//! a 4xx that says how to fix it. Each handler maps the request to partitions with the ring and
+//! forwards through [`Forwarder`]; a search over several scopes fans out in parallel and merges by
+//! score.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use http::{Method, Request};
+use hyper::body::Incoming;
+use memring_common::api::{
+    self, BatchItemResult, BatchResponse, RawBatch, RawSearch, RawWrite, SearchHit, SearchResponse,
+    ShardItemResult, ShardSearch, ShardWrite, ShardWriteResponse, TenantDeleted, WriteItem,
+    REQUEST_ID_HEADER,
+};
+use memring_common::http::{
+    BoxFuture, Body, Reply, Service, empty, error_response, json, json_bytes, parse_json,
+    percent_decode, percent_encode, query_pairs, read_body,
+};
+use memring_common::{ApiError, ErrorCode, MemoryId, PartitionKey, Scope, TenantId};
+
+use crate::config::RouterConfig;
+use crate::forward::Forwarder;
+
+type Response = http::Response<Body>;
+
+/// The router's request handling.
+pub struct RouterService {
+    forward: Forwarder,
+    config: RouterConfig,
+}
+
+/// The parsed route of a public request.
+enum Route {
+    Write(TenantId),
+    Batch(TenantId),
+    Search(TenantId),
+    List(TenantId),
+    Get(TenantId, String),
+    Delete(TenantId, String),
+    DeleteTenant(TenantId),
+    Ring,
+}
+
+impl RouterService {
+    /// Builds the service.
+    pub fn new(forward: Forwarder, config: RouterConfig) -> Self {
+        Self { forward, config }
+    }
+
+    fn parse_route(method: &Method, path: &str) -> Result<(&'static str, Route), ApiError> {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let tenant = |raw: &str| TenantId::parse(&percent_decode(raw)?);
+        let wrong_method = |allowed: &str| {
+            ApiError::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}; use {allowed}"))
+        };
+        match segments.as_slice() {
+            ["v1", "tenants", t, "memories"] => match *method {
+                Method::POST => Ok(("memories.write", Route::Write(tenant(t)?))),
+                Method::GET => Ok(("memories.list", Route::List(tenant(t)?))),
+                _ => Err(wrong_method("POST or GET")),
+            },
+            ["v1", "tenants", t, "memories:batch"] => match *method {
+                Method::POST => Ok(("memories.batch", Route::Batch(tenant(t)?))),
+                _ => Err(wrong_method("POST")),
+            },
+            ["v1", "tenants", t, "memories", "search"] if *method == Method::POST => {
+                Ok(("memories.search", Route::Search(tenant(t)?)))
+            }
+            ["v1", "tenants", t, "memories", id] => match *method {
+                Method::GET => Ok(("memories.get", Route::Get(tenant(t)?, percent_decode(id)?))),
+                Method::DELETE => Ok(("memories.delete", Route::Delete(tenant(t)?, percent_decode(id)?))),
+                _ => Err(wrong_method("GET or DELETE (or POST on …/memories/search)")),
+            },
+            ["v1", "tenants", t] => match *method {
+                Method::DELETE => Ok(("tenant.delete", Route::DeleteTenant(tenant(t)?))),
+                _ => Err(wrong_method("DELETE")),
+            },
+            ["v1", "ring"] if *method == Method::GET => Ok(("ring", Route::Ring)),
+            _ => Err(ApiError::new(
+                ErrorCode::RouteNotFound,
+                format!("no endpoint {method} {path}; see API.md for the routes under /v1/tenants/{{tenant}}/"),
+            )),
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>, req: Request<Incoming>) -> (&'static str, Result<Response, ApiError>) {
+        let (route_name, route) = match Self::parse_route(req.method(), req.uri().path()) {
+            Ok(r) => r,
+            Err(e) => return ("unknown", Err(e)),
+        };
+        let request_id = req
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        let result = match route {
+            Route::Write(t) => self.write(t, req, &request_id).await,
+            Route::Batch(t) => self.batch(t, req, &request_id).await,
+            Route::Search(t) => self.search(t, req, &request_id).await,
+            Route::List(t) => self.list(t, query.as_deref(), &request_id).await,
+            Route::Get(t, id) => self.get_or_delete(t, id, Method::GET, query.as_deref(), &request_id).await,
+            Route::Delete(t, id) => self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id).await,
+            Route::DeleteTenant(t) => self.delete_tenant(t, &request_id).await,
+            Route::Ring => Ok(self.ring_view()),
+        };
+        (route_name, result)
+    }
+
+    fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.forward_timeout_ms)
+    }
+
+    async fn body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        if let Some(ct) = req.headers().get(http::header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            if !ct.is_empty() && !ct.starts_with("application/json") && !ct.contains("+json") {
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    format!("Content-Type {ct:?} is not JSON; send application/json"),
+                ));
+            }
+        }
+        read_body(req, self.config.body_limit_bytes).await
+    }
+
+    /// Sends validated items of one partition to its owner.
+    async fn write_partition(
+        &self,
+        partition: &PartitionKey,
+        items: Vec<WriteItem>,
+        request_id: &str,
+    ) -> Result<Vec<ShardItemResult>, ApiError> {
+        let n = items.len();
+        let body = serde_json::to_vec(&ShardWrite { items })
+            .map_err(|e| ApiError::internal(format!("write does not serialize: {e}")))?;
+        let reply = self
+            .forward
+            .to_partition(partition, Method::POST, "memories", Some(body.into()), request_id, self.forward_timeout())
+            .await?
+            .into_result()?;
+        let parsed: ShardWriteResponse = serde_json::from_slice(&reply)
+            .map_err(|e| ApiError::internal(format!("shard write answer does not parse: {e}")))?;
+        if parsed.results.len() != n {
+            return Err(ApiError::internal(format!("shard answered {} results for {n} items", parsed.results.len())));
+        }
+        Ok(parsed.results)
+    }
+
+    async fn write(&self, tenant: TenantId, req: Request<Incoming>, request_id: &str) -> Result<Response, ApiError> {
+        let body = self.body(req).await?;
+        let item = parse_json::<RawWrite>(&body)?.validate()?;
+        let partition = PartitionKey::new(&tenant, &item.scope);
+        let result = self.write_partition(&partition, vec![item], request_id).await?.pop();
+        match result {
+            Some(ShardItemResult::Ok { outcome, result }) => Ok(json(outcome.status(), &result)),
+            Some(ShardItemResult::Err { error }) => Err(ApiError::from_body(memring_common::error::ErrorBody { error })),
+            None => Err(ApiError::internal("shard answered no result")),
+        }
+    }
+
+    async fn batch(&self, tenant: TenantId, req: Request<Incoming>, request_id: &str) -> Result<Response, ApiError> {
+        let body = self.body(req).await?;
+        let batch: RawBatch = parse_json(&body)?;
+        if batch.items.len() > api::MAX_BATCH_ITEMS {
+            return Err(ApiError::invalid(format!(
+                "a batch holds at most {} items, this one has {}; split it",
+                api::MAX_BATCH_ITEMS,
+                batch.items.len()
+            )));
+        }
+        let mut results: Vec<Option<BatchItemResult>> = vec![None; batch.items.len()];
+        let mut groups: BTreeMap<PartitionKey, Vec<(usize, WriteItem)>> = BTreeMap::new();
+        for (i, raw) in batch.items.iter().enumerate() {
+            let parsed = serde_json::from_str::<RawWrite>(raw.get())
+                .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("item {i} is not a valid memory: {e}")))
+                .and_then(RawWrite::validate);
+            match parsed {
+                Ok(item) => groups.entry(PartitionKey::new(&tenant, &item.scope)).or_default().push((i, item)),
+                Err(e) => results[i] = Some(item_error(raw_id(raw.get()), &e)),
+            }
+        }
+        let sends = groups.into_iter().map(|(partition, items)| async move {
+            let (indexes, items): (Vec<usize>, Vec<WriteItem>) = items.into_iter().unzip();
+            let ids: Vec<String> = items.iter().map(|i| i.id.to_string()).collect();
+            let outcome = self.write_partition(&partition, items, request_id).await;
+            (indexes, ids, outcome)
+        });
+        for (indexes, ids, outcome) in join_all(sends).await {
+            match outcome {
+                Ok(shard_results) => {
+                    for ((i, id), r) in indexes.into_iter().zip(ids).zip(shard_results) {
+                        results[i] = Some(match r {
+                            ShardItemResult::Ok { outcome, result } => BatchItemResult::Ok {
+                                id: result.id,
+                                status: outcome.status(),
+                                outcome,
+                                scope: result.scope,
+                                created_at: result.created_at,
+                                version: result.version,
+                            },
+                            ShardItemResult::Err { error } => BatchItemResult::Err { id: Some(id), error },
+                        });
+                    }
+                }
+                Err(e) => {
+                    for (i, id) in indexes.into_iter().zip(ids) {
+                        results[i] = Some(item_error(Some(id), &e));
+                    }
+                }
+            }
+        }
+        let results = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| item_error(None, &ApiError::internal("item was not processed"))))
+            .collect();
+        Ok(json(200, &BatchResponse { results }))
+    }
+
+    async fn search(&self, tenant: TenantId, req: Request<Incoming>, request_id: &str) -> Result<Response, ApiError> {
+        let body = self.body(req).await?;
+        let search = parse_json::<RawSearch>(&body)?.validate()?;
+        let shard_body: Bytes = serde_json::to_vec(&ShardSearch {
+            embedding: search.embedding,
+            k: search.k,
+            filter: search.filter,
+        })
+        .map_err(|e| ApiError::internal(format!("search does not serialize: {e}")))?
+        .into();
+        let timeout = Duration::from_millis(self.config.search_timeout_ms);
+        let partitions: Vec<PartitionKey> = search.scopes.iter().map(|s| PartitionKey::new(&tenant, s)).collect();
+        if partitions.len() == 1 {
+            // One scope: the shard's answer is already the final shape.
+            let reply = self
+                .forward
+                .to_partition(&partitions[0], Method::POST, "search", Some(shard_body), request_id, timeout)
+                .await?
+                .into_result()?;
+            return Ok(json_bytes(200, reply));
+        }
+        let calls = partitions.iter().map(|p| {
+            let body = shard_body.clone();
+            async move {
+                let reply = self.forward.to_partition(p, Method::POST, "search", Some(body), request_id, timeout).await?;
+                let bytes = reply.into_result()?;
+                serde_json::from_slice::<SearchResponse>(&bytes)
+                    .map_err(|e| ApiError::internal(format!("shard search answer does not parse: {e}")))
+            }
+        });
+        let mut hits: Vec<SearchHit> = Vec::new();
+        let mut failed = 0usize;
+        for (partition, outcome) in partitions.iter().zip(join_all(calls).await) {
+            match outcome {
+                Ok(resp) => hits.extend(resp.results),
+                // A client mistake (e.g. a dimension that does not match a scope) is the answer.
+                Err(e) if (400..500).contains(&e.status()) && e.code() != ErrorCode::WrongOwner => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%partition, error = %e, "scope left out of search");
+                    failed += 1;
+                }
+            }
+        }
+        if failed == partitions.len() {
+            return Err(ApiError::unavailable("no scope of the search could be reached; retry shortly", 1));
+        }
+        sort_hits(&mut hits);
+        hits.truncate(search.k);
+        Ok(json(200, &SearchResponse { results: hits, partial: failed > 0 }))
+    }
+
+    fn scope_param(query: Option<&str>) -> Result<(Scope, Vec<(String, String)>), ApiError> {
+        let pairs = query_pairs(query)?;
+        let scope = pairs
+            .iter()
+            .find(|(k, _)| k == "scope")
+            .map(|(_, v)| Scope::parse(v))
+            .transpose()?
+            .ok_or_else(|| ApiError::invalid("query parameter \"scope\" is required, e.g. ?scope=shared"))?;
+        Ok((scope, pairs))
+    }
+
+    async fn get_or_delete(
+        &self,
+        tenant: TenantId,
+        id: String,
+        method: Method,
+        query: Option<&str>,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
+        let id = MemoryId::parse(&id)?;
+        let (scope, _) = Self::scope_param(query)?;
+        let partition = PartitionKey::new(&tenant, &scope);
+        let suffix = format!("memories/{}", percent_encode(id.as_str()));
+        let is_delete = method == Method::DELETE;
+        let reply = self
+            .forward
+            .to_partition(&partition, method, &suffix, None, request_id, self.forward_timeout())
+            .await?
+            .into_result()?;
+        Ok(if is_delete { empty(204) } else { json_bytes(200, reply) })
+    }
+
+    async fn list(&self, tenant: TenantId, query: Option<&str>, request_id: &str) -> Result<Response, ApiError> {
+        let (scope, pairs) = Self::scope_param(query)?;
+        let mut forwarded = Vec::new();
+        for (k, v) in &pairs {
+            match k.as_str() {
+                "scope" => {}
+                "limit" => {
+                    match v.parse::<usize>() {
+                        Ok(n) if (1..=api::MAX_LIST_LIMIT).contains(&n) => forwarded.push(format!("limit={n}")),
+                        _ => {
+                            return Err(ApiError::invalid(format!(
+                                "\"limit\" must be an integer from 1 to {}, got {v:?}",
+                                api::MAX_LIST_LIMIT
+                            )));
+                        }
+                    }
+                }
+                "cursor" => {
+                    api::decode_cursor(v)?;
+                    forwarded.push(format!("cursor={}", percent_encode(v)));
+                }
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown query parameter {other:?}; list takes scope, limit and cursor"
+                    )));
+                }
+            }
+        }
+        let partition = PartitionKey::new(&tenant, &scope);
+        let suffix = format!("memories?{}", forwarded.join("&"));
+        let reply = self
+            .forward
+            .to_partition(&partition, Method::GET, &suffix, None, request_id, self.forward_timeout())
+            .await?
+            .into_result()?;
+        Ok(json_bytes(200, reply))
+    }
+
+    async fn delete_tenant(&self, tenant: TenantId, request_id: &str) -> Result<Response, ApiError> {
+        let ring = self.forward.ring().ring();
+        let nodes = ring.layout().nodes.clone();
+        if nodes.is_empty() {
+            return Err(ApiError::unavailable("no shard nodes are in the ring yet", 1));
+        }
+        let path = format!("/internal/v1/tenants/{}", percent_encode(tenant.as_str()));
+        let calls = nodes.iter().map(|node| {
+            let path = path.clone();
+            async move {
+                let reply = self
+                    .forward
+                    .send(node, Method::DELETE, &path, None, request_id, Some(ring.epoch()), self.forward_timeout())
+                    .await?
+                    .into_result()?;
+                serde_json::from_slice::<TenantDeleted>(&reply)
+                    .map_err(|e| ApiError::internal(format!("tenant deletion answer does not parse: {e}")))
+            }
+        });
+        let mut removed = 0;
+        for (node, outcome) in nodes.iter().zip(join_all(calls).await) {
+            match outcome {
+                Ok(done) => removed += done.partitions_removed,
+                Err(e) => {
+                    tracing::warn!(node = %node.id, error = %e, tenant = %tenant, "tenant deletion incomplete");
+                    return Err(ApiError::unavailable(
+                        format!("node {} could not delete the tenant's data; retry the DELETE (it is idempotent)", node.id),
+                        1,
+                    ));
+                }
+            }
+        }
+        tracing::info!(tenant = %tenant, partitions = removed, "tenant deleted");
+        Ok(json(202, &serde_json::json!({ "tenant": tenant, "partitions_removed": removed })))
+    }
+
+    fn ring_view(&self) -> Response {
+        let ring = self.forward.ring().ring();
+        let shares: Vec<serde_json::Value> = ring
+            .shares()
+            .into_iter()
+            .zip(&ring.layout().nodes)
+            .map(|((id, share), node)| serde_json::json!({ "id": id, "addr": node.addr, "share": share }))
+            .collect();
+        json(200, &serde_json::json!({ "epoch": ring.epoch(), "nodes": shares, "stale": self.forward.ring().is_stale() }))
+    }
+}
+
+/// Orders hits best first, ties broken by scope and id so the order is stable.
+pub fn sort_hits(hits: &mut [SearchHit]) {
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.scope.cmp(&b.scope))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+fn item_error(id: Option<String>, e: &ApiError) -> BatchItemResult {
+    BatchItemResult::Err { id, error: e.to_body().error }
+}
+
+/// The `id` a malformed batch item names, if it names a usable one, to help the client match errors.
+fn raw_id(raw: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(raw).ok()?;
+    let id = v.get("id")?.as_str()?;
+    MemoryId::parse(id).ok().map(|m| m.to_string())
+}
+
+impl Service for RouterService {
+    fn handle(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<Reply> {
+        Box::pin(async move {
+            let (route, result) = self.dispatch(req).await;
+            Reply { route, response: result.unwrap_or_else(|e| error_response(&e)) }
+        })
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        let ring = self.forward.ring();
+        if !ring.is_loaded() {
+            return Err("ring not loaded yet".into());
+        }
+        if ring.ring().layout().nodes.is_empty() {
+            return Err("the ring has no shard nodes yet".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse() {
+        let ok = [
+            (Method::POST, "/v1/tenants/t/memories", "memories.write"),
+            (Method::GET, "/v1/tenants/t/memories", "memories.list"),
+            (Method::POST, "/v1/tenants/t/memories:batch", "memories.batch"),
+            (Method::POST, "/v1/tenants/t/memories/search", "memories.search"),
+            (Method::GET, "/v1/tenants/t/memories/search", "memories.get"),
+            (Method::GET, "/v1/tenants/t/memories/abc", "memories.get"),
+            (Method::DELETE, "/v1/tenants/t/memories/abc", "memories.delete"),
+            (Method::DELETE, "/v1/tenants/t", "tenant.delete"),
+        ];
+        for (m, p, name) in ok {
+            assert_eq!(RouterService::parse_route(&m, p).map(|r| r.0).ok(), Some(name), "{m} {p}");
+        }
+        let bad = [
+            (Method::GET, "/v1/tenants/bad%20id/memories", 400),
+            (Method::PUT, "/v1/tenants/t/memories", 405),
+            (Method::GET, "/v2/whatever", 404),
+            (Method::GET, "/v1/tenants/t", 405),
+        ];
+        for (m, p, status) in bad {
+            assert_eq!(RouterService::parse_route(&m, p).err().map(|e| e.status()), Some(status), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn merge_order_is_best_first_and_stable() {
+        let hit = |id: &str, scope: &str, score: f32| SearchHit {
+            id: MemoryId::parse(id).expect("id"),
+            scope: Scope::parse(scope).expect("scope"),
+            score,
+            content: String::new(),
+            metadata: Default::default(),
+            created_at: String::new(),
+        };
+        let mut hits = vec![hit("a", "shared", 0.5), hit("b", "agent:x", 0.9), hit("c", "shared", 0.9)];
+        sort_hits(&mut hits);
+        let order: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(order, ["b", "c", "a"]);
+    }
+}

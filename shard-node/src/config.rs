@@ -1,0 +1,135 @@
+//! The shard node's configuration: defaults → TOML (`--config`) → `MEMRING_*` env → flags.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use memring_common::config::{check_addr, load_file, overlay};
+use serde::Deserialize;
+
+/// Settings of one shard node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Stable node name (its identity in the ring).
+    pub node_id: String,
+    /// Address to listen on.
+    pub listen: String,
+    /// Address others reach this node at; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    /// Where RocksDB keeps this node's data.
+    pub data_dir: PathBuf,
+    /// Directory of the embedded ring store shared by the local cluster.
+    pub ring_dir: PathBuf,
+    /// Add this node to the ring layout at start-up if it is not in it (single-machine default).
+    pub join_ring: bool,
+    /// fsync every write.
+    pub sync_writes: bool,
+    /// Largest request body, bytes.
+    pub body_limit_bytes: usize,
+    /// Partitions up to this many vectors are searched exactly; larger ones use HNSW.
+    pub flat_limit: usize,
+    /// HNSW beam width while searching.
+    pub expansion_search: usize,
+    /// Concurrent storage operations.
+    pub concurrency: usize,
+    /// Node lease TTL in seconds.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "shard-1".into(),
+            listen: "127.0.0.1:7711".into(),
+            advertise: None,
+            data_dir: PathBuf::from("data/shard-1"),
+            ring_dir: PathBuf::from("data/ring"),
+            join_ring: true,
+            sync_writes: false,
+            body_limit_bytes: 64 << 20,
+            flat_limit: 4096,
+            expansion_search: 64,
+            concurrency: 16,
+            lease_ttl_secs: 10,
+        }
+    }
+}
+
+/// Command-line flags (each also readable from its `MEMRING_*` variable).
+#[derive(Debug, Parser)]
+#[command(name = "memring-shard", version, about = "memring shard node")]
+pub struct ShardArgs {
+    /// TOML config file.
+    #[arg(long, env = "MEMRING_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Stable node name.
+    #[arg(long, env = "MEMRING_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Listen address, host:port.
+    #[arg(long, env = "MEMRING_LISTEN")]
+    pub listen: Option<String>,
+    /// Advertised address, host:port.
+    #[arg(long, env = "MEMRING_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data directory.
+    #[arg(long, env = "MEMRING_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Embedded ring store directory.
+    #[arg(long, env = "MEMRING_RING_DIR")]
+    pub ring_dir: Option<PathBuf>,
+    /// Join the ring layout at start-up.
+    #[arg(long, env = "MEMRING_JOIN_RING")]
+    pub join_ring: Option<bool>,
+    /// fsync every write.
+    #[arg(long, env = "MEMRING_SYNC_WRITES")]
+    pub sync_writes: Option<bool>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "MEMRING_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// Exact-search limit in vectors.
+    #[arg(long, env = "MEMRING_FLAT_LIMIT")]
+    pub flat_limit: Option<usize>,
+    /// HNSW search beam width.
+    #[arg(long, env = "MEMRING_EXPANSION_SEARCH")]
+    pub expansion_search: Option<usize>,
+    /// Node lease TTL in seconds.
+    #[arg(long, env = "MEMRING_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<u64>,
+}
+
+impl ShardArgs {
+    /// Resolves the layers into a validated config.
+    pub fn resolve(self) -> anyhow::Result<ShardConfig> {
+        let mut c: ShardConfig = load_file(self.config.as_deref())?;
+        overlay(&mut c.node_id, self.node_id);
+        overlay(&mut c.listen, self.listen);
+        overlay(&mut c.advertise, self.advertise.map(Some));
+        overlay(&mut c.data_dir, self.data_dir);
+        overlay(&mut c.ring_dir, self.ring_dir);
+        overlay(&mut c.join_ring, self.join_ring);
+        overlay(&mut c.sync_writes, self.sync_writes);
+        overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
+        overlay(&mut c.flat_limit, self.flat_limit);
+        overlay(&mut c.expansion_search, self.expansion_search);
+        overlay(&mut c.lease_ttl_secs, self.lease_ttl_secs);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl ShardConfig {
+    /// Checks every setting, naming the bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        memring_common::NodeId::parse(&self.node_id)
+            .map_err(|e| anyhow::anyhow!("setting `node_id`: {}", e.message()))?;
+        check_addr("listen", &self.listen)?;
+        if let Some(a) = &self.advertise {
+            check_addr("advertise", a)?;
+        }
+        anyhow::ensure!(self.body_limit_bytes >= 1024, "setting `body_limit_bytes` must be at least 1024");
+        anyhow::ensure!(self.expansion_search >= 1, "setting `expansion_search` must be at least 1");
+        anyhow::ensure!(self.concurrency >= 1, "setting `concurrency` must be at least 1");
+        anyhow::ensure!(self.lease_ttl_secs >= 1, "setting `lease_ttl_secs` must be at least 1");
+        Ok(())
+    }
+}

@@ -1,0 +1,448 @@
+//! One partition's vector index: an exact flat scan while the partition is small, HNSW (usearch)
+//! once it grows.
+//!
+//! The index is derived data: it holds only labels (u64 keys) and vectors, and is rebuilt from
+//! RocksDB whenever it is missing. Scores are cosine similarity (higher is closer).
+//!
+//! Why two engines: an exact scan over a few thousand normalized vectors costs less than an HNSW
+//! walk at ef 64 and has perfect recall; see `docs/benchmarks.md` for the crossover measured on
+//! this machine, which sets [`IndexConfig::flat_limit`]. A partition switches to HNSW when it
+//! crosses the limit and stays there.
+//!
+//! Filters run *inside* the search: the caller passes the set of labels that pass; when few pass,
+//! the search is an exact scan over exactly those, and an HNSW walk that comes back short falls
+//! back to that scan, so a selective filter never returns fewer than `k` results that exist.
+
+use std::collections::{HashMap, HashSet};
+
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+/// Tuning for every partition index on a node.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// Partitions with at most this many vectors use the exact flat scan.
+    pub flat_limit: usize,
+    /// HNSW graph degree.
+    pub connectivity: usize,
+    /// HNSW beam width while inserting.
+    pub expansion_add: usize,
+    /// HNSW beam width while searching.
+    pub expansion_search: usize,
+    /// Concurrent operations an HNSW index must allow (usearch reserves a context per thread).
+    pub threads: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self { flat_limit: 4096, connectivity: 16, expansion_add: 128, expansion_search: 64, threads: 16 }
+    }
+}
+
+/// A failure inside the vector engine (a bug or resource exhaustion, never a client mistake).
+#[derive(Debug, thiserror::Error)]
+#[error("vector index: {0}")]
+pub struct IndexError(String);
+
+/// A scored label.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// The label.
+    pub label: u64,
+    /// Cosine similarity.
+    pub score: f32,
+}
+
+enum Engine {
+    Flat(Flat),
+    Hnsw(Hnsw),
+}
+
+/// A partition's vectors, searchable.
+pub struct VectorIndex {
+    dims: usize,
+    config: IndexConfig,
+    engine: Engine,
+}
+
+impl VectorIndex {
+    /// An empty index for `dims`-dimensional vectors.
+    pub fn new(dims: usize, config: IndexConfig) -> Self {
+        Self { dims, engine: Engine::Flat(Flat::new(dims)), config }
+    }
+
+    /// Dimension of every vector.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        match &self.engine {
+            Engine::Flat(f) => f.labels.len(),
+            Engine::Hnsw(h) => h.index.size(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `"flat"` or `"hnsw"`.
+    pub fn engine_name(&self) -> &'static str {
+        match &self.engine {
+            Engine::Flat(_) => "flat",
+            Engine::Hnsw(_) => "hnsw",
+        }
+    }
+
+    /// Adds (or replaces) the vector of `label`.
+    pub fn upsert(&mut self, label: u64, vector: &[f32]) -> Result<(), IndexError> {
+        if vector.len() != self.dims {
+            return Err(IndexError(format!("vector has {} dims, index has {}", vector.len(), self.dims)));
+        }
+        if let Engine::Flat(flat) = &mut self.engine {
+            if flat.labels.len() >= self.config.flat_limit && !flat.pos.contains_key(&label) {
+                let hnsw = Hnsw::from_flat(flat, &self.config)?;
+                self.engine = Engine::Hnsw(hnsw);
+            }
+        }
+        match &mut self.engine {
+            Engine::Flat(flat) => {
+                flat.upsert(label, vector);
+                Ok(())
+            }
+            Engine::Hnsw(hnsw) => hnsw.upsert(label, vector),
+        }
+    }
+
+    /// Removes `label` if present.
+    pub fn remove(&mut self, label: u64) -> Result<(), IndexError> {
+        match &mut self.engine {
+            Engine::Flat(flat) => {
+                flat.remove(label);
+                Ok(())
+            }
+            Engine::Hnsw(hnsw) => {
+                hnsw.index.remove(label).map_err(|e| IndexError(e.to_string()))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The best `k` labels for `query`; with `allowed`, only among those labels.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&HashSet<u64>>,
+    ) -> Result<Vec<Scored>, IndexError> {
+        if query.len() != self.dims {
+            return Err(IndexError(format!("query has {} dims, index has {}", query.len(), self.dims)));
+        }
+        let q = normalized(query);
+        match (&self.engine, allowed) {
+            (Engine::Flat(flat), None) => Ok(flat.search_all(&q, k)),
+            (Engine::Flat(flat), Some(allowed)) => Ok(flat.search_among(&q, k, allowed)),
+            (Engine::Hnsw(hnsw), None) => hnsw.search(&q, k),
+            (Engine::Hnsw(hnsw), Some(allowed)) => {
+                // Few passing labels: score exactly those. Otherwise filter inside the HNSW walk,
+                // and fall back to the exact scan if the walk found fewer than exist.
+                if allowed.len() <= self.config.flat_limit {
+                    return hnsw.exact_among(&q, k, allowed);
+                }
+                let found = hnsw.filtered_search(&q, k, allowed)?;
+                if found.len() < k.min(allowed.len()) {
+                    return hnsw.exact_among(&q, k, allowed);
+                }
+                Ok(found)
+            }
+        }
+    }
+}
+
+/// `v / |v|` (the zero vector is refused at the API, but stays zero here rather than NaN).
+pub fn normalized(v: &[f32]) -> Vec<f32> {
+    let norm = dot(v, v).sqrt();
+    if norm == 0.0 { v.to_vec() } else { v.iter().map(|x| x / norm).collect() }
+}
+
+/// Dot product with eight independent accumulators, so the compiler can vectorize it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks_a = a.chunks_exact(8);
+    let chunks_b = b.chunks_exact(8);
+    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in rest_a.iter().zip(rest_b) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Keeps the best `k` scored labels.
+fn top_k(mut all: Vec<Scored>, k: usize) -> Vec<Scored> {
+    let by_score = |a: &Scored, b: &Scored| b.score.total_cmp(&a.score).then(a.label.cmp(&b.label));
+    if all.len() > k {
+        all.select_nth_unstable_by(k, by_score);
+        all.truncate(k);
+    }
+    all.sort_by(by_score);
+    all
+}
+
+/// Normalized vectors in one contiguous buffer; removal swaps the last one in.
+struct Flat {
+    dims: usize,
+    labels: Vec<u64>,
+    vectors: Vec<f32>,
+    pos: HashMap<u64, usize>,
+}
+
+impl Flat {
+    fn new(dims: usize) -> Self {
+        Self { dims, labels: Vec::new(), vectors: Vec::new(), pos: HashMap::new() }
+    }
+
+    fn upsert(&mut self, label: u64, vector: &[f32]) {
+        let v = normalized(vector);
+        match self.pos.get(&label) {
+            Some(&i) => self.vectors[i * self.dims..(i + 1) * self.dims].copy_from_slice(&v),
+            None => {
+                self.pos.insert(label, self.labels.len());
+                self.labels.push(label);
+                self.vectors.extend_from_slice(&v);
+            }
+        }
+    }
+
+    fn remove(&mut self, label: u64) {
+        let Some(i) = self.pos.remove(&label) else { return };
+        let last = self.labels.len() - 1;
+        if i != last {
+            let moved = self.labels[last];
+            self.labels[i] = moved;
+            self.vectors.copy_within(last * self.dims..(last + 1) * self.dims, i * self.dims);
+            self.pos.insert(moved, i);
+        }
+        self.labels.pop();
+        self.vectors.truncate(last * self.dims);
+    }
+
+    fn search_all(&self, q: &[f32], k: usize) -> Vec<Scored> {
+        let scored = self
+            .labels
+            .iter()
+            .zip(self.vectors.chunks_exact(self.dims))
+            .map(|(&label, v)| Scored { label, score: dot(q, v) })
+            .collect();
+        top_k(scored, k)
+    }
+
+    fn search_among(&self, q: &[f32], k: usize, allowed: &HashSet<u64>) -> Vec<Scored> {
+        let scored = allowed
+            .iter()
+            .filter_map(|label| self.pos.get(label).map(|&i| (*label, i)))
+            .map(|(label, i)| Scored { label, score: dot(q, &self.vectors[i * self.dims..(i + 1) * self.dims]) })
+            .collect();
+        top_k(scored, k)
+    }
+}
+
+struct Hnsw {
+    index: Index,
+    dims: usize,
+    threads: usize,
+}
+
+impl Hnsw {
+    fn new(dims: usize, config: &IndexConfig, capacity: usize) -> Result<Self, IndexError> {
+        let options = IndexOptions {
+            dimensions: dims,
+            metric: MetricKind::Cos,
+            quantization: ScalarKind::F32,
+            connectivity: config.connectivity,
+            expansion_add: config.expansion_add,
+            expansion_search: config.expansion_search,
+            multi: false,
+        };
+        let index = Index::new(&options).map_err(|e| IndexError(e.to_string()))?;
+        let hnsw = Self { index, dims, threads: config.threads };
+        hnsw.reserve(capacity)?;
+        Ok(hnsw)
+    }
+
+    fn from_flat(flat: &Flat, config: &IndexConfig) -> Result<Self, IndexError> {
+        let mut hnsw = Self::new(flat.dims, config, (flat.labels.len() * 2).max(1024))?;
+        for (label, v) in flat.labels.iter().zip(flat.vectors.chunks_exact(flat.dims)) {
+            hnsw.upsert(*label, v)?;
+        }
+        Ok(hnsw)
+    }
+
+    fn reserve(&self, capacity: usize) -> Result<(), IndexError> {
+        self.index
+            .reserve_capacity_and_threads(capacity, self.threads)
+            .map_err(|e| IndexError(e.to_string()))
+    }
+
+    fn upsert(&mut self, label: u64, vector: &[f32]) -> Result<(), IndexError> {
+        if self.index.contains(label) {
+            self.index.remove(label).map_err(|e| IndexError(e.to_string()))?;
+        }
+        if self.index.size() + 1 > self.index.capacity() {
+            // Capacity does not grow by itself; double it (we hold the partition's write lock).
+            self.reserve((self.index.capacity() * 2).max(1024))?;
+        }
+        self.index.add(label, vector).map_err(|e| IndexError(e.to_string()))
+    }
+
+    fn to_scored(matches: usearch::ffi::Matches) -> Vec<Scored> {
+        matches
+            .keys
+            .into_iter()
+            .zip(matches.distances)
+            .map(|(label, distance)| Scored { label, score: 1.0 - distance })
+            .collect()
+    }
+
+    fn search(&self, q: &[f32], k: usize) -> Result<Vec<Scored>, IndexError> {
+        let m = self.index.search(q, k).map_err(|e| IndexError(e.to_string()))?;
+        Ok(Self::to_scored(m))
+    }
+
+    fn filtered_search(&self, q: &[f32], k: usize, allowed: &HashSet<u64>) -> Result<Vec<Scored>, IndexError> {
+        let m = self
+            .index
+            .filtered_search(q, k, |label| allowed.contains(&label))
+            .map_err(|e| IndexError(e.to_string()))?;
+        Ok(Self::to_scored(m))
+    }
+
+    /// Exact cosine scores of the `allowed` labels, read back from the index.
+    fn exact_among(&self, q: &[f32], k: usize, allowed: &HashSet<u64>) -> Result<Vec<Scored>, IndexError> {
+        let mut buf = vec![0.0f32; self.dims];
+        let mut scored = Vec::with_capacity(allowed.len());
+        for &label in allowed {
+            let found = self.index.get(label, &mut buf).map_err(|e| IndexError(e.to_string()))?;
+            if found == 0 {
+                continue;
+            }
+            let norm = dot(&buf, &buf).sqrt();
+            if norm > 0.0 {
+                scored.push(Scored { label, score: dot(q, &buf) / norm });
+            }
+        }
+        Ok(top_k(scored, k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn clustered(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let centers: Vec<Vec<f32>> =
+            (0..16).map(|_| (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        (0..n)
+            .map(|i| centers[i % 16].iter().map(|c| c + rng.random_range(-0.2..0.2)).collect())
+            .collect()
+    }
+
+    fn exact(data: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u64> {
+        let q = normalized(q);
+        let all = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Scored { label: i as u64, score: dot(&q, &normalized(v)) })
+            .collect();
+        top_k(all, k).into_iter().map(|s| s.label).collect()
+    }
+
+    fn config(flat_limit: usize) -> IndexConfig {
+        IndexConfig { flat_limit, ..IndexConfig::default() }
+    }
+
+    #[test]
+    fn flat_is_exact_and_handles_updates_and_removals() {
+        let data = clustered(500, 16, 1);
+        let mut index = VectorIndex::new(16, config(10_000));
+        for (i, v) in data.iter().enumerate() {
+            index.upsert(i as u64, v).expect("add");
+        }
+        assert_eq!(index.engine_name(), "flat");
+        let q = &data[7];
+        let got: Vec<u64> = index.search(q, 10, None).expect("search").iter().map(|s| s.label).collect();
+        assert_eq!(got, exact(&data, q, 10));
+        assert_eq!(got[0], 7);
+        index.remove(7).expect("remove");
+        assert!(index.search(q, 10, None).expect("search").iter().all(|s| s.label != 7));
+        assert_eq!(index.len(), 499);
+        // Replacing a vector moves it.
+        index.upsert(8, &data[100]).expect("update");
+        assert_eq!(index.len(), 499);
+        assert_eq!(index.search(&data[100], 2, None).expect("search").len(), 2);
+    }
+
+    #[test]
+    fn hnsw_takes_over_past_the_limit_with_high_recall() {
+        let data = clustered(3000, 32, 2);
+        let mut index = VectorIndex::new(32, config(1000));
+        for (i, v) in data.iter().enumerate() {
+            index.upsert(i as u64, v).expect("add");
+        }
+        assert_eq!(index.engine_name(), "hnsw");
+        assert_eq!(index.len(), 3000);
+        let mut hits = 0;
+        for q in data.iter().step_by(100) {
+            let truth = exact(&data, q, 10);
+            let got = index.search(q, 10, None).expect("search");
+            hits += got.iter().filter(|s| truth.contains(&s.label)).count();
+        }
+        let recall = hits as f64 / (30.0 * 10.0);
+        assert!(recall >= 0.9, "recall@10 {recall}");
+        // Updating an existing label in HNSW replaces, not duplicates.
+        index.upsert(0, &data[1]).expect("update");
+        assert_eq!(index.len(), 3000);
+    }
+
+    #[test]
+    fn selective_filters_still_return_k_results() {
+        let data = clustered(3000, 32, 3);
+        for flat_limit in [100_000, 1000] {
+            let mut index = VectorIndex::new(32, config(flat_limit));
+            for (i, v) in data.iter().enumerate() {
+                index.upsert(i as u64, v).expect("add");
+            }
+            // Every 97th label passes: 31 of them, spread over all clusters.
+            let allowed: HashSet<u64> = (0..3000u64).filter(|l| l % 97 == 0).collect();
+            let got = index.search(&data[5], 10, Some(&allowed)).expect("search");
+            assert_eq!(got.len(), 10, "{}", index.engine_name());
+            assert!(got.iter().all(|s| allowed.contains(&s.label)));
+            // The best passing label is found exactly.
+            let best = allowed
+                .iter()
+                .max_by(|a, b| {
+                    let qa = dot(&normalized(&data[5]), &normalized(&data[**a as usize]));
+                    let qb = dot(&normalized(&data[5]), &normalized(&data[**b as usize]));
+                    qa.total_cmp(&qb)
+                })
+                .copied();
+            assert_eq!(Some(got[0].label), best);
+        }
+    }
+
+    #[test]
+    fn wrong_dimensions_are_errors() {
+        let mut index = VectorIndex::new(4, IndexConfig::default());
+        assert!(index.upsert(1, &[1.0, 2.0]).is_err());
+        assert!(index.search(&[1.0], 1, None).is_err());
+    }
+}

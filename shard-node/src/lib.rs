@@ -1,0 +1,101 @@
+//! memring shard node: owns partitions, keeps their memories and change log in RocksDB and one
+//! vector index per partition in memory (derived, rebuilt from RocksDB).
+//!
+//! - [`config`]: settings and flags
+//! - [`record`]: what is written to disk, and its versioned encoding
+//! - [`storage`]: RocksDB, partitions, writes/reads/search/tenant deletion
+//! - [`index`]: the per-partition vector index (exact flat scan, then HNSW)
+//! - [`service`]: the internal HTTP API and the ownership (epoch) check
+//!
+//! It never talks to another shard node and never decides placement: the ring store does.
+
+pub mod config;
+pub mod index;
+pub mod record;
+pub mod service;
+pub mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use memring_common::clock::now_millis;
+use memring_common::http::{ServerOptions, serve};
+use memring_common::layout::LayoutNode;
+use memring_common::store::embedded::EmbeddedStore;
+use memring_common::store::{NodeRecord, RingStore, update_layout};
+use memring_common::watcher::RingView;
+use memring_common::NodeId;
+use tokio::net::TcpListener;
+
+pub use config::{ShardArgs, ShardConfig};
+
+/// Runs a shard node on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: ShardConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let node = NodeId::parse(&config.node_id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+    let advertise = match &config.advertise {
+        Some(a) => a.clone(),
+        None => listener.local_addr()?.to_string(),
+    };
+    std::fs::create_dir_all(&config.data_dir)?;
+    let storage_config = storage::StorageConfig {
+        sync_writes: config.sync_writes,
+        index: index::IndexConfig {
+            flat_limit: config.flat_limit,
+            expansion_search: config.expansion_search,
+            threads: config.concurrency,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let dir = config.data_dir.clone();
+    let node_for_open = node.clone();
+    let storage = tokio::task::spawn_blocking(move || storage::Storage::open(&dir, &node_for_open, storage_config)).await??;
+    let storage = Arc::new(storage);
+
+    let store: Arc<dyn RingStore> = Arc::new(EmbeddedStore::open(&config.ring_dir)?);
+    let lease = store
+        .register_node(
+            NodeRecord {
+                id: node.clone(),
+                addr: advertise.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at_ms: now_millis(),
+            },
+            Duration::from_secs(config.lease_ttl_secs),
+        )
+        .await?;
+    if config.join_ring {
+        let me = LayoutNode { id: node.clone(), addr: advertise.clone() };
+        let stored = update_layout(store.as_ref(), 50, |layout| match layout.node(&me.id) {
+            Some(existing) if existing.addr == me.addr => None,
+            _ => Some(layout.with_node(me.clone())),
+        })
+        .await?;
+        tracing::info!(node = %node, epoch = stored.layout.epoch, "in the ring layout");
+    }
+    let ring = RingView::new(store.clone());
+    ring.refresh().await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(ring.clone().follow(stop_rx));
+
+    let service = Arc::new(service::ShardService::new(
+        node.clone(),
+        storage,
+        ring,
+        config.concurrency,
+        config.body_limit_bytes,
+    ));
+    tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
+    serve(listener, service, ServerOptions::default(), shutdown).await?;
+    let _ = stop_tx.send(true);
+    let _ = follower.await;
+    lease.revoke().await;
+    tracing::info!(node = %node, "shard node stopped");
+    Ok(())
+}

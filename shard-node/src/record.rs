@@ -1,0 +1,232 @@
+//! The records the shard node writes to RocksDB, and their byte encoding.
+//!
+//! Every value starts with a format-version byte, followed by a bincode (v2, standard config) body.
+//! A binary refuses to read a version newer than it knows instead of misreading it; when a format
+//! changes, the old version keeps its decoder here and is upgraded on read.
+//!
+//! Keys (see `storage.rs` for the column families):
+//! - episodes: `partition ‖ memory id` (ids sort the list order),
+//! - log: `partition ‖ seq (u64 big-endian)`,
+//! - meta: `partition`.
+
+use memring_common::{ApiError, MemoryId, PartitionKey, Scope};
+use serde::{Deserialize, Serialize};
+
+/// Format of episode, log and meta values written by this binary.
+pub const RECORD_FORMAT_VERSION: u8 = 1;
+
+/// One memory as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEpisode {
+    /// Its id.
+    pub id: String,
+    /// Its text.
+    pub content: String,
+    /// Metadata as compact JSON (bincode cannot carry arbitrary JSON values).
+    pub metadata_json: String,
+    /// Embedding, if any.
+    pub embedding: Option<Vec<f32>>,
+    /// First written, unix ms.
+    pub created_at_ms: i64,
+    /// Last changed, unix ms.
+    pub updated_at_ms: i64,
+    /// +1 per change.
+    pub version: u64,
+    /// Expiry, unix ms.
+    pub expires_at_ms: Option<i64>,
+    /// The key of its vector in the partition's index (unique within the partition).
+    pub label: u64,
+}
+
+impl StoredEpisode {
+    /// True when the TTL has run out at `now_ms`.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Whether a write carries the same body as this record (the idempotency test).
+    pub fn same_body(
+        &self,
+        content: &str,
+        metadata_json: &str,
+        embedding: &Option<Vec<f32>>,
+        ttl_seconds: Option<u64>,
+    ) -> bool {
+        // The TTL counts as part of the body only in whether one was set: a retried write with
+        // the same TTL must not extend the expiry.
+        self.content == content
+            && self.metadata_json == metadata_json
+            && self.embedding == *embedding
+            && self.expires_at_ms.is_some() == ttl_seconds.is_some()
+    }
+
+    /// The public form.
+    pub fn to_view(&self, scope: &Scope) -> Result<memring_common::api::MemoryView, ApiError> {
+        use memring_common::clock::format_millis;
+        Ok(memring_common::api::MemoryView {
+            id: MemoryId::parse(&self.id)?,
+            scope: scope.clone(),
+            content: self.content.clone(),
+            metadata: parse_metadata(&self.metadata_json)?,
+            embedding: self.embedding.clone(),
+            created_at: format_millis(self.created_at_ms),
+            updated_at: format_millis(self.updated_at_ms),
+            version: self.version,
+            expires_at: self.expires_at_ms.map(format_millis),
+        })
+    }
+}
+
+/// Parses stored metadata JSON.
+pub fn parse_metadata(json: &str) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    serde_json::from_str(json).map_err(|e| ApiError::internal(format!("stored metadata is corrupt: {e}")))
+}
+
+/// One change-log entry: what happened to which memory, in the partition's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Sequence number within the partition, from 1.
+    pub seq: u64,
+    /// When, unix ms.
+    pub at_ms: i64,
+    /// What.
+    pub op: LogOp,
+}
+
+/// The operation a log entry records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LogOp {
+    /// The memory now has this content (creation or update).
+    Put(StoredEpisode),
+    /// The memory was deleted at this version.
+    Delete {
+        /// Its id.
+        id: String,
+        /// The version it had.
+        version: u64,
+    },
+}
+
+/// Per-partition bookkeeping, written in the same batch as every change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// Embedding dimension, fixed by the first write with an embedding.
+    pub dimensions: Option<u32>,
+    /// Last log sequence number written.
+    pub last_seq: u64,
+    /// Live memories.
+    pub count: u64,
+    /// Next index label to hand out.
+    pub next_label: u64,
+}
+
+/// Encodes a record: version byte ‖ bincode body.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    let mut out = vec![RECORD_FORMAT_VERSION];
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| ApiError::internal(format!("record does not encode: {e}")))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a record written by [`encode`].
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT_VERSION, body)) => {
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| ApiError::internal(format!("record is corrupt: {e}")))
+        }
+        Some((other, _)) => Err(ApiError::internal(format!(
+            "record format {other} is not readable by this binary (it knows {RECORD_FORMAT_VERSION}); upgrade memring"
+        ))),
+        None => Err(ApiError::internal("empty record")),
+    }
+}
+
+/// `partition ‖ id`.
+pub fn episode_key(partition: &[u8], id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(partition.len() + id.len());
+    key.extend_from_slice(partition);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `partition ‖ seq`.
+pub fn log_key(partition: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(partition.len() + 8);
+    key.extend_from_slice(partition);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only an all-0xFF prefix gets here, which partition encodings never are.
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// The partition of an encoded meta key.
+pub fn partition_of_meta_key(key: &[u8]) -> Option<PartitionKey> {
+    PartitionKey::decode(key).filter(|(_, used)| *used == key.len()).map(|(p, _)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn episode() -> StoredEpisode {
+        StoredEpisode {
+            id: "m1".into(),
+            content: "hello".into(),
+            metadata_json: r#"{"k":1}"#.into(),
+            embedding: Some(vec![1.0, 2.0]),
+            created_at_ms: 5,
+            updated_at_ms: 6,
+            version: 2,
+            expires_at_ms: None,
+            label: 9,
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let e = episode();
+        assert_eq!(decode::<StoredEpisode>(&encode(&e).expect("enc")).expect("dec"), e);
+        let log = LogEntry { seq: 3, at_ms: 1, op: LogOp::Delete { id: "x".into(), version: 4 } };
+        assert_eq!(decode::<LogEntry>(&encode(&log).expect("enc")).expect("dec"), log);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_errors_not_panics() {
+        let mut bytes = encode(&episode()).expect("enc");
+        bytes[0] = 99;
+        assert!(decode::<StoredEpisode>(&bytes).is_err());
+        assert!(decode::<StoredEpisode>(&[]).is_err());
+        assert!(decode::<StoredEpisode>(&[RECORD_FORMAT_VERSION, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn log_keys_sort_by_sequence() {
+        let p = b"\x01t\x06shared";
+        assert!(log_key(p, 2) < log_key(p, 10));
+        assert!(log_key(p, u64::MAX) < prefix_end(p));
+    }
+
+    #[test]
+    fn idempotency_compares_bodies() {
+        let e = episode();
+        assert!(e.same_body("hello", r#"{"k":1}"#, &Some(vec![1.0, 2.0]), None));
+        assert!(!e.same_body("hello!", r#"{"k":1}"#, &Some(vec![1.0, 2.0]), None));
+        assert!(!e.same_body("hello", r#"{"k":2}"#, &Some(vec![1.0, 2.0]), None));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &None, None));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &Some(vec![1.0, 2.0]), Some(5)));
+    }
+}

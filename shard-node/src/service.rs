@@ -1,0 +1,282 @@
+//! The shard node's HTTP API (`/internal/v1/...`), spoken by routers and the control plane.
+//!
+//! Every partition request is checked against the ring first ([`ShardService::check_owner`]): the
+//! node serves only partitions it owns at the newer of its own epoch and the caller's, and answers
+//! 421 `wrong_owner` with the current owner otherwise, so a stale router retries instead of writing
+//! to a node that has handed the partition off. Storage work runs on blocking threads, bounded by
+//! a semaphore so no more operations reach a vector index at once than it has contexts for.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use hyper::body::Incoming;
+use memring_common::api::{
+    self, EPOCH_HEADER, ListResponse, PartitionList, SearchResponse, ShardItemResult, ShardSearch,
+    ShardWrite, ShardWriteResponse, TenantDeleted,
+};
+use memring_common::clock::now_millis;
+use memring_common::http::{
+    BoxFuture, Reply, Service, error_response, json, percent_decode, query_pairs, read_body,
+};
+use memring_common::watcher::RingView;
+use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, Scope, TenantId};
+use tokio::sync::Semaphore;
+
+use crate::storage::Storage;
+
+/// Shared state of the shard node's handlers.
+pub struct ShardService {
+    node: NodeId,
+    storage: Arc<Storage>,
+    ring: Arc<RingView>,
+    slots: Arc<Semaphore>,
+    body_limit: usize,
+}
+
+impl ShardService {
+    /// Builds the service.
+    pub fn new(
+        node: NodeId,
+        storage: Arc<Storage>,
+        ring: Arc<RingView>,
+        concurrency: usize,
+        body_limit: usize,
+    ) -> Self {
+        Self { node, storage, ring, slots: Arc::new(Semaphore::new(concurrency.max(1))), body_limit }
+    }
+
+    /// Refuses the request unless this node owns `partition` at the newer of the caller's epoch and
+    /// its own.
+    pub async fn check_owner(&self, partition: &PartitionKey, caller_epoch: Option<u64>) -> Result<(), ApiError> {
+        let mut ring = self.ring.ring();
+        if caller_epoch.is_some_and(|e| e > ring.epoch()) {
+            // The caller has seen a newer layout than we have: catch up before deciding.
+            ring = self.ring.refresh().await.unwrap_or(ring);
+        }
+        match ring.owner(partition) {
+            Some(owner) if owner.id == self.node => Ok(()),
+            Some(owner) => Err(ApiError::new(
+                ErrorCode::WrongOwner,
+                format!("node {} does not own {partition} at epoch {}; {} does", self.node, ring.epoch(), owner.id),
+            )
+            .with_details(serde_json::json!({
+                "epoch": ring.epoch(),
+                "owner": { "id": owner.id, "addr": owner.addr },
+            }))),
+            None => Err(ApiError::unavailable("the ring has no nodes yet", 1)),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("shutting down", 1))?;
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || work(&storage))
+            .await
+            .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
+    }
+
+    async fn route(self: Arc<Self>, req: Request<Incoming>) -> (&'static str, Result<http::Response<memring_common::http::Body>, ApiError>) {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let method = req.method().clone();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["internal", "v1", "partitions"]) => {
+                let node = self.node.clone();
+                let r = self.blocking(|s| s.partitions()).await.map(|partitions| json(200, &PartitionList { node, partitions }));
+                ("internal.partitions", r)
+            }
+            (&Method::DELETE, ["internal", "v1", "tenants", tenant]) => {
+                let r = async {
+                    let tenant = TenantId::parse(&percent_decode(tenant)?)?;
+                    let removed = self.blocking(move |s| s.delete_tenant(&tenant)).await?;
+                    Ok(json(200, &TenantDeleted { partitions_removed: removed }))
+                }
+                .await;
+                ("internal.tenant.delete", r)
+            }
+            (_, ["internal", "v1", "p", tenant, scope, rest @ ..]) => {
+                let partition = match parse_partition(tenant, scope) {
+                    Ok(p) => p,
+                    Err(e) => return ("internal.partition", Err(e)),
+                };
+                let caller_epoch = match caller_epoch(&req) {
+                    Ok(e) => e,
+                    Err(e) => return ("internal.partition", Err(e)),
+                };
+                if let Err(e) = self.check_owner(&partition, caller_epoch).await {
+                    return ("internal.partition", Err(e));
+                }
+                self.partition_route(method, rest.iter().map(|s| s.to_string()).collect(), partition, req).await
+            }
+            _ => ("unknown", Err(ApiError::new(ErrorCode::RouteNotFound, format!("no internal endpoint {method} {path}")))),
+        }
+    }
+
+    async fn partition_route(
+        self: Arc<Self>,
+        method: Method,
+        rest: Vec<String>,
+        partition: PartitionKey,
+        req: Request<Incoming>,
+    ) -> (&'static str, Result<http::Response<memring_common::http::Body>, ApiError>) {
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        match (&method, rest.as_slice()) {
+            (&Method::POST, ["memories"]) => ("internal.write", self.write(partition, req).await),
+            (&Method::GET, ["memories"]) => ("internal.list", self.list(partition, req.uri().query()).await),
+            (&Method::GET, ["memories", id]) => {
+                let r = async {
+                    let id = MemoryId::parse(&percent_decode(id)?)?;
+                    let view = self.blocking(move |s| s.get(&partition, &id, now_millis())).await?;
+                    Ok(json(200, &view))
+                }
+                .await;
+                ("internal.get", r)
+            }
+            (&Method::DELETE, ["memories", id]) => {
+                let r = async {
+                    let id = MemoryId::parse(&percent_decode(id)?)?;
+                    self.blocking(move |s| s.delete(&partition, &id, now_millis())).await?;
+                    Ok(memring_common::http::empty(204))
+                }
+                .await;
+                ("internal.delete", r)
+            }
+            (&Method::POST, ["search"]) => ("internal.search", self.search(partition, req).await),
+            (&Method::GET, ["log"]) => ("internal.log", self.log(partition, req.uri().query()).await),
+            _ => ("unknown", Err(ApiError::new(ErrorCode::RouteNotFound, format!("no internal endpoint {method} .../{}", rest.join("/"))))),
+        }
+    }
+
+    async fn write(&self, partition: PartitionKey, req: Request<Incoming>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let body: Bytes = read_body(req, self.body_limit).await?;
+        let write: ShardWrite = memring_common::http::parse_json(&body)?;
+        for item in &write.items {
+            if item.scope != *partition.scope() {
+                return Err(ApiError::invalid(format!("item {} has scope {}, not {}", item.id, item.scope, partition.scope())));
+            }
+            if let Some(e) = &item.embedding {
+                api::validate_embedding(e)?;
+            }
+        }
+        let results = self.blocking(move |s| s.write(&partition, write.items, now_millis())).await?;
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok((outcome, result)) => ShardItemResult::Ok { outcome, result },
+                Err(e) => ShardItemResult::Err { error: e.to_body().error },
+            })
+            .collect();
+        Ok(json(200, &ShardWriteResponse { results }))
+    }
+
+    async fn list(&self, partition: PartitionKey, query: Option<&str>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let mut limit = api::DEFAULT_LIST_LIMIT;
+        let mut after = None;
+        for (k, v) in query_pairs(query)? {
+            match k.as_str() {
+                "limit" => limit = parse_limit(&v)?,
+                "cursor" => after = Some(api::decode_cursor(&v)?),
+                _ => {}
+            }
+        }
+        let (items, more) = self.blocking(move |s| s.list(&partition, after.as_ref(), limit, now_millis())).await?;
+        let next_cursor = if more { items.last().map(|m| api::encode_cursor(&m.id)) } else { None };
+        Ok(json(200, &ListResponse { items, next_cursor }))
+    }
+
+    async fn search(&self, partition: PartitionKey, req: Request<Incoming>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let body = read_body(req, self.body_limit).await?;
+        let search: ShardSearch = memring_common::http::parse_json(&body)?;
+        api::validate_embedding(&search.embedding)?;
+        if search.k == 0 || search.k > api::MAX_K {
+            return Err(ApiError::invalid(format!("\"k\" must be between 1 and {}", api::MAX_K)));
+        }
+        let results = self
+            .blocking(move |s| s.search(&partition, &search.embedding, search.k, &search.filter, now_millis()))
+            .await?;
+        Ok(json(200, &SearchResponse { results, partial: false }))
+    }
+
+    async fn log(&self, partition: PartitionKey, query: Option<&str>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let mut after = 0u64;
+        let mut limit = 1000usize;
+        for (k, v) in query_pairs(query)? {
+            match k.as_str() {
+                "after" => after = v.parse().map_err(|_| ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}")))?,
+                "limit" => limit = parse_limit(&v)?,
+                _ => {}
+            }
+        }
+        let entries = self.blocking(move |s| s.log_after(&partition, after, limit)).await?;
+        let summary: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| match &e.op {
+                crate::record::LogOp::Put(ep) => serde_json::json!({"seq": e.seq, "op": "put", "id": ep.id, "version": ep.version}),
+                crate::record::LogOp::Delete { id, version } => serde_json::json!({"seq": e.seq, "op": "delete", "id": id, "version": version}),
+            })
+            .collect();
+        Ok(json(200, &serde_json::json!({ "entries": summary })))
+    }
+}
+
+fn parse_partition(tenant: &str, scope: &str) -> Result<PartitionKey, ApiError> {
+    let scope = Scope::parse(&percent_decode(scope)?)?;
+    let tenant = percent_decode(tenant)?;
+    if tenant == "*" {
+        if scope != Scope::Global {
+            return Err(ApiError::invalid("tenant * is only for the global scope"));
+        }
+        return Ok(PartitionKey::global());
+    }
+    Ok(PartitionKey::new(&TenantId::parse(&tenant)?, &scope))
+}
+
+fn parse_limit(v: &str) -> Result<usize, ApiError> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=api::MAX_LIST_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid(format!("\"limit\" must be an integer from 1 to {}, got {v:?}", api::MAX_LIST_LIMIT))),
+    }
+}
+
+fn caller_epoch(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
+    match req.headers().get(EPOCH_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(format!("header {EPOCH_HEADER} must be an integer"))),
+    }
+}
+
+impl Service for ShardService {
+    fn handle(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<Reply> {
+        Box::pin(async move {
+            let (route, result) = self.route(req).await;
+            let response = result.unwrap_or_else(|e| {
+                if e.code() != ErrorCode::WrongOwner && e.status() >= 500 {
+                    tracing::warn!(error = %e, route, "request failed");
+                }
+                error_response(&e)
+            });
+            Reply { route, response }
+        })
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if !self.ring.is_loaded() {
+            return Err("ring not loaded yet".into());
+        }
+        Ok(())
+    }
+}

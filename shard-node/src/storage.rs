@@ -1,0 +1,589 @@
+//! The shard node's durable state: RocksDB, and the partitions (with their indexes) on top of it.
+//!
+//! Column families:
+//! - `episodes`: `partition ‖ id` → [`StoredEpisode`]
+//! - `log`: `partition ‖ seq` → [`LogEntry`]; every put and delete, appended in the *same* write
+//!   batch as the change it records, so the log and the data can never disagree after a crash
+//! - `meta`: `partition` → [`PartitionMeta`] (dimension, last seq, count, next label), in the same
+//!   batch too; plus node-level keys under a `0xFF` prefix no partition encoding can start with.
+//!
+//! Concurrency: each partition has one write mutex (guarding its meta) that orders its changes;
+//! its vector index sits behind a read-write lock taken after the mutex. Searches take only the
+//! read lock. A node-wide gate lets a tenant deletion exclude writes while it runs. All methods
+//! here block (RocksDB and usearch are synchronous); the HTTP layer calls them on blocking threads.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use memring_common::api::{
+    Filter, MemoryView, PartitionStats, SearchHit, WriteItem, WriteOutcome, WriteResult,
+};
+use memring_common::clock::format_millis;
+use memring_common::scope::tenant_prefix;
+use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, TenantId};
+use parking_lot::{Mutex, RwLock};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options,
+    ReadOptions, WriteBatch, WriteOptions,
+};
+use serde_json::{Map, Value};
+
+use crate::index::{IndexConfig, VectorIndex};
+use crate::record::{
+    LogEntry, LogOp, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key,
+    parse_metadata, partition_of_meta_key, prefix_end,
+};
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+const CF_EPISODES: &str = "episodes";
+const CF_LOG: &str = "log";
+const CF_META: &str = "meta";
+/// Node-level meta key: the node id this data directory belongs to.
+const NODE_ID_KEY: &[u8] = b"\xffnode_id";
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// fsync the WAL on every write (survives power loss; slower). Without it a write survives a
+    /// process crash but not a machine crash.
+    pub sync_writes: bool,
+    /// RocksDB block cache, bytes.
+    pub block_cache_bytes: usize,
+    /// Vector index tuning.
+    pub index: IndexConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { sync_writes: false, block_cache_bytes: 256 << 20, index: IndexConfig::default() }
+    }
+}
+
+/// What the index needs to know about a memory to filter and answer without touching RocksDB.
+struct Entry {
+    id: String,
+    created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    metadata: Map<String, Value>,
+}
+
+/// A partition's loaded search state.
+struct Loaded {
+    vectors: Option<VectorIndex>,
+    entries: HashMap<u64, Entry>,
+}
+
+/// One partition on this node.
+struct Partition {
+    key: PartitionKey,
+    enc: Vec<u8>,
+    meta: Mutex<PartitionMeta>,
+    search: RwLock<Option<Loaded>>,
+}
+
+/// The node's storage engine.
+pub struct Storage {
+    db: Db,
+    config: StorageConfig,
+    partitions: RwLock<HashMap<Vec<u8>, Arc<Partition>>>,
+    /// Writes hold it shared; a tenant deletion holds it exclusively.
+    gate: RwLock<()>,
+}
+
+fn db_err(e: rocksdb::Error) -> ApiError {
+    ApiError::internal(format!("rocksdb: {e}"))
+}
+
+impl Storage {
+    /// Opens (or creates) the database in `dir` for node `node`. Refuses a directory that belongs
+    /// to another node id: two nodes must never share data.
+    pub fn open(dir: &Path, node: &NodeId, config: StorageConfig) -> anyhow::Result<Self> {
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        let cfs = [CF_EPISODES, CF_LOG, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        let db = Db::open_cf_descriptors(&db_opts, dir, cfs)
+            .map_err(|e| anyhow::anyhow!("cannot open RocksDB in {}: {e}", dir.display()))?;
+        let storage = Self {
+            db,
+            config,
+            partitions: RwLock::new(HashMap::new()),
+            gate: RwLock::new(()),
+        };
+        storage.claim(node)?;
+        Ok(storage)
+    }
+
+    fn claim(&self, node: &NodeId) -> anyhow::Result<()> {
+        let meta = self.cf(CF_META)?;
+        match self.db.get_cf(&meta, NODE_ID_KEY)? {
+            Some(owner) if owner != node.as_str().as_bytes() => anyhow::bail!(
+                "data directory belongs to node {:?}, not {node}; give each node its own --data-dir",
+                String::from_utf8_lossy(&owner)
+            ),
+            Some(_) => Ok(()),
+            None => Ok(self.db.put_cf(&meta, NODE_ID_KEY, node.as_str().as_bytes())?),
+        }
+    }
+
+    fn cf(&self, name: &str) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>, ApiError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| ApiError::internal(format!("column family {name} is missing")))
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(self.config.sync_writes);
+        w
+    }
+
+    /// The partition, loading its meta from disk; `None` if it has never been written (and
+    /// `create` is false).
+    fn partition(&self, key: &PartitionKey, create: bool) -> Result<Option<Arc<Partition>>, ApiError> {
+        let enc = key.encode();
+        if let Some(p) = self.partitions.read().get(&enc) {
+            return Ok(Some(p.clone()));
+        }
+        let meta_cf = self.cf(CF_META)?;
+        let meta = match self.db.get_cf(&meta_cf, &enc).map_err(db_err)? {
+            Some(bytes) => decode::<PartitionMeta>(&bytes)?,
+            None if create => PartitionMeta::default(),
+            None => return Ok(None),
+        };
+        let mut map = self.partitions.write();
+        let p = map
+            .entry(enc.clone())
+            .or_insert_with(|| {
+                Arc::new(Partition {
+                    key: key.clone(),
+                    enc,
+                    meta: Mutex::new(meta),
+                    search: RwLock::new(None),
+                })
+            })
+            .clone();
+        Ok(Some(p))
+    }
+
+    fn read_episode(&self, enc: &[u8], id: &str) -> Result<Option<StoredEpisode>, ApiError> {
+        let cf = self.cf(CF_EPISODES)?;
+        match self.db.get_cf(&cf, episode_key(enc, id)).map_err(db_err)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `items` (all of `key`'s partition) in one atomic batch. Each item succeeds or fails
+    /// on its own; failed items change nothing. Idempotent by id: the same body again is
+    /// `Unchanged` and writes nothing, not even a log entry.
+    pub fn write(
+        &self,
+        key: &PartitionKey,
+        items: Vec<WriteItem>,
+        now_ms: i64,
+    ) -> Result<Vec<Result<(WriteOutcome, WriteResult), ApiError>>, ApiError> {
+        let _gate = self.gate.read();
+        let Some(p) = self.partition(key, true)? else {
+            return Err(ApiError::internal("partition vanished while being created"));
+        };
+        let mut meta = p.meta.lock();
+        let mut next = meta.clone();
+        let mut batch = WriteBatch::default();
+        let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
+        // Later items of the same batch see earlier ones through this overlay.
+        let mut pending: HashMap<String, StoredEpisode> = HashMap::new();
+        let mut index_ops: Vec<(u64, Option<Vec<f32>>, Option<Entry>)> = Vec::new();
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let id = item.id.as_str().to_owned();
+            let existing = match pending.get(&id) {
+                Some(e) => Some(e.clone()),
+                None => self.read_episode(&p.enc, &id)?.filter(|e| !e.is_expired(now_ms)),
+            };
+            let metadata_json = serde_json::to_string(&item.metadata)
+                .map_err(|e| ApiError::internal(format!("metadata does not serialize: {e}")))?;
+            if let Some(embedding) = &item.embedding {
+                match next.dimensions {
+                    Some(d) if d as usize != embedding.len() => {
+                        results.push(Err(ApiError::new(
+                            ErrorCode::DimensionMismatch,
+                            format!(
+                                "embedding has {} dimensions but partition {} was created with {d}; all memories of a scope share one dimension",
+                                embedding.len(),
+                                p.key
+                            ),
+                        )));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => next.dimensions = Some(embedding.len() as u32),
+                }
+            }
+            let result_of = |e: &StoredEpisode| WriteResult {
+                id: item.id.clone(),
+                scope: item.scope.clone(),
+                created_at: format_millis(e.created_at_ms),
+                version: e.version,
+            };
+            if let Some(old) = &existing {
+                if old.same_body(&item.content, &metadata_json, &item.embedding, item.ttl_seconds) {
+                    results.push(Ok((WriteOutcome::Unchanged, result_of(old))));
+                    continue;
+                }
+            }
+            let (outcome, episode) = match existing {
+                Some(old) => (
+                    WriteOutcome::Updated,
+                    StoredEpisode {
+                        id: id.clone(),
+                        content: item.content,
+                        metadata_json,
+                        embedding: item.embedding,
+                        created_at_ms: old.created_at_ms,
+                        updated_at_ms: now_ms,
+                        version: old.version + 1,
+                        expires_at_ms: item.ttl_seconds.map(|t| now_ms + (t as i64) * 1000),
+                        label: old.label,
+                    },
+                ),
+                None => {
+                    let label = next.next_label;
+                    next.next_label += 1;
+                    next.count += 1;
+                    (
+                        WriteOutcome::Created,
+                        StoredEpisode {
+                            id: id.clone(),
+                            content: item.content,
+                            metadata_json,
+                            embedding: item.embedding,
+                            created_at_ms: now_ms,
+                            updated_at_ms: now_ms,
+                            version: 1,
+                            expires_at_ms: item.ttl_seconds.map(|t| now_ms + (t as i64) * 1000),
+                            label,
+                        },
+                    )
+                }
+            };
+            next.last_seq += 1;
+            let entry = LogEntry { seq: next.last_seq, at_ms: now_ms, op: LogOp::Put(episode.clone()) };
+            batch.put_cf(&ep_cf, episode_key(&p.enc, &id), encode(&episode)?);
+            batch.put_cf(&log_cf, log_key(&p.enc, next.last_seq), encode(&entry)?);
+            index_ops.push((episode.label, episode.embedding.clone(), Some(entry_of(&episode, &item.metadata))));
+            results.push(Ok((outcome, result_of(&episode))));
+            pending.insert(id, episode);
+        }
+        if next != *meta {
+            batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
+            self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
+            *meta = next;
+            self.apply_to_index(&p, index_ops);
+        }
+        Ok(results)
+    }
+
+    /// Deletes one memory. `NotFound` if it does not exist (or has expired).
+    pub fn delete(&self, key: &PartitionKey, id: &MemoryId, now_ms: i64) -> Result<(), ApiError> {
+        let _gate = self.gate.read();
+        let not_found = || ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()));
+        let Some(p) = self.partition(key, false)? else { return Err(not_found()) };
+        let mut meta = p.meta.lock();
+        let Some(old) = self.read_episode(&p.enc, id.as_str())? else { return Err(not_found()) };
+        let mut next = meta.clone();
+        next.last_seq += 1;
+        next.count = next.count.saturating_sub(1);
+        let entry = LogEntry {
+            seq: next.last_seq,
+            at_ms: now_ms,
+            op: LogOp::Delete { id: old.id.clone(), version: old.version },
+        };
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(&self.cf(CF_EPISODES)?, episode_key(&p.enc, id.as_str()));
+        batch.put_cf(&self.cf(CF_LOG)?, log_key(&p.enc, next.last_seq), encode(&entry)?);
+        batch.put_cf(&self.cf(CF_META)?, &p.enc, encode(&next)?);
+        self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
+        *meta = next;
+        self.apply_to_index(&p, vec![(old.label, None, None)]);
+        if old.is_expired(now_ms) {
+            return Err(not_found());
+        }
+        Ok(())
+    }
+
+    /// Applies committed changes to the loaded index (if it is loaded; otherwise the next load
+    /// reads them from RocksDB). Called with the partition's write mutex held, so in log order.
+    fn apply_to_index(&self, p: &Partition, ops: Vec<(u64, Option<Vec<f32>>, Option<Entry>)>) {
+        let mut guard = p.search.write();
+        let Some(loaded) = guard.as_mut() else { return };
+        for (label, vector, entry) in ops {
+            let result = match (&vector, &mut loaded.vectors) {
+                (Some(v), Some(index)) => index.upsert(label, v),
+                (Some(v), slot @ None) => {
+                    let mut index = VectorIndex::new(v.len(), self.config.index.clone());
+                    let r = index.upsert(label, v);
+                    *slot = Some(index);
+                    r
+                }
+                (None, Some(index)) => index.remove(label),
+                (None, None) => Ok(()),
+            };
+            match (vector.is_some(), entry) {
+                (true, Some(entry)) => {
+                    loaded.entries.insert(label, entry);
+                }
+                _ => {
+                    loaded.entries.remove(&label);
+                }
+            }
+            if let Err(e) = result {
+                // The data is committed; only the derived index failed. Drop it so the next search
+                // rebuilds it from RocksDB rather than serving a wrong answer.
+                tracing::error!(partition = %p.key, error = %e, "index update failed; index will be rebuilt");
+                *guard = None;
+                return;
+            }
+        }
+    }
+
+    /// Builds the partition's search state from RocksDB if it is not loaded.
+    fn ensure_loaded(&self, p: &Partition) -> Result<(), ApiError> {
+        if p.search.read().is_some() {
+            return Ok(());
+        }
+        let _meta = p.meta.lock();
+        let mut guard = p.search.write();
+        if guard.is_some() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut loaded = Loaded { vectors: None, entries: HashMap::new() };
+        let cf = self.cf(CF_EPISODES)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&p.enc));
+        opts.fill_cache(false);
+        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(&p.enc, rocksdb::Direction::Forward)) {
+            let (_, value) = item.map_err(db_err)?;
+            let episode: StoredEpisode = decode(&value)?;
+            let Some(vector) = &episode.embedding else { continue };
+            let index = loaded
+                .vectors
+                .get_or_insert_with(|| VectorIndex::new(vector.len(), self.config.index.clone()));
+            index.upsert(episode.label, vector).map_err(|e| ApiError::internal(e.to_string()))?;
+            let metadata = parse_metadata(&episode.metadata_json)?;
+            loaded.entries.insert(episode.label, entry_of(&episode, &metadata));
+        }
+        tracing::info!(
+            partition = %p.key,
+            vectors = loaded.entries.len(),
+            engine = loaded.vectors.as_ref().map(|v| v.engine_name()).unwrap_or("none"),
+            millis = started.elapsed().as_millis() as u64,
+            "index built from RocksDB"
+        );
+        *guard = Some(loaded);
+        Ok(())
+    }
+
+    /// The best `k` memories of the partition for `query` that pass `filter`, best first.
+    pub fn search(
+        &self,
+        key: &PartitionKey,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+        now_ms: i64,
+    ) -> Result<Vec<SearchHit>, ApiError> {
+        let Some(p) = self.partition(key, false)? else { return Ok(Vec::new()) };
+        if let Some(d) = p.meta.lock().dimensions {
+            if d as usize != query.len() {
+                return Err(ApiError::new(
+                    ErrorCode::DimensionMismatch,
+                    format!(
+                        "query embedding has {} dimensions but scope {} holds {d}-dimensional memories",
+                        query.len(),
+                        key.scope()
+                    ),
+                ));
+            }
+        }
+        self.ensure_loaded(&p)?;
+        let guard = p.search.read();
+        let Some(loaded) = guard.as_ref() else { return Ok(Vec::new()) };
+        let Some(index) = &loaded.vectors else { return Ok(Vec::new()) };
+        let has_expiring = loaded.entries.values().any(|e| e.expires_at_ms.is_some());
+        let allowed: Option<HashSet<u64>> = (!filter.is_empty() || has_expiring).then(|| {
+            loaded
+                .entries
+                .iter()
+                .filter(|(_, e)| {
+                    !e.expires_at_ms.is_some_and(|at| at <= now_ms)
+                        && filter.matches(&e.metadata, e.created_at_ms)
+                })
+                .map(|(label, _)| *label)
+                .collect()
+        });
+        let scored = index
+            .search(query, k, allowed.as_ref())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let ids: Vec<(&Entry, f32)> =
+            scored.iter().filter_map(|s| loaded.entries.get(&s.label).map(|e| (e, s.score))).collect();
+        let cf = self.cf(CF_EPISODES)?;
+        let keys: Vec<Vec<u8>> = ids.iter().map(|(e, _)| episode_key(&p.enc, &e.id)).collect();
+        let values = self.db.batched_multi_get_cf(&cf, &keys, false);
+        let mut hits = Vec::with_capacity(ids.len());
+        for ((entry, score), value) in ids.into_iter().zip(values) {
+            // A memory deleted since the index lookup is simply left out.
+            let Some(bytes) = value.map_err(db_err)? else { continue };
+            let episode: StoredEpisode = decode(&bytes)?;
+            hits.push(SearchHit {
+                id: MemoryId::parse(&entry.id)?,
+                scope: key.scope().clone(),
+                score,
+                content: episode.content,
+                metadata: entry.metadata.clone(),
+                created_at: format_millis(episode.created_at_ms),
+            });
+        }
+        Ok(hits)
+    }
+
+    /// One memory. `NotFound` if absent or expired.
+    pub fn get(&self, key: &PartitionKey, id: &MemoryId, now_ms: i64) -> Result<MemoryView, ApiError> {
+        let enc = key.encode();
+        match self.read_episode(&enc, id.as_str())? {
+            Some(e) if !e.is_expired(now_ms) => e.to_view(key.scope()),
+            _ => Err(ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()))),
+        }
+    }
+
+    /// Up to `limit` memories after `after` (exclusive), in id order, and whether more follow.
+    pub fn list(
+        &self,
+        key: &PartitionKey,
+        after: Option<&MemoryId>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<MemoryView>, bool), ApiError> {
+        let enc = key.encode();
+        let start = match after {
+            // The byte after the id: ids never contain 0x00, so this is the next possible key.
+            Some(id) => {
+                let mut k = episode_key(&enc, id.as_str());
+                k.push(0);
+                k
+            }
+            None => enc.clone(),
+        };
+        let cf = self.cf(CF_EPISODES)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&enc));
+        let mut items = Vec::with_capacity(limit.min(1024));
+        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            let (_, value) = item.map_err(db_err)?;
+            let episode: StoredEpisode = decode(&value)?;
+            if episode.is_expired(now_ms) {
+                continue;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            items.push(episode.to_view(key.scope())?);
+        }
+        Ok((items, false))
+    }
+
+    /// Deletes every partition of `tenant` on this node (data, log and meta). Returns how many
+    /// partitions were removed.
+    pub fn delete_tenant(&self, tenant: &TenantId) -> Result<usize, ApiError> {
+        let _gate = self.gate.write();
+        let prefix = tenant_prefix(tenant);
+        let end = prefix_end(&prefix);
+        let removed = self.partitions_with_prefix(&prefix)?.len();
+        let mut batch = WriteBatch::default();
+        for name in [CF_EPISODES, CF_LOG, CF_META] {
+            batch.delete_range_cf(&self.cf(name)?, &prefix, &end);
+        }
+        self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
+        self.partitions.write().retain(|enc, _| !enc.starts_with(&prefix));
+        Ok(removed)
+    }
+
+    fn partitions_with_prefix(&self, prefix: &[u8]) -> Result<Vec<PartitionStats>, ApiError> {
+        let cf = self.cf(CF_META)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(prefix));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward)) {
+            let (k, v) = item.map_err(db_err)?;
+            let Some(partition) = partition_of_meta_key(&k) else { continue };
+            let meta: PartitionMeta = decode(&v)?;
+            out.push(PartitionStats {
+                partition,
+                count: meta.count,
+                dimensions: meta.dimensions,
+                last_seq: meta.last_seq,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every partition stored on this node.
+    pub fn partitions(&self) -> Result<Vec<PartitionStats>, ApiError> {
+        let mut all = self.partitions_with_prefix(&[])?;
+        // Meta may lag the in-memory state of a partition being written right now; prefer memory.
+        let live = self.partitions.read();
+        for stats in &mut all {
+            if let Some(p) = live.get(&stats.partition.encode()) {
+                let meta = p.meta.lock();
+                stats.count = meta.count;
+                stats.last_seq = meta.last_seq;
+                stats.dimensions = meta.dimensions;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Change-log entries of a partition after `after_seq` (at most `limit`), for tests, replication
+    /// and migration catch-up.
+    pub fn log_after(&self, key: &PartitionKey, after_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ApiError> {
+        let enc = key.encode();
+        let cf = self.cf(CF_LOG)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&enc));
+        let start = log_key(&enc, after_seq.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            let (_, value) = item.map_err(db_err)?;
+            out.push(decode(&value)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {
+    Entry {
+        id: e.id.clone(),
+        created_at_ms: e.created_at_ms,
+        expires_at_ms: e.expires_at_ms,
+        metadata: metadata.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+//! Storage against a real RocksDB in a temporary directory.
+
+use super::*;
+use memring_common::Scope;
+use memring_common::api::WriteOutcome;
+
+fn open(dir: &Path) -> Storage {
+    Storage::open(dir, &NodeId::parse("n1").expect("id"), StorageConfig::default()).expect("open")
+}
+
+fn key(tenant: &str, scope: &str) -> PartitionKey {
+    PartitionKey::new(&TenantId::parse(tenant).expect("tenant"), &Scope::parse(scope).expect("scope"))
+}
+
+fn item(id: &str, content: &str, v: Vec<f32>) -> WriteItem {
+    WriteItem {
+        id: MemoryId::parse(id).expect("id"),
+        scope: Scope::Shared,
+        content: content.into(),
+        embedding: Some(v),
+        metadata: Map::new(),
+        ttl_seconds: None,
+    }
+}
+
+fn outcomes(r: Vec<Result<(WriteOutcome, WriteResult), ApiError>>) -> Vec<Result<WriteOutcome, ErrorCode>> {
+    r.into_iter().map(|x| x.map(|(o, _)| o).map_err(|e| e.code())).collect()
+}
+
+#[test]
+fn writes_are_idempotent_and_logged_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let k = key("t", "shared");
+    let first = s.write(&k, vec![item("a", "x", vec![1.0, 0.0])], 10).expect("write");
+    assert_eq!(outcomes(first), vec![Ok(WriteOutcome::Created)]);
+    let again = s.write(&k, vec![item("a", "x", vec![1.0, 0.0])], 20).expect("write");
+    assert_eq!(outcomes(again), vec![Ok(WriteOutcome::Unchanged)]);
+    assert_eq!(s.log_after(&k, 0, 100).expect("log").len(), 1);
+    let changed = s.write(&k, vec![item("a", "y", vec![1.0, 0.0])], 30).expect("write");
+    assert_eq!(outcomes(changed), vec![Ok(WriteOutcome::Updated)]);
+    let log = s.log_after(&k, 0, 100).expect("log");
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let view = s.get(&k, &MemoryId::parse("a").expect("id"), 40).expect("get");
+    assert_eq!((view.version, view.content.as_str()), (2, "y"));
+    assert_eq!(s.partitions().expect("partitions")[0].count, 1);
+}
+
+#[test]
+fn the_first_dimension_sticks_and_bad_items_fail_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let k = key("t", "shared");
+    let r = s
+        .write(&k, vec![item("a", "x", vec![1.0, 0.0]), item("b", "x", vec![1.0, 0.0, 0.0]), item("c", "x", vec![0.0, 1.0])], 1)
+        .expect("write");
+    assert_eq!(
+        outcomes(r),
+        vec![Ok(WriteOutcome::Created), Err(ErrorCode::DimensionMismatch), Ok(WriteOutcome::Created)]
+    );
+    assert!(s.get(&k, &MemoryId::parse("b").expect("id"), 1).is_err());
+    // Duplicates inside one batch see each other.
+    let r = s.write(&k, vec![item("d", "x", vec![1.0, 1.0]), item("d", "x", vec![1.0, 1.0])], 2).expect("write");
+    assert_eq!(outcomes(r), vec![Ok(WriteOutcome::Created), Ok(WriteOutcome::Unchanged)]);
+}
+
+#[test]
+fn search_list_delete_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = key("t", "shared");
+    {
+        let s = open(dir.path());
+        let items = (0..50).map(|i| item(&format!("m{i:02}"), "x", vec![1.0, i as f32 / 10.0])).collect();
+        s.write(&k, items, 5).expect("write");
+        let hits = s.search(&k, &[1.0, 0.0], 3, &Filter::default(), 6).expect("search");
+        assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["m00", "m01", "m02"]);
+        s.delete(&k, &MemoryId::parse("m00").expect("id"), 7).expect("delete");
+        let hits = s.search(&k, &[1.0, 0.0], 1, &Filter::default(), 8).expect("search");
+        assert_eq!(hits[0].id.as_str(), "m01");
+        let (page, more) = s.list(&k, None, 20, 8).expect("list");
+        assert!(more);
+        assert_eq!(page.first().map(|m| m.id.as_str()), Some("m01"));
+        let (rest, more) = s.list(&k, Some(&page[19].id), 100, 8).expect("list");
+        assert!(!more);
+        assert_eq!(page.len() + rest.len(), 49);
+    }
+    // Reopen: the index is rebuilt from RocksDB and answers the same.
+    let s = open(dir.path());
+    let hits = s.search(&k, &[1.0, 0.0], 1, &Filter::default(), 9).expect("search");
+    assert_eq!(hits[0].id.as_str(), "m01");
+    assert_eq!(s.partitions().expect("partitions")[0].count, 49);
+    assert_eq!(s.log_after(&k, 0, 1000).expect("log").len(), 51);
+}
+
+#[test]
+fn tenant_deletion_is_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    // "ab" and "abc" share a text prefix but not a key prefix.
+    for (t, scope) in [("ab", "shared"), ("ab", "agent:x"), ("abc", "shared"), ("b", "shared")] {
+        let mut it = item("m", "x", vec![1.0]);
+        it.scope = Scope::parse(scope).expect("scope");
+        s.write(&key(t, scope), vec![it], 1).expect("write");
+    }
+    assert_eq!(s.delete_tenant(&TenantId::parse("ab").expect("id")).expect("delete"), 2);
+    let left: Vec<String> = s.partitions().expect("partitions").iter().map(|p| p.partition.to_string()).collect();
+    assert_eq!(left, ["abc/shared", "b/shared"]);
+    assert!(s.search(&key("ab", "shared"), &[1.0], 5, &Filter::default(), 2).expect("search").is_empty());
+}
+
+#[test]
+fn a_data_dir_belongs_to_one_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()));
+    let err = Storage::open(dir.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default());
+    assert!(err.is_err());
+}
+
+#[test]
+fn expired_memories_vanish_from_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let k = key("t", "shared");
+    let mut it = item("ttl", "x", vec![1.0, 0.0]);
+    it.ttl_seconds = Some(1);
+    s.write(&k, vec![it, item("keep", "x", vec![0.9, 0.1])], 1_000).expect("write");
+    let id = MemoryId::parse("ttl").expect("id");
+    assert!(s.get(&k, &id, 1_500).is_ok());
+    assert!(s.get(&k, &id, 2_000).is_err());
+    let hits = s.search(&k, &[1.0, 0.0], 5, &Filter::default(), 2_500).expect("search");
+    assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["keep"]);
+    assert_eq!(s.list(&k, None, 10, 2_500).expect("list").0.len(), 1);
+}

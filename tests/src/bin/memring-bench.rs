@@ -1,0 +1,297 @@
+//! `memring-bench`: a reproducible load test of a local memring cluster.
+//!
+//! It starts its own cluster (the release binaries beside it, 3 shard nodes + 1 router, temp
+//! dirs), generates seeded *clustered* data (each tenant's vectors scatter around a few random
+//! centers, like real embeddings do; uniform random vectors have no neighbourhoods and make
+//! recall meaningless), spreads it over tenants with Zipf-skewed sizes, loads it through the
+//! router in batches, then measures search throughput and latency at two concurrencies, recall@10
+//! against an exact scan computed here, and the router's overhead (p50 through the router minus
+//! p50 straight to the owning shard node, same queries). It prints a Markdown report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use memring_common::api::ShardSearch;
+use memring_common::store::RingStore;
+use memring_common::store::embedded::EmbeddedStore;
+use memring_common::{PartitionKey, Ring, Scope, TenantId};
+use memring_tests::Cluster;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "memring-bench", about = "load and measure a local memring cluster")]
+struct Args {
+    /// Total vectors.
+    #[arg(long, default_value_t = 100_000)]
+    vectors: usize,
+    /// Dimensions.
+    #[arg(long, default_value_t = 384)]
+    dims: usize,
+    /// Tenants (sizes follow Zipf with exponent 1).
+    #[arg(long, default_value_t = 100)]
+    tenants: usize,
+    /// Queries per measured run.
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// Items per batch write.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent batch writers.
+    #[arg(long, default_value_t = 4)]
+    ingest_concurrency: usize,
+    /// Shard nodes.
+    #[arg(long, default_value_t = 3)]
+    shards: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Extra flags for every shard node, e.g. "--flat-limit=2048".
+    #[arg(long)]
+    shard_flag: Vec<String>,
+}
+
+struct Tenant {
+    id: String,
+    vectors: Vec<Vec<f32>>,
+    centers: Vec<Vec<f32>>,
+}
+
+fn gaussian(rng: &mut StdRng) -> f32 {
+    // Box–Muller.
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
+fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn around(center: &[f32], spread: f32, rng: &mut StdRng) -> Vec<f32> {
+    unit(center.iter().map(|c| c + spread * gaussian(rng)).collect())
+}
+
+fn generate(args: &Args) -> Vec<Tenant> {
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let harmonic: f64 = (1..=args.tenants).map(|i| 1.0 / i as f64).sum();
+    let spread = 1.0 / (args.dims as f32).sqrt();
+    (0..args.tenants)
+        .map(|i| {
+            let size = ((args.vectors as f64 / harmonic) / (i + 1) as f64).round().max(1.0) as usize;
+            let n_centers = (size / 200).clamp(4, 64);
+            let centers: Vec<Vec<f32>> =
+                (0..n_centers).map(|_| unit((0..args.dims).map(|_| gaussian(&mut rng)).collect())).collect();
+            let vectors = (0..size).map(|j| around(&centers[j % n_centers], spread, &mut rng)).collect();
+            Tenant { id: format!("tenant-{i:03}"), vectors, centers }
+        })
+        .collect()
+}
+
+fn exact_top(vectors: &[Vec<f32>], q: &[f32], k: usize) -> Vec<usize> {
+    let qn = unit(q.to_vec());
+    let mut scored: Vec<(f32, usize)> =
+        vectors.iter().enumerate().map(|(i, v)| (v.iter().zip(&qn).map(|(a, b)| a * b).sum::<f32>(), i)).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(k).map(|(_, i)| i).collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+struct Query {
+    tenant: usize,
+    body: bytes::Bytes,
+    shard_body: bytes::Bytes,
+    vector: Vec<f32>,
+}
+
+async fn run_queries(
+    client: &reqwest::Client,
+    urls: Arc<Vec<String>>,
+    queries: Arc<Vec<Query>>,
+    use_shard_body: bool,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, urls, queries, next) = (client.clone(), urls.clone(), queries.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let q = &queries[i % queries.len()];
+                let body = if use_shard_body { q.shard_body.clone() } else { q.body.clone() };
+                let t = Instant::now();
+                let resp = client.post(&urls[i % queries.len()]).header("content-type", "application/json").body(body).send().await?;
+                let status = resp.status();
+                let _ = resp.bytes().await?;
+                anyhow::ensure!(status.is_success(), "search answered {status}");
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let wall = started.elapsed();
+    all.sort();
+    Ok((wall, all))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    eprintln!("generating {} × {} clustered vectors over {} tenants (seed {})…", args.vectors, args.dims, args.tenants, args.seed);
+    let tenants = generate(&args);
+    let total: usize = tenants.iter().map(|t| t.vectors.len()).sum();
+    let largest = tenants.iter().map(|t| t.vectors.len()).max().unwrap_or(0);
+    let flags: Vec<&str> = args.shard_flag.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with(args.shards, &flags).await.context("starting the cluster")?;
+    let client = reqwest::Client::builder().no_proxy().tcp_nodelay(true).pool_max_idle_per_host(64).timeout(Duration::from_secs(60)).build()?;
+    let router = cluster.url();
+
+    // ---- ingest
+    eprintln!("loading {total} vectors in batches of {}…", args.batch);
+    let mut batches: Vec<(String, bytes::Bytes)> = Vec::new();
+    for t in &tenants {
+        for (c, chunk) in t.vectors.chunks(args.batch).enumerate() {
+            let items: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, v)| json!({"id": format!("v{}", c * args.batch + j), "scope": "shared", "content": format!("memory {} of {}", c * args.batch + j, t.id), "embedding": v, "metadata": {"n": j % 10}}))
+                .collect();
+            let body = serde_json::to_vec(&json!({"items": items}))?;
+            batches.push((format!("{router}/v1/tenants/{}/memories:batch", t.id), body.into()));
+        }
+    }
+    let batches = Arc::new(batches);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.ingest_concurrency {
+        let (client, batches, next) = (client.clone(), batches.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((url, body)) = batches.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                let resp = client.post(url).header("content-type", "application/json").body(body.clone()).send().await?;
+                anyhow::ensure!(resp.status().is_success(), "batch answered {}", resp.status());
+                let v: serde_json::Value = resp.json().await?;
+                let bad = v["results"].as_array().map(|r| r.iter().filter(|x| x.get("error").is_some()).count()).unwrap_or(1);
+                anyhow::ensure!(bad == 0, "{bad} items failed: {}", v["results"][0]);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let ingest = started.elapsed();
+    let ingest_rate = total as f64 / ingest.as_secs_f64();
+    eprintln!("ingest: {total} vectors in {:.1} s = {ingest_rate:.0} vectors/s", ingest.as_secs_f64());
+
+    // ---- queries: tenants drawn by size (Zipf), each query near one of the tenant's centers.
+    let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let spread = 1.0 / (args.dims as f32).sqrt();
+    let store = EmbeddedStore::open(cluster.ring_dir())?;
+    let ring = Ring::new(store.load().await?.layout);
+    let mut queries = Vec::with_capacity(args.queries);
+    let mut direct_urls = Vec::new();
+    let mut router_urls = Vec::new();
+    for _ in 0..args.queries {
+        let mut pick = rng.random_range(0..total);
+        let mut tenant = 0;
+        while pick >= tenants[tenant].vectors.len() {
+            pick -= tenants[tenant].vectors.len();
+            tenant += 1;
+        }
+        let t = &tenants[tenant];
+        let center = &t.centers[rng.random_range(0..t.centers.len())];
+        let vector = around(center, spread, &mut rng);
+        let body = serde_json::to_vec(&json!({"scopes": ["shared"], "embedding": vector, "k": 10}))?;
+        let shard_body = serde_json::to_vec(&ShardSearch { embedding: vector.clone(), k: 10, filter: Default::default() })?;
+        let partition = PartitionKey::new(&TenantId::parse(&t.id)?, &Scope::Shared);
+        let owner = ring.owner(&partition).context("empty ring")?;
+        direct_urls.push(format!("http://{}/internal/v1/p/{}/shared/search", owner.addr, t.id));
+        router_urls.push(format!("{router}/v1/tenants/{}/memories/search", t.id));
+        queries.push(Query { tenant, body: body.into(), shard_body: shard_body.into(), vector });
+    }
+    let queries = Arc::new(queries);
+    let router_urls = Arc::new(router_urls);
+    let direct_urls = Arc::new(direct_urls);
+
+    // ---- recall@10 against an exact scan
+    let mut hits = 0usize;
+    for (i, q) in queries.iter().enumerate() {
+        let truth = exact_top(&tenants[q.tenant].vectors, &q.vector, 10);
+        let resp: serde_json::Value = client.post(&router_urls[i]).header("content-type", "application/json").body(q.body.clone()).send().await?.json().await?;
+        let got: Vec<usize> = resp["results"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|h| h["id"].as_str()?.strip_prefix('v')?.parse().ok()).collect())
+            .unwrap_or_default();
+        hits += truth.iter().filter(|t| got.contains(t)).count();
+    }
+    let recall = hits as f64 / (queries.len() * 10) as f64;
+    eprintln!("recall@10: {recall:.4}");
+
+    // ---- warm-up, then throughput and latency
+    run_queries(&client, router_urls.clone(), queries.clone(), false, 8, queries.len()).await?;
+    let mut rows = Vec::new();
+    for concurrency in [1usize, 8] {
+        let n = if concurrency == 1 { queries.len() } else { queries.len() * 3 };
+        let (wall, lat) = run_queries(&client, router_urls.clone(), queries.clone(), false, concurrency, n).await?;
+        let qps = n as f64 / wall.as_secs_f64();
+        eprintln!("search c={concurrency}: {qps:.0} q/s, p50 {:?}, p99 {:?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        rows.push((concurrency, qps, percentile(&lat, 0.5), percentile(&lat, 0.99)));
+    }
+
+    // ---- router overhead: same queries, one at a time, through the router and straight to the owner
+    let mut via_router = Vec::new();
+    let mut direct = Vec::new();
+    for round in 0..2 {
+        let (_, r) = run_queries(&client, router_urls.clone(), queries.clone(), false, 1, queries.len()).await?;
+        let (_, d) = run_queries(&client, direct_urls.clone(), queries.clone(), true, 1, queries.len()).await?;
+        if round == 1 {
+            via_router = r;
+            direct = d;
+        }
+    }
+    let (p50_router, p50_direct) = (percentile(&via_router, 0.5), percentile(&direct, 0.5));
+    let overhead = p50_router.as_secs_f64() - p50_direct.as_secs_f64();
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    println!("| setting | value |\n|---|---|");
+    println!("| data | {total} vectors × {} dims, clustered (seed {}), {} tenants, Zipf sizes (largest {largest}) |", args.dims, args.seed, args.tenants);
+    println!("| cluster | {} shard nodes + 1 router, embedded ring store, release build, all on this machine |", args.shards);
+    println!("| machine | {} cores, {cpu} |", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!();
+    println!("| measure | result |\n|---|---|");
+    println!("| ingest (batches of {}, {} writers) | {ingest_rate:.0} vectors/s ({total} in {:.1} s) |", args.batch, args.ingest_concurrency, ingest.as_secs_f64());
+    println!("| recall@10 vs exact ({} queries) | {recall:.4} |", queries.len());
+    for (c, qps, p50, p99) in &rows {
+        println!("| search, concurrency {c} | {qps:.0} q/s, p50 {:.0} µs, p99 {:.0} µs |", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+    }
+    println!("| p50 via router / direct to owner | {:.0} µs / {:.0} µs |", p50_router.as_secs_f64() * 1e6, p50_direct.as_secs_f64() * 1e6);
+    println!("| router overhead at p50 | {:.0} µs |", overhead * 1e6);
+    drop(cluster);
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! The black-box harness: starts the real memring binaries on free loopback ports, each with its
+//! own data directory and log file, waits for `/ready`, and drives them over HTTP.
+//!
+//! Binaries are found next to the test executable's parent (`target/<profile>/`), or in
+//! `MEMRING_BIN_DIR`; `make test` builds them before running the tests. Every HTTP helper fails
+//! the test on a 5xx other than the 503s a test asks for, so "no test ever sees a 500" is checked
+//! on every request, not only in the tests about bad input.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Where the memring binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("MEMRING_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of one binary, checked to exist.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found; build the binaries first (`cargo build --release --bins`, which `make test` does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// One running memring process; killed when dropped.
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+    /// Its log file.
+    pub log: PathBuf,
+    /// `host:port` it serves on.
+    pub addr: String,
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `bin` with `args`, logging to `<log_dir>/<name>.log`.
+    pub fn start(name: &str, bin: &Path, args: Vec<String>, addr: String, log_dir: &Path) -> anyhow::Result<Self> {
+        let mut p = Self {
+            name: name.to_owned(),
+            child: None,
+            log: log_dir.join(format!("{name}.log")),
+            addr,
+            bin: bin.to_path_buf(),
+            args,
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("MEMRING_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills it with SIGKILL (no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same arguments.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!("--- {} ({}) ---\n{}", self.name, self.log.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+    }
+
+    /// Waits until `GET /ready` answers 200.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let client = client();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!("{} exited with {status}\n{}", self.name, self.log_tail());
+                }
+            }
+            if let Ok(resp) = client.get(format!("{}/ready", self.url())).send().await {
+                if resp.status().as_u16() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready after {timeout:?}\n{}", self.name, self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP client for tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+}
+
+/// A local cluster: `n` shard nodes and one router on the embedded ring store.
+pub struct Cluster {
+    /// Its temporary directory (data, ring store, logs).
+    pub dir: tempfile::TempDir,
+    /// The shard nodes.
+    pub shards: Vec<Proc>,
+    /// The router.
+    pub router: Proc,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `n` shards and a router and waits until the router routes over all of them.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra flags for every shard node.
+    pub async fn start_with(n: usize, shard_flags: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ring_dir = dir.path().join("ring");
+        let shard_bin = binary("memring-shard")?;
+        let mut shards = Vec::new();
+        for i in 1..=n {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut args = vec![
+                "--node-id".into(),
+                format!("shard-{i}"),
+                "--listen".into(),
+                addr.clone(),
+                "--data-dir".into(),
+                dir.path().join(format!("shard-{i}")).display().to_string(),
+                "--ring-dir".into(),
+                ring_dir.display().to_string(),
+            ];
+            args.extend(shard_flags.iter().map(|s| s.to_string()));
+            let mut p = Proc::start(&format!("shard-{i}"), &shard_bin, args, addr, dir.path())?;
+            p.wait_ready(Duration::from_secs(30)).await?;
+            shards.push(p);
+        }
+        let addr = format!("127.0.0.1:{}", free_port());
+        let args = vec!["--listen".into(), addr.clone(), "--ring-dir".into(), ring_dir.display().to_string()];
+        let mut router = Proc::start("router", &binary("memring-router")?, args, addr, dir.path())?;
+        router.wait_ready(Duration::from_secs(30)).await?;
+        let cluster = Self { dir, shards, router, http: client() };
+        cluster.wait_ring_size(n).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until the router's ring has `n` nodes.
+    pub async fn wait_ring_size(&self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, ring) = self.get("/v1/ring").await?;
+            if ring["nodes"].as_array().map(|a| a.len()) == Some(n) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("router ring never reached {n} nodes: {ring}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The embedded ring store directory.
+    pub fn ring_dir(&self) -> PathBuf {
+        self.dir.path().join("ring")
+    }
+
+    /// Router base URL.
+    pub fn url(&self) -> String {
+        self.router.url()
+    }
+
+    /// All logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out: Vec<String> = self.shards.iter().map(Proc::log_tail).collect();
+        out.push(self.router.log_tail());
+        out.join("\n")
+    }
+
+    /// `GET path` on the router.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        send(&self.http, reqwest::Method::GET, &format!("{}{path}", self.url()), None).await
+    }
+
+    /// `POST path` with a JSON body on the router.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        send(&self.http, reqwest::Method::POST, &format!("{}{path}", self.url()), Some(body.to_string().into_bytes())).await
+    }
+
+    /// `POST path` with raw bytes on the router.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
+        send(&self.http, reqwest::Method::POST, &format!("{}{path}", self.url()), Some(body)).await
+    }
+
+    /// `DELETE path` on the router.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        send(&self.http, reqwest::Method::DELETE, &format!("{}{path}", self.url()), None).await
+    }
+}
+
+/// Sends a request and returns status and JSON body (`null` when empty, the raw text as a JSON
+/// string when it is not JSON). Fails on any 5xx: no test may see one unless it asks for it
+/// with [`send_allowing_5xx`].
+pub async fn send(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+    let (status, value) = send_allowing_5xx(client, method.clone(), url, body).await?;
+    anyhow::ensure!(status < 500, "{method} {url} answered {status}: {value}");
+    Ok((status, value))
+}
+
+/// Like [`send`] but returns 5xx answers instead of failing.
+pub async fn send_allowing_5xx(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+    let mut req = client.request(method, url);
+    if let Some(body) = body {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let resp = req.send().await.with_context(|| format!("sending to {url}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await?;
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Ok((status, value))
+}
+
+/// Asserts an error answer has the documented shape and a 4xx status; returns its code.
+pub fn assert_client_error(status: u16, body: &Value) -> String {
+    assert!((400..500).contains(&status), "expected a 4xx, got {status}: {body}");
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}"));
+    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message in {body}"));
+    assert!(!message.is_empty(), "empty message in {body}");
+    code.to_owned()
+}
+
+/// A deterministic unit-ish vector for tests: mostly along axis `axis`, with a little of `axis+1`.
+pub fn vector(dims: usize, axis: usize, tilt: f32) -> Vec<f32> {
+    let mut v = vec![0.0; dims];
+    v[axis % dims] = 1.0;
+    v[(axis + 1) % dims] = tilt;
+    v
+}
