@@ -44,14 +44,15 @@ pub async fn cluster_view(store: &dyn RingStore, client: &reqwest::Client) -> an
             });
         }
     }
-    let asks = nodes.iter().map(|n| {
-        let url = format!("http://{}/internal/v1/partitions", n.addr);
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}/internal/v1/partitions", n.addr)).collect();
+    let asks = urls.into_iter().map(|url| {
         async move {
             let resp = client.get(url).send().await.ok()?;
             resp.json::<PartitionList>().await.ok()
         }
     });
-    for (node, answer) in nodes.iter_mut().zip(futures::future::join_all(asks).await) {
+    let answers = futures::future::join_all(asks).await;
+    for (node, answer) in nodes.iter_mut().zip(answers) {
         if let Some(list) = answer {
             node.partitions = Some(list.partitions.len() as u64);
             node.episodes = Some(list.partitions.iter().map(|p| p.count).sum());

@@ -353,12 +353,13 @@ impl RouterService {
             return Err(ApiError::unavailable("no shard nodes are in the ring yet", 1));
         }
         let path = format!("/internal/v1/tenants/{}", percent_encode(tenant.as_str()));
+        let epoch = ring.epoch();
         let calls = nodes.iter().map(|node| {
             let path = path.clone();
             async move {
                 let reply = self
                     .forward
-                    .send(node, Method::DELETE, &path, None, request_id, Some(ring.epoch()), self.forward_timeout())
+                    .send(node, Method::DELETE, &path, None, request_id, Some(epoch), self.forward_timeout())
                     .await?
                     .into_result()?;
                 serde_json::from_slice::<TenantDeleted>(&reply)

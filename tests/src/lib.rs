@@ -304,3 +304,20 @@ pub fn vector(dims: usize, axis: usize, tilt: f32) -> Vec<f32> {
     v[(axis + 1) % dims] = tilt;
     v
 }
+
+/// Sends a POST whose head announces `length` body bytes but sends only a few, as a client with
+/// a huge body would before the server answers; returns the status and the raw response text.
+pub async fn post_announcing_length(addr: &str, path: &str, length: usize) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n{{\"items\": ["
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    anyhow::ensure!(read.is_ok(), "no answer within 10 s");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, text))
+}
