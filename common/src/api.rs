@@ -83,7 +83,9 @@ impl RawWrite {
     /// Checks every field and fills in a generated id when the client sent none.
     pub fn validate(self) -> Result<WriteItem, ApiError> {
         let scope = Scope::parse(self.scope.as_deref().ok_or_else(|| {
-            ApiError::invalid("\"scope\" is required: \"agent:<agent_id>\", \"shared\" or \"global\"")
+            ApiError::invalid(
+                "\"scope\" is required: \"agent:<agent_id>\", \"shared\" or \"global\"",
+            )
         })?)?;
         let content = self.content.ok_or_else(|| ApiError::invalid("\"content\" is required"))?;
         if content.len() > MAX_CONTENT_BYTES {
@@ -100,12 +102,12 @@ impl RawWrite {
             Some(id) => MemoryId::parse(&id)?,
             None => MemoryId::generate(),
         };
-        if let Some(ttl) = self.ttl_seconds {
-            if ttl == 0 || ttl > MAX_TTL_SECONDS {
-                return Err(ApiError::invalid(format!(
-                    "\"ttl_seconds\" must be between 1 and {MAX_TTL_SECONDS}, got {ttl}"
-                )));
-            }
+        if let Some(ttl) = self.ttl_seconds
+            && (ttl == 0 || ttl > MAX_TTL_SECONDS)
+        {
+            return Err(ApiError::invalid(format!(
+                "\"ttl_seconds\" must be between 1 and {MAX_TTL_SECONDS}, got {ttl}"
+            )));
         }
         Ok(WriteItem {
             id,
@@ -126,7 +128,10 @@ pub fn validate_embedding(embedding: &[f32]) -> Result<(), ApiError> {
     if embedding.len() > MAX_DIMENSIONS {
         return Err(ApiError::new(
             ErrorCode::InvalidEmbedding,
-            format!("\"embedding\" has {} dimensions; the limit is {MAX_DIMENSIONS}", embedding.len()),
+            format!(
+                "\"embedding\" has {} dimensions; the limit is {MAX_DIMENSIONS}",
+                embedding.len()
+            ),
         ));
     }
     if let Some(pos) = embedding.iter().position(|x| !x.is_finite()) {
@@ -371,7 +376,9 @@ pub struct Filter {
 impl Filter {
     /// True when the filter lets everything through.
     pub fn is_empty(&self) -> bool {
-        self.metadata.is_empty() && self.created_after_ms.is_none() && self.created_before_ms.is_none()
+        self.metadata.is_empty()
+            && self.created_after_ms.is_none()
+            && self.created_before_ms.is_none()
     }
 
     /// Does a memory with this metadata and creation time pass?
@@ -403,7 +410,9 @@ impl RawSearch {
     /// Checks every field.
     pub fn validate(self) -> Result<SearchRequest, ApiError> {
         let raw_scopes = self.scopes.ok_or_else(|| {
-            ApiError::invalid("\"scopes\" is required: a list such as [\"agent:planner\", \"shared\"]")
+            ApiError::invalid(
+                "\"scopes\" is required: a list such as [\"agent:planner\", \"shared\"]",
+            )
         })?;
         if raw_scopes.is_empty() {
             return Err(ApiError::invalid("\"scopes\" is empty; name at least one scope"));
@@ -444,7 +453,11 @@ impl RawFilter {
             .as_deref()
             .map(|t| clock::parse_rfc3339("filter.created_before", t))
             .transpose()?;
-        Ok(Filter { metadata: self.metadata.unwrap_or_default(), created_after_ms, created_before_ms })
+        Ok(Filter {
+            metadata: self.metadata.unwrap_or_default(),
+            created_after_ms,
+            created_before_ms,
+        })
     }
 }
 
@@ -597,13 +610,17 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_json::from_str::<RawWrite>(r#"{"scope":"shared","content":"x","scopes":[]}"#).is_err());
+        assert!(
+            serde_json::from_str::<RawWrite>(r#"{"scope":"shared","content":"x","scopes":[]}"#)
+                .is_err()
+        );
     }
 
     #[test]
     fn search_validation() {
         let ok: RawSearch =
-            serde_json::from_str(r#"{"scopes":["shared","shared","agent:a"],"embedding":[1]}"#).expect("parses");
+            serde_json::from_str(r#"{"scopes":["shared","shared","agent:a"],"embedding":[1]}"#)
+                .expect("parses");
         let req = ok.validate().expect("valid");
         assert_eq!(req.scopes.len(), 2, "duplicates collapse");
         assert_eq!(req.k, DEFAULT_K);
@@ -627,7 +644,8 @@ mod tests {
             created_after_ms: Some(100),
             created_before_ms: Some(200),
         };
-        let note: Map<String, Value> = serde_json::from_str(r#"{"kind":"note","x":1}"#).expect("map");
+        let note: Map<String, Value> =
+            serde_json::from_str(r#"{"kind":"note","x":1}"#).expect("map");
         let other: Map<String, Value> = serde_json::from_str(r#"{"kind":"plan"}"#).expect("map");
         assert!(filter.matches(&note, 150));
         assert!(!filter.matches(&note, 100), "bounds are exclusive");

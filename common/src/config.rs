@@ -29,7 +29,9 @@ pub fn overlay<T>(slot: &mut T, value: Option<T>) {
 
 /// Checks that `addr` is a `host:port` a socket can bind or connect to, naming `setting`.
 pub fn check_addr(setting: &str, addr: &str) -> anyhow::Result<()> {
-    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     anyhow::ensure!(ok, "setting `{setting}` = {addr:?} is not host:port (e.g. 127.0.0.1:7700)");
     Ok(())
 }

@@ -160,7 +160,9 @@ impl ApiError {
         let ellipsis = if value.chars().count() > 40 { "…" } else { "" };
         Self::new(
             ErrorCode::InvalidId,
-            format!("{kind} {shown:?}{ellipsis} is not valid: {why} (ids are 1-128 chars of A-Z a-z 0-9 _ . -)"),
+            format!(
+                "{kind} {shown:?}{ellipsis} is not valid: {why} (ids are 1-128 chars of A-Z a-z 0-9 _ . -)"
+            ),
         )
     }
 
@@ -222,12 +224,19 @@ impl ApiError {
             ErrorCode::Internal => "internal error; it has been logged".to_owned(),
             _ => self.message.clone(),
         };
-        ErrorBody { error: ErrorPayload { code: self.code, message, details: self.details.clone() } }
+        ErrorBody {
+            error: ErrorPayload { code: self.code, message, details: self.details.clone() },
+        }
     }
 
     /// Rebuilds an error from a body another memring process sent.
     pub fn from_body(body: ErrorBody) -> Self {
-        Self { code: body.error.code, message: body.error.message, details: body.error.details, retry_after_secs: None }
+        Self {
+            code: body.error.code,
+            message: body.error.message,
+            details: body.error.details,
+            retry_after_secs: None,
+        }
     }
 }
 

@@ -140,7 +140,9 @@ async fn dispatch<S: Service>(
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %req.uri().path(), %peer);
     let reply = async {
         match (req.method(), req.uri().path()) {
-            (&http::Method::GET, "/health") => Reply { route: "health", response: text(200, "ok\n") },
+            (&http::Method::GET, "/health") => {
+                Reply { route: "health", response: text(200, "ok\n") }
+            }
             (&http::Method::GET, "/metrics") => {
                 Reply { route: "metrics", response: text(200, &telemetry::render_metrics()) }
             }
@@ -173,7 +175,14 @@ async fn dispatch<S: Service>(
     if status >= 500 {
         span.in_scope(|| tracing::warn!(status, route = reply.route, "request failed"));
     } else {
-        span.in_scope(|| tracing::debug!(status, route = reply.route, micros = elapsed.as_micros() as u64, "request done"));
+        span.in_scope(|| {
+            tracing::debug!(
+                status,
+                route = reply.route,
+                micros = elapsed.as_micros() as u64,
+                "request done"
+            )
+        });
     }
     let mut response = reply.response;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -232,22 +241,26 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
         ApiError::new(
             ErrorCode::PayloadTooLarge,
-            format!("request body{size} is over the limit of {limit} bytes; split it into smaller requests"),
+            format!(
+                "request body{size} is over the limit of {limit} bytes; split it into smaller requests"
+            ),
         )
     };
-    if let Some(len) = req
+    let announced = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced
+        && len > limit as u64
     {
-        if len > limit as u64 {
-            return Err(too_large(Some(len)));
-        }
+        return Err(too_large(Some(len)));
     }
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(None)),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(too_large(None))
+        }
         Err(e) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
     }
 }
@@ -255,10 +268,16 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
 /// Parses a JSON body into `T`, turning serde's complaint into a 400 that says where it failed.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidJson, "the request body is empty; send a JSON object"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidJson, format!("the request body is not valid JSON for this endpoint: {e}"))
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the request body is not valid JSON for this endpoint: {e}"),
+        )
     })
 }
 

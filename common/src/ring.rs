@@ -92,8 +92,11 @@ impl Ring {
             .iter()
             .enumerate()
             .flat_map(|(node, n)| {
-                (0..layout.vnodes_per_node)
-                    .map(move |replica| VNode { node, replica, point: vnode_point(&n.id, replica) })
+                (0..layout.vnodes_per_node).map(move |replica| VNode {
+                    node,
+                    replica,
+                    point: vnode_point(&n.id, replica),
+                })
             })
             .collect();
         ring.batch_add(vnodes);
@@ -179,7 +182,10 @@ mod tests {
     fn keys(n: usize) -> Vec<PartitionKey> {
         (0..n)
             .map(|i| {
-                PartitionKey::new(&TenantId::parse(&format!("tenant-{i}")).expect("id"), &Scope::Shared)
+                PartitionKey::new(
+                    &TenantId::parse(&format!("tenant-{i}")).expect("id"),
+                    &Scope::Shared,
+                )
             })
             .collect()
     }

@@ -120,7 +120,9 @@ impl RingView {
                     self.mark_contact(true);
                     self.install(v);
                 }
-                Err::<std::convert::Infallible, _>(StoreError::Unavailable("watch stream ended".into()))
+                Err::<std::convert::Infallible, _>(StoreError::Unavailable(
+                    "watch stream ended".into(),
+                ))
             };
             tokio::select! {
                 _ = shutdown.changed() => return,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use http::{Method, Request};
 use hyper::body::Incoming;
-use memring_common::http::{BoxFuture, Reply, Service, ServerOptions, error_response, json, serve};
+use memring_common::http::{BoxFuture, Reply, ServerOptions, Service, error_response, json, serve};
 use memring_common::store::RingStore;
 use memring_common::store::embedded::EmbeddedStore;
 use memring_common::{ApiError, ErrorCode};
@@ -35,7 +35,8 @@ impl Service for ControlService {
         Box::pin(async move {
             match (req.method(), req.uri().path()) {
                 (&Method::GET, "/v1/cluster") => {
-                    let response = match view::cluster_view(self.store.as_ref(), &self.client).await {
+                    let response = match view::cluster_view(self.store.as_ref(), &self.client).await
+                    {
                         Ok(v) => json(200, &v),
                         Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
                     };
@@ -43,7 +44,10 @@ impl Service for ControlService {
                 }
                 (m, p) => Reply {
                     route: "unknown",
-                    response: error_response(&ApiError::new(ErrorCode::RouteNotFound, format!("no endpoint {m} {p}"))),
+                    response: error_response(&ApiError::new(
+                        ErrorCode::RouteNotFound,
+                        format!("no endpoint {m} {p}"),
+                    )),
                 },
             }
         })
@@ -55,10 +59,15 @@ impl Service for ControlService {
 }
 
 /// Runs the control plane's HTTP API on `listener` until `shutdown` resolves.
-pub async fn run(listener: TcpListener, config: ControlConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: ControlConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let store: Arc<dyn RingStore> = Arc::new(EmbeddedStore::open(&config.ring_dir)?);
     let client = view::http_client()?;
     tracing::info!(listen = %listener.local_addr()?, store = %store.describe(), "control plane serving");
-    serve(listener, Arc::new(ControlService { store, client }), ServerOptions::default(), shutdown).await?;
+    serve(listener, Arc::new(ControlService { store, client }), ServerOptions::default(), shutdown)
+        .await?;
     Ok(())
 }

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use memring_common::Ring;
 use memring_common::api::{ClusterView, NodeView, PartitionList};
 use memring_common::store::RingStore;
-use memring_common::Ring;
 
 /// The client the control plane uses to ask shard nodes about their partitions.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
@@ -13,7 +13,10 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Builds the view from the store, then asks every reachable node what it holds.
-pub async fn cluster_view(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::Result<ClusterView> {
+pub async fn cluster_view(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+) -> anyhow::Result<ClusterView> {
     let layout = store.load().await?.layout;
     let live = store.live_nodes().await?;
     let ring = Ring::new(layout.clone());
@@ -44,12 +47,11 @@ pub async fn cluster_view(store: &dyn RingStore, client: &reqwest::Client) -> an
             });
         }
     }
-    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}/internal/v1/partitions", n.addr)).collect();
-    let asks = urls.into_iter().map(|url| {
-        async move {
-            let resp = client.get(url).send().await.ok()?;
-            resp.json::<PartitionList>().await.ok()
-        }
+    let urls: Vec<String> =
+        nodes.iter().map(|n| format!("http://{}/internal/v1/partitions", n.addr)).collect();
+    let asks = urls.into_iter().map(|url| async move {
+        let resp = client.get(url).send().await.ok()?;
+        resp.json::<PartitionList>().await.ok()
     });
     let answers = futures::future::join_all(asks).await;
     for (node, answer) in nodes.iter_mut().zip(answers) {
@@ -72,7 +74,16 @@ pub async fn cluster_view(store: &dyn RingStore, client: &reqwest::Client) -> an
 pub fn render(view: &ClusterView) -> String {
     let mut out = format!(
         "epoch {}   store {}   vnodes/node {}\n\n{:<16} {:<22} {:>7} {:>5} {:>8} {:>11} {:>10}\n",
-        view.epoch, view.store, view.vnodes_per_node, "NODE", "ADDR", "IN RING", "LIVE", "SHARE", "PARTITIONS", "MEMORIES"
+        view.epoch,
+        view.store,
+        view.vnodes_per_node,
+        "NODE",
+        "ADDR",
+        "IN RING",
+        "LIVE",
+        "SHARE",
+        "PARTITIONS",
+        "MEMORIES"
     );
     for n in &view.nodes {
         let show = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "?".into());

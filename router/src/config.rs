@@ -81,8 +81,14 @@ impl RouterConfig {
             "setting `body_limit_bytes` must be from 1024 up to (not including) 64 MiB, got {}",
             self.body_limit_bytes
         );
-        anyhow::ensure!(self.forward_timeout_ms >= 10, "setting `forward_timeout_ms` must be at least 10");
-        anyhow::ensure!(self.search_timeout_ms >= 10, "setting `search_timeout_ms` must be at least 10");
+        anyhow::ensure!(
+            self.forward_timeout_ms >= 10,
+            "setting `forward_timeout_ms` must be at least 10"
+        );
+        anyhow::ensure!(
+            self.search_timeout_ms >= 10,
+            "setting `search_timeout_ms` must be at least 10"
+        );
         Ok(())
     }
 }

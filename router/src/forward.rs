@@ -33,7 +33,10 @@ impl ShardReply {
         }
         Err(match serde_json::from_slice::<ErrorBody>(&self.body) {
             Ok(body) => ApiError::from_body(body),
-            Err(_) => ApiError::internal(format!("shard node answered {} with a body that is not an error", self.status)),
+            Err(_) => ApiError::internal(format!(
+                "shard node answered {} with a body that is not an error",
+                self.status
+            )),
         })
     }
 }
@@ -79,7 +82,17 @@ impl Forwarder {
             let Some(owner) = ring.owner(partition).cloned() else {
                 return Err(ApiError::unavailable("no shard nodes are in the ring yet", 1));
             };
-            let reply = self.send(&owner, method.clone(), &path, body.clone(), request_id, Some(ring.epoch()), timeout).await?;
+            let reply = self
+                .send(
+                    &owner,
+                    method.clone(),
+                    &path,
+                    body.clone(),
+                    request_id,
+                    Some(ring.epoch()),
+                    timeout,
+                )
+                .await?;
             if reply.status == 421 && attempt == 0 {
                 tracing::info!(%partition, node = %owner.id, epoch = ring.epoch(), "stale ring; reloading and retrying");
                 metrics::counter!("memring_router_wrong_owner_retries_total").increment(1);
@@ -112,7 +125,11 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<ShardReply, ApiError> {
         let url = format!("http://{}{path}", node.addr);
-        let mut req = self.client.request(method, &url).timeout(timeout).header(REQUEST_ID_HEADER, request_id);
+        let mut req = self
+            .client
+            .request(method, &url)
+            .timeout(timeout)
+            .header(REQUEST_ID_HEADER, request_id);
         if let Some(epoch) = epoch {
             req = req.header(EPOCH_HEADER, epoch);
         }
@@ -130,11 +147,15 @@ impl Forwarder {
         metrics::histogram!("memring_forward_duration_seconds", "node" => node.id.to_string())
             .record(started.elapsed().as_secs_f64());
         result.map_err(|e| {
-            metrics::counter!("memring_forward_errors_total", "node" => node.id.to_string()).increment(1);
+            metrics::counter!("memring_forward_errors_total", "node" => node.id.to_string())
+                .increment(1);
             let what = if e.is_timeout() { "timed out" } else { "could not be reached" };
             tracing::warn!(node = %node.id, addr = %node.addr, error = %e, "shard node {what}");
-            ApiError::new(ErrorCode::Unavailable, format!("shard node {} {what}; retry shortly", node.id))
-                .with_retry_after(1)
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("shard node {} {what}; retry shortly", node.id),
+            )
+            .with_retry_after(1)
         })
     }
 }

@@ -15,12 +15,12 @@ use futures::future::join_all;
 use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
-    self, BatchItemResult, BatchResponse, RawBatch, RawSearch, RawWrite, SearchHit, SearchResponse,
-    ShardItemResult, ShardSearch, ShardWrite, ShardWriteResponse, TenantDeleted, WriteItem,
-    REQUEST_ID_HEADER,
+    self, BatchItemResult, BatchResponse, REQUEST_ID_HEADER, RawBatch, RawSearch, RawWrite,
+    SearchHit, SearchResponse, ShardItemResult, ShardSearch, ShardWrite, ShardWriteResponse,
+    TenantDeleted, WriteItem,
 };
 use memring_common::http::{
-    BoxFuture, Body, Reply, Service, empty, error_response, json, json_bytes, parse_json,
+    Body, BoxFuture, Reply, Service, empty, error_response, json, json_bytes, parse_json,
     percent_decode, percent_encode, query_pairs, read_body,
 };
 use memring_common::{ApiError, ErrorCode, MemoryId, PartitionKey, Scope, TenantId};
@@ -58,7 +58,10 @@ impl RouterService {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let tenant = |raw: &str| TenantId::parse(&percent_decode(raw)?);
         let wrong_method = |allowed: &str| {
-            ApiError::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}; use {allowed}"))
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{method} is not allowed on {path}; use {allowed}"),
+            )
         };
         match segments.as_slice() {
             ["v1", "tenants", t, "memories"] => match *method {
@@ -75,7 +78,9 @@ impl RouterService {
             }
             ["v1", "tenants", t, "memories", id] => match *method {
                 Method::GET => Ok(("memories.get", Route::Get(tenant(t)?, percent_decode(id)?))),
-                Method::DELETE => Ok(("memories.delete", Route::Delete(tenant(t)?, percent_decode(id)?))),
+                Method::DELETE => {
+                    Ok(("memories.delete", Route::Delete(tenant(t)?, percent_decode(id)?)))
+                }
                 _ => Err(wrong_method("GET or DELETE (or POST on …/memories/search)")),
             },
             ["v1", "tenants", t] => match *method {
@@ -85,12 +90,17 @@ impl RouterService {
             ["v1", "ring"] if *method == Method::GET => Ok(("ring", Route::Ring)),
             _ => Err(ApiError::new(
                 ErrorCode::RouteNotFound,
-                format!("no endpoint {method} {path}; see API.md for the routes under /v1/tenants/{{tenant}}/"),
+                format!(
+                    "no endpoint {method} {path}; see API.md for the routes under /v1/tenants/{{tenant}}/"
+                ),
             )),
         }
     }
 
-    async fn dispatch(self: Arc<Self>, req: Request<Incoming>) -> (&'static str, Result<Response, ApiError>) {
+    async fn dispatch(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> (&'static str, Result<Response, ApiError>) {
         let (route_name, route) = match Self::parse_route(req.method(), req.uri().path()) {
             Ok(r) => r,
             Err(e) => return ("unknown", Err(e)),
@@ -107,8 +117,12 @@ impl RouterService {
             Route::Batch(t) => self.batch(t, req, &request_id).await,
             Route::Search(t) => self.search(t, req, &request_id).await,
             Route::List(t) => self.list(t, query.as_deref(), &request_id).await,
-            Route::Get(t, id) => self.get_or_delete(t, id, Method::GET, query.as_deref(), &request_id).await,
-            Route::Delete(t, id) => self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id).await,
+            Route::Get(t, id) => {
+                self.get_or_delete(t, id, Method::GET, query.as_deref(), &request_id).await
+            }
+            Route::Delete(t, id) => {
+                self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id).await
+            }
             Route::DeleteTenant(t) => self.delete_tenant(t, &request_id).await,
             Route::Ring => Ok(self.ring_view()),
         };
@@ -144,30 +158,52 @@ impl RouterService {
             .map_err(|e| ApiError::internal(format!("write does not serialize: {e}")))?;
         let reply = self
             .forward
-            .to_partition(partition, Method::POST, "memories", Some(body.into()), request_id, self.forward_timeout())
+            .to_partition(
+                partition,
+                Method::POST,
+                "memories",
+                Some(body.into()),
+                request_id,
+                self.forward_timeout(),
+            )
             .await?
             .into_result()?;
         let parsed: ShardWriteResponse = serde_json::from_slice(&reply)
             .map_err(|e| ApiError::internal(format!("shard write answer does not parse: {e}")))?;
         if parsed.results.len() != n {
-            return Err(ApiError::internal(format!("shard answered {} results for {n} items", parsed.results.len())));
+            return Err(ApiError::internal(format!(
+                "shard answered {} results for {n} items",
+                parsed.results.len()
+            )));
         }
         Ok(parsed.results)
     }
 
-    async fn write(&self, tenant: TenantId, req: Request<Incoming>, request_id: &str) -> Result<Response, ApiError> {
+    async fn write(
+        &self,
+        tenant: TenantId,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let item = parse_json::<RawWrite>(&body)?.validate()?;
         let partition = PartitionKey::new(&tenant, &item.scope);
         let result = self.write_partition(&partition, vec![item], request_id).await?.pop();
         match result {
             Some(ShardItemResult::Ok { outcome, result }) => Ok(json(outcome.status(), &result)),
-            Some(ShardItemResult::Err { error }) => Err(ApiError::from_body(memring_common::error::ErrorBody { error })),
+            Some(ShardItemResult::Err { error }) => {
+                Err(ApiError::from_body(memring_common::error::ErrorBody { error }))
+            }
             None => Err(ApiError::internal("shard answered no result")),
         }
     }
 
-    async fn batch(&self, tenant: TenantId, req: Request<Incoming>, request_id: &str) -> Result<Response, ApiError> {
+    async fn batch(
+        &self,
+        tenant: TenantId,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let batch: RawBatch = parse_json(&body)?;
         if batch.items.len() > api::MAX_BATCH_ITEMS {
@@ -181,10 +217,18 @@ impl RouterService {
         let mut groups: BTreeMap<PartitionKey, Vec<(usize, WriteItem)>> = BTreeMap::new();
         for (i, raw) in batch.items.iter().enumerate() {
             let parsed = serde_json::from_str::<RawWrite>(raw.get())
-                .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("item {i} is not a valid memory: {e}")))
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::InvalidJson,
+                        format!("item {i} is not a valid memory: {e}"),
+                    )
+                })
                 .and_then(RawWrite::validate);
             match parsed {
-                Ok(item) => groups.entry(PartitionKey::new(&tenant, &item.scope)).or_default().push((i, item)),
+                Ok(item) => groups
+                    .entry(PartitionKey::new(&tenant, &item.scope))
+                    .or_default()
+                    .push((i, item)),
                 Err(e) => results[i] = Some(item_error(raw_id(raw.get()), &e)),
             }
         }
@@ -207,7 +251,9 @@ impl RouterService {
                                 created_at: result.created_at,
                                 version: result.version,
                             },
-                            ShardItemResult::Err { error } => BatchItemResult::Err { id: Some(id), error },
+                            ShardItemResult::Err { error } => {
+                                BatchItemResult::Err { id: Some(id), error }
+                            }
                         });
                     }
                 }
@@ -220,12 +266,19 @@ impl RouterService {
         }
         let results = results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| item_error(None, &ApiError::internal("item was not processed"))))
+            .map(|r| {
+                r.unwrap_or_else(|| item_error(None, &ApiError::internal("item was not processed")))
+            })
             .collect();
         Ok(json(200, &BatchResponse { results }))
     }
 
-    async fn search(&self, tenant: TenantId, req: Request<Incoming>, request_id: &str) -> Result<Response, ApiError> {
+    async fn search(
+        &self,
+        tenant: TenantId,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let search = parse_json::<RawSearch>(&body)?.validate()?;
         let shard_body: Bytes = serde_json::to_vec(&ShardSearch {
@@ -236,12 +289,20 @@ impl RouterService {
         .map_err(|e| ApiError::internal(format!("search does not serialize: {e}")))?
         .into();
         let timeout = Duration::from_millis(self.config.search_timeout_ms);
-        let partitions: Vec<PartitionKey> = search.scopes.iter().map(|s| PartitionKey::new(&tenant, s)).collect();
+        let partitions: Vec<PartitionKey> =
+            search.scopes.iter().map(|s| PartitionKey::new(&tenant, s)).collect();
         if partitions.len() == 1 {
             // One scope: the shard's answer is already the final shape.
             let reply = self
                 .forward
-                .to_partition(&partitions[0], Method::POST, "search", Some(shard_body), request_id, timeout)
+                .to_partition(
+                    &partitions[0],
+                    Method::POST,
+                    "search",
+                    Some(shard_body),
+                    request_id,
+                    timeout,
+                )
                 .await?
                 .into_result()?;
             return Ok(json_bytes(200, reply));
@@ -249,10 +310,14 @@ impl RouterService {
         let calls = partitions.iter().map(|p| {
             let body = shard_body.clone();
             async move {
-                let reply = self.forward.to_partition(p, Method::POST, "search", Some(body), request_id, timeout).await?;
+                let reply = self
+                    .forward
+                    .to_partition(p, Method::POST, "search", Some(body), request_id, timeout)
+                    .await?;
                 let bytes = reply.into_result()?;
-                serde_json::from_slice::<SearchResponse>(&bytes)
-                    .map_err(|e| ApiError::internal(format!("shard search answer does not parse: {e}")))
+                serde_json::from_slice::<SearchResponse>(&bytes).map_err(|e| {
+                    ApiError::internal(format!("shard search answer does not parse: {e}"))
+                })
             }
         });
         let mut hits: Vec<SearchHit> = Vec::new();
@@ -261,7 +326,9 @@ impl RouterService {
             match outcome {
                 Ok(resp) => hits.extend(resp.results),
                 // A client mistake (e.g. a dimension that does not match a scope) is the answer.
-                Err(e) if (400..500).contains(&e.status()) && e.code() != ErrorCode::WrongOwner => return Err(e),
+                Err(e) if (400..500).contains(&e.status()) && e.code() != ErrorCode::WrongOwner => {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::warn!(%partition, error = %e, "scope left out of search");
                     failed += 1;
@@ -269,7 +336,10 @@ impl RouterService {
             }
         }
         if failed == partitions.len() {
-            return Err(ApiError::unavailable("no scope of the search could be reached; retry shortly", 1));
+            return Err(ApiError::unavailable(
+                "no scope of the search could be reached; retry shortly",
+                1,
+            ));
         }
         sort_hits(&mut hits);
         hits.truncate(search.k);
@@ -283,7 +353,9 @@ impl RouterService {
             .find(|(k, _)| k == "scope")
             .map(|(_, v)| Scope::parse(v))
             .transpose()?
-            .ok_or_else(|| ApiError::invalid("query parameter \"scope\" is required, e.g. ?scope=shared"))?;
+            .ok_or_else(|| {
+                ApiError::invalid("query parameter \"scope\" is required, e.g. ?scope=shared")
+            })?;
         Ok((scope, pairs))
     }
 
@@ -308,23 +380,28 @@ impl RouterService {
         Ok(if is_delete { empty(204) } else { json_bytes(200, reply) })
     }
 
-    async fn list(&self, tenant: TenantId, query: Option<&str>, request_id: &str) -> Result<Response, ApiError> {
+    async fn list(
+        &self,
+        tenant: TenantId,
+        query: Option<&str>,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
         let (scope, pairs) = Self::scope_param(query)?;
         let mut forwarded = Vec::new();
         for (k, v) in &pairs {
             match k.as_str() {
                 "scope" => {}
-                "limit" => {
-                    match v.parse::<usize>() {
-                        Ok(n) if (1..=api::MAX_LIST_LIMIT).contains(&n) => forwarded.push(format!("limit={n}")),
-                        _ => {
-                            return Err(ApiError::invalid(format!(
-                                "\"limit\" must be an integer from 1 to {}, got {v:?}",
-                                api::MAX_LIST_LIMIT
-                            )));
-                        }
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if (1..=api::MAX_LIST_LIMIT).contains(&n) => {
+                        forwarded.push(format!("limit={n}"))
                     }
-                }
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "\"limit\" must be an integer from 1 to {}, got {v:?}",
+                            api::MAX_LIST_LIMIT
+                        )));
+                    }
+                },
                 "cursor" => {
                     api::decode_cursor(v)?;
                     forwarded.push(format!("cursor={}", percent_encode(v)));
@@ -340,13 +417,24 @@ impl RouterService {
         let suffix = format!("memories?{}", forwarded.join("&"));
         let reply = self
             .forward
-            .to_partition(&partition, Method::GET, &suffix, None, request_id, self.forward_timeout())
+            .to_partition(
+                &partition,
+                Method::GET,
+                &suffix,
+                None,
+                request_id,
+                self.forward_timeout(),
+            )
             .await?
             .into_result()?;
         Ok(json_bytes(200, reply))
     }
 
-    async fn delete_tenant(&self, tenant: TenantId, request_id: &str) -> Result<Response, ApiError> {
+    async fn delete_tenant(
+        &self,
+        tenant: TenantId,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
         let ring = self.forward.ring().ring();
         let nodes = ring.layout().nodes.clone();
         if nodes.is_empty() {
@@ -359,11 +447,20 @@ impl RouterService {
             async move {
                 let reply = self
                     .forward
-                    .send(node, Method::DELETE, &path, None, request_id, Some(epoch), self.forward_timeout())
+                    .send(
+                        node,
+                        Method::DELETE,
+                        &path,
+                        None,
+                        request_id,
+                        Some(epoch),
+                        self.forward_timeout(),
+                    )
                     .await?
                     .into_result()?;
-                serde_json::from_slice::<TenantDeleted>(&reply)
-                    .map_err(|e| ApiError::internal(format!("tenant deletion answer does not parse: {e}")))
+                serde_json::from_slice::<TenantDeleted>(&reply).map_err(|e| {
+                    ApiError::internal(format!("tenant deletion answer does not parse: {e}"))
+                })
             }
         });
         let mut removed = 0;
@@ -373,7 +470,10 @@ impl RouterService {
                 Err(e) => {
                     tracing::warn!(node = %node.id, error = %e, tenant = %tenant, "tenant deletion incomplete");
                     return Err(ApiError::unavailable(
-                        format!("node {} could not delete the tenant's data; retry the DELETE (it is idempotent)", node.id),
+                        format!(
+                            "node {} could not delete the tenant's data; retry the DELETE (it is idempotent)",
+                            node.id
+                        ),
                         1,
                     ));
                 }
@@ -391,7 +491,10 @@ impl RouterService {
             .zip(&ring.layout().nodes)
             .map(|((id, share), node)| serde_json::json!({ "id": id, "addr": node.addr, "share": share }))
             .collect();
-        json(200, &serde_json::json!({ "epoch": ring.epoch(), "nodes": shares, "stale": self.forward.ring().is_stale() }))
+        json(
+            200,
+            &serde_json::json!({ "epoch": ring.epoch(), "nodes": shares, "stale": self.forward.ring().is_stale() }),
+        )
     }
 }
 
@@ -462,7 +565,11 @@ mod tests {
             (Method::GET, "/v1/tenants/t", 405),
         ];
         for (m, p, status) in bad {
-            assert_eq!(RouterService::parse_route(&m, p).err().map(|e| e.status()), Some(status), "{m} {p}");
+            assert_eq!(
+                RouterService::parse_route(&m, p).err().map(|e| e.status()),
+                Some(status),
+                "{m} {p}"
+            );
         }
     }
 
@@ -476,7 +583,8 @@ mod tests {
             metadata: Default::default(),
             created_at: String::new(),
         };
-        let mut hits = vec![hit("a", "shared", 0.5), hit("b", "agent:x", 0.9), hit("c", "shared", 0.9)];
+        let mut hits =
+            vec![hit("a", "shared", 0.5), hit("b", "agent:x", 0.9), hit("c", "shared", 0.9)];
         sort_hits(&mut hits);
         let order: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
         assert_eq!(order, ["b", "c", "a"]);

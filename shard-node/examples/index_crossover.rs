@@ -24,12 +24,27 @@ fn main() {
     println!("| vectors | flat q/s | hnsw q/s | hnsw recall@10 | hnsw build vectors/s |");
     println!("|---|---|---|---|---|");
     for n in [500usize, 1000, 2000, 4000, 8000, 16000] {
-        let centers: Vec<Vec<f32>> = (0..(n / 200).clamp(4, 64)).map(|_| (0..dims).map(|_| gaussian(&mut rng)).collect()).collect();
-        let data: Vec<Vec<f32>> =
-            (0..n).map(|i| centers[i % centers.len()].iter().map(|c| c + spread * gaussian(&mut rng) * 8.0).collect()).collect();
-        let queries: Vec<Vec<f32>> =
-            (0..300).map(|i| centers[i % centers.len()].iter().map(|c| c + spread * gaussian(&mut rng) * 8.0).collect()).collect();
-        let mut flat = VectorIndex::new(dims, IndexConfig { flat_limit: usize::MAX, ..Default::default() });
+        let centers: Vec<Vec<f32>> = (0..(n / 200).clamp(4, 64))
+            .map(|_| (0..dims).map(|_| gaussian(&mut rng)).collect())
+            .collect();
+        let data: Vec<Vec<f32>> = (0..n)
+            .map(|i| {
+                centers[i % centers.len()]
+                    .iter()
+                    .map(|c| c + spread * gaussian(&mut rng) * 8.0)
+                    .collect()
+            })
+            .collect();
+        let queries: Vec<Vec<f32>> = (0..300)
+            .map(|i| {
+                centers[i % centers.len()]
+                    .iter()
+                    .map(|c| c + spread * gaussian(&mut rng) * 8.0)
+                    .collect()
+            })
+            .collect();
+        let mut flat =
+            VectorIndex::new(dims, IndexConfig { flat_limit: usize::MAX, ..Default::default() });
         let mut hnsw = VectorIndex::new(dims, IndexConfig { flat_limit: 0, ..Default::default() });
         for (i, v) in data.iter().enumerate() {
             flat.upsert(i as u64, v).expect("flat add");
@@ -49,8 +64,14 @@ fn main() {
         let (flat_qps, hnsw_qps) = (time(&flat), time(&hnsw));
         let mut hits = 0;
         for q in &queries {
-            let truth: HashSet<u64> = flat.search(q, 10, None).expect("search").iter().map(|s| s.label).collect();
-            hits += hnsw.search(q, 10, None).expect("search").iter().filter(|s| truth.contains(&s.label)).count();
+            let truth: HashSet<u64> =
+                flat.search(q, 10, None).expect("search").iter().map(|s| s.label).collect();
+            hits += hnsw
+                .search(q, 10, None)
+                .expect("search")
+                .iter()
+                .filter(|s| truth.contains(&s.label))
+                .count();
         }
         let recall = hits as f64 / (queries.len() * 10) as f64;
         println!("| {n} | {flat_qps:.0} | {hnsw_qps:.0} | {recall:.3} | {build:.0} |");

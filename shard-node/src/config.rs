@@ -126,8 +126,14 @@ impl ShardConfig {
         if let Some(a) = &self.advertise {
             check_addr("advertise", a)?;
         }
-        anyhow::ensure!(self.body_limit_bytes >= 1024, "setting `body_limit_bytes` must be at least 1024");
-        anyhow::ensure!(self.expansion_search >= 1, "setting `expansion_search` must be at least 1");
+        anyhow::ensure!(
+            self.body_limit_bytes >= 1024,
+            "setting `body_limit_bytes` must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.expansion_search >= 1,
+            "setting `expansion_search` must be at least 1"
+        );
         anyhow::ensure!(self.concurrency >= 1, "setting `concurrency` must be at least 1");
         anyhow::ensure!(self.lease_ttl_secs >= 1, "setting `lease_ttl_secs` must be at least 1");
         Ok(())

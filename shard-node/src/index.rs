@@ -34,7 +34,13 @@ pub struct IndexConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        Self { flat_limit: 4096, connectivity: 16, expansion_add: 128, expansion_search: 64, threads: 16 }
+        Self {
+            flat_limit: 4096,
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            threads: 16,
+        }
     }
 }
 
@@ -99,13 +105,18 @@ impl VectorIndex {
     /// Adds (or replaces) the vector of `label`.
     pub fn upsert(&mut self, label: u64, vector: &[f32]) -> Result<(), IndexError> {
         if vector.len() != self.dims {
-            return Err(IndexError(format!("vector has {} dims, index has {}", vector.len(), self.dims)));
+            return Err(IndexError(format!(
+                "vector has {} dims, index has {}",
+                vector.len(),
+                self.dims
+            )));
         }
-        if let Engine::Flat(flat) = &mut self.engine {
-            if flat.labels.len() >= self.config.flat_limit && !flat.pos.contains_key(&label) {
-                let hnsw = Hnsw::from_flat(flat, &self.config)?;
-                self.engine = Engine::Hnsw(hnsw);
-            }
+        if let Engine::Flat(flat) = &mut self.engine
+            && flat.labels.len() >= self.config.flat_limit
+            && !flat.pos.contains_key(&label)
+        {
+            let hnsw = Hnsw::from_flat(flat, &self.config)?;
+            self.engine = Engine::Hnsw(hnsw);
         }
         match &mut self.engine {
             Engine::Flat(flat) => {
@@ -138,7 +149,11 @@ impl VectorIndex {
         allowed: Option<&HashSet<u64>>,
     ) -> Result<Vec<Scored>, IndexError> {
         if query.len() != self.dims {
-            return Err(IndexError(format!("query has {} dims, index has {}", query.len(), self.dims)));
+            return Err(IndexError(format!(
+                "query has {} dims, index has {}",
+                query.len(),
+                self.dims
+            )));
         }
         let q = normalized(query);
         match (&self.engine, allowed) {
@@ -248,7 +263,10 @@ impl Flat {
         let scored = allowed
             .iter()
             .filter_map(|label| self.pos.get(label).map(|&i| (*label, i)))
-            .map(|(label, i)| Scored { label, score: dot(q, &self.vectors[i * self.dims..(i + 1) * self.dims]) })
+            .map(|(label, i)| Scored {
+                label,
+                score: dot(q, &self.vectors[i * self.dims..(i + 1) * self.dims]),
+            })
             .collect();
         top_k(scored, k)
     }
@@ -316,7 +334,12 @@ impl Hnsw {
         Ok(Self::to_scored(m))
     }
 
-    fn filtered_search(&self, q: &[f32], k: usize, allowed: &HashSet<u64>) -> Result<Vec<Scored>, IndexError> {
+    fn filtered_search(
+        &self,
+        q: &[f32],
+        k: usize,
+        allowed: &HashSet<u64>,
+    ) -> Result<Vec<Scored>, IndexError> {
         let m = self
             .index
             .filtered_search(q, k, |label| allowed.contains(&label))
@@ -325,7 +348,12 @@ impl Hnsw {
     }
 
     /// Exact cosine scores of the `allowed` labels, read back from the index.
-    fn exact_among(&self, q: &[f32], k: usize, allowed: &HashSet<u64>) -> Result<Vec<Scored>, IndexError> {
+    fn exact_among(
+        &self,
+        q: &[f32],
+        k: usize,
+        allowed: &HashSet<u64>,
+    ) -> Result<Vec<Scored>, IndexError> {
         let mut buf = vec![0.0f32; self.dims];
         let mut scored = Vec::with_capacity(allowed.len());
         for &label in allowed {
@@ -379,7 +407,8 @@ mod tests {
         }
         assert_eq!(index.engine_name(), "flat");
         let q = &data[7];
-        let got: Vec<u64> = index.search(q, 10, None).expect("search").iter().map(|s| s.label).collect();
+        let got: Vec<u64> =
+            index.search(q, 10, None).expect("search").iter().map(|s| s.label).collect();
         assert_eq!(got, exact(&data, q, 10));
         assert_eq!(got[0], 7);
         index.remove(7).expect("remove");

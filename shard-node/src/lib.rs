@@ -19,13 +19,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use memring_common::NodeId;
 use memring_common::clock::now_millis;
 use memring_common::http::{ServerOptions, serve};
 use memring_common::layout::LayoutNode;
 use memring_common::store::embedded::EmbeddedStore;
 use memring_common::store::{NodeRecord, RingStore, update_layout};
 use memring_common::watcher::RingView;
-use memring_common::NodeId;
 use tokio::net::TcpListener;
 
 pub use config::{ShardArgs, ShardConfig};
@@ -37,7 +37,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let node = NodeId::parse(&config.node_id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+    let node =
+        NodeId::parse(&config.node_id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None => listener.local_addr()?.to_string(),
@@ -55,7 +56,10 @@ pub async fn run(
     };
     let dir = config.data_dir.clone();
     let node_for_open = node.clone();
-    let storage = tokio::task::spawn_blocking(move || storage::Storage::open(&dir, &node_for_open, storage_config)).await??;
+    let storage = tokio::task::spawn_blocking(move || {
+        storage::Storage::open(&dir, &node_for_open, storage_config)
+    })
+    .await??;
     let storage = Arc::new(storage);
 
     let store: Arc<dyn RingStore> = Arc::new(EmbeddedStore::open(&config.ring_dir)?);

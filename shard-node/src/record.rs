@@ -79,7 +79,8 @@ impl StoredEpisode {
 
 /// Parses stored metadata JSON.
 pub fn parse_metadata(json: &str) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    serde_json::from_str(json).map_err(|e| ApiError::internal(format!("stored metadata is corrupt: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| ApiError::internal(format!("stored metadata is corrupt: {e}")))
 }
 
 /// One change-log entry: what happened to which memory, in the partition's order.

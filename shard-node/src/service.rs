@@ -43,12 +43,22 @@ impl ShardService {
         concurrency: usize,
         body_limit: usize,
     ) -> Self {
-        Self { node, storage, ring, slots: Arc::new(Semaphore::new(concurrency.max(1))), body_limit }
+        Self {
+            node,
+            storage,
+            ring,
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            body_limit,
+        }
     }
 
     /// Refuses the request unless this node owns `partition` at the newer of the caller's epoch and
     /// its own.
-    pub async fn check_owner(&self, partition: &PartitionKey, caller_epoch: Option<u64>) -> Result<(), ApiError> {
+    pub async fn check_owner(
+        &self,
+        partition: &PartitionKey,
+        caller_epoch: Option<u64>,
+    ) -> Result<(), ApiError> {
         let mut ring = self.ring.ring();
         if caller_epoch.is_some_and(|e| e > ring.epoch()) {
             // The caller has seen a newer layout than we have: catch up before deciding.
@@ -58,7 +68,12 @@ impl ShardService {
             Some(owner) if owner.id == self.node => Ok(()),
             Some(owner) => Err(ApiError::new(
                 ErrorCode::WrongOwner,
-                format!("node {} does not own {partition} at epoch {}; {} does", self.node, ring.epoch(), owner.id),
+                format!(
+                    "node {} does not own {partition} at epoch {}; {} does",
+                    self.node,
+                    ring.epoch(),
+                    owner.id
+                ),
             )
             .with_details(serde_json::json!({
                 "epoch": ring.epoch(),
@@ -84,14 +99,20 @@ impl ShardService {
             .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
     }
 
-    async fn route(self: Arc<Self>, req: Request<Incoming>) -> (&'static str, Result<http::Response<memring_common::http::Body>, ApiError>) {
+    async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> (&'static str, Result<http::Response<memring_common::http::Body>, ApiError>) {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let method = req.method().clone();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["internal", "v1", "partitions"]) => {
                 let node = self.node.clone();
-                let r = self.blocking(|s| s.partitions()).await.map(|partitions| json(200, &PartitionList { node, partitions }));
+                let r = self
+                    .blocking(|s| s.partitions())
+                    .await
+                    .map(|partitions| json(200, &PartitionList { node, partitions }));
                 ("internal.partitions", r)
             }
             (&Method::DELETE, ["internal", "v1", "tenants", tenant]) => {
@@ -115,9 +136,21 @@ impl ShardService {
                 if let Err(e) = self.check_owner(&partition, caller_epoch).await {
                     return ("internal.partition", Err(e));
                 }
-                self.partition_route(method, rest.iter().map(|s| s.to_string()).collect(), partition, req).await
+                self.partition_route(
+                    method,
+                    rest.iter().map(|s| s.to_string()).collect(),
+                    partition,
+                    req,
+                )
+                .await
             }
-            _ => ("unknown", Err(ApiError::new(ErrorCode::RouteNotFound, format!("no internal endpoint {method} {path}")))),
+            _ => (
+                "unknown",
+                Err(ApiError::new(
+                    ErrorCode::RouteNotFound,
+                    format!("no internal endpoint {method} {path}"),
+                )),
+            ),
         }
     }
 
@@ -131,7 +164,9 @@ impl ShardService {
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
         match (&method, rest.as_slice()) {
             (&Method::POST, ["memories"]) => ("internal.write", self.write(partition, req).await),
-            (&Method::GET, ["memories"]) => ("internal.list", self.list(partition, req.uri().query()).await),
+            (&Method::GET, ["memories"]) => {
+                ("internal.list", self.list(partition, req.uri().query()).await)
+            }
             (&Method::GET, ["memories", id]) => {
                 let r = async {
                     let id = MemoryId::parse(&percent_decode(id)?)?;
@@ -151,23 +186,41 @@ impl ShardService {
                 ("internal.delete", r)
             }
             (&Method::POST, ["search"]) => ("internal.search", self.search(partition, req).await),
-            (&Method::GET, ["log"]) => ("internal.log", self.log(partition, req.uri().query()).await),
-            _ => ("unknown", Err(ApiError::new(ErrorCode::RouteNotFound, format!("no internal endpoint {method} .../{}", rest.join("/"))))),
+            (&Method::GET, ["log"]) => {
+                ("internal.log", self.log(partition, req.uri().query()).await)
+            }
+            _ => (
+                "unknown",
+                Err(ApiError::new(
+                    ErrorCode::RouteNotFound,
+                    format!("no internal endpoint {method} .../{}", rest.join("/")),
+                )),
+            ),
         }
     }
 
-    async fn write(&self, partition: PartitionKey, req: Request<Incoming>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+    async fn write(
+        &self,
+        partition: PartitionKey,
+        req: Request<Incoming>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let body: Bytes = read_body(req, self.body_limit).await?;
         let write: ShardWrite = memring_common::http::parse_json(&body)?;
         for item in &write.items {
             if item.scope != *partition.scope() {
-                return Err(ApiError::invalid(format!("item {} has scope {}, not {}", item.id, item.scope, partition.scope())));
+                return Err(ApiError::invalid(format!(
+                    "item {} has scope {}, not {}",
+                    item.id,
+                    item.scope,
+                    partition.scope()
+                )));
             }
             if let Some(e) = &item.embedding {
                 api::validate_embedding(e)?;
             }
         }
-        let results = self.blocking(move |s| s.write(&partition, write.items, now_millis())).await?;
+        let results =
+            self.blocking(move |s| s.write(&partition, write.items, now_millis())).await?;
         let results = results
             .into_iter()
             .map(|r| match r {
@@ -178,7 +231,11 @@ impl ShardService {
         Ok(json(200, &ShardWriteResponse { results }))
     }
 
-    async fn list(&self, partition: PartitionKey, query: Option<&str>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+    async fn list(
+        &self,
+        partition: PartitionKey,
+        query: Option<&str>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let mut limit = api::DEFAULT_LIST_LIMIT;
         let mut after = None;
         for (k, v) in query_pairs(query)? {
@@ -188,12 +245,17 @@ impl ShardService {
                 _ => {}
             }
         }
-        let (items, more) = self.blocking(move |s| s.list(&partition, after.as_ref(), limit, now_millis())).await?;
+        let (items, more) =
+            self.blocking(move |s| s.list(&partition, after.as_ref(), limit, now_millis())).await?;
         let next_cursor = if more { items.last().map(|m| api::encode_cursor(&m.id)) } else { None };
         Ok(json(200, &ListResponse { items, next_cursor }))
     }
 
-    async fn search(&self, partition: PartitionKey, req: Request<Incoming>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+    async fn search(
+        &self,
+        partition: PartitionKey,
+        req: Request<Incoming>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let body = read_body(req, self.body_limit).await?;
         let search: ShardSearch = memring_common::http::parse_json(&body)?;
         api::validate_embedding(&search.embedding)?;
@@ -201,17 +263,27 @@ impl ShardService {
             return Err(ApiError::invalid(format!("\"k\" must be between 1 and {}", api::MAX_K)));
         }
         let results = self
-            .blocking(move |s| s.search(&partition, &search.embedding, search.k, &search.filter, now_millis()))
+            .blocking(move |s| {
+                s.search(&partition, &search.embedding, search.k, &search.filter, now_millis())
+            })
             .await?;
         Ok(json(200, &SearchResponse { results, partial: false }))
     }
 
-    async fn log(&self, partition: PartitionKey, query: Option<&str>) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+    async fn log(
+        &self,
+        partition: PartitionKey,
+        query: Option<&str>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let mut after = 0u64;
         let mut limit = 1000usize;
         for (k, v) in query_pairs(query)? {
             match k.as_str() {
-                "after" => after = v.parse().map_err(|_| ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}")))?,
+                "after" => {
+                    after = v.parse().map_err(|_| {
+                        ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}"))
+                    })?
+                }
                 "limit" => limit = parse_limit(&v)?,
                 _ => {}
             }
@@ -243,19 +315,21 @@ fn parse_partition(tenant: &str, scope: &str) -> Result<PartitionKey, ApiError> 
 fn parse_limit(v: &str) -> Result<usize, ApiError> {
     match v.parse::<usize>() {
         Ok(n) if (1..=api::MAX_LIST_LIMIT).contains(&n) => Ok(n),
-        _ => Err(ApiError::invalid(format!("\"limit\" must be an integer from 1 to {}, got {v:?}", api::MAX_LIST_LIMIT))),
+        _ => Err(ApiError::invalid(format!(
+            "\"limit\" must be an integer from 1 to {}, got {v:?}",
+            api::MAX_LIST_LIMIT
+        ))),
     }
 }
 
 fn caller_epoch(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
     match req.headers().get(EPOCH_HEADER) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(format!("header {EPOCH_HEADER} must be an integer"))),
+        Some(v) => {
+            v.to_str().ok().and_then(|s| s.parse::<u64>().ok()).map(Some).ok_or_else(|| {
+                ApiError::invalid(format!("header {EPOCH_HEADER} must be an integer"))
+            })
+        }
     }
 }
 

@@ -61,6 +61,9 @@ impl Default for StorageConfig {
     }
 }
 
+/// The outcome of one item of a write: what happened and the public result, or why it was refused.
+pub type ItemResult = Result<(WriteOutcome, WriteResult), ApiError>;
+
 /// What the index needs to know about a memory to filter and answer without touching RocksDB.
 struct Entry {
     id: String,
@@ -116,12 +119,8 @@ impl Storage {
             .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = Db::open_cf_descriptors(&db_opts, dir, cfs)
             .map_err(|e| anyhow::anyhow!("cannot open RocksDB in {}: {e}", dir.display()))?;
-        let storage = Self {
-            db,
-            config,
-            partitions: RwLock::new(HashMap::new()),
-            gate: RwLock::new(()),
-        };
+        let storage =
+            Self { db, config, partitions: RwLock::new(HashMap::new()), gate: RwLock::new(()) };
         storage.claim(node)?;
         Ok(storage)
     }
@@ -152,7 +151,11 @@ impl Storage {
 
     /// The partition, loading its meta from disk; `None` if it has never been written (and
     /// `create` is false).
-    fn partition(&self, key: &PartitionKey, create: bool) -> Result<Option<Arc<Partition>>, ApiError> {
+    fn partition(
+        &self,
+        key: &PartitionKey,
+        create: bool,
+    ) -> Result<Option<Arc<Partition>>, ApiError> {
         let enc = key.encode();
         if let Some(p) = self.partitions.read().get(&enc) {
             return Ok(Some(p.clone()));
@@ -194,7 +197,7 @@ impl Storage {
         key: &PartitionKey,
         items: Vec<WriteItem>,
         now_ms: i64,
-    ) -> Result<Vec<Result<(WriteOutcome, WriteResult), ApiError>>, ApiError> {
+    ) -> Result<Vec<ItemResult>, ApiError> {
         let _gate = self.gate.read();
         let Some(p) = self.partition(key, true)? else {
             return Err(ApiError::internal("partition vanished while being created"));
@@ -238,11 +241,11 @@ impl Storage {
                 created_at: format_millis(e.created_at_ms),
                 version: e.version,
             };
-            if let Some(old) = &existing {
-                if old.same_body(&item.content, &metadata_json, &item.embedding, item.ttl_seconds) {
-                    results.push(Ok((WriteOutcome::Unchanged, result_of(old))));
-                    continue;
-                }
+            if let Some(old) = &existing
+                && old.same_body(&item.content, &metadata_json, &item.embedding, item.ttl_seconds)
+            {
+                results.push(Ok((WriteOutcome::Unchanged, result_of(old))));
+                continue;
             }
             let (outcome, episode) = match existing {
                 Some(old) => (
@@ -280,10 +283,15 @@ impl Storage {
                 }
             };
             next.last_seq += 1;
-            let entry = LogEntry { seq: next.last_seq, at_ms: now_ms, op: LogOp::Put(episode.clone()) };
+            let entry =
+                LogEntry { seq: next.last_seq, at_ms: now_ms, op: LogOp::Put(episode.clone()) };
             batch.put_cf(&ep_cf, episode_key(&p.enc, &id), encode(&episode)?);
             batch.put_cf(&log_cf, log_key(&p.enc, next.last_seq), encode(&entry)?);
-            index_ops.push((episode.label, episode.embedding.clone(), Some(entry_of(&episode, &item.metadata))));
+            index_ops.push((
+                episode.label,
+                episode.embedding.clone(),
+                Some(entry_of(&episode, &item.metadata)),
+            ));
             results.push(Ok((outcome, result_of(&episode))));
             pending.insert(id, episode);
         }
@@ -299,7 +307,8 @@ impl Storage {
     /// Deletes one memory. `NotFound` if it does not exist (or has expired).
     pub fn delete(&self, key: &PartitionKey, id: &MemoryId, now_ms: i64) -> Result<(), ApiError> {
         let _gate = self.gate.read();
-        let not_found = || ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()));
+        let not_found =
+            || ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()));
         let Some(p) = self.partition(key, false)? else { return Err(not_found()) };
         let mut meta = p.meta.lock();
         let Some(old) = self.read_episode(&p.enc, id.as_str())? else { return Err(not_found()) };
@@ -375,7 +384,11 @@ impl Storage {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&p.enc));
         opts.fill_cache(false);
-        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(&p.enc, rocksdb::Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(
+            &cf,
+            opts,
+            rocksdb::IteratorMode::From(&p.enc, rocksdb::Direction::Forward),
+        ) {
             let (_, value) = item.map_err(db_err)?;
             let episode: StoredEpisode = decode(&value)?;
             let Some(vector) = &episode.embedding else { continue };
@@ -407,17 +420,17 @@ impl Storage {
         now_ms: i64,
     ) -> Result<Vec<SearchHit>, ApiError> {
         let Some(p) = self.partition(key, false)? else { return Ok(Vec::new()) };
-        if let Some(d) = p.meta.lock().dimensions {
-            if d as usize != query.len() {
-                return Err(ApiError::new(
-                    ErrorCode::DimensionMismatch,
-                    format!(
-                        "query embedding has {} dimensions but scope {} holds {d}-dimensional memories",
-                        query.len(),
-                        key.scope()
-                    ),
-                ));
-            }
+        if let Some(d) = p.meta.lock().dimensions
+            && d as usize != query.len()
+        {
+            return Err(ApiError::new(
+                ErrorCode::DimensionMismatch,
+                format!(
+                    "query embedding has {} dimensions but scope {} holds {d}-dimensional memories",
+                    query.len(),
+                    key.scope()
+                ),
+            ));
         }
         self.ensure_loaded(&p)?;
         let guard = p.search.read();
@@ -429,7 +442,7 @@ impl Storage {
                 .entries
                 .iter()
                 .filter(|(_, e)| {
-                    !e.expires_at_ms.is_some_and(|at| at <= now_ms)
+                    e.expires_at_ms.is_none_or(|at| at > now_ms)
                         && filter.matches(&e.metadata, e.created_at_ms)
                 })
                 .map(|(label, _)| *label)
@@ -438,8 +451,10 @@ impl Storage {
         let scored = index
             .search(query, k, allowed.as_ref())
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let ids: Vec<(&Entry, f32)> =
-            scored.iter().filter_map(|s| loaded.entries.get(&s.label).map(|e| (e, s.score))).collect();
+        let ids: Vec<(&Entry, f32)> = scored
+            .iter()
+            .filter_map(|s| loaded.entries.get(&s.label).map(|e| (e, s.score)))
+            .collect();
         let cf = self.cf(CF_EPISODES)?;
         let keys: Vec<Vec<u8>> = ids.iter().map(|(e, _)| episode_key(&p.enc, &e.id)).collect();
         let values = self.db.batched_multi_get_cf(&cf, &keys, false);
@@ -461,11 +476,19 @@ impl Storage {
     }
 
     /// One memory. `NotFound` if absent or expired.
-    pub fn get(&self, key: &PartitionKey, id: &MemoryId, now_ms: i64) -> Result<MemoryView, ApiError> {
+    pub fn get(
+        &self,
+        key: &PartitionKey,
+        id: &MemoryId,
+        now_ms: i64,
+    ) -> Result<MemoryView, ApiError> {
         let enc = key.encode();
         match self.read_episode(&enc, id.as_str())? {
             Some(e) if !e.is_expired(now_ms) => e.to_view(key.scope()),
-            _ => Err(ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()))),
+            _ => Err(ApiError::not_found(format!(
+                "memory {id} does not exist in scope {}",
+                key.scope()
+            ))),
         }
     }
 
@@ -491,7 +514,11 @@ impl Storage {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&enc));
         let mut items = Vec::with_capacity(limit.min(1024));
-        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(
+            &cf,
+            opts,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
             let (_, value) = item.map_err(db_err)?;
             let episode: StoredEpisode = decode(&value)?;
             if episode.is_expired(now_ms) {
@@ -526,7 +553,11 @@ impl Storage {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(prefix));
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(
+            &cf,
+            opts,
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        ) {
             let (k, v) = item.map_err(db_err)?;
             let Some(partition) = partition_of_meta_key(&k) else { continue };
             let meta: PartitionMeta = decode(&v)?;
@@ -558,14 +589,23 @@ impl Storage {
 
     /// Change-log entries of a partition after `after_seq` (at most `limit`), for tests, replication
     /// and migration catch-up.
-    pub fn log_after(&self, key: &PartitionKey, after_seq: u64, limit: usize) -> Result<Vec<LogEntry>, ApiError> {
+    pub fn log_after(
+        &self,
+        key: &PartitionKey,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ApiError> {
         let enc = key.encode();
         let cf = self.cf(CF_LOG)?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&enc));
         let start = log_key(&enc, after_seq.saturating_add(1));
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(&cf, opts, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(
+            &cf,
+            opts,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
             let (_, value) = item.map_err(db_err)?;
             out.push(decode(&value)?);
             if out.len() >= limit {

@@ -58,7 +58,13 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `bin` with `args`, logging to `<log_dir>/<name>.log`.
-    pub fn start(name: &str, bin: &Path, args: Vec<String>, addr: String, log_dir: &Path) -> anyhow::Result<Self> {
+    pub fn start(
+        name: &str,
+        bin: &Path,
+        args: Vec<String>,
+        addr: String,
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let mut p = Self {
             name: name.to_owned(),
             child: None,
@@ -123,7 +129,12 @@ impl Proc {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- {} ({}) ---\n{}", self.name, self.log.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 
     /// Waits until `GET /ready` answers 200.
@@ -131,15 +142,15 @@ impl Proc {
         let client = client();
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    bail!("{} exited with {status}\n{}", self.name, self.log_tail());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("{} exited with {status}\n{}", self.name, self.log_tail());
             }
-            if let Ok(resp) = client.get(format!("{}/ready", self.url())).send().await {
-                if resp.status().as_u16() == 200 {
-                    return Ok(());
-                }
+            if let Ok(resp) = client.get(format!("{}/ready", self.url())).send().await
+                && resp.status().as_u16() == 200
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("{} not ready after {timeout:?}\n{}", self.name, self.log_tail());
@@ -157,7 +168,11 @@ impl Drop for Proc {
 
 /// A plain HTTP client for tests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
 }
 
 /// A local cluster: `n` shard nodes and one router on the embedded ring store.
@@ -201,7 +216,12 @@ impl Cluster {
             shards.push(p);
         }
         let addr = format!("127.0.0.1:{}", free_port());
-        let args = vec!["--listen".into(), addr.clone(), "--ring-dir".into(), ring_dir.display().to_string()];
+        let args = vec![
+            "--listen".into(),
+            addr.clone(),
+            "--ring-dir".into(),
+            ring_dir.display().to_string(),
+        ];
         let mut router = Proc::start("router", &binary("memring-router")?, args, addr, dir.path())?;
         router.wait_ready(Duration::from_secs(30)).await?;
         let cluster = Self { dir, shards, router, http: client() };
@@ -248,7 +268,13 @@ impl Cluster {
 
     /// `POST path` with a JSON body on the router.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        send(&self.http, reqwest::Method::POST, &format!("{}{path}", self.url()), Some(body.to_string().into_bytes())).await
+        send(
+            &self.http,
+            reqwest::Method::POST,
+            &format!("{}{path}", self.url()),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     /// `POST path` with raw bytes on the router.
@@ -265,14 +291,24 @@ impl Cluster {
 /// Sends a request and returns status and JSON body (`null` when empty, the raw text as a JSON
 /// string when it is not JSON). Fails on any 5xx: no test may see one unless it asks for it
 /// with [`send_allowing_5xx`].
-pub async fn send(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+pub async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(u16, Value)> {
     let (status, value) = send_allowing_5xx(client, method.clone(), url, body).await?;
     anyhow::ensure!(status < 500, "{method} {url} answered {status}: {value}");
     Ok((status, value))
 }
 
 /// Like [`send`] but returns 5xx answers instead of failing.
-pub async fn send_allowing_5xx(client: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+pub async fn send_allowing_5xx(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(u16, Value)> {
     let mut req = client.request(method, url);
     if let Some(body) = body {
         req = req.header("content-type", "application/json").body(body);
@@ -283,7 +319,8 @@ pub async fn send_allowing_5xx(client: &reqwest::Client, method: reqwest::Method
     let value = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     Ok((status, value))
 }
@@ -292,7 +329,8 @@ pub async fn send_allowing_5xx(client: &reqwest::Client, method: reqwest::Method
 pub fn assert_client_error(status: u16, body: &Value) -> String {
     assert!((400..500).contains(&status), "expected a 4xx, got {status}: {body}");
     let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}"));
-    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message in {body}"));
+    let message =
+        body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message in {body}"));
     assert!(!message.is_empty(), "empty message in {body}");
     code.to_owned()
 }
@@ -307,7 +345,11 @@ pub fn vector(dims: usize, axis: usize, tilt: f32) -> Vec<f32> {
 
 /// Sends a POST whose head announces `length` body bytes but sends only a few, as a client with
 /// a huge body would before the server answers; returns the status and the raw response text.
-pub async fn post_announcing_length(addr: &str, path: &str, length: usize) -> anyhow::Result<(u16, String)> {
+pub async fn post_announcing_length(
+    addr: &str,
+    path: &str,
+    length: usize,
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let head = format!(
@@ -315,7 +357,8 @@ pub async fn post_announcing_length(addr: &str, path: &str, length: usize) -> an
     );
     stream.write_all(head.as_bytes()).await?;
     let mut response = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
     anyhow::ensure!(read.is_ok(), "no answer within 10 s");
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -79,8 +79,13 @@ async fn owner_of(c: &Cluster, tenant: &str, scope: &str) -> anyhow::Result<Stri
     let epoch = ring["epoch"].as_u64().unwrap_or(0);
     let mut owners = Vec::new();
     for shard in &c.shards {
-        let url = format!("{}/internal/v1/p/{tenant}/{}/memories", shard.url(), scope.replace(':', "%3A"));
-        let status = client.get(url).header("x-memring-epoch", epoch).send().await?.status().as_u16();
+        let url = format!(
+            "{}/internal/v1/p/{tenant}/{}/memories",
+            shard.url(),
+            scope.replace(':', "%3A")
+        );
+        let status =
+            client.get(url).header("x-memring-epoch", epoch).send().await?.status().as_u16();
         if status != 421 {
             owners.push(shard.addr.clone());
         }
@@ -106,7 +111,8 @@ async fn a_non_owner_answers_421_with_the_owner() -> anyhow::Result<()> {
     assert_eq!(body["error"]["code"], "wrong_owner");
     assert_eq!(body["error"]["details"]["owner"]["addr"], owner.as_str());
     // Nothing was stored on the non-owner.
-    let parts: Value = client.get(format!("{}/internal/v1/partitions", other.url())).send().await?.json().await?;
+    let parts: Value =
+        client.get(format!("{}/internal/v1/partitions", other.url())).send().await?.json().await?;
     assert_eq!(parts["partitions"], json!([]), "{parts}");
     Ok(())
 }
@@ -160,13 +166,28 @@ async fn search_merges_scopes_best_first_and_filters_inside() -> anyhow::Result<
         m["metadata"] = json!({"kind": kind});
         assert_eq!(c.post("/v1/tenants/acme/memories", &m).await?.0, 201);
     }
-    let query = json!({"scopes": ["agent:planner", "shared"], "embedding": vector(DIMS, 0, 0.0), "k": 10});
+    let query =
+        json!({"scopes": ["agent:planner", "shared"], "embedding": vector(DIMS, 0, 0.0), "k": 10});
     let (status, resp) = c.post("/v1/tenants/acme/memories/search", &query).await?;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["partial"], false);
-    let ids: Vec<&str> = resp["results"].as_array().expect("results").iter().filter_map(|h| h["id"].as_str()).collect();
-    assert_eq!(ids, ["s2", "p1", "s1", "p2", "s3"], "merged best first; o1 (another agent) never appears");
-    let scores: Vec<f64> = resp["results"].as_array().expect("results").iter().filter_map(|h| h["score"].as_f64()).collect();
+    let ids: Vec<&str> = resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["s2", "p1", "s1", "p2", "s3"],
+        "merged best first; o1 (another agent) never appears"
+    );
+    let scores: Vec<f64> = resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|h| h["score"].as_f64())
+        .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     assert!((scores[0] - 1.0).abs() < 1e-5, "identical direction scores 1: {scores:?}");
     let first = &resp["results"][0];
@@ -184,7 +205,12 @@ async fn search_merges_scopes_best_first_and_filters_inside() -> anyhow::Result<
     let mut filtered = query.clone();
     filtered["filter"] = json!({"metadata": {"kind": "plan"}});
     let (_, resp) = c.post("/v1/tenants/acme/memories/search", &filtered).await?;
-    let ids: Vec<&str> = resp["results"].as_array().expect("results").iter().filter_map(|h| h["id"].as_str()).collect();
+    let ids: Vec<&str> = resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
     assert_eq!(ids, ["p1", "p2"]);
 
     // created_after in the future filters everything; in the past filters nothing.
@@ -193,7 +219,8 @@ async fn search_merges_scopes_best_first_and_filters_inside() -> anyhow::Result<
     let (_, resp) = c.post("/v1/tenants/acme/memories/search", &future).await?;
     assert_eq!(resp["results"], json!([]));
     let mut past = query.clone();
-    past["filter"] = json!({"created_after": "2000-01-01T00:00:00Z", "created_before": "2999-01-01T00:00:00Z"});
+    past["filter"] =
+        json!({"created_after": "2000-01-01T00:00:00Z", "created_before": "2999-01-01T00:00:00Z"});
     let (_, resp) = c.post("/v1/tenants/acme/memories/search", &past).await?;
     assert_eq!(resp["results"].as_array().map(Vec::len), Some(5));
     Ok(())
@@ -221,9 +248,11 @@ async fn other_agents_and_other_tenants_see_nothing() -> anyhow::Result<()> {
         let (_, resp) = c.post("/v1/tenants/evil/memories/search", &q).await?;
         assert_eq!(resp["results"], json!([]), "{scope}");
         for id in ["secret", "shared-1"] {
-            let (status, _) = c.get(&format!("/v1/tenants/evil/memories/{id}?scope={scope}")).await?;
+            let (status, _) =
+                c.get(&format!("/v1/tenants/evil/memories/{id}?scope={scope}")).await?;
             assert_eq!(status, 404);
-            let (status, _) = c.delete(&format!("/v1/tenants/evil/memories/{id}?scope={scope}")).await?;
+            let (status, _) =
+                c.delete(&format!("/v1/tenants/evil/memories/{id}?scope={scope}")).await?;
             assert_eq!(status, 404);
         }
         let (_, list) = c.get(&format!("/v1/tenants/evil/memories?scope={scope}")).await?;
@@ -291,7 +320,12 @@ async fn delete_then_search_and_delete_tenant() -> anyhow::Result<()> {
 
     assert_eq!(c.delete("/v1/tenants/acme/memories/d0?scope=shared").await?.0, 204);
     let (_, after) = c.post("/v1/tenants/acme/memories/search", &q).await?;
-    let ids: Vec<&str> = after["results"].as_array().expect("results").iter().filter_map(|h| h["id"].as_str()).collect();
+    let ids: Vec<&str> = after["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
     assert_eq!(ids.len(), 3);
     assert!(!ids.contains(&"d0"));
 
@@ -321,7 +355,10 @@ async fn restart_then_read_back() -> anyhow::Result<()> {
         .map(|i| json!({"id": format!("r{i}"), "scope": if i % 2 == 0 { "shared" } else { "agent:z" }, "content": format!("c{i}"), "embedding": vector(DIMS, i % DIMS, 0.2)}))
         .collect();
     let (_, resp) = c.post("/v1/tenants/acme/memories:batch", &json!({"items": items})).await?;
-    assert!(resp["results"].as_array().expect("results").iter().all(|r| r["status"] == 201), "{resp}");
+    assert!(
+        resp["results"].as_array().expect("results").iter().all(|r| r["status"] == 201),
+        "{resp}"
+    );
     let q = json!({"scopes": ["shared", "agent:z"], "embedding": vector(DIMS, 3, 0.2), "k": 5});
     let (_, before) = c.post("/v1/tenants/acme/memories/search", &q).await?;
 
@@ -353,21 +390,111 @@ async fn bad_input_is_a_clear_4xx() -> anyhow::Result<()> {
     assert_eq!(c.post("/v1/tenants/acme/memories", &ok).await?.0, 201);
 
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
-        ("bad tenant id", "/v1/tenants/bad%20id/memories".into(), ok.to_string().into_bytes(), 400, "invalid_id"),
-        ("tenant id too long", format!("/v1/tenants/{}/memories", "t".repeat(129)), ok.to_string().into_bytes(), 400, "invalid_id"),
-        ("bad memory id", "/v1/tenants/acme/memories".into(), json!({"id": "a/b", "scope": "shared", "content": "x"}).to_string().into_bytes(), 400, "invalid_id"),
-        ("unknown scope", "/v1/tenants/acme/memories".into(), json!({"scope": "team", "content": "x"}).to_string().into_bytes(), 400, "invalid_scope"),
-        ("missing scope", "/v1/tenants/acme/memories".into(), json!({"content": "x"}).to_string().into_bytes(), 400, "invalid_request"),
-        ("wrong dimension", "/v1/tenants/acme/memories".into(), json!({"scope": "shared", "content": "x", "embedding": [1.0, 2.0]}).to_string().into_bytes(), 400, "dimension_mismatch"),
-        ("NaN literal", "/v1/tenants/acme/memories".into(), br#"{"scope":"shared","content":"x","embedding":[NaN,1]}"#.to_vec(), 400, "invalid_json"),
-        ("overflowing float", "/v1/tenants/acme/memories".into(), br#"{"scope":"shared","content":"x","embedding":[1e39,1,1,1,1,1,1,1]}"#.to_vec(), 400, "invalid_embedding"),
-        ("non-JSON", "/v1/tenants/acme/memories".into(), b"this is not json".to_vec(), 400, "invalid_json"),
+        (
+            "bad tenant id",
+            "/v1/tenants/bad%20id/memories".into(),
+            ok.to_string().into_bytes(),
+            400,
+            "invalid_id",
+        ),
+        (
+            "tenant id too long",
+            format!("/v1/tenants/{}/memories", "t".repeat(129)),
+            ok.to_string().into_bytes(),
+            400,
+            "invalid_id",
+        ),
+        (
+            "bad memory id",
+            "/v1/tenants/acme/memories".into(),
+            json!({"id": "a/b", "scope": "shared", "content": "x"}).to_string().into_bytes(),
+            400,
+            "invalid_id",
+        ),
+        (
+            "unknown scope",
+            "/v1/tenants/acme/memories".into(),
+            json!({"scope": "team", "content": "x"}).to_string().into_bytes(),
+            400,
+            "invalid_scope",
+        ),
+        (
+            "missing scope",
+            "/v1/tenants/acme/memories".into(),
+            json!({"content": "x"}).to_string().into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "wrong dimension",
+            "/v1/tenants/acme/memories".into(),
+            json!({"scope": "shared", "content": "x", "embedding": [1.0, 2.0]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "dimension_mismatch",
+        ),
+        (
+            "NaN literal",
+            "/v1/tenants/acme/memories".into(),
+            br#"{"scope":"shared","content":"x","embedding":[NaN,1]}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "overflowing float",
+            "/v1/tenants/acme/memories".into(),
+            br#"{"scope":"shared","content":"x","embedding":[1e39,1,1,1,1,1,1,1]}"#.to_vec(),
+            400,
+            "invalid_embedding",
+        ),
+        (
+            "non-JSON",
+            "/v1/tenants/acme/memories".into(),
+            b"this is not json".to_vec(),
+            400,
+            "invalid_json",
+        ),
         ("empty body", "/v1/tenants/acme/memories".into(), Vec::new(), 400, "invalid_json"),
-        ("unknown field", "/v1/tenants/acme/memories".into(), json!({"scope": "shared", "content": "x", "colour": 1}).to_string().into_bytes(), 400, "invalid_json"),
-        ("k too large", "/v1/tenants/acme/memories/search".into(), json!({"scopes": ["shared"], "embedding": vector(DIMS, 0, 0.0), "k": 1001}).to_string().into_bytes(), 400, "invalid_request"),
-        ("search without scopes", "/v1/tenants/acme/memories/search".into(), json!({"embedding": vector(DIMS, 0, 0.0)}).to_string().into_bytes(), 400, "invalid_request"),
-        ("search wrong dimension", "/v1/tenants/acme/memories/search".into(), json!({"scopes": ["shared"], "embedding": [1.0]}).to_string().into_bytes(), 400, "dimension_mismatch"),
-        ("batch too big", "/v1/tenants/acme/memories:batch".into(), json!({"items": vec![json!({"scope": "shared", "content": "x"}); 1001]}).to_string().into_bytes(), 400, "invalid_request"),
+        (
+            "unknown field",
+            "/v1/tenants/acme/memories".into(),
+            json!({"scope": "shared", "content": "x", "colour": 1}).to_string().into_bytes(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "k too large",
+            "/v1/tenants/acme/memories/search".into(),
+            json!({"scopes": ["shared"], "embedding": vector(DIMS, 0, 0.0), "k": 1001})
+                .to_string()
+                .into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "search without scopes",
+            "/v1/tenants/acme/memories/search".into(),
+            json!({"embedding": vector(DIMS, 0, 0.0)}).to_string().into_bytes(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "search wrong dimension",
+            "/v1/tenants/acme/memories/search".into(),
+            json!({"scopes": ["shared"], "embedding": [1.0]}).to_string().into_bytes(),
+            400,
+            "dimension_mismatch",
+        ),
+        (
+            "batch too big",
+            "/v1/tenants/acme/memories:batch".into(),
+            json!({"items": vec![json!({"scope": "shared", "content": "x"}); 1001]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "invalid_request",
+        ),
     ];
     for (what, path, body, status, code) in cases {
         let (got_status, resp) = c.post_raw(&path, body).await?;
@@ -375,7 +502,12 @@ async fn bad_input_is_a_clear_4xx() -> anyhow::Result<()> {
         assert_eq!(assert_client_error(got_status, &resp), code, "{what}: {resp}");
     }
     // A 64 MiB body is refused from its Content-Length, before it is read.
-    let (status, body) = memring_tests::post_announcing_length(&c.router.addr, "/v1/tenants/acme/memories:batch", 64 << 20).await?;
+    let (status, body) = memring_tests::post_announcing_length(
+        &c.router.addr,
+        "/v1/tenants/acme/memories:batch",
+        64 << 20,
+    )
+    .await?;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("payload_too_large"), "{body}");
     // Query-parameter mistakes.
@@ -383,7 +515,11 @@ async fn bad_input_is_a_clear_4xx() -> anyhow::Result<()> {
         ("get without scope", "/v1/tenants/acme/memories/abc", "invalid_request"),
         ("list without scope", "/v1/tenants/acme/memories", "invalid_request"),
         ("list limit 0", "/v1/tenants/acme/memories?scope=shared&limit=0", "invalid_request"),
-        ("list limit huge", "/v1/tenants/acme/memories?scope=shared&limit=99999", "invalid_request"),
+        (
+            "list limit huge",
+            "/v1/tenants/acme/memories?scope=shared&limit=99999",
+            "invalid_request",
+        ),
         ("bad escape", "/v1/tenants/acme/memories?scope=%zz", "invalid_request"),
         ("unknown route", "/v1/nothing", "route_not_found"),
     ] {
@@ -403,7 +539,11 @@ async fn health_ready_and_metrics_on_every_binary() -> anyhow::Result<()> {
     let client = memring_tests::client();
     for p in c.shards.iter().chain(std::iter::once(&c.router)) {
         for path in ["/health", "/ready"] {
-            assert_eq!(client.get(format!("{}{path}", p.url())).send().await?.status().as_u16(), 200, "{path}");
+            assert_eq!(
+                client.get(format!("{}{path}", p.url())).send().await?.status().as_u16(),
+                200,
+                "{path}"
+            );
         }
         let text = client.get(format!("{}/metrics", p.url())).send().await?.text().await?;
         assert!(text.contains("http_requests_total"), "{}: {text}", p.addr);
@@ -412,7 +552,8 @@ async fn health_ready_and_metrics_on_every_binary() -> anyhow::Result<()> {
     let text = client.get(format!("{}/metrics", c.url())).send().await?.text().await?;
     assert!(text.contains(r#"route="memories.write""#), "{text}");
     // The request id travels back to the client.
-    let resp = client.get(format!("{}/health", c.url())).header("x-request-id", "abc123").send().await?;
+    let resp =
+        client.get(format!("{}/health", c.url())).header("x-request-id", "abc123").send().await?;
     assert_eq!(resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("abc123"));
     Ok(())
 }
@@ -444,7 +585,12 @@ async fn search_is_partial_when_a_scope_node_is_down() -> anyhow::Result<()> {
     let (status, resp) = c.post("/v1/tenants/acme/memories/search", &q).await?;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["partial"], true);
-    let ids: Vec<&str> = resp["results"].as_array().expect("results").iter().filter_map(|h| h["id"].as_str()).collect();
+    let ids: Vec<&str> = resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
     assert_eq!(ids, ["xb"]);
     // A write to the dead node's partition is a 503 with Retry-After, not a 500.
     let client = memring_tests::client();

@@ -288,10 +288,7 @@ mod tests {
             other => panic!("expected a conflict, got {other:?}"),
         }
         // A wrong epoch step is refused outright.
-        assert!(matches!(
-            store.compare_and_swap(1, &one).await,
-            Err(StoreError::Invalid(_))
-        ));
+        assert!(matches!(store.compare_and_swap(1, &one).await, Err(StoreError::Invalid(_))));
         // Reopening finds it again.
         let again = EmbeddedStore::open(dir.path()).expect("reopen").load().await.expect("load");
         assert_eq!(again.layout, one);
@@ -322,17 +319,21 @@ mod tests {
     #[tokio::test]
     async fn watch_sees_later_changes_and_resumes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(dir.path()).expect("open").with_poll_interval(Duration::from_millis(10));
+        let store = EmbeddedStore::open(dir.path())
+            .expect("open")
+            .with_poll_interval(Duration::from_millis(10));
         let mut watch = store.watch(0).await.expect("watch");
         let l1 = ClusterLayout::default().with_node(node("a"));
         store.compare_and_swap(0, &l1).await.expect("cas");
-        let seen = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("in time");
+        let seen =
+            tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("in time");
         let seen = seen.expect("item").expect("ok");
         assert_eq!(seen.layout.epoch, 1);
         // A watch resumed after revision 1 does not repeat it, but sees the next change.
         let mut resumed = store.watch(seen.revision).await.expect("watch");
         store.compare_and_swap(1, &l1.with_node(node("b"))).await.expect("cas");
-        let next = tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.expect("in time");
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), resumed.next()).await.expect("in time");
         assert_eq!(next.expect("item").expect("ok").layout.epoch, 2);
     }
 
@@ -346,7 +347,8 @@ mod tests {
             version: "test".into(),
             started_at_ms: 0,
         };
-        let lease = store.register_node(record.clone(), Duration::from_secs(5)).await.expect("register");
+        let lease =
+            store.register_node(record.clone(), Duration::from_secs(5)).await.expect("register");
         assert_eq!(store.live_nodes().await.expect("list"), vec![record]);
         lease.revoke().await;
         assert!(store.live_nodes().await.expect("list").is_empty());
@@ -366,7 +368,8 @@ mod tests {
                 started_at_ms: 0,
             },
         };
-        fs::write(store.node_path("dead"), serde_json::to_vec(&file).expect("json")).expect("write");
+        fs::write(store.node_path("dead"), serde_json::to_vec(&file).expect("json"))
+            .expect("write");
         assert!(store.live_nodes().await.expect("list").is_empty());
     }
 }

@@ -119,8 +119,11 @@ pub trait RingStore: Send + Sync + 'static {
 
     /// Publishes `record` for as long as the returned lease lives (and at most `ttl` after its
     /// holder dies).
-    async fn register_node(&self, record: NodeRecord, ttl: Duration)
-    -> Result<NodeLease, StoreError>;
+    async fn register_node(
+        &self,
+        record: NodeRecord,
+        ttl: Duration,
+    ) -> Result<NodeLease, StoreError>;
 
     /// The node records whose leases are alive.
     async fn live_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;

@@ -44,11 +44,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
             let config = memring_control::ControlConfig { ring_dir: args.ring_dir };
-            memring_control::run(listener, config, memring_common::telemetry::shutdown_signal()).await
+            memring_control::run(listener, config, memring_common::telemetry::shutdown_signal())
+                .await
         }
         Command::Status { json } => {
             let store = EmbeddedStore::open(&args.ring_dir)?;
-            let view = memring_control::view::cluster_view(&store, &memring_control::view::http_client()?).await?;
+            let view =
+                memring_control::view::cluster_view(&store, &memring_control::view::http_client()?)
+                    .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {

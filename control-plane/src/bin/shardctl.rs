@@ -39,14 +39,19 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let url = format!("{}/v1/cluster", args.control.trim_end_matches('/'));
-    let resp = reqwest::Client::builder()
-        .no_proxy()
-        .build()?
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {}: {e}; is memring-control serve running?", args.control))?;
-    anyhow::ensure!(resp.status().is_success(), "control plane answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    let resp =
+        reqwest::Client::builder().no_proxy().build()?.get(&url).send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the control plane at {}: {e}; is memring-control serve running?",
+                args.control
+            )
+        })?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "control plane answered {}: {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
     let view: ClusterView = resp.json().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);

@@ -9,7 +9,10 @@ fn open(dir: &Path) -> Storage {
 }
 
 fn key(tenant: &str, scope: &str) -> PartitionKey {
-    PartitionKey::new(&TenantId::parse(tenant).expect("tenant"), &Scope::parse(scope).expect("scope"))
+    PartitionKey::new(
+        &TenantId::parse(tenant).expect("tenant"),
+        &Scope::parse(scope).expect("scope"),
+    )
 }
 
 fn item(id: &str, content: &str, v: Vec<f32>) -> WriteItem {
@@ -23,7 +26,9 @@ fn item(id: &str, content: &str, v: Vec<f32>) -> WriteItem {
     }
 }
 
-fn outcomes(r: Vec<Result<(WriteOutcome, WriteResult), ApiError>>) -> Vec<Result<WriteOutcome, ErrorCode>> {
+fn outcomes(
+    r: Vec<Result<(WriteOutcome, WriteResult), ApiError>>,
+) -> Vec<Result<WriteOutcome, ErrorCode>> {
     r.into_iter().map(|x| x.map(|(o, _)| o).map_err(|e| e.code())).collect()
 }
 
@@ -52,15 +57,29 @@ fn the_first_dimension_sticks_and_bad_items_fail_alone() {
     let s = open(dir.path());
     let k = key("t", "shared");
     let r = s
-        .write(&k, vec![item("a", "x", vec![1.0, 0.0]), item("b", "x", vec![1.0, 0.0, 0.0]), item("c", "x", vec![0.0, 1.0])], 1)
+        .write(
+            &k,
+            vec![
+                item("a", "x", vec![1.0, 0.0]),
+                item("b", "x", vec![1.0, 0.0, 0.0]),
+                item("c", "x", vec![0.0, 1.0]),
+            ],
+            1,
+        )
         .expect("write");
     assert_eq!(
         outcomes(r),
-        vec![Ok(WriteOutcome::Created), Err(ErrorCode::DimensionMismatch), Ok(WriteOutcome::Created)]
+        vec![
+            Ok(WriteOutcome::Created),
+            Err(ErrorCode::DimensionMismatch),
+            Ok(WriteOutcome::Created)
+        ]
     );
     assert!(s.get(&k, &MemoryId::parse("b").expect("id"), 1).is_err());
     // Duplicates inside one batch see each other.
-    let r = s.write(&k, vec![item("d", "x", vec![1.0, 1.0]), item("d", "x", vec![1.0, 1.0])], 2).expect("write");
+    let r = s
+        .write(&k, vec![item("d", "x", vec![1.0, 1.0]), item("d", "x", vec![1.0, 1.0])], 2)
+        .expect("write");
     assert_eq!(outcomes(r), vec![Ok(WriteOutcome::Created), Ok(WriteOutcome::Unchanged)]);
 }
 
@@ -70,7 +89,8 @@ fn search_list_delete_and_reopen() {
     let k = key("t", "shared");
     {
         let s = open(dir.path());
-        let items = (0..50).map(|i| item(&format!("m{i:02}"), "x", vec![1.0, i as f32 / 10.0])).collect();
+        let items =
+            (0..50).map(|i| item(&format!("m{i:02}"), "x", vec![1.0, i as f32 / 10.0])).collect();
         s.write(&k, items, 5).expect("write");
         let hits = s.search(&k, &[1.0, 0.0], 3, &Filter::default(), 6).expect("search");
         assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["m00", "m01", "m02"]);
@@ -103,17 +123,23 @@ fn tenant_deletion_is_exact() {
         s.write(&key(t, scope), vec![it], 1).expect("write");
     }
     assert_eq!(s.delete_tenant(&TenantId::parse("ab").expect("id")).expect("delete"), 2);
-    let mut left: Vec<String> = s.partitions().expect("partitions").iter().map(|p| p.partition.to_string()).collect();
+    let mut left: Vec<String> =
+        s.partitions().expect("partitions").iter().map(|p| p.partition.to_string()).collect();
     left.sort();
     assert_eq!(left, ["abc/shared", "b/shared"]);
-    assert!(s.search(&key("ab", "shared"), &[1.0], 5, &Filter::default(), 2).expect("search").is_empty());
+    assert!(
+        s.search(&key("ab", "shared"), &[1.0], 5, &Filter::default(), 2)
+            .expect("search")
+            .is_empty()
+    );
 }
 
 #[test]
 fn a_data_dir_belongs_to_one_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(open(dir.path()));
-    let err = Storage::open(dir.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default());
+    let err =
+        Storage::open(dir.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default());
     assert!(err.is_err());
 }
 

@@ -82,11 +82,14 @@ fn generate(args: &Args) -> Vec<Tenant> {
     let spread = 1.0 / (args.dims as f32).sqrt();
     (0..args.tenants)
         .map(|i| {
-            let size = ((args.vectors as f64 / harmonic) / (i + 1) as f64).round().max(1.0) as usize;
+            let size =
+                ((args.vectors as f64 / harmonic) / (i + 1) as f64).round().max(1.0) as usize;
             let n_centers = (size / 200).clamp(4, 64);
-            let centers: Vec<Vec<f32>> =
-                (0..n_centers).map(|_| unit((0..args.dims).map(|_| gaussian(&mut rng)).collect())).collect();
-            let vectors = (0..size).map(|j| around(&centers[j % n_centers], spread, &mut rng)).collect();
+            let centers: Vec<Vec<f32>> = (0..n_centers)
+                .map(|_| unit((0..args.dims).map(|_| gaussian(&mut rng)).collect()))
+                .collect();
+            let vectors =
+                (0..size).map(|j| around(&centers[j % n_centers], spread, &mut rng)).collect();
             Tenant { id: format!("tenant-{i:03}"), vectors, centers }
         })
         .collect()
@@ -94,8 +97,11 @@ fn generate(args: &Args) -> Vec<Tenant> {
 
 fn exact_top(vectors: &[Vec<f32>], q: &[f32], k: usize) -> Vec<usize> {
     let qn = unit(q.to_vec());
-    let mut scored: Vec<(f32, usize)> =
-        vectors.iter().enumerate().map(|(i, v)| (v.iter().zip(&qn).map(|(a, b)| a * b).sum::<f32>(), i)).collect();
+    let mut scored: Vec<(f32, usize)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.iter().zip(&qn).map(|(a, b)| a * b).sum::<f32>(), i))
+        .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.into_iter().take(k).map(|(_, i)| i).collect()
 }
@@ -127,7 +133,8 @@ async fn run_queries(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, urls, queries, next) = (client.clone(), urls.clone(), queries.clone(), next.clone());
+        let (client, urls, queries, next) =
+            (client.clone(), urls.clone(), queries.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -138,7 +145,12 @@ async fn run_queries(
                 let q = &queries[i % queries.len()];
                 let body = if use_shard_body { q.shard_body.clone() } else { q.body.clone() };
                 let t = Instant::now();
-                let resp = client.post(&urls[i % queries.len()]).header("content-type", "application/json").body(body).send().await?;
+                let resp = client
+                    .post(&urls[i % queries.len()])
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
                 let status = resp.status();
                 let _ = resp.bytes().await?;
                 anyhow::ensure!(status.is_success(), "search answered {status}");
@@ -158,13 +170,21 @@ async fn run_queries(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    eprintln!("generating {} × {} clustered vectors over {} tenants (seed {})…", args.vectors, args.dims, args.tenants, args.seed);
+    eprintln!(
+        "generating {} × {} clustered vectors over {} tenants (seed {})…",
+        args.vectors, args.dims, args.tenants, args.seed
+    );
     let tenants = generate(&args);
     let total: usize = tenants.iter().map(|t| t.vectors.len()).sum();
     let largest = tenants.iter().map(|t| t.vectors.len()).max().unwrap_or(0);
     let flags: Vec<&str> = args.shard_flag.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(args.shards, &flags).await.context("starting the cluster")?;
-    let client = reqwest::Client::builder().no_proxy().tcp_nodelay(true).pool_max_idle_per_host(64).timeout(Duration::from_secs(60)).build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let router = cluster.url();
 
     // ---- ingest
@@ -191,10 +211,18 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some((url, body)) = batches.get(i) else { return Ok::<_, anyhow::Error>(()) };
-                let resp = client.post(url).header("content-type", "application/json").body(body.clone()).send().await?;
+                let resp = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
                 anyhow::ensure!(resp.status().is_success(), "batch answered {}", resp.status());
                 let v: serde_json::Value = resp.json().await?;
-                let bad = v["results"].as_array().map(|r| r.iter().filter(|x| x.get("error").is_some()).count()).unwrap_or(1);
+                let bad = v["results"]
+                    .as_array()
+                    .map(|r| r.iter().filter(|x| x.get("error").is_some()).count())
+                    .unwrap_or(1);
                 anyhow::ensure!(bad == 0, "{bad} items failed: {}", v["results"][0]);
             }
         }));
@@ -204,7 +232,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let ingest = started.elapsed();
     let ingest_rate = total as f64 / ingest.as_secs_f64();
-    eprintln!("ingest: {total} vectors in {:.1} s = {ingest_rate:.0} vectors/s", ingest.as_secs_f64());
+    eprintln!(
+        "ingest: {total} vectors in {:.1} s = {ingest_rate:.0} vectors/s",
+        ingest.as_secs_f64()
+    );
 
     // ---- queries: tenants drawn by size (Zipf), each query near one of the tenant's centers.
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
@@ -224,8 +255,13 @@ async fn main() -> anyhow::Result<()> {
         let t = &tenants[tenant];
         let center = &t.centers[rng.random_range(0..t.centers.len())];
         let vector = around(center, spread, &mut rng);
-        let body = serde_json::to_vec(&json!({"scopes": ["shared"], "embedding": vector, "k": 10}))?;
-        let shard_body = serde_json::to_vec(&ShardSearch { embedding: vector.clone(), k: 10, filter: Default::default() })?;
+        let body =
+            serde_json::to_vec(&json!({"scopes": ["shared"], "embedding": vector, "k": 10}))?;
+        let shard_body = serde_json::to_vec(&ShardSearch {
+            embedding: vector.clone(),
+            k: 10,
+            filter: Default::default(),
+        })?;
         let partition = PartitionKey::new(&TenantId::parse(&t.id)?, &Scope::Shared);
         let owner = ring.owner(&partition).context("empty ring")?;
         direct_urls.push(format!("http://{}/internal/v1/p/{}/shared/search", owner.addr, t.id));
@@ -240,10 +276,19 @@ async fn main() -> anyhow::Result<()> {
     let mut hits = 0usize;
     for (i, q) in queries.iter().enumerate() {
         let truth = exact_top(&tenants[q.tenant].vectors, &q.vector, 10);
-        let resp: serde_json::Value = client.post(&router_urls[i]).header("content-type", "application/json").body(q.body.clone()).send().await?.json().await?;
+        let resp: serde_json::Value = client
+            .post(&router_urls[i])
+            .header("content-type", "application/json")
+            .body(q.body.clone())
+            .send()
+            .await?
+            .json()
+            .await?;
         let got: Vec<usize> = resp["results"]
             .as_array()
-            .map(|r| r.iter().filter_map(|h| h["id"].as_str()?.strip_prefix('v')?.parse().ok()).collect())
+            .map(|r| {
+                r.iter().filter_map(|h| h["id"].as_str()?.strip_prefix('v')?.parse().ok()).collect()
+            })
             .unwrap_or_default();
         hits += truth.iter().filter(|t| got.contains(t)).count();
     }
@@ -255,9 +300,15 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for concurrency in [1usize, 8] {
         let n = if concurrency == 1 { queries.len() } else { queries.len() * 3 };
-        let (wall, lat) = run_queries(&client, router_urls.clone(), queries.clone(), false, concurrency, n).await?;
+        let (wall, lat) =
+            run_queries(&client, router_urls.clone(), queries.clone(), false, concurrency, n)
+                .await?;
         let qps = n as f64 / wall.as_secs_f64();
-        eprintln!("search c={concurrency}: {qps:.0} q/s, p50 {:?}, p99 {:?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        eprintln!(
+            "search c={concurrency}: {qps:.0} q/s, p50 {:?}, p99 {:?}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
         rows.push((concurrency, qps, percentile(&lat, 0.5), percentile(&lat, 0.99)));
     }
 
@@ -265,8 +316,12 @@ async fn main() -> anyhow::Result<()> {
     let mut via_router = Vec::new();
     let mut direct = Vec::new();
     for round in 0..2 {
-        let (_, r) = run_queries(&client, router_urls.clone(), queries.clone(), false, 1, queries.len()).await?;
-        let (_, d) = run_queries(&client, direct_urls.clone(), queries.clone(), true, 1, queries.len()).await?;
+        let (_, r) =
+            run_queries(&client, router_urls.clone(), queries.clone(), false, 1, queries.len())
+                .await?;
+        let (_, d) =
+            run_queries(&client, direct_urls.clone(), queries.clone(), true, 1, queries.len())
+                .await?;
         if round == 1 {
             via_router = r;
             direct = d;
@@ -277,20 +332,46 @@ async fn main() -> anyhow::Result<()> {
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     println!("| setting | value |\n|---|---|");
-    println!("| data | {total} vectors × {} dims, clustered (seed {}), {} tenants, Zipf sizes (largest {largest}) |", args.dims, args.seed, args.tenants);
-    println!("| cluster | {} shard nodes + 1 router, embedded ring store, release build, all on this machine |", args.shards);
-    println!("| machine | {} cores, {cpu} |", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "| data | {total} vectors × {} dims, clustered (seed {}), {} tenants, Zipf sizes (largest {largest}) |",
+        args.dims, args.seed, args.tenants
+    );
+    println!(
+        "| cluster | {} shard nodes + 1 router, embedded ring store, release build, all on this machine |",
+        args.shards
+    );
+    println!(
+        "| machine | {} cores, {cpu} |",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
     println!();
     println!("| measure | result |\n|---|---|");
-    println!("| ingest (batches of {}, {} writers) | {ingest_rate:.0} vectors/s ({total} in {:.1} s) |", args.batch, args.ingest_concurrency, ingest.as_secs_f64());
+    println!(
+        "| ingest (batches of {}, {} writers) | {ingest_rate:.0} vectors/s ({total} in {:.1} s) |",
+        args.batch,
+        args.ingest_concurrency,
+        ingest.as_secs_f64()
+    );
     println!("| recall@10 vs exact ({} queries) | {recall:.4} |", queries.len());
     for (c, qps, p50, p99) in &rows {
-        println!("| search, concurrency {c} | {qps:.0} q/s, p50 {:.0} µs, p99 {:.0} µs |", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+        println!(
+            "| search, concurrency {c} | {qps:.0} q/s, p50 {:.0} µs, p99 {:.0} µs |",
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6
+        );
     }
-    println!("| p50 via router / direct to owner | {:.0} µs / {:.0} µs |", p50_router.as_secs_f64() * 1e6, p50_direct.as_secs_f64() * 1e6);
+    println!(
+        "| p50 via router / direct to owner | {:.0} µs / {:.0} µs |",
+        p50_router.as_secs_f64() * 1e6,
+        p50_direct.as_secs_f64() * 1e6
+    );
     println!("| router overhead at p50 | {:.0} µs |", overhead * 1e6);
     drop(cluster);
     Ok(())
