@@ -393,11 +393,9 @@ impl Filter {
     }
 }
 
-/// A validated search.
+/// A validated search of one partition: what a shard node executes.
 #[derive(Debug, Clone)]
-pub struct SearchRequest {
-    /// Distinct scopes, in the order given.
-    pub scopes: Vec<Scope>,
+pub struct SearchQuery {
     /// The query vector.
     pub embedding: Vec<f32>,
     /// How many results.
@@ -406,13 +404,20 @@ pub struct SearchRequest {
     pub filter: Filter,
 }
 
+/// A validated search.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    /// Distinct scopes, in the order given.
+    pub scopes: Vec<Scope>,
+    /// Vector, k and filter.
+    pub query: SearchQuery,
+}
+
 impl RawSearch {
-    /// Checks every field.
-    pub fn validate(self) -> Result<SearchRequest, ApiError> {
-        let raw_scopes = self.scopes.ok_or_else(|| {
-            ApiError::invalid(
-                "\"scopes\" is required: a list such as [\"agent:planner\", \"shared\"]",
-            )
+    /// Checks every field, scopes included (the router's view).
+    pub fn validate(mut self) -> Result<SearchRequest, ApiError> {
+        let raw_scopes = self.scopes.take().ok_or_else(|| {
+            ApiError::invalid("\"scopes\" is required: a list such as [\"agent:planner\", \"shared\"]")
         })?;
         if raw_scopes.is_empty() {
             return Err(ApiError::invalid("\"scopes\" is empty; name at least one scope"));
@@ -427,6 +432,13 @@ impl RawSearch {
                 scopes.push(scope);
             }
         }
+        Ok(SearchRequest { scopes, query: self.validate_query()? })
+    }
+
+    /// Checks the vector, `k` and the filter (the shard node's view: the partition comes from
+    /// the path, so `scopes` is not looked at). The router forwards the client's body unchanged,
+    /// so both sides parse the same bytes with the same rules.
+    pub fn validate_query(self) -> Result<SearchQuery, ApiError> {
         let embedding = self
             .embedding
             .ok_or_else(|| ApiError::invalid("\"embedding\" is required for search"))?;
@@ -436,7 +448,7 @@ impl RawSearch {
             return Err(ApiError::invalid(format!("\"k\" must be between 1 and {MAX_K}, got {k}")));
         }
         let filter = self.filter.map(RawFilter::validate).transpose()?.unwrap_or_default();
-        Ok(SearchRequest { scopes, embedding, k, filter })
+        Ok(SearchQuery { embedding, k, filter })
     }
 }
 
@@ -459,18 +471,6 @@ impl RawFilter {
             created_before_ms,
         })
     }
-}
-
-/// The body the router sends a shard node for one partition's search.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardSearch {
-    /// The query vector.
-    pub embedding: Vec<f32>,
-    /// How many results.
-    pub k: usize,
-    /// The filter.
-    #[serde(default)]
-    pub filter: Filter,
 }
 
 /// One search result.
@@ -623,7 +623,7 @@ mod tests {
                 .expect("parses");
         let req = ok.validate().expect("valid");
         assert_eq!(req.scopes.len(), 2, "duplicates collapse");
-        assert_eq!(req.k, DEFAULT_K);
+        assert_eq!(req.query.k, DEFAULT_K);
         for json in [
             r#"{"embedding":[1]}"#,
             r#"{"scopes":[],"embedding":[1]}"#,

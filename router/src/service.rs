@@ -16,7 +16,7 @@ use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
     self, BatchItemResult, BatchResponse, REQUEST_ID_HEADER, RawBatch, RawSearch, RawWrite,
-    SearchHit, SearchResponse, ShardItemResult, ShardSearch, ShardWrite, ShardWriteResponse,
+    SearchHit, SearchResponse, ShardItemResult, ShardWrite, ShardWriteResponse,
     TenantDeleted, WriteItem,
 };
 use memring_common::http::{
@@ -281,13 +281,8 @@ impl RouterService {
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let search = parse_json::<RawSearch>(&body)?.validate()?;
-        let shard_body: Bytes = serde_json::to_vec(&ShardSearch {
-            embedding: search.embedding,
-            k: search.k,
-            filter: search.filter,
-        })
-        .map_err(|e| ApiError::internal(format!("search does not serialize: {e}")))?
-        .into();
+        // The shard node takes the same body (it ignores "scopes"), so it is forwarded unchanged.
+        let shard_body = body;
         let timeout = Duration::from_millis(self.config.search_timeout_ms);
         let partitions: Vec<PartitionKey> =
             search.scopes.iter().map(|s| PartitionKey::new(&tenant, s)).collect();
@@ -342,7 +337,7 @@ impl RouterService {
             ));
         }
         sort_hits(&mut hits);
-        hits.truncate(search.k);
+        hits.truncate(search.query.k);
         Ok(json(200, &SearchResponse { results: hits, partial: failed > 0 }))
     }
 

@@ -47,7 +47,7 @@ impl Default for ShardConfig {
             join_ring: true,
             sync_writes: false,
             body_limit_bytes: 64 << 20,
-            flat_limit: 4096,
+            flat_limit: 1024,
             expansion_search: 64,
             concurrency: 16,
             lease_ttl_secs: 10,

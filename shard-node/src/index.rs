@@ -35,7 +35,7 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         Self {
-            flat_limit: 4096,
+            flat_limit: 1024,
             connectivity: 16,
             expansion_add: 128,
             expansion_search: 64,

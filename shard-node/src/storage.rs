@@ -73,9 +73,28 @@ struct Entry {
 }
 
 /// A partition's loaded search state.
+#[derive(Default)]
 struct Loaded {
     vectors: Option<VectorIndex>,
     entries: HashMap<u64, Entry>,
+    /// Entries with a TTL; while zero, searches need no expiry check at all.
+    expiring: usize,
+}
+
+impl Loaded {
+    fn insert(&mut self, label: u64, entry: Entry) {
+        let expiring = entry.expires_at_ms.is_some();
+        if let Some(old) = self.entries.insert(label, entry) {
+            self.expiring -= usize::from(old.expires_at_ms.is_some());
+        }
+        self.expiring += usize::from(expiring);
+    }
+
+    fn remove(&mut self, label: u64) {
+        if let Some(old) = self.entries.remove(&label) {
+            self.expiring -= usize::from(old.expires_at_ms.is_some());
+        }
+    }
 }
 
 /// One partition on this node.
@@ -351,12 +370,8 @@ impl Storage {
                 (None, None) => Ok(()),
             };
             match (vector.is_some(), entry) {
-                (true, Some(entry)) => {
-                    loaded.entries.insert(label, entry);
-                }
-                _ => {
-                    loaded.entries.remove(&label);
-                }
+                (true, Some(entry)) => loaded.insert(label, entry),
+                _ => loaded.remove(label),
             }
             if let Err(e) = result {
                 // The data is committed; only the derived index failed. Drop it so the next search
@@ -379,7 +394,7 @@ impl Storage {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let mut loaded = Loaded { vectors: None, entries: HashMap::new() };
+        let mut loaded = Loaded::default();
         let cf = self.cf(CF_EPISODES)?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(prefix_end(&p.enc));
@@ -397,7 +412,7 @@ impl Storage {
                 .get_or_insert_with(|| VectorIndex::new(vector.len(), self.config.index.clone()));
             index.upsert(episode.label, vector).map_err(|e| ApiError::internal(e.to_string()))?;
             let metadata = parse_metadata(&episode.metadata_json)?;
-            loaded.entries.insert(episode.label, entry_of(&episode, &metadata));
+            loaded.insert(episode.label, entry_of(&episode, &metadata));
         }
         tracing::info!(
             partition = %p.key,
@@ -408,6 +423,12 @@ impl Storage {
         );
         *guard = Some(loaded);
         Ok(())
+    }
+
+    /// True when the partition's search state is in memory, so a search is CPU work only (no
+    /// index build from RocksDB).
+    pub fn is_search_loaded(&self, key: &PartitionKey) -> bool {
+        self.partitions.read().get(&key.encode()).is_some_and(|p| p.search.read().is_some())
     }
 
     /// The best `k` memories of the partition for `query` that pass `filter`, best first.
@@ -436,8 +457,7 @@ impl Storage {
         let guard = p.search.read();
         let Some(loaded) = guard.as_ref() else { return Ok(Vec::new()) };
         let Some(index) = &loaded.vectors else { return Ok(Vec::new()) };
-        let has_expiring = loaded.entries.values().any(|e| e.expires_at_ms.is_some());
-        let allowed: Option<HashSet<u64>> = (!filter.is_empty() || has_expiring).then(|| {
+        let allowed: Option<HashSet<u64>> = (!filter.is_empty() || loaded.expiring > 0).then(|| {
             loaded
                 .entries
                 .iter()

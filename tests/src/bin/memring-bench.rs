@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use memring_common::api::ShardSearch;
 use memring_common::store::RingStore;
 use memring_common::store::embedded::EmbeddedStore;
 use memring_common::{PartitionKey, Ring, Scope, TenantId};
@@ -117,7 +116,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct Query {
     tenant: usize,
     body: bytes::Bytes,
-    shard_body: bytes::Bytes,
     vector: Vec<f32>,
 }
 
@@ -125,7 +123,6 @@ async fn run_queries(
     client: &reqwest::Client,
     urls: Arc<Vec<String>>,
     queries: Arc<Vec<Query>>,
-    use_shard_body: bool,
     concurrency: usize,
     total: usize,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
@@ -143,7 +140,7 @@ async fn run_queries(
                     return Ok::<_, anyhow::Error>(lat);
                 }
                 let q = &queries[i % queries.len()];
-                let body = if use_shard_body { q.shard_body.clone() } else { q.body.clone() };
+                let body = q.body.clone();
                 let t = Instant::now();
                 let resp = client
                     .post(&urls[i % queries.len()])
@@ -167,6 +164,52 @@ async fn run_queries(
     Ok((wall, all))
 }
 
+/// Batch bodies of `(tenant, vectors)` with ids `<prefix><n>`.
+fn make_batches(router: &str, data: &[(&str, Vec<Vec<f32>>)], batch: usize, prefix: &str) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
+    let mut batches = Vec::new();
+    for (tenant, vectors) in data {
+        for (c, chunk) in vectors.chunks(batch).enumerate() {
+            let items: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    let n = c * batch + j;
+                    json!({"id": format!("{prefix}{n}"), "scope": "shared", "content": format!("memory {n} of {tenant}"), "embedding": v, "metadata": {"n": j % 10}})
+                })
+                .collect();
+            let body = serde_json::to_vec(&json!({"items": items}))?;
+            batches.push((format!("{router}/v1/tenants/{tenant}/memories:batch"), body.into()));
+        }
+    }
+    Ok(batches)
+}
+
+/// Sends every batch with `concurrency` writers; fails on any item error. Returns the wall time.
+async fn ingest_all(client: &reqwest::Client, batches: Vec<(String, bytes::Bytes)>, concurrency: usize) -> anyhow::Result<Duration> {
+    let batches = Arc::new(batches);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, batches, next) = (client.clone(), batches.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((url, body)) = batches.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                let resp = client.post(url).header("content-type", "application/json").body(body.clone()).send().await?;
+                anyhow::ensure!(resp.status().is_success(), "batch answered {}", resp.status());
+                let v: serde_json::Value = resp.json().await?;
+                let bad = v["results"].as_array().map(|r| r.iter().filter(|x| x.get("error").is_some()).count()).unwrap_or(1);
+                anyhow::ensure!(bad == 0, "{bad} items failed: {}", v["results"][0]);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -187,50 +230,12 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let router = cluster.url();
 
-    // ---- ingest
+    // ---- ingest (cold: partitions' indexes are built on their first search)
     eprintln!("loading {total} vectors in batches of {}…", args.batch);
-    let mut batches: Vec<(String, bytes::Bytes)> = Vec::new();
-    for t in &tenants {
-        for (c, chunk) in t.vectors.chunks(args.batch).enumerate() {
-            let items: Vec<_> = chunk
-                .iter()
-                .enumerate()
-                .map(|(j, v)| json!({"id": format!("v{}", c * args.batch + j), "scope": "shared", "content": format!("memory {} of {}", c * args.batch + j, t.id), "embedding": v, "metadata": {"n": j % 10}}))
-                .collect();
-            let body = serde_json::to_vec(&json!({"items": items}))?;
-            batches.push((format!("{router}/v1/tenants/{}/memories:batch", t.id), body.into()));
-        }
-    }
-    let batches = Arc::new(batches);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.ingest_concurrency {
-        let (client, batches, next) = (client.clone(), batches.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((url, body)) = batches.get(i) else { return Ok::<_, anyhow::Error>(()) };
-                let resp = client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                anyhow::ensure!(resp.status().is_success(), "batch answered {}", resp.status());
-                let v: serde_json::Value = resp.json().await?;
-                let bad = v["results"]
-                    .as_array()
-                    .map(|r| r.iter().filter(|x| x.get("error").is_some()).count())
-                    .unwrap_or(1);
-                anyhow::ensure!(bad == 0, "{bad} items failed: {}", v["results"][0]);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let ingest = started.elapsed();
+    let cold: Vec<(&str, Vec<Vec<f32>>)> = tenants.iter().map(|t| (t.id.as_str(), t.vectors.clone())).collect();
+    let batches = make_batches(&router, &cold, args.batch, "v")?;
+    let ingest = ingest_all(&client, batches, args.ingest_concurrency).await?;
+
     let ingest_rate = total as f64 / ingest.as_secs_f64();
     eprintln!(
         "ingest: {total} vectors in {:.1} s = {ingest_rate:.0} vectors/s",
@@ -257,16 +262,11 @@ async fn main() -> anyhow::Result<()> {
         let vector = around(center, spread, &mut rng);
         let body =
             serde_json::to_vec(&json!({"scopes": ["shared"], "embedding": vector, "k": 10}))?;
-        let shard_body = serde_json::to_vec(&ShardSearch {
-            embedding: vector.clone(),
-            k: 10,
-            filter: Default::default(),
-        })?;
         let partition = PartitionKey::new(&TenantId::parse(&t.id)?, &Scope::Shared);
         let owner = ring.owner(&partition).context("empty ring")?;
         direct_urls.push(format!("http://{}/internal/v1/p/{}/shared/search", owner.addr, t.id));
         router_urls.push(format!("{router}/v1/tenants/{}/memories/search", t.id));
-        queries.push(Query { tenant, body: body.into(), shard_body: shard_body.into(), vector });
+        queries.push(Query { tenant, body: body.into(), vector });
     }
     let queries = Arc::new(queries);
     let router_urls = Arc::new(router_urls);
@@ -296,12 +296,12 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("recall@10: {recall:.4}");
 
     // ---- warm-up, then throughput and latency
-    run_queries(&client, router_urls.clone(), queries.clone(), false, 8, queries.len()).await?;
+    run_queries(&client, router_urls.clone(), queries.clone(), 8, queries.len()).await?;
     let mut rows = Vec::new();
     for concurrency in [1usize, 8] {
         let n = if concurrency == 1 { queries.len() } else { queries.len() * 3 };
         let (wall, lat) =
-            run_queries(&client, router_urls.clone(), queries.clone(), false, concurrency, n)
+            run_queries(&client, router_urls.clone(), queries.clone(), concurrency, n)
                 .await?;
         let qps = n as f64 / wall.as_secs_f64();
         eprintln!(
@@ -317,10 +317,10 @@ async fn main() -> anyhow::Result<()> {
     let mut direct = Vec::new();
     for round in 0..2 {
         let (_, r) =
-            run_queries(&client, router_urls.clone(), queries.clone(), false, 1, queries.len())
+            run_queries(&client, router_urls.clone(), queries.clone(), 1, queries.len())
                 .await?;
         let (_, d) =
-            run_queries(&client, direct_urls.clone(), queries.clone(), true, 1, queries.len())
+            run_queries(&client, direct_urls.clone(), queries.clone(), 1, queries.len())
                 .await?;
         if round == 1 {
             via_router = r;
@@ -329,6 +329,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let (p50_router, p50_direct) = (percentile(&via_router, 0.5), percentile(&direct, 0.5));
     let overhead = p50_router.as_secs_f64() - p50_direct.as_secs_f64();
+
+    // ---- warm ingest: 10% more vectors into partitions whose indexes are loaded, so every write
+    // also inserts into HNSW (or the flat index) before it is acknowledged.
+    let warm: Vec<(&str, Vec<Vec<f32>>)> = tenants
+        .iter()
+        .map(|t| {
+            let n = (t.vectors.len() / 10).max(1);
+            (t.id.as_str(), (0..n).map(|j| around(&t.centers[j % t.centers.len()], spread, &mut rng)).collect())
+        })
+        .collect();
+    let warm_total: usize = warm.iter().map(|(_, v)| v.len()).sum();
+    let warm_time = ingest_all(&client, make_batches(&router, &warm, args.batch, "w")?, args.ingest_concurrency).await?;
+    let warm_rate = warm_total as f64 / warm_time.as_secs_f64();
+    eprintln!("warm ingest: {warm_total} vectors = {warm_rate:.0} vectors/s");
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -358,6 +372,10 @@ async fn main() -> anyhow::Result<()> {
         args.batch,
         args.ingest_concurrency,
         ingest.as_secs_f64()
+    );
+    println!(
+        "| ingest into loaded indexes ({warm_total} more vectors) | {warm_rate:.0} vectors/s ({:.1} s) |",
+        warm_time.as_secs_f64()
     );
     println!("| recall@10 vs exact ({} queries) | {recall:.4} |", queries.len());
     for (c, qps, p50, p99) in &rows {
