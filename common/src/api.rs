@@ -417,7 +417,9 @@ impl RawSearch {
     /// Checks every field, scopes included (the router's view).
     pub fn validate(mut self) -> Result<SearchRequest, ApiError> {
         let raw_scopes = self.scopes.take().ok_or_else(|| {
-            ApiError::invalid("\"scopes\" is required: a list such as [\"agent:planner\", \"shared\"]")
+            ApiError::invalid(
+                "\"scopes\" is required: a list such as [\"agent:planner\", \"shared\"]",
+            )
         })?;
         if raw_scopes.is_empty() {
             return Err(ApiError::invalid("\"scopes\" is empty; name at least one scope"));

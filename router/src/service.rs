@@ -16,8 +16,8 @@ use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
     self, BatchItemResult, BatchResponse, REQUEST_ID_HEADER, RawBatch, RawSearch, RawWrite,
-    SearchHit, SearchResponse, ShardItemResult, ShardWrite, ShardWriteResponse,
-    TenantDeleted, WriteItem,
+    SearchHit, SearchResponse, ShardItemResult, ShardWrite, ShardWriteResponse, TenantDeleted,
+    WriteItem,
 };
 use memring_common::http::{
     Body, BoxFuture, Reply, Service, empty, error_response, json, json_bytes, parse_json,

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
-    self, EPOCH_HEADER, ListResponse, PartitionList, SearchResponse, ShardItemResult,
-    ShardWrite, ShardWriteResponse, TenantDeleted,
+    self, EPOCH_HEADER, ListResponse, PartitionList, SearchResponse, ShardItemResult, ShardWrite,
+    ShardWriteResponse, TenantDeleted,
 };
 use memring_common::clock::now_millis;
 use memring_common::http::{
@@ -94,7 +94,9 @@ impl ShardService {
             .await
             .map_err(|_| ApiError::unavailable("shutting down", 1))?;
         let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || work(&storage))
+        // Keep the request's span (request id, path) on the blocking thread's log lines.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| work(&storage)))
             .await
             .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
     }
@@ -261,9 +263,18 @@ impl ShardService {
         let results = if self.storage.is_search_loaded(&partition) {
             // A loaded index answers in tens to hundreds of microseconds: run it here rather than
             // pay two thread hand-offs. Building an index (seconds) goes to a blocking thread.
-            let _permit =
-                self.slots.acquire().await.map_err(|_| ApiError::unavailable("shutting down", 1))?;
-            self.storage.search(&partition, &search.embedding, search.k, &search.filter, now_millis())?
+            let _permit = self
+                .slots
+                .acquire()
+                .await
+                .map_err(|_| ApiError::unavailable("shutting down", 1))?;
+            self.storage.search(
+                &partition,
+                &search.embedding,
+                search.k,
+                &search.filter,
+                now_millis(),
+            )?
         } else {
             self.blocking(move |s| {
                 s.search(&partition, &search.embedding, search.k, &search.filter, now_millis())

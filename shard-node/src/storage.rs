@@ -457,17 +457,18 @@ impl Storage {
         let guard = p.search.read();
         let Some(loaded) = guard.as_ref() else { return Ok(Vec::new()) };
         let Some(index) = &loaded.vectors else { return Ok(Vec::new()) };
-        let allowed: Option<HashSet<u64>> = (!filter.is_empty() || loaded.expiring > 0).then(|| {
-            loaded
-                .entries
-                .iter()
-                .filter(|(_, e)| {
-                    e.expires_at_ms.is_none_or(|at| at > now_ms)
-                        && filter.matches(&e.metadata, e.created_at_ms)
-                })
-                .map(|(label, _)| *label)
-                .collect()
-        });
+        let allowed: Option<HashSet<u64>> =
+            (!filter.is_empty() || loaded.expiring > 0).then(|| {
+                loaded
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.expires_at_ms.is_none_or(|at| at > now_ms)
+                            && filter.matches(&e.metadata, e.created_at_ms)
+                    })
+                    .map(|(label, _)| *label)
+                    .collect()
+            });
         let scored = index
             .search(query, k, allowed.as_ref())
             .map_err(|e| ApiError::internal(e.to_string()))?;

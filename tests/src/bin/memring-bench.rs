@@ -165,7 +165,12 @@ async fn run_queries(
 }
 
 /// Batch bodies of `(tenant, vectors)` with ids `<prefix><n>`.
-fn make_batches(router: &str, data: &[(&str, Vec<Vec<f32>>)], batch: usize, prefix: &str) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
+fn make_batches(
+    router: &str,
+    data: &[(&str, Vec<Vec<f32>>)],
+    batch: usize,
+    prefix: &str,
+) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
     let mut batches = Vec::new();
     for (tenant, vectors) in data {
         for (c, chunk) in vectors.chunks(batch).enumerate() {
@@ -185,7 +190,11 @@ fn make_batches(router: &str, data: &[(&str, Vec<Vec<f32>>)], batch: usize, pref
 }
 
 /// Sends every batch with `concurrency` writers; fails on any item error. Returns the wall time.
-async fn ingest_all(client: &reqwest::Client, batches: Vec<(String, bytes::Bytes)>, concurrency: usize) -> anyhow::Result<Duration> {
+async fn ingest_all(
+    client: &reqwest::Client,
+    batches: Vec<(String, bytes::Bytes)>,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
     let batches = Arc::new(batches);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -196,10 +205,18 @@ async fn ingest_all(client: &reqwest::Client, batches: Vec<(String, bytes::Bytes
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some((url, body)) = batches.get(i) else { return Ok::<_, anyhow::Error>(()) };
-                let resp = client.post(url).header("content-type", "application/json").body(body.clone()).send().await?;
+                let resp = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
                 anyhow::ensure!(resp.status().is_success(), "batch answered {}", resp.status());
                 let v: serde_json::Value = resp.json().await?;
-                let bad = v["results"].as_array().map(|r| r.iter().filter(|x| x.get("error").is_some()).count()).unwrap_or(1);
+                let bad = v["results"]
+                    .as_array()
+                    .map(|r| r.iter().filter(|x| x.get("error").is_some()).count())
+                    .unwrap_or(1);
                 anyhow::ensure!(bad == 0, "{bad} items failed: {}", v["results"][0]);
             }
         }));
@@ -232,7 +249,8 @@ async fn main() -> anyhow::Result<()> {
 
     // ---- ingest (cold: partitions' indexes are built on their first search)
     eprintln!("loading {total} vectors in batches of {}…", args.batch);
-    let cold: Vec<(&str, Vec<Vec<f32>>)> = tenants.iter().map(|t| (t.id.as_str(), t.vectors.clone())).collect();
+    let cold: Vec<(&str, Vec<Vec<f32>>)> =
+        tenants.iter().map(|t| (t.id.as_str(), t.vectors.clone())).collect();
     let batches = make_batches(&router, &cold, args.batch, "v")?;
     let ingest = ingest_all(&client, batches, args.ingest_concurrency).await?;
 
@@ -301,8 +319,7 @@ async fn main() -> anyhow::Result<()> {
     for concurrency in [1usize, 8] {
         let n = if concurrency == 1 { queries.len() } else { queries.len() * 3 };
         let (wall, lat) =
-            run_queries(&client, router_urls.clone(), queries.clone(), concurrency, n)
-                .await?;
+            run_queries(&client, router_urls.clone(), queries.clone(), concurrency, n).await?;
         let qps = n as f64 / wall.as_secs_f64();
         eprintln!(
             "search c={concurrency}: {qps:.0} q/s, p50 {:?}, p99 {:?}",
@@ -317,11 +334,9 @@ async fn main() -> anyhow::Result<()> {
     let mut direct = Vec::new();
     for round in 0..2 {
         let (_, r) =
-            run_queries(&client, router_urls.clone(), queries.clone(), 1, queries.len())
-                .await?;
+            run_queries(&client, router_urls.clone(), queries.clone(), 1, queries.len()).await?;
         let (_, d) =
-            run_queries(&client, direct_urls.clone(), queries.clone(), 1, queries.len())
-                .await?;
+            run_queries(&client, direct_urls.clone(), queries.clone(), 1, queries.len()).await?;
         if round == 1 {
             via_router = r;
             direct = d;
@@ -329,6 +344,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let (p50_router, p50_direct) = (percentile(&via_router, 0.5), percentile(&direct, 0.5));
     let overhead = p50_router.as_secs_f64() - p50_direct.as_secs_f64();
+    // One bare loopback HTTP round trip (GET /health on the router), the floor of what a hop costs here.
+    let mut bare = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let resp = client.get(format!("{router}/health")).send().await?;
+        let _ = resp.bytes().await?;
+        bare.push(t.elapsed());
+    }
+    bare.sort();
+    let p50_bare = percentile(&bare, 0.5);
 
     // ---- warm ingest: 10% more vectors into partitions whose indexes are loaded, so every write
     // also inserts into HNSW (or the flat index) before it is acknowledged.
@@ -336,11 +361,19 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|t| {
             let n = (t.vectors.len() / 10).max(1);
-            (t.id.as_str(), (0..n).map(|j| around(&t.centers[j % t.centers.len()], spread, &mut rng)).collect())
+            (
+                t.id.as_str(),
+                (0..n).map(|j| around(&t.centers[j % t.centers.len()], spread, &mut rng)).collect(),
+            )
         })
         .collect();
     let warm_total: usize = warm.iter().map(|(_, v)| v.len()).sum();
-    let warm_time = ingest_all(&client, make_batches(&router, &warm, args.batch, "w")?, args.ingest_concurrency).await?;
+    let warm_time = ingest_all(
+        &client,
+        make_batches(&router, &warm, args.batch, "w")?,
+        args.ingest_concurrency,
+    )
+    .await?;
     let warm_rate = warm_total as f64 / warm_time.as_secs_f64();
     eprintln!("warm ingest: {warm_total} vectors = {warm_rate:.0} vectors/s");
 
@@ -391,6 +424,10 @@ async fn main() -> anyhow::Result<()> {
         p50_direct.as_secs_f64() * 1e6
     );
     println!("| router overhead at p50 | {:.0} µs |", overhead * 1e6);
+    println!(
+        "| one bare HTTP round trip (GET /health), p50 | {:.0} µs |",
+        p50_bare.as_secs_f64() * 1e6
+    );
     drop(cluster);
     Ok(())
 }

@@ -1,0 +1,134 @@
+//! The cluster around the API: the control plane's view, `shardctl`, ring changes reaching the
+//! router, request ids crossing processes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use memring_tests::{Cluster, Proc, binary, free_port, vector};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn control_plane_and_shardctl_show_the_cluster() -> anyhow::Result<()> {
+    let c = Cluster::start(3).await?;
+    for i in 0..30 {
+        let m = json!({"scope": "shared", "content": "x", "embedding": vector(4, 0, 0.1)});
+        assert_eq!(c.post(&format!("/v1/tenants/t{i}/memories"), &m).await?.0, 201);
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = vec![
+        "--ring-dir".into(),
+        c.ring_dir().display().to_string(),
+        "serve".into(),
+        "--listen".into(),
+        addr.clone(),
+    ];
+    let mut control =
+        Proc::start("control", &binary("memring-control")?, args, addr, c.dir.path())?;
+    control.wait_ready(Duration::from_secs(20)).await?;
+
+    let view: Value = memring_tests::client()
+        .get(format!("{}/v1/cluster", control.url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(view["epoch"], 3, "three nodes joined: {view}");
+    let nodes = view["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    let share: f64 = nodes.iter().filter_map(|n| n["share"].as_f64()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "shares sum to 1: {share}");
+    assert!(nodes.iter().all(|n| n["live"] == true && n["in_ring"] == true));
+    let memories: u64 = nodes.iter().filter_map(|n| n["episodes"].as_u64()).sum();
+    assert_eq!(memories, 30, "{view}");
+
+    let out =
+        Command::new(binary("shardctl")?).args(["--control", &control.url(), "status"]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("epoch 3"), "{text}");
+    for i in 1..=3 {
+        assert!(text.contains(&format!("shard-{i}")), "{text}");
+    }
+    // Offline: the same view straight from the ring store.
+    let out = Command::new(binary("memring-control")?)
+        .args(["--ring-dir", &c.ring_dir().display().to_string(), "status", "--json"])
+        .output()?;
+    assert!(out.status.success());
+    let offline: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(offline["epoch"], 3);
+    // A control plane that is not there: non-zero exit and a message saying what to do.
+    let out = Command::new(binary("shardctl")?)
+        .args(["--control", "http://127.0.0.1:9", "status"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_joining_reaches_the_router_and_requests_keep_working() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3).await?;
+    for i in 0..20 {
+        let m = json!({"id": format!("m{i}"), "scope": "shared", "content": "x", "embedding": vector(4, i, 0.1)});
+        assert_eq!(c.post(&format!("/v1/tenants/t{i}/memories"), &m).await?.0, 201);
+    }
+    // A fourth node joins the ring (epoch 4). New tenants route over four nodes; the router
+    // follows the layout within a second.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = vec![
+        "--node-id".into(),
+        "shard-4".into(),
+        "--listen".into(),
+        addr.clone(),
+        "--data-dir".into(),
+        c.dir.path().join("shard-4").display().to_string(),
+        "--ring-dir".into(),
+        c.ring_dir().display().to_string(),
+    ];
+    let mut fourth = Proc::start("shard-4", &binary("memring-shard")?, args, addr, c.dir.path())?;
+    fourth.wait_ready(Duration::from_secs(20)).await?;
+    let started = std::time::Instant::now();
+    c.wait_ring_size(4).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "router saw the change after {:?}",
+        started.elapsed()
+    );
+    let (_, ring) = c.get("/v1/ring").await?;
+    assert_eq!(ring["epoch"], 4);
+    // Writes and reads of new data succeed on the new layout, wherever they land.
+    for i in 100..140 {
+        let m =
+            json!({"id": "n", "scope": "shared", "content": "y", "embedding": vector(4, i, 0.1)});
+        assert_eq!(c.post(&format!("/v1/tenants/t{i}/memories"), &m).await?.0, 201);
+        assert_eq!(c.get(&format!("/v1/tenants/t{i}/memories/n?scope=shared")).await?.0, 200);
+    }
+    c.shards.push(fourth);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_request_id_travels_from_router_to_shard() -> anyhow::Result<()> {
+    let c = Cluster::start(3).await?;
+    let m = json!({"scope": "shared", "content": "x", "embedding": vector(4, 0, 0.1)});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &m).await?.0, 201);
+    // The first search of a partition logs its index build inside the request's span.
+    let resp = memring_tests::client()
+        .post(format!("{}/v1/tenants/acme/memories/search", c.url()))
+        .header("x-request-id", "trace-me-4711")
+        .header("content-type", "application/json")
+        .body(json!({"scopes": ["shared"], "embedding": vector(4, 0, 0.0)}).to_string())
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        Some("trace-me-4711")
+    );
+    let found = c
+        .shards
+        .iter()
+        .any(|s| std::fs::read_to_string(&s.log).unwrap_or_default().contains("trace-me-4711"));
+    assert!(found, "no shard log mentions the request id\n{}", c.logs());
+    Ok(())
+}
