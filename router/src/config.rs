@@ -92,3 +92,25 @@ impl RouterConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_loads_and_validates() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/router.toml");
+        let file: RouterConfig = load_file(Some(&path)).expect("deploy/config/router.toml loads");
+        file.validate().expect("and validates");
+        assert_eq!(file.body_limit_bytes, RouterConfig::default().body_limit_bytes);
+    }
+
+    #[test]
+    fn a_body_limit_of_64_mib_is_refused() {
+        let err = RouterArgs::parse_from(["memring-router", "--body-limit-bytes", "67108864"])
+            .resolve()
+            .expect_err("bad");
+        assert!(err.to_string().contains("body_limit_bytes"), "{err}");
+    }
+}

@@ -139,3 +139,37 @@ impl ShardConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_loads_and_validates() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/shard.toml");
+        let file: ShardConfig = load_file(Some(&path)).expect("deploy/config/shard.toml loads");
+        file.validate().expect("and validates");
+        let defaults = ShardConfig::default();
+        assert_eq!(
+            (file.flat_limit, file.listen.as_str()),
+            (defaults.flat_limit, defaults.listen.as_str())
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_settings_are_named() {
+        let args =
+            ShardArgs::parse_from(["memring-shard", "--node-id", "n7", "--flat-limit", "10"]);
+        let c = args.resolve().expect("valid");
+        assert_eq!((c.node_id.as_str(), c.flat_limit), ("n7", 10));
+        let err = ShardArgs::parse_from(["memring-shard", "--listen", "nowhere"])
+            .resolve()
+            .expect_err("bad");
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = ShardArgs::parse_from(["memring-shard", "--node-id", "a b"])
+            .resolve()
+            .expect_err("bad");
+        assert!(err.to_string().contains("node_id"), "{err}");
+    }
+}

@@ -604,3 +604,31 @@ async fn search_is_partial_when_a_scope_node_is_down() -> anyhow::Result<()> {
     assert!(resp.headers().get("retry-after").is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn global_memories_are_readable_by_every_tenant() -> anyhow::Result<()> {
+    let c = Cluster::start(3).await?;
+    let mut g = memory("global", "the office closes at 6", 0, 0.0);
+    g["id"] = json!("g1");
+    // Auth is off in this setup, so any tenant may write global memories.
+    assert_eq!(c.post("/v1/tenants/admin/memories", &g).await?.0, 201);
+    let mut own = memory("shared", "bob's own", 0, 0.1);
+    own["id"] = json!("own");
+    assert_eq!(c.post("/v1/tenants/bob/memories", &own).await?.0, 201);
+
+    let q = json!({"scopes": ["shared", "global"], "embedding": vector(DIMS, 0, 0.0)});
+    let (_, resp) = c.post("/v1/tenants/bob/memories/search", &q).await?;
+    let ids: Vec<&str> = resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["g1", "own"]);
+    assert_eq!(resp["results"][0]["scope"], "global");
+    assert_eq!(c.get("/v1/tenants/carol/memories/g1?scope=global").await?.0, 200);
+    // Deleting a tenant never deletes global memories.
+    assert_eq!(c.delete("/v1/tenants/admin").await?.0, 202);
+    assert_eq!(c.get("/v1/tenants/carol/memories/g1?scope=global").await?.0, 200);
+    Ok(())
+}
