@@ -18,16 +18,19 @@ build: deps
 run: build
 	@scripts/run-local.sh
 
-## Unit tests and integration tests (real binaries, real RocksDB, free loopback ports).
-test: build
-	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast
+## Unit tests and integration tests (real binaries, real RocksDB, real etcd, free loopback ports).
+## The router is built with its test-only debug endpoints here (feature memring-router/testing).
+TEST_FEATURES := --features memring-router/testing
+test: deps
+	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)
+	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast $(TEST_FEATURES)
 
 unit: deps
 	$(CARGO) test $(PROFILE_FLAGS) --workspace --lib --bins
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy $(PROFILE_FLAGS) --workspace --all-targets -- -D warnings
+	$(CARGO) clippy $(PROFILE_FLAGS) --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -570,6 +570,8 @@ pub struct PartitionStats {
 pub struct PartitionList {
     /// The node answering.
     pub node: crate::ids::NodeId,
+    /// The ring epoch the node is at.
+    pub epoch: u64,
     /// Every partition it holds data for.
     pub partitions: Vec<PartitionStats>,
 }

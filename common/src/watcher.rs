@@ -23,6 +23,7 @@ pub struct RingView {
     current: RwLock<(u64, Arc<Ring>)>,
     loaded: AtomicBool,
     stale: AtomicBool,
+    watch_paused: AtomicBool,
     last_contact_ms: AtomicI64,
 }
 
@@ -34,6 +35,7 @@ impl RingView {
             current: RwLock::new((0, Arc::new(Ring::new(Default::default())))),
             loaded: AtomicBool::new(false),
             stale: AtomicBool::new(false),
+            watch_paused: AtomicBool::new(false),
             last_contact_ms: AtomicI64::new(0),
         })
     }
@@ -56,6 +58,12 @@ impl RingView {
     /// True while the store cannot be reached (the ring may be out of date).
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Acquire)
+    }
+
+    /// Stops (or resumes) taking layouts from the watch; explicit [`RingView::refresh`] still
+    /// works. Tests use it to hold a router at a stale epoch on purpose.
+    pub fn set_watch_paused(&self, paused: bool) {
+        self.watch_paused.store(paused, Ordering::Release);
     }
 
     /// Installs `v` if it is newer than what the view holds. Returns true if it was installed.
@@ -118,7 +126,9 @@ impl RingView {
                 while let Some(item) = stream.next().await {
                     let v = item?;
                     self.mark_contact(true);
-                    self.install(v);
+                    if !self.watch_paused.load(Ordering::Acquire) {
+                        self.install(v);
+                    }
                 }
                 Err::<std::convert::Infallible, _>(StoreError::Unavailable(
                     "watch stream ended".into(),

@@ -4,25 +4,24 @@
 //! Migration, rebalancing and verification are the control-plane issue's; this crate today only
 //! observes, and must not change the layout behind an operator's back.
 
+pub mod layout;
 pub mod view;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::http::{BoxFuture, Reply, ServerOptions, Service, error_response, json, serve};
 use memring_common::store::RingStore;
-use memring_common::store::embedded::EmbeddedStore;
 use memring_common::{ApiError, ErrorCode};
 use tokio::net::TcpListener;
 
 /// Control plane settings.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
-    /// Embedded ring store directory.
-    pub ring_dir: PathBuf,
+    /// Where the ring store is.
+    pub store: memring_common::store::StoreConfig,
 }
 
 struct ControlService {
@@ -64,7 +63,7 @@ pub async fn run(
     config: ControlConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let store: Arc<dyn RingStore> = Arc::new(EmbeddedStore::open(&config.ring_dir)?);
+    let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
     let client = view::http_client()?;
     tracing::info!(listen = %listener.local_addr()?, store = %store.describe(), "control plane serving");
     serve(listener, Arc::new(ControlService { store, client }), ServerOptions::default(), shutdown)

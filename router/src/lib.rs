@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use memring_common::http::{ServerOptions, serve};
 use memring_common::store::RingStore;
-use memring_common::store::embedded::EmbeddedStore;
 use memring_common::watcher::RingView;
 use tokio::net::TcpListener;
 
@@ -29,7 +28,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let store: Arc<dyn RingStore> = Arc::new(EmbeddedStore::open(&config.ring_dir)?);
+    let store: Arc<dyn RingStore> = memring_common::store::open(&config.store()).await?;
     let ring = RingView::new(store);
     if let Err(e) = ring.refresh().await {
         tracing::warn!(error = %e, "ring store not readable yet; will keep trying");

@@ -46,6 +46,8 @@ enum Route {
     Delete(TenantId, String),
     DeleteTenant(TenantId),
     Ring,
+    #[cfg(feature = "testing")]
+    DebugPauseWatch(bool),
 }
 
 impl RouterService {
@@ -88,6 +90,10 @@ impl RouterService {
                 _ => Err(wrong_method("DELETE")),
             },
             ["v1", "ring"] if *method == Method::GET => Ok(("ring", Route::Ring)),
+            #[cfg(feature = "testing")]
+            ["debug", "v1", "ring", "watch", action] if *method == Method::POST => {
+                Ok(("debug", Route::DebugPauseWatch(*action == "pause")))
+            }
             _ => Err(ApiError::new(
                 ErrorCode::RouteNotFound,
                 format!(
@@ -125,6 +131,11 @@ impl RouterService {
             }
             Route::DeleteTenant(t) => self.delete_tenant(t, &request_id).await,
             Route::Ring => Ok(self.ring_view()),
+            #[cfg(feature = "testing")]
+            Route::DebugPauseWatch(paused) => {
+                self.forward.ring().set_watch_paused(paused);
+                Ok(json(200, &serde_json::json!({ "watch_paused": paused })))
+            }
         };
         (route_name, result)
     }

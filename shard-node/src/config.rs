@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use memring_common::config::{check_addr, load_file, overlay};
+use memring_common::store::{StoreConfig, parse_endpoints};
 use serde::Deserialize;
 
 /// Settings of one shard node.
@@ -18,10 +19,16 @@ pub struct ShardConfig {
     pub advertise: Option<String>,
     /// Where RocksDB keeps this node's data.
     pub data_dir: PathBuf,
-    /// Directory of the embedded ring store shared by the local cluster.
+    /// Directory of the embedded ring store shared by the local cluster (when `etcd` is empty).
     pub ring_dir: PathBuf,
-    /// Add this node to the ring layout at start-up if it is not in it (single-machine default).
-    pub join_ring: bool,
+    /// etcd endpoints; when set, the ring lives in etcd (cluster mode).
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd, so several clusters can share one etcd.
+    pub etcd_prefix: String,
+    /// Add this node to the ring layout at start-up if it is not in it. Default: yes on the
+    /// embedded store (one machine), no on etcd, where membership changes only by an explicit
+    /// layout change.
+    pub join_ring: Option<bool>,
     /// fsync every write.
     pub sync_writes: bool,
     /// Largest request body, bytes.
@@ -44,7 +51,9 @@ impl Default for ShardConfig {
             advertise: None,
             data_dir: PathBuf::from("data/shard-1"),
             ring_dir: PathBuf::from("data/ring"),
-            join_ring: true,
+            etcd: Vec::new(),
+            etcd_prefix: "/memring/".into(),
+            join_ring: None,
             sync_writes: false,
             body_limit_bytes: 64 << 20,
             flat_limit: 1024,
@@ -77,6 +86,12 @@ pub struct ShardArgs {
     /// Embedded ring store directory.
     #[arg(long, env = "MEMRING_RING_DIR")]
     pub ring_dir: Option<PathBuf>,
+    /// etcd endpoints, comma-separated (cluster mode).
+    #[arg(long, env = "MEMRING_ETCD")]
+    pub etcd: Option<String>,
+    /// Key prefix in etcd.
+    #[arg(long, env = "MEMRING_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
     /// Join the ring layout at start-up.
     #[arg(long, env = "MEMRING_JOIN_RING")]
     pub join_ring: Option<bool>,
@@ -106,7 +121,9 @@ impl ShardArgs {
         overlay(&mut c.advertise, self.advertise.map(Some));
         overlay(&mut c.data_dir, self.data_dir);
         overlay(&mut c.ring_dir, self.ring_dir);
-        overlay(&mut c.join_ring, self.join_ring);
+        overlay(&mut c.etcd, self.etcd.as_deref().map(parse_endpoints));
+        overlay(&mut c.etcd_prefix, self.etcd_prefix);
+        overlay(&mut c.join_ring, self.join_ring.map(Some));
         overlay(&mut c.sync_writes, self.sync_writes);
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
         overlay(&mut c.flat_limit, self.flat_limit);
@@ -118,6 +135,20 @@ impl ShardArgs {
 }
 
 impl ShardConfig {
+    /// Where the ring store is.
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            ring_dir: self.ring_dir.clone(),
+            etcd: self.etcd.clone(),
+            etcd_prefix: self.etcd_prefix.clone(),
+        }
+    }
+
+    /// Whether to add this node to the layout at start-up (see `join_ring`).
+    pub fn joins_ring(&self) -> bool {
+        self.join_ring.unwrap_or(self.etcd.is_empty())
+    }
+
     /// Checks every setting, naming the bad one.
     pub fn validate(&self) -> anyhow::Result<()> {
         memring_common::NodeId::parse(&self.node_id)

@@ -23,7 +23,6 @@ use memring_common::NodeId;
 use memring_common::clock::now_millis;
 use memring_common::http::{ServerOptions, serve};
 use memring_common::layout::LayoutNode;
-use memring_common::store::embedded::EmbeddedStore;
 use memring_common::store::{NodeRecord, RingStore, update_layout};
 use memring_common::watcher::RingView;
 use tokio::net::TcpListener;
@@ -62,7 +61,7 @@ pub async fn run(
     .await??;
     let storage = Arc::new(storage);
 
-    let store: Arc<dyn RingStore> = Arc::new(EmbeddedStore::open(&config.ring_dir)?);
+    let store: Arc<dyn RingStore> = memring_common::store::open(&config.store()).await?;
     let lease = store
         .register_node(
             NodeRecord {
@@ -74,7 +73,7 @@ pub async fn run(
             Duration::from_secs(config.lease_ttl_secs),
         )
         .await?;
-    if config.join_ring {
+    if config.joins_ring() {
         let me = LayoutNode { id: node.clone(), addr: advertise.clone() };
         let stored = update_layout(store.as_ref(), 50, |layout| match layout.node(&me.id) {
             Some(existing) if existing.addr == me.addr => None,

@@ -111,10 +111,11 @@ impl ShardService {
         match (&method, segments.as_slice()) {
             (&Method::GET, ["internal", "v1", "partitions"]) => {
                 let node = self.node.clone();
+                let epoch = self.ring.ring().epoch();
                 let r = self
                     .blocking(|s| s.partitions())
                     .await
-                    .map(|partitions| json(200, &PartitionList { node, partitions }));
+                    .map(|partitions| json(200, &PartitionList { node, epoch, partitions }));
                 ("internal.partitions", r)
             }
             (&Method::DELETE, ["internal", "v1", "tenants", tenant]) => {

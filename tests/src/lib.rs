@@ -54,6 +54,7 @@ pub struct Proc {
     pub addr: String,
     bin: PathBuf,
     args: Vec<String>,
+    ready_path: &'static str,
 }
 
 impl Proc {
@@ -72,9 +73,27 @@ impl Proc {
             addr,
             bin: bin.to_path_buf(),
             args,
+            ready_path: "/ready",
         };
         p.spawn()?;
         Ok(p)
+    }
+
+    /// Uses `path` instead of `/ready` to tell when the process is up (etcd has `/health`).
+    pub fn with_ready_path(mut self, path: &'static str) -> Self {
+        self.ready_path = path;
+        self
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Starts it again after [`Proc::stop`] or [`Proc::kill`].
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "{} is still running", self.name);
+        self.spawn()
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -147,7 +166,7 @@ impl Proc {
             {
                 bail!("{} exited with {status}\n{}", self.name, self.log_tail());
             }
-            if let Ok(resp) = client.get(format!("{}/ready", self.url())).send().await
+            if let Ok(resp) = client.get(format!("{}{}", self.url(), self.ready_path)).send().await
                 && resp.status().as_u16() == 200
             {
                 return Ok(());
@@ -165,6 +184,8 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+pub mod etcd;
 
 /// A plain HTTP client for tests.
 pub fn client() -> reqwest::Client {

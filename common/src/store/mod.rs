@@ -7,9 +7,10 @@
 //! registered node is *known*; only a layout change puts it in the ring.
 //!
 //! Backends: [`embedded::EmbeddedStore`] (files in the data dir, for one machine; several local
-//! processes can share it). The etcd backend is the cluster-mode issue's.
+//! processes can share it) and [`etcd::EtcdStore`] (cluster mode). [`open`] picks one from config.
 
 pub mod embedded;
+pub mod etcd;
 
 use std::time::Duration;
 
@@ -154,4 +155,36 @@ where
         }
     }
     Err(StoreError::Unavailable(format!("layout update lost {attempts} compare-and-swap races")))
+}
+
+/// Where a process finds its ring store: etcd when endpoints are given, else the embedded store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Embedded store directory (used when `etcd` is empty).
+    pub ring_dir: std::path::PathBuf,
+    /// etcd endpoints, e.g. `http://127.0.0.1:2379`.
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd.
+    pub etcd_prefix: String,
+}
+
+impl StoreConfig {
+    /// True in cluster mode (etcd).
+    pub fn is_etcd(&self) -> bool {
+        !self.etcd.is_empty()
+    }
+}
+
+/// Opens the configured ring store.
+pub async fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn RingStore>, StoreError> {
+    if config.is_etcd() {
+        Ok(std::sync::Arc::new(etcd::EtcdStore::connect(&config.etcd, &config.etcd_prefix).await?))
+    } else {
+        Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(&config.ring_dir)?))
+    }
+}
+
+/// Splits a comma-separated endpoint list (`--etcd a,b`), dropping blanks.
+pub fn parse_endpoints(raw: &str) -> Vec<String> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }

@@ -1,17 +1,24 @@
 //! `memring-control`: the control plane. `serve` runs its HTTP API; `status` prints the cluster
-//! view straight from the ring store (no running control plane needed).
+//! view straight from the ring store; `layout` shows and changes the ring layout (stage → show →
+//! apply: every change names the epoch it expects and is a compare-and-swap).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use memring_common::store::embedded::EmbeddedStore;
+use memring_common::store::{StoreConfig, parse_endpoints};
 
 #[derive(Parser)]
 #[command(name = "memring-control", version, about = "memring control plane")]
 struct Args {
-    /// Embedded ring store directory.
+    /// Embedded ring store directory (one machine).
     #[arg(long, env = "MEMRING_RING_DIR", default_value = "data/ring", global = true)]
     ring_dir: PathBuf,
+    /// etcd endpoints, comma-separated (cluster mode).
+    #[arg(long, env = "MEMRING_ETCD", global = true)]
+    etcd: Option<String>,
+    /// Key prefix in etcd.
+    #[arg(long, env = "MEMRING_ETCD_PREFIX", default_value = "/memring/", global = true)]
+    etcd_prefix: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,12 +37,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change the ring layout.
+    #[command(subcommand)]
+    Layout(LayoutCommand),
+}
+
+#[derive(Subcommand)]
+enum LayoutCommand {
+    /// Print the layout document.
+    Show,
+    /// Put a node into the ring (or change its address).
+    AddNode {
+        /// Node id.
+        id: String,
+        /// Its address, host:port.
+        addr: String,
+        /// Apply only if the layout is still at this epoch (default: the epoch just read).
+        #[arg(long)]
+        expect_epoch: Option<u64>,
+    },
+    /// Take a node out of the ring (its data is NOT moved: drain it first once migration exists).
+    RemoveNode {
+        /// Node id.
+        id: String,
+        /// Apply only if the layout is still at this epoch (default: the epoch just read).
+        #[arg(long)]
+        expect_epoch: Option<u64>,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     memring_common::telemetry::init_logging();
-    let args = Args::parse();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memring-control: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let store_config = StoreConfig {
+        ring_dir: args.ring_dir,
+        etcd: args.etcd.as_deref().map(parse_endpoints).unwrap_or_default(),
+        etcd_prefix: args.etcd_prefix,
+    };
     match args.command {
         Command::Serve { listen } => {
             memring_common::telemetry::init_metrics();
@@ -43,20 +91,37 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-            let config = memring_control::ControlConfig { ring_dir: args.ring_dir };
+            let config = memring_control::ControlConfig { store: store_config };
             memring_control::run(listener, config, memring_common::telemetry::shutdown_signal())
                 .await
         }
         Command::Status { json } => {
-            let store = EmbeddedStore::open(&args.ring_dir)?;
-            let view =
-                memring_control::view::cluster_view(&store, &memring_control::view::http_client()?)
-                    .await?;
+            let store = memring_common::store::open(&store_config).await?;
+            let view = memring_control::view::cluster_view(
+                store.as_ref(),
+                &memring_control::view::http_client()?,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 print!("{}", memring_control::view::render(&view));
             }
+            Ok(())
+        }
+        Command::Layout(cmd) => {
+            let store = memring_common::store::open(&store_config).await?;
+            let out = match cmd {
+                LayoutCommand::Show => memring_control::layout::show(store.as_ref()).await?,
+                LayoutCommand::AddNode { id, addr, expect_epoch } => {
+                    memring_control::layout::add_node(store.as_ref(), &id, &addr, expect_epoch)
+                        .await?
+                }
+                LayoutCommand::RemoveNode { id, expect_epoch } => {
+                    memring_control::layout::remove_node(store.as_ref(), &id, expect_epoch).await?
+                }
+            };
+            println!("{out}");
             Ok(())
         }
     }

@@ -1,0 +1,78 @@
+//! Explicit layout changes: every change names the epoch it expects and is applied by
+//! compare-and-swap, so two operators (or an operator and a rebalance) can never overwrite each
+//! other silently: the loser is told what the layout is now and re-runs against it.
+
+use memring_common::layout::LayoutNode;
+use memring_common::store::{RingStore, StoreError};
+use memring_common::{ClusterLayout, NodeId};
+
+/// The layout as pretty JSON with its store revision.
+pub async fn show(store: &dyn RingStore) -> anyhow::Result<String> {
+    let v = store.load().await?;
+    Ok(format!("revision {}\n{}", v.revision, serde_json::to_string_pretty(&v.layout)?))
+}
+
+async fn apply(
+    store: &dyn RingStore,
+    expect: Option<u64>,
+    change: impl FnOnce(&ClusterLayout) -> anyhow::Result<Option<ClusterLayout>>,
+) -> anyhow::Result<String> {
+    let current = store.load().await?;
+    let expected = expect.unwrap_or(current.layout.epoch);
+    if expected != current.layout.epoch {
+        anyhow::bail!(
+            "conflict: the layout is at epoch {}, not {expected}; run `memring-control layout show` and retry against it",
+            current.layout.epoch
+        );
+    }
+    let Some(next) = change(&current.layout)? else {
+        return Ok(format!(
+            "nothing to change; the layout stays at epoch {}",
+            current.layout.epoch
+        ));
+    };
+    match store.compare_and_swap(expected, &next).await {
+        Ok(stored) => Ok(format!(
+            "layout is now at epoch {} (revision {})",
+            stored.layout.epoch, stored.revision
+        )),
+        Err(StoreError::Conflict { current, .. }) => anyhow::bail!(
+            "conflict: another change won; the layout is now at epoch {}; run `memring-control layout show` and retry against it",
+            current.layout.epoch
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Adds `id` at `addr` to the ring (or updates its address).
+pub async fn add_node(
+    store: &dyn RingStore,
+    id: &str,
+    addr: &str,
+    expect: Option<u64>,
+) -> anyhow::Result<String> {
+    let id = NodeId::parse(id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+    memring_common::config::check_addr("addr", addr)?;
+    let node = LayoutNode { id, addr: addr.to_owned() };
+    apply(store, expect, |layout| {
+        Ok(match layout.node(&node.id) {
+            Some(existing) if existing.addr == node.addr => None,
+            _ => Some(layout.with_node(node)),
+        })
+    })
+    .await
+}
+
+/// Removes `id` from the ring.
+pub async fn remove_node(
+    store: &dyn RingStore,
+    id: &str,
+    expect: Option<u64>,
+) -> anyhow::Result<String> {
+    let id = NodeId::parse(id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+    apply(store, expect, |layout| {
+        anyhow::ensure!(layout.node(&id).is_some(), "node {id} is not in the layout");
+        Ok(Some(layout.without_node(&id)))
+    })
+    .await
+}

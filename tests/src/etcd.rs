@@ -1,0 +1,244 @@
+//! Cluster mode in tests: a real etcd (Debian's `etcd-server`) on free loopback ports with a
+//! temporary data directory, shard nodes and routers pointed at it, and the layout changed
+//! through the same `RingStore` API the control plane uses.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use memring_common::NodeId;
+use memring_common::layout::LayoutNode;
+use memring_common::store::etcd::EtcdStore;
+use memring_common::store::{RingStore, update_layout};
+use serde_json::Value;
+
+use crate::{Proc, binary, client, free_port, send};
+
+/// A private etcd.
+pub struct Etcd {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Etcd {
+    /// Starts etcd with its data under `dir/etcd` and waits until it is healthy.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let etcd = which("etcd")
+            .context("etcd is not installed; `make test` installs Debian's etcd-server")?;
+        let (client_port, peer_port) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let args = vec![
+            "--name".into(),
+            "t".into(),
+            "--data-dir".into(),
+            dir.join("etcd").display().to_string(),
+            "--listen-client-urls".into(),
+            url.clone(),
+            "--advertise-client-urls".into(),
+            url.clone(),
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("t={peer}"),
+            "--initial-cluster-state".into(),
+            "new".into(),
+        ];
+        let mut proc = Proc::start("etcd", &etcd, args, format!("127.0.0.1:{client_port}"), dir)?
+            .with_ready_path("/health");
+        proc.wait_ready(Duration::from_secs(30)).await?;
+        Ok(Self { proc, url })
+    }
+
+    /// A store client on this etcd.
+    pub async fn store(&self) -> anyhow::Result<EtcdStore> {
+        Ok(EtcdStore::connect(std::slice::from_ref(&self.url), "/memring/").await?)
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+/// etcd, `n` shard nodes in the layout, and `routers` routers, all on loopback.
+pub struct EtcdCluster {
+    /// Temporary directory with every data dir and log.
+    pub dir: tempfile::TempDir,
+    /// The etcd.
+    pub etcd: Etcd,
+    /// Shard nodes, `shard-1`…
+    pub shards: Vec<Proc>,
+    /// Routers.
+    pub routers: Vec<Proc>,
+    lease_ttl_secs: u64,
+}
+
+impl EtcdCluster {
+    /// Starts everything and puts the shards into the layout (epoch = `n`).
+    pub async fn start(n: usize, routers: usize, lease_ttl_secs: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let etcd = Etcd::start(dir.path()).await?;
+        let mut cluster =
+            Self { dir, etcd, shards: Vec::new(), routers: Vec::new(), lease_ttl_secs };
+        for i in 1..=n {
+            let shard = cluster.start_shard(&format!("shard-{i}")).await?;
+            cluster.shards.push(shard);
+        }
+        let store = cluster.etcd.store().await?;
+        for shard in &cluster.shards {
+            add_to_layout(&store, shard).await?;
+        }
+        for i in 1..=routers {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let args =
+                vec!["--listen".into(), addr.clone(), "--etcd".into(), cluster.etcd.url.clone()];
+            let mut router = Proc::start(
+                &format!("router-{i}"),
+                &binary("memring-router")?,
+                args,
+                addr,
+                cluster.dir.path(),
+            )?;
+            router.wait_ready(Duration::from_secs(30)).await?;
+            cluster.routers.push(router);
+        }
+        for r in 0..routers {
+            cluster.wait_router_epoch(r, n as u64, Duration::from_secs(10)).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts a shard node on etcd (not yet in the layout).
+    pub async fn start_shard(&self, id: &str) -> anyhow::Result<Proc> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "--node-id".into(),
+            id.into(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            self.dir.path().join(id).display().to_string(),
+            "--etcd".into(),
+            self.etcd.url.clone(),
+            "--lease-ttl-secs".into(),
+            self.lease_ttl_secs.to_string(),
+        ];
+        let mut p = Proc::start(id, &binary("memring-shard")?, args, addr, self.dir.path())?;
+        p.wait_ready(Duration::from_secs(30)).await?;
+        Ok(p)
+    }
+
+    /// The node id of shard `i` (0-based).
+    pub fn shard_id(&self, i: usize) -> NodeId {
+        NodeId::parse(&format!("shard-{}", i + 1)).unwrap_or_else(|e| panic!("{}", e.message()))
+    }
+
+    /// Router `i`'s base URL.
+    pub fn router(&self, i: usize) -> String {
+        self.routers[i].url()
+    }
+
+    /// The epoch router `i` routes with.
+    pub async fn router_epoch(&self, i: usize) -> anyhow::Result<u64> {
+        let (_, ring) =
+            send(&client(), reqwest::Method::GET, &format!("{}/v1/ring", self.router(i)), None)
+                .await?;
+        Ok(ring["epoch"].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until router `i` routes with `epoch` (or newer); returns how long it took.
+    pub async fn wait_router_epoch(
+        &self,
+        i: usize,
+        epoch: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if self.router_epoch(i).await? >= epoch {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                bail!("router {i} did not reach epoch {epoch} within {timeout:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every running shard node is at `epoch`.
+    pub async fn wait_shards_epoch(&self, epoch: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for shard in &self.shards {
+            loop {
+                let (_, v) = send(
+                    &client(),
+                    reqwest::Method::GET,
+                    &format!("{}/internal/v1/partitions", shard.url()),
+                    None,
+                )
+                .await?;
+                if v["epoch"].as_u64().unwrap_or(0) >= epoch {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{} did not reach epoch {epoch}: {v}", shard.addr);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions a shard node holds, as `tenant/scope` strings.
+    pub async fn partitions_on(&self, shard: &Proc) -> anyhow::Result<Vec<String>> {
+        let (_, v) = send(
+            &client(),
+            reqwest::Method::GET,
+            &format!("{}/internal/v1/partitions", shard.url()),
+            None,
+        )
+        .await?;
+        Ok(v["partitions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["partition"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
+    }
+
+    /// All logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out: Vec<String> =
+            self.shards.iter().chain(&self.routers).map(Proc::log_tail).collect();
+        out.push(self.etcd.proc.log_tail());
+        out.join("\n")
+    }
+}
+
+/// Adds `shard` to the layout through the store (compare-and-swap with retries).
+pub async fn add_to_layout(store: &EtcdStore, shard: &Proc) -> anyhow::Result<u64> {
+    let id = shard.log.file_stem().and_then(|s| s.to_str()).context("shard log name")?.to_owned();
+    let node = LayoutNode {
+        id: NodeId::parse(&id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?,
+        addr: shard.addr.clone(),
+    };
+    let stored = update_layout(store, 20, |l| Some(l.with_node(node.clone()))).await?;
+    Ok(stored.layout.epoch)
+}
+
+/// The JSON of a response body, for assertions.
+pub async fn json_of(resp: reqwest::Response) -> anyhow::Result<(u16, Value)> {
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+/// The store's live node ids.
+pub async fn live_node_ids(store: &EtcdStore) -> anyhow::Result<Vec<String>> {
+    Ok(store.live_nodes().await?.into_iter().map(|r| r.id.to_string()).collect())
+}
