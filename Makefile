@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps build run test unit integration lint fmt bench clean-data
+.PHONY: deps build run cluster test unit integration lint fmt bench clean-data
 
 deps:
 	@scripts/install-deps.sh
@@ -17,6 +17,10 @@ build: deps
 ## Start a local cluster (router :7700, shards :7711-7713, control plane :7800) on the embedded ring store.
 run: build
 	@scripts/run-local.sh
+
+## A local multi-process cluster on etcd (etcd, 3 shards, 2 routers, control plane).
+cluster: build
+	@scripts/run-cluster.sh
 
 ## Unit tests and integration tests (real binaries, real RocksDB, real etcd, free loopback ports).
 ## The router is built with its test-only debug endpoints here (feature memring-router/testing).
@@ -40,4 +44,4 @@ bench: build
 	$(BIN_DIR)/memring-bench $(BENCH_ARGS)
 
 clean-data:
-	rm -rf data
+	rm -rf data data-cluster
