@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use memring_common::config::{check_addr, load_file, overlay};
-use memring_common::store::{StoreConfig, parse_endpoints};
+use memring_common::store::{StoreArgs, StoreConfig};
 use serde::Deserialize;
 
 /// Settings of one router.
@@ -13,12 +13,9 @@ use serde::Deserialize;
 pub struct RouterConfig {
     /// Address to listen on.
     pub listen: String,
-    /// Directory of the embedded ring store shared by the local cluster (when `etcd` is empty).
-    pub ring_dir: PathBuf,
-    /// etcd endpoints; when set, the ring lives in etcd (cluster mode).
-    pub etcd: Vec<String>,
-    /// Key prefix in etcd.
-    pub etcd_prefix: String,
+    /// Where the ring store is (`ring_dir`, or `etcd` + `etcd_prefix`), at the top level of the file.
+    #[serde(flatten)]
+    pub store: StoreConfig,
     /// Largest request body, bytes. Must admit a full batch (1000 × 1536 dims ≈ 20 MiB of JSON).
     pub body_limit_bytes: usize,
     /// Timeout of one forwarded write, get, list or delete, milliseconds.
@@ -31,9 +28,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:7700".into(),
-            ring_dir: PathBuf::from("data/ring"),
-            etcd: Vec::new(),
-            etcd_prefix: "/memring/".into(),
+            store: StoreConfig::default(),
             body_limit_bytes: 32 << 20,
             forward_timeout_ms: 10_000,
             search_timeout_ms: 2_000,
@@ -51,15 +46,9 @@ pub struct RouterArgs {
     /// Listen address, host:port.
     #[arg(long, env = "MEMRING_LISTEN")]
     pub listen: Option<String>,
-    /// Embedded ring store directory.
-    #[arg(long, env = "MEMRING_RING_DIR")]
-    pub ring_dir: Option<PathBuf>,
-    /// etcd endpoints, comma-separated (cluster mode).
-    #[arg(long, env = "MEMRING_ETCD")]
-    pub etcd: Option<String>,
-    /// Key prefix in etcd.
-    #[arg(long, env = "MEMRING_ETCD_PREFIX")]
-    pub etcd_prefix: Option<String>,
+    /// Ring store flags.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Largest request body in bytes.
     #[arg(long, env = "MEMRING_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<usize>,
@@ -76,9 +65,7 @@ impl RouterArgs {
     pub fn resolve(self) -> anyhow::Result<RouterConfig> {
         let mut c: RouterConfig = load_file(self.config.as_deref())?;
         overlay(&mut c.listen, self.listen);
-        overlay(&mut c.ring_dir, self.ring_dir);
-        overlay(&mut c.etcd, self.etcd.as_deref().map(parse_endpoints));
-        overlay(&mut c.etcd_prefix, self.etcd_prefix);
+        self.store.overlay(&mut c.store);
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
         overlay(&mut c.forward_timeout_ms, self.forward_timeout_ms);
         overlay(&mut c.search_timeout_ms, self.search_timeout_ms);
@@ -88,15 +75,6 @@ impl RouterArgs {
 }
 
 impl RouterConfig {
-    /// Where the ring store is.
-    pub fn store(&self) -> StoreConfig {
-        StoreConfig {
-            ring_dir: self.ring_dir.clone(),
-            etcd: self.etcd.clone(),
-            etcd_prefix: self.etcd_prefix.clone(),
-        }
-    }
-
     /// Checks every setting, naming the bad one.
     pub fn validate(&self) -> anyhow::Result<()> {
         check_addr("listen", &self.listen)?;

@@ -28,7 +28,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let store: Arc<dyn RingStore> = memring_common::store::open(&config.store()).await?;
+    let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
     let ring = RingView::new(store);
     if let Err(e) = ring.refresh().await {
         tracing::warn!(error = %e, "ring store not readable yet; will keep trying");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use memring_common::config::{check_addr, load_file, overlay};
-use memring_common::store::{StoreConfig, parse_endpoints};
+use memring_common::store::{StoreArgs, StoreConfig};
 use serde::Deserialize;
 
 /// Settings of one shard node.
@@ -19,12 +19,9 @@ pub struct ShardConfig {
     pub advertise: Option<String>,
     /// Where RocksDB keeps this node's data.
     pub data_dir: PathBuf,
-    /// Directory of the embedded ring store shared by the local cluster (when `etcd` is empty).
-    pub ring_dir: PathBuf,
-    /// etcd endpoints; when set, the ring lives in etcd (cluster mode).
-    pub etcd: Vec<String>,
-    /// Key prefix in etcd, so several clusters can share one etcd.
-    pub etcd_prefix: String,
+    /// Where the ring store is (`ring_dir`, or `etcd` + `etcd_prefix`), at the top level of the file.
+    #[serde(flatten)]
+    pub store: StoreConfig,
     /// Add this node to the ring layout at start-up if it is not in it. Default: yes on the
     /// embedded store (one machine), no on etcd, where membership changes only by an explicit
     /// layout change.
@@ -50,9 +47,7 @@ impl Default for ShardConfig {
             listen: "127.0.0.1:7711".into(),
             advertise: None,
             data_dir: PathBuf::from("data/shard-1"),
-            ring_dir: PathBuf::from("data/ring"),
-            etcd: Vec::new(),
-            etcd_prefix: "/memring/".into(),
+            store: StoreConfig::default(),
             join_ring: None,
             sync_writes: false,
             body_limit_bytes: 64 << 20,
@@ -83,15 +78,9 @@ pub struct ShardArgs {
     /// Data directory.
     #[arg(long, env = "MEMRING_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Embedded ring store directory.
-    #[arg(long, env = "MEMRING_RING_DIR")]
-    pub ring_dir: Option<PathBuf>,
-    /// etcd endpoints, comma-separated (cluster mode).
-    #[arg(long, env = "MEMRING_ETCD")]
-    pub etcd: Option<String>,
-    /// Key prefix in etcd.
-    #[arg(long, env = "MEMRING_ETCD_PREFIX")]
-    pub etcd_prefix: Option<String>,
+    /// Ring store flags.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Join the ring layout at start-up.
     #[arg(long, env = "MEMRING_JOIN_RING")]
     pub join_ring: Option<bool>,
@@ -120,9 +109,7 @@ impl ShardArgs {
         overlay(&mut c.listen, self.listen);
         overlay(&mut c.advertise, self.advertise.map(Some));
         overlay(&mut c.data_dir, self.data_dir);
-        overlay(&mut c.ring_dir, self.ring_dir);
-        overlay(&mut c.etcd, self.etcd.as_deref().map(parse_endpoints));
-        overlay(&mut c.etcd_prefix, self.etcd_prefix);
+        self.store.overlay(&mut c.store);
         overlay(&mut c.join_ring, self.join_ring.map(Some));
         overlay(&mut c.sync_writes, self.sync_writes);
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
@@ -135,18 +122,9 @@ impl ShardArgs {
 }
 
 impl ShardConfig {
-    /// Where the ring store is.
-    pub fn store(&self) -> StoreConfig {
-        StoreConfig {
-            ring_dir: self.ring_dir.clone(),
-            etcd: self.etcd.clone(),
-            etcd_prefix: self.etcd_prefix.clone(),
-        }
-    }
-
     /// Whether to add this node to the layout at start-up (see `join_ring`).
     pub fn joins_ring(&self) -> bool {
-        self.join_ring.unwrap_or(self.etcd.is_empty())
+        self.join_ring.unwrap_or(!self.store.is_etcd())
     }
 
     /// Checks every setting, naming the bad one.
@@ -186,6 +164,20 @@ mod tests {
             (file.flat_limit, file.listen.as_str()),
             (defaults.flat_limit, defaults.listen.as_str())
         );
+    }
+
+    #[test]
+    fn store_settings_sit_at_the_top_level_and_typos_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "etcd = [\"http://127.0.0.1:2379\"]\nnode_id = \"n\"\n")
+            .expect("write");
+        let c: ShardConfig = load_file(Some(&path)).expect("loads");
+        assert!(c.store.is_etcd());
+        assert!(!c.joins_ring(), "cluster mode never joins by itself");
+        std::fs::write(&path, "lissen = \"127.0.0.1:1\"\n").expect("write");
+        let err = load_file::<ShardConfig>(Some(&path)).expect_err("typo");
+        assert!(format!("{err:#}").contains("lissen"), "{err:#}");
     }
 
     #[test]

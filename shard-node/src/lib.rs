@@ -61,7 +61,7 @@ pub async fn run(
     .await??;
     let storage = Arc::new(storage);
 
-    let store: Arc<dyn RingStore> = memring_common::store::open(&config.store()).await?;
+    let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
     let lease = store
         .register_node(
             NodeRecord {

@@ -156,14 +156,7 @@ impl RingStore for EmbeddedStore {
         expected_epoch: u64,
         new: &ClusterLayout,
     ) -> Result<Versioned, StoreError> {
-        if new.epoch != expected_epoch + 1 {
-            return Err(StoreError::Invalid(format!(
-                "a new layout must have epoch {} (expected + 1), it has {}",
-                expected_epoch + 1,
-                new.epoch
-            )));
-        }
-        new.validate().map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        super::check_successor(expected_epoch, new)?;
         let (this, new) = (self.clone(), new.clone());
         blocking(move || this.cas_blocking(expected_epoch, new)).await
     }

@@ -104,14 +104,7 @@ impl RingStore for EtcdStore {
         expected_epoch: u64,
         new: &ClusterLayout,
     ) -> Result<Versioned, StoreError> {
-        if new.epoch != expected_epoch + 1 {
-            return Err(StoreError::Invalid(format!(
-                "a new layout must have epoch {} (expected + 1), it has {}",
-                expected_epoch + 1,
-                new.epoch
-            )));
-        }
-        new.validate().map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        super::check_successor(expected_epoch, new)?;
         let (current, mod_revision) = self.read().await?;
         if current.layout.epoch != expected_epoch {
             return Err(StoreError::Conflict {

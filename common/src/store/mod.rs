@@ -133,6 +133,19 @@ pub trait RingStore: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// The precondition every backend checks before a compare-and-swap: the new layout is valid and
+/// is exactly one epoch after the one it replaces.
+pub fn check_successor(expected_epoch: u64, new: &ClusterLayout) -> Result<(), StoreError> {
+    if new.epoch != expected_epoch + 1 {
+        return Err(StoreError::Invalid(format!(
+            "a new layout must have epoch {} (expected + 1), it has {}",
+            expected_epoch + 1,
+            new.epoch
+        )));
+    }
+    new.validate().map_err(|e| StoreError::Invalid(e.message().to_owned()))
+}
+
 /// Applies `change` to the current layout and stores it, retrying on conflicts up to `attempts`
 /// times. `change` returns `None` when nothing needs to change.
 pub async fn update_layout<F>(
@@ -158,7 +171,8 @@ where
 }
 
 /// Where a process finds its ring store: etcd when endpoints are given, else the embedded store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Embedded store directory (used when `etcd` is empty).
     pub ring_dir: std::path::PathBuf,
@@ -172,6 +186,39 @@ impl StoreConfig {
     /// True in cluster mode (etcd).
     pub fn is_etcd(&self) -> bool {
         !self.etcd.is_empty()
+    }
+}
+
+/// The ring-store flags every binary shares (each also readable from its `MEMRING_*` variable).
+#[derive(Debug, Default, clap::Args)]
+pub struct StoreArgs {
+    /// Embedded ring store directory (one machine).
+    #[arg(long, env = "MEMRING_RING_DIR")]
+    pub ring_dir: Option<std::path::PathBuf>,
+    /// etcd endpoints, comma-separated (cluster mode).
+    #[arg(long, env = "MEMRING_ETCD")]
+    pub etcd: Option<String>,
+    /// Key prefix in etcd, so several clusters can share one etcd.
+    #[arg(long, env = "MEMRING_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+}
+
+impl StoreArgs {
+    /// Lays the given flags over `config` (flags win).
+    pub fn overlay(self, config: &mut StoreConfig) {
+        crate::config::overlay(&mut config.ring_dir, self.ring_dir);
+        crate::config::overlay(&mut config.etcd, self.etcd.as_deref().map(parse_endpoints));
+        crate::config::overlay(&mut config.etcd_prefix, self.etcd_prefix);
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            ring_dir: std::path::PathBuf::from("data/ring"),
+            etcd: Vec::new(),
+            etcd_prefix: "/memring/".into(),
+        }
     }
 }
 

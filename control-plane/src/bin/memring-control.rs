@@ -2,23 +2,15 @@
 //! view straight from the ring store; `layout` shows and changes the ring layout (stage → show →
 //! apply: every change names the epoch it expects and is a compare-and-swap).
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
-use memring_common::store::{StoreConfig, parse_endpoints};
+use memring_common::store::{StoreArgs, StoreConfig};
 
 #[derive(Parser)]
 #[command(name = "memring-control", version, about = "memring control plane")]
 struct Args {
-    /// Embedded ring store directory (one machine).
-    #[arg(long, env = "MEMRING_RING_DIR", default_value = "data/ring", global = true)]
-    ring_dir: PathBuf,
-    /// etcd endpoints, comma-separated (cluster mode).
-    #[arg(long, env = "MEMRING_ETCD", global = true)]
-    etcd: Option<String>,
-    /// Key prefix in etcd.
-    #[arg(long, env = "MEMRING_ETCD_PREFIX", default_value = "/memring/", global = true)]
-    etcd_prefix: String,
+    /// Ring store flags.
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,11 +71,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let store_config = StoreConfig {
-        ring_dir: args.ring_dir,
-        etcd: args.etcd.as_deref().map(parse_endpoints).unwrap_or_default(),
-        etcd_prefix: args.etcd_prefix,
-    };
+    let mut store_config = StoreConfig::default();
+    args.store.overlay(&mut store_config);
     match args.command {
         Command::Serve { listen } => {
             memring_common::telemetry::init_metrics();
