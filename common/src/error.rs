@@ -52,6 +52,9 @@ pub enum ErrorCode {
     WrongOwner,
     /// No node that holds the data could be reached; retry later.
     Unavailable,
+    /// The partition is being handed to another node (writes are fenced for milliseconds);
+    /// routers retry this themselves.
+    PartitionMoving,
     /// A bug or an I/O failure on our side.
     Internal,
 }
@@ -78,7 +81,7 @@ impl ErrorCode {
             ErrorCode::WrongOwner => 421,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::PartitionMoving => 503,
         }
     }
 
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::WrongOwner => "wrong_owner",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::PartitionMoving => "partition_moving",
             ErrorCode::Internal => "internal",
         }
     }

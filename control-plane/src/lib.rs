@@ -1,10 +1,13 @@
 //! memring control plane: reads the cluster's state from the ring store and the shard nodes and
 //! serves it to operators (`GET /v1/cluster`, used by `shardctl status` and `shardctl nodes`).
 //!
-//! Migration, rebalancing and verification are the control-plane issue's; this crate today only
-//! observes, and must not change the layout behind an operator's back.
+//! It also runs online migrations of a tenant's partitions to a named node (`migrate.rs`) and
+//! verifies placement (`verify.rs`). Rebalancing and drain come next; nothing here changes the
+//! layout except by an explicit, compare-and-swap layout change.
 
 pub mod layout;
+pub mod migrate;
+pub mod verify;
 pub mod view;
 
 use std::future::Future;
@@ -12,9 +15,12 @@ use std::sync::Arc;
 
 use http::{Method, Request};
 use hyper::body::Incoming;
-use memring_common::http::{BoxFuture, Reply, ServerOptions, Service, error_response, json, serve};
+use memring_common::http::{
+    BoxFuture, Reply, ServerOptions, Service, error_response, json, parse_json, query_pairs,
+    read_body, serve,
+};
 use memring_common::store::RingStore;
-use memring_common::{ApiError, ErrorCode};
+use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Scope, TenantId};
 use tokio::net::TcpListener;
 
 /// Control plane settings.
@@ -27,19 +33,88 @@ pub struct ControlConfig {
 struct ControlService {
     store: Arc<dyn RingStore>,
     client: reqwest::Client,
+    /// One migration at a time (per control plane).
+    migrating: tokio::sync::Mutex<()>,
+}
+
+impl ControlService {
+    /// `POST /v1/migrations {"tenant", "scope"?, "to"}`: moves the tenant's partitions (or one
+    /// scope's) to node `to`, one after another, and answers with a report per partition.
+    async fn migrate(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Vec<migrate::MigrationReport>, ApiError> {
+        let body = read_body(req, 1 << 20).await?;
+        let ask: MigrateRequest = parse_json(&body)?;
+        let tenant = TenantId::parse(&ask.tenant)?;
+        let to = NodeId::parse(&ask.to)?;
+        let partitions: Vec<PartitionKey> = match &ask.scope {
+            Some(scope) => vec![PartitionKey::new(&tenant, &Scope::parse(scope)?)],
+            None => view::tenant_partitions(self.store.as_ref(), &self.client, &tenant)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string(), 1))?,
+        };
+        if partitions.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "tenant {tenant} has no partitions on any node"
+            )));
+        }
+        let _one_at_a_time = self.migrating.lock().await;
+        let mut reports = Vec::new();
+        for p in partitions {
+            let report = migrate::migrate_partition(self.store.as_ref(), &self.client, &p, &to)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("{e:#}"), 5))?;
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+}
+
+/// Body of `POST /v1/migrations`.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The tenant to move.
+    pub tenant: String,
+    /// Only this scope (default: every partition of the tenant).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The node to move to.
+    pub to: String,
 }
 
 impl Service for ControlService {
     fn handle(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<Reply> {
         Box::pin(async move {
-            match (req.method(), req.uri().path()) {
-                (&Method::GET, "/v1/cluster") => {
+            match (req.method().clone(), req.uri().path()) {
+                (Method::GET, "/v1/cluster") => {
                     let response = match view::cluster_view(self.store.as_ref(), &self.client).await
                     {
                         Ok(v) => json(200, &v),
                         Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
                     };
                     Reply { route: "cluster", response }
+                }
+                (Method::GET, "/v1/verify") => {
+                    let tenant = query_pairs(req.uri().query())
+                        .ok()
+                        .and_then(|q| q.into_iter().find(|(k, _)| k == "tenant").map(|(_, v)| v));
+                    let response =
+                        match verify::verify(self.store.as_ref(), &self.client, tenant.as_deref())
+                            .await
+                        {
+                            Ok(v) => json(200, &v),
+                            Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
+                        };
+                    Reply { route: "verify", response }
+                }
+                (Method::POST, "/v1/migrations") => {
+                    let response = match self.migrate(req).await {
+                        Ok(reports) => json(200, &reports),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "migrations", response }
                 }
                 (m, p) => Reply {
                     route: "unknown",
@@ -66,7 +141,12 @@ pub async fn run(
     let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
     let client = view::http_client()?;
     tracing::info!(listen = %listener.local_addr()?, store = %store.describe(), "control plane serving");
-    serve(listener, Arc::new(ControlService { store, client }), ServerOptions::default(), shutdown)
-        .await?;
+    serve(
+        listener,
+        Arc::new(ControlService { store, client, migrating: tokio::sync::Mutex::new(()) }),
+        ServerOptions::default(),
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -106,3 +106,26 @@ pub fn render(view: &ClusterView) -> String {
     }
     out
 }
+
+/// Every partition of `tenant` stored on any node in the layout.
+pub async fn tenant_partitions(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    tenant: &memring_common::TenantId,
+) -> anyhow::Result<Vec<memring_common::PartitionKey>> {
+    let layout = store.load().await?.layout;
+    let mut out = std::collections::BTreeSet::new();
+    for node in &layout.nodes {
+        let list: PartitionList = client
+            .get(format!("http://{}/internal/v1/partitions", node.addr))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        out.extend(
+            list.partitions.into_iter().map(|p| p.partition).filter(|p| p.tenant() == Some(tenant)),
+        );
+    }
+    Ok(out.into_iter().collect())
+}

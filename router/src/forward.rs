@@ -25,7 +25,15 @@ pub struct ShardReply {
     pub body: Bytes,
 }
 
+/// How long a router keeps retrying a partition whose writes are fenced for a hand-off.
+const MOVING_PATIENCE: Duration = Duration::from_secs(5);
+
 impl ShardReply {
+    /// The error code of an error answer, if it has one.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        serde_json::from_slice::<ErrorBody>(&self.body).ok().map(|b| b.error.code)
+    }
+
     /// Turns an error status into the `ApiError` the shard node sent.
     pub fn into_result(self) -> Result<Bytes, ApiError> {
         if self.status < 300 {
@@ -77,7 +85,14 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<ShardReply, ApiError> {
         let path = format!("/internal/v1/p/{}/{suffix}", partition_path(partition));
-        for attempt in 0..2 {
+        // A 421 means our ring is stale: reload it and retry once. A fenced partition (moving to
+        // another node) answers 503 partition_moving for a few milliseconds: wait and retry, with
+        // the ring reloaded each time, for up to MOVING_PATIENCE, so the client sees a slower
+        // request rather than an error.
+        let started = std::time::Instant::now();
+        let mut wrong_owner_retried = false;
+        let mut pause = Duration::from_millis(5);
+        loop {
             let ring = self.ring.ring();
             let Some(owner) = ring.owner(partition).cloned() else {
                 return Err(ApiError::unavailable("no shard nodes are in the ring yet", 1));
@@ -93,7 +108,10 @@ impl Forwarder {
                     timeout,
                 )
                 .await?;
-            if reply.status == 421 && attempt == 0 {
+            let moving =
+                reply.status == 503 && reply.error_code() == Some(ErrorCode::PartitionMoving);
+            if reply.status == 421 && !wrong_owner_retried {
+                wrong_owner_retried = true;
                 tracing::info!(%partition, node = %owner.id, epoch = ring.epoch(), "stale ring; reloading and retrying");
                 metrics::counter!("memring_router_wrong_owner_retries_total").increment(1);
                 if let Err(e) = self.ring.refresh().await {
@@ -101,7 +119,16 @@ impl Forwarder {
                 }
                 continue;
             }
-            if reply.status == 421 {
+            if moving && started.elapsed() < MOVING_PATIENCE {
+                metrics::counter!("memring_router_fenced_retries_total").increment(1);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+                // The flip may have happened meanwhile; a 421 after it deserves its own retry.
+                wrong_owner_retried = false;
+                let _ = self.ring.refresh().await;
+                continue;
+            }
+            if reply.status == 421 || moving {
                 return Err(ApiError::unavailable(
                     format!("{partition} is changing owners; retry shortly"),
                     1,
@@ -109,7 +136,6 @@ impl Forwarder {
             }
             return Ok(reply);
         }
-        Err(ApiError::unavailable("no owner answered", 1))
     }
 
     /// Sends one request to one node.

@@ -17,7 +17,8 @@ use memring_common::api::{
 };
 use memring_common::clock::now_millis;
 use memring_common::http::{
-    BoxFuture, Reply, Service, error_response, json, percent_decode, query_pairs, read_body,
+    BoxFuture, Reply, Service, error_response, json, percent_decode, percent_encode, query_pairs,
+    read_body,
 };
 use memring_common::watcher::RingView;
 use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, Scope, TenantId};
@@ -127,6 +128,15 @@ impl ShardService {
                 .await;
                 ("internal.tenant.delete", r)
             }
+            (_, ["internal", "v1", "migrate", tenant, scope, action]) => {
+                let action = action.to_string();
+                let r = async {
+                    let partition = parse_partition(tenant, scope)?;
+                    self.migrate_route(method.clone(), &action, partition, req).await
+                }
+                .await;
+                ("internal.migrate", r)
+            }
             (_, ["internal", "v1", "p", tenant, scope, rest @ ..]) => {
                 let partition = match parse_partition(tenant, scope) {
                     Ok(p) => p,
@@ -199,6 +209,82 @@ impl ShardService {
                     format!("no internal endpoint {method} .../{}", rest.join("/")),
                 )),
             ),
+        }
+    }
+
+    /// The migration steps (no ownership check: the target does not own the partition yet, and
+    /// the source must still be read after the flip).
+    async fn migrate_route(
+        &self,
+        method: Method,
+        action: &str,
+        partition: PartitionKey,
+        req: Request<Incoming>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let query = query_pairs(req.uri().query())?;
+        let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let limit = param("limit").map(|v| parse_limit(&v)).transpose()?.unwrap_or(500);
+        match (&method, action) {
+            (&Method::GET, "export") => {
+                let after = param("after");
+                let page = self
+                    .blocking(move |s| s.export_page(&partition, after.as_deref(), limit))
+                    .await?;
+                let mut headers = vec![
+                    ("x-memring-last-seq", page.last_seq.to_string()),
+                    ("x-memring-count", page.ops.len().to_string()),
+                ];
+                if let Some(next) = page.next_after {
+                    headers.push(("x-memring-next-after", percent_encode(&next)));
+                }
+                Ok(binary(crate::record::encode(&page.ops)?, &headers))
+            }
+            (&Method::GET, "changes") => {
+                let after = param("after")
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| {
+                            ApiError::invalid(format!(
+                                "\"after\" must be a sequence number, got {v:?}"
+                            ))
+                        })
+                    })
+                    .transpose()?
+                    .unwrap_or(0);
+                let (ops, last) =
+                    self.blocking(move |s| s.changes(&partition, after, limit)).await?;
+                Ok(binary(
+                    crate::record::encode(&ops)?,
+                    &[("x-memring-last-seq", last.to_string())],
+                ))
+            }
+            (&Method::POST, "import") => {
+                let body = read_body(req, self.body_limit).await?;
+                let ops: Vec<crate::record::LogOp> = crate::record::decode(&body).map_err(|e| {
+                    ApiError::invalid(format!(
+                        "import body is not a memring record batch: {}",
+                        e.message()
+                    ))
+                })?;
+                let applied =
+                    self.blocking(move |s| s.import(&partition, ops, now_millis())).await?;
+                Ok(json(200, &serde_json::json!({ "applied": applied })))
+            }
+            (&Method::POST, "fence") | (&Method::DELETE, "fence") => {
+                let on = method == Method::POST;
+                self.blocking(move |s| s.set_fence(&partition, on)).await?;
+                Ok(json(200, &serde_json::json!({ "fenced": on })))
+            }
+            (&Method::GET, "checksum") => {
+                Ok(json(200, &self.blocking(move |s| s.checksum(&partition)).await?))
+            }
+            (&Method::DELETE, "partition") => {
+                self.blocking(move |s| s.drop_partition(&partition)).await?;
+                Ok(memring_common::http::empty(204))
+            }
+            _ => Err(ApiError::new(
+                ErrorCode::RouteNotFound,
+                format!("no migration step {method} {action}"),
+            )),
         }
     }
 
@@ -313,6 +399,24 @@ impl ShardService {
             .collect();
         Ok(json(200, &serde_json::json!({ "entries": summary })))
     }
+}
+
+/// A binary body (the versioned bincode of `record.rs`) with extra headers.
+fn binary(
+    body: Vec<u8>,
+    headers: &[(&'static str, String)],
+) -> http::Response<memring_common::http::Body> {
+    let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    for (name, value) in headers {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            r.headers_mut().insert(*name, v);
+        }
+    }
+    r
 }
 
 fn parse_partition(tenant: &str, scope: &str) -> Result<PartitionKey, ApiError> {

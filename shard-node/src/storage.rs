@@ -103,6 +103,21 @@ struct Partition {
     enc: Vec<u8>,
     meta: Mutex<PartitionMeta>,
     search: RwLock<Option<Loaded>>,
+    /// Writes refused while the partition is handed to another node (persisted, see migration).
+    fenced: std::sync::atomic::AtomicBool,
+}
+
+impl Partition {
+    fn check_not_fenced(&self) -> Result<(), ApiError> {
+        if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ApiError::new(
+                ErrorCode::PartitionMoving,
+                format!("{} is moving to another node; retry in a moment", self.key),
+            )
+            .with_retry_after(1));
+        }
+        Ok(())
+    }
 }
 
 /// The node's storage engine.
@@ -185,6 +200,8 @@ impl Storage {
             None if create => PartitionMeta::default(),
             None => return Ok(None),
         };
+        let fenced =
+            self.db.get_cf(&meta_cf, migration::fence_key(&enc)).map_err(db_err)?.is_some();
         let mut map = self.partitions.write();
         let p = map
             .entry(enc.clone())
@@ -194,6 +211,7 @@ impl Storage {
                     enc,
                     meta: Mutex::new(meta),
                     search: RwLock::new(None),
+                    fenced: std::sync::atomic::AtomicBool::new(fenced),
                 })
             })
             .clone();
@@ -222,6 +240,7 @@ impl Storage {
             return Err(ApiError::internal("partition vanished while being created"));
         };
         let mut meta = p.meta.lock();
+        p.check_not_fenced()?;
         let mut next = meta.clone();
         let mut batch = WriteBatch::default();
         let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
@@ -330,6 +349,7 @@ impl Storage {
             || ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()));
         let Some(p) = self.partition(key, false)? else { return Err(not_found()) };
         let mut meta = p.meta.lock();
+        p.check_not_fenced()?;
         let Some(old) = self.read_episode(&p.enc, id.as_str())? else { return Err(not_found()) };
         let mut next = meta.clone();
         next.last_seq += 1;
@@ -645,6 +665,8 @@ fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {
         metadata: metadata.clone(),
     }
 }
+
+pub mod migration;
 
 #[cfg(test)]
 mod tests;

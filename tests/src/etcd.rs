@@ -141,6 +141,22 @@ impl EtcdCluster {
         NodeId::parse(&format!("shard-{}", i + 1)).unwrap_or_else(|e| panic!("{}", e.message()))
     }
 
+    /// Starts the control plane on this cluster's etcd.
+    pub async fn start_control(&self) -> anyhow::Result<Proc> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "--etcd".into(),
+            self.etcd.url.clone(),
+            "serve".into(),
+            "--listen".into(),
+            addr.clone(),
+        ];
+        let mut p =
+            Proc::start("control", &binary("memring-control")?, args, addr, self.dir.path())?;
+        p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
+    }
+
     /// Router `i`'s base URL.
     pub fn router(&self, i: usize) -> String {
         self.routers[i].url()

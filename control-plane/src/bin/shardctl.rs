@@ -1,8 +1,15 @@
-//! `shardctl`: the operator's CLI, talking to the control plane's HTTP API.
+//! `shardctl`: the operator's CLI, talking to the control plane's HTTP API with the wire types of
+//! `memring_common` and `memring_control`, so client and server cannot drift.
 //! Exit status is 0 only on success.
 
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use memring_common::api::ClusterView;
+use memring_control::MigrateRequest;
+use memring_control::migrate::MigrationReport;
+use memring_control::verify::VerifyReport;
 
 #[derive(Parser)]
 #[command(name = "shardctl", version, about = "operate a memring cluster")]
@@ -23,12 +30,29 @@ enum Command {
     Status,
     /// The nodes only.
     Nodes,
+    /// Move a tenant's partitions (or one scope's) to a node, online, and pin them there.
+    Migrate {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// The target node id.
+        #[arg(long)]
+        to: String,
+    },
+    /// Check that every partition is stored on exactly its owner.
+    Verify {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(args).await {
+    match run(Args::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardctl: {e:#}");
@@ -37,32 +61,99 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let url = format!("{}/v1/cluster", args.control.trim_end_matches('/'));
-    let resp =
-        reqwest::Client::builder().no_proxy().build()?.get(&url).send().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the control plane at {}: {e}; is memring-control serve running?",
-                args.control
-            )
-        })?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "control plane answered {}: {}",
-        resp.status(),
-        resp.text().await.unwrap_or_default()
-    );
-    let view: ClusterView = resp.json().await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-        return Ok(());
+async fn answer(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
     }
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or("no message");
+    anyhow::bail!("control plane answered {status}: {message}")
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let base = args.control.trim_end_matches('/').to_owned();
+    let client =
+        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3600)).build()?;
+    let unreachable = |e: reqwest::Error| {
+        anyhow::anyhow!(
+            "cannot reach the control plane at {base}: {e}; is `memring-control serve` running?"
+        )
+    };
     match args.command {
-        Command::Status => print!("{}", memring_control::view::render(&view)),
-        Command::Nodes => {
-            for n in &view.nodes {
-                println!("{}\t{}\tin_ring={}\tlive={}", n.id, n.addr, n.in_ring, n.live);
+        Command::Status | Command::Nodes => {
+            let resp =
+                client.get(format!("{base}/v1/cluster")).send().await.map_err(unreachable)?;
+            let view: ClusterView = answer(resp).await?.json().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else if matches!(args.command, Command::Status) {
+                print!("{}", memring_control::view::render(&view));
+            } else {
+                for n in &view.nodes {
+                    println!("{}\t{}\tin_ring={}\tlive={}", n.id, n.addr, n.in_ring, n.live);
+                }
             }
+        }
+        Command::Migrate { tenant, scope, to } => {
+            eprintln!(
+                "migrating tenant {tenant}{} to {to}…",
+                scope.as_deref().map(|s| format!(" scope {s}")).unwrap_or_default()
+            );
+            let ask = MigrateRequest { tenant, scope, to };
+            let resp = client
+                .post(format!("{base}/v1/migrations"))
+                .json(&ask)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let reports: Vec<MigrationReport> =
+                answer(resp).await?.json().await.context("migration answer")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    println!(
+                        "{}: {} -> {}  {} memories ({} copied, {} replayed), writes fenced {} ms, epoch {}, took {} ms",
+                        r.partition,
+                        r.from,
+                        r.to,
+                        r.count,
+                        r.copied,
+                        r.replayed,
+                        r.fenced_ms,
+                        r.epoch,
+                        r.took_ms
+                    );
+                }
+            }
+        }
+        Command::Verify { tenant } => {
+            let mut url = format!("{base}/v1/verify");
+            if let Some(t) = &tenant {
+                url.push_str(&format!("?tenant={}", memring_common::http::percent_encode(t)));
+            }
+            let resp = client.get(url).send().await.map_err(unreachable)?;
+            let report: VerifyReport = answer(resp).await?.json().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "epoch {}: {} partitions, {} memories checked, {} problems",
+                    report.epoch,
+                    report.partitions_checked,
+                    report.memories,
+                    report.problems.len()
+                );
+                for p in &report.problems {
+                    println!("  {p}");
+                }
+            }
+            anyhow::ensure!(
+                report.problems.is_empty(),
+                "verify found {} problems",
+                report.problems.len()
+            );
         }
     }
     Ok(())

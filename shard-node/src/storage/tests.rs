@@ -158,3 +158,55 @@ fn expired_memories_vanish_from_reads() {
     assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["keep"]);
     assert_eq!(s.list(&k, None, 10, 2_500).expect("list").0.len(), 1);
 }
+
+#[test]
+fn export_import_replay_gives_the_same_partition_and_fence_refuses_writes() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let src = open(a.path());
+    let dst = Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
+        .expect("open");
+    let k = key("t", "shared");
+    let items = (0..120).map(|i| item(&format!("e{i:03}"), "x", vec![1.0, i as f32])).collect();
+    src.write(&k, items, 1).expect("write");
+    // Copy in pages of 50, then change the source (update, delete, create) and replay its log.
+    let first = src.export_page(&k, None, 50).expect("export");
+    let start = first.last_seq;
+    let mut after = first.next_after.clone();
+    dst.import(&k, first.ops, 2).expect("import");
+    src.write(
+        &k,
+        vec![item("e005", "changed", vec![1.0, 5.0]), item("new", "x", vec![0.0, 1.0])],
+        3,
+    )
+    .expect("write");
+    src.delete(&k, &MemoryId::parse("e100").expect("id"), 3).expect("delete");
+    while let Some(a) = after {
+        let page = src.export_page(&k, Some(&a), 50).expect("export");
+        after = page.next_after.clone();
+        dst.import(&k, page.ops, 4).expect("import");
+    }
+    let (ops, last) = src.changes(&k, start, 1000).expect("changes");
+    assert_eq!(ops.len(), 3);
+    dst.import(&k, ops, 5).expect("replay");
+    assert_eq!(last, src.checksum(&k).expect("sum").last_seq);
+    let (x, y) = (src.checksum(&k).expect("sum"), dst.checksum(&k).expect("sum"));
+    assert_eq!((x.count, &x.checksum), (y.count, &y.checksum));
+    assert_eq!(x.count, 120);
+    assert_eq!(
+        dst.get(&k, &MemoryId::parse("e005").expect("id"), 6).expect("get").content,
+        "changed"
+    );
+    let hits = dst.search(&k, &[0.0, 1.0], 1, &Filter::default(), 6).expect("search");
+    assert_eq!(hits[0].id.as_str(), "new");
+    // A fenced source refuses writes with a retryable code, and keeps refusing after a restart.
+    src.set_fence(&k, true).expect("fence");
+    let err = src.write(&k, vec![item("late", "x", vec![1.0, 1.0])], 7).expect_err("fenced");
+    assert_eq!(err.code(), ErrorCode::PartitionMoving);
+    drop(src);
+    let src = open(a.path());
+    assert!(src.write(&k, vec![item("late", "x", vec![1.0, 1.0])], 8).is_err());
+    assert!(src.checksum(&k).expect("sum").fenced);
+    src.drop_partition(&k).expect("drop");
+    assert!(src.partitions().expect("partitions").is_empty());
+    assert_eq!(src.checksum(&k).expect("sum").count, 0);
+}

@@ -1,0 +1,265 @@
+//! What a shard node does for an online migration of one partition (DESIGN.md, "Online
+//! migration"); the control plane drives the steps and pipes the bytes between nodes.
+//!
+//! - **export** (source): pages of stored memories in id order, each page read from one RocksDB
+//!   snapshot, with the log position that page reflects at least;
+//! - **changes** (source): log entries after a sequence number;
+//! - **import** (target): applies memories or log entries in order, each with its own log entry
+//!   on the target, so the target's log stays continuous;
+//! - **fence** (source): refuses writes to the partition, persisted so a restart keeps it;
+//! - **checksum** (both): count and an order-independent sum of hash(id, version);
+//! - **drop** (source, after the flip): removes the partition's data, log and meta.
+//!
+//! Why a page needs no global snapshot: the control plane catches up from the log position of
+//! the *first* page. Every change before it is reflected in every later page (they are read
+//! later), and every change after it is replayed from the log in order, and replaying a put or
+//! delete sets the memory to exactly that state, so the target ends where the source is.
+
+use std::sync::atomic::Ordering;
+
+use memring_common::{ApiError, ErrorCode, PartitionKey};
+use rocksdb::{ReadOptions, WriteBatch};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
+use crate::record::{
+    LogEntry, LogOp, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key,
+    parse_metadata, prefix_end,
+};
+
+/// Meta key that marks a partition fenced: `0xFF ‖ "fence" ‖ partition`.
+pub fn fence_key(partition: &[u8]) -> Vec<u8> {
+    let mut key = b"\xfffence".to_vec();
+    key.extend_from_slice(partition);
+    key
+}
+
+/// One page of an export.
+pub struct ExportPage {
+    /// The memories, as puts, ready for [`Storage::import`].
+    pub ops: Vec<LogOp>,
+    /// The last id in the page, to ask for the next; `None` at the end.
+    pub next_after: Option<String>,
+    /// The partition's log position this page reflects at least.
+    pub last_seq: u64,
+}
+
+/// Count and order-independent checksum of a partition's memories.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checksum {
+    /// Stored memories.
+    pub count: u64,
+    /// Wrapping sum of XXH3(id ‖ 0 ‖ version), as 16 hex digits.
+    pub checksum: String,
+    /// Log position.
+    pub last_seq: u64,
+    /// Whether writes are fenced.
+    pub fenced: bool,
+}
+
+impl Storage {
+    /// Up to `limit` memories after id `after`, read from one snapshot.
+    pub fn export_page(
+        &self,
+        key: &PartitionKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ExportPage, ApiError> {
+        let enc = key.encode();
+        let snapshot = self.db.snapshot();
+        let meta_cf = self.cf(CF_META)?;
+        let last_seq = match snapshot.get_cf(&meta_cf, &enc).map_err(db_err)? {
+            Some(bytes) => decode::<PartitionMeta>(&bytes)?.last_seq,
+            None => 0,
+        };
+        let start = match after {
+            Some(id) => {
+                let mut k = episode_key(&enc, id);
+                k.push(0);
+                k
+            }
+            None => enc.clone(),
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snapshot);
+        opts.set_iterate_upper_bound(prefix_end(&enc));
+        opts.fill_cache(false);
+        let cf = self.cf(CF_EPISODES)?;
+        let mut ops = Vec::new();
+        let mut more = false;
+        for item in self.db.iterator_cf_opt(
+            &cf,
+            opts,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (_, value) = item.map_err(db_err)?;
+            if ops.len() == limit {
+                more = true;
+                break;
+            }
+            ops.push(LogOp::Put(decode::<StoredEpisode>(&value)?));
+        }
+        let next_after = match (more, ops.last()) {
+            (true, Some(LogOp::Put(e))) => Some(e.id.clone()),
+            _ => None,
+        };
+        Ok(ExportPage { ops, next_after, last_seq })
+    }
+
+    /// Applies `ops` in order to the partition (creating it), each with a new entry in this
+    /// node's log. Puts carry the source's version, creation time and label.
+    pub fn import(
+        &self,
+        key: &PartitionKey,
+        ops: Vec<LogOp>,
+        now_ms: i64,
+    ) -> Result<usize, ApiError> {
+        let _gate = self.gate.read();
+        let Some(p) = self.partition(key, true)? else {
+            return Err(ApiError::internal("partition vanished while being created"));
+        };
+        let mut meta = p.meta.lock();
+        let mut next = meta.clone();
+        let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
+        let mut batch = WriteBatch::default();
+        let mut index_ops = Vec::with_capacity(ops.len());
+        let mut present: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let applied = ops.len();
+        for op in ops {
+            let id = match &op {
+                LogOp::Put(e) => e.id.clone(),
+                LogOp::Delete { id, .. } => id.clone(),
+            };
+            let existed = match present.get(&id) {
+                Some(&known) => known,
+                None => self.read_episode(&p.enc, &id)?.is_some(),
+            };
+            match &op {
+                LogOp::Put(e) => {
+                    if let Some(v) = &e.embedding {
+                        match next.dimensions {
+                            Some(d) if d as usize != v.len() => {
+                                return Err(ApiError::new(
+                                    ErrorCode::DimensionMismatch,
+                                    format!(
+                                        "imported memory {} has {} dimensions, {} holds {d}",
+                                        e.id,
+                                        v.len(),
+                                        p.key
+                                    ),
+                                ));
+                            }
+                            Some(_) => {}
+                            None => next.dimensions = Some(v.len() as u32),
+                        }
+                    }
+                    next.next_label = next.next_label.max(e.label + 1);
+                    next.count += u64::from(!existed);
+                    batch.put_cf(&ep_cf, episode_key(&p.enc, &e.id), encode(e)?);
+                    let metadata = parse_metadata(&e.metadata_json)?;
+                    index_ops.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
+                    present.insert(id, true);
+                }
+                LogOp::Delete { .. } => {
+                    if !existed {
+                        continue;
+                    }
+                    if let Some(old) = self.read_episode(&p.enc, &id)? {
+                        index_ops.push((old.label, None, None));
+                    }
+                    next.count = next.count.saturating_sub(1);
+                    batch.delete_cf(&ep_cf, episode_key(&p.enc, &id));
+                    present.insert(id, false);
+                }
+            }
+            next.last_seq += 1;
+            batch.put_cf(
+                &log_cf,
+                log_key(&p.enc, next.last_seq),
+                encode(&LogEntry { seq: next.last_seq, at_ms: now_ms, op })?,
+            );
+        }
+        batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
+        self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
+        *meta = next;
+        self.apply_to_index(&p, index_ops);
+        Ok(applied)
+    }
+
+    /// Log entries after `after_seq` (at most `limit`) as operations, with the last one's seq.
+    pub fn changes(
+        &self,
+        key: &PartitionKey,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<LogOp>, u64), ApiError> {
+        let entries = self.log_after(key, after_seq, limit)?;
+        let last = entries.last().map(|e| e.seq).unwrap_or(after_seq);
+        Ok((entries.into_iter().map(|e| e.op).collect(), last))
+    }
+
+    /// Fences (or unfences) writes to the partition. Once this returns, no write is in flight.
+    pub fn set_fence(&self, key: &PartitionKey, fenced: bool) -> Result<(), ApiError> {
+        let Some(p) = self.partition(key, true)? else {
+            return Err(ApiError::internal("partition vanished while being created"));
+        };
+        let _meta = p.meta.lock();
+        let cf = self.cf(CF_META)?;
+        if fenced {
+            self.db
+                .put_cf_opt(&cf, fence_key(&p.enc), b"1", &self.write_options())
+                .map_err(db_err)?;
+        } else {
+            self.db.delete_cf_opt(&cf, fence_key(&p.enc), &self.write_options()).map_err(db_err)?;
+        }
+        p.fenced.store(fenced, Ordering::Release);
+        tracing::info!(partition = %p.key, fenced, "partition fence changed");
+        Ok(())
+    }
+
+    /// Count and checksum of the partition's memories.
+    pub fn checksum(&self, key: &PartitionKey) -> Result<Checksum, ApiError> {
+        let enc = key.encode();
+        let p = self.partition(key, false)?;
+        // Holding the write mutex keeps count, checksum and log position consistent.
+        let meta = p.as_ref().map(|p| p.meta.lock());
+        let cf = self.cf(CF_EPISODES)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(prefix_end(&enc));
+        opts.fill_cache(false);
+        let (mut count, mut sum) = (0u64, 0u64);
+        for item in self.db.iterator_cf_opt(
+            &cf,
+            opts,
+            rocksdb::IteratorMode::From(&enc, rocksdb::Direction::Forward),
+        ) {
+            let (_, value) = item.map_err(db_err)?;
+            let e: StoredEpisode = decode(&value)?;
+            let mut bytes = e.id.into_bytes();
+            bytes.push(0);
+            bytes.extend_from_slice(&e.version.to_be_bytes());
+            sum = sum.wrapping_add(xxh3_64(&bytes));
+            count += 1;
+        }
+        let last_seq = meta.as_ref().map(|m| m.last_seq).unwrap_or(0);
+        let fenced = p.as_ref().is_some_and(|p| p.fenced.load(Ordering::Acquire));
+        Ok(Checksum { count, checksum: format!("{sum:016x}"), last_seq, fenced })
+    }
+
+    /// Removes the partition from this node: memories, log, meta and fence.
+    pub fn drop_partition(&self, key: &PartitionKey) -> Result<(), ApiError> {
+        let _gate = self.gate.write();
+        let enc = key.encode();
+        let end = prefix_end(&enc);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(&self.cf(CF_EPISODES)?, &enc, &end);
+        batch.delete_range_cf(&self.cf(CF_LOG)?, &enc, &end);
+        let meta = self.cf(CF_META)?;
+        batch.delete_cf(&meta, &enc);
+        batch.delete_cf(&meta, fence_key(&enc));
+        self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
+        self.partitions.write().remove(&enc);
+        tracing::info!(partition = %key, "partition dropped from this node");
+        Ok(())
+    }
+}
