@@ -6,7 +6,7 @@
 //! layout only by compare-and-swap on the epoch it replaces. The document carries a format version
 //! so that a newer binary can read an older store and refuse one it does not understand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,10 @@ pub struct ClusterLayout {
     /// Partitions placed on a named node regardless of the ring.
     #[serde(default)]
     pub overrides: BTreeMap<PartitionKey, NodeId>,
+    /// Nodes being drained: still addressable (overrides may name them) but given no ring
+    /// share, so no new partition lands on them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub draining: BTreeSet<NodeId>,
 }
 
 impl Default for ClusterLayout {
@@ -53,6 +57,7 @@ impl Default for ClusterLayout {
             vnodes_per_node: DEFAULT_VNODES,
             nodes: Vec::new(),
             overrides: BTreeMap::new(),
+            draining: BTreeSet::new(),
         }
     }
 }
@@ -80,6 +85,13 @@ impl ClusterLayout {
                 return Err(ApiError::invalid(format!(
                     "layout nodes must be sorted and unique; {} then {}",
                     pair[0].id, pair[1].id
+                )));
+            }
+        }
+        for node in &self.draining {
+            if self.node(node).is_none() {
+                return Err(ApiError::invalid(format!(
+                    "draining node {node} is not in the layout"
                 )));
             }
         }
@@ -118,6 +130,7 @@ impl ClusterLayout {
         next.epoch += 1;
         next.nodes.retain(|n| &n.id != id);
         next.overrides.retain(|_, n| n != id);
+        next.draining.remove(id);
         next
     }
 }

@@ -91,6 +91,7 @@ impl Ring {
             .nodes
             .iter()
             .enumerate()
+            .filter(|(_, n)| !layout.draining.contains(&n.id))
             .flat_map(|(node, n)| {
                 (0..layout.vnodes_per_node).map(move |replica| VNode {
                     node,
@@ -135,6 +136,7 @@ impl Ring {
             .nodes
             .iter()
             .enumerate()
+            .filter(|(_, n)| !self.layout.draining.contains(&n.id))
             .flat_map(|(i, n)| {
                 (0..self.layout.vnodes_per_node).map(move |r| (i, vnode_point(&n.id, r)))
             })
@@ -221,6 +223,22 @@ mod tests {
         let other = l.nodes.iter().find(|n| n.id != natural).expect("another").id.clone();
         l.overrides.insert(key.clone(), other.clone());
         assert_eq!(Ring::new(l).owner(&key).expect("owner").id, other);
+    }
+
+    #[test]
+    fn a_draining_node_gets_no_new_keys_but_keeps_its_pins() {
+        let mut l = layout(3, 64);
+        let gone = l.nodes[1].id.clone();
+        let key = keys(1).remove(0);
+        l.overrides.insert(key.clone(), gone.clone());
+        l.draining.insert(gone.clone());
+        let ring = Ring::new(l);
+        assert_eq!(ring.owner(&key).expect("owner").id, gone, "the pin still holds");
+        for k in keys(2000).iter().skip(1) {
+            assert_ne!(ring.owner(k).expect("owner").id, gone);
+        }
+        let share: f64 = ring.shares().iter().filter(|s| s.0 == gone).map(|s| s.1).sum();
+        assert_eq!(share, 0.0);
     }
 
     #[test]

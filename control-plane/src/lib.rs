@@ -7,6 +7,7 @@
 
 pub mod layout;
 pub mod migrate;
+pub mod rebalance;
 pub mod verify;
 pub mod view;
 
@@ -62,13 +63,44 @@ impl ControlService {
         let _one_at_a_time = self.migrating.lock().await;
         let mut reports = Vec::new();
         for p in partitions {
-            let report = migrate::migrate_partition(self.store.as_ref(), &self.client, &p, &to)
-                .await
-                .map_err(|e| ApiError::unavailable(format!("{e:#}"), 5))?;
+            let report = migrate::migrate_partition(
+                self.store.as_ref(),
+                &self.client,
+                &p,
+                &to,
+                migrate::Flip::Pin,
+            )
+            .await
+            .map_err(|e| ApiError::unavailable(format!("{e:#}"), 5))?;
             reports.push(report);
         }
         Ok(reports)
     }
+}
+
+impl ControlService {
+    /// Plans (and unless `dry`, runs) a rebalance or drain; answers the plan and the migrations.
+    async fn change(&self, change: rebalance::Change, dry: bool) -> Result<ChangeReport, ApiError> {
+        let _one_at_a_time = self.migrating.lock().await;
+        let fail = |e: anyhow::Error| ApiError::unavailable(format!("{e:#}"), 5);
+        let plan =
+            rebalance::plan(self.store.as_ref(), &self.client, &change).await.map_err(fail)?;
+        let migrations = if dry {
+            Vec::new()
+        } else {
+            rebalance::run(self.store.as_ref(), &self.client, plan.clone()).await.map_err(fail)?
+        };
+        Ok(ChangeReport { plan, migrations })
+    }
+}
+
+/// Answer of `/v1/rebalance` and `/v1/drain/{node}`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChangeReport {
+    /// What was (or would be) done.
+    pub plan: rebalance::Plan,
+    /// The migrations run (empty on a dry run).
+    pub migrations: Vec<migrate::MigrationReport>,
 }
 
 /// Body of `POST /v1/migrations`.
@@ -115,6 +147,23 @@ impl Service for ControlService {
                         Err(e) => error_response(&e),
                     };
                     Reply { route: "migrations", response }
+                }
+                (Method::GET, "/v1/rebalance") | (Method::POST, "/v1/rebalance") => {
+                    let dry = req.method() == Method::GET;
+                    let response = match self.change(rebalance::Change::Join, dry).await {
+                        Ok(v) => json(200, &v),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "rebalance", response }
+                }
+                (Method::GET, p) | (Method::POST, p) if p.starts_with("/v1/drain/") => {
+                    let dry = req.method() == Method::GET;
+                    let node = p.trim_start_matches("/v1/drain/").to_owned();
+                    let response = match self.change(rebalance::Change::Drain(node), dry).await {
+                        Ok(v) => json(200, &v),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "drain", response }
                 }
                 (m, p) => Reply {
                     route: "unknown",

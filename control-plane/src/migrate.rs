@@ -132,12 +132,24 @@ async fn checksum(
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// Moves `partition` to node `to` and pins it there with a placement override.
+/// How ownership flips to the target at the end of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flip {
+    /// Pin the partition on the target with a placement override (`shardctl migrate`): it stays
+    /// there across later ring changes.
+    Pin,
+    /// Drop the partition's override so the ring places it (rebalance, drain): the target must be
+    /// its ring owner; if it is not (the layout changed meanwhile), it is pinned instead.
+    Natural,
+}
+
+/// Moves `partition` from its current owner to node `to`.
 pub async fn migrate_partition(
     store: &dyn RingStore,
     client: &reqwest::Client,
     partition: &PartitionKey,
     to: &NodeId,
+    flip: Flip,
 ) -> anyhow::Result<MigrationReport> {
     let started = Instant::now();
     let layout = store.load().await?.layout;
@@ -202,11 +214,15 @@ pub async fn migrate_partition(
             );
         }
         report.count = b.count;
-        // 4. flip ownership: pin the partition on the target (epoch + 1, compare-and-swap).
+        // 4. flip ownership to the target (epoch + 1, compare-and-swap).
         let stored = update_layout(store, 20, |l| {
             let mut next = l.clone();
             next.epoch += 1;
-            next.overrides.insert(partition.clone(), to.clone());
+            next.overrides.remove(partition);
+            let natural = Ring::new(next.clone()).owner(partition).map(|o| o.id.clone());
+            if flip == Flip::Pin || natural.as_ref() != Some(to) {
+                next.overrides.insert(partition.clone(), to.clone());
+            }
             Some(next)
         })
         .await?;

@@ -13,6 +13,145 @@ use serde_json::json;
 
 const TENANT: &str = "big";
 
+type Acked = Vec<(String, String)>;
+
+/// Writes unique ids round-robin over `tenants` (plus a search every fifth write) until `stop`
+/// (at most 60 s). Returns the acknowledged (tenant, id)s, every failure, and the slowest write.
+fn spawn_writer(
+    router: String,
+    tenants: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<anyhow::Result<(Acked, Vec<String>, Duration)>> {
+    tokio::spawn(async move {
+        let http = client();
+        let mut acked = Vec::new();
+        let mut failures = Vec::new();
+        let mut slowest = Duration::ZERO;
+        let started = Instant::now();
+        let mut i = 0;
+        while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(60) {
+            let tenant = &tenants[i % tenants.len()];
+            let id = format!("live{i}");
+            let body =
+                json!({"id": id, "scope": "shared", "content": id, "embedding": vector(8, i, 0.1)});
+            let t = Instant::now();
+            let url = format!("{router}/v1/tenants/{tenant}/memories");
+            let (status, resp) = send_allowing_5xx(
+                &http,
+                reqwest::Method::POST,
+                &url,
+                Some(body.to_string().into_bytes()),
+            )
+            .await?;
+            slowest = slowest.max(t.elapsed());
+            if status == 201 {
+                acked.push((tenant.clone(), id));
+            } else {
+                failures.push(format!("write {status} {resp}"));
+            }
+            if i % 5 == 0 {
+                let q = json!({"scopes": ["shared"], "embedding": vector(8, i, 0.0), "k": 5});
+                let url = format!("{router}/v1/tenants/{tenant}/memories/search");
+                let (status, resp) = send_allowing_5xx(
+                    &http,
+                    reqwest::Method::POST,
+                    &url,
+                    Some(q.to_string().into_bytes()),
+                )
+                .await?;
+                if status != 200 {
+                    failures.push(format!("search {status} {resp}"));
+                }
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        Ok((acked, failures, slowest))
+    })
+}
+
+/// Every id in `tenant`'s shared scope, through the router's paginated list.
+async fn list_all(router: &str, tenant: &str) -> anyhow::Result<Vec<String>> {
+    let http = client();
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{router}/v1/tenants/{tenant}/memories?scope=shared&limit=1000");
+        if let Some(cur) = &cursor {
+            url.push_str(&format!("&cursor={cur}"));
+        }
+        let page: serde_json::Value = http.get(url).send().await?.json().await?;
+        listed.extend(
+            page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned)),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(listed),
+        }
+    }
+}
+
+/// Asserts every (tenant, id) in `expected` is listed exactly once and nothing else is.
+async fn assert_exactly(router: &str, expected: &BTreeSet<(String, String)>) -> anyhow::Result<()> {
+    let tenants: BTreeSet<&String> = expected.iter().map(|(t, _)| t).collect();
+    let mut got = BTreeSet::new();
+    for tenant in tenants {
+        let listed = list_all(router, tenant).await?;
+        let n = listed.len();
+        got.extend(listed.into_iter().map(|id| (tenant.clone(), id)));
+        assert_eq!(
+            got.iter().filter(|(t, _)| t == tenant).count(),
+            n,
+            "{tenant}: a memory listed twice"
+        );
+    }
+    let missing: Vec<_> = expected.difference(&got).take(5).collect();
+    assert!(missing.is_empty(), "acknowledged writes missing: {missing:?}");
+    assert_eq!(got.len(), expected.len(), "unexpected extra memories");
+    Ok(())
+}
+
+async fn shardctl(control: &str, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(binary("shardctl")?)
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Seeds `per` memories into each tenant's shared scope; returns them.
+async fn seed(
+    router: &str,
+    tenants: &[String],
+    per: usize,
+) -> anyhow::Result<BTreeSet<(String, String)>> {
+    let http = client();
+    let mut all = BTreeSet::new();
+    for tenant in tenants {
+        let items: Vec<_> = (0..per)
+            .map(|n| json!({"id": format!("pre{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": vector(8, n, 0.3)}))
+            .collect();
+        let resp = http
+            .post(format!("{router}/v1/tenants/{tenant}/memories:batch"))
+            .json(&json!({"items": items}))
+            .send()
+            .await?;
+        assert_eq!(resp.status().as_u16(), 200);
+        all.extend((0..per).map(|n| (tenant.clone(), format!("pre{n}"))));
+    }
+    Ok(all)
+}
+
 #[tokio::test]
 async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Result<()> {
     let mut c = EtcdCluster::start(3, 1, 10).await?;
@@ -44,50 +183,7 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
 
     // A steady write + search load, each write with a unique id, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, router, http) = (stop.clone(), router.clone(), http.clone());
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut failures = Vec::new();
-            let mut slowest = Duration::ZERO;
-            let started = Instant::now();
-            let mut i = 0;
-            while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(60) {
-                let id = format!("live{i}");
-                let body = json!({"id": id, "scope": "shared", "content": id, "embedding": vector(8, i, 0.1)});
-                let t = Instant::now();
-                let (status, resp) = send_allowing_5xx(
-                    &http,
-                    reqwest::Method::POST,
-                    &format!("{router}/v1/tenants/{TENANT}/memories"),
-                    Some(body.to_string().into_bytes()),
-                )
-                .await?;
-                slowest = slowest.max(t.elapsed());
-                if status == 201 {
-                    acked.push(id);
-                } else {
-                    failures.push(format!("write {status} {resp}"));
-                }
-                if i % 5 == 0 {
-                    let q = json!({"scopes": ["shared"], "embedding": vector(8, i, 0.0), "k": 5});
-                    let (status, resp) = send_allowing_5xx(
-                        &http,
-                        reqwest::Method::POST,
-                        &format!("{router}/v1/tenants/{TENANT}/memories/search"),
-                        Some(q.to_string().into_bytes()),
-                    )
-                    .await?;
-                    if status != 200 {
-                        failures.push(format!("search {status} {resp}"));
-                    }
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(4)).await;
-            }
-            Ok::<_, anyhow::Error>((acked, failures, slowest))
-        })
-    };
+    let load = spawn_writer(router.clone(), vec![TENANT.to_owned()], stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let out = tokio::process::Command::new(binary("shardctl")?)
@@ -114,31 +210,13 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Release);
     let (acked, failures, slowest) = load.await??;
+    let acked: Vec<String> = acked.into_iter().map(|(_, id)| id).collect();
     println!("{} writes acknowledged during the test; slowest write {slowest:?}", acked.len());
     assert!(acked.len() > 100, "the load ran");
     assert!(failures.is_empty(), "clients saw errors: {:?}", &failures[..failures.len().min(5)]);
 
     // Every acknowledged write is readable, exactly once, from the new owner only.
-    let mut listed = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{router}/v1/tenants/{TENANT}/memories?scope=shared&limit=1000");
-        if let Some(cur) = &cursor {
-            url.push_str(&format!("&cursor={cur}"));
-        }
-        let page: serde_json::Value = http.get(url).send().await?.json().await?;
-        listed.extend(
-            page["items"]
-                .as_array()
-                .expect("items")
-                .iter()
-                .filter_map(|m| m["id"].as_str().map(str::to_owned)),
-        );
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let listed = list_all(&router, TENANT).await?;
     let unique: BTreeSet<&String> = listed.iter().collect();
     assert_eq!(unique.len(), listed.len(), "a memory listed twice");
     let expected: BTreeSet<String> =
@@ -174,5 +252,71 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
     )
     .await?;
     assert_eq!(status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_joining_node_gets_its_share_under_load_and_a_drained_node_ends_empty()
+-> anyhow::Result<()> {
+    let mut c = EtcdCluster::start(3, 1, 10).await?;
+    let control = c.start_control().await?;
+    let router = c.router(0);
+    let tenants: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    let mut expected = seed(&router, &tenants, 50).await?;
+
+    // shard-4 starts and is live, but not in the ring: the plan moves only what the new ring needs.
+    let fourth = c.start_shard("shard-4").await?;
+    c.shards.push(fourth);
+    let (ok, out, err) = shardctl(&control.url(), &["--json", "rebalance", "--dry-run"]).await?;
+    assert!(ok, "{err}");
+    let dry: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(dry["plan"]["joining"], json!(["shard-4"]));
+    let moves = dry["plan"]["moves"].as_array().expect("moves").clone();
+    assert!(!moves.is_empty());
+    assert!(moves.iter().all(|m| m["to"] == "shard-4"), "keys only move onto the new node");
+    let (moved, ideal) = (
+        dry["plan"]["moved_fraction"].as_f64().unwrap_or(0.0),
+        dry["plan"]["ideal_fraction"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "rebalance plan: {} of 40 partitions move, {:.1}% of memories (ideal {:.1}%)",
+        moves.len(),
+        moved * 100.0,
+        ideal * 100.0
+    );
+    assert_eq!(c.etcd.store().await?.load().await?.layout.epoch, 3, "a dry run changes nothing");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_writer(router.clone(), tenants.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, out, err) = shardctl(&control.url(), &["rebalance"]).await?;
+    assert!(ok, "{err}\n{}", c.logs());
+    println!("{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Release);
+    let (acked, failures, slowest) = load.await??;
+    println!("rebalance: {} writes acknowledged under load, slowest {slowest:?}", acked.len());
+    assert!(failures.is_empty(), "clients saw errors: {:?}", &failures[..failures.len().min(5)]);
+    expected.extend(acked);
+    assert_exactly(&router, &expected).await?;
+    assert!(!c.partitions_on(&c.shards[3]).await?.is_empty(), "the new node holds partitions");
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
+    let layout = c.etcd.store().await?.load().await?.layout;
+    assert!(layout.overrides.is_empty(), "no pins left behind: {:?}", layout.overrides);
+
+    // Drain shard-2: it ends owning nothing, everything stays readable.
+    let (ok, out, err) = shardctl(&control.url(), &["drain", "shard-2"]).await?;
+    assert!(ok, "{err}");
+    println!("{out}");
+    let layout = c.etcd.store().await?.load().await?.layout;
+    assert!(layout.node(&c.shard_id(1)).is_none(), "shard-2 left the ring");
+    assert!(layout.draining.is_empty() && layout.overrides.is_empty());
+    let on_drained: Vec<String> = c.partitions_on(&c.shards[1]).await?;
+    assert!(on_drained.is_empty(), "shard-2 still holds {on_drained:?}");
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    assert_exactly(&router, &expected).await?;
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
     Ok(())
 }

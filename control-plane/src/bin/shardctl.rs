@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use memring_common::api::ClusterView;
-use memring_control::MigrateRequest;
 use memring_control::migrate::MigrationReport;
 use memring_control::verify::VerifyReport;
+use memring_control::{ChangeReport, MigrateRequest};
 
 #[derive(Parser)]
 #[command(name = "shardctl", version, about = "operate a memring cluster")]
@@ -41,6 +41,20 @@ enum Command {
         /// The target node id.
         #[arg(long)]
         to: String,
+    },
+    /// Put every live node that is not in the ring into it and move what the new ring requires.
+    Rebalance {
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Move everything off a node and take it out of the ring.
+    Drain {
+        /// The node id.
+        node: String,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check that every partition is stored on exactly its owner.
     Verify {
@@ -126,6 +140,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         r.took_ms
                     );
                 }
+            }
+        }
+        Command::Rebalance { dry_run } | Command::Drain { dry_run, .. } => {
+            let path = match &args.command {
+                Command::Drain { node, .. } => {
+                    format!("/v1/drain/{}", memring_common::http::percent_encode(node))
+                }
+                _ => "/v1/rebalance".to_owned(),
+            };
+            let req = if dry_run {
+                client.get(format!("{base}{path}"))
+            } else {
+                client.post(format!("{base}{path}"))
+            };
+            let resp = req.send().await.map_err(unreachable)?;
+            let report: ChangeReport = answer(resp).await?.json().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let plan = &report.plan;
+            println!(
+                "plan at epoch {}: joining {:?}, leaving {:?}; {} of {} partitions move, {:.1}% of {} memories (ideal {:.1}%, ratio {:.2})",
+                plan.epoch,
+                plan.joining,
+                plan.leaving,
+                plan.moves.len(),
+                plan.partitions,
+                plan.moved_fraction * 100.0,
+                plan.memories,
+                plan.ideal_fraction * 100.0,
+                if plan.ideal_fraction > 0.0 {
+                    plan.moved_fraction / plan.ideal_fraction
+                } else {
+                    0.0
+                }
+            );
+            for m in &plan.moves {
+                println!("  {:<40} {} -> {}  ({} memories)", m.partition, m.from, m.to, m.memories);
+            }
+            for r in &report.migrations {
+                println!(
+                    "moved {} {} -> {}: {} memories, fenced {} ms",
+                    r.partition, r.from, r.to, r.count, r.fenced_ms
+                );
             }
         }
         Command::Verify { tenant } => {
