@@ -24,7 +24,7 @@ cluster: build
 
 ## Unit tests and integration tests (real binaries, real RocksDB, real etcd, free loopback ports).
 ## The router is built with its test-only debug endpoints here (feature memring-router/testing).
-TEST_FEATURES := --features memring-router/testing
+TEST_FEATURES := --features memring-router/testing,memring-control/testing
 test: deps
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast $(TEST_FEATURES)

@@ -5,6 +5,8 @@
 //! verifies placement (`verify.rs`). Rebalancing and drain come next; nothing here changes the
 //! layout except by an explicit, compare-and-swap layout change.
 
+pub mod failpoint;
+pub mod journal;
 pub mod layout;
 pub mod migrate;
 pub mod rebalance;
@@ -165,6 +167,21 @@ impl Service for ControlService {
                     };
                     Reply { route: "drain", response }
                 }
+                #[cfg(feature = "testing")]
+                (Method::POST, p) if p.starts_with("/debug/v1/failpoints/") => {
+                    let name = p.trim_start_matches("/debug/v1/failpoints/").to_owned();
+                    let action = read_body(req, 1024)
+                        .await
+                        .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+                    let response = match action {
+                        Ok(action) => {
+                            failpoint::set(&name, &action);
+                            json(200, &serde_json::json!({ "failpoint": name, "action": action }))
+                        }
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "debug", response }
+                }
                 (m, p) => Reply {
                     route: "unknown",
                     response: error_response(&ApiError::new(
@@ -189,6 +206,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
     let client = view::http_client()?;
+    // Finish what a previous control plane started, in the background while serving.
+    {
+        let (store, client) = (store.clone(), client.clone());
+        tokio::spawn(async move {
+            match journal::resume(store.as_ref(), &client).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "journaled migrations finished"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "resuming journaled migrations failed")
+                }
+            }
+        });
+    }
     tracing::info!(listen = %listener.local_addr()?, store = %store.describe(), "control plane serving");
     serve(
         listener,

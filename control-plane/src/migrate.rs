@@ -7,8 +7,9 @@
 //! ownership flipped by a compare-and-swap on the layout (a placement override, epoch + 1).
 //! Routers retry writes that meet the fence, so clients see a slower request, not an error.
 //!
-//! Not yet here (the control-plane issue's next steps): each step persisted in the ring store so a
-//! restarted control plane resumes, failpoints, throttling, rebalance planning, drain.
+//! Each step is journaled in the ring store before it runs (`journal.rs`), with a failpoint
+//! after it (`failpoint.rs`), so a control plane killed anywhere resumes. Not yet here:
+//! throttling, progress reporting, cancellation.
 
 use std::time::{Duration, Instant};
 
@@ -52,7 +53,7 @@ struct Checksum {
     checksum: String,
 }
 
-fn url(node: &LayoutNode, partition: &PartitionKey, action: &str) -> String {
+pub(crate) fn url(node: &LayoutNode, partition: &PartitionKey, action: &str) -> String {
     format!("http://{}/internal/v1/migrate/{}/{action}", node.addr, partition_path(partition))
 }
 
@@ -70,7 +71,7 @@ async fn fetch(
     Ok((body, headers))
 }
 
-async fn call(
+pub(crate) async fn call(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
@@ -133,7 +134,8 @@ async fn checksum(
 }
 
 /// How ownership flips to the target at the end of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Flip {
     /// Pin the partition on the target with a placement override (`shardctl migrate`): it stays
     /// there across later ring changes.
@@ -141,6 +143,19 @@ pub enum Flip {
     /// Drop the partition's override so the ring places it (rebalance, drain): the target must be
     /// its ring owner; if it is not (the layout changed meanwhile), it is pinned instead.
     Natural,
+}
+
+/// Journals `phase` of a migration, then passes its failpoint.
+async fn step(
+    store: &dyn RingStore,
+    partition: &PartitionKey,
+    from: &str,
+    to: &str,
+    flip: Flip,
+    phase: &str,
+) -> anyhow::Result<()> {
+    crate::journal::record(store, partition, from, to, flip, phase).await?;
+    crate::failpoint::hit(&format!("migrate.{phase}")).await
 }
 
 /// Moves `partition` from its current owner to node `to`.
@@ -171,7 +186,12 @@ pub async fn migrate_partition(
     if from.id == *to {
         return Ok(report);
     }
+    let (from_name, to_name) = (from.id.to_string(), to.to_string());
+    let journal = |phase: &'static str| step(store, partition, &from_name, &to_name, flip, phase);
+    journal("copy").await?;
     tracing::info!(%partition, from = %from.id, to = %to, "migration: copy");
+    // Start from a clean target: it does not own the partition, so whatever it has is a leftover.
+    call(client, reqwest::Method::DELETE, &url(&target, partition, "partition"), None).await?;
     // 1. copy, page by page; the first page's log position is where catch-up starts.
     let mut after: Option<String> = None;
     let mut start_seq = None;
@@ -192,14 +212,17 @@ pub async fn migrate_partition(
         }
     }
     // 2. catch up while the source keeps taking writes.
+    journal("catch_up").await?;
     let (seq, n) = replay(client, &from, &target, partition, start_seq.unwrap_or(0), false).await?;
     report.replayed += n;
     // 3. fence, drain the last entries, verify.
+    journal("fenced").await?;
     let fenced_at = Instant::now();
     call(client, reqwest::Method::POST, &url(&from, partition, "fence"), None).await?;
     let result = async {
         let (_, n) = replay(client, &from, &target, partition, seq, true).await?;
         report.replayed += n;
+        journal("drained").await?;
         let (a, b) = (
             checksum(client, &from, partition).await?,
             checksum(client, &target, partition).await?,
@@ -227,7 +250,7 @@ pub async fn migrate_partition(
         })
         .await?;
         report.epoch = stored.layout.epoch;
-        Ok(())
+        journal("flipped").await
     }
     .await;
     if let Err(e) = result {
@@ -241,6 +264,7 @@ pub async fn migrate_partition(
     // 5. the source refuses the partition at the new epoch; its copy can go.
     tokio::time::sleep(Duration::from_millis(50)).await;
     call(client, reqwest::Method::DELETE, &url(&from, partition, "partition"), None).await?;
+    store.delete_job(&crate::journal::job_id(partition)).await?;
     report.took_ms = started.elapsed().as_millis() as u64;
     tracing::info!(%partition, from = %from.id, to = %to, count = report.count, fenced_ms = report.fenced_ms, "migration done");
     Ok(report)

@@ -181,7 +181,23 @@ pub async fn run(
     plan: Plan,
 ) -> anyhow::Result<Vec<MigrationReport>> {
     let Some(staged) = plan.staged else { return Ok(Vec::new()) };
-    match store.compare_and_swap(plan.epoch, &staged).await {
+    // Journal every move before staging, so a control plane killed mid-way finishes them.
+    let mut keys = Vec::new();
+    for m in &plan.moves {
+        let partition: PartitionKey = m
+            .partition
+            .parse()
+            .map_err(|e: memring_common::ApiError| anyhow::anyhow!(e.message().to_owned()))?;
+        crate::journal::record(store, &partition, &m.from, &m.to, Flip::Natural, "pending").await?;
+        keys.push(partition);
+    }
+    let staged_result = store.compare_and_swap(plan.epoch, &staged).await;
+    if staged_result.is_err() {
+        for p in &keys {
+            let _ = store.delete_job(&crate::journal::job_id(p)).await;
+        }
+    }
+    match staged_result {
         Ok(_) => {}
         Err(StoreError::Conflict { current, .. }) => bail!(
             "the layout changed since the plan (epoch {} → {}); plan again",

@@ -320,3 +320,105 @@ async fn a_joining_node_gets_its_share_under_load_and_a_drained_node_ends_empty(
     assert!(ok, "{out}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_control_plane_killed_at_any_step_finishes_the_migration_after_a_restart()
+-> anyhow::Result<()> {
+    let c = EtcdCluster::start(3, 1, 10).await?;
+    let mut control = c.start_control().await?;
+    let router = c.router(0);
+    let store = c.etcd.store().await?;
+    let http = client();
+    for phase in ["copy", "catch_up", "fenced", "drained", "flipped"] {
+        let tenant = format!("fp-{}", phase.replace('_', "-"));
+        let mut expected = seed(&router, std::slice::from_ref(&tenant), 400).await?;
+        let partition = PartitionKey::new(&TenantId::parse(&tenant)?, &Scope::Shared);
+        let ring = Ring::new(store.load().await?.layout);
+        let source = ring.owner(&partition).expect("owner").clone();
+        let target =
+            ring.layout().nodes.iter().find(|n| n.id != source.id).expect("another").clone();
+
+        let resp = http
+            .post(format!("{}/debug/v1/failpoints/migrate.{phase}", control.url()))
+            .body("pause")
+            .send()
+            .await?;
+        assert_eq!(resp.status().as_u16(), 200, "control plane built without the testing feature?");
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = spawn_writer(router.clone(), vec![tenant.clone()], stop.clone());
+        let migrate = tokio::process::Command::new(binary("shardctl")?)
+            .args([
+                "--control",
+                &control.url(),
+                "migrate",
+                "--tenant",
+                &tenant,
+                "--scope",
+                "shared",
+                "--to",
+                target.id.as_str(),
+            ])
+            .output();
+        let migrate = tokio::spawn(migrate);
+
+        // Wait until the migration stands at the failpoint, then kill the control plane there.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let at: Vec<String> = memring_control::journal::pending(&store)
+                .await?
+                .into_iter()
+                .map(|j| j.phase)
+                .collect();
+            if at.iter().any(|p| p == phase) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never reached {phase}: {at:?}\n{}",
+                control.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        control.kill();
+        let killed_cli = migrate.await??;
+        assert!(!killed_cli.status.success(), "shardctl reports the lost control plane");
+        control.start_again()?;
+        control.wait_ready(Duration::from_secs(20)).await?;
+
+        // The restarted control plane finishes the journaled migration by itself.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !memring_control::journal::pending(&store).await?.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{phase}: journal never emptied\n{}",
+                control.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Release);
+        let (acked, failures, slowest) = load.await??;
+        println!(
+            "killed at {phase}: {} writes acknowledged, {} refused, slowest {slowest:?}",
+            acked.len(),
+            failures.len()
+        );
+        assert!(
+            failures.iter().all(|f| f.starts_with("write 503") || f.starts_with("search 503")),
+            "{failures:?}"
+        );
+        expected.extend(acked);
+        assert_exactly(&router, &expected).await?;
+        let owner =
+            Ring::new(store.load().await?.layout).owner(&partition).expect("owner").id.clone();
+        assert_eq!(owner, target.id, "{phase}: the partition ends on the target");
+        let src = c.shards.iter().find(|s| s.addr == source.addr).expect("source");
+        assert!(
+            !c.partitions_on(src).await?.contains(&partition.to_string()),
+            "{phase}: the source copy is gone"
+        );
+        let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+        assert!(ok, "{phase}: {out}");
+    }
+    Ok(())
+}

@@ -250,6 +250,53 @@ impl RingStore for EmbeddedStore {
         .await
     }
 
+    async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        crate::ids::validate_id("job id", id)
+            .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        let dir = self.dir.join("jobs");
+        let (path, record) = (dir.join(id), record.to_vec());
+        blocking(move || {
+            fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            write_atomically(&path, &record)
+        })
+        .await
+    }
+
+    async fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let dir = self.dir.join("jobs");
+        blocking(move || {
+            let mut out = Vec::new();
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(io_err(&dir, e)),
+            };
+            for entry in entries {
+                let path = entry.map_err(|e| io_err(&dir, e))?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+                else {
+                    continue;
+                };
+                if name.contains(".tmp.") {
+                    continue;
+                }
+                out.push((name, fs::read(&path).map_err(|e| io_err(&path, e))?));
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.dir.join("jobs").join(id);
+        blocking(move || match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path, e)),
+            _ => Ok(()),
+        })
+        .await
+    }
+
     fn describe(&self) -> String {
         format!("embedded:{}", self.dir.display())
     }
@@ -345,6 +392,24 @@ mod tests {
         assert_eq!(store.live_nodes().await.expect("list"), vec![record]);
         lease.revoke().await;
         assert!(store.live_nodes().await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn journal_records_persist_until_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        store.put_job("m-2", b"two").await.expect("put");
+        store.put_job("m-1", b"one").await.expect("put");
+        store.put_job("m-1", b"uno").await.expect("replace");
+        assert!(store.put_job("../x", b"no").await.is_err());
+        let again = EmbeddedStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            again.jobs().await.expect("jobs"),
+            vec![("m-1".into(), b"uno".to_vec()), ("m-2".into(), b"two".to_vec())]
+        );
+        again.delete_job("m-1").await.expect("delete");
+        again.delete_job("m-1").await.expect("deleting twice is fine");
+        assert_eq!(again.jobs().await.expect("jobs").len(), 1);
     }
 
     #[tokio::test]

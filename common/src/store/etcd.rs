@@ -274,6 +274,48 @@ impl RingStore for EtcdStore {
         Ok(out)
     }
 
+    async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        crate::ids::validate_id("job id", id)
+            .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        self.client
+            .clone()
+            .put(format!("{}jobs/{id}", self.prefix), record.to_vec(), None)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = format!("{}jobs/", self.prefix);
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        let mut out: Vec<(String, Vec<u8>)> = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
+        self.client
+            .clone()
+            .delete(format!("{}jobs/{id}", self.prefix), None)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         format!("etcd:{}{}", self.endpoints.join(","), self.prefix)
     }

@@ -129,6 +129,16 @@ pub trait RingStore: Send + Sync + 'static {
     /// The node records whose leases are alive.
     async fn live_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
 
+    /// Writes (or replaces) the control plane's journal record `id` (a migration step, say), so
+    /// a restarted control plane can resume. `id` is 1–128 chars of `[A-Za-z0-9_.-]`.
+    async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+
+    /// Every journal record, in id order.
+    async fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Removes journal record `id` (no error if it is gone).
+    async fn delete_job(&self, id: &str) -> Result<(), StoreError>;
+
     /// A short name for logs and `/v1/cluster` (`embedded:/path`, `etcd:http://…`).
     fn describe(&self) -> String;
 }

@@ -1,0 +1,116 @@
+//! The migration journal: every migration is recorded in the ring store before it acts, and its
+//! phase is updated as it goes, so a control plane killed at any point resumes on restart.
+//!
+//! Resuming needs little state because ownership itself lives in the layout: if the layout says
+//! the target owns the partition, the flip happened and only dropping the source copy is left;
+//! otherwise nothing was handed over, and the migration starts again from a clean target
+//! (the source is unfenced first, so clients are not held up meanwhile).
+
+use memring_common::store::RingStore;
+use memring_common::{NodeId, PartitionKey, Ring};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::migrate::{Flip, call, migrate_partition, url};
+
+const JOB_FORMAT_VERSION: u32 = 1;
+
+/// One migration in the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// Record format.
+    pub format_version: u32,
+    /// The partition (`tenant/scope`).
+    pub partition: String,
+    /// Where its data was when the job was written.
+    pub from: String,
+    /// Where it goes.
+    pub to: String,
+    /// How ownership flips.
+    pub flip: Flip,
+    /// The last step started: `pending`, `copy`, `catch_up`, `fenced`, `drained`, `flipped`.
+    pub phase: String,
+}
+
+/// The journal id of a partition's migration (ids must be short and path-safe).
+pub fn job_id(partition: &PartitionKey) -> String {
+    format!("migrate-{:016x}", xxh3_64(&partition.encode()))
+}
+
+/// Records `job` (replacing the partition's previous record).
+pub async fn record(
+    store: &dyn RingStore,
+    partition: &PartitionKey,
+    from: &str,
+    to: &str,
+    flip: Flip,
+    phase: &str,
+) -> anyhow::Result<()> {
+    let job = Job {
+        format_version: JOB_FORMAT_VERSION,
+        partition: partition.to_string(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        flip,
+        phase: phase.to_owned(),
+    };
+    store.put_job(&job_id(partition), &serde_json::to_vec(&job)?).await?;
+    Ok(())
+}
+
+/// Every migration job in the journal.
+pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Vec<Job>> {
+    let mut out = Vec::new();
+    for (id, bytes) in store.jobs().await? {
+        if !id.starts_with("migrate-") {
+            continue;
+        }
+        match serde_json::from_slice::<Job>(&bytes) {
+            Ok(job) if job.format_version <= JOB_FORMAT_VERSION => out.push(job),
+            Ok(job) => anyhow::bail!(
+                "journal record {id} has format {}; upgrade memring",
+                job.format_version
+            ),
+            Err(e) => anyhow::bail!("journal record {id} is unreadable: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Finishes every journaled migration. Called at start-up, before serving.
+pub async fn resume(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::Result<usize> {
+    let jobs = pending(store).await?;
+    for job in &jobs {
+        let partition: PartitionKey = job
+            .partition
+            .parse()
+            .map_err(|e: memring_common::ApiError| anyhow::anyhow!(e.message().to_owned()))?;
+        let to = NodeId::parse(&job.to).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+        let layout = store.load().await?.layout;
+        let ring = Ring::new(layout.clone());
+        tracing::warn!(partition = %partition, from = %job.from, to = %to, phase = %job.phase, "resuming migration");
+        if layout.node(&to).is_none() {
+            // A rebalance that never staged its layout: nothing moved, nothing to finish.
+            store.delete_job(&job_id(&partition)).await?;
+            continue;
+        }
+        if ring.owner(&partition).map(|o| &o.id) == Some(&to) {
+            // The flip happened: only the source copy is left to drop.
+            if let Some(from) =
+                NodeId::parse(&job.from).ok().and_then(|id| layout.node(&id).cloned())
+                && from.id != to
+            {
+                call(client, reqwest::Method::DELETE, &url(&from, &partition, "partition"), None)
+                    .await?;
+            }
+            store.delete_job(&job_id(&partition)).await?;
+            continue;
+        }
+        if let Some(owner) = ring.owner(&partition) {
+            // Not flipped: let the source take writes again, then start over.
+            call(client, reqwest::Method::DELETE, &url(owner, &partition, "fence"), None).await?;
+        }
+        migrate_partition(store, client, &partition, &to, job.flip).await?;
+    }
+    Ok(jobs.len())
+}
