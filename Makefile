@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps build run cluster test unit integration lint fmt bench clean-data
+.PHONY: deps build run cluster bench-migrate test unit integration lint fmt bench clean-data
 
 deps:
 	@scripts/install-deps.sh
@@ -42,6 +42,10 @@ fmt:
 ## The benchmark of docs/benchmarks.md (starts its own cluster in a temp dir).
 bench: build
 	$(BIN_DIR)/memring-bench $(BENCH_ARGS)
+
+## Online migration and rebalance, measured (docs/benchmarks.md).
+bench-migrate: build
+	$(BIN_DIR)/memring-migrate-bench $(BENCH_ARGS)
 
 clean-data:
 	rm -rf data data-cluster

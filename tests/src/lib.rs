@@ -185,6 +185,7 @@ impl Drop for Proc {
     }
 }
 
+pub mod data;
 pub mod etcd;
 
 /// A plain HTTP client for tests.
@@ -217,24 +218,9 @@ impl Cluster {
     pub async fn start_with(n: usize, shard_flags: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let ring_dir = dir.path().join("ring");
-        let shard_bin = binary("memring-shard")?;
         let mut shards = Vec::new();
         for i in 1..=n {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut args = vec![
-                "--node-id".into(),
-                format!("shard-{i}"),
-                "--listen".into(),
-                addr.clone(),
-                "--data-dir".into(),
-                dir.path().join(format!("shard-{i}")).display().to_string(),
-                "--ring-dir".into(),
-                ring_dir.display().to_string(),
-            ];
-            args.extend(shard_flags.iter().map(|s| s.to_string()));
-            let mut p = Proc::start(&format!("shard-{i}"), &shard_bin, args, addr, dir.path())?;
-            p.wait_ready(Duration::from_secs(30)).await?;
-            shards.push(p);
+            shards.push(start_shard(dir.path(), &format!("shard-{i}"), shard_flags).await?);
         }
         let addr = format!("127.0.0.1:{}", free_port());
         let args = vec![
@@ -248,6 +234,28 @@ impl Cluster {
         let cluster = Self { dir, shards, router, http: client() };
         cluster.wait_ring_size(n).await?;
         Ok(cluster)
+    }
+
+    /// Starts one more shard node on this cluster's ring store (`--join-ring false` keeps it
+    /// out of the ring: live, known, but not a member).
+    pub async fn start_shard(&self, id: &str, flags: &[&str]) -> anyhow::Result<Proc> {
+        start_shard(self.dir.path(), id, flags).await
+    }
+
+    /// Starts the control plane on this cluster's ring store.
+    pub async fn start_control(&self) -> anyhow::Result<Proc> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "--ring-dir".into(),
+            self.ring_dir().display().to_string(),
+            "serve".into(),
+            "--listen".into(),
+            addr.clone(),
+        ];
+        let mut p =
+            Proc::start("control", &binary("memring-control")?, args, addr, self.dir.path())?;
+        p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
     }
 
     /// Waits until the router's ring has `n` nodes.
@@ -307,6 +315,25 @@ impl Cluster {
     pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         send(&self.http, reqwest::Method::DELETE, &format!("{}{path}", self.url()), None).await
     }
+}
+
+/// Starts shard node `id` with its data in `dir/<id>` on the embedded ring store in `dir/ring`.
+async fn start_shard(dir: &Path, id: &str, flags: &[&str]) -> anyhow::Result<Proc> {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "--node-id".into(),
+        id.to_owned(),
+        "--listen".into(),
+        addr.clone(),
+        "--data-dir".into(),
+        dir.join(id).display().to_string(),
+        "--ring-dir".into(),
+        dir.join("ring").display().to_string(),
+    ];
+    args.extend(flags.iter().map(|s| s.to_string()));
+    let mut p = Proc::start(id, &binary("memring-shard")?, args, addr, dir)?;
+    p.wait_ready(Duration::from_secs(30)).await?;
+    Ok(p)
 }
 
 /// Sends a request and returns status and JSON body (`null` when empty, the raw text as a JSON

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use memring_tests::{Cluster, Proc, binary, free_port, vector};
+use memring_tests::{Cluster, binary, vector};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -14,17 +14,7 @@ async fn control_plane_and_shardctl_show_the_cluster() -> anyhow::Result<()> {
         let m = json!({"scope": "shared", "content": "x", "embedding": vector(4, 0, 0.1)});
         assert_eq!(c.post(&format!("/v1/tenants/t{i}/memories"), &m).await?.0, 201);
     }
-    let addr = format!("127.0.0.1:{}", free_port());
-    let args = vec![
-        "--ring-dir".into(),
-        c.ring_dir().display().to_string(),
-        "serve".into(),
-        "--listen".into(),
-        addr.clone(),
-    ];
-    let mut control =
-        Proc::start("control", &binary("memring-control")?, args, addr, c.dir.path())?;
-    control.wait_ready(Duration::from_secs(20)).await?;
+    let control = c.start_control().await?;
 
     let view: Value = memring_tests::client()
         .get(format!("{}/v1/cluster", control.url()))
@@ -74,19 +64,7 @@ async fn a_node_joining_reaches_the_router_and_requests_keep_working() -> anyhow
     }
     // A fourth node joins the ring (epoch 4). New tenants route over four nodes; the router
     // follows the layout within a second.
-    let addr = format!("127.0.0.1:{}", free_port());
-    let args = vec![
-        "--node-id".into(),
-        "shard-4".into(),
-        "--listen".into(),
-        addr.clone(),
-        "--data-dir".into(),
-        c.dir.path().join("shard-4").display().to_string(),
-        "--ring-dir".into(),
-        c.ring_dir().display().to_string(),
-    ];
-    let mut fourth = Proc::start("shard-4", &binary("memring-shard")?, args, addr, c.dir.path())?;
-    fourth.wait_ready(Duration::from_secs(20)).await?;
+    let fourth = c.start_shard("shard-4", &[]).await?;
     let started = std::time::Instant::now();
     c.wait_ring_size(4).await?;
     assert!(

@@ -17,6 +17,7 @@ use memring_common::store::RingStore;
 use memring_common::store::embedded::EmbeddedStore;
 use memring_common::{PartitionKey, Ring, Scope, TenantId};
 use memring_tests::Cluster;
+use memring_tests::data::{around, gaussian, unit};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -57,22 +58,6 @@ struct Tenant {
     id: String,
     vectors: Vec<Vec<f32>>,
     centers: Vec<Vec<f32>>,
-}
-
-fn gaussian(rng: &mut StdRng) -> f32 {
-    // Box–Muller.
-    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-    let u2: f32 = rng.random_range(0.0..1.0);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-}
-
-fn unit(v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
-}
-
-fn around(center: &[f32], spread: f32, rng: &mut StdRng) -> Vec<f32> {
-    unit(center.iter().map(|c| c + spread * gaussian(rng)).collect())
 }
 
 fn generate(args: &Args) -> Vec<Tenant> {
