@@ -702,6 +702,6 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     /// Placement overrides.
     pub overrides: std::collections::BTreeMap<String, String>,
-    /// Migrations in flight (none until the migration issue lands).
+    /// Migrations in flight, from the control plane's journal (partition, from, to, phase).
     pub migrations: Vec<serde_json::Value>,
 }

@@ -31,6 +31,8 @@ use tokio::net::TcpListener;
 pub struct ControlConfig {
     /// Where the ring store is.
     pub store: memring_common::store::StoreConfig,
+    /// Leadership lease TTL: how soon a standby takes over from a dead leader.
+    pub lease_ttl_secs: u64,
 }
 
 struct ControlService {
@@ -38,6 +40,8 @@ struct ControlService {
     client: reqwest::Client,
     /// One migration at a time (per control plane).
     migrating: tokio::sync::Mutex<()>,
+    /// True while this process is the active control plane.
+    leader: std::sync::atomic::AtomicBool,
 }
 
 impl ControlService {
@@ -47,6 +51,7 @@ impl ControlService {
         &self,
         req: Request<Incoming>,
     ) -> Result<Vec<migrate::MigrationReport>, ApiError> {
+        self.require_leader()?;
         let body = read_body(req, 1 << 20).await?;
         let ask: MigrateRequest = parse_json(&body)?;
         let tenant = TenantId::parse(&ask.tenant)?;
@@ -81,8 +86,19 @@ impl ControlService {
 }
 
 impl ControlService {
+    fn require_leader(&self) -> Result<(), ApiError> {
+        if self.leader.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(
+            "this control plane is a standby; send changes to the active one",
+            1,
+        ))
+    }
+
     /// Plans (and unless `dry`, runs) a rebalance or drain; answers the plan and the migrations.
     async fn change(&self, change: rebalance::Change, dry: bool) -> Result<ChangeReport, ApiError> {
+        self.require_leader()?;
         let _one_at_a_time = self.migrating.lock().await;
         let fail = |e: anyhow::Error| ApiError::unavailable(format!("{e:#}"), 5);
         let plan =
@@ -194,6 +210,9 @@ impl Service for ControlService {
     }
 
     fn ready(&self) -> Result<(), String> {
+        if !self.leader.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("standby: another control plane is active".into());
+        }
         Ok(())
     }
 }
@@ -206,26 +225,51 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
     let client = view::http_client()?;
-    // Finish what a previous control plane started, in the background while serving.
-    {
-        let (store, client) = (store.clone(), client.clone());
+    let service = Arc::new(ControlService {
+        store: store.clone(),
+        client: client.clone(),
+        migrating: tokio::sync::Mutex::new(()),
+        leader: std::sync::atomic::AtomicBool::new(false),
+    });
+    // One active control plane: wait for leadership in the background (serving /health and the
+    // read-only endpoints meanwhile), then finish what a previous leader started.
+    let ttl = std::time::Duration::from_secs(config.lease_ttl_secs);
+    let leading = {
+        let service = service.clone();
         tokio::spawn(async move {
-            match journal::resume(store.as_ref(), &client).await {
+            let mut leadership = loop {
+                match service.store.lead("control-plane", ttl).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot contend for leadership yet");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            service.leader.store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!("this control plane is the active one");
+            match journal::resume(service.store.as_ref(), &service.client).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "journaled migrations finished"),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "resuming journaled migrations failed")
                 }
             }
-        });
-    }
+            if leadership.lost.wait_for(|lost| *lost).await.is_ok() {
+                // Another control plane may be active now; acting on would risk two drivers.
+                tracing::error!(
+                    "leadership lost; exiting so a supervisor restarts this control plane as a standby"
+                );
+                std::process::exit(2);
+            }
+            // The sender is gone (a store whose leadership cannot be lost): hold it for good.
+            std::future::pending::<()>().await;
+            leadership.hold.revoke().await;
+        })
+    };
     tracing::info!(listen = %listener.local_addr()?, store = %store.describe(), "control plane serving");
-    serve(
-        listener,
-        Arc::new(ControlService { store, client, migrating: tokio::sync::Mutex::new(()) }),
-        ServerOptions::default(),
-        shutdown,
-    )
-    .await?;
+    serve(listener, service, ServerOptions::default(), shutdown).await?;
+    // Dropping the task's leadership on shutdown lets a standby take over at once.
+    leading.abort();
     Ok(())
 }

@@ -66,7 +66,11 @@ pub async fn cluster_view(
         vnodes_per_node: layout.vnodes_per_node,
         nodes,
         overrides: layout.overrides.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect(),
-        migrations: Vec::new(),
+        migrations: crate::journal::pending(store)
+            .await?
+            .into_iter()
+            .map(|j| serde_json::to_value(j).unwrap_or_default())
+            .collect(),
     })
 }
 
@@ -97,6 +101,15 @@ pub fn render(view: &ClusterView) -> String {
             show(n.partitions),
             show(n.episodes)
         ));
+    }
+    if !view.migrations.is_empty() {
+        out.push_str("\nmigrations in flight:\n");
+        for m in &view.migrations {
+            out.push_str(&format!(
+                "  {} {} -> {} ({})\n",
+                m["partition"], m["from"], m["to"], m["phase"]
+            ));
+        }
     }
     if !view.overrides.is_empty() {
         out.push_str("\noverrides:\n");

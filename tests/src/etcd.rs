@@ -141,20 +141,26 @@ impl EtcdCluster {
         NodeId::parse(&format!("shard-{}", i + 1)).unwrap_or_else(|e| panic!("{}", e.message()))
     }
 
-    /// Starts the control plane on this cluster's etcd.
+    /// Starts the control plane on this cluster's etcd and waits until it is the active one.
     pub async fn start_control(&self) -> anyhow::Result<Proc> {
         let addr = format!("127.0.0.1:{}", free_port());
+        let mut p = self.spawn_control("control", &addr)?;
+        p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
+    }
+
+    /// Starts a control plane (leadership lease 2 s) without waiting for it to become active.
+    pub fn spawn_control(&self, name: &str, addr: &str) -> anyhow::Result<Proc> {
         let args = vec![
             "--etcd".into(),
             self.etcd.url.clone(),
             "serve".into(),
             "--listen".into(),
-            addr.clone(),
+            addr.to_owned(),
+            "--lease-ttl-secs".into(),
+            "2".into(),
         ];
-        let mut p =
-            Proc::start("control", &binary("memring-control")?, args, addr, self.dir.path())?;
-        p.wait_ready(Duration::from_secs(20)).await?;
-        Ok(p)
+        Proc::start(name, &binary("memring-control")?, args, addr.to_owned(), self.dir.path())
     }
 
     /// Router `i`'s base URL.

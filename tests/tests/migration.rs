@@ -422,3 +422,37 @@ async fn a_control_plane_killed_at_any_step_finishes_the_migration_after_a_resta
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn one_control_plane_is_active_and_a_standby_takes_over() -> anyhow::Result<()> {
+    let c = EtcdCluster::start(3, 1, 10).await?;
+    let mut active = c.start_control().await?;
+    let addr = format!("127.0.0.1:{}", memring_tests::free_port());
+    let mut standby = c.spawn_control("control-2", &addr)?;
+    let http = client();
+    // The standby serves health and reads, but is not ready and refuses changes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(format!("{}/health", standby.url())).send().await.is_err() {
+        assert!(Instant::now() < deadline, "standby never came up\n{}", standby.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(http.get(format!("{}/ready", standby.url())).send().await?.status().as_u16(), 503);
+    assert_eq!(
+        http.get(format!("{}/v1/cluster", standby.url())).send().await?.status().as_u16(),
+        200
+    );
+    let (ok, _, err) = shardctl(&standby.url(), &["rebalance"]).await?;
+    assert!(!ok && err.contains("standby"), "{err}");
+
+    active.kill();
+    let killed = Instant::now();
+    standby.wait_ready(Duration::from_secs(15)).await?;
+    println!(
+        "standby took over {:?} after the active control plane was killed (lease 2 s)",
+        killed.elapsed()
+    );
+    let (ok, out, err) = shardctl(&standby.url(), &["rebalance", "--dry-run"]).await?;
+    assert!(ok, "{out}{err}");
+    Ok(())
+}

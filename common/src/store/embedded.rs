@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use super::{NodeLease, NodeRecord, RingStore, StoreError, Versioned};
+use super::{Leadership, NodeLease, NodeRecord, RingStore, StoreError, Versioned};
 use crate::clock::now_millis;
 use crate::layout::ClusterLayout;
 
@@ -295,6 +295,32 @@ impl RingStore for EmbeddedStore {
             _ => Ok(()),
         })
         .await
+    }
+
+    async fn lead(&self, name: &str, _ttl: Duration) -> Result<Leadership, StoreError> {
+        crate::ids::validate_id("leadership name", name)
+            .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        // An exclusive lock on a file: the OS releases it when the holder dies.
+        let path = self.dir.join(format!("lead-{name}.lock"));
+        let file = blocking(move || {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            file.lock().map_err(|e| io_err(&path, e))?;
+            Ok(file)
+        })
+        .await?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            drop(file);
+        });
+        let (_lost_tx, lost) = tokio::sync::watch::channel(false);
+        // The sender is dropped: a file lock is never lost while the process lives.
+        Ok(Leadership { hold: NodeLease::new(stop_tx, task), lost })
     }
 
     fn describe(&self) -> String {

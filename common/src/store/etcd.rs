@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LockOptions, PutOptions,
+    Txn, TxnOp, WatchOptions,
 };
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use super::{NodeLease, NodeRecord, RingStore, StoreError, Versioned};
+use super::{Leadership, NodeLease, NodeRecord, RingStore, StoreError, Versioned};
 use crate::layout::ClusterLayout;
 
 const DOC_FORMAT_VERSION: u32 = 1;
@@ -314,6 +314,56 @@ impl RingStore for EtcdStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn lead(&self, name: &str, ttl: Duration) -> Result<Leadership, StoreError> {
+        let ttl_secs = ttl.as_secs().max(1) as i64;
+        let mut client = self.client.clone();
+        let lease = client.lease_grant(ttl_secs, None).await.map_err(unavailable)?.id();
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let keeper_client = client.clone();
+        let task = tokio::spawn(async move {
+            let period = Duration::from_millis((ttl_secs as u64 * 1000 / 3).max(200));
+            let deadline_of = || tokio::time::Instant::now() + Duration::from_secs(ttl_secs as u64);
+            let mut expires = deadline_of();
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    _ = tokio::time::sleep(period) => {}
+                }
+                let renewed = async {
+                    let (mut keeper, mut answers) =
+                        keeper_client.clone().lease_keep_alive(lease).await.ok()?;
+                    keeper.keep_alive().await.ok()?;
+                    answers.message().await.ok()?.filter(|a| a.ttl() > 0)
+                }
+                .await;
+                if renewed.is_some() {
+                    expires = deadline_of();
+                } else if tokio::time::Instant::now() >= expires {
+                    tracing::error!(lease, "leadership lease expired");
+                    let _ = lost_tx.send(true);
+                    break;
+                }
+            }
+            let _ = keeper_client.clone().lease_revoke(lease).await;
+        });
+        let key = format!("{}lead/{name}", self.prefix);
+        // Lock calls are bounded by the client's timeout; keep asking while the lease lives.
+        loop {
+            match client.lock(key.clone(), Some(LockOptions::new().with_lease(lease))).await {
+                Ok(_) => break,
+                Err(e) => {
+                    if *lost.borrow() {
+                        return Err(unavailable(e));
+                    }
+                    tracing::debug!(error = %e, "waiting for leadership");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        Ok(Leadership { hold: NodeLease::new(stop_tx, task), lost })
     }
 
     fn describe(&self) -> String {

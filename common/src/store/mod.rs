@@ -96,6 +96,14 @@ impl Drop for NodeLease {
     }
 }
 
+/// Held leadership (see [`RingStore::lead`]).
+pub struct Leadership {
+    /// Releases the leadership when revoked or dropped.
+    pub hold: NodeLease,
+    /// Turns true if the leadership was lost (its lease expired while etcd was unreachable).
+    pub lost: tokio::sync::watch::Receiver<bool>,
+}
+
 /// The ring store: layout with epochs, watches, and leased node records.
 #[async_trait]
 pub trait RingStore: Send + Sync + 'static {
@@ -138,6 +146,11 @@ pub trait RingStore: Send + Sync + 'static {
 
     /// Removes journal record `id` (no error if it is gone).
     async fn delete_job(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Waits until this process is the one holder of `name` (the active control plane, say) and
+    /// holds it while the returned [`Leadership`] lives; if the holder dies, another waiter takes
+    /// over within `ttl`.
+    async fn lead(&self, name: &str, ttl: Duration) -> Result<Leadership, StoreError>;
 
     /// A short name for logs and `/v1/cluster` (`embedded:/path`, `etcd:http://…`).
     fn describe(&self) -> String;

@@ -22,6 +22,9 @@ enum Command {
         /// Listen address.
         #[arg(long, env = "MEMRING_LISTEN", default_value = "127.0.0.1:7800")]
         listen: String,
+        /// Leadership lease TTL in seconds (how soon a standby takes over).
+        #[arg(long, env = "MEMRING_LEASE_TTL_SECS", default_value_t = 10)]
+        lease_ttl_secs: u64,
     },
     /// Print epoch, nodes and ring shares read from the ring store.
     Status {
@@ -74,13 +77,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut store_config = StoreConfig::default();
     args.store.overlay(&mut store_config);
     match args.command {
-        Command::Serve { listen } => {
+        Command::Serve { listen, lease_ttl_secs } => {
             memring_common::telemetry::init_metrics();
             memring_common::config::check_addr("listen", &listen)?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-            let config = memring_control::ControlConfig { store: store_config };
+            let config = memring_control::ControlConfig { store: store_config, lease_ttl_secs };
             memring_control::run(listener, config, memring_common::telemetry::shutdown_signal())
                 .await
         }
