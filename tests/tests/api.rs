@@ -7,6 +7,23 @@ use serde_json::{Value, json};
 
 const DIMS: usize = 8;
 
+/// Writes one memory with a chosen id and expects 201.
+async fn write_one(
+    c: &Cluster,
+    tenant: &str,
+    scope: &str,
+    id: impl Into<String>,
+    content: &str,
+    axis: usize,
+    tilt: f32,
+) -> anyhow::Result<()> {
+    let mut m = memory(scope, content, axis, tilt);
+    m["id"] = json!(id.into());
+    let (status, body) = c.post(&format!("/v1/tenants/{tenant}/memories"), &m).await?;
+    anyhow::ensure!(status == 201, "write answered {status}: {body}");
+    Ok(())
+}
+
 fn memory(scope: &str, content: &str, axis: usize, tilt: f32) -> Value {
     json!({"scope": scope, "content": content, "embedding": vector(DIMS, axis, tilt)})
 }
@@ -229,12 +246,8 @@ async fn search_merges_scopes_best_first_and_filters_inside() -> anyhow::Result<
 #[tokio::test]
 async fn other_agents_and_other_tenants_see_nothing() -> anyhow::Result<()> {
     let c = Cluster::start(3).await?;
-    let mut m = memory("agent:alice", "alice's secret", 0, 0.0);
-    m["id"] = json!("secret");
-    assert_eq!(c.post("/v1/tenants/acme/memories", &m).await?.0, 201);
-    let mut shared = memory("shared", "acme shared", 0, 0.0);
-    shared["id"] = json!("shared-1");
-    assert_eq!(c.post("/v1/tenants/acme/memories", &shared).await?.0, 201);
+    write_one(&c, "acme", "agent:alice", "secret", "alice's secret", 0, 0.0).await?;
+    write_one(&c, "acme", "shared", "shared-1", "acme shared", 0, 0.0).await?;
 
     // Another agent of the same tenant.
     let q = json!({"scopes": ["agent:bob"], "embedding": vector(DIMS, 0, 0.0)});
@@ -310,9 +323,7 @@ async fn list_pagination_covers_every_memory_exactly_once() -> anyhow::Result<()
 async fn delete_then_search_and_delete_tenant() -> anyhow::Result<()> {
     let c = Cluster::start(3).await?;
     for (i, scope) in ["shared", "agent:a", "agent:b", "shared"].iter().enumerate() {
-        let mut m = memory(scope, "x", 0, i as f32 * 0.1);
-        m["id"] = json!(format!("d{i}"));
-        assert_eq!(c.post("/v1/tenants/acme/memories", &m).await?.0, 201);
+        write_one(&c, "acme", scope, format!("d{i}"), "x", 0, i as f32 * 0.1).await?;
     }
     let q = json!({"scopes": ["shared", "agent:a", "agent:b"], "embedding": vector(DIMS, 0, 0.0)});
     let (_, before) = c.post("/v1/tenants/acme/memories/search", &q).await?;
@@ -330,9 +341,7 @@ async fn delete_then_search_and_delete_tenant() -> anyhow::Result<()> {
     assert!(!ids.contains(&"d0"));
 
     // Keep another tenant to prove deletion is scoped.
-    let mut keep = memory("shared", "keep", 0, 0.0);
-    keep["id"] = json!("k");
-    assert_eq!(c.post("/v1/tenants/other/memories", &keep).await?.0, 201);
+    write_one(&c, "other", "shared", "k", "keep", 0, 0.0).await?;
 
     let (status, resp) = c.delete("/v1/tenants/acme").await?;
     assert_eq!(status, 202, "{resp}");
@@ -574,9 +583,7 @@ async fn search_is_partial_when_a_scope_node_is_down() -> anyhow::Result<()> {
     }
     let (scope_b, _) = second.expect("some scope lands on another node");
     for (scope, id) in [("agent:a0", "x0"), (scope_b.as_str(), "xb")] {
-        let mut m = memory(scope, id, 0, 0.0);
-        m["id"] = json!(id);
-        assert_eq!(c.post("/v1/tenants/acme/memories", &m).await?.0, 201);
+        write_one(&c, "acme", scope, id, id, 0, 0.0).await?;
     }
     // Kill the node that owns agent:a0.
     let victim = c.shards.iter().position(|s| s.addr == first).expect("owner is a shard");
@@ -612,9 +619,7 @@ async fn global_memories_are_readable_by_every_tenant() -> anyhow::Result<()> {
     g["id"] = json!("g1");
     // Auth is off in this setup, so any tenant may write global memories.
     assert_eq!(c.post("/v1/tenants/admin/memories", &g).await?.0, 201);
-    let mut own = memory("shared", "bob's own", 0, 0.1);
-    own["id"] = json!("own");
-    assert_eq!(c.post("/v1/tenants/bob/memories", &own).await?.0, 201);
+    write_one(&c, "bob", "shared", "own", "bob's own", 0, 0.1).await?;
 
     let q = json!({"scopes": ["shared", "global"], "embedding": vector(DIMS, 0, 0.0)});
     let (_, resp) = c.post("/v1/tenants/bob/memories/search", &q).await?;
