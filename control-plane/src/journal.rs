@@ -11,7 +11,7 @@ use memring_common::{NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::migrate::{Flip, call, migrate_partition, url};
+use crate::migrate::{Flip, Throttle, call, migrate_partition, url};
 
 const JOB_FORMAT_VERSION: u32 = 1;
 
@@ -30,6 +30,15 @@ pub struct Job {
     pub flip: Flip,
     /// The last step started: `pending`, `copy`, `catch_up`, `fenced`, `drained`, `flipped`.
     pub phase: String,
+    /// Memories copied so far (updated every few seconds during the copy).
+    #[serde(default)]
+    pub copied: u64,
+    /// Memories in the partition when the copy began.
+    #[serde(default)]
+    pub total: u64,
+    /// When this step was recorded, unix ms.
+    #[serde(default)]
+    pub at_ms: i64,
 }
 
 /// The journal id of a partition's migration (ids must be short and path-safe).
@@ -45,6 +54,7 @@ pub async fn record(
     to: &str,
     flip: Flip,
     phase: &str,
+    (copied, total): (u64, u64),
 ) -> anyhow::Result<()> {
     let job = Job {
         format_version: JOB_FORMAT_VERSION,
@@ -53,6 +63,9 @@ pub async fn record(
         to: to.to_owned(),
         flip,
         phase: phase.to_owned(),
+        copied,
+        total,
+        at_ms: memring_common::clock::now_millis(),
     };
     store.put_job(&job_id(partition), &serde_json::to_vec(&job)?).await?;
     Ok(())
@@ -78,7 +91,11 @@ pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Vec<Job>> {
 }
 
 /// Finishes every journaled migration. Called at start-up, before serving.
-pub async fn resume(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::Result<usize> {
+pub async fn resume(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    throttle: Throttle,
+) -> anyhow::Result<usize> {
     let jobs = pending(store).await?;
     for job in &jobs {
         let partition: PartitionKey = job
@@ -110,7 +127,7 @@ pub async fn resume(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::
             // Not flipped: let the source take writes again, then start over.
             call(client, reqwest::Method::DELETE, &url(owner, &partition, "fence"), None).await?;
         }
-        migrate_partition(store, client, &partition, &to, job.flip).await?;
+        migrate_partition(store, client, &partition, &to, job.flip, throttle).await?;
     }
     Ok(jobs.len())
 }

@@ -33,6 +33,8 @@ pub struct ControlConfig {
     pub store: memring_common::store::StoreConfig,
     /// Leadership lease TTL: how soon a standby takes over from a dead leader.
     pub lease_ttl_secs: u64,
+    /// Memories per second a migration may copy (0: unlimited). Migrations run one at a time.
+    pub migration_rate: u64,
 }
 
 struct ControlService {
@@ -42,6 +44,8 @@ struct ControlService {
     migrating: tokio::sync::Mutex<()>,
     /// True while this process is the active control plane.
     leader: std::sync::atomic::AtomicBool,
+    /// Copy rate limit of every migration (one runs at a time).
+    throttle: migrate::Throttle,
 }
 
 impl ControlService {
@@ -76,6 +80,7 @@ impl ControlService {
                 &p,
                 &to,
                 migrate::Flip::Pin,
+                self.throttle,
             )
             .await
             .map_err(|e| ApiError::unavailable(format!("{e:#}"), 5))?;
@@ -106,7 +111,9 @@ impl ControlService {
         let migrations = if dry {
             Vec::new()
         } else {
-            rebalance::run(self.store.as_ref(), &self.client, plan.clone()).await.map_err(fail)?
+            rebalance::run(self.store.as_ref(), &self.client, plan.clone(), self.throttle)
+                .await
+                .map_err(fail)?
         };
         Ok(ChangeReport { plan, migrations })
     }
@@ -230,6 +237,7 @@ pub async fn run(
         client: client.clone(),
         migrating: tokio::sync::Mutex::new(()),
         leader: std::sync::atomic::AtomicBool::new(false),
+        throttle: migrate::Throttle { memories_per_sec: config.migration_rate },
     });
     // One active control plane: wait for leadership in the background (serving /health and the
     // read-only endpoints meanwhile), then finish what a previous leader started.
@@ -248,7 +256,7 @@ pub async fn run(
             };
             service.leader.store(true, std::sync::atomic::Ordering::Release);
             tracing::info!("this control plane is the active one");
-            match journal::resume(service.store.as_ref(), &service.client).await {
+            match journal::resume(service.store.as_ref(), &service.client, service.throttle).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "journaled migrations finished"),
                 Err(e) => {

@@ -11,6 +11,7 @@
 //! after it (`failpoint.rs`), so a control plane killed anywhere resumes. Not yet here:
 //! throttling, progress reporting, cancellation.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -153,9 +154,17 @@ async fn step(
     to: &str,
     flip: Flip,
     phase: &str,
+    progress: (u64, u64),
 ) -> anyhow::Result<()> {
-    crate::journal::record(store, partition, from, to, flip, phase).await?;
+    crate::journal::record(store, partition, from, to, flip, phase, progress).await?;
     crate::failpoint::hit(&format!("migrate.{phase}")).await
+}
+
+/// How fast a migration may copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Throttle {
+    /// Memories per second copied (0: as fast as the nodes go).
+    pub memories_per_sec: u64,
 }
 
 /// Moves `partition` from its current owner to node `to`.
@@ -165,6 +174,7 @@ pub async fn migrate_partition(
     partition: &PartitionKey,
     to: &NodeId,
     flip: Flip,
+    throttle: Throttle,
 ) -> anyhow::Result<MigrationReport> {
     let started = Instant::now();
     let layout = store.load().await?.layout;
@@ -187,7 +197,12 @@ pub async fn migrate_partition(
         return Ok(report);
     }
     let (from_name, to_name) = (from.id.to_string(), to.to_string());
-    let journal = |phase: &'static str| step(store, partition, &from_name, &to_name, flip, phase);
+    // (copied, total), read by every journal write; atomics keep the future Send.
+    let progress = (AtomicU64::new(0), AtomicU64::new(0));
+    let journal = |phase: &'static str| {
+        let now = (progress.0.load(Ordering::Relaxed), progress.1.load(Ordering::Relaxed));
+        step(store, partition, &from_name, &to_name, flip, phase, now)
+    };
     journal("copy").await?;
     tracing::info!(%partition, from = %from.id, to = %to, "migration: copy");
     // Start from a clean target: it does not own the partition, so whatever it has is a leftover.
@@ -195,6 +210,8 @@ pub async fn migrate_partition(
     // 1. copy, page by page; the first page's log position is where catch-up starts.
     let mut after: Option<String> = None;
     let mut start_seq = None;
+    let copy_started = Instant::now();
+    let mut reported = Instant::now();
     loop {
         let mut u = format!("{}?limit={PAGE}", url(&from, partition, "export"));
         if let Some(a) = &after {
@@ -206,6 +223,20 @@ pub async fn migrate_partition(
             headers.get("x-memring-next-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
         call(client, reqwest::Method::POST, &url(&target, partition, "import"), Some(body)).await?;
         report.copied += header_u64(&headers, "x-memring-count")?;
+        progress.0.store(report.copied, Ordering::Relaxed);
+        progress.1.store(header_u64(&headers, "x-memring-total")?, Ordering::Relaxed);
+        if reported.elapsed() > Duration::from_secs(2) {
+            journal("copy").await?;
+            reported = Instant::now();
+        }
+        if throttle.memories_per_sec > 0 {
+            // Stay at or under the rate: sleep until the copied count is due.
+            let due =
+                Duration::from_secs_f64(report.copied as f64 / throttle.memories_per_sec as f64);
+            if let Some(wait) = due.checked_sub(copy_started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
         match next {
             Some(n) => after = Some(n),
             None => break,

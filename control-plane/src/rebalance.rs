@@ -19,7 +19,7 @@ use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::{Flip, MigrationReport, migrate_partition};
+use crate::migrate::{Flip, MigrationReport, Throttle, migrate_partition};
 
 /// A layout change to plan for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +179,7 @@ pub async fn run(
     store: &dyn RingStore,
     client: &reqwest::Client,
     plan: Plan,
+    throttle: Throttle,
 ) -> anyhow::Result<Vec<MigrationReport>> {
     let Some(staged) = plan.staged else { return Ok(Vec::new()) };
     // Journal every move before staging, so a control plane killed mid-way finishes them.
@@ -188,7 +189,16 @@ pub async fn run(
             .partition
             .parse()
             .map_err(|e: memring_common::ApiError| anyhow::anyhow!(e.message().to_owned()))?;
-        crate::journal::record(store, &partition, &m.from, &m.to, Flip::Natural, "pending").await?;
+        crate::journal::record(
+            store,
+            &partition,
+            &m.from,
+            &m.to,
+            Flip::Natural,
+            "pending",
+            (0, m.memories),
+        )
+        .await?;
         keys.push(partition);
     }
     let staged_result = store.compare_and_swap(plan.epoch, &staged).await;
@@ -208,13 +218,10 @@ pub async fn run(
     }
     tracing::info!(epoch = staged.epoch, moves = plan.moves.len(), "layout staged; migrating");
     let mut reports = Vec::new();
-    for m in &plan.moves {
-        let partition: PartitionKey = m
-            .partition
-            .parse()
-            .map_err(|e: memring_common::ApiError| anyhow::anyhow!(e.message().to_owned()))?;
+    for (m, partition) in plan.moves.iter().zip(&keys) {
         let to = NodeId::parse(&m.to).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
-        reports.push(migrate_partition(store, client, &partition, &to, Flip::Natural).await?);
+        reports
+            .push(migrate_partition(store, client, partition, &to, Flip::Natural, throttle).await?);
     }
     if let Some(node) = &plan.leaving {
         let id = NodeId::parse(node).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;

@@ -233,6 +233,7 @@ impl ShardService {
                 let mut headers = vec![
                     ("x-memring-last-seq", page.last_seq.to_string()),
                     ("x-memring-count", page.ops.len().to_string()),
+                    ("x-memring-total", page.total.to_string()),
                 ];
                 if let Some(next) = page.next_after {
                     headers.push(("x-memring-next-after", percent_encode(&next)));

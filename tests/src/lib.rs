@@ -244,14 +244,20 @@ impl Cluster {
 
     /// Starts the control plane on this cluster's ring store.
     pub async fn start_control(&self) -> anyhow::Result<Proc> {
+        self.start_control_with(&[]).await
+    }
+
+    /// Starts the control plane with extra `serve` flags.
+    pub async fn start_control_with(&self, flags: &[&str]) -> anyhow::Result<Proc> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let args = vec![
+        let mut args = vec![
             "--ring-dir".into(),
             self.ring_dir().display().to_string(),
             "serve".into(),
             "--listen".into(),
             addr.clone(),
         ];
+        args.extend(flags.iter().map(|f| f.to_string()));
         let mut p =
             Proc::start("control", &binary("memring-control")?, args, addr, self.dir.path())?;
         p.wait_ready(Duration::from_secs(20)).await?;

@@ -456,3 +456,32 @@ async fn one_control_plane_is_active_and_a_standby_takes_over() -> anyhow::Resul
     assert!(ok, "{out}{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_copy_rate_limit_holds() -> anyhow::Result<()> {
+    // Embedded ring store this time: the control plane works the same on one machine.
+    let c = memring_tests::Cluster::start(3).await?;
+    let control = c.start_control_with(&["--migration-rate", "2000"]).await?;
+    let tenants = vec!["paced".to_owned()];
+    seed(&c.url(), &tenants, 1000).await?;
+    let store = memring_common::store::embedded::EmbeddedStore::open(c.ring_dir())?;
+    let ring = Ring::new(store.load().await?.layout);
+    let partition = PartitionKey::new(&TenantId::parse("paced")?, &Scope::Shared);
+    let owner = ring.owner(&partition).expect("owner").id.clone();
+    let target = ring.layout().nodes.iter().find(|n| n.id != owner).expect("another").id.clone();
+    let started = Instant::now();
+    let (ok, out, err) = shardctl(
+        &control.url(),
+        &["--json", "migrate", "--tenant", "paced", "--to", target.as_str()],
+    )
+    .await?;
+    assert!(ok, "{err}");
+    let took = started.elapsed();
+    let reports: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(reports[0]["count"], 1000);
+    // 1,000 memories at 2,000/s: the last page is due at 0.5 s (pages of 500 land at 0.25 s, 0.5 s).
+    assert!(took >= Duration::from_millis(450), "copied faster than the limit: {took:?}");
+    println!("1,000 memories at --migration-rate 2000 took {took:?}");
+    assert!(memring_control::journal::pending(&store).await?.is_empty());
+    Ok(())
+}

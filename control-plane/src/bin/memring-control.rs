@@ -25,6 +25,9 @@ enum Command {
         /// Leadership lease TTL in seconds (how soon a standby takes over).
         #[arg(long, env = "MEMRING_LEASE_TTL_SECS", default_value_t = 10)]
         lease_ttl_secs: u64,
+        /// Memories per second a migration may copy (0: unlimited).
+        #[arg(long, env = "MEMRING_MIGRATION_RATE", default_value_t = 0)]
+        migration_rate: u64,
     },
     /// Print epoch, nodes and ring shares read from the ring store.
     Status {
@@ -77,13 +80,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut store_config = StoreConfig::default();
     args.store.overlay(&mut store_config);
     match args.command {
-        Command::Serve { listen, lease_ttl_secs } => {
+        Command::Serve { listen, lease_ttl_secs, migration_rate } => {
             memring_common::telemetry::init_metrics();
             memring_common::config::check_addr("listen", &listen)?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-            let config = memring_control::ControlConfig { store: store_config, lease_ttl_secs };
+            let config = memring_control::ControlConfig {
+                store: store_config,
+                lease_ttl_secs,
+                migration_rate,
+            };
             memring_control::run(listener, config, memring_common::telemetry::shutdown_signal())
                 .await
         }

@@ -85,6 +85,37 @@ async fn answer(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     anyhow::bail!("control plane answered {status}: {message}")
 }
 
+/// Awaits `work`, printing the control plane's migrations in flight (copied / total, rate, ETA)
+/// to stderr every second meanwhile.
+async fn with_progress<T>(
+    client: &reqwest::Client,
+    base: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<(u64, std::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                eprintln!();
+                return done;
+            }
+            _ = tick.tick() => {
+                let Ok(resp) = client.get(format!("{base}/v1/cluster")).send().await else { continue };
+                let Ok(view) = resp.json::<ClusterView>().await else { continue };
+                for m in &view.migrations {
+                    let (copied, total) = (m["copied"].as_u64().unwrap_or(0), m["total"].as_u64().unwrap_or(0));
+                    let rate = last.map(|(c, t)| copied.saturating_sub(c) as f64 / t.elapsed().as_secs_f64()).unwrap_or(0.0);
+                    let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(copied) as f64 / rate) } else { "?".into() };
+                    eprint!("\r{} {}: {copied}/{total} copied, {rate:.0}/s, ETA {eta}     ", m["partition"], m["phase"]);
+                    last = Some((copied, std::time::Instant::now()));
+                }
+            }
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let base = args.control.trim_end_matches('/').to_owned();
     let client =
@@ -115,12 +146,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 scope.as_deref().map(|s| format!(" scope {s}")).unwrap_or_default()
             );
             let ask = MigrateRequest { tenant, scope, to };
-            let resp = client
-                .post(format!("{base}/v1/migrations"))
-                .json(&ask)
-                .send()
-                .await
-                .map_err(unreachable)?;
+            let post = client.post(format!("{base}/v1/migrations")).json(&ask).send();
+            let resp = with_progress(&client, &base, post).await.map_err(unreachable)?;
             let reports: Vec<MigrationReport> =
                 answer(resp).await?.json().await.context("migration answer")?;
             if args.json {

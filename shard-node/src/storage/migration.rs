@@ -42,6 +42,8 @@ pub struct ExportPage {
     pub next_after: Option<String>,
     /// The partition's log position this page reflects at least.
     pub last_seq: u64,
+    /// Memories in the partition at this page's snapshot (for progress).
+    pub total: u64,
 }
 
 /// Count and order-independent checksum of a partition's memories.
@@ -68,9 +70,12 @@ impl Storage {
         let enc = key.encode();
         let snapshot = self.db.snapshot();
         let meta_cf = self.cf(CF_META)?;
-        let last_seq = match snapshot.get_cf(&meta_cf, &enc).map_err(db_err)? {
-            Some(bytes) => decode::<PartitionMeta>(&bytes)?.last_seq,
-            None => 0,
+        let (last_seq, total) = match snapshot.get_cf(&meta_cf, &enc).map_err(db_err)? {
+            Some(bytes) => {
+                let meta = decode::<PartitionMeta>(&bytes)?;
+                (meta.last_seq, meta.count)
+            }
+            None => (0, 0),
         };
         let start = match after {
             Some(id) => {
@@ -103,7 +108,7 @@ impl Storage {
             (true, Some(LogOp::Put(e))) => Some(e.id.clone()),
             _ => None,
         };
-        Ok(ExportPage { ops, next_after, last_seq })
+        Ok(ExportPage { ops, next_after, last_seq, total })
     }
 
     /// Applies `ops` in order to the partition (creating it), each with a new entry in this

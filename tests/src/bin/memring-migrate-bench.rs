@@ -38,16 +38,72 @@ struct Args {
     /// Tenants for the rebalance measurement.
     #[arg(long, default_value_t = 2000)]
     rebalance_tenants: usize,
+    /// Memories per second a migration may copy (0: unlimited), passed to the control plane.
+    #[arg(long, default_value_t = 0)]
+    migration_rate: u64,
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+}
+
+/// Runs searches against `tenants` (2 at a time) until `stop`; returns the latencies, sorted.
+fn spawn_searcher(
+    http: reqwest::Client,
+    router: String,
+    tenants: Vec<String>,
+    query: Vec<f32>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Duration>> {
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for w in 0..2 {
+            let (http, router, tenants, query, stop) =
+                (http.clone(), router.clone(), tenants.clone(), query.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = w;
+                while !stop.load(Ordering::Acquire) {
+                    let body = json!({"scopes": ["shared"], "embedding": query, "k": 10});
+                    let t = Instant::now();
+                    let ok = http
+                        .post(format!(
+                            "{router}/v1/tenants/{}/memories/search",
+                            tenants[i % tenants.len()]
+                        ))
+                        .json(&body)
+                        .send()
+                        .await
+                        .is_ok();
+                    if ok {
+                        lat.push(t.elapsed());
+                    }
+                    i += 1;
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all.sort();
+        all
+    })
+}
+
+fn p99(sorted: &[Duration]) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * 0.99).round() as usize)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cluster = Cluster::start(3).await?;
-    let control = cluster.start_control().await?;
+    let rate_flag = args.migration_rate.to_string();
+    let control = cluster.start_control_with(&["--migration-rate", &rate_flag]).await?;
     let router = cluster.url();
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(600)).build()?;
     let mut rng = StdRng::seed_from_u64(args.seed);
@@ -80,6 +136,48 @@ async fn main() -> anyhow::Result<()> {
         .find(|n| n.id != source.id)
         .ok_or_else(|| anyhow::anyhow!("one node"))?
         .clone();
+
+    // Bystanders: tenants living on the source and target nodes, searched before and during the
+    // migration to see what it costs the busy nodes.
+    let mut bystanders = Vec::new();
+    for t in 0..400 {
+        let name = format!("bystander{t}");
+        let owner = ring
+            .owner(&PartitionKey::new(&TenantId::parse(&name)?, &Scope::Shared))
+            .map(|o| o.id.clone());
+        if owner.as_ref() == Some(&source.id) || owner.as_ref() == Some(&target.id) {
+            let items: Vec<_> = (0..1000).map(|n| json!({"id": format!("b{n}"), "scope": "shared", "content": "x", "embedding": around(&cs[n % 64], spread, &mut rng)})).collect();
+            http.post(format!("{router}/v1/tenants/{name}/memories:batch"))
+                .json(&json!({"items": items}))
+                .send()
+                .await?
+                .error_for_status()?;
+            bystanders.push(name);
+        }
+        if bystanders.len() == 4 {
+            break;
+        }
+    }
+    let query = around(&cs[3], spread, &mut rng);
+    let idle_stop = Arc::new(AtomicBool::new(false));
+    let idle = spawn_searcher(
+        http.clone(),
+        router.clone(),
+        bystanders.clone(),
+        query.clone(),
+        idle_stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    idle_stop.store(true, Ordering::Release);
+    let idle = idle.await?;
+    let busy_stop = Arc::new(AtomicBool::new(false));
+    let busy = spawn_searcher(
+        http.clone(),
+        router.clone(),
+        bystanders.clone(),
+        query.clone(),
+        busy_stop.clone(),
+    );
 
     // Paced writer: one write every 1/rate s, each on its own task so a slow one does not hold the pace.
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,6 +237,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Release);
     let (writes, failed, slowest) = writer.await??;
+    busy_stop.store(true, Ordering::Release);
+    let busy = busy.await?;
     let took_ms = report["took_ms"].as_f64().unwrap_or(0.0);
     let count = report["count"].as_f64().unwrap_or(0.0);
     eprintln!("migration: {report}");
@@ -172,6 +272,17 @@ async fn main() -> anyhow::Result<()> {
         report["replayed"]
     );
     println!("| writes fenced (fence → ownership flipped) | {} ms |", report["fenced_ms"]);
+    println!(
+        "| search p99 on the two busy nodes' other tenants | idle {:.2} ms, during migration + writes {:.2} ms ({:.2}×), migration rate limit {} |",
+        p99(&idle),
+        p99(&busy),
+        p99(&busy) / p99(&idle).max(1e-9),
+        if args.migration_rate == 0 {
+            "none".to_owned()
+        } else {
+            format!("{}/s", args.migration_rate)
+        }
+    );
     println!(
         "| writes during the run ({} /s) | {writes} sent, {failed} failed, slowest {:.0} ms |",
         args.writes_per_sec,
