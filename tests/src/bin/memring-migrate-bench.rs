@@ -170,14 +170,6 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     idle_stop.store(true, Ordering::Release);
     let idle = idle.await?;
-    let busy_stop = Arc::new(AtomicBool::new(false));
-    let busy = spawn_searcher(
-        http.clone(),
-        router.clone(),
-        bystanders.clone(),
-        query.clone(),
-        busy_stop.clone(),
-    );
 
     // Paced writer: one write every 1/rate s, each on its own task so a slow one does not hold the pace.
     let stop = Arc::new(AtomicBool::new(false));
@@ -216,7 +208,27 @@ async fn main() -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>((i, failed, slowest))
         })
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writes alone, before any migration: what the load itself costs the searches.
+    let writes_stop = Arc::new(AtomicBool::new(false));
+    let writes_only = spawn_searcher(
+        http.clone(),
+        router.clone(),
+        bystanders.clone(),
+        query.clone(),
+        writes_stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    writes_stop.store(true, Ordering::Release);
+    let writes_only = writes_only.await?;
+    let busy_stop = Arc::new(AtomicBool::new(false));
+    let busy = spawn_searcher(
+        http.clone(),
+        router.clone(),
+        bystanders.clone(),
+        query.clone(),
+        busy_stop.clone(),
+    );
     eprintln!(
         "migrating whale/shared {} -> {} under {} writes/s…",
         source.id, target.id, args.writes_per_sec
@@ -273,10 +285,12 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| writes fenced (fence → ownership flipped) | {} ms |", report["fenced_ms"]);
     println!(
-        "| search p99 on the two busy nodes' other tenants | idle {:.2} ms, during migration + writes {:.2} ms ({:.2}×), migration rate limit {} |",
+        "| search p99 on the two busy nodes' other tenants | idle {:.2} ms; writes alone {:.2} ms; writes + migration {:.2} ms ({:.2}× idle, {:.2}× writes alone); migration rate limit {} |",
         p99(&idle),
+        p99(&writes_only),
         p99(&busy),
         p99(&busy) / p99(&idle).max(1e-9),
+        p99(&busy) / p99(&writes_only).max(1e-9),
         if args.migration_rate == 0 {
             "none".to_owned()
         } else {
