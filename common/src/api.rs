@@ -297,6 +297,16 @@ pub struct ListResponse {
     pub next_cursor: Option<String>,
 }
 
+/// Parses a list `limit` (1..=MAX_LIST_LIMIT); router and shard node share the rule.
+pub fn parse_list_limit(v: &str) -> Result<usize, ApiError> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid(format!(
+            "\"limit\" must be an integer from 1 to {MAX_LIST_LIMIT}, got {v:?}"
+        ))),
+    }
+}
+
 /// Encodes a list cursor: the last id returned, hex-encoded with a version tag, so that a cursor
 /// is opaque to clients and a hand-edited one is caught.
 pub fn encode_cursor(last: &MemoryId) -> String {

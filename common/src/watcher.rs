@@ -40,11 +40,6 @@ impl RingView {
         })
     }
 
-    /// The store behind this view.
-    pub fn store(&self) -> &Arc<dyn RingStore> {
-        &self.store
-    }
-
     /// The newest ring seen.
     pub fn ring(&self) -> Arc<Ring> {
         self.current.read().1.clone()

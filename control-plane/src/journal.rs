@@ -98,11 +98,8 @@ pub async fn resume(
 ) -> anyhow::Result<usize> {
     let jobs = pending(store).await?;
     for job in &jobs {
-        let partition: PartitionKey = job
-            .partition
-            .parse()
-            .map_err(|e: memring_common::ApiError| anyhow::anyhow!(e.message().to_owned()))?;
-        let to = NodeId::parse(&job.to).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+        let partition: PartitionKey = job.partition.parse()?;
+        let to = NodeId::parse(&job.to)?;
         let layout = store.load().await?.layout;
         let ring = Ring::new(layout.clone());
         tracing::warn!(partition = %partition, from = %job.from, to = %to, phase = %job.phase, "resuming migration");

@@ -51,7 +51,7 @@ pub async fn add_node(
     addr: &str,
     expect: Option<u64>,
 ) -> anyhow::Result<String> {
-    let id = NodeId::parse(id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+    let id = NodeId::parse(id)?;
     memring_common::config::check_addr("addr", addr)?;
     let node = LayoutNode { id, addr: addr.to_owned() };
     apply(store, expect, |layout| {
@@ -69,7 +69,7 @@ pub async fn remove_node(
     id: &str,
     expect: Option<u64>,
 ) -> anyhow::Result<String> {
-    let id = NodeId::parse(id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+    let id = NodeId::parse(id)?;
     apply(store, expect, |layout| {
         anyhow::ensure!(layout.node(&id).is_some(), "node {id} is not in the layout");
         Ok(Some(layout.without_node(&id)))

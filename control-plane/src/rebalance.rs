@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use memring_common::api::PartitionList;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
@@ -75,15 +74,9 @@ async fn holdings(
 ) -> anyhow::Result<Vec<(PartitionKey, LayoutNode, u64)>> {
     let mut out = Vec::new();
     for node in &layout.nodes {
-        let url = format!("http://{}/internal/v1/partitions", node.addr);
-        let list: PartitionList = client
-            .get(&url)
-            .send()
+        let list = crate::view::partition_list(client, &node.addr)
             .await
-            .with_context(|| format!("node {} unreachable; a plan needs every node", node.id))?
-            .error_for_status()?
-            .json()
-            .await?;
+            .with_context(|| format!("node {}: a plan needs every node", node.id))?;
         out.extend(
             list.partitions
                 .into_iter()
@@ -115,7 +108,7 @@ pub async fn plan(
             }
         }
         Change::Drain(node) => {
-            let id = NodeId::parse(node).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+            let id = NodeId::parse(node)?;
             if layout.node(&id).is_none() {
                 bail!("node {id} is not in the ring layout");
             }
@@ -185,10 +178,7 @@ pub async fn run(
     // Journal every move before staging, so a control plane killed mid-way finishes them.
     let mut keys = Vec::new();
     for m in &plan.moves {
-        let partition: PartitionKey = m
-            .partition
-            .parse()
-            .map_err(|e: memring_common::ApiError| anyhow::anyhow!(e.message().to_owned()))?;
+        let partition: PartitionKey = m.partition.parse()?;
         crate::journal::record(
             store,
             &partition,
@@ -219,12 +209,12 @@ pub async fn run(
     tracing::info!(epoch = staged.epoch, moves = plan.moves.len(), "layout staged; migrating");
     let mut reports = Vec::new();
     for (m, partition) in plan.moves.iter().zip(&keys) {
-        let to = NodeId::parse(&m.to).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+        let to = NodeId::parse(&m.to)?;
         reports
             .push(migrate_partition(store, client, partition, &to, Flip::Natural, throttle).await?);
     }
     if let Some(node) = &plan.leaving {
-        let id = NodeId::parse(node).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+        let id = NodeId::parse(node)?;
         memring_common::store::update_layout(store, 20, |l| {
             l.node(&id).is_some().then(|| l.without_node(&id))
         })

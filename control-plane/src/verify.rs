@@ -3,7 +3,6 @@
 //! target by the migration itself, count and checksum, before ownership flips.)
 
 use memring_common::Ring;
-use memring_common::api::PartitionList;
 use memring_common::store::RingStore;
 use serde::{Deserialize, Serialize};
 
@@ -31,10 +30,8 @@ pub async fn verify(
     let mut problems = Vec::new();
     let mut seen: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
     for node in &layout.nodes {
-        let url = format!("http://{}/internal/v1/partitions", node.addr);
-        match client.get(&url).send().await {
-            Ok(resp) if resp.status().is_success() => {
-                let list: PartitionList = resp.json().await?;
+        match crate::view::partition_list(client, &node.addr).await {
+            Ok(list) => {
                 for p in list.partitions {
                     if tenant.is_some_and(|t| p.partition.tenant().map(|x| x.as_str()) != Some(t)) {
                         continue;
@@ -54,8 +51,7 @@ pub async fn verify(
                         .push((node.id.to_string(), p.count));
                 }
             }
-            Ok(resp) => problems.push(format!("node {} answered {}", node.id, resp.status())),
-            Err(e) => problems.push(format!("node {} unreachable: {e}", node.id)),
+            Err(e) => problems.push(format!("node {}: {e:#}", node.id)),
         }
     }
     for (partition, holders) in &seen {

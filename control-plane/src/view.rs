@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use memring_common::Ring;
 use memring_common::api::{ClusterView, NodeView, PartitionList};
 use memring_common::store::RingStore;
@@ -10,6 +12,14 @@ use memring_common::store::RingStore;
 /// The client the control plane uses to ask shard nodes about their partitions.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?)
+}
+
+/// What the node at `addr` stores (`GET /internal/v1/partitions`).
+pub async fn partition_list(client: &reqwest::Client, addr: &str) -> anyhow::Result<PartitionList> {
+    let url = format!("http://{addr}/internal/v1/partitions");
+    let resp =
+        client.get(&url).send().await.with_context(|| format!("node at {addr} unreachable"))?;
+    Ok(resp.error_for_status()?.json().await?)
 }
 
 /// Builds the view from the store, then asks every reachable node what it holds.
@@ -47,13 +57,11 @@ pub async fn cluster_view(
             });
         }
     }
-    let urls: Vec<String> =
-        nodes.iter().map(|n| format!("http://{}/internal/v1/partitions", n.addr)).collect();
-    let asks = urls.into_iter().map(|url| async move {
-        let resp = client.get(url).send().await.ok()?;
-        resp.json::<PartitionList>().await.ok()
-    });
-    let answers = futures::future::join_all(asks).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let answers = futures::future::join_all(
+        addrs.iter().map(|addr| async move { partition_list(client, addr).await.ok() }),
+    )
+    .await;
     for (node, answer) in nodes.iter_mut().zip(answers) {
         if let Some(list) = answer {
             node.partitions = Some(list.partitions.len() as u64);
@@ -129,13 +137,7 @@ pub async fn tenant_partitions(
     let layout = store.load().await?.layout;
     let mut out = std::collections::BTreeSet::new();
     for node in &layout.nodes {
-        let list: PartitionList = client
-            .get(format!("http://{}/internal/v1/partitions", node.addr))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let list = partition_list(client, &node.addr).await?;
         out.extend(
             list.partitions.into_iter().map(|p| p.partition).filter(|p| p.tenant() == Some(tenant)),
         );

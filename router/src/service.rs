@@ -397,17 +397,7 @@ impl RouterService {
         for (k, v) in &pairs {
             match k.as_str() {
                 "scope" => {}
-                "limit" => match v.parse::<usize>() {
-                    Ok(n) if (1..=api::MAX_LIST_LIMIT).contains(&n) => {
-                        forwarded.push(format!("limit={n}"))
-                    }
-                    _ => {
-                        return Err(ApiError::invalid(format!(
-                            "\"limit\" must be an integer from 1 to {}, got {v:?}",
-                            api::MAX_LIST_LIMIT
-                        )));
-                    }
-                },
+                "limit" => forwarded.push(format!("limit={}", api::parse_list_limit(v)?)),
                 "cursor" => {
                     api::decode_cursor(v)?;
                     forwarded.push(format!("cursor={}", percent_encode(v)));

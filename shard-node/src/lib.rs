@@ -36,8 +36,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let node =
-        NodeId::parse(&config.node_id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?;
+    let node = NodeId::parse(&config.node_id)?;
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None => listener.local_addr()?.to_string(),

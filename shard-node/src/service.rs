@@ -223,7 +223,7 @@ impl ShardService {
     ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let query = query_pairs(req.uri().query())?;
         let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let limit = param("limit").map(|v| parse_limit(&v)).transpose()?.unwrap_or(500);
+        let limit = param("limit").map(|v| api::parse_list_limit(&v)).transpose()?.unwrap_or(500);
         match (&method, action) {
             (&Method::GET, "export") => {
                 let after = param("after");
@@ -330,7 +330,7 @@ impl ShardService {
         let mut after = None;
         for (k, v) in query_pairs(query)? {
             match k.as_str() {
-                "limit" => limit = parse_limit(&v)?,
+                "limit" => limit = api::parse_list_limit(&v)?,
                 "cursor" => after = Some(api::decode_cursor(&v)?),
                 _ => {}
             }
@@ -386,7 +386,7 @@ impl ShardService {
                         ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}"))
                     })?
                 }
-                "limit" => limit = parse_limit(&v)?,
+                "limit" => limit = api::parse_list_limit(&v)?,
                 _ => {}
             }
         }
@@ -430,16 +430,6 @@ fn parse_partition(tenant: &str, scope: &str) -> Result<PartitionKey, ApiError> 
         return Ok(PartitionKey::global());
     }
     Ok(PartitionKey::new(&TenantId::parse(&tenant)?, &scope))
-}
-
-fn parse_limit(v: &str) -> Result<usize, ApiError> {
-    match v.parse::<usize>() {
-        Ok(n) if (1..=api::MAX_LIST_LIMIT).contains(&n) => Ok(n),
-        _ => Err(ApiError::invalid(format!(
-            "\"limit\" must be an integer from 1 to {}, got {v:?}",
-            api::MAX_LIST_LIMIT
-        ))),
-    }
 }
 
 fn caller_epoch(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {

@@ -37,6 +37,9 @@ use crate::record::{
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
+/// A raw RocksDB key and value.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 const CF_EPISODES: &str = "episodes";
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -105,9 +108,20 @@ struct Partition {
     search: RwLock<Option<Loaded>>,
     /// Writes refused while the partition is handed to another node (persisted, see migration).
     fenced: std::sync::atomic::AtomicBool,
+    /// The embedding dimension once fixed (it never changes after), readable by searches without
+    /// waiting on the write mutex that a long batch write holds.
+    dimensions: std::sync::OnceLock<u32>,
 }
 
 impl Partition {
+    /// Installs committed meta (with the write mutex held) and publishes a newly fixed dimension.
+    fn commit(&self, meta: &mut PartitionMeta, next: PartitionMeta) {
+        if let Some(d) = next.dimensions {
+            let _ = self.dimensions.set(d);
+        }
+        *meta = next;
+    }
+
     fn check_not_fenced(&self) -> Result<(), ApiError> {
         if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ApiError::new(
@@ -177,6 +191,32 @@ impl Storage {
             .ok_or_else(|| ApiError::internal(format!("column family {name} is missing")))
     }
 
+    /// Key/value pairs of column family `cf` from `start` to the end of the keys starting with
+    /// `prefix`, in key order. `opts` carries the caller's snapshot or cache choice.
+    fn scan<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &[u8],
+        start: &[u8],
+        mut opts: ReadOptions,
+    ) -> Result<impl Iterator<Item = Result<KeyValue, ApiError>> + 'a, ApiError> {
+        opts.set_iterate_upper_bound(prefix_end(prefix));
+        let cf = self.cf(cf)?;
+        let iter = self.db.iterator_cf_opt(
+            &cf,
+            opts,
+            rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        Ok(iter.map(|item| item.map_err(db_err)))
+    }
+
+    /// Read options for a one-off full scan that should not evict hot blocks from the cache.
+    fn uncached() -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        opts
+    }
+
     fn write_options(&self) -> WriteOptions {
         let mut w = WriteOptions::default();
         w.set_sync(self.config.sync_writes);
@@ -209,9 +249,10 @@ impl Storage {
                 Arc::new(Partition {
                     key: key.clone(),
                     enc,
-                    meta: Mutex::new(meta),
                     search: RwLock::new(None),
                     fenced: std::sync::atomic::AtomicBool::new(fenced),
+                    dimensions: meta_dimensions(&meta),
+                    meta: Mutex::new(meta),
                 })
             })
             .clone();
@@ -336,7 +377,7 @@ impl Storage {
         if next != *meta {
             batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
             self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-            *meta = next;
+            p.commit(&mut meta, next);
             self.apply_to_index(&p, index_ops);
         }
         Ok(results)
@@ -364,7 +405,7 @@ impl Storage {
         batch.put_cf(&self.cf(CF_LOG)?, log_key(&p.enc, next.last_seq), encode(&entry)?);
         batch.put_cf(&self.cf(CF_META)?, &p.enc, encode(&next)?);
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        *meta = next;
+        p.commit(&mut meta, next);
         self.apply_to_index(&p, vec![(old.label, None, None)]);
         if old.is_expired(now_ms) {
             return Err(not_found());
@@ -415,16 +456,8 @@ impl Storage {
         }
         let started = std::time::Instant::now();
         let mut loaded = Loaded::default();
-        let cf = self.cf(CF_EPISODES)?;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(prefix_end(&p.enc));
-        opts.fill_cache(false);
-        for item in self.db.iterator_cf_opt(
-            &cf,
-            opts,
-            rocksdb::IteratorMode::From(&p.enc, rocksdb::Direction::Forward),
-        ) {
-            let (_, value) = item.map_err(db_err)?;
+        for item in self.scan(CF_EPISODES, &p.enc, &p.enc, Self::uncached())? {
+            let (_, value) = item?;
             let episode: StoredEpisode = decode(&value)?;
             let Some(vector) = &episode.embedding else { continue };
             let index = loaded
@@ -461,7 +494,7 @@ impl Storage {
         now_ms: i64,
     ) -> Result<Vec<SearchHit>, ApiError> {
         let Some(p) = self.partition(key, false)? else { return Ok(Vec::new()) };
-        if let Some(d) = p.meta.lock().dimensions
+        if let Some(&d) = p.dimensions.get()
             && d as usize != query.len()
         {
             return Err(ApiError::new(
@@ -551,16 +584,9 @@ impl Storage {
             }
             None => enc.clone(),
         };
-        let cf = self.cf(CF_EPISODES)?;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(prefix_end(&enc));
         let mut items = Vec::with_capacity(limit.min(1024));
-        for item in self.db.iterator_cf_opt(
-            &cf,
-            opts,
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
-            let (_, value) = item.map_err(db_err)?;
+        for item in self.scan(CF_EPISODES, &enc, &start, ReadOptions::default())? {
+            let (_, value) = item?;
             let episode: StoredEpisode = decode(&value)?;
             if episode.is_expired(now_ms) {
                 continue;
@@ -590,16 +616,9 @@ impl Storage {
     }
 
     fn partitions_with_prefix(&self, prefix: &[u8]) -> Result<Vec<PartitionStats>, ApiError> {
-        let cf = self.cf(CF_META)?;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(prefix_end(prefix));
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            &cf,
-            opts,
-            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item.map_err(db_err)?;
+        for item in self.scan(CF_META, prefix, prefix, ReadOptions::default())? {
+            let (k, v) = item?;
             let Some(partition) = partition_of_meta_key(&k) else { continue };
             let meta: PartitionMeta = decode(&v)?;
             out.push(PartitionStats {
@@ -637,17 +656,10 @@ impl Storage {
         limit: usize,
     ) -> Result<Vec<LogEntry>, ApiError> {
         let enc = key.encode();
-        let cf = self.cf(CF_LOG)?;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(prefix_end(&enc));
         let start = log_key(&enc, after_seq.saturating_add(1));
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            &cf,
-            opts,
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
-            let (_, value) = item.map_err(db_err)?;
+        for item in self.scan(CF_LOG, &enc, &start, ReadOptions::default())? {
+            let (_, value) = item?;
             out.push(decode(&value)?);
             if out.len() >= limit {
                 break;
@@ -655,6 +667,14 @@ impl Storage {
         }
         Ok(out)
     }
+}
+
+fn meta_dimensions(meta: &PartitionMeta) -> std::sync::OnceLock<u32> {
+    let cell = std::sync::OnceLock::new();
+    if let Some(d) = meta.dimensions {
+        let _ = cell.set(d);
+    }
+    cell
 }
 
 fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {

@@ -200,13 +200,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         for shard in &self.shards {
             loop {
-                let (_, v) = send(
-                    &client(),
-                    reqwest::Method::GET,
-                    &format!("{}/internal/v1/partitions", shard.url()),
-                    None,
-                )
-                .await?;
+                let v = partition_list(shard).await?;
                 if v["epoch"].as_u64().unwrap_or(0) >= epoch {
                     break;
                 }
@@ -221,13 +215,7 @@ impl EtcdCluster {
 
     /// The partitions a shard node holds, as `tenant/scope` strings.
     pub async fn partitions_on(&self, shard: &Proc) -> anyhow::Result<Vec<String>> {
-        let (_, v) = send(
-            &client(),
-            reqwest::Method::GET,
-            &format!("{}/internal/v1/partitions", shard.url()),
-            None,
-        )
-        .await?;
+        let v = partition_list(shard).await?;
         Ok(v["partitions"]
             .as_array()
             .map(|a| a.iter().filter_map(|p| p["partition"].as_str().map(str::to_owned)).collect())
@@ -243,21 +231,18 @@ impl EtcdCluster {
     }
 }
 
+/// A shard node's `GET /internal/v1/partitions` answer (epoch and partitions).
+async fn partition_list(shard: &Proc) -> anyhow::Result<Value> {
+    let url = format!("{}/internal/v1/partitions", shard.url());
+    Ok(send(&client(), reqwest::Method::GET, &url, None).await?.1)
+}
+
 /// Adds `shard` to the layout through the store (compare-and-swap with retries).
 pub async fn add_to_layout(store: &EtcdStore, shard: &Proc) -> anyhow::Result<u64> {
     let id = shard.log.file_stem().and_then(|s| s.to_str()).context("shard log name")?.to_owned();
-    let node = LayoutNode {
-        id: NodeId::parse(&id).map_err(|e| anyhow::anyhow!(e.message().to_owned()))?,
-        addr: shard.addr.clone(),
-    };
+    let node = LayoutNode { id: NodeId::parse(&id)?, addr: shard.addr.clone() };
     let stored = update_layout(store, 20, |l| Some(l.with_node(node.clone()))).await?;
     Ok(stored.layout.epoch)
-}
-
-/// The JSON of a response body, for assertions.
-pub async fn json_of(resp: reqwest::Response) -> anyhow::Result<(u16, Value)> {
-    let status = resp.status().as_u16();
-    Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
 /// The store's live node ids.

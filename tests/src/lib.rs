@@ -85,11 +85,6 @@ impl Proc {
         self
     }
 
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
     /// Starts it again after [`Proc::stop`] or [`Proc::kill`].
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "{} is still running", self.name);

@@ -185,33 +185,26 @@ async fn of_two_concurrent_layout_changes_one_wins() -> anyhow::Result<()> {
         other => panic!("expected a conflict, got {other:?}"),
     }
     // The CLI refuses a stale expectation and says what to do.
-    let out = Command::new(binary("memring-control")?)
-        .args([
-            "--etcd",
-            &c.etcd.url,
-            "layout",
-            "add-node",
-            "shard-9",
-            "127.0.0.1:1",
-            "--expect-epoch",
-            "3",
-        ])
-        .output()?;
+    let add_node_expecting = |epoch: &'static str| {
+        Command::new(binary("memring-control")?)
+            .args([
+                "--etcd",
+                &c.etcd.url,
+                "layout",
+                "add-node",
+                "shard-9",
+                "127.0.0.1:1",
+                "--expect-epoch",
+                epoch,
+            ])
+            .output()
+            .map_err(anyhow::Error::from)
+    };
+    let out = add_node_expecting("3")?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("conflict") && err.contains("epoch 4"), "{err}");
-    let out = Command::new(binary("memring-control")?)
-        .args([
-            "--etcd",
-            &c.etcd.url,
-            "layout",
-            "add-node",
-            "shard-9",
-            "127.0.0.1:1",
-            "--expect-epoch",
-            "4",
-        ])
-        .output()?;
+    let out = add_node_expecting("4")?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(store.load().await?.layout.epoch, 5);
     Ok(())

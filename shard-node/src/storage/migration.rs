@@ -18,7 +18,7 @@
 use std::sync::atomic::Ordering;
 
 use memring_common::{ApiError, ErrorCode, PartitionKey};
-use rocksdb::{ReadOptions, WriteBatch};
+use rocksdb::WriteBatch;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
@@ -85,19 +85,12 @@ impl Storage {
             }
             None => enc.clone(),
         };
-        let mut opts = ReadOptions::default();
+        let mut opts = Storage::uncached();
         opts.set_snapshot(&snapshot);
-        opts.set_iterate_upper_bound(prefix_end(&enc));
-        opts.fill_cache(false);
-        let cf = self.cf(CF_EPISODES)?;
         let mut ops = Vec::new();
         let mut more = false;
-        for item in self.db.iterator_cf_opt(
-            &cf,
-            opts,
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
-            let (_, value) = item.map_err(db_err)?;
+        for item in self.scan(CF_EPISODES, &enc, &start, opts)? {
+            let (_, value) = item?;
             if ops.len() == limit {
                 more = true;
                 break;
@@ -186,7 +179,7 @@ impl Storage {
         }
         batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        *meta = next;
+        p.commit(&mut meta, next);
         self.apply_to_index(&p, index_ops);
         Ok(applied)
     }
@@ -228,17 +221,9 @@ impl Storage {
         let p = self.partition(key, false)?;
         // Holding the write mutex keeps count, checksum and log position consistent.
         let meta = p.as_ref().map(|p| p.meta.lock());
-        let cf = self.cf(CF_EPISODES)?;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(prefix_end(&enc));
-        opts.fill_cache(false);
         let (mut count, mut sum) = (0u64, 0u64);
-        for item in self.db.iterator_cf_opt(
-            &cf,
-            opts,
-            rocksdb::IteratorMode::From(&enc, rocksdb::Direction::Forward),
-        ) {
-            let (_, value) = item.map_err(db_err)?;
+        for item in self.scan(CF_EPISODES, &enc, &enc, Storage::uncached())? {
+            let (_, value) = item?;
             let e: StoredEpisode = decode(&value)?;
             let mut bytes = e.id.into_bytes();
             bytes.push(0);
