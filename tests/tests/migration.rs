@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memring_common::store::RingStore;
@@ -16,11 +16,13 @@ const TENANT: &str = "big";
 type Acked = Vec<(String, String)>;
 
 /// Writes unique ids round-robin over `tenants` (plus a search every fifth write) until `stop`
-/// (at most 60 s). Returns the acknowledged (tenant, id)s, every failure, and the slowest write.
+/// (at most 60 s), counting acknowledged writes in `written` as it goes. Returns the acknowledged
+/// (tenant, id)s, every failure, and the slowest write.
 fn spawn_writer(
     router: String,
     tenants: Vec<String>,
     stop: Arc<AtomicBool>,
+    written: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<anyhow::Result<(Acked, Vec<String>, Duration)>> {
     tokio::spawn(async move {
         let http = client();
@@ -46,6 +48,7 @@ fn spawn_writer(
             slowest = slowest.max(t.elapsed());
             if status == 201 {
                 acked.push((tenant.clone(), id));
+                written.fetch_add(1, Ordering::Relaxed);
             } else {
                 failures.push(format!("write {status} {resp}"));
             }
@@ -183,7 +186,8 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
 
     // A steady write + search load, each write with a unique id, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_writer(router.clone(), vec![TENANT.to_owned()], stop.clone());
+    let written = Arc::new(AtomicUsize::new(0));
+    let load = spawn_writer(router.clone(), vec![TENANT.to_owned()], stop.clone(), written.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let out = tokio::process::Command::new(binary("shardctl")?)
@@ -207,7 +211,11 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
     assert_eq!(reports[0]["from"], source.id.as_str());
     assert_eq!(reports[0]["to"], target.id.as_str());
 
+    // Keep writing after the flip until the load has done its share, however slow the machine.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    while written.load(Ordering::Relaxed) <= 100 && !load.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Ordering::Release);
     let (acked, failures, slowest) = load.await??;
     let acked: Vec<String> = acked.into_iter().map(|(_, id)| id).collect();
@@ -287,7 +295,7 @@ async fn a_joining_node_gets_its_share_under_load_and_a_drained_node_ends_empty(
     assert_eq!(c.etcd.store().await?.load().await?.layout.epoch, 3, "a dry run changes nothing");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_writer(router.clone(), tenants.clone(), stop.clone());
+    let load = spawn_writer(router.clone(), tenants.clone(), stop.clone(), Default::default());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, out, err) = shardctl(&control.url(), &["rebalance"]).await?;
     assert!(ok, "{err}\n{}", c.logs());
@@ -345,7 +353,8 @@ async fn a_control_plane_killed_at_any_step_finishes_the_migration_after_a_resta
             .await?;
         assert_eq!(resp.status().as_u16(), 200, "control plane built without the testing feature?");
         let stop = Arc::new(AtomicBool::new(false));
-        let load = spawn_writer(router.clone(), vec![tenant.clone()], stop.clone());
+        let load =
+            spawn_writer(router.clone(), vec![tenant.clone()], stop.clone(), Default::default());
         let migrate = tokio::process::Command::new(binary("shardctl")?)
             .args([
                 "--control",
