@@ -30,6 +30,7 @@ fn memory(id: &str) -> serde_json::Value {
 fn spawn_load(
     routers: Vec<String>,
     stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<anyhow::Result<(usize, Vec<String>)>> {
     tokio::spawn(async move {
         let started = Instant::now();
@@ -52,6 +53,7 @@ fn spawn_load(
                 failures.push(format!("search {status} {body}"));
             }
             done += 2;
+            sent.fetch_add(2, Ordering::Relaxed);
             i += 1;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -85,7 +87,8 @@ async fn writes_through_one_router_are_read_through_another() -> anyhow::Result<
 async fn a_ring_change_reaches_both_routers_within_a_second_under_load() -> anyhow::Result<()> {
     let mut c = EtcdCluster::start(3, 2, 10).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_load(vec![c.router(0), c.router(1)], stop.clone());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let load = spawn_load(vec![c.router(0), c.router(1)], stop.clone(), sent.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let fourth = c.start_shard("shard-4").await?;
@@ -101,6 +104,10 @@ async fn a_ring_change_reaches_both_routers_within_a_second_under_load() -> anyh
     c.shards.push(fourth);
 
     tokio::time::sleep(Duration::from_millis(700)).await;
+    // Run on until the load has done its share, however slow the machine is today.
+    while sent.load(Ordering::Relaxed) <= 50 && !load.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Ordering::Release);
     let (requests, failures) = load.await??;
     assert!(requests > 50, "the load ran ({requests} requests)");
@@ -215,7 +222,7 @@ async fn routers_keep_serving_while_etcd_is_down_and_resume_watching() -> anyhow
     let mut c = EtcdCluster::start(3, 2, 10).await?;
     c.etcd.proc.stop();
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_load(vec![c.router(0), c.router(1)], stop.clone());
+    let load = spawn_load(vec![c.router(0), c.router(1)], stop.clone(), Default::default());
     tokio::time::sleep(Duration::from_secs(10)).await;
     for r in &c.routers {
         let ready = client().get(format!("{}/ready", r.url())).send().await?.status().as_u16();
