@@ -48,10 +48,18 @@ pub struct MigrationReport {
     pub took_ms: u64,
 }
 
+/// A shard node's count and checksum of one partition.
 #[derive(Debug, Deserialize)]
-struct Checksum {
-    count: u64,
-    checksum: String,
+pub(crate) struct Checksum {
+    pub count: u64,
+    pub checksum: String,
+    /// False when a deep scan disagreed with the partition's meta.
+    #[serde(default = "yes")]
+    pub consistent: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub(crate) fn url(node: &LayoutNode, partition: &PartitionKey, action: &str) -> String {
@@ -125,12 +133,14 @@ async fn replay(
     }
 }
 
-async fn checksum(
+/// `node`'s count and checksum of `p`: from its meta, or with `deep` by scanning its data.
+pub(crate) async fn checksum(
     client: &reqwest::Client,
     node: &LayoutNode,
     p: &PartitionKey,
+    deep: bool,
 ) -> anyhow::Result<Checksum> {
-    let (body, _) = fetch(client, &url(node, p, "checksum")).await?;
+    let (body, _) = fetch(client, &format!("{}?deep={deep}", url(node, p, "checksum"))).await?;
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -255,8 +265,8 @@ pub async fn migrate_partition(
         report.replayed += n;
         journal("drained").await?;
         let (a, b) = (
-            checksum(client, &from, partition).await?,
-            checksum(client, &target, partition).await?,
+            checksum(client, &from, partition, false).await?,
+            checksum(client, &target, partition, false).await?,
         );
         if a.count != b.count || a.checksum != b.checksum {
             bail!(

@@ -1,9 +1,16 @@
 //! `shardctl verify`: every partition stored anywhere must be stored on exactly one node, its
-//! owner at the current epoch. (During a migration the source's copy is checked against the
-//! target by the migration itself, count and checksum, before ownership flips.)
+//! owner at the current epoch, and each stored copy must match its own bookkeeping: a scan of
+//! its data gives the count and order-independent checksum of (id, version) its meta holds.
+//!
+//! A partition with a migration in flight legitimately has data on two nodes (source and the
+//! target being filled); it is reported under `in_flight` with both sides' counts and checksums,
+//! not as a problem. (The migration itself compares them, fenced, before ownership flips.)
 
-use memring_common::Ring;
+use std::collections::{BTreeMap, BTreeSet};
+
+use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
+use memring_common::{PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
 /// The verdict.
@@ -13,13 +20,23 @@ pub struct VerifyReport {
     pub epoch: u64,
     /// Partitions seen (restricted to `tenant` if given).
     pub partitions_checked: usize,
-    /// Memories in them.
+    /// Memories in them (every copy counted).
     pub memories: u64,
     /// What is wrong; empty when all is well.
     pub problems: Vec<String>,
+    /// Partitions being migrated right now, with both copies' count and checksum.
+    #[serde(default)]
+    pub in_flight: Vec<String>,
 }
 
-/// Checks placement of every partition (of `tenant`, if given) against the ring.
+/// One node's copy of a partition.
+struct Copy {
+    node: String,
+    count: u64,
+    checksum: String,
+}
+
+/// Checks placement and integrity of every partition (of `tenant`, if given).
 pub async fn verify(
     store: &dyn RingStore,
     client: &reqwest::Client,
@@ -27,44 +44,84 @@ pub async fn verify(
 ) -> anyhow::Result<VerifyReport> {
     let layout = store.load().await?.layout;
     let ring = Ring::new(layout.clone());
+    let moving: BTreeSet<String> =
+        crate::journal::pending(store).await?.into_iter().map(|job| job.partition).collect();
     let mut problems = Vec::new();
-    let mut seen: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    let mut copies: BTreeMap<PartitionKey, Vec<Copy>> = BTreeMap::new();
     for node in &layout.nodes {
-        match crate::view::partition_list(client, &node.addr).await {
-            Ok(list) => {
-                for p in list.partitions {
-                    if tenant.is_some_and(|t| p.partition.tenant().map(|x| x.as_str()) != Some(t)) {
-                        continue;
-                    }
-                    let owner = ring.owner(&p.partition).map(|o| o.id.clone());
-                    if owner.as_ref() != Some(&node.id) && p.count > 0 {
-                        problems.push(format!(
-                            "{} has {} memories on {}, which does not own it (owner: {})",
-                            p.partition,
-                            p.count,
-                            node.id,
-                            owner.map(|o| o.to_string()).unwrap_or_else(|| "none".into())
-                        ));
-                    }
-                    seen.entry(p.partition.to_string())
-                        .or_default()
-                        .push((node.id.to_string(), p.count));
-                }
+        let list = match crate::view::partition_list(client, &node.addr).await {
+            Ok(list) => list,
+            Err(e) => {
+                problems.push(format!("node {}: {e:#}", node.id));
+                continue;
             }
-            Err(e) => problems.push(format!("node {}: {e:#}", node.id)),
+        };
+        for p in list.partitions {
+            if tenant.is_some_and(|t| p.partition.tenant().map(|x| x.as_str()) != Some(t)) {
+                continue;
+            }
+            match scan_copy(client, node, &p.partition).await {
+                Ok(copy) => copies.entry(p.partition).or_default().push(copy),
+                Err(e) => problems.push(format!("{} on {}: {e:#}", p.partition, node.id)),
+            }
         }
     }
-    for (partition, holders) in &seen {
-        let with_data: Vec<&(String, u64)> = holders.iter().filter(|(_, c)| *c > 0).collect();
-        if with_data.len() > 1 {
-            problems
-                .push(format!("{partition} has data on {} nodes: {with_data:?}", with_data.len()));
+    let mut in_flight = Vec::new();
+    for (partition, held) in &copies {
+        let owner = ring.owner(partition).map(|o| o.id.to_string());
+        let with_data: Vec<&Copy> = held.iter().filter(|c| c.count > 0).collect();
+        let describe =
+            |c: &Copy| format!("{}: {} memories, checksum {}", c.node, c.count, c.checksum);
+        if moving.contains(&partition.to_string()) {
+            let sides: Vec<String> = held.iter().map(describe).collect();
+            in_flight.push(format!("{partition}: {}", sides.join("; ")));
+            continue;
+        }
+        for c in &with_data {
+            if owner.as_deref() != Some(c.node.as_str()) {
+                problems.push(format!(
+                    "{partition} has {} memories on {}, which does not own it (owner: {})",
+                    c.count,
+                    c.node,
+                    owner.as_deref().unwrap_or("none")
+                ));
+            }
+        }
+        if let [first, rest @ ..] = with_data.as_slice()
+            && !rest.is_empty()
+        {
+            let identical = rest.iter().all(|c| c.checksum == first.checksum);
+            let sides: Vec<String> = with_data.iter().map(|c| describe(c)).collect();
+            problems.push(format!(
+                "{partition} has data on {} nodes ({}): {}",
+                with_data.len(),
+                if identical { "identical copies" } else { "the copies differ" },
+                sides.join("; ")
+            ));
         }
     }
     Ok(VerifyReport {
         epoch: layout.epoch,
-        partitions_checked: seen.len(),
-        memories: seen.values().flatten().map(|(_, c)| c).sum(),
+        partitions_checked: copies.len(),
+        memories: copies.values().flatten().map(|c| c.count).sum(),
         problems,
+        in_flight,
     })
+}
+
+/// Scans `node`'s copy of `partition`; an error when its data disagrees with its meta.
+async fn scan_copy(
+    client: &reqwest::Client,
+    node: &LayoutNode,
+    partition: &PartitionKey,
+) -> anyhow::Result<Copy> {
+    let sum = crate::migrate::checksum(client, node, partition, true).await?;
+    anyhow::ensure!(
+        sum.consistent,
+        "stored data disagrees with the partition's bookkeeping (a scan finds {} memories, checksum {}); \
+         this is a memring bug: keep the node's data directory and report it",
+        sum.count,
+        sum.checksum
+    );
+    Ok(Copy { node: node.id.to_string(), count: sum.count, checksum: sum.checksum })
 }

@@ -4,6 +4,12 @@
 //! A binary refuses to read a version newer than it knows instead of misreading it; when a format
 //! changes, the old version keeps its decoder here and is upgraded on read.
 //!
+//! Format history:
+//! - 1: the first format.
+//! - 2: [`PartitionMeta`] gained `checksum` (kept incrementally, so verifying a partition before a
+//!   migration's flip needs no scan). Episodes, log entries and migration frames did not change.
+//!   A format-1 meta decodes with `checksum: None`, and storage recomputes it once by a scan.
+//!
 //! Keys (see `storage.rs` for the column families):
 //! - episodes: `partition ‖ memory id` (ids sort the list order),
 //! - log: `partition ‖ seq (u64 big-endian)`,
@@ -13,7 +19,43 @@ use memring_common::{ApiError, MemoryId, PartitionKey, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Format of episode, log and meta values written by this binary.
-pub const RECORD_FORMAT_VERSION: u8 = 1;
+pub const RECORD_FORMAT_VERSION: u8 = 2;
+
+/// A value stored in RocksDB or sent in a migration frame, readable in every format version this
+/// binary knows.
+pub trait Record: Serialize + serde::de::DeserializeOwned {
+    /// Decodes a body written in format `version` (1..=[`RECORD_FORMAT_VERSION`]). The default
+    /// is for records whose body has not changed since format 1.
+    fn decode_body(_version: u8, body: &[u8]) -> Result<Self, ApiError> {
+        bincode_body(body)
+    }
+}
+
+impl Record for StoredEpisode {}
+impl Record for LogEntry {}
+impl Record for Vec<LogOp> {}
+
+impl Record for PartitionMeta {
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
+        if version >= 2 {
+            return bincode_body(body);
+        }
+        let v1: PartitionMetaV1 = bincode_body(body)?;
+        Ok(PartitionMeta {
+            dimensions: v1.dimensions,
+            last_seq: v1.last_seq,
+            count: v1.count,
+            next_label: v1.next_label,
+            checksum: None,
+        })
+    }
+}
+
+fn bincode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| ApiError::internal(format!("record is corrupt: {e}")))
+}
 
 /// One memory as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +161,44 @@ pub struct PartitionMeta {
     pub count: u64,
     /// Next index label to hand out.
     pub next_label: u64,
+    /// Wrapping sum of [`checksum_term`] over the stored memories, the same value a full scan
+    /// computes; `None` only in a format-1 record not yet upgraded.
+    pub checksum: Option<u64>,
+}
+
+impl PartitionMeta {
+    /// Keeps the checksum in step with one memory changing from `old` to `new` (each an
+    /// `(id, version)`, `None` for absent).
+    pub fn replace_in_checksum(&mut self, old: Option<(&str, u64)>, new: Option<(&str, u64)>) {
+        let mut sum = self.checksum.unwrap_or(0);
+        if let Some((id, version)) = old {
+            sum = sum.wrapping_sub(checksum_term(id, version));
+        }
+        if let Some((id, version)) = new {
+            sum = sum.wrapping_add(checksum_term(id, version));
+        }
+        self.checksum = Some(sum);
+    }
+}
+
+/// [`PartitionMeta`] as format 1 wrote it.
+#[derive(Deserialize)]
+struct PartitionMetaV1 {
+    dimensions: Option<u32>,
+    last_seq: u64,
+    count: u64,
+    next_label: u64,
+}
+
+/// One memory's share of a partition checksum: XXH3(id ‖ 0 ‖ version big-endian). Summed with
+/// wrapping addition the checksum does not depend on order, so both sides of a migration can
+/// keep it incrementally and still compare equal.
+pub fn checksum_term(id: &str, version: u64) -> u64 {
+    let mut bytes = Vec::with_capacity(id.len() + 9);
+    bytes.extend_from_slice(id.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&version.to_be_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 /// Encodes a record: version byte ‖ bincode body.
@@ -130,13 +210,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-/// Decodes a record written by [`encode`].
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Decodes a record written by [`encode`] of this or an earlier format.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, ApiError> {
     match bytes.split_first() {
-        Some((&RECORD_FORMAT_VERSION, body)) => {
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map(|(v, _)| v)
-                .map_err(|e| ApiError::internal(format!("record is corrupt: {e}")))
+        Some((&version, body)) if (1..=RECORD_FORMAT_VERSION).contains(&version) => {
+            T::decode_body(version, body)
         }
         Some((other, _)) => Err(ApiError::internal(format!(
             "record format {other} is not readable by this binary (it knows {RECORD_FORMAT_VERSION}); upgrade memring"
@@ -212,6 +290,46 @@ mod tests {
         assert!(decode::<StoredEpisode>(&bytes).is_err());
         assert!(decode::<StoredEpisode>(&[]).is_err());
         assert!(decode::<StoredEpisode>(&[RECORD_FORMAT_VERSION, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn format_1_meta_is_upgraded_with_an_unknown_checksum() {
+        #[derive(Serialize)]
+        struct V1 {
+            dimensions: Option<u32>,
+            last_seq: u64,
+            count: u64,
+            next_label: u64,
+        }
+        let old = V1 { dimensions: Some(3), last_seq: 7, count: 5, next_label: 6 };
+        let mut bytes = vec![1u8];
+        bytes
+            .extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).expect("enc"));
+        let meta: PartitionMeta = decode(&bytes).expect("dec");
+        assert_eq!(
+            meta,
+            PartitionMeta {
+                dimensions: Some(3),
+                last_seq: 7,
+                count: 5,
+                next_label: 6,
+                checksum: None
+            }
+        );
+        // Format-1 episodes read unchanged.
+        let mut v1_episode = encode(&episode()).expect("enc");
+        v1_episode[0] = 1;
+        assert_eq!(decode::<StoredEpisode>(&v1_episode).expect("dec"), episode());
+        let now = PartitionMeta { checksum: Some(42), ..meta };
+        assert_eq!(decode::<PartitionMeta>(&encode(&now).expect("enc")).expect("dec"), now);
+    }
+
+    #[test]
+    fn checksum_terms_depend_on_id_and_version() {
+        assert_ne!(checksum_term("a", 1), checksum_term("a", 2));
+        assert_ne!(checksum_term("a", 1), checksum_term("b", 1));
+        // The separator keeps ("a1", v) and ("a", …) apart.
+        assert_ne!(checksum_term("a1", 1), checksum_term("a", 1));
     }
 
     #[test]

@@ -276,7 +276,16 @@ impl ShardService {
                 Ok(json(200, &serde_json::json!({ "fenced": on })))
             }
             (&Method::GET, "checksum") => {
-                Ok(json(200, &self.blocking(move |s| s.checksum(&partition)).await?))
+                let deep = match param("deep").as_deref() {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(ApiError::invalid(format!(
+                            "\"deep\" must be true or false, got {other:?}"
+                        )));
+                    }
+                };
+                Ok(json(200, &self.blocking(move |s| s.checksum(&partition, deep)).await?))
             }
             (&Method::DELETE, "partition") => {
                 self.blocking(move |s| s.drop_partition(&partition)).await?;

@@ -236,8 +236,19 @@ impl Storage {
         }
         let meta_cf = self.cf(CF_META)?;
         let meta = match self.db.get_cf(&meta_cf, &enc).map_err(db_err)? {
-            Some(bytes) => decode::<PartitionMeta>(&bytes)?,
-            None if create => PartitionMeta::default(),
+            Some(bytes) => {
+                let mut meta = decode::<PartitionMeta>(&bytes)?;
+                if meta.checksum.is_none() {
+                    // Written by format 1: count and checksum once from the data; the next write
+                    // persists them.
+                    let (count, sum) = self.scan_checksum(&enc)?;
+                    tracing::info!(partition = %key, count, "partition meta upgraded to format 2");
+                    meta.count = count;
+                    meta.checksum = Some(sum);
+                }
+                meta
+            }
+            None if create => PartitionMeta { checksum: Some(0), ..PartitionMeta::default() },
             None => return Ok(None),
         };
         let fenced =
@@ -291,10 +302,12 @@ impl Storage {
         let mut results = Vec::with_capacity(items.len());
         for item in items {
             let id = item.id.as_str().to_owned();
-            let existing = match pending.get(&id) {
-                Some(e) => Some(e.clone()),
-                None => self.read_episode(&p.enc, &id)?.filter(|e| !e.is_expired(now_ms)),
+            // `stored` may have expired (not yet purged); `existing` is what a reader sees.
+            let stored = match pending.remove(&id) {
+                Some(e) => Some(e),
+                None => self.read_episode(&p.enc, &id)?,
             };
+            let existing = stored.as_ref().filter(|e| !e.is_expired(now_ms));
             let metadata_json = serde_json::to_string(&item.metadata)
                 .map_err(|e| ApiError::internal(format!("metadata does not serialize: {e}")))?;
             if let Some(embedding) = &item.embedding {
@@ -320,10 +333,13 @@ impl Storage {
                 created_at: format_millis(e.created_at_ms),
                 version: e.version,
             };
-            if let Some(old) = &existing
+            if let Some(old) = existing
                 && old.same_body(&item.content, &metadata_json, &item.embedding, item.ttl_seconds)
             {
                 results.push(Ok((WriteOutcome::Unchanged, result_of(old))));
+                if let Some(old) = stored {
+                    pending.insert(id, old);
+                }
                 continue;
             }
             let (outcome, episode) = match existing {
@@ -342,9 +358,16 @@ impl Storage {
                     },
                 ),
                 None => {
-                    let label = next.next_label;
-                    next.next_label += 1;
-                    next.count += 1;
+                    // An expired record being replaced keeps its index label (and its slot in
+                    // the count); only a new id takes a new label.
+                    let label = match &stored {
+                        Some(expired) => expired.label,
+                        None => {
+                            next.count += 1;
+                            next.next_label += 1;
+                            next.next_label - 1
+                        }
+                    };
                     (
                         WriteOutcome::Created,
                         StoredEpisode {
@@ -362,6 +385,8 @@ impl Storage {
                 }
             };
             next.last_seq += 1;
+            let replaced = stored.as_ref().map(|s| (s.id.as_str(), s.version));
+            next.replace_in_checksum(replaced, Some((&episode.id, episode.version)));
             let entry =
                 LogEntry { seq: next.last_seq, at_ms: now_ms, op: LogOp::Put(episode.clone()) };
             batch.put_cf(&ep_cf, episode_key(&p.enc, &id), encode(&episode)?);
@@ -395,6 +420,7 @@ impl Storage {
         let mut next = meta.clone();
         next.last_seq += 1;
         next.count = next.count.saturating_sub(1);
+        next.replace_in_checksum(Some((&old.id, old.version)), None);
         let entry = LogEntry {
             seq: next.last_seq,
             at_ms: now_ms,
@@ -476,6 +502,18 @@ impl Storage {
         );
         *guard = Some(loaded);
         Ok(())
+    }
+
+    /// Count and checksum of the partition's stored memories, by a full scan.
+    fn scan_checksum(&self, enc: &[u8]) -> Result<(u64, u64), ApiError> {
+        let (mut count, mut sum) = (0u64, 0u64);
+        for item in self.scan(CF_EPISODES, enc, enc, Self::uncached())? {
+            let (_, value) = item?;
+            let e: StoredEpisode = decode(&value)?;
+            sum = sum.wrapping_add(crate::record::checksum_term(&e.id, e.version));
+            count += 1;
+        }
+        Ok((count, sum))
     }
 
     /// True when the partition's search state is in memory, so a search is CPU work only (no

@@ -234,6 +234,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 for p in &report.problems {
                     println!("  {p}");
                 }
+                for m in &report.in_flight {
+                    println!("  migrating (copies expected to differ until the flip): {m}");
+                }
             }
             anyhow::ensure!(
                 report.problems.is_empty(),

@@ -7,7 +7,8 @@
 //! - **import** (target): applies memories or log entries in order, each with its own log entry
 //!   on the target, so the target's log stays continuous;
 //! - **fence** (source): refuses writes to the partition, persisted so a restart keeps it;
-//! - **checksum** (both): count and an order-independent sum of hash(id, version);
+//! - **checksum** (both): count and an order-independent sum of hash(id, version), kept in the
+//!   partition meta with every change (or recomputed by a scan, `deep`);
 //! - **drop** (source, after the flip): removes the partition's data, log and meta.
 //!
 //! Why a page needs no global snapshot: the control plane catches up from the log position of
@@ -19,7 +20,6 @@ use std::sync::atomic::Ordering;
 
 use memring_common::{ApiError, ErrorCode, PartitionKey};
 use rocksdb::WriteBatch;
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
 use crate::record::{
@@ -57,6 +57,9 @@ pub struct Checksum {
     pub last_seq: u64,
     /// Whether writes are fenced.
     pub fenced: bool,
+    /// False when a `deep` scan found data that disagrees with the partition's meta (then
+    /// `count` and `checksum` are the scan's).
+    pub consistent: bool,
 }
 
 impl Storage {
@@ -121,16 +124,19 @@ impl Storage {
         let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
         let mut batch = WriteBatch::default();
         let mut index_ops = Vec::with_capacity(ops.len());
-        let mut present: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        // What each id holds as the batch goes: (version, label) or absent; later ops of the
+        // batch must see earlier ones, which are not on disk yet.
+        let mut present: std::collections::HashMap<String, Option<(u64, u64)>> =
+            std::collections::HashMap::new();
         let applied = ops.len();
         for op in ops {
             let id = match &op {
                 LogOp::Put(e) => e.id.clone(),
                 LogOp::Delete { id, .. } => id.clone(),
             };
-            let existed = match present.get(&id) {
+            let before = match present.get(&id) {
                 Some(&known) => known,
-                None => self.read_episode(&p.enc, &id)?.is_some(),
+                None => self.read_episode(&p.enc, &id)?.map(|e| (e.version, e.label)),
             };
             match &op {
                 LogOp::Put(e) => {
@@ -152,22 +158,28 @@ impl Storage {
                         }
                     }
                     next.next_label = next.next_label.max(e.label + 1);
-                    next.count += u64::from(!existed);
+                    next.count += u64::from(before.is_none());
+                    next.replace_in_checksum(
+                        before.map(|(version, _)| (id.as_str(), version)),
+                        Some((&id, e.version)),
+                    );
+                    if let Some((_, old_label)) = before
+                        && old_label != e.label
+                    {
+                        index_ops.push((old_label, None, None));
+                    }
                     batch.put_cf(&ep_cf, episode_key(&p.enc, &e.id), encode(e)?);
                     let metadata = parse_metadata(&e.metadata_json)?;
                     index_ops.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
-                    present.insert(id, true);
+                    present.insert(id, Some((e.version, e.label)));
                 }
                 LogOp::Delete { .. } => {
-                    if !existed {
-                        continue;
-                    }
-                    if let Some(old) = self.read_episode(&p.enc, &id)? {
-                        index_ops.push((old.label, None, None));
-                    }
+                    let Some((version, label)) = before else { continue };
+                    index_ops.push((label, None, None));
                     next.count = next.count.saturating_sub(1);
+                    next.replace_in_checksum(Some((&id, version)), None);
                     batch.delete_cf(&ep_cf, episode_key(&p.enc, &id));
-                    present.insert(id, false);
+                    present.insert(id, None);
                 }
             }
             next.last_seq += 1;
@@ -215,25 +227,38 @@ impl Storage {
         Ok(())
     }
 
-    /// Count and checksum of the partition's memories.
-    pub fn checksum(&self, key: &PartitionKey) -> Result<Checksum, ApiError> {
-        let enc = key.encode();
-        let p = self.partition(key, false)?;
+    /// Count and checksum of the partition's memories: from its meta (kept with every change), or
+    /// with `deep` by scanning every stored memory, which also proves the meta right.
+    pub fn checksum(&self, key: &PartitionKey, deep: bool) -> Result<Checksum, ApiError> {
+        let Some(p) = self.partition(key, false)? else {
+            return Ok(Checksum {
+                count: 0,
+                checksum: format!("{:016x}", 0),
+                last_seq: 0,
+                fenced: false,
+                consistent: true,
+            });
+        };
         // Holding the write mutex keeps count, checksum and log position consistent.
-        let meta = p.as_ref().map(|p| p.meta.lock());
-        let (mut count, mut sum) = (0u64, 0u64);
-        for item in self.scan(CF_EPISODES, &enc, &enc, Storage::uncached())? {
-            let (_, value) = item?;
-            let e: StoredEpisode = decode(&value)?;
-            let mut bytes = e.id.into_bytes();
-            bytes.push(0);
-            bytes.extend_from_slice(&e.version.to_be_bytes());
-            sum = sum.wrapping_add(xxh3_64(&bytes));
-            count += 1;
+        let meta = p.meta.lock();
+        let kept = (meta.count, meta.checksum.unwrap_or(0));
+        let (count, sum) = if deep { self.scan_checksum(&p.enc)? } else { kept };
+        let consistent = (count, sum) == kept;
+        if !consistent {
+            tracing::error!(
+                partition = %p.key,
+                scanned_count = count,
+                meta_count = kept.0,
+                "partition meta disagrees with its data; the scan is reported"
+            );
         }
-        let last_seq = meta.as_ref().map(|m| m.last_seq).unwrap_or(0);
-        let fenced = p.as_ref().is_some_and(|p| p.fenced.load(Ordering::Acquire));
-        Ok(Checksum { count, checksum: format!("{sum:016x}"), last_seq, fenced })
+        Ok(Checksum {
+            count,
+            checksum: format!("{sum:016x}"),
+            last_seq: meta.last_seq,
+            fenced: p.fenced.load(Ordering::Acquire),
+            consistent,
+        })
     }
 
     /// Removes the partition from this node: memories, log, meta and fence.
