@@ -47,6 +47,13 @@ pub struct ClusterLayout {
     /// share, so no new partition lands on them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub draining: BTreeSet<NodeId>,
+    /// Set while a rebalance or drain takes stock of every partition: shard nodes refuse to
+    /// *create* a partition (its first write gets a retryable `partition_moving`), so none can
+    /// appear on a node the next layout no longer routes it to. Writes to existing partitions
+    /// are not affected. Cleared by the layout change that follows (or by the control plane
+    /// when it starts and finds the flag left by a crash).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creation_frozen: bool,
 }
 
 impl Default for ClusterLayout {
@@ -58,6 +65,7 @@ impl Default for ClusterLayout {
             nodes: Vec::new(),
             overrides: BTreeMap::new(),
             draining: BTreeSet::new(),
+            creation_frozen: false,
         }
     }
 }

@@ -106,12 +106,12 @@ impl ControlService {
         self.require_leader()?;
         let _one_at_a_time = self.migrating.lock().await;
         let fail = |e: anyhow::Error| ApiError::unavailable(format!("{e:#}"), 5);
-        let plan =
-            rebalance::plan(self.store.as_ref(), &self.client, &change).await.map_err(fail)?;
-        let migrations = if dry {
-            Vec::new()
+        let (plan, migrations) = if dry {
+            let plan =
+                rebalance::plan(self.store.as_ref(), &self.client, &change).await.map_err(fail)?;
+            (plan, Vec::new())
         } else {
-            rebalance::run(self.store.as_ref(), &self.client, plan.clone(), self.throttle)
+            rebalance::execute(self.store.as_ref(), &self.client, &change, self.throttle)
                 .await
                 .map_err(fail)?
         };
@@ -256,6 +256,10 @@ pub async fn run(
             };
             service.leader.store(true, std::sync::atomic::Ordering::Release);
             tracing::info!("this control plane is the active one");
+            // A previous leader that died while taking stock left partition creation frozen.
+            if let Err(e) = rebalance::unfreeze(service.store.as_ref()).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot lift a leftover creation freeze");
+            }
             match journal::resume(service.store.as_ref(), &service.client, service.throttle).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "journaled migrations finished"),

@@ -7,8 +7,11 @@
 //! - Staging is one compare-and-swap on the epoch the plan was made at; a concurrent layout
 //!   change makes the plan stale and the run refuses (plan again).
 //!
-//! Known gap (next step): a partition whose *first* write lands between planning and staging is
-//! created on its old owner and is not in the plan; `shardctl verify` reports it.
+//! - No partition can be missed: a real run first freezes partition creation in the layout
+//!   (`creation_frozen`, epoch + 1), lists every node's partitions behind a barrier at that epoch
+//!   (each node has seen the freeze and finished every creation decided before it), and the
+//!   staging compare-and-swap lifts the freeze. First writes of new partitions wait those few
+//!   hundred milliseconds as a retried `partition_moving`; nothing else is held up.
 
 use std::collections::BTreeMap;
 
@@ -71,10 +74,11 @@ pub struct Plan {
 async fn holdings(
     layout: &ClusterLayout,
     client: &reqwest::Client,
+    barrier: Option<u64>,
 ) -> anyhow::Result<Vec<(PartitionKey, LayoutNode, u64)>> {
     let mut out = Vec::new();
     for node in &layout.nodes {
-        let list = crate::view::partition_list(client, &node.addr)
+        let list = crate::view::partition_list_after(client, &node.addr, barrier)
             .await
             .with_context(|| format!("node {}: a plan needs every node", node.id))?;
         out.extend(
@@ -87,15 +91,32 @@ async fn holdings(
     Ok(out)
 }
 
-/// Plans `change` against the current layout.
+/// Plans `change` against the current layout (what `--dry-run` shows).
 pub async fn plan(
     store: &dyn RingStore,
     client: &reqwest::Client,
     change: &Change,
 ) -> anyhow::Result<Plan> {
+    plan_at(store, client, change, false).await
+}
+
+/// Plans `change`; with `frozen` the layout has creation frozen and every node is listed behind
+/// a barrier at its epoch, so the plan sees every partition that can exist before staging.
+async fn plan_at(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    change: &Change,
+    frozen: bool,
+) -> anyhow::Result<Plan> {
     let layout = store.load().await?.layout;
+    if frozen && !layout.creation_frozen {
+        bail!(
+            "partition creation was unfrozen during planning (another control plane?); plan again"
+        );
+    }
     let mut next = layout.clone();
     next.epoch += 1;
+    next.creation_frozen = false;
     let (mut joining, mut leaving) = (Vec::new(), None);
     match change {
         Change::Join => {
@@ -122,7 +143,7 @@ pub async fn plan(
         }
     }
     let (before, after) = (Ring::new(layout.clone()), Ring::new(next.clone()));
-    let held = holdings(&layout, client).await?;
+    let held = holdings(&layout, client, frozen.then_some(layout.epoch)).await?;
     let memories: u64 = held.iter().map(|h| h.2).sum();
     let mut moves = BTreeMap::new();
     for (partition, holder, count) in &held {
@@ -167,8 +188,49 @@ pub async fn plan(
     })
 }
 
+/// Carries out `change`: freezes partition creation, plans behind the nodes' barriers, stages
+/// (which lifts the freeze), migrates, and for a drain takes the node out. The freeze is lifted
+/// on every path that does not stage.
+pub async fn execute(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    change: &Change,
+    throttle: Throttle,
+) -> anyhow::Result<(Plan, Vec<MigrationReport>)> {
+    memring_common::store::update_layout(store, 20, |l| {
+        let mut next = l.clone();
+        next.epoch += 1;
+        next.creation_frozen = true;
+        Some(next)
+    })
+    .await?;
+    let plan = match plan_at(store, client, change, true).await {
+        Ok(plan) if plan.staged.is_some() => plan,
+        other => {
+            unfreeze(store).await?;
+            return other.map(|plan| (plan, Vec::new()));
+        }
+    };
+    let reports = run(store, client, plan.clone(), throttle).await?;
+    Ok((plan, reports))
+}
+
+/// Lifts a creation freeze if one is set (no change, no epoch bump otherwise).
+pub async fn unfreeze(store: &dyn RingStore) -> anyhow::Result<()> {
+    memring_common::store::update_layout(store, 20, |l| {
+        l.creation_frozen.then(|| {
+            let mut next = l.clone();
+            next.epoch += 1;
+            next.creation_frozen = false;
+            next
+        })
+    })
+    .await?;
+    Ok(())
+}
+
 /// Stages the plan's layout, migrates every move, and (for a drain) takes the node out.
-pub async fn run(
+async fn run(
     store: &dyn RingStore,
     client: &reqwest::Client,
     plan: Plan,
@@ -196,6 +258,7 @@ pub async fn run(
         for p in &keys {
             let _ = store.delete_job(&crate::journal::job_id(p)).await;
         }
+        unfreeze(store).await?;
     }
     match staged_result {
         Ok(_) => {}

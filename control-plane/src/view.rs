@@ -16,7 +16,20 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 
 /// What the node at `addr` stores (`GET /internal/v1/partitions`).
 pub async fn partition_list(client: &reqwest::Client, addr: &str) -> anyhow::Result<PartitionList> {
-    let url = format!("http://{addr}/internal/v1/partitions");
+    partition_list_after(client, addr, None).await
+}
+
+/// [`partition_list`], but with `barrier` the node first catches up to that layout epoch and
+/// waits out every partition creation decided under an older one (see `creation_frozen`).
+pub async fn partition_list_after(
+    client: &reqwest::Client,
+    addr: &str,
+    barrier: Option<u64>,
+) -> anyhow::Result<PartitionList> {
+    let mut url = format!("http://{addr}/internal/v1/partitions");
+    if let Some(epoch) = barrier {
+        url.push_str(&format!("?barrier={epoch}"));
+    }
     let resp =
         client.get(&url).send().await.with_context(|| format!("node at {addr} unreachable"))?;
     Ok(resp.error_for_status()?.json().await?)

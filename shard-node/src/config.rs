@@ -38,6 +38,11 @@ pub struct ShardConfig {
     pub concurrency: usize,
     /// Node lease TTL in seconds.
     pub lease_ttl_secs: u64,
+    /// Threads that serve migration export, import and log reads.
+    pub migration_threads: usize,
+    /// Their nice value (0 normal … 19 lowest): migration work yields the CPU to searches and
+    /// writes.
+    pub migration_nice: i32,
 }
 
 impl Default for ShardConfig {
@@ -55,6 +60,8 @@ impl Default for ShardConfig {
             expansion_search: 64,
             concurrency: 16,
             lease_ttl_secs: 10,
+            migration_threads: 1,
+            migration_nice: 10,
         }
     }
 }
@@ -99,6 +106,12 @@ pub struct ShardArgs {
     /// Node lease TTL in seconds.
     #[arg(long, env = "MEMRING_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<u64>,
+    /// Threads for migration work.
+    #[arg(long, env = "MEMRING_MIGRATION_THREADS")]
+    pub migration_threads: Option<usize>,
+    /// Nice value of the migration threads (0-19).
+    #[arg(long, env = "MEMRING_MIGRATION_NICE")]
+    pub migration_nice: Option<i32>,
 }
 
 impl ShardArgs {
@@ -116,6 +129,8 @@ impl ShardArgs {
         overlay(&mut c.flat_limit, self.flat_limit);
         overlay(&mut c.expansion_search, self.expansion_search);
         overlay(&mut c.lease_ttl_secs, self.lease_ttl_secs);
+        overlay(&mut c.migration_threads, self.migration_threads);
+        overlay(&mut c.migration_nice, self.migration_nice);
         c.validate()?;
         Ok(c)
     }
@@ -145,6 +160,14 @@ impl ShardConfig {
         );
         anyhow::ensure!(self.concurrency >= 1, "setting `concurrency` must be at least 1");
         anyhow::ensure!(self.lease_ttl_secs >= 1, "setting `lease_ttl_secs` must be at least 1");
+        anyhow::ensure!(
+            (1..=64).contains(&self.migration_threads),
+            "setting `migration_threads` must be between 1 and 64"
+        );
+        anyhow::ensure!(
+            (0..=19).contains(&self.migration_nice),
+            "setting `migration_nice` must be between 0 and 19"
+        );
         Ok(())
     }
 }

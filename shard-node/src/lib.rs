@@ -6,9 +6,11 @@
 //! - [`storage`]: RocksDB, partitions, writes/reads/search/tenant deletion
 //! - [`index`]: the per-partition vector index (exact flat scan, then HNSW)
 //! - [`service`]: the internal HTTP API and the ownership (epoch) check
+//! - [`background`]: low-priority threads for migration work
 //!
 //! It never talks to another shard node and never decides placement: the ring store does.
 
+pub mod background;
 pub mod config;
 pub mod index;
 pub mod record;
@@ -92,6 +94,7 @@ pub async fn run(
         ring,
         config.concurrency,
         config.body_limit_bytes,
+        Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?),
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;

@@ -24,6 +24,7 @@ use memring_common::watcher::RingView;
 use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, Scope, TenantId};
 use tokio::sync::Semaphore;
 
+use crate::background::Background;
 use crate::storage::Storage;
 
 /// Shared state of the shard node's handlers.
@@ -33,6 +34,8 @@ pub struct ShardService {
     ring: Arc<RingView>,
     slots: Arc<Semaphore>,
     body_limit: usize,
+    /// Low-priority threads for migration work.
+    background: Arc<Background>,
 }
 
 impl ShardService {
@@ -43,6 +46,7 @@ impl ShardService {
         ring: Arc<RingView>,
         concurrency: usize,
         body_limit: usize,
+        background: Arc<Background>,
     ) -> Self {
         Self {
             node,
@@ -50,6 +54,7 @@ impl ShardService {
             ring,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             body_limit,
+            background,
         }
     }
 
@@ -65,25 +70,32 @@ impl ShardService {
             // The caller has seen a newer layout than we have: catch up before deciding.
             ring = self.ring.refresh().await.unwrap_or(ring);
         }
-        match ring.owner(partition) {
-            Some(owner) if owner.id == self.node => Ok(()),
-            Some(owner) => Err(ApiError::new(
-                ErrorCode::WrongOwner,
-                format!(
-                    "node {} does not own {partition} at epoch {}; {} does",
-                    self.node,
-                    ring.epoch(),
-                    owner.id
-                ),
-            )
-            .with_details(serde_json::json!({
-                "epoch": ring.epoch(),
-                "owner": { "id": owner.id, "addr": owner.addr },
-            }))),
-            None => Err(ApiError::unavailable("the ring has no nodes yet", 1)),
-        }
+        owned_by(&ring, &self.node, partition)
     }
 
+    /// Blocks until every write that could still create a partition under a layout older than
+    /// `epoch` has finished: catches up to `epoch` (503 if the store cannot say), then passes the
+    /// storage's write gate. A rebalance lists partitions after this, with creation frozen.
+    async fn creation_barrier(&self, epoch: u64) -> Result<(), ApiError> {
+        if self.ring.ring().epoch() < epoch {
+            let _ = self.ring.refresh().await;
+        }
+        let seen = self.ring.ring().epoch();
+        if seen < epoch {
+            return Err(ApiError::unavailable(
+                format!("this node has seen layout epoch {seen}, not yet {epoch}"),
+                1,
+            ));
+        }
+        self.blocking(|s| {
+            s.write_barrier();
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl ShardService {
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
@@ -102,6 +114,15 @@ impl ShardService {
             .map_err(|e| ApiError::internal(format!("storage task failed: {e}")))?
     }
 
+    /// Runs bulk migration work on the low-priority threads, so the node's own requests go first.
+    async fn in_background<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let storage = self.storage.clone();
+        self.background.run(move || work(&storage)).await
+    }
+
     async fn route(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -111,12 +132,29 @@ impl ShardService {
         let method = req.method().clone();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["internal", "v1", "partitions"]) => {
-                let node = self.node.clone();
-                let epoch = self.ring.ring().epoch();
-                let r = self
-                    .blocking(|s| s.partitions())
-                    .await
-                    .map(|partitions| json(200, &PartitionList { node, epoch, partitions }));
+                let r = async {
+                    // `?barrier=EPOCH`: list only after every partition creation that could
+                    // have been decided under an older layout has finished.
+                    let barrier = query_pairs(req.uri().query())?
+                        .into_iter()
+                        .find(|(k, _)| k == "barrier")
+                        .map(|(_, v)| {
+                            v.parse::<u64>().map_err(|_| {
+                                ApiError::invalid(format!(
+                                    "\"barrier\" must be an epoch, got {v:?}"
+                                ))
+                            })
+                        })
+                        .transpose()?;
+                    if let Some(epoch) = barrier {
+                        self.creation_barrier(epoch).await?;
+                    }
+                    let node = self.node.clone();
+                    let epoch = self.ring.ring().epoch();
+                    let partitions = self.blocking(|s| s.partitions()).await?;
+                    Ok(json(200, &PartitionList { node, epoch, partitions }))
+                }
+                .await;
                 ("internal.partitions", r)
             }
             (&Method::DELETE, ["internal", "v1", "tenants", tenant]) => {
@@ -228,7 +266,7 @@ impl ShardService {
             (&Method::GET, "export") => {
                 let after = param("after");
                 let page = self
-                    .blocking(move |s| s.export_page(&partition, after.as_deref(), limit))
+                    .in_background(move |s| s.export_page(&partition, after.as_deref(), limit))
                     .await?;
                 let mut headers = vec![
                     ("x-memring-last-seq", page.last_seq.to_string()),
@@ -252,7 +290,7 @@ impl ShardService {
                     .transpose()?
                     .unwrap_or(0);
                 let (ops, last) =
-                    self.blocking(move |s| s.changes(&partition, after, limit)).await?;
+                    self.in_background(move |s| s.changes(&partition, after, limit)).await?;
                 Ok(binary(
                     crate::record::encode(&ops)?,
                     &[("x-memring-last-seq", last.to_string())],
@@ -267,7 +305,7 @@ impl ShardService {
                     ))
                 })?;
                 let applied =
-                    self.blocking(move |s| s.import(&partition, ops, now_millis())).await?;
+                    self.in_background(move |s| s.import(&partition, ops, now_millis())).await?;
                 Ok(json(200, &serde_json::json!({ "applied": applied })))
             }
             (&Method::POST, "fence") | (&Method::DELETE, "fence") => {
@@ -318,8 +356,14 @@ impl ShardService {
                 api::validate_embedding(e)?;
             }
         }
-        let results =
-            self.blocking(move |s| s.write(&partition, write.items, now_millis())).await?;
+        let (ring, node) = (self.ring.clone(), self.node.clone());
+        let results = self
+            .blocking(move |s| {
+                s.write_checked(&partition, write.items, now_millis(), &|| {
+                    may_create(&ring, &node, &partition)
+                })
+            })
+            .await?;
         let results = results
             .into_iter()
             .map(|r| match r {
@@ -427,6 +471,46 @@ fn binary(
         }
     }
     r
+}
+
+/// Ok if `node` owns `partition` in `ring`, else the error a caller can act on.
+fn owned_by(
+    ring: &memring_common::Ring,
+    node: &NodeId,
+    partition: &PartitionKey,
+) -> Result<(), ApiError> {
+    match ring.owner(partition) {
+        Some(owner) if owner.id == *node => Ok(()),
+        Some(owner) => Err(ApiError::new(
+            ErrorCode::WrongOwner,
+            format!(
+                "node {node} does not own {partition} at epoch {}; {} does",
+                ring.epoch(),
+                owner.id
+            ),
+        )
+        .with_details(serde_json::json!({
+            "epoch": ring.epoch(),
+            "owner": { "id": owner.id, "addr": owner.addr },
+        }))),
+        None => Err(ApiError::unavailable("the ring has no nodes yet", 1)),
+    }
+}
+
+/// Whether this node may create `partition` now (its first write): it must own it in the
+/// current layout and creation must not be frozen by a rebalance taking stock. Checked under
+/// the storage's write gate, so [`ShardService::creation_barrier`] can wait for every check
+/// made before it.
+fn may_create(ring: &RingView, node: &NodeId, partition: &PartitionKey) -> Result<(), ApiError> {
+    let ring = ring.ring();
+    if ring.layout().creation_frozen {
+        return Err(ApiError::new(
+            ErrorCode::PartitionMoving,
+            format!("{partition} is new and a rebalance is taking stock; retry in a moment"),
+        )
+        .with_retry_after(1));
+    }
+    owned_by(&ring, node, partition)
 }
 
 fn parse_partition(tenant: &str, scope: &str) -> Result<PartitionKey, ApiError> {

@@ -287,7 +287,23 @@ impl Storage {
         items: Vec<WriteItem>,
         now_ms: i64,
     ) -> Result<Vec<ItemResult>, ApiError> {
+        self.write_checked(key, items, now_ms, &|| Ok(()))
+    }
+
+    /// [`Storage::write`], asking `may_create` first when the partition does not exist yet; a
+    /// refusal fails the whole write. The check and the write both happen inside the write gate,
+    /// so [`Storage::write_barrier`] waits for every check made before it.
+    pub fn write_checked(
+        &self,
+        key: &PartitionKey,
+        items: Vec<WriteItem>,
+        now_ms: i64,
+        may_create: &dyn Fn() -> Result<(), ApiError>,
+    ) -> Result<Vec<ItemResult>, ApiError> {
         let _gate = self.gate.read();
+        if self.partition(key, false)?.is_none() {
+            may_create()?;
+        }
         let Some(p) = self.partition(key, true)? else {
             return Err(ApiError::internal("partition vanished while being created"));
         };
@@ -406,6 +422,11 @@ impl Storage {
             self.apply_to_index(&p, index_ops);
         }
         Ok(results)
+    }
+
+    /// Returns once every write that had entered the write gate before this call has finished.
+    pub fn write_barrier(&self) {
+        drop(self.gate.write());
     }
 
     /// Deletes one memory. `NotFound` if it does not exist (or has expired).

@@ -25,8 +25,10 @@ enum Command {
         /// Leadership lease TTL in seconds (how soon a standby takes over).
         #[arg(long, env = "MEMRING_LEASE_TTL_SECS", default_value_t = 10)]
         lease_ttl_secs: u64,
-        /// Memories per second a migration may copy (0: unlimited).
-        #[arg(long, env = "MEMRING_MIGRATION_RATE", default_value_t = 0)]
+        /// Memories per second a migration may copy (0: unlimited). The default keeps search p99
+        /// on the two nodes of a migration within 2x of idle on a 2-core machine shared by the
+        /// whole cluster (docs/benchmarks.md); raise it where nodes have cores to spare.
+        #[arg(long, env = "MEMRING_MIGRATION_RATE", default_value_t = 3000)]
         migration_rate: u64,
     },
     /// Print epoch, nodes and ring shares read from the ring store.
