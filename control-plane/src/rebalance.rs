@@ -211,6 +211,10 @@ pub async fn execute(
             return other.map(|plan| (plan, Vec::new()));
         }
     };
+    if let Err(e) = crate::failpoint::hit("rebalance.planned").await {
+        unfreeze(store).await?;
+        return Err(e);
+    }
     let reports = run(store, client, plan.clone(), throttle).await?;
     Ok((plan, reports))
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
-use memring_common::{PartitionKey, Ring, Scope, TenantId};
+use memring_common::{NodeId, PartitionKey, Ring, Scope, TenantId};
 use memring_tests::etcd::{EtcdCluster, add_to_layout};
 use memring_tests::{binary, client, send_allowing_5xx, vector};
 use serde_json::json;
@@ -15,59 +16,98 @@ const TENANT: &str = "big";
 
 type Acked = Vec<(String, String)>;
 
-/// Writes unique ids round-robin over `tenants` (plus a search every fifth write) until `stop`
-/// (at most 60 s), counting acknowledged writes in `written` as it goes. Returns the acknowledged
+/// A bounded client load: paced writes with unique ids (and a search with every fifth).
+#[derive(Clone)]
+struct Load {
+    /// Writes started per second (each on its own task, so a slow one does not slow the pace).
+    per_sec: u64,
+    /// Every n-th write goes to a tenant never written before (0: never), so partitions keep
+    /// being created while the layout changes.
+    fresh_every: usize,
+    /// Counts acknowledged writes as they happen.
+    written: Arc<AtomicUsize>,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self { per_sec: 200, fresh_every: 0, written: Default::default() }
+    }
+}
+
+/// One write (and maybe one search) of the load: the acknowledged (tenant, id), failures, latency.
+async fn one_write(
+    http: reqwest::Client,
+    router: String,
+    tenant: String,
+    i: usize,
+) -> anyhow::Result<(Option<(String, String)>, Vec<String>, Duration)> {
+    let id = format!("live{i}");
+    let body = json!({"id": id, "scope": "shared", "content": id, "embedding": vector(8, i, 0.1)});
+    let url = format!("{router}/v1/tenants/{tenant}/memories");
+    let t = Instant::now();
+    let (status, resp) =
+        send_allowing_5xx(&http, reqwest::Method::POST, &url, Some(body.to_string().into_bytes()))
+            .await?;
+    let took = t.elapsed();
+    let mut failures = Vec::new();
+    let acked = if status == 201 {
+        Some((tenant.clone(), id))
+    } else {
+        failures.push(format!("write {tenant}/{id}: {status} {resp}"));
+        None
+    };
+    if i % 5 == 0 {
+        let q = json!({"scopes": ["shared"], "embedding": vector(8, i, 0.0), "k": 5});
+        let url = format!("{router}/v1/tenants/{tenant}/memories/search");
+        let (status, resp) =
+            send_allowing_5xx(&http, reqwest::Method::POST, &url, Some(q.to_string().into_bytes()))
+                .await?;
+        if status != 200 {
+            failures.push(format!("search {tenant}: {status} {resp}"));
+        }
+    }
+    Ok((acked, failures, took))
+}
+
+/// Runs `load` round-robin over `tenants` until `stop` (at most 60 s). Returns the acknowledged
 /// (tenant, id)s, every failure, and the slowest write.
 fn spawn_writer(
     router: String,
     tenants: Vec<String>,
     stop: Arc<AtomicBool>,
-    written: Arc<AtomicUsize>,
+    load: Load,
 ) -> tokio::task::JoinHandle<anyhow::Result<(Acked, Vec<String>, Duration)>> {
     tokio::spawn(async move {
         let http = client();
-        let mut acked = Vec::new();
-        let mut failures = Vec::new();
-        let mut slowest = Duration::ZERO;
         let started = Instant::now();
+        let mut tick =
+            tokio::time::interval(Duration::from_micros(1_000_000 / load.per_sec.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tasks = Vec::new();
         let mut i = 0;
         while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(60) {
-            let tenant = &tenants[i % tenants.len()];
-            let id = format!("live{i}");
-            let body =
-                json!({"id": id, "scope": "shared", "content": id, "embedding": vector(8, i, 0.1)});
-            let t = Instant::now();
-            let url = format!("{router}/v1/tenants/{tenant}/memories");
-            let (status, resp) = send_allowing_5xx(
-                &http,
-                reqwest::Method::POST,
-                &url,
-                Some(body.to_string().into_bytes()),
-            )
-            .await?;
-            slowest = slowest.max(t.elapsed());
-            if status == 201 {
-                acked.push((tenant.clone(), id));
-                written.fetch_add(1, Ordering::Relaxed);
+            tick.tick().await;
+            let tenant = if load.fresh_every > 0 && i % load.fresh_every == 0 {
+                format!("fresh{i}")
             } else {
-                failures.push(format!("write {status} {resp}"));
-            }
-            if i % 5 == 0 {
-                let q = json!({"scopes": ["shared"], "embedding": vector(8, i, 0.0), "k": 5});
-                let url = format!("{router}/v1/tenants/{tenant}/memories/search");
-                let (status, resp) = send_allowing_5xx(
-                    &http,
-                    reqwest::Method::POST,
-                    &url,
-                    Some(q.to_string().into_bytes()),
-                )
-                .await?;
-                if status != 200 {
-                    failures.push(format!("search {status} {resp}"));
+                tenants[i % tenants.len()].clone()
+            };
+            let (http, router, written) = (http.clone(), router.clone(), load.written.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = one_write(http, router, tenant, i).await;
+                if let Ok((Some(_), _, _)) = &r {
+                    written.fetch_add(1, Ordering::Relaxed);
                 }
-            }
+                r
+            }));
             i += 1;
-            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        let (mut acked, mut failures, mut slowest) = (Vec::new(), Vec::new(), Duration::ZERO);
+        for task in tasks {
+            let (ack, failed, took) = task.await??;
+            acked.extend(ack);
+            failures.extend(failed);
+            slowest = slowest.max(took);
         }
         Ok((acked, failures, slowest))
     })
@@ -187,7 +227,12 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
     // A steady write + search load, each write with a unique id, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicUsize::new(0));
-    let load = spawn_writer(router.clone(), vec![TENANT.to_owned()], stop.clone(), written.clone());
+    let load = spawn_writer(
+        router.clone(),
+        vec![TENANT.to_owned()],
+        stop.clone(),
+        Load { written: written.clone(), ..Default::default() },
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let out = tokio::process::Command::new(binary("shardctl")?)
@@ -263,8 +308,13 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
     Ok(())
 }
 
+/// The issue's acceptance run: 200 writes/s (a search with every fifth) for 30 s over 40
+/// tenants, with a new tenant every 20th write so partitions keep being created; a 4th node joins
+/// and the cluster rebalances in the middle of it. Afterwards every acknowledged write is readable
+/// exactly once, no partition has data on two nodes, nothing failed, and verify passes. Then a
+/// node is drained.
 #[tokio::test]
-async fn a_joining_node_gets_its_share_under_load_and_a_drained_node_ends_empty()
+async fn a_rebalance_under_30_s_of_load_loses_nothing_and_a_drained_node_ends_empty()
 -> anyhow::Result<()> {
     let mut c = EtcdCluster::start(3, 1, 10).await?;
     let control = c.start_control().await?;
@@ -295,23 +345,49 @@ async fn a_joining_node_gets_its_share_under_load_and_a_drained_node_ends_empty(
     assert_eq!(c.etcd.store().await?.load().await?.layout.epoch, 3, "a dry run changes nothing");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = spawn_writer(router.clone(), tenants.clone(), stop.clone(), Default::default());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let load = spawn_writer(
+        router.clone(),
+        tenants.clone(),
+        stop.clone(),
+        Load { per_sec: 200, fresh_every: 20, ..Default::default() },
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let t = Instant::now();
     let (ok, out, err) = shardctl(&control.url(), &["rebalance"]).await?;
+    let rebalance_took = t.elapsed();
     assert!(ok, "{err}\n{}", c.logs());
     println!("{out}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(rest) = Duration::from_secs(30).checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
     stop.store(true, Ordering::Release);
     let (acked, failures, slowest) = load.await??;
-    println!("rebalance: {} writes acknowledged under load, slowest {slowest:?}", acked.len());
+    let fresh = acked.iter().filter(|(t, _)| t.starts_with("fresh")).count();
+    println!(
+        "30 s load: {} writes acknowledged ({:.0}/s, {fresh} of them first writes of new tenants), \
+         slowest {slowest:?}; the rebalance took {rebalance_took:?}",
+        acked.len(),
+        acked.len() as f64 / started.elapsed().as_secs_f64()
+    );
     assert!(failures.is_empty(), "clients saw errors: {:?}", &failures[..failures.len().min(5)]);
+    assert!(acked.len() >= 4_000, "the load did not run: {} writes in 30 s", acked.len());
     expected.extend(acked);
     assert_exactly(&router, &expected).await?;
+    let mut holders: std::collections::BTreeMap<String, usize> = Default::default();
+    for shard in &c.shards {
+        for p in c.partitions_on(shard).await? {
+            *holders.entry(p).or_default() += 1;
+        }
+    }
+    let doubled: Vec<_> = holders.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "partitions on two nodes: {doubled:?}");
     assert!(!c.partitions_on(&c.shards[3]).await?.is_empty(), "the new node holds partitions");
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
     let layout = c.etcd.store().await?.load().await?.layout;
     assert!(layout.overrides.is_empty(), "no pins left behind: {:?}", layout.overrides);
+    assert!(!layout.creation_frozen, "the creation freeze was lifted");
 
     // Drain shard-2: it ends owning nothing, everything stays readable.
     let (ok, out, err) = shardctl(&control.url(), &["drain", "shard-2"]).await?;
@@ -324,6 +400,72 @@ async fn a_joining_node_gets_its_share_under_load_and_a_drained_node_ends_empty(
     assert!(on_drained.is_empty(), "shard-2 still holds {on_drained:?}");
     c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
     assert_exactly(&router, &expected).await?;
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
+    Ok(())
+}
+
+/// A partition first written while a rebalance takes stock is not left behind on a node the new
+/// ring no longer routes it to: its first write waits (the router retries `partition_moving`)
+/// until the new layout is staged, then lands on its new owner and stays readable.
+#[tokio::test]
+async fn a_partition_created_while_a_rebalance_plans_is_not_left_behind() -> anyhow::Result<()> {
+    let c = EtcdCluster::start(3, 1, 10).await?;
+    let control = c.start_control().await?;
+    let router = c.router(0);
+    let mut expected = seed(&router, &["old".to_owned()], 5).await?;
+    let fourth = c.start_shard("shard-4").await?;
+    let store = c.etcd.store().await?;
+    let next = store
+        .load()
+        .await?
+        .layout
+        .with_node(LayoutNode { id: NodeId::parse("shard-4")?, addr: fourth.addr.clone() });
+    // A tenant the 4-node ring gives to the new node: written under the old ring it would land
+    // on an old node and be unreachable after the rebalance.
+    let tenant = (0..1000)
+        .map(|i| format!("new{i}"))
+        .find(|t| {
+            let p = PartitionKey::new(&TenantId::parse(t).expect("tenant"), &Scope::Shared);
+            Ring::new(next.clone()).owner(&p).is_some_and(|o| o.id.as_str() == "shard-4")
+        })
+        .expect("some tenant maps to shard-4");
+
+    let http = client();
+    let resp = http
+        .post(format!("{}/debug/v1/failpoints/rebalance.planned", control.url()))
+        .body("pause")
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let url = control.url();
+    let rebalance = tokio::spawn(async move { shardctl(&url, &["rebalance"]).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.load().await?.layout.creation_frozen {
+        assert!(Instant::now() < deadline, "the rebalance never froze creation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the plan finish listing; the rebalance now waits at the failpoint, before staging.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let write = {
+        let (router, tenant) = (router.clone(), tenant.clone());
+        tokio::spawn(async move { one_write(client(), router, tenant, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!write.is_finished(), "a partition was created while creation was frozen");
+    http.post(format!("{}/debug/v1/failpoints/rebalance.planned", control.url()))
+        .body("off")
+        .send()
+        .await?;
+    let (acked, failures, took) = write.await??;
+    assert!(failures.is_empty(), "{failures:?}");
+    println!("the first write of {tenant} waited {took:?} for the staged layout");
+    let (ok, out, err) = rebalance.await??;
+    assert!(ok, "{out}{err}");
+    expected.extend(acked);
+    assert_exactly(&router, &expected).await?;
+    let on_new = c.partitions_on(&fourth).await?;
+    assert!(on_new.contains(&format!("{tenant}/shared")), "{on_new:?}");
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
     Ok(())
@@ -354,7 +496,7 @@ async fn a_control_plane_killed_at_any_step_finishes_the_migration_after_a_resta
         assert_eq!(resp.status().as_u16(), 200, "control plane built without the testing feature?");
         let stop = Arc::new(AtomicBool::new(false));
         let load =
-            spawn_writer(router.clone(), vec![tenant.clone()], stop.clone(), Default::default());
+            spawn_writer(router.clone(), vec![tenant.clone()], stop.clone(), Load::default());
         let migrate = tokio::process::Command::new(binary("shardctl")?)
             .args([
                 "--control",
