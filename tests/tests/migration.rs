@@ -56,7 +56,7 @@ async fn one_write(
         failures.push(format!("write {tenant}/{id}: {status} {resp}"));
         None
     };
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         let q = json!({"scopes": ["shared"], "embedding": vector(8, i, 0.0), "k": 5});
         let url = format!("{router}/v1/tenants/{tenant}/memories/search");
         let (status, resp) =
@@ -87,7 +87,7 @@ fn spawn_writer(
         let mut i = 0;
         while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(60) {
             tick.tick().await;
-            let tenant = if load.fresh_every > 0 && i % load.fresh_every == 0 {
+            let tenant = if load.fresh_every > 0 && i.is_multiple_of(load.fresh_every) {
                 format!("fresh{i}")
             } else {
                 tenants[i % tenants.len()].clone()
