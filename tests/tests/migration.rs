@@ -84,7 +84,7 @@ fn spawn_writer(
             tokio::time::interval(Duration::from_micros(1_000_000 / load.per_sec.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tasks = Vec::new();
-        let mut i = 0;
+        let mut i = 0usize;
         while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(60) {
             tick.tick().await;
             let tenant = if load.fresh_every > 0 && i.is_multiple_of(load.fresh_every) {
