@@ -54,6 +54,11 @@ pub struct ClusterLayout {
     /// when it starts and finds the flag left by a crash).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creation_frozen: bool,
+    /// Overrides a rebalance or drain set to hold a partition where its data is until its
+    /// migration flips it (as opposed to an operator's pin). A later rebalance plans these
+    /// partitions afresh, so a cancelled rebalance is finished by running it again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub staging_pins: BTreeSet<PartitionKey>,
 }
 
 impl Default for ClusterLayout {
@@ -66,6 +71,7 @@ impl Default for ClusterLayout {
             overrides: BTreeMap::new(),
             draining: BTreeSet::new(),
             creation_frozen: false,
+            staging_pins: BTreeSet::new(),
         }
     }
 }
@@ -138,6 +144,7 @@ impl ClusterLayout {
         next.epoch += 1;
         next.nodes.retain(|n| &n.id != id);
         next.overrides.retain(|_, n| n != id);
+        next.staging_pins.retain(|p| next.overrides.contains_key(p));
         next.draining.remove(id);
         next
     }

@@ -11,7 +11,7 @@ use memring_common::{NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::migrate::{Flip, Throttle, call, migrate_partition, url};
+use crate::migrate::{Cancel, Flip, Throttle, call, migrate_partition, url};
 
 const JOB_FORMAT_VERSION: u32 = 1;
 
@@ -95,6 +95,7 @@ pub async fn resume(
     store: &dyn RingStore,
     client: &reqwest::Client,
     throttle: Throttle,
+    cancel: &Cancel,
 ) -> anyhow::Result<usize> {
     let jobs = pending(store).await?;
     for job in &jobs {
@@ -124,7 +125,16 @@ pub async fn resume(
             // Not flipped: let the source take writes again, then start over.
             call(client, reqwest::Method::DELETE, &url(owner, &partition, "fence"), None).await?;
         }
-        migrate_partition(store, client, &partition, &to, job.flip, throttle).await?;
+        if cancel.is_set() {
+            // Not started again: drop the record; the source still owns the partition.
+            if let Some(target) = layout.node(&to) {
+                call(client, reqwest::Method::DELETE, &url(target, &partition, "partition"), None)
+                    .await?;
+            }
+            store.delete_job(&job_id(&partition)).await?;
+            continue;
+        }
+        migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;
     }
     Ok(jobs.len())
 }

@@ -46,6 +46,8 @@ struct ControlService {
     leader: std::sync::atomic::AtomicBool,
     /// Copy rate limit of every migration (one runs at a time).
     throttle: migrate::Throttle,
+    /// Set by `POST /v1/migrations/cancel`, read by the running job.
+    cancel: migrate::Cancel,
 }
 
 impl ControlService {
@@ -72,6 +74,7 @@ impl ControlService {
             )));
         }
         let _one_at_a_time = self.migrating.lock().await;
+        self.cancel.clear();
         let mut reports = Vec::new();
         for p in partitions {
             let report = migrate::migrate_partition(
@@ -81,9 +84,16 @@ impl ControlService {
                 &to,
                 migrate::Flip::Pin,
                 self.throttle,
+                &self.cancel,
             )
             .await
-            .map_err(|e| ApiError::unavailable(format!("{e:#}"), 5))?;
+            .map_err(|e| {
+                if self.cancel.is_set() {
+                    ApiError::new(ErrorCode::Conflict, format!("{e:#}"))
+                } else {
+                    ApiError::unavailable(format!("{e:#}"), 5)
+                }
+            })?;
             reports.push(report);
         }
         Ok(reports)
@@ -91,6 +101,17 @@ impl ControlService {
 }
 
 impl ControlService {
+    /// Asks the running migration, rebalance or drain to stop (see `migrate::Cancel`).
+    fn cancel_running(&self) -> Result<(), ApiError> {
+        self.require_leader()?;
+        if self.migrating.try_lock().is_ok() {
+            return Err(ApiError::new(ErrorCode::Conflict, "no migration is running"));
+        }
+        self.cancel.set();
+        tracing::warn!("cancel requested for the running migration");
+        Ok(())
+    }
+
     fn require_leader(&self) -> Result<(), ApiError> {
         if self.leader.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
@@ -105,15 +126,30 @@ impl ControlService {
     async fn change(&self, change: rebalance::Change, dry: bool) -> Result<ChangeReport, ApiError> {
         self.require_leader()?;
         let _one_at_a_time = self.migrating.lock().await;
-        let fail = |e: anyhow::Error| ApiError::unavailable(format!("{e:#}"), 5);
+        if !dry {
+            self.cancel.clear();
+        }
+        let fail = |e: anyhow::Error| {
+            if format!("{e:#}").contains(migrate::CANCELLED) {
+                ApiError::new(ErrorCode::Conflict, format!("{e:#}"))
+            } else {
+                ApiError::unavailable(format!("{e:#}"), 5)
+            }
+        };
         let (plan, migrations) = if dry {
             let plan =
                 rebalance::plan(self.store.as_ref(), &self.client, &change).await.map_err(fail)?;
             (plan, Vec::new())
         } else {
-            rebalance::execute(self.store.as_ref(), &self.client, &change, self.throttle)
-                .await
-                .map_err(fail)?
+            rebalance::execute(
+                self.store.as_ref(),
+                &self.client,
+                &change,
+                self.throttle,
+                &self.cancel,
+            )
+            .await
+            .map_err(fail)?
         };
         Ok(ChangeReport { plan, migrations })
     }
@@ -165,6 +201,13 @@ impl Service for ControlService {
                             Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
                         };
                     Reply { route: "verify", response }
+                }
+                (Method::POST, "/v1/migrations/cancel") => {
+                    let response = match self.cancel_running() {
+                        Ok(()) => json(202, &serde_json::json!({ "cancelling": true })),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "migrations.cancel", response }
                 }
                 (Method::POST, "/v1/migrations") => {
                     let response = match self.migrate(req).await {
@@ -238,6 +281,7 @@ pub async fn run(
         migrating: tokio::sync::Mutex::new(()),
         leader: std::sync::atomic::AtomicBool::new(false),
         throttle: migrate::Throttle { memories_per_sec: config.migration_rate },
+        cancel: migrate::Cancel::default(),
     });
     // One active control plane: wait for leadership in the background (serving /health and the
     // read-only endpoints meanwhile), then finish what a previous leader started.
@@ -260,7 +304,17 @@ pub async fn run(
             if let Err(e) = rebalance::unfreeze(service.store.as_ref()).await {
                 tracing::error!(error = %format!("{e:#}"), "cannot lift a leftover creation freeze");
             }
-            match journal::resume(service.store.as_ref(), &service.client, service.throttle).await {
+            let resumed = {
+                let _one_at_a_time = service.migrating.lock().await;
+                journal::resume(
+                    service.store.as_ref(),
+                    &service.client,
+                    service.throttle,
+                    &service.cancel,
+                )
+                .await
+            };
+            match resumed {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "journaled migrations finished"),
                 Err(e) => {

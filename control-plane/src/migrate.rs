@@ -8,8 +8,9 @@
 //! Routers retry writes that meet the fence, so clients see a slower request, not an error.
 //!
 //! Each step is journaled in the ring store before it runs (`journal.rs`), with a failpoint
-//! after it (`failpoint.rs`), so a control plane killed anywhere resumes. Not yet here:
-//! throttling, progress reporting, cancellation.
+//! after it (`failpoint.rs`), so a control plane killed anywhere resumes. A migration can be
+//! cancelled until its fence: the target's partial copy is dropped and the source keeps owning
+//! the partition; from the fence on it finishes (the fence lasts milliseconds).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -177,6 +178,44 @@ pub struct Throttle {
     pub memories_per_sec: u64,
 }
 
+/// A request to cancel the running migration (or rebalance), shared with the HTTP API.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Asks the running job to stop.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Forgets an earlier request (a new job starts).
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    /// Whether cancelling was asked for.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The error a cancelled migration ends with.
+pub const CANCELLED: &str = "cancelled by an operator";
+
+/// Undoes a migration that has not fenced: drops the target's partial copy and the journal
+/// record; the source never stopped owning the partition.
+async fn abandon(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    target: &LayoutNode,
+    partition: &PartitionKey,
+) -> anyhow::Result<MigrationReport> {
+    call(client, reqwest::Method::DELETE, &url(target, partition, "partition"), None).await?;
+    store.delete_job(&crate::journal::job_id(partition)).await?;
+    tracing::warn!(%partition, to = %target.id, "migration cancelled; the source still owns it");
+    bail!("migration of {partition} {CANCELLED}; the source still owns it")
+}
+
 /// Moves `partition` from its current owner to node `to`.
 pub async fn migrate_partition(
     store: &dyn RingStore,
@@ -185,6 +224,7 @@ pub async fn migrate_partition(
     to: &NodeId,
     flip: Flip,
     throttle: Throttle,
+    cancel: &Cancel,
 ) -> anyhow::Result<MigrationReport> {
     let started = Instant::now();
     let layout = store.load().await?.layout;
@@ -223,6 +263,9 @@ pub async fn migrate_partition(
     let copy_started = Instant::now();
     let mut reported = Instant::now();
     loop {
+        if cancel.is_set() {
+            return abandon(store, client, &target, partition).await;
+        }
         let mut u = format!("{}?limit={PAGE}", url(&from, partition, "export"));
         if let Some(a) = &after {
             u.push_str(&format!("&after={a}"));
@@ -256,6 +299,9 @@ pub async fn migrate_partition(
     journal("catch_up").await?;
     let (seq, n) = replay(client, &from, &target, partition, start_seq.unwrap_or(0), false).await?;
     report.replayed += n;
+    if cancel.is_set() {
+        return abandon(store, client, &target, partition).await;
+    }
     // 3. fence, drain the last entries, verify.
     journal("fenced").await?;
     let fenced_at = Instant::now();
@@ -283,9 +329,14 @@ pub async fn migrate_partition(
             let mut next = l.clone();
             next.epoch += 1;
             next.overrides.remove(partition);
+            next.staging_pins.remove(partition);
             let natural = Ring::new(next.clone()).owner(partition).map(|o| o.id.clone());
             if flip == Flip::Pin || natural.as_ref() != Some(to) {
                 next.overrides.insert(partition.clone(), to.clone());
+                if flip == Flip::Natural {
+                    // The ring changed under the rebalance: a later rebalance places it.
+                    next.staging_pins.insert(partition.clone());
+                }
             }
             Some(next)
         })

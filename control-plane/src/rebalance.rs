@@ -21,7 +21,7 @@ use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::{Flip, MigrationReport, Throttle, migrate_partition};
+use crate::migrate::{CANCELLED, Cancel, Flip, MigrationReport, Throttle, migrate_partition};
 
 /// A layout change to plan for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +117,10 @@ async fn plan_at(
     let mut next = layout.clone();
     next.epoch += 1;
     next.creation_frozen = false;
+    // Partitions a cancelled rebalance left pinned where their data is are planned afresh.
+    for p in std::mem::take(&mut next.staging_pins) {
+        next.overrides.remove(&p);
+    }
     let (mut joining, mut leaving) = (Vec::new(), None);
     match change {
         Change::Join => {
@@ -151,6 +155,7 @@ async fn plan_at(
         if owner.id != holder.id {
             // Stage: keep it where its data is until its migration flips it.
             next.overrides.insert(partition.clone(), holder.id.clone());
+            next.staging_pins.insert(partition.clone());
             moves.insert(
                 partition.to_string(),
                 Move {
@@ -174,7 +179,8 @@ async fn plan_at(
         Change::Join => share_of(&after, &joining),
         Change::Drain(node) => share_of(&before, std::slice::from_ref(node)),
     };
-    let changes_something = !joining.is_empty() || leaving.is_some();
+    let changes_something =
+        !joining.is_empty() || leaving.is_some() || !layout.staging_pins.is_empty();
     Ok(Plan {
         epoch: layout.epoch,
         joining,
@@ -196,6 +202,7 @@ pub async fn execute(
     client: &reqwest::Client,
     change: &Change,
     throttle: Throttle,
+    cancel: &Cancel,
 ) -> anyhow::Result<(Plan, Vec<MigrationReport>)> {
     memring_common::store::update_layout(store, 20, |l| {
         let mut next = l.clone();
@@ -215,7 +222,7 @@ pub async fn execute(
         unfreeze(store).await?;
         return Err(e);
     }
-    let reports = run(store, client, plan.clone(), throttle).await?;
+    let reports = run(store, client, plan.clone(), throttle, cancel).await?;
     Ok((plan, reports))
 }
 
@@ -239,6 +246,7 @@ async fn run(
     client: &reqwest::Client,
     plan: Plan,
     throttle: Throttle,
+    cancel: &Cancel,
 ) -> anyhow::Result<Vec<MigrationReport>> {
     let Some(staged) = plan.staged else { return Ok(Vec::new()) };
     // Journal every move before staging, so a control plane killed mid-way finishes them.
@@ -275,10 +283,34 @@ async fn run(
     }
     tracing::info!(epoch = staged.epoch, moves = plan.moves.len(), "layout staged; migrating");
     let mut reports = Vec::new();
-    for (m, partition) in plan.moves.iter().zip(&keys) {
+    for (i, (m, partition)) in plan.moves.iter().zip(&keys).enumerate() {
+        if cancel.is_set() {
+            // The rest stay pinned where their data is (staging pins); nothing is half-moved.
+            for p in &keys[i..] {
+                store.delete_job(&crate::journal::job_id(p)).await?;
+            }
+            bail!(
+                "{CANCELLED} after {i} of {} moves; the other partitions stay where they are \
+                 (pinned) and `shardctl rebalance` finishes the job",
+                keys.len()
+            );
+        }
         let to = NodeId::parse(&m.to)?;
-        reports
-            .push(migrate_partition(store, client, partition, &to, Flip::Natural, throttle).await?);
+        let report =
+            migrate_partition(store, client, partition, &to, Flip::Natural, throttle, cancel).await;
+        if let Err(e) = &report
+            && cancel.is_set()
+        {
+            for p in &keys[i + 1..] {
+                store.delete_job(&crate::journal::job_id(p)).await?;
+            }
+            bail!(
+                "{e:#}; {i} of {} moves were done, the other partitions stay where they are \
+                 (pinned) and `shardctl rebalance` finishes the job",
+                keys.len()
+            );
+        }
+        reports.push(report?);
     }
     if let Some(node) = &plan.leaving {
         let id = NodeId::parse(node)?;

@@ -9,7 +9,7 @@ use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
 use memring_common::{NodeId, PartitionKey, Ring, Scope, TenantId};
 use memring_tests::etcd::{EtcdCluster, add_to_layout};
-use memring_tests::{binary, client, send_allowing_5xx, vector};
+use memring_tests::{binary, client, send, send_allowing_5xx, vector};
 use serde_json::json;
 
 const TENANT: &str = "big";
@@ -181,15 +181,18 @@ async fn seed(
     let http = client();
     let mut all = BTreeSet::new();
     for tenant in tenants {
-        let items: Vec<_> = (0..per)
-            .map(|n| json!({"id": format!("pre{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": vector(8, n, 0.3)}))
-            .collect();
-        let resp = http
-            .post(format!("{router}/v1/tenants/{tenant}/memories:batch"))
-            .json(&json!({"items": items}))
-            .send()
-            .await?;
-        assert_eq!(resp.status().as_u16(), 200);
+        // Batches of at most 1,000 items (the API's limit).
+        for start in (0..per).step_by(1000) {
+            let items: Vec<_> = (start..per.min(start + 1000))
+                .map(|n| json!({"id": format!("pre{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": vector(8, n, 0.3)}))
+                .collect();
+            let resp = http
+                .post(format!("{router}/v1/tenants/{tenant}/memories:batch"))
+                .json(&json!({"items": items}))
+                .send()
+                .await?;
+            assert_eq!(resp.status().as_u16(), 200);
+        }
         all.extend((0..per).map(|n| (tenant.clone(), format!("pre{n}"))));
     }
     Ok(all)
@@ -388,6 +391,7 @@ async fn a_rebalance_under_30_s_of_load_loses_nothing_and_a_drained_node_ends_em
     let layout = c.etcd.store().await?.load().await?.layout;
     assert!(layout.overrides.is_empty(), "no pins left behind: {:?}", layout.overrides);
     assert!(!layout.creation_frozen, "the creation freeze was lifted");
+    assert!(layout.staging_pins.is_empty(), "{:?}", layout.staging_pins);
 
     // Drain shard-2: it ends owning nothing, everything stays readable.
     let (ok, out, err) = shardctl(&control.url(), &["drain", "shard-2"]).await?;
@@ -634,5 +638,103 @@ async fn the_copy_rate_limit_holds() -> anyhow::Result<()> {
     assert!(took >= Duration::from_millis(450), "copied faster than the limit: {took:?}");
     println!("1,000 memories at --migration-rate 2000 took {took:?}");
     assert!(memring_control::journal::pending(&store).await?.is_empty());
+    Ok(())
+}
+
+/// `shardctl cancel` stops a migration mid-copy: the target's partial copy is dropped, the
+/// source keeps owning every memory, the journal is empty and verify passes.
+#[tokio::test]
+async fn a_cancelled_migration_leaves_the_source_owning_everything() -> anyhow::Result<()> {
+    let c = memring_tests::Cluster::start(3).await?;
+    let control = c.start_control_with(&["--migration-rate", "1000"]).await?;
+    let (ok, _, err) = shardctl(&control.url(), &["cancel"]).await?;
+    assert!(!ok && err.contains("no migration is running"), "{err}");
+    let tenants = vec!["slow".to_owned()];
+    let expected = seed(&c.url(), &tenants, 4000).await?;
+    let store = memring_common::store::embedded::EmbeddedStore::open(c.ring_dir())?;
+    let epoch = store.load().await?.layout.epoch;
+    let ring = Ring::new(store.load().await?.layout);
+    let partition = PartitionKey::new(&TenantId::parse("slow")?, &Scope::Shared);
+    let owner = ring.owner(&partition).expect("owner").id.clone();
+    let target = ring.layout().nodes.iter().find(|n| n.id != owner).expect("another").clone();
+    let url = control.url();
+    let to = target.id.to_string();
+    // 4,000 memories at 1,000/s: the copy takes ~4 s, time enough to cancel it.
+    let migrate =
+        tokio::spawn(
+            async move { shardctl(&url, &["migrate", "--tenant", "slow", "--to", &to]).await },
+        );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase == "copy") {
+        assert!(Instant::now() < deadline, "the migration never started copying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (ok, out, err) = shardctl(&control.url(), &["cancel"]).await?;
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = migrate.await??;
+    assert!(!ok, "a cancelled migration must exit non-zero");
+    assert!(err.contains("cancelled"), "{err}");
+    let layout = store.load().await?.layout;
+    assert_eq!(layout.epoch, epoch, "nothing flipped");
+    assert!(layout.overrides.is_empty());
+    assert!(memring_control::journal::pending(&store).await?.is_empty(), "journal cleared");
+    let on_target = send(
+        &client(),
+        reqwest::Method::GET,
+        &format!("http://{}/internal/v1/partitions", target.addr),
+        None,
+    )
+    .await?
+    .1;
+    let held: Vec<&str> = on_target["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter_map(|p| p["partition"].as_str())
+        .collect();
+    assert!(!held.contains(&"slow/shared"), "the target kept a partial copy: {held:?}");
+    assert_exactly(&c.url(), &expected).await?;
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
+    Ok(())
+}
+
+/// A rebalance cancelled part-way leaves every partition readable where its data is (the
+/// unmoved ones pinned there), verify passes, and running the rebalance again finishes it.
+#[tokio::test]
+async fn a_cancelled_rebalance_is_finished_by_running_it_again() -> anyhow::Result<()> {
+    let c = memring_tests::Cluster::start(3).await?;
+    let control = c.start_control_with(&["--migration-rate", "400"]).await?;
+    let tenants: Vec<String> = (0..30).map(|i| format!("r{i}")).collect();
+    let expected = seed(&c.url(), &tenants, 200).await?;
+    let _fourth = c.start_shard("shard-4", &["--join-ring", "false"]).await?;
+    let store = memring_common::store::embedded::EmbeddedStore::open(c.ring_dir())?;
+    let url = control.url();
+    let rebalance = tokio::spawn(async move { shardctl(&url, &["rebalance"]).await });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase == "copy") {
+        assert!(Instant::now() < deadline, "the rebalance never started copying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ok, out, err) = shardctl(&control.url(), &["cancel"]).await?;
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = rebalance.await??;
+    assert!(!ok && err.contains("cancelled"), "{err}");
+    let layout = store.load().await?.layout;
+    assert!(!layout.staging_pins.is_empty(), "unmoved partitions stay pinned where they are");
+    assert!(memring_control::journal::pending(&store).await?.is_empty());
+    assert_exactly(&c.url(), &expected).await?;
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
+    println!("cancelled with {} partitions pinned in place", layout.staging_pins.len());
+
+    let (ok, out, err) = shardctl(&control.url(), &["rebalance"]).await?;
+    assert!(ok, "{out}{err}");
+    let layout = store.load().await?.layout;
+    assert!(layout.staging_pins.is_empty() && layout.overrides.is_empty(), "{layout:?}");
+    assert_exactly(&c.url(), &expected).await?;
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
     Ok(())
 }

@@ -56,6 +56,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Stop the running migration, rebalance or drain. A partition being copied is dropped from
+    /// its target and stays with its source; one already fenced finishes (milliseconds).
+    /// Partitions a rebalance had not reached stay where they are; run it again to finish.
+    Cancel,
     /// Check that every partition is stored on exactly its owner.
     Verify {
         /// Only this tenant.
@@ -213,6 +217,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     r.partition, r.from, r.to, r.count, r.fenced_ms
                 );
             }
+        }
+        Command::Cancel => {
+            let resp = client
+                .post(format!("{base}/v1/migrations/cancel"))
+                .send()
+                .await
+                .map_err(unreachable)?;
+            answer(resp).await?;
+            println!("cancel requested; the running job stops at its next step");
         }
         Command::Verify { tenant } => {
             let mut url = format!("{base}/v1/verify");
