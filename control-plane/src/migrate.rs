@@ -47,6 +47,10 @@ pub struct MigrationReport {
     pub epoch: u64,
     /// Whole migration, ms.
     pub took_ms: u64,
+    /// Bytes of the source's HNSW graph handed to the target (0 when the source had no graph
+    /// loaded: the target then builds its index on its first search, as the source would have).
+    #[serde(default)]
+    pub index_bytes: u64,
 }
 
 /// A shard node's count and checksum of one partition.
@@ -67,11 +71,16 @@ pub(crate) fn url(node: &LayoutNode, partition: &PartitionKey, action: &str) -> 
     format!("http://{}/internal/v1/migrate/{}/{action}", node.addr, partition_path(partition))
 }
 
+/// How long one step of a migration may take on a node (a page import into a loaded HNSW graph
+/// runs on the node's low-priority threads and can be slow on a busy machine).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn fetch(
     client: &reqwest::Client,
     url: &str,
 ) -> anyhow::Result<(Bytes, reqwest::header::HeaderMap)> {
-    let resp = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
+    let resp =
+        client.get(url).timeout(STEP_TIMEOUT).send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.bytes().await?;
@@ -87,7 +96,7 @@ pub(crate) async fn call(
     url: &str,
     body: Option<Bytes>,
 ) -> anyhow::Result<()> {
-    let mut req = client.request(method.clone(), url);
+    let mut req = client.request(method.clone(), url).timeout(STEP_TIMEOUT);
     if let Some(body) = body {
         req = req.header("content-type", "application/octet-stream").body(body);
     }
@@ -107,7 +116,13 @@ fn header_u64(headers: &reqwest::header::HeaderMap, name: &str) -> anyhow::Resul
         .with_context(|| format!("shard answer lacks {name}"))
 }
 
-/// Replays the source's log after `seq` onto the target until a round brings fewer than a page.
+/// How long a catch-up may chase a source whose writes keep coming before the fence is set
+/// anyway (the fence then drains what is left, with writes held back meanwhile).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Replays the source's log after `seq` onto the target: with `until_empty` until nothing is
+/// left (the source is fenced), otherwise until a round brings fewer than 100 entries or
+/// [`CATCH_UP_LIMIT`] has passed. Returns the last sequence replayed and how many entries.
 async fn replay(
     client: &reqwest::Client,
     from: &LayoutNode,
@@ -116,7 +131,9 @@ async fn replay(
     mut seq: u64,
     until_empty: bool,
 ) -> anyhow::Result<(u64, u64)> {
+    let started = Instant::now();
     let mut replayed = 0u64;
+    let import = format!("{}?urgent=true", url(to, p, "import"));
     loop {
         let (body, headers) =
             fetch(client, &format!("{}?after={seq}&limit=1000", url(from, p, "changes"))).await?;
@@ -125,10 +142,13 @@ async fn replay(
             return Ok((seq, replayed));
         }
         replayed += last - seq;
-        call(client, reqwest::Method::POST, &url(to, p, "import"), Some(body)).await?;
+        call(client, reqwest::Method::POST, &import, Some(body)).await?;
         let small = last - seq < 100;
         seq = last;
-        if small && !until_empty {
+        if !until_empty && (small || started.elapsed() > CATCH_UP_LIMIT) {
+            if !small {
+                tracing::warn!(partition = %p, "catch-up is not gaining on the source's writes; fencing anyway");
+            }
             return Ok((seq, replayed));
         }
     }
@@ -143,6 +163,44 @@ pub(crate) async fn checksum(
 ) -> anyhow::Result<Checksum> {
     let (body, _) = fetch(client, &format!("{}?deep={deep}", url(node, p, "checksum"))).await?;
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// Copies the source's loaded HNSW graph of `p` to the target; the bytes moved (0: none).
+async fn ship_index(
+    client: &reqwest::Client,
+    from: &LayoutNode,
+    to: &LayoutNode,
+    p: &PartitionKey,
+) -> anyhow::Result<u64> {
+    // A graph is as large as the partition's vectors: allow it time beyond the usual calls.
+    let slow = Duration::from_secs(300);
+    let source = url(from, p, "index");
+    let resp =
+        client.get(&source).timeout(slow).send().await.with_context(|| format!("GET {source}"))?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(0);
+    }
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        bail!("GET {source} answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let len = body.len() as u64;
+    let target = url(to, p, "index");
+    let resp = client
+        .put(&target)
+        .timeout(slow)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("PUT {target}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("PUT {target} answered {status}: {}", resp.text().await.unwrap_or_default());
+    }
+    tracing::info!(partition = %p, bytes = len, "index graph handed to the target");
+    Ok(len)
 }
 
 /// How ownership flips to the target at the end of a migration.
@@ -242,6 +300,7 @@ pub async fn migrate_partition(
         count: 0,
         epoch: layout.epoch,
         took_ms: 0,
+        index_bytes: 0,
     };
     if from.id == *to {
         return Ok(report);
@@ -298,6 +357,12 @@ pub async fn migrate_partition(
     // 2. catch up while the source keeps taking writes.
     journal("catch_up").await?;
     let (seq, n) = replay(client, &from, &target, partition, start_seq.unwrap_or(0), false).await?;
+    report.replayed += n;
+    // 2b. a hot partition keeps answering searches after the flip: hand over the source's
+    // graph (it may be ahead of the copy; the catch-up from `seq` replays over it), then catch
+    // up once more so the fence has little left to drain.
+    report.index_bytes = ship_index(client, &from, &target, partition).await?;
+    let (seq, n) = replay(client, &from, &target, partition, seq, false).await?;
     report.replayed += n;
     if cancel.is_set() {
         return abandon(store, client, &target, partition).await;

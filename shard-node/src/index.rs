@@ -141,6 +141,33 @@ impl VectorIndex {
         }
     }
 
+    /// The HNSW graph as bytes (usearch's own format), to hand a loaded index to another node
+    /// instead of having it rebuild the graph; `None` for a flat index, which rebuilds at once.
+    pub fn to_bytes(&self) -> Result<Option<Vec<u8>>, IndexError> {
+        let Engine::Hnsw(hnsw) = &self.engine else { return Ok(None) };
+        let mut buf = vec![0u8; hnsw.index.serialized_length()];
+        hnsw.index.save_to_buffer(&mut buf).map_err(|e| IndexError(e.to_string()))?;
+        Ok(Some(buf))
+    }
+
+    /// An index from [`VectorIndex::to_bytes`] of a `dims`-dimensional index. The bytes come from
+    /// another shard node over the internal API; a buffer of the wrong shape is refused.
+    pub fn from_bytes(dims: usize, config: IndexConfig, bytes: &[u8]) -> Result<Self, IndexError> {
+        let hnsw = Hnsw::new(dims, &config, 0)?;
+        hnsw.index.load_from_buffer(bytes).map_err(|e| IndexError(e.to_string()))?;
+        if hnsw.index.dimensions() != dims {
+            return Err(IndexError(format!(
+                "received index has {} dims, the partition {dims}",
+                hnsw.index.dimensions()
+            )));
+        }
+        // Loading sets capacity to the size and forgets the tuning: restore both.
+        hnsw.index.change_expansion_add(config.expansion_add);
+        hnsw.index.change_expansion_search(config.expansion_search);
+        hnsw.reserve((hnsw.index.size() * 2).max(1024))?;
+        Ok(Self { dims, config, engine: Engine::Hnsw(hnsw) })
+    }
+
     /// The best `k` labels for `query`; with `allowed`, only among those labels.
     pub fn search(
         &self,
@@ -373,6 +400,34 @@ impl Hnsw {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_hnsw_index_survives_bytes_and_keeps_taking_writes() {
+        let config = IndexConfig { flat_limit: 16, ..IndexConfig::default() };
+        let mut index = VectorIndex::new(8, config.clone());
+        let vectors = clustered(300, 8, 3);
+        for (i, v) in vectors.iter().enumerate() {
+            index.upsert(i as u64, v).expect("upsert");
+        }
+        let small = VectorIndex::new(8, config.clone());
+        assert!(small.to_bytes().expect("bytes").is_none(), "a flat index is not shipped");
+        let bytes = index.to_bytes().expect("bytes").expect("hnsw");
+        let mut copy = VectorIndex::from_bytes(8, config.clone(), &bytes).expect("load");
+        assert_eq!((copy.len(), copy.engine_name()), (300, "hnsw"));
+        let q = &vectors[42];
+        assert_eq!(
+            copy.search(q, 5, None).expect("search"),
+            index.search(q, 5, None).expect("search")
+        );
+        // It grows past the loaded size and replaces and removes like any other.
+        for i in 300..1500u64 {
+            copy.upsert(i, &vectors[(i % 300) as usize]).expect("upsert after load");
+        }
+        copy.remove(42).expect("remove");
+        assert!(copy.search(q, 3, None).expect("search").iter().all(|s| s.label != 42));
+        assert!(VectorIndex::from_bytes(9, config.clone(), &bytes).is_err(), "wrong dims");
+        assert!(VectorIndex::from_bytes(8, config, &bytes[..bytes.len() / 2]).is_err(), "cut");
+    }
     use rand::{Rng, SeedableRng};
 
     fn clustered(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {

@@ -290,11 +290,26 @@ impl ShardService {
                     .transpose()?
                     .unwrap_or(0);
                 let (ops, last) =
-                    self.in_background(move |s| s.changes(&partition, after, limit)).await?;
+                    self.blocking(move |s| s.changes(&partition, after, limit)).await?;
                 Ok(binary(
                     crate::record::encode(&ops)?,
                     &[("x-memring-last-seq", last.to_string())],
                 ))
+            }
+            (&Method::GET, "index") => {
+                let shipped = self.in_background(move |s| s.export_index(&partition)).await?;
+                Ok(match shipped {
+                    Some((seq, bytes)) => binary(bytes, &[("x-memring-last-seq", seq.to_string())]),
+                    None => memring_common::http::empty(204),
+                })
+            }
+            (&Method::PUT, "index") => {
+                // A graph is as big as the partition's vectors: this internal route alone takes
+                // bodies past the request limit.
+                let body = read_body(req, INDEX_BODY_LIMIT).await?;
+                let vectors =
+                    self.in_background(move |s| s.import_index(&partition, &body)).await?;
+                Ok(json(200, &serde_json::json!({ "vectors": vectors })))
             }
             (&Method::POST, "import") => {
                 let body = read_body(req, self.body_limit).await?;
@@ -304,8 +319,15 @@ impl ShardService {
                         e.message()
                     ))
                 })?;
-                let applied =
-                    self.in_background(move |s| s.import(&partition, ops, now_millis())).await?;
+                // The bulk copy yields to the node's own traffic; catch-up (`urgent`) must keep
+                // pace with the source's writes, so it runs at normal priority.
+                let urgent = param("urgent").as_deref() == Some("true");
+                let work = move |s: &Storage| s.import(&partition, ops, now_millis());
+                let applied = if urgent {
+                    self.blocking(work).await?
+                } else {
+                    self.in_background(work).await?
+                };
                 Ok(json(200, &serde_json::json!({ "applied": applied })))
             }
             (&Method::POST, "fence") | (&Method::DELETE, "fence") => {
@@ -456,6 +478,9 @@ impl ShardService {
 }
 
 /// A binary body (the versioned bincode of `record.rs`) with extra headers.
+/// Largest index graph a node accepts from a migration source (bytes).
+const INDEX_BODY_LIMIT: usize = 16 << 30;
+
 fn binary(
     body: Vec<u8>,
     headers: &[(&'static str, String)],

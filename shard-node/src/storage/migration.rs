@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering;
 use memring_common::{ApiError, ErrorCode, PartitionKey};
 use rocksdb::WriteBatch;
 
-use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
+use super::{CF_EPISODES, CF_LOG, CF_META, Loaded, Storage, db_err, entry_of};
+use crate::index::VectorIndex;
 use crate::record::{
     LogEntry, LogOp, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key,
     parse_metadata, prefix_end,
@@ -259,6 +260,52 @@ impl Storage {
             fenced: p.fenced.load(Ordering::Acquire),
             consistent,
         })
+    }
+
+    /// The partition's HNSW graph as bytes with the log position it reflects, if it is loaded
+    /// here (a flat or unloaded index is not worth shipping: the target builds it quickly or
+    /// lazily, as the source would). Writes to the partition wait while the graph is copied out.
+    pub fn export_index(&self, key: &PartitionKey) -> Result<Option<(u64, Vec<u8>)>, ApiError> {
+        let Some(p) = self.partition(key, false)? else { return Ok(None) };
+        let meta = p.meta.lock();
+        let search = p.search.read();
+        let Some(index) = search.as_ref().and_then(|l| l.vectors.as_ref()) else {
+            return Ok(None);
+        };
+        let bytes = index.to_bytes().map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(bytes.map(|b| (meta.last_seq, b)))
+    }
+
+    /// Installs a graph from [`Storage::export_index`] of the source as this partition's index,
+    /// with the search entries read from the memories copied so far. The source's graph may be
+    /// ahead of the copy; replaying the source's log from the copy's position afterwards brings
+    /// both to the same state (puts and deletes by label are idempotent).
+    pub fn import_index(&self, key: &PartitionKey, bytes: &[u8]) -> Result<usize, ApiError> {
+        let Some(p) = self.partition(key, true)? else {
+            return Err(ApiError::internal("partition vanished while being created"));
+        };
+        let _meta = p.meta.lock();
+        let Some(&dims) = p.dimensions.get() else {
+            return Err(ApiError::invalid(format!(
+                "{} has no memories with embeddings yet; copy them before its index",
+                p.key
+            )));
+        };
+        let index = VectorIndex::from_bytes(dims as usize, self.config.index.clone(), bytes)
+            .map_err(|e| ApiError::invalid(format!("the shipped index is unusable: {e}")))?;
+        let mut loaded = Loaded { vectors: Some(index), ..Loaded::default() };
+        for item in self.scan(CF_EPISODES, &p.enc, &p.enc, Storage::uncached())? {
+            let (_, value) = item?;
+            let e: StoredEpisode = decode(&value)?;
+            if e.embedding.is_some() {
+                let metadata = parse_metadata(&e.metadata_json)?;
+                loaded.insert(e.label, entry_of(&e, &metadata));
+            }
+        }
+        let vectors = loaded.vectors.as_ref().map_or(0, |v| v.len());
+        *p.search.write() = Some(loaded);
+        tracing::info!(partition = %p.key, vectors, "index installed from the migration source");
+        Ok(vectors)
     }
 
     /// Removes the partition from this node: memories, log, meta and fence.

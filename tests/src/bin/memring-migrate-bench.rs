@@ -41,6 +41,10 @@ struct Args {
     /// Memories per second a migration may copy (0: unlimited), passed to the control plane.
     #[arg(long, default_value_t = 0)]
     migration_rate: u64,
+    /// Search the migrated tenant before it moves, so its source holds the HNSW graph in memory
+    /// and hands it over (a hot tenant); without it the tenant is only written (a cold one).
+    #[arg(long)]
+    hot: bool,
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -91,6 +95,34 @@ fn spawn_searcher(
     })
 }
 
+/// Searches `tenant`'s shared scope until it answers in full (a cold index answers 503 or
+/// `partial` while it builds): milliseconds until then, and how many answers were not full.
+async fn timed_search(
+    http: &reqwest::Client,
+    router: &str,
+    tenant: &str,
+    query: &[f32],
+) -> anyhow::Result<(f64, usize)> {
+    let t = Instant::now();
+    let mut misses = 0;
+    while t.elapsed() < Duration::from_secs(120) {
+        let resp = http
+            .post(format!("{router}/v1/tenants/{tenant}/memories/search"))
+            .json(&json!({"scopes": ["shared"], "embedding": query, "k": 10}))
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            let body: serde_json::Value = resp.json().await?;
+            if !body["partial"].as_bool().unwrap_or(false) {
+                return Ok((t.elapsed().as_secs_f64() * 1000.0, misses));
+            }
+        }
+        misses += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{tenant} never answered a full search")
+}
+
 fn p99(sorted: &[Duration]) -> f64 {
     sorted
         .get(((sorted.len() as f64 - 1.0) * 0.99).round() as usize)
@@ -124,6 +156,18 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(resp.status().is_success(), "load answered {}", resp.status());
     }
     eprintln!("loaded in {:.1} s", started.elapsed().as_secs_f64());
+    // A hot tenant is searched before it moves, so its source has the graph in memory.
+    let whale_query = around(&cs[5], spread, &mut rng);
+    let before = if args.hot {
+        let (cold_ms, cold_misses) = timed_search(&http, &router, "whale", &whale_query).await?;
+        let (warm_ms, _) = timed_search(&http, &router, "whale", &whale_query).await?;
+        format!(
+            "before the move: first {cold_ms:.0} ms ({cold_misses} refused while its graph was built), then {warm_ms:.1} ms"
+        )
+    } else {
+        "not searched before the move (cold)".to_owned()
+    };
+    eprintln!("whale: {before}");
 
     let store = EmbeddedStore::open(cluster.ring_dir())?;
     let ring = Ring::new(store.load().await?.layout);
@@ -233,11 +277,18 @@ async fn main() -> anyhow::Result<()> {
         "migrating whale/shared {} -> {} under {} writes/s…",
         source.id, target.id, args.writes_per_sec
     );
-    let resp = http
+    let resp = match http
         .post(format!("{}/v1/migrations", control.url()))
         .json(&json!({"tenant": "whale", "scope": "shared", "to": target.id}))
         .send()
-        .await?;
+        .await
+    {
+        Ok(resp) => resp,
+        Err(e) => {
+            eprintln!("{}\n{}", control.log_tail(), cluster.logs());
+            return Err(e.into());
+        }
+    };
     anyhow::ensure!(
         resp.status().is_success(),
         "migration answered {}: {}",
@@ -251,6 +302,9 @@ async fn main() -> anyhow::Result<()> {
     let (writes, failed, slowest) = writer.await??;
     busy_stop.store(true, Ordering::Release);
     let busy = busy.await?;
+    let (moved_first_ms, moved_misses) =
+        timed_search(&http, &router, "whale", &whale_query).await?;
+    let (moved_next_ms, _) = timed_search(&http, &router, "whale", &whale_query).await?;
     let took_ms = report["took_ms"].as_f64().unwrap_or(0.0);
     let count = report["count"].as_f64().unwrap_or(0.0);
     eprintln!("migration: {report}");
@@ -283,6 +337,10 @@ async fn main() -> anyhow::Result<()> {
         report["copied"],
         report["replayed"]
     );
+    println!(
+        "| HNSW graph handed from source to target | {:.0} MB |",
+        report["index_bytes"].as_f64().unwrap_or(0.0) / 1e6
+    );
     println!("| writes fenced (fence → ownership flipped) | {} ms |", report["fenced_ms"]);
     println!(
         "| search p99 on the two busy nodes' other tenants | idle {:.2} ms; writes alone {:.2} ms; writes + migration {:.2} ms ({:.2}× idle, {:.2}× writes alone); migration rate limit {} |",
@@ -301,6 +359,9 @@ async fn main() -> anyhow::Result<()> {
         "| writes during the run ({} /s) | {writes} sent, {failed} failed, slowest {:.0} ms |",
         args.writes_per_sec,
         slowest.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| searches of the moved tenant (until a full answer) | {before}; after: first {moved_first_ms:.0} ms ({moved_misses} refused), then {moved_next_ms:.1} ms |"
     );
     let part_fraction = moves as f64 / partitions.max(1) as f64;
     println!(
