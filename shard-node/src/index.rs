@@ -127,6 +127,56 @@ impl VectorIndex {
         }
     }
 
+    /// Adds (or replaces) many vectors at once; on an HNSW graph the adds run on up to
+    /// `threads` threads (usearch allows concurrent adds into reserved capacity). A label may
+    /// appear once only.
+    pub fn upsert_many(
+        &mut self,
+        items: &[(u64, &[f32])],
+        threads: usize,
+    ) -> Result<(), IndexError> {
+        if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != self.dims) {
+            return Err(IndexError(format!(
+                "vector has {} dims, index has {}",
+                v.len(),
+                self.dims
+            )));
+        }
+        // Small batches, and a flat index still filling up, go one by one.
+        let Engine::Hnsw(hnsw) = &mut self.engine else {
+            return items.iter().try_for_each(|(label, v)| self.upsert(*label, v));
+        };
+        if items.len() < 64 || threads < 2 {
+            return items.iter().try_for_each(|(label, v)| hnsw.upsert(*label, v));
+        }
+        for (label, _) in items {
+            if hnsw.index.contains(*label) {
+                hnsw.index.remove(*label).map_err(|e| IndexError(e.to_string()))?;
+            }
+        }
+        let needed = hnsw.index.size() + items.len();
+        if needed > hnsw.index.capacity() {
+            hnsw.reserve((needed * 2).max(1024))?;
+        }
+        let index = &hnsw.index;
+        let chunk = items.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter().try_for_each(|(label, v)| {
+                            index.add(*label, v).map_err(|e| IndexError(e.to_string()))
+                        })
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join().map_err(|_| IndexError("an index worker panicked".into()))?
+            })
+        })
+    }
+
     /// Removes `label` if present.
     pub fn remove(&mut self, label: u64) -> Result<(), IndexError> {
         match &mut self.engine {
@@ -400,6 +450,31 @@ impl Hnsw {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batched_parallel_upserts_equal_one_by_one() {
+        let config = IndexConfig { flat_limit: 16, ..IndexConfig::default() };
+        let vectors = clustered(2000, 8, 5);
+        let mut one = VectorIndex::new(8, config.clone());
+        let mut many = VectorIndex::new(8, config);
+        for (i, v) in vectors.iter().enumerate().take(100) {
+            one.upsert(i as u64, v).expect("upsert");
+            many.upsert(i as u64, v).expect("upsert");
+        }
+        // Labels 50..2000: half of the first hundred are replaced, the rest are new.
+        for (i, v) in vectors.iter().enumerate().skip(50) {
+            one.upsert(i as u64, v).expect("upsert");
+        }
+        let items: Vec<(u64, &[f32])> =
+            vectors.iter().enumerate().skip(50).map(|(i, v)| (i as u64, v.as_slice())).collect();
+        many.upsert_many(&items, 2).expect("upsert_many");
+        assert_eq!((many.len(), many.engine_name()), (2000, "hnsw"));
+        // Every vector finds itself first in both.
+        for (i, v) in vectors.iter().enumerate().step_by(97) {
+            assert_eq!(many.search(v, 1, None).expect("search")[0].label, i as u64);
+            assert_eq!(one.search(v, 1, None).expect("search")[0].label, i as u64);
+        }
+    }
 
     #[test]
     fn an_hnsw_index_survives_bytes_and_keeps_taking_writes() {

@@ -56,11 +56,22 @@ pub struct StorageConfig {
     pub block_cache_bytes: usize,
     /// Vector index tuning.
     pub index: IndexConfig,
+    /// Threads that insert a big batch of vectors into a graph at once (index builds, batch
+    /// writes, migration imports).
+    pub build_threads: usize,
 }
+
+/// Vectors inserted per round while an index is built from RocksDB.
+const BUILD_CHUNK: usize = 4096;
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { sync_writes: false, block_cache_bytes: 256 << 20, index: IndexConfig::default() }
+        Self {
+            sync_writes: false,
+            block_cache_bytes: 256 << 20,
+            index: IndexConfig::default(),
+            build_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 }
 
@@ -462,32 +473,44 @@ impl Storage {
 
     /// Applies committed changes to the loaded index (if it is loaded; otherwise the next load
     /// reads them from RocksDB). Called with the partition's write mutex held, so in log order.
+    /// Each op sets its label's final state, so only the last op per label touches the graph,
+    /// and the vectors of a big batch go in on several threads.
     fn apply_to_index(&self, p: &Partition, ops: Vec<(u64, Option<Vec<f32>>, Option<Entry>)>) {
         let mut guard = p.search.write();
         let Some(loaded) = guard.as_mut() else { return };
-        for (label, vector, entry) in ops {
-            let result = match (&vector, &mut loaded.vectors) {
-                (Some(v), Some(index)) => index.upsert(label, v),
-                (Some(v), slot @ None) => {
-                    let mut index = VectorIndex::new(v.len(), self.config.index.clone());
-                    let r = index.upsert(label, v);
-                    *slot = Some(index);
-                    r
-                }
-                (None, Some(index)) => index.remove(label),
-                (None, None) => Ok(()),
-            };
+        let last: HashMap<u64, usize> =
+            ops.iter().enumerate().map(|(i, (label, _, _))| (*label, i)).collect();
+        let mut upserts: Vec<(u64, Vec<f32>)> = Vec::new();
+        let mut result = Ok(());
+        for (i, (label, vector, entry)) in ops.into_iter().enumerate() {
             match (vector.is_some(), entry) {
                 (true, Some(entry)) => loaded.insert(label, entry),
                 _ => loaded.remove(label),
             }
-            if let Err(e) = result {
-                // The data is committed; only the derived index failed. Drop it so the next search
-                // rebuilds it from RocksDB rather than serving a wrong answer.
-                tracing::error!(partition = %p.key, error = %e, "index update failed; index will be rebuilt");
-                *guard = None;
-                return;
+            if last.get(&label) != Some(&i) {
+                continue;
             }
+            match vector {
+                Some(v) => upserts.push((label, v)),
+                None => {
+                    if let Some(index) = &mut loaded.vectors {
+                        result = result.and(index.remove(label));
+                    }
+                }
+            }
+        }
+        if let Some((_, first)) = upserts.first() {
+            let config = self.config.index.clone();
+            let index = loaded.vectors.get_or_insert_with(|| VectorIndex::new(first.len(), config));
+            let items: Vec<(u64, &[f32])> =
+                upserts.iter().map(|(label, v)| (*label, v.as_slice())).collect();
+            result = result.and(index.upsert_many(&items, self.config.build_threads));
+        }
+        if let Err(e) = result {
+            // The data is committed; only the derived index failed. Drop it so the next search
+            // rebuilds it from RocksDB rather than serving a wrong answer.
+            tracing::error!(partition = %p.key, error = %e, "index update failed; index will be rebuilt");
+            *guard = None;
         }
     }
 
@@ -503,17 +526,32 @@ impl Storage {
         }
         let started = std::time::Instant::now();
         let mut loaded = Loaded::default();
+        // Vectors go into the graph in chunks, each on several threads.
+        let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(BUILD_CHUNK);
+        let flush = |loaded: &mut Loaded, chunk: &mut Vec<(u64, Vec<f32>)>| {
+            let Some((_, first)) = chunk.first() else { return Ok(()) };
+            let config = self.config.index.clone();
+            let index = loaded.vectors.get_or_insert_with(|| VectorIndex::new(first.len(), config));
+            let items: Vec<(u64, &[f32])> =
+                chunk.iter().map(|(label, v)| (*label, v.as_slice())).collect();
+            let r = index
+                .upsert_many(&items, self.config.build_threads)
+                .map_err(|e| ApiError::internal(e.to_string()));
+            chunk.clear();
+            r
+        };
         for item in self.scan(CF_EPISODES, &p.enc, &p.enc, Self::uncached())? {
             let (_, value) = item?;
             let episode: StoredEpisode = decode(&value)?;
-            let Some(vector) = &episode.embedding else { continue };
-            let index = loaded
-                .vectors
-                .get_or_insert_with(|| VectorIndex::new(vector.len(), self.config.index.clone()));
-            index.upsert(episode.label, vector).map_err(|e| ApiError::internal(e.to_string()))?;
+            let Some(vector) = episode.embedding.clone() else { continue };
             let metadata = parse_metadata(&episode.metadata_json)?;
             loaded.insert(episode.label, entry_of(&episode, &metadata));
+            chunk.push((episode.label, vector));
+            if chunk.len() == BUILD_CHUNK {
+                flush(&mut loaded, &mut chunk)?;
+            }
         }
+        flush(&mut loaded, &mut chunk)?;
         tracing::info!(
             partition = %p.key,
             vectors = loaded.entries.len(),
