@@ -215,11 +215,7 @@ impl EtcdCluster {
 
     /// The partitions a shard node holds, as `tenant/scope` strings.
     pub async fn partitions_on(&self, shard: &Proc) -> anyhow::Result<Vec<String>> {
-        let v = partition_list(shard).await?;
-        Ok(v["partitions"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|p| p["partition"].as_str().map(str::to_owned)).collect())
-            .unwrap_or_default())
+        crate::partitions_at(&shard.addr).await
     }
 
     /// All logs, for failure messages.

@@ -374,6 +374,16 @@ pub async fn send_allowing_5xx(
     Ok((status, value))
 }
 
+/// The partitions the shard node at `addr` holds, as `tenant/scope` strings.
+pub async fn partitions_at(addr: &str) -> anyhow::Result<Vec<String>> {
+    let url = format!("http://{addr}/internal/v1/partitions");
+    let v = send(&client(), reqwest::Method::GET, &url, None).await?.1;
+    Ok(v["partitions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["partition"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default())
+}
+
 /// Asserts an error answer has the documented shape and a 4xx status; returns its code.
 pub fn assert_client_error(status: u16, body: &Value) -> String {
     assert!((400..500).contains(&status), "expected a 4xx, got {status}: {body}");

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
 use memring_common::{NodeId, PartitionKey, Ring, Scope, TenantId};
-use memring_tests::etcd::{EtcdCluster, add_to_layout};
-use memring_tests::{binary, client, send, send_allowing_5xx, vector};
+use memring_tests::etcd::EtcdCluster;
+use memring_tests::{binary, client, send_allowing_5xx, vector};
 use serde_json::json;
 
 const TENANT: &str = "big";
@@ -293,12 +293,20 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
         .await?;
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 
-    // The placement override keeps the tenant on its node when the ring changes.
+    // The placement override keeps the tenant on its node across a later rebalance.
     let fourth = c.start_shard("shard-4").await?;
-    add_to_layout(&store, &fourth).await?;
     c.shards.push(fourth);
+    let (ok, out, err) = shardctl(&control.url(), &["--json", "rebalance"]).await?;
+    assert!(ok, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(report["plan"]["joining"], json!(["shard-4"]));
+    let pinned = partition.to_string();
+    let moves = report["plan"]["moves"].as_array().expect("moves");
+    assert!(moves.iter().all(|m| m["partition"] != pinned.as_str()), "the pinned tenant moved");
     let ring = Ring::new(store.load().await?.layout);
+    assert!(ring.layout().node(&NodeId::parse("shard-4")?).is_some(), "shard-4 joined");
     assert_eq!(ring.owner(&partition).expect("owner").id, target.id);
+    assert!(c.partitions_on(&c.shards[3]).await?.iter().all(|p| *p != pinned));
     c.wait_router_epoch(0, ring.epoch(), Duration::from_secs(5)).await?;
     let (status, _) = send_allowing_5xx(
         &http,
@@ -679,21 +687,8 @@ async fn a_cancelled_migration_leaves_the_source_owning_everything() -> anyhow::
     assert_eq!(layout.epoch, epoch, "nothing flipped");
     assert!(layout.overrides.is_empty());
     assert!(memring_control::journal::pending(&store).await?.is_empty(), "journal cleared");
-    let on_target = send(
-        &client(),
-        reqwest::Method::GET,
-        &format!("http://{}/internal/v1/partitions", target.addr),
-        None,
-    )
-    .await?
-    .1;
-    let held: Vec<&str> = on_target["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .filter_map(|p| p["partition"].as_str())
-        .collect();
-    assert!(!held.contains(&"slow/shared"), "the target kept a partial copy: {held:?}");
+    let held = memring_tests::partitions_at(&target.addr).await?;
+    assert!(!held.iter().any(|p| p == "slow/shared"), "the target kept a partial copy: {held:?}");
     assert_exactly(&c.url(), &expected).await?;
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
