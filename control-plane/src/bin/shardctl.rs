@@ -108,11 +108,14 @@ async fn with_progress<T>(
             _ = tick.tick() => {
                 let Ok(resp) = client.get(format!("{base}/v1/cluster")).send().await else { continue };
                 let Ok(view) = resp.json::<ClusterView>().await else { continue };
-                for m in &view.migrations {
+                // A rebalance journals every move up front: one runs, the rest wait.
+                let waiting = view.migrations.iter().filter(|m| m["phase"] == "pending").count();
+                let queue = if waiting > 0 { format!(" ({waiting} more waiting)") } else { String::new() };
+                if let Some(m) = view.migrations.iter().find(|m| m["phase"] != "pending") {
                     let (copied, total) = (m["copied"].as_u64().unwrap_or(0), m["total"].as_u64().unwrap_or(0));
                     let rate = last.map(|(c, t)| copied.saturating_sub(c) as f64 / t.elapsed().as_secs_f64()).unwrap_or(0.0);
                     let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(copied) as f64 / rate) } else { "?".into() };
-                    eprint!("\r{} {}: {copied}/{total} copied, {rate:.0}/s, ETA {eta}     ", m["partition"], m["phase"]);
+                    eprint!("\r{} {}: {copied}/{total} copied, {rate:.0}/s, ETA {eta}{queue}     ", m["partition"], m["phase"]);
                     last = Some((copied, std::time::Instant::now()));
                 }
             }
@@ -180,12 +183,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 _ => "/v1/rebalance".to_owned(),
             };
-            let req = if dry_run {
-                client.get(format!("{base}{path}"))
+            let resp = if dry_run {
+                client.get(format!("{base}{path}")).send().await
             } else {
-                client.post(format!("{base}{path}"))
-            };
-            let resp = req.send().await.map_err(unreachable)?;
+                let post = client.post(format!("{base}{path}")).send();
+                with_progress(&client, &base, post).await
+            }
+            .map_err(unreachable)?;
             let report: ChangeReport = answer(resp).await?.json().await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
