@@ -19,6 +19,8 @@ pub const LAYOUT_FORMAT_VERSION: u32 = 1;
 /// Virtual nodes per physical node unless the layout says otherwise (see docs/benchmarks.md for
 /// the balance measured at 16, 128 and 256).
 pub const DEFAULT_VNODES: u32 = 256;
+/// Most copies a layout may ask for.
+pub const MAX_REPLICATION: u32 = 7;
 
 /// One shard node in the ring.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,13 @@ pub struct ClusterLayout {
     /// partitions afresh, so a cancelled rebalance is finished by running it again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub staging_pins: BTreeSet<PartitionKey>,
+    /// Copies of every partition (see `Ring::replicas`); 1 until replication is switched on.
+    #[serde(default = "one")]
+    pub replication_factor: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for ClusterLayout {
@@ -72,6 +81,7 @@ impl Default for ClusterLayout {
             draining: BTreeSet::new(),
             creation_frozen: false,
             staging_pins: BTreeSet::new(),
+            replication_factor: 1,
         }
     }
 }
@@ -92,6 +102,12 @@ impl ClusterLayout {
             return Err(ApiError::invalid(format!(
                 "vnodes_per_node must be 1..=4096, got {}",
                 self.vnodes_per_node
+            )));
+        }
+        if !(1..=MAX_REPLICATION).contains(&self.replication_factor) {
+            return Err(ApiError::invalid(format!(
+                "replication_factor must be 1..={MAX_REPLICATION}, got {}",
+                self.replication_factor
             )));
         }
         for pair in self.nodes.windows(2) {

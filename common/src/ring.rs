@@ -77,10 +77,13 @@ impl Hash for KeyBytes<'_> {
     }
 }
 
-/// The placement function of one layout: partition → owning node.
+/// The placement function of one layout: partition → owning node (and its replica set).
 pub struct Ring {
     layout: ClusterLayout,
     ring: HashRing<VNode, StableBuildHasher>,
+    /// Every vnode's position (as `hashring` places it) and its node's index, sorted: the walk
+    /// clockwise from a key that picks replicas, and the arcs behind `shares`.
+    points: Vec<(u64, usize)>,
 }
 
 impl Ring {
@@ -99,9 +102,13 @@ impl Ring {
                     point: vnode_point(&n.id, replica),
                 })
             })
-            .collect();
+            .collect::<Vec<VNode>>();
+        let hasher = StableBuildHasher;
+        let mut points: Vec<(u64, usize)> =
+            vnodes.iter().map(|v| (hasher.hash_one(v), v.node)).collect();
+        points.sort_unstable();
         ring.batch_add(vnodes);
-        Self { layout, ring }
+        Self { layout, ring, points }
     }
 
     /// The layout this ring was built from.
@@ -128,24 +135,45 @@ impl Ring {
         self.ring.get(&KeyBytes(key)).map(|v| &self.layout.nodes[v.node])
     }
 
+    /// The nodes that hold `partition` with the layout's replication factor R: its override (if
+    /// any) first, then the next distinct nodes clockwise from its ring position, R in all (fewer
+    /// if the ring has fewer nodes). The first is where the ring alone would put the partition
+    /// when it has no override, so with R = 1 this is `[owner]`.
+    pub fn replicas(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+        let r = self.layout.replication_factor.max(1) as usize;
+        let pinned = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id));
+        let mut set: Vec<&LayoutNode> = pinned.into_iter().collect();
+        set.extend(self.walk(&partition.encode()).filter(|n| pinned.is_none_or(|p| p.id != n.id)));
+        set.truncate(r);
+        set
+    }
+
+    /// The first `r` distinct nodes clockwise from an arbitrary key (ignores overrides).
+    pub fn replicas_of_bytes(&self, key: &[u8], r: usize) -> Vec<&LayoutNode> {
+        self.walk(key).take(r).collect()
+    }
+
+    /// Distinct nodes in ring order, starting at the vnode that owns `key`.
+    fn walk(&self, key: &[u8]) -> impl Iterator<Item = &LayoutNode> + '_ {
+        let k = StableBuildHasher.hash_one(KeyBytes(key));
+        // The first point at or after the key, wrapping to the start (as `hashring` does).
+        let start = self.points.partition_point(|(p, _)| *p < k) % self.points.len().max(1);
+        let mut seen = vec![false; self.layout.nodes.len()];
+        self.points[start..]
+            .iter()
+            .chain(&self.points[..start])
+            .filter_map(move |&(_, node)| {
+                (!std::mem::replace(&mut seen[node], true)).then_some(node)
+            })
+            .map(|node| &self.layout.nodes[node])
+    }
+
     /// Each node's share of the key space (fractions summing to 1), in layout order.
     pub fn shares(&self) -> Vec<(NodeId, f64)> {
-        let hasher = StableBuildHasher;
-        let mut points: Vec<(u64, usize)> = self
-            .layout
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| !self.layout.draining.contains(&n.id))
-            .flat_map(|(i, n)| {
-                (0..self.layout.vnodes_per_node).map(move |r| (i, vnode_point(&n.id, r)))
-            })
-            .map(|(i, point)| (hasher.hash_one(VNode { node: i, replica: 0, point }), i))
-            .collect();
-        points.sort_unstable();
+        let points = &self.points;
         let mut owned = vec![0u128; self.layout.nodes.len()];
         let mut prev = points.last().map(|p| p.0).unwrap_or(0);
-        for &(point, node) in &points {
+        for &(point, node) in points {
             // A vnode owns the arc (prev, point], wrapping around zero for the first one.
             owned[node] += u128::from(point.wrapping_sub(prev));
             prev = point;
@@ -282,8 +310,63 @@ mod tests {
         }
     }
 
+    #[test]
+    fn replica_sets_are_distinct_nodes_led_by_the_owner_or_the_pin() {
+        let mut l = layout(5, 64);
+        l.replication_factor = 3;
+        let ring = Ring::new(l.clone());
+        for key in keys(500) {
+            let set: Vec<&str> = ring.replicas(&key).iter().map(|n| n.id.as_str()).collect();
+            assert_eq!(set.len(), 3);
+            assert_eq!(set[0], ring.owner(&key).expect("owner").id.as_str());
+            let distinct: std::collections::BTreeSet<_> = set.iter().collect();
+            assert_eq!(distinct.len(), 3, "{set:?}");
+        }
+        // A pin leads its set; the rest follow the ring without repeating it.
+        let key = keys(1).remove(0);
+        let natural = ring.replicas(&key);
+        let pin = l.nodes.iter().find(|n| natural.iter().all(|m| m.id != n.id)).expect("outsider");
+        l.overrides.insert(key.clone(), pin.id.clone());
+        let pinned = Ring::new(l.clone());
+        let set = pinned.replicas(&key);
+        assert_eq!(set[0].id, pin.id);
+        assert_eq!(
+            set[1..].iter().map(|n| &n.id).collect::<Vec<_>>(),
+            [&natural[0].id, &natural[1].id]
+        );
+        // More copies than nodes: every node once.
+        l.replication_factor = 9;
+        assert_eq!(Ring::new(l).replicas(&keys(1)[0]).len(), 5);
+        assert!(Ring::new(ClusterLayout::default()).replicas(&key).is_empty());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The replica walk starts where `hashring` puts the key, so R = 1 is exactly the owner.
+        #[test]
+        fn the_first_replica_is_the_ring_owner(n in 1usize..8, vnodes in 1u32..64, seed in 0u64..1000) {
+            let ring = Ring::new(layout(n, vnodes));
+            for i in 0..300u64 {
+                let key = (seed * 7_919 + i).to_be_bytes();
+                let first = ring.replicas_of_bytes(&key, 1);
+                prop_assert_eq!(&first[0].id, &ring.owner_of_bytes(&key).expect("owner").id);
+            }
+        }
+
+        /// Adding a node changes each replica set by at most one member (the new node enters,
+        /// one old member leaves): replication moves as little as placement does.
+        #[test]
+        fn adding_a_node_swaps_at_most_one_replica(n in 3usize..8, seed in 0u64..1000) {
+            let (before, after) = (Ring::new(layout(n, 32)), Ring::new(layout(n + 1, 32)));
+            for i in 0..300u64 {
+                let key = (seed * 104_729 + i).to_be_bytes();
+                let a: Vec<&NodeId> = before.replicas_of_bytes(&key, 3).iter().map(|x| &x.id).collect();
+                let b: Vec<&NodeId> = after.replicas_of_bytes(&key, 3).iter().map(|x| &x.id).collect();
+                let kept = b.iter().filter(|id| a.contains(id)).count();
+                prop_assert!(kept >= 2, "{:?} -> {:?}", a, b);
+            }
+        }
 
         /// Adding any node to any ring only moves keys onto the added node.
         #[test]
