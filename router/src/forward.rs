@@ -3,7 +3,11 @@
 //!
 //! A shard node answers 421 `wrong_owner` when the router's ring is stale; the router then reads
 //! the layout from the store and tries the (new) owner once more. Network failures and timeouts
-//! become 503 `unavailable` with `Retry-After`, never a 500.
+//! become 503 `unavailable` with `Retry-After`, never a 500. Reads (get, list, search) that fail
+//! in transport are retried with exponential backoff and full jitter while their time allows;
+//! writes and deletes are not (the client decides, with the write's idempotent id). Every node
+//! has a circuit breaker (`breaker.rs`): after repeated transport failures its requests fail at
+//! once until a probe gets through.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +20,8 @@ use memring_common::layout::LayoutNode;
 use memring_common::watcher::RingView;
 use memring_common::{ApiError, ErrorCode, PartitionKey};
 
+use crate::breaker::{BreakerConfig, Breakers};
+
 /// A shard node's answer: status and body, passed through or parsed by the caller.
 #[derive(Debug)]
 pub struct ShardReply {
@@ -27,6 +33,10 @@ pub struct ShardReply {
 
 /// How long a router keeps retrying a partition whose writes are fenced for a hand-off.
 const MOVING_PATIENCE: Duration = Duration::from_secs(5);
+/// Tries of a read whose node could not be reached (the first included).
+const READ_ATTEMPTS: u32 = 3;
+/// First backoff before retrying a read; doubled each time, with full jitter.
+const READ_BACKOFF: Duration = Duration::from_millis(20);
 
 impl ShardReply {
     /// The error code of an error answer, if it has one.
@@ -53,6 +63,7 @@ impl ShardReply {
 pub struct Forwarder {
     client: reqwest::Client,
     ring: Arc<RingView>,
+    breakers: Breakers,
 }
 
 impl Forwarder {
@@ -66,7 +77,7 @@ impl Forwarder {
             .connect_timeout(Duration::from_secs(2))
             .http1_only()
             .build()?;
-        Ok(Self { client, ring })
+        Ok(Self { client, ring, breakers: Breakers::new(BreakerConfig::default()) })
     }
 
     /// The ring view.
@@ -90,14 +101,17 @@ impl Forwarder {
         // the ring reloaded each time, for up to MOVING_PATIENCE, so the client sees a slower
         // request rather than an error.
         let started = std::time::Instant::now();
+        let read = method == Method::GET || suffix == "search";
         let mut wrong_owner_retried = false;
         let mut pause = Duration::from_millis(5);
+        let mut attempt = 0;
         loop {
             let ring = self.ring.ring();
             let Some(owner) = ring.owner(partition).cloned() else {
                 return Err(ApiError::unavailable("no shard nodes are in the ring yet", 1));
             };
-            let reply = self
+            attempt += 1;
+            let sent = self
                 .send(
                     &owner,
                     method.clone(),
@@ -107,7 +121,26 @@ impl Forwarder {
                     Some(ring.epoch()),
                     timeout,
                 )
-                .await?;
+                .await;
+            let reply = match sent {
+                Ok(reply) => reply,
+                Err(e)
+                    if read
+                        && attempt < READ_ATTEMPTS
+                        && !self.breakers.holds(&owner.id, Instant::now()) =>
+                {
+                    // Full jitter: a random wait up to the doubled backoff, within the time left.
+                    let ceiling = READ_BACKOFF * 2u32.pow(attempt - 1);
+                    let wait = ceiling.mul_f64(rand::random::<f64>());
+                    if started.elapsed() + wait >= timeout {
+                        return Err(e);
+                    }
+                    metrics::counter!("memring_router_read_retries_total").increment(1);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let moving =
                 reply.status == 503 && reply.error_code() == Some(ErrorCode::PartitionMoving);
             if reply.status == 421 && !wrong_owner_retried {
@@ -150,6 +183,19 @@ impl Forwarder {
         epoch: Option<u64>,
         timeout: Duration,
     ) -> Result<ShardReply, ApiError> {
+        if let Err(wait) = self.breakers.admit(&node.id, Instant::now()) {
+            metrics::counter!("memring_router_breaker_rejections_total", "node" => node.id.to_string())
+                .increment(1);
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "shard node {} is failing; the router holds its requests for {} ms more",
+                    node.id,
+                    wait.as_millis()
+                ),
+            )
+            .with_retry_after(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX)));
+        }
         let url = format!("http://{}{path}", node.addr);
         let mut req = self
             .client
@@ -172,6 +218,11 @@ impl Forwarder {
         .await;
         metrics::histogram!("memring_forward_duration_seconds", "node" => node.id.to_string())
             .record(started.elapsed().as_secs_f64());
+        if let Some(state) = self.breakers.record(&node.id, result.is_ok(), Instant::now()) {
+            tracing::warn!(node = %node.id, state = ["closed", "half-open", "open"][usize::from(state)], "circuit breaker changed");
+            metrics::gauge!("memring_router_breaker_state", "node" => node.id.to_string())
+                .set(f64::from(state));
+        }
         result.map_err(|e| {
             metrics::counter!("memring_forward_errors_total", "node" => node.id.to_string())
                 .increment(1);

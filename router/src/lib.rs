@@ -2,11 +2,13 @@
 //!
 //! - [`config`]: settings and flags
 //! - [`service`]: routes of API v1, validation, fan-out and merge
-//! - [`forward`]: the pooled client to shard nodes and the 421 retry rule
+//! - [`forward`]: the pooled client to shard nodes, the 421 retry rule, retries of reads
+//! - [`breaker`]: a circuit breaker per shard node
 //!
 //! It holds no data; it must never decide placement on its own (the ring does) nor serve a
 //! request it could not validate.
 
+pub mod breaker;
 pub mod config;
 pub mod forward;
 pub mod service;

@@ -110,3 +110,66 @@ async fn the_request_id_travels_from_router_to_shard() -> anyhow::Result<()> {
     assert!(found, "no shard log mentions the request id\n{}", c.logs());
     Ok(())
 }
+
+/// A dead shard node costs the router's callers a fast 503, not a connection attempt each: after
+/// five transport failures its breaker opens (503 with `Retry-After`, visible in the router's
+/// metrics); once the node is back, a probe closes the breaker and requests succeed again.
+#[tokio::test]
+async fn a_dead_node_trips_its_circuit_breaker_and_a_probe_closes_it() -> anyhow::Result<()> {
+    use memring_common::store::RingStore;
+    use memring_common::{PartitionKey, Ring, Scope, TenantId};
+    let mut c = Cluster::start(2).await?;
+    let store = memring_common::store::embedded::EmbeddedStore::open(c.ring_dir())?;
+    let ring = Ring::new(store.load().await?.layout);
+    let tenant = (0..200)
+        .map(|i| format!("t{i}"))
+        .find(|t| {
+            let p = PartitionKey::new(&TenantId::parse(t).expect("tenant"), &Scope::Shared);
+            ring.owner(&p).is_some_and(|o| o.id.as_str() == "shard-1")
+        })
+        .expect("a tenant on shard-1");
+    let m = json!({"id": "m1", "scope": "shared", "content": "x", "embedding": vector(4, 0, 0.1)});
+    assert_eq!(c.post(&format!("/v1/tenants/{tenant}/memories"), &m).await?.0, 201);
+    let url = format!("{}/v1/tenants/{tenant}/memories/m1?scope=shared", c.url());
+    let http = memring_tests::client();
+
+    c.shards[0].kill();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let resp = http.get(&url).send().await?;
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().contains_key("retry-after");
+        let body: Value = resp.json().await?;
+        answers.push((
+            status,
+            retry_after,
+            body["error"]["message"].as_str().unwrap_or("").to_owned(),
+        ));
+    }
+    assert!(answers.iter().all(|(s, r, _)| *s == 503 && *r), "{answers:?}");
+    assert!(answers[0].2.contains("could not be reached"), "{answers:?}");
+    assert!(answers[5].2.contains("is failing"), "the breaker did not open: {answers:?}");
+    let metrics = http.get(format!("{}/metrics", c.url())).send().await?.text().await?;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("memring_router_breaker_state{node=\"shard-1\"} 2")),
+        "{metrics}"
+    );
+
+    c.shards[0].start_again()?;
+    c.shards[0].wait_ready(Duration::from_secs(30)).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = http.get(&url).send().await?.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status} after the node came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = http.get(format!("{}/metrics", c.url())).send().await?.text().await?;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("memring_router_breaker_state{node=\"shard-1\"} 0")),
+        "{metrics}"
+    );
+    Ok(())
+}
