@@ -90,7 +90,7 @@ pub async fn run(
 
     let service = Arc::new(service::ShardService::new(
         node.clone(),
-        storage,
+        storage.clone(),
         ring,
         config.concurrency,
         config.body_limit_bytes,
@@ -98,6 +98,17 @@ pub async fn run(
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;
+    // Keep the loaded graphs for the next start (a crash skips this; graphs then rebuild).
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || storage.save_graphs()).await {
+        Ok(Ok(n)) => tracing::info!(
+            graphs = n,
+            millis = started.elapsed().as_millis() as u64,
+            "graphs saved"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "graphs not saved; they will be rebuilt"),
+        Err(e) => tracing::warn!(error = %e, "graphs not saved; they will be rebuilt"),
+    }
     let _ = stop_tx.send(true);
     let _ = follower.await;
     lease.revoke().await;

@@ -152,6 +152,8 @@ pub struct Storage {
     partitions: RwLock<HashMap<Vec<u8>, Arc<Partition>>>,
     /// Writes hold it shared; a tenant deletion holds it exclusively.
     gate: RwLock<()>,
+    /// Where a clean shutdown leaves the loaded HNSW graphs (`graphs.rs`).
+    graphs_dir: std::path::PathBuf,
 }
 
 fn db_err(e: rocksdb::Error) -> ApiError {
@@ -178,9 +180,15 @@ impl Storage {
             .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = Db::open_cf_descriptors(&db_opts, dir, cfs)
             .map_err(|e| anyhow::anyhow!("cannot open RocksDB in {}: {e}", dir.display()))?;
-        let storage =
-            Self { db, config, partitions: RwLock::new(HashMap::new()), gate: RwLock::new(()) };
+        let storage = Self {
+            db,
+            config,
+            partitions: RwLock::new(HashMap::new()),
+            gate: RwLock::new(()),
+            graphs_dir: graphs::graphs_dir(dir),
+        };
         storage.claim(node)?;
+        storage.load_graphs();
         Ok(storage)
     }
 
@@ -783,6 +791,7 @@ fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {
     }
 }
 
+mod graphs;
 pub mod migration;
 
 #[cfg(test)]

@@ -297,3 +297,60 @@ fn format_1_meta_is_upgraded_by_a_scan() {
     assert_eq!(fast, deep);
     assert_eq!(fast.count, 4);
 }
+
+/// A clean shutdown keeps loaded HNSW graphs: the next open has them loaded before any search,
+/// answering exactly as before; a damaged file is ignored (the graph is rebuilt) and every file
+/// is gone after the open.
+#[test]
+fn graphs_survive_a_clean_restart_and_bad_files_are_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = key("t", "shared");
+    let vectors: Vec<Vec<f32>> = (0..3000)
+        .map(|i| (0..8).map(|d| ((i * 7 + d * 13) % 97) as f32 / 97.0 + 0.01).collect())
+        .collect();
+    let s = open(dir.path());
+    for (chunk_no, chunk) in vectors.chunks(1000).enumerate() {
+        let items = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item(&format!("e{}", chunk_no * 1000 + i), "x", v.clone()))
+            .collect();
+        s.write(&k, items, 1).expect("write");
+    }
+    let q = &vectors[1234];
+    let before = s.search(&k, q, 5, &Filter::default(), 2).expect("search");
+    // Changes after the graph was loaded are in the saved graph too.
+    s.delete(&k, &MemoryId::parse("e5").expect("id"), 2).expect("delete");
+    s.write(&k, vec![item("e1", "changed", vectors[1].clone())], 2).expect("update");
+    let before = if before.iter().any(|h| h.id.as_str() == "e5") {
+        s.search(&k, q, 5, &Filter::default(), 2).expect("search")
+    } else {
+        before
+    };
+    assert_eq!(s.save_graphs().expect("save"), 1);
+    drop(s);
+    let s = open(dir.path());
+    assert!(s.is_search_loaded(&k), "the graph is loaded at open, before any search");
+    let after = s.search(&k, q, 5, &Filter::default(), 2).expect("search");
+    let ids =
+        |hits: &[SearchHit]| hits.iter().map(|h| h.id.as_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before));
+    assert!(
+        std::fs::read_dir(dir.path().join("graphs")).expect("dir").next().is_none(),
+        "consumed"
+    );
+
+    // A damaged file: not used, removed, and the graph is built on first search as usual.
+    assert_eq!(s.save_graphs().expect("save"), 1);
+    drop(s);
+    let file = std::fs::read_dir(dir.path().join("graphs")).expect("dir").next().expect("file");
+    let path = file.expect("entry").path();
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).expect("write");
+    let s = open(dir.path());
+    assert!(!s.is_search_loaded(&k));
+    assert!(!path.exists());
+    assert_eq!(ids(&s.search(&k, q, 5, &Filter::default(), 2).expect("search")), ids(&before));
+}
