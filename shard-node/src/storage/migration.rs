@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use memring_common::{ApiError, ErrorCode, PartitionKey};
 use rocksdb::WriteBatch;
 
-use super::{CF_EPISODES, CF_LOG, CF_META, Loaded, Storage, db_err, entry_of};
+use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
 use crate::index::VectorIndex;
 use crate::record::{
     LogEntry, LogOp, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key,
@@ -293,15 +293,7 @@ impl Storage {
         };
         let index = VectorIndex::from_bytes(dims as usize, self.config.index.clone(), bytes)
             .map_err(|e| ApiError::invalid(format!("the shipped index is unusable: {e}")))?;
-        let mut loaded = Loaded { vectors: Some(index), ..Loaded::default() };
-        for item in self.scan(CF_EPISODES, &p.enc, &p.enc, Storage::uncached())? {
-            let (_, value) = item?;
-            let e: StoredEpisode = decode(&value)?;
-            if e.embedding.is_some() {
-                let metadata = parse_metadata(&e.metadata_json)?;
-                loaded.insert(e.label, entry_of(&e, &metadata));
-            }
-        }
+        let loaded = self.with_stored_entries(&p.enc, index)?;
         let vectors = loaded.vectors.as_ref().map_or(0, |v| v.len());
         *p.search.write() = Some(loaded);
         tracing::info!(partition = %p.key, vectors, "index installed from the migration source");
