@@ -286,6 +286,12 @@ pub async fn migrate_partition(
 ) -> anyhow::Result<MigrationReport> {
     let started = Instant::now();
     let layout = store.load().await?.layout;
+    if layout.replication_factor > 1 {
+        bail!(
+            "migrating partitions of a replicated layout (replication_factor {}) is not built yet",
+            layout.replication_factor
+        );
+    }
     let ring = Ring::new(layout.clone());
     let from = ring.owner(partition).cloned().context("the ring has no nodes")?;
     let target =

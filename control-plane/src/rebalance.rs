@@ -109,6 +109,12 @@ async fn plan_at(
     frozen: bool,
 ) -> anyhow::Result<Plan> {
     let layout = store.load().await?.layout;
+    if layout.replication_factor > 1 {
+        bail!(
+            "rebalance and drain of a replicated layout (replication_factor {}) are not built yet",
+            layout.replication_factor
+        );
+    }
     if frozen && !layout.creation_frozen {
         bail!(
             "partition creation was unfrozen during planning (another control plane?); plan again"

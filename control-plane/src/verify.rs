@@ -69,6 +69,9 @@ pub async fn verify(
     let mut in_flight = Vec::new();
     for (partition, held) in &copies {
         let owner = ring.owner(partition).map(|o| o.id.to_string());
+        // With replication, the owner's followers hold copies too (they may lag behind it).
+        let replicas: Vec<String> =
+            ring.replicas(partition).iter().map(|n| n.id.to_string()).collect();
         let with_data: Vec<&Copy> = held.iter().filter(|c| c.count > 0).collect();
         let describe =
             |c: &Copy| format!("{}: {} memories, checksum {}", c.node, c.count, c.checksum);
@@ -77,6 +80,27 @@ pub async fn verify(
             in_flight.push(format!("{partition}: {}", sides.join("; ")));
             continue;
         }
+        let followers: Vec<&&Copy> =
+            with_data.iter().filter(|c| replicas.iter().skip(1).any(|r| *r == c.node)).collect();
+        let primary = with_data.iter().find(|c| owner.as_deref() == Some(c.node.as_str()));
+        if let Some(primary) = primary {
+            let behind: Vec<String> = followers
+                .iter()
+                .filter(|c| c.checksum != primary.checksum)
+                .map(|c| describe(c))
+                .collect();
+            if !behind.is_empty() {
+                in_flight.push(format!(
+                    "{partition}: followers catching up with {}: {}",
+                    describe(primary),
+                    behind.join("; ")
+                ));
+            }
+        }
+        let with_data: Vec<&Copy> = with_data
+            .into_iter()
+            .filter(|c| !replicas.iter().skip(1).any(|r| *r == c.node))
+            .collect();
         for c in &with_data {
             if owner.as_deref() != Some(c.node.as_str()) {
                 problems.push(format!(

@@ -7,6 +7,7 @@
 //! - [`index`]: the per-partition vector index (exact flat scan, then HNSW)
 //! - [`service`]: the internal HTTP API and the ownership (epoch) check
 //! - [`background`]: low-priority threads for migration work
+//! - [`replicate`]: followers tailing their primaries' change logs (replication factor > 1)
 //!
 //! It never talks to another shard node and never decides placement: the ring store does.
 
@@ -14,6 +15,7 @@ pub mod background;
 pub mod config;
 pub mod index;
 pub mod record;
+pub mod replicate;
 pub mod service;
 pub mod storage;
 
@@ -86,7 +88,9 @@ pub async fn run(
     let ring = RingView::new(store.clone());
     ring.refresh().await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let follower = tokio::spawn(ring.clone().follow(stop_rx));
+    let follower = tokio::spawn(ring.clone().follow(stop_rx.clone()));
+    let replicator =
+        tokio::spawn(replicate::follow(node.clone(), storage.clone(), ring.clone(), stop_rx));
 
     let service = Arc::new(service::ShardService::new(
         node.clone(),
@@ -98,7 +102,11 @@ pub async fn run(
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;
-    // Keep the loaded graphs for the next start (a crash skips this; graphs then rebuild).
+    // Nothing writes any more once the followers stop: then keep the loaded graphs for the next
+    // start (a crash skips this; graphs then rebuild).
+    let _ = stop_tx.send(true);
+    let _ = follower.await;
+    let _ = replicator.await;
     let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || storage.save_graphs()).await {
         Ok(Ok(n)) => tracing::info!(
@@ -109,8 +117,6 @@ pub async fn run(
         Ok(Err(e)) => tracing::warn!(error = %e, "graphs not saved; they will be rebuilt"),
         Err(e) => tracing::warn!(error = %e, "graphs not saved; they will be rebuilt"),
     }
-    let _ = stop_tx.send(true);
-    let _ = follower.await;
     lease.revoke().await;
     tracing::info!(node = %node, "shard node stopped");
     Ok(())

@@ -35,6 +35,13 @@ pub fn fence_key(partition: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Meta key of a follower's position in its primary's log: `0xFF ‖ "repl" ‖ partition`.
+pub fn repl_key(partition: &[u8]) -> Vec<u8> {
+    let mut key = b"\xffrepl".to_vec();
+    key.extend_from_slice(partition);
+    key
+}
+
 /// One page of an export.
 pub struct ExportPage {
     /// The memories, as puts, ready for [`Storage::import`].
@@ -116,6 +123,41 @@ impl Storage {
         ops: Vec<LogOp>,
         now_ms: i64,
     ) -> Result<usize, ApiError> {
+        self.import_at(key, ops, now_ms, None)
+    }
+
+    /// [`Storage::import`] for a follower: also records, in the same batch, that the primary's
+    /// log has been applied up to `primary_seq` (see [`Storage::replicated_seq`]).
+    pub fn import_replicated(
+        &self,
+        key: &PartitionKey,
+        ops: Vec<LogOp>,
+        now_ms: i64,
+        primary_seq: u64,
+    ) -> Result<usize, ApiError> {
+        self.import_at(key, ops, now_ms, Some(primary_seq))
+    }
+
+    /// How far this node has applied the primary's log of `key` as a follower (0: not at all).
+    pub fn replicated_seq(&self, key: &PartitionKey) -> Result<u64, ApiError> {
+        let cf = self.cf(CF_META)?;
+        Ok(match self.db.get_cf(&cf, repl_key(&key.encode())).map_err(db_err)? {
+            Some(bytes) => bytes
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| ApiError::internal("replication position is corrupt"))?,
+            None => 0,
+        })
+    }
+
+    fn import_at(
+        &self,
+        key: &PartitionKey,
+        ops: Vec<LogOp>,
+        now_ms: i64,
+        primary_seq: Option<u64>,
+    ) -> Result<usize, ApiError> {
         let _gate = self.gate.read();
         let Some(p) = self.partition(key, true)? else {
             return Err(ApiError::internal("partition vanished while being created"));
@@ -191,6 +233,9 @@ impl Storage {
             );
         }
         batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
+        if let Some(seq) = primary_seq {
+            batch.put_cf(&meta_cf, repl_key(&p.enc), seq.to_be_bytes());
+        }
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
         p.commit(&mut meta, next);
         self.apply_to_index(&p, index_ops);
@@ -311,6 +356,7 @@ impl Storage {
         let meta = self.cf(CF_META)?;
         batch.delete_cf(&meta, &enc);
         batch.delete_cf(&meta, fence_key(&enc));
+        batch.delete_cf(&meta, repl_key(&enc));
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
         self.partitions.write().remove(&enc);
         tracing::info!(partition = %key, "partition dropped from this node");
