@@ -76,3 +76,23 @@ pub async fn remove_node(
     })
     .await
 }
+
+/// Sets the number of copies of every partition. Existing partitions gain (or lose) followers as
+/// the shard nodes see the new layout; followers copy the primary's whole log on first contact.
+pub async fn set_replication(
+    store: &dyn RingStore,
+    copies: u32,
+    expect: Option<u64>,
+) -> anyhow::Result<String> {
+    apply(store, expect, |layout| {
+        if layout.replication_factor == copies {
+            return Ok(None);
+        }
+        let mut next = layout.clone();
+        next.epoch += 1;
+        next.replication_factor = copies;
+        next.validate().map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        Ok(Some(next))
+    })
+    .await
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use memring_common::api::partition_path;
-use memring_common::store::{RingStore, update_layout};
+use memring_common::store::RingStore;
 use memring_common::{PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
 use memring_tests::{binary, client, vector};
@@ -25,15 +25,20 @@ async fn sum_at(addr: &str, partition: &PartitionKey) -> anyhow::Result<(u64, St
 async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
     let c = EtcdCluster::start(3, 1, 10).await?;
     let store = c.etcd.store().await?;
-    let stored = update_layout(&store, 20, |l| {
-        let mut next = l.clone();
-        next.epoch += 1;
-        next.replication_factor = 2;
-        Some(next)
-    })
-    .await?;
-    c.wait_shards_epoch(stored.layout.epoch).await?;
-    c.wait_router_epoch(0, stored.layout.epoch, Duration::from_secs(5)).await?;
+    let set = tokio::process::Command::new(binary("memring-control")?)
+        .args(["--etcd", &c.etcd.url, "layout", "set-replication", "2"])
+        .output()
+        .await?;
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let bad = tokio::process::Command::new(binary("memring-control")?)
+        .args(["--etcd", &c.etcd.url, "layout", "set-replication", "9"])
+        .output()
+        .await?;
+    assert!(!bad.status.success(), "9 copies must be refused");
+    let layout = store.load().await?.layout;
+    assert_eq!(layout.replication_factor, 2);
+    c.wait_shards_epoch(layout.epoch).await?;
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
     let router = c.router(0);
     let http = client();
     for t in 0..12 {

@@ -64,6 +64,14 @@ enum LayoutCommand {
         #[arg(long)]
         expect_epoch: Option<u64>,
     },
+    /// Keep this many copies of every partition (1 to 7): followers tail their primary's log.
+    SetReplication {
+        /// Copies per partition.
+        copies: u32,
+        /// Apply only if the layout is still at this epoch (default: the epoch just read).
+        #[arg(long)]
+        expect_epoch: Option<u64>,
+    },
 }
 
 #[tokio::main]
@@ -120,6 +128,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 LayoutCommand::RemoveNode { id, expect_epoch } => {
                     memring_control::layout::remove_node(store.as_ref(), &id, expect_epoch).await?
+                }
+                LayoutCommand::SetReplication { copies, expect_epoch } => {
+                    memring_control::layout::set_replication(store.as_ref(), copies, expect_epoch)
+                        .await?
                 }
             };
             println!("{out}");
