@@ -338,8 +338,8 @@ impl Storage {
         for item in items {
             let id = item.id.as_str().to_owned();
             // `stored` may have expired (not yet purged); `existing` is what a reader sees.
-            let stored = match pending.remove(&id) {
-                Some(e) => Some(e),
+            let stored = match pending.get(&id) {
+                Some(e) => Some(e.clone()),
                 None => self.read_episode(&p.enc, &id)?,
             };
             let existing = stored.as_ref().filter(|e| !e.is_expired(now_ms));
@@ -372,9 +372,6 @@ impl Storage {
                 && old.same_body(&item.content, &metadata_json, &item.embedding, item.ttl_seconds)
             {
                 results.push(Ok((WriteOutcome::Unchanged, result_of(old))));
-                if let Some(old) = stored {
-                    pending.insert(id, old);
-                }
                 continue;
             }
             let (outcome, episode) = match existing {

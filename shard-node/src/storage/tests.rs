@@ -354,3 +354,27 @@ fn graphs_survive_a_clean_restart_and_bad_files_are_ignored() {
     assert!(!path.exists());
     assert_eq!(ids(&s.search(&k, q, 5, &Filter::default(), 2).expect("search")), ids(&before));
 }
+
+/// One batch writing the same id three times, the middle item refused (wrong dimension): the
+/// refused item changes nothing, so the count and checksum stay those of one memory.
+#[test]
+fn a_refused_item_in_a_batch_does_not_disturb_the_bookkeeping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let k = key("t", "shared");
+    let results = s
+        .write(
+            &k,
+            vec![
+                item("x", "a", vec![1.0, 0.0]),
+                item("x", "b", vec![1.0, 0.0, 0.0]),
+                item("x", "c", vec![0.0, 1.0]),
+            ],
+            1,
+        )
+        .expect("write");
+    assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+    let (fast, deep) = (s.checksum(&k, false).expect("sum"), s.checksum(&k, true).expect("deep"));
+    assert_eq!(fast, deep);
+    assert_eq!(fast.count, 1);
+}
