@@ -575,6 +575,29 @@ pub struct PartitionStats {
     pub last_seq: u64,
 }
 
+/// `POST /internal/v1/replicate/poll` body: a follower's long-poll on a primary.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaPoll {
+    /// The follower asking.
+    pub follower: crate::ids::NodeId,
+    /// The primary's change counter the follower has seen; the answer waits for a newer one.
+    pub seen: u64,
+    /// How long the primary may hold the answer, ms (capped by the primary).
+    pub wait_ms: u64,
+    /// How far the follower has applied each partition it follows (the primary's sequence).
+    pub acks: Vec<(crate::scope::PartitionKey, u64)>,
+}
+
+/// `POST /internal/v1/replicate/poll` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicaPollAnswer {
+    /// The primary's change counter now.
+    pub counter: u64,
+    /// Every partition the primary holds, with its log position.
+    pub partitions: Vec<PartitionStats>,
+}
+
 /// `GET /internal/v1/partitions` answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PartitionList {

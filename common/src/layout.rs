@@ -64,6 +64,10 @@ pub struct ClusterLayout {
     /// Copies of every partition (see `Ring::replicas`); 1 until replication is switched on.
     #[serde(default = "one")]
     pub replication_factor: u32,
+    /// Copies a write must reach before it is acknowledged; default a majority of
+    /// `replication_factor` (see [`ClusterLayout::write_quorum`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_quorum: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -82,6 +86,7 @@ impl Default for ClusterLayout {
             creation_frozen: false,
             staging_pins: BTreeSet::new(),
             replication_factor: 1,
+            write_quorum: None,
         }
     }
 }
@@ -110,6 +115,12 @@ impl ClusterLayout {
                 self.replication_factor
             )));
         }
+        if self.write_quorum.is_some_and(|w| w == 0 || w > self.replication_factor) {
+            return Err(ApiError::invalid(format!(
+                "write_quorum must be 1..={} (the replication factor)",
+                self.replication_factor
+            )));
+        }
         for pair in self.nodes.windows(2) {
             if pair[0].id >= pair[1].id {
                 return Err(ApiError::invalid(format!(
@@ -133,6 +144,14 @@ impl ClusterLayout {
             }
         }
         Ok(())
+    }
+
+    /// Copies a write must reach before it is acknowledged: the configured quorum, else a
+    /// majority of the replication factor (1 of 1, 2 of 2, 2 of 3).
+    pub fn write_quorum(&self) -> u32 {
+        self.write_quorum
+            .unwrap_or(self.replication_factor / 2 + 1)
+            .clamp(1, self.replication_factor.max(1))
     }
 
     /// The node with this id.

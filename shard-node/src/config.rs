@@ -43,6 +43,8 @@ pub struct ShardConfig {
     /// Their nice value (0 normal … 19 lowest): migration work yields the CPU to searches and
     /// writes.
     pub migration_nice: i32,
+    /// With replication: how long a write waits for its quorum of copies before answering 503.
+    pub quorum_timeout_ms: u64,
 }
 
 impl Default for ShardConfig {
@@ -62,6 +64,7 @@ impl Default for ShardConfig {
             lease_ttl_secs: 10,
             migration_threads: 1,
             migration_nice: 10,
+            quorum_timeout_ms: 2000,
         }
     }
 }
@@ -112,6 +115,9 @@ pub struct ShardArgs {
     /// Nice value of the migration threads (0-19).
     #[arg(long, env = "MEMRING_MIGRATION_NICE")]
     pub migration_nice: Option<i32>,
+    /// Write quorum timeout in milliseconds (replication).
+    #[arg(long, env = "MEMRING_QUORUM_TIMEOUT_MS")]
+    pub quorum_timeout_ms: Option<u64>,
 }
 
 impl ShardArgs {
@@ -131,6 +137,7 @@ impl ShardArgs {
         overlay(&mut c.lease_ttl_secs, self.lease_ttl_secs);
         overlay(&mut c.migration_threads, self.migration_threads);
         overlay(&mut c.migration_nice, self.migration_nice);
+        overlay(&mut c.quorum_timeout_ms, self.quorum_timeout_ms);
         c.validate()?;
         Ok(c)
     }
@@ -163,6 +170,10 @@ impl ShardConfig {
         anyhow::ensure!(
             (1..=64).contains(&self.migration_threads),
             "setting `migration_threads` must be between 1 and 64"
+        );
+        anyhow::ensure!(
+            (10..=600_000).contains(&self.quorum_timeout_ms),
+            "setting `quorum_timeout_ms` must be between 10 and 600000"
         );
         anyhow::ensure!(
             (0..=19).contains(&self.migration_nice),

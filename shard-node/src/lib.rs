@@ -99,6 +99,7 @@ pub async fn run(
         config.concurrency,
         config.body_limit_bytes,
         Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?),
+        Duration::from_millis(config.quorum_timeout_ms),
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
-    self, EPOCH_HEADER, ListResponse, PartitionList, SearchResponse, ShardItemResult, ShardWrite,
-    ShardWriteResponse, TenantDeleted,
+    self, EPOCH_HEADER, ListResponse, PartitionList, ReplicaPoll, ReplicaPollAnswer,
+    SearchResponse, ShardItemResult, ShardWrite, ShardWriteResponse, TenantDeleted,
 };
 use memring_common::clock::now_millis;
 use memring_common::http::{
@@ -25,6 +25,7 @@ use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, Scope,
 use tokio::sync::Semaphore;
 
 use crate::background::Background;
+use crate::replicate::Acks;
 use crate::storage::Storage;
 
 /// Shared state of the shard node's handlers.
@@ -36,6 +37,10 @@ pub struct ShardService {
     body_limit: usize,
     /// Low-priority threads for migration work.
     background: Arc<Background>,
+    /// Replication: the change counter followers wait on, and their acknowledgements.
+    acks: Arc<Acks>,
+    /// How long a write waits for its quorum of copies before answering 503.
+    quorum_timeout: std::time::Duration,
 }
 
 impl ShardService {
@@ -47,6 +52,7 @@ impl ShardService {
         concurrency: usize,
         body_limit: usize,
         background: Arc<Background>,
+        quorum_timeout: std::time::Duration,
     ) -> Self {
         Self {
             node,
@@ -55,7 +61,39 @@ impl ShardService {
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             body_limit,
             background,
+            acks: Arc::new(Acks::default()),
+            quorum_timeout,
         }
+    }
+
+    /// After a committed change to `partition`: wakes the followers, then, with replication,
+    /// waits until the layout's write quorum of copies has it (503 if that takes too long).
+    async fn replicated(&self, partition: &PartitionKey) -> Result<(), ApiError> {
+        self.acks.bump();
+        let ring = self.ring.ring();
+        let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
+        if needed == 0 {
+            return Ok(());
+        }
+        let followers: Vec<NodeId> =
+            ring.replicas(partition).iter().skip(1).map(|n| n.id.clone()).collect();
+        let seq = {
+            let p = partition.clone();
+            self.blocking(move |s| s.last_seq(&p)).await?
+        };
+        if self.acks.wait_quorum(partition, &followers, needed, seq, self.quorum_timeout).await {
+            return Ok(());
+        }
+        metrics::counter!("memring_replication_quorum_timeouts_total").increment(1);
+        Err(ApiError::unavailable(
+            format!(
+                "written on the primary of {partition}, but not yet on {} copies within {} ms; \
+                 retry (writes by id are idempotent)",
+                needed + 1,
+                self.quorum_timeout.as_millis()
+            ),
+            1,
+        ))
     }
 
     /// Refuses the request unless this node owns `partition` at the newer of the caller's epoch and
@@ -166,6 +204,9 @@ impl ShardService {
                 .await;
                 ("internal.tenant.delete", r)
             }
+            (&Method::POST, ["internal", "v1", "replicate", "poll"]) => {
+                ("internal.replicate.poll", self.replica_poll(req).await)
+            }
             (_, ["internal", "v1", "migrate", tenant, scope, action]) => {
                 let action = action.to_string();
                 let r = async {
@@ -230,7 +271,9 @@ impl ShardService {
             (&Method::DELETE, ["memories", id]) => {
                 let r = async {
                     let id = MemoryId::parse(&percent_decode(id)?)?;
-                    self.blocking(move |s| s.delete(&partition, &id, now_millis())).await?;
+                    let p = partition.clone();
+                    self.blocking(move |s| s.delete(&p, &id, now_millis())).await?;
+                    self.replicated(&partition).await?;
                     Ok(memring_common::http::empty(204))
                 }
                 .await;
@@ -328,6 +371,7 @@ impl ShardService {
                 } else {
                     self.in_background(work).await?
                 };
+                self.acks.bump();
                 Ok(json(200, &serde_json::json!({ "applied": applied })))
             }
             (&Method::POST, "fence") | (&Method::DELETE, "fence") => {
@@ -358,6 +402,21 @@ impl ShardService {
         }
     }
 
+    /// A follower's long-poll: records its acknowledgements, waits for a change it has not seen
+    /// (at most its `wait_ms`, capped), and answers with every partition's log position.
+    async fn replica_poll(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let body = read_body(req, self.body_limit).await?;
+        let ask: ReplicaPoll = memring_common::http::parse_json(&body)?;
+        self.acks.record(&ask.follower, ask.acks);
+        let wait = std::time::Duration::from_millis(ask.wait_ms).min(crate::replicate::POLL_WAIT);
+        let counter = self.acks.wait_change(ask.seen, wait).await;
+        let partitions = self.blocking(|s| s.partitions()).await?;
+        Ok(json(200, &ReplicaPollAnswer { counter, partitions }))
+    }
+
     async fn write(
         &self,
         partition: PartitionKey,
@@ -378,14 +437,13 @@ impl ShardService {
                 api::validate_embedding(e)?;
             }
         }
-        let (ring, node) = (self.ring.clone(), self.node.clone());
+        let (ring, node, p) = (self.ring.clone(), self.node.clone(), partition.clone());
         let results = self
             .blocking(move |s| {
-                s.write_checked(&partition, write.items, now_millis(), &|| {
-                    may_create(&ring, &node, &partition)
-                })
+                s.write_checked(&p, write.items, now_millis(), &|| may_create(&ring, &node, &p))
             })
             .await?;
+        self.replicated(&partition).await?;
         let results = results
             .into_iter()
             .map(|r| match r {

@@ -440,6 +440,11 @@ impl Storage {
         Ok(results)
     }
 
+    /// The partition's last log sequence number (0 if it does not exist).
+    pub fn last_seq(&self, key: &PartitionKey) -> Result<u64, ApiError> {
+        Ok(self.partition(key, false)?.map_or(0, |p| p.meta.lock().last_seq))
+    }
+
     /// Returns once every write that had entered the write gate before this call has finished.
     pub fn write_barrier(&self) {
         drop(self.gate.write());
