@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps build run cluster bench-migrate test unit integration lint fmt bench clean-data
+.PHONY: deps build run cluster bench-migrate bench-repl test unit integration lint fmt bench clean-data
 
 deps:
 	@scripts/install-deps.sh
@@ -46,6 +46,10 @@ bench: build
 ## Online migration and rebalance, measured (docs/benchmarks.md).
 bench-migrate: build
 	$(BIN_DIR)/memring-migrate-bench $(BENCH_ARGS)
+
+## What replication costs a write (docs/benchmarks.md; starts its own etcd).
+bench-repl: build
+	$(BIN_DIR)/memring-repl-bench $(BENCH_ARGS)
 
 clean-data:
 	rm -rf data data-cluster
