@@ -73,10 +73,10 @@ async fn main() -> anyhow::Result<()> {
         use futures::StreamExt;
         for n in 0..args.writes {
             pending.push(write(2_000_000 + n));
-            if pending.len() == 8 {
-                if let Some(done) = pending.next().await {
-                    done?;
-                }
+            if pending.len() == 8
+                && let Some(done) = pending.next().await
+            {
+                done?;
             }
         }
         while let Some(done) = pending.next().await {
