@@ -731,10 +731,20 @@ pub struct ClusterView {
     pub store: String,
     /// Virtual nodes per node.
     pub vnodes_per_node: u32,
+    /// Copies of every partition.
+    #[serde(default = "one")]
+    pub replication_factor: u32,
+    /// Copies a write must reach before it is acknowledged.
+    #[serde(default = "one")]
+    pub write_quorum: u32,
     /// Every node known: in the layout or live.
     pub nodes: Vec<NodeView>,
     /// Placement overrides.
     pub overrides: std::collections::BTreeMap<String, String>,
     /// Migrations in flight, from the control plane's journal (partition, from, to, phase).
     pub migrations: Vec<serde_json::Value>,
+}
+
+fn one() -> u32 {
+    1
 }

@@ -85,6 +85,8 @@ pub async fn cluster_view(
         epoch: layout.epoch,
         store: store.describe(),
         vnodes_per_node: layout.vnodes_per_node,
+        replication_factor: layout.replication_factor,
+        write_quorum: layout.write_quorum(),
         nodes,
         overrides: layout.overrides.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect(),
         migrations: crate::journal::pending(store)
@@ -98,10 +100,12 @@ pub async fn cluster_view(
 /// Renders the view as the table `shardctl status` prints.
 pub fn render(view: &ClusterView) -> String {
     let mut out = format!(
-        "epoch {}   store {}   vnodes/node {}\n\n{:<16} {:<22} {:>7} {:>5} {:>8} {:>11} {:>10}\n",
+        "epoch {}   store {}   vnodes/node {}   copies {} (writes acknowledged at {})\n\n{:<16} {:<22} {:>7} {:>5} {:>8} {:>11} {:>10}\n",
         view.epoch,
         view.store,
         view.vnodes_per_node,
+        view.replication_factor,
+        view.write_quorum,
         "NODE",
         "ADDR",
         "IN RING",

@@ -133,6 +133,12 @@ async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
     assert_eq!(sum_at(&set[1].addr, &p).await?, sum_at(&set[0].addr, &p).await?);
 
     let control = c.start_control().await?;
+    let status = tokio::process::Command::new(binary("shardctl")?)
+        .args(["--control", &control.url(), "status"])
+        .output()
+        .await?;
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("copies 2 (writes acknowledged at 2)"), "{status}");
     let verify = tokio::process::Command::new(binary("shardctl")?)
         .args(["--control", &control.url(), "verify"])
         .output()
