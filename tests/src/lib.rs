@@ -374,6 +374,27 @@ pub async fn send_allowing_5xx(
     Ok((status, value))
 }
 
+/// Writes `items` to `tenant` in one `POST .../memories:batch`; an error unless it answered 200.
+pub async fn write_batch(
+    http: &reqwest::Client,
+    router: &str,
+    tenant: &str,
+    items: Vec<Value>,
+) -> anyhow::Result<()> {
+    let resp = http
+        .post(format!("{router}/v1/tenants/{tenant}/memories:batch"))
+        .json(&serde_json::json!({ "items": items }))
+        .send()
+        .await?;
+    let status = resp.status();
+    anyhow::ensure!(
+        status.as_u16() == 200,
+        "batch to {tenant} answered {status}: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// The partitions the shard node at `addr` holds, as `tenant/scope` strings.
 pub async fn partitions_at(addr: &str) -> anyhow::Result<Vec<String>> {
     let url = format!("http://{addr}/internal/v1/partitions");

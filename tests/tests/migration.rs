@@ -9,7 +9,7 @@ use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
 use memring_common::{NodeId, PartitionKey, Ring, Scope, TenantId};
 use memring_tests::etcd::EtcdCluster;
-use memring_tests::{binary, client, send_allowing_5xx, vector};
+use memring_tests::{binary, client, send_allowing_5xx, vector, write_batch};
 use serde_json::json;
 
 const TENANT: &str = "big";
@@ -186,12 +186,7 @@ async fn seed(
             let items: Vec<_> = (start..per.min(start + 1000))
                 .map(|n| json!({"id": format!("pre{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": vector(8, n, 0.3)}))
                 .collect();
-            let resp = http
-                .post(format!("{router}/v1/tenants/{tenant}/memories:batch"))
-                .json(&json!({"items": items}))
-                .send()
-                .await?;
-            assert_eq!(resp.status().as_u16(), 200);
+            write_batch(&http, router, tenant, items).await?;
         }
         all.extend((0..per).map(|n| (tenant.clone(), format!("pre{n}"))));
     }
@@ -213,12 +208,7 @@ async fn a_tenant_moves_under_write_load_without_losing_a_write() -> anyhow::Res
                 json!({"id": format!("pre{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": vector(8, n, 0.3)})
             })
             .collect();
-        let resp = http
-            .post(format!("{router}/v1/tenants/{TENANT}/memories:batch"))
-            .json(&json!({"items": items}))
-            .send()
-            .await?;
-        assert_eq!(resp.status().as_u16(), 200);
+        write_batch(&http, &router, TENANT, items).await?;
     }
     let store = c.etcd.store().await?;
     let ring = Ring::new(store.load().await?.layout);

@@ -6,7 +6,7 @@ use memring_common::api::partition_path;
 use memring_common::store::RingStore;
 use memring_common::{PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
-use memring_tests::{binary, client, vector};
+use memring_tests::{binary, client, vector, write_batch};
 use serde_json::{Value, json};
 
 /// `(count, checksum)` of `partition` on the node at `addr` (from its meta; 0 if absent).
@@ -45,12 +45,7 @@ async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
         let items: Vec<_> = (0..25)
             .map(|n| json!({"id": format!("m{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": vector(8, n, 0.2)}))
             .collect();
-        let resp = http
-            .post(format!("{router}/v1/tenants/r{t}/memories:batch"))
-            .json(&json!({"items": items}))
-            .send()
-            .await?;
-        assert_eq!(resp.status().as_u16(), 200);
+        write_batch(&http, &router, &format!("r{t}"), items).await?;
         // Changes after the first copy: an update and a delete.
         let upd = json!({"id": "m1", "scope": "shared", "content": "changed", "embedding": vector(8, 1, 0.2)});
         assert_eq!(

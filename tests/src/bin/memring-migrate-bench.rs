@@ -148,12 +148,7 @@ async fn main() -> anyhow::Result<()> {
         let items: Vec<_> = (chunk * 500..((chunk + 1) * 500).min(args.memories))
             .map(|n| json!({"id": format!("w{n}"), "scope": "shared", "content": format!("memory {n}"), "embedding": around(&cs[n % 64], spread, &mut rng)}))
             .collect();
-        let resp = http
-            .post(format!("{router}/v1/tenants/whale/memories:batch"))
-            .json(&json!({"items": items}))
-            .send()
-            .await?;
-        anyhow::ensure!(resp.status().is_success(), "load answered {}", resp.status());
+        memring_tests::write_batch(&http, &router, "whale", items).await?;
     }
     eprintln!("loaded in {:.1} s", started.elapsed().as_secs_f64());
     // A hot tenant is searched before it moves, so its source has the graph in memory.
