@@ -34,6 +34,15 @@ pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// Header carrying the ring epoch the router routed with.
 pub const EPOCH_HEADER: &str = "x-memring-epoch";
+/// Migration and replication feeds (`export`, `changes`, `index`): the partition's log position
+/// the answer reflects.
+pub const LAST_SEQ_HEADER: &str = "x-memring-last-seq";
+/// Migration `export`: memories in this page.
+pub const PAGE_COUNT_HEADER: &str = "x-memring-count";
+/// Migration `export`: memories in the partition when the page was read.
+pub const PAGE_TOTAL_HEADER: &str = "x-memring-total";
+/// Migration `export`: the id to ask the next page after (absent on the last page).
+pub const NEXT_AFTER_HEADER: &str = "x-memring-next-after";
 /// Header carrying the request id from router to shard (and back to the client).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -596,6 +605,28 @@ pub struct ReplicaPollAnswer {
     pub counter: u64,
     /// Every partition the primary holds, with its log position.
     pub partitions: Vec<PartitionStats>,
+}
+
+/// `GET /internal/v1/migrate/{tenant}/{scope}/checksum` answer: count and order-independent
+/// checksum of a partition's memories on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionChecksum {
+    /// Stored memories.
+    pub count: u64,
+    /// Wrapping sum of XXH3(id ‖ 0 ‖ version), as 16 hex digits.
+    pub checksum: String,
+    /// Log position.
+    pub last_seq: u64,
+    /// Whether writes are fenced.
+    pub fenced: bool,
+    /// False when a `deep` scan found data that disagrees with the partition's meta (then
+    /// `count` and `checksum` are the scan's).
+    #[serde(default = "yes")]
+    pub consistent: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `GET /internal/v1/partitions` answer.

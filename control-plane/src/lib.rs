@@ -87,13 +87,7 @@ impl ControlService {
                 &self.cancel,
             )
             .await
-            .map_err(|e| {
-                if self.cancel.is_set() {
-                    ApiError::new(ErrorCode::Conflict, format!("{e:#}"))
-                } else {
-                    ApiError::unavailable(format!("{e:#}"), 5)
-                }
-            })?;
+            .map_err(|e| self.job_error(e))?;
             reports.push(report);
         }
         Ok(reports)
@@ -101,6 +95,16 @@ impl ControlService {
 }
 
 impl ControlService {
+    /// The answer for a migration, rebalance or drain that failed: 409 when an operator
+    /// cancelled it, else 503 (the cluster could not do it now).
+    fn job_error(&self, e: anyhow::Error) -> ApiError {
+        if self.cancel.is_set() {
+            ApiError::new(ErrorCode::Conflict, format!("{e:#}"))
+        } else {
+            ApiError::unavailable(format!("{e:#}"), 5)
+        }
+    }
+
     /// Asks the running migration, rebalance or drain to stop (see `migrate::Cancel`).
     fn cancel_running(&self) -> Result<(), ApiError> {
         self.require_leader()?;
@@ -129,13 +133,7 @@ impl ControlService {
         if !dry {
             self.cancel.clear();
         }
-        let fail = |e: anyhow::Error| {
-            if format!("{e:#}").contains(migrate::CANCELLED) {
-                ApiError::new(ErrorCode::Conflict, format!("{e:#}"))
-            } else {
-                ApiError::unavailable(format!("{e:#}"), 5)
-            }
-        };
+        let fail = |e: anyhow::Error| self.job_error(e);
         let (plan, migrations) = if dry {
             let plan =
                 rebalance::plan(self.store.as_ref(), &self.client, &change).await.map_err(fail)?;

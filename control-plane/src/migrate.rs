@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use memring_common::api::partition_path;
+use memring_common::api::{self, PartitionChecksum, partition_path};
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{NodeId, PartitionKey, Ring};
@@ -53,20 +53,6 @@ pub struct MigrationReport {
     pub index_bytes: u64,
 }
 
-/// A shard node's count and checksum of one partition.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Checksum {
-    pub count: u64,
-    pub checksum: String,
-    /// False when a deep scan disagreed with the partition's meta.
-    #[serde(default = "yes")]
-    pub consistent: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
 pub(crate) fn url(node: &LayoutNode, partition: &PartitionKey, action: &str) -> String {
     format!("http://{}/internal/v1/migrate/{}/{action}", node.addr, partition_path(partition))
 }
@@ -75,12 +61,23 @@ pub(crate) fn url(node: &LayoutNode, partition: &PartitionKey, action: &str) -> 
 /// runs on the node's low-priority threads and can be slow on a busy machine).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long handing over a partition's HNSW graph may take (it is as big as its vectors).
+const GRAPH_TIMEOUT: Duration = Duration::from_secs(300);
+
 async fn fetch(
     client: &reqwest::Client,
     url: &str,
 ) -> anyhow::Result<(Bytes, reqwest::header::HeaderMap)> {
+    fetch_within(client, url, STEP_TIMEOUT).await
+}
+
+async fn fetch_within(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Bytes, reqwest::header::HeaderMap)> {
     let resp =
-        client.get(url).timeout(STEP_TIMEOUT).send().await.with_context(|| format!("GET {url}"))?;
+        client.get(url).timeout(timeout).send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.bytes().await?;
@@ -96,7 +93,17 @@ pub(crate) async fn call(
     url: &str,
     body: Option<Bytes>,
 ) -> anyhow::Result<()> {
-    let mut req = client.request(method.clone(), url).timeout(STEP_TIMEOUT);
+    call_within(client, method, url, body, STEP_TIMEOUT).await
+}
+
+async fn call_within(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Bytes>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut req = client.request(method.clone(), url).timeout(timeout);
     if let Some(body) = body {
         req = req.header("content-type", "application/octet-stream").body(body);
     }
@@ -137,7 +144,7 @@ async fn replay(
     loop {
         let (body, headers) =
             fetch(client, &format!("{}?after={seq}&limit=1000", url(from, p, "changes"))).await?;
-        let last = header_u64(&headers, "x-memring-last-seq")?;
+        let last = header_u64(&headers, api::LAST_SEQ_HEADER)?;
         if last == seq {
             return Ok((seq, replayed));
         }
@@ -160,7 +167,7 @@ pub(crate) async fn checksum(
     node: &LayoutNode,
     p: &PartitionKey,
     deep: bool,
-) -> anyhow::Result<Checksum> {
+) -> anyhow::Result<PartitionChecksum> {
     let (body, _) = fetch(client, &format!("{}?deep={deep}", url(node, p, "checksum"))).await?;
     Ok(serde_json::from_slice(&body)?)
 }
@@ -172,33 +179,14 @@ async fn ship_index(
     to: &LayoutNode,
     p: &PartitionKey,
 ) -> anyhow::Result<u64> {
-    // A graph is as large as the partition's vectors: allow it time beyond the usual calls.
-    let slow = Duration::from_secs(300);
-    let source = url(from, p, "index");
-    let resp =
-        client.get(&source).timeout(slow).send().await.with_context(|| format!("GET {source}"))?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::NO_CONTENT {
+    // 204 (no graph loaded on the source) comes back as an empty body.
+    let (body, _) = fetch_within(client, &url(from, p, "index"), GRAPH_TIMEOUT).await?;
+    if body.is_empty() {
         return Ok(0);
     }
-    let body = resp.bytes().await?;
-    if !status.is_success() {
-        bail!("GET {source} answered {status}: {}", String::from_utf8_lossy(&body));
-    }
     let len = body.len() as u64;
-    let target = url(to, p, "index");
-    let resp = client
-        .put(&target)
-        .timeout(slow)
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("PUT {target}"))?;
-    let status = resp.status();
-    if !status.is_success() {
-        bail!("PUT {target} answered {status}: {}", resp.text().await.unwrap_or_default());
-    }
+    call_within(client, reqwest::Method::PUT, &url(to, p, "index"), Some(body), GRAPH_TIMEOUT)
+        .await?;
     tracing::info!(partition = %p, bytes = len, "index graph handed to the target");
     Ok(len)
 }
@@ -213,20 +201,6 @@ pub enum Flip {
     /// Drop the partition's override so the ring places it (rebalance, drain): the target must be
     /// its ring owner; if it is not (the layout changed meanwhile), it is pinned instead.
     Natural,
-}
-
-/// Journals `phase` of a migration, then passes its failpoint.
-async fn step(
-    store: &dyn RingStore,
-    partition: &PartitionKey,
-    from: &str,
-    to: &str,
-    flip: Flip,
-    phase: &str,
-    progress: (u64, u64),
-) -> anyhow::Result<()> {
-    crate::journal::record(store, partition, from, to, flip, phase, progress).await?;
-    crate::failpoint::hit(&format!("migrate.{phase}")).await
 }
 
 /// How fast a migration may copy.
@@ -314,9 +288,14 @@ pub async fn migrate_partition(
     let (from_name, to_name) = (from.id.to_string(), to.to_string());
     // (copied, total), read by every journal write; atomics keep the future Send.
     let progress = (AtomicU64::new(0), AtomicU64::new(0));
+    // Journals a phase before it runs, then passes its failpoint.
+    let (from_ref, to_ref) = (from_name.as_str(), to_name.as_str());
     let journal = |phase: &'static str| {
         let now = (progress.0.load(Ordering::Relaxed), progress.1.load(Ordering::Relaxed));
-        step(store, partition, &from_name, &to_name, flip, phase, now)
+        async move {
+            crate::journal::record(store, partition, from_ref, to_ref, flip, phase, now).await?;
+            crate::failpoint::hit(&format!("migrate.{phase}")).await
+        }
     };
     journal("copy").await?;
     tracing::info!(%partition, from = %from.id, to = %to, "migration: copy");
@@ -336,13 +315,13 @@ pub async fn migrate_partition(
             u.push_str(&format!("&after={a}"));
         }
         let (body, headers) = fetch(client, &u).await?;
-        start_seq.get_or_insert(header_u64(&headers, "x-memring-last-seq")?);
+        start_seq.get_or_insert(header_u64(&headers, api::LAST_SEQ_HEADER)?);
         let next =
-            headers.get("x-memring-next-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            headers.get(api::NEXT_AFTER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         call(client, reqwest::Method::POST, &url(&target, partition, "import"), Some(body)).await?;
-        report.copied += header_u64(&headers, "x-memring-count")?;
+        report.copied += header_u64(&headers, api::PAGE_COUNT_HEADER)?;
         progress.0.store(report.copied, Ordering::Relaxed);
-        progress.1.store(header_u64(&headers, "x-memring-total")?, Ordering::Relaxed);
+        progress.1.store(header_u64(&headers, api::PAGE_TOTAL_HEADER)?, Ordering::Relaxed);
         if reported.elapsed() > Duration::from_secs(2) {
             journal("copy").await?;
             reported = Instant::now();

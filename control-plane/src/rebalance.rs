@@ -290,24 +290,18 @@ async fn run(
     tracing::info!(epoch = staged.epoch, moves = plan.moves.len(), "layout staged; migrating");
     let mut reports = Vec::new();
     for (i, (m, partition)) in plan.moves.iter().zip(&keys).enumerate() {
-        if cancel.is_set() {
-            // The rest stay pinned where their data is (staging pins); nothing is half-moved.
-            for p in &keys[i..] {
-                store.delete_job(&crate::journal::job_id(p)).await?;
-            }
-            bail!(
-                "{CANCELLED} after {i} of {} moves; the other partitions stay where they are \
-                 (pinned) and `shardctl rebalance` finishes the job",
-                keys.len()
-            );
-        }
-        let to = NodeId::parse(&m.to)?;
-        let report =
-            migrate_partition(store, client, partition, &to, Flip::Natural, throttle, cancel).await;
+        let report = if cancel.is_set() {
+            Err(anyhow::anyhow!("{CANCELLED}"))
+        } else {
+            let to = NodeId::parse(&m.to)?;
+            migrate_partition(store, client, partition, &to, Flip::Natural, throttle, cancel).await
+        };
         if let Err(e) = &report
             && cancel.is_set()
         {
-            for p in &keys[i + 1..] {
+            // The rest stay pinned where their data is (staging pins); nothing is half-moved
+            // (a cancelled migration has dropped its own journal record already).
+            for p in &keys[i..] {
                 store.delete_job(&crate::journal::job_id(p)).await?;
             }
             bail!(

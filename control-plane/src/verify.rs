@@ -68,11 +68,6 @@ pub async fn verify(
     }
     let mut in_flight = Vec::new();
     for (partition, held) in &copies {
-        let owner = ring.owner(partition).map(|o| o.id.to_string());
-        // With replication, the owner's followers hold copies too (they may lag behind it).
-        let replicas: Vec<String> =
-            ring.replicas(partition).iter().map(|n| n.id.to_string()).collect();
-        let with_data: Vec<&Copy> = held.iter().filter(|c| c.count > 0).collect();
         let describe =
             |c: &Copy| format!("{}: {} memories, checksum {}", c.node, c.count, c.checksum);
         if moving.contains(&partition.to_string()) {
@@ -80,10 +75,15 @@ pub async fn verify(
             in_flight.push(format!("{partition}: {}", sides.join("; ")));
             continue;
         }
-        let followers: Vec<&&Copy> =
-            with_data.iter().filter(|c| replicas.iter().skip(1).any(|r| *r == c.node)).collect();
-        let primary = with_data.iter().find(|c| owner.as_deref() == Some(c.node.as_str()));
-        if let Some(primary) = primary {
+        // The owner first, then its followers (with replication), which may lag behind it.
+        let replicas: Vec<String> =
+            ring.replicas(partition).iter().map(|n| n.id.to_string()).collect();
+        let owner = replicas.first().map(String::as_str);
+        let (followers, others): (Vec<&Copy>, Vec<&Copy>) = held
+            .iter()
+            .filter(|c| c.count > 0)
+            .partition(|c| replicas.iter().skip(1).any(|r| *r == c.node));
+        if let Some(primary) = others.iter().find(|c| Some(c.node.as_str()) == owner) {
             let behind: Vec<String> = followers
                 .iter()
                 .filter(|c| c.checksum != primary.checksum)
@@ -97,28 +97,22 @@ pub async fn verify(
                 ));
             }
         }
-        let with_data: Vec<&Copy> = with_data
-            .into_iter()
-            .filter(|c| !replicas.iter().skip(1).any(|r| *r == c.node))
-            .collect();
-        for c in &with_data {
-            if owner.as_deref() != Some(c.node.as_str()) {
-                problems.push(format!(
-                    "{partition} has {} memories on {}, which does not own it (owner: {})",
-                    c.count,
-                    c.node,
-                    owner.as_deref().unwrap_or("none")
-                ));
-            }
+        for c in others.iter().filter(|c| Some(c.node.as_str()) != owner) {
+            problems.push(format!(
+                "{partition} has {} memories on {}, which does not own it (owner: {})",
+                c.count,
+                c.node,
+                owner.unwrap_or("none")
+            ));
         }
-        if let [first, rest @ ..] = with_data.as_slice()
+        if let [first, rest @ ..] = others.as_slice()
             && !rest.is_empty()
         {
             let identical = rest.iter().all(|c| c.checksum == first.checksum);
-            let sides: Vec<String> = with_data.iter().map(|c| describe(c)).collect();
+            let sides: Vec<String> = others.iter().map(|c| describe(c)).collect();
             problems.push(format!(
                 "{partition} has data on {} nodes ({}): {}",
-                with_data.len(),
+                others.len(),
                 if identical { "identical copies" } else { "the copies differ" },
                 sides.join("; ")
             ));

@@ -59,27 +59,29 @@ impl Breakers {
     pub fn admit(&self, node: &NodeId, now: Instant) -> Result<(), Duration> {
         let mut nodes = self.nodes.lock();
         let state = nodes.entry(node.clone()).or_insert(State::Closed { failures: 0 });
-        match *state {
-            State::Closed { .. } => Ok(()),
-            State::Open { until } if now < until => Err(until - now),
-            State::HalfOpen { probe_since } if now < probe_since + self.config.open_for => {
-                Err(probe_since + self.config.open_for - now)
-            }
-            // Open long enough, or the last probe never reported: this request probes.
-            State::Open { .. } | State::HalfOpen { .. } => {
-                *state = State::HalfOpen { probe_since: now };
-                Ok(())
-            }
+        if let Some(wait) = self.refusal(state, now) {
+            return Err(wait);
         }
+        if !matches!(state, State::Closed { .. }) {
+            // Open long enough, or the last probe never reported: this request probes.
+            *state = State::HalfOpen { probe_since: now };
+        }
+        Ok(())
+    }
+
+    /// How much longer `state` refuses requests at `now`; `None` when one may go.
+    fn refusal(&self, state: &State, now: Instant) -> Option<Duration> {
+        let until = match *state {
+            State::Closed { .. } => return None,
+            State::Open { until } => until,
+            State::HalfOpen { probe_since } => probe_since + self.config.open_for,
+        };
+        (now < until).then(|| until - now)
     }
 
     /// Whether `node`'s breaker would refuse a request now (no side effect, unlike `admit`).
     pub fn holds(&self, node: &NodeId, now: Instant) -> bool {
-        match self.nodes.lock().get(node) {
-            Some(State::Open { until }) => now < *until,
-            Some(State::HalfOpen { probe_since }) => now < *probe_since + self.config.open_for,
-            _ => false,
-        }
+        self.nodes.lock().get(node).and_then(|state| self.refusal(state, now)).is_some()
     }
 
     /// Records how a request to `node` went: `reached` is true when the node answered at all.

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memring_common::api::{ReplicaPoll, ReplicaPollAnswer, partition_path};
+use memring_common::api::{self, ReplicaPoll, ReplicaPollAnswer, partition_path};
 use memring_common::layout::LayoutNode;
 use memring_common::watcher::RingView;
 use memring_common::{NodeId, PartitionKey};
@@ -136,9 +136,9 @@ pub async fn follow(
     let mut tasks: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         tasks.retain(|_, t| !t.is_finished());
-        let layout = ring.ring().layout().clone();
-        if layout.replication_factor > 1 {
-            for node in layout.nodes.iter().filter(|n| n.id != me) {
+        let current = ring.ring();
+        if current.layout().replication_factor > 1 {
+            for node in current.layout().nodes.iter().filter(|n| n.id != me) {
                 if !tasks.contains_key(&node.id) {
                     let task = follow_primary(
                         client.clone(),
@@ -173,6 +173,8 @@ async fn follow_primary(
 ) {
     let mut seen = 0;
     let mut acks: Vec<(PartitionKey, u64)> = Vec::new();
+    // Applied positions of the partitions followed here, read from storage once each.
+    let mut applied: HashMap<PartitionKey, u64> = HashMap::new();
     loop {
         let ring = ring.ring();
         let Some(primary) = ring.layout().node(&primary_id).cloned() else { return };
@@ -200,7 +202,7 @@ async fn follow_primary(
             }
         };
         seen = answer.counter;
-        match catch_up(&client, &me, &storage, &ring, &primary, answer).await {
+        match catch_up(&client, &me, &storage, &ring, &primary, answer, &mut applied).await {
             Ok((applied, lag)) => {
                 acks = applied;
                 metrics::gauge!("memring_replication_lag_entries", "primary" => primary.id.to_string())
@@ -229,8 +231,8 @@ async fn poll(
         .await?)
 }
 
-/// Applies what this node follows on `primary` and lacks; returns the positions to acknowledge
-/// (every partition followed) and the entries still behind.
+/// Applies what this node follows on `primary` and lacks, keeping `applied` current; returns the
+/// positions to acknowledge (every partition followed) and the entries still behind.
 async fn catch_up(
     client: &reqwest::Client,
     me: &NodeId,
@@ -238,6 +240,7 @@ async fn catch_up(
     ring: &memring_common::Ring,
     primary: &LayoutNode,
     answer: ReplicaPollAnswer,
+    applied: &mut HashMap<PartitionKey, u64>,
 ) -> anyhow::Result<(Vec<(PartitionKey, u64)>, u64)> {
     let mut lag = 0;
     let mut acks = Vec::new();
@@ -248,14 +251,16 @@ async fn catch_up(
         if !follows {
             continue;
         }
-        let mut applied = blocking(storage, {
-            let p = stats.partition.clone();
-            move |s| s.replicated_seq(&p)
-        })
-        .await?;
-        while applied < stats.last_seq {
-            let (ops, last) = pull(client, primary, &stats.partition, applied).await?;
-            if last <= applied {
+        let mut at = match applied.get(&stats.partition) {
+            Some(&at) => at,
+            None => {
+                let p = stats.partition.clone();
+                blocking(storage, move |s| s.replicated_seq(&p)).await?
+            }
+        };
+        while at < stats.last_seq {
+            let (ops, last) = pull(client, primary, &stats.partition, at).await?;
+            if last <= at {
                 break;
             }
             let p = stats.partition.clone();
@@ -263,10 +268,11 @@ async fn catch_up(
                 s.import_replicated(&p, ops, memring_common::clock::now_millis(), last)
             })
             .await?;
-            applied = last;
+            at = last;
         }
-        lag += stats.last_seq.saturating_sub(applied);
-        acks.push((stats.partition, applied));
+        applied.insert(stats.partition.clone(), at);
+        lag += stats.last_seq.saturating_sub(at);
+        acks.push((stats.partition, at));
     }
     Ok((acks, lag))
 }
@@ -286,7 +292,7 @@ async fn pull(
     let resp = client.get(&url).send().await?.error_for_status()?;
     let last = resp
         .headers()
-        .get("x-memring-last-seq")
+        .get(api::LAST_SEQ_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| anyhow::anyhow!("{url}: no x-memring-last-seq"))?;

@@ -312,12 +312,12 @@ impl ShardService {
                     .in_background(move |s| s.export_page(&partition, after.as_deref(), limit))
                     .await?;
                 let mut headers = vec![
-                    ("x-memring-last-seq", page.last_seq.to_string()),
-                    ("x-memring-count", page.ops.len().to_string()),
-                    ("x-memring-total", page.total.to_string()),
+                    (api::LAST_SEQ_HEADER, page.last_seq.to_string()),
+                    (api::PAGE_COUNT_HEADER, page.ops.len().to_string()),
+                    (api::PAGE_TOTAL_HEADER, page.total.to_string()),
                 ];
                 if let Some(next) = page.next_after {
-                    headers.push(("x-memring-next-after", percent_encode(&next)));
+                    headers.push((api::NEXT_AFTER_HEADER, percent_encode(&next)));
                 }
                 Ok(binary(crate::record::encode(&page.ops)?, &headers))
             }
@@ -336,13 +336,13 @@ impl ShardService {
                     self.blocking(move |s| s.changes(&partition, after, limit)).await?;
                 Ok(binary(
                     crate::record::encode(&ops)?,
-                    &[("x-memring-last-seq", last.to_string())],
+                    &[(api::LAST_SEQ_HEADER, last.to_string())],
                 ))
             }
             (&Method::GET, "index") => {
                 let shipped = self.in_background(move |s| s.export_index(&partition)).await?;
                 Ok(match shipped {
-                    Some((seq, bytes)) => binary(bytes, &[("x-memring-last-seq", seq.to_string())]),
+                    Some((seq, bytes)) => binary(bytes, &[(api::LAST_SEQ_HEADER, seq.to_string())]),
                     None => memring_common::http::empty(204),
                 })
             }

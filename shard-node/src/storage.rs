@@ -320,11 +320,13 @@ impl Storage {
         may_create: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<Vec<ItemResult>, ApiError> {
         let _gate = self.gate.read();
-        if self.partition(key, false)?.is_none() {
-            may_create()?;
-        }
-        let Some(p) = self.partition(key, true)? else {
-            return Err(ApiError::internal("partition vanished while being created"));
+        let p = match self.partition(key, false)? {
+            Some(p) => p,
+            None => {
+                may_create()?;
+                self.partition(key, true)?
+                    .ok_or_else(|| ApiError::internal("partition vanished while being created"))?
+            }
         };
         let mut meta = p.meta.lock();
         p.check_not_fenced()?;

@@ -87,14 +87,7 @@ impl EmbeddedStore {
     }
 
     fn cas_blocking(&self, expected: u64, new: ClusterLayout) -> Result<Versioned, StoreError> {
-        let lock_path = self.dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err(&lock_path, e))?;
-        lock.lock().map_err(|e| io_err(&lock_path, e))?;
+        let lock = lock_file(&self.dir.join("lock"))?;
         let current = Self::read_layout(&self.layout_path())?;
         if current.layout.epoch != expected {
             return Err(StoreError::Conflict { expected, current: Box::new(current) });
@@ -111,6 +104,19 @@ impl EmbeddedStore {
         drop(lock);
         Ok(stored)
     }
+}
+
+/// Opens (creating) `path` and takes an exclusive lock on it, waiting for the holder; the OS
+/// releases it when the file is closed or the process dies.
+fn lock_file(path: &Path) -> Result<std::fs::File, StoreError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    file.lock().map_err(|e| io_err(path, e))?;
+    Ok(file)
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
@@ -302,17 +308,7 @@ impl RingStore for EmbeddedStore {
             .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
         // An exclusive lock on a file: the OS releases it when the holder dies.
         let path = self.dir.join(format!("lead-{name}.lock"));
-        let file = blocking(move || {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| io_err(&path, e))?;
-            file.lock().map_err(|e| io_err(&path, e))?;
-            Ok(file)
-        })
-        .await?;
+        let file = blocking(move || lock_file(&path)).await?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = stop_rx.await;

@@ -46,22 +46,17 @@ impl Storage {
         let dir = &self.graphs_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
-        let partitions: Vec<_> = self.partitions.read().values().cloned().collect();
+        let keys: Vec<PartitionKey> =
+            self.partitions.read().values().map(|p| p.key.clone()).collect();
         let mut saved = 0;
-        for p in partitions {
-            let meta = p.meta.lock();
-            let search = p.search.read();
-            let Some(index) = search.as_ref().and_then(|l| l.vectors.as_ref()) else { continue };
-            let Some(graph) = index.to_bytes().map_err(|e| ApiError::internal(e.to_string()))?
-            else {
-                continue;
-            };
+        for key in keys {
+            let Some((seq, graph)) = self.export_index(&key)? else { continue };
             let mut bytes = Vec::with_capacity(HEADER + graph.len());
             bytes.extend_from_slice(MAGIC);
-            bytes.extend_from_slice(&meta.last_seq.to_be_bytes());
+            bytes.extend_from_slice(&seq.to_be_bytes());
             bytes.extend_from_slice(&xxh3_64(&graph).to_be_bytes());
             bytes.extend_from_slice(&graph);
-            let path = dir.join(file_name(&p.enc));
+            let path = dir.join(file_name(&key.encode()));
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, &bytes)
                 .and_then(|()| std::fs::rename(&tmp, &path))

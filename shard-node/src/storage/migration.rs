@@ -18,6 +18,7 @@
 
 use std::sync::atomic::Ordering;
 
+use memring_common::api::PartitionChecksum;
 use memring_common::{ApiError, ErrorCode, PartitionKey};
 use rocksdb::WriteBatch;
 
@@ -52,22 +53,6 @@ pub struct ExportPage {
     pub last_seq: u64,
     /// Memories in the partition at this page's snapshot (for progress).
     pub total: u64,
-}
-
-/// Count and order-independent checksum of a partition's memories.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Checksum {
-    /// Stored memories.
-    pub count: u64,
-    /// Wrapping sum of XXH3(id ‖ 0 ‖ version), as 16 hex digits.
-    pub checksum: String,
-    /// Log position.
-    pub last_seq: u64,
-    /// Whether writes are fenced.
-    pub fenced: bool,
-    /// False when a `deep` scan found data that disagrees with the partition's meta (then
-    /// `count` and `checksum` are the scan's).
-    pub consistent: bool,
 }
 
 impl Storage {
@@ -275,9 +260,9 @@ impl Storage {
 
     /// Count and checksum of the partition's memories: from its meta (kept with every change), or
     /// with `deep` by scanning every stored memory, which also proves the meta right.
-    pub fn checksum(&self, key: &PartitionKey, deep: bool) -> Result<Checksum, ApiError> {
+    pub fn checksum(&self, key: &PartitionKey, deep: bool) -> Result<PartitionChecksum, ApiError> {
         let Some(p) = self.partition(key, false)? else {
-            return Ok(Checksum {
+            return Ok(PartitionChecksum {
                 count: 0,
                 checksum: format!("{:016x}", 0),
                 last_seq: 0,
@@ -298,7 +283,7 @@ impl Storage {
                 "partition meta disagrees with its data; the scan is reported"
             );
         }
-        Ok(Checksum {
+        Ok(PartitionChecksum {
             count,
             checksum: format!("{sum:016x}"),
             last_seq: meta.last_seq,
