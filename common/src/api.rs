@@ -5,6 +5,8 @@
 //! one place that the router and the shard node share. Responses are the exact JSON shapes of
 //! API.md; the shard node answers in those shapes too, so the router can pass bodies through.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -45,6 +47,60 @@ pub const PAGE_TOTAL_HEADER: &str = "x-memring-total";
 pub const NEXT_AFTER_HEADER: &str = "x-memring-next-after";
 /// Header carrying the request id from router to shard (and back to the client).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Public read-your-writes token: a write's answer carries it (`scope=seq,...`, the log
+/// positions its changes reached); a read that sends it back sees those changes, whichever
+/// copy answers. See [`ReadToken`].
+pub const READ_TOKEN_HEADER: &str = "x-memring-read-token";
+/// Router → follower: "answer this read as a replica if you have applied the primary's log up
+/// to this position" (0: no position asked, the replica's staleness bound decides).
+pub const REPLICA_READ_HEADER: &str = "x-memring-replica-read";
+
+/// A read-your-writes token: per scope of one tenant, the log position a read must reflect.
+/// Opaque to clients; written as `scope=seq` pairs joined by commas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadToken(pub BTreeMap<Scope, u64>);
+
+impl ReadToken {
+    /// Parses the header value; a malformed token is the client's mistake (400).
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::invalid(format!(
+                "header {READ_TOKEN_HEADER} must be the value a write returned (scope=seq,...), got {text:?}"
+            ))
+        };
+        if text.len() > 16 * 1024 {
+            return Err(bad());
+        }
+        let mut token = ReadToken::default();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (scope, seq) = pair.rsplit_once('=').ok_or_else(bad)?;
+            let scope = Scope::parse(scope).map_err(|_| bad())?;
+            let seq = seq.parse::<u64>().map_err(|_| bad())?;
+            token.note(scope, seq);
+        }
+        Ok(token)
+    }
+
+    /// Records that `scope` reached `seq` (keeps the higher position).
+    pub fn note(&mut self, scope: Scope, seq: u64) {
+        let slot = self.0.entry(scope).or_insert(0);
+        *slot = (*slot).max(seq);
+    }
+
+    /// The position a read of `scope` must reflect (0: none asked).
+    pub fn min_seq(&self, scope: &Scope) -> u64 {
+        self.0.get(scope).copied().unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for ReadToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (scope, seq)) in self.0.iter().enumerate() {
+            write!(f, "{}{scope}={seq}", if i == 0 { "" } else { "," })?;
+        }
+        Ok(())
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Writes
@@ -553,6 +609,9 @@ pub enum ShardItemResult {
 pub struct ShardWriteResponse {
     /// One per item, in order.
     pub results: Vec<ShardItemResult>,
+    /// The partition's log position after this write (its read-your-writes token).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// The shard node's answer to a tenant deletion.
@@ -605,6 +664,30 @@ pub struct ReplicaPollAnswer {
     pub counter: u64,
     /// Every partition the primary holds, with its log position.
     pub partitions: Vec<PartitionStats>,
+}
+
+/// `POST /internal/v1/replicate/position/{tenant}/{scope}?epoch=E` answer: a copy's log
+/// position, given to a node taking the partition's writes over at epoch `E`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ReplicaPosition {
+    /// The copy's last log sequence number (0: it holds nothing).
+    pub last_seq: u64,
+}
+
+/// `GET /internal/v1/replicate/status` answer: how a node's followed copies stand.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The node answering.
+    pub node: crate::ids::NodeId,
+    /// Layout epoch it has seen.
+    pub epoch: u64,
+    /// Partitions it follows.
+    pub following: usize,
+    /// Log entries its copies are behind their primaries, summed.
+    pub lag: u64,
+    /// Every primary it follows answered a poll recently and no copy is behind: safe to give
+    /// this node writes again (the control plane's re-admission test).
+    pub caught_up: bool,
 }
 
 /// `GET /internal/v1/migrate/{tenant}/{scope}/checksum` answer: count and order-independent

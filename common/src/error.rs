@@ -55,6 +55,9 @@ pub enum ErrorCode {
     /// The partition is being handed to another node (writes are fenced for milliseconds);
     /// routers retry this themselves.
     PartitionMoving,
+    /// A follower asked for a replica read has not applied enough of its primary's log (the
+    /// read token's position, or within the staleness bound); routers then ask the primary.
+    ReplicaBehind,
     /// A bug or an I/O failure on our side.
     Internal,
 }
@@ -81,7 +84,7 @@ impl ErrorCode {
             ErrorCode::WrongOwner => 421,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable | ErrorCode::PartitionMoving => 503,
+            ErrorCode::Unavailable | ErrorCode::PartitionMoving | ErrorCode::ReplicaBehind => 503,
         }
     }
 
@@ -108,6 +111,7 @@ impl ErrorCode {
             ErrorCode::WrongOwner => "wrong_owner",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::PartitionMoving => "partition_moving",
+            ErrorCode::ReplicaBehind => "replica_behind",
             ErrorCode::Internal => "internal",
         }
     }

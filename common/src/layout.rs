@@ -68,6 +68,13 @@ pub struct ClusterLayout {
     /// `replication_factor` (see [`ClusterLayout::write_quorum`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_quorum: Option<u32>,
+    /// Replicated nodes the control plane found dead (their lease expired): they keep their
+    /// place in every replica set but are never the primary, so the next live replica takes
+    /// the partition's writes. A node returning follows its primaries, and is cleared from here
+    /// once it has caught up; one gone for longer than the control plane's `replace_after` is
+    /// removed from the layout, so its replica sets take the next node in.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub down: BTreeSet<NodeId>,
 }
 
 fn one() -> u32 {
@@ -87,6 +94,7 @@ impl Default for ClusterLayout {
             staging_pins: BTreeSet::new(),
             replication_factor: 1,
             write_quorum: None,
+            down: BTreeSet::new(),
         }
     }
 }
@@ -181,6 +189,7 @@ impl ClusterLayout {
         next.overrides.retain(|_, n| n != id);
         next.staging_pins.retain(|p| next.overrides.contains_key(p));
         next.draining.remove(id);
+        next.down.remove(id);
         next
     }
 }

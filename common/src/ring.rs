@@ -121,13 +121,25 @@ impl Ring {
         self.layout.epoch
     }
 
-    /// The node that owns `partition`: its override if it has one, else its ring position.
+    /// The node that owns `partition` (takes its writes): its override if it has one, else its
+    /// ring position — with replication, the first of its [`Ring::replicas`] that is not marked
+    /// down (the first one if all are).
     pub fn owner(&self, partition: &PartitionKey) -> Option<&LayoutNode> {
+        if self.layout.replication_factor > 1 {
+            let set = self.replicas(partition);
+            return set.iter().find(|n| !self.layout.down.contains(&n.id)).or(set.first()).copied();
+        }
         if let Some(node) = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id))
         {
             return Some(node);
         }
         self.owner_of_bytes(&partition.encode())
+    }
+
+    /// The copies of `partition` other than its owner (empty without replication).
+    pub fn followers(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+        let owner = self.owner(partition).map(|n| n.id.clone());
+        self.replicas(partition).into_iter().filter(|n| Some(&n.id) != owner.as_ref()).collect()
     }
 
     /// The ring owner of an arbitrary key (ignores overrides); used by tests and benchmarks.
@@ -338,6 +350,33 @@ mod tests {
         l.replication_factor = 9;
         assert_eq!(Ring::new(l).replicas(&keys(1)[0]).len(), 5);
         assert!(Ring::new(ClusterLayout::default()).replicas(&key).is_empty());
+    }
+
+    #[test]
+    fn a_down_node_hands_its_writes_to_the_next_replica_and_keeps_its_place() {
+        let mut l = layout(4, 64);
+        l.replication_factor = 3;
+        let up = Ring::new(l.clone());
+        let key = keys(1).remove(0);
+        let set: Vec<NodeId> = up.replicas(&key).iter().map(|n| n.id.clone()).collect();
+        l.down.insert(set[0].clone());
+        let ring = Ring::new(l.clone());
+        // Same three copies; the second is the owner now, the down one a follower.
+        assert_eq!(ring.replicas(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(), set);
+        assert_eq!(ring.owner(&key).expect("owner").id, set[1]);
+        let followers: Vec<NodeId> = ring.followers(&key).iter().map(|n| n.id.clone()).collect();
+        assert_eq!(followers, [set[0].clone(), set[2].clone()]);
+        // Every copy down: the owner stays the first (its requests fail rather than move).
+        l.down.extend(set.iter().cloned());
+        assert_eq!(Ring::new(l.clone()).owner(&key).expect("owner").id, set[0]);
+        // Removing the down node keeps the owner and slides the next node into the set.
+        l.down.clear();
+        l.down.insert(set[0].clone());
+        let removed = Ring::new(l.without_node(&set[0]));
+        assert_eq!(removed.owner(&key).expect("owner").id, set[1]);
+        let after: Vec<NodeId> = removed.replicas(&key).iter().map(|n| n.id.clone()).collect();
+        assert_eq!(after.len(), 3);
+        assert_eq!(after[..2], set[1..]);
     }
 
     proptest! {

@@ -5,6 +5,7 @@
 //! verifies placement (`verify.rs`). Rebalancing and drain come next; nothing here changes the
 //! layout except by an explicit, compare-and-swap layout change.
 
+pub mod failover;
 pub mod failpoint;
 pub mod journal;
 pub mod layout;
@@ -35,6 +36,9 @@ pub struct ControlConfig {
     pub lease_ttl_secs: u64,
     /// Memories per second a migration may copy (0: unlimited). Migrations run one at a time.
     pub migration_rate: u64,
+    /// With replication: a node down this long is removed from the layout so its partitions
+    /// get their R copies back elsewhere (0: never; an operator removes it).
+    pub replace_after_secs: u64,
 }
 
 struct ControlService {
@@ -284,6 +288,8 @@ pub async fn run(
     // One active control plane: wait for leadership in the background (serving /health and the
     // read-only endpoints meanwhile), then finish what a previous leader started.
     let ttl = std::time::Duration::from_secs(config.lease_ttl_secs);
+    let replace_after = (config.replace_after_secs > 0)
+        .then(|| std::time::Duration::from_secs(config.replace_after_secs));
     let leading = {
         let service = service.clone();
         tokio::spawn(async move {
@@ -319,6 +325,11 @@ pub async fn run(
                     tracing::error!(error = %format!("{e:#}"), "resuming journaled migrations failed")
                 }
             }
+            let failover = tokio::spawn(failover::run(
+                service.store.clone(),
+                service.client.clone(),
+                failover::FailoverConfig { replace_after },
+            ));
             if leadership.lost.wait_for(|lost| *lost).await.is_ok() {
                 // Another control plane may be active now; acting on would risk two drivers.
                 tracing::error!(
@@ -328,6 +339,7 @@ pub async fn run(
             }
             // The sender is gone (a store whose leadership cannot be lost): hold it for good.
             std::future::pending::<()>().await;
+            failover.abort();
             leadership.hold.revoke().await;
         })
     };

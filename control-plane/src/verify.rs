@@ -5,6 +5,9 @@
 //! A partition with a migration in flight legitimately has data on two nodes (source and the
 //! target being filled); it is reported under `in_flight` with both sides' counts and checksums,
 //! not as a problem. (The migration itself compares them, fenced, before ownership flips.)
+//! With replication a partition's copies belong on its replica set: a follower copy that differs
+//! from the owner's is catching up (`in_flight`), a copy on a down node makes the partition
+//! `under_replicated`, and only copies outside the set are problems.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,9 +27,14 @@ pub struct VerifyReport {
     pub memories: u64,
     /// What is wrong; empty when all is well.
     pub problems: Vec<String>,
-    /// Partitions being migrated right now, with both copies' count and checksum.
+    /// Partitions being migrated right now, with both copies' count and checksum, and
+    /// follower copies still catching up with their owner.
     #[serde(default)]
     pub in_flight: Vec<String>,
+    /// Partitions with fewer live copies than the replication factor (a copy's node is down,
+    /// or the ring has fewer nodes than copies asked for).
+    #[serde(default)]
+    pub under_replicated: Vec<String>,
 }
 
 /// One node's copy of a partition.
@@ -67,6 +75,7 @@ pub async fn verify(
         }
     }
     let mut in_flight = Vec::new();
+    let mut under_replicated = Vec::new();
     for (partition, held) in &copies {
         let describe =
             |c: &Copy| format!("{}: {} memories, checksum {}", c.node, c.count, c.checksum);
@@ -75,46 +84,50 @@ pub async fn verify(
             in_flight.push(format!("{partition}: {}", sides.join("; ")));
             continue;
         }
-        // The owner first, then its followers (with replication), which may lag behind it.
-        let replicas: Vec<String> =
-            ring.replicas(partition).iter().map(|n| n.id.to_string()).collect();
-        let owner = replicas.first().map(String::as_str);
-        let (followers, others): (Vec<&Copy>, Vec<&Copy>) = held
-            .iter()
-            .filter(|c| c.count > 0)
-            .partition(|c| replicas.iter().skip(1).any(|r| *r == c.node));
-        if let Some(primary) = others.iter().find(|c| Some(c.node.as_str()) == owner) {
-            let behind: Vec<String> = followers
-                .iter()
-                .filter(|c| c.checksum != primary.checksum)
-                .map(|c| describe(c))
-                .collect();
-            if !behind.is_empty() {
-                in_flight.push(format!(
-                    "{partition}: followers catching up with {}: {}",
-                    describe(primary),
-                    behind.join("; ")
+        // Copies belong on the partition's replica set: its owner and (with replication) its
+        // followers, which may lag behind the owner or be missing while they catch up.
+        let set = ring.replicas(partition);
+        let owner = ring.owner(partition).map(|n| n.id.to_string());
+        let owner = owner.as_deref();
+        let copy_on = |node: &str| held.iter().find(|c| c.node == node);
+        for c in held.iter().filter(|c| c.count > 0) {
+            if !set.iter().any(|n| n.id.as_str() == c.node) {
+                problems.push(format!(
+                    "{partition} has {} memories on {}, which holds no copy of it (owner: {})",
+                    c.count,
+                    c.node,
+                    owner.unwrap_or("none")
                 ));
             }
         }
-        for c in others.iter().filter(|c| Some(c.node.as_str()) != owner) {
-            problems.push(format!(
-                "{partition} has {} memories on {}, which does not own it (owner: {})",
-                c.count,
-                c.node,
-                owner.unwrap_or("none")
+        let Some(primary) = owner.and_then(copy_on) else { continue };
+        if primary.count == 0 {
+            continue;
+        }
+        let mut behind = Vec::new();
+        for follower in set.iter().filter(|n| Some(n.id.as_str()) != owner) {
+            if layout.down.contains(&follower.id) {
+                under_replicated.push(format!("{partition}: copy on {} is down", follower.id));
+                continue;
+            }
+            match copy_on(follower.id.as_str()) {
+                Some(c) if c.checksum == primary.checksum => {}
+                Some(c) => behind.push(describe(c)),
+                None => behind.push(format!("{}: no copy yet", follower.id)),
+            }
+        }
+        if set.len() < layout.replication_factor as usize {
+            under_replicated.push(format!(
+                "{partition}: {} copies, the layout asks for {}",
+                set.len(),
+                layout.replication_factor
             ));
         }
-        if let [first, rest @ ..] = others.as_slice()
-            && !rest.is_empty()
-        {
-            let identical = rest.iter().all(|c| c.checksum == first.checksum);
-            let sides: Vec<String> = others.iter().map(|c| describe(c)).collect();
-            problems.push(format!(
-                "{partition} has data on {} nodes ({}): {}",
-                others.len(),
-                if identical { "identical copies" } else { "the copies differ" },
-                sides.join("; ")
+        if !behind.is_empty() {
+            in_flight.push(format!(
+                "{partition}: followers catching up with {}: {}",
+                describe(primary),
+                behind.join("; ")
             ));
         }
     }
@@ -124,6 +137,7 @@ pub async fn verify(
         memories: copies.values().flatten().map(|c| c.count).sum(),
         problems,
         in_flight,
+        under_replicated,
     })
 }
 

@@ -22,6 +22,9 @@ pub struct RouterConfig {
     pub forward_timeout_ms: u64,
     /// Timeout of one scope's search; a scope slower than this is left out (`partial: true`).
     pub search_timeout_ms: u64,
+    /// With replication, send reads (get, list, search) to a follower first; the owner answers
+    /// when the follower is behind. Off: every read goes to the owner.
+    pub replica_reads: bool,
 }
 
 impl Default for RouterConfig {
@@ -32,6 +35,7 @@ impl Default for RouterConfig {
             body_limit_bytes: 32 << 20,
             forward_timeout_ms: 10_000,
             search_timeout_ms: 2_000,
+            replica_reads: true,
         }
     }
 }
@@ -58,6 +62,9 @@ pub struct RouterArgs {
     /// Per-scope search timeout in milliseconds.
     #[arg(long, env = "MEMRING_SEARCH_TIMEOUT_MS")]
     pub search_timeout_ms: Option<u64>,
+    /// Replica reads on or off (true/false).
+    #[arg(long, env = "MEMRING_REPLICA_READS")]
+    pub replica_reads: Option<bool>,
 }
 
 impl RouterArgs {
@@ -69,6 +76,7 @@ impl RouterArgs {
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
         overlay(&mut c.forward_timeout_ms, self.forward_timeout_ms);
         overlay(&mut c.search_timeout_ms, self.search_timeout_ms);
+        overlay(&mut c.replica_reads, self.replica_reads);
         c.validate()?;
         Ok(c)
     }

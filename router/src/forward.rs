@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
-use memring_common::api::{EPOCH_HEADER, REQUEST_ID_HEADER, partition_path};
+use memring_common::api::{
+    EPOCH_HEADER, LAST_SEQ_HEADER, REPLICA_READ_HEADER, REQUEST_ID_HEADER, partition_path,
+};
 use memring_common::error::ErrorBody;
 use memring_common::layout::LayoutNode;
 use memring_common::watcher::RingView;
@@ -29,6 +31,8 @@ pub struct ShardReply {
     pub status: u16,
     /// Body bytes (JSON).
     pub body: Bytes,
+    /// The partition's log position the answer reports (`x-memring-last-seq`), if any.
+    pub last_seq: Option<u64>,
 }
 
 /// How long a router keeps retrying a partition whose writes are fenced for a hand-off.
@@ -64,11 +68,13 @@ pub struct Forwarder {
     client: reqwest::Client,
     ring: Arc<RingView>,
     breakers: Breakers,
+    /// Send reads to followers first (with replication).
+    replica_reads: bool,
 }
 
 impl Forwarder {
     /// A forwarder over `ring` with a pooled client.
-    pub fn new(ring: Arc<RingView>) -> anyhow::Result<Self> {
+    pub fn new(ring: Arc<RingView>, replica_reads: bool) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
@@ -77,12 +83,74 @@ impl Forwarder {
             .connect_timeout(Duration::from_secs(2))
             .http1_only()
             .build()?;
-        Ok(Self { client, ring, breakers: Breakers::new(BreakerConfig::default()) })
+        Ok(Self { client, ring, breakers: Breakers::new(BreakerConfig::default()), replica_reads })
     }
 
     /// The ring view.
     pub fn ring(&self) -> &Arc<RingView> {
         &self.ring
+    }
+
+    /// A read (get, list: no body; search: a body) of `partition`: with replication, first from one of its
+    /// followers — one that is not marked down and whose breaker is closed, picked at random —
+    /// asking it for log position `min_seq` (a read token's, 0 for none); the owner answers
+    /// when the follower is behind, is no longer a copy, or cannot be reached.
+    pub async fn read_partition(
+        &self,
+        partition: &PartitionKey,
+        suffix: &str,
+        body: Option<Bytes>,
+        request_id: &str,
+        timeout: Duration,
+        min_seq: u64,
+    ) -> Result<ShardReply, ApiError> {
+        // A search has a body (POST); get and list have none (GET).
+        let method = if body.is_some() { Method::POST } else { Method::GET };
+        let ring = self.ring.ring();
+        let now = Instant::now();
+        let followers: Vec<LayoutNode> = if self.replica_reads {
+            ring.followers(partition)
+                .into_iter()
+                .filter(|n| !ring.layout().down.contains(&n.id) && !self.breakers.holds(&n.id, now))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !followers.is_empty() {
+            let follower = &followers[rand::random_range(0..followers.len())];
+            let path = format!("/internal/v1/p/{}/{suffix}", partition_path(partition));
+            let replica = Some(min_seq);
+            let sent = self
+                .send_as(
+                    follower,
+                    method.clone(),
+                    &path,
+                    body.clone(),
+                    request_id,
+                    Some(ring.epoch()),
+                    timeout,
+                    replica,
+                )
+                .await;
+            match sent {
+                Ok(reply)
+                    if reply.status != 421
+                        && reply.error_code() != Some(ErrorCode::ReplicaBehind) =>
+                {
+                    metrics::counter!("memring_router_reads_total", "role" => "replica")
+                        .increment(1);
+                    return Ok(reply);
+                }
+                Ok(_) => metrics::counter!("memring_router_replica_fallbacks_total").increment(1),
+                Err(e) => {
+                    tracing::debug!(node = %follower.id, error = %e, "replica read failed; asking the owner");
+                    metrics::counter!("memring_router_replica_fallbacks_total").increment(1);
+                }
+            }
+        }
+        metrics::counter!("memring_router_reads_total", "role" => "primary").increment(1);
+        self.to_partition(partition, method, suffix, body, request_id, timeout).await
     }
 
     /// Sends `method` to `/internal/v1/p/{partition}/{suffix}` on the owner, retrying once on 421.
@@ -183,6 +251,22 @@ impl Forwarder {
         epoch: Option<u64>,
         timeout: Duration,
     ) -> Result<ShardReply, ApiError> {
+        self.send_as(node, method, path, body, request_id, epoch, timeout, None).await
+    }
+
+    /// [`Forwarder::send`], as a replica read asking for log position `replica` if given.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_as(
+        &self,
+        node: &LayoutNode,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        request_id: &str,
+        epoch: Option<u64>,
+        timeout: Duration,
+        replica: Option<u64>,
+    ) -> Result<ShardReply, ApiError> {
         if let Err(wait) = self.breakers.admit(&node.id, Instant::now()) {
             metrics::counter!("memring_router_breaker_rejections_total", "node" => node.id.to_string())
                 .increment(1);
@@ -205,6 +289,9 @@ impl Forwarder {
         if let Some(epoch) = epoch {
             req = req.header(EPOCH_HEADER, epoch);
         }
+        if let Some(min_seq) = replica {
+            req = req.header(REPLICA_READ_HEADER, min_seq);
+        }
         if let Some(body) = body {
             req = req.header(http::header::CONTENT_TYPE, "application/json").body(body);
         }
@@ -212,8 +299,13 @@ impl Forwarder {
         let result = async {
             let resp = req.send().await?;
             let status = resp.status().as_u16();
+            let last_seq = resp
+                .headers()
+                .get(LAST_SEQ_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>(ShardReply { status, body })
+            Ok::<_, reqwest::Error>(ShardReply { status, body, last_seq })
         }
         .await;
         metrics::histogram!("memring_forward_duration_seconds", "node" => node.id.to_string())

@@ -37,7 +37,10 @@ pub async fn run(
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(ring.clone().follow(stop_rx));
-    let service = Arc::new(service::RouterService::new(forward::Forwarder::new(ring)?, config));
+    let service = Arc::new(service::RouterService::new(
+        forward::Forwarder::new(ring, config.replica_reads)?,
+        config,
+    ));
     tracing::info!(listen = %listener.local_addr()?, "router serving the API");
     serve(listener, service, ServerOptions::default(), shutdown).await?;
     let _ = stop_tx.send(true);

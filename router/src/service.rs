@@ -15,9 +15,9 @@ use futures::future::join_all;
 use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
-    self, BatchItemResult, BatchResponse, REQUEST_ID_HEADER, RawBatch, RawSearch, RawWrite,
-    SearchHit, SearchResponse, ShardItemResult, ShardWrite, ShardWriteResponse, TenantDeleted,
-    WriteItem,
+    self, BatchItemResult, BatchResponse, READ_TOKEN_HEADER, REQUEST_ID_HEADER, RawBatch,
+    RawSearch, RawWrite, ReadToken, SearchHit, SearchResponse, ShardItemResult, ShardWrite,
+    ShardWriteResponse, TenantDeleted, WriteItem,
 };
 use memring_common::http::{
     Body, BoxFuture, Reply, Service, empty, error_response, json, json_bytes, parse_json,
@@ -118,16 +118,33 @@ impl RouterService {
             .unwrap_or("-")
             .to_owned();
         let query = req.uri().query().map(str::to_owned);
+        let token = match req.headers().get(READ_TOKEN_HEADER) {
+            None => ReadToken::default(),
+            Some(v) => {
+                match v.to_str().map_err(|_| ()).and_then(|v| ReadToken::parse(v).map_err(|_| ())) {
+                    Ok(t) => t,
+                    Err(()) => {
+                        return (
+                            route_name,
+                            Err(ApiError::invalid(format!(
+                                "header {READ_TOKEN_HEADER} must be the value a write returned"
+                            ))),
+                        );
+                    }
+                }
+            }
+        };
         let result = match route {
             Route::Write(t) => self.write(t, req, &request_id).await,
             Route::Batch(t) => self.batch(t, req, &request_id).await,
-            Route::Search(t) => self.search(t, req, &request_id).await,
-            Route::List(t) => self.list(t, query.as_deref(), &request_id).await,
+            Route::Search(t) => self.search(t, req, &request_id, &token).await,
+            Route::List(t) => self.list(t, query.as_deref(), &request_id, &token).await,
             Route::Get(t, id) => {
-                self.get_or_delete(t, id, Method::GET, query.as_deref(), &request_id).await
+                self.get_or_delete(t, id, Method::GET, query.as_deref(), &request_id, &token).await
             }
             Route::Delete(t, id) => {
-                self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id).await
+                self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id, &token)
+                    .await
             }
             Route::DeleteTenant(t) => self.delete_tenant(t, &request_id).await,
             Route::Ring => Ok(self.ring_view()),
@@ -157,13 +174,14 @@ impl RouterService {
         read_body(req, self.config.body_limit_bytes).await
     }
 
-    /// Sends validated items of one partition to its owner.
+    /// Sends validated items of one partition to its owner; returns their results and the
+    /// partition's log position after them (for the read token).
     async fn write_partition(
         &self,
         partition: &PartitionKey,
         items: Vec<WriteItem>,
         request_id: &str,
-    ) -> Result<Vec<ShardItemResult>, ApiError> {
+    ) -> Result<(Vec<ShardItemResult>, u64), ApiError> {
         let n = items.len();
         let body = serde_json::to_vec(&ShardWrite { items })
             .map_err(|e| ApiError::internal(format!("write does not serialize: {e}")))?;
@@ -187,7 +205,7 @@ impl RouterService {
                 parsed.results.len()
             )));
         }
-        Ok(parsed.results)
+        Ok((parsed.results, parsed.seq))
     }
 
     async fn write(
@@ -199,9 +217,14 @@ impl RouterService {
         let body = self.body(req).await?;
         let item = parse_json::<RawWrite>(&body)?.validate()?;
         let partition = PartitionKey::new(&tenant, &item.scope);
-        let result = self.write_partition(&partition, vec![item], request_id).await?.pop();
-        match result {
-            Some(ShardItemResult::Ok { outcome, result }) => Ok(json(outcome.status(), &result)),
+        let scope = item.scope.clone();
+        let (mut results, seq) = self.write_partition(&partition, vec![item], request_id).await?;
+        match results.pop() {
+            Some(ShardItemResult::Ok { outcome, result }) => {
+                let mut token = ReadToken::default();
+                token.note(scope, seq);
+                Ok(with_token(json(outcome.status(), &result), &token))
+            }
             Some(ShardItemResult::Err { error }) => {
                 Err(ApiError::from_body(memring_common::error::ErrorBody { error }))
             }
@@ -243,6 +266,7 @@ impl RouterService {
                 Err(e) => results[i] = Some(item_error(raw_id(raw.get()), &e)),
             }
         }
+        let mut token = ReadToken::default();
         let sends = groups.into_iter().map(|(partition, items)| async move {
             let (indexes, items): (Vec<usize>, Vec<WriteItem>) = items.into_iter().unzip();
             let ids: Vec<String> = items.iter().map(|i| i.id.to_string()).collect();
@@ -251,7 +275,13 @@ impl RouterService {
         });
         for (indexes, ids, outcome) in join_all(sends).await {
             match outcome {
-                Ok(shard_results) => {
+                Ok((shard_results, seq)) => {
+                    if let Some(scope) = shard_results.iter().find_map(|r| match r {
+                        ShardItemResult::Ok { result, .. } => Some(result.scope.clone()),
+                        ShardItemResult::Err { .. } => None,
+                    }) {
+                        token.note(scope, seq);
+                    }
                     for ((i, id), r) in indexes.into_iter().zip(ids).zip(shard_results) {
                         results[i] = Some(match r {
                             ShardItemResult::Ok { outcome, result } => BatchItemResult::Ok {
@@ -281,7 +311,7 @@ impl RouterService {
                 r.unwrap_or_else(|| item_error(None, &ApiError::internal("item was not processed")))
             })
             .collect();
-        Ok(json(200, &BatchResponse { results }))
+        Ok(with_token(json(200, &BatchResponse { results }), &token))
     }
 
     async fn search(
@@ -289,6 +319,7 @@ impl RouterService {
         tenant: TenantId,
         req: Request<Incoming>,
         request_id: &str,
+        token: &ReadToken,
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let search = parse_json::<RawSearch>(&body)?.validate()?;
@@ -301,24 +332,25 @@ impl RouterService {
             // One scope: the shard's answer is already the final shape.
             let reply = self
                 .forward
-                .to_partition(
+                .read_partition(
                     &partitions[0],
-                    Method::POST,
                     "search",
                     Some(shard_body),
                     request_id,
                     timeout,
+                    token.min_seq(&search.scopes[0]),
                 )
                 .await?
                 .into_result()?;
             return Ok(json_bytes(200, reply));
         }
-        let calls = partitions.iter().map(|p| {
+        let calls = partitions.iter().zip(&search.scopes).map(|(p, scope)| {
             let body = shard_body.clone();
             async move {
+                let min_seq = token.min_seq(scope);
                 let reply = self
                     .forward
-                    .to_partition(p, Method::POST, "search", Some(body), request_id, timeout)
+                    .read_partition(p, "search", Some(body), request_id, timeout, min_seq)
                     .await?;
                 let bytes = reply.into_result()?;
                 serde_json::from_slice::<SearchResponse>(&bytes).map_err(|e| {
@@ -372,18 +404,32 @@ impl RouterService {
         method: Method,
         query: Option<&str>,
         request_id: &str,
+        token: &ReadToken,
     ) -> Result<Response, ApiError> {
         let id = MemoryId::parse(&id)?;
         let (scope, _) = Self::scope_param(query)?;
         let partition = PartitionKey::new(&tenant, &scope);
         let suffix = format!("memories/{}", percent_encode(id.as_str()));
-        let is_delete = method == Method::DELETE;
+        let timeout = self.forward_timeout();
+        if method == Method::DELETE {
+            let reply = self
+                .forward
+                .to_partition(&partition, method, &suffix, None, request_id, timeout)
+                .await?;
+            let mut token = ReadToken::default();
+            if let Some(seq) = reply.last_seq {
+                token.note(scope, seq);
+            }
+            reply.into_result()?;
+            return Ok(with_token(empty(204), &token));
+        }
+        let min_seq = token.min_seq(&scope);
         let reply = self
             .forward
-            .to_partition(&partition, method, &suffix, None, request_id, self.forward_timeout())
+            .read_partition(&partition, &suffix, None, request_id, timeout, min_seq)
             .await?
             .into_result()?;
-        Ok(if is_delete { empty(204) } else { json_bytes(200, reply) })
+        Ok(json_bytes(200, reply))
     }
 
     async fn list(
@@ -391,6 +437,7 @@ impl RouterService {
         tenant: TenantId,
         query: Option<&str>,
         request_id: &str,
+        token: &ReadToken,
     ) -> Result<Response, ApiError> {
         let (scope, pairs) = Self::scope_param(query)?;
         let mut forwarded = Vec::new();
@@ -413,13 +460,13 @@ impl RouterService {
         let suffix = format!("memories?{}", forwarded.join("&"));
         let reply = self
             .forward
-            .to_partition(
+            .read_partition(
                 &partition,
-                Method::GET,
                 &suffix,
                 None,
                 request_id,
                 self.forward_timeout(),
+                token.min_seq(&scope),
             )
             .await?
             .into_result()?;
@@ -502,6 +549,16 @@ pub fn sort_hits(hits: &mut [SearchHit]) {
             .then_with(|| a.scope.cmp(&b.scope))
             .then_with(|| a.id.cmp(&b.id))
     });
+}
+
+/// Adds the read-your-writes token header to a write's answer (none if nothing was written).
+fn with_token(mut response: Response, token: &ReadToken) -> Response {
+    if !token.0.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(&token.to_string())
+    {
+        response.headers_mut().insert(READ_TOKEN_HEADER, v);
+    }
+    response
 }
 
 fn item_error(id: Option<String>, e: &ApiError) -> BatchItemResult {

@@ -45,6 +45,9 @@ pub struct ShardConfig {
     pub migration_nice: i32,
     /// With replication: how long a write waits for its quorum of copies before answering 503.
     pub quorum_timeout_ms: u64,
+    /// With replication: a follower answers reads that carry no read token while it was caught
+    /// up with its primary within this many milliseconds (else the router asks the primary).
+    pub replica_staleness_ms: u64,
 }
 
 impl Default for ShardConfig {
@@ -65,6 +68,7 @@ impl Default for ShardConfig {
             migration_threads: 1,
             migration_nice: 10,
             quorum_timeout_ms: 2000,
+            replica_staleness_ms: 2000,
         }
     }
 }
@@ -118,6 +122,9 @@ pub struct ShardArgs {
     /// Write quorum timeout in milliseconds (replication).
     #[arg(long, env = "MEMRING_QUORUM_TIMEOUT_MS")]
     pub quorum_timeout_ms: Option<u64>,
+    /// Staleness bound of replica reads in milliseconds (replication).
+    #[arg(long, env = "MEMRING_REPLICA_STALENESS_MS")]
+    pub replica_staleness_ms: Option<u64>,
 }
 
 impl ShardArgs {
@@ -138,6 +145,7 @@ impl ShardArgs {
         overlay(&mut c.migration_threads, self.migration_threads);
         overlay(&mut c.migration_nice, self.migration_nice);
         overlay(&mut c.quorum_timeout_ms, self.quorum_timeout_ms);
+        overlay(&mut c.replica_staleness_ms, self.replica_staleness_ms);
         c.validate()?;
         Ok(c)
     }
@@ -174,6 +182,10 @@ impl ShardConfig {
         anyhow::ensure!(
             (10..=600_000).contains(&self.quorum_timeout_ms),
             "setting `quorum_timeout_ms` must be between 10 and 600000"
+        );
+        anyhow::ensure!(
+            (10..=3_600_000).contains(&self.replica_staleness_ms),
+            "setting `replica_staleness_ms` must be between 10 and 3600000"
         );
         anyhow::ensure!(
             (0..=19).contains(&self.migration_nice),

@@ -89,8 +89,14 @@ pub async fn run(
     ring.refresh().await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(ring.clone().follow(stop_rx.clone()));
-    let replicator =
-        tokio::spawn(replicate::follow(node.clone(), storage.clone(), ring.clone(), stop_rx));
+    let repl = Arc::new(replicate::Replication::new(
+        node.clone(),
+        storage.clone(),
+        ring.clone(),
+        Duration::from_millis(config.quorum_timeout_ms),
+        Duration::from_millis(config.replica_staleness_ms),
+    )?);
+    let replicator = tokio::spawn(repl.clone().follow(stop_rx));
 
     let service = Arc::new(service::ShardService::new(
         node.clone(),
@@ -99,7 +105,7 @@ pub async fn run(
         config.concurrency,
         config.body_limit_bytes,
         Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?),
-        Duration::from_millis(config.quorum_timeout_ms),
+        repl,
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;

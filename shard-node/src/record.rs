@@ -34,6 +34,7 @@ pub trait Record: Serialize + serde::de::DeserializeOwned {
 impl Record for StoredEpisode {}
 impl Record for LogEntry {}
 impl Record for Vec<LogOp> {}
+impl Record for Vec<LogEntry> {}
 
 impl Record for PartitionMeta {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {

@@ -1,38 +1,54 @@
 //! Replication (DESIGN.md, "Replication and failure"): with a layout's `replication_factor`
-//! R > 1, every partition lives on the R nodes of `Ring::replicas`; the first is the primary and
-//! takes the writes, the others follow it by tailing its change log — the same `changes` feed a
-//! migration catches up from — and applying the entries in order with
-//! `Storage::import_replicated`, which records the primary's log position in the same batch.
+//! R > 1, every partition lives on the R nodes of `Ring::replicas`; its owner (the first that is
+//! not marked down) takes the writes, the others follow it.
 //!
-//! - **Follower** ([`follow`]): one task per primary, long-polling `POST
-//!   /internal/v1/replicate/poll` — the answer comes as soon as anything on the primary changed —
-//!   then pulling the changes of the partitions it follows and lags on. Each poll carries the
-//!   follower's applied positions (its acknowledgements).
+//! **One log per partition.** A follower applies its primary's log entries under the primary's
+//! own sequence numbers (`Storage::import_replicated`), so every copy's log is a prefix of the
+//! primary's and a position (`last_seq`) means the same thing on every copy: it is what a
+//! follower acknowledges, what a read-your-writes token names, and what a node taking over
+//! compares.
+//!
+//! - **Follower** ([`Replication::follow`]): one task per other node, long-polling its `POST
+//!   /internal/v1/replicate/poll` (answered as soon as anything there changes), then pulling the
+//!   log entries of the partitions this node follows there. The first time a task sees a
+//!   partition it checks that its own last entry is the primary's entry at that position; if
+//!   not (this node came back after being replaced as primary and holds writes nobody
+//!   acknowledged), it drops its copy and replays the primary's log from the start.
 //! - **Primary** ([`Acks`]): a node-wide change counter the polls wait on, and each follower's
 //!   acknowledged position per partition; a write is answered once `write_quorum` copies (the
 //!   primary's included) have it, else 503 after `quorum_timeout` (the write stays and keeps
 //!   replicating; retrying it is idempotent).
-//!
-//! Lag (entries behind, per primary) is the gauge `memring_replication_lag_entries`. Not yet:
-//! replica reads, failover, re-replication (the issue's next steps).
+//! - **Taking over** ([`Replication::take_over`]): before its first write at a new layout epoch,
+//!   the owner asks every live copy for its position (`POST /internal/v1/replicate/position`,
+//!   answered under that copy's write lock once it has seen the epoch — from then on it applies
+//!   nothing from an older primary) and pulls what the most advanced one has beyond its own. A
+//!   write acknowledged by W copies is on at least one live copy while fewer than W copies fail,
+//!   so it survives the change of primary.
+//! - **Replica reads** ([`Replication::replica_read`]): a follower answers a read if it has
+//!   applied the position the read asks for, or — without one — if it was caught up with its
+//!   primary within the staleness bound; otherwise `replica_behind` and the router asks the owner.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use memring_common::api::{self, ReplicaPoll, ReplicaPollAnswer, partition_path};
+use memring_common::api::{
+    self, ReplicaPoll, ReplicaPollAnswer, ReplicaPosition, ReplicaStatus, partition_path,
+};
 use memring_common::layout::LayoutNode;
 use memring_common::watcher::RingView;
-use memring_common::{NodeId, PartitionKey};
+use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Ring};
 use parking_lot::Mutex;
 
-use crate::record::{LogOp, decode};
+use crate::record::{LogEntry, decode};
 use crate::storage::Storage;
 
 /// How long a primary holds a follower's poll when nothing changes.
 pub const POLL_WAIT: Duration = Duration::from_secs(1);
 /// Log entries pulled per request.
 const PAGE: usize = 1000;
+/// A primary not heard from for this long makes a node not caught up.
+const ROUND_FRESH: Duration = Duration::from_secs(3);
 
 /// The primary side: what changed, and what each follower has acknowledged.
 pub struct Acks {
@@ -71,8 +87,9 @@ impl Acks {
         }
         let mut acked = self.acked.lock();
         for (partition, seq) in acks {
-            let slot = acked.entry((partition, follower.clone())).or_insert(0);
-            *slot = (*slot).max(seq);
+            // A copy that was dropped and replays from the start acknowledges less than before;
+            // its position is what it has now.
+            acked.insert((partition, follower.clone()), seq);
         }
         drop(acked);
         self.notify.notify_waiters();
@@ -113,197 +130,511 @@ impl Acks {
     }
 }
 
-/// Follows every primary of this node's replicated partitions, until `stop` turns true: one
-/// task per primary, started and ended as nodes come and go in the layout.
-pub async fn follow(
+/// How one followed copy stands.
+struct Progress {
+    /// The primary it follows.
+    primary: NodeId,
+    /// Entries behind the primary at the last poll.
+    behind: u64,
+    /// When it last had everything the primary had (the poll answer's time).
+    fresh_at: Option<Instant>,
+}
+
+/// Replication on one node: its primary side ([`Acks`], taking over) and its follower side.
+pub struct Replication {
     me: NodeId,
     storage: Arc<Storage>,
     ring: Arc<RingView>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let client = match reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .timeout(POLL_WAIT + Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "replication client cannot be built; not following");
-            return;
+    client: reqwest::Client,
+    /// Acknowledgements of this node's followers.
+    pub acks: Acks,
+    quorum_timeout: Duration,
+    staleness: Duration,
+    /// Followed copies.
+    progress: Mutex<HashMap<PartitionKey, Progress>>,
+    /// When each primary last answered a poll, and the layout epoch that round followed by.
+    rounds: Mutex<HashMap<NodeId, (Instant, u64)>>,
+    /// Partitions whose writes this node has taken over, with the epoch it did so at.
+    taken: Mutex<HashMap<PartitionKey, u64>>,
+    taking: tokio::sync::Mutex<()>,
+}
+
+impl Replication {
+    /// Replication for node `me`: writes wait up to `quorum_timeout` for their copies, and a
+    /// follower answers reads without a token while it was caught up within `staleness`.
+    pub fn new(
+        me: NodeId,
+        storage: Arc<Storage>,
+        ring: Arc<RingView>,
+        quorum_timeout: Duration,
+        staleness: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(POLL_WAIT + Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            me,
+            storage,
+            ring,
+            client,
+            acks: Acks::default(),
+            quorum_timeout,
+            staleness,
+            progress: Mutex::new(HashMap::new()),
+            rounds: Mutex::new(HashMap::new()),
+            taken: Mutex::new(HashMap::new()),
+            taking: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// After a committed change reaching log position `seq` of `partition`: wakes the
+    /// followers, then, with replication, waits until the layout's write quorum of copies has
+    /// it (503 if that takes too long).
+    pub async fn replicated(&self, partition: &PartitionKey, seq: u64) -> Result<(), ApiError> {
+        self.acks.bump();
+        let ring = self.ring.ring();
+        let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
+        if needed == 0 {
+            return Ok(());
         }
-    };
-    let mut tasks: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
-    loop {
-        tasks.retain(|_, t| !t.is_finished());
-        let current = ring.ring();
-        if current.layout().replication_factor > 1 {
-            for node in current.layout().nodes.iter().filter(|n| n.id != me) {
-                if !tasks.contains_key(&node.id) {
-                    let task = follow_primary(
-                        client.clone(),
-                        me.clone(),
-                        node.id.clone(),
-                        storage.clone(),
-                        ring.clone(),
-                        stop.clone(),
-                    );
-                    tasks.insert(node.id.clone(), tokio::spawn(task));
+        let followers: Vec<NodeId> =
+            ring.followers(partition).iter().map(|n| n.id.clone()).collect();
+        if self.acks.wait_quorum(partition, &followers, needed, seq, self.quorum_timeout).await {
+            return Ok(());
+        }
+        metrics::counter!("memring_replication_quorum_timeouts_total").increment(1);
+        Err(ApiError::unavailable(
+            format!(
+                "written on the primary of {partition}, but not yet on {} copies within {} ms; \
+                 retry (writes by id are idempotent)",
+                needed + 1,
+                self.quorum_timeout.as_millis()
+            ),
+            1,
+        ))
+    }
+
+    /// Before this node's first write to `partition` at the current epoch: makes sure it holds
+    /// everything any live copy holds (see the module notes). 503 while a live copy cannot be
+    /// asked.
+    pub async fn take_over(&self, partition: &PartitionKey) -> Result<(), ApiError> {
+        let ring = self.ring.ring();
+        let epoch = ring.epoch();
+        if ring.layout().replication_factor < 2 || self.taken.lock().get(partition) == Some(&epoch)
+        {
+            return Ok(());
+        }
+        let _one_at_a_time = self.taking.lock().await;
+        if self.taken.lock().get(partition) == Some(&epoch) {
+            return Ok(());
+        }
+        let peers: Vec<LayoutNode> = ring
+            .followers(partition)
+            .into_iter()
+            .filter(|n| !ring.layout().down.contains(&n.id))
+            .cloned()
+            .collect();
+        let mut best: Option<(u64, LayoutNode)> = None;
+        for peer in peers {
+            let url = format!(
+                "http://{}/internal/v1/replicate/position/{}?epoch={epoch}",
+                peer.addr,
+                partition_path(partition)
+            );
+            let asked = async {
+                let resp = self.client.post(&url).send().await?.error_for_status()?;
+                resp.json::<ReplicaPosition>().await
+            };
+            let position =
+                tokio::time::timeout(self.quorum_timeout, asked).await.ok().and_then(Result::ok);
+            let Some(position) = position else {
+                return Err(ApiError::unavailable(
+                    format!(
+                        "{} is taking over the writes of {partition} and cannot ask its copy on \
+                         {} for its position yet; retry shortly",
+                        self.me, peer.id
+                    ),
+                    1,
+                ));
+            };
+            if best.as_ref().is_none_or(|(seq, _)| position.last_seq > *seq) {
+                best = Some((position.last_seq, peer));
+            }
+        }
+        let mut mine = self.last_seq(partition).await?;
+        if let Some((theirs, peer)) = best
+            && theirs > mine
+        {
+            tracing::info!(%partition, from = %peer.id, mine, theirs, "taking over: pulling what a copy has beyond ours");
+            while mine < theirs {
+                let entries = self.pull(&peer, partition, mine, PAGE).await?;
+                let Some(last) = entries.last().map(|e| e.seq) else { break };
+                let (ring, me, p) = (self.ring.clone(), self.me.clone(), partition.clone());
+                self.blocking(move |s| {
+                    s.import_replicated(&p, entries, &|| owns(&ring.ring(), &me, &p))
+                })
+                .await?;
+                mine = last;
+            }
+        }
+        self.taken.lock().insert(partition.clone(), epoch);
+        Ok(())
+    }
+
+    /// This copy's position for a node taking `partition` over at `epoch`: answered once this
+    /// node has seen that epoch, under the partition's write lock, so nothing from an older
+    /// primary is applied here afterwards.
+    pub async fn position(
+        &self,
+        partition: &PartitionKey,
+        epoch: u64,
+    ) -> Result<ReplicaPosition, ApiError> {
+        if self.ring.ring().epoch() < epoch {
+            let _ = self.ring.refresh().await;
+        }
+        let seen = self.ring.ring().epoch();
+        if seen < epoch {
+            return Err(ApiError::unavailable(
+                format!("this node has seen layout epoch {seen}, not yet {epoch}"),
+                1,
+            ));
+        }
+        let p = partition.clone();
+        // `last_seq` reads under the partition's write lock.
+        let last_seq = self.blocking(move |s| s.last_seq(&p)).await?;
+        Ok(ReplicaPosition { last_seq })
+    }
+
+    /// Whether this node may answer a read of `partition` as a replica: it is the owner, or a
+    /// follower that has applied `min_seq` (when asked for one) or was caught up within the
+    /// staleness bound.
+    pub async fn replica_read(
+        &self,
+        partition: &PartitionKey,
+        min_seq: u64,
+    ) -> Result<&'static str, ApiError> {
+        let ring = self.ring.ring();
+        if ring.owner(partition).is_some_and(|o| o.id == self.me) {
+            return Ok("primary");
+        }
+        if !ring.replicas(partition).iter().any(|n| n.id == self.me) {
+            return Err(ApiError::new(
+                ErrorCode::WrongOwner,
+                format!("node {} holds no copy of {partition} at epoch {}", self.me, ring.epoch()),
+            ));
+        }
+        let behind = |why: String| Err(ApiError::new(ErrorCode::ReplicaBehind, why));
+        if min_seq > 0 {
+            let have = self.last_seq(partition).await?;
+            if have < min_seq {
+                return behind(format!("this copy of {partition} is at {have}, not {min_seq}"));
+            }
+            return Ok("replica");
+        }
+        let fresh = self
+            .progress
+            .lock()
+            .get(partition)
+            .and_then(|p| p.fresh_at)
+            .is_some_and(|at| at.elapsed() <= self.staleness);
+        if fresh {
+            Ok("replica")
+        } else {
+            behind(format!(
+                "this copy of {partition} was not caught up within the last {} ms",
+                self.staleness.as_millis()
+            ))
+        }
+    }
+
+    /// How this node's followed copies stand (the control plane's re-admission test).
+    pub fn status(&self) -> ReplicaStatus {
+        let ring = self.ring.ring();
+        let layout = ring.layout();
+        let rounds = self.rounds.lock();
+        // Every primary answered lately, in a round that chose what to follow by this epoch.
+        let heard_all =
+            layout.nodes.iter().filter(|n| n.id != self.me && !layout.down.contains(&n.id)).all(
+                |n| {
+                    rounds.get(&n.id).is_some_and(|(at, epoch)| {
+                        at.elapsed() <= ROUND_FRESH && *epoch == ring.epoch()
+                    })
+                },
+            );
+        let progress = self.progress.lock();
+        let lag: u64 = progress.values().map(|p| p.behind).sum();
+        ReplicaStatus {
+            node: self.me.clone(),
+            epoch: ring.epoch(),
+            following: progress.len(),
+            lag,
+            caught_up: layout.replication_factor > 1 && heard_all && lag == 0,
+        }
+    }
+
+    /// Follows every primary of this node's copies until `stop` turns true: one task per other
+    /// node in the layout, started and ended as nodes come and go.
+    pub async fn follow(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tasks: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            tasks.retain(|_, t| !t.is_finished());
+            let current = self.ring.ring();
+            if current.layout().replication_factor > 1 {
+                for node in current.layout().nodes.iter().filter(|n| n.id != self.me) {
+                    if !tasks.contains_key(&node.id) {
+                        let task = self.clone().follow_primary(node.id.clone(), stop.clone());
+                        tasks.insert(node.id.clone(), tokio::spawn(task));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        for (_, task) in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Follows one node until it leaves the layout, replication is switched off, or `stop`.
+    async fn follow_primary(
+        self: Arc<Self>,
+        primary_id: NodeId,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut seen = 0;
+        let mut acks: Vec<(PartitionKey, u64)> = Vec::new();
+        // Positions of the copies followed from this primary, checked against it once each.
+        let mut applied: HashMap<PartitionKey, u64> = HashMap::new();
+        loop {
+            let ring = self.ring.ring();
+            let Some(primary) = ring.layout().node(&primary_id).cloned() else { break };
+            if ring.layout().replication_factor < 2 {
+                break;
+            }
+            let ask = ReplicaPoll {
+                follower: self.me.clone(),
+                seen,
+                wait_ms: POLL_WAIT.as_millis() as u64,
+                acks: std::mem::take(&mut acks),
+            };
+            let polled = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                r = self.poll(&primary, &ask) => r,
+            };
+            let answer = match polled {
+                Ok(answer) => answer,
+                Err(e) => {
+                    // Keep the acknowledgements for the next try; wait a little before it.
+                    acks = ask.acks;
+                    tracing::debug!(primary = %primary.id, error = %e, "replication poll failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let answered = Instant::now();
+            seen = answer.counter;
+            let (lag, epoch) = self.catch_up(&primary, answer, answered, &mut applied).await;
+            acks = applied.iter().map(|(p, s)| (p.clone(), *s)).collect();
+            self.rounds.lock().insert(primary.id.clone(), (answered, epoch));
+            metrics::gauge!("memring_replication_lag_entries", "primary" => primary.id.to_string())
+                .set(lag as f64);
+        }
+        self.progress.lock().retain(|_, p| p.primary != primary_id);
+        self.rounds.lock().remove(&primary_id);
+    }
+
+    async fn poll(
+        &self,
+        primary: &LayoutNode,
+        ask: &ReplicaPoll,
+    ) -> anyhow::Result<ReplicaPollAnswer> {
+        Ok(self
+            .client
+            .post(format!("http://{}/internal/v1/replicate/poll", primary.addr))
+            .json(ask)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Applies what this node follows on `primary` and lacks, keeping `applied` to the copies
+    /// followed there; returns the entries still behind and the layout epoch it followed by.
+    async fn catch_up(
+        &self,
+        primary: &LayoutNode,
+        answer: ReplicaPollAnswer,
+        answered: Instant,
+        applied: &mut HashMap<PartitionKey, u64>,
+    ) -> (u64, u64) {
+        let ring = self.ring.ring();
+        let mut lag = 0;
+        let mut followed = std::collections::HashSet::new();
+        for stats in answer.partitions {
+            let p = stats.partition.clone();
+            if !follows(&ring, &self.me, &primary.id, &p) {
+                continue;
+            }
+            followed.insert(p.clone());
+            match self.catch_up_one(primary, &p, stats.last_seq, applied.get(&p).copied()).await {
+                Ok(at) => {
+                    applied.insert(p.clone(), at);
+                    let behind = stats.last_seq.saturating_sub(at);
+                    lag += behind;
+                    let mut progress = self.progress.lock();
+                    let entry = progress.entry(p).or_insert(Progress {
+                        primary: primary.id.clone(),
+                        behind,
+                        fresh_at: None,
+                    });
+                    entry.primary = primary.id.clone();
+                    entry.behind = behind;
+                    if behind == 0 {
+                        entry.fresh_at = Some(answered);
+                    }
+                }
+                Err(e) => {
+                    // Checked afresh (divergence included) on the next round.
+                    applied.remove(&p);
+                    self.progress.lock().remove(&p);
+                    tracing::warn!(partition = %p, primary = %primary.id, error = %e, "replication apply failed");
                 }
             }
         }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
+        // Copies no longer followed from here are checked again if they come back to it.
+        applied.retain(|p, _| followed.contains(p));
+        self.progress
+            .lock()
+            .retain(|p, progress| progress.primary != primary.id || followed.contains(p));
+        (lag, ring.epoch())
     }
-    for (_, task) in tasks {
-        let _ = task.await;
-    }
-}
 
-/// Follows one primary until it leaves the layout, replication is switched off, or `stop`.
-async fn follow_primary(
-    client: reqwest::Client,
-    me: NodeId,
-    primary_id: NodeId,
-    storage: Arc<Storage>,
-    ring: Arc<RingView>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut seen = 0;
-    let mut acks: Vec<(PartitionKey, u64)> = Vec::new();
-    // Applied positions of the partitions followed here, read from storage once each.
-    let mut applied: HashMap<PartitionKey, u64> = HashMap::new();
-    loop {
-        let ring = ring.ring();
-        let Some(primary) = ring.layout().node(&primary_id).cloned() else { return };
-        if ring.layout().replication_factor < 2 {
-            return;
-        }
-        let ask = ReplicaPoll {
-            follower: me.clone(),
-            seen,
-            wait_ms: POLL_WAIT.as_millis() as u64,
-            acks: std::mem::take(&mut acks),
+    /// Brings this node's copy of `p` up to `target` from `primary`; `known` is its position
+    /// if this task has checked it already. Returns the position reached.
+    async fn catch_up_one(
+        &self,
+        primary: &LayoutNode,
+        p: &PartitionKey,
+        target: u64,
+        known: Option<u64>,
+    ) -> anyhow::Result<u64> {
+        let mut at = match known {
+            Some(at) => at,
+            None => self.check_log(primary, p).await?,
         };
-        let polled = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            r = poll(&client, &primary, &ask) => r,
-        };
-        let answer = match polled {
-            Ok(answer) => answer,
-            Err(e) => {
-                // Keep the acknowledgements for the next try; wait a little before it.
-                acks = ask.acks;
-                tracing::debug!(primary = %primary.id, error = %e, "replication poll failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        seen = answer.counter;
-        match catch_up(&client, &me, &storage, &ring, &primary, answer, &mut applied).await {
-            Ok((applied, lag)) => {
-                acks = applied;
-                metrics::gauge!("memring_replication_lag_entries", "primary" => primary.id.to_string())
-                    .set(lag as f64);
-            }
-            Err(e) => {
-                tracing::warn!(primary = %primary.id, error = %e, "replication apply failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-async fn poll(
-    client: &reqwest::Client,
-    primary: &LayoutNode,
-    ask: &ReplicaPoll,
-) -> anyhow::Result<ReplicaPollAnswer> {
-    Ok(client
-        .post(format!("http://{}/internal/v1/replicate/poll", primary.addr))
-        .json(ask)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
-}
-
-/// Applies what this node follows on `primary` and lacks, keeping `applied` current; returns the
-/// positions to acknowledge (every partition followed) and the entries still behind.
-async fn catch_up(
-    client: &reqwest::Client,
-    me: &NodeId,
-    storage: &Arc<Storage>,
-    ring: &memring_common::Ring,
-    primary: &LayoutNode,
-    answer: ReplicaPollAnswer,
-    applied: &mut HashMap<PartitionKey, u64>,
-) -> anyhow::Result<(Vec<(PartitionKey, u64)>, u64)> {
-    let mut lag = 0;
-    let mut acks = Vec::new();
-    for stats in answer.partitions {
-        let set = ring.replicas(&stats.partition);
-        let follows = set.first().is_some_and(|p| p.id == primary.id)
-            && set.iter().skip(1).any(|n| n.id == *me);
-        if !follows {
-            continue;
-        }
-        let mut at = match applied.get(&stats.partition) {
-            Some(&at) => at,
-            None => {
-                let p = stats.partition.clone();
-                blocking(storage, move |s| s.replicated_seq(&p)).await?
-            }
-        };
-        while at < stats.last_seq {
-            let (ops, last) = pull(client, primary, &stats.partition, at).await?;
-            if last <= at {
-                break;
-            }
-            let p = stats.partition.clone();
-            blocking(storage, move |s| {
-                s.import_replicated(&p, ops, memring_common::clock::now_millis(), last)
+        while at < target {
+            let entries = self.pull(primary, p, at, PAGE).await?;
+            let Some(last) = entries.last().map(|e| e.seq) else { break };
+            let (ring, me, primary_id, key) =
+                (self.ring.clone(), self.me.clone(), primary.id.clone(), p.clone());
+            self.blocking(move |s| {
+                s.import_replicated(&key, entries, &|| {
+                    if follows(&ring.ring(), &me, &primary_id, &key) {
+                        Ok(())
+                    } else {
+                        Err(ApiError::new(
+                            ErrorCode::WrongOwner,
+                            format!("{primary_id} is no longer the primary of {key}"),
+                        ))
+                    }
+                })
             })
             .await?;
             at = last;
         }
-        applied.insert(stats.partition.clone(), at);
-        lag += stats.last_seq.saturating_sub(at);
-        acks.push((stats.partition, at));
+        Ok(at)
     }
-    Ok((acks, lag))
+
+    /// This copy's position, after making sure its log is a prefix of `primary`'s: its last
+    /// entry must be the primary's entry at that position. A copy that holds entries the
+    /// primary does not (written here while this node was primary, never acknowledged) is
+    /// dropped, to be replayed from the primary's log.
+    async fn check_log(&self, primary: &LayoutNode, p: &PartitionKey) -> anyhow::Result<u64> {
+        let mine = self.last_seq(p).await?;
+        if mine == 0 {
+            return Ok(0);
+        }
+        let theirs = self.pull(primary, p, mine - 1, 1).await?.into_iter().find(|e| e.seq == mine);
+        let key = p.clone();
+        let ours = self.blocking(move |s| s.entry_at(&key, mine)).await?;
+        if theirs.is_some() && theirs == ours {
+            return Ok(mine);
+        }
+        tracing::warn!(partition = %p, primary = %primary.id, position = mine, "this copy's log differs from its primary's; dropping it to replay the primary's");
+        metrics::counter!("memring_replication_resyncs_total").increment(1);
+        let key = p.clone();
+        self.blocking(move |s| s.drop_partition(&key)).await?;
+        Ok(0)
+    }
+
+    /// `node`'s log entries of `p` after `after` (at most `limit`).
+    async fn pull(
+        &self,
+        node: &LayoutNode,
+        p: &PartitionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ApiError> {
+        let url = format!(
+            "http://{}/internal/v1/migrate/{}/entries?after={after}&limit={limit}",
+            node.addr,
+            partition_path(p)
+        );
+        let fetched = async {
+            let resp = self.client.get(&url).send().await?.error_for_status()?;
+            resp.bytes().await
+        }
+        .await
+        .map_err(|e| ApiError::unavailable(format!("{url}: {e}"), 1))?;
+        decode(&fetched)
+    }
+
+    async fn last_seq(&self, p: &PartitionKey) -> Result<u64, ApiError> {
+        let key = p.clone();
+        self.blocking(move |s| s.last_seq(&key)).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || work(&storage))
+            .await
+            .map_err(|e| ApiError::internal(format!("replication task failed: {e}")))?
+    }
 }
 
-/// The primary's log of `p` after `after`: the operations and the last sequence number.
-async fn pull(
-    client: &reqwest::Client,
-    primary: &LayoutNode,
-    p: &PartitionKey,
-    after: u64,
-) -> anyhow::Result<(Vec<LogOp>, u64)> {
-    let url = format!(
-        "http://{}/internal/v1/migrate/{}/changes?after={after}&limit={PAGE}",
-        primary.addr,
-        partition_path(p)
-    );
-    let resp = client.get(&url).send().await?.error_for_status()?;
-    let last = resp
-        .headers()
-        .get(api::LAST_SEQ_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("{url}: no x-memring-last-seq"))?;
-    let ops: Vec<LogOp> = decode(&resp.bytes().await?)?;
-    Ok((ops, last))
+/// Whether `me` follows `primary` for `p` in `ring`: `primary` owns it and `me` holds a copy.
+fn follows(ring: &Ring, me: &NodeId, primary: &NodeId, p: &PartitionKey) -> bool {
+    ring.owner(p).is_some_and(|o| o.id == *primary)
+        && ring.replicas(p).iter().any(|n| n.id == *me)
+        && primary != me
 }
 
-async fn blocking<T: Send + 'static>(
-    storage: &Arc<Storage>,
-    work: impl FnOnce(&Storage) -> Result<T, memring_common::ApiError> + Send + 'static,
-) -> anyhow::Result<T> {
-    let storage = storage.clone();
-    Ok(tokio::task::spawn_blocking(move || work(&storage)).await??)
+/// Ok while `me` owns `p` in `ring`.
+fn owns(ring: &Ring, me: &NodeId, p: &PartitionKey) -> Result<(), ApiError> {
+    match ring.owner(p) {
+        Some(o) if o.id == *me => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::WrongOwner,
+            format!("{me} no longer owns {p} at epoch {}", ring.epoch()),
+        )),
+    }
+}
+
+/// The header a router sends for a replica read: the position asked for (0: none).
+pub fn replica_read_header(headers: &http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(api::REPLICA_READ_HEADER) {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().and_then(|s| s.parse::<u64>().ok()).map(Some).ok_or_else(|| {
+            ApiError::invalid(format!("header {} must be a log position", api::REPLICA_READ_HEADER))
+        }),
+    }
 }

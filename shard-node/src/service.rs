@@ -25,7 +25,7 @@ use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, Scope,
 use tokio::sync::Semaphore;
 
 use crate::background::Background;
-use crate::replicate::Acks;
+use crate::replicate::{Replication, replica_read_header};
 use crate::storage::Storage;
 
 /// Shared state of the shard node's handlers.
@@ -37,10 +37,8 @@ pub struct ShardService {
     body_limit: usize,
     /// Low-priority threads for migration work.
     background: Arc<Background>,
-    /// Replication: the change counter followers wait on, and their acknowledgements.
-    acks: Arc<Acks>,
-    /// How long a write waits for its quorum of copies before answering 503.
-    quorum_timeout: std::time::Duration,
+    /// Replication: followers' acknowledgements, taking writes over, replica reads.
+    repl: Arc<Replication>,
 }
 
 impl ShardService {
@@ -52,7 +50,7 @@ impl ShardService {
         concurrency: usize,
         body_limit: usize,
         background: Arc<Background>,
-        quorum_timeout: std::time::Duration,
+        repl: Arc<Replication>,
     ) -> Self {
         Self {
             node,
@@ -61,39 +59,8 @@ impl ShardService {
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             body_limit,
             background,
-            acks: Arc::new(Acks::default()),
-            quorum_timeout,
+            repl,
         }
-    }
-
-    /// After a committed change to `partition`: wakes the followers, then, with replication,
-    /// waits until the layout's write quorum of copies has it (503 if that takes too long).
-    async fn replicated(&self, partition: &PartitionKey) -> Result<(), ApiError> {
-        self.acks.bump();
-        let ring = self.ring.ring();
-        let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
-        if needed == 0 {
-            return Ok(());
-        }
-        let followers: Vec<NodeId> =
-            ring.replicas(partition).iter().skip(1).map(|n| n.id.clone()).collect();
-        let seq = {
-            let p = partition.clone();
-            self.blocking(move |s| s.last_seq(&p)).await?
-        };
-        if self.acks.wait_quorum(partition, &followers, needed, seq, self.quorum_timeout).await {
-            return Ok(());
-        }
-        metrics::counter!("memring_replication_quorum_timeouts_total").increment(1);
-        Err(ApiError::unavailable(
-            format!(
-                "written on the primary of {partition}, but not yet on {} copies within {} ms; \
-                 retry (writes by id are idempotent)",
-                needed + 1,
-                self.quorum_timeout.as_millis()
-            ),
-            1,
-        ))
     }
 
     /// Refuses the request unless this node owns `partition` at the newer of the caller's epoch and
@@ -109,6 +76,34 @@ impl ShardService {
             ring = self.ring.refresh().await.unwrap_or(ring);
         }
         owned_by(&ring, &self.node, partition)
+    }
+
+    /// The check before a partition request: a read a router sent as a replica read may be
+    /// answered by any copy that is fresh enough ([`Replication::replica_read`]); everything
+    /// else needs the owner. Counts reads by the role that answered them.
+    async fn check_access(
+        &self,
+        partition: &PartitionKey,
+        caller_epoch: Option<u64>,
+        read: bool,
+        replica_read: Option<u64>,
+    ) -> Result<(), ApiError> {
+        let role = match replica_read.filter(|_| read) {
+            Some(min_seq) => {
+                if caller_epoch.is_some_and(|e| e > self.ring.ring().epoch()) {
+                    let _ = self.ring.refresh().await;
+                }
+                self.repl.replica_read(partition, min_seq).await?
+            }
+            None => {
+                self.check_owner(partition, caller_epoch).await?;
+                "primary"
+            }
+        };
+        if read {
+            metrics::counter!("memring_shard_reads_total", "role" => role).increment(1);
+        }
+        Ok(())
     }
 
     /// Blocks until every write that could still create a partition under a layout older than
@@ -207,6 +202,22 @@ impl ShardService {
             (&Method::POST, ["internal", "v1", "replicate", "poll"]) => {
                 ("internal.replicate.poll", self.replica_poll(req).await)
             }
+            (&Method::POST, ["internal", "v1", "replicate", "position", tenant, scope]) => {
+                let r = async {
+                    let partition = parse_partition(tenant, scope)?;
+                    let epoch = query_pairs(req.uri().query())?
+                        .into_iter()
+                        .find(|(k, _)| k == "epoch")
+                        .and_then(|(_, v)| v.parse::<u64>().ok())
+                        .ok_or_else(|| ApiError::invalid("\"epoch\" must be a layout epoch"))?;
+                    Ok(json(200, &self.repl.position(&partition, epoch).await?))
+                }
+                .await;
+                ("internal.replicate.position", r)
+            }
+            (&Method::GET, ["internal", "v1", "replicate", "status"]) => {
+                ("internal.replicate.status", Ok(json(200, &self.repl.status())))
+            }
             (_, ["internal", "v1", "migrate", tenant, scope, action]) => {
                 let action = action.to_string();
                 let r = async {
@@ -221,11 +232,14 @@ impl ShardService {
                     Ok(p) => p,
                     Err(e) => return ("internal.partition", Err(e)),
                 };
-                let caller_epoch = match caller_epoch(&req) {
-                    Ok(e) => e,
-                    Err(e) => return ("internal.partition", Err(e)),
-                };
-                if let Err(e) = self.check_owner(&partition, caller_epoch).await {
+                let checked = async {
+                    let epoch = caller_epoch(&req)?;
+                    let replica_read = replica_read_header(req.headers())?;
+                    let read = method == Method::GET || rest == ["search"];
+                    self.check_access(&partition, epoch, read, replica_read).await
+                }
+                .await;
+                if let Err(e) = checked {
                     return ("internal.partition", Err(e));
                 }
                 self.partition_route(
@@ -271,10 +285,18 @@ impl ShardService {
             (&Method::DELETE, ["memories", id]) => {
                 let r = async {
                     let id = MemoryId::parse(&percent_decode(id)?)?;
+                    self.repl.take_over(&partition).await?;
                     let p = partition.clone();
-                    self.blocking(move |s| s.delete(&p, &id, now_millis())).await?;
-                    self.replicated(&partition).await?;
-                    Ok(memring_common::http::empty(204))
+                    let seq = self
+                        .blocking(move |s| {
+                            s.delete(&p, &id, now_millis())?;
+                            s.last_seq(&p)
+                        })
+                        .await?;
+                    self.repl.replicated(&partition, seq).await?;
+                    let mut reply = memring_common::http::empty(204);
+                    reply.headers_mut().insert(api::LAST_SEQ_HEADER, seq.into());
+                    Ok(reply)
                 }
                 .await;
                 ("internal.delete", r)
@@ -339,6 +361,21 @@ impl ShardService {
                     &[(api::LAST_SEQ_HEADER, last.to_string())],
                 ))
             }
+            (&Method::GET, "entries") => {
+                // The log itself, sequence numbers and times included: what followers apply.
+                let after = param("after")
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| {
+                            ApiError::invalid(format!(
+                                "\"after\" must be a sequence number, got {v:?}"
+                            ))
+                        })
+                    })
+                    .transpose()?
+                    .unwrap_or(0);
+                let entries = self.blocking(move |s| s.log_after(&partition, after, limit)).await?;
+                Ok(binary(crate::record::encode(&entries)?, &[]))
+            }
             (&Method::GET, "index") => {
                 let shipped = self.in_background(move |s| s.export_index(&partition)).await?;
                 Ok(match shipped {
@@ -371,7 +408,7 @@ impl ShardService {
                 } else {
                     self.in_background(work).await?
                 };
-                self.acks.bump();
+                self.repl.acks.bump();
                 Ok(json(200, &serde_json::json!({ "applied": applied })))
             }
             (&Method::POST, "fence") | (&Method::DELETE, "fence") => {
@@ -410,9 +447,9 @@ impl ShardService {
     ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let body = read_body(req, self.body_limit).await?;
         let ask: ReplicaPoll = memring_common::http::parse_json(&body)?;
-        self.acks.record(&ask.follower, ask.acks);
+        self.repl.acks.record(&ask.follower, ask.acks);
         let wait = std::time::Duration::from_millis(ask.wait_ms).min(crate::replicate::POLL_WAIT);
-        let counter = self.acks.wait_change(ask.seen, wait).await;
+        let counter = self.repl.acks.wait_change(ask.seen, wait).await;
         let partitions = self.blocking(|s| s.partitions()).await?;
         Ok(json(200, &ReplicaPollAnswer { counter, partitions }))
     }
@@ -437,13 +474,17 @@ impl ShardService {
                 api::validate_embedding(e)?;
             }
         }
+        self.repl.take_over(&partition).await?;
         let (ring, node, p) = (self.ring.clone(), self.node.clone(), partition.clone());
-        let results = self
+        let (results, seq) = self
             .blocking(move |s| {
-                s.write_checked(&p, write.items, now_millis(), &|| may_create(&ring, &node, &p))
+                let results = s.write_checked(&p, write.items, now_millis(), &|| {
+                    may_create(&ring, &node, &p)
+                })?;
+                Ok((results, s.last_seq(&p)?))
             })
             .await?;
-        self.replicated(&partition).await?;
+        self.repl.replicated(&partition, seq).await?;
         let results = results
             .into_iter()
             .map(|r| match r {
@@ -451,7 +492,7 @@ impl ShardService {
                 Err(e) => ShardItemResult::Err { error: e.to_body().error },
             })
             .collect();
-        Ok(json(200, &ShardWriteResponse { results }))
+        Ok(json(200, &ShardWriteResponse { results, seq }))
     }
 
     async fn list(

@@ -719,10 +719,9 @@ impl Storage {
         for name in [CF_EPISODES, CF_LOG, CF_META] {
             batch.delete_range_cf(&self.cf(name)?, &prefix, &end);
         }
-        // The node-level keys that name the tenant's partitions: fences, replication positions.
-        for marker in [migration::fence_key(&prefix), migration::repl_key(&prefix)] {
-            batch.delete_range_cf(&self.cf(CF_META)?, &marker, &prefix_end(&marker));
-        }
+        // The node-level keys that name the tenant's partitions: their fences.
+        let fences = migration::fence_key(&prefix);
+        batch.delete_range_cf(&self.cf(CF_META)?, &fences, &prefix_end(&fences));
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
         self.partitions.write().retain(|enc, _| !enc.starts_with(&prefix));
         Ok(removed)

@@ -118,8 +118,18 @@ impl EtcdCluster {
 
     /// Starts a shard node on etcd (not yet in the layout).
     pub async fn start_shard(&self, id: &str) -> anyhow::Result<Proc> {
+        self.start_shard_with(id, &self.etcd.url, &[]).await
+    }
+
+    /// [`EtcdCluster::start_shard`] reaching etcd at `etcd_url`, with extra flags.
+    pub async fn start_shard_with(
+        &self,
+        id: &str,
+        etcd_url: &str,
+        flags: &[String],
+    ) -> anyhow::Result<Proc> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let args = vec![
+        let mut args = vec![
             "--node-id".into(),
             id.into(),
             "--listen".into(),
@@ -127,10 +137,11 @@ impl EtcdCluster {
             "--data-dir".into(),
             self.dir.path().join(id).display().to_string(),
             "--etcd".into(),
-            self.etcd.url.clone(),
+            etcd_url.to_owned(),
             "--lease-ttl-secs".into(),
             self.lease_ttl_secs.to_string(),
         ];
+        args.extend(flags.iter().cloned());
         let mut p = Proc::start(id, &binary("memring-shard")?, args, addr, self.dir.path())?;
         p.wait_ready(Duration::from_secs(30)).await?;
         Ok(p)
@@ -143,15 +154,24 @@ impl EtcdCluster {
 
     /// Starts the control plane on this cluster's etcd and waits until it is the active one.
     pub async fn start_control(&self) -> anyhow::Result<Proc> {
+        self.start_control_with(&[]).await
+    }
+
+    /// [`EtcdCluster::start_control`] with extra `serve` flags.
+    pub async fn start_control_with(&self, flags: &[&str]) -> anyhow::Result<Proc> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut p = self.spawn_control("control", &addr)?;
+        let mut p = self.spawn_control_with("control", &addr, flags)?;
         p.wait_ready(Duration::from_secs(20)).await?;
         Ok(p)
     }
 
     /// Starts a control plane (leadership lease 2 s) without waiting for it to become active.
     pub fn spawn_control(&self, name: &str, addr: &str) -> anyhow::Result<Proc> {
-        let args = vec![
+        self.spawn_control_with(name, addr, &[])
+    }
+
+    fn spawn_control_with(&self, name: &str, addr: &str, flags: &[&str]) -> anyhow::Result<Proc> {
+        let mut args = vec![
             "--etcd".into(),
             self.etcd.url.clone(),
             "serve".into(),
@@ -160,6 +180,7 @@ impl EtcdCluster {
             "--lease-ttl-secs".into(),
             "2".into(),
         ];
+        args.extend(flags.iter().map(|f| f.to_string()));
         Proc::start(name, &binary("memring-control")?, args, addr.to_owned(), self.dir.path())
     }
 

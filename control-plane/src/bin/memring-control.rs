@@ -30,6 +30,10 @@ enum Command {
         /// whole cluster (docs/benchmarks.md); raise it where nodes have cores to spare.
         #[arg(long, env = "MEMRING_MIGRATION_RATE", default_value_t = 3000)]
         migration_rate: u64,
+        /// With replication: remove a node that has been down this many seconds from the
+        /// layout, so its partitions get their copies back on other nodes (0: never).
+        #[arg(long, env = "MEMRING_REPLACE_AFTER_SECS", default_value_t = 300)]
+        replace_after_secs: u64,
     },
     /// Print epoch, nodes and ring shares read from the ring store.
     Status {
@@ -90,7 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut store_config = StoreConfig::default();
     args.store.overlay(&mut store_config);
     match args.command {
-        Command::Serve { listen, lease_ttl_secs, migration_rate } => {
+        Command::Serve { listen, lease_ttl_secs, migration_rate, replace_after_secs } => {
             memring_common::telemetry::init_metrics();
             memring_common::config::check_addr("listen", &listen)?;
             let listener = tokio::net::TcpListener::bind(&listen)
@@ -100,6 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 store: store_config,
                 lease_ttl_secs,
                 migration_rate,
+                replace_after_secs,
             };
             memring_control::run(listener, config, memring_common::telemetry::shutdown_signal())
                 .await

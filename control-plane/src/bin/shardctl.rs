@@ -252,7 +252,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     println!("  {p}");
                 }
                 for m in &report.in_flight {
-                    println!("  migrating (copies expected to differ until the flip): {m}");
+                    println!("  in flight (copies expected to differ for now): {m}");
+                }
+                for u in &report.under_replicated {
+                    println!("  under-replicated: {u}");
                 }
             }
             anyhow::ensure!(

@@ -36,13 +36,6 @@ pub fn fence_key(partition: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Meta key of a follower's position in its primary's log: `0xFF ‖ "repl" ‖ partition`.
-pub fn repl_key(partition: &[u8]) -> Vec<u8> {
-    let mut key = b"\xffrepl".to_vec();
-    key.extend_from_slice(partition);
-    key
-}
-
 /// One page of an export.
 pub struct ExportPage {
     /// The memories, as puts, ready for [`Storage::import`].
@@ -108,56 +101,62 @@ impl Storage {
         ops: Vec<LogOp>,
         now_ms: i64,
     ) -> Result<usize, ApiError> {
-        self.import_at(key, ops, now_ms, None)
+        let entries = ops.into_iter().map(|op| LogEntry { seq: 0, at_ms: now_ms, op }).collect();
+        self.import_at(key, entries, false, &|| Ok(()))
     }
 
-    /// [`Storage::import`] for a follower: also records, in the same batch, that the primary's
-    /// log has been applied up to `primary_seq` (see [`Storage::replicated_seq`]).
+    /// A follower applies its primary's log entries, each under the primary's sequence number,
+    /// so every copy of a partition shares one log and one position (`last_seq`). `entries`
+    /// must continue this copy's log without a gap (else `Conflict`: the follower resyncs).
+    /// `may_apply` is checked under the partition's write lock, so once a newer primary has
+    /// asked this copy for its position ([`Storage::last_seq`] takes the same lock) nothing from
+    /// an older one lands.
     pub fn import_replicated(
         &self,
         key: &PartitionKey,
-        ops: Vec<LogOp>,
-        now_ms: i64,
-        primary_seq: u64,
+        entries: Vec<LogEntry>,
+        may_apply: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<usize, ApiError> {
-        self.import_at(key, ops, now_ms, Some(primary_seq))
+        self.import_at(key, entries, true, may_apply)
     }
 
-    /// How far this node has applied the primary's log of `key` as a follower (0: not at all).
-    pub fn replicated_seq(&self, key: &PartitionKey) -> Result<u64, ApiError> {
-        let cf = self.cf(CF_META)?;
-        Ok(match self.db.get_cf(&cf, repl_key(&key.encode())).map_err(db_err)? {
-            Some(bytes) => bytes
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| ApiError::internal("replication position is corrupt"))?,
-            None => 0,
-        })
+    /// The log entry with sequence number `seq`, if this copy has it.
+    pub fn entry_at(&self, key: &PartitionKey, seq: u64) -> Result<Option<LogEntry>, ApiError> {
+        Ok(self.log_after(key, seq.saturating_sub(1), 1)?.into_iter().find(|e| e.seq == seq))
     }
 
     fn import_at(
         &self,
         key: &PartitionKey,
-        ops: Vec<LogOp>,
-        now_ms: i64,
-        primary_seq: Option<u64>,
+        entries: Vec<LogEntry>,
+        keep_seq: bool,
+        may_apply: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<usize, ApiError> {
         let _gate = self.gate.read();
         let Some(p) = self.partition(key, true)? else {
             return Err(ApiError::internal("partition vanished while being created"));
         };
         let mut meta = p.meta.lock();
+        may_apply()?;
         let mut next = meta.clone();
         let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
         let mut batch = WriteBatch::default();
-        let mut index_ops = Vec::with_capacity(ops.len());
+        let mut index_ops = Vec::with_capacity(entries.len());
         // What each id holds as the batch goes: (version, label) or absent; later ops of the
         // batch must see earlier ones, which are not on disk yet.
         let mut present: std::collections::HashMap<String, Option<(u64, u64)>> =
             std::collections::HashMap::new();
-        let applied = ops.len();
-        for op in ops {
+        let applied = entries.len();
+        for LogEntry { seq, at_ms, op } in entries {
+            if keep_seq && seq != next.last_seq + 1 {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "{} is at log position {}; entry {seq} does not follow it",
+                        p.key, next.last_seq
+                    ),
+                ));
+            }
             let id = match &op {
                 LogOp::Put(e) => e.id.clone(),
                 LogOp::Delete { id, .. } => id.clone(),
@@ -201,26 +200,28 @@ impl Storage {
                     index_ops.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
                     present.insert(id, Some((e.version, e.label)));
                 }
-                LogOp::Delete { .. } => {
-                    let Some((version, label)) = before else { continue };
-                    index_ops.push((label, None, None));
-                    next.count = next.count.saturating_sub(1);
-                    next.replace_in_checksum(Some((&id, version)), None);
-                    batch.delete_cf(&ep_cf, episode_key(&p.enc, &id));
-                    present.insert(id, None);
-                }
+                LogOp::Delete { .. } => match before {
+                    Some((version, label)) => {
+                        index_ops.push((label, None, None));
+                        next.count = next.count.saturating_sub(1);
+                        next.replace_in_checksum(Some((&id, version)), None);
+                        batch.delete_cf(&ep_cf, episode_key(&p.enc, &id));
+                        present.insert(id, None);
+                    }
+                    // Nothing to delete; a replica still keeps the entry, so its log stays
+                    // the primary's.
+                    None if !keep_seq => continue,
+                    None => {}
+                },
             }
             next.last_seq += 1;
             batch.put_cf(
                 &log_cf,
                 log_key(&p.enc, next.last_seq),
-                encode(&LogEntry { seq: next.last_seq, at_ms: now_ms, op })?,
+                encode(&LogEntry { seq: next.last_seq, at_ms, op })?,
             );
         }
         batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
-        if let Some(seq) = primary_seq {
-            batch.put_cf(&meta_cf, repl_key(&p.enc), seq.to_be_bytes());
-        }
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
         p.commit(&mut meta, next);
         self.apply_to_index(&p, index_ops);
@@ -341,7 +342,6 @@ impl Storage {
         let meta = self.cf(CF_META)?;
         batch.delete_cf(&meta, &enc);
         batch.delete_cf(&meta, fence_key(&enc));
-        batch.delete_cf(&meta, repl_key(&enc));
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
         self.partitions.write().remove(&enc);
         tracing::info!(partition = %key, "partition dropped from this node");

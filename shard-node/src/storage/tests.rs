@@ -378,3 +378,41 @@ fn a_refused_item_in_a_batch_does_not_disturb_the_bookkeeping() {
     assert_eq!(fast, deep);
     assert_eq!(fast.count, 1);
 }
+
+#[test]
+fn a_replica_keeps_the_primary_log_and_refuses_gaps() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let primary = open(a.path());
+    let replica =
+        Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
+            .expect("open");
+    let k = key("t", "shared");
+    let items = (0..5).map(|i| item(&format!("e{i}"), "x", vec![1.0, i as f32])).collect();
+    primary.write(&k, items, 1).expect("write");
+    primary.delete(&k, &MemoryId::parse("e1").expect("id"), 2).expect("delete");
+    primary.write(&k, vec![item("e2", "changed", vec![0.0, 1.0])], 3).expect("write");
+    let log = primary.log_after(&k, 0, 100).expect("log");
+    assert_eq!(log.len(), 7);
+    // Applied in two parts, the replica's log is the primary's: same seqs, same times, same ops.
+    replica.import_replicated(&k, log[..3].to_vec(), &|| Ok(())).expect("apply");
+    // A gap (entry 5 after 3) and a refused primary leave the replica as it was.
+    let gap = replica.import_replicated(&k, log[4..].to_vec(), &|| Ok(())).expect_err("gap");
+    assert_eq!(gap.code(), ErrorCode::Conflict);
+    let stale = || Err(ApiError::new(ErrorCode::WrongOwner, "not my primary any more"));
+    let refused = replica.import_replicated(&k, log[3..].to_vec(), &stale).expect_err("refused");
+    assert_eq!(refused.code(), ErrorCode::WrongOwner);
+    assert_eq!(replica.last_seq(&k).expect("position"), 3);
+    replica.import_replicated(&k, log[3..].to_vec(), &|| Ok(())).expect("apply");
+    assert_eq!(replica.log_after(&k, 0, 100).expect("log"), log);
+    assert_eq!(replica.entry_at(&k, 7).expect("entry"), Some(log[6].clone()));
+    assert_eq!(replica.entry_at(&k, 8).expect("entry"), None);
+    let (x, y) =
+        (primary.checksum(&k, true).expect("sum"), replica.checksum(&k, true).expect("sum"));
+    assert_eq!((x.count, &x.checksum, x.last_seq), (y.count, &y.checksum, y.last_seq));
+    // A delete of a memory the replica does not hold still takes its place in the log.
+    let other = key("t", "agent:x");
+    let orphan =
+        LogEntry { seq: 1, at_ms: 9, op: LogOp::Delete { id: "ghost".into(), version: 1 } };
+    replica.import_replicated(&other, vec![orphan], &|| Ok(())).expect("apply");
+    assert_eq!(replica.last_seq(&other).expect("seq"), 1);
+}

@@ -1,0 +1,198 @@
+//! Failover (DESIGN.md, "Replication and failure"), run by the active control plane while the
+//! layout is replicated:
+//!
+//! - a node in the ring whose lease has expired (no live record) is marked **down** in the
+//!   layout (epoch + 1): it keeps its place in every replica set, but the next replica owns its
+//!   partitions; that node takes their writes over only after asking every live copy for its
+//!   position and pulling what it lacks (`shard-node/src/replicate.rs`), so no acknowledged
+//!   write is lost while fewer than W copies fail;
+//! - a down node that is alive again follows its primaries (dropping writes nobody
+//!   acknowledged); once its `/internal/v1/replicate/status` says it is caught up, it is
+//!   cleared (epoch + 1) and takes its own partitions back the same way;
+//! - a node down for longer than `replace_after` is removed from the layout: each replica set
+//!   it was in takes the next node on the ring, which replays its new primaries' logs, so every
+//!   partition returns to R copies without an operator.
+//!
+//! How long a node has been down is kept by this control plane; a newly active one starts the
+//! clock again (a late replacement, never an early one).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memring_common::api::ReplicaStatus;
+use memring_common::layout::LayoutNode;
+use memring_common::store::{RingStore, update_layout};
+use memring_common::{ClusterLayout, NodeId};
+
+/// How often the layout and the live nodes are compared.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Failover settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FailoverConfig {
+    /// Remove a node down this long from the layout (None: never, an operator decides).
+    pub replace_after: Option<Duration>,
+}
+
+/// What one round decided for one node.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    MarkDown(NodeId),
+    Readmit(NodeId),
+    Replace(NodeId),
+}
+
+/// Runs failover rounds for as long as the task lives (the leader's lifetime).
+pub async fn run(store: Arc<dyn RingStore>, client: reqwest::Client, config: FailoverConfig) {
+    let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        if let Err(e) = round(store.as_ref(), &client, config, &mut down_since).await {
+            tracing::warn!(error = %format!("{e:#}"), "failover round failed");
+        }
+    }
+}
+
+async fn round(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    config: FailoverConfig,
+    down_since: &mut HashMap<NodeId, Instant>,
+) -> anyhow::Result<()> {
+    let layout = store.load().await?.layout;
+    if layout.replication_factor < 2 {
+        down_since.clear();
+        return Ok(());
+    }
+    let live: Vec<NodeId> = store.live_nodes().await?.into_iter().map(|n| n.id).collect();
+    down_since.retain(|id, _| layout.down.contains(id));
+    for id in &layout.down {
+        down_since.entry(id.clone()).or_insert_with(Instant::now);
+    }
+    let mut caught_up = Vec::new();
+    for node in layout.nodes.iter().filter(|n| layout.down.contains(&n.id) && live.contains(&n.id))
+    {
+        // Caught up by the layout that marks it down (so it follows its new primaries).
+        if status(client, node).await.is_some_and(|s| s.caught_up && s.epoch >= layout.epoch) {
+            caught_up.push(node.id.clone());
+        }
+    }
+    for action in decide(&layout, &live, &caught_up, down_since, config, Instant::now()) {
+        apply(store, &action).await?;
+        tracing::warn!(?action, "failover");
+        metrics::counter!("memring_failover_actions_total", "action" => match action {
+            Action::MarkDown(_) => "mark_down",
+            Action::Readmit(_) => "readmit",
+            Action::Replace(_) => "replace",
+        })
+        .increment(1);
+    }
+    Ok(())
+}
+
+/// The round's decisions: pure, so the rules are tested without a cluster.
+fn decide(
+    layout: &ClusterLayout,
+    live: &[NodeId],
+    caught_up: &[NodeId],
+    down_since: &HashMap<NodeId, Instant>,
+    config: FailoverConfig,
+    now: Instant,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for node in &layout.nodes {
+        let id = &node.id;
+        let alive = live.contains(id);
+        if !layout.down.contains(id) {
+            if !alive {
+                actions.push(Action::MarkDown(id.clone()));
+            }
+        } else if alive {
+            if caught_up.contains(id) {
+                actions.push(Action::Readmit(id.clone()));
+            }
+        } else if let (Some(after), Some(since)) = (config.replace_after, down_since.get(id))
+            && now.duration_since(*since) >= after
+        {
+            actions.push(Action::Replace(id.clone()));
+        }
+    }
+    actions
+}
+
+/// One layout change by compare-and-swap, re-checked against the layout it applies to.
+async fn apply(store: &dyn RingStore, action: &Action) -> anyhow::Result<()> {
+    update_layout(store, 20, |layout| {
+        if layout.replication_factor < 2 {
+            return None;
+        }
+        let mut next = layout.clone();
+        match action {
+            Action::MarkDown(id) if layout.node(id).is_some() && !layout.down.contains(id) => {
+                next.epoch += 1;
+                next.down.insert(id.clone());
+            }
+            Action::Readmit(id) if layout.down.contains(id) => {
+                next.epoch += 1;
+                next.down.remove(id);
+            }
+            Action::Replace(id) if layout.down.contains(id) => next = layout.without_node(id),
+            _ => return None,
+        }
+        Some(next)
+    })
+    .await?;
+    Ok(())
+}
+
+async fn status(client: &reqwest::Client, node: &LayoutNode) -> Option<ReplicaStatus> {
+    let url = format!("http://{}/internal/v1/replicate/status", node.addr);
+    let resp = client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+    resp.error_for_status().ok()?.json().await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(down: &[&str]) -> ClusterLayout {
+        let mut l = ClusterLayout { replication_factor: 3, ..Default::default() };
+        for id in ["a", "b", "c", "d"] {
+            l = l.with_node(LayoutNode {
+                id: NodeId::parse(id).expect("id"),
+                addr: format!("{id}:1"),
+            });
+        }
+        l.down = down.iter().map(|d| NodeId::parse(d).expect("id")).collect();
+        l
+    }
+
+    fn ids(list: &[&str]) -> Vec<NodeId> {
+        list.iter().map(|d| NodeId::parse(d).expect("id")).collect()
+    }
+
+    #[test]
+    fn dead_nodes_go_down_caught_up_ones_come_back_long_gone_ones_are_replaced() {
+        let now = Instant::now();
+        let config = FailoverConfig { replace_after: Some(Duration::from_secs(60)) };
+        let none = HashMap::new();
+        // b's lease expired: down.
+        let acts = decide(&layout(&[]), &ids(&["a", "c", "d"]), &[], &none, config, now);
+        assert_eq!(acts, [Action::MarkDown(NodeId::parse("b").expect("id"))]);
+        // b is back but still catching up: nothing; caught up: readmitted.
+        let l = layout(&["b"]);
+        assert!(decide(&l, &ids(&["a", "b", "c", "d"]), &[], &none, config, now).is_empty());
+        let acts = decide(&l, &ids(&["a", "b", "c", "d"]), &ids(&["b"]), &none, config, now);
+        assert_eq!(acts, [Action::Readmit(NodeId::parse("b").expect("id"))]);
+        // b still dead: replaced once down for replace_after, not before, never without it.
+        let since: HashMap<NodeId, Instant> =
+            [(NodeId::parse("b").expect("id"), now - Duration::from_secs(30))].into();
+        assert!(decide(&l, &ids(&["a", "c", "d"]), &[], &since, config, now).is_empty());
+        let later = now + Duration::from_secs(31);
+        let acts = decide(&l, &ids(&["a", "c", "d"]), &[], &since, config, later);
+        assert_eq!(acts, [Action::Replace(NodeId::parse("b").expect("id"))]);
+        let never = FailoverConfig { replace_after: None };
+        assert!(decide(&l, &ids(&["a", "c", "d"]), &[], &since, never, later).is_empty());
+    }
+}

@@ -1,0 +1,445 @@
+//! Failover with real etcd, real shard nodes, routers and the control plane: a primary killed
+//! under load, its return as a follower, a node gone for good, replica reads with read-your-
+//! writes tokens, and an isolated old primary that must not acknowledge writes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use memring_common::api::READ_TOKEN_HEADER;
+use memring_common::layout::LayoutNode;
+use memring_common::store::{RingStore, update_layout};
+use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
+use memring_tests::etcd::EtcdCluster;
+use memring_tests::proxy::Proxy;
+use memring_tests::{Proc, binary, client, vector};
+use serde_json::{Value, json};
+
+/// `memring-control --etcd URL layout set-replication R`.
+async fn set_replication(etcd: &str, copies: u32) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(binary("memring-control")?)
+        .args(["--etcd", etcd, "layout", "set-replication", &copies.to_string()])
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Polls `check` every 200 ms until it gives a value, failing after `timeout`.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(started.elapsed() < timeout, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn layout_of(store: &impl RingStore) -> anyhow::Result<ClusterLayout> {
+    Ok(store.load().await?.layout)
+}
+
+/// Waits until the control plane's verify finds no problem, no copy catching up and no
+/// partition under-replicated; returns the report.
+async fn wait_verified(control: &Proc, timeout: Duration) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/verify", control.url());
+    let started = Instant::now();
+    loop {
+        let report: Value = client().get(&url).send().await?.json().await?;
+        let clean = ["problems", "in_flight", "under_replicated"]
+            .iter()
+            .all(|k| report[k].as_array().is_some_and(|a| a.is_empty()));
+        if clean {
+            return Ok(report);
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "verify not clean within {timeout:?}: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The index of the shard process serving `node`.
+fn index_of(c: &EtcdCluster, node: &LayoutNode) -> usize {
+    c.shards.iter().position(|s| s.addr == node.addr).unwrap_or(usize::MAX)
+}
+
+/// What one writer saw.
+#[derive(Default)]
+struct Seen {
+    /// Acknowledged writes: (tenant, id, content).
+    acked: Vec<(String, String, String)>,
+    /// When each acknowledged write returned, from the start of the load.
+    acked_at: Vec<Duration>,
+    /// Requests that failed with a 5xx or a transport error.
+    failed: usize,
+    /// Anything that is not an acknowledgement or a retryable failure: a wrong answer.
+    wrong: Vec<String>,
+}
+
+/// Writes to `tenant` until `stop`, reading each acknowledged write back at once with its
+/// read token (a follower may answer it; it must have the write).
+async fn writer(router: String, tenant: String, stop: Arc<AtomicBool>, t0: Instant) -> Seen {
+    let http = client();
+    let mut seen = Seen::default();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let (id, content) = (format!("w{n}"), format!("content {n} of {tenant}"));
+        let body = json!({"id": id, "scope": "shared", "content": content, "embedding": vector(8, n % 8, 0.3)});
+        let sent = http
+            .post(format!("{router}/v1/tenants/{tenant}/memories"))
+            .timeout(Duration::from_secs(15))
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().as_u16() == 201 => {
+                let token = resp
+                    .headers()
+                    .get(READ_TOKEN_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                seen.acked_at.push(t0.elapsed());
+                seen.acked.push((tenant.clone(), id.clone(), content.clone()));
+                let read = http
+                    .get(format!("{router}/v1/tenants/{tenant}/memories/{id}?scope=shared"))
+                    .header(READ_TOKEN_HEADER, &token)
+                    .timeout(Duration::from_secs(15))
+                    .send()
+                    .await;
+                match read {
+                    Ok(r) if r.status().as_u16() == 200 => {
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        if v["content"] != content.as_str() {
+                            seen.wrong.push(format!("read of {tenant}/{id} gave {v}"));
+                        }
+                    }
+                    Ok(r) if r.status().is_server_error() => seen.failed += 1,
+                    Ok(r) => seen.wrong.push(format!(
+                        "read of acknowledged {tenant}/{id} with token {token:?}: {}",
+                        r.status()
+                    )),
+                    Err(_) => seen.failed += 1,
+                }
+            }
+            Ok(resp) if resp.status().is_server_error() => seen.failed += 1,
+            Ok(resp) => seen.wrong.push(format!("write {tenant}/{id}: {}", resp.status())),
+            Err(_) => seen.failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
+
+/// R = 3, W = 2, four nodes, 5 s leases. Under a write + read-back load on four tenants, the
+/// primary of the busiest partition is SIGKILLed: every acknowledged write is readable after,
+/// every failure the clients saw was a 503 or a timeout (no wrong answer, and no read with a
+/// token missed its write), and writes to that partition resume once the node's lease expires
+/// (the gap is printed). The node restarts, catches up as a follower, is re-admitted and takes
+/// its partitions back; verify passes on all copies. Then another node dies for good: with
+/// `--replace-after-secs 2` its replica sets take the remaining node in and every partition is
+/// back to three equal copies without an operator.
+#[tokio::test]
+async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let mut c = EtcdCluster::start(4, 1, 5).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
+    let layout = layout_of(&store).await?;
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    let ring = Ring::new(layout.clone());
+    let busy: PartitionKey = "f0/shared".parse()?;
+    let victim = index_of(&c, ring.owner(&busy).expect("owner"));
+    let victim_id = c.shard_id(victim);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let writers: Vec<_> = (0..4)
+        .map(|t| tokio::spawn(writer(c.router(0), format!("f{t}"), stop.clone(), t0)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.shards[victim].kill();
+    let killed_at = t0.elapsed();
+    wait_for("the killed primary marked down", Duration::from_secs(20), || async {
+        Ok(layout_of(&store).await?.down.contains(&victim_id).then_some(()))
+    })
+    .await?;
+    let marked_down_at = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for w in writers {
+        seen.push(w.await?);
+    }
+    let wrong: Vec<&String> = seen.iter().flat_map(|s| &s.wrong).collect();
+    assert!(wrong.is_empty(), "wrong answers: {wrong:?}\n{}", c.logs());
+    let failed: usize = seen.iter().map(|s| s.failed).sum();
+    let acked: Vec<&(String, String, String)> = seen.iter().flat_map(|s| &s.acked).collect();
+    // The longest time without an acknowledged write to the busy partition.
+    let busy_acks = &seen[0].acked_at;
+    let gap = busy_acks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    println!(
+        "failover: {} writes acknowledged, {failed} failed requests (503/timeout); killed at \
+         {killed_at:?}, marked down at {marked_down_at:?}; longest gap on {busy}: {gap:?}",
+        acked.len()
+    );
+    assert!(
+        busy_acks.last().is_some_and(|at| *at > marked_down_at),
+        "writes to {busy} did not resume after the failover\n{}",
+        c.logs()
+    );
+    let http = client();
+    for (tenant, id, content) in &acked {
+        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
+        let v: Value = http.get(url).send().await?.json().await?;
+        assert_eq!(v["content"], content.as_str(), "acknowledged {tenant}/{id} lost: {v}");
+    }
+
+    // The killed node returns: a follower first, re-admitted once caught up, then the owner of
+    // its partitions again; every copy ends equal.
+    c.shards[victim].start_again()?;
+    c.shards[victim].wait_ready(Duration::from_secs(30)).await?;
+    wait_for("the restarted node re-admitted", Duration::from_secs(40), || async {
+        Ok(layout_of(&store).await?.down.is_empty().then_some(()))
+    })
+    .await?;
+    let epoch = layout_of(&store).await?.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let after = json!({"id": "after", "scope": "shared", "content": "back", "embedding": vector(8, 1, 0.3)});
+    let resp =
+        http.post(format!("{}/v1/tenants/f0/memories", c.router(0))).json(&after).send().await?;
+    assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await?);
+    let report = wait_verified(&control, Duration::from_secs(30)).await?;
+    assert!(report["memories"].as_u64().unwrap_or(0) >= 3 * acked.len() as u64, "{report}");
+
+    // A node gone for good: replaced after 2 s down, every partition back to three copies.
+    let mut control = control;
+    control.stop();
+    let control = c.start_control_with(&["--replace-after-secs", "2"]).await?;
+    let ring = Ring::new(layout_of(&store).await?);
+    let gone = index_of(&c, ring.owner(&"f1/shared".parse()?).expect("owner"));
+    let gone_id = c.shard_id(gone);
+    c.shards[gone].kill();
+    wait_for("the dead node replaced", Duration::from_secs(40), || async {
+        let l = layout_of(&store).await?;
+        Ok((l.node(&gone_id).is_none() && l.down.is_empty()).then_some(()))
+    })
+    .await?;
+    let report = wait_verified(&control, Duration::from_secs(60)).await?;
+    let l = layout_of(&store).await?;
+    assert_eq!(l.nodes.len(), 3);
+    assert!(report["memories"].as_u64().unwrap_or(0) >= 3 * acked.len() as u64, "{report}");
+    for (tenant, id, content) in acked.iter().step_by(7) {
+        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
+        let v: Value = http.get(url).send().await?.json().await?;
+        assert_eq!(v["content"], content.as_str(), "{tenant}/{id} after the replacement: {v}");
+    }
+    Ok(())
+}
+
+/// The sum of a counter over every shard node's metrics, per label value of `role`.
+async fn reads_by_role(c: &EtcdCluster) -> anyhow::Result<(f64, f64)> {
+    let (mut primary, mut replica) = (0.0, 0.0);
+    for shard in &c.shards {
+        let text = client().get(format!("{}/metrics", shard.url())).send().await?.text().await?;
+        for line in text.lines().filter(|l| l.starts_with("memring_shard_reads_total")) {
+            let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            if line.contains("role=\"replica\"") {
+                replica += value;
+            } else if line.contains("role=\"primary\"") {
+                primary += value;
+            }
+        }
+    }
+    Ok((primary, replica))
+}
+
+/// With R = 2, reads of a hot partition go to its follower (per-node read metrics show > 70%
+/// answered by non-primaries). With R = 3, W = 2, a read carrying a write's token never misses
+/// that write, whichever copy answers (a follower that has not applied it hands the read to the
+/// owner). A malformed token is a 400.
+#[tokio::test]
+async fn replicas_serve_reads_and_tokens_read_your_writes() -> anyhow::Result<()> {
+    let c = EtcdCluster::start(3, 1, 10).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, 2).await?;
+    let epoch = layout_of(&store).await?.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    c.wait_shards_epoch(epoch).await?;
+    let (router, http) = (c.router(0), client());
+    let items: Vec<Value> = (0..50)
+        .map(|n| json!({"id": format!("h{n}"), "scope": "shared", "content": format!("hot {n}"), "embedding": vector(8, n % 8, 0.2)}))
+        .collect();
+    memring_tests::write_batch(&http, &router, "hot", items).await?;
+    // Followers answer token-less reads once they have caught up within the staleness bound.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = reads_by_role(&c).await?;
+    for n in 0..300 {
+        if n % 2 == 0 {
+            let q = json!({"scopes": ["shared"], "embedding": vector(8, n % 8, 0.2), "k": 3});
+            let resp = http
+                .post(format!("{router}/v1/tenants/hot/memories/search"))
+                .json(&q)
+                .send()
+                .await?;
+            assert_eq!(resp.status().as_u16(), 200);
+        } else {
+            let url = format!("{router}/v1/tenants/hot/memories/h{}?scope=shared", n % 50);
+            assert_eq!(http.get(url).send().await?.status().as_u16(), 200);
+        }
+    }
+    let after = reads_by_role(&c).await?;
+    let (primary, replica) = (after.0 - before.0, after.1 - before.1);
+    let share = replica / (primary + replica);
+    println!(
+        "R=2 reads: {replica} by the follower, {primary} by the primary ({:.0}%)",
+        share * 100.0
+    );
+    assert!(share > 0.7, "only {share:.2} of reads on non-primaries");
+
+    set_replication(&c.etcd.url, 3).await?;
+    let epoch = layout_of(&store).await?.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let before = reads_by_role(&c).await?;
+    for n in 0..150 {
+        let id = format!("ryw{n}");
+        let body = json!({"id": id, "scope": "shared", "content": format!("mine {n}"), "embedding": vector(8, n % 8, 0.9)});
+        let resp =
+            http.post(format!("{router}/v1/tenants/hot/memories")).json(&body).send().await?;
+        assert_eq!(resp.status().as_u16(), 201);
+        let token = resp
+            .headers()
+            .get(READ_TOKEN_HEADER)
+            .expect("a write answers with a read token")
+            .to_str()?
+            .to_owned();
+        assert!(token.starts_with("shared="), "{token}");
+        let got = http
+            .get(format!("{router}/v1/tenants/hot/memories/{id}?scope=shared"))
+            .header(READ_TOKEN_HEADER, &token)
+            .send()
+            .await?;
+        assert_eq!(got.status().as_u16(), 200, "read with token {token} missed {id}");
+        let q = json!({"scopes": ["shared"], "embedding": vector(8, n % 8, 0.9), "k": 1000});
+        let found: Value = http
+            .post(format!("{router}/v1/tenants/hot/memories/search"))
+            .header(READ_TOKEN_HEADER, &token)
+            .json(&q)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ids: Vec<&str> = found["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["id"].as_str())
+            .collect();
+        assert!(ids.contains(&id.as_str()), "search with token {token} missed {id}");
+    }
+    let after = reads_by_role(&c).await?;
+    println!(
+        "R=3 read-your-writes: {} reads by followers, {} by primaries",
+        after.1 - before.1,
+        after.0 - before.0
+    );
+    assert!(after.1 > before.1, "no read with a token was answered by a follower");
+    let bad = http
+        .get(format!("{router}/v1/tenants/hot/memories/h1?scope=shared"))
+        .header(READ_TOKEN_HEADER, "shared=notanumber")
+        .send()
+        .await?;
+    assert_eq!(bad.status().as_u16(), 400);
+    Ok(())
+}
+
+/// A shard node cut off from etcd and from its peers (its port and its etcd connection both go
+/// through proxies the test cuts) keeps its stale ring and still believes it owns its
+/// partitions. Once its lease has expired and the control plane has marked it down, a write
+/// sent straight to it is not acknowledged (503: no follower takes entries from a fenced
+/// primary), and the router's new owner never shows it. Healed, the node drops the write nobody
+/// acknowledged, catches up, is re-admitted, and verify finds every copy equal.
+#[tokio::test]
+async fn an_isolated_old_primary_cannot_acknowledge_writes() -> anyhow::Result<()> {
+    let mut c = EtcdCluster::start(2, 1, 3).await?;
+    let store = c.etcd.store().await?;
+    let (front, to_etcd) = (Proxy::bind().await?, Proxy::bind().await?);
+    to_etcd.forward_to(c.etcd.url.trim_start_matches("http://"));
+    let flags = vec!["--advertise".to_owned(), front.addr.clone()];
+    let isolated =
+        c.start_shard_with("shard-3", &format!("http://{}", to_etcd.addr), &flags).await?;
+    front.forward_to(&isolated.addr);
+    let isolated_url = isolated.url();
+    c.shards.push(isolated);
+    let node = LayoutNode { id: NodeId::parse("shard-3")?, addr: front.addr.clone() };
+    update_layout(&store, 20, |l| Some(l.with_node(node.clone()))).await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
+    let layout = layout_of(&store).await?;
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    let ring = Ring::new(layout);
+    let tenant = (0..500)
+        .map(|t| format!("iso{t}"))
+        .find(|t| {
+            let p: PartitionKey = format!("{t}/shared").parse().expect("key");
+            ring.owner(&p).is_some_and(|o| o.id == node.id)
+        })
+        .expect("a tenant owned by shard-3");
+    let (router, http) = (c.router(0), client());
+    for n in 0..20 {
+        let m = json!({"id": format!("m{n}"), "scope": "shared", "content": "before", "embedding": vector(8, n % 8, 0.1)});
+        let resp =
+            http.post(format!("{router}/v1/tenants/{tenant}/memories")).json(&m).send().await?;
+        assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await?);
+    }
+
+    front.cut();
+    to_etcd.cut();
+    wait_for("the isolated node marked down", Duration::from_secs(30), || async {
+        Ok(layout_of(&store).await?.down.contains(&node.id).then_some(()))
+    })
+    .await?;
+    // Straight to the isolated node, as a router on its side of the cut would send it.
+    let stale = json!({"items": [{"id": "split", "scope": "shared", "content": "never acknowledged", "embedding": vector(8, 2, 0.1), "metadata": {}, "ttl_seconds": null}]});
+    let url = format!("{isolated_url}/internal/v1/p/{tenant}/shared/memories");
+    let resp = http.post(url).json(&stale).send().await?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await?;
+    assert_eq!(status, 503, "the isolated old primary answered {status}: {body}");
+    // The cluster's side: the new owner takes writes and never saw that one.
+    let epoch = layout_of(&store).await?.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let m = json!({"id": "during", "scope": "shared", "content": "new owner", "embedding": vector(8, 3, 0.1)});
+    let resp = http.post(format!("{router}/v1/tenants/{tenant}/memories")).json(&m).send().await?;
+    assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await?);
+    let split = format!("{router}/v1/tenants/{tenant}/memories/split?scope=shared");
+    assert_eq!(http.get(&split).send().await?.status().as_u16(), 404);
+
+    front.heal();
+    to_etcd.heal();
+    wait_for("the healed node re-admitted", Duration::from_secs(40), || async {
+        Ok(layout_of(&store).await?.down.is_empty().then_some(()))
+    })
+    .await?;
+    let epoch = layout_of(&store).await?.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let report = wait_verified(&control, Duration::from_secs(30)).await?;
+    println!("after healing: {report}");
+    assert_eq!(
+        http.get(&split).send().await?.status().as_u16(),
+        404,
+        "an unacknowledged write resurfaced"
+    );
+    let during = format!("{router}/v1/tenants/{tenant}/memories/during?scope=shared");
+    assert_eq!(http.get(&during).send().await?.status().as_u16(), 200);
+    Ok(())
+}
