@@ -834,6 +834,27 @@ pub struct NodeView {
     pub partitions: Option<u64>,
     /// Memories stored, when the node answered.
     pub episodes: Option<u64>,
+    /// Marked down by failover (replication): never a primary until re-admitted.
+    #[serde(default)]
+    pub down: bool,
+    /// Log entries its follower copies are behind their primaries, when it answered.
+    #[serde(default)]
+    pub lag: Option<u64>,
+}
+
+/// One partition's copies in the cluster view (with replication).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaSetView {
+    /// The partition, `tenant/scope`.
+    pub partition: String,
+    /// Its replica set, owner first.
+    pub replicas: Vec<crate::ids::NodeId>,
+    /// Members of the set that are marked down.
+    pub down: Vec<crate::ids::NodeId>,
+    /// Live members that hold no copy yet.
+    pub missing: Vec<crate::ids::NodeId>,
+    /// Fewer live copies than the replication factor.
+    pub under_replicated: bool,
 }
 
 /// `GET /v1/cluster` on the control plane.
@@ -857,6 +878,9 @@ pub struct ClusterView {
     pub overrides: std::collections::BTreeMap<String, String>,
     /// Migrations in flight, from the control plane's journal (partition, from, to, phase).
     pub migrations: Vec<serde_json::Value>,
+    /// With replication: every stored partition's replica set and what it lacks.
+    #[serde(default)]
+    pub replica_sets: Vec<ReplicaSetView>,
 }
 
 fn one() -> u32 {

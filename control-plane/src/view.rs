@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use memring_common::Ring;
-use memring_common::api::{ClusterView, NodeView, PartitionList};
+use memring_common::api::{ClusterView, NodeView, PartitionList, ReplicaSetView, ReplicaStatus};
 use memring_common::store::RingStore;
 
 /// The client the control plane uses to ask shard nodes about their partitions.
@@ -55,6 +55,8 @@ pub async fn cluster_view(
             share: shares.get(&n.id).copied().unwrap_or(0.0),
             partitions: None,
             episodes: None,
+            down: layout.down.contains(&n.id),
+            lag: None,
         })
         .collect();
     for record in &live {
@@ -67,20 +69,34 @@ pub async fn cluster_view(
                 share: 0.0,
                 partitions: None,
                 episodes: None,
+                down: false,
+                lag: None,
             });
         }
     }
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let answers = futures::future::join_all(
-        addrs.iter().map(|addr| async move { partition_list(client, addr).await.ok() }),
-    )
+    let answers = futures::future::join_all(addrs.iter().map(|addr| async move {
+        (partition_list(client, addr).await.ok(), replica_status(client, addr).await)
+    }))
     .await;
-    for (node, answer) in nodes.iter_mut().zip(answers) {
-        if let Some(list) = answer {
+    // Which nodes hold a copy (with memories) of each partition.
+    let mut holders: BTreeMap<memring_common::PartitionKey, Vec<memring_common::NodeId>> =
+        BTreeMap::new();
+    for (node, (list, status)) in nodes.iter_mut().zip(answers) {
+        if let Some(list) = list {
             node.partitions = Some(list.partitions.len() as u64);
             node.episodes = Some(list.partitions.iter().map(|p| p.count).sum());
+            for p in list.partitions {
+                holders.entry(p.partition).or_default().push(node.id.clone());
+            }
         }
+        node.lag = status.filter(|_| layout.replication_factor > 1).map(|s| s.lag);
     }
+    let replica_sets = if layout.replication_factor > 1 {
+        holders.iter().map(|(p, held)| replica_set(&ring, &live, p, held)).collect()
+    } else {
+        Vec::new()
+    };
     Ok(ClusterView {
         epoch: layout.epoch,
         store: store.describe(),
@@ -94,13 +110,48 @@ pub async fn cluster_view(
             .into_iter()
             .map(|j| serde_json::to_value(j).unwrap_or_default())
             .collect(),
+        replica_sets,
     })
+}
+
+/// A node's replication status, if it answers.
+async fn replica_status(client: &reqwest::Client, addr: &str) -> Option<ReplicaStatus> {
+    let resp = client.get(format!("http://{addr}/internal/v1/replicate/status")).send().await;
+    resp.ok()?.error_for_status().ok()?.json().await.ok()
+}
+
+/// The replica set of `p` against the nodes that hold it.
+fn replica_set(
+    ring: &Ring,
+    live: &[memring_common::store::NodeRecord],
+    p: &memring_common::PartitionKey,
+    held: &[memring_common::NodeId],
+) -> ReplicaSetView {
+    let layout = ring.layout();
+    let replicas: Vec<memring_common::NodeId> =
+        ring.owner(p).into_iter().chain(ring.followers(p)).map(|n| n.id.clone()).collect();
+    let down: Vec<_> = replicas.iter().filter(|n| layout.down.contains(*n)).cloned().collect();
+    let missing: Vec<_> = replicas
+        .iter()
+        .filter(|n| {
+            !layout.down.contains(*n) && live.iter().any(|r| r.id == **n) && !held.contains(n)
+        })
+        .cloned()
+        .collect();
+    let serving = replicas.len() - down.len() - missing.len();
+    ReplicaSetView {
+        partition: p.to_string(),
+        under_replicated: serving < layout.replication_factor as usize,
+        replicas,
+        down,
+        missing,
+    }
 }
 
 /// Renders the view as the table `shardctl status` prints.
 pub fn render(view: &ClusterView) -> String {
     let mut out = format!(
-        "epoch {}   store {}   vnodes/node {}   copies {} (writes acknowledged at {})\n\n{:<16} {:<22} {:>7} {:>5} {:>8} {:>11} {:>10}\n",
+        "epoch {}   store {}   vnodes/node {}   copies {} (writes acknowledged at {})\n\n{:<16} {:<22} {:>7} {:>5} {:>5} {:>8} {:>11} {:>10} {:>6}\n",
         view.epoch,
         view.store,
         view.vnodes_per_node,
@@ -110,21 +161,26 @@ pub fn render(view: &ClusterView) -> String {
         "ADDR",
         "IN RING",
         "LIVE",
+        "DOWN",
         "SHARE",
         "PARTITIONS",
-        "MEMORIES"
+        "MEMORIES",
+        "LAG"
     );
     for n in &view.nodes {
         let show = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "?".into());
+        let yes = |b: bool| if b { "yes" } else { "no" };
         out.push_str(&format!(
-            "{:<16} {:<22} {:>7} {:>5} {:>7.2}% {:>11} {:>10}\n",
+            "{:<16} {:<22} {:>7} {:>5} {:>5} {:>7.2}% {:>11} {:>10} {:>6}\n",
             n.id.as_str(),
             n.addr,
-            if n.in_ring { "yes" } else { "no" },
-            if n.live { "yes" } else { "no" },
+            yes(n.in_ring),
+            yes(n.live),
+            yes(n.down),
             n.share * 100.0,
             show(n.partitions),
-            show(n.episodes)
+            show(n.episodes),
+            if view.replication_factor > 1 { show(n.lag) } else { "-".into() }
         ));
     }
     if !view.migrations.is_empty() {
@@ -133,6 +189,47 @@ pub fn render(view: &ClusterView) -> String {
             out.push_str(&format!(
                 "  {} {} -> {} ({})\n",
                 m["partition"], m["from"], m["to"], m["phase"]
+            ));
+        }
+    }
+    if !view.replica_sets.is_empty() {
+        const SHOWN: usize = 20;
+        let under: Vec<&ReplicaSetView> =
+            view.replica_sets.iter().filter(|r| r.under_replicated).collect();
+        out.push_str(&format!(
+            "\nreplica sets (owner first): {} partitions, {} under-replicated\n",
+            view.replica_sets.len(),
+            under.len()
+        ));
+        // Under-replicated ones first, then the rest, up to SHOWN rows.
+        let rows =
+            under.iter().copied().chain(view.replica_sets.iter().filter(|r| !r.under_replicated));
+        for r in rows.take(SHOWN) {
+            let set: Vec<&str> = r.replicas.iter().map(|n| n.as_str()).collect();
+            let mut notes = Vec::new();
+            if !r.down.is_empty() {
+                notes.push(format!(
+                    "down: {}",
+                    r.down.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",")
+                ));
+            }
+            if !r.missing.is_empty() {
+                notes.push(format!(
+                    "no copy yet: {}",
+                    r.missing.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",")
+                ));
+            }
+            out.push_str(&format!(
+                "  {:<40} {}  {}\n",
+                r.partition,
+                set.join(" "),
+                notes.join("; ")
+            ));
+        }
+        if view.replica_sets.len() > SHOWN {
+            out.push_str(&format!(
+                "  … {} more (--json lists all)\n",
+                view.replica_sets.len() - SHOWN
             ));
         }
     }

@@ -231,39 +231,43 @@ impl Replication {
         if self.taken.lock().get(partition) == Some(&epoch) {
             return Ok(());
         }
+        // Any acknowledged write is on W of the set's copies; this copy and R - W others
+        // answering make sure at least one of them holds it.
+        let set = ring.replicas(partition).len();
+        let needed = set.saturating_sub(ring.layout().write_quorum() as usize);
         let peers: Vec<LayoutNode> = ring
             .followers(partition)
             .into_iter()
             .filter(|n| !ring.layout().down.contains(&n.id))
             .cloned()
             .collect();
-        let mut best: Option<(u64, LayoutNode)> = None;
-        for peer in peers {
+        let asked = futures::future::join_all(peers.iter().map(|peer| async move {
             let url = format!(
                 "http://{}/internal/v1/replicate/position/{}?epoch={epoch}",
                 peer.addr,
                 partition_path(partition)
             );
-            let asked = async {
+            let ask = async {
                 let resp = self.client.post(&url).send().await?.error_for_status()?;
                 resp.json::<ReplicaPosition>().await
             };
-            let position =
-                tokio::time::timeout(self.quorum_timeout, asked).await.ok().and_then(Result::ok);
-            let Some(position) = position else {
-                return Err(ApiError::unavailable(
-                    format!(
-                        "{} is taking over the writes of {partition} and cannot ask its copy on \
-                         {} for its position yet; retry shortly",
-                        self.me, peer.id
-                    ),
-                    1,
-                ));
-            };
-            if best.as_ref().is_none_or(|(seq, _)| position.last_seq > *seq) {
-                best = Some((position.last_seq, peer));
-            }
+            let answer = tokio::time::timeout(self.quorum_timeout, ask).await;
+            answer.ok().and_then(Result::ok).map(|position| (position.last_seq, peer.clone()))
+        }))
+        .await;
+        let answered: Vec<(u64, LayoutNode)> = asked.into_iter().flatten().collect();
+        if answered.len() < needed {
+            return Err(ApiError::unavailable(
+                format!(
+                    "{} is taking over the writes of {partition} and needs the log positions of \
+                     {needed} other copies; {} answered; retry shortly",
+                    self.me,
+                    answered.len()
+                ),
+                1,
+            ));
         }
+        let best = answered.into_iter().max_by_key(|(seq, _)| *seq);
         let mut mine = self.last_seq(partition).await?;
         if let Some((theirs, peer)) = best
             && theirs > mine

@@ -174,6 +174,16 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     })
     .await?;
     let marked_down_at = t0.elapsed();
+    // The operator's view: the node is down and the partitions it holds are under-replicated.
+    let status = tokio::process::Command::new(binary("shardctl")?)
+        .args(["--control", &control.url(), "status"])
+        .output()
+        .await?;
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let row = status.lines().find(|l| l.starts_with(victim_id.as_str())).unwrap_or("");
+    assert!(row.split_whitespace().nth(4) == Some("yes"), "DOWN column of {victim_id}: {status}");
+    assert!(status.contains("under-replicated") && status.contains("down: "), "{status}");
+    println!("{status}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();
