@@ -727,6 +727,24 @@ pub struct PartitionList {
 mod tests {
     use super::*;
 
+    #[test]
+    fn read_tokens_round_trip_keep_the_highest_position_and_refuse_garbage() {
+        let mut t = ReadToken::default();
+        t.note(Scope::parse("shared").expect("scope"), 7);
+        t.note(Scope::parse("agent:a1").expect("scope"), 3);
+        t.note(Scope::parse("shared").expect("scope"), 5);
+        let text = t.to_string();
+        assert_eq!(text, "agent:a1=3,shared=7");
+        let back = ReadToken::parse(&text).expect("parses");
+        assert_eq!(back, t);
+        assert_eq!(back.min_seq(&Scope::parse("shared").expect("scope")), 7);
+        assert_eq!(back.min_seq(&Scope::parse("agent:zz").expect("scope")), 0);
+        assert_eq!(ReadToken::parse("").expect("empty"), ReadToken::default());
+        for bad in ["shared", "shared=x", "bad scope=1", "shared=-1", "=3"] {
+            assert!(ReadToken::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
     fn raw(json: &str) -> RawWrite {
         serde_json::from_str(json).expect("parses")
     }

@@ -96,24 +96,27 @@ impl EtcdCluster {
         for shard in &cluster.shards {
             add_to_layout(&store, shard).await?;
         }
-        for i in 1..=routers {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let args =
-                vec!["--listen".into(), addr.clone(), "--etcd".into(), cluster.etcd.url.clone()];
-            let mut router = Proc::start(
-                &format!("router-{i}"),
-                &binary("memring-router")?,
-                args,
-                addr,
-                cluster.dir.path(),
-            )?;
-            router.wait_ready(Duration::from_secs(30)).await?;
-            cluster.routers.push(router);
+        for _ in 0..routers {
+            cluster.add_router(&[]).await?;
         }
         for r in 0..routers {
             cluster.wait_router_epoch(r, n as u64, Duration::from_secs(10)).await?;
         }
         Ok(cluster)
+    }
+
+    /// Starts one more router with extra flags; returns its index.
+    pub async fn add_router(&mut self, flags: &[&str]) -> anyhow::Result<usize> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args =
+            vec!["--listen".into(), addr.clone(), "--etcd".into(), self.etcd.url.clone()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let name = format!("router-{}", self.routers.len() + 1);
+        let mut router =
+            Proc::start(&name, &binary("memring-router")?, args, addr, self.dir.path())?;
+        router.wait_ready(Duration::from_secs(30)).await?;
+        self.routers.push(router);
+        Ok(self.routers.len() - 1)
     }
 
     /// Starts a shard node on etcd (not yet in the layout).
@@ -232,6 +235,26 @@ impl EtcdCluster {
             }
         }
         Ok(())
+    }
+
+    /// Reads answered so far by primaries and by followers (replica reads), summed over every
+    /// shard node's `memring_shard_reads_total`.
+    pub async fn reads_by_role(&self) -> anyhow::Result<(f64, f64)> {
+        let (mut primary, mut replica) = (0.0, 0.0);
+        for shard in &self.shards {
+            let url = format!("{}/metrics", shard.url());
+            let text = client().get(url).send().await?.text().await?;
+            for line in text.lines().filter(|l| l.starts_with("memring_shard_reads_total")) {
+                let value: f64 =
+                    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                if line.contains("role=\"replica\"") {
+                    replica += value;
+                } else {
+                    primary += value;
+                }
+            }
+        }
+        Ok((primary, replica))
     }
 
     /// The partitions a shard node holds, as `tenant/scope` strings.

@@ -256,23 +256,6 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sum of a counter over every shard node's metrics, per label value of `role`.
-async fn reads_by_role(c: &EtcdCluster) -> anyhow::Result<(f64, f64)> {
-    let (mut primary, mut replica) = (0.0, 0.0);
-    for shard in &c.shards {
-        let text = client().get(format!("{}/metrics", shard.url())).send().await?.text().await?;
-        for line in text.lines().filter(|l| l.starts_with("memring_shard_reads_total")) {
-            let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            if line.contains("role=\"replica\"") {
-                replica += value;
-            } else if line.contains("role=\"primary\"") {
-                primary += value;
-            }
-        }
-    }
-    Ok((primary, replica))
-}
-
 /// With R = 2, reads of a hot partition go to its follower (per-node read metrics show > 70%
 /// answered by non-primaries). With R = 3, W = 2, a read carrying a write's token never misses
 /// that write, whichever copy answers (a follower that has not applied it hands the read to the
@@ -292,7 +275,7 @@ async fn replicas_serve_reads_and_tokens_read_your_writes() -> anyhow::Result<()
     memring_tests::write_batch(&http, &router, "hot", items).await?;
     // Followers answer token-less reads once they have caught up within the staleness bound.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = reads_by_role(&c).await?;
+    let before = c.reads_by_role().await?;
     for n in 0..300 {
         if n % 2 == 0 {
             let q = json!({"scopes": ["shared"], "embedding": vector(8, n % 8, 0.2), "k": 3});
@@ -307,7 +290,7 @@ async fn replicas_serve_reads_and_tokens_read_your_writes() -> anyhow::Result<()
             assert_eq!(http.get(url).send().await?.status().as_u16(), 200);
         }
     }
-    let after = reads_by_role(&c).await?;
+    let after = c.reads_by_role().await?;
     let (primary, replica) = (after.0 - before.0, after.1 - before.1);
     let share = replica / (primary + replica);
     println!(
@@ -319,7 +302,7 @@ async fn replicas_serve_reads_and_tokens_read_your_writes() -> anyhow::Result<()
     set_replication(&c.etcd.url, 3).await?;
     let epoch = layout_of(&store).await?.epoch;
     c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
-    let before = reads_by_role(&c).await?;
+    let before = c.reads_by_role().await?;
     for n in 0..150 {
         let id = format!("ryw{n}");
         let body = json!({"id": id, "scope": "shared", "content": format!("mine {n}"), "embedding": vector(8, n % 8, 0.9)});
@@ -356,7 +339,7 @@ async fn replicas_serve_reads_and_tokens_read_your_writes() -> anyhow::Result<()
             .collect();
         assert!(ids.contains(&id.as_str()), "search with token {token} missed {id}");
     }
-    let after = reads_by_role(&c).await?;
+    let after = c.reads_by_role().await?;
     println!(
         "R=3 read-your-writes: {} reads by followers, {} by primaries",
         after.1 - before.1,

@@ -3,7 +3,9 @@
 //! Starts etcd, 3 shard nodes and a router (all on this machine), then for replication factors
 //! 1, 2 and 3 (write quorum: the default majority, so 1, 2 and 2 copies acknowledged) sends the
 //! same writes — one at a time for latency, then 8 at a time for throughput — and prints a
-//! Markdown table.
+//! Markdown table. Then, with R = 3, it searches one hot partition 8 at a time through a router
+//! with replica reads on and through one with them off, and prints the rates and which copies
+//! answered (the shard nodes' `memring_shard_reads_total`).
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,12 @@ struct Args {
     /// Embedding dimensions.
     #[arg(long, default_value_t = 384)]
     dims: usize,
+    /// Memories in the hot partition of the read measurement.
+    #[arg(long, default_value_t = 5000)]
+    hot: usize,
+    /// Searches per read measurement.
+    #[arg(long, default_value_t = 4000)]
+    searches: usize,
 }
 
 fn pct(sorted: &[Duration], q: f64) -> f64 {
@@ -33,7 +41,8 @@ fn pct(sorted: &[Duration], q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let c = EtcdCluster::start(3, 1, 10).await?;
+    let mut c = EtcdCluster::start(3, 1, 10).await?;
+    let owner_only = c.add_router(&["--replica-reads", "false"]).await?;
     let store = c.etcd.store().await?;
     let router = c.router(0);
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
@@ -88,6 +97,68 @@ async fn main() -> anyhow::Result<()> {
             layout.write_quorum(),
             pct(&took, 0.5),
             pct(&took, 0.99)
+        );
+    }
+
+    // Reads of one hot partition with R = 3: through a router with replica reads, then one without.
+    let items: Vec<serde_json::Value> = (0..args.hot)
+        .map(|n| json!({"id": format!("h{n}"), "scope": "shared", "content": format!("hot {n}"), "embedding": vector(args.dims, n, 0.2)}))
+        .collect();
+    for chunk in items.chunks(500) {
+        memring_tests::write_batch(&http, &router, "hot", chunk.to_vec()).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!();
+    println!(
+        "| reads of one partition (R = 3, 8 at a time) | searches/s | search p50 | search p99 | answered by primary / followers |"
+    );
+    println!("|---|---|---|---|---|");
+    for (label, r) in [("replica reads on", 0usize), ("replica reads off (owner only)", owner_only)]
+    {
+        let router = c.router(r);
+        let search = |n: usize| {
+            let (http, router) = (http.clone(), router.clone());
+            let body =
+                json!({"scopes": ["shared"], "embedding": vector(args.dims, n * 7, 0.3), "k": 10});
+            async move {
+                let t = Instant::now();
+                let resp = http
+                    .post(format!("{router}/v1/tenants/hot/memories/search"))
+                    .json(&body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(resp.status().as_u16() == 200, "search answered {}", resp.status());
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        };
+        for n in 0..200 {
+            search(n).await?;
+        }
+        let before = c.reads_by_role().await?;
+        let started = Instant::now();
+        let mut took = Vec::with_capacity(args.searches);
+        let mut pending = futures::stream::FuturesUnordered::new();
+        use futures::StreamExt;
+        for n in 0..args.searches {
+            pending.push(search(n));
+            if pending.len() == 8
+                && let Some(done) = pending.next().await
+            {
+                took.push(done?);
+            }
+        }
+        while let Some(done) = pending.next().await {
+            took.push(done?);
+        }
+        let rate = args.searches as f64 / started.elapsed().as_secs_f64();
+        took.sort();
+        let after = c.reads_by_role().await?;
+        println!(
+            "| {label} | {rate:.0} | {:.2} ms | {:.2} ms | {:.0} / {:.0} |",
+            pct(&took, 0.5),
+            pct(&took, 0.99),
+            after.0 - before.0,
+            after.1 - before.1
         );
     }
     Ok(())
