@@ -46,7 +46,9 @@ pub struct ClusterLayout {
     #[serde(default)]
     pub overrides: BTreeMap<PartitionKey, NodeId>,
     /// Nodes being drained: still addressable (overrides may name them) but given no ring
-    /// share, so no new partition lands on them.
+    /// share, so no new partition lands on them. With replication they keep their ring places
+    /// (so replica sets do not change under them) but are never a primary; removing the node
+    /// afterwards moves its copies.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub draining: BTreeSet<NodeId>,
     /// Set while a rebalance or drain takes stock of every partition: shard nodes refuse to
@@ -160,6 +162,12 @@ impl ClusterLayout {
         self.write_quorum
             .unwrap_or(self.replication_factor / 2 + 1)
             .clamp(1, self.replication_factor.max(1))
+    }
+
+    /// Whether replicated node `id` must not be a primary: marked down by failover, or (with
+    /// replication) draining — it keeps its place in replica sets and follows until it is out.
+    pub fn is_down(&self, id: &NodeId) -> bool {
+        self.down.contains(id) || (self.replication_factor > 1 && self.draining.contains(id))
     }
 
     /// The node with this id.

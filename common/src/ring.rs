@@ -94,7 +94,8 @@ impl Ring {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| !layout.draining.contains(&n.id))
+            // With replication a draining node keeps its places (it is only never a primary).
+            .filter(|(_, n)| layout.replication_factor > 1 || !layout.draining.contains(&n.id))
             .flat_map(|(node, n)| {
                 (0..layout.vnodes_per_node).map(move |replica| VNode {
                     node,
@@ -127,7 +128,7 @@ impl Ring {
     pub fn owner(&self, partition: &PartitionKey) -> Option<&LayoutNode> {
         if self.layout.replication_factor > 1 {
             let set = self.replicas(partition);
-            return set.iter().find(|n| !self.layout.down.contains(&n.id)).or(set.first()).copied();
+            return set.iter().find(|n| !self.layout.is_down(&n.id)).or(set.first()).copied();
         }
         if let Some(node) = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id))
         {

@@ -109,7 +109,8 @@ fn decide(
                 actions.push(Action::MarkDown(id.clone()));
             }
         } else if alive {
-            if caught_up.contains(id) {
+            // A draining node stays down until the drain takes it out.
+            if caught_up.contains(id) && !layout.draining.contains(id) {
                 actions.push(Action::Readmit(id.clone()));
             }
         } else if let (Some(after), Some(since)) = (config.replace_after, down_since.get(id))

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod layout;
 pub mod migrate;
 pub mod rebalance;
+pub mod resize;
 pub mod verify;
 pub mod view;
 

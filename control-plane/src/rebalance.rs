@@ -109,12 +109,7 @@ async fn plan_at(
     frozen: bool,
 ) -> anyhow::Result<Plan> {
     let layout = store.load().await?.layout;
-    if layout.replication_factor > 1 {
-        bail!(
-            "rebalance and drain of a replicated layout (replication_factor {}) are not built yet",
-            layout.replication_factor
-        );
-    }
+    let replicated = layout.replication_factor > 1;
     if frozen && !layout.creation_frozen {
         bail!(
             "partition creation was unfrozen during planning (another control plane?); plan again"
@@ -133,6 +128,10 @@ async fn plan_at(
             for record in store.live_nodes().await? {
                 if layout.node(&record.id).is_none() {
                     joining.push(record.id.to_string());
+                    if replicated {
+                        // It follows until caught up; failover re-admits it (resize.rs).
+                        next.down.insert(record.id.clone());
+                    }
                     next = next.with_node(LayoutNode { id: record.id, addr: record.addr });
                     next.epoch = layout.epoch + 1;
                 }
@@ -154,6 +153,39 @@ async fn plan_at(
     }
     let (before, after) = (Ring::new(layout.clone()), Ring::new(next.clone()));
     let held = holdings(&layout, client, frozen.then_some(layout.epoch)).await?;
+    if replicated {
+        // Copies, not owners, move: each partition once, at its largest copy.
+        let mut partitions: BTreeMap<PartitionKey, u64> = BTreeMap::new();
+        for (p, _, count) in &held {
+            let slot = partitions.entry(p.clone()).or_insert(0);
+            *slot = (*slot).max(*count);
+        }
+        // A drained node's sets change when it leaves the layout, after the hand-over.
+        let end = match &leaving {
+            Some(id) => Ring::new(next.without_node(&NodeId::parse(id)?)),
+            None => Ring::new(next.clone()),
+        };
+        let moves = crate::resize::copies_to_make(&before, &end, &partitions);
+        let memories: u64 = partitions.values().sum();
+        let moved: u64 = moves.iter().map(|m| m.memories).sum();
+        let copies = memories * u64::from(layout.replication_factor);
+        let ideal_fraction = match change {
+            Change::Join => share_of(&end, &joining),
+            Change::Drain(node) => share_of(&before, std::slice::from_ref(node)),
+        };
+        let changes_something = !joining.is_empty() || leaving.is_some();
+        return Ok(Plan {
+            epoch: layout.epoch,
+            joining,
+            leaving,
+            moves,
+            partitions: partitions.len(),
+            memories,
+            moved_fraction: if copies == 0 { 0.0 } else { moved as f64 / copies as f64 },
+            ideal_fraction,
+            staged: changes_something.then_some(next),
+        });
+    }
     let memories: u64 = held.iter().map(|h| h.2).sum();
     let mut moves = BTreeMap::new();
     for (partition, holder, count) in &held {
@@ -174,13 +206,6 @@ async fn plan_at(
         }
     }
     let moved: u64 = moves.values().map(|m| m.memories).sum();
-    let share_of = |ring: &Ring, ids: &[String]| -> f64 {
-        ring.shares()
-            .iter()
-            .filter(|(id, _)| ids.iter().any(|j| j == id.as_str()))
-            .map(|s| s.1)
-            .sum()
-    };
     let ideal_fraction = match change {
         Change::Join => share_of(&after, &joining),
         Change::Drain(node) => share_of(&before, std::slice::from_ref(node)),
@@ -200,6 +225,11 @@ async fn plan_at(
     })
 }
 
+/// The nodes' `ids` share of `ring`'s key space.
+fn share_of(ring: &Ring, ids: &[String]) -> f64 {
+    ring.shares().iter().filter(|(id, _)| ids.iter().any(|j| j == id.as_str())).map(|s| s.1).sum()
+}
+
 /// Carries out `change`: freezes partition creation, plans behind the nodes' barriers, stages
 /// (which lifts the freeze), migrates, and for a drain takes the node out. The freeze is lifted
 /// on every path that does not stage.
@@ -210,6 +240,24 @@ pub async fn execute(
     throttle: Throttle,
     cancel: &Cancel,
 ) -> anyhow::Result<(Plan, Vec<MigrationReport>)> {
+    if store.load().await?.layout.replication_factor > 1 {
+        // New copies replay logs as followers: nothing to freeze, nothing to pin.
+        let plan = plan(store, client, change).await?;
+        if let Some(staged) = plan.staged.clone() {
+            let dropped = crate::resize::run(
+                store,
+                client,
+                plan.epoch,
+                staged,
+                &plan.joining,
+                plan.leaving.as_deref(),
+                cancel,
+            )
+            .await?;
+            tracing::info!(dropped, "replicated layout change settled");
+        }
+        return Ok((plan, Vec::new()));
+    }
     memring_common::store::update_layout(store, 20, |l| {
         let mut next = l.clone();
         next.epoch += 1;

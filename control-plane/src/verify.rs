@@ -106,7 +106,7 @@ pub async fn verify(
         }
         let mut behind = Vec::new();
         for follower in set.iter().filter(|n| Some(n.id.as_str()) != owner) {
-            if layout.down.contains(&follower.id) {
+            if layout.is_down(&follower.id) {
                 under_replicated.push(format!("{partition}: copy on {} is down", follower.id));
                 continue;
             }

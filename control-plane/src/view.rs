@@ -55,7 +55,7 @@ pub async fn cluster_view(
             share: shares.get(&n.id).copied().unwrap_or(0.0),
             partitions: None,
             episodes: None,
-            down: layout.down.contains(&n.id),
+            down: layout.is_down(&n.id),
             lag: None,
         })
         .collect();
@@ -130,12 +130,10 @@ fn replica_set(
     let layout = ring.layout();
     let replicas: Vec<memring_common::NodeId> =
         ring.owner(p).into_iter().chain(ring.followers(p)).map(|n| n.id.clone()).collect();
-    let down: Vec<_> = replicas.iter().filter(|n| layout.down.contains(*n)).cloned().collect();
+    let down: Vec<_> = replicas.iter().filter(|n| layout.is_down(n)).cloned().collect();
     let missing: Vec<_> = replicas
         .iter()
-        .filter(|n| {
-            !layout.down.contains(*n) && live.iter().any(|r| r.id == **n) && !held.contains(n)
-        })
+        .filter(|n| !layout.is_down(n) && live.iter().any(|r| r.id == **n) && !held.contains(n))
         .cloned()
         .collect();
     let serving = replicas.len() - down.len() - missing.len();

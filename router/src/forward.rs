@@ -111,7 +111,7 @@ impl Forwarder {
         let followers: Vec<LayoutNode> = if self.replica_reads {
             ring.followers(partition)
                 .into_iter()
-                .filter(|n| !ring.layout().down.contains(&n.id) && !self.breakers.holds(&n.id, now))
+                .filter(|n| !ring.layout().is_down(&n.id) && !self.breakers.holds(&n.id, now))
                 .cloned()
                 .collect()
         } else {

@@ -238,7 +238,7 @@ impl Replication {
         let peers: Vec<LayoutNode> = ring
             .followers(partition)
             .into_iter()
-            .filter(|n| !ring.layout().down.contains(&n.id))
+            .filter(|n| !ring.layout().is_down(&n.id))
             .cloned()
             .collect();
         let asked = futures::future::join_all(peers.iter().map(|peer| async move {
@@ -361,13 +361,11 @@ impl Replication {
         let rounds = self.rounds.lock();
         // Every primary answered lately, in a round that chose what to follow by this epoch.
         let heard_all =
-            layout.nodes.iter().filter(|n| n.id != self.me && !layout.down.contains(&n.id)).all(
-                |n| {
-                    rounds.get(&n.id).is_some_and(|(at, epoch)| {
-                        at.elapsed() <= ROUND_FRESH && *epoch == ring.epoch()
-                    })
-                },
-            );
+            layout.nodes.iter().filter(|n| n.id != self.me && !layout.is_down(&n.id)).all(|n| {
+                rounds.get(&n.id).is_some_and(|(at, epoch)| {
+                    at.elapsed() <= ROUND_FRESH && *epoch == ring.epoch()
+                })
+            });
         let progress = self.progress.lock();
         let lag: u64 = progress.values().map(|p| p.behind).sum();
         ReplicaStatus {

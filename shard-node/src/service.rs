@@ -215,6 +215,20 @@ impl ShardService {
                 .await;
                 ("internal.replicate.position", r)
             }
+            (&Method::POST, ["internal", "v1", "replicate", "take-over", tenant, scope]) => {
+                // The control plane makes a new owner take its writes over now (a drain does,
+                // before the old owner leaves the replica set) instead of at its next write.
+                let r = async {
+                    let partition = parse_partition(tenant, scope)?;
+                    self.check_owner(&partition, None).await?;
+                    self.repl.take_over(&partition).await?;
+                    let p = partition.clone();
+                    let last_seq = self.blocking(move |s| s.last_seq(&p)).await?;
+                    Ok(json(200, &api::ReplicaPosition { last_seq }))
+                }
+                .await;
+                ("internal.replicate.take_over", r)
+            }
             (&Method::GET, ["internal", "v1", "replicate", "status"]) => {
                 ("internal.replicate.status", Ok(json(200, &self.repl.status())))
             }

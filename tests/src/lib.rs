@@ -182,6 +182,7 @@ impl Drop for Proc {
 
 pub mod data;
 pub mod etcd;
+pub mod load;
 pub mod proxy;
 
 /// A plain HTTP client for tests.

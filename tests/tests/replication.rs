@@ -1,11 +1,14 @@
 //! Replication with real etcd and real shard nodes: followers tail their primaries' change logs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use memring_common::api::partition_path;
 use memring_common::store::RingStore;
 use memring_common::{PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
+use memring_tests::load::{set_replication, wait_verified, writer};
 use memring_tests::{binary, client, vector, write_batch};
 use serde_json::{Value, json};
 
@@ -20,7 +23,7 @@ async fn sum_at(addr: &str, partition: &PartitionKey) -> anyhow::Result<(u64, St
 /// has it: right after creates, an update and a delete the follower's count and checksum equal
 /// the primary's, and every node's lag gauge is 0. With the follower dead, writes answer 503 (no
 /// quorum) and are kept; after its restart it catches up and the retried write succeeds.
-/// `shardctl verify` accepts follower copies; rebalance refuses a replicated layout for now.
+/// `shardctl verify` accepts follower copies.
 #[tokio::test]
 async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
     let c = EtcdCluster::start(3, 1, 10).await?;
@@ -139,11 +142,96 @@ async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
         .output()
         .await?;
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
-    let rebalance = tokio::process::Command::new(binary("shardctl")?)
-        .args(["--control", &control.url(), "rebalance"])
-        .output()
-        .await?;
-    let err = String::from_utf8_lossy(&rebalance.stderr);
-    assert!(!rebalance.status.success() && err.contains("not built yet"), "{err}");
+    Ok(())
+}
+
+/// A replicated cluster (R = 3) grows and shrinks under a write + read-back load: a fourth node
+/// joins with `shardctl rebalance` (it follows until caught up, is re-admitted, and the copies it
+/// displaced are dropped), then `shardctl drain shard-1` hands shard-1's partitions over and
+/// takes it out. No write is lost or refused for long, no read with its token misses its write,
+/// verify finds three equal copies of every partition, and shard-1 ends empty.
+#[tokio::test]
+async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result<()> {
+    let mut c = EtcdCluster::start(3, 1, 5).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let http = client();
+    for t in 0..8 {
+        let items: Vec<_> = (0..30)
+            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), &format!("g{t}"), items).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let writers: Vec<_> = (0..3)
+        .map(|t| tokio::spawn(writer(c.router(0), format!("g{t}"), stop.clone(), t0)))
+        .collect();
+
+    let joining = c.start_shard("shard-4").await?;
+    c.shards.push(joining);
+    let shardctl = |args: Vec<String>| {
+        let control = control.url();
+        async move {
+            let mut cmd = tokio::process::Command::new(binary("shardctl")?);
+            cmd.args(["--control", &control]).args(&args);
+            let out = cmd.output().await?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            anyhow::ensure!(out.status.success(), "shardctl {args:?} failed: {text}");
+            Ok::<_, anyhow::Error>(text)
+        }
+    };
+    let grown = shardctl(vec!["rebalance".into()]).await?;
+    println!("{grown}");
+    let layout = store.load().await?.layout;
+    assert_eq!(layout.nodes.len(), 4);
+    assert!(layout.down.is_empty(), "{:?}", layout.down);
+    let shrunk = shardctl(vec!["drain".into(), "shard-1".into()]).await?;
+    println!("{shrunk}");
+    let layout = store.load().await?.layout;
+    assert_eq!(
+        layout.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        ["shard-2", "shard-3", "shard-4"]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for w in writers {
+        seen.push(w.await?);
+    }
+    let wrong: Vec<&String> = seen.iter().flat_map(|s| &s.wrong).collect();
+    assert!(wrong.is_empty(), "wrong answers: {wrong:?}");
+    let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
+    let failed: usize = seen.iter().map(|s| s.failed).sum();
+    println!(
+        "while growing and shrinking: {} writes acknowledged, {failed} failed (503/timeout)",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    let report = wait_verified(&control, Duration::from_secs(30)).await?;
+    println!("{report}");
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    for (tenant, id, content) in &acked {
+        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
+        let v: Value = http.get(url).send().await?.json().await?;
+        assert_eq!(v["content"], content.as_str(), "{tenant}/{id}: {v}");
+    }
+    for t in 0..8 {
+        let url = format!("{}/v1/tenants/g{t}/memories/s7?scope=shared", c.router(0));
+        assert_eq!(http.get(url).send().await?.status().as_u16(), 200);
+    }
+    assert!(!c.partitions_on(&c.shards[3]).await?.is_empty(), "shard-4 holds no copy");
+    assert!(
+        c.partitions_on(&c.shards[0]).await?.is_empty(),
+        "the drained shard-1 still holds copies"
+    );
     Ok(())
 }

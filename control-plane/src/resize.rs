@@ -1,0 +1,246 @@
+//! Rebalance and drain of a replicated layout. Copies are not migrated one by one: a replica
+//! set change is a layout change, and the new member replays its primary's log (the follower
+//! path of `shard-node/src/replicate.rs`). Primaries only change hands through the take-over
+//! that failover uses, inside one replica set, so no acknowledged write is lost:
+//!
+//! - **join**: new nodes enter the layout marked *down* (epoch + 1): they take their places in
+//!   replica sets (each set changes by at most one member) and follow, but own nothing; the
+//!   failover loop re-admits each once it has caught up, and it then takes its partitions'
+//!   writes over by position;
+//! - **drain**: the node is marked draining (epoch + 1): it stays in its replica sets but is
+//!   never a primary; each of its partitions' new owner is told to take over now; then the node
+//!   leaves the layout (epoch + 1) and its sets take the next node in, which replays;
+//! - **settle** (both): once every live member of every replica set has caught up with its
+//!   owner, copies on nodes outside the set (the member a join displaced, the drained node) are
+//!   dropped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::bail;
+use memring_common::api::partition_path;
+use memring_common::layout::LayoutNode;
+use memring_common::store::{RingStore, update_layout};
+use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
+
+use crate::migrate::{CANCELLED, Cancel};
+use crate::rebalance::Move;
+
+/// How often a waiting step looks again.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The copies a layout change makes: for each partition, every member of its replica set in
+/// `after` that was not in it in `before`, copied from its owner in `after`.
+pub fn copies_to_make(
+    before: &Ring,
+    after: &Ring,
+    held: &BTreeMap<PartitionKey, u64>,
+) -> Vec<Move> {
+    let mut moves = Vec::new();
+    for (p, count) in held {
+        let was: Vec<&NodeId> = before.replicas(p).iter().map(|n| &n.id).collect();
+        let Some(owner) = after.owner(p) else { continue };
+        for member in after.replicas(p).iter().filter(|n| !was.contains(&&n.id)) {
+            moves.push(Move {
+                partition: p.to_string(),
+                from: owner.id.to_string(),
+                to: member.id.to_string(),
+                memories: *count,
+            });
+        }
+    }
+    moves
+}
+
+/// Carries out a staged join or drain (see the module notes).
+pub async fn run(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    epoch: u64,
+    staged: ClusterLayout,
+    joining: &[String],
+    leaving: Option<&str>,
+    cancel: &Cancel,
+) -> anyhow::Result<usize> {
+    let before = store.load().await?.layout;
+    let leaving_node = leaving
+        .map(|id| {
+            NodeId::parse(id)
+                .ok()
+                .and_then(|id| before.node(&id).cloned())
+                .ok_or_else(|| anyhow::anyhow!("node {id} is not in the ring layout"))
+        })
+        .transpose()?;
+    match store.compare_and_swap(epoch, &staged).await {
+        Ok(_) => {}
+        Err(memring_common::store::StoreError::Conflict { current, .. }) => bail!(
+            "the layout changed since the plan (epoch {epoch} → {}); plan again",
+            current.layout.epoch
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(epoch = staged.epoch, ?joining, ?leaving, "replicated layout change staged");
+    if !joining.is_empty() {
+        let ids: Vec<NodeId> = joining.iter().filter_map(|j| NodeId::parse(j).ok()).collect();
+        wait(cancel, "the joining nodes to catch up and be re-admitted", || async {
+            let layout = store.load().await?.layout;
+            Ok(ids.iter().all(|id| !layout.down.contains(id)))
+        })
+        .await?;
+    }
+    if let Some(node) = &leaving_node {
+        hand_over(store, client, node, cancel).await?;
+        update_layout(store, 20, |l| l.node(&node.id).is_some().then(|| l.without_node(&node.id)))
+            .await?;
+        tracing::info!(node = %node.id, "drained node out of the layout");
+    }
+    settle(store, client, leaving_node.as_ref(), cancel).await
+}
+
+/// Makes the owner of every partition `node` holds take its writes over (`node` is draining,
+/// so it owns none of them any more).
+async fn hand_over(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    node: &LayoutNode,
+    cancel: &Cancel,
+) -> anyhow::Result<()> {
+    let held = crate::view::partition_list(client, &node.addr).await?;
+    for p in held.partitions {
+        wait(cancel, "a new owner to take over", || async {
+            let ring = Ring::new(store.load().await?.layout);
+            let Some(owner) = ring.owner(&p.partition) else { return Ok(false) };
+            let url = format!(
+                "http://{}/internal/v1/replicate/take-over/{}",
+                owner.addr,
+                partition_path(&p.partition)
+            );
+            Ok(client.post(url).send().await.is_ok_and(|r| r.status().is_success()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits until every live member of every replica set has caught up with its owner, then drops
+/// the copies held outside replica sets (on `gone` too, a node just taken out). Returns how
+/// many copies were dropped.
+async fn settle(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    gone: Option<&LayoutNode>,
+    cancel: &Cancel,
+) -> anyhow::Result<usize> {
+    let layout = store.load().await?.layout;
+    let mut nodes = layout.nodes.clone();
+    nodes.extend(gone.cloned());
+    let ring = Ring::new(layout);
+    wait(cancel, "every replica set to catch up", || async {
+        // Owners' positions first, members' after: a member counts as caught up when it has
+        // reached where its owner was a moment before.
+        let first = positions(client, &nodes).await?;
+        let then = positions(client, &nodes).await?;
+        Ok(first.iter().all(|(p, on)| {
+            let owner = ring.owner(p).and_then(|o| on.get(&o.id)).copied().unwrap_or(0);
+            ring.replicas(p).iter().filter(|n| !ring.layout().is_down(&n.id)).all(|member| {
+                then.get(p).and_then(|at| at.get(&member.id)).is_some_and(|seq| *seq >= owner)
+            })
+        }))
+    })
+    .await?;
+    let mut dropped = 0;
+    for node in &nodes {
+        let list = crate::view::partition_list(client, &node.addr).await?;
+        for p in list.partitions {
+            if ring.replicas(&p.partition).iter().any(|n| n.id == node.id) {
+                continue;
+            }
+            let url = format!(
+                "http://{}/internal/v1/migrate/{}/partition",
+                node.addr,
+                partition_path(&p.partition)
+            );
+            client.delete(url).send().await?.error_for_status()?;
+            tracing::info!(partition = %p.partition, node = %node.id, "copy outside its replica set dropped");
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Each partition's log position on each node that holds it.
+async fn positions(
+    client: &reqwest::Client,
+    nodes: &[LayoutNode],
+) -> anyhow::Result<BTreeMap<PartitionKey, BTreeMap<NodeId, u64>>> {
+    let mut out: BTreeMap<PartitionKey, BTreeMap<NodeId, u64>> = BTreeMap::new();
+    for node in nodes {
+        let list = crate::view::partition_list(client, &node.addr).await?;
+        for p in list.partitions {
+            out.entry(p.partition).or_default().insert(node.id.clone(), p.last_seq);
+        }
+    }
+    Ok(out)
+}
+
+/// Polls `done` until it is true; stops with an error when the operator cancels.
+async fn wait<F, Fut>(cancel: &Cancel, what: &str, mut done: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let mut logged = std::time::Instant::now();
+    loop {
+        match done().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "waiting for {what}"),
+        }
+        if cancel.is_set() {
+            bail!("{CANCELLED} while waiting for {what}");
+        }
+        if logged.elapsed() > Duration::from_secs(10) {
+            tracing::info!("still waiting for {what}");
+            logged = std::time::Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_adds_each_set_at_most_one_copy_and_a_drain_replaces_the_leaver() {
+        let node = |i: usize| LayoutNode {
+            id: NodeId::parse(&format!("n{i}")).expect("id"),
+            addr: format!("a{i}:1"),
+        };
+        let mut three =
+            ClusterLayout { replication_factor: 3, vnodes_per_node: 64, ..Default::default() };
+        for i in 0..3 {
+            three = three.with_node(node(i));
+        }
+        let held: BTreeMap<PartitionKey, u64> =
+            (0..200).map(|t| (format!("t{t}/shared").parse().expect("key"), 10)).collect();
+        let mut four = three.with_node(node(3));
+        four.down.insert(node(3).id);
+        let (before, after) = (Ring::new(three.clone()), Ring::new(four.clone()));
+        let moves = copies_to_make(&before, &after, &held);
+        // Every new copy lands on the joining node, at most one per partition, from an owner
+        // that is not the (down) joining node.
+        assert!(!moves.is_empty());
+        assert!(moves.iter().all(|m| m.to == "n3" && m.from != "n3"));
+        let partitions: std::collections::BTreeSet<&str> =
+            moves.iter().map(|m| m.partition.as_str()).collect();
+        assert_eq!(partitions.len(), moves.len());
+        // Draining n0 out of the four: its sets take another node in, from a live owner.
+        let mut four_up = four.clone();
+        four_up.down.clear();
+        let out = Ring::new(four_up.without_node(&node(0).id));
+        let moves = copies_to_make(&Ring::new(four_up), &out, &held);
+        assert!(moves.iter().all(|m| m.to != "n0" && m.from != "n0"));
+        assert!(!moves.is_empty());
+    }
+}

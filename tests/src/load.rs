@@ -1,0 +1,127 @@
+//! Helpers of the replication and failover tests: layout commands, waiting, verify, and a
+//! bounded writer that reads every acknowledged write back with its read token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use memring_common::api::READ_TOKEN_HEADER;
+use serde_json::{Value, json};
+
+use crate::{Proc, binary, client, vector};
+
+/// `memring-control --etcd URL layout set-replication R`.
+pub async fn set_replication(etcd: &str, copies: u32) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(binary("memring-control")?)
+        .args(["--etcd", etcd, "layout", "set-replication", &copies.to_string()])
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Polls `check` every 200 ms until it gives a value, failing after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(started.elapsed() < timeout, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the control plane's verify finds no problem, no copy catching up and no
+/// partition under-replicated; returns the report.
+pub async fn wait_verified(control: &Proc, timeout: Duration) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/verify", control.url());
+    let started = Instant::now();
+    loop {
+        let report: Value = client().get(&url).send().await?.json().await?;
+        let clean = ["problems", "in_flight", "under_replicated"]
+            .iter()
+            .all(|k| report[k].as_array().is_some_and(|a| a.is_empty()));
+        if clean {
+            return Ok(report);
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "verify not clean within {timeout:?}: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// What one writer saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Acknowledged writes: (tenant, id, content).
+    pub acked: Vec<(String, String, String)>,
+    /// When each acknowledged write returned, from the start of the load.
+    pub acked_at: Vec<Duration>,
+    /// Requests that failed with a 5xx or a transport error.
+    pub failed: usize,
+    /// Anything that is not an acknowledgement or a retryable failure: a wrong answer.
+    pub wrong: Vec<String>,
+}
+
+/// Writes to `tenant` until `stop`, reading each acknowledged write back at once with its
+/// read token (a follower may answer it; it must have the write).
+pub async fn writer(router: String, tenant: String, stop: Arc<AtomicBool>, t0: Instant) -> Seen {
+    let http = client();
+    let mut seen = Seen::default();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let (id, content) = (format!("w{n}"), format!("content {n} of {tenant}"));
+        let body = json!({"id": id, "scope": "shared", "content": content, "embedding": vector(8, n % 8, 0.3)});
+        let sent = http
+            .post(format!("{router}/v1/tenants/{tenant}/memories"))
+            .timeout(Duration::from_secs(15))
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().as_u16() == 201 => {
+                let token = resp
+                    .headers()
+                    .get(READ_TOKEN_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                seen.acked_at.push(t0.elapsed());
+                seen.acked.push((tenant.clone(), id.clone(), content.clone()));
+                let read = http
+                    .get(format!("{router}/v1/tenants/{tenant}/memories/{id}?scope=shared"))
+                    .header(READ_TOKEN_HEADER, &token)
+                    .timeout(Duration::from_secs(15))
+                    .send()
+                    .await;
+                match read {
+                    Ok(r) if r.status().as_u16() == 200 => {
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        if v["content"] != content.as_str() {
+                            seen.wrong.push(format!("read of {tenant}/{id} gave {v}"));
+                        }
+                    }
+                    Ok(r) if r.status().is_server_error() => seen.failed += 1,
+                    Ok(r) => seen.wrong.push(format!(
+                        "read of acknowledged {tenant}/{id} with token {token:?}: {}",
+                        r.status()
+                    )),
+                    Err(_) => seen.failed += 1,
+                }
+            }
+            Ok(resp) if resp.status().is_server_error() => seen.failed += 1,
+            Ok(resp) => seen.wrong.push(format!("write {tenant}/{id}: {}", resp.status())),
+            Err(_) => seen.failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
