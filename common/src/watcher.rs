@@ -77,6 +77,22 @@ impl RingView {
         installed
     }
 
+    /// Makes sure this view has seen layout epoch `epoch`: refreshes if it is behind, and
+    /// answers 503 if the store still shows an older one.
+    pub async fn reach(&self, epoch: u64) -> Result<(), crate::ApiError> {
+        if self.ring().epoch() < epoch {
+            let _ = self.refresh().await;
+        }
+        let seen = self.ring().epoch();
+        if seen < epoch {
+            return Err(crate::ApiError::unavailable(
+                format!("this node has seen layout epoch {seen}, not yet {epoch}"),
+                1,
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads the layout from the store now (after a 421, or at start-up).
     pub async fn refresh(&self) -> Result<Arc<Ring>, StoreError> {
         match self.store.load().await {

@@ -122,7 +122,7 @@ impl Forwarder {
             let path = format!("/internal/v1/p/{}/{suffix}", partition_path(partition));
             let replica = Some(min_seq);
             let sent = self
-                .send_as(
+                .send(
                     follower,
                     method.clone(),
                     &path,
@@ -188,6 +188,7 @@ impl Forwarder {
                     request_id,
                     Some(ring.epoch()),
                     timeout,
+                    None,
                 )
                 .await;
             let reply = match sent {
@@ -239,24 +240,10 @@ impl Forwarder {
         }
     }
 
-    /// Sends one request to one node.
+    /// Sends one request to one node; with `replica`, as a replica read asking for that log
+    /// position.
     #[allow(clippy::too_many_arguments)]
     pub async fn send(
-        &self,
-        node: &LayoutNode,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-        request_id: &str,
-        epoch: Option<u64>,
-        timeout: Duration,
-    ) -> Result<ShardReply, ApiError> {
-        self.send_as(node, method, path, body, request_id, epoch, timeout, None).await
-    }
-
-    /// [`Forwarder::send`], as a replica read asking for log position `replica` if given.
-    #[allow(clippy::too_many_arguments)]
-    async fn send_as(
         &self,
         node: &LayoutNode,
         method: Method,

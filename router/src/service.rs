@@ -498,6 +498,7 @@ impl RouterService {
                         request_id,
                         Some(epoch),
                         self.forward_timeout(),
+                        None,
                     )
                     .await?
                     .into_result()?;

@@ -296,16 +296,7 @@ impl Replication {
         partition: &PartitionKey,
         epoch: u64,
     ) -> Result<ReplicaPosition, ApiError> {
-        if self.ring.ring().epoch() < epoch {
-            let _ = self.ring.refresh().await;
-        }
-        let seen = self.ring.ring().epoch();
-        if seen < epoch {
-            return Err(ApiError::unavailable(
-                format!("this node has seen layout epoch {seen}, not yet {epoch}"),
-                1,
-            ));
-        }
+        self.ring.reach(epoch).await?;
         let p = partition.clone();
         // `last_seq` reads under the partition's write lock.
         let last_seq = self.blocking(move |s| s.last_seq(&p)).await?;

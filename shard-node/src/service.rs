@@ -110,16 +110,7 @@ impl ShardService {
     /// `epoch` has finished: catches up to `epoch` (503 if the store cannot say), then passes the
     /// storage's write gate. A rebalance lists partitions after this, with creation frozen.
     async fn creation_barrier(&self, epoch: u64) -> Result<(), ApiError> {
-        if self.ring.ring().epoch() < epoch {
-            let _ = self.ring.refresh().await;
-        }
-        let seen = self.ring.ring().epoch();
-        if seen < epoch {
-            return Err(ApiError::unavailable(
-                format!("this node has seen layout epoch {seen}, not yet {epoch}"),
-                1,
-            ));
-        }
+        self.ring.reach(epoch).await?;
         self.blocking(|s| {
             s.write_barrier();
             Ok(())
@@ -341,6 +332,13 @@ impl ShardService {
         let query = query_pairs(req.uri().query())?;
         let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let limit = param("limit").map(|v| api::parse_list_limit(&v)).transpose()?.unwrap_or(500);
+        // `changes` and `entries`: the log after this sequence number.
+        let after = match param("after").filter(|_| matches!(action, "changes" | "entries")) {
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}"))
+            })?,
+            None => 0,
+        };
         match (&method, action) {
             (&Method::GET, "export") => {
                 let after = param("after");
@@ -358,16 +356,6 @@ impl ShardService {
                 Ok(binary(crate::record::encode(&page.ops)?, &headers))
             }
             (&Method::GET, "changes") => {
-                let after = param("after")
-                    .map(|v| {
-                        v.parse::<u64>().map_err(|_| {
-                            ApiError::invalid(format!(
-                                "\"after\" must be a sequence number, got {v:?}"
-                            ))
-                        })
-                    })
-                    .transpose()?
-                    .unwrap_or(0);
                 let (ops, last) =
                     self.blocking(move |s| s.changes(&partition, after, limit)).await?;
                 Ok(binary(
@@ -377,16 +365,6 @@ impl ShardService {
             }
             (&Method::GET, "entries") => {
                 // The log itself, sequence numbers and times included: what followers apply.
-                let after = param("after")
-                    .map(|v| {
-                        v.parse::<u64>().map_err(|_| {
-                            ApiError::invalid(format!(
-                                "\"after\" must be a sequence number, got {v:?}"
-                            ))
-                        })
-                    })
-                    .transpose()?
-                    .unwrap_or(0);
                 let entries = self.blocking(move |s| s.log_after(&partition, after, limit)).await?;
                 Ok(binary(crate::record::encode(&entries)?, &[]))
             }
