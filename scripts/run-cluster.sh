@@ -68,6 +68,9 @@ done
 "$BIN/memring-control" --etcd "$ETCD_URL" serve --listen 127.0.0.1:7801 >>"$DATA/logs/control.log" 2>&1 &
 pids+=($!)
 wait_http control http://127.0.0.1:7801/ready
+# Cluster mode requires API keys: make an admin key for this session (revoke old ones with
+# `shardctl keys list` / `shardctl keys revoke ID`).
+ADMIN_KEY=$("$BIN/shardctl" --control http://127.0.0.1:7801 keys create --admin --label make-cluster 2>/dev/null)
 
 cat <<MSG
 
@@ -76,6 +79,8 @@ memring cluster on etcd is running.
   shard nodes    http://127.0.0.1:7721  :7722  :7723
   control plane  $BIN/shardctl --control http://127.0.0.1:7801 status
   etcd           $ETCD_URL
+  admin API key  $ADMIN_KEY
+                 (curl -H "Authorization: Bearer \$KEY" ...; tenant keys: shardctl keys create --tenant T)
   data and logs  $DATA/
 Press Ctrl-C to stop.
 MSG

@@ -7,6 +7,7 @@
 //! process-specific logic (no RocksDB, no index, no forwarding).
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use http::{Method, Request};
 use hyper::body::Incoming;
+use memring_common::auth::Principal;
 use memring_common::http::{
     BoxFuture, Reply, ServerOptions, Service, error_response, json, parse_json, query_pairs,
     read_body, serve,
@@ -100,6 +101,46 @@ impl ControlService {
 }
 
 impl ControlService {
+    /// `POST /v1/keys {"tenant": T} | {"admin": true}, "label"?`: a new API key, shown once.
+    async fn create_key(&self, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
+        let body = read_body(req, 64 << 10).await?;
+        let ask: KeyRequest = parse_json(&body)?;
+        let principal = match (ask.tenant, ask.admin) {
+            (Some(t), false) => Principal::Tenant(TenantId::parse(&t)?),
+            (None, true) => Principal::Admin,
+            _ => {
+                return Err(ApiError::invalid(
+                    "name exactly one of \"tenant\": \"<tenant id>\" or \"admin\": true",
+                ));
+            }
+        };
+        if ask.label.len() > 256 {
+            return Err(ApiError::invalid("\"label\" is at most 256 characters"));
+        }
+        let (record, key) =
+            memring_common::auth::create_key(self.store.as_ref(), principal, &ask.label)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
+        tracing::info!(target: "audit", action = "key.create", key_id = %record.id, principal = ?record.principal, label = %record.label, "API key created");
+        Ok(serde_json::json!({ "id": record.id, "key": key, "principal": record.principal }))
+    }
+
+    /// `DELETE /v1/keys/{id}`: revokes a key (routers stop accepting it within a second).
+    async fn revoke_key(&self, id: &str) -> Result<(), ApiError> {
+        let keys = memring_common::auth::list_keys(self.store.as_ref())
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
+        let Some(record) = keys.iter().find(|k| k.id == id) else {
+            return Err(ApiError::not_found(format!("no API key {id}")));
+        };
+        self.store
+            .delete_record(memring_common::store::Records::Keys, id)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
+        tracing::info!(target: "audit", action = "key.revoke", key_id = %id, principal = ?record.principal, "API key revoked");
+        Ok(())
+    }
+
     /// The answer for a migration, rebalance or drain that failed: 409 when an operator
     /// cancelled it, else 503 (the cluster could not do it now).
     fn job_error(&self, e: anyhow::Error) -> ApiError {
@@ -167,6 +208,18 @@ pub struct ChangeReport {
     pub migrations: Vec<migrate::MigrationReport>,
 }
 
+/// Body of `POST /v1/keys`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    label: String,
+}
+
 /// Body of `POST /v1/migrations`.
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +257,29 @@ impl Service for ControlService {
                             Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
                         };
                     Reply { route: "verify", response }
+                }
+                (Method::POST, "/v1/keys") => {
+                    let response = match self.create_key(req).await {
+                        Ok(created) => json(201, &created),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "keys.create", response }
+                }
+                (Method::GET, "/v1/keys") => {
+                    let response = match memring_common::auth::list_keys(self.store.as_ref()).await
+                    {
+                        Ok(keys) => json(200, &serde_json::json!({ "keys": keys })),
+                        Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
+                    };
+                    Reply { route: "keys.list", response }
+                }
+                (Method::DELETE, p) if p.starts_with("/v1/keys/") => {
+                    let id = p.trim_start_matches("/v1/keys/").to_owned();
+                    let response = match self.revoke_key(&id).await {
+                        Ok(()) => memring_common::http::empty(204),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "keys.revoke", response }
                 }
                 (Method::POST, "/v1/migrations/cancel") => {
                     let response = match self.cancel_running() {

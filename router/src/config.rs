@@ -25,6 +25,9 @@ pub struct RouterConfig {
     /// With replication, send reads (get, list, search) to a follower first; the owner answers
     /// when the follower is behind. Off: every read goes to the owner.
     pub replica_reads: bool,
+    /// Require an API key (`Authorization: Bearer`) on every tenant request. Default: on in
+    /// cluster mode (etcd), off on the embedded store (said loudly at start).
+    pub auth: Option<bool>,
 }
 
 impl Default for RouterConfig {
@@ -36,6 +39,7 @@ impl Default for RouterConfig {
             forward_timeout_ms: 10_000,
             search_timeout_ms: 2_000,
             replica_reads: true,
+            auth: None,
         }
     }
 }
@@ -65,6 +69,9 @@ pub struct RouterArgs {
     /// Replica reads on or off (true/false).
     #[arg(long, env = "MEMRING_REPLICA_READS")]
     pub replica_reads: Option<bool>,
+    /// API keys required (true/false); default true with etcd, false on the embedded store.
+    #[arg(long, env = "MEMRING_AUTH")]
+    pub auth: Option<bool>,
 }
 
 impl RouterArgs {
@@ -77,6 +84,9 @@ impl RouterArgs {
         overlay(&mut c.forward_timeout_ms, self.forward_timeout_ms);
         overlay(&mut c.search_timeout_ms, self.search_timeout_ms);
         overlay(&mut c.replica_reads, self.replica_reads);
+        if self.auth.is_some() {
+            c.auth = self.auth;
+        }
         c.validate()?;
         Ok(c)
     }

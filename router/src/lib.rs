@@ -31,19 +31,38 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
+    let auth = config.auth.unwrap_or(config.store.is_etcd());
+    let keys = auth.then(|| memring_common::auth::KeyCache::new(store.clone()));
+    match &keys {
+        Some(keys) => {
+            let n = keys.reload().await.unwrap_or(0);
+            tracing::info!(keys = n, "API keys required (Authorization: Bearer <key>)");
+        }
+        None => {
+            let warning = "AUTH IS OFF: any client can read and write every tenant. Fine on one \
+                           machine for development; set auth = true (or --auth true) anywhere else.";
+            tracing::warn!("{warning}");
+            eprintln!("memring-router: {warning}");
+        }
+    }
     let ring = RingView::new(store);
     if let Err(e) = ring.refresh().await {
         tracing::warn!(error = %e, "ring store not readable yet; will keep trying");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let follower = tokio::spawn(ring.clone().follow(stop_rx));
+    let follower = tokio::spawn(ring.clone().follow(stop_rx.clone()));
+    let refresher = keys.clone().map(|k| tokio::spawn(k.keep_fresh(stop_rx)));
     let service = Arc::new(service::RouterService::new(
         forward::Forwarder::new(ring, config.replica_reads)?,
         config,
+        keys,
     ));
     tracing::info!(listen = %listener.local_addr()?, "router serving the API");
     serve(listener, service, ServerOptions::default(), shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = follower.await;
+    if let Some(r) = refresher {
+        let _ = r.await;
+    }
     Ok(())
 }

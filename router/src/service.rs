@@ -19,6 +19,7 @@ use memring_common::api::{
     RawSearch, RawWrite, ReadToken, SearchHit, SearchResponse, ShardItemResult, ShardWrite,
     ShardWriteResponse, TenantDeleted, WriteItem,
 };
+use memring_common::auth::{KeyCache, Principal};
 use memring_common::http::{
     Body, BoxFuture, Reply, Service, empty, error_response, json, json_bytes, parse_json,
     percent_decode, percent_encode, query_pairs, read_body,
@@ -34,6 +35,8 @@ type Response = http::Response<Body>;
 pub struct RouterService {
     forward: Forwarder,
     config: RouterConfig,
+    /// API keys; `None` when auth is off (every request acts as an admin).
+    keys: Option<Arc<KeyCache>>,
 }
 
 /// The parsed route of a public request.
@@ -50,10 +53,41 @@ enum Route {
     DebugPauseWatch(bool),
 }
 
+impl Route {
+    /// The tenant a route acts on (`None` for cluster routes).
+    fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Route::Write(t)
+            | Route::Batch(t)
+            | Route::Search(t)
+            | Route::List(t)
+            | Route::Get(t, _)
+            | Route::Delete(t, _)
+            | Route::DeleteTenant(t) => Some(t),
+            Route::Ring => None,
+            #[cfg(feature = "testing")]
+            Route::DebugPauseWatch(_) => None,
+        }
+    }
+}
+
 impl RouterService {
     /// Builds the service.
-    pub fn new(forward: Forwarder, config: RouterConfig) -> Self {
-        Self { forward, config }
+    pub fn new(forward: Forwarder, config: RouterConfig, keys: Option<Arc<KeyCache>>) -> Self {
+        Self { forward, config, keys }
+    }
+
+    /// Who the request acts as, and whether that may reach `tenant` (every tenant route) or the
+    /// cluster's ring (admin only): 401 without a valid key, 403 outside its tenant.
+    fn authorize(&self, req: &Request<Incoming>, route: &Route) -> Result<Principal, ApiError> {
+        let Some(keys) = &self.keys else { return Ok(Principal::Admin) };
+        let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let principal = keys.authenticate(header)?;
+        match route.tenant() {
+            Some(tenant) => principal.allow_tenant(tenant)?,
+            None => principal.allow_admin("read the cluster's ring")?,
+        }
+        Ok(principal)
     }
 
     fn parse_route(method: &Method, path: &str) -> Result<(&'static str, Route), ApiError> {
@@ -117,6 +151,10 @@ impl RouterService {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();
+        let principal = match self.authorize(&req, &route) {
+            Ok(p) => p,
+            Err(e) => return (route_name, Err(e)),
+        };
         let query = req.uri().query().map(str::to_owned);
         let token = match req.headers().get(READ_TOKEN_HEADER) {
             None => ReadToken::default(),
@@ -135,18 +173,21 @@ impl RouterService {
             }
         };
         let result = match route {
-            Route::Write(t) => self.write(t, req, &request_id).await,
-            Route::Batch(t) => self.batch(t, req, &request_id).await,
+            Route::Write(t) => self.write(t, req, &request_id, &principal).await,
+            Route::Batch(t) => self.batch(t, req, &request_id, &principal).await,
             Route::Search(t) => self.search(t, req, &request_id, &token).await,
             Route::List(t) => self.list(t, query.as_deref(), &request_id, &token).await,
             Route::Get(t, id) => {
                 self.get_or_delete(t, id, Method::GET, query.as_deref(), &request_id, &token).await
             }
-            Route::Delete(t, id) => {
-                self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id, &token)
-                    .await
-            }
-            Route::DeleteTenant(t) => self.delete_tenant(t, &request_id).await,
+            Route::Delete(t, id) => match global_write_allowed(&principal, query.as_deref()) {
+                Ok(()) => {
+                    self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id, &token)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            Route::DeleteTenant(t) => self.delete_tenant(t, &request_id, &principal).await,
             Route::Ring => Ok(self.ring_view()),
             #[cfg(feature = "testing")]
             Route::DebugPauseWatch(paused) => {
@@ -213,9 +254,13 @@ impl RouterService {
         tenant: TenantId,
         req: Request<Incoming>,
         request_id: &str,
+        principal: &Principal,
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let item = parse_json::<RawWrite>(&body)?.validate()?;
+        if item.scope == Scope::Global {
+            principal.allow_global_write()?;
+        }
         let partition = PartitionKey::new(&tenant, &item.scope);
         let scope = item.scope.clone();
         let (mut results, seq) = self.write_partition(&partition, vec![item], request_id).await?;
@@ -237,6 +282,7 @@ impl RouterService {
         tenant: TenantId,
         req: Request<Incoming>,
         request_id: &str,
+        principal: &Principal,
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let batch: RawBatch = parse_json(&body)?;
@@ -257,7 +303,13 @@ impl RouterService {
                         format!("item {i} is not a valid memory: {e}"),
                     )
                 })
-                .and_then(RawWrite::validate);
+                .and_then(RawWrite::validate)
+                .and_then(|item| {
+                    if item.scope == Scope::Global {
+                        principal.allow_global_write()?;
+                    }
+                    Ok(item)
+                });
             match parsed {
                 Ok(item) => groups
                     .entry(PartitionKey::new(&tenant, &item.scope))
@@ -477,6 +529,7 @@ impl RouterService {
         &self,
         tenant: TenantId,
         request_id: &str,
+        principal: &Principal,
     ) -> Result<Response, ApiError> {
         let ring = self.forward.ring().ring();
         let nodes = ring.layout().nodes.clone();
@@ -523,7 +576,7 @@ impl RouterService {
                 }
             }
         }
-        tracing::info!(tenant = %tenant, partitions = removed, "tenant deleted");
+        tracing::info!(target: "audit", action = "tenant.delete", tenant = %tenant, by = ?principal, partitions = removed, request_id, "tenant deleted");
         Ok(json(202, &serde_json::json!({ "tenant": tenant, "partitions_removed": removed })))
     }
 
@@ -550,6 +603,12 @@ pub fn sort_hits(hits: &mut [SearchHit]) {
             .then_with(|| a.scope.cmp(&b.scope))
             .then_with(|| a.id.cmp(&b.id))
     });
+}
+
+/// 403 when a delete's `?scope=` is `global` and `principal` is not an admin.
+fn global_write_allowed(principal: &Principal, query: Option<&str>) -> Result<(), ApiError> {
+    let global = query_pairs(query)?.iter().any(|(k, v)| k == "scope" && v == "global");
+    if global { principal.allow_global_write() } else { Ok(()) }
 }
 
 /// Adds the read-your-writes token header to a write's answer (none if nothing was written).

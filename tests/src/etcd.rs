@@ -110,6 +110,10 @@ impl EtcdCluster {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args =
             vec!["--listen".into(), addr.clone(), "--etcd".into(), self.etcd.url.clone()];
+        // Cluster mode requires API keys by default; these tests are about other things.
+        if !flags.contains(&"--auth") {
+            args.extend(["--auth".into(), "false".into()]);
+        }
         args.extend(flags.iter().map(|f| f.to_string()));
         let name = format!("router-{}", self.routers.len() + 1);
         let mut router =

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use super::{Leadership, NodeLease, NodeRecord, RingStore, StoreError, Versioned};
+use super::{Leadership, NodeLease, NodeRecord, Records, RingStore, StoreError, Versioned};
 use crate::clock::now_millis;
 use crate::layout::ClusterLayout;
 
@@ -256,10 +256,10 @@ impl RingStore for EmbeddedStore {
         .await
     }
 
-    async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
-        crate::ids::validate_id("job id", id)
+    async fn put_record(&self, kind: Records, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        crate::ids::validate_id("record id", id)
             .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
-        let dir = self.dir.join("jobs");
+        let dir = self.dir.join(kind.dir());
         let (path, record) = (dir.join(id), record.to_vec());
         blocking(move || {
             fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
@@ -268,8 +268,8 @@ impl RingStore for EmbeddedStore {
         .await
     }
 
-    async fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let dir = self.dir.join("jobs");
+    async fn records(&self, kind: Records) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let dir = self.dir.join(kind.dir());
         blocking(move || {
             let mut out = Vec::new();
             let entries = match fs::read_dir(&dir) {
@@ -294,8 +294,10 @@ impl RingStore for EmbeddedStore {
         .await
     }
 
-    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
-        let path = self.dir.join("jobs").join(id);
+    async fn delete_record(&self, kind: Records, id: &str) -> Result<(), StoreError> {
+        crate::ids::validate_id("record id", id)
+            .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        let path = self.dir.join(kind.dir()).join(id);
         blocking(move || match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path, e)),
             _ => Ok(()),

@@ -20,7 +20,7 @@ use etcd_client::{
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use super::{Leadership, NodeLease, NodeRecord, RingStore, StoreError, Versioned};
+use super::{Leadership, NodeLease, NodeRecord, Records, RingStore, StoreError, Versioned};
 use crate::layout::ClusterLayout;
 
 const DOC_FORMAT_VERSION: u32 = 1;
@@ -274,19 +274,19 @@ impl RingStore for EtcdStore {
         Ok(out)
     }
 
-    async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
-        crate::ids::validate_id("job id", id)
+    async fn put_record(&self, kind: Records, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        crate::ids::validate_id("record id", id)
             .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
         self.client
             .clone()
-            .put(format!("{}jobs/{id}", self.prefix), record.to_vec(), None)
+            .put(format!("{}{}/{id}", self.prefix, kind.dir()), record.to_vec(), None)
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let prefix = format!("{}jobs/", self.prefix);
+    async fn records(&self, kind: Records) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = format!("{}{}/", self.prefix, kind.dir());
         let resp = self
             .client
             .clone()
@@ -307,10 +307,10 @@ impl RingStore for EtcdStore {
         Ok(out)
     }
 
-    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_record(&self, kind: Records, id: &str) -> Result<(), StoreError> {
         self.client
             .clone()
-            .delete(format!("{}jobs/{id}", self.prefix), None)
+            .delete(format!("{}{}/{id}", self.prefix, kind.dir()), None)
             .await
             .map_err(unavailable)?;
         Ok(())

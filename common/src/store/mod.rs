@@ -104,6 +104,29 @@ pub struct Leadership {
     pub lost: tokio::sync::watch::Receiver<bool>,
 }
 
+/// The small collections kept beside the layout, each under its own prefix (etcd) or folder
+/// (embedded store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// The control plane's migration journal.
+    Jobs,
+    /// API keys (salted hashes only).
+    Keys,
+    /// Per-tenant rate limits and quotas.
+    Limits,
+}
+
+impl Records {
+    /// The prefix or folder name.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Records::Jobs => "jobs",
+            Records::Keys => "keys",
+            Records::Limits => "limits",
+        }
+    }
+}
+
 /// The ring store: layout with epochs, watches, and leased node records.
 #[async_trait]
 pub trait RingStore: Send + Sync + 'static {
@@ -137,15 +160,31 @@ pub trait RingStore: Send + Sync + 'static {
     /// The node records whose leases are alive.
     async fn live_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
 
+    /// Writes (or replaces) record `id` of a collection: the control plane's migration journal,
+    /// API keys, tenant limits. `id` is 1–128 chars of `[A-Za-z0-9_.-]`.
+    async fn put_record(&self, kind: Records, id: &str, record: &[u8]) -> Result<(), StoreError>;
+
+    /// Every record of a collection, in id order.
+    async fn records(&self, kind: Records) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Removes record `id` of a collection (no error if it is gone).
+    async fn delete_record(&self, kind: Records, id: &str) -> Result<(), StoreError>;
+
     /// Writes (or replaces) the control plane's journal record `id` (a migration step, say), so
-    /// a restarted control plane can resume. `id` is 1–128 chars of `[A-Za-z0-9_.-]`.
-    async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+    /// a restarted control plane can resume.
+    async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.put_record(Records::Jobs, id, record).await
+    }
 
     /// Every journal record, in id order.
-    async fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    async fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.records(Records::Jobs).await
+    }
 
     /// Removes journal record `id` (no error if it is gone).
-    async fn delete_job(&self, id: &str) -> Result<(), StoreError>;
+    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
+        self.delete_record(Records::Jobs, id).await
+    }
 
     /// Waits until this process is the one holder of `name` (the active control plane, say) and
     /// holds it while the returned [`Leadership`] lives; if the holder dies, another waiter takes

@@ -66,6 +66,32 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// API keys: create (the key is printed once), list, revoke.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// A new key for one tenant (`--tenant T`) or an admin key (`--admin`).
+    Create {
+        /// The tenant the key belongs to.
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        tenant: Option<String>,
+        /// An admin key: every tenant, and global writes.
+        #[arg(long)]
+        admin: bool,
+        /// A note to tell keys apart.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Every key's id, tenant and label (secrets are not stored).
+    List,
+    /// Revoke a key by id; routers refuse it within about a second.
+    Revoke {
+        /// The key's id (the part after `mrk_`, before the next `_`).
+        id: String,
+    },
 }
 
 #[tokio::main]
@@ -227,6 +253,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     r.partition, r.from, r.to, r.count, r.fenced_ms
                 );
             }
+        }
+        Command::Keys(KeysCommand::Create { tenant, admin, label }) => {
+            let body = serde_json::json!({ "tenant": tenant, "admin": admin, "label": label });
+            let resp = client
+                .post(format!("{base}/v1/keys"))
+                .json(&body)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let created: serde_json::Value = answer(resp).await?.json().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!("{}", created["key"].as_str().unwrap_or(""));
+                eprintln!(
+                    "key {} for {}: shown once, keep it; revoke with `shardctl keys revoke {}`",
+                    created["id"].as_str().unwrap_or(""),
+                    created["principal"],
+                    created["id"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Command::Keys(KeysCommand::List) => {
+            let resp = client.get(format!("{base}/v1/keys")).send().await.map_err(unreachable)?;
+            let list: serde_json::Value = answer(resp).await?.json().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<18} {:<24} LABEL", "ID", "FOR");
+                for k in list["keys"].as_array().into_iter().flatten() {
+                    let who = match &k["principal"] {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other["tenant"]
+                            .as_str()
+                            .map(|t| format!("tenant {t}"))
+                            .unwrap_or_default(),
+                    };
+                    println!(
+                        "{:<18} {:<24} {}",
+                        k["id"].as_str().unwrap_or(""),
+                        who,
+                        k["label"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Command::Keys(KeysCommand::Revoke { id }) => {
+            let resp = client
+                .delete(format!("{base}/v1/keys/{}", memring_common::http::percent_encode(&id)))
+                .send()
+                .await
+                .map_err(unreachable)?;
+            answer(resp).await?;
+            println!("key {id} revoked");
         }
         Command::Cancel => {
             let resp = client
