@@ -48,6 +48,9 @@ pub struct ShardConfig {
     /// With replication: a follower answers reads that carry no read token while it was caught
     /// up with its primary within this many milliseconds (else the router asks the primary).
     pub replica_staleness_ms: u64,
+    /// How often expired memories are purged from disk, seconds (they vanish from reads at
+    /// once regardless).
+    pub purge_interval_secs: u64,
 }
 
 impl Default for ShardConfig {
@@ -69,6 +72,7 @@ impl Default for ShardConfig {
             migration_nice: 10,
             quorum_timeout_ms: 2000,
             replica_staleness_ms: 2000,
+            purge_interval_secs: 60,
         }
     }
 }
@@ -125,6 +129,9 @@ pub struct ShardArgs {
     /// Staleness bound of replica reads in milliseconds (replication).
     #[arg(long, env = "MEMRING_REPLICA_STALENESS_MS")]
     pub replica_staleness_ms: Option<u64>,
+    /// TTL purge interval in seconds.
+    #[arg(long, env = "MEMRING_PURGE_INTERVAL_SECS")]
+    pub purge_interval_secs: Option<u64>,
 }
 
 impl ShardArgs {
@@ -146,6 +153,7 @@ impl ShardArgs {
         overlay(&mut c.migration_nice, self.migration_nice);
         overlay(&mut c.quorum_timeout_ms, self.quorum_timeout_ms);
         overlay(&mut c.replica_staleness_ms, self.replica_staleness_ms);
+        overlay(&mut c.purge_interval_secs, self.purge_interval_secs);
         c.validate()?;
         Ok(c)
     }
@@ -186,6 +194,10 @@ impl ShardConfig {
         anyhow::ensure!(
             (10..=3_600_000).contains(&self.replica_staleness_ms),
             "setting `replica_staleness_ms` must be between 10 and 3600000"
+        );
+        anyhow::ensure!(
+            (1..=86_400).contains(&self.purge_interval_secs),
+            "setting `purge_interval_secs` must be between 1 and 86400"
         );
         anyhow::ensure!(
             (0..=19).contains(&self.migration_nice),

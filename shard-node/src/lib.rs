@@ -96,7 +96,14 @@ pub async fn run(
         Duration::from_millis(config.quorum_timeout_ms),
         Duration::from_millis(config.replica_staleness_ms),
     )?);
-    let replicator = tokio::spawn(repl.clone().follow(stop_rx));
+    let replicator = tokio::spawn(repl.clone().follow(stop_rx.clone()));
+    let purger = tokio::spawn(purge_expired(
+        node.clone(),
+        storage.clone(),
+        ring.clone(),
+        Duration::from_secs(config.purge_interval_secs),
+        stop_rx,
+    ));
 
     let service = Arc::new(service::ShardService::new(
         node.clone(),
@@ -114,6 +121,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = follower.await;
     let _ = replicator.await;
+    let _ = purger.await;
     let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || storage.save_graphs()).await {
         Ok(Ok(n)) => tracing::info!(
@@ -127,4 +135,42 @@ pub async fn run(
     lease.revoke().await;
     tracing::info!(node = %node, "shard node stopped");
     Ok(())
+}
+
+/// Every `interval`, purges expired memories of every partition held here from disk
+/// (`storage/purge.rs`): the owner deletes them through the log, every copy redacts its log.
+async fn purge_expired(
+    node: NodeId,
+    storage: Arc<storage::Storage>,
+    ring: Arc<RingView>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let (storage, ring, node) = (storage.clone(), ring.ring(), node.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            let (mut deleted, mut redacted) = (0, 0);
+            for p in storage.partitions()? {
+                let owner = ring.owner(&p.partition).is_some_and(|o| o.id == node);
+                let done = storage.purge_expired(&p.partition, now_millis(), owner)?;
+                deleted += done.deleted;
+                redacted += done.redacted;
+            }
+            Ok::<_, memring_common::ApiError>((deleted, redacted))
+        })
+        .await;
+        match pass {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((deleted, redacted))) => {
+                metrics::counter!("memring_ttl_purged_total").increment(deleted as u64);
+                tracing::info!(deleted, redacted, "expired memories purged");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "TTL purge pass failed"),
+            Err(e) => tracing::warn!(error = %e, "TTL purge pass failed"),
+        }
+    }
 }

@@ -137,6 +137,17 @@ pub struct LogEntry {
     pub op: LogOp,
 }
 
+impl LogEntry {
+    /// What identifies this entry across copies of a log: position, operation, memory and
+    /// version. TTL redaction (`storage/purge.rs`) empties a put's content but keeps these.
+    pub fn fingerprint(&self) -> (u64, bool, &str, u64) {
+        match &self.op {
+            LogOp::Put(e) => (self.seq, true, e.id.as_str(), e.version),
+            LogOp::Delete { id, version } => (self.seq, false, id.as_str(), *version),
+        }
+    }
+}
+
 /// The operation a log entry records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LogOp {

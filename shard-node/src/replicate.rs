@@ -556,7 +556,11 @@ impl Replication {
         let theirs = self.pull(primary, p, mine - 1, 1).await?.into_iter().find(|e| e.seq == mine);
         let key = p.clone();
         let ours = self.blocking(move |s| s.entry_at(&key, mine)).await?;
-        if theirs.is_some() && theirs == ours {
+        let same = match (&theirs, &ours) {
+            (Some(t), Some(o)) => t.fingerprint() == o.fingerprint(),
+            _ => false,
+        };
+        if same {
             return Ok(mine);
         }
         tracing::warn!(partition = %p, primary = %primary.id, position = mine, "this copy's log differs from its primary's; dropping it to replay the primary's");

@@ -800,6 +800,7 @@ fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {
 
 mod graphs;
 pub mod migration;
+pub mod purge;
 
 #[cfg(test)]
 mod tests;

@@ -637,3 +637,64 @@ async fn global_memories_are_readable_by_every_tenant() -> anyhow::Result<()> {
     assert_eq!(c.get("/v1/tenants/carol/memories/g1?scope=global").await?.0, 200);
     Ok(())
 }
+
+/// `ttl_seconds: 1`: the memory answers at first, is gone from get, list and search within 2 s,
+/// and after the purge interval (1 s here) no shard node's change log holds its content any
+/// more, while a memory without a TTL stays.
+#[tokio::test]
+async fn an_expired_memory_vanishes_from_reads_then_from_disk() -> anyhow::Result<()> {
+    let c = Cluster::start_with(2, &["--purge-interval-secs", "1"]).await?;
+    let secret = "ttl-secret-5f3a9c";
+    let short = json!({"id": "brief", "scope": "shared", "content": secret, "embedding": [1.0, 0.0, 0.0], "ttl_seconds": 1});
+    let long = json!({"id": "lasting", "scope": "shared", "content": "stays", "embedding": [0.9, 0.1, 0.0]});
+    for m in [&short, &long] {
+        let (status, body) = c.post("/v1/tenants/ttl/memories", m).await?;
+        assert_eq!(status, 201, "{body}");
+    }
+    let q = json!({"scopes": ["shared"], "embedding": [1.0, 0.0, 0.0], "k": 10});
+    let ids = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, found) = c.post("/v1/tenants/ttl/memories/search", &q).await?;
+    assert!(ids(&found, "results").contains(&"brief".to_owned()), "{found}");
+    // Every shard's log of the partition, raw: the content is there before the purge.
+    let log_bytes = || async {
+        let mut all = Vec::new();
+        for shard in &c.shards {
+            let url = format!(
+                "{}/internal/v1/migrate/ttl/shared/entries?after=0&limit=1000",
+                shard.url()
+            );
+            all.extend(memring_tests::client().get(url).send().await?.bytes().await?);
+        }
+        Ok::<_, anyhow::Error>(all)
+    };
+    let holds = |bytes: &[u8]| bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+    assert!(holds(&log_bytes().await?), "the check must see the content before the purge");
+
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, found) = c.post("/v1/tenants/ttl/memories/search", &q).await?;
+    assert_eq!(ids(&found, "results"), ["lasting"], "{found}");
+    let (status, _) = c.get("/v1/tenants/ttl/memories/brief?scope=shared").await?;
+    assert_eq!(status, 404);
+    let (_, listed) = c.get("/v1/tenants/ttl/memories?scope=shared").await?;
+    assert_eq!(ids(&listed, "items"), ["lasting"], "{listed}");
+
+    let started = std::time::Instant::now();
+    while holds(&log_bytes().await?) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "still on disk after 10 s\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (status, body) = c.get("/v1/tenants/ttl/memories/lasting?scope=shared").await?;
+    assert_eq!((status, body["content"].as_str()), (200, Some("stays")));
+    Ok(())
+}

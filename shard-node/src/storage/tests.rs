@@ -416,3 +416,56 @@ fn a_replica_keeps_the_primary_log_and_refuses_gaps() {
     replica.import_replicated(&other, vec![orphan], &|| Ok(())).expect("apply");
     assert_eq!(replica.last_seq(&other).expect("seq"), 1);
 }
+
+#[test]
+fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let primary = open(a.path());
+    let replica =
+        Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
+            .expect("open");
+    let k = key("t", "shared");
+    let mut short = item("short", "secret-short-lived", vec![1.0, 0.0]);
+    short.ttl_seconds = Some(1);
+    let keep = item("keep", "stays", vec![0.0, 1.0]);
+    primary.write(&k, vec![short, keep], 1_000).expect("write");
+    replica
+        .import_replicated(&k, primary.log_after(&k, 0, 100).expect("log"), &|| Ok(()))
+        .expect("apply");
+    // Before expiry nothing happens; after it the owner deletes through its log.
+    assert_eq!(primary.purge_expired(&k, 1_500, true).expect("purge"), purge::Purged::default());
+    let done = primary.purge_expired(&k, 2_500, true).expect("purge");
+    assert_eq!(done, purge::Purged { deleted: 1, redacted: 1 });
+    let contains = |s: &Storage, needle: &str| {
+        s.log_after(&k, 0, 100).expect("log").iter().any(|e| match &e.op {
+            LogOp::Put(ep) => ep.content.contains(needle),
+            LogOp::Delete { .. } => false,
+        })
+    };
+    assert!(!contains(&primary, "secret-short-lived"));
+    assert!(contains(&primary, "stays"));
+    assert_eq!(primary.checksum(&k, true).expect("sum").count, 1);
+    // A follower only redacts its own log; the owner's delete reaches it through the log, and
+    // both logs still match entry by entry (fingerprints), so it keeps following.
+    assert_eq!(
+        replica.purge_expired(&k, 2_500, false).expect("purge"),
+        purge::Purged { deleted: 0, redacted: 1 }
+    );
+    assert!(!contains(&replica, "secret-short-lived"));
+    replica
+        .import_replicated(&k, primary.log_after(&k, 2, 100).expect("log"), &|| Ok(()))
+        .expect("apply the delete");
+    let (x, y) =
+        (primary.checksum(&k, true).expect("sum"), replica.checksum(&k, true).expect("sum"));
+    assert_eq!((x.count, &x.checksum, x.last_seq), (y.count, &y.checksum, y.last_seq));
+    let fingerprints = |s: &Storage| {
+        s.log_after(&k, 0, 100)
+            .expect("log")
+            .iter()
+            .map(|e| (e.seq, format!("{:?}", e.fingerprint())))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fingerprints(&primary), fingerprints(&replica));
+    // A second pass finds nothing more to do.
+    assert_eq!(primary.purge_expired(&k, 3_000, true).expect("purge"), purge::Purged::default());
+}
