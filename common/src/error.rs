@@ -48,6 +48,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// Too many requests; retry after the given time.
     RateLimited,
+    /// A tenant is at its quota (memories or bytes stored).
+    QuotaExceeded,
     /// The shard node does not own the partition at the caller's epoch.
     WrongOwner,
     /// No node that holds the data could be reached; retry later.
@@ -75,7 +77,7 @@ impl ErrorCode {
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidCursor => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::QuotaExceeded => 403,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
@@ -108,6 +110,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::WrongOwner => "wrong_owner",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::PartitionMoving => "partition_moving",

@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod layout;
+pub mod limits;
 pub mod ring;
 pub mod scope;
 pub mod store;

@@ -125,6 +125,34 @@ impl ControlService {
         Ok(serde_json::json!({ "id": record.id, "key": key, "principal": record.principal }))
     }
 
+    /// `PUT /v1/limits/{tenant | _default}` (a `TenantLimits` body) or `DELETE` (back to the
+    /// defaults): routers apply the change within a second.
+    async fn set_limits(
+        &self,
+        method: Method,
+        name: &str,
+        req: Request<Incoming>,
+    ) -> Result<(), ApiError> {
+        use memring_common::store::Records;
+        if name != memring_common::limits::DEFAULTS {
+            TenantId::parse(name)?;
+        }
+        let unavailable =
+            |e: memring_common::store::StoreError| ApiError::unavailable(e.to_string(), 1);
+        if method == Method::DELETE {
+            self.store.delete_record(Records::Limits, name).await.map_err(unavailable)?;
+            tracing::info!(target: "audit", action = "limits.clear", tenant = %name, "tenant limits cleared");
+            return Ok(());
+        }
+        let body = read_body(req, 64 << 10).await?;
+        let limits: memring_common::limits::TenantLimits = parse_json(&body)?;
+        limits.validate()?;
+        let bytes = serde_json::to_vec(&limits).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.store.put_record(Records::Limits, name, &bytes).await.map_err(unavailable)?;
+        tracing::info!(target: "audit", action = "limits.set", tenant = %name, ?limits, "tenant limits set");
+        Ok(())
+    }
+
     /// `DELETE /v1/keys/{id}`: revokes a key (routers stop accepting it within a second).
     async fn revoke_key(&self, id: &str) -> Result<(), ApiError> {
         let keys = memring_common::auth::list_keys(self.store.as_ref())
@@ -280,6 +308,27 @@ impl Service for ControlService {
                         Err(e) => error_response(&e),
                     };
                     Reply { route: "keys.revoke", response }
+                }
+                (Method::GET, "/v1/limits") => {
+                    let response = match memring_common::limits::load(self.store.as_ref()).await {
+                        Ok((defaults, tenants)) => json(
+                            200,
+                            &serde_json::json!({
+                                "defaults": defaults,
+                                "tenants": tenants.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                            }),
+                        ),
+                        Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
+                    };
+                    Reply { route: "limits.list", response }
+                }
+                (m @ (Method::PUT | Method::DELETE), p) if p.starts_with("/v1/limits/") => {
+                    let name = p.trim_start_matches("/v1/limits/").to_owned();
+                    let response = match self.set_limits(m, &name, req).await {
+                        Ok(()) => memring_common::http::empty(204),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "limits.set", response }
                 }
                 (Method::POST, "/v1/migrations/cancel") => {
                     let response = match self.cancel_running() {

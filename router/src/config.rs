@@ -28,6 +28,9 @@ pub struct RouterConfig {
     /// Require an API key (`Authorization: Bearer`) on every tenant request. Default: on in
     /// cluster mode (etcd), off on the embedded store (said loudly at start).
     pub auth: Option<bool>,
+    /// This router's share of every tenant rate limit (set 1/N with N routers behind one load
+    /// balancer); 0 < share <= 1.
+    pub limit_share: f64,
 }
 
 impl Default for RouterConfig {
@@ -40,6 +43,7 @@ impl Default for RouterConfig {
             search_timeout_ms: 2_000,
             replica_reads: true,
             auth: None,
+            limit_share: 1.0,
         }
     }
 }
@@ -72,6 +76,9 @@ pub struct RouterArgs {
     /// API keys required (true/false); default true with etcd, false on the embedded store.
     #[arg(long, env = "MEMRING_AUTH")]
     pub auth: Option<bool>,
+    /// Share of the tenant rate limits this router enforces.
+    #[arg(long, env = "MEMRING_LIMIT_SHARE")]
+    pub limit_share: Option<f64>,
 }
 
 impl RouterArgs {
@@ -84,6 +91,7 @@ impl RouterArgs {
         overlay(&mut c.forward_timeout_ms, self.forward_timeout_ms);
         overlay(&mut c.search_timeout_ms, self.search_timeout_ms);
         overlay(&mut c.replica_reads, self.replica_reads);
+        overlay(&mut c.limit_share, self.limit_share);
         if self.auth.is_some() {
             c.auth = self.auth;
         }
@@ -104,6 +112,11 @@ impl RouterConfig {
         anyhow::ensure!(
             self.forward_timeout_ms >= 10,
             "setting `forward_timeout_ms` must be at least 10"
+        );
+        anyhow::ensure!(
+            self.limit_share > 0.0 && self.limit_share <= 1.0,
+            "setting `limit_share` must be in (0, 1], got {}",
+            self.limit_share
         );
         anyhow::ensure!(
             self.search_timeout_ms >= 10,

@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod config;
 pub mod forward;
+pub mod limits;
 pub mod service;
 
 use std::future::Future;
@@ -45,22 +46,26 @@ pub async fn run(
             eprintln!("memring-router: {warning}");
         }
     }
-    let ring = RingView::new(store);
+    let ring = RingView::new(store.clone());
+    let limiter = limits::Limiter::new(store, ring.clone(), config.limit_share)?;
     if let Err(e) = ring.refresh().await {
         tracing::warn!(error = %e, "ring store not readable yet; will keep trying");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(ring.clone().follow(stop_rx.clone()));
-    let refresher = keys.clone().map(|k| tokio::spawn(k.keep_fresh(stop_rx)));
+    let refresher = keys.clone().map(|k| tokio::spawn(k.keep_fresh(stop_rx.clone())));
+    let limits_task = tokio::spawn(limiter.clone().keep_fresh(stop_rx));
     let service = Arc::new(service::RouterService::new(
         forward::Forwarder::new(ring, config.replica_reads)?,
         config,
         keys,
+        limiter,
     ));
     tracing::info!(listen = %listener.local_addr()?, "router serving the API");
     serve(listener, service, ServerOptions::default(), shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = follower.await;
+    let _ = limits_task.await;
     if let Some(r) = refresher {
         let _ = r.await;
     }

@@ -28,6 +28,7 @@ use memring_common::{ApiError, ErrorCode, MemoryId, PartitionKey, Scope, TenantI
 
 use crate::config::RouterConfig;
 use crate::forward::Forwarder;
+use crate::limits::Limiter;
 
 type Response = http::Response<Body>;
 
@@ -37,6 +38,8 @@ pub struct RouterService {
     config: RouterConfig,
     /// API keys; `None` when auth is off (every request acts as an admin).
     keys: Option<Arc<KeyCache>>,
+    /// Tenant rate limits and quotas.
+    limits: Arc<Limiter>,
 }
 
 /// The parsed route of a public request.
@@ -73,8 +76,13 @@ impl Route {
 
 impl RouterService {
     /// Builds the service.
-    pub fn new(forward: Forwarder, config: RouterConfig, keys: Option<Arc<KeyCache>>) -> Self {
-        Self { forward, config, keys }
+    pub fn new(
+        forward: Forwarder,
+        config: RouterConfig,
+        keys: Option<Arc<KeyCache>>,
+        limits: Arc<Limiter>,
+    ) -> Self {
+        Self { forward, config, keys, limits }
     }
 
     /// Who the request acts as, and whether that may reach `tenant` (every tenant route) or the
@@ -155,6 +163,9 @@ impl RouterService {
             Ok(p) => p,
             Err(e) => return (route_name, Err(e)),
         };
+        if let Some(Err(e)) = route.tenant().map(|t| self.limits.check_request(t)) {
+            return (route_name, Err(e));
+        }
         let query = req.uri().query().map(str::to_owned);
         let token = match req.headers().get(READ_TOKEN_HEADER) {
             None => ReadToken::default(),
@@ -257,6 +268,7 @@ impl RouterService {
         principal: &Principal,
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
+        self.limits.check_write(&tenant, body.len())?;
         let item = parse_json::<RawWrite>(&body)?.validate()?;
         if item.scope == Scope::Global {
             principal.allow_global_write()?;
@@ -285,6 +297,7 @@ impl RouterService {
         principal: &Principal,
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
+        self.limits.check_write(&tenant, body.len())?;
         let batch: RawBatch = parse_json(&body)?;
         if batch.items.len() > api::MAX_BATCH_ITEMS {
             return Err(ApiError::invalid(format!(

@@ -69,6 +69,37 @@ enum Command {
     /// API keys: create (the key is printed once), list, revoke.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Tenant rate limits and quotas: show, set, clear.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// The defaults and every tenant's overrides.
+    Show,
+    /// Set the defaults (no --tenant) or one tenant's overrides; unnamed fields stay unlimited
+    /// (defaults) or inherit the defaults (a tenant).
+    Set {
+        /// The tenant (default: the defaults every tenant gets).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Requests per second.
+        #[arg(long)]
+        requests_per_sec: Option<f64>,
+        /// Written request-body bytes per second.
+        #[arg(long)]
+        write_bytes_per_sec: Option<f64>,
+        /// Memories the tenant may store.
+        #[arg(long)]
+        max_memories: Option<u64>,
+    },
+    /// Remove a tenant's overrides (it gets the defaults again).
+    Clear {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +338,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(unreachable)?;
             answer(resp).await?;
             println!("key {id} revoked");
+        }
+        Command::Limits(LimitsCommand::Show) => {
+            let resp = client.get(format!("{base}/v1/limits")).send().await.map_err(unreachable)?;
+            let limits: serde_json::Value = answer(resp).await?.json().await?;
+            println!("{}", serde_json::to_string_pretty(&limits)?);
+        }
+        Command::Limits(LimitsCommand::Set {
+            tenant,
+            requests_per_sec,
+            write_bytes_per_sec,
+            max_memories,
+        }) => {
+            let name = tenant.unwrap_or_else(|| memring_common::limits::DEFAULTS.to_owned());
+            let limits = memring_common::limits::TenantLimits {
+                requests_per_sec,
+                write_bytes_per_sec,
+                max_memories,
+            };
+            let resp = client
+                .put(format!("{base}/v1/limits/{}", memring_common::http::percent_encode(&name)))
+                .json(&limits)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            answer(resp).await?;
+            println!("limits of {name} set: {}", serde_json::to_string(&limits)?);
+        }
+        Command::Limits(LimitsCommand::Clear { tenant }) => {
+            let resp = client
+                .delete(format!(
+                    "{base}/v1/limits/{}",
+                    memring_common::http::percent_encode(&tenant)
+                ))
+                .send()
+                .await
+                .map_err(unreachable)?;
+            answer(resp).await?;
+            println!("limits of {tenant} cleared; it gets the defaults");
         }
         Command::Cancel => {
             let resp = client
