@@ -163,7 +163,7 @@ impl Limiter {
                 limits.0.max_memories.is_some()
                     || limits.1.values().any(|l| l.max_memories.is_some())
             };
-            if quotas && round % 2 == 0 {
+            if quotas && round.is_multiple_of(2) {
                 self.count_memories().await;
             }
             // Forget buckets idle for a minute (they refill to full anyway).
