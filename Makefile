@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps build run cluster bench-migrate bench-repl test unit integration lint fmt bench clean-data
+.PHONY: deps build run cluster bench-migrate bench-repl fuzz test unit integration lint fmt bench clean-data
 
 deps:
 	@scripts/install-deps.sh
@@ -50,6 +50,12 @@ bench-migrate: build
 ## What replication costs a write (docs/benchmarks.md; starts its own etcd).
 bench-repl: build
 	$(BIN_DIR)/memring-repl-bench $(BENCH_ARGS)
+
+# The request-parser fuzz of `make test` with 25x the cases (500,000 per property), then the
+# hostile-request test against running binaries.
+fuzz: deps
+	MEMRING_FUZZ_CASES=$${MEMRING_FUZZ_CASES:-500000} $(CARGO) test $(PROFILE_FLAGS) -p memring-common --test hostile_input
+	$(CARGO) test $(PROFILE_FLAGS) --workspace $(TEST_FEATURES) --test hostile
 
 clean-data:
 	rm -rf data data-cluster

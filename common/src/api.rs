@@ -390,13 +390,15 @@ pub fn decode_cursor(cursor: &str) -> Result<MemoryId, ApiError> {
             "\"cursor\" is not one this server issued; pass next_cursor from the previous page unchanged",
         )
     };
-    let hex = cursor.strip_prefix("c1").ok_or_else(bad)?;
+    let hex = cursor.strip_prefix("c1").ok_or_else(bad)?.as_bytes();
     if hex.len() % 2 != 0 || hex.is_empty() {
         return Err(bad());
     }
-    let bytes: Result<Vec<u8>, _> =
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16)).collect();
-    let text = String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())?;
+    // Byte pairs, not string slices: a multi-byte character must be refused, not split.
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes: Option<Vec<u8>> =
+        hex.chunks(2).map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect();
+    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
     MemoryId::parse(&text).map_err(|_| bad())
 }
 
@@ -726,6 +728,16 @@ pub struct PartitionList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_with_multibyte_characters_is_refused_not_a_panic() {
+        // Found by tests/hostile_input.rs: slicing the hex by byte index split a character.
+        for bad in ["c1\u{fffd}\u{1138e}*d", "c1é0", "c1€€", "c1zz"] {
+            assert_eq!(decode_cursor(bad).expect_err(bad).code(), ErrorCode::InvalidCursor);
+        }
+        let id = MemoryId::parse("m-1").expect("id");
+        assert_eq!(decode_cursor(&encode_cursor(&id)).expect("round trip"), id);
+    }
 
     #[test]
     fn read_tokens_round_trip_keep_the_highest_position_and_refuse_garbage() {

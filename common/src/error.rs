@@ -50,6 +50,8 @@ pub enum ErrorCode {
     RateLimited,
     /// A tenant is at its quota (memories or bytes stored).
     QuotaExceeded,
+    /// The client sent its request body too slowly.
+    RequestTimeout,
     /// The shard node does not own the partition at the caller's epoch.
     WrongOwner,
     /// No node that holds the data could be reached; retry later.
@@ -84,6 +86,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::WrongOwner => 421,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable | ErrorCode::PartitionMoving | ErrorCode::ReplicaBehind => 503,
@@ -111,6 +114,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::WrongOwner => "wrong_owner",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::PartitionMoving => "partition_moving",

@@ -234,8 +234,12 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
     r
 }
 
+/// How long a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Reads a whole request body, refusing more than `limit` bytes with 413 (early, from
-/// `Content-Length`, when the client announced the size).
+/// `Content-Length`, when the client announced the size), and a body that trickles in for
+/// longer than [`BODY_READ_TIMEOUT`] with 408.
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = |size: Option<u64>| {
         let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
@@ -256,7 +260,20 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
     {
         return Err(too_large(Some(len)));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    // A client that trickles its body (slow loris) is cut off; 60 s admits a full 20 MiB batch
+    // at 350 KB/s.
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s; send it faster or in smaller requests",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(too_large(None))
