@@ -81,8 +81,12 @@ impl ReadToken {
         Ok(token)
     }
 
-    /// Records that `scope` reached `seq` (keeps the higher position).
+    /// Records that `scope` reached `seq` (keeps the higher position). `global` is spread over
+    /// many partitions with positions of their own, so it takes no token.
     pub fn note(&mut self, scope: Scope, seq: u64) {
+        if scope == Scope::Global {
+            return;
+        }
         let slot = self.0.entry(scope).or_insert(0);
         *slot = (*slot).max(seq);
     }
@@ -626,7 +630,7 @@ pub struct TenantDeleted {
 /// The path segment naming a partition's tenant on the internal API (`*` for the global partition).
 pub fn partition_path(partition: &crate::scope::PartitionKey) -> String {
     let tenant = partition.tenant().map(|t| t.as_str()).unwrap_or("*");
-    format!("{tenant}/{}", crate::http::percent_encode(&partition.scope().to_string()))
+    format!("{tenant}/{}", crate::http::percent_encode(&partition.scope_part()))
 }
 
 // ---------------------------------------------------------------------------------------------

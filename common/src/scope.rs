@@ -73,26 +73,82 @@ impl<'de> Deserialize<'de> for Scope {
     }
 }
 
+/// How many partitions `global` memories are spread over (by a hash of the memory id), so
+/// they land on every node of the ring. Fixed: changing it would move every global memory.
+pub const GLOBAL_BUCKETS: u8 = 16;
+
 /// The partition a memory belongs to.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct PartitionKey {
-    /// `None` only for the cluster-wide `global` partition.
+    /// `None` only for the cluster-wide `global` partitions.
     tenant: Option<TenantId>,
     scope: Scope,
+    /// Which of the [`GLOBAL_BUCKETS`] global partitions (0 for every other partition).
+    bucket: u8,
 }
 
 impl PartitionKey {
-    /// The partition that holds `scope` memories of `tenant` (`global` maps to the one global partition).
+    /// The partition that holds `scope` memories of `tenant`; for `global`, the first global
+    /// partition (use [`PartitionKey::of`] when the memory id is known, [`PartitionKey::all`]
+    /// to reach every one).
     pub fn new(tenant: &TenantId, scope: &Scope) -> Self {
         match scope {
             Scope::Global => Self::global(),
-            _ => Self { tenant: Some(tenant.clone()), scope: scope.clone() },
+            _ => Self { tenant: Some(tenant.clone()), scope: scope.clone(), bucket: 0 },
         }
     }
 
-    /// The cluster-wide partition of `global` memories.
+    /// The partition that holds memory `id` of `scope` for `tenant`: a `global` memory goes to
+    /// the global partition its id hashes to.
+    pub fn of(tenant: &TenantId, scope: &Scope, id: &str) -> Self {
+        match scope {
+            Scope::Global => Self::global_bucket(global_bucket_of(id)),
+            _ => Self::new(tenant, scope),
+        }
+    }
+
+    /// Every partition a read of `scope` must reach: one, or every global one.
+    pub fn all(tenant: &TenantId, scope: &Scope) -> Vec<Self> {
+        match scope {
+            Scope::Global => (0..GLOBAL_BUCKETS).map(Self::global_bucket).collect(),
+            _ => vec![Self::new(tenant, scope)],
+        }
+    }
+
+    /// The first global partition.
     pub fn global() -> Self {
-        Self { tenant: None, scope: Scope::Global }
+        Self::global_bucket(0)
+    }
+
+    /// Global partition `bucket` (taken modulo [`GLOBAL_BUCKETS`]).
+    pub fn global_bucket(bucket: u8) -> Self {
+        Self { tenant: None, scope: Scope::Global, bucket: bucket % GLOBAL_BUCKETS }
+    }
+
+    /// Which global partition this is (0 for every other partition).
+    pub fn bucket(&self) -> u8 {
+        self.bucket
+    }
+
+    /// The scope as a partition names it: the scope, or `global.<n>` for global partition n > 0.
+    pub fn scope_part(&self) -> String {
+        match self.bucket {
+            0 => self.scope.to_string(),
+            b => format!("global.{b}"),
+        }
+    }
+
+    /// The partition named by a tenant (`*` for global) and a [`PartitionKey::scope_part`].
+    pub fn from_parts(tenant: &str, scope: &str) -> Result<Self, ApiError> {
+        if tenant == "*" {
+            return parse_global_part(scope).ok_or_else(|| {
+                ApiError::bad_request(
+                    ErrorCode::InvalidPartition,
+                    format!("tenant * names only global partitions (global, global.1 … global.{}), not {scope:?}", GLOBAL_BUCKETS - 1),
+                )
+            });
+        }
+        Ok(Self::new(&TenantId::parse(tenant)?, &Scope::parse(scope)?))
     }
 
     /// The owning tenant, `None` for the global partition.
@@ -112,7 +168,7 @@ impl PartitionKey {
     /// comes first, every partition of a tenant shares the prefix [`tenant_prefix`].
     pub fn encode(&self) -> Vec<u8> {
         let tenant = self.tenant.as_ref().map(|t| t.as_str()).unwrap_or("");
-        let scope = self.scope.to_string();
+        let scope = self.scope_part();
         let mut out = tenant_prefix_raw(tenant);
         out.push(scope.len() as u8);
         out.extend_from_slice(scope.as_bytes());
@@ -126,17 +182,39 @@ impl PartitionKey {
         let rest = &rest[tlen as usize..];
         let (&slen, rest) = rest.split_first()?;
         let scope = std::str::from_utf8(rest.get(..slen as usize)?).ok()?;
-        let scope = Scope::parse(scope).ok()?;
         let key = if tenant.is_empty() {
-            if scope != Scope::Global {
-                return None;
-            }
-            Self::global()
+            parse_global_part(scope)?
         } else {
-            Self { tenant: Some(TenantId::parse(tenant).ok()?), scope }
+            Self {
+                tenant: Some(TenantId::parse(tenant).ok()?),
+                scope: Scope::parse(scope).ok()?,
+                bucket: 0,
+            }
         };
         Some((key, 2 + tlen as usize + slen as usize))
     }
+}
+
+/// The global partition `global` (0) or `global.<n>` names; `None` for anything else.
+fn parse_global_part(scope: &str) -> Option<PartitionKey> {
+    let bucket = match scope.strip_prefix("global") {
+        Some("") => 0,
+        Some(rest) => {
+            let n = rest.strip_prefix('.')?;
+            // One canonical spelling per bucket: no sign, no leading zero, no 0.
+            if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            n.parse::<u8>().ok().filter(|b| (1..GLOBAL_BUCKETS).contains(b))?
+        }
+        None => return None,
+    };
+    Some(PartitionKey::global_bucket(bucket))
+}
+
+/// The global partition a memory id belongs to: XXH3 of the id (pinned, like the ring).
+pub fn global_bucket_of(id: &str) -> u8 {
+    (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % u64::from(GLOBAL_BUCKETS)) as u8
 }
 
 /// The key prefix shared by every partition of `tenant` (see [`PartitionKey::encode`]).
@@ -155,7 +233,7 @@ impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.tenant {
             Some(tenant) => write!(f, "{tenant}/{}", self.scope),
-            None => f.write_str("*/global"),
+            None => write!(f, "*/{}", self.scope_part()),
         }
     }
 }
@@ -170,11 +248,7 @@ impl FromStr for PartitionKey {
                 format!("partition {s:?} is not of the form tenant/scope"),
             )
         })?;
-        let scope = Scope::parse(scope)?;
-        if tenant == "*" && scope == Scope::Global {
-            return Ok(Self::global());
-        }
-        Ok(Self::new(&TenantId::parse(tenant)?, &scope))
+        Self::from_parts(tenant, scope)
     }
 }
 
@@ -237,5 +311,37 @@ mod tests {
         ] {
             assert_eq!(key.to_string().parse::<PartitionKey>().expect("parses"), key);
         }
+    }
+
+    #[test]
+    fn global_memories_spread_over_buckets_with_one_spelling_each() {
+        let mut seen = [0usize; GLOBAL_BUCKETS as usize];
+        for n in 0..1600 {
+            seen[global_bucket_of(&format!("m{n}")) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 50), "{seen:?}");
+        for b in 0..GLOBAL_BUCKETS {
+            let p = PartitionKey::global_bucket(b);
+            assert_eq!(PartitionKey::decode(&p.encode()).map(|x| x.0), Some(p.clone()));
+            assert_eq!(p.to_string().parse::<PartitionKey>().expect("parses"), p);
+            assert_eq!(PartitionKey::from_parts("*", &p.scope_part()).expect("parts"), p);
+        }
+        assert_eq!(PartitionKey::global().to_string(), "*/global");
+        assert_eq!(PartitionKey::global_bucket(3).to_string(), "*/global.3");
+        for bad in
+            ["global.0", "global.01", "global.16", "global.x", "global.", "global.-1", "shared"]
+        {
+            assert!(PartitionKey::from_parts("*", bad).is_err(), "{bad}");
+        }
+        let t = tenant("ab");
+        assert_eq!(PartitionKey::all(&t, &Scope::Global).len(), GLOBAL_BUCKETS as usize);
+        assert_eq!(
+            PartitionKey::all(&t, &Scope::Shared),
+            vec![PartitionKey::new(&t, &Scope::Shared)]
+        );
+        assert_eq!(
+            PartitionKey::of(&t, &Scope::Global, "m7"),
+            PartitionKey::global_bucket(global_bucket_of("m7"))
+        );
     }
 }

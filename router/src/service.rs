@@ -24,7 +24,9 @@ use memring_common::http::{
     Body, BoxFuture, Reply, Service, empty, error_response, json, json_bytes, parse_json,
     percent_decode, percent_encode, query_pairs, read_body,
 };
+use memring_common::scope::{GLOBAL_BUCKETS, global_bucket_of};
 use memring_common::{ApiError, ErrorCode, MemoryId, PartitionKey, Scope, TenantId};
+use serde_json::Value;
 
 use crate::config::RouterConfig;
 use crate::forward::Forwarder;
@@ -273,7 +275,7 @@ impl RouterService {
         if item.scope == Scope::Global {
             principal.allow_global_write()?;
         }
-        let partition = PartitionKey::new(&tenant, &item.scope);
+        let partition = PartitionKey::of(&tenant, &item.scope, item.id.as_str());
         let scope = item.scope.clone();
         let (mut results, seq) = self.write_partition(&partition, vec![item], request_id).await?;
         match results.pop() {
@@ -325,7 +327,7 @@ impl RouterService {
                 });
             match parsed {
                 Ok(item) => groups
-                    .entry(PartitionKey::new(&tenant, &item.scope))
+                    .entry(PartitionKey::of(&tenant, &item.scope, item.id.as_str()))
                     .or_default()
                     .push((i, item)),
                 Err(e) => results[i] = Some(item_error(raw_id(raw.get()), &e)),
@@ -391,8 +393,12 @@ impl RouterService {
         // The shard node takes the same body (it ignores "scopes"), so it is forwarded unchanged.
         let shard_body = body;
         let timeout = Duration::from_millis(self.config.search_timeout_ms);
-        let partitions: Vec<PartitionKey> =
-            search.scopes.iter().map(|s| PartitionKey::new(&tenant, s)).collect();
+        // `global` is spread over several partitions: every one is searched.
+        let (partitions, scopes): (Vec<PartitionKey>, Vec<&Scope>) = search
+            .scopes
+            .iter()
+            .flat_map(|s| PartitionKey::all(&tenant, s).into_iter().map(move |p| (p, s)))
+            .unzip();
         if partitions.len() == 1 {
             // One scope: the shard's answer is already the final shape.
             let reply = self
@@ -409,7 +415,7 @@ impl RouterService {
                 .into_result()?;
             return Ok(json_bytes(200, reply));
         }
-        let calls = partitions.iter().zip(&search.scopes).map(|(p, scope)| {
+        let calls = partitions.iter().zip(scopes).map(|(p, scope)| {
             let body = shard_body.clone();
             async move {
                 let min_seq = token.min_seq(scope);
@@ -473,7 +479,7 @@ impl RouterService {
     ) -> Result<Response, ApiError> {
         let id = MemoryId::parse(&id)?;
         let (scope, _) = Self::scope_param(query)?;
-        let partition = PartitionKey::new(&tenant, &scope);
+        let partition = PartitionKey::of(&tenant, &scope, id.as_str());
         let suffix = format!("memories/{}", percent_encode(id.as_str()));
         let timeout = self.forward_timeout();
         if method == Method::DELETE {
@@ -505,21 +511,25 @@ impl RouterService {
         token: &ReadToken,
     ) -> Result<Response, ApiError> {
         let (scope, pairs) = Self::scope_param(query)?;
-        let mut forwarded = Vec::new();
+        let (mut limit, mut cursor) = (api::DEFAULT_LIST_LIMIT, None);
         for (k, v) in &pairs {
             match k.as_str() {
                 "scope" => {}
-                "limit" => forwarded.push(format!("limit={}", api::parse_list_limit(v)?)),
-                "cursor" => {
-                    api::decode_cursor(v)?;
-                    forwarded.push(format!("cursor={}", percent_encode(v)));
-                }
+                "limit" => limit = api::parse_list_limit(v)?,
+                "cursor" => cursor = Some((api::decode_cursor(v)?, v.clone())),
                 other => {
                     return Err(ApiError::invalid(format!(
                         "unknown query parameter {other:?}; list takes scope, limit and cursor"
                     )));
                 }
             }
+        }
+        if scope == Scope::Global {
+            return self.list_global(limit, cursor.map(|c| c.0), request_id).await;
+        }
+        let mut forwarded = vec![format!("limit={limit}")];
+        if let Some((_, raw)) = &cursor {
+            forwarded.push(format!("cursor={}", percent_encode(raw)));
         }
         let partition = PartitionKey::new(&tenant, &scope);
         let suffix = format!("memories?{}", forwarded.join("&"));
@@ -536,6 +546,54 @@ impl RouterService {
             .await?
             .into_result()?;
         Ok(json_bytes(200, reply))
+    }
+
+    /// Lists `global` memories: its partitions one after another in bucket order, each in id
+    /// order. A cursor names the last id, whose bucket says where to go on.
+    async fn list_global(
+        &self,
+        limit: usize,
+        after: Option<MemoryId>,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
+        let mut bucket = after.as_ref().map(|id| global_bucket_of(id.as_str())).unwrap_or(0);
+        let mut cursor = after.map(|id| api::encode_cursor(&id));
+        let mut items: Vec<Value> = Vec::new();
+        let mut more = false;
+        while bucket < GLOBAL_BUCKETS {
+            let partition = PartitionKey::global_bucket(bucket);
+            let mut suffix = format!("memories?limit={}", limit - items.len());
+            if let Some(c) = &cursor {
+                suffix.push_str(&format!("&cursor={}", percent_encode(c)));
+            }
+            let timeout = self.forward_timeout();
+            let reply = self
+                .forward
+                .read_partition(&partition, &suffix, None, request_id, timeout, 0)
+                .await?
+                .into_result()?;
+            let page: ListPage = serde_json::from_slice(&reply).map_err(|e| {
+                ApiError::internal(format!("shard list answer does not parse: {e}"))
+            })?;
+            items.extend(page.items);
+            if items.len() >= limit {
+                // Full: more if this bucket said so or any bucket follows.
+                more = page.next_cursor.is_some() || bucket + 1 < GLOBAL_BUCKETS;
+                break;
+            }
+            bucket += 1;
+            cursor = None;
+        }
+        let next_cursor = if more {
+            items
+                .last()
+                .and_then(|m| m["id"].as_str())
+                .and_then(|id| MemoryId::parse(id).ok())
+                .map(|id| api::encode_cursor(&id))
+        } else {
+            None
+        };
+        Ok(json(200, &serde_json::json!({ "items": items, "next_cursor": next_cursor })))
     }
 
     async fn delete_tenant(
@@ -619,6 +677,13 @@ pub fn sort_hits(hits: &mut [SearchHit]) {
 }
 
 /// 403 when a delete's `?scope=` is `global` and `principal` is not an admin.
+/// A shard's list page, items kept as they came.
+#[derive(serde::Deserialize)]
+struct ListPage {
+    items: Vec<Value>,
+    next_cursor: Option<String>,
+}
+
 fn global_write_allowed(principal: &Principal, query: Option<&str>) -> Result<(), ApiError> {
     let global = query_pairs(query)?.iter().any(|(k, v)| k == "scope" && v == "global");
     if global { principal.allow_global_write() } else { Ok(()) }

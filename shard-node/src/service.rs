@@ -21,7 +21,7 @@ use memring_common::http::{
     read_body,
 };
 use memring_common::watcher::RingView;
-use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, Scope, TenantId};
+use memring_common::{ApiError, ErrorCode, MemoryId, NodeId, PartitionKey, TenantId};
 use tokio::sync::Semaphore;
 
 use crate::background::Background;
@@ -630,15 +630,7 @@ fn may_create(ring: &RingView, node: &NodeId, partition: &PartitionKey) -> Resul
 }
 
 fn parse_partition(tenant: &str, scope: &str) -> Result<PartitionKey, ApiError> {
-    let scope = Scope::parse(&percent_decode(scope)?)?;
-    let tenant = percent_decode(tenant)?;
-    if tenant == "*" {
-        if scope != Scope::Global {
-            return Err(ApiError::invalid("tenant * is only for the global scope"));
-        }
-        return Ok(PartitionKey::global());
-    }
-    Ok(PartitionKey::new(&TenantId::parse(&tenant)?, &scope))
+    PartitionKey::from_parts(&percent_decode(tenant)?, &percent_decode(scope)?)
 }
 
 fn caller_epoch(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
