@@ -749,3 +749,40 @@ async fn global_memories_spread_over_the_nodes_and_every_read_reaches_them() -> 
     assert_eq!(status, 404);
     Ok(())
 }
+
+/// A slow-loris client — headers trickling in a byte at a time — is cut off by the header
+/// timeout (10 s) instead of holding its connection open; the router keeps serving others.
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_is_cut_off() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1).await?;
+    let mut stream = tokio::net::TcpStream::connect(&c.router.addr).await?;
+    let request = b"GET /v1/tenants/slow/memories?scope=shared HTTP/1.1\r\nhost: x\r\nx-pad: ";
+    let started = std::time::Instant::now();
+    let mut closed_after = None;
+    'outer: for byte in request.iter().chain(std::iter::repeat(&b'a')) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        // Between bytes, see whether the server has hung up (EOF or an error answer).
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(std::time::Duration::from_millis(500), stream.read(&mut buf))
+            .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break 'outer;
+            }
+            Ok(Ok(_)) => {} // an error answer (408) comes before the close
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "never cut off");
+    }
+    let after = closed_after.expect("closed");
+    println!("slow-loris connection closed after {after:?}");
+    assert!(after >= std::time::Duration::from_secs(5), "closed too early: {after:?}");
+    let (status, _) = c.get("/v1/tenants/slow/memories?scope=shared").await?;
+    assert_eq!(status, 200);
+    Ok(())
+}
