@@ -647,6 +647,9 @@ pub struct PartitionStats {
     pub dimensions: Option<u32>,
     /// Last change-log sequence number.
     pub last_seq: u64,
+    /// Size of the stored memories (what a byte quota counts).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// `POST /internal/v1/replicate/poll` body: a follower's long-poll on a primary.

@@ -24,6 +24,9 @@ pub struct TenantLimits {
     /// Memories the tenant may store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memories: Option<u64>,
+    /// Bytes of memories (id, content, metadata, embedding) the tenant may store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 impl TenantLimits {
@@ -33,7 +36,13 @@ impl TenantLimits {
             requests_per_sec: self.requests_per_sec.or(defaults.requests_per_sec),
             write_bytes_per_sec: self.write_bytes_per_sec.or(defaults.write_bytes_per_sec),
             max_memories: self.max_memories.or(defaults.max_memories),
+            max_bytes: self.max_bytes.or(defaults.max_bytes),
         }
+    }
+
+    /// Whether a quota (memories or bytes) is set.
+    pub fn has_quota(&self) -> bool {
+        self.max_memories.is_some() || self.max_bytes.is_some()
     }
 
     /// Refuses rates that are not positive finite numbers.

@@ -6,10 +6,10 @@
 //!   enough will be there, and whose message names the limit. Several routers split a tenant's
 //!   budget: each enforces `rate × limit_share` (set `limit_share = 1/N` for N routers behind one
 //!   load balancer); nothing is shared between routers per request.
-//! - **Quota**: with a `max_memories` in force, the router sums each tenant's stored memories
-//!   from the shard nodes' partition lists every 2 s; a write while the tenant is at its quota
-//!   is a 403 `quota_exceeded` (deletes still pass). A tenant can overshoot by what it writes
-//!   within one refresh.
+//! - **Quotas**: with a `max_memories` or `max_bytes` in force, the router sums each tenant's
+//!   stored memories and bytes from the shard nodes' partition lists every 2 s; a write while
+//!   the tenant is at a quota is a 403 `quota_exceeded` (deletes still pass). A tenant can
+//!   overshoot by what it writes within one refresh.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,7 +62,8 @@ pub struct Limiter {
     share: f64,
     limits: RwLock<(TenantLimits, HashMap<String, TenantLimits>)>,
     buckets: Mutex<HashMap<TenantId, Buckets>>,
-    memories: RwLock<HashMap<String, u64>>,
+    /// Each tenant's stored memories and bytes (owners' copies), refreshed with quotas in force.
+    stored: RwLock<HashMap<String, (u64, u64)>>,
 }
 
 impl Limiter {
@@ -81,7 +82,7 @@ impl Limiter {
             share,
             limits: RwLock::new((TenantLimits::default(), HashMap::new())),
             buckets: Mutex::new(HashMap::new()),
-            memories: RwLock::new(HashMap::new()),
+            stored: RwLock::new(HashMap::new()),
         }))
     }
 
@@ -102,14 +103,20 @@ impl Limiter {
     /// A write of `bytes` request-body bytes: 429 over the byte rate, 403 at the quota.
     pub fn check_write(&self, tenant: &TenantId, bytes: usize) -> Result<(), ApiError> {
         let limits = self.limits_of(tenant);
-        if let Some(max) = limits.max_memories {
-            let stored = self.memories.read().get(tenant.as_str()).copied().unwrap_or(0);
-            if stored >= max {
+        let (memories, stored_bytes) =
+            self.stored.read().get(tenant.as_str()).copied().unwrap_or((0, 0));
+        for (what, quota, have) in [
+            ("max_memories", limits.max_memories, memories),
+            ("max_bytes", limits.max_bytes, stored_bytes),
+        ] {
+            if let Some(max) = quota
+                && have >= max
+            {
                 return Err(ApiError::new(
                     ErrorCode::QuotaExceeded,
                     format!(
-                        "tenant {tenant} stores {stored} memories, its quota (max_memories) is \
-                         {max}; delete some or ask for a higher quota"
+                        "tenant {tenant} stores {have} against its quota {what} = {max}; delete \
+                         some memories or ask for a higher quota"
                     ),
                 ));
             }
@@ -160,11 +167,10 @@ impl Limiter {
             }
             let quotas = {
                 let limits = self.limits.read();
-                limits.0.max_memories.is_some()
-                    || limits.1.values().any(|l| l.max_memories.is_some())
+                limits.0.has_quota() || limits.1.values().any(TenantLimits::has_quota)
             };
             if quotas && round.is_multiple_of(2) {
-                self.count_memories().await;
+                self.count_stored().await;
             }
             // Forget buckets idle for a minute (they refill to full anyway).
             self.buckets
@@ -178,10 +184,10 @@ impl Limiter {
         }
     }
 
-    /// Sums each tenant's memories over the owners' copies of its partitions.
-    async fn count_memories(&self) {
+    /// Sums each tenant's memories and bytes over the owners' copies of its partitions.
+    async fn count_stored(&self) {
         let ring = self.ring.ring();
-        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
         for node in &ring.layout().nodes {
             let url = format!("http://{}/internal/v1/partitions", node.addr);
             let Ok(resp) = self.client.get(url).send().await else { return };
@@ -189,11 +195,13 @@ impl Limiter {
             for p in list.partitions {
                 let owned = ring.owner(&p.partition).is_some_and(|o| o.id == node.id);
                 if let (true, Some(t)) = (owned, p.partition.tenant()) {
-                    *counts.entry(t.to_string()).or_default() += p.count;
+                    let slot = counts.entry(t.to_string()).or_default();
+                    slot.0 += p.count;
+                    slot.1 += p.bytes;
                 }
             }
         }
-        *self.memories.write() = counts;
+        *self.stored.write() = counts;
     }
 }
 

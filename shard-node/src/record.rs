@@ -9,6 +9,8 @@
 //! - 2: [`PartitionMeta`] gained `checksum` (kept incrementally, so verifying a partition before a
 //!   migration's flip needs no scan). Episodes, log entries and migration frames did not change.
 //!   A format-1 meta decodes with `checksum: None`, and storage recomputes it once by a scan.
+//! - 3: [`PartitionMeta`] gained `bytes` (the stored memories' size, for byte quotas). A format-2
+//!   meta decodes with `bytes: None`, recomputed once by a scan the same way.
 //!
 //! Keys (see `storage.rs` for the column families):
 //! - episodes: `partition ‖ memory id` (ids sort the list order),
@@ -19,7 +21,7 @@ use memring_common::{ApiError, MemoryId, PartitionKey, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Format of episode, log and meta values written by this binary.
-pub const RECORD_FORMAT_VERSION: u8 = 2;
+pub const RECORD_FORMAT_VERSION: u8 = 3;
 
 /// A value stored in RocksDB or sent in a migration frame, readable in every format version this
 /// binary knows.
@@ -38,8 +40,19 @@ impl Record for Vec<LogEntry> {}
 
 impl Record for PartitionMeta {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 2 {
+        if version >= 3 {
             return bincode_body(body);
+        }
+        if version == 2 {
+            let v2: PartitionMetaV2 = bincode_body(body)?;
+            return Ok(PartitionMeta {
+                dimensions: v2.dimensions,
+                last_seq: v2.last_seq,
+                count: v2.count,
+                next_label: v2.next_label,
+                checksum: v2.checksum,
+                bytes: None,
+            });
         }
         let v1: PartitionMetaV1 = bincode_body(body)?;
         Ok(PartitionMeta {
@@ -48,6 +61,7 @@ impl Record for PartitionMeta {
             count: v1.count,
             next_label: v1.next_label,
             checksum: None,
+            bytes: None,
         })
     }
 }
@@ -82,6 +96,18 @@ pub struct StoredEpisode {
 }
 
 impl StoredEpisode {
+    /// What the memory counts against a byte quota: its id, content, metadata and embedding
+    /// (4 bytes a dimension) plus a fixed 48 for the numbers.
+    pub fn size(&self) -> u64 {
+        let vector = self.embedding.as_ref().map_or(0, |v| v.len() * 4);
+        (self.id.len() + self.content.len() + self.metadata_json.len() + vector + 48) as u64
+    }
+
+    /// The `(id, version, size)` a partition meta keeps account of.
+    pub fn term(&self) -> (&str, u64, u64) {
+        (self.id.as_str(), self.version, self.size())
+    }
+
     /// True when the TTL has run out at `now_ms`.
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
@@ -176,21 +202,37 @@ pub struct PartitionMeta {
     /// Wrapping sum of [`checksum_term`] over the stored memories, the same value a full scan
     /// computes; `None` only in a format-1 record not yet upgraded.
     pub checksum: Option<u64>,
+    /// Sum of [`StoredEpisode::size`] over the stored memories; `None` only in a format-1 or 2
+    /// record not yet upgraded.
+    pub bytes: Option<u64>,
 }
 
 impl PartitionMeta {
-    /// Keeps the checksum in step with one memory changing from `old` to `new` (each an
-    /// `(id, version)`, `None` for absent).
-    pub fn replace_in_checksum(&mut self, old: Option<(&str, u64)>, new: Option<(&str, u64)>) {
-        let mut sum = self.checksum.unwrap_or(0);
-        if let Some((id, version)) = old {
+    /// Keeps the checksum and the byte total in step with one memory changing from `old` to
+    /// `new` (each an `(id, version, size)`, `None` for absent).
+    pub fn replace_memory(&mut self, old: Option<(&str, u64, u64)>, new: Option<(&str, u64, u64)>) {
+        let (mut sum, mut bytes) = (self.checksum.unwrap_or(0), self.bytes.unwrap_or(0));
+        if let Some((id, version, size)) = old {
             sum = sum.wrapping_sub(checksum_term(id, version));
+            bytes = bytes.saturating_sub(size);
         }
-        if let Some((id, version)) = new {
+        if let Some((id, version, size)) = new {
             sum = sum.wrapping_add(checksum_term(id, version));
+            bytes = bytes.saturating_add(size);
         }
         self.checksum = Some(sum);
+        self.bytes = Some(bytes);
     }
+}
+
+/// [`PartitionMeta`] as format 2 wrote it.
+#[derive(Deserialize)]
+struct PartitionMetaV2 {
+    dimensions: Option<u32>,
+    last_seq: u64,
+    count: u64,
+    next_label: u64,
+    checksum: Option<u64>,
 }
 
 /// [`PartitionMeta`] as format 1 wrote it.
@@ -325,14 +367,15 @@ mod tests {
                 last_seq: 7,
                 count: 5,
                 next_label: 6,
-                checksum: None
+                checksum: None,
+                bytes: None,
             }
         );
         // Format-1 episodes read unchanged.
         let mut v1_episode = encode(&episode()).expect("enc");
         v1_episode[0] = 1;
         assert_eq!(decode::<StoredEpisode>(&v1_episode).expect("dec"), episode());
-        let now = PartitionMeta { checksum: Some(42), ..meta };
+        let now = PartitionMeta { checksum: Some(42), bytes: Some(7), ..meta };
         assert_eq!(decode::<PartitionMeta>(&encode(&now).expect("enc")).expect("dec"), now);
     }
 

@@ -257,17 +257,23 @@ impl Storage {
         let meta = match self.db.get_cf(&meta_cf, &enc).map_err(db_err)? {
             Some(bytes) => {
                 let mut meta = decode::<PartitionMeta>(&bytes)?;
-                if meta.checksum.is_none() {
-                    // Written by format 1: count and checksum once from the data; the next write
-                    // persists them.
-                    let (count, sum) = self.scan_checksum(&enc)?;
-                    tracing::info!(partition = %key, count, "partition meta upgraded to format 2");
+                if meta.checksum.is_none() || meta.bytes.is_none() {
+                    // Written by format 1 or 2: count, checksum and bytes once from the data,
+                    // stored back at once (partition lists read metas from disk).
+                    let (count, sum, bytes) = self.scan_checksum(&enc)?;
+                    tracing::info!(partition = %key, count, "partition meta upgraded to format 3");
                     meta.count = count;
                     meta.checksum = Some(sum);
+                    meta.bytes = Some(bytes);
+                    self.db
+                        .put_cf_opt(&meta_cf, &enc, encode(&meta)?, &self.write_options())
+                        .map_err(db_err)?;
                 }
                 meta
             }
-            None if create => PartitionMeta { checksum: Some(0), ..PartitionMeta::default() },
+            None if create => {
+                PartitionMeta { checksum: Some(0), bytes: Some(0), ..PartitionMeta::default() }
+            }
             None => return Ok(None),
         };
         let fenced =
@@ -419,8 +425,7 @@ impl Storage {
                 }
             };
             next.last_seq += 1;
-            let replaced = stored.as_ref().map(|s| (s.id.as_str(), s.version));
-            next.replace_in_checksum(replaced, Some((&episode.id, episode.version)));
+            next.replace_memory(stored.as_ref().map(StoredEpisode::term), Some(episode.term()));
             let entry =
                 LogEntry { seq: next.last_seq, at_ms: now_ms, op: LogOp::Put(episode.clone()) };
             batch.put_cf(&ep_cf, episode_key(&p.enc, &id), encode(&episode)?);
@@ -464,7 +469,7 @@ impl Storage {
         let mut next = meta.clone();
         next.last_seq += 1;
         next.count = next.count.saturating_sub(1);
-        next.replace_in_checksum(Some((&old.id, old.version)), None);
+        next.replace_memory(Some(old.term()), None);
         let entry = LogEntry {
             seq: next.last_seq,
             at_ms: now_ms,
@@ -575,16 +580,17 @@ impl Storage {
         Ok(())
     }
 
-    /// Count and checksum of the partition's stored memories, by a full scan.
-    fn scan_checksum(&self, enc: &[u8]) -> Result<(u64, u64), ApiError> {
-        let (mut count, mut sum) = (0u64, 0u64);
+    /// Count, checksum and byte total of the partition's stored memories, by a full scan.
+    fn scan_checksum(&self, enc: &[u8]) -> Result<(u64, u64, u64), ApiError> {
+        let (mut count, mut sum, mut bytes) = (0u64, 0u64, 0u64);
         for item in self.scan(CF_EPISODES, enc, enc, Self::uncached())? {
             let (_, value) = item?;
             let e: StoredEpisode = decode(&value)?;
             sum = sum.wrapping_add(crate::record::checksum_term(&e.id, e.version));
+            bytes += e.size();
             count += 1;
         }
-        Ok((count, sum))
+        Ok((count, sum, bytes))
     }
 
     /// True when the partition's search state is in memory, so a search is CPU work only (no
@@ -732,12 +738,19 @@ impl Storage {
         for item in self.scan(CF_META, prefix, prefix, ReadOptions::default())? {
             let (k, v) = item?;
             let Some(partition) = partition_of_meta_key(&k) else { continue };
-            let meta: PartitionMeta = decode(&v)?;
+            let mut meta: PartitionMeta = decode(&v)?;
+            if meta.bytes.is_none()
+                && let Some(p) = self.partition(&partition, false)?
+            {
+                // An older format: loading the partition upgrades (and stores) its meta.
+                meta = p.meta.lock().clone();
+            }
             out.push(PartitionStats {
                 partition,
                 count: meta.count,
                 dimensions: meta.dimensions,
                 last_seq: meta.last_seq,
+                bytes: meta.bytes.unwrap_or(0),
             });
         }
         Ok(out)

@@ -181,6 +181,26 @@ async fn a_noisy_tenant_is_slowed_and_the_others_are_not() -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    // A byte quota: ~150-byte memories against 400 bytes.
+    shardctl(&control, &["limits", "set", "--tenant", "heavy", "--max-bytes", "400"]).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let mut n = 0;
+    let refused: Value = loop {
+        let m = json!({"id": format!("h{n}"), "scope": "shared", "content": "q".repeat(60), "embedding": vector(8, 1, 0.2)});
+        n += 1;
+        let resp =
+            http.post(format!("{}/v1/tenants/heavy/memories", c.url())).json(&m).send().await?;
+        if resp.status().as_u16() == 403 {
+            break resp.json().await?;
+        }
+        assert_eq!(resp.status().as_u16(), 201);
+        assert!(started.elapsed() < Duration::from_secs(8), "the byte quota never applied");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(refused["error"]["code"], "quota_exceeded", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap_or("").contains("max_bytes"), "{refused}");
+    assert!(n >= 3, "refused after {n} writes of ~150 bytes against 400");
     let resp = http
         .delete(format!("{}/v1/tenants/capped/memories/c0?scope=shared", c.url()))
         .send()

@@ -93,6 +93,9 @@ enum LimitsCommand {
         /// Memories the tenant may store.
         #[arg(long)]
         max_memories: Option<u64>,
+        /// Bytes of memories (id, content, metadata, 4 per dimension) the tenant may store.
+        #[arg(long)]
+        max_bytes: Option<u64>,
     },
     /// Remove a tenant's overrides (it gets the defaults again).
     Clear {
@@ -349,12 +352,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             requests_per_sec,
             write_bytes_per_sec,
             max_memories,
+            max_bytes,
         }) => {
             let name = tenant.unwrap_or_else(|| memring_common::limits::DEFAULTS.to_owned());
             let limits = memring_common::limits::TenantLimits {
                 requests_per_sec,
                 write_bytes_per_sec,
                 max_memories,
+                max_bytes,
             };
             let resp = client
                 .put(format!("{base}/v1/limits/{}", memring_common::http::percent_encode(&name)))

@@ -142,9 +142,9 @@ impl Storage {
         let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
         let mut batch = WriteBatch::default();
         let mut index_ops = Vec::with_capacity(entries.len());
-        // What each id holds as the batch goes: (version, label) or absent; later ops of the
-        // batch must see earlier ones, which are not on disk yet.
-        let mut present: std::collections::HashMap<String, Option<(u64, u64)>> =
+        // What each id holds as the batch goes: (version, label, size) or absent; later ops of
+        // the batch must see earlier ones, which are not on disk yet.
+        let mut present: std::collections::HashMap<String, Option<(u64, u64, u64)>> =
             std::collections::HashMap::new();
         let applied = entries.len();
         for LogEntry { seq, at_ms, op } in entries {
@@ -163,7 +163,7 @@ impl Storage {
             };
             let before = match present.get(&id) {
                 Some(&known) => known,
-                None => self.read_episode(&p.enc, &id)?.map(|e| (e.version, e.label)),
+                None => self.read_episode(&p.enc, &id)?.map(|e| (e.version, e.label, e.size())),
             };
             match &op {
                 LogOp::Put(e) => {
@@ -186,11 +186,11 @@ impl Storage {
                     }
                     next.next_label = next.next_label.max(e.label + 1);
                     next.count += u64::from(before.is_none());
-                    next.replace_in_checksum(
-                        before.map(|(version, _)| (id.as_str(), version)),
-                        Some((&id, e.version)),
+                    next.replace_memory(
+                        before.map(|(version, _, size)| (id.as_str(), version, size)),
+                        Some(e.term()),
                     );
-                    if let Some((_, old_label)) = before
+                    if let Some((_, old_label, _)) = before
                         && old_label != e.label
                     {
                         index_ops.push((old_label, None, None));
@@ -198,13 +198,13 @@ impl Storage {
                     batch.put_cf(&ep_cf, episode_key(&p.enc, &e.id), encode(e)?);
                     let metadata = parse_metadata(&e.metadata_json)?;
                     index_ops.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
-                    present.insert(id, Some((e.version, e.label)));
+                    present.insert(id, Some((e.version, e.label, e.size())));
                 }
                 LogOp::Delete { .. } => match before {
-                    Some((version, label)) => {
+                    Some((version, label, size)) => {
                         index_ops.push((label, None, None));
                         next.count = next.count.saturating_sub(1);
-                        next.replace_in_checksum(Some((&id, version)), None);
+                        next.replace_memory(Some((&id, version, size)), None);
                         batch.delete_cf(&ep_cf, episode_key(&p.enc, &id));
                         present.insert(id, None);
                     }
@@ -273,9 +273,9 @@ impl Storage {
         };
         // Holding the write mutex keeps count, checksum and log position consistent.
         let meta = p.meta.lock();
-        let kept = (meta.count, meta.checksum.unwrap_or(0));
-        let (count, sum) = if deep { self.scan_checksum(&p.enc)? } else { kept };
-        let consistent = (count, sum) == kept;
+        let kept = (meta.count, meta.checksum.unwrap_or(0), meta.bytes.unwrap_or(0));
+        let (count, sum, bytes) = if deep { self.scan_checksum(&p.enc)? } else { kept };
+        let consistent = (count, sum, bytes) == kept;
         if !consistent {
             tracing::error!(
                 partition = %p.key,

@@ -469,3 +469,49 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
     // A second pass finds nothing more to do.
     assert_eq!(primary.purge_expired(&k, 3_000, true).expect("purge"), purge::Purged::default());
 }
+
+#[test]
+fn byte_totals_follow_every_change_and_format_2_metas_are_upgraded() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let s = open(a.path());
+    let k = key("t", "shared");
+    let bytes = |s: &Storage| s.partitions().expect("list")[0].bytes;
+    s.write(&k, vec![item("a", "xxxxxxxxxx", vec![1.0, 0.0]), item("b", "y", vec![0.0, 1.0])], 1)
+        .expect("write");
+    // id + content + metadata "{}" + 2 dims × 4 + 48 each.
+    assert_eq!(bytes(&s), (1 + 10 + 2 + 8 + 48) + (1 + 1 + 2 + 8 + 48));
+    s.write(&k, vec![item("a", "x", vec![1.0, 0.0])], 2).expect("update");
+    assert_eq!(bytes(&s), (1 + 1 + 2 + 8 + 48) * 2);
+    s.delete(&k, &MemoryId::parse("b").expect("id"), 3).expect("delete");
+    assert_eq!(bytes(&s), 1 + 1 + 2 + 8 + 48);
+    // A replica applying the same log keeps the same total.
+    let r = Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
+        .expect("open");
+    r.import_replicated(&k, s.log_after(&k, 0, 100).expect("log"), &|| Ok(())).expect("apply");
+    assert_eq!(bytes(&r), bytes(&s));
+    // A format-2 meta (no byte total) is upgraded by a scan when listed.
+    let meta = s.partition(&k, false).expect("p").expect("exists").meta.lock().clone();
+    #[derive(serde::Serialize)]
+    struct V2 {
+        dimensions: Option<u32>,
+        last_seq: u64,
+        count: u64,
+        next_label: u64,
+        checksum: Option<u64>,
+    }
+    let v2 = V2 {
+        dimensions: meta.dimensions,
+        last_seq: meta.last_seq,
+        count: meta.count,
+        next_label: meta.next_label,
+        checksum: meta.checksum,
+    };
+    let mut raw = vec![2u8];
+    raw.extend(bincode::serde::encode_to_vec(&v2, bincode::config::standard()).expect("enc"));
+    s.db.put_cf(&s.cf(CF_META).expect("cf"), k.encode(), raw).expect("put");
+    let expected = bytes(&s);
+    drop(s);
+    let s = open(a.path());
+    assert_eq!(bytes(&s), expected);
+    assert!(s.checksum(&k, true).expect("deep").consistent);
+}
