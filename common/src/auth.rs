@@ -4,8 +4,9 @@
 //! A key is `mrk_<id>_<secret>`: `id` (16 hex digits) names its record in the ring store, and
 //! `secret` (64 hex digits, 256 random bits) is never stored — only `SHA-256(salt ‖ secret)`
 //! with a random salt per key. Checking a key hashes the presented secret and compares digests
-//! in constant time. Routers keep every record in memory ([`KeyCache`]), reloaded from the store
-//! every second, so a new or revoked key takes effect everywhere within about a second.
+//! in constant time. Routers keep every record in memory ([`KeyCache`]), reloaded when the
+//! store's watch reports a change to the key records (and every 30 s besides), so a new or
+//! revoked key takes effect everywhere within moments.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -141,15 +142,42 @@ impl KeyCache {
         Ok(n)
     }
 
-    /// Reloads every second until `stop` turns true.
+    /// Reloads whenever the store's key records change (a watch), and every 30 s besides,
+    /// until `stop` turns true. After a watch error it reloads and watches again.
     pub async fn keep_fresh(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        use futures::StreamExt;
         loop {
+            let watch = self.store.watch_records(Records::Keys).await;
             if let Err(e) = self.reload().await {
                 tracing::warn!(error = %e, "API keys not reloaded; keeping the ones known");
             }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            let Ok(mut changes) = watch else {
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    change = changes.next() => match change {
+                        Some(Ok(())) => {
+                            if let Err(e) = self.reload().await {
+                                tracing::warn!(error = %e, "API keys not reloaded; keeping the ones known");
+                            }
+                        }
+                        // The watch broke: reload and watch again after a pause.
+                        _ => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            break;
+                        }
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                        if let Err(e) = self.reload().await {
+                            tracing::warn!(error = %e, "API keys not reloaded; keeping the ones known");
+                        }
+                    }
+                }
             }
         }
     }
@@ -174,6 +202,11 @@ impl KeyCache {
             _ => Err(unauthorized("the API key is not valid (unknown or revoked)")),
         }
     }
+}
+
+/// Resolves once `stop` turns true (the guard `wait_for` returns is not held across awaits).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Stores a new key for `principal` and returns its record and the key itself (shown once).

@@ -180,6 +180,22 @@ impl Drop for Proc {
     }
 }
 
+/// `shardctl --control <control> <args>`: its standard output, trimmed; an error (with its
+/// standard error) on a non-zero exit.
+pub async fn shardctl(control: &Proc, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(binary("shardctl")?)
+        .args(["--control", &control.url()])
+        .args(args)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "shardctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 pub mod data;
 pub mod etcd;
 pub mod load;

@@ -3,23 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use memring_tests::{Cluster, Proc, binary, client, free_port, vector};
+use memring_tests::{Cluster, Proc, binary, client, free_port, shardctl, vector};
 use serde_json::{Value, json};
-
-/// `shardctl --control URL <args>`: its standard output, trimmed; fails on a non-zero exit.
-async fn shardctl(control: &Proc, args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(binary("shardctl")?)
-        .args(["--control", &control.url()])
-        .args(args)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "shardctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 /// One request with an optional bearer key: status and body text.
 async fn call(

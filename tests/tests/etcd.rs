@@ -313,3 +313,24 @@ async fn a_killed_node_leaves_the_node_list_but_not_the_ring() -> anyhow::Result
     assert!(counter.load(Ordering::Relaxed) > 5);
     Ok(())
 }
+
+/// Routers learn of API-key changes through an etcd watch on the key records: a write and a
+/// removal each reach a watcher at once; another collection's writes do not.
+#[tokio::test]
+async fn a_record_watch_on_etcd_reports_key_changes() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use memring_common::store::Records;
+    let dir = tempfile::tempdir()?;
+    let etcd = memring_tests::etcd::Etcd::start(dir.path()).await?;
+    let store = etcd.store().await?;
+    let mut changes = store.watch_records(Records::Keys).await?;
+    store.put_record(Records::Keys, "k1", b"one").await?;
+    let seen = tokio::time::timeout(Duration::from_secs(5), changes.next()).await?;
+    assert!(matches!(seen, Some(Ok(()))), "{seen:?}");
+    store.put_record(Records::Limits, "t", b"{}").await?;
+    store.delete_record(Records::Keys, "k1").await?;
+    let seen = tokio::time::timeout(Duration::from_secs(5), changes.next()).await?;
+    assert!(matches!(seen, Some(Ok(()))), "{seen:?}");
+    assert!(tokio::time::timeout(Duration::from_millis(500), changes.next()).await.is_err());
+    Ok(())
+}

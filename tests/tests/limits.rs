@@ -3,22 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use memring_tests::{Cluster, Proc, binary, client, vector};
+use memring_tests::{Cluster, client, shardctl, vector};
 use serde_json::{Value, json};
-
-async fn shardctl(control: &Proc, args: &[&str]) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(binary("shardctl")?)
-        .args(["--control", &control.url()])
-        .args(args)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "shardctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 fn pct(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]

@@ -305,6 +305,43 @@ impl RingStore for EmbeddedStore {
         .await
     }
 
+    async fn watch_records(
+        &self,
+        kind: Records,
+    ) -> Result<BoxStream<'static, Result<(), StoreError>>, StoreError> {
+        // Files have no watch here: the folder's names, sizes and times, compared every 200 ms.
+        let dir = self.dir.join(kind.dir());
+        let signature = move |dir: &Path| -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+            let mut out: Vec<_> = fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        meta.len(),
+                        meta.modified().ok(),
+                    ))
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        let first = signature(&dir);
+        let out = futures::stream::unfold((dir, first), move |(dir, mut seen)| async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let now = signature(&dir);
+                if now != seen {
+                    seen = now;
+                    return Some((Ok(()), (dir, seen)));
+                }
+            }
+        });
+        Ok(Box::pin(out))
+    }
+
     async fn lead(&self, name: &str, _ttl: Duration) -> Result<Leadership, StoreError> {
         crate::ids::validate_id("leadership name", name)
             .map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
@@ -378,6 +415,22 @@ mod tests {
             }
         }
         assert_eq!(wins, 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_watch_reports_writes_and_removals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let mut changes = store.watch_records(Records::Keys).await.expect("watch");
+        store.put_record(Records::Keys, "k1", b"one").await.expect("put");
+        let seen = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
+        assert!(matches!(seen, Ok(Some(Ok(())))), "{seen:?}");
+        store.delete_record(Records::Keys, "k1").await.expect("delete");
+        let seen = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
+        assert!(matches!(seen, Ok(Some(Ok(())))), "{seen:?}");
+        // Another collection's writes are not reported.
+        store.put_record(Records::Limits, "t", b"{}").await.expect("put");
+        assert!(tokio::time::timeout(Duration::from_millis(600), changes.next()).await.is_err());
     }
 
     #[tokio::test]

@@ -316,6 +316,36 @@ impl RingStore for EtcdStore {
         Ok(())
     }
 
+    async fn watch_records(
+        &self,
+        kind: Records,
+    ) -> Result<BoxStream<'static, Result<(), StoreError>>, StoreError> {
+        let prefix = format!("{}{}/", self.prefix, kind.dir());
+        let stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(WatchOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        let out = futures::stream::unfold(Some(stream), |state| async move {
+            let mut stream = state?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) if resp.canceled() => {
+                        let why = format!("etcd cancelled the watch: {}", resp.cancel_reason());
+                        return Some((Err(StoreError::Unavailable(why)), None));
+                    }
+                    // The "created" answer has no events; anything else is a change.
+                    Ok(Some(resp)) if resp.events().is_empty() => {}
+                    Ok(Some(_)) => return Some((Ok(()), Some(stream))),
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(unavailable(e)), None)),
+                }
+            }
+        });
+        Ok(Box::pin(out))
+    }
+
     async fn lead(&self, name: &str, ttl: Duration) -> Result<Leadership, StoreError> {
         let ttl_secs = ttl.as_secs().max(1) as i64;
         let mut client = self.client.clone();

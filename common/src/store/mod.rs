@@ -170,6 +170,14 @@ pub trait RingStore: Send + Sync + 'static {
     /// Removes record `id` of a collection (no error if it is gone).
     async fn delete_record(&self, kind: Records, id: &str) -> Result<(), StoreError>;
 
+    /// Yields once each time a record of the collection is written or removed (etcd: a prefix
+    /// watch; embedded: the folder polled). The stream ends or errs when the connection drops;
+    /// callers reload everything and watch again.
+    async fn watch_records(
+        &self,
+        kind: Records,
+    ) -> Result<BoxStream<'static, Result<(), StoreError>>, StoreError>;
+
     /// Writes (or replaces) the control plane's journal record `id` (a migration step, say), so
     /// a restarted control plane can resume.
     async fn put_job(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {

@@ -5,7 +5,12 @@ use memring_common::Scope;
 use memring_common::api::WriteOutcome;
 
 fn open(dir: &Path) -> Storage {
-    Storage::open(dir, &NodeId::parse("n1").expect("id"), StorageConfig::default()).expect("open")
+    open_as(dir, "n1")
+}
+
+/// A second node's storage (a migration target, a follower).
+fn open_as(dir: &Path, node: &str) -> Storage {
+    Storage::open(dir, &NodeId::parse(node).expect("id"), StorageConfig::default()).expect("open")
 }
 
 fn key(tenant: &str, scope: &str) -> PartitionKey {
@@ -163,8 +168,7 @@ fn expired_memories_vanish_from_reads() {
 fn export_import_replay_gives_the_same_partition_and_fence_refuses_writes() {
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let src = open(a.path());
-    let dst = Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
-        .expect("open");
+    let dst = open_as(b.path(), "n2");
     let k = key("t", "shared");
     let items = (0..120).map(|i| item(&format!("e{i:03}"), "x", vec![1.0, i as f32])).collect();
     src.write(&k, items, 1).expect("write");
@@ -219,9 +223,7 @@ fn incremental_checksum_matches_a_full_scan() {
     use rand::{Rng, SeedableRng};
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let s = open(a.path());
-    let other =
-        Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
-            .expect("open");
+    let other = open_as(b.path(), "n2");
     let k = key("t", "shared");
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     for round in 0..300i64 {
@@ -383,9 +385,7 @@ fn a_refused_item_in_a_batch_does_not_disturb_the_bookkeeping() {
 fn a_replica_keeps_the_primary_log_and_refuses_gaps() {
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let primary = open(a.path());
-    let replica =
-        Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
-            .expect("open");
+    let replica = open_as(b.path(), "n2");
     let k = key("t", "shared");
     let items = (0..5).map(|i| item(&format!("e{i}"), "x", vec![1.0, i as f32])).collect();
     primary.write(&k, items, 1).expect("write");
@@ -421,9 +421,7 @@ fn a_replica_keeps_the_primary_log_and_refuses_gaps() {
 fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let primary = open(a.path());
-    let replica =
-        Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
-            .expect("open");
+    let replica = open_as(b.path(), "n2");
     let k = key("t", "shared");
     let mut short = item("short", "secret-short-lived", vec![1.0, 0.0]);
     short.ttl_seconds = Some(1);
@@ -485,8 +483,7 @@ fn byte_totals_follow_every_change_and_format_2_metas_are_upgraded() {
     s.delete(&k, &MemoryId::parse("b").expect("id"), 3).expect("delete");
     assert_eq!(bytes(&s), 1 + 1 + 2 + 8 + 48);
     // A replica applying the same log keeps the same total.
-    let r = Storage::open(b.path(), &NodeId::parse("n2").expect("id"), StorageConfig::default())
-        .expect("open");
+    let r = open_as(b.path(), "n2");
     r.import_replicated(&k, s.log_after(&k, 0, 100).expect("log"), &|| Ok(())).expect("apply");
     assert_eq!(bytes(&r), bytes(&s));
     // A format-2 meta (no byte total) is upgraded by a scan when listed.
