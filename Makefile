@@ -26,6 +26,8 @@ cluster: build
 ## The router is built with its test-only debug endpoints here (feature memring-router/testing).
 TEST_FEATURES := --features memring-router/testing,memring-control/testing
 test: deps
+	yamllint -d '{extends: relaxed, rules: {line-length: {max: 200}}}' deploy
+	scripts/check-manifests.py
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast $(TEST_FEATURES)
 

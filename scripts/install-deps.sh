@@ -5,10 +5,11 @@
 #   etcd-server                         the real etcd that cluster-mode tests start
 #   build-essential pkg-config          the C/C++ toolchain for RocksDB and usearch
 #   curl                                the README walk-through and scripts/run-local.sh
+#   yamllint python3-yaml               `make test` lints deploy/ (scripts/check-manifests.py)
 # Usage: scripts/install-deps.sh [--with-chromium]
 set -euo pipefail
 
-packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server build-essential pkg-config curl)
+packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server build-essential pkg-config curl yamllint python3-yaml)
 if [ "${1:-}" = "--with-chromium" ]; then
   packages+=(chromium)
 fi

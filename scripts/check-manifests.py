@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Checks deploy/: every YAML file parses; every workload has an image, resource requests, and
+liveness/readiness probes on /health and /ready; the router has an HPA; the Prometheus rules
+hold the alerts the runbook names, and every memring metric they use exists in the source code
+(so a renamed metric breaks `make test`, not a production alert). Exit 1 with the reasons."""
+
+import pathlib
+import re
+import sys
+
+import yaml
+
+root = pathlib.Path(__file__).resolve().parent.parent
+problems = []
+docs = []
+for path in sorted((root / "deploy").rglob("*.yaml")):
+    try:
+        docs += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    except yaml.YAMLError as e:
+        problems.append(f"{path}: does not parse: {e}")
+
+kinds = {}
+for path, d in docs:
+    kinds.setdefault(d.get("kind"), []).append((path, d))
+    if d.get("kind") not in ("Deployment", "StatefulSet"):
+        continue
+    name = d["metadata"]["name"]
+    for c in d["spec"]["template"]["spec"]["containers"]:
+        where = f"{path.name}: {name}/{c['name']}"
+        if not c.get("image"):
+            problems.append(f"{where}: no image")
+        if not c.get("resources", {}).get("requests"):
+            problems.append(f"{where}: no resource requests")
+        live = c.get("livenessProbe", {}).get("httpGet", {}).get("path")
+        if live != "/health":
+            problems.append(f"{where}: liveness probe must be GET /health, is {live}")
+        if name.startswith("memring"):
+            ready = c.get("readinessProbe", {}).get("httpGet", {}).get("path")
+            if ready != "/ready":
+                problems.append(f"{where}: readiness probe must be GET /ready, is {ready}")
+
+workloads = {d["metadata"]["name"]: d["kind"] for k in ("Deployment", "StatefulSet") for _, d in kinds.get(k, [])}
+for name, kind in [("etcd", "StatefulSet"), ("memring-shard", "StatefulSet"), ("memring-router", "Deployment"), ("memring-control", "Deployment")]:
+    if workloads.get(name) != kind:
+        problems.append(f"missing {kind} {name}")
+if not any(d["spec"]["scaleTargetRef"]["name"] == "memring-router" for _, d in kinds.get("HorizontalPodAutoscaler", [])):
+    problems.append("no HorizontalPodAutoscaler for memring-router")
+
+source = "\n".join(p.read_text() for p in root.glob("*/src/**/*.rs"))
+rules = [r for _, d in docs if "groups" in d for g in d["groups"] for r in g["rules"]]
+names = {r["alert"] for r in rules}
+for wanted in ["MemringNodeDown", "MemringReplicationLag", "MemringRingStale", "Memring5xxRate", "MemringLatencyP95OverSLO"]:
+    if wanted not in names:
+        problems.append(f"alert {wanted} missing")
+for r in rules:
+    for metric in re.findall(r"\b((?:memring|http)_[a-z_]+?)(?:_bucket|_sum|_count)?\b", r["expr"]):
+        if f'"{metric}"' not in source:
+            problems.append(f"alert {r['alert']} uses {metric}, which no binary exports")
+
+for p in problems:
+    print(f"check-manifests: {p}", file=sys.stderr)
+print(f"check-manifests: {len(docs)} documents, {len(rules)} alert rules, {len(problems)} problems")
+sys.exit(1 if problems else 0)
