@@ -57,6 +57,23 @@ for r in rules:
         if f'"{metric}"' not in source:
             problems.append(f"alert {r['alert']} uses {metric}, which no binary exports")
 
+# The Grafana dashboard: valid JSON whose panels query only metrics a binary exports.
+import json
+
+for path in sorted((root / "deploy").rglob("*.json")):
+    try:
+        dash = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        problems.append(f"{path}: does not parse: {e}")
+        continue
+    exprs = [t["expr"] for p in dash.get("panels", []) for t in p.get("targets", [])]
+    if not exprs:
+        problems.append(f"{path}: no panel queries anything")
+    for expr in exprs:
+        for metric in re.findall(r"\b((?:memring|http)_[a-z_]+?)(?:_bucket|_sum|_count)?\b", expr):
+            if f'"{metric}"' not in source:
+                problems.append(f"{path.name}: a panel uses {metric}, which no binary exports")
+
 for p in problems:
     print(f"check-manifests: {p}", file=sys.stderr)
 print(f"check-manifests: {len(docs)} documents, {len(rules)} alert rules, {len(problems)} problems")
