@@ -110,7 +110,7 @@ impl std::fmt::Display for ReadToken {
 // Writes
 
 /// A memory as a client sends it, before validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWrite {
     /// `agent:<id>`, `shared` or `global`.
@@ -122,6 +122,7 @@ pub struct RawWrite {
     pub embedding: Option<Vec<f32>>,
     /// Free-form metadata: a JSON object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     /// Client-chosen id; generated when absent.
     #[serde(default)]
@@ -252,19 +253,22 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 /// `POST …/memories:batch` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBatch {
     /// The items, each parsed on its own so one bad item fails alone.
+    #[schema(value_type = Vec<RawWrite>)]
     pub items: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// The answer to one write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WriteResult {
     /// The memory's id.
+    #[schema(value_type = String)]
     pub id: MemoryId,
     /// Its scope.
+    #[schema(value_type = String)]
     pub scope: Scope,
     /// When it was first written (RFC 3339).
     pub created_at: String,
@@ -273,7 +277,7 @@ pub struct WriteResult {
 }
 
 /// What a write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WriteOutcome {
     /// A new memory (HTTP 201).
@@ -295,18 +299,20 @@ impl WriteOutcome {
 }
 
 /// One item of a batch answer: `{"id", "status", ...}` or `{"error": {...}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchItemResult {
     /// The item was stored (or was already there).
     Ok {
         /// The memory's id.
+        #[schema(value_type = String)]
         id: MemoryId,
         /// 201 created, 200 unchanged or updated.
         status: u16,
         /// What happened.
         outcome: WriteOutcome,
         /// Its scope.
+        #[schema(value_type = String)]
         scope: Scope,
         /// When it was created.
         created_at: String,
@@ -324,7 +330,7 @@ pub enum BatchItemResult {
 }
 
 /// `POST …/memories:batch` answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     /// One result per item, in the order sent.
     pub results: Vec<BatchItemResult>,
@@ -334,15 +340,18 @@ pub struct BatchResponse {
 // Reads
 
 /// A whole memory, as `GET …/memories/{id}` and list answer it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemoryView {
     /// Its id.
+    #[schema(value_type = String)]
     pub id: MemoryId,
     /// Its scope.
+    #[schema(value_type = String)]
     pub scope: Scope,
     /// Its text.
     pub content: String,
     /// Its metadata.
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     /// Its embedding (`null` when written without one).
     pub embedding: Option<Vec<f32>>,
@@ -358,7 +367,7 @@ pub struct MemoryView {
 }
 
 /// A page of a list.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListResponse {
     /// The memories, in id order.
     pub items: Vec<MemoryView>,
@@ -410,7 +419,7 @@ pub fn decode_cursor(cursor: &str) -> Result<MemoryId, ApiError> {
 // Search
 
 /// `POST …/memories/search` body, before validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSearch {
     /// Scopes to search; results are merged best first.
@@ -426,11 +435,12 @@ pub struct RawSearch {
 }
 
 /// A search filter, before validation.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFilter {
     /// Metadata keys that must equal these values.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
     /// Only memories created after this instant (RFC 3339).
     #[serde(default)]
@@ -557,24 +567,27 @@ impl RawFilter {
 }
 
 /// One search result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchHit {
     /// The memory's id.
+    #[schema(value_type = String)]
     pub id: MemoryId,
     /// Its scope.
+    #[schema(value_type = String)]
     pub scope: Scope,
     /// Cosine similarity with the query, higher is closer.
     pub score: f32,
     /// Its text.
     pub content: String,
     /// Its metadata.
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     /// When it was created (RFC 3339).
     pub created_at: String,
 }
 
 /// A search answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     /// Best first across all scopes.
     pub results: Vec<SearchHit>,

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// What kind of failure this is; the wire form is the snake_case name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A tenant, agent, memory or node id breaks the id rule.
@@ -134,14 +134,14 @@ pub struct ApiError {
 }
 
 /// The JSON body of every error response: `{"error": {"code", "message", "details"?}}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorPayload,
 }
 
 /// The inner object of [`ErrorBody`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorPayload {
     /// Stable machine-readable code.
     pub code: ErrorCode,
@@ -149,6 +149,7 @@ pub struct ErrorPayload {
     pub message: String,
     /// Structured extras, e.g. the current owner for `wrong_owner`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
 }
 

@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod config;
 pub mod forward;
 pub mod limits;
+pub mod openapi;
 pub mod service;
 
 use std::future::Future;

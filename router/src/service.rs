@@ -54,6 +54,7 @@ enum Route {
     Delete(TenantId, String),
     DeleteTenant(TenantId),
     Ring,
+    OpenApi,
     #[cfg(feature = "testing")]
     DebugPauseWatch(bool),
 }
@@ -69,7 +70,7 @@ impl Route {
             | Route::Get(t, _)
             | Route::Delete(t, _)
             | Route::DeleteTenant(t) => Some(t),
-            Route::Ring => None,
+            Route::Ring | Route::OpenApi => None,
             #[cfg(feature = "testing")]
             Route::DebugPauseWatch(_) => None,
         }
@@ -134,6 +135,7 @@ impl RouterService {
                 _ => Err(wrong_method("DELETE")),
             },
             ["v1", "ring"] if *method == Method::GET => Ok(("ring", Route::Ring)),
+            ["openapi.json"] if *method == Method::GET => Ok(("openapi", Route::OpenApi)),
             #[cfg(feature = "testing")]
             ["debug", "v1", "ring", "watch", action] if *method == Method::POST => {
                 Ok(("debug", Route::DebugPauseWatch(*action == "pause")))
@@ -161,6 +163,10 @@ impl RouterService {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();
+        if let Route::OpenApi = route {
+            // The API's description is public, like /health.
+            return (route_name, Ok(json_bytes(200, Bytes::from(crate::openapi::document()))));
+        }
         let principal = match self.authorize(&req, &route) {
             Ok(p) => p,
             Err(e) => return (route_name, Err(e)),
@@ -202,6 +208,7 @@ impl RouterService {
             },
             Route::DeleteTenant(t) => self.delete_tenant(t, &request_id, &principal).await,
             Route::Ring => Ok(self.ring_view()),
+            Route::OpenApi => Ok(json_bytes(200, Bytes::from(crate::openapi::document()))),
             #[cfg(feature = "testing")]
             Route::DebugPauseWatch(paused) => {
                 self.forward.ring().set_watch_paused(paused);
