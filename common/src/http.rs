@@ -234,6 +234,11 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
     r
 }
 
+/// How long clients of memring servers keep an idle pooled connection: less than the servers'
+/// header timeout (10 s), which also closes idle keep-alive connections, so a client never
+/// sends on a connection the server is closing.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// How long a request body may take to arrive.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -11,7 +11,11 @@ use memring_common::store::RingStore;
 
 /// The client the control plane uses to ask shard nodes about their partitions.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?)
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
+        .build()?)
 }
 
 /// What the node at `addr` stores (`GET /internal/v1/partitions`).

@@ -78,7 +78,9 @@ impl Forwarder {
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the servers' 10 s keep-alive header timeout, so a connection the shard node
+            // is about to close is never picked for a request (which would fail in transport).
+            .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
             .pool_max_idle_per_host(64)
             .connect_timeout(Duration::from_secs(2))
             .http1_only()

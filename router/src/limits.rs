@@ -73,8 +73,11 @@ impl Limiter {
         ring: Arc<RingView>,
         share: f64,
     ) -> anyhow::Result<Arc<Self>> {
-        let client =
-            reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build()?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
+            .build()?;
         Ok(Arc::new(Self {
             store,
             ring,

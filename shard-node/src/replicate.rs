@@ -173,6 +173,7 @@ impl Replication {
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
             .timeout(POLL_WAIT + Duration::from_secs(10))
             .build()?;
         Ok(Self {

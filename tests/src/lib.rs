@@ -206,6 +206,7 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
         .build()
         .unwrap_or_default()
 }
