@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps build run cluster bench-migrate bench-repl fuzz test unit integration lint fmt bench clean-data
+.PHONY: deps test-deps build run cluster bench-migrate bench-repl fuzz test unit integration lint fmt bench clean-data
 
 deps:
 	@scripts/install-deps.sh
@@ -25,7 +25,11 @@ cluster: build
 ## Unit tests and integration tests (real binaries, real RocksDB, real etcd, free loopback ports).
 ## The router is built with its test-only debug endpoints here (feature memring-router/testing).
 TEST_FEATURES := --features memring-router/testing,memring-control/testing
-test: deps
+# The tests also need Chromium (the dashboard test opens the control plane's page headless).
+test-deps:
+	@scripts/install-deps.sh --with-chromium
+
+test: test-deps
 	yamllint -d '{extends: relaxed, rules: {line-length: {max: 200}}}' deploy
 	scripts/check-manifests.py
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)

@@ -6,7 +6,7 @@
 #   build-essential pkg-config          the C/C++ toolchain for RocksDB and usearch
 #   curl                                the README walk-through and scripts/run-local.sh
 #   yamllint python3-yaml               `make test` lints deploy/ (scripts/check-manifests.py)
-# Usage: scripts/install-deps.sh [--with-chromium]
+# Usage: scripts/install-deps.sh [--with-chromium]   (chromium: the dashboard test of `make test`)
 set -euo pipefail
 
 packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server build-essential pkg-config curl yamllint python3-yaml)

@@ -43,6 +43,9 @@ pub struct ControlConfig {
     pub replace_after_secs: u64,
 }
 
+/// The operator page served at `/` (no external resources; it polls `GET /v1/cluster`).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 struct ControlService {
     store: Arc<dyn RingStore>,
     client: reqwest::Client,
@@ -265,6 +268,15 @@ impl Service for ControlService {
     fn handle(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<Reply> {
         Box::pin(async move {
             match (req.method().clone(), req.uri().path()) {
+                (Method::GET, "/") => {
+                    // The operator page: plain HTML and a small script polling /v1/cluster.
+                    let mut response = memring_common::http::json_bytes(200, DASHBOARD.into());
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    Reply { route: "dashboard", response }
+                }
                 (Method::GET, "/v1/cluster") => {
                     let response = match view::cluster_view(self.store.as_ref(), &self.client).await
                     {
