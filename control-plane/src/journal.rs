@@ -68,6 +68,9 @@ pub async fn record(
         at_ms: memring_common::clock::now_millis(),
     };
     store.put_job(&job_id(partition), &serde_json::to_vec(&job)?).await?;
+    // The running migration's progress (one runs at a time per control plane).
+    metrics::gauge!("memring_migration_copied").set(copied as f64);
+    metrics::gauge!("memring_migration_total").set(total as f64);
     Ok(())
 }
 

@@ -97,6 +97,7 @@ pub async fn run(
         Duration::from_millis(config.replica_staleness_ms),
     )?);
     let replicator = tokio::spawn(repl.clone().follow(stop_rx.clone()));
+    let reporter = tokio::spawn(report_stats(storage.clone(), stop_rx.clone()));
     let purger = tokio::spawn(purge_expired(
         node.clone(),
         storage.clone(),
@@ -122,6 +123,7 @@ pub async fn run(
     let _ = follower.await;
     let _ = replicator.await;
     let _ = purger.await;
+    let _ = reporter.await;
     let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || storage.save_graphs()).await {
         Ok(Ok(n)) => tracing::info!(
@@ -171,6 +173,31 @@ async fn purge_expired(
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "TTL purge pass failed"),
             Err(e) => tracing::warn!(error = %e, "TTL purge pass failed"),
+        }
+    }
+}
+
+/// Publishes the node's figures (`Storage::node_stats`) as gauges every 5 s until `stop`.
+async fn report_stats(
+    storage: Arc<storage::Storage>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stats = storage.clone();
+        if let Ok(Ok(s)) = tokio::task::spawn_blocking(move || stats.node_stats()).await {
+            metrics::gauge!("memring_shard_partitions").set(s.partitions as f64);
+            metrics::gauge!("memring_shard_memories").set(s.memories as f64);
+            metrics::gauge!("memring_shard_memory_bytes").set(s.bytes as f64);
+            metrics::gauge!("memring_shard_loaded_indexes").set(s.loaded_indexes as f64);
+            metrics::gauge!("memring_rocksdb_sst_bytes").set(s.sst_bytes as f64);
+            metrics::gauge!("memring_rocksdb_pending_compaction_bytes")
+                .set(s.pending_compaction_bytes as f64);
+            metrics::gauge!("memring_rocksdb_write_stopped")
+                .set(f64::from(u8::from(s.write_stopped)));
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

@@ -593,6 +593,34 @@ impl Storage {
         Ok((count, sum, bytes))
     }
 
+    /// Node-level figures for the metrics (bounded cardinality: no per-partition series):
+    /// partitions held, memories, their bytes, indexes in memory, and RocksDB's SST size,
+    /// pending compaction bytes and whether writes are stopped.
+    pub fn node_stats(&self) -> Result<NodeStats, ApiError> {
+        let partitions = self.partitions()?;
+        let mut stats = NodeStats {
+            partitions: partitions.len() as u64,
+            memories: partitions.iter().map(|p| p.count).sum(),
+            bytes: partitions.iter().map(|p| p.bytes).sum(),
+            loaded_indexes: self
+                .partitions
+                .read()
+                .values()
+                .filter(|p| p.search.read().is_some())
+                .count() as u64,
+            ..NodeStats::default()
+        };
+        for name in [CF_EPISODES, CF_LOG, CF_META] {
+            let cf = self.cf(name)?;
+            let prop =
+                |key: &str| self.db.property_int_value_cf(&cf, key).ok().flatten().unwrap_or(0);
+            stats.sst_bytes += prop("rocksdb.total-sst-files-size");
+            stats.pending_compaction_bytes += prop("rocksdb.estimate-pending-compaction-bytes");
+            stats.write_stopped |= prop("rocksdb.is-write-stopped") > 0;
+        }
+        Ok(stats)
+    }
+
     /// True when the partition's search state is in memory, so a search is CPU work only (no
     /// index build from RocksDB).
     pub fn is_search_loaded(&self, key: &PartitionKey) -> bool {
@@ -809,6 +837,25 @@ fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {
         expires_at_ms: e.expires_at_ms,
         metadata: metadata.clone(),
     }
+}
+
+/// See [`Storage::node_stats`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NodeStats {
+    /// Partitions held.
+    pub partitions: u64,
+    /// Memories in them.
+    pub memories: u64,
+    /// Their size (what byte quotas count).
+    pub bytes: u64,
+    /// Partitions whose index is in memory.
+    pub loaded_indexes: u64,
+    /// RocksDB SST files, bytes.
+    pub sst_bytes: u64,
+    /// RocksDB's estimate of bytes compaction still has to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// RocksDB is stopping writes (a stall).
+    pub write_stopped: bool,
 }
 
 mod graphs;

@@ -30,6 +30,11 @@ const EVENT_ONLY: &[(&str, &str)] = &[
     ("memring_ttl_purged_total", "an expired memory purged (tests/tests/api.rs)"),
     ("memring_router_breaker_rejections_total", "a request while a breaker is open"),
     (
+        "memring_migration_copied",
+        "a migration (tests/tests/migration.rs, tests/tests/dashboard.rs)",
+    ),
+    ("memring_migration_total", "a migration"),
+    (
         "memring_router_read_retries_total",
         "a read whose owner cannot be reached (with replica reads a follower answers first)",
     ),
