@@ -931,6 +931,24 @@ pub struct ClusterView {
     /// With replication: every stored partition's replica set and what it lacks.
     #[serde(default)]
     pub replica_sets: Vec<ReplicaSetView>,
+    /// Layout epochs this control plane has seen since it started, oldest first (at most 50).
+    #[serde(default)]
+    pub epoch_history: Vec<EpochSeen>,
+}
+
+/// One layout epoch in the cluster view's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochSeen {
+    /// The epoch.
+    pub epoch: u64,
+    /// When this control plane first saw it, unix ms.
+    pub seen_at_ms: i64,
+    /// Nodes in the layout then.
+    pub nodes: usize,
+    /// Nodes marked down then.
+    pub down: usize,
+    /// Copies per partition then.
+    pub replication_factor: u32,
 }
 
 fn one() -> u32 {

@@ -57,6 +57,8 @@ struct ControlService {
     throttle: migrate::Throttle,
     /// Set by `POST /v1/migrations/cancel`, read by the running job.
     cancel: migrate::Cancel,
+    /// Layout epochs seen since start (the operator page's history).
+    epochs: Arc<view::EpochHistory>,
 }
 
 impl ControlService {
@@ -280,7 +282,10 @@ impl Service for ControlService {
                 (Method::GET, "/v1/cluster") => {
                     let response = match view::cluster_view(self.store.as_ref(), &self.client).await
                     {
-                        Ok(v) => json(200, &v),
+                        Ok(mut v) => {
+                            v.epoch_history = self.epochs.list();
+                            json(200, &v)
+                        }
                         Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
                     };
                     Reply { route: "cluster", response }
@@ -422,7 +427,9 @@ pub async fn run(
         leader: std::sync::atomic::AtomicBool::new(false),
         throttle: migrate::Throttle { memories_per_sec: config.migration_rate },
         cancel: migrate::Cancel::default(),
+        epochs: Arc::new(view::EpochHistory::default()),
     });
+    let recorder = tokio::spawn(view::record_epochs(store.clone(), service.epochs.clone()));
     // One active control plane: wait for leadership in the background (serving /health and the
     // read-only endpoints meanwhile), then finish what a previous leader started.
     let ttl = std::time::Duration::from_secs(config.lease_ttl_secs);
@@ -485,5 +492,6 @@ pub async fn run(
     serve(listener, service, ServerOptions::default(), shutdown).await?;
     // Dropping the task's leadership on shutdown lets a standby take over at once.
     leading.abort();
+    recorder.abort();
     Ok(())
 }

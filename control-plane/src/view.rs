@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use memring_common::Ring;
-use memring_common::api::{ClusterView, NodeView, PartitionList, ReplicaSetView, ReplicaStatus};
+use memring_common::api::{
+    ClusterView, EpochSeen, NodeView, PartitionList, ReplicaSetView, ReplicaStatus,
+};
 use memring_common::store::RingStore;
 
 /// The client the control plane uses to ask shard nodes about their partitions.
@@ -115,6 +117,7 @@ pub async fn cluster_view(
             .map(|j| serde_json::to_value(j).unwrap_or_default())
             .collect(),
         replica_sets,
+        epoch_history: Vec::new(),
     })
 }
 
@@ -259,4 +262,44 @@ pub async fn tenant_partitions(
         );
     }
     Ok(out.into_iter().collect())
+}
+
+/// The layout epochs this control plane has seen, recorded by [`record_epochs`].
+#[derive(Default)]
+pub struct EpochHistory(parking_lot::Mutex<Vec<EpochSeen>>);
+
+impl EpochHistory {
+    /// Oldest first.
+    pub fn list(&self) -> Vec<EpochSeen> {
+        self.0.lock().clone()
+    }
+
+    fn note(&self, layout: &memring_common::ClusterLayout) {
+        let mut seen = self.0.lock();
+        if seen.last().is_some_and(|e| e.epoch == layout.epoch) {
+            return;
+        }
+        seen.push(EpochSeen {
+            epoch: layout.epoch,
+            seen_at_ms: memring_common::clock::now_millis(),
+            nodes: layout.nodes.len(),
+            down: layout.down.len(),
+            replication_factor: layout.replication_factor,
+        });
+        let excess = seen.len().saturating_sub(50);
+        seen.drain(..excess);
+    }
+}
+
+/// Loads the layout every second and records each new epoch, for as long as the task lives.
+pub async fn record_epochs(
+    store: std::sync::Arc<dyn RingStore>,
+    history: std::sync::Arc<EpochHistory>,
+) {
+    loop {
+        if let Ok(v) = store.load().await {
+            history.note(&v.layout);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

@@ -64,6 +64,8 @@ async fn the_dashboard_shows_a_running_migration() -> anyhow::Result<()> {
     assert!(dom.contains("big/shared") && dom.contains("copied"), "no progress shown:\n{dom}");
     assert!(dom.contains(&target) && dom.contains("shard-1") && dom.contains("shard-2"), "{dom}");
     assert!(dom.contains("<path"), "the ring is not drawn:\n{dom}");
+    // The migration's flip will bump the epoch; the history lists what the control plane saw.
+    assert!(dom.contains("class=\"epoch\""), "no epoch history:\n{dom}");
     let shot = c.dir.path().join("dashboard.png");
     let out = tokio::process::Command::new("chromium")
         .args([

@@ -345,7 +345,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Limits(LimitsCommand::Show) => {
             let resp = client.get(format!("{base}/v1/limits")).send().await.map_err(unreachable)?;
             let limits: serde_json::Value = answer(resp).await?.json().await?;
-            println!("{}", serde_json::to_string_pretty(&limits)?);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&limits)?);
+            } else {
+                let show = |v: &serde_json::Value, k: &str| match &v[k] {
+                    serde_json::Value::Null => "-".to_owned(),
+                    other => other.to_string(),
+                };
+                println!(
+                    "{:<24} {:>14} {:>20} {:>14} {:>14}",
+                    "TENANT", "REQUESTS/S", "WRITE BYTES/S", "MEMORIES", "BYTES"
+                );
+                let rows = std::iter::once(("(defaults)".to_owned(), &limits["defaults"])).chain(
+                    limits["tenants"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(t, v)| (t.clone(), v)),
+                );
+                for (tenant, v) in rows {
+                    println!(
+                        "{:<24} {:>14} {:>20} {:>14} {:>14}",
+                        tenant,
+                        show(v, "requests_per_sec"),
+                        show(v, "write_bytes_per_sec"),
+                        show(v, "max_memories"),
+                        show(v, "max_bytes")
+                    );
+                }
+            }
         }
         Command::Limits(LimitsCommand::Set {
             tenant,
