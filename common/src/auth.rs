@@ -142,15 +142,20 @@ impl KeyCache {
         Ok(n)
     }
 
+    /// [`KeyCache::reload`], keeping the known keys (and saying so) when the store cannot be read.
+    async fn reload_logged(&self) {
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "API keys not reloaded; keeping the ones known");
+        }
+    }
+
     /// Reloads whenever the store's key records change (a watch), and every 30 s besides,
     /// until `stop` turns true. After a watch error it reloads and watches again.
     pub async fn keep_fresh(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         use futures::StreamExt;
         loop {
             let watch = self.store.watch_records(Records::Keys).await;
-            if let Err(e) = self.reload().await {
-                tracing::warn!(error = %e, "API keys not reloaded; keeping the ones known");
-            }
+            self.reload_logged().await;
             let Ok(mut changes) = watch else {
                 tokio::select! {
                     _ = stopped(&mut stop) => return,
@@ -162,9 +167,7 @@ impl KeyCache {
                     _ = stopped(&mut stop) => return,
                     change = changes.next() => match change {
                         Some(Ok(())) => {
-                            if let Err(e) = self.reload().await {
-                                tracing::warn!(error = %e, "API keys not reloaded; keeping the ones known");
-                            }
+                            self.reload_logged().await;
                         }
                         // The watch broke: reload and watch again after a pause.
                         _ => {
@@ -173,9 +176,7 @@ impl KeyCache {
                         }
                     },
                     _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                        if let Err(e) = self.reload().await {
-                            tracing::warn!(error = %e, "API keys not reloaded; keeping the ones known");
-                        }
+                        self.reload_logged().await;
                     }
                 }
             }

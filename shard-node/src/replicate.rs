@@ -269,21 +269,13 @@ impl Replication {
             ));
         }
         let best = answered.into_iter().max_by_key(|(seq, _)| *seq);
-        let mut mine = self.last_seq(partition).await?;
+        let mine = self.last_seq(partition).await?;
         if let Some((theirs, peer)) = best
             && theirs > mine
         {
             tracing::info!(%partition, from = %peer.id, mine, theirs, "taking over: pulling what a copy has beyond ours");
-            while mine < theirs {
-                let entries = self.pull(&peer, partition, mine, PAGE).await?;
-                let Some(last) = entries.last().map(|e| e.seq) else { break };
-                let (ring, me, p) = (self.ring.clone(), self.me.clone(), partition.clone());
-                self.blocking(move |s| {
-                    s.import_replicated(&p, entries, &|| owns(&ring.ring(), &me, &p))
-                })
-                .await?;
-                mine = last;
-            }
+            let (me, p) = (self.me.clone(), partition.clone());
+            self.copy_log(&peer, partition, mine, theirs, move |ring| owns(ring, &me, &p)).await?;
         }
         self.taken.lock().insert(partition.clone(), epoch);
         Ok(())
@@ -518,28 +510,41 @@ impl Replication {
         target: u64,
         known: Option<u64>,
     ) -> anyhow::Result<u64> {
-        let mut at = match known {
+        let at = match known {
             Some(at) => at,
             None => self.check_log(primary, p).await?,
         };
-        while at < target {
-            let entries = self.pull(primary, p, at, PAGE).await?;
+        let (me, primary_id, key) = (self.me.clone(), primary.id.clone(), p.clone());
+        let still_primary = move |ring: &Ring| {
+            if follows(ring, &me, &primary_id, &key) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::WrongOwner,
+                    format!("{primary_id} is no longer the primary of {key}"),
+                ))
+            }
+        };
+        Ok(self.copy_log(primary, p, at, target, still_primary).await?)
+    }
+
+    /// Pulls `node`'s log of `p` from position `at` up to `to` (or its end) and applies it here
+    /// page by page; `allowed` is checked against the current ring under the partition's write
+    /// lock before each page lands. Returns the position reached.
+    async fn copy_log(
+        &self,
+        node: &LayoutNode,
+        p: &PartitionKey,
+        mut at: u64,
+        to: u64,
+        allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
+    ) -> Result<u64, ApiError> {
+        while at < to {
+            let entries = self.pull(node, p, at, PAGE).await?;
             let Some(last) = entries.last().map(|e| e.seq) else { break };
-            let (ring, me, primary_id, key) =
-                (self.ring.clone(), self.me.clone(), primary.id.clone(), p.clone());
-            self.blocking(move |s| {
-                s.import_replicated(&key, entries, &|| {
-                    if follows(&ring.ring(), &me, &primary_id, &key) {
-                        Ok(())
-                    } else {
-                        Err(ApiError::new(
-                            ErrorCode::WrongOwner,
-                            format!("{primary_id} is no longer the primary of {key}"),
-                        ))
-                    }
-                })
-            })
-            .await?;
+            let (ring, key, allowed) = (self.ring.clone(), p.clone(), allowed.clone());
+            self.blocking(move |s| s.import_replicated(&key, entries, &|| allowed(&ring.ring())))
+                .await?;
             at = last;
         }
         Ok(at)

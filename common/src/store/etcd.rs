@@ -44,6 +44,41 @@ fn unavailable(e: etcd_client::Error) -> StoreError {
 }
 
 impl EtcdStore {
+    /// Watches `key` with `options` and yields `pick(response)` for each response it is `Some`
+    /// for. A cancelled watch (compaction), a dropped connection or an error ends the stream
+    /// with an error; callers reload and watch again.
+    async fn watch_key<T: Send + 'static>(
+        &self,
+        key: String,
+        options: WatchOptions,
+        pick: impl Fn(&etcd_client::WatchResponse) -> Option<Result<T, StoreError>> + Send + 'static,
+    ) -> Result<impl futures::Stream<Item = Result<T, StoreError>> + Send + 'static, StoreError>
+    {
+        let stream = self.client.clone().watch(key, Some(options)).await.map_err(unavailable)?;
+        Ok(futures::stream::unfold(Some((stream, pick)), |state| async move {
+            let (mut stream, pick) = state?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) if resp.canceled() => {
+                        let why = format!(
+                            "etcd cancelled the watch (compacted at {}): {}",
+                            resp.compact_revision(),
+                            resp.cancel_reason()
+                        );
+                        return Some((Err(StoreError::Unavailable(why)), None));
+                    }
+                    Ok(Some(resp)) => {
+                        if let Some(item) = pick(&resp) {
+                            return Some((item, Some((stream, pick))));
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(unavailable(e)), None)),
+                }
+            }
+        }))
+    }
+
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`), keeping keys under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
@@ -138,42 +173,17 @@ impl RingStore for EtcdStore {
         after_revision: u64,
     ) -> Result<BoxStream<'static, Result<Versioned, StoreError>>, StoreError> {
         let options = WatchOptions::new().with_start_revision(after_revision as i64 + 1);
-        let stream = self
-            .client
-            .clone()
-            .watch(self.layout_key(), Some(options))
-            .await
-            .map_err(unavailable)?;
-        let out = futures::stream::unfold(Some(stream), |state| async move {
-            let mut stream = state?;
-            loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            let why = format!(
-                                "etcd cancelled the watch (compacted at {}): {}",
-                                resp.compact_revision(),
-                                resp.cancel_reason()
-                            );
-                            return Some((Err(StoreError::Unavailable(why)), None));
-                        }
-                        // The "created" answer and deletions carry no layout; the newest put wins.
-                        let newest = resp
-                            .events()
-                            .iter()
-                            .rev()
-                            .filter(|e| e.event_type() == EventType::Put)
-                            .find_map(|e| e.kv())
-                            .map(|kv| Self::parse(kv.value(), kv.mod_revision()));
-                        if let Some(item) = newest {
-                            return Some((item, Some(stream)));
-                        }
-                    }
-                    Ok(None) => return None,
-                    Err(e) => return Some((Err(unavailable(e)), None)),
-                }
-            }
-        });
+        let out = self
+            .watch_key(self.layout_key(), options, |resp| {
+                // The "created" answer and deletions carry no layout; the newest put wins.
+                resp.events()
+                    .iter()
+                    .rev()
+                    .filter(|e| e.event_type() == EventType::Put)
+                    .find_map(|e| e.kv())
+                    .map(|kv| Self::parse(kv.value(), kv.mod_revision()))
+            })
+            .await?;
         Ok(Box::pin(out))
     }
 
@@ -321,28 +331,12 @@ impl RingStore for EtcdStore {
         kind: Records,
     ) -> Result<BoxStream<'static, Result<(), StoreError>>, StoreError> {
         let prefix = format!("{}{}/", self.prefix, kind.dir());
-        let stream = self
-            .client
-            .clone()
-            .watch(prefix, Some(WatchOptions::new().with_prefix()))
-            .await
-            .map_err(unavailable)?;
-        let out = futures::stream::unfold(Some(stream), |state| async move {
-            let mut stream = state?;
-            loop {
-                match stream.message().await {
-                    Ok(Some(resp)) if resp.canceled() => {
-                        let why = format!("etcd cancelled the watch: {}", resp.cancel_reason());
-                        return Some((Err(StoreError::Unavailable(why)), None));
-                    }
-                    // The "created" answer has no events; anything else is a change.
-                    Ok(Some(resp)) if resp.events().is_empty() => {}
-                    Ok(Some(_)) => return Some((Ok(()), Some(stream))),
-                    Ok(None) => return None,
-                    Err(e) => return Some((Err(unavailable(e)), None)),
-                }
-            }
-        });
+        // The "created" answer has no events; anything else is a change.
+        let out = self
+            .watch_key(prefix, WatchOptions::new().with_prefix(), |resp| {
+                (!resp.events().is_empty()).then_some(Ok(()))
+            })
+            .await?;
         Ok(Box::pin(out))
     }
 
