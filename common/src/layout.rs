@@ -77,6 +77,14 @@ pub struct ClusterLayout {
     /// removed from the layout, so its replica sets take the next node in.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub down: BTreeSet<NodeId>,
+    /// Copies a replicated migration keeps beside a partition's replica set while it moves the
+    /// set (`control-plane/src/move_set.rs`): a node that is joining the set replays the log
+    /// before it may own the partition, and a node that is leaving it stays until the new set
+    /// has everything. These nodes follow the owner and count toward its write quorum (a write
+    /// is on W of *all* the copies, and a node taking over asks enough of all of them), but are
+    /// never the owner.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_copies: BTreeMap<PartitionKey, BTreeSet<NodeId>>,
 }
 
 fn one() -> u32 {
@@ -97,6 +105,7 @@ impl Default for ClusterLayout {
             replication_factor: 1,
             write_quorum: None,
             down: BTreeSet::new(),
+            extra_copies: BTreeMap::new(),
         }
     }
 }
@@ -153,6 +162,13 @@ impl ClusterLayout {
                 )));
             }
         }
+        for (partition, nodes) in &self.extra_copies {
+            if let Some(node) = nodes.iter().find(|n| self.node(n).is_none()) {
+                return Err(ApiError::invalid(format!(
+                    "extra copy of {partition} on {node} names a node that is not in the layout"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -195,6 +211,10 @@ impl ClusterLayout {
         next.epoch += 1;
         next.nodes.retain(|n| &n.id != id);
         next.overrides.retain(|_, n| n != id);
+        for nodes in next.extra_copies.values_mut() {
+            nodes.remove(id);
+        }
+        next.extra_copies.retain(|_, nodes| !nodes.is_empty());
         next.staging_pins.retain(|p| next.overrides.contains_key(p));
         next.draining.remove(id);
         next.down.remove(id);

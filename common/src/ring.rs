@@ -123,11 +123,11 @@ impl Ring {
     }
 
     /// The node that owns `partition` (takes its writes): its override if it has one, else its
-    /// ring position — with replication, the first of its [`Ring::replicas`] that is not marked
-    /// down (the first one if all are).
+    /// ring position — with replication, the first of its replica set (without the extra copies
+    /// of a migration) that is not marked down (the first one if all are).
     pub fn owner(&self, partition: &PartitionKey) -> Option<&LayoutNode> {
         if self.layout.replication_factor > 1 {
-            let set = self.replicas(partition);
+            let set = self.replica_set(partition);
             return set.iter().find(|n| !self.layout.is_down(&n.id)).or(set.first()).copied();
         }
         if let Some(node) = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id))
@@ -148,11 +148,26 @@ impl Ring {
         self.ring.get(&KeyBytes(key)).map(|v| &self.layout.nodes[v.node])
     }
 
-    /// The nodes that hold `partition` with the layout's replication factor R: its override (if
+    /// The nodes that hold `partition`: its replica set ([`Ring::replica_set`]), then the extra
+    /// copies a replicated migration keeps while it moves the set (they follow the owner and
+    /// count toward its write quorum, but never own the partition).
+    pub fn replicas(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+        let mut set = self.replica_set(partition);
+        if let Some(extra) = self.layout.extra_copies.get(partition) {
+            for node in extra.iter().filter_map(|id| self.layout.node(id)) {
+                if set.iter().all(|n| n.id != node.id) {
+                    set.push(node);
+                }
+            }
+        }
+        set
+    }
+
+    /// The replica set of `partition` with the layout's replication factor R: its override (if
     /// any) first, then the next distinct nodes clockwise from its ring position, R in all (fewer
     /// if the ring has fewer nodes). The first is where the ring alone would put the partition
     /// when it has no override, so with R = 1 this is `[owner]`.
-    pub fn replicas(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+    pub fn replica_set(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
         let r = self.layout.replication_factor.max(1) as usize;
         let pinned = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id));
         let mut set: Vec<&LayoutNode> = pinned.into_iter().collect();
@@ -378,6 +393,36 @@ mod tests {
         let after: Vec<NodeId> = removed.replicas(&key).iter().map(|n| n.id.clone()).collect();
         assert_eq!(after.len(), 3);
         assert_eq!(after[..2], set[1..]);
+    }
+
+    #[test]
+    fn extra_copies_follow_but_never_own() {
+        let mut l = layout(5, 64);
+        l.replication_factor = 3;
+        let key = keys(1).remove(0);
+        let set: Vec<NodeId> =
+            Ring::new(l.clone()).replicas(&key).iter().map(|n| n.id.clone()).collect();
+        let outsider = l.nodes.iter().find(|n| !set.contains(&n.id)).expect("outsider").id.clone();
+        l.extra_copies.insert(key.clone(), [outsider.clone(), set[1].clone()].into());
+        l.validate().expect("valid");
+        let ring = Ring::new(l.clone());
+        let all: Vec<NodeId> = ring.replicas(&key).iter().map(|n| n.id.clone()).collect();
+        // The set is unchanged, the outsider follows it (once), the owner is unchanged.
+        assert_eq!(all[..3], set[..]);
+        assert_eq!(all[3], outsider);
+        assert_eq!(all.len(), 4);
+        assert_eq!(ring.replica_set(&key).len(), 3);
+        assert_eq!(ring.owner(&key).expect("owner").id, set[0]);
+        assert!(ring.followers(&key).iter().any(|n| n.id == outsider));
+        // Even with every member of the set down, an extra copy never owns the partition.
+        l.down.extend(set.iter().cloned());
+        assert_eq!(Ring::new(l.clone()).owner(&key).expect("owner").id, set[0]);
+        // Removing the extra node removes its copy; naming a stranger is refused.
+        let without = l.without_node(&outsider);
+        assert_eq!(without.extra_copies.get(&key).map(|e| e.len()), Some(1));
+        let mut bad = l.clone();
+        bad.extra_copies.insert(key, [NodeId::parse("zz").expect("id")].into());
+        assert!(bad.validate().is_err());
     }
 
     proptest! {

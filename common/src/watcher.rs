@@ -25,6 +25,8 @@ pub struct RingView {
     stale: AtomicBool,
     watch_paused: AtomicBool,
     last_contact_ms: AtomicI64,
+    /// The epoch of every ring installed, for tasks that must act on a change at once.
+    epochs: tokio::sync::watch::Sender<u64>,
 }
 
 impl RingView {
@@ -37,12 +39,18 @@ impl RingView {
             stale: AtomicBool::new(false),
             watch_paused: AtomicBool::new(false),
             last_contact_ms: AtomicI64::new(0),
+            epochs: tokio::sync::watch::channel(0).0,
         })
     }
 
     /// The newest ring seen.
     pub fn ring(&self) -> Arc<Ring> {
         self.current.read().1.clone()
+    }
+
+    /// A receiver that is told the epoch of each ring this view installs.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.epochs.subscribe()
     }
 
     /// True once a layout has been loaded from the store.
@@ -69,6 +77,7 @@ impl RingView {
             *current = (v.revision, Arc::new(Ring::new(v.layout)));
             metrics::gauge!("memring_ring_epoch").set(epoch as f64);
             tracing::info!(epoch, revision = current.0, "ring updated");
+            self.epochs.send_replace(epoch);
             true
         } else {
             false

@@ -28,7 +28,8 @@ pub struct Job {
     pub to: String,
     /// How ownership flips.
     pub flip: Flip,
-    /// The last step started: `pending`, `copy`, `catch_up`, `fenced`, `drained`, `flipped`.
+    /// The last step started: `pending`, `copy`, `catch_up`, `fenced`, `drained`, `flipped`;
+    /// for a replicated move (`move_set.rs`) `join`, `lead`, `settle`.
     pub phase: String,
     /// Memories copied so far (updated every few seconds during the copy).
     #[serde(default)]
@@ -110,6 +111,12 @@ pub async fn resume(
         if layout.node(&to).is_none() {
             // A rebalance that never staged its layout: nothing moved, nothing to finish.
             store.delete_job(&job_id(&partition)).await?;
+            continue;
+        }
+        if layout.replication_factor > 1 {
+            // The layout records how far a replicated move got; running it again finishes it
+            // (or, cancelled before the target leads, drops the joining copies).
+            migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;
             continue;
         }
         if ring.owner(&partition).map(|o| &o.id) == Some(&to) {

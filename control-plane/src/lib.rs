@@ -1,15 +1,19 @@
 //! memring control plane: reads the cluster's state from the ring store and the shard nodes and
 //! serves it to operators (`GET /v1/cluster`, used by `shardctl status` and `shardctl nodes`).
 //!
-//! It also runs online migrations of a tenant's partitions to a named node (`migrate.rs`) and
-//! verifies placement (`verify.rs`). Rebalancing and drain come next; nothing here changes the
-//! layout except by an explicit, compare-and-swap layout change.
+//! It also runs online migrations of a tenant's partitions to a named node (`migrate.rs`, and
+//! `move_set.rs` with replication), rebalances and drains (`rebalance.rs`, `resize.rs`),
+//! failover (`failover.rs`) and the sweep for copies no replica set needs (`janitor.rs`), and
+//! verifies placement (`verify.rs`). Nothing here changes the layout except by a
+//! compare-and-swap layout change.
 
 pub mod failover;
 pub mod failpoint;
+pub mod janitor;
 pub mod journal;
 pub mod layout;
 pub mod migrate;
+pub mod move_set;
 pub mod rebalance;
 pub mod resize;
 pub mod verify;
@@ -49,8 +53,8 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 struct ControlService {
     store: Arc<dyn RingStore>,
     client: reqwest::Client,
-    /// One migration at a time (per control plane).
-    migrating: tokio::sync::Mutex<()>,
+    /// One job at a time (per control plane): migrations, rebalances, drains, the copy sweep.
+    migrating: Arc<tokio::sync::Mutex<()>>,
     /// True while this process is the active control plane.
     leader: std::sync::atomic::AtomicBool,
     /// Copy rate limit of every migration (one runs at a time).
@@ -423,7 +427,7 @@ pub async fn run(
     let service = Arc::new(ControlService {
         store: store.clone(),
         client: client.clone(),
-        migrating: tokio::sync::Mutex::new(()),
+        migrating: Arc::new(tokio::sync::Mutex::new(())),
         leader: std::sync::atomic::AtomicBool::new(false),
         throttle: migrate::Throttle { memories_per_sec: config.migration_rate },
         cancel: migrate::Cancel::default(),
@@ -475,6 +479,11 @@ pub async fn run(
                 service.client.clone(),
                 failover::FailoverConfig { replace_after },
             ));
+            let janitor = tokio::spawn(janitor::run(
+                service.store.clone(),
+                service.client.clone(),
+                service.migrating.clone(),
+            ));
             if leadership.lost.wait_for(|lost| *lost).await.is_ok() {
                 // Another control plane may be active now; acting on would risk two drivers.
                 tracing::error!(
@@ -485,6 +494,7 @@ pub async fn run(
             // The sender is gone (a store whose leadership cannot be lost): hold it for good.
             std::future::pending::<()>().await;
             failover.abort();
+            janitor.abort();
             leadership.hold.revoke().await;
         })
     };

@@ -261,10 +261,8 @@ pub async fn migrate_partition(
     let started = Instant::now();
     let layout = store.load().await?.layout;
     if layout.replication_factor > 1 {
-        bail!(
-            "migrating partitions of a replicated layout (replication_factor {}) is not built yet",
-            layout.replication_factor
-        );
+        // Copies move by replaying the log, not by this copy protocol.
+        return crate::move_set::move_set(store, client, partition, to, cancel).await;
     }
     let ring = Ring::new(layout.clone());
     let from = ring.owner(partition).cloned().context("the ring has no nodes")?;

@@ -184,7 +184,7 @@ async fn positions(
 }
 
 /// Polls `done` until it is true; stops with an error when the operator cancels.
-async fn wait<F, Fut>(cancel: &Cancel, what: &str, mut done: F) -> anyhow::Result<()>
+pub(crate) async fn wait<F, Fut>(cancel: &Cancel, what: &str, mut done: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,

@@ -306,6 +306,8 @@ impl Replication {
     ) -> Result<&'static str, ApiError> {
         let ring = self.ring.ring();
         if ring.owner(partition).is_some_and(|o| o.id == self.me) {
+            // As the owner, it answers once it holds every acknowledged write.
+            self.take_over(partition).await?;
             return Ok("primary");
         }
         if !ring.replicas(partition).iter().any(|n| n.id == self.me) {
@@ -396,7 +398,10 @@ impl Replication {
         let mut acks: Vec<(PartitionKey, u64)> = Vec::new();
         // Positions of the copies followed from this primary, checked against it once each.
         let mut applied: HashMap<PartitionKey, u64> = HashMap::new();
+        let mut epochs = self.ring.subscribe();
         loop {
+            // Marked seen before the ring is read, so a newer one always wakes the poll below.
+            epochs.borrow_and_update();
             let ring = self.ring.ring();
             let Some(primary) = ring.layout().node(&primary_id).cloned() else { break };
             if ring.layout().replication_factor < 2 {
@@ -410,6 +415,13 @@ impl Replication {
             };
             let polled = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
+                // A new layout may make this node follow partitions the last answer was read
+                // without (a new primary's first write waits for us): ask again at once.
+                Ok(()) = epochs.changed() => {
+                    acks = ask.acks;
+                    seen = 0;
+                    continue;
+                }
                 r = self.poll(&primary, &ask) => r,
             };
             let answer = match polled {

@@ -97,6 +97,11 @@ impl ShardService {
             }
             None => {
                 self.check_owner(partition, caller_epoch).await?;
+                if read {
+                    // A new owner answers reads only once it holds every acknowledged write
+                    // (the same take-over its first write makes; a no-op after the first).
+                    self.repl.take_over(partition).await?;
+                }
                 "primary"
             }
         };

@@ -35,6 +35,10 @@ const EVENT_ONLY: &[(&str, &str)] = &[
     ),
     ("memring_migration_total", "a migration"),
     (
+        "memring_control_copies_dropped_total",
+        "a copy outside its replica set (tests/tests/replication.rs)",
+    ),
+    (
         "memring_router_read_retries_total",
         "a read whose owner cannot be reached (with replica reads a follower answers first)",
     ),

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use memring_common::api::partition_path;
 use memring_common::store::RingStore;
-use memring_common::{PartitionKey, Ring};
+use memring_common::{NodeId, PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
 use memring_tests::load::{set_replication, wait_verified, writer};
-use memring_tests::{binary, client, vector, write_batch};
+use memring_tests::{binary, client, shardctl, vector, write_batch};
 use serde_json::{Value, json};
 
 /// `(count, checksum)` of `partition` on the node at `addr` (from its meta; 0 if absent).
@@ -233,5 +233,124 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
         c.partitions_on(&c.shards[0]).await?.is_empty(),
         "the drained shard-1 still holds copies"
     );
+    Ok(())
+}
+
+/// `shardctl migrate` in a replicated cluster (R = 3, W = 2, four nodes) under a write + read-back
+/// load: a tenant moves to the node outside its replica set (it joins as an extra copy, replays
+/// the log, takes the writes over, and the member the new set leaves out drops its copy), then
+/// to a member of its set (only the lead changes). The tenant ends pinned with three copies led
+/// by the named node; no acknowledged write is lost, no read with its token misses its write,
+/// and verify finds every copy equal. Then the replication factor goes down to 2 and the control
+/// plane drops each partition's third copy by itself.
+#[tokio::test]
+async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Result<()> {
+    let c = EtcdCluster::start(4, 1, 5).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let http = client();
+    for batch in 0..3 {
+        let items: Vec<_> = (0..200)
+            .map(|n| json!({"id": format!("s{batch}-{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), "mv", items).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let writers: Vec<_> = ["mv", "bystander"]
+        .into_iter()
+        .map(|t| tokio::spawn(writer(c.router(0), t.to_owned(), stop.clone(), t0)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let p: PartitionKey = "mv/shared".parse()?;
+    let ids = |ring: &Ring| -> Vec<String> {
+        ring.replicas(&p).iter().map(|n| n.id.to_string()).collect()
+    };
+    let layout = store.load().await?.layout;
+    let before = ids(&Ring::new(layout.clone()));
+    let outsider =
+        layout.nodes.iter().map(|n| n.id.to_string()).find(|id| !before.contains(id)).expect("4th");
+    let moved = shardctl(&control, &["migrate", "--tenant", "mv", "--to", &outsider]).await?;
+    println!("{moved}");
+    let layout = store.load().await?.layout;
+    let ring = Ring::new(layout.clone());
+    let after = ids(&ring);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[0], outsider, "the named node leads the set: {after:?}");
+    assert_eq!(ring.owner(&p).map(|o| o.id.to_string()), Some(outsider.clone()));
+    assert!(layout.extra_copies.is_empty(), "{:?}", layout.extra_copies);
+    let left_out: Vec<&String> = before.iter().filter(|id| !after.contains(id)).collect();
+    assert_eq!(left_out.len(), 1, "{before:?} -> {after:?}");
+    let leaver_addr = layout.node(&NodeId::parse(left_out[0])?).map(|n| n.addr.clone());
+    let leaver =
+        c.shards.iter().find(|s| Some(&s.addr) == leaver_addr.as_ref()).expect("its process");
+    assert!(
+        !c.partitions_on(leaver).await?.contains(&"mv/shared".to_owned()),
+        "{} still holds a copy it no longer has a place for",
+        left_out[0]
+    );
+
+    // Within the set: the lead changes, nothing is copied.
+    let member = after[1].clone();
+    shardctl(&control, &["migrate", "--tenant", "mv", "--to", &member]).await?;
+    let ring = Ring::new(store.load().await?.layout);
+    assert_eq!(ring.owner(&p).map(|o| o.id.to_string()), Some(member.clone()));
+    assert_eq!(ids(&ring).len(), 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for w in writers {
+        seen.push(w.await?);
+    }
+    let wrong: Vec<&String> = seen.iter().flat_map(|s| &s.wrong).collect();
+    assert!(wrong.is_empty(), "wrong answers: {wrong:?}\n{}", c.logs());
+    let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
+    let failed: usize = seen.iter().map(|s| s.failed).sum();
+    let gap = seen[0].acked_at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    println!(
+        "replicated moves under load: {} writes acknowledged, {failed} failed (503/timeout), \
+         longest gap between acknowledged writes to the moved tenant {gap:?}",
+        acked.len()
+    );
+    assert!(seen[0].acked.len() > 10, "the moved tenant's writer made no progress");
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    for (tenant, id, content) in &acked {
+        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
+        let v: Value = http.get(url).send().await?.json().await?;
+        assert_eq!(v["content"], content.as_str(), "{tenant}/{id}: {v}");
+    }
+    let report = wait_verified(&control, Duration::from_secs(30)).await?;
+    let three_copies = report["memories"].as_u64().unwrap_or(0);
+    assert!(three_copies >= 3 * (600 + acked.len() as u64), "{report}");
+
+    // Down to two copies: the control plane's sweep drops every third copy by itself.
+    set_replication(&c.etcd.url, 2).await?;
+    let holders = || async {
+        let mut n = 0;
+        for shard in &c.shards {
+            n += usize::from(c.partitions_on(shard).await?.contains(&"mv/shared".to_owned()));
+        }
+        anyhow::Ok(n)
+    };
+    memring_tests::load::wait_for("the third copies dropped", Duration::from_secs(40), || async {
+        Ok((holders().await? == 2).then_some(()))
+    })
+    .await?;
+    let report = wait_verified(&control, Duration::from_secs(30)).await?;
+    // The same memories, on two copies instead of three.
+    assert_eq!(3 * report["memories"].as_u64().unwrap_or(0), 2 * three_copies, "{report}");
+    let v: Value = http
+        .get(format!("{}/v1/tenants/mv/memories/s2-199?scope=shared", c.router(0)))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["content"], "seed 199", "{v}");
     Ok(())
 }

@@ -1,0 +1,135 @@
+//! Drops copies that no replica set has a place for any more — the third copy of every partition
+//! after the replication factor went from 3 to 2, or a copy a stopped move left behind — once
+//! the set provably holds everything the copy holds. The active control plane sweeps every
+//! [`EVERY`], between jobs (it holds the jobs lock while it sweeps).
+//!
+//! A copy of partition P on node N is dropped only when all of these hold:
+//! - N is not among P's holders in the layout (its replica set and extra copies);
+//! - nothing is moving: no migration in the journal, no replicated move's extra copies, no
+//!   rebalance's staging pins or creation freeze;
+//! - P's owner and every other live member of its set hold the entry at the copy's last log
+//!   position, byte for byte the same as the copy's. Logs are shared prefixes (`replicate.rs`),
+//!   so the set has every entry the copy has; a copy from another lineage (a partition left
+//!   on a node by a layout edited by hand, say) never matches and is kept for an operator;
+//! - the layout epoch did not change while this was checked.
+
+use std::time::Duration;
+
+use memring_common::api::{PartitionStats, partition_path};
+use memring_common::layout::LayoutNode;
+use memring_common::store::RingStore;
+use memring_common::{ClusterLayout, PartitionKey, Ring};
+
+/// How often the active control plane sweeps.
+pub const EVERY: Duration = Duration::from_secs(5);
+
+/// Sweeps every [`EVERY`] while no job holds `jobs`, for as long as the task lives.
+pub async fn run(
+    store: std::sync::Arc<dyn RingStore>,
+    client: reqwest::Client,
+    jobs: std::sync::Arc<tokio::sync::Mutex<()>>,
+) {
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let Ok(_between_jobs) = jobs.try_lock() else { continue };
+        match sweep(store.as_ref(), &client).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dropped = n, "copies outside their replica sets dropped"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "sweep for unneeded copies failed"),
+        }
+    }
+}
+
+/// Whether anything is on the move in `layout` (a sweep then waits for the next round).
+fn moving(layout: &ClusterLayout) -> bool {
+    !layout.extra_copies.is_empty() || !layout.staging_pins.is_empty() || layout.creation_frozen
+}
+
+/// One sweep over every live node; returns how many copies it dropped.
+pub async fn sweep(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::Result<usize> {
+    let layout = store.load().await?.layout;
+    if moving(&layout) || !crate::journal::pending(store).await?.is_empty() {
+        return Ok(0);
+    }
+    let ring = Ring::new(layout.clone());
+    let mut dropped = 0;
+    for node in layout.nodes.iter().filter(|n| !layout.is_down(&n.id)) {
+        let Ok(list) = crate::view::partition_list(client, &node.addr).await else { continue };
+        for copy in list.partitions {
+            let p = &copy.partition;
+            if ring.replicas(p).iter().any(|n| n.id == node.id)
+                || !covered(client, &ring, node, &copy).await?
+            {
+                continue;
+            }
+            if store.load().await?.layout.epoch != layout.epoch {
+                return Ok(dropped);
+            }
+            crate::migrate::call(
+                client,
+                reqwest::Method::DELETE,
+                &crate::migrate::url(node, p, "partition"),
+                None,
+            )
+            .await?;
+            tracing::info!(partition = %p, node = %node.id, position = copy.last_seq, "copy outside its replica set dropped");
+            metrics::counter!("memring_control_copies_dropped_total").increment(1);
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Whether the owner and every other live member of the copy's replica set hold the copy's last
+/// log entry (see the module notes).
+async fn covered(
+    client: &reqwest::Client,
+    ring: &Ring,
+    holder: &LayoutNode,
+    copy: &PartitionStats,
+) -> anyhow::Result<bool> {
+    let p = &copy.partition;
+    let Some(owner) = ring.owner(p) else { return Ok(false) };
+    if ring.layout().is_down(&owner.id) {
+        return Ok(false);
+    }
+    if copy.last_seq == 0 {
+        // Holds no log entry: an empty copy.
+        return Ok(copy.count == 0);
+    }
+    let Some(theirs) = entry_at(client, holder, p, copy.last_seq).await? else {
+        return Ok(false);
+    };
+    for member in ring.replica_set(p).iter().filter(|n| !ring.layout().is_down(&n.id)) {
+        if entry_at(client, member, p, copy.last_seq).await?.as_ref() != Some(&theirs) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `node`'s log entry of `p` at position `seq`, as the bytes it sends (None if it has none).
+async fn entry_at(
+    client: &reqwest::Client,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    seq: u64,
+) -> anyhow::Result<Option<bytes::Bytes>> {
+    let url = format!(
+        "http://{}/internal/v1/migrate/{}/entries?after={}&limit=1",
+        node.addr,
+        partition_path(p),
+        seq - 1
+    );
+    let resp = client.get(&url).send().await?.error_for_status()?;
+    let body = resp.bytes().await?;
+    // The entry after `seq - 1` may be a later one when `seq` itself was never written here: the
+    // encoded entry carries its sequence number, so such a one differs from the copy's anyway.
+    Ok((!is_empty_batch(&body)).then_some(body))
+}
+
+/// Whether an encoded entry batch holds no entry.
+fn is_empty_batch(body: &[u8]) -> bool {
+    // A format byte and bincode's varint length 0.
+    body.len() <= 2
+}

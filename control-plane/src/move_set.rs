@@ -1,0 +1,303 @@
+//! `shardctl migrate` of a replicated layout: moving one partition's replica set so that a named
+//! node leads it. Copies are not streamed by the control plane as in `migrate.rs`; the layout
+//! says who holds a copy, and new copies replay the owner's log (the follower path of
+//! `shard-node/src/replicate.rs`). Every step is one compare-and-swap on the layout (epoch + 1):
+//!
+//! 1. **join**: the members of the new set that hold no copy become *extra copies* of the
+//!    partition (`ClusterLayout::extra_copies`): they follow the owner and count toward its
+//!    write quorum, but own nothing. Wait until each has the owner's position.
+//! 2. **lead**: pin the partition on the target; the members of the old set that the new one
+//!    leaves out become its extra copies. The target takes the writes over by position (it asks
+//!    enough of *all* the copies, extra ones included, so a write acknowledged by any W of them
+//!    is found).
+//! 3. **settle**: fence the partition on its new owner for a moment, wait until every live
+//!    member of the new set has everything it has, drop the extra copies from the layout,
+//!    unfence, and delete the leavers' data.
+//!
+//! At every step an acknowledged write is on W copies that the current owner (or a node taking
+//! over from it) will ask, so nothing acknowledged is lost. The layout itself records how far a
+//! move got, so a run that stopped anywhere is finished by running it again (the journal's
+//! resume does so); the target is not pinned before its copy has caught up, so a move cancelled
+//! before step 2 leaves the old set owning the partition and only drops the joiners' copies.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use memring_common::api::{ReplicaPosition, partition_path};
+use memring_common::layout::LayoutNode;
+use memring_common::store::{RingStore, update_layout};
+use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
+
+use crate::migrate::{CANCELLED, Cancel, MigrationReport, call, url};
+use crate::resize::wait;
+
+/// How long the settle step keeps the partition fenced waiting for the new set to catch up
+/// before it gives up (unfences) and tries again.
+const SETTLE_FENCE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The replica set `partition` has once pinned on `to`.
+fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId) -> Vec<NodeId> {
+    let mut pinned = layout.clone();
+    pinned.overrides.insert(partition.clone(), to.clone());
+    pinned.extra_copies.remove(partition);
+    Ring::new(pinned).replica_set(partition).iter().map(|n| n.id.clone()).collect()
+}
+
+/// Every node holding a copy of `partition` in `layout` (its set and its extra copies).
+fn holders(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
+    Ring::new(layout.clone()).replicas(partition).iter().map(|n| n.id.clone()).collect()
+}
+
+/// `node`'s log position of `partition`, once it has seen layout `epoch`.
+async fn position(
+    client: &reqwest::Client,
+    node: &LayoutNode,
+    partition: &PartitionKey,
+    epoch: u64,
+) -> anyhow::Result<u64> {
+    let url = format!(
+        "http://{}/internal/v1/replicate/position/{}?epoch={epoch}",
+        node.addr,
+        partition_path(partition)
+    );
+    let resp = client.post(&url).send().await.with_context(|| format!("POST {url}"))?;
+    Ok(resp.error_for_status()?.json::<ReplicaPosition>().await?.last_seq)
+}
+
+/// Whether every live node of `members` has at least the owner's position of `partition`
+/// (read first); returns the owner's position and the slowest member's.
+async fn caught_up(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    partition: &PartitionKey,
+    members: &[NodeId],
+) -> anyhow::Result<(u64, u64)> {
+    let layout = store.load().await?.layout;
+    let ring = Ring::new(layout.clone());
+    let owner = ring.owner(partition).cloned().context("the ring has no nodes")?;
+    let target = position(client, &owner, partition, layout.epoch).await?;
+    let mut slowest = target;
+    for id in members.iter().filter(|id| **id != owner.id && !layout.down.contains(*id)) {
+        let node = layout.node(id).with_context(|| format!("node {id} left the layout"))?;
+        slowest = slowest.min(position(client, node, partition, layout.epoch).await?);
+    }
+    Ok((target, slowest))
+}
+
+/// Moves `partition`'s replica set so that `to` leads it (see the module notes). Runs from
+/// whatever step an earlier run reached.
+pub async fn move_set(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    partition: &PartitionKey,
+    to: &NodeId,
+    cancel: &Cancel,
+) -> anyhow::Result<MigrationReport> {
+    let started = Instant::now();
+    let layout = store.load().await?.layout;
+    let target =
+        layout.node(to).cloned().with_context(|| format!("node {to} is not in the ring layout"))?;
+    if layout.is_down(to) {
+        bail!("node {to} is marked down or draining; it cannot lead a replica set");
+    }
+    let from =
+        Ring::new(layout.clone()).owner(partition).cloned().context("the ring has no nodes")?;
+    let journal = |phase: &'static str, progress: (u64, u64)| {
+        crate::journal::record(
+            store,
+            partition,
+            from.id.as_str(),
+            to.as_str(),
+            crate::migrate::Flip::Pin,
+            phase,
+            progress,
+        )
+    };
+    journal("join", (0, 0)).await?;
+
+    // 1. join: the new set's members without a copy become extra copies and replay the log.
+    let joined = update_layout(store, 20, |l| {
+        let held = holders(l, partition);
+        let missing: Vec<NodeId> =
+            set_led_by(l, partition, to).into_iter().filter(|id| !held.contains(id)).collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let mut next = l.clone();
+        next.epoch += 1;
+        next.extra_copies.entry(partition.clone()).or_default().extend(missing);
+        Some(next)
+    })
+    .await?;
+    let new_set = set_led_by(&joined.layout, partition, to);
+    tracing::info!(%partition, to = %to, set = ?new_set, epoch = joined.layout.epoch, "replicated move: joining copies replay the log");
+    let reported = std::sync::Mutex::new(Instant::now());
+    // The log position the joining copies reached (entries they replayed).
+    let replayed = std::sync::atomic::AtomicU64::new(0);
+    let pinned = |l: &ClusterLayout| l.overrides.get(partition) == Some(to);
+    if !pinned(&joined.layout) {
+        let joining = wait(cancel, "the joining copies to catch up", || async {
+            let (owner_at, slowest) = caught_up(store, client, partition, &new_set).await?;
+            replayed.store(slowest, std::sync::atomic::Ordering::Relaxed);
+            let due =
+                reported.lock().map(|at| at.elapsed() > Duration::from_secs(2)).unwrap_or(true);
+            if due {
+                journal("join", (slowest, owner_at)).await?;
+                if let Ok(mut at) = reported.lock() {
+                    *at = Instant::now();
+                }
+            }
+            Ok(slowest >= owner_at)
+        })
+        .await;
+        if let Err(e) = joining {
+            if cancel.is_set() {
+                abandon_join(store, client, partition, to).await?;
+            }
+            return Err(e);
+        }
+    }
+
+    // 2. lead: pin on the target; the old set's members it leaves out stay as extra copies.
+    journal("lead", (0, 0)).await?;
+    let led = update_layout(store, 20, |l| {
+        if pinned(l) {
+            return None;
+        }
+        let set = set_led_by(l, partition, to);
+        let leaving: BTreeSet<NodeId> =
+            holders(l, partition).into_iter().filter(|id| !set.contains(id)).collect();
+        let mut next = l.clone();
+        next.epoch += 1;
+        next.overrides.insert(partition.clone(), to.clone());
+        next.staging_pins.remove(partition);
+        next.extra_copies.remove(partition);
+        if !leaving.is_empty() {
+            next.extra_copies.insert(partition.clone(), leaving);
+        }
+        Some(next)
+    })
+    .await?;
+    wait(cancel, "the new owner to take the writes over", || async {
+        let take_over = format!(
+            "http://{}/internal/v1/replicate/take-over/{}",
+            target.addr,
+            partition_path(partition)
+        );
+        Ok(client.post(take_over).send().await.is_ok_and(|r| r.status().is_success()))
+    })
+    .await?;
+    tracing::info!(%partition, to = %to, epoch = led.layout.epoch, "replicated move: new owner took over");
+
+    // 3. settle: the new set catches up behind a short fence, then the leavers go.
+    journal("settle", (0, 0)).await?;
+    let (leavers, fenced_ms) = settle(store, client, &target, partition, cancel).await?;
+    for id in &leavers {
+        if let Some(node) = store.load().await?.layout.node(id).cloned() {
+            call(client, reqwest::Method::DELETE, &url(&node, partition, "partition"), None)
+                .await?;
+            tracing::info!(%partition, node = %id, "copy outside the new replica set dropped");
+        }
+    }
+    let layout = store.load().await?.layout;
+    let sum = crate::migrate::checksum(client, &target, partition, false).await?;
+    store.delete_job(&crate::journal::job_id(partition)).await?;
+    Ok(MigrationReport {
+        partition: partition.to_string(),
+        from: from.id.to_string(),
+        to: to.to_string(),
+        copied: 0,
+        replayed: replayed.into_inner(),
+        fenced_ms,
+        count: sum.count,
+        epoch: layout.epoch,
+        took_ms: started.elapsed().as_millis() as u64,
+        index_bytes: 0,
+    })
+}
+
+/// Step 3: with the partition fenced on its owner, waits for every live member of its set to
+/// reach the owner's position, then removes the extra copies from the layout; unfences either
+/// way. Returns the nodes whose copies left the layout (their data is still to be dropped) and
+/// how long the fence held writes, ms.
+async fn settle(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    owner: &LayoutNode,
+    partition: &PartitionKey,
+    cancel: &Cancel,
+) -> anyhow::Result<(Vec<NodeId>, u64)> {
+    loop {
+        let layout = store.load().await?.layout;
+        let Some(extra) = layout.extra_copies.get(partition).cloned() else {
+            // Settled by an earlier run; it may have stopped before unfencing.
+            call(client, reqwest::Method::DELETE, &url(owner, partition, "fence"), None).await?;
+            return Ok((Vec::new(), 0));
+        };
+        let set: Vec<NodeId> =
+            Ring::new(layout).replica_set(partition).iter().map(|n| n.id.clone()).collect();
+        call(client, reqwest::Method::POST, &url(owner, partition, "fence"), None).await?;
+        let fenced = Instant::now();
+        let settled = async {
+            loop {
+                let (owner_at, slowest) = caught_up(store, client, partition, &set).await?;
+                if slowest >= owner_at {
+                    break;
+                }
+                if fenced.elapsed() > SETTLE_FENCE_LIMIT {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            update_layout(store, 20, |l| {
+                let mut next = l.clone();
+                next.epoch += 1;
+                next.extra_copies.remove(partition)?;
+                Some(next)
+            })
+            .await?;
+            anyhow::Ok(true)
+        }
+        .await;
+        call(client, reqwest::Method::DELETE, &url(owner, partition, "fence"), None).await?;
+        if settled? {
+            let fenced_ms = fenced.elapsed().as_millis() as u64;
+            tracing::info!(%partition, fenced_ms, "replicated move settled");
+            return Ok((extra.into_iter().collect(), fenced_ms));
+        }
+        if cancel.is_set() {
+            bail!("{CANCELLED} while the new replica set of {partition} caught up");
+        }
+        tracing::warn!(%partition, "the new replica set did not catch up behind the fence; trying again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A move cancelled before its target leads: the joining copies leave the layout and their data
+/// is dropped; the old set never stopped owning the partition.
+async fn abandon_join(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    partition: &PartitionKey,
+    to: &NodeId,
+) -> anyhow::Result<()> {
+    let before = store.load().await?.layout;
+    let joiners: Vec<NodeId> =
+        before.extra_copies.get(partition).into_iter().flatten().cloned().collect();
+    update_layout(store, 20, |l| {
+        let mut next = l.clone();
+        next.epoch += 1;
+        next.extra_copies.remove(partition)?;
+        Some(next)
+    })
+    .await?;
+    for id in &joiners {
+        if let Some(node) = before.node(id) {
+            call(client, reqwest::Method::DELETE, &url(node, partition, "partition"), None).await?;
+        }
+    }
+    store.delete_job(&crate::journal::job_id(partition)).await?;
+    tracing::warn!(%partition, to = %to, "replicated move cancelled; the old replica set still owns it");
+    Ok(())
+}
