@@ -250,13 +250,7 @@ async fn settle(
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            update_layout(store, 20, |l| {
-                let mut next = l.clone();
-                next.epoch += 1;
-                next.extra_copies.remove(partition)?;
-                Some(next)
-            })
-            .await?;
+            drop_extra_copies(store, partition).await?;
             anyhow::Ok(true)
         }
         .await;
@@ -285,13 +279,7 @@ async fn abandon_join(
     let before = store.load().await?.layout;
     let joiners: Vec<NodeId> =
         before.extra_copies.get(partition).into_iter().flatten().cloned().collect();
-    update_layout(store, 20, |l| {
-        let mut next = l.clone();
-        next.epoch += 1;
-        next.extra_copies.remove(partition)?;
-        Some(next)
-    })
-    .await?;
+    drop_extra_copies(store, partition).await?;
     for id in &joiners {
         if let Some(node) = before.node(id) {
             call(client, reqwest::Method::DELETE, &url(node, partition, "partition"), None).await?;
@@ -299,5 +287,17 @@ async fn abandon_join(
     }
     store.delete_job(&crate::journal::job_id(partition)).await?;
     tracing::warn!(%partition, to = %to, "replicated move cancelled; the old replica set still owns it");
+    Ok(())
+}
+
+/// Takes `partition`'s extra copies out of the layout (epoch + 1; nothing if it has none).
+async fn drop_extra_copies(store: &dyn RingStore, partition: &PartitionKey) -> anyhow::Result<()> {
+    update_layout(store, 20, |l| {
+        let mut next = l.clone();
+        next.epoch += 1;
+        next.extra_copies.remove(partition)?;
+        Some(next)
+    })
+    .await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use memring_common::api::READ_TOKEN_HEADER;
 use serde_json::{Value, json};
 
+use crate::etcd::EtcdCluster;
 use crate::{Proc, binary, client, vector};
 
 /// `memring-control --etcd URL layout set-replication R`.
@@ -18,6 +19,23 @@ pub async fn set_replication(etcd: &str, copies: u32) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
+}
+
+/// A cluster on a private etcd: `nodes` shard nodes with 5 s leases, one router, `copies` copies
+/// of every partition, and a control plane that never replaces a down node; the router has seen
+/// the replicated layout.
+pub async fn replicated_cluster(
+    nodes: usize,
+    copies: u32,
+) -> anyhow::Result<(EtcdCluster, memring_common::store::etcd::EtcdStore, Proc)> {
+    use memring_common::store::RingStore;
+    let c = EtcdCluster::start(nodes, 1, 5).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, copies).await?;
+    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    Ok((c, store, control))
 }
 
 /// Polls `check` every 200 ms until it gives a value, failing after `timeout`.
@@ -124,4 +142,36 @@ pub async fn writer(router: String, tenant: String, stop: Arc<AtomicBool>, t0: I
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     seen
+}
+
+/// Starts a [`writer`] through `router` for each tenant; they run until the flag is set (see
+/// [`stop_writers`]). Also answers the instant they started from.
+pub fn start_writers(
+    router: &str,
+    tenants: impl IntoIterator<Item = String>,
+) -> (Arc<AtomicBool>, Instant, Vec<tokio::task::JoinHandle<Seen>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let writers = tenants
+        .into_iter()
+        .map(|t| tokio::spawn(writer(router.to_owned(), t, stop.clone(), t0)))
+        .collect();
+    (stop, t0, writers)
+}
+
+/// Stops the writers that watch `stop` and gathers what they saw; fails if any of them got a
+/// wrong answer (`logs` goes into the message).
+pub async fn stop_writers(
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Seen>>,
+    logs: impl FnOnce() -> String,
+) -> anyhow::Result<Vec<Seen>> {
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for w in writers {
+        seen.push(w.await?);
+    }
+    let wrong: Vec<&String> = seen.iter().flat_map(|s| &s.wrong).collect();
+    anyhow::ensure!(wrong.is_empty(), "wrong answers: {wrong:?}\n{}", logs());
+    Ok(seen)
 }

@@ -2,16 +2,16 @@
 //! under load, its return as a follower, a node gone for good, replica reads with read-your-
 //! writes tokens, and an isolated old primary that must not acknowledge writes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memring_common::api::READ_TOKEN_HEADER;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
-use memring_tests::load::{set_replication, wait_for, wait_verified, writer};
+use memring_tests::load::{
+    replicated_cluster, set_replication, start_writers, stop_writers, wait_for, wait_verified,
+};
 use memring_tests::proxy::Proxy;
 use memring_tests::{binary, client, vector};
 use serde_json::{Value, json};
@@ -35,22 +35,14 @@ fn index_of(c: &EtcdCluster, node: &LayoutNode) -> usize {
 /// back to three equal copies without an operator.
 #[tokio::test]
 async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
-    let mut c = EtcdCluster::start(4, 1, 5).await?;
-    let store = c.etcd.store().await?;
-    set_replication(&c.etcd.url, 3).await?;
-    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
+    let (mut c, store, control) = replicated_cluster(4, 3).await?;
     let layout = layout_of(&store).await?;
-    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
     let ring = Ring::new(layout.clone());
     let busy: PartitionKey = "f0/shared".parse()?;
     let victim = index_of(&c, ring.owner(&busy).expect("owner"));
     let victim_id = c.shard_id(victim);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let writers: Vec<_> = (0..4)
-        .map(|t| tokio::spawn(writer(c.router(0), format!("f{t}"), stop.clone(), t0)))
-        .collect();
+    let (stop, t0, writers) = start_writers(&c.router(0), (0..4).map(|t| format!("f{t}")));
     tokio::time::sleep(Duration::from_secs(3)).await;
     c.shards[victim].kill();
     let killed_at = t0.elapsed();
@@ -70,13 +62,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     assert!(status.contains("under-replicated") && status.contains("down: "), "{status}");
     println!("{status}");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for w in writers {
-        seen.push(w.await?);
-    }
-    let wrong: Vec<&String> = seen.iter().flat_map(|s| &s.wrong).collect();
-    assert!(wrong.is_empty(), "wrong answers: {wrong:?}\n{}", c.logs());
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
     let failed: usize = seen.iter().map(|s| s.failed).sum();
     let acked: Vec<&(String, String, String)> = seen.iter().flat_map(|s| &s.acked).collect();
     // The longest time without an acknowledged write to the busy partition.

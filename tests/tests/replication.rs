@@ -1,14 +1,14 @@
 //! Replication with real etcd and real shard nodes: followers tail their primaries' change logs.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use memring_common::api::partition_path;
 use memring_common::store::RingStore;
 use memring_common::{NodeId, PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
-use memring_tests::load::{set_replication, wait_verified, writer};
+use memring_tests::load::{
+    replicated_cluster, set_replication, start_writers, stop_writers, wait_verified,
+};
 use memring_tests::{binary, client, shardctl, vector, write_batch};
 use serde_json::{Value, json};
 
@@ -152,12 +152,7 @@ async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
 /// verify finds three equal copies of every partition, and shard-1 ends empty.
 #[tokio::test]
 async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result<()> {
-    let mut c = EtcdCluster::start(3, 1, 5).await?;
-    let store = c.etcd.store().await?;
-    set_replication(&c.etcd.url, 3).await?;
-    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
-    let epoch = store.load().await?.layout.epoch;
-    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let (mut c, store, control) = replicated_cluster(3, 3).await?;
     let http = client();
     for t in 0..8 {
         let items: Vec<_> = (0..30)
@@ -165,11 +160,7 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
             .collect();
         write_batch(&http, &c.router(0), &format!("g{t}"), items).await?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let writers: Vec<_> = (0..3)
-        .map(|t| tokio::spawn(writer(c.router(0), format!("g{t}"), stop.clone(), t0)))
-        .collect();
+    let (stop, _, writers) = start_writers(&c.router(0), (0..3).map(|t| format!("g{t}")));
 
     let joining = c.start_shard("shard-4").await?;
     c.shards.push(joining);
@@ -201,13 +192,7 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
         ["shard-2", "shard-3", "shard-4"]
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for w in writers {
-        seen.push(w.await?);
-    }
-    let wrong: Vec<&String> = seen.iter().flat_map(|s| &s.wrong).collect();
-    assert!(wrong.is_empty(), "wrong answers: {wrong:?}");
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
     let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
     let failed: usize = seen.iter().map(|s| s.failed).sum();
     println!(
@@ -245,12 +230,7 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
 /// plane drops each partition's third copy by itself.
 #[tokio::test]
 async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Result<()> {
-    let c = EtcdCluster::start(4, 1, 5).await?;
-    let store = c.etcd.store().await?;
-    set_replication(&c.etcd.url, 3).await?;
-    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
-    let epoch = store.load().await?.layout.epoch;
-    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    let (c, store, control) = replicated_cluster(4, 3).await?;
     let http = client();
     for batch in 0..3 {
         let items: Vec<_> = (0..200)
@@ -258,12 +238,7 @@ async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Re
             .collect();
         write_batch(&http, &c.router(0), "mv", items).await?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let writers: Vec<_> = ["mv", "bystander"]
-        .into_iter()
-        .map(|t| tokio::spawn(writer(c.router(0), t.to_owned(), stop.clone(), t0)))
-        .collect();
+    let (stop, _, writers) = start_writers(&c.router(0), ["mv".into(), "bystander".into()]);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let p: PartitionKey = "mv/shared".parse()?;
@@ -302,13 +277,7 @@ async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Re
     assert_eq!(ids(&ring).len(), 3);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for w in writers {
-        seen.push(w.await?);
-    }
-    let wrong: Vec<&String> = seen.iter().flat_map(|s| &s.wrong).collect();
-    assert!(wrong.is_empty(), "wrong answers: {wrong:?}\n{}", c.logs());
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
     let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
     let failed: usize = seen.iter().map(|s| s.failed).sum();
     let gap = seen[0].acked_at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
