@@ -65,13 +65,7 @@ pub async fn sweep(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::R
             if store.load().await?.layout.epoch != layout.epoch {
                 return Ok(dropped);
             }
-            crate::migrate::call(
-                client,
-                reqwest::Method::DELETE,
-                &crate::migrate::url(node, p, "partition"),
-                None,
-            )
-            .await?;
+            crate::move_set::drop_copy(client, node, p, layout.epoch).await?;
             tracing::info!(partition = %p, node = %node.id, position = copy.last_seq, "copy outside its replica set dropped");
             metrics::counter!("memring_control_copies_dropped_total").increment(1);
             dropped += 1;

@@ -65,6 +65,19 @@ async fn position(
     Ok(resp.error_for_status()?.json::<ReplicaPosition>().await?.last_seq)
 }
 
+/// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
+/// it holds no copy — so no follower round of an older layout can write it again afterwards
+/// (a node applies log entries only while its current layout gives it a copy).
+pub(crate) async fn drop_copy(
+    client: &reqwest::Client,
+    node: &LayoutNode,
+    partition: &PartitionKey,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    position(client, node, partition, epoch).await?;
+    call(client, reqwest::Method::DELETE, &url(node, partition, "partition"), None).await
+}
+
 /// Whether every live node of `members` has at least the owner's position of `partition`
 /// (read first); returns the owner's position and the slowest member's.
 async fn caught_up(
@@ -114,7 +127,12 @@ pub async fn move_set(
             progress,
         )
     };
-    journal("join", (0, 0)).await?;
+    // Each step is journaled before it runs, then passes its failpoint (`testing` builds).
+    let step = |phase: &'static str| async move {
+        journal(phase, (0, 0)).await?;
+        crate::failpoint::hit(&format!("move_set.{phase}")).await
+    };
+    step("join").await?;
 
     // 1. join: the new set's members without a copy become extra copies and replay the log.
     let joined = update_layout(store, 20, |l| {
@@ -160,7 +178,11 @@ pub async fn move_set(
     }
 
     // 2. lead: pin on the target; the old set's members it leaves out stay as extra copies.
-    journal("lead", (0, 0)).await?;
+    step("lead").await?;
+    if cancel.is_set() && !pinned(&store.load().await?.layout) {
+        abandon_join(store, client, partition, to).await?;
+        bail!("move of {partition} to {to} {CANCELLED}; the old replica set still owns it");
+    }
     let led = update_layout(store, 20, |l| {
         if pinned(l) {
             return None;
@@ -191,16 +213,15 @@ pub async fn move_set(
     tracing::info!(%partition, to = %to, epoch = led.layout.epoch, "replicated move: new owner took over");
 
     // 3. settle: the new set catches up behind a short fence, then the leavers go.
-    journal("settle", (0, 0)).await?;
+    step("settle").await?;
     let (leavers, fenced_ms) = settle(store, client, &target, partition, cancel).await?;
+    let layout = store.load().await?.layout;
     for id in &leavers {
-        if let Some(node) = store.load().await?.layout.node(id).cloned() {
-            call(client, reqwest::Method::DELETE, &url(&node, partition, "partition"), None)
-                .await?;
+        if let Some(node) = layout.node(id) {
+            drop_copy(client, node, partition, layout.epoch).await?;
             tracing::info!(%partition, node = %id, "copy outside the new replica set dropped");
         }
     }
-    let layout = store.load().await?.layout;
     let sum = crate::migrate::checksum(client, &target, partition, false).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
     Ok(MigrationReport {
@@ -240,6 +261,7 @@ async fn settle(
         call(client, reqwest::Method::POST, &url(owner, partition, "fence"), None).await?;
         let fenced = Instant::now();
         let settled = async {
+            crate::failpoint::hit("move_set.fenced").await?;
             loop {
                 let (owner_at, slowest) = caught_up(store, client, partition, &set).await?;
                 if slowest >= owner_at {
@@ -280,9 +302,10 @@ async fn abandon_join(
     let joiners: Vec<NodeId> =
         before.extra_copies.get(partition).into_iter().flatten().cloned().collect();
     drop_extra_copies(store, partition).await?;
+    let epoch = store.load().await?.layout.epoch;
     for id in &joiners {
         if let Some(node) = before.node(id) {
-            call(client, reqwest::Method::DELETE, &url(node, partition, "partition"), None).await?;
+            drop_copy(client, node, partition, epoch).await?;
         }
     }
     store.delete_job(&crate::journal::job_id(partition)).await?;

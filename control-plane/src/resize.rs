@@ -155,12 +155,7 @@ async fn settle(
             if ring.replicas(&p.partition).iter().any(|n| n.id == node.id) {
                 continue;
             }
-            let url = format!(
-                "http://{}/internal/v1/migrate/{}/partition",
-                node.addr,
-                partition_path(&p.partition)
-            );
-            client.delete(url).send().await?.error_for_status()?;
+            crate::move_set::drop_copy(client, node, &p.partition, ring.epoch()).await?;
             tracing::info!(partition = %p.partition, node = %node.id, "copy outside its replica set dropped");
             dropped += 1;
         }

@@ -4,12 +4,12 @@ use std::time::{Duration, Instant};
 
 use memring_common::api::partition_path;
 use memring_common::store::RingStore;
-use memring_common::{NodeId, PartitionKey, Ring};
+use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
 use memring_tests::load::{
-    replicated_cluster, set_replication, start_writers, stop_writers, wait_verified,
+    replicated_cluster, set_replication, start_writers, stop_writers, wait_for, wait_verified,
 };
-use memring_tests::{binary, client, shardctl, vector, write_batch};
+use memring_tests::{Proc, binary, client, shardctl, vector, write_batch};
 use serde_json::{Value, json};
 
 /// `(count, checksum)` of `partition` on the node at `addr` (from its meta; 0 if absent).
@@ -307,7 +307,7 @@ async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Re
         }
         anyhow::Ok(n)
     };
-    memring_tests::load::wait_for("the third copies dropped", Duration::from_secs(40), || async {
+    wait_for("the third copies dropped", Duration::from_secs(40), || async {
         Ok((holders().await? == 2).then_some(()))
     })
     .await?;
@@ -321,5 +321,144 @@ async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Re
         .json()
         .await?;
     assert_eq!(v["content"], "seed 199", "{v}");
+    Ok(())
+}
+
+/// Switches failpoint `name` of the control plane to `action` (`pause`, `error`, `off`).
+async fn set_failpoint(control: &Proc, name: &str, action: &str) -> anyhow::Result<()> {
+    let url = format!("{}/debug/v1/failpoints/{name}", control.url());
+    let resp = client().post(url).body(action.to_owned()).send().await?;
+    anyhow::ensure!(resp.status().is_success(), "control plane built without the testing feature?");
+    Ok(())
+}
+
+/// `shardctl migrate --tenant T --to NODE`, running in the background.
+fn spawn_migrate(
+    control: &Proc,
+    tenant: &str,
+    to: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<std::process::Output>>> {
+    let mut cmd = tokio::process::Command::new(binary("shardctl")?);
+    cmd.args(["--control", &control.url(), "migrate", "--tenant", tenant, "--to", to]);
+    Ok(tokio::spawn(async move { cmd.output().await }))
+}
+
+/// Waits until a migration in the journal stands at `phase`.
+async fn wait_phase(store: &impl RingStore, phase: &str) -> anyhow::Result<()> {
+    wait_for(&format!("a move at {phase}"), Duration::from_secs(20), || async {
+        let jobs = memring_control::journal::pending(store).await?;
+        Ok(jobs.iter().any(|j| j.phase == phase).then_some(()))
+    })
+    .await
+}
+
+/// A replicated move (R = 3, four nodes) under writes whose control plane is SIGKILLed at each
+/// of its steps — before the joining copy is added, before the target leads, before the settle,
+/// and with the new owner fenced — is finished by the restarted control plane: the tenant ends
+/// led by the named node with three copies, the member left out holds none, and no acknowledged
+/// write is lost. A move cancelled before the target leads leaves the old set owning the tenant
+/// and drops the joining copy.
+#[tokio::test]
+async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancelled()
+-> anyhow::Result<()> {
+    let (c, store, mut control) = replicated_cluster(4, 3).await?;
+    let http = client();
+    let holders_of = |p: &PartitionKey, layout: ClusterLayout| -> Vec<String> {
+        Ring::new(layout).replicas(p).iter().map(|n| n.id.to_string()).collect()
+    };
+    for (point, phase) in
+        [("join", "join"), ("lead", "lead"), ("settle", "settle"), ("fenced", "settle")]
+    {
+        let tenant = format!("ck-{point}");
+        let items: Vec<_> = (0..200)
+            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), &tenant, items).await?;
+        let p: PartitionKey = format!("{tenant}/shared").parse()?;
+        let layout = store.load().await?.layout;
+        let before = holders_of(&p, layout.clone());
+        let outsider =
+            layout.nodes.iter().map(|n| n.id.to_string()).find(|id| !before.contains(id));
+        let outsider = outsider.expect("a fourth node");
+
+        set_failpoint(&control, &format!("move_set.{point}"), "pause").await?;
+        let (stop, _, writers) = start_writers(&c.router(0), [tenant.clone()]);
+        let migrate = spawn_migrate(&control, &tenant, &outsider)?;
+        wait_phase(&store, phase).await?;
+        if point == "fenced" {
+            // The settle step fences the new owner right after its journal record.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        control.kill();
+        assert!(!migrate.await??.status.success(), "shardctl reports the lost control plane");
+        control.start_again()?;
+        control.wait_ready(Duration::from_secs(20)).await?;
+        wait_for(
+            "the journal emptied by the restarted control plane",
+            Duration::from_secs(60),
+            || async {
+                Ok(memring_control::journal::pending(&store).await?.is_empty().then_some(()))
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = stop_writers(&stop, writers, || c.logs()).await?;
+
+        let layout = store.load().await?.layout;
+        let after = holders_of(&p, layout.clone());
+        assert_eq!(after.len(), 3, "killed at {point}: {after:?}");
+        assert_eq!(after[0], outsider, "killed at {point}: {after:?}");
+        assert!(layout.extra_copies.is_empty(), "killed at {point}: {:?}", layout.extra_copies);
+        for shard in &c.shards {
+            let id = layout.nodes.iter().find(|n| n.addr == shard.addr).map(|n| n.id.to_string());
+            let holds = c.partitions_on(shard).await?.contains(&p.to_string());
+            assert_eq!(
+                holds,
+                id.as_ref().is_some_and(|id| after.contains(id)),
+                "killed at {point}: {id:?}"
+            );
+        }
+        let epoch = layout.epoch;
+        c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+        for (tenant, id, content) in seen.iter().flat_map(|s| &s.acked) {
+            let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
+            let v: Value = http.get(url).send().await?.json().await?;
+            assert_eq!(v["content"], content.as_str(), "killed at {point}: {tenant}/{id}: {v}");
+        }
+        println!(
+            "killed at {point}: {} writes acknowledged, {} failed (503/timeout)",
+            seen[0].acked.len(),
+            seen[0].failed
+        );
+    }
+    wait_verified(&control, Duration::from_secs(30)).await?;
+
+    // Cancelled while the joining copy has caught up but before the target leads.
+    let items: Vec<_> = (0..200)
+        .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": "seed", "embedding": vector(8, n, 0.2)}))
+        .collect();
+    write_batch(&http, &c.router(0), "ck-cancel", items).await?;
+    let p: PartitionKey = "ck-cancel/shared".parse()?;
+    let layout = store.load().await?.layout;
+    let before = holders_of(&p, layout.clone());
+    let outsider = layout.nodes.iter().map(|n| n.id.to_string()).find(|id| !before.contains(id));
+    let outsider = outsider.expect("a fourth node");
+    set_failpoint(&control, "move_set.lead", "pause").await?;
+    let migrate = spawn_migrate(&control, "ck-cancel", &outsider)?;
+    wait_phase(&store, "lead").await?;
+    let resp = http.post(format!("{}/v1/migrations/cancel", control.url())).send().await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    set_failpoint(&control, "move_set.lead", "off").await?;
+    let out = migrate.await??;
+    assert!(!out.status.success(), "a cancelled move exits non-zero");
+    let layout = store.load().await?.layout;
+    assert_eq!(holders_of(&p, layout.clone()), before, "the old set still holds it");
+    assert!(layout.extra_copies.is_empty() && !layout.overrides.contains_key(&p));
+    let outsider_addr = layout.nodes.iter().find(|n| n.id.as_str() == outsider).map(|n| &n.addr);
+    let outsider_proc =
+        c.shards.iter().find(|s| Some(&s.addr) == outsider_addr).expect("its process");
+    assert!(!c.partitions_on(outsider_proc).await?.contains(&p.to_string()), "joining copy left");
+    assert!(memring_control::journal::pending(&store).await?.is_empty());
+    wait_verified(&control, Duration::from_secs(30)).await?;
     Ok(())
 }
