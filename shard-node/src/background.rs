@@ -51,7 +51,9 @@ impl Background {
     }
 }
 
-fn work(jobs: &Mutex<Receiver<Job>>, nice: i32) {
+/// Lowers the calling thread's priority to nice `nice` (0: leave it). Threads it starts
+/// afterwards inherit the value.
+pub fn lower_priority(nice: i32) {
     if nice != 0 {
         // On Linux a thread id names one thread, so this lowers this thread only.
         let me = rustix::thread::gettid();
@@ -59,6 +61,10 @@ fn work(jobs: &Mutex<Receiver<Job>>, nice: i32) {
             tracing::warn!(error = %e, nice, "cannot lower the background thread's priority");
         }
     }
+}
+
+fn work(jobs: &Mutex<Receiver<Job>>, nice: i32) {
+    lower_priority(nice);
     loop {
         // Hold the lock only to take one job, so the threads share the queue.
         let job = jobs.lock().recv();

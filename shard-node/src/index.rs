@@ -9,6 +9,11 @@
 //! this machine, which sets [`IndexConfig::flat_limit`]. A partition switches to HNSW when it
 //! crosses the limit and stays there.
 //!
+//! A big partition loaded from RocksDB first gets an exact index that does not switch
+//! ([`VectorIndex::exact`]): it is ready in the time the vectors take to read and answers every
+//! search exactly (slower, never wrong) while its graph is built beside it
+//! ([`VectorIndex::into_graph`]) — see `Storage::ensure_loaded`.
+//!
 //! Filters run *inside* the search: the caller passes the set of labels that pass; when few pass,
 //! the search is an exact scan over exactly those, and an HNSW walk that comes back short falls
 //! back to that scan, so a selective filter never returns fewer than `k` results that exist.
@@ -16,6 +21,9 @@
 use std::collections::{HashMap, HashSet};
 
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+/// Vectors inserted per round while a graph is built (each round on several threads).
+const GRAPH_CHUNK: usize = 4096;
 
 /// Tuning for every partition index on a node.
 #[derive(Debug, Clone)]
@@ -68,12 +76,63 @@ pub struct VectorIndex {
     dims: usize,
     config: IndexConfig,
     engine: Engine,
+    /// Whether a flat index turns into a graph when it grows past `flat_limit`.
+    grows_graph: bool,
 }
 
 impl VectorIndex {
     /// An empty index for `dims`-dimensional vectors.
     pub fn new(dims: usize, config: IndexConfig) -> Self {
-        Self { dims, engine: Engine::Flat(Flat::new(dims)), config }
+        Self { dims, engine: Engine::Flat(Flat::new(dims)), config, grows_graph: true }
+    }
+
+    /// An exact (flat) index that stays exact however large it grows, until
+    /// [`VectorIndex::allow_graph`]: what serves a big partition while its graph is built.
+    pub fn exact(dims: usize, config: IndexConfig) -> Self {
+        Self { grows_graph: false, ..Self::new(dims, config) }
+    }
+
+    /// Lets an [`VectorIndex::exact`] index turn into a graph once it grows past `flat_limit`.
+    pub fn allow_graph(&mut self) {
+        self.grows_graph = true;
+    }
+
+    /// A copy of a flat index (`None` for a graph, which cannot be copied cheaply).
+    pub fn flat_copy(&self) -> Option<Self> {
+        let Engine::Flat(flat) = &self.engine else { return None };
+        Some(Self {
+            dims: self.dims,
+            config: self.config.clone(),
+            engine: Engine::Flat(flat.clone()),
+            grows_graph: self.grows_graph,
+        })
+    }
+
+    /// The (normalized) vector stored for `label` in a flat index; `None` if absent or if this
+    /// is a graph.
+    pub fn flat_vector(&self, label: u64) -> Option<&[f32]> {
+        let Engine::Flat(flat) = &self.engine else { return None };
+        let i = *flat.pos.get(&label)?;
+        Some(&flat.vectors[i * flat.dims..(i + 1) * flat.dims])
+    }
+
+    /// The same vectors in an HNSW graph, inserted on up to `threads` threads (a graph stays as
+    /// it is). Slow for big indexes: run it off the request path.
+    pub fn into_graph(self, threads: usize) -> Result<Self, IndexError> {
+        let Engine::Flat(flat) = &self.engine else { return Ok(self) };
+        let hnsw = Hnsw::new(self.dims, &self.config, (flat.labels.len() * 2).max(1024))?;
+        let mut graph = Self {
+            dims: self.dims,
+            config: self.config.clone(),
+            engine: Engine::Hnsw(hnsw),
+            grows_graph: true,
+        };
+        let items: Vec<(u64, &[f32])> =
+            flat.labels.iter().copied().zip(flat.vectors.chunks_exact(flat.dims)).collect();
+        for chunk in items.chunks(GRAPH_CHUNK) {
+            graph.upsert_many(chunk, threads)?;
+        }
+        Ok(graph)
     }
 
     /// Dimension of every vector.
@@ -112,6 +171,7 @@ impl VectorIndex {
             )));
         }
         if let Engine::Flat(flat) = &mut self.engine
+            && self.grows_graph
             && flat.labels.len() >= self.config.flat_limit
             && !flat.pos.contains_key(&label)
         {
@@ -215,7 +275,7 @@ impl VectorIndex {
         hnsw.index.change_expansion_add(config.expansion_add);
         hnsw.index.change_expansion_search(config.expansion_search);
         hnsw.reserve((hnsw.index.size() * 2).max(1024))?;
-        Ok(Self { dims, config, engine: Engine::Hnsw(hnsw) })
+        Ok(Self { dims, config, engine: Engine::Hnsw(hnsw), grows_graph: true })
     }
 
     /// The best `k` labels for `query`; with `allowed`, only among those labels.
@@ -289,6 +349,7 @@ fn top_k(mut all: Vec<Scored>, k: usize) -> Vec<Scored> {
 }
 
 /// Normalized vectors in one contiguous buffer; removal swaps the last one in.
+#[derive(Clone)]
 struct Flat {
     dims: usize,
     labels: Vec<u64>,

@@ -54,6 +54,7 @@ pub async fn run(
             threads: config.concurrency,
             ..Default::default()
         },
+        build_nice: config.migration_nice,
         ..Default::default()
     };
     let dir = config.data_dir.clone();

@@ -519,7 +519,7 @@ impl ShardService {
     ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let body = read_body(req, self.body_limit).await?;
         let search = memring_common::http::parse_json::<api::RawSearch>(&body)?.validate_query()?;
-        let results = if self.storage.is_search_loaded(&partition) {
+        let results = if self.storage.is_search_quick(&partition) {
             // A loaded index answers in tens to hundreds of microseconds: run it here rather than
             // pay two thread hand-offs. Building an index (seconds) goes to a blocking thread.
             let _permit = self

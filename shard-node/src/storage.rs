@@ -59,10 +59,13 @@ pub struct StorageConfig {
     /// Threads that insert a big batch of vectors into a graph at once (index builds, batch
     /// writes, migration imports).
     pub build_threads: usize,
+    /// Nice value of the threads that build a loaded partition's graph in the background (0:
+    /// normal priority): searches of other partitions go first.
+    pub build_nice: i32,
 }
 
-/// Vectors inserted per round while an index is built from RocksDB.
-const BUILD_CHUNK: usize = 4096;
+/// Numbers the background graph builds (see `Storage::ensure_loaded`).
+static GRAPH_BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -71,6 +74,7 @@ impl Default for StorageConfig {
             block_cache_bytes: 256 << 20,
             index: IndexConfig::default(),
             build_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            build_nice: 0,
         }
     }
 }
@@ -93,6 +97,10 @@ struct Loaded {
     entries: HashMap<u64, Entry>,
     /// Entries with a TTL; while zero, searches need no expiry check at all.
     expiring: usize,
+    /// While a graph is built beside the exact index (see `Storage::ensure_loaded`): the
+    /// build's number and the labels changed since its snapshot, replayed onto the graph before
+    /// it takes the exact index's place.
+    building: Option<(u64, Vec<u64>)>,
 }
 
 impl Loaded {
@@ -497,6 +505,9 @@ impl Storage {
         let Some(loaded) = guard.as_mut() else { return };
         let last: HashMap<u64, usize> =
             ops.iter().enumerate().map(|(i, (label, _, _))| (*label, i)).collect();
+        if let Some((_, touched)) = &mut loaded.building {
+            touched.extend(last.keys());
+        }
         let mut upserts: Vec<(u64, Vec<f32>)> = Vec::new();
         let mut result = Ok(());
         for (i, (label, vector, entry)) in ops.into_iter().enumerate() {
@@ -531,8 +542,11 @@ impl Storage {
         }
     }
 
-    /// Builds the partition's search state from RocksDB if it is not loaded.
-    fn ensure_loaded(&self, p: &Partition) -> Result<(), ApiError> {
+    /// Builds the partition's search state from RocksDB if it is not loaded. A big partition
+    /// gets an exact index first — ready once its vectors are read, answering every search
+    /// exactly — and its HNSW graph is built on a background thread from a copy of it; writes
+    /// meanwhile go to the exact index and are replayed onto the graph before it takes over.
+    fn ensure_loaded(&self, p: &Arc<Partition>) -> Result<(), ApiError> {
         if p.search.read().is_some() {
             return Ok(());
         }
@@ -543,41 +557,118 @@ impl Storage {
         }
         let started = std::time::Instant::now();
         let mut loaded = Loaded::default();
-        // Vectors go into the graph in chunks, each on several threads.
-        let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(BUILD_CHUNK);
-        let flush = |loaded: &mut Loaded, chunk: &mut Vec<(u64, Vec<f32>)>| {
-            let Some((_, first)) = chunk.first() else { return Ok(()) };
-            let config = self.config.index.clone();
-            let index = loaded.vectors.get_or_insert_with(|| VectorIndex::new(first.len(), config));
-            let items: Vec<(u64, &[f32])> =
-                chunk.iter().map(|(label, v)| (*label, v.as_slice())).collect();
-            let r = index
-                .upsert_many(&items, self.config.build_threads)
-                .map_err(|e| ApiError::internal(e.to_string()));
-            chunk.clear();
-            r
-        };
+        let config = self.config.index.clone();
         for item in self.scan(CF_EPISODES, &p.enc, &p.enc, Self::uncached())? {
             let (_, value) = item?;
             let episode: StoredEpisode = decode(&value)?;
-            let Some(vector) = episode.embedding.clone() else { continue };
+            let Some(vector) = episode.embedding.as_deref() else { continue };
             let metadata = parse_metadata(&episode.metadata_json)?;
             loaded.insert(episode.label, entry_of(&episode, &metadata));
-            chunk.push((episode.label, vector));
-            if chunk.len() == BUILD_CHUNK {
-                flush(&mut loaded, &mut chunk)?;
-            }
+            let index = loaded
+                .vectors
+                .get_or_insert_with(|| VectorIndex::exact(vector.len(), config.clone()));
+            index.upsert(episode.label, vector).map_err(|e| ApiError::internal(e.to_string()))?;
         }
-        flush(&mut loaded, &mut chunk)?;
+        let vectors = loaded.entries.len();
+        let graph_due = loaded.vectors.as_ref().is_some_and(|v| v.len() > config.flat_limit);
+        let snapshot = match &mut loaded.vectors {
+            Some(index) if graph_due => {
+                let id = GRAPH_BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                loaded.building = Some((id, Vec::new()));
+                index.flat_copy().map(|copy| (id, copy))
+            }
+            Some(index) => {
+                // Small: exact is the right engine, and it turns into a graph as it grows.
+                index.allow_graph();
+                None
+            }
+            None => None,
+        };
         tracing::info!(
             partition = %p.key,
-            vectors = loaded.entries.len(),
-            engine = loaded.vectors.as_ref().map(|v| v.engine_name()).unwrap_or("none"),
+            vectors,
+            graph_follows = snapshot.is_some(),
             millis = started.elapsed().as_millis() as u64,
-            "index built from RocksDB"
+            "index loaded from RocksDB"
         );
         *guard = Some(loaded);
+        if let Some((id, copy)) = snapshot {
+            self.build_graph_beside(p.clone(), id, copy);
+        }
         Ok(())
+    }
+
+    /// Builds `exact`'s graph on a background thread, then puts it in place of the partition's
+    /// exact index with the changes made meanwhile (unless the search state was replaced or
+    /// dropped since: build `id` no longer matches). If the build fails, the exact index stays
+    /// and turns into a graph as it grows.
+    fn build_graph_beside(&self, p: Arc<Partition>, id: u64, exact: VectorIndex) {
+        let (threads, nice) = (self.config.build_threads, self.config.build_nice);
+        let fall_back = move |p: &Partition, why: String| {
+            tracing::error!(partition = %p.key, error = %why, "graph build failed; searches stay exact");
+            let mut guard = p.search.write();
+            if let Some(loaded) =
+                guard.as_mut().filter(|l| l.building.as_ref().is_some_and(|b| b.0 == id))
+            {
+                loaded.building = None;
+                if let Some(index) = &mut loaded.vectors {
+                    index.allow_graph();
+                }
+            }
+        };
+        let partition = p.clone();
+        let spawned = std::thread::Builder::new().name("graph-build".into()).spawn(move || {
+            crate::background::lower_priority(nice);
+            let started = std::time::Instant::now();
+            let mut graph = match exact.into_graph(threads) {
+                Ok(graph) => graph,
+                Err(e) => return fall_back(&partition, e.to_string()),
+            };
+            let mut guard = partition.search.write();
+            let Some(loaded) = guard.as_mut() else { return };
+            if loaded.building.as_ref().is_none_or(|b| b.0 != id) {
+                return;
+            }
+            let (_, mut touched) = loaded.building.take().unwrap_or_default();
+            touched.sort_unstable();
+            touched.dedup();
+            let current = loaded.vectors.as_ref();
+            let replayed = touched.iter().try_for_each(|label| {
+                match current.and_then(|c| c.flat_vector(*label)) {
+                    Some(v) => graph.upsert(*label, v),
+                    None => graph.remove(*label),
+                }
+            });
+            if let Err(e) = replayed {
+                loaded.building = Some((id, Vec::new()));
+                drop(guard);
+                return fall_back(&partition, e.to_string());
+            }
+            loaded.vectors = Some(graph);
+            tracing::info!(
+                partition = %partition.key,
+                vectors = loaded.entries.len(),
+                replayed = touched.len(),
+                millis = started.elapsed().as_millis() as u64,
+                "index graph built; it answers the searches now"
+            );
+        });
+        if let Err(e) = spawned {
+            fall_back(&p, format!("cannot start a thread: {e}"));
+        }
+    }
+
+    /// True when a search of the partition is quick CPU work: its index is in memory and is a
+    /// graph or a small exact one (not an exact scan standing in while a graph is built).
+    pub fn is_search_quick(&self, key: &PartitionKey) -> bool {
+        self.partitions.read().get(&key.encode()).is_some_and(|p| {
+            p.search.read().as_ref().is_some_and(|l| {
+                l.building.is_none()
+                    && l.vectors.as_ref().is_none_or(|v| {
+                        v.engine_name() == "hnsw" || v.len() <= self.config.index.flat_limit
+                    })
+            })
+        })
     }
 
     /// Count, checksum and byte total of the partition's stored memories, by a full scan.

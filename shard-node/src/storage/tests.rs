@@ -31,6 +31,18 @@ fn item(id: &str, content: &str, v: Vec<f32>) -> WriteItem {
     }
 }
 
+/// Waits until the partition's graph has taken over from the exact index it was loaded with.
+fn wait_quick(s: &Storage, k: &PartitionKey) {
+    let started = std::time::Instant::now();
+    while !s.is_search_quick(k) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the graph never took over"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn outcomes(
     r: Vec<Result<(WriteOutcome, WriteResult), ApiError>>,
 ) -> Vec<Result<WriteOutcome, ErrorCode>> {
@@ -320,6 +332,9 @@ fn graphs_survive_a_clean_restart_and_bad_files_are_ignored() {
         s.write(&k, items, 1).expect("write");
     }
     let q = &vectors[1234];
+    // The first search loads an exact index; the graph is built beside it and takes over.
+    s.search(&k, q, 5, &Filter::default(), 2).expect("search");
+    wait_quick(&s, &k);
     let before = s.search(&k, q, 5, &Filter::default(), 2).expect("search");
     // Changes after the graph was loaded are in the saved graph too.
     s.delete(&k, &MemoryId::parse("e5").expect("id"), 2).expect("delete");
@@ -342,7 +357,7 @@ fn graphs_survive_a_clean_restart_and_bad_files_are_ignored() {
         "consumed"
     );
 
-    // A damaged file: not used, removed, and the graph is built on first search as usual.
+    // A damaged file: not used, removed, and the graph is built after the first search as usual.
     assert_eq!(s.save_graphs().expect("save"), 1);
     drop(s);
     let file = std::fs::read_dir(dir.path().join("graphs")).expect("dir").next().expect("file");
@@ -354,7 +369,15 @@ fn graphs_survive_a_clean_restart_and_bad_files_are_ignored() {
     let s = open(dir.path());
     assert!(!s.is_search_loaded(&k));
     assert!(!path.exists());
-    assert_eq!(ids(&s.search(&k, q, 5, &Filter::default(), 2).expect("search")), ids(&before));
+    s.search(&k, q, 5, &Filter::default(), 2).expect("search");
+    wait_quick(&s, &k);
+    // A graph built afresh: the same neighbours, up to the order of exact ties (these vectors
+    // repeat every 97), so the scores are compared.
+    let scores = |hits: &[SearchHit]| hits.iter().map(|h| h.score).collect::<Vec<_>>();
+    assert_eq!(
+        scores(&s.search(&k, q, 5, &Filter::default(), 2).expect("search")),
+        scores(&before)
+    );
 }
 
 /// One batch writing the same id three times, the middle item refused (wrong dimension): the
@@ -511,4 +534,66 @@ fn byte_totals_follow_every_change_and_format_2_metas_are_upgraded() {
     let s = open(a.path());
     assert_eq!(bytes(&s), expected);
     assert!(s.checksum(&k, true).expect("deep").consistent);
+}
+
+/// A big partition loaded from RocksDB answers its first search at once, exactly, while its
+/// graph is built on a background thread; a write and a delete made meanwhile are in the graph
+/// when it takes the exact index's place, which it does by itself.
+#[test]
+fn a_big_partition_searches_exactly_while_its_graph_is_built() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StorageConfig {
+        index: IndexConfig { flat_limit: 64, ..IndexConfig::default() },
+        ..StorageConfig::default()
+    };
+    let node = NodeId::parse("n1").expect("id");
+    let k = key("t", "shared");
+    // Distinct pseudo-random vectors (no ties in score).
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let vectors: Vec<Vec<f32>> = (0..3000)
+        .map(|_| {
+            (0..8)
+                .map(|_| {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect()
+        })
+        .collect();
+    let s = Storage::open(dir.path(), &node, config.clone()).expect("open");
+    for (n, chunk) in vectors.chunks(500).enumerate() {
+        let items = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item(&format!("e{}", n * 500 + i), "x", v.clone()));
+        s.write(&k, items.collect(), 1).expect("write");
+    }
+    drop(s);
+    let s = Storage::open(dir.path(), &node, config).expect("reopen");
+    assert!(!s.is_search_loaded(&k));
+
+    let q = &vectors[1234];
+    let first = s.search(&k, q, 5, &Filter::default(), 2).expect("first search");
+    let qn = crate::index::normalized(q);
+    let mut exact: Vec<(f32, usize)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (crate::index::dot(&qn, &crate::index::normalized(v)), i))
+        .collect();
+    exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let expected: Vec<String> = exact[..5].iter().map(|(_, i)| format!("e{i}")).collect();
+    let ids =
+        |hits: &[SearchHit]| hits.iter().map(|h| h.id.as_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), expected, "the first search is an exact scan");
+
+    // While the graph is (most likely) still being built: a new memory and a delete.
+    let fresh: Vec<f32> = vec![0.9, -0.4, 0.3, 0.2, -0.1, 0.5, 0.05, -0.3];
+    s.write(&k, vec![item("fresh", "new", fresh.clone())], 3).expect("write");
+    s.delete(&k, &MemoryId::parse(&expected[0]).expect("id"), 3).expect("delete");
+    wait_quick(&s, &k);
+    let found = s.search(&k, &fresh, 1, &Filter::default(), 4).expect("search");
+    assert_eq!(ids(&found), ["fresh"], "a write during the build is in the graph");
+    let again = s.search(&k, q, 5, &Filter::default(), 4).expect("search");
+    assert!(!ids(&again).contains(&expected[0]), "a delete during the build is in the graph");
+    assert_eq!(ids(&again)[..4], expected[1..5], "the graph finds the same neighbours");
 }
