@@ -32,6 +32,7 @@ test-deps:
 test: test-deps
 	yamllint -d '{extends: relaxed, rules: {line-length: {max: 200}}}' deploy
 	scripts/check-manifests.py
+	$$(scripts/install-manifest-validator.sh) --strict --quiet deploy/kubernetes/*.yaml
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast $(TEST_FEATURES)
 
