@@ -156,7 +156,9 @@ pub struct Replication {
     rounds: Mutex<HashMap<NodeId, (Instant, u64)>>,
     /// Partitions whose writes this node has taken over, with the epoch it did so at.
     taken: Mutex<HashMap<PartitionKey, u64>>,
-    taking: tokio::sync::Mutex<()>,
+    /// One take-over at a time per partition (partitions take over side by side after a
+    /// layout change, each asking its own peers).
+    taking: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Replication {
@@ -187,7 +189,7 @@ impl Replication {
             progress: Mutex::new(HashMap::new()),
             rounds: Mutex::new(HashMap::new()),
             taken: Mutex::new(HashMap::new()),
-            taking: tokio::sync::Mutex::new(()),
+            taking: Mutex::new(HashMap::new()),
         })
     }
 
@@ -228,7 +230,8 @@ impl Replication {
         {
             return Ok(());
         }
-        let _one_at_a_time = self.taking.lock().await;
+        let lock = self.taking.lock().entry(partition.clone()).or_default().clone();
+        let _one_at_a_time = lock.lock().await;
         if self.taken.lock().get(partition) == Some(&epoch) {
             return Ok(());
         }
