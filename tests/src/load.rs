@@ -175,3 +175,22 @@ pub async fn stop_writers(
     anyhow::ensure!(wrong.is_empty(), "wrong answers: {wrong:?}\n{}", logs());
     Ok(seen)
 }
+
+/// Reads each acknowledged `(tenant, id, content)` back through `router` (scope `shared`) and
+/// fails, naming `when`, on the first one that is missing or different.
+pub async fn assert_readable<'a>(
+    router: &str,
+    acked: impl IntoIterator<Item = &'a (String, String, String)>,
+    when: &str,
+) -> anyhow::Result<()> {
+    let http = client();
+    for (tenant, id, content) in acked {
+        let url = format!("{router}/v1/tenants/{tenant}/memories/{id}?scope=shared");
+        let v: Value = http.get(url).send().await?.json().await?;
+        anyhow::ensure!(
+            v["content"] == content.as_str(),
+            "{when}: acknowledged {tenant}/{id} reads {v}"
+        );
+    }
+    Ok(())
+}

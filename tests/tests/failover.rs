@@ -10,7 +10,8 @@ use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
 use memring_tests::load::{
-    replicated_cluster, set_replication, start_writers, stop_writers, wait_for, wait_verified,
+    assert_readable, replicated_cluster, set_replication, start_writers, stop_writers, wait_for,
+    wait_verified,
 };
 use memring_tests::proxy::Proxy;
 use memring_tests::{binary, client, vector};
@@ -79,11 +80,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
         c.logs()
     );
     let http = client();
-    for (tenant, id, content) in &acked {
-        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
-        let v: Value = http.get(url).send().await?.json().await?;
-        assert_eq!(v["content"], content.as_str(), "acknowledged {tenant}/{id} lost: {v}");
-    }
+    assert_readable(&c.router(0), acked.iter().copied(), "after the failover").await?;
 
     // The killed node returns: a follower first, re-admitted once caught up, then the owner of
     // its partitions again; every copy ends equal.
@@ -119,11 +116,8 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let l = layout_of(&store).await?;
     assert_eq!(l.nodes.len(), 3);
     assert!(report["memories"].as_u64().unwrap_or(0) >= 3 * acked.len() as u64, "{report}");
-    for (tenant, id, content) in acked.iter().step_by(7) {
-        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
-        let v: Value = http.get(url).send().await?.json().await?;
-        assert_eq!(v["content"], content.as_str(), "{tenant}/{id} after the replacement: {v}");
-    }
+    assert_readable(&c.router(0), acked.iter().copied().step_by(7), "after the replacement")
+        .await?;
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
 use memring_tests::load::{
-    replicated_cluster, set_replication, start_writers, stop_writers, wait_for, wait_verified,
+    assert_readable, replicated_cluster, set_replication, start_writers, stop_writers, wait_for,
+    wait_verified,
 };
 use memring_tests::{Proc, binary, client, shardctl, vector, write_batch};
 use serde_json::{Value, json};
@@ -204,11 +205,7 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
     println!("{report}");
     let epoch = store.load().await?.layout.epoch;
     c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
-    for (tenant, id, content) in &acked {
-        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
-        let v: Value = http.get(url).send().await?.json().await?;
-        assert_eq!(v["content"], content.as_str(), "{tenant}/{id}: {v}");
-    }
+    assert_readable(&c.router(0), acked.iter().copied(), "after the layout changes").await?;
     for t in 0..8 {
         let url = format!("{}/v1/tenants/g{t}/memories/s7?scope=shared", c.router(0));
         assert_eq!(http.get(url).send().await?.status().as_u16(), 200);
@@ -289,11 +286,7 @@ async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Re
     assert!(seen[0].acked.len() > 10, "the moved tenant's writer made no progress");
     let epoch = store.load().await?.layout.epoch;
     c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
-    for (tenant, id, content) in &acked {
-        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
-        let v: Value = http.get(url).send().await?.json().await?;
-        assert_eq!(v["content"], content.as_str(), "{tenant}/{id}: {v}");
-    }
+    assert_readable(&c.router(0), acked.iter().copied(), "after the layout changes").await?;
     let report = wait_verified(&control, Duration::from_secs(30)).await?;
     let three_copies = report["memories"].as_u64().unwrap_or(0);
     assert!(three_copies >= 3 * (600 + acked.len() as u64), "{report}");
@@ -420,11 +413,8 @@ async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancell
         }
         let epoch = layout.epoch;
         c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
-        for (tenant, id, content) in seen.iter().flat_map(|s| &s.acked) {
-            let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
-            let v: Value = http.get(url).send().await?.json().await?;
-            assert_eq!(v["content"], content.as_str(), "killed at {point}: {tenant}/{id}: {v}");
-        }
+        let acked = seen.iter().flat_map(|s| &s.acked);
+        assert_readable(&c.router(0), acked, &format!("killed at {point}")).await?;
         println!(
             "killed at {point}: {} writes acknowledged, {} failed (503/timeout)",
             seen[0].acked.len(),
