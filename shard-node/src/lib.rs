@@ -103,6 +103,7 @@ pub async fn run(
         node.clone(),
         storage.clone(),
         ring.clone(),
+        repl.clone(),
         Duration::from_secs(config.purge_interval_secs),
         stop_rx,
     ));
@@ -146,6 +147,7 @@ async fn purge_expired(
     node: NodeId,
     storage: Arc<storage::Storage>,
     ring: Arc<RingView>,
+    repl: Arc<replicate::Replication>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -154,12 +156,28 @@ async fn purge_expired(
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let (storage, ring, node) = (storage.clone(), ring.ring(), node.clone());
+        // An owner deletes only once it has taken the partition's writes over at this layout
+        // (as a client's delete would); a partition it cannot take over yet waits a pass.
+        let held = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || storage.partitions()).await
+        };
+        let ring_now = ring.ring();
+        for p in held.into_iter().flatten().flatten() {
+            if ring_now.owner(&p.partition).is_some_and(|o| o.id == node) {
+                let _ = repl.take_over(&p.partition).await;
+            }
+        }
+        let (storage, ring, node, repl) =
+            (storage.clone(), ring.ring(), node.clone(), repl.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let (mut deleted, mut redacted) = (0, 0);
             for p in storage.partitions()? {
                 let owner = ring.owner(&p.partition).is_some_and(|o| o.id == node);
-                let done = storage.purge_expired(&p.partition, now_millis(), owner)?;
+                let check = || repl.may_commit(&p.partition);
+                let may_commit: Option<&dyn Fn() -> Result<(), memring_common::ApiError>> =
+                    owner.then_some(&check);
+                let done = storage.purge_expired(&p.partition, now_millis(), may_commit)?;
                 deleted += done.deleted;
                 redacted += done.redacted;
             }

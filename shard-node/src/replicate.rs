@@ -278,9 +278,43 @@ impl Replication {
         {
             tracing::info!(%partition, from = %peer.id, mine, theirs, "taking over: pulling what a copy has beyond ours");
             let (me, p) = (self.me.clone(), partition.clone());
-            self.copy_log(&peer, partition, mine, theirs, move |ring| owns(ring, &me, &p)).await?;
+            let reached = self
+                .copy_log(&peer, partition, mine, theirs, move |ring| owns(ring, &me, &p))
+                .await?;
+            if reached < theirs {
+                // The copy lost entries while we pulled (it was dropped): ask everyone again.
+                return Err(ApiError::unavailable(
+                    format!(
+                        "{} could pull {partition} only to {reached} of {theirs} from {}; retry",
+                        self.me, peer.id
+                    ),
+                    1,
+                ));
+            }
         }
         self.taken.lock().insert(partition.clone(), epoch);
+        Ok(())
+    }
+
+    /// Checked under the partition's write lock right before a write or delete commits here:
+    /// this node owns `partition` in its current layout and, with replication, has taken its
+    /// writes over at that layout's epoch. A position this node reported to a new owner (under
+    /// the same lock, at a newer epoch) can therefore never be followed by an entry of its own.
+    pub fn may_commit(&self, partition: &PartitionKey) -> Result<(), ApiError> {
+        let ring = self.ring.ring();
+        owns(&ring, &self.me, partition)?;
+        if ring.layout().replication_factor >= 2
+            && self.taken.lock().get(partition) != Some(&ring.epoch())
+        {
+            return Err(ApiError::new(
+                ErrorCode::PartitionMoving,
+                format!(
+                    "the layout changed to epoch {} while this write waited; retry",
+                    ring.epoch()
+                ),
+            )
+            .with_retry_after(1));
+        }
         Ok(())
     }
 
@@ -575,13 +609,18 @@ impl Replication {
             return Ok(0);
         }
         let theirs = self.pull(primary, p, mine - 1, 1).await?.into_iter().find(|e| e.seq == mine);
+        let Some(theirs) = theirs else {
+            // The primary has not reached this position: it is a new owner that has not taken
+            // the writes over yet, and this copy may hold an acknowledged write it will pull
+            // from here. Not a divergence: keep the copy and look again next round.
+            anyhow::bail!(
+                "primary {} is behind position {mine} of {p}; waiting for it",
+                primary.id
+            );
+        };
         let key = p.clone();
         let ours = self.blocking(move |s| s.entry_at(&key, mine)).await?;
-        let same = match (&theirs, &ours) {
-            (Some(t), Some(o)) => t.fingerprint() == o.fingerprint(),
-            _ => false,
-        };
-        if same {
+        if ours.is_some_and(|o| o.fingerprint() == theirs.fingerprint()) {
             return Ok(mine);
         }
         tracing::warn!(partition = %p, primary = %primary.id, position = mine, "this copy's log differs from its primary's; dropping it to replay the primary's");

@@ -296,10 +296,10 @@ impl ShardService {
                 let r = async {
                     let id = MemoryId::parse(&percent_decode(id)?)?;
                     self.repl.take_over(&partition).await?;
-                    let p = partition.clone();
+                    let (p, repl) = (partition.clone(), self.repl.clone());
                     let seq = self
                         .blocking(move |s| {
-                            s.delete(&p, &id, now_millis())?;
+                            s.delete_checked(&p, &id, now_millis(), &|| repl.may_commit(&p))?;
                             s.last_seq(&p)
                         })
                         .await?;
@@ -473,11 +473,16 @@ impl ShardService {
         }
         self.repl.take_over(&partition).await?;
         let (ring, node, p) = (self.ring.clone(), self.node.clone(), partition.clone());
+        let repl = self.repl.clone();
         let (results, seq) = self
             .blocking(move |s| {
-                let results = s.write_checked(&p, write.items, now_millis(), &|| {
-                    may_create(&ring, &node, &p)
-                })?;
+                let results = s.write_checked(
+                    &p,
+                    write.items,
+                    now_millis(),
+                    &|| may_create(&ring, &node, &p),
+                    &|| repl.may_commit(&p),
+                )?;
                 Ok((results, s.last_seq(&p)?))
             })
             .await?;

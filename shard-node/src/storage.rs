@@ -320,18 +320,22 @@ impl Storage {
         items: Vec<WriteItem>,
         now_ms: i64,
     ) -> Result<Vec<ItemResult>, ApiError> {
-        self.write_checked(key, items, now_ms, &|| Ok(()))
+        self.write_checked(key, items, now_ms, &|| Ok(()), &|| Ok(()))
     }
 
-    /// [`Storage::write`], asking `may_create` first when the partition does not exist yet; a
-    /// refusal fails the whole write. The check and the write both happen inside the write gate,
-    /// so [`Storage::write_barrier`] waits for every check made before it.
+    /// [`Storage::write`], asking `may_create` first when the partition does not exist yet, and
+    /// `may_commit` with the partition's write lock held, right before anything is written; a
+    /// refusal fails the whole write. The creation check and the write both happen inside the
+    /// write gate, so [`Storage::write_barrier`] waits for every check made before it; the commit
+    /// check is what keeps a node that has just lost the partition (or not yet taken it over at
+    /// the current layout) from writing a log entry under a position a new owner already reported.
     pub fn write_checked(
         &self,
         key: &PartitionKey,
         items: Vec<WriteItem>,
         now_ms: i64,
         may_create: &dyn Fn() -> Result<(), ApiError>,
+        may_commit: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<Vec<ItemResult>, ApiError> {
         let _gate = self.gate.read();
         let p = match self.partition(key, false)? {
@@ -343,6 +347,7 @@ impl Storage {
             }
         };
         let mut meta = p.meta.lock();
+        may_commit()?;
         p.check_not_fenced()?;
         let mut next = meta.clone();
         let mut batch = WriteBatch::default();
@@ -467,11 +472,24 @@ impl Storage {
 
     /// Deletes one memory. `NotFound` if it does not exist (or has expired).
     pub fn delete(&self, key: &PartitionKey, id: &MemoryId, now_ms: i64) -> Result<(), ApiError> {
+        self.delete_checked(key, id, now_ms, &|| Ok(()))
+    }
+
+    /// [`Storage::delete`], asking `may_commit` with the partition's write lock held (see
+    /// [`Storage::write_checked`]).
+    pub fn delete_checked(
+        &self,
+        key: &PartitionKey,
+        id: &MemoryId,
+        now_ms: i64,
+        may_commit: &dyn Fn() -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
         let _gate = self.gate.read();
         let not_found =
             || ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()));
         let Some(p) = self.partition(key, false)? else { return Err(not_found()) };
         let mut meta = p.meta.lock();
+        may_commit()?;
         p.check_not_fenced()?;
         let Some(old) = self.read_episode(&p.enc, id.as_str())? else { return Err(not_found()) };
         let mut next = meta.clone();

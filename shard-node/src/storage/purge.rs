@@ -29,18 +29,19 @@ pub struct Purged {
 }
 
 impl Storage {
-    /// Purges the expired memories of `key` at `now_ms`: deletes them through the log when
-    /// `owner`, redacts expired puts in this copy's log, and compacts the range if anything
-    /// changed.
+    /// Purges the expired memories of `key` at `now_ms`: deletes them through the log when this
+    /// node owns it (`owner` is then the check each delete makes under the write lock, as a
+    /// client's delete does), redacts expired puts in this copy's log, and compacts the range if
+    /// anything changed.
     pub fn purge_expired(
         &self,
         key: &PartitionKey,
         now_ms: i64,
-        owner: bool,
+        owner: Option<&dyn Fn() -> Result<(), ApiError>>,
     ) -> Result<Purged, ApiError> {
         let enc = key.encode();
         let mut purged = Purged::default();
-        if owner {
+        if let Some(may_commit) = owner {
             let mut expired = Vec::new();
             for item in self.scan(CF_EPISODES, &enc, &enc, Storage::uncached())? {
                 let (_, value) = item?;
@@ -53,10 +54,18 @@ impl Storage {
                 let id = MemoryId::parse(&id)?;
                 // Deleting an expired memory answers "not found" once it is gone; a fenced
                 // partition (moving) is purged by its next owner.
-                match self.delete(key, &id, now_ms) {
+                match self.delete_checked(key, &id, now_ms, may_commit) {
                     Ok(()) => purged.deleted += 1,
                     Err(e) if e.code() == ErrorCode::NotFound => purged.deleted += 1,
-                    Err(e) if e.code() == ErrorCode::PartitionMoving => break,
+                    // Moving, or not (yet) taken over at this layout: the owner purges later.
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            ErrorCode::PartitionMoving | ErrorCode::WrongOwner
+                        ) =>
+                    {
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }

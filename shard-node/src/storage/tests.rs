@@ -454,8 +454,11 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
         .import_replicated(&k, primary.log_after(&k, 0, 100).expect("log"), &|| Ok(()))
         .expect("apply");
     // Before expiry nothing happens; after it the owner deletes through its log.
-    assert_eq!(primary.purge_expired(&k, 1_500, true).expect("purge"), purge::Purged::default());
-    let done = primary.purge_expired(&k, 2_500, true).expect("purge");
+    assert_eq!(
+        primary.purge_expired(&k, 1_500, Some(&|| Ok(()))).expect("purge"),
+        purge::Purged::default()
+    );
+    let done = primary.purge_expired(&k, 2_500, Some(&|| Ok(()))).expect("purge");
     assert_eq!(done, purge::Purged { deleted: 1, redacted: 1 });
     let contains = |s: &Storage, needle: &str| {
         s.log_after(&k, 0, 100).expect("log").iter().any(|e| match &e.op {
@@ -469,7 +472,7 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
     // A follower only redacts its own log; the owner's delete reaches it through the log, and
     // both logs still match entry by entry (fingerprints), so it keeps following.
     assert_eq!(
-        replica.purge_expired(&k, 2_500, false).expect("purge"),
+        replica.purge_expired(&k, 2_500, None).expect("purge"),
         purge::Purged { deleted: 0, redacted: 1 }
     );
     assert!(!contains(&replica, "secret-short-lived"));
@@ -488,7 +491,10 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
     };
     assert_eq!(fingerprints(&primary), fingerprints(&replica));
     // A second pass finds nothing more to do.
-    assert_eq!(primary.purge_expired(&k, 3_000, true).expect("purge"), purge::Purged::default());
+    assert_eq!(
+        primary.purge_expired(&k, 3_000, Some(&|| Ok(()))).expect("purge"),
+        purge::Purged::default()
+    );
 }
 
 #[test]
