@@ -202,12 +202,7 @@ pub async fn move_set(
     })
     .await?;
     wait(cancel, "the new owner to take the writes over", || async {
-        let take_over = format!(
-            "http://{}/internal/v1/replicate/take-over/{}",
-            target.addr,
-            partition_path(partition)
-        );
-        Ok(client.post(take_over).send().await.is_ok_and(|r| r.status().is_success()))
+        Ok(crate::resize::take_over(client, &target, partition).await)
     })
     .await?;
     tracing::info!(%partition, to = %to, epoch = led.layout.epoch, "replicated move: new owner took over");

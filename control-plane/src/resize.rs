@@ -110,16 +110,25 @@ async fn hand_over(
         wait(cancel, "a new owner to take over", || async {
             let ring = Ring::new(store.load().await?.layout);
             let Some(owner) = ring.owner(&p.partition) else { return Ok(false) };
-            let url = format!(
-                "http://{}/internal/v1/replicate/take-over/{}",
-                owner.addr,
-                partition_path(&p.partition)
-            );
-            Ok(client.post(url).send().await.is_ok_and(|r| r.status().is_success()))
+            Ok(take_over(client, owner, &p.partition).await)
         })
         .await?;
     }
     Ok(())
+}
+
+/// Asks `owner` to take `partition`'s writes over now; true once it has.
+pub(crate) async fn take_over(
+    client: &reqwest::Client,
+    owner: &LayoutNode,
+    partition: &PartitionKey,
+) -> bool {
+    let url = format!(
+        "http://{}/internal/v1/replicate/take-over/{}",
+        owner.addr,
+        partition_path(partition)
+    );
+    client.post(url).send().await.is_ok_and(|r| r.status().is_success())
 }
 
 /// Waits until every live member of every replica set has caught up with its owner, then drops

@@ -158,12 +158,23 @@ async fn purge_expired(
         }
         // An owner deletes only once it has taken the partition's writes over at this layout
         // (as a client's delete would); a partition it cannot take over yet waits a pass.
+        // One listing serves both the take-overs and the pass.
         let held = {
             let storage = storage.clone();
-            tokio::task::spawn_blocking(move || storage.partitions()).await
+            match tokio::task::spawn_blocking(move || storage.partitions()).await {
+                Ok(Ok(held)) => held,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "TTL purge pass failed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "TTL purge pass failed");
+                    continue;
+                }
+            }
         };
         let ring_now = ring.ring();
-        for p in held.into_iter().flatten().flatten() {
+        for p in &held {
             if ring_now.owner(&p.partition).is_some_and(|o| o.id == node) {
                 let _ = repl.take_over(&p.partition).await;
             }
@@ -172,7 +183,7 @@ async fn purge_expired(
             (storage.clone(), ring.ring(), node.clone(), repl.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let (mut deleted, mut redacted) = (0, 0);
-            for p in storage.partitions()? {
+            for p in held {
                 let owner = ring.owner(&p.partition).is_some_and(|o| o.id == node);
                 let check = || repl.may_commit(&p.partition);
                 let may_commit: Option<&dyn Fn() -> Result<(), memring_common::ApiError>> =
