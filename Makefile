@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps test-deps build run cluster bench-migrate bench-repl fuzz test unit integration lint fmt bench clean-data
+.PHONY: deps test-deps build run cluster bench-migrate bench-repl fuzz chaos test unit integration lint fmt bench clean-data
 
 deps:
 	@scripts/install-deps.sh
@@ -63,6 +63,14 @@ bench-repl: build
 fuzz: deps
 	MEMRING_FUZZ_CASES=$${MEMRING_FUZZ_CASES:-500000} $(CARGO) test $(PROFILE_FLAGS) -p memring-common --test hostile_input
 	$(CARGO) test $(PROFILE_FLAGS) --workspace $(TEST_FEATURES) --test hostile
+
+# The randomized fault test of `make test` for longer (faults keep coming for MEMRING_CHAOS_SECS,
+# default 600; MEMRING_CHAOS_SEED replays a run), then the replication model with wider bounds.
+chaos: test-deps
+	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)
+	MEMRING_CHAOS_SECS=$${MEMRING_CHAOS_SECS:-600} $(CARGO) test $(PROFILE_FLAGS) -p memring-tests $(TEST_FEATURES) --test chaos -- --nocapture
+	MEMRING_MODEL_WRITES=$${MEMRING_MODEL_WRITES:-3} MEMRING_MODEL_CHANGES=$${MEMRING_MODEL_CHANGES:-4} MEMRING_MODEL_FAULTS=$${MEMRING_MODEL_FAULTS:-2} \
+		$(CARGO) test $(PROFILE_FLAGS) -p memring-shard --lib wider_bounds -- --ignored --nocapture
 
 clean-data:
 	rm -rf data data-cluster

@@ -660,6 +660,9 @@ pub struct PartitionStats {
     pub dimensions: Option<u32>,
     /// Last change-log sequence number.
     pub last_seq: u64,
+    /// Term of the entry at `last_seq`.
+    #[serde(default)]
+    pub last_term: u64,
     /// Size of the stored memories (what a byte quota counts).
     #[serde(default)]
     pub bytes: u64,
@@ -675,8 +678,20 @@ pub struct ReplicaPoll {
     pub seen: u64,
     /// How long the primary may hold the answer, ms (capped by the primary).
     pub wait_ms: u64,
-    /// How far the follower has applied each partition it follows (the primary's sequence).
-    pub acks: Vec<(crate::scope::PartitionKey, u64)>,
+    /// How far the follower has applied each partition it follows, under which lead term.
+    pub acks: Vec<ReplicaAck>,
+}
+
+/// A follower's acknowledgement: its copy of `partition` continues the primary's log up to
+/// `seq`, as the primary led it at `term` (a layout epoch). Counts only for writes of that term.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// The partition.
+    pub partition: crate::scope::PartitionKey,
+    /// Position applied.
+    pub seq: u64,
+    /// The primary's lead term the position was checked against.
+    pub term: u64,
 }
 
 /// `POST /internal/v1/replicate/poll` answer.
@@ -694,6 +709,9 @@ pub struct ReplicaPollAnswer {
 pub struct ReplicaPosition {
     /// The copy's last log sequence number (0: it holds nothing).
     pub last_seq: u64,
+    /// The term of its entry there (0: none, or written before terms).
+    #[serde(default)]
+    pub last_term: u64,
 }
 
 /// `GET /internal/v1/replicate/status` answer: how a node's followed copies stand.
@@ -707,6 +725,10 @@ pub struct ReplicaStatus {
     pub following: usize,
     /// Log entries its copies are behind their primaries, summed.
     pub lag: u64,
+    /// Copies not yet checked against their owner's log at this epoch (the owner has not taken
+    /// over yet, or cannot be reached).
+    #[serde(default)]
+    pub unchecked: usize,
     /// Every primary it follows answered a poll recently and no copy is behind: safe to give
     /// this node writes again (the control plane's re-admission test).
     pub caught_up: bool,
@@ -887,6 +909,9 @@ pub struct NodeView {
     /// Marked down by failover (replication): never a primary until re-admitted.
     #[serde(default)]
     pub down: bool,
+    /// Re-admitted or new (replication): follows, leads nothing until handed back.
+    #[serde(default)]
+    pub joining: bool,
     /// Log entries its follower copies are behind their primaries, when it answered.
     #[serde(default)]
     pub lag: Option<u64>,

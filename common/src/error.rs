@@ -224,6 +224,11 @@ impl ApiError {
         &self.message
     }
 
+    /// The structured details, if any.
+    pub fn details(&self) -> Option<&serde_json::Value> {
+        self.details.as_ref()
+    }
+
     /// The `Retry-After` hint in seconds, if any.
     pub fn retry_after_secs(&self) -> Option<u32> {
         self.retry_after_secs

@@ -77,6 +77,14 @@ pub struct ClusterLayout {
     /// removed from the layout, so its replica sets take the next node in.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub down: BTreeSet<NodeId>,
+    /// Replicated nodes that follow but lead nothing yet: one back from being down (re-admitted
+    /// by failover), or one a rebalance added. They keep their place in every replica set, count
+    /// toward write quorums and answer take-overs, but are never the primary; the control plane
+    /// hands leadership back — takes them out of here — only once every copy they hold has been
+    /// checked against its owner's log at the current epoch and is caught up. So a node that
+    /// returns never takes the writes back just because it comes first in ring order.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub joining: BTreeSet<NodeId>,
     /// Copies a replicated migration keeps beside a partition's replica set while it moves the
     /// set (`control-plane/src/move_set.rs`): a node that is joining the set replays the log
     /// before it may own the partition, and a node that is leaving it stays until the new set
@@ -105,6 +113,7 @@ impl Default for ClusterLayout {
             replication_factor: 1,
             write_quorum: None,
             down: BTreeSet::new(),
+            joining: BTreeSet::new(),
             extra_copies: BTreeMap::new(),
         }
     }
@@ -155,6 +164,13 @@ impl ClusterLayout {
                 )));
             }
         }
+        for node in self.down.iter().chain(&self.joining) {
+            if self.node(node).is_none() {
+                return Err(ApiError::invalid(format!(
+                    "down or joining node {node} is not in the layout"
+                )));
+            }
+        }
         for (partition, node) in &self.overrides {
             if self.node(node).is_none() {
                 return Err(ApiError::invalid(format!(
@@ -180,10 +196,16 @@ impl ClusterLayout {
             .clamp(1, self.replication_factor.max(1))
     }
 
-    /// Whether replicated node `id` must not be a primary: marked down by failover, or (with
+    /// Whether replicated node `id` is out of service: marked down by failover, or (with
     /// replication) draining — it keeps its place in replica sets and follows until it is out.
+    /// Nobody waits on such a node: a take-over does not ask it, routers do not read from it.
     pub fn is_down(&self, id: &NodeId) -> bool {
         self.down.contains(id) || (self.replication_factor > 1 && self.draining.contains(id))
+    }
+
+    /// Whether replicated node `id` may be a primary: not down, not draining, not joining.
+    pub fn may_lead(&self, id: &NodeId) -> bool {
+        !self.is_down(id) && !self.joining.contains(id)
     }
 
     /// The node with this id.
@@ -218,6 +240,7 @@ impl ClusterLayout {
         next.staging_pins.retain(|p| next.overrides.contains_key(p));
         next.draining.remove(id);
         next.down.remove(id);
+        next.joining.remove(id);
         next
     }
 }

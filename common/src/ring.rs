@@ -124,11 +124,11 @@ impl Ring {
 
     /// The node that owns `partition` (takes its writes): its override if it has one, else its
     /// ring position — with replication, the first of its replica set (without the extra copies
-    /// of a migration) that is not marked down (the first one if all are).
+    /// of a migration) that may lead: not down, draining or joining (the first one if none may).
     pub fn owner(&self, partition: &PartitionKey) -> Option<&LayoutNode> {
         if self.layout.replication_factor > 1 {
             let set = self.replica_set(partition);
-            return set.iter().find(|n| !self.layout.is_down(&n.id)).or(set.first()).copied();
+            return set.iter().find(|n| self.layout.may_lead(&n.id)).or(set.first()).copied();
         }
         if let Some(node) = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id))
         {
@@ -393,6 +393,26 @@ mod tests {
         let after: Vec<NodeId> = removed.replicas(&key).iter().map(|n| n.id.clone()).collect();
         assert_eq!(after.len(), 3);
         assert_eq!(after[..2], set[1..]);
+    }
+
+    #[test]
+    fn a_joining_node_follows_in_its_place_but_leads_nothing_until_handed_back() {
+        let mut l = layout(4, 64);
+        l.replication_factor = 3;
+        let key = keys(1).remove(0);
+        let set: Vec<NodeId> =
+            Ring::new(l.clone()).replicas(&key).iter().map(|n| n.id.clone()).collect();
+        l.joining.insert(set[0].clone());
+        l.validate().expect("valid");
+        let ring = Ring::new(l.clone());
+        assert_eq!(ring.replicas(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(), set);
+        assert_eq!(ring.owner(&key).expect("owner").id, set[1]);
+        // Unlike a down node it is live: asked by take-overs, readable as a replica.
+        assert!(!l.is_down(&set[0]) && !l.may_lead(&set[0]));
+        l.joining.clear();
+        assert_eq!(Ring::new(l.clone()).owner(&key).expect("owner").id, set[0]);
+        l.joining.insert(NodeId::parse("zz").expect("id"));
+        assert!(l.validate().is_err());
     }
 
     #[test]

@@ -3,12 +3,18 @@
 //!
 //! - a node in the ring whose lease has expired (no live record) is marked **down** in the
 //!   layout (epoch + 1): it keeps its place in every replica set, but the next replica owns its
-//!   partitions; that node takes their writes over only after asking every live copy for its
-//!   position and pulling what it lacks (`shard-node/src/replicate.rs`), so no acknowledged
-//!   write is lost while fewer than W copies fail;
-//! - a down node that is alive again follows its primaries (dropping writes nobody
-//!   acknowledged); once its `/internal/v1/replicate/status` says it is caught up, it is
-//!   cleared (epoch + 1) and takes its own partitions back the same way;
+//!   partitions; that node takes their writes over only after making its log the most
+//!   up-to-date of enough live copies (`shard-node/src/replicate.rs`), so no acknowledged write
+//!   is lost while fewer than W copies fail;
+//! - a down node that is alive again follows its primaries (cutting back writes nobody
+//!   acknowledged); once its `/internal/v1/replicate/status` says every copy it holds was
+//!   checked against its owner's log at the current epoch and is caught up, it is
+//!   **re-admitted** as *joining* (epoch + 1): live and counted again, but still leading
+//!   nothing;
+//! - a joining node that is caught up at the epoch that made it joining gets its leadership
+//!   **handed back** (epoch + 1): it becomes the owner where it comes first in its replica sets
+//!   and takes over from the copies that served meanwhile, whose whole log it has. A node that
+//!   returns therefore never takes the writes back at once, and only ever from a log it holds;
 //! - a node down for longer than `replace_after` is removed from the layout: each replica set
 //!   it was in takes the next node on the ring, which replays its new primaries' logs, so every
 //!   partition returns to R copies without an operator.
@@ -40,6 +46,7 @@ pub struct FailoverConfig {
 enum Action {
     MarkDown(NodeId),
     Readmit(NodeId),
+    HandBack(NodeId),
     Replace(NodeId),
 }
 
@@ -71,9 +78,9 @@ async fn round(
         down_since.entry(id.clone()).or_insert_with(Instant::now);
     }
     let mut caught_up = Vec::new();
-    for node in layout.nodes.iter().filter(|n| layout.down.contains(&n.id) && live.contains(&n.id))
-    {
-        // Caught up by the layout that marks it down (so it follows its new primaries).
+    let waiting = |id: &NodeId| layout.down.contains(id) || layout.joining.contains(id);
+    for node in layout.nodes.iter().filter(|n| waiting(&n.id) && live.contains(&n.id)) {
+        // Caught up by the newest layout (so it follows its primaries of that layout).
         if status(client, node).await.is_some_and(|s| s.caught_up && s.epoch >= layout.epoch) {
             caught_up.push(node.id.clone());
         }
@@ -84,6 +91,7 @@ async fn round(
         metrics::counter!("memring_failover_actions_total", "action" => match action {
             Action::MarkDown(_) => "mark_down",
             Action::Readmit(_) => "readmit",
+            Action::HandBack(_) => "hand_back",
             Action::Replace(_) => "replace",
         })
         .increment(1);
@@ -104,13 +112,16 @@ fn decide(
     for node in &layout.nodes {
         let id = &node.id;
         let alive = live.contains(id);
+        // A draining node stays down until the drain takes it out.
+        let ready = caught_up.contains(id) && !layout.draining.contains(id);
         if !layout.down.contains(id) {
             if !alive {
                 actions.push(Action::MarkDown(id.clone()));
+            } else if layout.joining.contains(id) && ready {
+                actions.push(Action::HandBack(id.clone()));
             }
         } else if alive {
-            // A draining node stays down until the drain takes it out.
-            if caught_up.contains(id) && !layout.draining.contains(id) {
+            if ready {
                 actions.push(Action::Readmit(id.clone()));
             }
         } else if let (Some(after), Some(since)) = (config.replace_after, down_since.get(id))
@@ -133,10 +144,16 @@ async fn apply(store: &dyn RingStore, action: &Action) -> anyhow::Result<()> {
             Action::MarkDown(id) if layout.node(id).is_some() && !layout.down.contains(id) => {
                 next.epoch += 1;
                 next.down.insert(id.clone());
+                next.joining.remove(id);
             }
             Action::Readmit(id) if layout.down.contains(id) => {
                 next.epoch += 1;
                 next.down.remove(id);
+                next.joining.insert(id.clone());
+            }
+            Action::HandBack(id) if layout.joining.contains(id) && !layout.down.contains(id) => {
+                next.epoch += 1;
+                next.joining.remove(id);
             }
             Action::Replace(id) if layout.down.contains(id) => next = layout.without_node(id),
             _ => return None,
@@ -181,11 +198,20 @@ mod tests {
         // b's lease expired: down.
         let acts = decide(&layout(&[]), &ids(&["a", "c", "d"]), &[], &none, config, now);
         assert_eq!(acts, [Action::MarkDown(NodeId::parse("b").expect("id"))]);
-        // b is back but still catching up: nothing; caught up: readmitted.
+        // b is back but still catching up: nothing; caught up: readmitted, as joining.
         let l = layout(&["b"]);
         assert!(decide(&l, &ids(&["a", "b", "c", "d"]), &[], &none, config, now).is_empty());
         let acts = decide(&l, &ids(&["a", "b", "c", "d"]), &ids(&["b"]), &none, config, now);
         assert_eq!(acts, [Action::Readmit(NodeId::parse("b").expect("id"))]);
+        // Joining: leadership is handed back only once it is caught up at that layout too.
+        let mut joining = layout(&[]);
+        joining.joining.insert(NodeId::parse("b").expect("id"));
+        assert!(decide(&joining, &ids(&["a", "b", "c", "d"]), &[], &none, config, now).is_empty());
+        let acts = decide(&joining, &ids(&["a", "b", "c", "d"]), &ids(&["b"]), &none, config, now);
+        assert_eq!(acts, [Action::HandBack(NodeId::parse("b").expect("id"))]);
+        // A joining node that dies is marked down (and leaves `joining`).
+        let acts = decide(&joining, &ids(&["a", "c", "d"]), &[], &none, config, now);
+        assert_eq!(acts, [Action::MarkDown(NodeId::parse("b").expect("id"))]);
         // b still dead: replaced once down for replace_after, not before, never without it.
         let since: HashMap<NodeId, Instant> =
             [(NodeId::parse("b").expect("id"), now - Duration::from_secs(30))].into();

@@ -5,8 +5,8 @@
 //!
 //! A copy of partition P on node N is dropped only when all of these hold:
 //! - N is not among P's holders in the layout (its replica set and extra copies);
-//! - nothing is moving: no migration in the journal, no replicated move's extra copies, no
-//!   rebalance's staging pins or creation freeze;
+//! - nothing is moving: no migration or replicated rebalance in the journal, no replicated
+//!   move's extra copies, no rebalance's staging pins or creation freeze, no node draining;
 //! - P's owner and every other live member of its set hold the entry at the copy's last log
 //!   position, byte for byte the same as the copy's. Logs are shared prefixes (`replicate.rs`),
 //!   so the set has every entry the copy has; a copy from another lineage (a partition left
@@ -42,13 +42,19 @@ pub async fn run(
 
 /// Whether anything is on the move in `layout` (a sweep then waits for the next round).
 fn moving(layout: &ClusterLayout) -> bool {
-    !layout.extra_copies.is_empty() || !layout.staging_pins.is_empty() || layout.creation_frozen
+    !layout.extra_copies.is_empty()
+        || !layout.staging_pins.is_empty()
+        || layout.creation_frozen
+        || !layout.draining.is_empty()
 }
 
 /// One sweep over every live node; returns how many copies it dropped.
 pub async fn sweep(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::Result<usize> {
     let layout = store.load().await?.layout;
-    if moving(&layout) || !crate::journal::pending(store).await?.is_empty() {
+    if moving(&layout)
+        || !crate::journal::pending(store).await?.is_empty()
+        || crate::resize::pending(store).await?.is_some()
+    {
         return Ok(0);
     }
     let ring = Ring::new(layout.clone());

@@ -57,7 +57,16 @@ pub async fn add_node(
     apply(store, expect, |layout| {
         Ok(match layout.node(&node.id) {
             Some(existing) if existing.addr == node.addr => None,
-            _ => Some(layout.with_node(node)),
+            Some(_) => Some(layout.with_node(node)),
+            None if layout.replication_factor > 1 => anyhow::bail!(
+                "the layout keeps {} copies of every partition: a node added here would lead \
+                 partitions at once with no copy of them. Start the node and run `shardctl \
+                 rebalance`: it adds every live node that is not in the layout as a joining copy, \
+                 which leads nothing until it has caught up, then drops the copies it displaced. \
+                 (`layout add-node` can still change the address of a node already in the layout.)",
+                layout.replication_factor
+            ),
+            None => Some(layout.with_node(node)),
         })
     })
     .await
@@ -72,6 +81,14 @@ pub async fn remove_node(
     let id = NodeId::parse(id)?;
     apply(store, expect, |layout| {
         anyhow::ensure!(layout.node(&id).is_some(), "node {id} is not in the layout");
+        anyhow::ensure!(
+            layout.replication_factor < 2 || layout.down.contains(&id),
+            "the layout keeps {} copies of every partition and {id} is not down: taking it out \
+             here would hand its replica sets to nodes that hold nothing yet. Run `shardctl \
+             drain {id}`, which hands its partitions over first (a node marked down can be \
+             removed here).",
+            layout.replication_factor
+        );
         Ok(Some(layout.without_node(&id)))
     })
     .await

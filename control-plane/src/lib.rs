@@ -457,23 +457,7 @@ pub async fn run(
             if let Err(e) = rebalance::unfreeze(service.store.as_ref()).await {
                 tracing::error!(error = %format!("{e:#}"), "cannot lift a leftover creation freeze");
             }
-            let resumed = {
-                let _one_at_a_time = service.migrating.lock().await;
-                journal::resume(
-                    service.store.as_ref(),
-                    &service.client,
-                    service.throttle,
-                    &service.cancel,
-                )
-                .await
-            };
-            match resumed {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "journaled migrations finished"),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "resuming journaled migrations failed")
-                }
-            }
+            // Failover first: a resumed join waits for it to hand the joining nodes leadership.
             let failover = tokio::spawn(failover::run(
                 service.store.clone(),
                 service.client.clone(),
@@ -484,6 +468,27 @@ pub async fn run(
                 service.client.clone(),
                 service.migrating.clone(),
             ));
+            let resuming = {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _one_at_a_time = service.migrating.lock().await;
+                    let (store, client) = (service.store.as_ref(), &service.client);
+                    match journal::resume(store, client, service.throttle, &service.cancel).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(jobs = n, "journaled migrations finished"),
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "resuming journaled migrations failed")
+                        }
+                    }
+                    match resize::resume(store, client, &service.cancel).await {
+                        Ok(false) => {}
+                        Ok(true) => tracing::info!("journaled replicated layout change finished"),
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "resuming the replicated layout change failed")
+                        }
+                    }
+                })
+            };
             if leadership.lost.wait_for(|lost| *lost).await.is_ok() {
                 // Another control plane may be active now; acting on would risk two drivers.
                 tracing::error!(
@@ -495,6 +500,7 @@ pub async fn run(
             std::future::pending::<()>().await;
             failover.abort();
             janitor.abort();
+            resuming.abort();
             leadership.hold.revoke().await;
         })
     };

@@ -129,8 +129,8 @@ async fn plan_at(
                 if layout.node(&record.id).is_none() {
                     joining.push(record.id.to_string());
                     if replicated {
-                        // It follows until caught up; failover re-admits it (resize.rs).
-                        next.down.insert(record.id.clone());
+                        // It follows until caught up; failover hands it leadership then.
+                        next.joining.insert(record.id.clone());
                     }
                     next = next.with_node(LayoutNode { id: record.id, addr: record.addr });
                     next.epoch = layout.epoch + 1;

@@ -3,16 +3,22 @@
 //! path of `shard-node/src/replicate.rs`). Primaries only change hands through the take-over
 //! that failover uses, inside one replica set, so no acknowledged write is lost:
 //!
-//! - **join**: new nodes enter the layout marked *down* (epoch + 1): they take their places in
-//!   replica sets (each set changes by at most one member) and follow, but own nothing; the
-//!   failover loop re-admits each once it has caught up, and it then takes its partitions'
-//!   writes over by position;
+//! - **join**: new nodes enter the layout as *joining* (epoch + 1): they take their places in
+//!   replica sets (each set changes by at most one member) and follow, but lead nothing; the
+//!   failover loop hands each its leadership once every copy it holds is checked and caught up,
+//!   and it then takes its partitions' writes over from the copies that served meanwhile;
 //! - **drain**: the node is marked draining (epoch + 1): it stays in its replica sets but is
 //!   never a primary; each of its partitions' new owner is told to take over now; then the node
 //!   leaves the layout (epoch + 1) and its sets take the next node in, which replays;
 //! - **settle** (both): once every live member of every replica set has caught up with its
 //!   owner, copies on nodes outside the set (the member a join displaced, the drained node) are
 //!   dropped.
+//!
+//! Each step is journaled (one record, [`JOB_ID`]) before it runs and passes a failpoint
+//! (`resize.<phase>`), so the next active control plane finishes a job the last one was killed
+//! in ([`resume`]); every step is idempotent, so resuming just runs the rest from the phase
+//! recorded. A cancel stops the waiting steps and leaves the staged layout (failover still hands
+//! joining nodes their leadership; running the drain again finishes a drain).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,8 +29,56 @@ use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
+use serde::{Deserialize, Serialize};
+
 use crate::migrate::{CANCELLED, Cancel};
 use crate::rebalance::Move;
+
+/// The journal id of the running replicated rebalance or drain (one runs at a time).
+pub const JOB_ID: &str = "resize";
+const JOB_FORMAT_VERSION: u32 = 1;
+
+/// The journal record of a replicated rebalance or drain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResizeJob {
+    /// Record format.
+    pub format_version: u32,
+    /// The epoch the plan was made at (the staging compare-and-swap expects it).
+    pub planned_at: u64,
+    /// Nodes entering the layout.
+    pub joining: Vec<String>,
+    /// The node being drained, with its address (kept to drop its copies once it is out).
+    pub leaving: Option<LayoutNode>,
+    /// The step started last: `staging`, `joining`, `handing_over`, `removing`, `settling`.
+    pub phase: String,
+    /// When it was recorded, unix ms.
+    pub at_ms: i64,
+}
+
+impl ResizeJob {
+    async fn record(&mut self, store: &dyn RingStore, phase: &str) -> anyhow::Result<()> {
+        self.phase = phase.to_owned();
+        self.at_ms = memring_common::clock::now_millis();
+        store.put_job(JOB_ID, &serde_json::to_vec(self)?).await?;
+        tracing::info!(phase, joining = ?self.joining, leaving = ?self.leaving.as_ref().map(|n| &n.id), "replicated layout change");
+        crate::failpoint::hit(&format!("resize.{phase}")).await
+    }
+}
+
+/// The journaled replicated rebalance or drain, if one is unfinished.
+pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Option<ResizeJob>> {
+    let Some((_, bytes)) = store.jobs().await?.into_iter().find(|(id, _)| id == JOB_ID) else {
+        return Ok(None);
+    };
+    let job: ResizeJob = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("journal record {JOB_ID} is unreadable: {e}"))?;
+    anyhow::ensure!(
+        job.format_version <= JOB_FORMAT_VERSION,
+        "journal record {JOB_ID} has format {}; upgrade memring",
+        job.format_version
+    );
+    Ok(Some(job))
+}
 
 /// How often a waiting step looks again.
 const POLL: Duration = Duration::from_millis(500);
@@ -63,7 +117,7 @@ pub async fn run(
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
     let before = store.load().await?.layout;
-    let leaving_node = leaving
+    let leaving = leaving
         .map(|id| {
             NodeId::parse(id)
                 .ok()
@@ -71,40 +125,121 @@ pub async fn run(
                 .ok_or_else(|| anyhow::anyhow!("node {id} is not in the ring layout"))
         })
         .transpose()?;
+    let mut job = ResizeJob {
+        format_version: JOB_FORMAT_VERSION,
+        planned_at: epoch,
+        joining: joining.to_vec(),
+        leaving,
+        phase: String::new(),
+        at_ms: 0,
+    };
+    job.record(store, "staging").await?;
     match store.compare_and_swap(epoch, &staged).await {
         Ok(_) => {}
-        Err(memring_common::store::StoreError::Conflict { current, .. }) => bail!(
-            "the layout changed since the plan (epoch {epoch} → {}); plan again",
-            current.layout.epoch
-        ),
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            store.delete_job(JOB_ID).await?;
+            if let memring_common::store::StoreError::Conflict { current, .. } = e {
+                bail!(
+                    "the layout changed since the plan (epoch {epoch} → {}); plan again",
+                    current.layout.epoch
+                );
+            }
+            return Err(e.into());
+        }
     }
-    tracing::info!(epoch = staged.epoch, ?joining, ?leaving, "replicated layout change staged");
-    if !joining.is_empty() {
-        let ids: Vec<NodeId> = joining.iter().filter_map(|j| NodeId::parse(j).ok()).collect();
-        wait(cancel, "the joining nodes to catch up and be re-admitted", || async {
-            let layout = store.load().await?.layout;
-            Ok(ids.iter().all(|id| !layout.down.contains(id)))
-        })
-        .await?;
+    tracing::info!(epoch = staged.epoch, ?joining, "replicated layout change staged");
+    finish(store, client, job, cancel).await
+}
+
+/// Finishes a journaled replicated rebalance or drain the last active control plane left (at
+/// start-up, before serving changes). Returns whether there was one.
+pub async fn resume(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    cancel: &Cancel,
+) -> anyhow::Result<bool> {
+    let Some(job) = pending(store).await? else { return Ok(false) };
+    tracing::warn!(phase = %job.phase, joining = ?job.joining, leaving = ?job.leaving.as_ref().map(|n| &n.id), "resuming a replicated layout change");
+    if job.phase == "staging" {
+        // Killed around the compare-and-swap: it happened if the layout shows the change.
+        let layout = store.load().await?.layout;
+        let joined =
+            job.joining.iter().all(|j| NodeId::parse(j).is_ok_and(|id| layout.node(&id).is_some()));
+        let drained = job
+            .leaving
+            .as_ref()
+            .is_none_or(|n| layout.draining.contains(&n.id) || layout.node(&n.id).is_none());
+        if layout.epoch == job.planned_at || !(joined && drained) {
+            store.delete_job(JOB_ID).await?;
+            tracing::warn!("the replicated layout change was never staged; nothing to finish");
+            return Ok(true);
+        }
     }
-    if let Some(node) = &leaving_node {
-        hand_over(store, client, node, cancel).await?;
-        update_layout(store, 20, |l| l.node(&node.id).is_some().then(|| l.without_node(&node.id)))
-            .await?;
-        tracing::info!(node = %node.id, "drained node out of the layout");
+    finish(store, client, job, cancel).await?;
+    Ok(true)
+}
+
+/// The steps after staging, from the one `job` records.
+async fn finish(
+    store: &dyn RingStore,
+    client: &reqwest::Client,
+    mut job: ResizeJob,
+    cancel: &Cancel,
+) -> anyhow::Result<usize> {
+    const PHASES: [&str; 5] = ["staging", "joining", "handing_over", "removing", "settling"];
+    let from = PHASES.iter().position(|p| *p == job.phase).unwrap_or(0).max(1);
+    let outcome = async {
+        for phase in &PHASES[from..] {
+            job.record(store, phase).await?;
+            match *phase {
+                "joining" => {
+                    let ids: Vec<NodeId> =
+                        job.joining.iter().filter_map(|j| NodeId::parse(j).ok()).collect();
+                    wait(cancel, "the joining nodes to catch up and lead", || async {
+                        let layout = store.load().await?.layout;
+                        Ok(ids
+                            .iter()
+                            .all(|id| !layout.down.contains(id) && !layout.joining.contains(id)))
+                    })
+                    .await?;
+                }
+                "handing_over" => {
+                    if let Some(node) = &job.leaving {
+                        hand_over(store, client, node, cancel).await?;
+                    }
+                }
+                "removing" => {
+                    if let Some(node) = &job.leaving {
+                        update_layout(store, 20, |l| {
+                            l.node(&node.id).is_some().then(|| l.without_node(&node.id))
+                        })
+                        .await?;
+                        tracing::info!(node = %node.id, "drained node out of the layout");
+                    }
+                }
+                _ => return settle(store, client, job.leaving.as_ref(), cancel).await,
+            }
+        }
+        Ok(0)
     }
-    settle(store, client, leaving_node.as_ref(), cancel).await
+    .await;
+    if outcome.is_ok() || cancel.is_set() {
+        store.delete_job(JOB_ID).await?;
+    }
+    outcome
 }
 
 /// Makes the owner of every partition `node` holds take its writes over (`node` is draining,
-/// so it owns none of them any more).
+/// so it owns none of them any more). A node already gone holds nothing to hand over.
 async fn hand_over(
     store: &dyn RingStore,
     client: &reqwest::Client,
     node: &LayoutNode,
     cancel: &Cancel,
 ) -> anyhow::Result<()> {
+    if store.load().await?.layout.node(&node.id).is_none() {
+        return Ok(());
+    }
     let held = crate::view::partition_list(client, &node.addr).await?;
     for p in held.partitions {
         wait(cancel, "a new owner to take over", || async {
@@ -229,11 +364,11 @@ mod tests {
         let held: BTreeMap<PartitionKey, u64> =
             (0..200).map(|t| (format!("t{t}/shared").parse().expect("key"), 10)).collect();
         let mut four = three.with_node(node(3));
-        four.down.insert(node(3).id);
+        four.joining.insert(node(3).id);
         let (before, after) = (Ring::new(three.clone()), Ring::new(four.clone()));
         let moves = copies_to_make(&before, &after, &held);
         // Every new copy lands on the joining node, at most one per partition, from an owner
-        // that is not the (down) joining node.
+        // that is not the joining node.
         assert!(!moves.is_empty());
         assert!(moves.iter().all(|m| m.to == "n3" && m.from != "n3"));
         let partitions: std::collections::BTreeSet<&str> =
@@ -241,7 +376,7 @@ mod tests {
         assert_eq!(partitions.len(), moves.len());
         // Draining n0 out of the four: its sets take another node in, from a live owner.
         let mut four_up = four.clone();
-        four_up.down.clear();
+        four_up.joining.clear();
         let out = Ring::new(four_up.without_node(&node(0).id));
         let moves = copies_to_make(&Ring::new(four_up), &out, &held);
         assert!(moves.iter().all(|m| m.to != "n0" && m.from != "n0"));

@@ -62,6 +62,7 @@ pub async fn cluster_view(
             partitions: None,
             episodes: None,
             down: layout.is_down(&n.id),
+            joining: layout.joining.contains(&n.id),
             lag: None,
         })
         .collect();
@@ -76,6 +77,7 @@ pub async fn cluster_view(
                 partitions: None,
                 episodes: None,
                 down: false,
+                joining: false,
                 lag: None,
             });
         }
@@ -156,7 +158,7 @@ fn replica_set(
 /// Renders the view as the table `shardctl status` prints.
 pub fn render(view: &ClusterView) -> String {
     let mut out = format!(
-        "epoch {}   store {}   vnodes/node {}   copies {} (writes acknowledged at {})\n\n{:<16} {:<22} {:>7} {:>5} {:>5} {:>8} {:>11} {:>10} {:>6}\n",
+        "epoch {}   store {}   vnodes/node {}   copies {} (writes acknowledged at {})\n\n{:<16} {:<22} {:>7} {:>5} {:>7} {:>8} {:>11} {:>10} {:>6}\n",
         view.epoch,
         view.store,
         view.vnodes_per_node,
@@ -176,12 +178,12 @@ pub fn render(view: &ClusterView) -> String {
         let show = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "?".into());
         let yes = |b: bool| if b { "yes" } else { "no" };
         out.push_str(&format!(
-            "{:<16} {:<22} {:>7} {:>5} {:>5} {:>7.2}% {:>11} {:>10} {:>6}\n",
+            "{:<16} {:<22} {:>7} {:>5} {:>7} {:>7.2}% {:>11} {:>10} {:>6}\n",
             n.id.as_str(),
             n.addr,
             yes(n.in_ring),
             yes(n.live),
-            yes(n.down),
+            if n.joining { "joining" } else { yes(n.down) },
             n.share * 100.0,
             show(n.partitions),
             show(n.episodes),

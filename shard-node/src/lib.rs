@@ -185,9 +185,8 @@ async fn purge_expired(
             let (mut deleted, mut redacted) = (0, 0);
             for p in held {
                 let owner = ring.owner(&p.partition).is_some_and(|o| o.id == node);
-                let check = || repl.may_commit(&p.partition);
-                let may_commit: Option<&dyn Fn() -> Result<(), memring_common::ApiError>> =
-                    owner.then_some(&check);
+                let check = |last_term| repl.may_commit(&p.partition, last_term);
+                let may_commit: Option<storage::CommitCheck<'_>> = owner.then_some(&check);
                 let done = storage.purge_expired(&p.partition, now_millis(), may_commit)?;
                 deleted += done.deleted;
                 redacted += done.redacted;

@@ -11,6 +11,10 @@
 //!   A format-1 meta decodes with `checksum: None`, and storage recomputes it once by a scan.
 //! - 3: [`PartitionMeta`] gained `bytes` (the stored memories' size, for byte quotas). A format-2
 //!   meta decodes with `bytes: None`, recomputed once by a scan the same way.
+//! - 4: [`LogEntry`] gained `term` (the layout epoch its writer led the partition at, see
+//!   `replicate/rules.rs`) and [`PartitionMeta`] `last_term` (the last entry's term). Entries and
+//!   metas of earlier formats decode with term 0: every entry written before terms counts as one
+//!   older than any written after.
 //!
 //! Keys (see `storage.rs` for the column families):
 //! - episodes: `partition ‖ memory id` (ids sort the list order),
@@ -21,7 +25,7 @@ use memring_common::{ApiError, MemoryId, PartitionKey, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Format of episode, log and meta values written by this binary.
-pub const RECORD_FORMAT_VERSION: u8 = 3;
+pub const RECORD_FORMAT_VERSION: u8 = 4;
 
 /// A value stored in RocksDB or sent in a migration frame, readable in every format version this
 /// binary knows.
@@ -34,14 +38,43 @@ pub trait Record: Serialize + serde::de::DeserializeOwned {
 }
 
 impl Record for StoredEpisode {}
-impl Record for LogEntry {}
 impl Record for Vec<LogOp> {}
-impl Record for Vec<LogEntry> {}
+
+impl Record for LogEntry {
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
+        if version >= 4 {
+            return bincode_body(body);
+        }
+        bincode_body::<LogEntryV3>(body).map(LogEntry::from)
+    }
+}
+
+impl Record for Vec<LogEntry> {
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
+        if version >= 4 {
+            return bincode_body(body);
+        }
+        let old: Vec<LogEntryV3> = bincode_body(body)?;
+        Ok(old.into_iter().map(LogEntry::from).collect())
+    }
+}
 
 impl Record for PartitionMeta {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 3 {
+        if version >= 4 {
             return bincode_body(body);
+        }
+        if version == 3 {
+            let v3: PartitionMetaV3 = bincode_body(body)?;
+            return Ok(PartitionMeta {
+                dimensions: v3.dimensions,
+                last_seq: v3.last_seq,
+                count: v3.count,
+                next_label: v3.next_label,
+                checksum: v3.checksum,
+                bytes: v3.bytes,
+                last_term: 0,
+            });
         }
         if version == 2 {
             let v2: PartitionMetaV2 = bincode_body(body)?;
@@ -52,6 +85,7 @@ impl Record for PartitionMeta {
                 next_label: v2.next_label,
                 checksum: v2.checksum,
                 bytes: None,
+                last_term: 0,
             });
         }
         let v1: PartitionMetaV1 = bincode_body(body)?;
@@ -62,6 +96,7 @@ impl Record for PartitionMeta {
             next_label: v1.next_label,
             checksum: None,
             bytes: None,
+            last_term: 0,
         })
     }
 }
@@ -161,16 +196,41 @@ pub struct LogEntry {
     pub at_ms: i64,
     /// What.
     pub op: LogOp,
+    /// The layout epoch at which the node that wrote it had taken the partition's writes over
+    /// (0 for entries written before terms). Never decreases along a log.
+    pub term: u64,
 }
 
 impl LogEntry {
-    /// What identifies this entry across copies of a log: position, operation, memory and
-    /// version. TTL redaction (`storage/purge.rs`) empties a put's content but keeps these.
-    pub fn fingerprint(&self) -> (u64, bool, &str, u64) {
+    /// What identifies this entry across copies of a log: position, term, operation, memory
+    /// and version. TTL redaction (`storage/purge.rs`) empties a put's content but keeps these.
+    pub fn fingerprint(&self) -> (u64, u64, bool, &str, u64) {
         match &self.op {
-            LogOp::Put(e) => (self.seq, true, e.id.as_str(), e.version),
-            LogOp::Delete { id, version } => (self.seq, false, id.as_str(), *version),
+            LogOp::Put(e) => (self.seq, self.term, true, e.id.as_str(), e.version),
+            LogOp::Delete { id, version } => (self.seq, self.term, false, id.as_str(), *version),
         }
+    }
+
+    /// The memory the entry is about.
+    pub fn id(&self) -> &str {
+        match &self.op {
+            LogOp::Put(e) => &e.id,
+            LogOp::Delete { id, .. } => id,
+        }
+    }
+}
+
+/// [`LogEntry`] as formats 1 to 3 wrote it.
+#[derive(Deserialize)]
+struct LogEntryV3 {
+    seq: u64,
+    at_ms: i64,
+    op: LogOp,
+}
+
+impl From<LogEntryV3> for LogEntry {
+    fn from(old: LogEntryV3) -> Self {
+        LogEntry { seq: old.seq, at_ms: old.at_ms, op: old.op, term: 0 }
     }
 }
 
@@ -205,6 +265,8 @@ pub struct PartitionMeta {
     /// Sum of [`StoredEpisode::size`] over the stored memories; `None` only in a format-1 or 2
     /// record not yet upgraded.
     pub bytes: Option<u64>,
+    /// Term of the entry at `last_seq` (0 when the log is empty or older than terms).
+    pub last_term: u64,
 }
 
 impl PartitionMeta {
@@ -223,6 +285,17 @@ impl PartitionMeta {
         self.checksum = Some(sum);
         self.bytes = Some(bytes);
     }
+}
+
+/// [`PartitionMeta`] as format 3 wrote it.
+#[derive(Deserialize)]
+struct PartitionMetaV3 {
+    dimensions: Option<u32>,
+    last_seq: u64,
+    count: u64,
+    next_label: u64,
+    checksum: Option<u64>,
+    bytes: Option<u64>,
 }
 
 /// [`PartitionMeta`] as format 2 wrote it.
@@ -333,8 +406,34 @@ mod tests {
     fn records_round_trip() {
         let e = episode();
         assert_eq!(decode::<StoredEpisode>(&encode(&e).expect("enc")).expect("dec"), e);
-        let log = LogEntry { seq: 3, at_ms: 1, op: LogOp::Delete { id: "x".into(), version: 4 } };
+        let log = LogEntry {
+            seq: 3,
+            at_ms: 1,
+            op: LogOp::Delete { id: "x".into(), version: 4 },
+            term: 7,
+        };
         assert_eq!(decode::<LogEntry>(&encode(&log).expect("enc")).expect("dec"), log);
+    }
+
+    #[test]
+    fn format_3_log_entries_read_with_term_0() {
+        #[derive(Serialize)]
+        struct V3 {
+            seq: u64,
+            at_ms: i64,
+            op: LogOp,
+        }
+        let old = V3 { seq: 9, at_ms: 2, op: LogOp::Put(episode()) };
+        let mut bytes = vec![3u8];
+        bytes
+            .extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).expect("enc"));
+        let entry: LogEntry = decode(&bytes).expect("dec");
+        assert_eq!(entry, LogEntry { seq: 9, at_ms: 2, op: LogOp::Put(episode()), term: 0 });
+        let mut batch = vec![3u8];
+        batch.extend(
+            bincode::serde::encode_to_vec(vec![old], bincode::config::standard()).expect("enc"),
+        );
+        assert_eq!(decode::<Vec<LogEntry>>(&batch).expect("dec"), vec![entry]);
     }
 
     #[test]
@@ -369,6 +468,7 @@ mod tests {
                 next_label: 6,
                 checksum: None,
                 bytes: None,
+                last_term: 0,
             }
         );
         // Format-1 episodes read unchanged.

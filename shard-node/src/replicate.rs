@@ -1,39 +1,56 @@
 //! Replication (DESIGN.md, "Replication and failure"): with a layout's `replication_factor`
-//! R > 1, every partition lives on the R nodes of `Ring::replicas`; its owner (the first that is
-//! not marked down) takes the writes, the others follow it.
+//! R > 1, every partition lives on the R nodes of `Ring::replicas`; its owner (the first that may
+//! lead) takes the writes, the others follow it. The protocol's decisions are the pure functions
+//! of [`rules`], which the model checker of `replicate/model.rs` explores exhaustively.
 //!
-//! **One log per partition.** A follower applies its primary's log entries under the primary's
-//! own sequence numbers (`Storage::import_replicated`), so every copy's log is a prefix of the
-//! primary's and a position (`last_seq`) means the same thing on every copy: it is what a
-//! follower acknowledges, what a read-your-writes token names, and what a node taking over
-//! compares.
+//! **One log per partition, with terms.** A follower applies its primary's log entries under the
+//! primary's own sequence numbers and terms (`Storage::import_replicated`); an entry's term is
+//! the layout epoch at which its writer had taken the partition over. Logs are compared by
+//! `(last term, last position)`, and two copies with an entry of the same term at a position hold
+//! the same entries up to it, so a position (`last_seq`) read by a copy that has checked its log
+//! against the owner's means the same everywhere: it is what a follower acknowledges, what a
+//! read-your-writes token names, and what a node taking over compares.
 //!
+//! - **Taking over** ([`Replication::take_over`]): before an owner writes or answers reads at a
+//!   new layout epoch, it asks R − W other live copies for their position (`POST
+//!   /internal/v1/replicate/position`, answered under that copy's write lock once it has seen the
+//!   epoch; from then on it follows only an owner that took over at an epoch at least as new) and
+//!   makes its log the most up to date one: it probes back to where the two agree, cuts its own
+//!   entries after that, and pulls the rest. Any write acknowledged by W copies is on one of the
+//!   copies it heard, and the most up-to-date log holds every acknowledged write.
 //! - **Follower** ([`Replication::follow`]): one task per other node, long-polling its `POST
 //!   /internal/v1/replicate/poll` (answered as soon as anything there changes), then pulling the
-//!   log entries of the partitions this node follows there. The first time a task sees a
-//!   partition it checks that its own last entry is the primary's entry at that position; if
-//!   not (this node came back after being replaced as primary and holds writes nobody
-//!   acknowledged), it drops its copy and replays the primary's log from the start.
+//!   log of each partition it follows there from `GET /internal/v1/replicate/log` with the
+//!   layout epoch it follows by. The owner answers only once it has taken over at exactly that
+//!   epoch, and only if its entry at the follower's last position has the follower's term there;
+//!   otherwise it says where its entries of that term end, and the follower probes back and cuts
+//!   its log to where they agree (entries no quorum acknowledged) before it applies anything.
 //! - **Primary** ([`Acks`]): a node-wide change counter the polls wait on, and each follower's
-//!   acknowledged position per partition; a write is answered once `write_quorum` copies (the
-//!   primary's included) have it, else 503 after `quorum_timeout` (the write stays and keeps
-//!   replicating; retrying it is idempotent).
-//! - **Taking over** ([`Replication::take_over`]): before its first write at a new layout epoch,
-//!   the owner asks every live copy for its position (`POST /internal/v1/replicate/position`,
-//!   answered under that copy's write lock once it has seen the epoch — from then on it applies
-//!   nothing from an older primary) and pulls what the most advanced one has beyond its own. A
-//!   write acknowledged by W copies is on at least one live copy while fewer than W copies fail,
-//!   so it survives the change of primary.
-//! - **Replica reads** ([`Replication::replica_read`]): a follower answers a read if it has
-//!   applied the position the read asks for, or — without one — if it was caught up with its
-//!   primary within the staleness bound; otherwise `replica_behind` and the router asks the owner.
+//!   acknowledged position per partition *with the term it was made under*; a write is answered
+//!   once `write_quorum` copies (the primary's included) acknowledged it under the write's own
+//!   term, else 503 after `quorum_timeout` (the write stays and keeps replicating; retrying it is
+//!   idempotent).
+//! - **Replica reads** ([`Replication::replica_read`]): a follower answers a read only if its copy
+//!   was checked against the owner at the current epoch, and has applied the position the read
+//!   asks for or — without one — was caught up within the staleness bound; otherwise
+//!   `replica_behind` and the router asks the owner.
+//! - **Status** ([`Replication::status`]): caught up only when every primary answered a round
+//!   at the current epoch and every copy followed there was checked against its owner at that
+//!   epoch and is not behind: the control plane's test for re-admitting a node and for handing
+//!   leadership back to it.
 
-use std::collections::HashMap;
+pub mod rules;
+
+#[cfg(test)]
+mod model;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memring_common::api::{
-    self, ReplicaPoll, ReplicaPollAnswer, ReplicaPosition, ReplicaStatus, partition_path,
+    self, ReplicaAck, ReplicaPoll, ReplicaPollAnswer, ReplicaPosition, ReplicaStatus,
+    partition_path,
 };
 use memring_common::layout::LayoutNode;
 use memring_common::watcher::RingView;
@@ -42,6 +59,7 @@ use parking_lot::Mutex;
 
 use crate::record::{LogEntry, decode};
 use crate::storage::Storage;
+use rules::{LogPos, Refusal};
 
 /// How long a primary holds a follower's poll when nothing changes.
 pub const POLL_WAIT: Duration = Duration::from_secs(1);
@@ -53,7 +71,8 @@ const ROUND_FRESH: Duration = Duration::from_secs(3);
 /// The primary side: what changed, and what each follower has acknowledged.
 pub struct Acks {
     changed: tokio::sync::watch::Sender<u64>,
-    acked: Mutex<HashMap<(PartitionKey, NodeId), u64>>,
+    /// Each follower's acknowledged (position, term) per partition.
+    acked: Mutex<HashMap<(PartitionKey, NodeId), (u64, u64)>>,
     notify: tokio::sync::Notify,
 }
 
@@ -80,29 +99,28 @@ impl Acks {
         *rx.borrow()
     }
 
-    /// Records `follower`'s applied positions and wakes writes waiting for them.
-    pub fn record(&self, follower: &NodeId, acks: Vec<(PartitionKey, u64)>) {
+    /// Records `follower`'s acknowledgements and wakes writes waiting for them.
+    pub fn record(&self, follower: &NodeId, acks: Vec<ReplicaAck>) {
         if acks.is_empty() {
             return;
         }
         let mut acked = self.acked.lock();
-        for (partition, seq) in acks {
-            // A copy that was dropped and replays from the start acknowledges less than before;
-            // its position is what it has now.
-            acked.insert((partition, follower.clone()), seq);
+        for ack in acks {
+            // A copy cut back acknowledges less than before; its position is what it has now.
+            acked.insert((ack.partition, follower.clone()), (ack.seq, ack.term));
         }
         drop(acked);
         self.notify.notify_waiters();
     }
 
-    /// Waits until `needed` of `followers` have acknowledged `partition` up to `seq`; false if
-    /// `timeout` passes first.
+    /// Waits until `needed` of `followers` have acknowledged `partition` up to `seq` under
+    /// `term` (the write's); false if `timeout` passes first.
     pub async fn wait_quorum(
         &self,
         partition: &PartitionKey,
         followers: &[NodeId],
         needed: usize,
-        seq: u64,
+        at: LogPos,
         timeout: Duration,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -111,7 +129,9 @@ impl Acks {
             followers
                 .iter()
                 .filter(|f| {
-                    acked.get(&(partition.clone(), (*f).clone())).is_some_and(|s| *s >= seq)
+                    acked
+                        .get(&(partition.clone(), (*f).clone()))
+                        .is_some_and(|(seq, term)| rules::ack_covers(*seq, *term, at.seq, at.term))
                 })
                 .count()
         };
@@ -138,6 +158,17 @@ struct Progress {
     behind: u64,
     /// When it last had everything the primary had (the poll answer's time).
     fresh_at: Option<Instant>,
+    /// The layout epoch at which the copy was last found to continue the log of its primary,
+    /// leading at that epoch (`None`: not checked since, or the check failed).
+    synced: Option<u64>,
+}
+
+/// What a log pull answered.
+enum Pulled {
+    /// The node's entry at the asked position has the asked term: its entries after it.
+    Entries(Vec<LogEntry>),
+    /// It does not: the node's last position holding an entry of a term ≤ the asked one.
+    Diverges { end_of_term: u64 },
 }
 
 /// Replication on one node: its primary side ([`Acks`], taking over) and its follower side.
@@ -193,10 +224,10 @@ impl Replication {
         })
     }
 
-    /// After a committed change reaching log position `seq` of `partition`: wakes the
+    /// After a committed change reaching log position `at` of `partition`: wakes the
     /// followers, then, with replication, waits until the layout's write quorum of copies has
-    /// it (503 if that takes too long).
-    pub async fn replicated(&self, partition: &PartitionKey, seq: u64) -> Result<(), ApiError> {
+    /// acknowledged it under its term (503 if that takes too long).
+    pub async fn replicated(&self, partition: &PartitionKey, at: LogPos) -> Result<(), ApiError> {
         self.acks.bump();
         let ring = self.ring.ring();
         let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
@@ -205,7 +236,7 @@ impl Replication {
         }
         let followers: Vec<NodeId> =
             ring.followers(partition).iter().map(|n| n.id.clone()).collect();
-        if self.acks.wait_quorum(partition, &followers, needed, seq, self.quorum_timeout).await {
+        if self.acks.wait_quorum(partition, &followers, needed, at, self.quorum_timeout).await {
             return Ok(());
         }
         metrics::counter!("memring_replication_quorum_timeouts_total").increment(1);
@@ -220,9 +251,15 @@ impl Replication {
         ))
     }
 
-    /// Before this node's first write to `partition` at the current epoch: makes sure it holds
-    /// everything any live copy holds (see the module notes). 503 while a live copy cannot be
-    /// asked.
+    /// The epoch this node leads `partition` at: the current one, if it has taken it over then.
+    fn lead_term(&self, partition: &PartitionKey) -> Option<u64> {
+        let epoch = self.ring.ring().epoch();
+        self.taken.lock().get(partition).copied().filter(|e| *e == epoch)
+    }
+
+    /// Before this node's first write to `partition` (or read as its owner) at the current
+    /// epoch: makes its log the most up-to-date of its own and R − W other live copies' (see
+    /// the module notes). 503 while those copies cannot be asked or the log cannot be adopted.
     pub async fn take_over(&self, partition: &PartitionKey) -> Result<(), ApiError> {
         let ring = self.ring.ring();
         let epoch = ring.epoch();
@@ -235,10 +272,11 @@ impl Replication {
         if self.taken.lock().get(partition) == Some(&epoch) {
             return Ok(());
         }
-        // Any acknowledged write is on W of the set's copies; this copy and R - W others
-        // answering make sure at least one of them holds it.
-        let set = ring.replicas(partition).len();
-        let needed = set.saturating_sub(ring.layout().write_quorum() as usize);
+        owns(&ring, &self.me, partition)?;
+        let needed = rules::take_over_peers(
+            ring.replicas(partition).len(),
+            ring.layout().write_quorum() as usize,
+        );
         let peers: Vec<LayoutNode> = ring
             .followers(partition)
             .into_iter()
@@ -256,10 +294,13 @@ impl Replication {
                 resp.json::<ReplicaPosition>().await
             };
             let answer = tokio::time::timeout(self.quorum_timeout, ask).await;
-            answer.ok().and_then(Result::ok).map(|position| (position.last_seq, peer.clone()))
+            answer
+                .ok()
+                .and_then(Result::ok)
+                .map(|pos| (peer.clone(), LogPos::new(pos.last_term, pos.last_seq)))
         }))
         .await;
-        let answered: Vec<(u64, LayoutNode)> = asked.into_iter().flatten().collect();
+        let answered: Vec<(LayoutNode, LogPos)> = asked.into_iter().flatten().collect();
         if answered.len() < needed {
             return Err(ApiError::unavailable(
                 format!(
@@ -271,22 +312,31 @@ impl Replication {
                 1,
             ));
         }
-        let best = answered.into_iter().max_by_key(|(seq, _)| *seq);
-        let mine = self.last_seq(partition).await?;
-        if let Some((theirs, peer)) = best
-            && theirs > mine
-        {
-            tracing::info!(%partition, from = %peer.id, mine, theirs, "taking over: pulling what a copy has beyond ours");
-            let (me, p) = (self.me.clone(), partition.clone());
-            let reached = self
-                .copy_log(&peer, partition, mine, theirs, move |ring| owns(ring, &me, &p))
-                .await?;
-            if reached < theirs {
-                // The copy lost entries while we pulled (it was dropped): ask everyone again.
+        let mine = self.last_pos(partition).await?;
+        if let Some((peer, best)) = rules::adopt_from(mine, answered) {
+            if !rules::may_adopt(epoch, best) {
                 return Err(ApiError::unavailable(
                     format!(
-                        "{} could pull {partition} only to {reached} of {theirs} from {}; retry",
-                        self.me, peer.id
+                        "{} holds {partition} up to term {}, newer than this node's layout \
+                         (epoch {epoch}); retry once it has caught up",
+                        peer.id, best.term
+                    ),
+                    1,
+                ));
+            }
+            tracing::info!(%partition, from = %peer.id, mine_term = mine.term, mine = mine.seq, theirs_term = best.term, theirs = best.seq, "taking over: adopting a more up-to-date copy's log");
+            let (me, p) = (self.me.clone(), partition.clone());
+            let allowed = move |ring: &Ring| {
+                owns(ring, &me, &p)?;
+                same_epoch(ring, epoch)
+            };
+            let reached = self.sync_from(&peer, partition, None, best.seq, allowed).await?;
+            if reached < best {
+                // The copy changed while we pulled: ask everyone again.
+                return Err(ApiError::unavailable(
+                    format!(
+                        "{} could adopt {partition} only to {}/{} of {}/{} from {}; retry",
+                        self.me, reached.term, reached.seq, best.term, best.seq, peer.id
                     ),
                     1,
                 ));
@@ -296,46 +346,95 @@ impl Replication {
         Ok(())
     }
 
-    /// Checked under the partition's write lock right before a write or delete commits here:
-    /// this node owns `partition` in its current layout and, with replication, has taken its
-    /// writes over at that layout's epoch. A position this node reported to a new owner (under
-    /// the same lock, at a newer epoch) can therefore never be followed by an entry of its own.
-    pub fn may_commit(&self, partition: &PartitionKey) -> Result<(), ApiError> {
+    /// Checked under the partition's write lock right before a write or delete commits here,
+    /// given the term of the partition's last log entry: this node owns `partition` in its
+    /// current layout and, with replication, has taken its writes over at that layout's epoch,
+    /// which is the term of the new entries. A position this node reported to a new owner
+    /// (under the same lock, at a newer epoch) can therefore never be followed by an entry of
+    /// its own.
+    pub fn may_commit(&self, partition: &PartitionKey, last_term: u64) -> Result<u64, ApiError> {
         let ring = self.ring.ring();
         owns(&ring, &self.me, partition)?;
-        if ring.layout().replication_factor >= 2
-            && self.taken.lock().get(partition) != Some(&ring.epoch())
-        {
-            return Err(ApiError::new(
-                ErrorCode::PartitionMoving,
-                format!(
+        let replicated = ring.layout().replication_factor >= 2;
+        let taken = self.taken.lock().get(partition).copied();
+        rules::commit_term(replicated, ring.epoch(), taken, last_term).map_err(|why| {
+            let message = match why {
+                Refusal::NotTakenOver => format!(
                     "the layout changed to epoch {} while this write waited; retry",
                     ring.epoch()
                 ),
-            )
-            .with_retry_after(1));
-        }
-        Ok(())
+                Refusal::StaleLayout => format!(
+                    "{partition} has entries of term {last_term}, newer than this node's layout \
+                     (epoch {}); retry",
+                    ring.epoch()
+                ),
+            };
+            ApiError::new(ErrorCode::PartitionMoving, message).with_retry_after(1)
+        })
     }
 
     /// This copy's position for a node taking `partition` over at `epoch`: answered once this
-    /// node has seen that epoch, under the partition's write lock, so nothing from an older
-    /// primary is applied here afterwards.
+    /// node has seen that epoch, under the partition's write lock, so nothing from an owner of an
+    /// older epoch is applied here afterwards.
     pub async fn position(
         &self,
         partition: &PartitionKey,
         epoch: u64,
     ) -> Result<ReplicaPosition, ApiError> {
         self.ring.reach(epoch).await?;
+        let pos = self.last_pos(partition).await?;
+        Ok(ReplicaPosition { last_seq: pos.seq, last_term: pos.term })
+    }
+
+    /// `GET /internal/v1/replicate/log`: this copy's entries of `partition` after position
+    /// `after`, if its entry there has term `term` (else where its entries of that term end).
+    /// With `epoch` (a follower asking its owner), this node answers only as the partition's
+    /// owner at exactly that epoch, having taken it over; the epoch is then its lead term.
+    pub async fn serve_log(
+        &self,
+        partition: &PartitionKey,
+        after: LogPos,
+        limit: usize,
+        epoch: Option<u64>,
+    ) -> Result<Vec<LogEntry>, ApiError> {
+        if let Some(epoch) = epoch {
+            self.ring.reach(epoch).await?;
+            let ring = self.ring.ring();
+            same_epoch(&ring, epoch)?;
+            owns(&ring, &self.me, partition)?;
+            self.take_over(partition).await?;
+            if self.lead_term(partition) != Some(epoch) {
+                return Err(ApiError::unavailable(
+                    format!("{} is no longer leading {partition} at epoch {epoch}", self.me),
+                    1,
+                ));
+            }
+        }
         let p = partition.clone();
-        // `last_seq` reads under the partition's write lock.
-        let last_seq = self.blocking(move |s| s.last_seq(&p)).await?;
-        Ok(ReplicaPosition { last_seq })
+        let answer = self
+            .blocking(move |s| {
+                if !rules::entries_match(after.term, s.term_at(&p, after.seq)?) {
+                    return Ok(Err(s.end_of_term(&p, after.term)?));
+                }
+                Ok(Ok(s.log_after(&p, after.seq, limit)?))
+            })
+            .await?;
+        match answer {
+            Ok(entries) => Ok(entries),
+            Err(end_of_term) => Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "the log of {partition} on {} has no entry of term {} at position {}",
+                    self.me, after.term, after.seq
+                ),
+            )
+            .with_details(serde_json::json!({ "end_of_term": end_of_term }))),
+        }
     }
 
     /// Whether this node may answer a read of `partition` as a replica: it is the owner, or a
-    /// follower that has applied `min_seq` (when asked for one) or was caught up within the
-    /// staleness bound.
+    /// follower whose copy was checked against the owner at the current epoch and has applied
+    /// `min_seq` (when asked for one) or was caught up within the staleness bound.
     pub async fn replica_read(
         &self,
         partition: &PartitionKey,
@@ -354,19 +453,26 @@ impl Replication {
             ));
         }
         let behind = |why: String| Err(ApiError::new(ErrorCode::ReplicaBehind, why));
+        let (synced, fresh) = self.progress.lock().get(partition).map_or((false, false), |p| {
+            (
+                p.synced == Some(ring.epoch()),
+                p.fresh_at.is_some_and(|at| at.elapsed() <= self.staleness),
+            )
+        });
+        if !synced {
+            // A position on a copy not checked at this epoch may name other entries.
+            return behind(format!(
+                "this copy of {partition} has not been checked against its owner at epoch {}",
+                ring.epoch()
+            ));
+        }
         if min_seq > 0 {
-            let have = self.last_seq(partition).await?;
+            let have = self.last_pos(partition).await?.seq;
             if have < min_seq {
                 return behind(format!("this copy of {partition} is at {have}, not {min_seq}"));
             }
             return Ok("replica");
         }
-        let fresh = self
-            .progress
-            .lock()
-            .get(partition)
-            .and_then(|p| p.fresh_at)
-            .is_some_and(|at| at.elapsed() <= self.staleness);
         if fresh {
             Ok("replica")
         } else {
@@ -377,26 +483,30 @@ impl Replication {
         }
     }
 
-    /// How this node's followed copies stand (the control plane's re-admission test).
+    /// How this node's followed copies stand (the control plane's test for re-admission and
+    /// for handing leadership back).
     pub fn status(&self) -> ReplicaStatus {
         let ring = self.ring.ring();
         let layout = ring.layout();
+        let epoch = ring.epoch();
         let rounds = self.rounds.lock();
         // Every primary answered lately, in a round that chose what to follow by this epoch.
         let heard_all =
             layout.nodes.iter().filter(|n| n.id != self.me && !layout.is_down(&n.id)).all(|n| {
-                rounds.get(&n.id).is_some_and(|(at, epoch)| {
-                    at.elapsed() <= ROUND_FRESH && *epoch == ring.epoch()
-                })
+                rounds
+                    .get(&n.id)
+                    .is_some_and(|(at, seen)| at.elapsed() <= ROUND_FRESH && *seen == epoch)
             });
         let progress = self.progress.lock();
         let lag: u64 = progress.values().map(|p| p.behind).sum();
+        let unchecked = progress.values().filter(|p| p.synced != Some(epoch)).count();
         ReplicaStatus {
             node: self.me.clone(),
-            epoch: ring.epoch(),
+            epoch,
             following: progress.len(),
             lag,
-            caught_up: layout.replication_factor > 1 && heard_all && lag == 0,
+            unchecked,
+            caught_up: layout.replication_factor > 1 && heard_all && lag == 0 && unchecked == 0,
         }
     }
 
@@ -432,9 +542,12 @@ impl Replication {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut seen = 0;
-        let mut acks: Vec<(PartitionKey, u64)> = Vec::new();
-        // Positions of the copies followed from this primary, checked against it once each.
-        let mut applied: HashMap<PartitionKey, u64> = HashMap::new();
+        let mut acks: Vec<ReplicaAck> = Vec::new();
+        // Copies followed from this primary found to continue its log: their position, with
+        // the primary's lead term as the term (what the acknowledgements carry).
+        let mut applied: HashMap<PartitionKey, LogPos> = HashMap::new();
+        // The epoch whose first round also checked the copies the primary did not list.
+        let mut listed_at = None;
         let mut epochs = self.ring.subscribe();
         loop {
             // Marked seen before the ring is read, so a newer one always wakes the poll below.
@@ -473,8 +586,26 @@ impl Replication {
             };
             let answered = Instant::now();
             seen = answer.counter;
-            let (lag, epoch) = self.catch_up(&primary, answer, answered, &mut applied).await;
-            acks = applied.iter().map(|(p, s)| (p.clone(), *s)).collect();
+            let mut wanted: Vec<(PartitionKey, u64)> =
+                answer.partitions.into_iter().map(|s| (s.partition, s.last_seq)).collect();
+            if listed_at != Some(ring.epoch()) {
+                // Once per epoch, also the copies held here that this primary did not list (it
+                // may hold nothing yet): they are checked against it like the others.
+                let listed: HashSet<PartitionKey> = wanted.iter().map(|w| w.0.clone()).collect();
+                if let Ok(held) = self.blocking(|s| s.partitions()).await {
+                    wanted.extend(
+                        held.into_iter()
+                            .filter(|h| !listed.contains(&h.partition))
+                            .map(|h| (h.partition, 0)),
+                    );
+                    listed_at = Some(ring.epoch());
+                }
+            }
+            let (lag, epoch) = self.catch_up(&primary, wanted, answered, &mut applied).await;
+            acks = applied
+                .iter()
+                .map(|(p, at)| ReplicaAck { partition: p.clone(), seq: at.seq, term: at.term })
+                .collect();
             self.rounds.lock().insert(primary.id.clone(), (answered, epoch));
             metrics::gauge!("memring_replication_lag_entries", "primary" => primary.id.to_string())
                 .set(lag as f64);
@@ -499,46 +630,56 @@ impl Replication {
             .await?)
     }
 
-    /// Applies what this node follows on `primary` and lacks, keeping `applied` to the copies
-    /// followed there; returns the entries still behind and the layout epoch it followed by.
+    /// Applies what this node follows on `primary` and lacks (`wanted`: partitions with the
+    /// primary's position), keeping `applied` to the copies followed there; returns the entries
+    /// still behind and the layout epoch it followed by.
     async fn catch_up(
         &self,
         primary: &LayoutNode,
-        answer: ReplicaPollAnswer,
+        wanted: Vec<(PartitionKey, u64)>,
         answered: Instant,
-        applied: &mut HashMap<PartitionKey, u64>,
+        applied: &mut HashMap<PartitionKey, LogPos>,
     ) -> (u64, u64) {
         let ring = self.ring.ring();
+        let epoch = ring.epoch();
         let mut lag = 0;
-        let mut followed = std::collections::HashSet::new();
-        for stats in answer.partitions {
-            let p = stats.partition.clone();
+        let mut followed = HashSet::new();
+        for (p, target) in wanted {
             if !follows(&ring, &self.me, &primary.id, &p) {
                 continue;
             }
             followed.insert(p.clone());
-            match self.catch_up_one(primary, &p, stats.last_seq, applied.get(&p).copied()).await {
+            // Known to continue the primary's log at this epoch and not behind: nothing to ask.
+            let known = applied.get(&p).copied().filter(|at| at.term == epoch);
+            let reached = match known {
+                Some(at) if at.seq >= target => Ok(at.seq),
+                _ => self.catch_up_one(primary, &p, epoch, target).await,
+            };
+            let mut progress = self.progress.lock();
+            let entry = progress.entry(p.clone()).or_insert(Progress {
+                primary: primary.id.clone(),
+                behind: 0,
+                fresh_at: None,
+                synced: None,
+            });
+            entry.primary = primary.id.clone();
+            match reached {
                 Ok(at) => {
-                    applied.insert(p.clone(), at);
-                    let behind = stats.last_seq.saturating_sub(at);
-                    lag += behind;
-                    let mut progress = self.progress.lock();
-                    let entry = progress.entry(p).or_insert(Progress {
-                        primary: primary.id.clone(),
-                        behind,
-                        fresh_at: None,
-                    });
-                    entry.primary = primary.id.clone();
-                    entry.behind = behind;
-                    if behind == 0 {
+                    applied.insert(p, LogPos::new(epoch, at));
+                    entry.behind = target.saturating_sub(at);
+                    entry.synced = Some(epoch);
+                    lag += entry.behind;
+                    if entry.behind == 0 {
                         entry.fresh_at = Some(answered);
                     }
                 }
                 Err(e) => {
-                    // Checked afresh (divergence included) on the next round.
+                    // Not checked (the owner has not taken over yet, or is gone): asked again
+                    // on the next round, and not caught up until then.
                     applied.remove(&p);
-                    self.progress.lock().remove(&p);
-                    tracing::warn!(partition = %p, primary = %primary.id, error = %e, "replication apply failed");
+                    entry.synced = None;
+                    entry.fresh_at = None;
+                    tracing::debug!(partition = %p, primary = %primary.id, error = %e, "replication round did not check this copy");
                 }
             }
         }
@@ -547,24 +688,21 @@ impl Replication {
         self.progress
             .lock()
             .retain(|p, progress| progress.primary != primary.id || followed.contains(p));
-        (lag, ring.epoch())
+        (lag, epoch)
     }
 
-    /// Brings this node's copy of `p` up to `target` from `primary`; `known` is its position
-    /// if this task has checked it already. Returns the position reached.
+    /// Brings this node's copy of `p` to the log of `primary` leading at `epoch`, up to
+    /// `target` (its position at the poll) or further. Returns the position reached.
     async fn catch_up_one(
         &self,
         primary: &LayoutNode,
         p: &PartitionKey,
+        epoch: u64,
         target: u64,
-        known: Option<u64>,
-    ) -> anyhow::Result<u64> {
-        let at = match known {
-            Some(at) => at,
-            None => self.check_log(primary, p).await?,
-        };
+    ) -> Result<u64, ApiError> {
         let (me, primary_id, key) = (self.me.clone(), primary.id.clone(), p.clone());
         let still_primary = move |ring: &Ring| {
+            same_epoch(ring, epoch)?;
             if follows(ring, &me, &primary_id, &key) {
                 Ok(())
             } else {
@@ -574,87 +712,106 @@ impl Replication {
                 ))
             }
         };
-        Ok(self.copy_log(primary, p, at, target, still_primary).await?)
+        Ok(self.sync_from(primary, p, Some(epoch), target, still_primary).await?.seq)
     }
 
-    /// Pulls `node`'s log of `p` from position `at` up to `to` (or its end) and applies it here
-    /// page by page; `allowed` is checked against the current ring under the partition's write
-    /// lock before each page lands. Returns the position reached.
-    async fn copy_log(
+    /// Makes this copy of `p` continue `node`'s log and pulls it up to position `to` (or its
+    /// end): probes back from this copy's last position to where the two logs agree, cuts this
+    /// copy's entries after that, then applies `node`'s page by page. `allowed` is checked
+    /// against the current ring under the partition's write lock before each change lands; with
+    /// `epoch`, `node` must be leading the partition at that epoch (a follower asking its
+    /// owner). The one loop of a follower's round and of a take-over. Returns the position
+    /// reached.
+    async fn sync_from(
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
-        mut at: u64,
+        epoch: Option<u64>,
         to: u64,
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
-    ) -> Result<u64, ApiError> {
-        while at < to {
-            let entries = self.pull(node, p, at, PAGE).await?;
-            let Some(last) = entries.last().map(|e| e.seq) else { break };
-            let (ring, key, allowed) = (self.ring.clone(), p.clone(), allowed.clone());
-            self.blocking(move |s| s.import_replicated(&key, entries, &|| allowed(&ring.ring())))
-                .await?;
-            at = last;
+    ) -> Result<LogPos, ApiError> {
+        let mut at = self.last_pos(p).await?;
+        loop {
+            match self.pull(node, p, at, epoch).await? {
+                Pulled::Diverges { end_of_term } => {
+                    let probe = rules::next_probe(at.seq, end_of_term);
+                    let key = p.clone();
+                    let term = self.blocking(move |s| s.term_at(&key, probe)).await?;
+                    let term = term.ok_or_else(|| {
+                        ApiError::unavailable(format!("{p} changed while its log was compared"), 1)
+                    })?;
+                    at = LogPos::new(term, probe);
+                }
+                Pulled::Entries(entries) => {
+                    let last = entries.last().map(|e| LogPos::new(e.term, e.seq));
+                    let (ring, key, allowed) = (self.ring.clone(), p.clone(), allowed.clone());
+                    let cut_to = at.seq;
+                    self.blocking(move |s| {
+                        let check = || allowed(&ring.ring());
+                        let cut = s.truncate_log(&key, cut_to, &check)?;
+                        if cut > 0 {
+                            metrics::counter!("memring_replication_resyncs_total").increment(1);
+                        }
+                        if !entries.is_empty() {
+                            s.import_replicated(&key, entries, &check)?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    match last {
+                        Some(last) if last.seq < to => at = last,
+                        Some(last) => return Ok(last),
+                        None => return Ok(at),
+                    }
+                }
+            }
         }
-        Ok(at)
     }
 
-    /// This copy's position, after making sure its log is a prefix of `primary`'s: its last
-    /// entry must be the primary's entry at that position. A copy that holds entries the
-    /// primary does not (written here while this node was primary, never acknowledged) is
-    /// dropped, to be replayed from the primary's log.
-    async fn check_log(&self, primary: &LayoutNode, p: &PartitionKey) -> anyhow::Result<u64> {
-        let mine = self.last_seq(p).await?;
-        if mine == 0 {
-            return Ok(0);
-        }
-        let theirs = self.pull(primary, p, mine - 1, 1).await?.into_iter().find(|e| e.seq == mine);
-        let Some(theirs) = theirs else {
-            // The primary has not reached this position: it is a new owner that has not taken
-            // the writes over yet, and this copy may hold an acknowledged write it will pull
-            // from here. Not a divergence: keep the copy and look again next round.
-            anyhow::bail!(
-                "primary {} is behind position {mine} of {p}; waiting for it",
-                primary.id
-            );
-        };
-        let key = p.clone();
-        let ours = self.blocking(move |s| s.entry_at(&key, mine)).await?;
-        if ours.is_some_and(|o| o.fingerprint() == theirs.fingerprint()) {
-            return Ok(mine);
-        }
-        tracing::warn!(partition = %p, primary = %primary.id, position = mine, "this copy's log differs from its primary's; dropping it to replay the primary's");
-        metrics::counter!("memring_replication_resyncs_total").increment(1);
-        let key = p.clone();
-        self.blocking(move |s| s.drop_partition(&key)).await?;
-        Ok(0)
-    }
-
-    /// `node`'s log entries of `p` after `after` (at most `limit`).
+    /// `node`'s log entries of `p` after position `after` (one page), if its entry there has
+    /// `after`'s term; with `epoch`, answered by `node` only as the owner leading at it.
     async fn pull(
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, ApiError> {
-        let url = format!(
-            "http://{}/internal/v1/migrate/{}/entries?after={after}&limit={limit}",
+        after: LogPos,
+        epoch: Option<u64>,
+    ) -> Result<Pulled, ApiError> {
+        let mut url = format!(
+            "http://{}/internal/v1/replicate/log/{}?after={}&term={}&limit={PAGE}",
             node.addr,
-            partition_path(p)
+            partition_path(p),
+            after.seq,
+            after.term
         );
-        let fetched = async {
-            let resp = self.client.get(&url).send().await?.error_for_status()?;
-            resp.bytes().await
+        if let Some(epoch) = epoch {
+            url.push_str(&format!("&epoch={epoch}"));
         }
-        .await
-        .map_err(|e| ApiError::unavailable(format!("{url}: {e}"), 1))?;
-        decode(&fetched)
+        let unreachable = |e: reqwest::Error| ApiError::unavailable(format!("{url}: {e}"), 1);
+        let resp = self.client.get(&url).send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            return decode(&body).map(Pulled::Entries);
+        }
+        let error = match serde_json::from_slice::<memring_common::error::ErrorBody>(&body) {
+            Ok(parsed) => ApiError::from_body(parsed),
+            Err(_) => ApiError::unavailable(
+                format!("{url} answered {status}: {}", String::from_utf8_lossy(&body)),
+                1,
+            ),
+        };
+        let end_of_term =
+            error.details().and_then(|d| d.get("end_of_term")).and_then(serde_json::Value::as_u64);
+        match end_of_term {
+            Some(end_of_term) if status.as_u16() == 409 => Ok(Pulled::Diverges { end_of_term }),
+            _ => Err(error),
+        }
     }
 
-    async fn last_seq(&self, p: &PartitionKey) -> Result<u64, ApiError> {
+    async fn last_pos(&self, p: &PartitionKey) -> Result<LogPos, ApiError> {
         let key = p.clone();
-        self.blocking(move |s| s.last_seq(&key)).await
+        self.blocking(move |s| s.last_pos(&key)).await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -684,6 +841,18 @@ fn owns(ring: &Ring, me: &NodeId, p: &PartitionKey) -> Result<(), ApiError> {
             format!("{me} no longer owns {p} at epoch {}", ring.epoch()),
         )),
     }
+}
+
+/// Ok while `ring` is still at `epoch` (a change decided at one epoch lands only at it).
+fn same_epoch(ring: &Ring, epoch: u64) -> Result<(), ApiError> {
+    if ring.epoch() == epoch {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::PartitionMoving,
+        format!("the layout is at epoch {}, not {epoch}; retry", ring.epoch()),
+    )
+    .with_retry_after(1))
 }
 
 /// The header a router sends for a replica read: the position asked for (0: none).

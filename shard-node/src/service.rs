@@ -219,11 +219,14 @@ impl ShardService {
                     self.check_owner(&partition, None).await?;
                     self.repl.take_over(&partition).await?;
                     let p = partition.clone();
-                    let last_seq = self.blocking(move |s| s.last_seq(&p)).await?;
-                    Ok(json(200, &api::ReplicaPosition { last_seq }))
+                    let at = self.blocking(move |s| s.last_pos(&p)).await?;
+                    Ok(json(200, &api::ReplicaPosition { last_seq: at.seq, last_term: at.term }))
                 }
                 .await;
                 ("internal.replicate.take_over", r)
+            }
+            (&Method::GET, ["internal", "v1", "replicate", "log", tenant, scope]) => {
+                ("internal.replicate.log", self.replica_log(tenant, scope, req.uri().query()).await)
             }
             (&Method::GET, ["internal", "v1", "replicate", "status"]) => {
                 ("internal.replicate.status", Ok(json(200, &self.repl.status())))
@@ -297,15 +300,17 @@ impl ShardService {
                     let id = MemoryId::parse(&percent_decode(id)?)?;
                     self.repl.take_over(&partition).await?;
                     let (p, repl) = (partition.clone(), self.repl.clone());
-                    let seq = self
+                    let at = self
                         .blocking(move |s| {
-                            s.delete_checked(&p, &id, now_millis(), &|| repl.may_commit(&p))?;
-                            s.last_seq(&p)
+                            s.delete_checked(&p, &id, now_millis(), &|last| {
+                                repl.may_commit(&p, last)
+                            })?;
+                            s.last_pos(&p)
                         })
                         .await?;
-                    self.repl.replicated(&partition, seq).await?;
+                    self.repl.replicated(&partition, at).await?;
                     let mut reply = memring_common::http::empty(204);
-                    reply.headers_mut().insert(api::LAST_SEQ_HEADER, seq.into());
+                    reply.headers_mut().insert(api::LAST_SEQ_HEADER, at.seq.into());
                     Ok(reply)
                 }
                 .await;
@@ -451,6 +456,38 @@ impl ShardService {
         Ok(json(200, &ReplicaPollAnswer { counter, partitions }))
     }
 
+    /// `GET /internal/v1/replicate/log/{tenant}/{scope}?after=SEQ&term=TERM&limit=N[&epoch=E]`:
+    /// the log after a position whose term the asker names (see `Replication::serve_log`).
+    async fn replica_log(
+        &self,
+        tenant: &str,
+        scope: &str,
+        query: Option<&str>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let partition = parse_partition(tenant, scope)?;
+        let (mut after, mut term, mut limit, mut epoch) = (0u64, 0u64, 1000usize, None);
+        for (k, v) in query_pairs(query)? {
+            let number = |what: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::invalid(format!("\"{k}\" must be {what}, got {v:?}")))
+            };
+            match k.as_str() {
+                "after" => after = number("a log position")?,
+                "term" => term = number("a term")?,
+                "epoch" => epoch = Some(number("a layout epoch")?),
+                "limit" => limit = api::parse_list_limit(&v)?,
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown parameter {other:?}; the log takes after, term, limit, epoch"
+                    )));
+                }
+            }
+        }
+        let at = crate::replicate::rules::LogPos::new(term, after);
+        let entries = self.repl.serve_log(&partition, at, limit, epoch).await?;
+        Ok(binary(crate::record::encode(&entries)?, &[]))
+    }
+
     async fn write(
         &self,
         partition: PartitionKey,
@@ -474,19 +511,20 @@ impl ShardService {
         self.repl.take_over(&partition).await?;
         let (ring, node, p) = (self.ring.clone(), self.node.clone(), partition.clone());
         let repl = self.repl.clone();
-        let (results, seq) = self
+        let (results, at) = self
             .blocking(move |s| {
                 let results = s.write_checked(
                     &p,
                     write.items,
                     now_millis(),
                     &|| may_create(&ring, &node, &p),
-                    &|| repl.may_commit(&p),
+                    &|last| repl.may_commit(&p, last),
                 )?;
-                Ok((results, s.last_seq(&p)?))
+                Ok((results, s.last_pos(&p)?))
             })
             .await?;
-        self.repl.replicated(&partition, seq).await?;
+        self.repl.replicated(&partition, at).await?;
+        let seq = at.seq;
         let results = results
             .into_iter()
             .map(|r| match r {

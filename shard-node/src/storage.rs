@@ -34,6 +34,7 @@ use crate::record::{
     LogEntry, LogOp, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key,
     parse_metadata, partition_of_meta_key, prefix_end,
 };
+use crate::replicate::rules::LogPos;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -81,6 +82,16 @@ impl Default for StorageConfig {
 
 /// The outcome of one item of a write: what happened and the public result, or why it was refused.
 pub type ItemResult = Result<(WriteOutcome, WriteResult), ApiError>;
+
+/// The check a write or delete makes under the partition's write lock: given the term of the
+/// partition's last log entry, the term its new entries get, or why it may not commit.
+pub type CommitCheck<'a> = &'a dyn Fn(u64) -> Result<u64, ApiError>;
+
+/// The commit check of a node that does not replicate (and of tests): new entries keep the
+/// log's last term.
+pub fn same_term(last_term: u64) -> Result<u64, ApiError> {
+    Ok(last_term)
+}
 
 /// What the index needs to know about a memory to filter and answer without touching RocksDB.
 struct Entry {
@@ -320,7 +331,7 @@ impl Storage {
         items: Vec<WriteItem>,
         now_ms: i64,
     ) -> Result<Vec<ItemResult>, ApiError> {
-        self.write_checked(key, items, now_ms, &|| Ok(()), &|| Ok(()))
+        self.write_checked(key, items, now_ms, &|| Ok(()), &same_term)
     }
 
     /// [`Storage::write`], asking `may_create` first when the partition does not exist yet, and
@@ -328,14 +339,15 @@ impl Storage {
     /// refusal fails the whole write. The creation check and the write both happen inside the
     /// write gate, so [`Storage::write_barrier`] waits for every check made before it; the commit
     /// check is what keeps a node that has just lost the partition (or not yet taken it over at
-    /// the current layout) from writing a log entry under a position a new owner already reported.
+    /// the current layout) from writing a log entry under a position a new owner already reported,
+    /// and it gives the new entries their term.
     pub fn write_checked(
         &self,
         key: &PartitionKey,
         items: Vec<WriteItem>,
         now_ms: i64,
         may_create: &dyn Fn() -> Result<(), ApiError>,
-        may_commit: &dyn Fn() -> Result<(), ApiError>,
+        may_commit: CommitCheck<'_>,
     ) -> Result<Vec<ItemResult>, ApiError> {
         let _gate = self.gate.read();
         let p = match self.partition(key, false)? {
@@ -347,7 +359,7 @@ impl Storage {
             }
         };
         let mut meta = p.meta.lock();
-        may_commit()?;
+        let term = may_commit(meta.last_term)?;
         p.check_not_fenced()?;
         let mut next = meta.clone();
         let mut batch = WriteBatch::default();
@@ -438,9 +450,14 @@ impl Storage {
                 }
             };
             next.last_seq += 1;
+            next.last_term = term;
             next.replace_memory(stored.as_ref().map(StoredEpisode::term), Some(episode.term()));
-            let entry =
-                LogEntry { seq: next.last_seq, at_ms: now_ms, op: LogOp::Put(episode.clone()) };
+            let entry = LogEntry {
+                seq: next.last_seq,
+                at_ms: now_ms,
+                op: LogOp::Put(episode.clone()),
+                term,
+            };
             batch.put_cf(&ep_cf, episode_key(&p.enc, &id), encode(&episode)?);
             batch.put_cf(&log_cf, log_key(&p.enc, next.last_seq), encode(&entry)?);
             index_ops.push((
@@ -462,7 +479,16 @@ impl Storage {
 
     /// The partition's last log sequence number (0 if it does not exist).
     pub fn last_seq(&self, key: &PartitionKey) -> Result<u64, ApiError> {
-        Ok(self.partition(key, false)?.map_or(0, |p| p.meta.lock().last_seq))
+        Ok(self.last_pos(key)?.seq)
+    }
+
+    /// The partition's last log position with its term, read under its write lock (`(0, 0)` if
+    /// it does not exist).
+    pub fn last_pos(&self, key: &PartitionKey) -> Result<LogPos, ApiError> {
+        Ok(self.partition(key, false)?.map_or(LogPos::default(), |p| {
+            let meta = p.meta.lock();
+            LogPos::new(meta.last_term, meta.last_seq)
+        }))
     }
 
     /// Returns once every write that had entered the write gate before this call has finished.
@@ -472,7 +498,7 @@ impl Storage {
 
     /// Deletes one memory. `NotFound` if it does not exist (or has expired).
     pub fn delete(&self, key: &PartitionKey, id: &MemoryId, now_ms: i64) -> Result<(), ApiError> {
-        self.delete_checked(key, id, now_ms, &|| Ok(()))
+        self.delete_checked(key, id, now_ms, &same_term)
     }
 
     /// [`Storage::delete`], asking `may_commit` with the partition's write lock held (see
@@ -482,24 +508,26 @@ impl Storage {
         key: &PartitionKey,
         id: &MemoryId,
         now_ms: i64,
-        may_commit: &dyn Fn() -> Result<(), ApiError>,
+        may_commit: CommitCheck<'_>,
     ) -> Result<(), ApiError> {
         let _gate = self.gate.read();
         let not_found =
             || ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()));
         let Some(p) = self.partition(key, false)? else { return Err(not_found()) };
         let mut meta = p.meta.lock();
-        may_commit()?;
+        let term = may_commit(meta.last_term)?;
         p.check_not_fenced()?;
         let Some(old) = self.read_episode(&p.enc, id.as_str())? else { return Err(not_found()) };
         let mut next = meta.clone();
         next.last_seq += 1;
+        next.last_term = term;
         next.count = next.count.saturating_sub(1);
         next.replace_memory(Some(old.term()), None);
         let entry = LogEntry {
             seq: next.last_seq,
             at_ms: now_ms,
             op: LogOp::Delete { id: old.id.clone(), version: old.version },
+            term,
         };
         let mut batch = WriteBatch::default();
         batch.delete_cf(&self.cf(CF_EPISODES)?, episode_key(&p.enc, id.as_str()));
@@ -887,6 +915,7 @@ impl Storage {
                 count: meta.count,
                 dimensions: meta.dimensions,
                 last_seq: meta.last_seq,
+                last_term: meta.last_term,
                 bytes: meta.bytes.unwrap_or(0),
             });
         }
@@ -903,6 +932,7 @@ impl Storage {
                 let meta = p.meta.lock();
                 stats.count = meta.count;
                 stats.last_seq = meta.last_seq;
+                stats.last_term = meta.last_term;
                 stats.dimensions = meta.dimensions;
             }
         }
@@ -968,6 +998,7 @@ pub struct NodeStats {
 }
 
 mod graphs;
+pub mod log;
 pub mod migration;
 pub mod purge;
 

@@ -133,6 +133,30 @@ impl Proc {
         }
     }
 
+    /// Pauses it (SIGSTOP): it keeps its memory, its stale view of the cluster and its open
+    /// connections, and does nothing until [`Proc::resume`] — a long GC pause or a stalled VM, as
+    /// the rest of the cluster sees it.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    /// Whether it has been started and not killed or stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let Some(child) = &self.child else { bail!("{} is not running", self.name) };
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {} failed", self.name);
+        Ok(())
+    }
+
     /// Starts it again with the same arguments.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();

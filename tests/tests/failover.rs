@@ -301,3 +301,176 @@ async fn an_isolated_old_primary_cannot_acknowledge_writes() -> anyhow::Result<(
     assert_eq!(http.get(&during).send().await?.status().as_u16(), 200);
     Ok(())
 }
+
+/// How the old primary of [`old_primary_returns_with_a_longer_log`] fails.
+#[derive(Debug, Clone, Copy)]
+enum Fails {
+    Killed,
+    Paused,
+}
+
+/// The issue's sequence, made deterministic, on partition `{tenant}/shared` of a three-node
+/// R = 3, W = 2 cluster: both followers are paused while the primary commits three writes nobody
+/// can acknowledge; the primary is then killed (or paused past its lease) and the followers go
+/// on; once it is marked down, a write through the new owner is acknowledged *at the position of
+/// the first unacknowledged one*; the old primary comes back with the longer log, is re-admitted
+/// and handed its leadership back. The acknowledged write must be on every copy, readable with
+/// and without its token; the three that were never acknowledged are cut from every log.
+async fn old_primary_returns_with_a_longer_log(
+    c: &mut EtcdCluster,
+    store: &memring_common::store::etcd::EtcdStore,
+    control: &memring_tests::Proc,
+    tenant: &str,
+    fails: Fails,
+) -> anyhow::Result<()> {
+    let (router, http) = (c.router(0), client());
+    let p: PartitionKey = format!("{tenant}/shared").parse()?;
+    let ring = Ring::new(layout_of(store).await?);
+    let set: Vec<usize> = ring.replicas(&p).iter().map(|n| index_of(c, n)).collect();
+    let (primary, followers) = (set[0], [set[1], set[2]]);
+    let mut items = Vec::new();
+    for n in 0..20 {
+        items.push(json!({"id": format!("m{n}"), "scope": "shared", "content": format!("kept {n}"), "embedding": vector(8, n % 8, 0.2)}));
+    }
+    memring_tests::write_batch(&http, &router, tenant, items).await?;
+    let base = position_on(&c.shards[primary].addr, &p).await?;
+
+    // Followers paused: the primary commits three writes it can never get acknowledged.
+    for f in followers {
+        c.shards[f].pause()?;
+    }
+    let mut lost = Vec::new();
+    for n in 0..3 {
+        let (http, router, tenant) = (http.clone(), router.clone(), tenant.to_owned());
+        lost.push(tokio::spawn(async move {
+            let body = json!({"id": format!("lost{n}"), "scope": "shared", "content": "never acknowledged", "embedding": vector(8, n, 0.4)});
+            let url = format!("{router}/v1/tenants/{tenant}/memories");
+            http.post(url).json(&body).timeout(Duration::from_secs(20)).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    wait_for("the primary to commit the three writes", Duration::from_secs(5), || async {
+        Ok((position_on(&c.shards[primary].addr, &p).await? == base + 3).then_some(()))
+    })
+    .await?;
+    match fails {
+        Fails::Killed => c.shards[primary].kill(),
+        Fails::Paused => c.shards[primary].pause()?,
+    }
+    for f in followers {
+        c.shards[f].resume()?;
+    }
+    for w in lost {
+        let answer = w.await?;
+        assert!(!matches!(answer, Ok(200..=299)), "an unacknowledgeable write answered {answer:?}");
+    }
+    let old_id = c.shard_id(primary);
+    wait_for("the old primary marked down", Duration::from_secs(20), || async {
+        Ok(layout_of(store).await?.down.contains(&old_id).then_some(()))
+    })
+    .await?;
+
+    // The new owner acknowledges a write at the position the old primary's first lost one has.
+    let body = json!({"id": "acked", "scope": "shared", "content": "acknowledged by the new owner", "embedding": vector(8, 5, 0.3)});
+    let token = wait_for("a write through the new owner", Duration::from_secs(20), || async {
+        let resp =
+            http.post(format!("{router}/v1/tenants/{tenant}/memories")).json(&body).send().await?;
+        if resp.status().as_u16() != 201 {
+            return Ok(None);
+        }
+        Ok(resp.headers().get(READ_TOKEN_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
+    })
+    .await?;
+    assert_eq!(token, format!("shared={}", base + 1), "the acknowledged write's position");
+
+    match fails {
+        Fails::Killed => {
+            c.shards[primary].start_again()?;
+            c.shards[primary].wait_ready(Duration::from_secs(30)).await?;
+        }
+        Fails::Paused => c.shards[primary].resume()?,
+    }
+    wait_for("the old primary re-admitted and handed back", Duration::from_secs(60), || async {
+        let l = layout_of(store).await?;
+        Ok((l.down.is_empty() && l.joining.is_empty()).then_some(()))
+    })
+    .await?;
+    let layout = layout_of(store).await?;
+    assert_eq!(Ring::new(layout.clone()).owner(&p).map(|o| o.id.clone()), Some(old_id.clone()));
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    let after = json!({"id": "back", "scope": "shared", "content": "led again", "embedding": vector(8, 6, 0.3)});
+    let resp =
+        http.post(format!("{router}/v1/tenants/{tenant}/memories")).json(&after).send().await?;
+    assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await?);
+
+    let url = format!("{router}/v1/tenants/{tenant}/memories/acked?scope=shared");
+    for with_token in [true, false] {
+        let mut req = http.get(&url);
+        if with_token {
+            req = req.header(READ_TOKEN_HEADER, &token);
+        }
+        let v: Value = req.send().await?.json().await?;
+        assert_eq!(
+            v["content"],
+            "acknowledged by the new owner",
+            "token {with_token}: {v}\n{}",
+            c.logs()
+        );
+    }
+    let seq = base + 1;
+    for (i, shard) in c.shards.iter().enumerate() {
+        let direct = format!("{}/internal/v1/p/{tenant}/shared/memories/acked", shard.url());
+        let read = wait_for(
+            "the copy to have the acknowledged write",
+            Duration::from_secs(10),
+            || async {
+                let resp = http
+                    .get(&direct)
+                    .header("x-memring-replica-read", seq.to_string())
+                    .send()
+                    .await?;
+                Ok((resp.status().as_u16() == 200).then_some(resp.json::<Value>().await?))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("copy on shard {i}: {e}\n{}", c.logs()))?;
+        assert_eq!(read["content"], "acknowledged by the new owner");
+    }
+    for n in 0..3 {
+        let url = format!("{router}/v1/tenants/{tenant}/memories/lost{n}?scope=shared");
+        assert_eq!(http.get(url).send().await?.status().as_u16(), 404, "lost{n} came back");
+    }
+    wait_verified(control, Duration::from_secs(30)).await?;
+    println!("{fails:?}: the acknowledged write at {seq} survived the return of a longer log");
+    Ok(())
+}
+
+/// A partition's log position on the node at `addr` (0 if it holds none).
+async fn position_on(addr: &str, p: &PartitionKey) -> anyhow::Result<u64> {
+    let list: Value =
+        client().get(format!("http://{addr}/internal/v1/partitions")).send().await?.json().await?;
+    Ok(list["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["partition"].as_str() == Some(p.to_string().as_str()))
+        .and_then(|e| e["last_seq"].as_u64())
+        .unwrap_or(0))
+}
+
+/// The lost write of the issue, killed and paused: a primary that committed writes its paused
+/// followers never acknowledged returns with the longer log after a new owner acknowledged a
+/// write at the same position; nothing acknowledged is lost.
+#[tokio::test]
+async fn a_returning_primary_with_a_longer_log_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let mut c = EtcdCluster::start(3, 1, 3).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
+    let epoch = layout_of(&store).await?.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    old_primary_returns_with_a_longer_log(&mut c, &store, &control, "probe-kill", Fails::Killed)
+        .await?;
+    old_primary_returns_with_a_longer_log(&mut c, &store, &control, "probe-pause", Fails::Paused)
+        .await?;
+    Ok(())
+}

@@ -101,13 +101,16 @@ impl Storage {
         ops: Vec<LogOp>,
         now_ms: i64,
     ) -> Result<usize, ApiError> {
-        let entries = ops.into_iter().map(|op| LogEntry { seq: 0, at_ms: now_ms, op }).collect();
+        let entries =
+            ops.into_iter().map(|op| LogEntry { seq: 0, at_ms: now_ms, op, term: 0 }).collect();
         self.import_at(key, entries, false, &|| Ok(()))
     }
 
-    /// A follower applies its primary's log entries, each under the primary's sequence number,
-    /// so every copy of a partition shares one log and one position (`last_seq`). `entries`
-    /// must continue this copy's log without a gap (else `Conflict`: the follower resyncs).
+    /// A follower applies its primary's log entries, each under the primary's sequence number
+    /// and term, so every copy of a partition shares one log and one position (`last_seq`).
+    /// `entries` must continue this copy's log without a gap and without a term going down
+    /// (else `Conflict`); that they continue *this* log, not another one of the same length, the
+    /// caller has checked (`replicate.rs`: the primary's term at this copy's last position).
     /// `may_apply` is checked under the partition's write lock, so once a newer primary has
     /// asked this copy for its position ([`Storage::last_seq`] takes the same lock) nothing from
     /// an older one lands.
@@ -147,13 +150,16 @@ impl Storage {
         let mut present: std::collections::HashMap<String, Option<(u64, u64, u64)>> =
             std::collections::HashMap::new();
         let applied = entries.len();
-        for LogEntry { seq, at_ms, op } in entries {
-            if keep_seq && seq != next.last_seq + 1 {
+        for LogEntry { seq, at_ms, op, term } in entries {
+            // A migration's copy continues the target's own log, in the target's last term.
+            let term = if keep_seq { term } else { next.last_term };
+            if keep_seq && (seq != next.last_seq + 1 || term < next.last_term) {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
                     format!(
-                        "{} is at log position {}; entry {seq} does not follow it",
-                        p.key, next.last_seq
+                        "{} is at log position {} of term {}; entry {seq} of term {term} does \
+                         not follow it",
+                        p.key, next.last_seq, next.last_term
                     ),
                 ));
             }
@@ -215,10 +221,11 @@ impl Storage {
                 },
             }
             next.last_seq += 1;
+            next.last_term = term;
             batch.put_cf(
                 &log_cf,
                 log_key(&p.enc, next.last_seq),
-                encode(&LogEntry { seq: next.last_seq, at_ms, op })?,
+                encode(&LogEntry { seq: next.last_seq, at_ms, op, term })?,
             );
         }
         batch.put_cf(&meta_cf, &p.enc, encode(&next)?);

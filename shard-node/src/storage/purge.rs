@@ -6,8 +6,8 @@
 //! - **Every copy** then redacts the put entries of its log whose memory has expired: content,
 //!   embedding and metadata are emptied, id, version, label and times stay. Replaying a log is
 //!   unchanged by this (the put is always followed by a later put or by the delete), counts and
-//!   checksums use only id and version, and followers compare entries by
-//!   [`LogEntry::fingerprint`], which redaction does not touch.
+//!   checksums use only id and version, and copies compare entries by position and term
+//!   (`replicate/rules.rs`), which redaction does not touch.
 //! - The partition's key range is then compacted, so the removed bytes leave the SST files too.
 //!
 //! Finding what to purge scans the partition's episodes and log: O(partition) per pass, at the
@@ -37,7 +37,7 @@ impl Storage {
         &self,
         key: &PartitionKey,
         now_ms: i64,
-        owner: Option<&dyn Fn() -> Result<(), ApiError>>,
+        owner: Option<super::CommitCheck<'_>>,
     ) -> Result<Purged, ApiError> {
         let enc = key.encode();
         let mut purged = Purged::default();

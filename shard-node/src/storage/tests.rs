@@ -1,6 +1,7 @@
 //! Storage against a real RocksDB in a temporary directory.
 
 use super::*;
+use crate::replicate::rules::LogPos;
 use memring_common::Scope;
 use memring_common::api::WriteOutcome;
 
@@ -434,8 +435,12 @@ fn a_replica_keeps_the_primary_log_and_refuses_gaps() {
     assert_eq!((x.count, &x.checksum, x.last_seq), (y.count, &y.checksum, y.last_seq));
     // A delete of a memory the replica does not hold still takes its place in the log.
     let other = key("t", "agent:x");
-    let orphan =
-        LogEntry { seq: 1, at_ms: 9, op: LogOp::Delete { id: "ghost".into(), version: 1 } };
+    let orphan = LogEntry {
+        seq: 1,
+        at_ms: 9,
+        op: LogOp::Delete { id: "ghost".into(), version: 1 },
+        term: 0,
+    };
     replica.import_replicated(&other, vec![orphan], &|| Ok(())).expect("apply");
     assert_eq!(replica.last_seq(&other).expect("seq"), 1);
 }
@@ -455,10 +460,10 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
         .expect("apply");
     // Before expiry nothing happens; after it the owner deletes through its log.
     assert_eq!(
-        primary.purge_expired(&k, 1_500, Some(&|| Ok(()))).expect("purge"),
+        primary.purge_expired(&k, 1_500, Some(&same_term)).expect("purge"),
         purge::Purged::default()
     );
-    let done = primary.purge_expired(&k, 2_500, Some(&|| Ok(()))).expect("purge");
+    let done = primary.purge_expired(&k, 2_500, Some(&same_term)).expect("purge");
     assert_eq!(done, purge::Purged { deleted: 1, redacted: 1 });
     let contains = |s: &Storage, needle: &str| {
         s.log_after(&k, 0, 100).expect("log").iter().any(|e| match &e.op {
@@ -492,7 +497,7 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
     assert_eq!(fingerprints(&primary), fingerprints(&replica));
     // A second pass finds nothing more to do.
     assert_eq!(
-        primary.purge_expired(&k, 3_000, Some(&|| Ok(()))).expect("purge"),
+        primary.purge_expired(&k, 3_000, Some(&same_term)).expect("purge"),
         purge::Purged::default()
     );
 }
@@ -602,4 +607,102 @@ fn a_big_partition_searches_exactly_while_its_graph_is_built() {
     let again = s.search(&k, q, 5, &Filter::default(), 4).expect("search");
     assert!(!ids(&again).contains(&expected[0]), "a delete during the build is in the graph");
     assert_eq!(ids(&again)[..4], expected[1..5], "the graph finds the same neighbours");
+}
+
+#[test]
+fn entries_carry_the_term_their_commit_check_gives_and_where_a_term_ends_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let k = key("t", "shared");
+    for (n, term) in [1u64, 1, 2, 2, 4].into_iter().enumerate() {
+        let one = vec![item(&format!("e{n}"), "x", vec![1.0, n as f32])];
+        s.write_checked(&k, one, 1, &|| Ok(()), &|_| Ok(term)).expect("write");
+    }
+    let terms: Vec<u64> = s.log_after(&k, 0, 100).expect("log").iter().map(|e| e.term).collect();
+    assert_eq!(terms, [1, 1, 2, 2, 4]);
+    assert_eq!(s.last_pos(&k).expect("pos"), LogPos::new(4, 5));
+    let ends: Vec<u64> = (0..6).map(|t| s.end_of_term(&k, t).expect("end")).collect();
+    assert_eq!(ends, [0, 2, 4, 4, 5, 5]);
+    assert_eq!(s.term_at(&k, 0).expect("term"), Some(0));
+    assert_eq!(s.term_at(&k, 3).expect("term"), Some(2));
+    assert_eq!(s.term_at(&k, 6).expect("term"), None);
+    // A refused check writes nothing.
+    let refused =
+        s.write_checked(&k, vec![item("late", "x", vec![0.0, 1.0])], 1, &|| Ok(()), &|_| {
+            Err(ApiError::new(ErrorCode::PartitionMoving, "not taken over"))
+        });
+    assert!(refused.is_err());
+    assert_eq!(s.last_pos(&k).expect("pos"), LogPos::new(4, 5));
+}
+
+/// A copy that wrote entries nobody acknowledged (an old primary) is cut back to where its log
+/// agrees with its new owner's: every memory those entries touched is as it was at the cut —
+/// created ones gone, updated ones at their old version, deleted ones back — with count,
+/// checksum and search to match, and the owner's entries then apply on top.
+#[test]
+fn a_diverging_suffix_is_cut_back_to_the_state_at_the_cut() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let owner = open(a.path());
+    let old = open_as(b.path(), "n2");
+    let k = key("t", "shared");
+    let term = |t: u64| move |_: u64| Ok(t);
+    let v = |x: f32| vec![1.0, x];
+    let common = vec![item("a", "a1", v(0.0)), item("b", "b1", v(1.0)), item("d", "d1", v(2.0))];
+    owner.write_checked(&k, common, 1, &|| Ok(()), &term(1)).expect("write");
+    old.import_replicated(&k, owner.log_after(&k, 0, 100).expect("log"), &|| Ok(()))
+        .expect("apply");
+    let at_cut = owner.checksum(&k, true).expect("sum");
+    // The old primary goes on alone in term 1: creates c, updates b, deletes d.
+    old.write_checked(
+        &k,
+        vec![item("c", "c1", v(3.0)), item("b", "b2", v(4.0))],
+        2,
+        &|| Ok(()),
+        &term(1),
+    )
+    .expect("write");
+    old.delete_checked(&k, &MemoryId::parse("d").expect("id"), 2, &term(1)).expect("delete");
+    let query = [1.0f32, 3.0];
+    assert!(
+        old.search(&k, &query, 10, &Filter::default(), 3)
+            .expect("search")
+            .iter()
+            .any(|h| h.id.as_str() == "c")
+    );
+    // The new owner writes in term 2 at the same positions.
+    owner.write_checked(&k, vec![item("e", "e2", v(5.0))], 3, &|| Ok(()), &term(2)).expect("write");
+    assert_eq!(old.end_of_term(&k, 1).expect("end"), 6);
+    assert_eq!(owner.end_of_term(&k, 1).expect("end"), 3);
+    let cut = old.truncate_log(&k, 3, &|| Ok(())).expect("cut");
+    assert_eq!(cut, 3);
+    let now = old.checksum(&k, true).expect("sum");
+    assert_eq!(
+        (now.count, &now.checksum, now.last_seq, now.consistent),
+        (at_cut.count, &at_cut.checksum, 3, true)
+    );
+    assert_eq!(old.get(&k, &MemoryId::parse("b").expect("id"), 3).expect("b").content, "b1");
+    assert_eq!(old.get(&k, &MemoryId::parse("d").expect("id"), 3).expect("d").content, "d1");
+    assert!(old.get(&k, &MemoryId::parse("c").expect("id"), 3).is_err());
+    let hits = old.search(&k, &query, 10, &Filter::default(), 3).expect("search");
+    let mut ids: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a", "b", "d"]);
+    assert_eq!(old.last_pos(&k).expect("pos"), LogPos::new(1, 3));
+    // The owner's entries continue the cut log; both copies end equal.
+    old.import_replicated(&k, owner.log_after(&k, 3, 100).expect("log"), &|| Ok(()))
+        .expect("apply");
+    let (x, y) = (owner.checksum(&k, true).expect("sum"), old.checksum(&k, true).expect("sum"));
+    assert_eq!((x.count, &x.checksum, x.last_seq), (y.count, &y.checksum, y.last_seq));
+    assert_eq!(owner.log_after(&k, 0, 100).expect("log"), old.log_after(&k, 0, 100).expect("log"));
+    // Cutting to 0 empties the copy.
+    assert_eq!(old.truncate_log(&k, 0, &|| Ok(())).expect("cut"), 4);
+    assert_eq!(old.checksum(&k, true).expect("sum").count, 0);
+    // Entries of a lower term than the log's last do not apply.
+    old.import_replicated(&k, owner.log_after(&k, 0, 3).expect("log"), &|| Ok(())).expect("apply");
+    let mut lower = owner.log_after(&k, 3, 1).expect("log");
+    lower[0].term = 0;
+    assert_eq!(
+        old.import_replicated(&k, lower, &|| Ok(())).expect_err("lower").code(),
+        ErrorCode::Conflict
+    );
 }

@@ -1,0 +1,167 @@
+//! The replication protocol's decisions, as pure functions: what a node may commit, whose log a
+//! node taking over adopts, when a follower may take entries from (or truncate to) a primary, how
+//! far back a diverging log is cut, and which acknowledgements count.
+//!
+//! The live code (`replicate.rs`, `storage.rs`) and the model checker (`model.rs`) both decide
+//! by these functions, so the rules the model explores exhaustively are the rules that run.
+//!
+//! **Terms.** Every log entry carries the layout epoch at which its writer had taken the
+//! partition's writes over (its *term*). An owner takes over once per epoch, so at most one node
+//! writes under a given term, and terms never decrease along a log. Two copies holding an entry
+//! with the same (term, position) therefore hold the same entries up to it (Raft's log matching),
+//! and logs are compared by `(last term, last position)`, never by length alone.
+
+/// A position in a partition's log: the last entry's term and sequence number (`(0, 0)`: empty).
+/// Ordered by term first, as logs are compared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPos {
+    /// Term of the entry at `seq` (0 for the empty log, and for entries written before terms).
+    pub term: u64,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+impl LogPos {
+    /// The position `(term, seq)`.
+    pub fn new(term: u64, seq: u64) -> Self {
+        Self { term, seq }
+    }
+}
+
+/// Why an owner may not append now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It has not taken the partition's writes over at the epoch it is at.
+    NotTakenOver,
+    /// Its log holds entries of a newer term than its layout: some node has led the partition
+    /// under a layout this one has not seen yet.
+    StaleLayout,
+}
+
+/// The term of an entry an owner appends at layout epoch `view`, if it may: with replication it
+/// must have taken over at `view` (`taken`), and its log must hold nothing of a later term.
+pub fn commit_term(
+    replicated: bool,
+    view: u64,
+    taken: Option<u64>,
+    last_term: u64,
+) -> Result<u64, Refusal> {
+    if replicated && taken != Some(view) {
+        return Err(Refusal::NotTakenOver);
+    }
+    if last_term > view {
+        return Err(Refusal::StaleLayout);
+    }
+    Ok(view)
+}
+
+/// Of the positions the copies asked by a node taking over answered (and its own, `mine`), the
+/// one whose log it must adopt: the greatest `(term, seq)`. `None` when its own log is that one
+/// (ties keep its own: an equal position means an equal log).
+pub fn adopt_from<K>(
+    mine: LogPos,
+    answers: impl IntoIterator<Item = (K, LogPos)>,
+) -> Option<(K, LogPos)> {
+    answers.into_iter().filter(|(_, pos)| *pos > mine).max_by_key(|(_, pos)| *pos)
+}
+
+/// Whether a node taking over at `view` can adopt a log ending at `best`: a term newer than its
+/// own layout means it is behind on layouts (it must catch up and take over again).
+pub fn may_adopt(view: u64, best: LogPos) -> bool {
+    best.term <= view
+}
+
+/// Whether a follower at layout epoch `view` may apply entries from (or cut its log back to) a
+/// primary that has taken the partition over at `lead` (`None`: not at its current epoch). Only
+/// a primary that took over at the follower's own epoch has every acknowledged write; an older
+/// one may be missing writes acknowledged since, and one that has not taken over yet may still
+/// have to pull them — from this very copy.
+pub fn may_follow(view: u64, lead: Option<u64>) -> bool {
+    lead == Some(view)
+}
+
+/// Whether a follower's entry at some position (of term `mine`) is the primary's entry there
+/// (of term `theirs`, `None` if the primary's log is shorter): by log matching, equal terms at a
+/// position mean equal logs up to it.
+pub fn entries_match(mine: u64, theirs: Option<u64>) -> bool {
+    theirs == Some(mine)
+}
+
+/// After a mismatch at position `at`, where this log's entry has term `t`, the next position to
+/// compare: the primary's last position of a term ≤ `t` (`primary_end_of_term`), and always below
+/// `at`. Every position skipped holds a primary entry of a term > `t` and one of this log's of a
+/// term ≤ `t`, so none of them can match; position 0 (the empty prefix) always matches.
+pub fn next_probe(at: u64, primary_end_of_term: u64) -> u64 {
+    primary_end_of_term.min(at.saturating_sub(1))
+}
+
+/// Whether a follower's acknowledgement (`acked` position under the primary's lead term
+/// `ack_term`) covers a write at `seq` of term `term`: only an acknowledgement made while the
+/// primary led at that same term says the follower holds the primary's entries up to there.
+pub fn ack_covers(acked: u64, ack_term: u64, seq: u64, term: u64) -> bool {
+    ack_term == term && acked >= seq
+}
+
+/// How many copies a node taking over must hear from besides itself: any write acknowledged by
+/// `write_quorum` of the `copies` copies is then on one of them (`copies - W + 1` and `W` copies
+/// always share one).
+pub fn take_over_peers(copies: usize, write_quorum: usize) -> usize {
+    copies.saturating_sub(write_quorum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_compare_by_term_then_position() {
+        assert!(LogPos::new(2, 1) > LogPos::new(1, 500));
+        assert!(LogPos::new(2, 3) > LogPos::new(2, 2));
+        let answers = [("a", LogPos::new(1, 551)), ("b", LogPos::new(2, 549))];
+        assert_eq!(adopt_from(LogPos::new(1, 548), answers).map(|a| a.0), Some("b"));
+        // Its own log wins ties and a longer log of an older term.
+        assert_eq!(adopt_from(LogPos::new(2, 549), answers), None);
+        assert_eq!(adopt_from(LogPos::new(3, 1), answers), None);
+    }
+
+    #[test]
+    fn an_owner_commits_only_at_the_epoch_it_took_over_and_never_behind_its_log() {
+        assert_eq!(commit_term(true, 5, Some(5), 4), Ok(5));
+        assert_eq!(commit_term(true, 5, Some(4), 4), Err(Refusal::NotTakenOver));
+        assert_eq!(commit_term(true, 5, Some(5), 6), Err(Refusal::StaleLayout));
+        assert_eq!(commit_term(false, 5, None, 3), Ok(5));
+    }
+
+    #[test]
+    fn probing_back_skips_only_positions_that_cannot_match() {
+        // Follower terms [1, 1, 3] at 1..=3; primary terms [1, 2, 2, 4].
+        let follower = [1u64, 1, 3];
+        let primary = [1u64, 2, 2, 4];
+        let end_of_term =
+            |t: u64| primary.iter().rposition(|x| *x <= t).map_or(0, |i| i as u64 + 1);
+        let term_at =
+            |log: &[u64], s: u64| (s > 0).then(|| log.get(s as usize - 1).copied()).flatten();
+        let mut at = follower.len() as u64;
+        let mut steps = 0;
+        while at > 0 {
+            let mine = term_at(&follower, at).expect("in the follower's log");
+            if entries_match(mine, term_at(&primary, at)) {
+                break;
+            }
+            at = next_probe(at, end_of_term(mine));
+            steps += 1;
+        }
+        assert_eq!((at, steps), (1, 2));
+    }
+
+    #[test]
+    fn acknowledgements_count_only_under_the_term_they_were_made_in() {
+        assert!(ack_covers(10, 7, 9, 7));
+        assert!(!ack_covers(10, 6, 9, 7));
+        assert!(!ack_covers(8, 7, 9, 7));
+        assert!(may_follow(7, Some(7)));
+        assert!(!may_follow(7, Some(6)));
+        assert!(!may_follow(7, None));
+        assert_eq!(take_over_peers(3, 2), 1);
+    }
+}

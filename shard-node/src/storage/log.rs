@@ -1,0 +1,140 @@
+//! The change log as replication compares it: positions with their terms, where a term ends, and
+//! cutting back a suffix that diverges from the log a copy must follow (`replicate/rules.rs`).
+//!
+//! Cutting back undoes entries no quorum acknowledged: the entries after the cut are deleted,
+//! and every memory they touched is set back to its state at the cut, read from this copy's own
+//! log (the latest entry at or before the cut that names it; none means the memory did not exist
+//! then). The count, checksum, byte total and index follow, as for any write.
+
+use std::collections::{HashMap, HashSet};
+
+use memring_common::{ApiError, PartitionKey};
+use rocksdb::{ReadOptions, WriteBatch};
+
+use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
+use crate::record::{LogEntry, LogOp, StoredEpisode, decode, encode, episode_key, log_key};
+use crate::record::{parse_metadata, prefix_end};
+
+impl Storage {
+    /// The term of this copy's entry at `seq` (`Some(0)` for position 0, the empty prefix every
+    /// log shares; `None` if this copy has no entry there).
+    pub fn term_at(&self, key: &PartitionKey, seq: u64) -> Result<Option<u64>, ApiError> {
+        if seq == 0 {
+            return Ok(Some(0));
+        }
+        let cf = self.cf(CF_LOG)?;
+        match self.db.get_cf(&cf, log_key(&key.encode(), seq)).map_err(db_err)? {
+            Some(bytes) => Ok(Some(decode::<LogEntry>(&bytes)?.term)),
+            None => Ok(None),
+        }
+    }
+
+    /// The last position of this copy's log holding an entry of a term ≤ `term` (0 if none): what
+    /// a follower whose entry of term `term` differs from ours probes next. Terms never decrease
+    /// along a log, so this is a binary search of point reads.
+    pub fn end_of_term(&self, key: &PartitionKey, term: u64) -> Result<u64, ApiError> {
+        let last = self.last_pos(key)?;
+        if last.term <= term {
+            return Ok(last.seq);
+        }
+        // term_at(lo) <= term < term_at(hi)
+        let (mut lo, mut hi) = (0u64, last.seq);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match self.term_at(key, mid)? {
+                Some(t) if t <= term => lo = mid,
+                _ => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Cuts this copy's log back to position `to`, undoing every entry after it (see the module
+    /// notes); `may_apply` is checked under the partition's write lock first. Returns how many
+    /// entries were removed.
+    pub fn truncate_log(
+        &self,
+        key: &PartitionKey,
+        to: u64,
+        may_apply: &dyn Fn() -> Result<(), ApiError>,
+    ) -> Result<usize, ApiError> {
+        let _gate = self.gate.read();
+        let Some(p) = self.partition(key, false)? else { return Ok(0) };
+        let mut meta = p.meta.lock();
+        may_apply()?;
+        if meta.last_seq <= to {
+            return Ok(0);
+        }
+        let removed = self.log_after(key, to, usize::MAX)?;
+        let touched: HashSet<String> = removed.iter().map(|e| e.id().to_owned()).collect();
+        // Each touched memory as it was at `to`, and the term of the entry at `to`.
+        let mut before: HashMap<String, Option<StoredEpisode>> = HashMap::new();
+        let mut term_at_cut = 0;
+        if to > 0 {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_lower_bound(p.enc.clone());
+            opts.fill_cache(false);
+            let cf = self.cf(CF_LOG)?;
+            let from = log_key(&p.enc, to);
+            let iter = self.db.iterator_cf_opt(
+                &cf,
+                opts,
+                rocksdb::IteratorMode::From(&from, rocksdb::Direction::Reverse),
+            );
+            for (i, item) in iter.enumerate() {
+                let (_, value) = item.map_err(db_err)?;
+                let entry: LogEntry = decode(&value)?;
+                if i == 0 {
+                    term_at_cut = entry.term;
+                }
+                if touched.contains(entry.id()) && !before.contains_key(entry.id()) {
+                    let id = entry.id().to_owned();
+                    let state = match entry.op {
+                        LogOp::Put(e) => Some(e),
+                        LogOp::Delete { .. } => None,
+                    };
+                    before.insert(id, state);
+                }
+                if before.len() == touched.len() {
+                    break;
+                }
+            }
+        }
+        let mut next = meta.clone();
+        next.last_seq = to;
+        next.last_term = term_at_cut;
+        let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
+        let mut batch = WriteBatch::default();
+        let (mut removals, mut inserts) = (Vec::new(), Vec::new());
+        for id in &touched {
+            let now = self.read_episode(&p.enc, id)?;
+            let then = before.get(id).cloned().flatten();
+            next.replace_memory(
+                now.as_ref().map(StoredEpisode::term),
+                then.as_ref().map(StoredEpisode::term),
+            );
+            next.count =
+                (next.count + u64::from(then.is_some())).saturating_sub(u64::from(now.is_some()));
+            if let Some(now) = &now {
+                removals.push((now.label, None, None));
+            }
+            match &then {
+                Some(e) => {
+                    batch.put_cf(&ep_cf, episode_key(&p.enc, id), encode(e)?);
+                    let metadata = parse_metadata(&e.metadata_json)?;
+                    inserts.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
+                }
+                None => batch.delete_cf(&ep_cf, episode_key(&p.enc, id)),
+            }
+        }
+        batch.delete_range_cf(&log_cf, log_key(&p.enc, to + 1), prefix_end(&p.enc));
+        batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
+        self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
+        p.commit(&mut meta, next);
+        // Every removal before any insert: a label freed by one memory may be another's now.
+        removals.extend(inserts);
+        self.apply_to_index(&p, removals);
+        tracing::warn!(partition = %p.key, to, removed = removed.len(), memories = touched.len(), "log cut back to where it agrees with the log it follows");
+        Ok(removed.len())
+    }
+}
