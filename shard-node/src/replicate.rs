@@ -12,7 +12,7 @@
 //! read-your-writes token names, and what a node taking over compares.
 //!
 //! - **Taking over** ([`Replication::take_over`]): before an owner writes or answers reads at a
-//!   new layout epoch, it asks R − W other live copies for their position (`POST
+//!   new layout epoch, it asks R − W other copies for their position (live ones first; `POST
 //!   /internal/v1/replicate/position`, answered under that copy's write lock once it has seen the
 //!   epoch; from then on it follows only an owner that took over at an epoch at least as new) and
 //!   makes its log the most up to date one: it probes back to where the two agree, cuts its own
@@ -277,30 +277,16 @@ impl Replication {
             ring.replicas(partition).len(),
             ring.layout().write_quorum() as usize,
         );
-        let peers: Vec<LayoutNode> = ring
-            .followers(partition)
-            .into_iter()
-            .filter(|n| !ring.layout().is_down(&n.id))
-            .cloned()
-            .collect();
-        let asked = futures::future::join_all(peers.iter().map(|peer| async move {
-            let url = format!(
-                "http://{}/internal/v1/replicate/position/{}?epoch={epoch}",
-                peer.addr,
-                partition_path(partition)
-            );
-            let ask = async {
-                let resp = self.client.post(&url).send().await?.error_for_status()?;
-                resp.json::<ReplicaPosition>().await
-            };
-            let answer = tokio::time::timeout(self.quorum_timeout, ask).await;
-            answer
-                .ok()
-                .and_then(Result::ok)
-                .map(|pos| (peer.clone(), LogPos::new(pos.last_term, pos.last_seq)))
-        }))
-        .await;
-        let answered: Vec<(LayoutNode, LogPos)> = asked.into_iter().flatten().collect();
+        // The live copies first; if too few answer, the ones marked down as well: a copy
+        // marked down that is back (not yet re-admitted) can answer, and any R − W answers
+        // make the quorums meet, whoever gives them. Its own re-admission waits for this
+        // take-over, so it must be asked when it is the only other copy left.
+        let (live, down): (Vec<&LayoutNode>, Vec<&LayoutNode>) =
+            ring.followers(partition).into_iter().partition(|n| !ring.layout().is_down(&n.id));
+        let mut answered = self.positions(partition, epoch, &live).await;
+        if answered.len() < needed {
+            answered.extend(self.positions(partition, epoch, &down).await);
+        }
         if answered.len() < needed {
             return Err(ApiError::unavailable(
                 format!(
@@ -344,6 +330,34 @@ impl Replication {
         }
         self.taken.lock().insert(partition.clone(), epoch);
         Ok(())
+    }
+
+    /// The log positions `peers` give for a take-over of `partition` at `epoch` (those that
+    /// answer within the quorum timeout).
+    async fn positions(
+        &self,
+        partition: &PartitionKey,
+        epoch: u64,
+        peers: &[&LayoutNode],
+    ) -> Vec<(LayoutNode, LogPos)> {
+        let asked = futures::future::join_all(peers.iter().map(|peer| async move {
+            let url = format!(
+                "http://{}/internal/v1/replicate/position/{}?epoch={epoch}",
+                peer.addr,
+                partition_path(partition)
+            );
+            let ask = async {
+                let resp = self.client.post(&url).send().await?.error_for_status()?;
+                resp.json::<ReplicaPosition>().await
+            };
+            let answer = tokio::time::timeout(self.quorum_timeout, ask).await;
+            answer
+                .ok()
+                .and_then(Result::ok)
+                .map(|pos| ((*peer).clone(), LogPos::new(pos.last_term, pos.last_seq)))
+        }))
+        .await;
+        asked.into_iter().flatten().collect()
     }
 
     /// Checked under the partition's write lock right before a write or delete commits here,

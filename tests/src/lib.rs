@@ -150,6 +150,16 @@ impl Proc {
         self.child.is_some()
     }
 
+    /// Whether it exited by itself (it is reaped, so [`Proc::start_again`] can follow, as a
+    /// supervisor would).
+    pub fn has_exited(&mut self) -> bool {
+        let exited = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited {
+            self.child = None;
+        }
+        exited
+    }
+
     fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let Some(child) = &self.child else { bail!("{} is not running", self.name) };
         let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status()?;

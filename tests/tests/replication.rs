@@ -452,3 +452,107 @@ async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancell
     wait_verified(&control, Duration::from_secs(30)).await?;
     Ok(())
 }
+
+fn args_tag(drain: bool) -> &'static str {
+    if drain { "d" } else { "r" }
+}
+
+/// `shardctl drain NODE` or `shardctl rebalance`, running in the background.
+fn spawn_shardctl(
+    control: &Proc,
+    args: &[&str],
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<std::process::Output>>> {
+    let mut cmd = tokio::process::Command::new(binary("shardctl")?);
+    cmd.args(["--control", &control.url()]).args(args);
+    Ok(tokio::spawn(async move { cmd.output().await }))
+}
+
+/// A replicated drain and a replicated rebalance (R = 3, four nodes, writes running), each with
+/// the control plane SIGKILLed at every journaled step (`resize.rs`: staging, joining, handing
+/// over, removing, settling), finish by themselves once it is started again: the drained node
+/// ends out of the layout holding nothing, the rebalanced one back in and leading, every
+/// acknowledged write readable, verify clean. Killed before staging, nothing happened and the
+/// journal record is dropped; running the command again then finishes it.
+#[tokio::test]
+async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -> anyhow::Result<()>
+{
+    let (c, store, mut control) = replicated_cluster(4, 3).await?;
+    let http = client();
+    let tenants: Vec<String> = (0..3).map(|t| format!("rs{t}")).collect();
+    for t in &tenants {
+        let items: Vec<_> = (0..50)
+            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), t, items).await?;
+    }
+    let node = NodeId::parse("shard-4")?;
+    for phase in ["staging", "joining", "handing_over", "removing", "settling"] {
+        for drain in [true, false] {
+            let what = if drain { "drain shard-4" } else { "rebalance" };
+            set_failpoint(&control, &format!("resize.{phase}"), "pause").await?;
+            // Fresh writer tenants each round (a writer numbers its ids from 1).
+            let round: Vec<String> =
+                tenants.iter().map(|t| format!("{t}-{phase}-{}", args_tag(drain))).collect();
+            let (stop, _, writers) = start_writers(&c.router(0), round);
+            let args: Vec<&str> = what.split(' ').collect();
+            let job = spawn_shardctl(&control, &args)?;
+            wait_for(&format!("{what} at {phase}"), Duration::from_secs(30), || async {
+                let pending = memring_control::resize::pending(&store).await?;
+                Ok(pending.is_some_and(|j| j.phase == phase).then_some(()))
+            })
+            .await?;
+            let before = store.load().await?.layout.epoch;
+            control.kill();
+            let _ = job.await?;
+            control.start_again()?;
+            control.wait_ready(Duration::from_secs(20)).await?;
+            let done = |l: &ClusterLayout| {
+                let member = l.node(&node).is_some();
+                let settled = l.joining.is_empty() && l.down.is_empty() && l.draining.is_empty();
+                settled && member != drain
+            };
+            let finished = wait_for(
+                &format!("{what} killed at {phase} to finish"),
+                Duration::from_secs(60),
+                || async {
+                    let pending = memring_control::resize::pending(&store).await?;
+                    let layout = store.load().await?.layout;
+                    Ok(pending.is_none().then_some(layout))
+                },
+            )
+            .await?;
+            if phase == "staging" {
+                assert_eq!(
+                    finished.epoch, before,
+                    "{what} killed before staging changed the layout"
+                );
+                shardctl(&control, &args).await?;
+            }
+            wait_for(
+                &format!("{what} killed at {phase}: settled"),
+                Duration::from_secs(60),
+                || async {
+                    let layout = store.load().await?.layout;
+                    Ok(done(&layout).then_some(()))
+                },
+            )
+            .await?;
+            let seen = stop_writers(&stop, writers, || c.logs()).await?;
+            let layout = store.load().await?.layout;
+            c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+            let acked = seen.iter().flat_map(|s| &s.acked);
+            assert_readable(&c.router(0), acked, &format!("{what} killed at {phase}")).await?;
+            if drain {
+                let gone = &c.shards[3];
+                wait_for("the drained node to hold nothing", Duration::from_secs(30), || async {
+                    Ok(c.partitions_on(gone).await?.is_empty().then_some(()))
+                })
+                .await?;
+            }
+            wait_verified(&control, Duration::from_secs(60)).await?;
+            let acked: usize = seen.iter().map(|s| s.acked.len()).sum();
+            println!("{what} killed at {phase}: finished, {acked} writes acknowledged meanwhile");
+        }
+    }
+    Ok(())
+}

@@ -158,10 +158,6 @@ impl Layout {
     fn owner(&self) -> usize {
         (0..N).find(|&i| (self.down | self.joining) & (1 << i) == 0).unwrap_or(0)
     }
-
-    fn is_down(&self, i: usize) -> bool {
-        self.down & (1 << i) != 0
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -356,8 +352,10 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
 
         // Taking the writes over at the layout it is at, asking R - W other copies.
         if up && lay.owner() == n && node.taken != Some(node.view) {
+            // Any copy that is up may answer, marked down or not (the live code asks the
+            // ones marked down only when too few others answer).
             for asked in (0..N).filter(|&q| q != n) {
-                if s.nodes[asked].run != Run::Up || lay.is_down(asked) {
+                if s.nodes[asked].run != Run::Up {
                     continue;
                 }
                 debug_assert_eq!(rules::take_over_peers(N, W), 1);
