@@ -303,7 +303,13 @@ async fn run(
     cancel: &Cancel,
 ) -> anyhow::Result<Vec<MigrationReport>> {
     let Some(staged) = plan.staged else { return Ok(Vec::new()) };
-    // Journal every move before staging, so a control plane killed mid-way finishes them.
+    // Journal the job (a drain's last step, taking the node out, is resumed from it) and every
+    // move before staging, so a control plane killed mid-way finishes them.
+    let leaving = match &plan.leaving {
+        Some(id) => store.load().await?.layout.node(&NodeId::parse(id)?).cloned(),
+        None => None,
+    };
+    crate::resize::record_unreplicated(store, plan.epoch, &plan.joining, leaving).await?;
     let mut keys = Vec::new();
     for m in &plan.moves {
         let partition: PartitionKey = m.partition.parse()?;
@@ -324,6 +330,7 @@ async fn run(
         for p in &keys {
             let _ = store.delete_job(&crate::journal::job_id(p)).await;
         }
+        let _ = store.delete_job(crate::resize::JOB_ID).await;
         unfreeze(store).await?;
     }
     match staged_result {
@@ -352,6 +359,7 @@ async fn run(
             for p in &keys[i..] {
                 store.delete_job(&crate::journal::job_id(p)).await?;
             }
+            store.delete_job(crate::resize::JOB_ID).await?;
             bail!(
                 "{e:#}; {i} of {} moves were done, the other partitions stay where they are \
                  (pinned) and `shardctl rebalance` finishes the job",
@@ -368,5 +376,6 @@ async fn run(
         .await?;
         tracing::info!(node = %id, "node drained and out of the ring");
     }
+    store.delete_job(crate::resize::JOB_ID).await?;
     Ok(reports)
 }

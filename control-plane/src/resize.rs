@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::migrate::{CANCELLED, Cancel};
 use crate::rebalance::Move;
 
-/// The journal id of the running replicated rebalance or drain (one runs at a time).
+/// The journal id of the running rebalance or drain (one runs at a time).
 pub const JOB_ID: &str = "resize";
 const JOB_FORMAT_VERSION: u32 = 1;
 
@@ -49,7 +49,8 @@ pub struct ResizeJob {
     pub joining: Vec<String>,
     /// The node being drained, with its address (kept to drop its copies once it is out).
     pub leaving: Option<LayoutNode>,
-    /// The step started last: `staging`, `joining`, `handing_over`, `removing`, `settling`.
+    /// The step started last: `staging`, `joining`, `handing_over`, `removing`, `settling`
+    /// (without replication: `migrating`).
     pub phase: String,
     /// When it was recorded, unix ms.
     pub at_ms: i64,
@@ -63,6 +64,26 @@ impl ResizeJob {
         tracing::info!(phase, joining = ?self.joining, leaving = ?self.leaving.as_ref().map(|n| &n.id), "replicated layout change");
         crate::failpoint::hit(&format!("resize.{phase}")).await
     }
+}
+
+/// Journals a rebalance or drain of a layout without replication (`rebalance.rs`), whose moves
+/// are journaled one by one (`journal.rs`): the record (phase `migrating`) is what lets the
+/// next control plane take a drained node out once those moves are finished.
+pub async fn record_unreplicated(
+    store: &dyn RingStore,
+    planned_at: u64,
+    joining: &[String],
+    leaving: Option<LayoutNode>,
+) -> anyhow::Result<()> {
+    let mut job = ResizeJob {
+        format_version: JOB_FORMAT_VERSION,
+        planned_at,
+        joining: joining.to_vec(),
+        leaving,
+        phase: String::new(),
+        at_ms: 0,
+    };
+    job.record(store, "migrating").await
 }
 
 /// The journaled replicated rebalance or drain, if one is unfinished.
@@ -159,7 +180,27 @@ pub async fn resume(
     cancel: &Cancel,
 ) -> anyhow::Result<bool> {
     let Some(job) = pending(store).await? else { return Ok(false) };
-    tracing::warn!(phase = %job.phase, joining = ?job.joining, leaving = ?job.leaving.as_ref().map(|n| &n.id), "resuming a replicated layout change");
+    tracing::warn!(phase = %job.phase, joining = ?job.joining, leaving = ?job.leaving.as_ref().map(|n| &n.id), "resuming a layout change");
+    if job.phase == "migrating" {
+        // Without replication: the journal's moves were finished before this runs; a drained
+        // node whose partitions have all moved leaves the layout.
+        if let Some(node) = &job.leaving {
+            let layout = store.load().await?.layout;
+            let staged = layout.draining.contains(&node.id);
+            let empty = crate::view::partition_list(client, &node.addr)
+                .await
+                .is_ok_and(|l| l.partitions.iter().all(|p| p.count == 0));
+            if staged && empty {
+                update_layout(store, 20, |l| {
+                    l.node(&node.id).is_some().then(|| l.without_node(&node.id))
+                })
+                .await?;
+                tracing::info!(node = %node.id, "node drained and out of the ring");
+            }
+        }
+        store.delete_job(JOB_ID).await?;
+        return Ok(true);
+    }
     if job.phase == "staging" {
         // Killed around the compare-and-swap: it happened if the layout shows the change.
         let layout = store.load().await?.layout;
