@@ -147,8 +147,8 @@ async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
 }
 
 /// A replicated cluster (R = 3) grows and shrinks under a write + read-back load: a fourth node
-/// joins with `shardctl rebalance` (it follows until caught up, is re-admitted, and the copies it
-/// displaced are dropped), then `shardctl drain shard-1` hands shard-1's partitions over and
+/// joins with `shardctl rebalance` (it follows as joining until caught up, is handed leadership,
+/// and the copies it displaced are dropped; `layout add-node` and `remove-node` refuse), then `shardctl drain shard-1` hands shard-1's partitions over and
 /// takes it out. No write is lost or refused for long, no read with its token misses its write,
 /// verify finds three equal copies of every partition, and shard-1 ends empty.
 #[tokio::test]
@@ -164,6 +164,22 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
     let (stop, _, writers) = start_writers(&c.router(0), (0..3).map(|t| format!("g{t}")));
 
     let joining = c.start_shard("shard-4").await?;
+    // Editing a replicated layout by hand would hand replica sets to copies that hold nothing:
+    // refused, naming the command that does it safely.
+    let by_hand = [
+        (vec!["add-node", "shard-4", joining.addr.as_str()], "shardctl rebalance"),
+        (vec!["remove-node", "shard-1"], "shardctl drain shard-1"),
+    ];
+    for (args, names) in by_hand {
+        let out = tokio::process::Command::new(binary("memring-control")?)
+            .args(["--etcd", &c.etcd.url, "layout"])
+            .args(&args)
+            .output()
+            .await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(names), "layout {args:?}: {err}");
+    }
+    assert_eq!(store.load().await?.layout.nodes.len(), 3);
     c.shards.push(joining);
     let shardctl = |args: Vec<String>| {
         let control = control.url();
