@@ -1,5 +1,7 @@
 //! API keys (API.md, "Auth and tenants"): a tenant key reaches only its own tenant; an admin
-//! key reaches every tenant and may write `global` memories.
+//! key reaches every tenant, may write `global` memories and runs the control plane; an operator
+//! key only reads the cluster's state (the control plane's `/v1/cluster` and operator page, a
+//! router's ring) and reaches no tenant's data.
 //!
 //! A key is `mrk_<id>_<secret>`: `id` (16 hex digits) names its record in the ring store, and
 //! `secret` (64 hex digits, 256 random bits) is never stored — only `SHA-256(salt ‖ secret)`
@@ -25,8 +27,10 @@ use crate::store::{Records, RingStore};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Principal {
-    /// Every tenant, and `global` writes.
+    /// Every tenant, `global` writes, and every control-plane action.
     Admin,
+    /// Reads the cluster's state (placement, nodes, jobs); no tenant's data, no change.
+    Operator,
     /// One tenant.
     Tenant(TenantId),
 }
@@ -41,6 +45,24 @@ impl Principal {
                 ErrorCode::Forbidden,
                 format!("this key belongs to tenant {own}; it cannot reach tenant {tenant}"),
             )),
+            Principal::Operator => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "an operator key reads the cluster's state; it cannot reach tenant {tenant}"
+                ),
+            )),
+        }
+    }
+
+    /// 403 unless this principal may read the cluster's state (admin and operator keys);
+    /// `what` completes "only an admin or operator key may …".
+    pub fn allow_operator(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin | Principal::Operator => Ok(()),
+            Principal::Tenant(_) => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("only an admin or operator key may {what}"),
+            )),
         }
     }
 
@@ -53,7 +75,7 @@ impl Principal {
     pub fn allow_admin(&self, what: &str) -> Result<(), ApiError> {
         match self {
             Principal::Admin => Ok(()),
-            Principal::Tenant(_) => {
+            Principal::Tenant(_) | Principal::Operator => {
                 Err(ApiError::new(ErrorCode::Forbidden, format!("only an admin key may {what}")))
             }
         }
@@ -104,6 +126,32 @@ fn digest(salt: &str, secret: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decodes standard base64 (with or without padding); `None` for anything else.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let digits = text.trim_end_matches('=').as_bytes();
+    if digits.len() % 4 == 1 || text.len() > 4096 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= u32::from(value(*c)?) << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 /// Splits `mrk_<id>_<secret>`; `None` for anything else.
@@ -183,23 +231,41 @@ impl KeyCache {
         }
     }
 
-    /// Who the `Authorization` header's bearer key acts as: 401 if it is missing, malformed,
-    /// unknown or revoked.
+    /// Who the `Authorization` header's key acts as: 401 if it is missing, malformed, unknown
+    /// or revoked. The key comes as `Bearer <key>`, or as the password of `Basic` credentials
+    /// (what a browser sends for the control plane's operator page; the user name is ignored).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
+        self.authenticate_key(authorization).map(|(_, principal)| principal)
+    }
+
+    /// [`KeyCache::authenticate`], with the key's id (for the audit log).
+    pub fn authenticate_key(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(String, Principal), ApiError> {
         let unauthorized = |why: &str| ApiError::new(ErrorCode::Unauthorized, why.to_owned());
         let header = authorization.ok_or_else(|| {
-            unauthorized("this router requires an API key: send Authorization: Bearer <key>")
+            unauthorized("this endpoint requires an API key: send Authorization: Bearer <key>")
         })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <key>\""))?;
+        let basic = header
+            .strip_prefix("Basic ")
+            .or_else(|| header.strip_prefix("basic "))
+            .and_then(|b| base64_decode(b.trim()))
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| pair.split_once(':').map(|(_, key)| key.to_owned()));
+        let token = match &basic {
+            Some(key) => key.as_str(),
+            None => header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))
+                .map(str::trim)
+                .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <key>\""))?,
+        };
         let (id, secret) =
             parse_token(token).ok_or_else(|| unauthorized("the API key is not valid"))?;
         let keys = self.keys.read();
         match keys.get(id) {
-            Some(record) if record.accepts(secret) => Ok(record.principal.clone()),
+            Some(record) if record.accepts(secret) => Ok((id.to_owned(), record.principal.clone())),
             _ => Err(unauthorized("the API key is not valid (unknown or revoked)")),
         }
     }
@@ -252,6 +318,46 @@ mod tests {
         for bad in ["", "mrk_", "mrk_zz_yy", &token[..token.len() - 1], "Bearer x"] {
             assert!(parse_token(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn basic_credentials_carry_the_key_as_their_password() {
+        assert_eq!(base64_decode("b3A6bXJr").as_deref(), Some(&b"op:mrk"[..]));
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("YWI").as_deref(), Some(&b"ab"[..]));
+        assert!(base64_decode("a").is_none() && base64_decode("!!!!").is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn RingStore> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(dir.path()).expect("store"));
+        let cache = KeyCache::new(store);
+        let (record, token) = KeyRecord::generate(Principal::Operator, "ops", 1);
+        cache.keys.write().insert(record.id.clone(), record);
+        let encode = |raw: &[u8]| {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            raw.chunks(3)
+                .flat_map(|c| {
+                    let n = (u32::from(c[0]) << 16)
+                        | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                        | u32::from(*c.get(2).unwrap_or(&0));
+                    (0..=c.len()).map(move |i| A[((n >> (18 - 6 * i)) & 63) as usize] as char)
+                })
+                .collect::<String>()
+        };
+        let basic = format!("Basic {}", encode(format!("anyone:{token}").as_bytes()));
+        assert_eq!(cache.authenticate(Some(&basic)).expect("basic"), Principal::Operator);
+        assert_eq!(
+            cache.authenticate(Some(&format!("Bearer {token}"))).expect("bearer"),
+            Principal::Operator
+        );
+        let wrong = format!("Basic {}", encode(b"anyone:mrk_nope"));
+        assert_eq!(cache.authenticate(Some(&wrong)).expect_err("wrong").status(), 401);
+        let ops = Principal::Operator;
+        assert!(ops.allow_operator("read").is_ok());
+        assert_eq!(ops.allow_admin("change").expect_err("admin").status(), 403);
+        assert_eq!(
+            ops.allow_tenant(&TenantId::parse("acme").expect("t")).expect_err("t").status(),
+            403
+        );
     }
 
     #[test]

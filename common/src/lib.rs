@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod internal;
 pub mod layout;
 pub mod limits;
 pub mod ring;

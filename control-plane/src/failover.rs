@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memring_common::api::ReplicaStatus;
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId};
@@ -51,7 +52,7 @@ enum Action {
 }
 
 /// Runs failover rounds for as long as the task lives (the leader's lifetime).
-pub async fn run(store: Arc<dyn RingStore>, client: reqwest::Client, config: FailoverConfig) {
+pub async fn run(store: Arc<dyn RingStore>, client: InternalClient, config: FailoverConfig) {
     let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
@@ -63,7 +64,7 @@ pub async fn run(store: Arc<dyn RingStore>, client: reqwest::Client, config: Fai
 
 async fn round(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     config: FailoverConfig,
     down_since: &mut HashMap<NodeId, Instant>,
 ) -> anyhow::Result<()> {
@@ -164,7 +165,7 @@ async fn apply(store: &dyn RingStore, action: &Action) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(client: &reqwest::Client, node: &LayoutNode) -> Option<ReplicaStatus> {
+async fn status(client: &InternalClient, node: &LayoutNode) -> Option<ReplicaStatus> {
     let url = format!("http://{}/internal/v1/replicate/status", node.addr);
     let resp = client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
     resp.error_for_status().ok()?.json().await.ok()

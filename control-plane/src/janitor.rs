@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use memring_common::api::{PartitionStats, partition_path};
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, PartitionKey, Ring};
@@ -26,7 +27,7 @@ pub const EVERY: Duration = Duration::from_secs(5);
 /// Sweeps every [`EVERY`] while no job holds `jobs`, for as long as the task lives.
 pub async fn run(
     store: std::sync::Arc<dyn RingStore>,
-    client: reqwest::Client,
+    client: InternalClient,
     jobs: std::sync::Arc<tokio::sync::Mutex<()>>,
 ) {
     loop {
@@ -49,7 +50,7 @@ fn moving(layout: &ClusterLayout) -> bool {
 }
 
 /// One sweep over every live node; returns how many copies it dropped.
-pub async fn sweep(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::Result<usize> {
+pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Result<usize> {
     let layout = store.load().await?.layout;
     if moving(&layout)
         || !crate::journal::pending(store).await?.is_empty()
@@ -83,7 +84,7 @@ pub async fn sweep(store: &dyn RingStore, client: &reqwest::Client) -> anyhow::R
 /// Whether the owner and every other live member of the copy's replica set hold the copy's last
 /// log entry (see the module notes).
 async fn covered(
-    client: &reqwest::Client,
+    client: &InternalClient,
     ring: &Ring,
     holder: &LayoutNode,
     copy: &PartitionStats,
@@ -110,7 +111,7 @@ async fn covered(
 
 /// `node`'s log entry of `p` at position `seq`, as the bytes it sends (None if it has none).
 async fn entry_at(
-    client: &reqwest::Client,
+    client: &InternalClient,
     node: &LayoutNode,
     p: &PartitionKey,
     seq: u64,

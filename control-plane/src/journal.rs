@@ -6,6 +6,7 @@
 //! otherwise nothing was handed over, and the migration starts again from a clean target
 //! (the source is unfenced first, so clients are not held up meanwhile).
 
+use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 use memring_common::{NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
@@ -97,7 +98,7 @@ pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Vec<Job>> {
 /// Finishes every journaled migration. Called at start-up, before serving.
 pub async fn resume(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     throttle: Throttle,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {

@@ -11,6 +11,7 @@ pub mod failover;
 pub mod failpoint;
 pub mod janitor;
 pub mod journal;
+pub mod keys;
 pub mod layout;
 pub mod migrate;
 pub mod move_set;
@@ -29,6 +30,7 @@ use memring_common::http::{
     BoxFuture, Reply, ServerOptions, Service, error_response, json, parse_json, query_pairs,
     read_body, serve,
 };
+use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Scope, TenantId};
 use tokio::net::TcpListener;
@@ -45,6 +47,11 @@ pub struct ControlConfig {
     /// With replication: a node down this long is removed from the layout so its partitions
     /// get their R copies back elsewhere (0: never; an operator removes it).
     pub replace_after_secs: u64,
+    /// The cluster token its requests to shard nodes carry.
+    pub internal: memring_common::internal::InternalAuthConfig,
+    /// Require API keys on the admin API (admin keys; operator keys for `/v1/cluster` and the
+    /// operator page). Default: on in cluster mode (etcd), off on the embedded store.
+    pub auth: Option<bool>,
 }
 
 /// The operator page served at `/` (no external resources; it polls `GET /v1/cluster`).
@@ -52,7 +59,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 struct ControlService {
     store: Arc<dyn RingStore>,
-    client: reqwest::Client,
+    /// API keys of the admin API; `None` when auth is off.
+    keys: Option<Arc<memring_common::auth::KeyCache>>,
+    client: InternalClient,
     /// One job at a time (per control plane): migrations, rebalances, drains, the copy sweep.
     migrating: Arc<tokio::sync::Mutex<()>>,
     /// True while this process is the active control plane.
@@ -114,12 +123,14 @@ impl ControlService {
     async fn create_key(&self, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
         let body = read_body(req, 64 << 10).await?;
         let ask: KeyRequest = parse_json(&body)?;
-        let principal = match (ask.tenant, ask.admin) {
-            (Some(t), false) => Principal::Tenant(TenantId::parse(&t)?),
-            (None, true) => Principal::Admin,
+        let principal = match (ask.tenant, ask.admin, ask.operator) {
+            (Some(t), false, false) => Principal::Tenant(TenantId::parse(&t)?),
+            (None, true, false) => Principal::Admin,
+            (None, false, true) => Principal::Operator,
             _ => {
                 return Err(ApiError::invalid(
-                    "name exactly one of \"tenant\": \"<tenant id>\" or \"admin\": true",
+                    "name exactly one of \"tenant\": \"<tenant id>\", \"admin\": true or \
+                     \"operator\": true",
                 ));
             }
         };
@@ -254,6 +265,8 @@ struct KeyRequest {
     #[serde(default)]
     admin: bool,
     #[serde(default)]
+    operator: bool,
+    #[serde(default)]
     label: String,
 }
 
@@ -270,9 +283,53 @@ pub struct MigrateRequest {
     pub to: String,
 }
 
+impl ControlService {
+    /// Lets a request through only with the key its route needs (when auth is on): an admin
+    /// key everywhere, an operator key also reads `GET /v1/cluster` and the operator page.
+    /// Every change an admin key makes is written to the audit log.
+    fn admit(&self, req: &Request<Incoming>) -> Result<(), Reply> {
+        let Some(keys) = &self.keys else { return Ok(()) };
+        let (method, path) = (req.method(), req.uri().path());
+        let reads_state = method == Method::GET && matches!(path, "/" | "/v1/cluster");
+        let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let admitted = keys.authenticate_key(header).and_then(|(key_id, principal)| {
+            if reads_state {
+                principal.allow_operator("read the cluster's state")?;
+            } else {
+                principal.allow_admin("use the control plane's admin API")?;
+            }
+            Ok(key_id)
+        });
+        match admitted {
+            Ok(key_id) => {
+                if method != Method::GET {
+                    tracing::info!(target: "audit", action = "admin.request", method = %method, path, key_id = %key_id, "admin API call");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let mut response = error_response(&e);
+                if e.status() == 401 && path == "/" {
+                    // A browser asks for the key (as the password) and sends it on every poll.
+                    response.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static(
+                            "Basic realm=\"memring control plane (password: an API key)\"",
+                        ),
+                    );
+                }
+                Err(Reply { route: "unauthorized", response })
+            }
+        }
+    }
+}
+
 impl Service for ControlService {
     fn handle(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<Reply> {
         Box::pin(async move {
+            if let Err(refused) = self.admit(&req) {
+                return refused;
+            }
             match (req.method().clone(), req.uri().path()) {
                 (Method::GET, "/") => {
                     // The operator page: plain HTML and a small script polling /v1/cluster.
@@ -423,8 +480,34 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
-    let client = view::http_client()?;
+    let cluster_mode = config.store.is_etcd();
+    let credential = config.internal.credential(cluster_mode, "memring-control")?;
+    let client = view::http_client(credential.clone())?;
+    let keys = config
+        .auth
+        .unwrap_or(cluster_mode)
+        .then(|| memring_common::auth::KeyCache::new(store.clone()));
+    match &keys {
+        Some(keys) => {
+            let n = keys.reload().await.unwrap_or(0);
+            tracing::info!(
+                keys = n,
+                "admin API requires API keys (an admin key; an operator key reads /v1/cluster)"
+            );
+        }
+        None => {
+            let warning = "AUTH IS OFF: anyone who can reach the control plane can mint keys, \
+                           move tenants and read the cluster. Fine on one machine for development; \
+                           set --auth true anywhere else.";
+            tracing::warn!("{warning}");
+            eprintln!("memring-control: {warning}");
+        }
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let key_refresher = keys.clone().map(|k| tokio::spawn(k.keep_fresh(stop_rx.clone())));
+    let token_refresher = tokio::spawn(credential.keep_fresh(stop_rx));
     let service = Arc::new(ControlService {
+        keys,
         store: store.clone(),
         client: client.clone(),
         migrating: Arc::new(tokio::sync::Mutex::new(())),
@@ -509,5 +592,10 @@ pub async fn run(
     // Dropping the task's leadership on shutdown lets a standby take over at once.
     leading.abort();
     recorder.abort();
+    let _ = stop_tx.send(true);
+    let _ = token_refresher.await;
+    if let Some(r) = key_refresher {
+        let _ = r.await;
+    }
     Ok(())
 }

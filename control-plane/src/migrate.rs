@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use memring_common::api::{self, PartitionChecksum, partition_path};
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{NodeId, PartitionKey, Ring};
@@ -65,14 +66,14 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const GRAPH_TIMEOUT: Duration = Duration::from_secs(300);
 
 async fn fetch(
-    client: &reqwest::Client,
+    client: &InternalClient,
     url: &str,
 ) -> anyhow::Result<(Bytes, reqwest::header::HeaderMap)> {
     fetch_within(client, url, STEP_TIMEOUT).await
 }
 
 async fn fetch_within(
-    client: &reqwest::Client,
+    client: &InternalClient,
     url: &str,
     timeout: Duration,
 ) -> anyhow::Result<(Bytes, reqwest::header::HeaderMap)> {
@@ -88,7 +89,7 @@ async fn fetch_within(
 }
 
 pub(crate) async fn call(
-    client: &reqwest::Client,
+    client: &InternalClient,
     method: reqwest::Method,
     url: &str,
     body: Option<Bytes>,
@@ -97,7 +98,7 @@ pub(crate) async fn call(
 }
 
 async fn call_within(
-    client: &reqwest::Client,
+    client: &InternalClient,
     method: reqwest::Method,
     url: &str,
     body: Option<Bytes>,
@@ -131,7 +132,7 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 /// left (the source is fenced), otherwise until a round brings fewer than 100 entries or
 /// [`CATCH_UP_LIMIT`] has passed. Returns the last sequence replayed and how many entries.
 async fn replay(
-    client: &reqwest::Client,
+    client: &InternalClient,
     from: &LayoutNode,
     to: &LayoutNode,
     p: &PartitionKey,
@@ -163,7 +164,7 @@ async fn replay(
 
 /// `node`'s count and checksum of `p`: from its meta, or with `deep` by scanning its data.
 pub(crate) async fn checksum(
-    client: &reqwest::Client,
+    client: &InternalClient,
     node: &LayoutNode,
     p: &PartitionKey,
     deep: bool,
@@ -174,7 +175,7 @@ pub(crate) async fn checksum(
 
 /// Copies the source's loaded HNSW graph of `p` to the target; the bytes moved (0: none).
 async fn ship_index(
-    client: &reqwest::Client,
+    client: &InternalClient,
     from: &LayoutNode,
     to: &LayoutNode,
     p: &PartitionKey,
@@ -238,7 +239,7 @@ pub const CANCELLED: &str = "cancelled by an operator";
 /// record; the source never stopped owning the partition.
 async fn abandon(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     target: &LayoutNode,
     partition: &PartitionKey,
 ) -> anyhow::Result<MigrationReport> {
@@ -251,7 +252,7 @@ async fn abandon(
 /// Moves `partition` from its current owner to node `to`.
 pub async fn migrate_partition(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     partition: &PartitionKey,
     to: &NodeId,
     flip: Flip,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use memring_common::api::{ReplicaPosition, partition_path};
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
@@ -51,7 +52,7 @@ fn holders(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
 
 /// `node`'s log position of `partition`, once it has seen layout `epoch`.
 async fn position(
-    client: &reqwest::Client,
+    client: &InternalClient,
     node: &LayoutNode,
     partition: &PartitionKey,
     epoch: u64,
@@ -69,7 +70,7 @@ async fn position(
 /// it holds no copy — so no follower round of an older layout can write it again afterwards
 /// (a node applies log entries only while its current layout gives it a copy).
 pub(crate) async fn drop_copy(
-    client: &reqwest::Client,
+    client: &InternalClient,
     node: &LayoutNode,
     partition: &PartitionKey,
     epoch: u64,
@@ -82,7 +83,7 @@ pub(crate) async fn drop_copy(
 /// (read first); returns the owner's position and the slowest member's.
 async fn caught_up(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     partition: &PartitionKey,
     members: &[NodeId],
 ) -> anyhow::Result<(u64, u64)> {
@@ -102,7 +103,7 @@ async fn caught_up(
 /// whatever step an earlier run reached.
 pub async fn move_set(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     partition: &PartitionKey,
     to: &NodeId,
     cancel: &Cancel,
@@ -239,7 +240,7 @@ pub async fn move_set(
 /// how long the fence held writes, ms.
 async fn settle(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     owner: &LayoutNode,
     partition: &PartitionKey,
     cancel: &Cancel,
@@ -289,7 +290,7 @@ async fn settle(
 /// is dropped; the old set never stopped owning the partition.
 async fn abandon_join(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     partition: &PartitionKey,
     to: &NodeId,
 ) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
@@ -73,7 +74,7 @@ pub struct Plan {
 /// Every partition with data, where it is, and how many memories it has.
 async fn holdings(
     layout: &ClusterLayout,
-    client: &reqwest::Client,
+    client: &InternalClient,
     barrier: Option<u64>,
 ) -> anyhow::Result<Vec<(PartitionKey, LayoutNode, u64)>> {
     let mut out = Vec::new();
@@ -94,7 +95,7 @@ async fn holdings(
 /// Plans `change` against the current layout (what `--dry-run` shows).
 pub async fn plan(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     change: &Change,
 ) -> anyhow::Result<Plan> {
     plan_at(store, client, change, false).await
@@ -104,7 +105,7 @@ pub async fn plan(
 /// a barrier at its epoch, so the plan sees every partition that can exist before staging.
 async fn plan_at(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     change: &Change,
     frozen: bool,
 ) -> anyhow::Result<Plan> {
@@ -235,7 +236,7 @@ fn share_of(ring: &Ring, ids: &[String]) -> f64 {
 /// on every path that does not stage.
 pub async fn execute(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     change: &Change,
     throttle: Throttle,
     cancel: &Cancel,
@@ -297,7 +298,7 @@ pub async fn unfreeze(store: &dyn RingStore) -> anyhow::Result<()> {
 /// Stages the plan's layout, migrates every move, and (for a drain) takes the node out.
 async fn run(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     plan: Plan,
     throttle: Throttle,
     cancel: &Cancel,

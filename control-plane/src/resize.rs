@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use memring_common::api::partition_path;
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
@@ -130,7 +131,7 @@ pub fn copies_to_make(
 /// Carries out a staged join or drain (see the module notes).
 pub async fn run(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     epoch: u64,
     staged: ClusterLayout,
     joining: &[String],
@@ -176,7 +177,7 @@ pub async fn run(
 /// start-up, before serving changes). Returns whether there was one.
 pub async fn resume(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     cancel: &Cancel,
 ) -> anyhow::Result<bool> {
     let Some(job) = pending(store).await? else { return Ok(false) };
@@ -223,7 +224,7 @@ pub async fn resume(
 /// The steps after staging, from the one `job` records.
 async fn finish(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     mut job: ResizeJob,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
@@ -274,7 +275,7 @@ async fn finish(
 /// so it owns none of them any more). A node already gone holds nothing to hand over.
 async fn hand_over(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     node: &LayoutNode,
     cancel: &Cancel,
 ) -> anyhow::Result<()> {
@@ -295,7 +296,7 @@ async fn hand_over(
 
 /// Asks `owner` to take `partition`'s writes over now; true once it has.
 pub(crate) async fn take_over(
-    client: &reqwest::Client,
+    client: &InternalClient,
     owner: &LayoutNode,
     partition: &PartitionKey,
 ) -> bool {
@@ -312,7 +313,7 @@ pub(crate) async fn take_over(
 /// many copies were dropped.
 async fn settle(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     gone: Option<&LayoutNode>,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
@@ -350,7 +351,7 @@ async fn settle(
 
 /// Each partition's log position on each node that holds it.
 async fn positions(
-    client: &reqwest::Client,
+    client: &InternalClient,
     nodes: &[LayoutNode],
 ) -> anyhow::Result<BTreeMap<PartitionKey, BTreeMap<NodeId, u64>>> {
     let mut out: BTreeMap<PartitionKey, BTreeMap<NodeId, u64>> = BTreeMap::new();

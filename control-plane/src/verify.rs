@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
 use memring_common::{PartitionKey, Ring};
@@ -47,7 +48,7 @@ struct Copy {
 /// Checks placement and integrity of every partition (of `tenant`, if given).
 pub async fn verify(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     tenant: Option<&str>,
 ) -> anyhow::Result<VerifyReport> {
     let layout = store.load().await?.layout;
@@ -143,7 +144,7 @@ pub async fn verify(
 
 /// Scans `node`'s copy of `partition`; an error when its data disagrees with its meta.
 async fn scan_copy(
-    client: &reqwest::Client,
+    client: &InternalClient,
     node: &LayoutNode,
     partition: &PartitionKey,
 ) -> anyhow::Result<Copy> {

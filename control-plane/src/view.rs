@@ -9,26 +9,30 @@ use memring_common::Ring;
 use memring_common::api::{
     ClusterView, EpochSeen, NodeView, PartitionList, ReplicaSetView, ReplicaStatus,
 };
+use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 
 /// The client the control plane uses to ask shard nodes about their partitions.
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+pub fn http_client(
+    credential: std::sync::Arc<memring_common::internal::ClusterCredential>,
+) -> anyhow::Result<InternalClient> {
+    let inner = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(3))
         .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
-        .build()?)
+        .build()?;
+    Ok(InternalClient::new(inner, credential))
 }
 
 /// What the node at `addr` stores (`GET /internal/v1/partitions`).
-pub async fn partition_list(client: &reqwest::Client, addr: &str) -> anyhow::Result<PartitionList> {
+pub async fn partition_list(client: &InternalClient, addr: &str) -> anyhow::Result<PartitionList> {
     partition_list_after(client, addr, None).await
 }
 
 /// [`partition_list`], but with `barrier` the node first catches up to that layout epoch and
 /// waits out every partition creation decided under an older one (see `creation_frozen`).
 pub async fn partition_list_after(
-    client: &reqwest::Client,
+    client: &InternalClient,
     addr: &str,
     barrier: Option<u64>,
 ) -> anyhow::Result<PartitionList> {
@@ -44,7 +48,7 @@ pub async fn partition_list_after(
 /// Builds the view from the store, then asks every reachable node what it holds.
 pub async fn cluster_view(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
 ) -> anyhow::Result<ClusterView> {
     let layout = store.load().await?.layout;
     let live = store.live_nodes().await?;
@@ -124,7 +128,7 @@ pub async fn cluster_view(
 }
 
 /// A node's replication status, if it answers.
-async fn replica_status(client: &reqwest::Client, addr: &str) -> Option<ReplicaStatus> {
+async fn replica_status(client: &InternalClient, addr: &str) -> Option<ReplicaStatus> {
     let resp = client.get(format!("http://{addr}/internal/v1/replicate/status")).send().await;
     resp.ok()?.error_for_status().ok()?.json().await.ok()
 }
@@ -252,7 +256,7 @@ pub fn render(view: &ClusterView) -> String {
 /// Every partition of `tenant` stored on any node in the layout.
 pub async fn tenant_partitions(
     store: &dyn RingStore,
-    client: &reqwest::Client,
+    client: &InternalClient,
     tenant: &memring_common::TenantId,
 ) -> anyhow::Result<Vec<memring_common::PartitionKey>> {
     let layout = store.load().await?.layout;

@@ -16,6 +16,9 @@ pub struct RouterConfig {
     /// Where the ring store is (`ring_dir`, or `etcd` + `etcd_prefix`), at the top level of the file.
     #[serde(flatten)]
     pub store: StoreConfig,
+    /// The cluster token its requests to shard nodes carry, at the top level of the file.
+    #[serde(flatten)]
+    pub internal: memring_common::internal::InternalAuthConfig,
     /// Largest request body, bytes. Must admit a full batch (1000 × 1536 dims ≈ 20 MiB of JSON).
     pub body_limit_bytes: usize,
     /// Timeout of one forwarded write, get, list or delete, milliseconds.
@@ -38,6 +41,7 @@ impl Default for RouterConfig {
         Self {
             listen: "127.0.0.1:7700".into(),
             store: StoreConfig::default(),
+            internal: Default::default(),
             body_limit_bytes: 32 << 20,
             forward_timeout_ms: 10_000,
             search_timeout_ms: 2_000,
@@ -61,6 +65,9 @@ pub struct RouterArgs {
     /// Ring store flags.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The cluster token flags.
+    #[command(flatten)]
+    pub internal: memring_common::internal::InternalAuthArgs,
     /// Largest request body in bytes.
     #[arg(long, env = "MEMRING_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<usize>,
@@ -87,6 +94,7 @@ impl RouterArgs {
         let mut c: RouterConfig = load_file(self.config.as_deref())?;
         overlay(&mut c.listen, self.listen);
         self.store.overlay(&mut c.store);
+        self.internal.overlay(&mut c.internal);
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
         overlay(&mut c.forward_timeout_ms, self.forward_timeout_ms);
         overlay(&mut c.search_timeout_ms, self.search_timeout_ms);

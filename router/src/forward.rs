@@ -65,7 +65,7 @@ impl ShardReply {
 
 /// Sends requests to the shard node that owns a partition.
 pub struct Forwarder {
-    client: reqwest::Client,
+    client: memring_common::internal::InternalClient,
     ring: Arc<RingView>,
     breakers: Breakers,
     /// Send reads to followers first (with replication).
@@ -74,7 +74,11 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder over `ring` with a pooled client.
-    pub fn new(ring: Arc<RingView>, replica_reads: bool) -> anyhow::Result<Self> {
+    pub fn new(
+        ring: Arc<RingView>,
+        replica_reads: bool,
+        credential: Arc<memring_common::internal::ClusterCredential>,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
@@ -85,6 +89,7 @@ impl Forwarder {
             .connect_timeout(Duration::from_secs(2))
             .http1_only()
             .build()?;
+        let client = memring_common::internal::InternalClient::new(client, credential);
         Ok(Self { client, ring, breakers: Breakers::new(BreakerConfig::default()), replica_reads })
     }
 

@@ -47,17 +47,20 @@ pub async fn run(
             eprintln!("memring-router: {warning}");
         }
     }
+    let credential = config.internal.credential(config.store.is_etcd(), "memring-router")?;
     let ring = RingView::new(store.clone());
-    let limiter = limits::Limiter::new(store, ring.clone(), config.limit_share)?;
+    let limiter =
+        limits::Limiter::new(store, ring.clone(), config.limit_share, credential.clone())?;
     if let Err(e) = ring.refresh().await {
         tracing::warn!(error = %e, "ring store not readable yet; will keep trying");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(ring.clone().follow(stop_rx.clone()));
     let refresher = keys.clone().map(|k| tokio::spawn(k.keep_fresh(stop_rx.clone())));
-    let limits_task = tokio::spawn(limiter.clone().keep_fresh(stop_rx));
+    let limits_task = tokio::spawn(limiter.clone().keep_fresh(stop_rx.clone()));
+    let token_task = tokio::spawn(credential.clone().keep_fresh(stop_rx));
     let service = Arc::new(service::RouterService::new(
-        forward::Forwarder::new(ring, config.replica_reads)?,
+        forward::Forwarder::new(ring, config.replica_reads, credential)?,
         config,
         keys,
         limiter,
@@ -67,6 +70,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = follower.await;
     let _ = limits_task.await;
+    let _ = token_task.await;
     if let Some(r) = refresher {
         let _ = r.await;
     }

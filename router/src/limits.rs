@@ -58,7 +58,7 @@ struct Buckets {
 pub struct Limiter {
     store: Arc<dyn RingStore>,
     ring: Arc<RingView>,
-    client: reqwest::Client,
+    client: memring_common::internal::InternalClient,
     share: f64,
     limits: RwLock<(TenantLimits, HashMap<String, TenantLimits>)>,
     buckets: Mutex<HashMap<TenantId, Buckets>>,
@@ -72,12 +72,14 @@ impl Limiter {
         store: Arc<dyn RingStore>,
         ring: Arc<RingView>,
         share: f64,
+        credential: Arc<memring_common::internal::ClusterCredential>,
     ) -> anyhow::Result<Arc<Self>> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(3))
             .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
             .build()?;
+        let client = memring_common::internal::InternalClient::new(client, credential);
         Ok(Arc::new(Self {
             store,
             ring,

@@ -96,7 +96,7 @@ impl RouterService {
         let principal = keys.authenticate(header)?;
         match route.tenant() {
             Some(tenant) => principal.allow_tenant(tenant)?,
-            None => principal.allow_admin("read the cluster's ring")?,
+            None => principal.allow_operator("read the cluster's ring")?,
         }
         Ok(principal)
     }

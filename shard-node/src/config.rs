@@ -22,6 +22,10 @@ pub struct ShardConfig {
     /// Where the ring store is (`ring_dir`, or `etcd` + `etcd_prefix`), at the top level of the file.
     #[serde(flatten)]
     pub store: StoreConfig,
+    /// The cluster token it checks on its internal routes and sends to other nodes, at the
+    /// top level of the file (`cluster_token_file`, `internal_auth`).
+    #[serde(flatten)]
+    pub internal: memring_common::internal::InternalAuthConfig,
     /// Add this node to the ring layout at start-up if it is not in it. Default: yes on the
     /// embedded store (one machine), no on etcd, where membership changes only by an explicit
     /// layout change.
@@ -61,6 +65,7 @@ impl Default for ShardConfig {
             advertise: None,
             data_dir: PathBuf::from("data/shard-1"),
             store: StoreConfig::default(),
+            internal: Default::default(),
             join_ring: None,
             sync_writes: false,
             body_limit_bytes: 64 << 20,
@@ -99,6 +104,9 @@ pub struct ShardArgs {
     /// Ring store flags.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The cluster token flags.
+    #[command(flatten)]
+    pub internal: memring_common::internal::InternalAuthArgs,
     /// Join the ring layout at start-up.
     #[arg(long, env = "MEMRING_JOIN_RING")]
     pub join_ring: Option<bool>,
@@ -143,6 +151,7 @@ impl ShardArgs {
         overlay(&mut c.advertise, self.advertise.map(Some));
         overlay(&mut c.data_dir, self.data_dir);
         self.store.overlay(&mut c.store);
+        self.internal.overlay(&mut c.internal);
         overlay(&mut c.join_ring, self.join_ring.map(Some));
         overlay(&mut c.sync_writes, self.sync_writes);
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);

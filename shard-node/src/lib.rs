@@ -66,6 +66,7 @@ pub async fn run(
     let storage = Arc::new(storage);
 
     let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
+    let credential = config.internal.credential(config.store.is_etcd(), "memring-shard")?;
     let lease = store
         .register_node(
             NodeRecord {
@@ -90,10 +91,12 @@ pub async fn run(
     ring.refresh().await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(ring.clone().follow(stop_rx.clone()));
+    let token_task = tokio::spawn(credential.clone().keep_fresh(stop_rx.clone()));
     let repl = Arc::new(replicate::Replication::new(
         node.clone(),
         storage.clone(),
         ring.clone(),
+        credential.clone(),
         Duration::from_millis(config.quorum_timeout_ms),
         Duration::from_millis(config.replica_staleness_ms),
     )?);
@@ -116,6 +119,7 @@ pub async fn run(
         config.body_limit_bytes,
         Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?),
         repl,
+        credential,
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;
@@ -126,6 +130,7 @@ pub async fn run(
     let _ = replicator.await;
     let _ = purger.await;
     let _ = reporter.await;
+    let _ = token_task.await;
     let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || storage.save_graphs()).await {
         Ok(Ok(n)) => tracing::info!(

@@ -52,6 +52,7 @@ use memring_common::api::{
     self, ReplicaAck, ReplicaPoll, ReplicaPollAnswer, ReplicaPosition, ReplicaStatus,
     partition_path,
 };
+use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::watcher::RingView;
 use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Ring};
@@ -176,7 +177,7 @@ pub struct Replication {
     me: NodeId,
     storage: Arc<Storage>,
     ring: Arc<RingView>,
-    client: reqwest::Client,
+    client: InternalClient,
     /// Acknowledgements of this node's followers.
     pub acks: Acks,
     quorum_timeout: Duration,
@@ -199,6 +200,7 @@ impl Replication {
         me: NodeId,
         storage: Arc<Storage>,
         ring: Arc<RingView>,
+        credential: Arc<memring_common::internal::ClusterCredential>,
         quorum_timeout: Duration,
         staleness: Duration,
     ) -> anyhow::Result<Self> {
@@ -209,6 +211,7 @@ impl Replication {
             .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
             .timeout(POLL_WAIT + Duration::from_secs(10))
             .build()?;
+        let client = InternalClient::new(client, credential);
         Ok(Self {
             me,
             storage,

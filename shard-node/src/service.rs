@@ -39,6 +39,8 @@ pub struct ShardService {
     background: Arc<Background>,
     /// Replication: followers' acknowledgements, taking writes over, replica reads.
     repl: Arc<Replication>,
+    /// The cluster token every internal route requires.
+    credential: Arc<memring_common::internal::ClusterCredential>,
 }
 
 impl ShardService {
@@ -51,8 +53,10 @@ impl ShardService {
         body_limit: usize,
         background: Arc<Background>,
         repl: Arc<Replication>,
+        credential: Arc<memring_common::internal::ClusterCredential>,
     ) -> Self {
         Self {
+            credential,
             node,
             storage,
             ring,
@@ -695,6 +699,11 @@ fn caller_epoch(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
 impl Service for ShardService {
     fn handle(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<Reply> {
         Box::pin(async move {
+            // Every route here is internal: nothing answers without the cluster token (not even
+            // a 421 naming the owner), only /health, /ready and /metrics (served before this).
+            if let Err(e) = self.credential.check(req.headers()) {
+                return Reply { route: "unauthorized", response: error_response(&e) };
+            }
             let (route, result) = self.route(req).await;
             let response = result.unwrap_or_else(|e| {
                 if e.code() != ErrorCode::WrongOwner && e.status() >= 500 {

@@ -79,6 +79,9 @@ pub struct EtcdCluster {
     /// Routers.
     pub routers: Vec<Proc>,
     lease_ttl_secs: u64,
+    /// The cluster token file every process gets (internal authentication is on, as in
+    /// production; [`crate::client`] sends the token).
+    pub token_file: std::path::PathBuf,
 }
 
 impl EtcdCluster {
@@ -86,8 +89,9 @@ impl EtcdCluster {
     pub async fn start(n: usize, routers: usize, lease_ttl_secs: u64) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let etcd = Etcd::start(dir.path()).await?;
+        let token_file = crate::write_cluster_token(dir.path())?;
         let mut cluster =
-            Self { dir, etcd, shards: Vec::new(), routers: Vec::new(), lease_ttl_secs };
+            Self { dir, etcd, shards: Vec::new(), routers: Vec::new(), lease_ttl_secs, token_file };
         for i in 1..=n {
             let shard = cluster.start_shard(&format!("shard-{i}")).await?;
             cluster.shards.push(shard);
@@ -108,8 +112,14 @@ impl EtcdCluster {
     /// Starts one more router with extra flags; returns its index.
     pub async fn add_router(&mut self, flags: &[&str]) -> anyhow::Result<usize> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut args =
-            vec!["--listen".into(), addr.clone(), "--etcd".into(), self.etcd.url.clone()];
+        let mut args = vec![
+            "--listen".into(),
+            addr.clone(),
+            "--etcd".into(),
+            self.etcd.url.clone(),
+            "--cluster-token-file".into(),
+            self.token_file.display().to_string(),
+        ];
         // Cluster mode requires API keys by default; these tests are about other things.
         if !flags.contains(&"--auth") {
             args.extend(["--auth".into(), "false".into()]);
@@ -147,6 +157,8 @@ impl EtcdCluster {
             etcd_url.to_owned(),
             "--lease-ttl-secs".into(),
             self.lease_ttl_secs.to_string(),
+            "--cluster-token-file".into(),
+            self.token_file.display().to_string(),
         ];
         args.extend(flags.iter().cloned());
         let mut p = Proc::start(id, &binary("memring-shard")?, args, addr, self.dir.path())?;
@@ -181,12 +193,19 @@ impl EtcdCluster {
         let mut args = vec![
             "--etcd".into(),
             self.etcd.url.clone(),
+            "--cluster-token-file".into(),
+            self.token_file.display().to_string(),
             "serve".into(),
             "--listen".into(),
             addr.to_owned(),
             "--lease-ttl-secs".into(),
             "2".into(),
         ];
+        // API keys on the admin API, like the routers' keys, are off unless a test asks for
+        // them (`--auth true`); internal authentication stays on.
+        if !flags.contains(&"--auth") {
+            args.extend(["--auth".into(), "false".into()]);
+        }
         args.extend(flags.iter().map(|f| f.to_string()));
         Proc::start(name, &binary("memring-control")?, args, addr.to_owned(), self.dir.path())
     }

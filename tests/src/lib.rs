@@ -237,12 +237,38 @@ pub mod proxy;
 
 /// A plain HTTP client for tests.
 pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        memring_common::internal::CLUSTER_TOKEN_HEADER,
+        reqwest::header::HeaderValue::from_static(TEST_CLUSTER_TOKEN),
+    );
     reqwest::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
         .build()
         .unwrap_or_default()
+}
+
+/// [`client`] without the cluster token: what a stranger on the network sends.
+pub fn stranger() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
+}
+
+/// The cluster token of every test cluster on etcd ([`client`] sends it, so tests that call
+/// shard nodes' internal routes directly keep working with internal authentication on).
+pub const TEST_CLUSTER_TOKEN: &str = "memring-test-cluster-token-5f1e3a9c0b7d2e4f6a8c1d3e5f7a9b0c";
+
+/// Writes the test cluster token file into `dir`; returns its path.
+pub fn write_cluster_token(dir: &Path) -> anyhow::Result<PathBuf> {
+    let file = dir.join("cluster-token");
+    std::fs::write(&file, format!("{TEST_CLUSTER_TOKEN}\n"))?;
+    Ok(file)
 }
 
 /// A local cluster: `n` shard nodes and one router on the embedded ring store.

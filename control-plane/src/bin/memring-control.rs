@@ -1,8 +1,11 @@
 //! `memring-control`: the control plane. `serve` runs its HTTP API; `status` prints the cluster
 //! view straight from the ring store; `layout` shows and changes the ring layout (stage → show →
-//! apply: every change names the epoch it expects and is a compare-and-swap).
+//! apply: every change names the epoch it expects and is a compare-and-swap); `keys bootstrap`
+//! makes the first admin key and `token generate` a cluster token file, both straight on the
+//! ring store or the file system (no running control plane needed).
 
 use clap::{Parser, Subcommand};
+use memring_common::internal::{InternalAuthArgs, InternalAuthConfig};
 use memring_common::store::{StoreArgs, StoreConfig};
 
 #[derive(Parser)]
@@ -11,6 +14,9 @@ struct Args {
     /// Ring store flags.
     #[command(flatten)]
     store: StoreArgs,
+    /// The cluster token (for `serve` and `status`, which talk to shard nodes).
+    #[command(flatten)]
+    internal: InternalAuthArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +40,16 @@ enum Command {
         /// layout, so its partitions get their copies back on other nodes (0: never).
         #[arg(long, env = "MEMRING_REPLACE_AFTER_SECS", default_value_t = 300)]
         replace_after_secs: u64,
+        /// Require API keys on the admin API (true/false); default true with etcd.
+        #[arg(long, env = "MEMRING_AUTH")]
+        auth: Option<bool>,
     },
+    /// API keys straight in the ring store.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The cluster token of internal traffic.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print epoch, nodes and ring shares read from the ring store.
     Status {
         /// Print JSON instead of a table.
@@ -44,6 +59,33 @@ enum Command {
     /// Show or change the ring layout.
     #[command(subcommand)]
     Layout(LayoutCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make the first admin key (printed once) with the ring store's own credentials; refused
+    /// when an admin key exists already, unless --force.
+    Bootstrap {
+        /// A note stored with the key.
+        #[arg(long, default_value = "bootstrap")]
+        label: String,
+        /// Make one even though an admin key exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Write a new random cluster token to FILE (mode 0600); refused if FILE exists, unless
+    /// --force. Give every process of the cluster the same file (`--cluster-token-file`).
+    Generate {
+        /// The file to write.
+        file: std::path::PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,8 +135,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut store_config = StoreConfig::default();
     args.store.overlay(&mut store_config);
+    let mut internal = InternalAuthConfig::default();
+    args.internal.overlay(&mut internal);
     match args.command {
-        Command::Serve { listen, lease_ttl_secs, migration_rate, replace_after_secs } => {
+        Command::Serve { listen, lease_ttl_secs, migration_rate, replace_after_secs, auth } => {
             memring_common::telemetry::init_metrics();
             memring_common::config::check_addr("listen", &listen)?;
             let listener = tokio::net::TcpListener::bind(&listen)
@@ -105,15 +149,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 lease_ttl_secs,
                 migration_rate,
                 replace_after_secs,
+                internal,
+                auth,
             };
             memring_control::run(listener, config, memring_common::telemetry::shutdown_signal())
                 .await
         }
         Command::Status { json } => {
             let store = memring_common::store::open(&store_config).await?;
+            let credential = internal.credential(store_config.is_etcd(), "memring-control")?;
             let view = memring_control::view::cluster_view(
                 store.as_ref(),
-                &memring_control::view::http_client()?,
+                &memring_control::view::http_client(credential)?,
             )
             .await?;
             if json {
@@ -121,6 +168,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 print!("{}", memring_control::view::render(&view));
             }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Bootstrap { label, force }) => {
+            let store = memring_common::store::open(&store_config).await?;
+            let (id, key) = memring_control::keys::bootstrap(store.as_ref(), &label, force).await?;
+            eprintln!("admin key {id} made; it is shown once, keep it safe:");
+            println!("{key}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Generate { file, force }) => {
+            memring_control::keys::write_token_file(&file, force)?;
+            eprintln!("cluster token written to {}", file.display());
             Ok(())
         }
         Command::Layout(cmd) => {

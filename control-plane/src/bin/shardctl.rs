@@ -20,6 +20,10 @@ struct Args {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// API key for the control plane (an admin key; an operator key for `status` and
+    /// `nodes`). Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, env = "MEMRING_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,14 +111,18 @@ enum LimitsCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// A new key for one tenant (`--tenant T`) or an admin key (`--admin`).
+    /// A new key for one tenant (`--tenant T`), an admin key (`--admin`) or a read-only
+    /// operator key (`--operator`: the cluster's state, no tenant's data).
     Create {
         /// The tenant the key belongs to.
-        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        #[arg(long, conflicts_with_all = ["admin", "operator"], required_unless_present_any = ["admin", "operator"])]
         tenant: Option<String>,
-        /// An admin key: every tenant, and global writes.
-        #[arg(long)]
+        /// An admin key: every tenant, global writes, the control plane.
+        #[arg(long, conflicts_with = "operator")]
         admin: bool,
+        /// An operator key: reads `shardctl status` and the operator page, nothing else.
+        #[arg(long)]
+        operator: bool,
         /// A note to tell keys apart.
         #[arg(long, default_value = "")]
         label: String,
@@ -191,8 +199,18 @@ async fn with_progress<T>(
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let base = args.control.trim_end_matches('/').to_owned();
-    let client =
-        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3600)).build()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .context("the API key holds characters a header cannot carry")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(3600))
+        .build()?;
     let unreachable = |e: reqwest::Error| {
         anyhow::anyhow!(
             "cannot reach the control plane at {base}: {e}; is `memring-control serve` running?"
@@ -288,8 +306,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Keys(KeysCommand::Create { tenant, admin, label }) => {
-            let body = serde_json::json!({ "tenant": tenant, "admin": admin, "label": label });
+        Command::Keys(KeysCommand::Create { tenant, admin, operator, label }) => {
+            let body = serde_json::json!({ "tenant": tenant, "admin": admin, "operator": operator, "label": label });
             let resp = client
                 .post(format!("{base}/v1/keys"))
                 .json(&body)
