@@ -29,6 +29,20 @@ pub fn init_logging() {
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
+/// Logging for a one-shot command whose standard output is its answer (a key, a table): log
+/// lines go to standard error, warnings and worse only unless `RUST_LOG` says otherwise.
+pub fn init_command_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Installs the process-wide Prometheus recorder (once; later calls reuse it).
 pub fn init_metrics() {
     HANDLE.get_or_init(|| {

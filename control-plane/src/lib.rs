@@ -223,6 +223,18 @@ impl ControlService {
     /// Plans (and unless `dry`, runs) a rebalance or drain; answers the plan and the migrations.
     async fn change(&self, change: rebalance::Change, dry: bool) -> Result<ChangeReport, ApiError> {
         self.require_leader()?;
+        if let rebalance::Change::Drain(node) = &change {
+            let id = NodeId::parse(node)?;
+            let layout = self
+                .store
+                .load()
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string(), 1))?
+                .layout;
+            if layout.node(&id).is_none() {
+                return Err(ApiError::not_found(format!("node {id} is not in the ring layout")));
+            }
+        }
         let _one_at_a_time = self.migrating.lock().await;
         if !dry {
             self.cancel.clear();

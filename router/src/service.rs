@@ -155,7 +155,19 @@ impl RouterService {
     ) -> (&'static str, Result<Response, ApiError>) {
         let (route_name, route) = match Self::parse_route(req.method(), req.uri().path()) {
             Ok(r) => r,
-            Err(e) => return ("unknown", Err(e)),
+            Err(e) => {
+                // Without a valid key, a wrong path says no more than a right one: 401.
+                if let Some(keys) = &self.keys {
+                    let header = req
+                        .headers()
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok());
+                    if let Err(unauthorized) = keys.authenticate(header) {
+                        return ("unknown", Err(unauthorized));
+                    }
+                }
+                return ("unknown", Err(e));
+            }
         };
         let request_id = req
             .headers()
@@ -164,7 +176,15 @@ impl RouterService {
             .unwrap_or("-")
             .to_owned();
         if let Route::OpenApi = route {
-            // The API's description is public, like /health.
+            // The API's description, for any valid key (with auth on, nothing but health,
+            // readiness and metrics answers without one).
+            if let Some(keys) = &self.keys {
+                let header =
+                    req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                if let Err(e) = keys.authenticate(header) {
+                    return (route_name, Err(e));
+                }
+            }
             return (route_name, Ok(json_bytes(200, Bytes::from(crate::openapi::document()))));
         }
         let principal = match self.authorize(&req, &route) {

@@ -20,6 +20,8 @@ pub struct Etcd {
     pub proc: Proc,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// With etcd's authentication on: memring's user, its password and the password's file.
+    pub user: Option<(String, String, std::path::PathBuf)>,
 }
 
 impl Etcd {
@@ -51,13 +53,51 @@ impl Etcd {
         let mut proc = Proc::start("etcd", &etcd, args, format!("127.0.0.1:{client_port}"), dir)?
             .with_ready_path("/health");
         proc.wait_ready(Duration::from_secs(30)).await?;
-        Ok(Self { proc, url })
+        Ok(Self { proc, url, user: None })
     }
 
-    /// A store client on this etcd.
+    /// A store client on this etcd (as memring's user once authentication is on).
     pub async fn store(&self) -> anyhow::Result<EtcdStore> {
-        Ok(EtcdStore::connect(std::slice::from_ref(&self.url), "/memring/").await?)
+        let user = self.user.as_ref().map(|(name, password, _)| (name.clone(), password.clone()));
+        Ok(EtcdStore::connect_as(std::slice::from_ref(&self.url), "/memring/", user).await?)
     }
+
+    /// The flags that point a memring process at this etcd, with its user if authentication
+    /// is on.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = vec!["--etcd".to_owned(), self.url.clone()];
+        if let Some((name, _, file)) = &self.user {
+            flags.extend(["--etcd-user".to_owned(), name.clone()]);
+            flags.extend(["--etcd-password-file".to_owned(), file.display().to_string()]);
+        }
+        flags
+    }
+
+    /// Switches etcd's authentication on: a `root` user, and a `memring` user whose role may
+    /// read and write only keys under `/memring/`; its password goes to a file in `dir`.
+    pub async fn enable_auth(&mut self, dir: &Path) -> anyhow::Result<()> {
+        use etcd_client::{Client, Permission};
+        let mut client = Client::connect([self.url.as_str()], None).await?;
+        let (root, mine) = (format!("root-{}", rand_suffix()), format!("mr-{}", rand_suffix()));
+        client.user_add("root", root.as_str(), None).await?;
+        let _ = client.role_add("root").await;
+        client.user_grant_role("root", "root").await?;
+        client.role_add("memring").await?;
+        client
+            .role_grant_permission("memring", Permission::read_write("/memring/").with_prefix())
+            .await?;
+        client.user_add("memring", mine.as_str(), None).await?;
+        client.user_grant_role("memring", "memring").await?;
+        client.auth_enable().await?;
+        let file = dir.join("etcd-password");
+        std::fs::write(&file, format!("{mine}\n"))?;
+        self.user = Some(("memring".to_owned(), mine, file));
+        Ok(())
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
@@ -87,8 +127,29 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts everything and puts the shards into the layout (epoch = `n`).
     pub async fn start(n: usize, routers: usize, lease_ttl_secs: u64) -> anyhow::Result<Self> {
+        Self::start_on(n, routers, lease_ttl_secs, false).await
+    }
+
+    /// [`EtcdCluster::start`] with etcd's authentication on (every process as memring's user).
+    pub async fn start_authenticated(
+        n: usize,
+        routers: usize,
+        lease_ttl_secs: u64,
+    ) -> anyhow::Result<Self> {
+        Self::start_on(n, routers, lease_ttl_secs, true).await
+    }
+
+    async fn start_on(
+        n: usize,
+        routers: usize,
+        lease_ttl_secs: u64,
+        etcd_auth: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let etcd = Etcd::start(dir.path()).await?;
+        let mut etcd = Etcd::start(dir.path()).await?;
+        if etcd_auth {
+            etcd.enable_auth(dir.path()).await?;
+        }
         let token_file = crate::write_cluster_token(dir.path())?;
         let mut cluster =
             Self { dir, etcd, shards: Vec::new(), routers: Vec::new(), lease_ttl_secs, token_file };
@@ -112,14 +173,9 @@ impl EtcdCluster {
     /// Starts one more router with extra flags; returns its index.
     pub async fn add_router(&mut self, flags: &[&str]) -> anyhow::Result<usize> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec![
-            "--listen".into(),
-            addr.clone(),
-            "--etcd".into(),
-            self.etcd.url.clone(),
-            "--cluster-token-file".into(),
-            self.token_file.display().to_string(),
-        ];
+        let mut args = vec!["--listen".into(), addr.clone()];
+        args.extend(self.etcd.flags());
+        args.extend(["--cluster-token-file".into(), self.token_file.display().to_string()]);
         // Cluster mode requires API keys by default; these tests are about other things.
         if !flags.contains(&"--auth") {
             args.extend(["--auth".into(), "false".into()]);
@@ -160,6 +216,8 @@ impl EtcdCluster {
             "--cluster-token-file".into(),
             self.token_file.display().to_string(),
         ];
+        // This etcd's user, if any (the endpoint may be a proxy in front of it).
+        args.extend(self.etcd.flags().into_iter().skip(2));
         args.extend(flags.iter().cloned());
         let mut p = Proc::start(id, &binary("memring-shard")?, args, addr, self.dir.path())?;
         p.wait_ready(Duration::from_secs(30)).await?;
@@ -190,9 +248,8 @@ impl EtcdCluster {
     }
 
     fn spawn_control_with(&self, name: &str, addr: &str, flags: &[&str]) -> anyhow::Result<Proc> {
-        let mut args = vec![
-            "--etcd".into(),
-            self.etcd.url.clone(),
+        let mut args = self.etcd.flags();
+        args.extend([
             "--cluster-token-file".into(),
             self.token_file.display().to_string(),
             "serve".into(),
@@ -200,7 +257,7 @@ impl EtcdCluster {
             addr.to_owned(),
             "--lease-ttl-secs".into(),
             "2".into(),
-        ];
+        ]);
         // API keys on the admin API, like the routers' keys, are off unless a test asks for
         // them (`--auth true`); internal authentication stays on.
         if !flags.contains(&"--auth") {

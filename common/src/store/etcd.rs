@@ -81,14 +81,27 @@ impl EtcdStore {
 
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`), keeping keys under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_as(endpoints, prefix, None).await
+    }
+
+    /// [`EtcdStore::connect`] as an etcd user (`(name, password)`), with etcd's authentication
+    /// on; the client renews its auth token as etcd expires it.
+    pub async fn connect_as(
+        endpoints: &[String],
+        prefix: &str,
+        user: Option<(String, String)>,
+    ) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::Invalid("no etcd endpoints given".into()));
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
+        if let Some((name, password)) = user {
+            options = options.with_user(name, password);
+        }
         let client = Client::connect(endpoints, Some(options)).await.map_err(unavailable)?;
         let mut prefix = prefix.to_owned();
         if !prefix.ends_with('/') {

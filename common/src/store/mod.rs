@@ -250,12 +250,49 @@ pub struct StoreConfig {
     pub etcd: Vec<String>,
     /// Key prefix in etcd.
     pub etcd_prefix: String,
+    /// etcd user name (with etcd's authentication on).
+    pub etcd_user: Option<String>,
+    /// File holding that user's password (a mounted secret; never a flag or environment
+    /// value, which a process list shows).
+    pub etcd_password_file: Option<std::path::PathBuf>,
 }
 
 impl StoreConfig {
     /// True in cluster mode (etcd).
     pub fn is_etcd(&self) -> bool {
         !self.etcd.is_empty()
+    }
+
+    /// The etcd user and password to authenticate with, if a user is set.
+    pub fn etcd_credentials(&self) -> Result<Option<(String, String)>, StoreError> {
+        let Some(user) = &self.etcd_user else {
+            return match &self.etcd_password_file {
+                Some(_) => Err(StoreError::Invalid(
+                    "etcd_password_file is set but etcd_user is not; set both (--etcd-user)".into(),
+                )),
+                None => Ok(None),
+            };
+        };
+        let Some(file) = &self.etcd_password_file else {
+            return Err(StoreError::Invalid(format!(
+                "etcd_user {user:?} needs etcd_password_file (--etcd-password-file): a file \
+                 holding its password"
+            )));
+        };
+        let password = std::fs::read_to_string(file).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot read the etcd password file {}: {e}",
+                file.display()
+            ))
+        })?;
+        let password = password.trim_end_matches(['\n', '\r']).to_owned();
+        if password.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "the etcd password file {} is empty",
+                file.display()
+            )));
+        }
+        Ok(Some((user.clone(), password)))
     }
 }
 
@@ -271,6 +308,12 @@ pub struct StoreArgs {
     /// Key prefix in etcd, so several clusters can share one etcd.
     #[arg(long, env = "MEMRING_ETCD_PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// etcd user name (etcd with authentication on).
+    #[arg(long, env = "MEMRING_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "MEMRING_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<std::path::PathBuf>,
 }
 
 impl StoreArgs {
@@ -279,6 +322,8 @@ impl StoreArgs {
         crate::config::overlay(&mut config.ring_dir, self.ring_dir);
         crate::config::overlay(&mut config.etcd, self.etcd.as_deref().map(parse_endpoints));
         crate::config::overlay(&mut config.etcd_prefix, self.etcd_prefix);
+        crate::config::overlay(&mut config.etcd_user, self.etcd_user.map(Some));
+        crate::config::overlay(&mut config.etcd_password_file, self.etcd_password_file.map(Some));
     }
 }
 
@@ -288,6 +333,8 @@ impl Default for StoreConfig {
             ring_dir: std::path::PathBuf::from("data/ring"),
             etcd: Vec::new(),
             etcd_prefix: "/memring/".into(),
+            etcd_user: None,
+            etcd_password_file: None,
         }
     }
 }
@@ -295,7 +342,10 @@ impl Default for StoreConfig {
 /// Opens the configured ring store.
 pub async fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn RingStore>, StoreError> {
     if config.is_etcd() {
-        Ok(std::sync::Arc::new(etcd::EtcdStore::connect(&config.etcd, &config.etcd_prefix).await?))
+        let credentials = config.etcd_credentials()?;
+        Ok(std::sync::Arc::new(
+            etcd::EtcdStore::connect_as(&config.etcd, &config.etcd_prefix, credentials).await?,
+        ))
     } else {
         Ok(std::sync::Arc::new(embedded::EmbeddedStore::open(&config.ring_dir)?))
     }

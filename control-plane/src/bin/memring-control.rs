@@ -122,8 +122,12 @@ enum LayoutCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    memring_common::telemetry::init_logging();
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    match args.command {
+        Command::Serve { .. } => memring_common::telemetry::init_logging(),
+        _ => memring_common::telemetry::init_command_logging(),
+    }
+    match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("memring-control: {e:#}");
