@@ -2,14 +2,14 @@
 # Installs the Debian packages memring needs to build, test and run, and only the missing ones.
 #   libclang-dev                        bindgen in librocksdb-sys
 #   protobuf-compiler libprotobuf-dev   etcd-client's build script (cluster mode)
-#   etcd-server                         the real etcd that cluster-mode tests start
+#   etcd-server etcd-client             the real etcd that cluster-mode tests start; etcdctl (make cluster turns etcd auth on)
 #   build-essential pkg-config          the C/C++ toolchain for RocksDB and usearch
 #   curl                                the README walk-through and scripts/run-local.sh
 #   yamllint python3-yaml               `make test` lints deploy/ (scripts/check-manifests.py)
 # Usage: scripts/install-deps.sh [--with-chromium]   (chromium: the dashboard test of `make test`)
 set -euo pipefail
 
-packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server build-essential pkg-config curl yamllint python3-yaml)
+packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server etcd-client build-essential pkg-config curl yamllint python3-yaml)
 if [ "${1:-}" = "--with-chromium" ]; then
   packages+=(chromium)
 fi
