@@ -39,6 +39,30 @@ for path, d in docs:
             if ready != "/ready":
                 problems.append(f"{where}: readiness probe must be GET /ready, is {ready}")
 
+# Secrets: every memring workload reads the cluster token and etcd's password from mounted
+# Secret files; no environment value looks like a secret.
+for path, d in docs:
+    if d.get("kind") not in ("Deployment", "StatefulSet") or not d["metadata"]["name"].startswith("memring"):
+        continue
+    spec = d["spec"]["template"]["spec"]
+    secrets = {v.get("secret", {}).get("secretName") for v in spec.get("volumes", [])}
+    for wanted in ("memring-cluster-token", "memring-etcd"):
+        if wanted not in secrets:
+            problems.append(f"{path.name}: {d['metadata']['name']} does not mount the Secret {wanted}")
+    for c in spec["containers"]:
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        for name in ("MEMRING_CLUSTER_TOKEN_FILE", "MEMRING_ETCD_PASSWORD_FILE", "MEMRING_ETCD_USER"):
+            if not env.get(name):
+                problems.append(f"{path.name}: {c['name']} lacks {name}")
+        for name, value in env.items():
+            if re.search(r"TOKEN$|PASSWORD$|SECRET|API_KEY", name):
+                problems.append(f"{path.name}: {c['name']} has {name} in its environment; mount it as a file")
+# NetworkPolicies: default deny, and one for each of etcd, shard nodes, control plane, routers.
+policies = {d["metadata"]["name"]: d for _, d in kinds.get("NetworkPolicy", [])}
+for wanted in ("default-deny-ingress", "etcd", "memring-shard", "memring-control", "memring-router"):
+    if wanted not in policies:
+        problems.append(f"NetworkPolicy {wanted} missing")
+
 workloads = {d["metadata"]["name"]: d["kind"] for k in ("Deployment", "StatefulSet") for _, d in kinds.get(k, [])}
 for name, kind in [("etcd", "StatefulSet"), ("memring-shard", "StatefulSet"), ("memring-router", "Deployment"), ("memring-control", "Deployment")]:
     if workloads.get(name) != kind:

@@ -122,12 +122,23 @@ pub struct EtcdCluster {
     /// The cluster token file every process gets (internal authentication is on, as in
     /// production; [`crate::client`] sends the token).
     pub token_file: std::path::PathBuf,
+    /// Whether processes check and send the cluster token (off only to measure what it costs).
+    internal_auth: bool,
 }
 
 impl EtcdCluster {
     /// Starts everything and puts the shards into the layout (epoch = `n`).
     pub async fn start(n: usize, routers: usize, lease_ttl_secs: u64) -> anyhow::Result<Self> {
-        Self::start_on(n, routers, lease_ttl_secs, false).await
+        Self::start_on(n, routers, lease_ttl_secs, false, true).await
+    }
+
+    /// [`EtcdCluster::start`] with internal authentication off everywhere (to measure its cost).
+    pub async fn start_without_internal_auth(
+        n: usize,
+        routers: usize,
+        lease_ttl_secs: u64,
+    ) -> anyhow::Result<Self> {
+        Self::start_on(n, routers, lease_ttl_secs, false, false).await
     }
 
     /// [`EtcdCluster::start`] with etcd's authentication on (every process as memring's user).
@@ -136,7 +147,7 @@ impl EtcdCluster {
         routers: usize,
         lease_ttl_secs: u64,
     ) -> anyhow::Result<Self> {
-        Self::start_on(n, routers, lease_ttl_secs, true).await
+        Self::start_on(n, routers, lease_ttl_secs, true, true).await
     }
 
     async fn start_on(
@@ -144,6 +155,7 @@ impl EtcdCluster {
         routers: usize,
         lease_ttl_secs: u64,
         etcd_auth: bool,
+        internal_auth: bool,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut etcd = Etcd::start(dir.path()).await?;
@@ -151,8 +163,15 @@ impl EtcdCluster {
             etcd.enable_auth(dir.path()).await?;
         }
         let token_file = crate::write_cluster_token(dir.path())?;
-        let mut cluster =
-            Self { dir, etcd, shards: Vec::new(), routers: Vec::new(), lease_ttl_secs, token_file };
+        let mut cluster = Self {
+            dir,
+            etcd,
+            shards: Vec::new(),
+            routers: Vec::new(),
+            lease_ttl_secs,
+            token_file,
+            internal_auth,
+        };
         for i in 1..=n {
             let shard = cluster.start_shard(&format!("shard-{i}")).await?;
             cluster.shards.push(shard);
@@ -170,12 +189,21 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
+    /// The flags that give a process the cluster token (or switch internal auth off).
+    pub fn token_flags(&self) -> Vec<String> {
+        if self.internal_auth {
+            vec!["--cluster-token-file".into(), self.token_file.display().to_string()]
+        } else {
+            vec!["--internal-auth".into(), "false".into()]
+        }
+    }
+
     /// Starts one more router with extra flags; returns its index.
     pub async fn add_router(&mut self, flags: &[&str]) -> anyhow::Result<usize> {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args = vec!["--listen".into(), addr.clone()];
         args.extend(self.etcd.flags());
-        args.extend(["--cluster-token-file".into(), self.token_file.display().to_string()]);
+        args.extend(self.token_flags());
         // Cluster mode requires API keys by default; these tests are about other things.
         if !flags.contains(&"--auth") {
             args.extend(["--auth".into(), "false".into()]);
@@ -213,9 +241,8 @@ impl EtcdCluster {
             etcd_url.to_owned(),
             "--lease-ttl-secs".into(),
             self.lease_ttl_secs.to_string(),
-            "--cluster-token-file".into(),
-            self.token_file.display().to_string(),
         ];
+        args.extend(self.token_flags());
         // This etcd's user, if any (the endpoint may be a proxy in front of it).
         args.extend(self.etcd.flags().into_iter().skip(2));
         args.extend(flags.iter().cloned());
@@ -249,9 +276,8 @@ impl EtcdCluster {
 
     fn spawn_control_with(&self, name: &str, addr: &str, flags: &[&str]) -> anyhow::Result<Proc> {
         let mut args = self.etcd.flags();
+        args.extend(self.token_flags());
         args.extend([
-            "--cluster-token-file".into(),
-            self.token_file.display().to_string(),
             "serve".into(),
             "--listen".into(),
             addr.to_owned(),

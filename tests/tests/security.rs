@@ -296,7 +296,8 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
             }
         }
     }
-    let probes = 9 + public.len() * 5 + internal.len() * 5 + 3 * c.shards.len() + admin_routes.len() * 5;
+    let probes =
+        9 + public.len() * 5 + internal.len() * 5 + 3 * c.shards.len() + admin_routes.len() * 5;
     println!(
         "{probes} requests: {} router routes, {} shard routes, {} control-plane routes, each \
          without a credential, with a wrong one, a tenant, an operator and an admin key",

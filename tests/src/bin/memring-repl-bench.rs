@@ -30,6 +30,10 @@ struct Args {
     /// Searches per read measurement.
     #[arg(long, default_value_t = 4000)]
     searches: usize,
+    /// Internal traffic carries (and shard nodes check) the cluster token, as in production;
+    /// false measures what that costs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    internal_auth: bool,
 }
 
 fn pct(sorted: &[Duration], q: f64) -> f64 {
@@ -41,7 +45,15 @@ fn pct(sorted: &[Duration], q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut c = EtcdCluster::start(3, 1, 10).await?;
+    let mut c = if args.internal_auth {
+        EtcdCluster::start(3, 1, 10).await?
+    } else {
+        EtcdCluster::start_without_internal_auth(3, 1, 10).await?
+    };
+    println!(
+        "internal authentication (cluster token): {}",
+        if args.internal_auth { "on" } else { "off" }
+    );
     let owner_only = c.add_router(&["--replica-reads", "false"]).await?;
     let store = c.etcd.store().await?;
     let router = c.router(0);
