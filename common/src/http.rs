@@ -54,16 +54,18 @@ pub trait Service: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
 }
 
-/// Server-side limits and timeouts.
-#[derive(Debug, Clone)]
+/// Server-side limits and timeouts, and TLS.
+#[derive(Clone)]
 pub struct ServerOptions {
-    /// How long a client may take to send the request head.
+    /// How long a client may take to send the request head (and to finish a TLS handshake).
     pub header_read_timeout: Duration,
+    /// Serve HTTPS with this acceptor (`tls.rs`); plain HTTP when `None`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { header_read_timeout: Duration::from_secs(10) }
+        Self { header_read_timeout: Duration::from_secs(10), tls: None }
     }
 }
 
@@ -91,24 +93,24 @@ pub async fn serve<S: Service>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(options.header_read_timeout)
-            .keep_alive(true)
-            .serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |req| {
-                    let service = service.clone();
-                    async move { Ok::<_, Infallible>(dispatch(service, req, peer).await) }
-                }),
-            );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let (service, watcher, timeout) =
+            (service.clone(), graceful.watcher(), options.header_read_timeout);
+        match options.tls.clone() {
+            None => {
+                tokio::spawn(serve_connection(stream, service, peer, timeout, watcher));
             }
-        });
+            Some(tls) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, service, peer, timeout, watcher).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {
@@ -118,6 +120,33 @@ pub async fn serve<S: Service>(
         }
     }
     Ok(())
+}
+
+/// Serves one connection (plain or TLS) until it closes or a graceful shutdown ends it.
+async fn serve_connection<S, IO>(
+    io: IO,
+    service: Arc<S>,
+    peer: SocketAddr,
+    header_read_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: Service,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(
+            TokioIo::new(io),
+            service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(dispatch(service, req, peer).await) }
+            }),
+        );
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
 }
 
 async fn dispatch<S: Service>(

@@ -296,11 +296,11 @@ pub struct MigrateRequest {
 }
 
 impl ControlService {
-    /// Lets a request through only with the key its route needs (when auth is on): an admin
-    /// key everywhere, an operator key also reads `GET /v1/cluster` and the operator page.
-    /// Every change an admin key makes is written to the audit log.
-    fn admit(&self, req: &Request<Incoming>) -> Result<(), Reply> {
-        let Some(keys) = &self.keys else { return Ok(()) };
+    /// The answer to a request without the key its route needs (when auth is on): an admin
+    /// key everywhere, an operator key also reads `GET /v1/cluster` and the operator page;
+    /// `None` lets it through. Every change an admin key makes is written to the audit log.
+    fn refusal(&self, req: &Request<Incoming>) -> Option<Reply> {
+        let keys = self.keys.as_ref()?;
         let (method, path) = (req.method(), req.uri().path());
         let reads_state = method == Method::GET && matches!(path, "/" | "/v1/cluster");
         let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -317,7 +317,7 @@ impl ControlService {
                 if method != Method::GET {
                     tracing::info!(target: "audit", action = "admin.request", method = %method, path, key_id = %key_id, "admin API call");
                 }
-                Ok(())
+                None
             }
             Err(e) => {
                 let mut response = error_response(&e);
@@ -330,7 +330,7 @@ impl ControlService {
                         ),
                     );
                 }
-                Err(Reply { route: "unauthorized", response })
+                Some(Reply { route: "unauthorized", response })
             }
         }
     }
@@ -339,7 +339,7 @@ impl ControlService {
 impl Service for ControlService {
     fn handle(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<Reply> {
         Box::pin(async move {
-            if let Err(refused) = self.admit(&req) {
+            if let Some(refused) = self.refusal(&req) {
                 return refused;
             }
             match (req.method().clone(), req.uri().path()) {

@@ -19,6 +19,9 @@ pub struct RouterConfig {
     /// The cluster token its requests to shard nodes carry, at the top level of the file.
     #[serde(flatten)]
     pub internal: memring_common::internal::InternalAuthConfig,
+    /// HTTPS on the public API (`tls_cert_file`, `tls_key_file`), at the top level of the file.
+    #[serde(flatten)]
+    pub tls: memring_common::tls::TlsConfig,
     /// Largest request body, bytes. Must admit a full batch (1000 × 1536 dims ≈ 20 MiB of JSON).
     pub body_limit_bytes: usize,
     /// Timeout of one forwarded write, get, list or delete, milliseconds.
@@ -42,6 +45,7 @@ impl Default for RouterConfig {
             listen: "127.0.0.1:7700".into(),
             store: StoreConfig::default(),
             internal: Default::default(),
+            tls: Default::default(),
             body_limit_bytes: 32 << 20,
             forward_timeout_ms: 10_000,
             search_timeout_ms: 2_000,
@@ -68,6 +72,9 @@ pub struct RouterArgs {
     /// The cluster token flags.
     #[command(flatten)]
     pub internal: memring_common::internal::InternalAuthArgs,
+    /// TLS flags.
+    #[command(flatten)]
+    pub tls: memring_common::tls::TlsArgs,
     /// Largest request body in bytes.
     #[arg(long, env = "MEMRING_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<usize>,
@@ -95,6 +102,7 @@ impl RouterArgs {
         overlay(&mut c.listen, self.listen);
         self.store.overlay(&mut c.store);
         self.internal.overlay(&mut c.internal);
+        self.tls.overlay(&mut c.tls);
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
         overlay(&mut c.forward_timeout_ms, self.forward_timeout_ms);
         overlay(&mut c.search_timeout_ms, self.search_timeout_ms);

@@ -32,6 +32,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // Read the certificate first: a bad file stops the start with its name.
+    let tls = config.tls.acceptor()?;
     let store: Arc<dyn RingStore> = memring_common::store::open(&config.store).await?;
     let auth = config.auth.unwrap_or(config.store.is_etcd());
     let keys = auth.then(|| memring_common::auth::KeyCache::new(store.clone()));
@@ -65,8 +67,9 @@ pub async fn run(
         keys,
         limiter,
     ));
-    tracing::info!(listen = %listener.local_addr()?, "router serving the API");
-    serve(listener, service, ServerOptions::default(), shutdown).await?;
+    let https = tls.is_some();
+    tracing::info!(listen = %listener.local_addr()?, https, "router serving the API");
+    serve(listener, service, ServerOptions { tls, ..ServerOptions::default() }, shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = follower.await;
     let _ = limits_task.await;

@@ -119,7 +119,6 @@ pub async fn run(
         config.body_limit_bytes,
         Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?),
         repl,
-        credential,
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;

@@ -254,6 +254,11 @@ impl Replication {
         ))
     }
 
+    /// The cluster credential its requests carry (the one its node checks, too).
+    pub fn credential(&self) -> &Arc<memring_common::internal::ClusterCredential> {
+        self.client.credential()
+    }
+
     /// The epoch this node leads `partition` at: the current one, if it has taken it over then.
     fn lead_term(&self, partition: &PartitionKey) -> Option<u64> {
         let epoch = self.ring.ring().epoch();

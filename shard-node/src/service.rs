@@ -53,10 +53,9 @@ impl ShardService {
         body_limit: usize,
         background: Arc<Background>,
         repl: Arc<Replication>,
-        credential: Arc<memring_common::internal::ClusterCredential>,
     ) -> Self {
         Self {
-            credential,
+            credential: repl.credential().clone(),
             node,
             storage,
             ring,

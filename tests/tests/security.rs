@@ -348,3 +348,89 @@ async fn rotating_the_cluster_token_fails_no_request() -> anyhow::Result<()> {
     assert_eq!(fresh.status().as_u16(), 200);
     Ok(())
 }
+
+/// With a certificate and key the router serves its public API over HTTPS (TLS 1.2/1.3,
+/// HTTP/1.1, keep-alive: two requests go over one connection), and plain HTTP to that port gets
+/// no answer.
+#[tokio::test]
+async fn the_router_speaks_https_when_given_a_certificate() -> anyhow::Result<()> {
+    let c = memring_tests::Cluster::start(1).await?;
+    let dir = c.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = tokio::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .output()
+        .await?;
+    anyhow::ensure!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let addr = format!("127.0.0.1:{}", memring_tests::free_port());
+    let args = vec![
+        "--listen".into(),
+        addr.clone(),
+        "--ring-dir".into(),
+        c.ring_dir().display().to_string(),
+        "--tls-cert-file".into(),
+        cert.display().to_string(),
+        "--tls-key-file".into(),
+        key.display().to_string(),
+    ];
+    let _router = Proc::start("router-tls", &binary("memring-router")?, args, addr.clone(), dir)?;
+    let curl = |extra: Vec<String>| {
+        let cert = cert.clone();
+        async move {
+            tokio::process::Command::new("curl")
+                .args(["-sS", "-v", "--max-time", "5", "--cacert"])
+                .arg(&cert)
+                .args(extra)
+                .output()
+                .await
+        }
+    };
+    let ready = format!("https://{addr}/ready");
+    wait_for("the HTTPS router to be ready", Duration::from_secs(30), || async {
+        let out = curl(vec!["-f".into(), ready.clone()]).await?;
+        Ok(out.status.success().then_some(()))
+    })
+    .await?;
+    let write = format!("https://{addr}/v1/tenants/tls/memories");
+    let body = r#"{"id":"m1","scope":"shared","content":"over tls","embedding":[1,0,0]}"#;
+    let out = curl(vec![
+        "-f".into(),
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-d".into(),
+        body.into(),
+        write.clone(),
+        "--next".into(),
+        "--cacert".into(),
+        cert.display().to_string(),
+        "-f".into(),
+        format!("https://{addr}/v1/tenants/tls/memories/m1?scope=shared"),
+    ])
+    .await?;
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("over tls"), "{stdout}");
+    assert!(stderr.contains("SSL connection using TLSv1."), "{stderr}");
+    assert!(stderr.contains("Re-using existing connection"), "no keep-alive over TLS: {stderr}");
+    let tls_line = stderr.lines().find(|l| l.contains("SSL connection")).unwrap_or_default();
+    println!("https: {}", tls_line.trim_start_matches("* "));
+    let plain = curl(vec!["-f".into(), format!("http://{addr}/health")]).await?;
+    assert!(!plain.status.success(), "plain HTTP answered on the TLS port");
+    Ok(())
+}
