@@ -217,11 +217,21 @@ impl Drop for Proc {
 /// `shardctl --control <control> <args>`: its standard output, trimmed; an error (with its
 /// standard error) on a non-zero exit.
 pub async fn shardctl(control: &Proc, args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(binary("shardctl")?)
-        .args(["--control", &control.url()])
-        .args(args)
-        .output()
-        .await?;
+    shardctl_as(control, None, args).await
+}
+
+/// [`shardctl`] with an API key (`MEMRING_API_KEY`), for a control plane that wants one.
+pub async fn shardctl_as(
+    control: &Proc,
+    key: Option<&str>,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let mut cmd = tokio::process::Command::new(binary("shardctl")?);
+    cmd.args(["--control", &control.url()]).args(args);
+    if let Some(key) = key {
+        cmd.env("MEMRING_API_KEY", key);
+    }
+    let out = cmd.output().await?;
     anyhow::ensure!(
         out.status.success(),
         "shardctl {args:?}: {}",

@@ -9,7 +9,7 @@ use memring_common::internal::CLUSTER_TOKEN_HEADER;
 use memring_common::store::RingStore;
 use memring_tests::etcd::EtcdCluster;
 use memring_tests::load::wait_for;
-use memring_tests::{Proc, TEST_CLUSTER_TOKEN, binary, stranger, vector};
+use memring_tests::{Proc, TEST_CLUSTER_TOKEN, binary, shardctl_as, stranger, vector};
 use serde_json::{Value, json};
 
 /// Who a request is sent as.
@@ -72,22 +72,6 @@ async fn control_cli(c: &EtcdCluster, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// `shardctl` with an API key.
-async fn shardctl_as(control: &Proc, key: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(binary("shardctl")?)
-        .args(["--control", &control.url()])
-        .args(args)
-        .env("MEMRING_API_KEY", key)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "shardctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 #[tokio::test]
 async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()> {
     let mut c = EtcdCluster::start_authenticated(2, 0, 10).await?;
@@ -114,15 +98,16 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
     let forced = control_cli(&c, &["keys", "bootstrap", "--force"]).await?;
     assert!(forced.starts_with("mrk_") && forced != admin);
     wait_for("the control plane to know the admin key", Duration::from_secs(10), || async {
-        Ok(shardctl_as(&control, &admin, &["keys", "list"]).await.ok())
+        Ok(shardctl_as(&control, Some(&admin), &["keys", "list"]).await.ok())
     })
     .await?;
     let keys = Keys {
-        tenant: shardctl_as(&control, &admin, &["keys", "create", "--tenant", "alpha"]).await?,
-        operator: shardctl_as(&control, &admin, &["keys", "create", "--operator"]).await?,
+        tenant: shardctl_as(&control, Some(&admin), &["keys", "create", "--tenant", "alpha"])
+            .await?,
+        operator: shardctl_as(&control, Some(&admin), &["keys", "create", "--operator"]).await?,
         admin: admin.clone(),
     };
-    let status = shardctl_as(&control, &keys.operator, &["status"]).await?;
+    let status = shardctl_as(&control, Some(&keys.operator), &["status"]).await?;
     assert!(status.contains("shard-1"), "{status}");
     let router = c.router(0);
     let memory = json!({"id": "m1", "scope": "shared", "content": "the launch code is 1234", "embedding": vector(8, 1, 0.2)});
