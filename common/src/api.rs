@@ -668,17 +668,27 @@ pub struct PartitionStats {
     pub bytes: u64,
 }
 
-/// `POST /internal/v1/replicate/poll` body: a follower's long-poll on a primary.
+/// `POST /internal/v1/replicate/poll` body: a follower's long-poll on its primary's change
+/// feed. The answer (binary, `shard-node/src/replicate/feed.rs`) names the partitions changed
+/// after the cursor `(feed, seen)`, with the entries the follower is known to lack.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaPoll {
     /// The follower asking.
     pub follower: crate::ids::NodeId,
-    /// The primary's change counter the follower has seen; the answer waits for a newer one.
+    /// The primary's feed instance the cursor belongs to (0: none yet).
+    #[serde(default)]
+    pub feed: u64,
+    /// The cursor: the feed counter the follower has seen. 0, or a cursor of another feed
+    /// instance, asks for a full listing of the primary's partitions.
     pub seen: u64,
+    /// The layout epoch the follower follows by (entries are inlined only at it).
+    #[serde(default)]
+    pub epoch: u64,
     /// How long the primary may hold the answer, ms (capped by the primary).
     pub wait_ms: u64,
-    /// How far the follower has applied each partition it follows, under which lead term.
+    /// Positions the follower has applied since its last poll (each partition it follows, under
+    /// which lead term); unchanged ones are not sent again.
     pub acks: Vec<ReplicaAck>,
 }
 
@@ -692,15 +702,6 @@ pub struct ReplicaAck {
     pub seq: u64,
     /// The primary's lead term the position was checked against.
     pub term: u64,
-}
-
-/// `POST /internal/v1/replicate/poll` answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReplicaPollAnswer {
-    /// The primary's change counter now.
-    pub counter: u64,
-    /// Every partition the primary holds, with its log position.
-    pub partitions: Vec<PartitionStats>,
 }
 
 /// `POST /internal/v1/replicate/position/{tenant}/{scope}?epoch=E` answer: a copy's log

@@ -12,6 +12,11 @@
 //!   so the set has every entry the copy has; a copy from another lineage (a partition left
 //!   on a node by a layout edited by hand, say) never matches and is kept for an operator;
 //! - the layout epoch did not change while this was checked.
+//!
+//! A copy outside every replica set appears only through a layout change (a smaller
+//! replication factor, a stopped move, a finished migration), so once a sweep at an epoch found
+//! nothing left to drop or keep, the janitor does not sweep again until the epoch changes: an
+//! idle cluster lists no partition (a sweep lists every copy of every node).
 
 use std::time::Duration;
 
@@ -24,18 +29,43 @@ use memring_common::{ClusterLayout, PartitionKey, Ring};
 /// How often the active control plane sweeps.
 pub const EVERY: Duration = Duration::from_secs(5);
 
-/// Sweeps every [`EVERY`] while no job holds `jobs`, for as long as the task lives.
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// The layout epoch it looked at.
+    pub epoch: u64,
+    /// Copies dropped.
+    pub dropped: usize,
+    /// Every node was listed and no copy outside its replica set is left: nothing to do
+    /// until the layout changes.
+    pub complete: bool,
+}
+
+/// Sweeps every [`EVERY`] while no job holds `jobs` and the layout changed since the last
+/// complete sweep, for as long as the task lives.
 pub async fn run(
     store: std::sync::Arc<dyn RingStore>,
     client: InternalClient,
     jobs: std::sync::Arc<tokio::sync::Mutex<()>>,
 ) {
+    let mut clean_at = None;
     loop {
         tokio::time::sleep(EVERY).await;
         let Ok(_between_jobs) = jobs.try_lock() else { continue };
+        let Ok(view) = store.load().await else { continue };
+        if clean_at == Some(view.layout.epoch) {
+            continue;
+        }
         match sweep(store.as_ref(), &client).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(dropped = n, "copies outside their replica sets dropped"),
+            Ok(swept) => {
+                if swept.dropped > 0 {
+                    tracing::info!(
+                        dropped = swept.dropped,
+                        "copies outside their replica sets dropped"
+                    );
+                }
+                clean_at = swept.complete.then_some(swept.epoch);
+            }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "sweep for unneeded copies failed"),
         }
     }
@@ -49,36 +79,43 @@ fn moving(layout: &ClusterLayout) -> bool {
         || !layout.draining.is_empty()
 }
 
-/// One sweep over every live node; returns how many copies it dropped.
-pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Result<usize> {
+/// One sweep over every live node.
+pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Result<Swept> {
     let layout = store.load().await?.layout;
+    let mut swept = Swept { epoch: layout.epoch, ..Swept::default() };
     if moving(&layout)
         || !crate::journal::pending(store).await?.is_empty()
         || crate::resize::pending(store).await?.is_some()
     {
-        return Ok(0);
+        return Ok(swept);
     }
     let ring = Ring::new(layout.clone());
-    let mut dropped = 0;
+    let mut complete = layout.down.is_empty();
     for node in layout.nodes.iter().filter(|n| !layout.is_down(&n.id)) {
-        let Ok(list) = crate::view::partition_list(client, &node.addr).await else { continue };
+        let Ok(list) = crate::view::partition_list(client, &node.addr).await else {
+            complete = false;
+            continue;
+        };
         for copy in list.partitions {
             let p = &copy.partition;
-            if ring.replicas(p).iter().any(|n| n.id == node.id)
-                || !covered(client, &ring, node, &copy).await?
-            {
+            if ring.replicas(p).iter().any(|n| n.id == node.id) {
+                continue;
+            }
+            if !covered(client, &ring, node, &copy).await? {
+                complete = false;
                 continue;
             }
             if store.load().await?.layout.epoch != layout.epoch {
-                return Ok(dropped);
+                return Ok(swept);
             }
             crate::move_set::drop_copy(client, node, p, layout.epoch).await?;
             tracing::info!(partition = %p, node = %node.id, position = copy.last_seq, "copy outside its replica set dropped");
             metrics::counter!("memring_control_copies_dropped_total").increment(1);
-            dropped += 1;
+            swept.dropped += 1;
         }
     }
-    Ok(dropped)
+    swept.complete = complete;
+    Ok(swept)
 }
 
 /// Whether the owner and every other live member of the copy's replica set hold the copy's last

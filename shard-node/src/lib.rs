@@ -145,7 +145,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Every `interval`, purges expired memories of every partition held here from disk
+/// Every `interval`, purges expired memories of the partitions due (the expiry index) from disk
 /// (`storage/purge.rs`): the owner deletes them through the log, every copy redacts its log.
 async fn purge_expired(
     node: NodeId,
@@ -160,13 +160,13 @@ async fn purge_expired(
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        // An owner deletes only once it has taken the partition's writes over at this layout
-        // (as a client's delete would); a partition it cannot take over yet waits a pass.
-        // One listing serves both the take-overs and the pass.
-        let held = {
+        // Only the partitions the expiry index names as due (`storage/purge.rs`). An owner
+        // deletes only once it has taken the partition's writes over at this layout (as a
+        // client's delete would); a partition it cannot take over yet stays due.
+        let due = {
             let storage = storage.clone();
-            match tokio::task::spawn_blocking(move || storage.partitions()).await {
-                Ok(Ok(held)) => held,
+            match tokio::task::spawn_blocking(move || storage.due_for_purge(now_millis())).await {
+                Ok(Ok(due)) => due,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "TTL purge pass failed");
                     continue;
@@ -177,23 +177,29 @@ async fn purge_expired(
                 }
             }
         };
+        if due.is_empty() {
+            continue;
+        }
         let ring_now = ring.ring();
-        for p in &held {
-            if ring_now.owner(&p.partition).is_some_and(|o| o.id == node) {
-                let _ = repl.take_over(&p.partition).await;
+        for (p, _) in &due {
+            if ring_now.owner(p).is_some_and(|o| o.id == node) {
+                let _ = repl.take_over(p).await;
             }
         }
         let (storage, ring, node, repl) =
             (storage.clone(), ring.ring(), node.clone(), repl.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let (mut deleted, mut redacted) = (0, 0);
-            for p in held {
-                let owner = ring.owner(&p.partition).is_some_and(|o| o.id == node);
-                let check = |last_term| repl.may_commit(&p.partition, last_term);
+            for (p, keys) in due {
+                let owner = ring.owner(&p).is_some_and(|o| o.id == node);
+                let check = |last_term| repl.may_commit(&p, last_term);
                 let may_commit: Option<storage::CommitCheck<'_>> = owner.then_some(&check);
-                let done = storage.purge_expired(&p.partition, now_millis(), may_commit)?;
+                let done = storage.purge_expired(&p, now_millis(), may_commit)?;
                 deleted += done.deleted;
                 redacted += done.redacted;
+                if !done.unfinished {
+                    storage.clear_due(&keys)?;
+                }
             }
             Ok::<_, memring_common::ApiError>((deleted, redacted))
         })

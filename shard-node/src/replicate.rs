@@ -39,6 +39,8 @@
 //!   epoch and is not behind: the control plane's test for re-admitting a node and for handing
 //!   leadership back to it.
 
+mod copies;
+pub mod feed;
 pub mod rules;
 
 #[cfg(test)]
@@ -49,8 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memring_common::api::{
-    self, ReplicaAck, ReplicaPoll, ReplicaPollAnswer, ReplicaPosition, ReplicaStatus,
-    partition_path,
+    self, ReplicaAck, ReplicaPoll, ReplicaPosition, ReplicaStatus, partition_path,
 };
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
@@ -60,44 +61,31 @@ use parking_lot::Mutex;
 
 use crate::record::{LogEntry, decode};
 use crate::storage::Storage;
+use copies::{Copies, Progress};
+use feed::{Change, FeedAnswer};
 use rules::{LogPos, Refusal};
 
 /// How long a primary holds a follower's poll when nothing changes.
 pub const POLL_WAIT: Duration = Duration::from_secs(1);
 /// Log entries pulled per request.
 const PAGE: usize = 1000;
+/// How long a poll may wait while some copies are being retried.
+const RETRY_WAIT: Duration = Duration::from_millis(200);
 /// A primary not heard from for this long makes a node not caught up.
 const ROUND_FRESH: Duration = Duration::from_secs(3);
 
-/// The primary side: what changed, and what each follower has acknowledged.
+/// The primary side: what each follower has acknowledged (what changed is the storage's feed).
+#[derive(Default)]
 pub struct Acks {
-    changed: tokio::sync::watch::Sender<u64>,
     /// Each follower's acknowledged (position, term) per partition.
     acked: Mutex<HashMap<(PartitionKey, NodeId), (u64, u64)>>,
     notify: tokio::sync::Notify,
 }
 
-impl Default for Acks {
-    fn default() -> Self {
-        Self {
-            changed: tokio::sync::watch::channel(0).0,
-            acked: Mutex::new(HashMap::new()),
-            notify: tokio::sync::Notify::new(),
-        }
-    }
-}
-
 impl Acks {
-    /// Called after every committed change on this node: wakes the followers' polls.
-    pub fn bump(&self) {
-        self.changed.send_modify(|c| *c += 1);
-    }
-
-    /// Waits until the change counter passes `seen` (or `max` passes); returns the counter.
-    pub async fn wait_change(&self, seen: u64, max: Duration) -> u64 {
-        let mut rx = self.changed.subscribe();
-        let _ = tokio::time::timeout(max, rx.wait_for(|c| *c > seen)).await;
-        *rx.borrow()
+    /// `follower`'s last acknowledged (position, term) of `partition`.
+    pub fn acked(&self, partition: &PartitionKey, follower: &NodeId) -> Option<(u64, u64)> {
+        self.acked.lock().get(&(partition.clone(), follower.clone())).copied()
     }
 
     /// Records `follower`'s acknowledgements and wakes writes waiting for them.
@@ -151,25 +139,48 @@ impl Acks {
     }
 }
 
-/// How one followed copy stands.
-struct Progress {
-    /// The primary it follows.
-    primary: NodeId,
-    /// Entries behind the primary at the last poll.
-    behind: u64,
-    /// When it last had everything the primary had (the poll answer's time).
-    fresh_at: Option<Instant>,
-    /// The layout epoch at which the copy was last found to continue the log of its primary,
-    /// leading at that epoch (`None`: not checked since, or the check failed).
-    synced: Option<u64>,
-}
-
 /// What a log pull answered.
 enum Pulled {
     /// The node's entry at the asked position has the asked term: its entries after it.
     Entries(Vec<LogEntry>),
     /// It does not: the node's last position holding an entry of a term ≤ the asked one.
     Diverges { end_of_term: u64 },
+}
+
+/// A follower's state for one primary (`Replication::follow_primary`).
+#[derive(Default)]
+struct Following {
+    /// The primary's feed instance and the cursor in it (`seen` 0: ask for a full listing).
+    feed: u64,
+    seen: u64,
+    /// The layout epoch the cursor was taken at.
+    epoch: u64,
+    /// Copies found to continue the primary's log: their position, with the primary's lead
+    /// term as the term (what the acknowledgements carry).
+    applied: HashMap<PartitionKey, LogPos>,
+    /// Acknowledgements not yet sent.
+    unsent: HashMap<PartitionKey, LogPos>,
+    /// Copies to bring up again next round (a pull failed or fell short), with the primary's
+    /// position to reach.
+    retry: HashMap<PartitionKey, u64>,
+}
+
+impl Following {
+    /// Puts back acknowledgements a failed poll did not deliver (newer ones win).
+    fn keep_unsent(&mut self, acks: Vec<ReplicaAck>) {
+        for ack in acks {
+            self.unsent.entry(ack.partition).or_insert(LogPos::new(ack.term, ack.seq));
+        }
+    }
+}
+
+/// A copy a round brings up to its primary.
+struct Want {
+    partition: PartitionKey,
+    /// The primary's position.
+    target: u64,
+    /// The primary leads it at this epoch and its last position equals this copy's.
+    same: bool,
 }
 
 /// Replication on one node: its primary side ([`Acks`], taking over) and its follower side.
@@ -183,8 +194,10 @@ pub struct Replication {
     quorum_timeout: Duration,
     staleness: Duration,
     /// Followed copies.
-    progress: Mutex<HashMap<PartitionKey, Progress>>,
-    /// When each primary last answered a poll, and the layout epoch that round followed by.
+    copies: Mutex<Copies>,
+    /// When each primary last answered a poll whose changes this node has applied since (so
+    /// every copy followed there that is not behind had all the primary had then), and the
+    /// layout epoch that round followed by.
     rounds: Mutex<HashMap<NodeId, (Instant, u64)>>,
     /// Partitions whose writes this node has taken over, with the epoch it did so at.
     taken: Mutex<HashMap<PartitionKey, u64>>,
@@ -220,7 +233,7 @@ impl Replication {
             acks: Acks::default(),
             quorum_timeout,
             staleness,
-            progress: Mutex::new(HashMap::new()),
+            copies: Mutex::new(Copies::default()),
             rounds: Mutex::new(HashMap::new()),
             taken: Mutex::new(HashMap::new()),
             taking: Mutex::new(HashMap::new()),
@@ -231,7 +244,6 @@ impl Replication {
     /// followers, then, with replication, waits until the layout's write quorum of copies has
     /// acknowledged it under its term (503 if that takes too long).
     pub async fn replicated(&self, partition: &PartitionKey, at: LogPos) -> Result<(), ApiError> {
-        self.acks.bump();
         let ring = self.ring.ring();
         let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
         if needed == 0 {
@@ -475,11 +487,14 @@ impl Replication {
             ));
         }
         let behind = |why: String| Err(ApiError::new(ErrorCode::ReplicaBehind, why));
-        let (synced, fresh) = self.progress.lock().get(partition).map_or((false, false), |p| {
-            (
-                p.synced == Some(ring.epoch()),
-                p.fresh_at.is_some_and(|at| at.elapsed() <= self.staleness),
-            )
+        let copy = self.copies.lock().get(partition).cloned();
+        let synced = copy.as_ref().is_some_and(|c| c.synced == Some(ring.epoch()));
+        // Caught up at its primary's last round, and that round is recent enough.
+        let fresh = copy.is_some_and(|c| {
+            c.behind == 0
+                && self.rounds.lock().get(&c.primary).is_some_and(|(at, epoch)| {
+                    *epoch == ring.epoch() && at.elapsed() <= self.staleness
+                })
         });
         if !synced {
             // A position on a copy not checked at this epoch may name other entries.
@@ -519,13 +534,12 @@ impl Replication {
                     .get(&n.id)
                     .is_some_and(|(at, seen)| at.elapsed() <= ROUND_FRESH && *seen == epoch)
             });
-        let progress = self.progress.lock();
-        let lag: u64 = progress.values().map(|p| p.behind).sum();
-        let unchecked = progress.values().filter(|p| p.synced != Some(epoch)).count();
+        let copies = self.copies.lock();
+        let (lag, unchecked) = (copies.lag(), copies.unchecked(epoch));
         ReplicaStatus {
             node: self.me.clone(),
             epoch,
-            following: progress.len(),
+            following: copies.len(),
             lag,
             unchecked,
             caught_up: layout.replication_factor > 1 && heard_all && lag == 0 && unchecked == 0,
@@ -557,19 +571,16 @@ impl Replication {
         }
     }
 
-    /// Follows one node until it leaves the layout, replication is switched off, or `stop`.
+    /// Follows one node until it leaves the layout, replication is switched off, or `stop`:
+    /// long-polls its change feed (`feed.rs`) and applies what changed there. A round costs what
+    /// changed on the primary plus the copies still being retried; a full listing (at the
+    /// start, when the primary restarted, at each new layout epoch) checks every copy again.
     async fn follow_primary(
         self: Arc<Self>,
         primary_id: NodeId,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut seen = 0;
-        let mut acks: Vec<ReplicaAck> = Vec::new();
-        // Copies followed from this primary found to continue its log: their position, with
-        // the primary's lead term as the term (what the acknowledgements carry).
-        let mut applied: HashMap<PartitionKey, LogPos> = HashMap::new();
-        // The epoch whose first round also checked the copies the primary did not list.
-        let mut listed_at = None;
+        let mut f = Following::default();
         let mut epochs = self.ring.subscribe();
         loop {
             // Marked seen before the ring is read, so a newer one always wakes the poll below.
@@ -579,19 +590,30 @@ impl Replication {
             if ring.layout().replication_factor < 2 {
                 break;
             }
+            let epoch = ring.epoch();
+            if f.epoch != epoch {
+                // A new layout: every copy followed here is checked again (a full listing).
+                f.epoch = epoch;
+                f.seen = 0;
+            }
             let ask = ReplicaPoll {
                 follower: self.me.clone(),
-                seen,
-                wait_ms: POLL_WAIT.as_millis() as u64,
-                acks: std::mem::take(&mut acks),
+                feed: f.feed,
+                seen: f.seen,
+                epoch,
+                wait_ms: if f.retry.is_empty() { POLL_WAIT } else { RETRY_WAIT }.as_millis() as u64,
+                acks: f
+                    .unsent
+                    .drain()
+                    .map(|(partition, at)| ReplicaAck { partition, seq: at.seq, term: at.term })
+                    .collect(),
             };
             let polled = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 // A new layout may make this node follow partitions the last answer was read
                 // without (a new primary's first write waits for us): ask again at once.
                 Ok(()) = epochs.changed() => {
-                    acks = ask.acks;
-                    seen = 0;
+                    f.keep_unsent(ask.acks);
                     continue;
                 }
                 r = self.poll(&primary, &ask) => r,
@@ -600,117 +622,219 @@ impl Replication {
                 Ok(answer) => answer,
                 Err(e) => {
                     // Keep the acknowledgements for the next try; wait a little before it.
-                    acks = ask.acks;
+                    f.keep_unsent(ask.acks);
                     tracing::debug!(primary = %primary.id, error = %e, "replication poll failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
             let answered = Instant::now();
-            seen = answer.counter;
-            let mut wanted: Vec<(PartitionKey, u64)> =
-                answer.partitions.into_iter().map(|s| (s.partition, s.last_seq)).collect();
-            if listed_at != Some(ring.epoch()) {
-                // Once per epoch, also the copies held here that this primary did not list (it
-                // may hold nothing yet): they are checked against it like the others.
-                let listed: HashSet<PartitionKey> = wanted.iter().map(|w| w.0.clone()).collect();
-                if let Ok(held) = self.blocking(|s| s.partitions()).await {
-                    wanted.extend(
-                        held.into_iter()
-                            .filter(|h| !listed.contains(&h.partition))
-                            .map(|h| (h.partition, 0)),
-                    );
-                    listed_at = Some(ring.epoch());
+            let (full, more, cursor, feed) =
+                (answer.full || answer.feed != f.feed, answer.more, answer.cursor, answer.feed);
+            if full {
+                if !self.round_full(&primary, epoch, answer.changes, &mut f).await {
+                    // This node's own listing failed: ask for the full listing again.
+                    f.seen = 0;
+                    continue;
                 }
+            } else {
+                self.round_changes(&primary, epoch, answer.changes, &mut f).await;
             }
-            let (lag, epoch) = self.catch_up(&primary, wanted, answered, &mut applied).await;
-            acks = applied
-                .iter()
-                .map(|(p, at)| ReplicaAck { partition: p.clone(), seq: at.seq, term: at.term })
-                .collect();
-            self.rounds.lock().insert(primary.id.clone(), (answered, epoch));
+            (f.feed, f.seen) = (feed, cursor);
+            if !more {
+                // Every change the primary had at `answered` is applied (or being retried,
+                // which keeps those copies behind).
+                self.rounds.lock().insert(primary.id.clone(), (answered, epoch));
+            }
+            let lag = self.copies.lock().lag_of(&primary.id);
             metrics::gauge!("memring_replication_lag_entries", "primary" => primary.id.to_string())
                 .set(lag as f64);
         }
-        self.progress.lock().retain(|_, p| p.primary != primary_id);
+        self.copies.lock().retain_from(&primary_id, |_| false);
         self.rounds.lock().remove(&primary_id);
     }
 
-    async fn poll(
+    /// A full listing of `primary`'s partitions: checks every copy followed there (and every
+    /// copy held here that it did not list) and forgets copies no longer followed from it.
+    /// False if this node's own listing could not be read.
+    async fn round_full(
         &self,
         primary: &LayoutNode,
-        ask: &ReplicaPoll,
-    ) -> anyhow::Result<ReplicaPollAnswer> {
-        Ok(self
+        epoch: u64,
+        changes: Vec<Change>,
+        f: &mut Following,
+    ) -> bool {
+        let Ok(held) = self.blocking(|s| s.partitions()).await else { return false };
+        let ring = self.ring.ring();
+        let mine: HashMap<PartitionKey, LogPos> =
+            held.into_iter().map(|h| (h.partition, LogPos::new(h.last_term, h.last_seq))).collect();
+        let mut wanted: Vec<Want> = Vec::new();
+        let mut listed = HashSet::new();
+        for c in changes {
+            listed.insert(c.partition.clone());
+            // Equal to the primary's last position, which it leads at this epoch: the copy
+            // continues its log (log matching), nothing to ask.
+            let same =
+                c.led && mine.get(&c.partition) == Some(&LogPos::new(c.last_term, c.last_seq));
+            wanted.push(Want { partition: c.partition, target: c.last_seq, same });
+        }
+        // Copies held here the primary does not list (it may hold nothing yet) are checked
+        // against it like the others.
+        for p in mine.into_keys().filter(|p| !listed.contains(p)) {
+            wanted.push(Want { partition: p, target: 0, same: false });
+        }
+        wanted.retain(|w| follows(&ring, &self.me, &primary.id, &w.partition));
+        let followed: HashSet<PartitionKey> = wanted.iter().map(|w| w.partition.clone()).collect();
+        f.applied.clear();
+        f.retry.clear();
+        self.catch_up(primary, epoch, wanted, f).await;
+        self.copies.lock().retain_from(&primary.id, |p| followed.contains(p));
+        true
+    }
+
+    /// The partitions changed on `primary` since the last round: applies the entries it sent
+    /// where they continue this copy as checked, pulls the rest, and retries the copies that
+    /// failed before.
+    async fn round_changes(
+        &self,
+        primary: &LayoutNode,
+        epoch: u64,
+        changes: Vec<Change>,
+        f: &mut Following,
+    ) {
+        let ring = self.ring.ring();
+        let mut wanted: Vec<Want> = Vec::new();
+        let mut inline: Vec<(PartitionKey, u64, Vec<LogEntry>)> = Vec::new();
+        for c in changes {
+            if !follows(&ring, &self.me, &primary.id, &c.partition) {
+                continue;
+            }
+            f.retry.remove(&c.partition);
+            let continues = c.entries.first().is_some_and(|first| {
+                f.applied.get(&c.partition) == Some(&LogPos::new(epoch, first.seq - 1))
+                    && c.entries.iter().all(|e| e.term <= epoch)
+            });
+            if continues {
+                inline.push((c.partition, c.last_seq, c.entries));
+            } else {
+                wanted.push(Want { partition: c.partition, target: c.last_seq, same: false });
+            }
+        }
+        wanted.extend(f.retry.drain().map(|(partition, target)| Want {
+            partition,
+            target,
+            same: false,
+        }));
+        if !inline.is_empty() {
+            for (p, result) in self.apply_inline(primary, epoch, inline).await {
+                match result {
+                    Ok((reached, target)) => {
+                        self.note_checked(primary, epoch, p, reached, target, f)
+                    }
+                    Err(target) => wanted.push(Want { partition: p, target, same: false }),
+                }
+            }
+        }
+        self.catch_up(primary, epoch, wanted, f).await;
+    }
+
+    /// Applies entries a primary inlined in its answer, each partition under the same check
+    /// as a pull (`catch_up_one`). Per partition: the position reached and the primary's, or
+    /// (on failure) the primary's position, to pull instead.
+    async fn apply_inline(
+        &self,
+        primary: &LayoutNode,
+        epoch: u64,
+        inline: Vec<(PartitionKey, u64, Vec<LogEntry>)>,
+    ) -> Vec<(PartitionKey, Result<(u64, u64), u64>)> {
+        let (ring, me, primary_id) = (self.ring.clone(), self.me.clone(), primary.id.clone());
+        let work = move |s: &Storage| {
+            let mut out = Vec::with_capacity(inline.len());
+            for (p, target, entries) in inline {
+                let last = entries.last().map_or(0, |e| e.seq);
+                let allowed = || still_leading(&ring.ring(), &me, &primary_id, &p, epoch);
+                match s.import_replicated(&p, entries, &allowed) {
+                    Ok(_) => out.push((p, Ok((last, target)))),
+                    Err(e) => {
+                        tracing::debug!(partition = %p, error = %e, "inlined entries not applied; pulling");
+                        out.push((p, Err(target)));
+                    }
+                }
+            }
+            Ok(out)
+        };
+        self.blocking(work).await.unwrap_or_default()
+    }
+
+    async fn poll(&self, primary: &LayoutNode, ask: &ReplicaPoll) -> anyhow::Result<FeedAnswer> {
+        let resp = self
             .client
             .post(format!("http://{}/internal/v1/replicate/poll", primary.addr))
             .json(ask)
             .send()
             .await?
-            .error_for_status()?
-            .json()
-            .await?)
+            .error_for_status()?;
+        let body = resp.bytes().await?;
+        Ok(decode::<FeedAnswer>(&body)?)
     }
 
-    /// Applies what this node follows on `primary` and lacks (`wanted`: partitions with the
-    /// primary's position), keeping `applied` to the copies followed there; returns the entries
-    /// still behind and the layout epoch it followed by.
+    /// Brings the `wanted` copies to `primary`'s log at `epoch` (one pull per copy that is
+    /// not known to continue it already); copies that could not be checked are retried at the
+    /// next round.
     async fn catch_up(
         &self,
         primary: &LayoutNode,
-        wanted: Vec<(PartitionKey, u64)>,
-        answered: Instant,
-        applied: &mut HashMap<PartitionKey, LogPos>,
-    ) -> (u64, u64) {
-        let ring = self.ring.ring();
-        let epoch = ring.epoch();
-        let mut lag = 0;
-        let mut followed = HashSet::new();
-        for (p, target) in wanted {
-            if !follows(&ring, &self.me, &primary.id, &p) {
-                continue;
-            }
-            followed.insert(p.clone());
+        epoch: u64,
+        wanted: Vec<Want>,
+        f: &mut Following,
+    ) {
+        for w in wanted {
             // Known to continue the primary's log at this epoch and not behind: nothing to ask.
-            let known = applied.get(&p).copied().filter(|at| at.term == epoch);
+            let known = f.applied.get(&w.partition).copied().filter(|at| at.term == epoch);
             let reached = match known {
-                Some(at) if at.seq >= target => Ok(at.seq),
-                _ => self.catch_up_one(primary, &p, epoch, target).await,
+                Some(at) if at.seq >= w.target => Ok(at.seq),
+                _ if w.same => Ok(w.target),
+                _ => self.catch_up_one(primary, &w.partition, epoch, w.target).await,
             };
-            let mut progress = self.progress.lock();
-            let entry = progress.entry(p.clone()).or_insert(Progress {
-                primary: primary.id.clone(),
-                behind: 0,
-                fresh_at: None,
-                synced: None,
-            });
-            entry.primary = primary.id.clone();
             match reached {
-                Ok(at) => {
-                    applied.insert(p, LogPos::new(epoch, at));
-                    entry.behind = target.saturating_sub(at);
-                    entry.synced = Some(epoch);
-                    lag += entry.behind;
-                    if entry.behind == 0 {
-                        entry.fresh_at = Some(answered);
-                    }
-                }
+                Ok(at) => self.note_checked(primary, epoch, w.partition, at, w.target, f),
                 Err(e) => {
                     // Not checked (the owner has not taken over yet, or is gone): asked again
                     // on the next round, and not caught up until then.
-                    applied.remove(&p);
-                    entry.synced = None;
-                    entry.fresh_at = None;
-                    tracing::debug!(partition = %p, primary = %primary.id, error = %e, "replication round did not check this copy");
+                    tracing::debug!(partition = %w.partition, primary = %primary.id, error = %e, "replication round did not check this copy");
+                    f.applied.remove(&w.partition);
+                    let progress =
+                        Progress { primary: primary.id.clone(), behind: w.target, synced: None };
+                    self.copies.lock().set(&w.partition, progress);
+                    f.retry.insert(w.partition, w.target);
                 }
             }
         }
-        // Copies no longer followed from here are checked again if they come back to it.
-        applied.retain(|p, _| followed.contains(p));
-        self.progress
-            .lock()
-            .retain(|p, progress| progress.primary != primary.id || followed.contains(p));
-        (lag, epoch)
+    }
+
+    /// Records that the copy of `p` continues `primary`'s log at `epoch` up to `at` (the
+    /// primary being at `target`), and queues its acknowledgement.
+    fn note_checked(
+        &self,
+        primary: &LayoutNode,
+        epoch: u64,
+        p: PartitionKey,
+        at: u64,
+        target: u64,
+        f: &mut Following,
+    ) {
+        let pos = LogPos::new(epoch, at);
+        // A full listing starts from no known copy, so every copy's position is sent again
+        // then (the primary may have restarted since).
+        if f.applied.insert(p.clone(), pos) != Some(pos) {
+            f.unsent.insert(p.clone(), pos);
+        }
+        let behind = target.saturating_sub(at);
+        if behind > 0 {
+            f.retry.insert(p.clone(), target);
+        }
+        let progress = Progress { primary: primary.id.clone(), behind, synced: Some(epoch) };
+        self.copies.lock().set(&p, progress);
     }
 
     /// Brings this node's copy of `p` to the log of `primary` leading at `epoch`, up to
@@ -723,17 +847,7 @@ impl Replication {
         target: u64,
     ) -> Result<u64, ApiError> {
         let (me, primary_id, key) = (self.me.clone(), primary.id.clone(), p.clone());
-        let still_primary = move |ring: &Ring| {
-            same_epoch(ring, epoch)?;
-            if follows(ring, &me, &primary_id, &key) {
-                Ok(())
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::WrongOwner,
-                    format!("{primary_id} is no longer the primary of {key}"),
-                ))
-            }
-        };
+        let still_primary = move |ring: &Ring| still_leading(ring, &me, &primary_id, &key, epoch);
         Ok(self.sync_from(primary, p, Some(epoch), target, still_primary).await?.seq)
     }
 
@@ -852,6 +966,21 @@ fn follows(ring: &Ring, me: &NodeId, primary: &NodeId, p: &PartitionKey) -> bool
     ring.owner(p).is_some_and(|o| o.id == *primary)
         && ring.replicas(p).iter().any(|n| n.id == *me)
         && primary != me
+}
+
+/// Ok while `ring` is at `epoch` and `me` follows `primary` for `p` there.
+fn still_leading(
+    ring: &Ring,
+    me: &NodeId,
+    primary: &NodeId,
+    p: &PartitionKey,
+    epoch: u64,
+) -> Result<(), ApiError> {
+    same_epoch(ring, epoch)?;
+    if follows(ring, me, primary, p) {
+        return Ok(());
+    }
+    Err(ApiError::new(ErrorCode::WrongOwner, format!("{primary} is no longer the primary of {p}")))
 }
 
 /// Ok while `me` owns `p` in `ring`.

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
-    self, EPOCH_HEADER, ListResponse, PartitionList, ReplicaPoll, ReplicaPollAnswer,
-    SearchResponse, ShardItemResult, ShardWrite, ShardWriteResponse, TenantDeleted,
+    self, EPOCH_HEADER, ListResponse, PartitionList, ReplicaPoll, SearchResponse, ShardItemResult,
+    ShardWrite, ShardWriteResponse, TenantDeleted,
 };
 use memring_common::clock::now_millis;
 use memring_common::http::{
@@ -413,7 +413,6 @@ impl ShardService {
                 } else {
                     self.in_background(work).await?
                 };
-                self.repl.acks.bump();
                 Ok(json(200, &serde_json::json!({ "applied": applied })))
             }
             (&Method::POST, "fence") | (&Method::DELETE, "fence") => {
@@ -444,19 +443,15 @@ impl ShardService {
         }
     }
 
-    /// A follower's long-poll: records its acknowledgements, waits for a change it has not seen
-    /// (at most its `wait_ms`, capped), and answers with every partition's log position.
+    /// A follower's long-poll on this node's change feed (`replicate/feed.rs`).
     async fn replica_poll(
         &self,
         req: Request<Incoming>,
     ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let body = read_body(req, self.body_limit).await?;
         let ask: ReplicaPoll = memring_common::http::parse_json(&body)?;
-        self.repl.acks.record(&ask.follower, ask.acks);
-        let wait = std::time::Duration::from_millis(ask.wait_ms).min(crate::replicate::POLL_WAIT);
-        let counter = self.repl.acks.wait_change(ask.seen, wait).await;
-        let partitions = self.blocking(|s| s.partitions()).await?;
-        Ok(json(200, &ReplicaPollAnswer { counter, partitions }))
+        let answer = self.repl.serve_poll(ask).await?;
+        Ok(binary(crate::record::encode(&answer)?, &[]))
     }
 
     /// `GET /internal/v1/replicate/log/{tenant}/{scope}?after=SEQ&term=TERM&limit=N[&epoch=E]`:

@@ -35,6 +35,8 @@ use crate::record::{
     parse_metadata, partition_of_meta_key, prefix_end,
 };
 use crate::replicate::rules::LogPos;
+use feed::Feed;
+use totals::Totals;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
@@ -141,11 +143,14 @@ struct Partition {
     /// The embedding dimension once fixed (it never changes after), readable by searches without
     /// waiting on the write mutex that a long batch write holds.
     dimensions: std::sync::OnceLock<u32>,
+    /// Its meta is on disk (it counts in the node's totals).
+    stored: std::sync::atomic::AtomicBool,
 }
 
 impl Partition {
-    /// Installs committed meta (with the write mutex held) and publishes a newly fixed dimension.
-    fn commit(&self, meta: &mut PartitionMeta, next: PartitionMeta) {
+    /// Installs committed meta (with the write mutex held) and publishes a newly fixed
+    /// dimension.
+    fn install(&self, meta: &mut PartitionMeta, next: PartitionMeta) {
         if let Some(d) = next.dimensions {
             let _ = self.dimensions.set(d);
         }
@@ -173,6 +178,10 @@ pub struct Storage {
     gate: RwLock<()>,
     /// Where a clean shutdown leaves the loaded HNSW graphs (`graphs.rs`).
     graphs_dir: std::path::PathBuf,
+    /// Which partitions changed, for the followers (`feed.rs`).
+    feed: Feed,
+    /// Node-wide totals, kept up to date by every commit (`totals.rs`).
+    totals: Totals,
 }
 
 fn db_err(e: rocksdb::Error) -> ApiError {
@@ -205,8 +214,16 @@ impl Storage {
             partitions: RwLock::new(HashMap::new()),
             gate: RwLock::new(()),
             graphs_dir: graphs::graphs_dir(dir),
+            feed: Feed::new(),
+            totals: Totals::default(),
         };
         storage.claim(node)?;
+        storage
+            .count_totals()
+            .map_err(|e| anyhow::anyhow!("cannot count the stored partitions: {e}"))?;
+        storage
+            .seed_expiry_index()
+            .map_err(|e| anyhow::anyhow!("cannot start the expiry index: {e}"))?;
         storage.load_graphs();
         Ok(storage)
     }
@@ -273,6 +290,7 @@ impl Storage {
             return Ok(Some(p.clone()));
         }
         let meta_cf = self.cf(CF_META)?;
+        let mut stored = true;
         let meta = match self.db.get_cf(&meta_cf, &enc).map_err(db_err)? {
             Some(bytes) => {
                 let mut meta = decode::<PartitionMeta>(&bytes)?;
@@ -291,6 +309,7 @@ impl Storage {
                 meta
             }
             None if create => {
+                stored = false;
                 PartitionMeta { checksum: Some(0), bytes: Some(0), ..PartitionMeta::default() }
             }
             None => return Ok(None),
@@ -306,6 +325,7 @@ impl Storage {
                     enc,
                     search: RwLock::new(None),
                     fenced: std::sync::atomic::AtomicBool::new(fenced),
+                    stored: std::sync::atomic::AtomicBool::new(stored),
                     dimensions: meta_dimensions(&meta),
                     meta: Mutex::new(meta),
                 })
@@ -459,6 +479,7 @@ impl Storage {
                 term,
             };
             batch.put_cf(&ep_cf, episode_key(&p.enc, &id), encode(&episode)?);
+            purge::mark_expiry(&mut batch, &meta_cf, &p.enc, episode.expires_at_ms);
             batch.put_cf(&log_cf, log_key(&p.enc, next.last_seq), encode(&entry)?);
             index_ops.push((
                 episode.label,
@@ -471,7 +492,7 @@ impl Storage {
         if next != *meta {
             batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
             self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-            p.commit(&mut meta, next);
+            self.commit(&p, &mut meta, next);
             self.apply_to_index(&p, index_ops);
         }
         Ok(results)
@@ -489,6 +510,11 @@ impl Storage {
             let meta = p.meta.lock();
             LogPos::new(meta.last_term, meta.last_seq)
         }))
+    }
+
+    /// The node's change feed (`feed.rs`).
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// Returns once every write that had entered the write gate before this call has finished.
@@ -534,7 +560,7 @@ impl Storage {
         batch.put_cf(&self.cf(CF_LOG)?, log_key(&p.enc, next.last_seq), encode(&entry)?);
         batch.put_cf(&self.cf(CF_META)?, &p.enc, encode(&next)?);
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        p.commit(&mut meta, next);
+        self.commit(&p, &mut meta, next);
         self.apply_to_index(&p, vec![(old.label, None, None)]);
         if old.is_expired(now_ms) {
             return Err(not_found());
@@ -584,7 +610,7 @@ impl Storage {
             // The data is committed; only the derived index failed. Drop it so the next search
             // rebuilds it from RocksDB rather than serving a wrong answer.
             tracing::error!(partition = %p.key, error = %e, "index update failed; index will be rebuilt");
-            *guard = None;
+            self.totals.unload(guard.take().is_some());
         }
     }
 
@@ -637,7 +663,7 @@ impl Storage {
             millis = started.elapsed().as_millis() as u64,
             "index loaded from RocksDB"
         );
-        *guard = Some(loaded);
+        self.totals.load(guard.replace(loaded).is_none());
         if let Some((id, copy)) = snapshot {
             self.build_graph_beside(p.clone(), id, copy);
         }
@@ -733,20 +759,9 @@ impl Storage {
     /// Node-level figures for the metrics (bounded cardinality: no per-partition series):
     /// partitions held, memories, their bytes, indexes in memory, and RocksDB's SST size,
     /// pending compaction bytes and whether writes are stopped.
+    /// Costs nothing per partition: the totals are kept by every commit (`totals.rs`).
     pub fn node_stats(&self) -> Result<NodeStats, ApiError> {
-        let partitions = self.partitions()?;
-        let mut stats = NodeStats {
-            partitions: partitions.len() as u64,
-            memories: partitions.iter().map(|p| p.count).sum(),
-            bytes: partitions.iter().map(|p| p.bytes).sum(),
-            loaded_indexes: self
-                .partitions
-                .read()
-                .values()
-                .filter(|p| p.search.read().is_some())
-                .count() as u64,
-            ..NodeStats::default()
-        };
+        let mut stats = self.totals.stats();
         for name in [CF_EPISODES, CF_LOG, CF_META] {
             let cf = self.cf(name)?;
             let prop =
@@ -885,7 +900,7 @@ impl Storage {
         let _gate = self.gate.write();
         let prefix = tenant_prefix(tenant);
         let end = prefix_end(&prefix);
-        let removed = self.partitions_with_prefix(&prefix)?.len();
+        let removed = self.partitions_with_prefix(&prefix)?;
         let mut batch = WriteBatch::default();
         for name in [CF_EPISODES, CF_LOG, CF_META] {
             batch.delete_range_cf(&self.cf(name)?, &prefix, &end);
@@ -894,8 +909,22 @@ impl Storage {
         let fences = migration::fence_key(&prefix);
         batch.delete_range_cf(&self.cf(CF_META)?, &fences, &prefix_end(&fences));
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        self.partitions.write().retain(|enc, _| !enc.starts_with(&prefix));
-        Ok(removed)
+        let mut dropped = Vec::new();
+        self.partitions.write().retain(|enc, p| {
+            let keep = !enc.starts_with(&prefix);
+            if !keep {
+                dropped.push(p.clone());
+            }
+            keep
+        });
+        for p in dropped {
+            self.totals.unload(p.search.read().is_some());
+        }
+        for gone in &removed {
+            self.totals.remove(gone);
+            self.feed.note(&gone.partition);
+        }
+        Ok(removed.len())
     }
 
     fn partitions_with_prefix(&self, prefix: &[u8]) -> Result<Vec<PartitionStats>, ApiError> {
@@ -997,10 +1026,12 @@ pub struct NodeStats {
     pub write_stopped: bool,
 }
 
+pub mod feed;
 mod graphs;
 pub mod log;
 pub mod migration;
 pub mod purge;
+mod totals;
 
 #[cfg(test)]
 mod tests;

@@ -145,6 +145,11 @@ impl Proc {
         self.signal("-CONT")
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether it has been started and not killed or stopped since.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

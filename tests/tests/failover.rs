@@ -311,8 +311,8 @@ enum Fails {
 
 /// The sequence, made deterministic, on partition `{tenant}/shared` of a three-node
 /// R = 3, W = 2 cluster: both followers are paused while the primary commits three writes nobody
-/// can acknowledge; the primary is then killed (or paused past its lease) and the followers go
-/// on; once it is marked down, a write through the new owner is acknowledged *at the position of
+/// can acknowledge; the primary is then killed (or paused past its lease) and the followers
+/// restart from their disks and go on; once it is marked down, a write through the new owner is acknowledged *at the position of
 /// the first unacknowledged one*; the old primary comes back with the longer log, is re-admitted
 /// and handed its leadership back. The acknowledged write must be on every copy, readable with
 /// and without its token; the three that were never acknowledged are cut from every log.
@@ -356,8 +356,15 @@ async fn old_primary_returns_with_a_longer_log(
         Fails::Killed => c.shards[primary].kill(),
         Fails::Paused => c.shards[primary].pause()?,
     }
+    // The followers come back from their disks, not just resumed: a poll answer the primary
+    // sent while they were paused may carry the three entries in their socket buffers (the feed
+    // inlines entries), and the sequence needs followers that never got them.
     for f in followers {
-        c.shards[f].resume()?;
+        c.shards[f].kill();
+        c.shards[f].start_again()?;
+    }
+    for f in followers {
+        c.shards[f].wait_ready(Duration::from_secs(30)).await?;
     }
     for w in lost {
         let answer = w.await?;

@@ -118,7 +118,7 @@ impl Storage {
         if loaded.vectors.as_ref().map_or(0, VectorIndex::len) != vectors {
             return Err(bad("the graph and the stored memories disagree"));
         }
-        *p.search.write() = Some(loaded);
+        self.totals.load(p.search.write().replace(loaded).is_none());
         Ok(Some((key, vectors)))
     }
 }

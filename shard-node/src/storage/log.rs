@@ -121,6 +121,7 @@ impl Storage {
             match &then {
                 Some(e) => {
                     batch.put_cf(&ep_cf, episode_key(&p.enc, id), encode(e)?);
+                    super::purge::mark_expiry(&mut batch, &meta_cf, &p.enc, e.expires_at_ms);
                     let metadata = parse_metadata(&e.metadata_json)?;
                     inserts.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
                 }
@@ -130,7 +131,7 @@ impl Storage {
         batch.delete_range_cf(&log_cf, log_key(&p.enc, to + 1), prefix_end(&p.enc));
         batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        p.commit(&mut meta, next);
+        self.commit(&p, &mut meta, next);
         // Every removal before any insert: a label freed by one memory may be another's now.
         removals.extend(inserts);
         self.apply_to_index(&p, removals);

@@ -202,6 +202,7 @@ impl Storage {
                         index_ops.push((old_label, None, None));
                     }
                     batch.put_cf(&ep_cf, episode_key(&p.enc, &e.id), encode(e)?);
+                    super::purge::mark_expiry(&mut batch, &meta_cf, &p.enc, e.expires_at_ms);
                     let metadata = parse_metadata(&e.metadata_json)?;
                     index_ops.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
                     present.insert(id, Some((e.version, e.label, e.size())));
@@ -230,7 +231,7 @@ impl Storage {
         }
         batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        p.commit(&mut meta, next);
+        self.commit(&p, &mut meta, next);
         self.apply_to_index(&p, index_ops);
         Ok(applied)
     }
@@ -333,7 +334,7 @@ impl Storage {
             .map_err(|e| ApiError::invalid(format!("the shipped index is unusable: {e}")))?;
         let loaded = self.with_stored_entries(&p.enc, index)?;
         let vectors = loaded.vectors.as_ref().map_or(0, |v| v.len());
-        *p.search.write() = Some(loaded);
+        self.totals.load(p.search.write().replace(loaded).is_none());
         tracing::info!(partition = %p.key, vectors, "index installed from the migration source");
         Ok(vectors)
     }
@@ -349,8 +350,16 @@ impl Storage {
         let meta = self.cf(CF_META)?;
         batch.delete_cf(&meta, &enc);
         batch.delete_cf(&meta, fence_key(&enc));
+        let before = self.partitions_with_prefix(&enc)?.into_iter().find(|p| p.partition == *key);
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        self.partitions.write().remove(&enc);
+        let dropped = self.partitions.write().remove(&enc);
+        if let Some(p) = dropped {
+            self.totals.unload(p.search.read().is_some());
+        }
+        if let Some(before) = before {
+            self.totals.remove(&before);
+        }
+        self.feed.note(key);
         tracing::info!(partition = %key, "partition dropped from this node");
         Ok(())
     }

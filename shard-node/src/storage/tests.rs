@@ -464,7 +464,7 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
         purge::Purged::default()
     );
     let done = primary.purge_expired(&k, 2_500, Some(&same_term)).expect("purge");
-    assert_eq!(done, purge::Purged { deleted: 1, redacted: 1 });
+    assert_eq!(done, purge::Purged { deleted: 1, redacted: 1, unfinished: false });
     let contains = |s: &Storage, needle: &str| {
         s.log_after(&k, 0, 100).expect("log").iter().any(|e| match &e.op {
             LogOp::Put(ep) => ep.content.contains(needle),
@@ -478,7 +478,7 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
     // both logs still match entry by entry (fingerprints), so it keeps following.
     assert_eq!(
         replica.purge_expired(&k, 2_500, None).expect("purge"),
-        purge::Purged { deleted: 0, redacted: 1 }
+        purge::Purged { deleted: 0, redacted: 1, unfinished: false }
     );
     assert!(!contains(&replica, "secret-short-lived"));
     replica
@@ -705,4 +705,114 @@ fn a_diverging_suffix_is_cut_back_to_the_state_at_the_cut() {
         old.import_replicated(&k, lower, &|| Ok(())).expect_err("lower").code(),
         ErrorCode::Conflict
     );
+}
+
+#[test]
+fn the_running_totals_match_a_count_of_every_partition_through_any_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let same = |s: &Storage, what: &str| {
+        let (running, counted) =
+            (s.node_stats().expect("stats"), s.counted_stats().expect("count"));
+        assert_eq!(
+            (running.partitions, running.memories, running.bytes, running.loaded_indexes),
+            (counted.partitions, counted.memories, counted.bytes, counted.loaded_indexes),
+            "after {what}"
+        );
+    };
+    {
+        let s = open(dir.path());
+        same(&s, "opening an empty node");
+        for t in ["a", "b", "c"] {
+            let items =
+                (0..5).map(|i| item(&format!("m{i}"), "some text", vec![1.0, i as f32])).collect();
+            s.write(&key(t, "shared"), items, 1).expect("write");
+        }
+        same(&s, "writes to three partitions");
+        // A rewrite with other content changes the bytes, not the count.
+        s.write(
+            &key("a", "shared"),
+            vec![item("m0", "longer text than before", vec![1.0, 0.0])],
+            2,
+        )
+        .expect("rewrite");
+        s.delete(&key("b", "shared"), &MemoryId::parse("m1").expect("id"), 3).expect("delete");
+        same(&s, "a rewrite and a delete");
+        s.search(&key("a", "shared"), &[1.0, 0.0], 2, &Filter::default(), 4).expect("search");
+        s.search(&key("c", "shared"), &[1.0, 0.0], 2, &Filter::default(), 4).expect("search");
+        same(&s, "two indexes loaded");
+        assert_eq!(s.node_stats().expect("stats").loaded_indexes, 2);
+        assert_eq!(s.delete_tenant(&TenantId::parse("a").expect("id")).expect("delete"), 1);
+        same(&s, "a tenant deleted");
+        s.drop_partition(&key("c", "shared")).expect("drop");
+        same(&s, "a partition dropped");
+        let stats = s.node_stats().expect("stats");
+        assert_eq!((stats.partitions, stats.memories, stats.loaded_indexes), (1, 4, 0));
+    }
+    let s = open(dir.path());
+    same(&s, "reopening");
+    assert_eq!(s.node_stats().expect("stats").memories, 4);
+}
+
+#[test]
+fn the_expiry_index_names_only_partitions_with_memories_due_on_every_copy() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let primary = open(a.path());
+    let replica = open_as(b.path(), "n2");
+    let (soon, later, never) =
+        (key("soon", "shared"), key("later", "shared"), key("never", "shared"));
+    let mut it = item("m", "x", vec![1.0]);
+    it.ttl_seconds = Some(2);
+    primary.write(&soon, vec![it.clone()], 10_000).expect("write");
+    it.ttl_seconds = Some(100);
+    primary.write(&later, vec![it], 10_000).expect("write");
+    primary.write(&never, vec![item("m", "x", vec![1.0])], 10_000).expect("write");
+    for k in [&soon, &later, &never] {
+        replica
+            .import_replicated(k, primary.log_after(k, 0, 100).expect("log"), &|| Ok(()))
+            .expect("apply");
+    }
+    let due = |s: &Storage, now: i64| -> Vec<String> {
+        s.due_for_purge(now).expect("due").iter().map(|(p, _)| p.to_string()).collect()
+    };
+    for s in [&primary, &replica] {
+        assert!(due(s, 11_000).is_empty(), "nothing is due before the first expiry");
+        // Kept to the second after the expiry (12,000 ms here).
+        assert_eq!(due(s, 13_000), ["soon/shared"]);
+        let mut late = due(s, 111_000);
+        late.sort();
+        assert_eq!(late, ["later/shared", "soon/shared"], "the partition without a TTL never is");
+    }
+    // Purged (the owner deletes, the copy redacts), a partition is no longer due.
+    let (_, keys) = primary.due_for_purge(13_000).expect("due").remove(0);
+    let done = primary.purge_expired(&soon, 13_000, Some(&same_term)).expect("purge");
+    assert_eq!((done.deleted, done.unfinished), (1, false));
+    primary.clear_due(&keys).expect("clear");
+    assert!(due(&primary, 13_000).is_empty());
+    assert_eq!(due(&primary, 111_000), ["later/shared"]);
+}
+
+#[test]
+fn data_from_before_the_expiry_index_is_checked_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = key("old", "shared");
+    {
+        let s = open(dir.path());
+        let mut it = item("m", "x", vec![1.0]);
+        it.ttl_seconds = Some(1);
+        s.write(&k, vec![it], 1_000).expect("write");
+        // As a data directory written before the index: no keys, no marker.
+        let meta = s.cf(CF_META).expect("cf");
+        let end = purge_keys_end();
+        s.db.delete_range_cf(&meta, b"\xffexpiry".as_slice(), end.as_slice()).expect("wipe");
+        assert!(s.due_for_purge(i64::MAX / 2).expect("due").is_empty());
+    }
+    let s = open(dir.path());
+    let due = s.due_for_purge(0).expect("due");
+    assert_eq!(due.len(), 1, "every old partition is due once, at once");
+    assert_eq!(due[0].0, k);
+}
+
+/// Past every expiry-index key and its marker.
+fn purge_keys_end() -> Vec<u8> {
+    b"\xffexpiry\xff".to_vec()
 }
