@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps test-deps build run cluster bench-migrate bench-repl fuzz chaos test unit integration lint fmt bench clean-data
+.PHONY: deps test-deps build run cluster bench-migrate bench-repl bench-scale fuzz chaos test unit integration lint fmt bench clean-data
 
 deps:
 	@scripts/install-deps.sh
@@ -57,6 +57,10 @@ bench-migrate: build
 ## What replication costs a write (docs/benchmarks.md; starts its own etcd).
 bench-repl: build
 	$(BIN_DIR)/memring-repl-bench $(BENCH_ARGS)
+
+# What many tenants cost a replicated cluster: 1,000 and then 100,000 tenants (docs/benchmarks.md).
+bench-scale: build
+	$(BIN_DIR)/memring-repl-bench --scale-tenants 1000,100000 $(BENCH_ARGS)
 
 # The request-parser fuzz of `make test` with 25x the cases (500,000 per property), then the
 # hostile-request test against running binaries.

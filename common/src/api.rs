@@ -757,15 +757,26 @@ fn yes() -> bool {
     true
 }
 
-/// `GET /internal/v1/partitions` answer.
+/// `GET /internal/v1/partitions` answer. With `?feed=F&since=C` (a cursor of an earlier answer)
+/// only the partitions changed since are listed (a removed one with count 0); a cursor of
+/// another feed instance (the node restarted), or none, gets every partition (`full`).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PartitionList {
     /// The node answering.
     pub node: crate::ids::NodeId,
     /// The ring epoch the node is at.
     pub epoch: u64,
-    /// Every partition it holds data for.
+    /// Every partition it holds data for (or, not `full`, those changed since the cursor).
     pub partitions: Vec<PartitionStats>,
+    /// The node's change-feed instance the cursor belongs to.
+    #[serde(default)]
+    pub feed: u64,
+    /// The cursor to ask from next.
+    #[serde(default)]
+    pub cursor: u64,
+    /// `partitions` is every partition the node holds.
+    #[serde(default = "yes")]
+    pub full: bool,
 }
 
 #[cfg(test)]

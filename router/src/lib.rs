@@ -14,6 +14,7 @@ pub mod forward;
 pub mod limits;
 pub mod openapi;
 pub mod service;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;

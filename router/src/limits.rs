@@ -7,9 +7,9 @@
 //!   budget: each enforces `rate × limit_share` (set `limit_share = 1/N` for N routers behind one
 //!   load balancer); nothing is shared between routers per request.
 //! - **Quotas**: with a `max_memories` or `max_bytes` in force, the router sums each tenant's
-//!   stored memories and bytes from the shard nodes' partition lists every 2 s; a write while
-//!   the tenant is at a quota is a 403 `quota_exceeded` (deletes still pass). A tenant can
-//!   overshoot by what it writes within one refresh.
+//!   stored memories and bytes every 2 s from what changed in the shard nodes' partition lists
+//!   (`usage.rs`); a write while the tenant is at a quota is a 403 `quota_exceeded` (deletes
+//!   still pass). A tenant can overshoot by what it writes within one refresh.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +64,8 @@ pub struct Limiter {
     buckets: Mutex<HashMap<TenantId, Buckets>>,
     /// Each tenant's stored memories and bytes (owners' copies), refreshed with quotas in force.
     stored: RwLock<HashMap<String, (u64, u64)>>,
+    /// The copies the stored counts are summed from.
+    usage: Mutex<crate::usage::Usage>,
 }
 
 impl Limiter {
@@ -88,6 +90,7 @@ impl Limiter {
             limits: RwLock::new((TenantLimits::default(), HashMap::new())),
             buckets: Mutex::new(HashMap::new()),
             stored: RwLock::new(HashMap::new()),
+            usage: Mutex::new(crate::usage::Usage::default()),
         }))
     }
 
@@ -189,24 +192,20 @@ impl Limiter {
         }
     }
 
-    /// Sums each tenant's memories and bytes over the owners' copies of its partitions.
+    /// Sums each tenant's memories and bytes over the owners' copies of its partitions, from
+    /// what changed on each node since the last refresh (`usage.rs`).
     async fn count_stored(&self) {
         let ring = self.ring.ring();
-        let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
         for node in &ring.layout().nodes {
-            let url = format!("http://{}/internal/v1/partitions", node.addr);
+            let query = self.usage.lock().query(&node.id);
+            let url = format!("http://{}/internal/v1/partitions{query}", node.addr);
             let Ok(resp) = self.client.get(url).send().await else { return };
             let Ok(list) = resp.json::<memring_common::api::PartitionList>().await else { return };
-            for p in list.partitions {
-                let owned = ring.owner(&p.partition).is_some_and(|o| o.id == node.id);
-                if let (true, Some(t)) = (owned, p.partition.tenant()) {
-                    let slot = counts.entry(t.to_string()).or_default();
-                    slot.0 += p.count;
-                    slot.1 += p.bytes;
-                }
-            }
+            self.usage.lock().apply(&ring, &node.id, list);
         }
-        *self.stored.write() = counts;
+        let mut usage = self.usage.lock();
+        usage.retain_nodes(&ring);
+        *self.stored.write() = usage.sums().clone();
     }
 }
 

@@ -57,6 +57,8 @@ pub async fn run(
         build_nice: config.migration_nice,
         ..Default::default()
     };
+    // Exported from the start (it counts builds up and down from here).
+    metrics::gauge!("memring_index_builds_running").set(0.0);
     let dir = config.data_dir.clone();
     let node_for_open = node.clone();
     let storage = tokio::task::spawn_blocking(move || {
@@ -102,6 +104,10 @@ pub async fn run(
     )?);
     let replicator = tokio::spawn(repl.clone().follow(stop_rx.clone()));
     let reporter = tokio::spawn(report_stats(storage.clone(), stop_rx.clone()));
+    let background =
+        Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?);
+    let reclaimer =
+        tokio::spawn(reclaim_deleted(storage.clone(), background.clone(), stop_rx.clone()));
     let purger = tokio::spawn(purge_expired(
         node.clone(),
         storage.clone(),
@@ -117,7 +123,7 @@ pub async fn run(
         ring,
         config.concurrency,
         config.body_limit_bytes,
-        Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?),
+        background,
         repl,
     ));
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
@@ -129,6 +135,7 @@ pub async fn run(
     let _ = replicator.await;
     let _ = purger.await;
     let _ = reporter.await;
+    let _ = reclaimer.await;
     let _ = token_task.await;
     let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || storage.save_graphs()).await {
@@ -216,6 +223,29 @@ async fn purge_expired(
     }
 }
 
+/// Every few seconds, compacts the key ranges deletions left (`storage/reclaim.rs`) on the
+/// low-priority threads, until `stop`.
+async fn reclaim_deleted(
+    storage: Arc<storage::Storage>,
+    background: Arc<background::Background>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if storage.reclaim_pending() == 0 {
+            continue;
+        }
+        let storage = storage.clone();
+        match background.run(move || storage.reclaim_queued()).await {
+            Ok(n) => tracing::info!(ranges = n, "space of deleted data reclaimed"),
+            Err(e) => tracing::warn!(error = %e, "reclaiming deleted data failed"),
+        }
+    }
+}
+
 /// Publishes the node's figures (`Storage::node_stats`) as gauges every 5 s until `stop`.
 async fn report_stats(
     storage: Arc<storage::Storage>,
@@ -233,6 +263,7 @@ async fn report_stats(
                 .set(s.pending_compaction_bytes as f64);
             metrics::gauge!("memring_rocksdb_write_stopped")
                 .set(f64::from(u8::from(s.write_stopped)));
+            metrics::gauge!("memring_rocksdb_reclaimable_bytes").set(s.reclaimable_bytes as f64);
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

@@ -69,8 +69,10 @@ use rules::{LogPos, Refusal};
 pub const POLL_WAIT: Duration = Duration::from_secs(1);
 /// Log entries pulled per request.
 const PAGE: usize = 1000;
-/// How long a poll may wait while some copies are being retried.
+/// How long a poll may wait while some copies are being retried or acknowledgements wait.
 const RETRY_WAIT: Duration = Duration::from_millis(200);
+/// Acknowledgements sent in one poll at most (after a full listing there is one per copy).
+const MAX_ACKS: usize = 10_000;
 /// A primary not heard from for this long makes a node not caught up.
 const ROUND_FRESH: Duration = Duration::from_secs(3);
 
@@ -166,6 +168,17 @@ struct Following {
 }
 
 impl Following {
+    /// Up to `max` acknowledgements not yet sent, taken out of the queue.
+    fn take_unsent(&mut self, max: usize) -> Vec<ReplicaAck> {
+        let keys: Vec<PartitionKey> = self.unsent.keys().take(max).cloned().collect();
+        keys.into_iter()
+            .filter_map(|partition| {
+                let at = self.unsent.remove(&partition)?;
+                Some(ReplicaAck { partition, seq: at.seq, term: at.term })
+            })
+            .collect()
+    }
+
     /// Puts back acknowledgements a failed poll did not deliver (newer ones win).
     fn keep_unsent(&mut self, acks: Vec<ReplicaAck>) {
         for ack in acks {
@@ -601,12 +614,14 @@ impl Replication {
                 feed: f.feed,
                 seen: f.seen,
                 epoch,
-                wait_ms: if f.retry.is_empty() { POLL_WAIT } else { RETRY_WAIT }.as_millis() as u64,
-                acks: f
-                    .unsent
-                    .drain()
-                    .map(|(partition, at)| ReplicaAck { partition, seq: at.seq, term: at.term })
-                    .collect(),
+                wait_ms: 0,
+                acks: f.take_unsent(MAX_ACKS),
+            };
+            // Hold the poll only with nothing left to retry or to acknowledge.
+            let idle = f.retry.is_empty() && f.unsent.is_empty();
+            let ask = ReplicaPoll {
+                wait_ms: if idle { POLL_WAIT } else { RETRY_WAIT }.as_millis() as u64,
+                ..ask
             };
             let polled = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
@@ -635,6 +650,7 @@ impl Replication {
                 if !self.round_full(&primary, epoch, answer.changes, &mut f).await {
                     // This node's own listing failed: ask for the full listing again.
                     f.seen = 0;
+                    tokio::time::sleep(RETRY_WAIT).await;
                     continue;
                 }
             } else {

@@ -166,25 +166,34 @@ impl ShardService {
             (&Method::GET, ["internal", "v1", "partitions"]) => {
                 let r = async {
                     // `?barrier=EPOCH`: list only after every partition creation that could
-                    // have been decided under an older layout has finished.
-                    let barrier = query_pairs(req.uri().query())?
-                        .into_iter()
-                        .find(|(k, _)| k == "barrier")
-                        .map(|(_, v)| {
+                    // have been decided under an older layout has finished. `?feed=F&since=C`:
+                    // only what changed after that cursor of this node's change feed.
+                    let (mut barrier, mut feed, mut since) = (None, 0, 0);
+                    for (k, v) in query_pairs(req.uri().query())? {
+                        let number = |what: &str| {
                             v.parse::<u64>().map_err(|_| {
-                                ApiError::invalid(format!(
-                                    "\"barrier\" must be an epoch, got {v:?}"
-                                ))
+                                ApiError::invalid(format!("\"{k}\" must be {what}, got {v:?}"))
                             })
-                        })
-                        .transpose()?;
+                        };
+                        match k.as_str() {
+                            "barrier" => barrier = Some(number("an epoch")?),
+                            "feed" => feed = number("a feed instance")?,
+                            "since" => since = number("a feed cursor")?,
+                            other => {
+                                return Err(ApiError::invalid(format!(
+                                    "unknown parameter {other:?}; the list takes barrier, feed, since"
+                                )));
+                            }
+                        }
+                    }
                     if let Some(epoch) = barrier {
                         self.creation_barrier(epoch).await?;
                     }
                     let node = self.node.clone();
                     let epoch = self.ring.ring().epoch();
-                    let partitions = self.blocking(|s| s.partitions()).await?;
-                    Ok(json(200, &PartitionList { node, epoch, partitions }))
+                    let (partitions, feed, cursor, full) =
+                        self.blocking(move |s| s.partitions_since(feed, since)).await?;
+                    Ok(json(200, &PartitionList { node, epoch, partitions, feed, cursor, full }))
                 }
                 .await;
                 ("internal.partitions", r)

@@ -182,6 +182,8 @@ pub struct Storage {
     feed: Feed,
     /// Node-wide totals, kept up to date by every commit (`totals.rs`).
     totals: Totals,
+    /// Deleted key ranges waiting for compaction (`reclaim.rs`).
+    reclaim: Mutex<Vec<reclaim::Range>>,
 }
 
 fn db_err(e: rocksdb::Error) -> ApiError {
@@ -216,6 +218,7 @@ impl Storage {
             graphs_dir: graphs::graphs_dir(dir),
             feed: Feed::new(),
             totals: Totals::default(),
+            reclaim: Mutex::new(Vec::new()),
         };
         storage.claim(node)?;
         storage
@@ -689,7 +692,9 @@ impl Storage {
             }
         };
         let partition = p.clone();
+        metrics::gauge!("memring_index_builds_running").increment(1.0);
         let spawned = std::thread::Builder::new().name("graph-build".into()).spawn(move || {
+            let _running = BuildRunning;
             crate::background::lower_priority(nice);
             let started = std::time::Instant::now();
             let mut graph = match exact.into_graph(threads) {
@@ -726,6 +731,7 @@ impl Storage {
             );
         });
         if let Err(e) = spawned {
+            metrics::gauge!("memring_index_builds_running").decrement(1.0);
             fall_back(&p, format!("cannot start a thread: {e}"));
         }
     }
@@ -766,7 +772,9 @@ impl Storage {
             let cf = self.cf(name)?;
             let prop =
                 |key: &str| self.db.property_int_value_cf(&cf, key).ok().flatten().unwrap_or(0);
-            stats.sst_bytes += prop("rocksdb.total-sst-files-size");
+            let sst = prop("rocksdb.total-sst-files-size");
+            stats.sst_bytes += sst;
+            stats.reclaimable_bytes += sst.saturating_sub(prop("rocksdb.estimate-live-data-size"));
             stats.pending_compaction_bytes += prop("rocksdb.estimate-pending-compaction-bytes");
             stats.write_stopped |= prop("rocksdb.is-write-stopped") > 0;
         }
@@ -924,6 +932,9 @@ impl Storage {
             self.totals.remove(gone);
             self.feed.note(&gone.partition);
         }
+        if !removed.is_empty() {
+            self.queue_reclaim(prefix, end);
+        }
         Ok(removed.len())
     }
 
@@ -968,6 +979,51 @@ impl Storage {
         Ok(all)
     }
 
+    /// The partitions changed after cursor `since` of feed instance `feed` (see
+    /// [`PartitionList`](memring_common::api::PartitionList)), with the feed instance, the next
+    /// cursor and whether the list is full: every partition when the cursor is 0 or of another
+    /// instance.
+    pub fn partitions_since(
+        &self,
+        feed: u64,
+        since: u64,
+    ) -> Result<(Vec<PartitionStats>, u64, u64, bool), ApiError> {
+        let instance = self.feed.instance();
+        if since == 0 || feed != instance {
+            // Read before listing: a change made during the listing is listed again.
+            let cursor = self.feed.now();
+            return Ok((self.partitions()?, instance, cursor, true));
+        }
+        let changed = self.feed.since(since, usize::MAX);
+        let mut out = Vec::with_capacity(changed.partitions.len());
+        for p in changed.partitions {
+            out.push(self.stats_of(&p)?);
+        }
+        Ok((out, instance, changed.cursor, false))
+    }
+
+    /// One partition's figures (all zero once it is gone).
+    fn stats_of(&self, key: &PartitionKey) -> Result<PartitionStats, ApiError> {
+        let empty = PartitionStats {
+            partition: key.clone(),
+            count: 0,
+            dimensions: None,
+            last_seq: 0,
+            last_term: 0,
+            bytes: 0,
+        };
+        let Some(p) = self.partition(key, false)? else { return Ok(empty) };
+        let meta = p.meta.lock();
+        Ok(PartitionStats {
+            count: meta.count,
+            dimensions: meta.dimensions,
+            last_seq: meta.last_seq,
+            last_term: meta.last_term,
+            bytes: meta.bytes.unwrap_or(0),
+            ..empty
+        })
+    }
+
     /// Change-log entries of a partition after `after_seq` (at most `limit`), for tests, replication
     /// and migration catch-up.
     pub fn log_after(
@@ -987,6 +1043,15 @@ impl Storage {
             }
         }
         Ok(out)
+    }
+}
+
+/// Counts one graph build out of `memring_index_builds_running` when it ends, however it ends.
+struct BuildRunning;
+
+impl Drop for BuildRunning {
+    fn drop(&mut self) {
+        metrics::gauge!("memring_index_builds_running").decrement(1.0);
     }
 }
 
@@ -1024,6 +1089,8 @@ pub struct NodeStats {
     pub pending_compaction_bytes: u64,
     /// RocksDB is stopping writes (a stall).
     pub write_stopped: bool,
+    /// SST bytes beyond RocksDB's estimate of live data: what compaction could still free.
+    pub reclaimable_bytes: u64,
 }
 
 pub mod feed;
@@ -1031,6 +1098,7 @@ mod graphs;
 pub mod log;
 pub mod migration;
 pub mod purge;
+pub mod reclaim;
 mod totals;
 
 #[cfg(test)]

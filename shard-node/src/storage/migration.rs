@@ -360,6 +360,7 @@ impl Storage {
             self.totals.remove(&before);
         }
         self.feed.note(key);
+        self.queue_reclaim(enc, end);
         tracing::info!(partition = %key, "partition dropped from this node");
         Ok(())
     }

@@ -816,3 +816,43 @@ fn data_from_before_the_expiry_index_is_checked_once() {
 fn purge_keys_end() -> Vec<u8> {
     b"\xffexpiry\xff".to_vec()
 }
+
+#[test]
+fn a_deleted_tenant_gives_its_disk_space_back_once_its_range_is_compacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let k = key("big", "shared");
+    for chunk in 0..6 {
+        let items = (0..500)
+            .map(|i| {
+                let n = chunk * 500 + i;
+                item(
+                    &format!("m{n}"),
+                    &"words ".repeat(40),
+                    (0..64).map(|d| (n * d) as f32).collect(),
+                )
+            })
+            .collect();
+        s.write(&k, items, 1).expect("write");
+    }
+    s.write(&key("small", "shared"), vec![item("m", "kept", vec![1.0; 64])], 1).expect("write");
+    let flush = |s: &Storage| {
+        for name in [CF_EPISODES, CF_LOG, CF_META] {
+            s.db.flush_cf(&s.cf(name).expect("cf")).expect("flush");
+        }
+    };
+    flush(&s);
+    let on_disk = |s: &Storage| s.node_stats().expect("stats").sst_bytes;
+    let before = on_disk(&s);
+    assert!(before > 1_000_000, "the data must be on disk first: {before} bytes");
+    s.delete_tenant(&TenantId::parse("big").expect("id")).expect("delete");
+    flush(&s);
+    assert_eq!(s.reclaim_pending(), 1);
+    assert!(on_disk(&s) > before / 2, "tombstones alone free nothing");
+    assert_eq!(s.reclaim_queued().expect("reclaim"), 1);
+    assert_eq!(s.reclaim_pending(), 0);
+    let after = on_disk(&s);
+    assert!(after < before / 10, "{after} bytes left of {before}");
+    let kept = s.get(&key("small", "shared"), &MemoryId::parse("m").expect("id"), 2);
+    assert!(kept.is_ok(), "other tenants keep their data");
+}

@@ -7,11 +7,13 @@
 //! with replica reads on and through one with them off, and prints the rates and which copies
 //! answered (the shard nodes' `memring_shard_reads_total`).
 //!
-//! With `--idle-tenants 1000,100000` it measures instead what idle partitions cost a replicated
-//! cluster (R = 3, W = 2): it adds one-memory tenants up to each count, waits until every copy
-//! is caught up, then measures each shard node's CPU over a quiet interval (from
-//! `/proc/<pid>/stat`) and its resident memory, and single-write and 8-in-flight writes to
-//! other tenants, one row per count.
+//! With `--scale-tenants 1000,100000` (`make bench-scale`) it measures instead what many tenants
+//! cost a replicated cluster (R = 3, W = 2): beside a few big tenants (`--big-tenants` of
+//! `--big-size` memories) it adds tenants of 1–10 memories (Zipf) up to each count, waits until
+//! every copy is caught up and the nodes are quiet, then measures each shard node's CPU over a
+//! quiet interval (from `/proc/<pid>/stat`), its resident memory and its data directory's size
+//! (against the stored memories' own bytes, `memring_shard_memory_bytes`), searches of random
+//! small tenants, and single and 8-in-flight writes to other tenants; one row per count.
 
 use std::time::{Duration, Instant};
 
@@ -40,9 +42,15 @@ struct Args {
     /// false measures what that costs.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     internal_auth: bool,
-    /// Measure idle partitions instead: tenant counts to grow to, comma-separated.
+    /// Measure scale instead (`make bench-scale`): tenant counts to grow to, comma-separated.
     #[arg(long, value_delimiter = ',')]
-    idle_tenants: Vec<usize>,
+    scale_tenants: Vec<usize>,
+    /// With `--scale-tenants`: big tenants beside the small ones.
+    #[arg(long, default_value_t = 3)]
+    big_tenants: usize,
+    /// With `--scale-tenants`: memories in each big tenant.
+    #[arg(long, default_value_t = 20_000)]
+    big_size: usize,
     /// Seconds of quiet over which idle CPU is measured.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
@@ -66,8 +74,8 @@ async fn main() -> anyhow::Result<()> {
         "internal authentication (cluster token): {}",
         if args.internal_auth { "on" } else { "off" }
     );
-    if !args.idle_tenants.is_empty() {
-        return idle_partitions(&mut c, &args).await;
+    if !args.scale_tenants.is_empty() {
+        return scale(&mut c, &args).await;
     }
     let owner_only = c.add_router(&["--replica-reads", "false"]).await?;
     let store = c.etcd.store().await?;
@@ -105,19 +113,7 @@ async fn main() -> anyhow::Result<()> {
         }
         took.sort();
         let started = Instant::now();
-        let mut pending = futures::stream::FuturesUnordered::new();
-        use futures::StreamExt;
-        for n in 0..args.writes {
-            pending.push(write(2_000_000 + n));
-            if pending.len() == 8
-                && let Some(done) = pending.next().await
-            {
-                done?;
-            }
-        }
-        while let Some(done) = pending.next().await {
-            done?;
-        }
+        in_flight(8, (0..args.writes).map(|n| write(2_000_000 + n))).await?;
         let rate = args.writes as f64 / started.elapsed().as_secs_f64();
         println!(
             "| {r} | {} | {:.2} ms | {:.2} ms | {rate:.0} |",
@@ -147,36 +143,14 @@ async fn main() -> anyhow::Result<()> {
             let (http, router) = (http.clone(), router.clone());
             let body =
                 json!({"scopes": ["shared"], "embedding": vector(args.dims, n * 7, 0.3), "k": 10});
-            async move {
-                let t = Instant::now();
-                let resp = http
-                    .post(format!("{router}/v1/tenants/hot/memories/search"))
-                    .json(&body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(resp.status().as_u16() == 200, "search answered {}", resp.status());
-                Ok::<_, anyhow::Error>(t.elapsed())
-            }
+            async move { timed_search(&http, &router, "hot", &body).await }
         };
         for n in 0..200 {
             search(n).await?;
         }
         let before = c.reads_by_role().await?;
         let started = Instant::now();
-        let mut took = Vec::with_capacity(args.searches);
-        let mut pending = futures::stream::FuturesUnordered::new();
-        use futures::StreamExt;
-        for n in 0..args.searches {
-            pending.push(search(n));
-            if pending.len() == 8
-                && let Some(done) = pending.next().await
-            {
-                took.push(done?);
-            }
-        }
-        while let Some(done) = pending.next().await {
-            took.push(done?);
-        }
+        let mut took = in_flight(8, (0..args.searches).map(search)).await?;
         let rate = args.searches as f64 / started.elapsed().as_secs_f64();
         took.sort();
         let after = c.reads_by_role().await?;
@@ -189,6 +163,45 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One search of `tenant` through `router`: how long it took (an error unless 200).
+async fn timed_search(
+    http: &reqwest::Client,
+    router: &str,
+    tenant: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let resp = http
+        .post(format!("{router}/v1/tenants/{tenant}/memories/search"))
+        .json(body)
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().as_u16() == 200, "search answered {}", resp.status());
+    Ok(t.elapsed())
+}
+
+/// Runs `work` with at most `width` at a time; their results in the order they finished.
+async fn in_flight<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    width: usize,
+    work: impl Iterator<Item = F>,
+) -> anyhow::Result<Vec<T>> {
+    use futures::StreamExt;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut out = Vec::new();
+    for w in work {
+        pending.push(w);
+        if pending.len() >= width
+            && let Some(done) = pending.next().await
+        {
+            out.push(done?);
+        }
+    }
+    while let Some(done) = pending.next().await {
+        out.push(done?);
+    }
+    Ok(out)
 }
 
 /// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
@@ -214,9 +227,67 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// The `--idle-tenants` measurement (see the module notes).
-async fn idle_partitions(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
-    use futures::StreamExt;
+/// Bytes of every file under `dir`.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// A gauge's value from a Prometheus text page.
+fn gauge(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// 1 to 10 memories, Zipf (P(k) ∝ 1/k).
+fn zipf_size(rng: &mut rand::rngs::StdRng) -> usize {
+    use rand::Rng;
+    let total: f64 = (1..=10).map(|k| 1.0 / k as f64).sum();
+    let mut pick = rng.random::<f64>() * total;
+    for k in 1..=10 {
+        pick -= 1.0 / k as f64;
+        if pick <= 0.0 {
+            return k;
+        }
+    }
+    10
+}
+
+/// Writes `items` to `tenant` in batches, retrying what a first write's take-over refuses.
+async fn load_tenant(
+    http: &reqwest::Client,
+    router: &str,
+    tenant: &str,
+    items: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    for chunk in items.chunks(500) {
+        let mut tries = 0;
+        loop {
+            match memring_tests::write_batch(http, router, tenant, chunk.to_vec()).await {
+                Ok(()) => break,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `--scale-tenants` measurement (see the module notes).
+async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
     let store = c.etcd.store().await?;
     memring_control::layout::set_replication(&store, 3, None).await?;
     let layout = store.load().await?.layout;
@@ -224,10 +295,11 @@ async fn idle_partitions(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()>
     c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
     let router = c.router(0);
     let http = memring_tests::client();
-    let write = |tenant: String, id: String, dims: usize, n: usize| {
+    let dims = args.dims;
+    let memory = |n: usize, id: String| json!({"id": id, "scope": "shared", "content": format!("memory {n} of a small tenant"), "embedding": vector(dims, n, 0.2)});
+    let write = |tenant: String, id: String, n: usize| {
         let (http, router) = (http.clone(), router.clone());
-        let body =
-            json!({"id": id, "scope": "shared", "content": "x", "embedding": vector(dims, n, 0.2)});
+        let body = memory(n, id);
         async move {
             let t = Instant::now();
             for _ in 0..50 {
@@ -246,27 +318,44 @@ async fn idle_partitions(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()>
             anyhow::bail!("a write to {tenant} kept answering 503")
         }
     };
-    println!("replicated cluster (R = 3, W = 2, 3 shard nodes on this machine), idle partitions:");
+    let search = |tenant: String, n: usize| {
+        let (http, router) = (http.clone(), router.clone());
+        let body = json!({"scopes": ["shared"], "embedding": vector(dims, n, 0.3), "k": 10});
+        async move { timed_search(&http, &router, &tenant, &body).await }
+    };
+    // The big tenants first: the same at every tenant count.
+    for b in 0..args.big_tenants {
+        let items = (0..args.big_size).map(|n| memory(n, format!("b{n}"))).collect();
+        load_tenant(&http, &router, &format!("big{b}"), items).await?;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut memories = args.big_tenants * args.big_size;
+    println!(
+        "replicated cluster (R = 3, W = 2, 3 shard nodes and a router on this machine); tenants of \
+         1-10 memories (Zipf) beside {} of {} memories, {dims} dims:",
+        args.big_tenants, args.big_size
+    );
     println!();
     println!(
-        "| tenants (partitions per node) | load time | idle CPU per node (% of a core) | RSS per node | write p50 | write p99 | writes/s, 8 at a time |"
+        "| tenants | memories | load | idle CPU per node (% of a core) | RSS per node | write p50 / p99 | writes/s, 8 at a time | search p50 / p99 (random tenants) | disk per node | disk ÷ stored bytes | disk per memory copy |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut have = 0;
-    for &target in &args.idle_tenants {
+    let mut rows: Vec<(usize, f64, f64)> = Vec::new();
+    for &target in &args.scale_tenants {
         let started = Instant::now();
-        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut loads = Vec::with_capacity(target.saturating_sub(have));
         for n in have..target {
-            pending.push(write(format!("idle{n}"), "m".into(), 8, n));
-            if pending.len() >= 32
-                && let Some(done) = pending.next().await
-            {
-                done?;
-            }
+            let size = zipf_size(&mut rng);
+            memories += size;
+            let items: Vec<serde_json::Value> =
+                (0..size).map(|i| memory(n + i, format!("m{i}"))).collect();
+            let (http, router) = (http.clone(), router.clone());
+            loads.push(
+                async move { load_tenant(&http, &router, &format!("small{n}"), items).await },
+            );
         }
-        while let Some(done) = pending.next().await {
-            done?;
-        }
+        in_flight(32, loads.into_iter()).await?;
         let load = started.elapsed();
         have = target;
         memring_tests::load::wait_for(
@@ -284,52 +373,76 @@ async fn idle_partitions(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()>
             },
         )
         .await?;
-        // Quiet: let anything the load started settle, then measure.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Quiet: let what the load started settle (flushes, compactions, metrics), then measure.
+        tokio::time::sleep(Duration::from_secs(10)).await;
         let pids: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
         let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
         let quiet = Instant::now();
         tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
         let secs = quiet.elapsed().as_secs_f64();
         let after: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
-        let cpu: Vec<String> = before
-            .iter()
-            .zip(&after)
-            .map(|(b, a)| format!("{:.2}", (a - b) / secs * 100.0))
-            .collect();
+        let cpu: Vec<f64> =
+            before.iter().zip(&after).map(|(b, a)| (a - b) / secs * 100.0).collect();
         let rss: Vec<String> = pids
             .iter()
             .map(|p| rss_mib(*p).map(|m| format!("{m:.0}")))
             .collect::<Result<_, _>>()?;
+        let (mut disk, mut stored) = (Vec::new(), 0.0);
+        for (i, shard) in c.shards.iter().enumerate() {
+            disk.push(disk_bytes(&c.dir.path().join(c.shard_id(i).as_str())));
+            let page = memring_tests::client()
+                .get(format!("{}/metrics", shard.url()))
+                .send()
+                .await?
+                .text()
+                .await?;
+            stored += gauge(&page, "memring_shard_memory_bytes");
+        }
+        let disk_total: u64 = disk.iter().sum();
+        // Searches of random small tenants, one at a time (the first of each loads its index).
+        let mut took = Vec::with_capacity(args.searches);
+        for n in 0..args.searches {
+            took.push(search(format!("small{}", rng.random_range(0..have)), n).await?);
+        }
+        took.sort();
+        let (search_p50, search_p99) = (pct(&took, 0.5), pct(&took, 0.99));
         for n in 0..50 {
-            write("hot".into(), format!("warm{n}"), args.dims, n).await?;
+            write("hot".into(), format!("warm{n}"), n).await?;
         }
         let mut took = Vec::with_capacity(args.writes);
         for n in 0..args.writes {
-            took.push(write("hot".into(), format!("t{target}-{n}"), args.dims, n).await?);
+            took.push(write("hot".into(), format!("t{target}-{n}"), n).await?);
         }
         took.sort();
         let rate_started = Instant::now();
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for n in 0..args.writes {
-            pending.push(write(format!("busy{}", n % 20), format!("t{target}-{n}"), args.dims, n));
-            if pending.len() == 8
-                && let Some(done) = pending.next().await
-            {
-                done?;
-            }
-        }
-        while let Some(done) = pending.next().await {
-            done?;
-        }
+        let busy =
+            (0..args.writes).map(|n| write(format!("busy{}", n % 20), format!("t{target}-{n}"), n));
+        in_flight(8, busy).await?;
         let rate = args.writes as f64 / rate_started.elapsed().as_secs_f64();
+        let mib = |b: u64| format!("{:.0}", b as f64 / (1 << 20) as f64);
         println!(
-            "| {target} | {:.0} s | {} | {} MiB | {:.2} ms | {:.2} ms | {rate:.0} |",
+            "| {target} | {memories} | {:.0} s | {} | {} MiB | {:.2} / {:.2} ms | {rate:.0} | {search_p50:.2} / {search_p99:.2} ms | {} MiB | {:.2} | {:.0} B |",
             load.as_secs_f64(),
-            cpu.join(" / "),
+            cpu.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" / "),
             rss.join(" / "),
             pct(&took, 0.5),
-            pct(&took, 0.99)
+            pct(&took, 0.99),
+            disk.iter().map(|d| mib(*d)).collect::<Vec<_>>().join(" / "),
+            disk_total as f64 / stored.max(1.0),
+            disk_total as f64 / (memories * 3) as f64,
+        );
+        rows.push((target, pct(&took, 0.5), rate));
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last())
+        && rows.len() > 1
+    {
+        println!();
+        println!(
+            "{} vs {} tenants: write p50 {:.2}×, writes/s {:.2}×",
+            last.0,
+            first.0,
+            last.1 / first.1.max(1e-9),
+            last.2 / first.2.max(1e-9)
         );
     }
     Ok(())

@@ -1,0 +1,174 @@
+//! What each tenant stores (memories, bytes), summed over the owners' copies of its partitions,
+//! for the memory and byte quotas (`limits.rs`). Kept from each shard node's partition list
+//! read incrementally: after the first (full) list the router asks only for the partitions
+//! changed since its cursor in that node's change feed (`GET /internal/v1/partitions?feed&since`),
+//! and updates the tenants' sums by the difference, so a refresh costs what changed, not what
+//! the cluster holds. The sums are recounted from the known copies only when the layout changes
+//! (ownership moves) or a node restarts (a full list).
+
+use std::collections::HashMap;
+
+use memring_common::api::{PartitionList, PartitionStats};
+use memring_common::{NodeId, PartitionKey, Ring};
+
+/// One node's copies as last listed.
+#[derive(Default)]
+struct NodeCopies {
+    feed: u64,
+    cursor: u64,
+    copies: HashMap<PartitionKey, (u64, u64)>,
+}
+
+/// The tenants' stored memories and bytes.
+#[derive(Default)]
+pub struct Usage {
+    nodes: HashMap<NodeId, NodeCopies>,
+    /// The layout epoch the sums were counted at.
+    epoch: Option<u64>,
+    sums: HashMap<String, (u64, u64)>,
+}
+
+impl Usage {
+    /// The query asking `node` for what changed since the last list (empty: a full list).
+    pub fn query(&self, node: &NodeId) -> String {
+        match self.nodes.get(node) {
+            Some(n) if n.feed != 0 => format!("?feed={}&since={}", n.feed, n.cursor),
+            _ => String::new(),
+        }
+    }
+
+    /// Takes `node`'s answer into account, under `ring`.
+    pub fn apply(&mut self, ring: &Ring, node: &NodeId, list: PartitionList) {
+        let recount = self.epoch != Some(ring.epoch()) || list.full;
+        let owned = |p: &PartitionKey| ring.owner(p).is_some_and(|o| o.id == *node);
+        let copies = self.nodes.entry(node.clone()).or_default();
+        if list.full {
+            copies.copies.clear();
+        }
+        (copies.feed, copies.cursor) = (list.feed, list.cursor);
+        for p in list.partitions {
+            let now = (p.count, p.bytes);
+            let before = copies.copies.insert(p.partition.clone(), now).unwrap_or((0, 0));
+            if !recount && owned(&p.partition) {
+                adjust(&mut self.sums, &p, before, now);
+            }
+            if now == (0, 0) {
+                copies.copies.remove(&p.partition);
+            }
+        }
+        if recount {
+            self.recount(ring);
+        }
+    }
+
+    /// Forgets the nodes no longer in `ring`'s layout.
+    pub fn retain_nodes(&mut self, ring: &Ring) {
+        let before = self.nodes.len();
+        self.nodes.retain(|id, _| ring.layout().node(id).is_some());
+        if self.nodes.len() != before {
+            self.recount(ring);
+        }
+    }
+
+    /// Each tenant's (memories, bytes).
+    pub fn sums(&self) -> &HashMap<String, (u64, u64)> {
+        &self.sums
+    }
+
+    /// Counts the sums again from every known copy (a walk over them: at a layout change or a
+    /// node's full list only).
+    fn recount(&mut self, ring: &Ring) {
+        let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
+        for (node, copies) in &self.nodes {
+            for (p, (count, bytes)) in &copies.copies {
+                let owned = ring.owner(p).is_some_and(|o| o.id == *node);
+                if let (true, Some(t)) = (owned, p.tenant()) {
+                    let slot = sums.entry(t.to_string()).or_default();
+                    slot.0 += count;
+                    slot.1 += bytes;
+                }
+            }
+        }
+        self.sums = sums;
+        self.epoch = Some(ring.epoch());
+    }
+}
+
+fn adjust(
+    sums: &mut HashMap<String, (u64, u64)>,
+    p: &PartitionStats,
+    before: (u64, u64),
+    now: (u64, u64),
+) {
+    let Some(t) = p.partition.tenant() else { return };
+    let slot = sums.entry(t.to_string()).or_default();
+    slot.0 = (slot.0 + now.0).saturating_sub(before.0);
+    slot.1 = (slot.1 + now.1).saturating_sub(before.1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memring_common::ClusterLayout;
+    use memring_common::layout::LayoutNode;
+
+    fn stats(p: &str, count: u64, bytes: u64) -> PartitionStats {
+        PartitionStats {
+            partition: p.parse().expect("partition"),
+            count,
+            dimensions: None,
+            last_seq: 1,
+            last_term: 0,
+            bytes,
+        }
+    }
+
+    fn list(
+        node: &NodeId,
+        partitions: Vec<PartitionStats>,
+        cursor: u64,
+        full: bool,
+    ) -> PartitionList {
+        PartitionList { node: node.clone(), epoch: 1, partitions, feed: 7, cursor, full }
+    }
+
+    #[test]
+    fn sums_follow_full_and_incremental_lists_of_the_owners_copies() {
+        let a = NodeId::parse("a").expect("id");
+        let mut layout = ClusterLayout::default();
+        layout.nodes.push(LayoutNode { id: a.clone(), addr: "127.0.0.1:1".into() });
+        layout.epoch = 1;
+        let ring = Ring::new(layout);
+        let mut usage = Usage::default();
+        assert_eq!(usage.query(&a), "");
+        usage.apply(
+            &ring,
+            &a,
+            list(
+                &a,
+                vec![
+                    stats("t1/shared", 3, 30),
+                    stats("t1/agent:x", 2, 20),
+                    stats("t2/shared", 1, 10),
+                ],
+                5,
+                true,
+            ),
+        );
+        assert_eq!(usage.sums().get("t1"), Some(&(5, 50)));
+        assert_eq!(usage.query(&a), "?feed=7&since=5");
+        // Changed since: one partition grew, one is gone.
+        usage.apply(
+            &ring,
+            &a,
+            list(&a, vec![stats("t1/shared", 4, 45), stats("t2/shared", 0, 0)], 9, false),
+        );
+        assert_eq!(usage.sums().get("t1"), Some(&(6, 65)));
+        assert_eq!(usage.sums().get("t2"), Some(&(0, 0)));
+        assert_eq!(usage.query(&a), "?feed=7&since=9");
+        // A node that restarted lists everything again: the sums are what it lists.
+        usage.apply(&ring, &a, list(&a, vec![stats("t1/shared", 1, 1)], 2, true));
+        assert_eq!(usage.sums().get("t1"), Some(&(1, 1)));
+        assert_eq!(usage.sums().get("t2"), None);
+    }
+}
