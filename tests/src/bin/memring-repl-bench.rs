@@ -13,7 +13,8 @@
 //! every copy is caught up and the nodes are quiet, then measures each shard node's CPU over a
 //! quiet interval (from `/proc/<pid>/stat`), its resident memory and its data directory's size
 //! (against the stored memories' own bytes, `memring_shard_memory_bytes`), searches of random
-//! small tenants, and single and 8-in-flight writes to other tenants; one row per count.
+//! small tenants, and single and 8-in-flight writes to other tenants; one row per count. Last,
+//! it deletes the big tenants and reports the data directories' size 30 s to 5 min later.
 
 use std::time::{Duration, Instant};
 
@@ -296,7 +297,13 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
     let router = c.router(0);
     let http = memring_tests::client();
     let dims = args.dims;
-    let memory = |n: usize, id: String| json!({"id": id, "scope": "shared", "content": format!("memory {n} of a small tenant"), "embedding": vector(dims, n, 0.2)});
+    // Dense embeddings, as real ones are (a sparse test vector compresses to nearly nothing and
+    // would hide what the disk holds).
+    let memory = |n: usize, id: String| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
+        let v: Vec<f32> = (0..dims).map(|_| memring_tests::data::gaussian(&mut rng)).collect();
+        json!({"id": id, "scope": "shared", "content": format!("memory {n} of a small tenant"), "embedding": memring_tests::data::unit(v)})
+    };
     let write = |tenant: String, id: String, n: usize| {
         let (http, router) = (http.clone(), router.clone());
         let body = memory(n, id);
@@ -337,7 +344,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| tenants | memories | load | idle CPU per node (% of a core) | RSS per node | write p50 / p99 | writes/s, 8 at a time | search p50 / p99 (random tenants) | disk per node | disk ÷ stored bytes | disk per memory copy |"
+        "| tenants | memories | load | idle CPU per node (% of a core) | RSS per node | write p50 / p99 | writes/s, 8 at a time | search p50 / p99 (random tenants) | data dir per node | SST files ÷ stored bytes | data dir per memory copy |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut have = 0;
@@ -387,7 +394,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
             .iter()
             .map(|p| rss_mib(*p).map(|m| format!("{m:.0}")))
             .collect::<Result<_, _>>()?;
-        let (mut disk, mut stored) = (Vec::new(), 0.0);
+        let (mut disk, mut stored, mut sst) = (Vec::new(), 0.0, 0.0);
         for (i, shard) in c.shards.iter().enumerate() {
             disk.push(disk_bytes(&c.dir.path().join(c.shard_id(i).as_str())));
             let page = memring_tests::client()
@@ -397,6 +404,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
                 .text()
                 .await?;
             stored += gauge(&page, "memring_shard_memory_bytes");
+            sst += gauge(&page, "memring_rocksdb_sst_bytes");
         }
         let disk_total: u64 = disk.iter().sum();
         // Searches of random small tenants, one at a time (the first of each loads its index).
@@ -428,10 +436,44 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
             pct(&took, 0.5),
             pct(&took, 0.99),
             disk.iter().map(|d| mib(*d)).collect::<Vec<_>>().join(" / "),
-            disk_total as f64 / stored.max(1.0),
+            sst / stored.max(1.0),
             disk_total as f64 / (memories * 3) as f64,
         );
         rows.push((target, pct(&took, 0.5), rate));
+    }
+    // Deleting the big tenants: how soon their space is back.
+    let disk_now = || -> Vec<u64> {
+        (0..c.shards.len())
+            .map(|i| disk_bytes(&c.dir.path().join(c.shard_id(i).as_str())))
+            .collect()
+    };
+    let before = disk_now();
+    for b in 0..args.big_tenants {
+        let resp = http.delete(format!("{router}/v1/tenants/big{b}")).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "tenant deletion answered {}", resp.status());
+    }
+    let deleted = Instant::now();
+    let mut samples = Vec::new();
+    for at in [30u64, 60, 120, 300] {
+        let wait = Duration::from_secs(at).saturating_sub(deleted.elapsed());
+        tokio::time::sleep(wait).await;
+        samples.push((at, disk_now()));
+    }
+    let mib = |b: &[u64]| {
+        b.iter()
+            .map(|d| format!("{:.0}", *d as f64 / (1 << 20) as f64))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!();
+    println!(
+        "deleting the {} big tenants ({} memories each): disk per node {} MiB before",
+        args.big_tenants,
+        args.big_size,
+        mib(&before)
+    );
+    for (at, disk) in &samples {
+        println!("- {at} s after: {} MiB", mib(disk));
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last())
         && rows.len() > 1
