@@ -39,6 +39,9 @@ pub const EPOCH_HEADER: &str = "x-memring-epoch";
 /// Migration and replication feeds (`export`, `changes`, `index`): the partition's log position
 /// the answer reflects.
 pub const LAST_SEQ_HEADER: &str = "x-memring-last-seq";
+/// Migration `export`: the term of the entry at the position of [`LAST_SEQ_HEADER`] (a re-seeded
+/// copy starts its log there).
+pub const LAST_TERM_HEADER: &str = "x-memring-last-term";
 /// Migration `export`: memories in this page.
 pub const PAGE_COUNT_HEADER: &str = "x-memring-count";
 /// Migration `export`: memories in the partition when the page was read.

@@ -62,6 +62,9 @@ pub enum ErrorCode {
     /// A follower asked for a replica read has not applied enough of its primary's log (the
     /// read token's position, or within the staleness bound); routers then ask the primary.
     ReplicaBehind,
+    /// A copy asked for log entries its log no longer holds (trimmed, `shard-node/src/storage/trim.rs`):
+    /// the asking copy must be re-seeded from a snapshot. Internal routes only.
+    LogTrimmed,
     /// A bug or an I/O failure on our side.
     Internal,
 }
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::QuotaExceeded => 403,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::LogTrimmed => 410,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
@@ -119,6 +123,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::PartitionMoving => "partition_moving",
             ErrorCode::ReplicaBehind => "replica_behind",
+            ErrorCode::LogTrimmed => "log_trimmed",
             ErrorCode::Internal => "internal",
         }
     }

@@ -55,6 +55,11 @@ pub struct ShardConfig {
     /// How often expired memories are purged from disk, seconds (they vanish from reads at
     /// once regardless).
     pub purge_interval_secs: u64,
+    /// Log entries younger than this many seconds are kept when a partition's log is trimmed (a
+    /// copy back within it catches up from the log; later, it is re-seeded from a snapshot).
+    pub log_keep_secs: u64,
+    /// The last this many entries of each partition's log are kept as well, whatever their age.
+    pub log_keep_entries: u64,
 }
 
 impl Default for ShardConfig {
@@ -78,6 +83,8 @@ impl Default for ShardConfig {
             quorum_timeout_ms: 2000,
             replica_staleness_ms: 2000,
             purge_interval_secs: 60,
+            log_keep_secs: 600,
+            log_keep_entries: 0,
         }
     }
 }
@@ -140,6 +147,12 @@ pub struct ShardArgs {
     /// TTL purge interval in seconds.
     #[arg(long, env = "MEMRING_PURGE_INTERVAL_SECS")]
     pub purge_interval_secs: Option<u64>,
+    /// Seconds of log kept when trimming.
+    #[arg(long, env = "MEMRING_LOG_KEEP_SECS")]
+    pub log_keep_secs: Option<u64>,
+    /// Entries of each partition's log kept when trimming.
+    #[arg(long, env = "MEMRING_LOG_KEEP_ENTRIES")]
+    pub log_keep_entries: Option<u64>,
 }
 
 impl ShardArgs {
@@ -163,6 +176,8 @@ impl ShardArgs {
         overlay(&mut c.quorum_timeout_ms, self.quorum_timeout_ms);
         overlay(&mut c.replica_staleness_ms, self.replica_staleness_ms);
         overlay(&mut c.purge_interval_secs, self.purge_interval_secs);
+        overlay(&mut c.log_keep_secs, self.log_keep_secs);
+        overlay(&mut c.log_keep_entries, self.log_keep_entries);
         c.validate()?;
         Ok(c)
     }

@@ -108,6 +108,11 @@ pub async fn run(
         Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?);
     let reclaimer =
         tokio::spawn(reclaim_deleted(storage.clone(), background.clone(), stop_rx.clone()));
+    let keep = replicate::trim::Keep {
+        time: Duration::from_secs(config.log_keep_secs),
+        entries: config.log_keep_entries,
+    };
+    let trimmer = tokio::spawn(trim_logs(repl.clone(), keep, stop_rx.clone()));
     let purger = tokio::spawn(purge_expired(
         node.clone(),
         storage.clone(),
@@ -134,6 +139,7 @@ pub async fn run(
     let _ = follower.await;
     let _ = replicator.await;
     let _ = purger.await;
+    let _ = trimmer.await;
     let _ = reporter.await;
     let _ = reclaimer.await;
     let _ = token_task.await;
@@ -222,6 +228,44 @@ async fn purge_expired(
         }
     }
 }
+
+/// Every few seconds, trims the logs of the partitions that changed once their window has
+/// passed (`replicate/trim.rs`), until `stop`.
+async fn trim_logs(
+    repl: Arc<replicate::Replication>,
+    keep: replicate::trim::Keep,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let trimmer = Arc::new(parking_lot::Mutex::new(replicate::trim::Trimmer::default()));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(TRIM_INTERVAL) => {}
+        }
+        let (repl, trimmer) = (repl.clone(), trimmer.clone());
+        let round = tokio::task::spawn_blocking(move || {
+            let mut t = trimmer.lock();
+            let done = repl.trim_round(&mut t, keep);
+            metrics::gauge!("memring_log_trim_waiting_partitions").set(t.waiting() as f64);
+            done
+        });
+        match round.await {
+            Ok(Ok(done)) if done.entries > 0 => {
+                tracing::debug!(
+                    partitions = done.partitions,
+                    entries = done.entries,
+                    "logs trimmed"
+                )
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "log trim round failed"),
+            Err(e) => tracing::warn!(error = %e, "log trim round failed"),
+        }
+    }
+}
+
+/// How often the logs of changed partitions are looked at for trimming.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every few seconds, compacts the key ranges deletions left (`storage/reclaim.rs`) on the
 /// low-priority threads, until `stop`.

@@ -15,6 +15,8 @@
 //!   `replicate/rules.rs`) and [`PartitionMeta`] `last_term` (the last entry's term). Entries and
 //!   metas of earlier formats decode with term 0: every entry written before terms counts as one
 //!   older than any written after.
+//! - 5: [`PartitionMeta`] gained `trimmed_seq` and `trimmed_term` (where the log starts once
+//!   trimmed, `storage/trim.rs`). Earlier metas decode with 0: nothing trimmed.
 //!
 //! Keys (see `storage.rs` for the column families):
 //! - episodes: `partition ‖ memory id` (ids sort the list order),
@@ -25,7 +27,7 @@ use memring_common::{ApiError, MemoryId, PartitionKey, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Format of episode, log and meta values written by this binary.
-pub const RECORD_FORMAT_VERSION: u8 = 4;
+pub const RECORD_FORMAT_VERSION: u8 = 5;
 
 /// A value stored in RocksDB or sent in a migration frame, readable in every format version this
 /// binary knows.
@@ -61,42 +63,58 @@ impl Record for Vec<LogEntry> {
 
 impl Record for PartitionMeta {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 4 {
+        if version >= 5 {
             return bincode_body(body);
         }
-        if version == 3 {
-            let v3: PartitionMetaV3 = bincode_body(body)?;
-            return Ok(PartitionMeta {
-                dimensions: v3.dimensions,
-                last_seq: v3.last_seq,
-                count: v3.count,
-                next_label: v3.next_label,
-                checksum: v3.checksum,
-                bytes: v3.bytes,
-                last_term: 0,
-            });
-        }
-        if version == 2 {
-            let v2: PartitionMetaV2 = bincode_body(body)?;
-            return Ok(PartitionMeta {
-                dimensions: v2.dimensions,
-                last_seq: v2.last_seq,
-                count: v2.count,
-                next_label: v2.next_label,
-                checksum: v2.checksum,
-                bytes: None,
-                last_term: 0,
-            });
-        }
-        let v1: PartitionMetaV1 = bincode_body(body)?;
+        let v4 = match version {
+            4 => bincode_body::<PartitionMetaV4>(body)?,
+            3 => {
+                let v3: PartitionMetaV3 = bincode_body(body)?;
+                PartitionMetaV4 {
+                    dimensions: v3.dimensions,
+                    last_seq: v3.last_seq,
+                    count: v3.count,
+                    next_label: v3.next_label,
+                    checksum: v3.checksum,
+                    bytes: v3.bytes,
+                    last_term: 0,
+                }
+            }
+            2 => {
+                let v2: PartitionMetaV2 = bincode_body(body)?;
+                PartitionMetaV4 {
+                    dimensions: v2.dimensions,
+                    last_seq: v2.last_seq,
+                    count: v2.count,
+                    next_label: v2.next_label,
+                    checksum: v2.checksum,
+                    bytes: None,
+                    last_term: 0,
+                }
+            }
+            _ => {
+                let v1: PartitionMetaV1 = bincode_body(body)?;
+                PartitionMetaV4 {
+                    dimensions: v1.dimensions,
+                    last_seq: v1.last_seq,
+                    count: v1.count,
+                    next_label: v1.next_label,
+                    checksum: None,
+                    bytes: None,
+                    last_term: 0,
+                }
+            }
+        };
         Ok(PartitionMeta {
-            dimensions: v1.dimensions,
-            last_seq: v1.last_seq,
-            count: v1.count,
-            next_label: v1.next_label,
-            checksum: None,
-            bytes: None,
-            last_term: 0,
+            dimensions: v4.dimensions,
+            last_seq: v4.last_seq,
+            count: v4.count,
+            next_label: v4.next_label,
+            checksum: v4.checksum,
+            bytes: v4.bytes,
+            last_term: v4.last_term,
+            trimmed_seq: 0,
+            trimmed_term: 0,
         })
     }
 }
@@ -267,6 +285,11 @@ pub struct PartitionMeta {
     pub bytes: Option<u64>,
     /// Term of the entry at `last_seq` (0 when the log is empty or older than terms).
     pub last_term: u64,
+    /// The log holds no entry at or before this position any more (trimmed, or the position of
+    /// the snapshot this copy was seeded from; 0: it holds every entry).
+    pub trimmed_seq: u64,
+    /// The term of the entry at `trimmed_seq`.
+    pub trimmed_term: u64,
 }
 
 impl PartitionMeta {
@@ -285,6 +308,18 @@ impl PartitionMeta {
         self.checksum = Some(sum);
         self.bytes = Some(bytes);
     }
+}
+
+/// [`PartitionMeta`] as format 4 wrote it.
+#[derive(Deserialize)]
+struct PartitionMetaV4 {
+    dimensions: Option<u32>,
+    last_seq: u64,
+    count: u64,
+    next_label: u64,
+    checksum: Option<u64>,
+    bytes: Option<u64>,
+    last_term: u64,
 }
 
 /// [`PartitionMeta`] as format 3 wrote it.
@@ -469,7 +504,36 @@ mod tests {
                 checksum: None,
                 bytes: None,
                 last_term: 0,
+                trimmed_seq: 0,
+                trimmed_term: 0,
             }
+        );
+        // A format-4 meta reads with nothing trimmed.
+        #[derive(Serialize)]
+        struct V4 {
+            dimensions: Option<u32>,
+            last_seq: u64,
+            count: u64,
+            next_label: u64,
+            checksum: Option<u64>,
+            bytes: Option<u64>,
+            last_term: u64,
+        }
+        let v4 = V4 {
+            dimensions: None,
+            last_seq: 9,
+            count: 2,
+            next_label: 3,
+            checksum: Some(1),
+            bytes: Some(2),
+            last_term: 4,
+        };
+        let mut bytes = vec![4u8];
+        bytes.extend(bincode::serde::encode_to_vec(&v4, bincode::config::standard()).expect("enc"));
+        let read: PartitionMeta = decode(&bytes).expect("dec");
+        assert_eq!(
+            (read.last_seq, read.last_term, read.trimmed_seq, read.trimmed_term),
+            (9, 4, 0, 0)
         );
         // Format-1 episodes read unchanged.
         let mut v1_episode = encode(&episode()).expect("enc");

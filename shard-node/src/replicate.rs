@@ -42,6 +42,7 @@
 mod copies;
 pub mod feed;
 pub mod rules;
+pub mod trim;
 
 #[cfg(test)]
 mod model;
@@ -69,6 +70,8 @@ use rules::{LogPos, Refusal};
 pub const POLL_WAIT: Duration = Duration::from_secs(1);
 /// Log entries pulled per request.
 const PAGE: usize = 1000;
+/// Memories per snapshot page of a re-seed.
+const SNAPSHOT_PAGE: usize = 500;
 /// How long a poll may wait while some copies are being retried or acknowledgements wait.
 const RETRY_WAIT: Duration = Duration::from_millis(200);
 /// Acknowledgements sent in one poll at most (after a full listing there is one per copy).
@@ -187,6 +190,12 @@ impl Following {
     }
 }
 
+/// Entries a primary inlined for a copy that continues its log.
+struct Inline {
+    want: Want,
+    entries: Vec<LogEntry>,
+}
+
 /// A copy a round brings up to its primary.
 struct Want {
     partition: PartitionKey,
@@ -194,6 +203,8 @@ struct Want {
     target: u64,
     /// The primary leads it at this epoch and its last position equals this copy's.
     same: bool,
+    /// The primary's committed position (`Change::committed`).
+    committed: u64,
 }
 
 /// Replication on one node: its primary side ([`Acks`], taking over) and its follower side.
@@ -359,6 +370,13 @@ impl Replication {
                     ),
                     1,
                 ));
+            }
+        } else if mine == LogPos::default() {
+            // A copy dropped for a re-seed and no copy heard holds anything: it starts empty.
+            let key = partition.clone();
+            if self.blocking(move |s| s.is_reseeding(&key)).await? {
+                let key = partition.clone();
+                self.blocking(move |s| s.drop_partition(&key)).await?;
             }
         }
         self.taken.lock().insert(partition.clone(), epoch);
@@ -692,12 +710,17 @@ impl Replication {
             // continues its log (log matching), nothing to ask.
             let same =
                 c.led && mine.get(&c.partition) == Some(&LogPos::new(c.last_term, c.last_seq));
-            wanted.push(Want { partition: c.partition, target: c.last_seq, same });
+            wanted.push(Want {
+                partition: c.partition,
+                target: c.last_seq,
+                same,
+                committed: c.committed,
+            });
         }
         // Copies held here the primary does not list (it may hold nothing yet) are checked
         // against it like the others.
         for p in mine.into_keys().filter(|p| !listed.contains(p)) {
-            wanted.push(Want { partition: p, target: 0, same: false });
+            wanted.push(Want { partition: p, target: 0, same: false, committed: 0 });
         }
         wanted.retain(|w| follows(&ring, &self.me, &primary.id, &w.partition));
         let followed: HashSet<PartitionKey> = wanted.iter().map(|w| w.partition.clone()).collect();
@@ -720,7 +743,7 @@ impl Replication {
     ) {
         let ring = self.ring.ring();
         let mut wanted: Vec<Want> = Vec::new();
-        let mut inline: Vec<(PartitionKey, u64, Vec<LogEntry>)> = Vec::new();
+        let mut inline: Vec<Inline> = Vec::new();
         for c in changes {
             if !follows(&ring, &self.me, &primary.id, &c.partition) {
                 continue;
@@ -730,24 +753,29 @@ impl Replication {
                 f.applied.get(&c.partition) == Some(&LogPos::new(epoch, first.seq - 1))
                     && c.entries.iter().all(|e| e.term <= epoch)
             });
+            let want = Want {
+                partition: c.partition,
+                target: c.last_seq,
+                same: false,
+                committed: c.committed,
+            };
             if continues {
-                inline.push((c.partition, c.last_seq, c.entries));
+                inline.push(Inline { want, entries: c.entries });
             } else {
-                wanted.push(Want { partition: c.partition, target: c.last_seq, same: false });
+                wanted.push(want);
             }
         }
         wanted.extend(f.retry.drain().map(|(partition, target)| Want {
             partition,
             target,
             same: false,
+            committed: 0,
         }));
         if !inline.is_empty() {
-            for (p, result) in self.apply_inline(primary, epoch, inline).await {
+            for (want, result) in self.apply_inline(primary, epoch, inline).await {
                 match result {
-                    Ok((reached, target)) => {
-                        self.note_checked(primary, epoch, p, reached, target, f)
-                    }
-                    Err(target) => wanted.push(Want { partition: p, target, same: false }),
+                    Some(reached) => self.note_checked(primary, epoch, reached, want, f),
+                    None => wanted.push(want),
                 }
             }
         }
@@ -755,25 +783,26 @@ impl Replication {
     }
 
     /// Applies entries a primary inlined in its answer, each partition under the same check
-    /// as a pull (`catch_up_one`). Per partition: the position reached and the primary's, or
-    /// (on failure) the primary's position, to pull instead.
+    /// as a pull (`catch_up_one`). Per partition: the position reached, or `None` (on failure:
+    /// pull instead).
     async fn apply_inline(
         &self,
         primary: &LayoutNode,
         epoch: u64,
-        inline: Vec<(PartitionKey, u64, Vec<LogEntry>)>,
-    ) -> Vec<(PartitionKey, Result<(u64, u64), u64>)> {
+        inline: Vec<Inline>,
+    ) -> Vec<(Want, Option<u64>)> {
         let (ring, me, primary_id) = (self.ring.clone(), self.me.clone(), primary.id.clone());
         let work = move |s: &Storage| {
             let mut out = Vec::with_capacity(inline.len());
-            for (p, target, entries) in inline {
+            for Inline { want, entries } in inline {
                 let last = entries.last().map_or(0, |e| e.seq);
-                let allowed = || still_leading(&ring.ring(), &me, &primary_id, &p, epoch);
-                match s.import_replicated(&p, entries, &allowed) {
-                    Ok(_) => out.push((p, Ok((last, target)))),
+                let p = &want.partition;
+                let allowed = || still_leading(&ring.ring(), &me, &primary_id, p, epoch);
+                match s.import_replicated(p, entries, &allowed) {
+                    Ok(_) => out.push((want, Some(last))),
                     Err(e) => {
                         tracing::debug!(partition = %p, error = %e, "inlined entries not applied; pulling");
-                        out.push((p, Err(target)));
+                        out.push((want, None));
                     }
                 }
             }
@@ -813,14 +842,19 @@ impl Replication {
                 _ => self.catch_up_one(primary, &w.partition, epoch, w.target).await,
             };
             match reached {
-                Ok(at) => self.note_checked(primary, epoch, w.partition, at, w.target, f),
+                Ok(at) => self.note_checked(primary, epoch, at, w, f),
                 Err(e) => {
                     // Not checked (the owner has not taken over yet, or is gone): asked again
                     // on the next round, and not caught up until then.
                     tracing::debug!(partition = %w.partition, primary = %primary.id, error = %e, "replication round did not check this copy");
                     f.applied.remove(&w.partition);
-                    let progress =
-                        Progress { primary: primary.id.clone(), behind: w.target, synced: None };
+                    let progress = Progress {
+                        primary: primary.id.clone(),
+                        behind: w.target,
+                        synced: None,
+                        at: 0,
+                        committed: 0,
+                    };
                     self.copies.lock().set(&w.partition, progress);
                     f.retry.insert(w.partition, w.target);
                 }
@@ -828,17 +862,10 @@ impl Replication {
         }
     }
 
-    /// Records that the copy of `p` continues `primary`'s log at `epoch` up to `at` (the
-    /// primary being at `target`), and queues its acknowledgement.
-    fn note_checked(
-        &self,
-        primary: &LayoutNode,
-        epoch: u64,
-        p: PartitionKey,
-        at: u64,
-        target: u64,
-        f: &mut Following,
-    ) {
+    /// Records that the copy `w` names continues `primary`'s log at `epoch` up to `at`, and
+    /// queues its acknowledgement.
+    fn note_checked(&self, primary: &LayoutNode, epoch: u64, at: u64, w: Want, f: &mut Following) {
+        let (p, target) = (w.partition, w.target);
         let pos = LogPos::new(epoch, at);
         // A full listing starts from no known copy, so every copy's position is sent again
         // then (the primary may have restarted since).
@@ -849,7 +876,13 @@ impl Replication {
         if behind > 0 {
             f.retry.insert(p.clone(), target);
         }
-        let progress = Progress { primary: primary.id.clone(), behind, synced: Some(epoch) };
+        let progress = Progress {
+            primary: primary.id.clone(),
+            behind,
+            synced: Some(epoch),
+            at,
+            committed: w.committed.min(at),
+        };
         self.copies.lock().set(&p, progress);
     }
 
@@ -872,8 +905,10 @@ impl Replication {
     /// copy's entries after that, then applies `node`'s page by page. `allowed` is checked
     /// against the current ring under the partition's write lock before each change lands; with
     /// `epoch`, `node` must be leading the partition at that epoch (a follower asking its
-    /// owner). The one loop of a follower's round and of a take-over. Returns the position
-    /// reached.
+    /// owner). The one loop of a follower's round and of a take-over. A copy marked as being
+    /// re-seeded, or that cannot continue `node`'s log because one of the two is trimmed past
+    /// where they would meet (`log_trimmed`), is re-seeded from `node` instead
+    /// ([`Replication::reseed`]). Returns the position reached.
     async fn sync_from(
         &self,
         node: &LayoutNode,
@@ -882,7 +917,112 @@ impl Replication {
         to: u64,
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
     ) -> Result<LogPos, ApiError> {
-        let mut at = self.last_pos(p).await?;
+        let key = p.clone();
+        if self.blocking(move |s| s.is_reseeding(&key)).await? {
+            return self.reseed(node, p, epoch, to, allowed).await;
+        }
+        let at = self.last_pos(p).await?;
+        match self.sync_log(node, p, epoch, at, to, allowed.clone()).await {
+            Err(e) if e.code() == ErrorCode::LogTrimmed => {
+                tracing::info!(partition = %p, from = %node.id, reason = %e, "re-seeding this copy");
+                self.reseed(node, p, epoch, to, allowed).await
+            }
+            reached => reached,
+        }
+    }
+
+    /// Replaces this copy of `p` by a snapshot of `node`'s (the migration copy path: its export
+    /// pages, `storage/trim.rs`), then pulls `node`'s entries after the snapshot's position up to
+    /// `to`. The copy stays marked until then, so a crash anywhere re-seeds it again.
+    async fn reseed(
+        &self,
+        node: &LayoutNode,
+        p: &PartitionKey,
+        epoch: Option<u64>,
+        to: u64,
+        allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
+    ) -> Result<LogPos, ApiError> {
+        metrics::counter!("memring_replication_reseeds_total").increment(1);
+        let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
+        self.blocking(move |s| s.begin_reseed(&key, &|| a(&ring.ring()))).await?;
+        let mut after: Option<String> = None;
+        let mut start: Option<LogPos> = None;
+        let mut copied = 0usize;
+        loop {
+            let mut url = format!(
+                "http://{}/internal/v1/migrate/{}/export?limit={SNAPSHOT_PAGE}",
+                node.addr,
+                partition_path(p)
+            );
+            if let Some(a) = &after {
+                url.push_str(&format!("&after={a}"));
+            }
+            let (body, headers) = self.get_bytes(&url).await?;
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::internal(format!("{url} answered without {name}")))
+            };
+            let number = |name: &str| {
+                header(name)?
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::internal(format!("{url}: {name} is not a number")))
+            };
+            if start.is_none() {
+                start = Some(LogPos::new(
+                    number(api::LAST_TERM_HEADER)?,
+                    number(api::LAST_SEQ_HEADER)?,
+                ));
+            }
+            let ops: Vec<crate::record::LogOp> = decode(&body)?;
+            copied += ops.len();
+            let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
+            self.blocking(move |s| s.import_snapshot(&key, ops, &|| a(&ring.ring()))).await?;
+            match header(api::NEXT_AFTER_HEADER) {
+                Ok(next) => after = Some(next),
+                Err(_) => break,
+            }
+        }
+        let start = start.unwrap_or_default();
+        let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
+        self.blocking(move |s| s.place_snapshot(&key, start, &|| a(&ring.ring()))).await?;
+        let reached = self.sync_log(node, p, epoch, start, to.max(start.seq), allowed).await?;
+        let key = p.clone();
+        self.blocking(move |s| s.end_reseed(&key)).await?;
+        tracing::info!(partition = %p, from = %node.id, memories = copied, snapshot = start.seq, reached = reached.seq, "copy re-seeded from a snapshot");
+        Ok(reached)
+    }
+
+    /// A GET of an internal binary answer: its body and headers, or the error it carried.
+    async fn get_bytes(&self, url: &str) -> Result<(bytes::Bytes, http::HeaderMap), ApiError> {
+        let unreachable = |e: reqwest::Error| ApiError::unavailable(format!("{url}: {e}"), 1);
+        let resp = self.client.get(url).send().await.map_err(unreachable)?;
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let body = resp.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok((body, headers));
+        }
+        Err(match serde_json::from_slice::<memring_common::error::ErrorBody>(&body) {
+            Ok(parsed) => ApiError::from_body(parsed),
+            Err(_) => ApiError::unavailable(
+                format!("{url} answered {status}: {}", String::from_utf8_lossy(&body)),
+                1,
+            ),
+        })
+    }
+
+    /// The loop of [`Replication::sync_from`] from this copy's position `at`.
+    async fn sync_log(
+        &self,
+        node: &LayoutNode,
+        p: &PartitionKey,
+        epoch: Option<u64>,
+        mut at: LogPos,
+        to: u64,
+        allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
+    ) -> Result<LogPos, ApiError> {
         loop {
             match self.pull(node, p, at, epoch).await? {
                 Pulled::Diverges { end_of_term } => {
@@ -939,24 +1079,16 @@ impl Replication {
         if let Some(epoch) = epoch {
             url.push_str(&format!("&epoch={epoch}"));
         }
-        let unreachable = |e: reqwest::Error| ApiError::unavailable(format!("{url}: {e}"), 1);
-        let resp = self.client.get(&url).send().await.map_err(unreachable)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(unreachable)?;
-        if status.is_success() {
-            return decode(&body).map(Pulled::Entries);
-        }
-        let error = match serde_json::from_slice::<memring_common::error::ErrorBody>(&body) {
-            Ok(parsed) => ApiError::from_body(parsed),
-            Err(_) => ApiError::unavailable(
-                format!("{url} answered {status}: {}", String::from_utf8_lossy(&body)),
-                1,
-            ),
+        let error = match self.get_bytes(&url).await {
+            Ok((body, _)) => return decode(&body).map(Pulled::Entries),
+            Err(error) => error,
         };
         let end_of_term =
             error.details().and_then(|d| d.get("end_of_term")).and_then(serde_json::Value::as_u64);
         match end_of_term {
-            Some(end_of_term) if status.as_u16() == 409 => Ok(Pulled::Diverges { end_of_term }),
+            Some(end_of_term) if error.code() == ErrorCode::Conflict => {
+                Ok(Pulled::Diverges { end_of_term })
+            }
             _ => Err(error),
         }
     }

@@ -369,6 +369,7 @@ impl ShardService {
                     .await?;
                 let mut headers = vec![
                     (api::LAST_SEQ_HEADER, page.last_seq.to_string()),
+                    (api::LAST_TERM_HEADER, page.last_term.to_string()),
                     (api::PAGE_COUNT_HEADER, page.ops.len().to_string()),
                     (api::PAGE_TOTAL_HEADER, page.total.to_string()),
                 ];

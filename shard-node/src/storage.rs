@@ -145,6 +145,8 @@ struct Partition {
     dimensions: std::sync::OnceLock<u32>,
     /// Its meta is on disk (it counts in the node's totals).
     stored: std::sync::atomic::AtomicBool,
+    /// Being re-seeded from a snapshot (persisted, see `trim.rs`).
+    reseeding: std::sync::atomic::AtomicBool,
 }
 
 impl Partition {
@@ -184,6 +186,8 @@ pub struct Storage {
     totals: Totals,
     /// Deleted key ranges waiting for compaction (`reclaim.rs`).
     reclaim: Mutex<Vec<reclaim::Range>>,
+    /// Logs a migration or a re-seed is reading: partition → (position, last use) (`trim.rs`).
+    pins: Mutex<HashMap<Vec<u8>, (u64, std::time::Instant)>>,
 }
 
 fn db_err(e: rocksdb::Error) -> ApiError {
@@ -219,6 +223,7 @@ impl Storage {
             feed: Feed::new(),
             totals: Totals::default(),
             reclaim: Mutex::new(Vec::new()),
+            pins: Mutex::new(HashMap::new()),
         };
         storage.claim(node)?;
         storage
@@ -319,6 +324,7 @@ impl Storage {
         };
         let fenced =
             self.db.get_cf(&meta_cf, migration::fence_key(&enc)).map_err(db_err)?.is_some();
+        let reseeding = self.db.get_cf(&meta_cf, trim::reseed_key(&enc)).map_err(db_err)?.is_some();
         let mut map = self.partitions.write();
         let p = map
             .entry(enc.clone())
@@ -329,6 +335,7 @@ impl Storage {
                     search: RwLock::new(None),
                     fenced: std::sync::atomic::AtomicBool::new(fenced),
                     stored: std::sync::atomic::AtomicBool::new(stored),
+                    reseeding: std::sync::atomic::AtomicBool::new(reseeding),
                     dimensions: meta_dimensions(&meta),
                     meta: Mutex::new(meta),
                 })
@@ -507,10 +514,13 @@ impl Storage {
     }
 
     /// The partition's last log position with its term, read under its write lock (`(0, 0)` if
-    /// it does not exist).
+    /// it does not exist, or while it is being re-seeded: it vouches for nothing then).
     pub fn last_pos(&self, key: &PartitionKey) -> Result<LogPos, ApiError> {
         Ok(self.partition(key, false)?.map_or(LogPos::default(), |p| {
             let meta = p.meta.lock();
+            if p.reseeding.load(std::sync::atomic::Ordering::Acquire) {
+                return LogPos::default();
+            }
             LogPos::new(meta.last_term, meta.last_seq)
         }))
     }
@@ -913,9 +923,10 @@ impl Storage {
         for name in [CF_EPISODES, CF_LOG, CF_META] {
             batch.delete_range_cf(&self.cf(name)?, &prefix, &end);
         }
-        // The node-level keys that name the tenant's partitions: their fences.
-        let fences = migration::fence_key(&prefix);
-        batch.delete_range_cf(&self.cf(CF_META)?, &fences, &prefix_end(&fences));
+        // The node-level keys that name the tenant's partitions: their fences and re-seed marks.
+        for marks in [migration::fence_key(&prefix), trim::reseed_key(&prefix)] {
+            batch.delete_range_cf(&self.cf(CF_META)?, &marks, &prefix_end(&marks));
+        }
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
         let mut dropped = Vec::new();
         self.partitions.write().retain(|enc, p| {
@@ -1025,8 +1036,25 @@ impl Storage {
     }
 
     /// Change-log entries of a partition after `after_seq` (at most `limit`), for tests, replication
-    /// and migration catch-up.
+    /// and migration catch-up; `log_trimmed` if the log no longer holds the entry after it.
     pub fn log_after(
+        &self,
+        key: &PartitionKey,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ApiError> {
+        let entries = self.read_log_after(key, after_seq, limit)?;
+        // Checked after the read: a trim meanwhile removes only entries up to its new start.
+        let start = self.log_start(key)?.seq;
+        if after_seq < start {
+            return Err(trim::trimmed_error(key, after_seq, start));
+        }
+        Ok(entries)
+    }
+
+    /// The log entries stored after `after_seq`, without the check of [`Storage::log_after`]
+    /// (callers holding the partition's write lock check `trimmed_seq` themselves).
+    fn read_log_after(
         &self,
         key: &PartitionKey,
         after_seq: u64,
@@ -1100,6 +1128,7 @@ pub mod migration;
 pub mod purge;
 pub mod reclaim;
 mod totals;
+pub mod trim;
 
 #[cfg(test)]
 mod tests;

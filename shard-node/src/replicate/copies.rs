@@ -17,6 +17,11 @@ pub struct Progress {
     /// The layout epoch at which the copy was last found to continue the log of its primary,
     /// leading at that epoch (`None`: not checked since, or the check failed).
     pub synced: Option<u64>,
+    /// The position checked then (0 if not checked).
+    pub at: u64,
+    /// Up to where, within `at`, the primary said a quorum holds its log: how far this copy may
+    /// trim (`rules::follower_trim`).
+    pub committed: u64,
 }
 
 /// Every followed copy, with running totals.
@@ -116,7 +121,7 @@ mod tests {
     }
 
     fn at(primary: &str, behind: u64, synced: Option<u64>) -> Progress {
-        Progress { primary: node(primary), behind, synced }
+        Progress { primary: node(primary), behind, synced, at: 0, committed: 0 }
     }
 
     /// The totals, counted the slow way.

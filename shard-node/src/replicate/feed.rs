@@ -59,6 +59,9 @@ pub struct Change {
     /// This node has taken the partition over at the follower's epoch (its log there is the
     /// one to follow, as of the answer).
     pub led: bool,
+    /// Where led: the position up to which a quorum of copies holds this node's log (how far a
+    /// follower may trim its own, `rules::follower_trim`); 0 otherwise.
+    pub committed: u64,
     /// Entries after the position the follower acknowledged under this node's lead term at
     /// the follower's epoch, in order (empty when there is none, or over the inline budget).
     pub entries: Vec<LogEntry>,
@@ -96,15 +99,14 @@ impl Replication {
             })
             .await?;
         let (positions, cursor, more): (Vec<(PartitionKey, u64, u64)>, u64, bool) = listed;
-        let leading = self.ring.ring().epoch() == ask.epoch;
+        let ring = self.ring.ring();
+        let leading = ring.epoch() == ask.epoch;
         let mut changes: Vec<Change> = positions
             .into_iter()
-            .map(|(partition, last_seq, last_term)| Change {
-                led: leading && self.lead_term(&partition) == Some(ask.epoch),
-                partition,
-                last_seq,
-                last_term,
-                entries: Vec::new(),
+            .map(|(partition, last_seq, last_term)| {
+                let led = leading && self.lead_term(&partition) == Some(ask.epoch);
+                let committed = if led { self.committed(&ring, &partition, last_seq) } else { 0 };
+                Change { led, committed, partition, last_seq, last_term, entries: Vec::new() }
             })
             .collect();
         if !full {
@@ -141,7 +143,12 @@ impl Replication {
                     if budget == 0 {
                         break;
                     }
-                    let entries = s.log_after(&p, after, budget)?;
+                    let entries = match s.log_after(&p, after, budget) {
+                        Ok(entries) => entries,
+                        // Behind where the log starts: the follower re-seeds when it pulls.
+                        Err(e) if e.code() == memring_common::ErrorCode::LogTrimmed => continue,
+                        Err(e) => return Err(e),
+                    };
                     budget = budget.saturating_sub(entries.len());
                     pages.push((i, entries));
                 }

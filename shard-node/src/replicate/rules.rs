@@ -109,6 +109,55 @@ pub fn take_over_peers(copies: usize, write_quorum: usize) -> usize {
     copies.saturating_sub(write_quorum)
 }
 
+/// The position up to which a primary leading at term `lead` knows its log to be held by
+/// `write_quorum` copies: the `write_quorum`-th highest of its own last position `own` and the
+/// positions its followers acknowledged under `lead` (an acknowledgement of another term says
+/// nothing about this log).
+pub fn committed(
+    own: u64,
+    acks: impl IntoIterator<Item = (u64, u64)>,
+    lead: u64,
+    write_quorum: usize,
+) -> u64 {
+    let mut held: Vec<u64> = std::iter::once(own)
+        .chain(acks.into_iter().filter(|(_, term)| *term == lead).map(|(seq, _)| seq.min(own)))
+        .collect();
+    held.sort_unstable_by(|a, b| b.cmp(a));
+    held.get(write_quorum.max(1) - 1).copied().unwrap_or(0)
+}
+
+/// **Trimming** (`storage/trim.rs`): a copy drops the entries of its log up to a position,
+/// keeping only that position's term. A primary trims no further than what a quorum holds
+/// (`committed`), so a copy that later re-seeds from it (dropping its own data) never held an
+/// entry fewer than W other copies hold; `keep_floor` is the window kept for copies that return.
+pub fn primary_trim(committed: u64, keep_floor: u64) -> u64 {
+    committed.min(keep_floor)
+}
+
+/// A follower trims no further than the position its primary told it a quorum holds
+/// (`committed`), within what it has checked against that primary's log (`checked`) and the
+/// kept window. Every later primary's log holds those entries, so this copy never has to cut
+/// back past them: trimming its own log further could make it re-seed, dropping entries it may be
+/// one of only W copies of (the model finds that loss).
+pub fn follower_trim(checked: u64, committed: u64, keep_floor: u64) -> u64 {
+    checked.min(committed).min(keep_floor)
+}
+
+/// The last position of a log ending at `last` that the window keeps no longer: entries within
+/// `keep_entries` of the end stay, and so do those after `aged` (the last position older than
+/// the window's time).
+pub fn keep_floor(last: u64, keep_entries: u64, aged: u64) -> u64 {
+    last.saturating_sub(keep_entries).min(aged)
+}
+
+/// Whether a copy can compare or continue a log trimmed through position `start` at position
+/// `at` (a copy's log can cut back to, and be pulled after, only positions it still holds the
+/// term of). Otherwise the copy behind is **re-seeded**: its data replaced by a snapshot of the
+/// copy it follows, at that copy's position.
+pub fn can_pull(at: u64, start: u64) -> bool {
+    at >= start
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +212,21 @@ mod tests {
         assert!(!may_follow(7, Some(6)));
         assert!(!may_follow(7, None));
         assert_eq!(take_over_peers(3, 2), 1);
+    }
+
+    #[test]
+    fn a_primary_trims_only_what_a_quorum_holds_and_the_window_lets_go() {
+        // Own 50; followers acked 40 under term 7 and 45 under an older term.
+        assert_eq!(committed(50, [(40, 7), (45, 6)], 7, 2), 40);
+        assert_eq!(committed(50, [(40, 7), (45, 7)], 7, 2), 45);
+        assert_eq!(committed(50, [(40, 7), (45, 7)], 7, 3), 40);
+        assert_eq!(committed(50, [], 7, 1), 50);
+        assert_eq!(committed(50, [(60, 7)], 7, 2), 50, "an ack never counts past the own log");
+        assert_eq!(primary_trim(40, keep_floor(50, 20, 45)), 30);
+        assert_eq!(primary_trim(40, keep_floor(50, 0, 45)), 40);
+        assert_eq!(keep_floor(5, 20, 5), 0);
+        assert_eq!(follower_trim(12, 30, 40), 12);
+        assert_eq!(follower_trim(12, 8, 40), 8);
+        assert!(can_pull(30, 30) && can_pull(31, 30) && !can_pull(29, 30));
     }
 }

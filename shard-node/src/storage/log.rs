@@ -17,10 +17,15 @@ use crate::record::{parse_metadata, prefix_end};
 
 impl Storage {
     /// The term of this copy's entry at `seq` (`Some(0)` for position 0, the empty prefix every
-    /// log shares; `None` if this copy has no entry there).
+    /// untrimmed log shares; `None` if this copy has no entry there; `log_trimmed` before where
+    /// its log starts).
     pub fn term_at(&self, key: &PartitionKey, seq: u64) -> Result<Option<u64>, ApiError> {
-        if seq == 0 {
-            return Ok(Some(0));
+        let start = self.log_start(key)?;
+        if seq < start.seq {
+            return Err(super::trim::trimmed_error(key, seq, start.seq));
+        }
+        if seq == start.seq {
+            return Ok(Some(start.term));
         }
         let cf = self.cf(CF_LOG)?;
         match self.db.get_cf(&cf, log_key(&key.encode(), seq)).map_err(db_err)? {
@@ -37,8 +42,13 @@ impl Storage {
         if last.term <= term {
             return Ok(last.seq);
         }
+        let start = self.log_start(key)?;
+        if start.term > term {
+            // Where entries of that term end was trimmed away.
+            return Err(super::trim::trimmed_error(key, start.seq.saturating_sub(1), start.seq));
+        }
         // term_at(lo) <= term < term_at(hi)
-        let (mut lo, mut hi) = (0u64, last.seq);
+        let (mut lo, mut hi) = (start.seq, last.seq);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
             match self.term_at(key, mid)? {
@@ -51,7 +61,8 @@ impl Storage {
 
     /// Cuts this copy's log back to position `to`, undoing every entry after it (see the module
     /// notes); `may_apply` is checked under the partition's write lock first. Returns how many
-    /// entries were removed.
+    /// entries were removed. `log_trimmed` (nothing changed) when `to` is before where the log
+    /// starts, or a memory's state at `to` is older than the log: the copy must be re-seeded.
     pub fn truncate_log(
         &self,
         key: &PartitionKey,
@@ -65,12 +76,15 @@ impl Storage {
         if meta.last_seq <= to {
             return Ok(0);
         }
-        let removed = self.log_after(key, to, usize::MAX)?;
+        if to < meta.trimmed_seq {
+            return Err(super::trim::trimmed_error(key, to, meta.trimmed_seq));
+        }
+        let removed = self.read_log_after(key, to, usize::MAX)?;
         let touched: HashSet<String> = removed.iter().map(|e| e.id().to_owned()).collect();
         // Each touched memory as it was at `to`, and the term of the entry at `to`.
         let mut before: HashMap<String, Option<StoredEpisode>> = HashMap::new();
-        let mut term_at_cut = 0;
-        if to > 0 {
+        let mut term_at_cut = meta.trimmed_term;
+        if to > meta.trimmed_seq {
             let mut opts = ReadOptions::default();
             opts.set_iterate_lower_bound(p.enc.clone());
             opts.fill_cache(false);
@@ -99,6 +113,10 @@ impl Storage {
                     break;
                 }
             }
+        }
+        if meta.trimmed_seq > 0 && before.len() < touched.len() {
+            // A memory's state at the cut was in the trimmed part of the log.
+            return Err(super::trim::trimmed_error(key, to, meta.trimmed_seq));
         }
         let mut next = meta.clone();
         next.last_seq = to;

@@ -36,6 +36,17 @@ pub fn fence_key(partition: &[u8]) -> Vec<u8> {
     key
 }
 
+/// How imported entries land in a partition's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Import {
+    /// A migration's copy: each gets a new entry of this copy's own log, in its last term.
+    Migration,
+    /// A follower's: the primary's entries, under their own sequence numbers and terms.
+    Replica,
+    /// A re-seed's snapshot pages: no log entries (`trim.rs`).
+    Snapshot,
+}
+
 /// One page of an export.
 pub struct ExportPage {
     /// The memories, as puts, ready for [`Storage::import`].
@@ -44,6 +55,8 @@ pub struct ExportPage {
     pub next_after: Option<String>,
     /// The partition's log position this page reflects at least.
     pub last_seq: u64,
+    /// The term of the entry there.
+    pub last_term: u64,
     /// Memories in the partition at this page's snapshot (for progress).
     pub total: u64,
 }
@@ -59,13 +72,17 @@ impl Storage {
         let enc = key.encode();
         let snapshot = self.db.snapshot();
         let meta_cf = self.cf(CF_META)?;
-        let (last_seq, total) = match snapshot.get_cf(&meta_cf, &enc).map_err(db_err)? {
+        let (last_seq, last_term, total) = match snapshot.get_cf(&meta_cf, &enc).map_err(db_err)? {
             Some(bytes) => {
                 let meta = decode::<PartitionMeta>(&bytes)?;
-                (meta.last_seq, meta.count)
+                (meta.last_seq, meta.last_term, meta.count)
             }
-            None => (0, 0),
+            None => (0, 0, 0),
         };
+        if after.is_none() {
+            // What follows reads the log after this page's position (`trim.rs`).
+            self.pin_log(key, last_seq);
+        }
         let start = match after {
             Some(id) => {
                 let mut k = episode_key(&enc, id);
@@ -90,7 +107,7 @@ impl Storage {
             (true, Some(LogOp::Put(e))) => Some(e.id.clone()),
             _ => None,
         };
-        Ok(ExportPage { ops, next_after, last_seq, total })
+        Ok(ExportPage { ops, next_after, last_seq, last_term, total })
     }
 
     /// Applies `ops` in order to the partition (creating it), each with a new entry in this
@@ -103,7 +120,7 @@ impl Storage {
     ) -> Result<usize, ApiError> {
         let entries =
             ops.into_iter().map(|op| LogEntry { seq: 0, at_ms: now_ms, op, term: 0 }).collect();
-        self.import_at(key, entries, false, &|| Ok(()))
+        self.import_at(key, entries, Import::Migration, &|| Ok(()))
     }
 
     /// A follower applies its primary's log entries, each under the primary's sequence number
@@ -120,7 +137,7 @@ impl Storage {
         entries: Vec<LogEntry>,
         may_apply: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<usize, ApiError> {
-        self.import_at(key, entries, true, may_apply)
+        self.import_at(key, entries, Import::Replica, may_apply)
     }
 
     /// The log entry with sequence number `seq`, if this copy has it.
@@ -128,11 +145,11 @@ impl Storage {
         Ok(self.log_after(key, seq.saturating_sub(1), 1)?.into_iter().find(|e| e.seq == seq))
     }
 
-    fn import_at(
+    pub(super) fn import_at(
         &self,
         key: &PartitionKey,
         entries: Vec<LogEntry>,
-        keep_seq: bool,
+        mode: Import,
         may_apply: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<usize, ApiError> {
         let _gate = self.gate.read();
@@ -141,6 +158,16 @@ impl Storage {
         };
         let mut meta = p.meta.lock();
         may_apply()?;
+        // Snapshot pages only while re-seeding; then the source's entries after the snapshot
+        // (`Storage::place_snapshot` set where they continue), never a migration's.
+        let reseeding = p.reseeding.load(Ordering::Acquire);
+        if (mode == Import::Snapshot && !reseeding) || (mode == Import::Migration && reseeding) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{}: {mode:?} entries do not apply while re-seeding is {reseeding}", p.key),
+            ));
+        }
+        let keep_seq = mode == Import::Replica;
         let mut next = meta.clone();
         let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
         let mut batch = WriteBatch::default();
@@ -221,6 +248,9 @@ impl Storage {
                     None => {}
                 },
             }
+            if mode == Import::Snapshot {
+                continue;
+            }
             next.last_seq += 1;
             next.last_term = term;
             batch.put_cf(
@@ -243,6 +273,7 @@ impl Storage {
         after_seq: u64,
         limit: usize,
     ) -> Result<(Vec<LogOp>, u64), ApiError> {
+        self.pin_log(key, after_seq);
         let entries = self.log_after(key, after_seq, limit)?;
         let last = entries.last().map(|e| e.seq).unwrap_or(after_seq);
         Ok((entries.into_iter().map(|e| e.op).collect(), last))
@@ -339,9 +370,21 @@ impl Storage {
         Ok(vectors)
     }
 
-    /// Removes the partition from this node: memories, log, meta and fence.
+    /// Removes the partition from this node: memories, log, meta, fence and re-seed mark.
     pub fn drop_partition(&self, key: &PartitionKey) -> Result<(), ApiError> {
         let _gate = self.gate.write();
+        self.remove_partition(key, false)?;
+        tracing::info!(partition = %key, "partition dropped from this node");
+        Ok(())
+    }
+
+    /// Removes the partition's data (with the write gate held exclusively), leaving the re-seed
+    /// mark if `reseed`.
+    pub(super) fn remove_partition(
+        &self,
+        key: &PartitionKey,
+        reseed: bool,
+    ) -> Result<(), ApiError> {
         let enc = key.encode();
         let end = prefix_end(&enc);
         let mut batch = WriteBatch::default();
@@ -350,7 +393,15 @@ impl Storage {
         let meta = self.cf(CF_META)?;
         batch.delete_cf(&meta, &enc);
         batch.delete_cf(&meta, fence_key(&enc));
-        let before = self.partitions_with_prefix(&enc)?.into_iter().find(|p| p.partition == *key);
+        if reseed {
+            batch.put_cf(&meta, super::trim::reseed_key(&enc), b"1");
+        } else {
+            batch.delete_cf(&meta, super::trim::reseed_key(&enc));
+        }
+        let before = match self.partition(key, false)? {
+            Some(p) if p.stored.load(Ordering::Acquire) => Some(self.stats_of(key)?),
+            _ => None,
+        };
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
         let dropped = self.partitions.write().remove(&enc);
         if let Some(p) = dropped {
@@ -361,7 +412,6 @@ impl Storage {
         }
         self.feed.note(key);
         self.queue_reclaim(enc, end);
-        tracing::info!(partition = %key, "partition dropped from this node");
         Ok(())
     }
 }

@@ -856,3 +856,142 @@ fn a_deleted_tenant_gives_its_disk_space_back_once_its_range_is_compacted() {
     let kept = s.get(&key("small", "shared"), &MemoryId::parse("m").expect("id"), 2);
     assert!(kept.is_ok(), "other tenants keep their data");
 }
+
+/// A trimmed log keeps its start's term for the divergence check, answers `log_trimmed` before
+/// it (never a gap), keeps the data and the bookkeeping, and stays trimmed after a restart.
+#[test]
+fn a_trimmed_log_starts_where_it_was_trimmed_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = key("t", "shared");
+    let term = |t: u64| move |_: u64| Ok(t);
+    {
+        let s = open(dir.path());
+        for (n, t) in [1u64, 1, 2, 2, 2, 3, 3, 3].into_iter().enumerate() {
+            let one = vec![item(&format!("e{}", n % 5), &format!("v{n}"), vec![1.0, n as f32])];
+            s.write_checked(&k, one, 1, &|| Ok(()), &term(t)).expect("write");
+        }
+        let before = s.checksum(&k, true).expect("sum");
+        assert_eq!(s.trim_log(&k, 4).expect("trim"), 4);
+        assert_eq!(s.trim_log(&k, 3).expect("trim"), 0, "a trim never goes back");
+        assert_eq!(s.log_start(&k).expect("start"), LogPos::new(2, 4));
+        let trimmed = |r: Result<Vec<LogEntry>, ApiError>| r.expect_err("trimmed").code();
+        assert_eq!(trimmed(s.log_after(&k, 3, 10)), ErrorCode::LogTrimmed);
+        assert_eq!(trimmed(s.log_after(&k, 0, 10)), ErrorCode::LogTrimmed);
+        let seqs: Vec<u64> = s.log_after(&k, 4, 10).expect("log").iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [5, 6, 7, 8]);
+        assert_eq!(s.term_at(&k, 4).expect("term"), Some(2));
+        assert_eq!(s.term_at(&k, 3).expect_err("trimmed").code(), ErrorCode::LogTrimmed);
+        assert_eq!(s.end_of_term(&k, 2).expect("end"), 5);
+        assert_eq!(s.end_of_term(&k, 1).expect_err("trimmed").code(), ErrorCode::LogTrimmed);
+        let after = s.checksum(&k, true).expect("sum");
+        assert_eq!(
+            (after.count, &after.checksum, after.consistent),
+            (before.count, &before.checksum, true)
+        );
+        assert_eq!(s.changes(&k, 2, 10).expect_err("trimmed").code(), ErrorCode::LogTrimmed);
+        // Trimmed through its last entry, the log is empty and still knows its position.
+        assert_eq!(s.trim_log(&k, 100).expect("trim"), 4);
+        assert_eq!(s.log_start(&k).expect("start"), LogPos::new(3, 8));
+        assert_eq!(s.log_after(&k, 8, 10).expect("log"), vec![]);
+    }
+    let s = open(dir.path());
+    assert_eq!(s.log_start(&k).expect("start"), LogPos::new(3, 8));
+    assert_eq!(s.last_pos(&k).expect("pos"), LogPos::new(3, 8));
+    s.write_checked(&k, vec![item("new", "x", vec![0.0, 1.0])], 2, &|| Ok(()), &term(3))
+        .expect("write");
+    assert_eq!(s.log_after(&k, 8, 10).expect("log")[0].seq, 9);
+}
+
+/// Cutting a log back needs each touched memory's state at the cut: when that state is in the
+/// trimmed part, the cut refuses (`log_trimmed`, nothing changed) and the copy must re-seed.
+#[test]
+fn a_cut_back_past_what_the_log_still_holds_refuses_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let k = key("t", "shared");
+    let term = |t: u64| move |_: u64| Ok(t);
+    // a@1, b@2, c@3, b@4 (term 1); then a@5 (term 1) is the suffix to cut.
+    for (id, content) in [("a", "a1"), ("b", "b1"), ("c", "c1"), ("b", "b2"), ("a", "a2")] {
+        s.write_checked(&k, vec![item(id, content, vec![1.0, 0.5])], 1, &|| Ok(()), &term(1))
+            .expect("write");
+    }
+    s.trim_log(&k, 2).expect("trim");
+    let before = s.checksum(&k, true).expect("sum");
+    // a's state at 4 is its entry 1, trimmed away.
+    let refused = s.truncate_log(&k, 4, &|| Ok(())).expect_err("ambiguous");
+    assert_eq!(refused.code(), ErrorCode::LogTrimmed);
+    assert_eq!(
+        s.truncate_log(&k, 1, &|| Ok(())).expect_err("before start").code(),
+        ErrorCode::LogTrimmed
+    );
+    let same = s.checksum(&k, true).expect("sum");
+    assert_eq!((same.count, &same.checksum, same.last_seq), (before.count, &before.checksum, 5));
+    // b's state at 4 is in the log (entry 4): cutting a later b back works.
+    s.write_checked(&k, vec![item("b", "b3", vec![1.0, 0.5])], 1, &|| Ok(()), &term(1))
+        .expect("write");
+    assert_eq!(s.truncate_log(&k, 5, &|| Ok(())).expect("cut"), 1);
+    assert_eq!(s.get(&k, &MemoryId::parse("b").expect("id"), 2).expect("b").content, "b2");
+}
+
+/// A re-seed drops the copy, takes snapshot pages without log entries, starts its log at the
+/// snapshot's position and continues with the source's entries; the mark survives a restart
+/// (a crash mid-way re-seeds again) and refuses a migration's imports meanwhile.
+#[test]
+fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let source = open(a.path());
+    let k = key("t", "shared");
+    let term = |t: u64| move |_: u64| Ok(t);
+    let items = (0..7).map(|i| item(&format!("m{i}"), "x", vec![1.0, i as f32])).collect();
+    source.write_checked(&k, items, 1, &|| Ok(()), &term(2)).expect("write");
+    source.delete_checked(&k, &MemoryId::parse("m3").expect("id"), 2, &term(2)).expect("delete");
+    source.trim_log(&k, 6).expect("trim");
+    {
+        let copy = open_as(b.path(), "n2");
+        // The copy held an old, diverging state.
+        copy.write_checked(&k, vec![item("stale", "x", vec![0.0, 1.0])], 1, &|| Ok(()), &term(1))
+            .expect("write");
+        copy.begin_reseed(&k, &|| Ok(())).expect("begin");
+        assert!(copy.is_reseeding(&k).expect("mark"));
+        assert_eq!(copy.last_pos(&k).expect("pos"), LogPos::default());
+        let first = source.export_page(&k, None, 4).expect("page");
+        assert_eq!((first.last_seq, first.last_term), (8, 2));
+        copy.import_snapshot(&k, first.ops, &|| Ok(())).expect("page");
+        let refused = copy.import(&k, vec![], 1).expect_err("marked");
+        assert_eq!(refused.code(), ErrorCode::Conflict);
+    }
+    // Killed mid-way: the mark is still there; the re-seed starts over.
+    let copy = open_as(b.path(), "n2");
+    assert!(copy.is_reseeding(&k).expect("mark"));
+    assert_eq!(copy.last_pos(&k).expect("pos"), LogPos::default());
+    copy.begin_reseed(&k, &|| Ok(())).expect("begin");
+    let first = source.export_page(&k, None, 4).expect("page");
+    let at = LogPos::new(first.last_term, first.last_seq);
+    let mut next = first.next_after.clone();
+    copy.import_snapshot(&k, first.ops, &|| Ok(())).expect("page");
+    // The source changes between pages: later pages show it, the log replays it.
+    source
+        .write_checked(&k, vec![item("m9", "y", vec![1.0, 9.0])], 3, &|| Ok(()), &term(2))
+        .expect("write");
+    source.delete_checked(&k, &MemoryId::parse("m0").expect("id"), 3, &term(2)).expect("delete");
+    while let Some(after) = next {
+        let page = source.export_page(&k, Some(&after), 4).expect("page");
+        next = page.next_after.clone();
+        copy.import_snapshot(&k, page.ops, &|| Ok(())).expect("page");
+    }
+    copy.place_snapshot(&k, at, &|| Ok(())).expect("place");
+    copy.import_replicated(&k, source.log_after(&k, at.seq, 10).expect("log"), &|| Ok(()))
+        .expect("replay");
+    copy.end_reseed(&k).expect("end");
+    assert!(!copy.is_reseeding(&k).expect("mark"));
+    assert_eq!(copy.log_start(&k).expect("start"), at);
+    assert_eq!(copy.last_pos(&k).expect("pos"), source.last_pos(&k).expect("pos"));
+    let (x, y) = (source.checksum(&k, true).expect("sum"), copy.checksum(&k, true).expect("sum"));
+    assert_eq!((x.count, &x.checksum, x.last_seq), (y.count, &y.checksum, y.last_seq));
+    assert!(y.consistent);
+    assert!(copy.get(&k, &MemoryId::parse("stale").expect("id"), 3).is_err());
+    assert_eq!(
+        copy.log_after(&k, at.seq, 10).expect("log"),
+        source.log_after(&k, at.seq, 10).expect("log")
+    );
+}
