@@ -7,10 +7,15 @@
 //! - N is not among P's holders in the layout (its replica set and extra copies);
 //! - nothing is moving: no migration or replicated rebalance in the journal, no replicated
 //!   move's extra copies, no rebalance's staging pins or creation freeze, no node draining;
-//! - P's owner and every other live member of its set hold the entry at the copy's last log
-//!   position, byte for byte the same as the copy's. Logs are shared prefixes (`replicate.rs`),
-//!   so the set has every entry the copy has; a copy from another lineage (a partition left
-//!   on a node by a layout edited by hand, say) never matches and is kept for an operator;
+//! - P's owner and every other live member of its set hold an entry of the copy's last term at
+//!   the copy's last log position. Logs with an entry of the same term at a position hold the
+//!   same entries up to it (`replicate.rs`), so the set has every entry the copy has; a copy
+//!   from another lineage (a partition left on a node by a layout edited by hand, say) does not
+//!   match and is kept for an operator. A member whose log is trimmed past that position
+//!   (`shard-node/src/storage/trim.rs`) can no longer show the entry: it counts when its log
+//!   starts at a term at least the copy's last — its trimmed entries were held by a quorum, and
+//!   every acknowledged write is in the owner's log; a copy of another lineage with older
+//!   terms is then dropped as well;
 //! - the layout epoch did not change while this was checked.
 //!
 //! A copy outside every replica set appears only through a layout change (a smaller
@@ -101,7 +106,7 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
             if ring.replicas(p).iter().any(|n| n.id == node.id) {
                 continue;
             }
-            if !covered(client, &ring, node, &copy).await? {
+            if !covered(client, &ring, &copy).await? {
                 complete = false;
                 continue;
             }
@@ -123,7 +128,6 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
 async fn covered(
     client: &InternalClient,
     ring: &Ring,
-    holder: &LayoutNode,
     copy: &PartitionStats,
 ) -> anyhow::Result<bool> {
     let p = &copy.partition;
@@ -135,39 +139,45 @@ async fn covered(
         // Holds no log entry: an empty copy.
         return Ok(copy.count == 0);
     }
-    let Some(theirs) = entry_at(client, holder, p, copy.last_seq).await? else {
-        return Ok(false);
-    };
     for member in ring.replica_set(p).iter().filter(|n| !ring.layout().is_down(&n.id)) {
-        if entry_at(client, member, p, copy.last_seq).await?.as_ref() != Some(&theirs) {
+        if !holds(client, member, p, copy.last_seq, copy.last_term).await? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// `node`'s log entry of `p` at position `seq`, as the bytes it sends (None if it has none).
-async fn entry_at(
+/// Whether `node`'s log of `p` holds the entry of term `term` at position `seq` (log matching:
+/// then it holds every entry before it too), asked with the follower's check of
+/// `GET /internal/v1/replicate/log`. A log trimmed past `seq` can no longer show it; it counts
+/// when the trimmed part ends in a term at least `term` (see the module notes).
+async fn holds(
     client: &InternalClient,
     node: &LayoutNode,
     p: &PartitionKey,
     seq: u64,
-) -> anyhow::Result<Option<bytes::Bytes>> {
+    term: u64,
+) -> anyhow::Result<bool> {
     let url = format!(
-        "http://{}/internal/v1/migrate/{}/entries?after={}&limit=1",
+        "http://{}/internal/v1/replicate/log/{}?after={seq}&term={term}&limit=1",
         node.addr,
-        partition_path(p),
-        seq - 1
+        partition_path(p)
     );
-    let resp = client.get(&url).send().await?.error_for_status()?;
-    let body = resp.bytes().await?;
-    // The entry after `seq - 1` may be a later one when `seq` itself was never written here: the
-    // encoded entry carries its sequence number, so such a one differs from the copy's anyway.
-    Ok((!is_empty_batch(&body)).then_some(body))
-}
-
-/// Whether an encoded entry batch holds no entry.
-fn is_empty_batch(body: &[u8]) -> bool {
-    // A format byte and bincode's varint length 0.
-    body.len() <= 2
+    let resp = client.get(&url).send().await?;
+    match resp.status().as_u16() {
+        200 => Ok(true),
+        409 => Ok(false),
+        410 => {
+            let body: memring_common::error::ErrorBody = resp.json().await?;
+            let trimmed_term = body
+                .error
+                .details
+                .as_ref()
+                .and_then(|d| d.get("trimmed_term"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            Ok(trimmed_term >= term)
+        }
+        status => anyhow::bail!("{url} answered {status}"),
+    }
 }

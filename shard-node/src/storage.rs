@@ -1045,8 +1045,8 @@ impl Storage {
     ) -> Result<Vec<LogEntry>, ApiError> {
         let entries = self.read_log_after(key, after_seq, limit)?;
         // Checked after the read: a trim meanwhile removes only entries up to its new start.
-        let start = self.log_start(key)?.seq;
-        if after_seq < start {
+        let start = self.log_start(key)?;
+        if after_seq < start.seq {
             return Err(trim::trimmed_error(key, after_seq, start));
         }
         Ok(entries)

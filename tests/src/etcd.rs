@@ -124,12 +124,24 @@ pub struct EtcdCluster {
     pub token_file: std::path::PathBuf,
     /// Whether processes check and send the cluster token (off only to measure what it costs).
     internal_auth: bool,
+    /// Flags every shard node started here gets.
+    shard_flags: Vec<String>,
 }
 
 impl EtcdCluster {
     /// Starts everything and puts the shards into the layout (epoch = `n`).
     pub async fn start(n: usize, routers: usize, lease_ttl_secs: u64) -> anyhow::Result<Self> {
-        Self::start_on(n, routers, lease_ttl_secs, false, true).await
+        Self::start_on(n, routers, lease_ttl_secs, false, true, &[]).await
+    }
+
+    /// [`EtcdCluster::start`] with flags for every shard node (also those started later).
+    pub async fn start_with_shard_flags(
+        n: usize,
+        routers: usize,
+        lease_ttl_secs: u64,
+        shard_flags: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_on(n, routers, lease_ttl_secs, false, true, shard_flags).await
     }
 
     /// [`EtcdCluster::start`] with internal authentication off everywhere (to measure its cost).
@@ -138,7 +150,7 @@ impl EtcdCluster {
         routers: usize,
         lease_ttl_secs: u64,
     ) -> anyhow::Result<Self> {
-        Self::start_on(n, routers, lease_ttl_secs, false, false).await
+        Self::start_on(n, routers, lease_ttl_secs, false, false, &[]).await
     }
 
     /// [`EtcdCluster::start`] with etcd's authentication on (every process as memring's user).
@@ -147,7 +159,7 @@ impl EtcdCluster {
         routers: usize,
         lease_ttl_secs: u64,
     ) -> anyhow::Result<Self> {
-        Self::start_on(n, routers, lease_ttl_secs, true, true).await
+        Self::start_on(n, routers, lease_ttl_secs, true, true, &[]).await
     }
 
     async fn start_on(
@@ -156,6 +168,7 @@ impl EtcdCluster {
         lease_ttl_secs: u64,
         etcd_auth: bool,
         internal_auth: bool,
+        shard_flags: &[&str],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut etcd = Etcd::start(dir.path()).await?;
@@ -171,6 +184,7 @@ impl EtcdCluster {
             lease_ttl_secs,
             token_file,
             internal_auth,
+            shard_flags: shard_flags.iter().map(|f| f.to_string()).collect(),
         };
         for i in 1..=n {
             let shard = cluster.start_shard(&format!("shard-{i}")).await?;
@@ -245,6 +259,7 @@ impl EtcdCluster {
         args.extend(self.token_flags());
         // This etcd's user, if any (the endpoint may be a proxy in front of it).
         args.extend(self.etcd.flags().into_iter().skip(2));
+        args.extend(self.shard_flags.iter().cloned());
         args.extend(flags.iter().cloned());
         let mut p = Proc::start(id, &binary("memring-shard")?, args, addr, self.dir.path())?;
         p.wait_ready(Duration::from_secs(30)).await?;

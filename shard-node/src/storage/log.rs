@@ -14,6 +14,7 @@ use rocksdb::{ReadOptions, WriteBatch};
 use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
 use crate::record::{LogEntry, LogOp, StoredEpisode, decode, encode, episode_key, log_key};
 use crate::record::{parse_metadata, prefix_end};
+use crate::replicate::rules::LogPos;
 
 impl Storage {
     /// The term of this copy's entry at `seq` (`Some(0)` for position 0, the empty prefix every
@@ -22,7 +23,7 @@ impl Storage {
     pub fn term_at(&self, key: &PartitionKey, seq: u64) -> Result<Option<u64>, ApiError> {
         let start = self.log_start(key)?;
         if seq < start.seq {
-            return Err(super::trim::trimmed_error(key, seq, start.seq));
+            return Err(super::trim::trimmed_error(key, seq, start));
         }
         if seq == start.seq {
             return Ok(Some(start.term));
@@ -45,7 +46,7 @@ impl Storage {
         let start = self.log_start(key)?;
         if start.term > term {
             // Where entries of that term end was trimmed away.
-            return Err(super::trim::trimmed_error(key, start.seq.saturating_sub(1), start.seq));
+            return Err(super::trim::trimmed_error(key, start.seq.saturating_sub(1), start));
         }
         // term_at(lo) <= term < term_at(hi)
         let (mut lo, mut hi) = (start.seq, last.seq);
@@ -77,7 +78,11 @@ impl Storage {
             return Ok(0);
         }
         if to < meta.trimmed_seq {
-            return Err(super::trim::trimmed_error(key, to, meta.trimmed_seq));
+            return Err(super::trim::trimmed_error(
+                key,
+                to,
+                LogPos::new(meta.trimmed_term, meta.trimmed_seq),
+            ));
         }
         let removed = self.read_log_after(key, to, usize::MAX)?;
         let touched: HashSet<String> = removed.iter().map(|e| e.id().to_owned()).collect();
@@ -116,7 +121,11 @@ impl Storage {
         }
         if meta.trimmed_seq > 0 && before.len() < touched.len() {
             // A memory's state at the cut was in the trimmed part of the log.
-            return Err(super::trim::trimmed_error(key, to, meta.trimmed_seq));
+            return Err(super::trim::trimmed_error(
+                key,
+                to,
+                LogPos::new(meta.trimmed_term, meta.trimmed_seq),
+            ));
         }
         let mut next = meta.clone();
         next.last_seq = to;

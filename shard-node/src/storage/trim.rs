@@ -47,15 +47,16 @@ pub fn reseed_key(partition: &[u8]) -> Vec<u8> {
 }
 
 /// The error for entries a log no longer holds.
-pub fn trimmed_error(key: &PartitionKey, after: u64, start: u64) -> ApiError {
+pub fn trimmed_error(key: &PartitionKey, after: u64, start: LogPos) -> ApiError {
     ApiError::new(
         ErrorCode::LogTrimmed,
         format!(
-            "the log of {key} starts after position {start}; entries after {after} are gone \
-             (re-seed from a snapshot)"
+            "the log of {key} starts after position {}; entries after {after} are gone \
+             (re-seed from a snapshot)",
+            start.seq
         ),
     )
-    .with_details(serde_json::json!({ "trimmed_seq": start }))
+    .with_details(serde_json::json!({ "trimmed_seq": start.seq, "trimmed_term": start.term }))
 }
 
 impl Storage {
