@@ -188,6 +188,8 @@ pub struct Storage {
     reclaim: Mutex<Vec<reclaim::Range>>,
     /// Logs a migration or a re-seed is reading: partition → (position, last use) (`trim.rs`).
     pins: Mutex<HashMap<Vec<u8>, (u64, std::time::Instant)>>,
+    /// Log entries trimmed since the log was last compacted whole (`reclaim.rs`).
+    trimmed_since_compaction: std::sync::atomic::AtomicU64,
 }
 
 fn db_err(e: rocksdb::Error) -> ApiError {
@@ -209,9 +211,13 @@ impl Storage {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.increase_parallelism(2);
-        let cfs = [CF_EPISODES, CF_LOG, CF_META]
+        let mut log_opts = cf_opts.clone();
+        // Files that are mostly trimmed entries' tombstones get compacted (`trim.rs`): half of
+        // any 128 consecutive keys deleted.
+        log_opts.add_compact_on_deletion_collector_factory(128, 64, 0.5);
+        let cfs = [(CF_EPISODES, cf_opts.clone()), (CF_LOG, log_opts), (CF_META, cf_opts)]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+            .map(|(name, opts)| ColumnFamilyDescriptor::new(name, opts));
         let db = Db::open_cf_descriptors(&db_opts, dir, cfs)
             .map_err(|e| anyhow::anyhow!("cannot open RocksDB in {}: {e}", dir.display()))?;
         let storage = Self {
@@ -224,6 +230,7 @@ impl Storage {
             totals: Totals::default(),
             reclaim: Mutex::new(Vec::new()),
             pins: Mutex::new(HashMap::new()),
+            trimmed_since_compaction: std::sync::atomic::AtomicU64::new(0),
         };
         storage.claim(node)?;
         storage

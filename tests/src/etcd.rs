@@ -108,6 +108,11 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.exists())
 }
 
+/// What shard nodes of a test cluster get by default: they trim their logs after one second (so
+/// every replication, failover and migration test runs with logs trimmed under it, and copies
+/// re-seeded where they fall behind), where production keeps ten minutes.
+pub const TEST_SHARD_FLAGS: &[&str] = &["--log-keep-secs", "1"];
+
 /// etcd, `n` shard nodes in the layout, and `routers` routers, all on loopback.
 pub struct EtcdCluster {
     /// Temporary directory with every data dir and log.
@@ -124,7 +129,7 @@ pub struct EtcdCluster {
     pub token_file: std::path::PathBuf,
     /// Whether processes check and send the cluster token (off only to measure what it costs).
     internal_auth: bool,
-    /// Flags every shard node started here gets.
+    /// Flags every shard node started here gets ([`TEST_SHARD_FLAGS`] unless given others).
     shard_flags: Vec<String>,
 }
 
@@ -184,7 +189,10 @@ impl EtcdCluster {
             lease_ttl_secs,
             token_file,
             internal_auth,
-            shard_flags: shard_flags.iter().map(|f| f.to_string()).collect(),
+            shard_flags: if shard_flags.is_empty() { TEST_SHARD_FLAGS } else { shard_flags }
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
         };
         for i in 1..=n {
             let shard = cluster.start_shard(&format!("shard-{i}")).await?;

@@ -28,6 +28,12 @@ const EVENT_ONLY: &[(&str, &str)] = &[
         "a returning primary with unacknowledged writes (tests/tests/failover.rs)",
     ),
     ("memring_ttl_purged_total", "an expired memory purged (tests/tests/api.rs)"),
+    ("memring_replication_reseeds_total", "a copy back behind a trimmed log (tests/tests/trim.rs)"),
+    (
+        "memring_log_trimmed_entries_total",
+        "a log trimmed after --log-keep-secs (tests/tests/trim.rs)",
+    ),
+    ("memring_log_trim_waiting_partitions", "the first trim round, 5 s after a start"),
     ("memring_router_breaker_rejections_total", "a request while a breaker is open"),
     (
         "memring_migration_copied",

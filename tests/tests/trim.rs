@@ -2,8 +2,8 @@
 //! copy that comes back behind the trimmed part is re-seeded from a snapshot, and neither a
 //! kill of the re-seeding node nor one of its source leaves a copy different or a write lost.
 //!
-//! The shard nodes here keep one second of log (`--log-keep-secs 1`), so trimming runs within
-//! the tests' time (every 5 s).
+//! The shard nodes of test clusters keep one second of log (`--log-keep-secs 1`,
+//! `memring_tests::etcd::TEST_SHARD_FLAGS`), so trimming runs within the tests' time (every 5 s).
 
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ async fn trimming_cluster(
     nodes: usize,
     copies: u32,
 ) -> anyhow::Result<(EtcdCluster, memring_common::store::etcd::EtcdStore, Proc)> {
-    let c = EtcdCluster::start_with_shard_flags(nodes, 1, 5, &["--log-keep-secs", "1"]).await?;
+    // The test clusters' nodes keep one second of log (`TEST_SHARD_FLAGS`).
+    let c = EtcdCluster::start(nodes, 1, 5).await?;
     let store = c.etcd.store().await?;
     set_replication(&c.etcd.url, copies).await?;
     let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;

@@ -5,13 +5,23 @@
 //! ([`Storage::reclaim_queued`], called by the shard node every few seconds): the files holding
 //! only deleted keys are dropped, the others rewritten without them.
 //!
+//! Trimmed logs (`trim.rs`) give theirs back the same way: a big trim queues its range, and
+//! once [`LOG_COMPACTION_AFTER`] entries were trimmed in small pieces the log column family is
+//! compacted whole; between those, RocksDB compacts files that are mostly tombstones by itself
+//! (a deletion collector on the log column family).
+//!
 //! The queue lives in memory; after a restart before its turn, a range waits for RocksDB's own
 //! compactions. `memring_rocksdb_reclaimable_bytes` shows what compaction could still free
 //! (SST bytes beyond RocksDB's estimate of live data).
 
 use memring_common::ApiError;
 
+use std::sync::atomic::Ordering;
+
 use super::{CF_EPISODES, CF_LOG, CF_META, Storage};
+
+/// Trimmed log entries after which the whole log column family is compacted.
+pub const LOG_COMPACTION_AFTER: u64 = 100_000;
 
 /// A key range of every column family to compact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,14 +42,22 @@ impl Storage {
         }
     }
 
-    /// Ranges waiting for compaction.
+    /// Ranges waiting for compaction (a whole-log compaction owed by trimming counts as one).
     pub fn reclaim_pending(&self) -> usize {
-        self.reclaim.lock().len()
+        let log = self.trimmed_since_compaction.load(Ordering::Relaxed) >= LOG_COMPACTION_AFTER;
+        self.reclaim.lock().len() + usize::from(log)
     }
 
     /// Compacts the queued ranges (blocking: call on a low-priority thread). Returns how many.
     pub fn reclaim_queued(&self) -> Result<usize, ApiError> {
         let mut done = 0;
+        if self.trimmed_since_compaction.load(Ordering::Relaxed) >= LOG_COMPACTION_AFTER {
+            // Many small trims leave point tombstones all over the log: compact it whole (it
+            // holds only the kept window, so this costs little once trimmed).
+            self.trimmed_since_compaction.store(0, Ordering::Relaxed);
+            self.db.compact_range_cf(&self.cf(CF_LOG)?, None::<&[u8]>, None::<&[u8]>);
+            done += 1;
+        }
         loop {
             let Some(range) = self.reclaim.lock().first().cloned() else { return Ok(done) };
             for name in [CF_EPISODES, CF_LOG, CF_META] {

@@ -889,6 +889,11 @@ fn a_trimmed_log_starts_where_it_was_trimmed_and_says_so() {
             (before.count, &before.checksum, true)
         );
         assert_eq!(s.changes(&k, 2, 10).expect_err("trimmed").code(), ErrorCode::LogTrimmed);
+        // Readers of the log pin it where they read from; the lowest pin holds.
+        assert_eq!(s.pinned(&k), Some(2));
+        s.pin_log(&k, 6);
+        assert_eq!(s.pinned(&k), Some(2));
+        assert_eq!(s.pinned(&key("t", "agent:a")), None);
         // Trimmed through its last entry, the log is empty and still knows its position.
         assert_eq!(s.trim_log(&k, 100).expect("trim"), 4);
         assert_eq!(s.log_start(&k).expect("start"), LogPos::new(3, 8));

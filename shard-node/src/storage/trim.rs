@@ -110,6 +110,7 @@ impl Storage {
         if removed >= RECLAIM_AT {
             self.queue_reclaim(log_key(&p.enc, from + 1), log_key(&p.enc, to + 1));
         }
+        self.trimmed_since_compaction.fetch_add(removed, Ordering::Relaxed);
         metrics::counter!("memring_log_trimmed_entries_total").increment(removed);
         Ok(removed)
     }

@@ -55,6 +55,10 @@ struct Args {
     /// Seconds of quiet over which idle CPU is measured.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
+    /// With `--scale-tenants`: the shard nodes' `--log-keep-secs` (how soon a log is trimmed);
+    /// the disk figures are taken once that window and two trim rounds have passed.
+    #[arg(long, default_value_t = 10)]
+    log_keep_secs: u64,
 }
 
 fn pct(sorted: &[Duration], q: f64) -> f64 {
@@ -66,7 +70,10 @@ fn pct(sorted: &[Duration], q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut c = if args.internal_auth {
+    let keep = args.log_keep_secs.to_string();
+    let mut c = if !args.scale_tenants.is_empty() {
+        EtcdCluster::start_with_shard_flags(3, 1, 10, &["--log-keep-secs", &keep]).await?
+    } else if args.internal_auth {
         EtcdCluster::start(3, 1, 10).await?
     } else {
         EtcdCluster::start_without_internal_auth(3, 1, 10).await?
@@ -380,8 +387,9 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
             },
         )
         .await?;
-        // Quiet: let what the load started settle (flushes, compactions, metrics), then measure.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Quiet: let what the load started settle (the logs trimmed, flushes, compactions,
+        // metrics), then measure.
+        tokio::time::sleep(Duration::from_secs(args.log_keep_secs + 20)).await;
         let pids: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
         let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
         let quiet = Instant::now();
