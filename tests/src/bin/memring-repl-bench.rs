@@ -10,7 +10,8 @@
 //! With `--scale-tenants 1000,100000` (`make bench-scale`) it measures instead what many tenants
 //! cost a replicated cluster (R = 3, W = 2): beside a few big tenants (`--big-tenants` of
 //! `--big-size` memories) it adds tenants of 1–10 memories (Zipf) up to each count, waits until
-//! every copy is caught up and the nodes are quiet, then measures each shard node's CPU over a
+//! every copy is caught up, the logs are trimmed (the nodes keep `--log-keep-secs`, default
+//! 10 here) and the nodes are quiet, then measures each shard node's CPU over a
 //! quiet interval (from `/proc/<pid>/stat`), its resident memory and its data directory's size
 //! (against the stored memories' own bytes, `memring_shard_memory_bytes`), searches of random
 //! small tenants, and single and 8-in-flight writes to other tenants; one row per count. Last,
@@ -387,9 +388,30 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
             },
         )
         .await?;
-        // Quiet: let what the load started settle (the logs trimmed, flushes, compactions,
-        // metrics), then measure.
-        tokio::time::sleep(Duration::from_secs(args.log_keep_secs + 20)).await;
+        // Quiet: let what the load started settle — the logs trimmed (the window and a round),
+        // then no partition left waiting for its trim and no compaction pending on any node (up
+        // to two minutes) — then measure.
+        tokio::time::sleep(Duration::from_secs(args.log_keep_secs + 10)).await;
+        let settled = Instant::now();
+        while settled.elapsed() < Duration::from_secs(120) {
+            let mut busy = 0.0;
+            for shard in &c.shards {
+                let page = memring_tests::client()
+                    .get(format!("{}/metrics", shard.url()))
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                busy += gauge(&page, "memring_log_trim_waiting_partitions")
+                    + gauge(&page, "memring_rocksdb_pending_compaction_bytes");
+            }
+            if busy == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        // Two more metric rounds, so the figures read below are from after the settling.
+        tokio::time::sleep(Duration::from_secs(10)).await;
         let pids: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
         let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
         let quiet = Instant::now();
