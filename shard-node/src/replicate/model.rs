@@ -540,16 +540,16 @@ fn follow(s: &State, c: &Config, n: usize, p: usize) -> Option<State> {
                     me.push(primary.log[me.len as usize]);
                 }
                 let reached = me.len;
-                t.nodes[p].acks[n] = Some((reached, ack_term));
-                // The answer carries the primary's committed position (`feed.rs`).
+                // The answer carries the primary's committed position (`feed.rs`), counted
+                // before this round's acknowledgement reaches it.
                 let acks = (0..N)
                     .filter(|&f| f != p)
-                    .filter_map(|f| t.nodes[p].acks[f])
+                    .filter_map(|f| primary.acks[f])
                     .map(|(seq, term)| (u64::from(seq), u64::from(term)));
-                let committed =
-                    rules::committed(u64::from(primary.len), acks, u64::from(ack_term), W);
-                let me = &mut t.nodes[n];
-                me.known_commit = me.known_commit.max(committed.min(u64::from(reached)) as u8);
+                let told = rules::committed(u64::from(primary.len), acks, u64::from(ack_term), W);
+                let known = rules::follower_committed(u64::from(reached), told, W);
+                me.known_commit = me.known_commit.max(known as u8);
+                t.nodes[p].acks[n] = Some((reached, ack_term));
             }
         }
         Rules::Before => {

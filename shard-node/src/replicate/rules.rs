@@ -143,6 +143,13 @@ pub fn follower_trim(checked: u64, committed: u64, keep_floor: u64) -> u64 {
     checked.min(committed).min(keep_floor)
 }
 
+/// What a follower knows a quorum holds of its primary's log: with a write quorum of at most 2,
+/// the position it has checked itself (the primary and this copy hold it); otherwise what the
+/// primary `told` it (which lags: it counts acknowledgements received before the answer).
+pub fn follower_committed(checked: u64, told: u64, write_quorum: usize) -> u64 {
+    if write_quorum <= 2 { checked } else { told.min(checked) }
+}
+
 /// The last position of a log ending at `last` that the window keeps no longer: entries within
 /// `keep_entries` of the end stay, and so do those after `aged` (the last position older than
 /// the window's time).
@@ -227,6 +234,9 @@ mod tests {
         assert_eq!(keep_floor(5, 20, 5), 0);
         assert_eq!(follower_trim(12, 30, 40), 12);
         assert_eq!(follower_trim(12, 8, 40), 8);
+        assert_eq!(follower_committed(12, 8, 2), 12);
+        assert_eq!(follower_committed(12, 8, 3), 8);
+        assert_eq!(follower_committed(12, 20, 3), 12);
         assert!(can_pull(30, 30) && can_pull(31, 30) && !can_pull(29, 30));
     }
 }

@@ -81,7 +81,9 @@ impl Replication {
         }
         match self.copies.lock().get(p) {
             Some(c) if c.synced == Some(ring.epoch()) => {
-                rules::follower_trim(c.at, c.committed, u64::MAX)
+                let quorum = ring.layout().write_quorum() as usize;
+                let committed = rules::follower_committed(c.at, c.committed, quorum);
+                rules::follower_trim(c.at, committed, u64::MAX)
             }
             _ => 0,
         }
