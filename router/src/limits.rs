@@ -62,8 +62,6 @@ pub struct Limiter {
     share: f64,
     limits: RwLock<(TenantLimits, HashMap<String, TenantLimits>)>,
     buckets: Mutex<HashMap<TenantId, Buckets>>,
-    /// Each tenant's stored memories and bytes (owners' copies), refreshed with quotas in force.
-    stored: RwLock<HashMap<String, (u64, u64)>>,
     /// The copies the stored counts are summed from.
     usage: Mutex<crate::usage::Usage>,
 }
@@ -89,7 +87,6 @@ impl Limiter {
             share,
             limits: RwLock::new((TenantLimits::default(), HashMap::new())),
             buckets: Mutex::new(HashMap::new()),
-            stored: RwLock::new(HashMap::new()),
             usage: Mutex::new(crate::usage::Usage::default()),
         }))
     }
@@ -112,7 +109,7 @@ impl Limiter {
     pub fn check_write(&self, tenant: &TenantId, bytes: usize) -> Result<(), ApiError> {
         let limits = self.limits_of(tenant);
         let (memories, stored_bytes) =
-            self.stored.read().get(tenant.as_str()).copied().unwrap_or((0, 0));
+            self.usage.lock().sums().get(tenant.as_str()).copied().unwrap_or((0, 0));
         for (what, quota, have) in [
             ("max_memories", limits.max_memories, memories),
             ("max_bytes", limits.max_bytes, stored_bytes),
@@ -203,9 +200,7 @@ impl Limiter {
             let Ok(list) = resp.json::<memring_common::api::PartitionList>().await else { return };
             self.usage.lock().apply(&ring, &node.id, list);
         }
-        let mut usage = self.usage.lock();
-        usage.retain_nodes(&ring);
-        *self.stored.write() = usage.sums().clone();
+        self.usage.lock().retain_nodes(&ring);
     }
 }
 

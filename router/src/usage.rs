@@ -171,4 +171,34 @@ mod tests {
         assert_eq!(usage.sums().get("t1"), Some(&(1, 1)));
         assert_eq!(usage.sums().get("t2"), None);
     }
+
+    /// What a quota refresh costs once the first full list is in: 20 partitions changed since
+    /// the cursor, at 1,000 and at 100,000 partitions on the node (docs/benchmarks.md; printed,
+    /// not asserted: `cargo test --release -p memring-router --lib refresh_cost -- --ignored
+    /// --nocapture`).
+    #[test]
+    #[ignore = "a measurement"]
+    fn refresh_cost_follows_what_changed() {
+        let a = NodeId::parse("a").expect("id");
+        let mut layout = ClusterLayout::default();
+        layout.nodes.push(LayoutNode { id: a.clone(), addr: "127.0.0.1:1".into() });
+        layout.epoch = 1;
+        let ring = Ring::new(layout);
+        for held in [1_000usize, 100_000] {
+            let mut usage = Usage::default();
+            let all = (0..held).map(|t| stats(&format!("t{t}/shared"), 3, 30)).collect();
+            usage.apply(&ring, &a, list(&a, all, 1, true));
+            let rounds = 2_000u32;
+            let started = std::time::Instant::now();
+            for r in 0..rounds {
+                let changed = (0..20)
+                    .map(|i| stats(&format!("t{}/shared", (r as usize * 20 + i) % held), 4, 40))
+                    .collect();
+                usage.apply(&ring, &a, list(&a, changed, 2 + u64::from(r), false));
+                usage.retain_nodes(&ring);
+            }
+            let per = started.elapsed() / rounds;
+            println!("{held} partitions held, 20 changed: {per:?} per refresh");
+        }
+    }
 }

@@ -918,10 +918,11 @@ impl Replication {
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
     ) -> Result<LogPos, ApiError> {
         let key = p.clone();
-        if self.blocking(move |s| s.is_reseeding(&key)).await? {
+        let (reseeding, at) =
+            self.blocking(move |s| Ok((s.is_reseeding(&key)?, s.last_pos(&key)?))).await?;
+        if reseeding {
             return self.reseed(node, p, epoch, to, allowed).await;
         }
-        let at = self.last_pos(p).await?;
         match self.sync_log(node, p, epoch, at, to, allowed.clone()).await {
             Err(e) if e.code() == ErrorCode::LogTrimmed => {
                 tracing::info!(partition = %p, from = %node.id, reason = %e, "re-seeding this copy");

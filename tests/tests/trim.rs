@@ -12,28 +12,11 @@ use anyhow::Context;
 use memring_common::api::partition_path;
 use memring_common::store::RingStore;
 use memring_common::{PartitionKey, Ring};
-use memring_tests::etcd::EtcdCluster;
 use memring_tests::load::{
-    assert_readable, set_replication, start_writers, stop_writers, wait_for, wait_verified,
+    assert_readable, replicated_cluster, start_writers, stop_writers, wait_for, wait_verified,
 };
 use memring_tests::{Proc, client, shardctl, vector, write_batch};
 use serde_json::{Value, json};
-
-/// A replicated cluster whose nodes trim their logs after a second: `nodes` shard nodes, one
-/// router, `copies` copies, a control plane that never replaces a down node.
-async fn trimming_cluster(
-    nodes: usize,
-    copies: u32,
-) -> anyhow::Result<(EtcdCluster, memring_common::store::etcd::EtcdStore, Proc)> {
-    // The test clusters' nodes keep one second of log (`TEST_SHARD_FLAGS`).
-    let c = EtcdCluster::start(nodes, 1, 5).await?;
-    let store = c.etcd.store().await?;
-    set_replication(&c.etcd.url, copies).await?;
-    let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
-    let epoch = store.load().await?.layout.epoch;
-    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
-    Ok((c, store, control))
-}
 
 /// The value of counter or gauge `name` on the shard node `shard` (0 if not exported yet).
 async fn metric(shard: &Proc, name: &str) -> anyhow::Result<f64> {
@@ -89,7 +72,7 @@ async fn wait_equal_copies(
 /// every acknowledged write reads back.
 #[tokio::test]
 async fn a_follower_back_after_the_trim_window_is_reseeded_and_verifies() -> anyhow::Result<()> {
-    let (mut c, store, control) = trimming_cluster(3, 3).await?;
+    let (mut c, store, control) = replicated_cluster(3, 3).await?;
     let router = c.router(0);
     for t in 0..4 {
         seed(&router, &format!("tr{t}"), 300).await?;
@@ -138,7 +121,7 @@ async fn a_follower_back_after_the_trim_window_is_reseeded_and_verifies() -> any
 /// kill) and ends complete and equal.
 #[tokio::test]
 async fn a_reseed_killed_on_either_side_ends_complete_and_verified() -> anyhow::Result<()> {
-    let (mut c, store, control) = trimming_cluster(3, 3).await?;
+    let (mut c, store, control) = replicated_cluster(3, 3).await?;
     let router = c.router(0);
     let p: PartitionKey = "big/shared".parse()?;
     seed(&router, "big", 12_000).await?;
@@ -213,7 +196,7 @@ async fn a_reseed_killed_on_either_side_ends_complete_and_verified() -> anyhow::
 #[tokio::test]
 async fn a_move_while_logs_are_trimmed_and_a_follower_is_paused_loses_nothing() -> anyhow::Result<()>
 {
-    let (c, store, control) = trimming_cluster(4, 3).await?;
+    let (c, store, control) = replicated_cluster(4, 3).await?;
     let router = c.router(0);
     seed(&router, "mv", 2000).await?;
     let p: PartitionKey = "mv/shared".parse()?;

@@ -249,6 +249,12 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// A shard node's `/metrics` page.
+async fn metrics_page(shard: &memring_tests::Proc) -> anyhow::Result<String> {
+    let url = format!("{}/metrics", shard.url());
+    Ok(memring_tests::client().get(url).send().await?.text().await?)
+}
+
 /// A gauge's value from a Prometheus text page.
 fn gauge(page: &str, name: &str) -> f64 {
     page.lines()
@@ -396,12 +402,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
         while settled.elapsed() < Duration::from_secs(120) {
             let mut busy = 0.0;
             for shard in &c.shards {
-                let page = memring_tests::client()
-                    .get(format!("{}/metrics", shard.url()))
-                    .send()
-                    .await?
-                    .text()
-                    .await?;
+                let page = metrics_page(shard).await?;
                 busy += gauge(&page, "memring_log_trim_waiting_partitions")
                     + gauge(&page, "memring_rocksdb_pending_compaction_bytes");
             }
@@ -427,12 +428,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
         let (mut disk, mut stored, mut sst) = (Vec::new(), 0.0, 0.0);
         for (i, shard) in c.shards.iter().enumerate() {
             disk.push(disk_bytes(&c.dir.path().join(c.shard_id(i).as_str())));
-            let page = memring_tests::client()
-                .get(format!("{}/metrics", shard.url()))
-                .send()
-                .await?
-                .text()
-                .await?;
+            let page = metrics_page(shard).await?;
             stored += gauge(&page, "memring_shard_memory_bytes");
             sst += gauge(&page, "memring_rocksdb_sst_bytes");
         }
