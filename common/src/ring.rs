@@ -171,7 +171,14 @@ impl Ring {
         let r = self.layout.replication_factor.max(1) as usize;
         let pinned = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id));
         let mut set: Vec<&LayoutNode> = pinned.into_iter().collect();
-        set.extend(self.walk(&partition.encode()).filter(|n| pinned.is_none_or(|p| p.id != n.id)));
+        // Only as far round the ring as the set needs (the walk is lazy; all of it would visit
+        // every vnode).
+        let rest = r.saturating_sub(set.len());
+        set.extend(
+            self.walk(&partition.encode())
+                .filter(|n| pinned.is_none_or(|p| p.id != n.id))
+                .take(rest),
+        );
         set.truncate(r);
         set
     }

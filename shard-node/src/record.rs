@@ -365,10 +365,12 @@ pub fn checksum_term(id: &str, version: u64) -> u64 {
 
 /// Encodes a record: version byte ‖ bincode body.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
-    let mut out = vec![RECORD_FORMAT_VERSION];
-    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+    // Straight after the version byte, into a buffer sized for a typical memory, so that
+    // encoding one does not grow it from nothing a dozen times and copy it once more.
+    let mut out = Vec::with_capacity(1024);
+    out.push(RECORD_FORMAT_VERSION);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
         .map_err(|e| ApiError::internal(format!("record does not encode: {e}")))?;
-    out.extend_from_slice(&body);
     Ok(out)
 }
 

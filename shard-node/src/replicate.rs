@@ -771,7 +771,13 @@ impl Replication {
             same: false,
             committed: 0,
         }));
+        if !wanted.is_empty() || !inline.is_empty() {
+            metrics::counter!("memring_replication_rounds_total").increment(1);
+        }
         if !inline.is_empty() {
+            let entries: usize = inline.iter().map(|i| i.entries.len()).sum();
+            metrics::counter!("memring_replication_inlined_entries_total")
+                .increment(entries as u64);
             for (want, result) in self.apply_inline(primary, epoch, inline).await {
                 match result {
                     Some(reached) => self.note_checked(primary, epoch, reached, want, f),

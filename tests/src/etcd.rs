@@ -149,13 +149,15 @@ impl EtcdCluster {
         Self::start_on(n, routers, lease_ttl_secs, false, true, shard_flags).await
     }
 
-    /// [`EtcdCluster::start`] with internal authentication off everywhere (to measure its cost).
+    /// [`EtcdCluster::start_with_shard_flags`] with internal authentication off everywhere (to
+    /// measure its cost).
     pub async fn start_without_internal_auth(
         n: usize,
         routers: usize,
         lease_ttl_secs: u64,
+        shard_flags: &[&str],
     ) -> anyhow::Result<Self> {
-        Self::start_on(n, routers, lease_ttl_secs, false, false, &[]).await
+        Self::start_on(n, routers, lease_ttl_secs, false, false, shard_flags).await
     }
 
     /// [`EtcdCluster::start`] with etcd's authentication on (every process as memring's user).

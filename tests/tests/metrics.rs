@@ -29,6 +29,11 @@ const EVENT_ONLY: &[(&str, &str)] = &[
     ),
     ("memring_ttl_purged_total", "an expired memory purged (tests/tests/api.rs)"),
     ("memring_replication_reseeds_total", "a copy back behind a trimmed log (tests/tests/trim.rs)"),
+    ("memring_replication_rounds_total", "a replicated write (tests/tests/replication.rs)"),
+    (
+        "memring_replication_inlined_entries_total",
+        "a replicated write (tests/tests/replication.rs)",
+    ),
     (
         "memring_log_trimmed_entries_total",
         "a log trimmed after --log-keep-secs (tests/tests/trim.rs)",

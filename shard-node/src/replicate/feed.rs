@@ -1,6 +1,6 @@
 //! The primary's side of a follower's long-poll, `POST /internal/v1/replicate/poll`: the
 //! partitions changed after the follower's cursor (from the node's change feed,
-//! `storage/feed.rs`), each with its position, and — where the follower is known to continue
+//! `storage/feed.rs`) that it follows from this node, each with its position, and — where the follower is known to continue
 //! this node's log — the entries it lacks, so a round is one request however many partitions
 //! changed. The cost of an answer is proportional to what changed since the cursor; a node
 //! holding 100,000 idle partitions answers an idle poll with nothing.
@@ -16,13 +16,13 @@
 //! they continue the position it holds as checked at that epoch (`replicate.rs`); anything else
 //! it pulls through the checked `GET /internal/v1/replicate/log`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memring_common::api::ReplicaPoll;
-use memring_common::{ApiError, PartitionKey};
+use memring_common::{ApiError, ErrorCode, PartitionKey};
 use serde::{Deserialize, Serialize};
 
-use super::{POLL_WAIT, Replication};
+use super::{POLL_WAIT, Replication, follows};
 use crate::record::{LogEntry, Record};
 
 /// Partitions named in one answer at most (the rest follow at once: `more`).
@@ -69,95 +69,119 @@ pub struct Change {
 
 impl Replication {
     /// Answers a follower's poll (see the module notes): records its acknowledgements, waits
-    /// for a change after its cursor (up to its `wait_ms`, capped at [`POLL_WAIT`]), and lists
-    /// what changed.
-    pub async fn serve_poll(&self, ask: ReplicaPoll) -> Result<FeedAnswer, ApiError> {
-        self.acks.record(&ask.follower, ask.acks);
+    /// for a change after its cursor that concerns it (up to its `wait_ms`, capped at
+    /// [`POLL_WAIT`]), and lists what changed, in one blocking hop.
+    pub async fn serve_poll(&self, mut ask: ReplicaPoll) -> Result<FeedAnswer, ApiError> {
+        self.acks.record(&ask.follower, std::mem::take(&mut ask.acks));
         let feed = self.storage.feed();
-        let full = ask.seen == 0 || ask.feed != feed.instance();
-        if !full {
-            feed.wait(ask.seen, Duration::from_millis(ask.wait_ms).min(POLL_WAIT)).await;
+        if ask.seen == 0 || ask.feed != feed.instance() {
+            return self.full_listing(ask.epoch).await;
         }
-        let listed = self
-            .blocking(move |s| {
-                let feed = s.feed();
-                if full {
-                    // Read before listing: a change made during the listing is sent again.
-                    let cursor = feed.now();
-                    let all = s.partitions()?;
-                    let positions =
-                        all.into_iter().map(|p| (p.partition, p.last_seq, p.last_term)).collect();
-                    return Ok((positions, cursor, false));
-                }
-                let changed = feed.since(ask.seen, MAX_CHANGES);
-                let mut positions = Vec::with_capacity(changed.partitions.len());
-                for p in changed.partitions {
-                    let at = s.last_pos(&p)?;
-                    positions.push((p, at.seq, at.term));
-                }
-                Ok((positions, changed.cursor, changed.more))
-            })
-            .await?;
-        let (positions, cursor, more): (Vec<(PartitionKey, u64, u64)>, u64, bool) = listed;
+        let (partitions, cursor, more) = self.changes_for(&ask).await;
         let ring = self.ring.ring();
         let leading = ring.epoch() == ask.epoch;
-        let mut changes: Vec<Change> = positions
+        // Known before reading: whether this node leads each partition at the follower's
+        // epoch, and where so, the position the follower acknowledged under that lead (the
+        // entries after it are inlined).
+        let plan: Vec<(PartitionKey, bool, Option<u64>)> = partitions
             .into_iter()
-            .map(|(partition, last_seq, last_term)| {
-                let led = leading && self.lead_term(&partition) == Some(ask.epoch);
-                let committed = if led { self.committed(&ring, &partition, last_seq) } else { 0 };
-                Change { led, committed, partition, last_seq, last_term, entries: Vec::new() }
+            .map(|p| {
+                let led = leading && self.lead_term(&p) == Some(ask.epoch);
+                let from = led
+                    .then(|| self.acks.acked(&p, &ask.follower))
+                    .flatten()
+                    .and_then(|(seq, term)| (term == ask.epoch).then_some(seq));
+                (p, led, from)
             })
             .collect();
-        if !full {
-            self.inline_entries(&ask.follower, ask.epoch, &mut changes).await?;
-        }
-        Ok(FeedAnswer { feed: feed.instance(), cursor, full, more, changes })
-    }
-
-    /// Fills in the entries `follower` is known to lack (within [`MAX_INLINE`]).
-    async fn inline_entries(
-        &self,
-        follower: &memring_common::NodeId,
-        epoch: u64,
-        changes: &mut [Change],
-    ) -> Result<(), ApiError> {
-        // (index into `changes`, the follower's acknowledged position)
-        let wanted: Vec<(usize, PartitionKey, u64)> = changes
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.led)
-            .filter_map(|(i, c)| {
-                let (seq, term) = self.acks.acked(&c.partition, follower)?;
-                (term == epoch && seq < c.last_seq).then(|| (i, c.partition.clone(), seq))
-            })
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let pages = self
+        let read = self
             .blocking(move |s| {
                 let mut budget = MAX_INLINE;
-                let mut pages = Vec::new();
-                for (i, p, after) in wanted {
-                    if budget == 0 {
-                        break;
+                let mut read = Vec::with_capacity(plan.len());
+                for (p, led, from) in plan {
+                    let at = s.last_pos(&p)?;
+                    let mut entries = Vec::new();
+                    if let Some(after) = from.filter(|after| *after < at.seq && budget > 0) {
+                        match s.log_after(&p, after, budget) {
+                            Ok(found) => entries = found,
+                            // Behind where the log starts: the follower re-seeds when it pulls.
+                            Err(e) if e.code() == ErrorCode::LogTrimmed => {}
+                            Err(e) => return Err(e),
+                        }
+                        budget = budget.saturating_sub(entries.len());
                     }
-                    let entries = match s.log_after(&p, after, budget) {
-                        Ok(entries) => entries,
-                        // Behind where the log starts: the follower re-seeds when it pulls.
-                        Err(e) if e.code() == memring_common::ErrorCode::LogTrimmed => continue,
-                        Err(e) => return Err(e),
-                    };
-                    budget = budget.saturating_sub(entries.len());
-                    pages.push((i, entries));
+                    read.push((p, led, at, entries));
                 }
-                Ok(pages)
+                Ok(read)
             })
             .await?;
-        for (i, entries) in pages {
-            changes[i].entries = entries;
+        let changes = read
+            .into_iter()
+            .map(|(partition, led, at, entries)| {
+                let committed = if led { self.committed(&ring, &partition, at.seq) } else { 0 };
+                Change { committed, led, partition, last_seq: at.seq, last_term: at.term, entries }
+            })
+            .collect();
+        Ok(FeedAnswer { feed: feed.instance(), cursor, full: false, more, changes })
+    }
+
+    /// Every partition this node holds, with its position, for a follower at `epoch` (its
+    /// first round, or its first at a new epoch or with a restarted primary).
+    async fn full_listing(&self, epoch: u64) -> Result<FeedAnswer, ApiError> {
+        let (positions, cursor) = self
+            .blocking(move |s| {
+                // Read before listing: a change made during the listing is sent again.
+                let cursor = s.feed().now();
+                Ok((s.partitions()?, cursor))
+            })
+            .await?;
+        let ring = self.ring.ring();
+        let changes = positions
+            .into_iter()
+            .map(|p| {
+                let led = ring.epoch() == epoch && self.lead_term(&p.partition) == Some(epoch);
+                let committed =
+                    if led { self.committed(&ring, &p.partition, p.last_seq) } else { 0 };
+                Change {
+                    committed,
+                    led,
+                    partition: p.partition,
+                    last_seq: p.last_seq,
+                    last_term: p.last_term,
+                    entries: Vec::new(),
+                }
+            })
+            .collect();
+        Ok(FeedAnswer {
+            feed: self.storage.feed().instance(),
+            cursor,
+            full: true,
+            more: false,
+            changes,
+        })
+    }
+
+    /// Waits (up to the ask's `wait_ms`, capped at [`POLL_WAIT`]) for changes after the
+    /// follower's cursor to partitions it follows from this node, and returns those, the
+    /// cursor after them and whether more wait. A change it does not follow (one this node
+    /// applied as a follower itself, say) moves the cursor on without waking it: at the
+    /// follower's epoch it reads the same ring and would skip it (`round_changes`).
+    async fn changes_for(&self, ask: &ReplicaPoll) -> (Vec<PartitionKey>, u64, bool) {
+        let feed = self.storage.feed();
+        let deadline = Instant::now() + Duration::from_millis(ask.wait_ms).min(POLL_WAIT);
+        let mut seen = ask.seen;
+        loop {
+            feed.wait(seen, deadline.saturating_duration_since(Instant::now())).await;
+            let changed = feed.since(seen, MAX_CHANGES);
+            let mut partitions = changed.partitions;
+            let ring = self.ring.ring();
+            if ring.epoch() == ask.epoch {
+                partitions.retain(|p| follows(&ring, &ask.follower, &self.me, p));
+            }
+            seen = changed.cursor;
+            if !partitions.is_empty() || changed.more || Instant::now() >= deadline {
+                return (partitions, seen, changed.more);
+            }
         }
-        Ok(())
     }
 }

@@ -25,6 +25,9 @@ use memring_tests::etcd::EtcdCluster;
 use memring_tests::vector;
 use serde_json::json;
 
+/// The shard nodes' default `--log-keep-secs`.
+const PRODUCTION_LOG_KEEP_SECS: u64 = 600;
+
 #[derive(Parser, Debug)]
 #[command(name = "memring-repl-bench")]
 struct Args {
@@ -56,10 +59,22 @@ struct Args {
     /// Seconds of quiet over which idle CPU is measured.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
-    /// With `--scale-tenants`: the shard nodes' `--log-keep-secs` (how soon a log is trimmed);
-    /// the disk figures are taken once that window and two trim rounds have passed.
-    #[arg(long, default_value_t = 10)]
-    log_keep_secs: u64,
+    /// The shard nodes' `--log-keep-secs` (how soon a log is trimmed): by default production's
+    /// 600, and 10 with `--scale-tenants`, whose disk figures are taken once that window and
+    /// two trim rounds have passed.
+    #[arg(long)]
+    log_keep_secs: Option<u64>,
+    /// Replication factors to measure, comma-separated (each after the one before).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2, 3])]
+    copies: Vec<u32>,
+}
+
+impl Args {
+    /// The shard nodes' `--log-keep-secs` (see the flag).
+    fn keep_secs(&self) -> u64 {
+        let default = if self.scale_tenants.is_empty() { PRODUCTION_LOG_KEEP_SECS } else { 10 };
+        self.log_keep_secs.unwrap_or(default)
+    }
 }
 
 fn pct(sorted: &[Duration], q: f64) -> f64 {
@@ -71,13 +86,14 @@ fn pct(sorted: &[Duration], q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let keep = args.log_keep_secs.to_string();
-    let mut c = if !args.scale_tenants.is_empty() {
-        EtcdCluster::start_with_shard_flags(3, 1, 10, &["--log-keep-secs", &keep]).await?
-    } else if args.internal_auth {
-        EtcdCluster::start(3, 1, 10).await?
+    // Test clusters trim logs after a second; the bench keeps what production keeps unless
+    // told otherwise (the scale mode waits for trimmed logs, so it keeps less).
+    let keep = args.keep_secs().to_string();
+    let flags = ["--log-keep-secs", keep.as_str()];
+    let mut c = if args.internal_auth {
+        EtcdCluster::start_with_shard_flags(3, 1, 10, &flags).await?
     } else {
-        EtcdCluster::start_without_internal_auth(3, 1, 10).await?
+        EtcdCluster::start_without_internal_auth(3, 1, 10, &flags).await?
     };
     println!(
         "internal authentication (cluster token): {}",
@@ -91,10 +107,10 @@ async fn main() -> anyhow::Result<()> {
     let router = c.router(0);
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
     println!(
-        "| copies (R) | acknowledged after (W) | write p50 | write p99 | writes/s, 8 at a time |"
+        "| copies (R) | acknowledged after (W) | write p50 | write p99 | writes/s, 8 at a time | CPU per write, 8 at a time: shard nodes / router | machine idle meanwhile | follower rounds per write (entries per round) |"
     );
-    println!("|---|---|---|---|---|");
-    for r in [1u32, 2, 3] {
+    println!("|---|---|---|---|---|---|---|---|");
+    for &r in &args.copies {
         memring_control::layout::set_replication(&store, r, None).await?;
         let layout = store.load().await?.layout;
         c.wait_shards_epoch(layout.epoch).await?;
@@ -121,14 +137,33 @@ async fn main() -> anyhow::Result<()> {
             took.push(write(n).await?);
         }
         took.sort();
+        let shards: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
+        let router_pid = c.routers[0].pid();
+        let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p).unwrap_or(0.0)).sum::<f64>();
+        let (shards_before, router_before) = (cpu(&shards), cpu(router_pid.as_slice()));
+        let rounds_before = replication_rounds(&c.shards).await?;
+        let idle_before = machine_idle_secs();
         let started = Instant::now();
         in_flight(8, (0..args.writes).map(|n| write(2_000_000 + n))).await?;
-        let rate = args.writes as f64 / started.elapsed().as_secs_f64();
+        let took_all = started.elapsed().as_secs_f64();
+        let rate = args.writes as f64 / took_all;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let idle = (machine_idle_secs() - idle_before) / (took_all * cores) * 100.0;
+        let per_write = |now: f64, before: f64| (now - before) * 1000.0 / args.writes as f64;
+        let (cpu_shards, cpu_router) = (
+            per_write(cpu(&shards), shards_before),
+            per_write(cpu(router_pid.as_slice()), router_before),
+        );
+        let rounds_after = replication_rounds(&c.shards).await?;
+        let rounds = rounds_after.0 - rounds_before.0;
+        let entries = rounds_after.1 - rounds_before.1;
         println!(
-            "| {r} | {} | {:.2} ms | {:.2} ms | {rate:.0} |",
+            "| {r} | {} | {:.2} ms | {:.2} ms | {rate:.0} | {cpu_shards:.3} / {cpu_router:.3} ms | {idle:.0}% | {:.2} ({:.2}) |",
             layout.write_quorum(),
             pct(&took, 0.5),
-            pct(&took, 0.99)
+            pct(&took, 0.99),
+            rounds / args.writes as f64,
+            if rounds > 0.0 { entries / rounds } else { 0.0 },
         );
     }
 
@@ -225,6 +260,16 @@ fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
+/// Seconds every core of the machine has spent idle since boot, from `/proc/stat`.
+fn machine_idle_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // "cpu  user nice system idle iowait …", in clock ticks of USER_HZ (100 per second).
+    stat.lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok())
+        .map_or(0.0, |ticks| ticks / 100.0)
+}
+
 /// Resident memory of a process, MiB.
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -255,7 +300,19 @@ async fn metrics_page(shard: &memring_tests::Proc) -> anyhow::Result<String> {
     Ok(memring_tests::client().get(url).send().await?.text().await?)
 }
 
-/// A gauge's value from a Prometheus text page.
+/// Follower rounds and entries applied from poll answers, summed over `shards` (the
+/// `memring_replication_rounds_total` and `…_inlined_entries_total` counters).
+async fn replication_rounds(shards: &[memring_tests::Proc]) -> anyhow::Result<(f64, f64)> {
+    let mut sums = (0.0, 0.0);
+    for shard in shards {
+        let page = metrics_page(shard).await?;
+        sums.0 += gauge(&page, "memring_replication_rounds_total");
+        sums.1 += gauge(&page, "memring_replication_inlined_entries_total");
+    }
+    Ok(sums)
+}
+
+/// A gauge's (or counter's) value from a Prometheus text page.
 fn gauge(page: &str, name: &str) -> f64 {
     page.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -397,7 +454,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
         // Quiet: let what the load started settle — the logs trimmed (the window and a round),
         // then no partition left waiting for its trim and no compaction pending on any node (up
         // to two minutes) — then measure.
-        tokio::time::sleep(Duration::from_secs(args.log_keep_secs + 10)).await;
+        tokio::time::sleep(Duration::from_secs(args.keep_secs() + 10)).await;
         let settled = Instant::now();
         while settled.elapsed() < Duration::from_secs(120) {
             let mut busy = 0.0;
