@@ -179,7 +179,6 @@ impl Ring {
                 .filter(|n| pinned.is_none_or(|p| p.id != n.id))
                 .take(rest),
         );
-        set.truncate(r);
         set
     }
 

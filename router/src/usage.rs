@@ -132,13 +132,18 @@ mod tests {
         PartitionList { node: node.clone(), epoch: 1, partitions, feed: 7, cursor, full }
     }
 
-    #[test]
-    fn sums_follow_full_and_incremental_lists_of_the_owners_copies() {
+    /// Node `a` alone in a ring at epoch 1.
+    fn one_node_ring() -> (NodeId, Ring) {
         let a = NodeId::parse("a").expect("id");
         let mut layout = ClusterLayout::default();
         layout.nodes.push(LayoutNode { id: a.clone(), addr: "127.0.0.1:1".into() });
         layout.epoch = 1;
-        let ring = Ring::new(layout);
+        (a, Ring::new(layout))
+    }
+
+    #[test]
+    fn sums_follow_full_and_incremental_lists_of_the_owners_copies() {
+        let (a, ring) = one_node_ring();
         let mut usage = Usage::default();
         assert_eq!(usage.query(&a), "");
         usage.apply(
@@ -179,11 +184,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement"]
     fn refresh_cost_follows_what_changed() {
-        let a = NodeId::parse("a").expect("id");
-        let mut layout = ClusterLayout::default();
-        layout.nodes.push(LayoutNode { id: a.clone(), addr: "127.0.0.1:1".into() });
-        layout.epoch = 1;
-        let ring = Ring::new(layout);
+        let (a, ring) = one_node_ring();
         for held in [1_000usize, 100_000] {
             let mut usage = Usage::default();
             let all = (0..held).map(|t| stats(&format!("t{t}/shared"), 3, 30)).collect();

@@ -19,9 +19,11 @@
 use std::time::{Duration, Instant};
 
 use memring_common::api::ReplicaPoll;
+use memring_common::ring::Ring;
 use memring_common::{ApiError, ErrorCode, PartitionKey};
 use serde::{Deserialize, Serialize};
 
+use super::rules::LogPos;
 use super::{POLL_WAIT, Replication, follows};
 use crate::record::{LogEntry, Record};
 
@@ -79,18 +81,18 @@ impl Replication {
         }
         let (partitions, cursor, more) = self.changes_for(&ask).await;
         let ring = self.ring.ring();
-        let leading = ring.epoch() == ask.epoch;
         // Known before reading: whether this node leads each partition at the follower's
         // epoch, and where so, the position the follower acknowledged under that lead (the
         // entries after it are inlined).
         let plan: Vec<(PartitionKey, bool, Option<u64>)> = partitions
             .into_iter()
             .map(|p| {
-                let led = leading && self.lead_term(&p) == Some(ask.epoch);
+                let led = self.leads_at(&ring, &p, ask.epoch);
                 let from = led
                     .then(|| self.acks.acked(&p, &ask.follower))
                     .flatten()
-                    .and_then(|(seq, term)| (term == ask.epoch).then_some(seq));
+                    .filter(|&(_, term)| term == ask.epoch)
+                    .map(|(seq, _)| seq);
                 (p, led, from)
             })
             .collect();
@@ -117,10 +119,7 @@ impl Replication {
             .await?;
         let changes = read
             .into_iter()
-            .map(|(partition, led, at, entries)| {
-                let committed = if led { self.committed(&ring, &partition, at.seq) } else { 0 };
-                Change { committed, led, partition, last_seq: at.seq, last_term: at.term, entries }
-            })
+            .map(|(partition, led, at, entries)| self.change(&ring, partition, led, at, entries))
             .collect();
         Ok(FeedAnswer { feed: feed.instance(), cursor, full: false, more, changes })
     }
@@ -139,17 +138,9 @@ impl Replication {
         let changes = positions
             .into_iter()
             .map(|p| {
-                let led = ring.epoch() == epoch && self.lead_term(&p.partition) == Some(epoch);
-                let committed =
-                    if led { self.committed(&ring, &p.partition, p.last_seq) } else { 0 };
-                Change {
-                    committed,
-                    led,
-                    partition: p.partition,
-                    last_seq: p.last_seq,
-                    last_term: p.last_term,
-                    entries: Vec::new(),
-                }
+                let led = self.leads_at(&ring, &p.partition, epoch);
+                let at = LogPos::new(p.last_term, p.last_seq);
+                self.change(&ring, p.partition, led, at, Vec::new())
             })
             .collect();
         Ok(FeedAnswer {
@@ -159,6 +150,26 @@ impl Replication {
             more: false,
             changes,
         })
+    }
+
+    /// Whether this node has taken `p` over at `epoch`, the ring's (a follower at another
+    /// epoch is told of no lead).
+    fn leads_at(&self, ring: &Ring, p: &PartitionKey, epoch: u64) -> bool {
+        ring.epoch() == epoch && self.lead_term(p) == Some(epoch)
+    }
+
+    /// `partition` at position `at` in an answer, with where `led` the position a quorum
+    /// holds.
+    fn change(
+        &self,
+        ring: &Ring,
+        partition: PartitionKey,
+        led: bool,
+        at: LogPos,
+        entries: Vec<LogEntry>,
+    ) -> Change {
+        let committed = if led { self.committed(ring, &partition, at.seq) } else { 0 };
+        Change { committed, led, partition, last_seq: at.seq, last_term: at.term, entries }
     }
 
     /// Waits (up to the ask's `wait_ms`, capped at [`POLL_WAIT`]) for changes after the

@@ -139,8 +139,8 @@ async fn main() -> anyhow::Result<()> {
         took.sort();
         let shards: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
         let router_pid = c.routers[0].pid();
-        let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p).unwrap_or(0.0)).sum::<f64>();
-        let (shards_before, router_before) = (cpu(&shards), cpu(router_pid.as_slice()));
+        let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<anyhow::Result<f64>>();
+        let (shards_before, router_before) = (cpu(&shards)?, cpu(router_pid.as_slice())?);
         let rounds_before = replication_rounds(&c.shards).await?;
         let idle_before = machine_idle_secs();
         let started = Instant::now();
@@ -151,8 +151,8 @@ async fn main() -> anyhow::Result<()> {
         let idle = (machine_idle_secs() - idle_before) / (took_all * cores) * 100.0;
         let per_write = |now: f64, before: f64| (now - before) * 1000.0 / args.writes as f64;
         let (cpu_shards, cpu_router) = (
-            per_write(cpu(&shards), shards_before),
-            per_write(cpu(router_pid.as_slice()), router_before),
+            per_write(cpu(&shards)?, shards_before),
+            per_write(cpu(router_pid.as_slice())?, router_before),
         );
         let rounds_after = replication_rounds(&c.shards).await?;
         let rounds = rounds_after.0 - rounds_before.0;
