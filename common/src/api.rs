@@ -120,9 +120,12 @@ pub struct RawWrite {
     pub scope: Option<String>,
     /// The text of the memory.
     pub content: Option<String>,
-    /// The embedding vector.
+    /// The embedding vector; absent: the router embeds `content` when it has an embedder.
     #[serde(default)]
     pub embedding: Option<Vec<f32>>,
+    /// The model that made `embedding` (the partition remembers it; default `"client"`).
+    #[serde(default)]
+    pub embedding_model: Option<String>,
     /// Free-form metadata: a JSON object.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -144,8 +147,15 @@ pub struct WriteItem {
     pub scope: Scope,
     /// Its text.
     pub content: String,
-    /// Its embedding, if the client sent one.
+    /// Its embedding, sent by the client or made by the router.
     pub embedding: Option<Vec<f32>>,
+    /// Who made `embedding`: the router's model name when the router embedded `content`, the
+    /// client's `embedding_model`, or `None` (a client vector of an unnamed model: `"client"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
+    /// The router made `embedding` from `content` (so a changed content is re-embedded).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embedded_by_router: bool,
     /// Its metadata object (empty when none was sent).
     pub metadata: Map<String, Value>,
     /// Seconds until it expires.
@@ -170,6 +180,14 @@ impl RawWrite {
         if let Some(embedding) = &self.embedding {
             validate_embedding(embedding)?;
         }
+        if let Some(model) = &self.embedding_model {
+            validate_model_name("embedding_model", model)?;
+            if self.embedding.is_none() {
+                return Err(ApiError::invalid(
+                    "\"embedding_model\" names the model of a sent \"embedding\"; send both, or neither to let the router embed",
+                ));
+            }
+        }
         let metadata = validate_metadata(self.metadata)?;
         let id = match self.id {
             Some(id) => MemoryId::parse(&id)?,
@@ -187,10 +205,35 @@ impl RawWrite {
             scope,
             content,
             embedding: self.embedding,
+            embedding_model: self.embedding_model,
+            embedded_by_router: false,
             metadata,
             ttl_seconds: self.ttl_seconds,
         })
     }
+}
+
+/// The longest model name accepted.
+pub const MAX_MODEL_NAME_BYTES: usize = 128;
+
+/// The model name a client-sent vector of an unnamed model is recorded under.
+pub const CLIENT_MODEL: &str = "client";
+
+/// Checks a model name: 1..=128 bytes of printable ASCII (names such as
+/// `text-embedding-3-small`, `nomic-embed-text:latest`, `BAAI/bge-small-en-v1.5`).
+pub fn validate_model_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_MODEL_NAME_BYTES {
+        return Err(ApiError::invalid(format!(
+            "\"{field}\" must be 1 to {MAX_MODEL_NAME_BYTES} characters, got {}",
+            name.len()
+        )));
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(format!(
+            "\"{field}\" must be printable ASCII without spaces, got {name:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks an embedding: 1..=MAX_DIMENSIONS finite numbers, not all zero (cosine needs a length).
@@ -277,6 +320,12 @@ pub struct WriteResult {
     pub created_at: String,
     /// Its version: 1 on creation, +1 on each change.
     pub version: u64,
+    /// The model the router embedded `content` with, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_by: Option<String>,
+    /// `content` was longer than the model's window: only its first window was embedded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_truncated: Option<bool>,
 }
 
 /// What a write did.
@@ -321,6 +370,12 @@ pub enum BatchItemResult {
         created_at: String,
         /// Its version.
         version: u64,
+        /// The model the router embedded `content` with, when it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        embedded_by: Option<String>,
+        /// Only the first window of `content` was embedded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        embedded_truncated: Option<bool>,
     },
     /// The item was refused; nothing of it was stored.
     Err {
@@ -421,6 +476,13 @@ pub fn decode_cursor(cursor: &str) -> Result<MemoryId, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Search
 
+mod text;
+pub use text::{
+    EmbeddingDatum, EmbeddingsRequest, EmbeddingsResponse, EmbeddingsUsage, Fusion,
+    MAX_EMBED_INPUTS, MAX_QUERY_BYTES, RawEmbeddingsRequest, SearchMode, validate_offset,
+    validate_query_text,
+};
+
 /// `POST …/memories/search` body, before validation.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -429,6 +491,24 @@ pub struct RawSearch {
     pub scopes: Option<Vec<String>>,
     /// The query vector.
     pub embedding: Option<Vec<f32>>,
+    /// The words of the question (embedded by the router for vector and hybrid modes).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// `vector`, `keyword` or `hybrid` (default: from what is given, see API.md).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// How hybrid mode fuses its lists: `{"method": "rrf", "k": 60}` or `{"method": "weighted", "alpha": 0.7}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub fusion: Option<Value>,
+    /// Results to skip (paging); `offset + k <= 1000`.
+    #[serde(default)]
+    pub offset: Option<usize>,
+    /// Router to shard node only: the router embedded the query with this model (the shard
+    /// checks the partition's). A client may not send it.
+    #[serde(default)]
+    #[schema(ignore)]
+    pub embedded_by: Option<String>,
     /// How many results (default 10, at most 1000).
     #[serde(default)]
     pub k: Option<usize>,
@@ -496,15 +576,29 @@ pub struct SearchQuery {
     pub k: usize,
     /// The filter.
     pub filter: Filter,
+    /// The model the router embedded the query with, if it did.
+    pub embedded_by: Option<String>,
 }
 
-/// A validated search.
+/// A validated search (the router's view).
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
     /// Distinct scopes, in the order given.
     pub scopes: Vec<Scope>,
-    /// Vector, k and filter.
-    pub query: SearchQuery,
+    /// The query vector, if the client sent one.
+    pub embedding: Option<Vec<f32>>,
+    /// The words of the question, if sent.
+    pub text: Option<String>,
+    /// The mode the client asked for (`None`: decided from what was sent and the embedder).
+    pub mode: Option<SearchMode>,
+    /// How hybrid mode fuses.
+    pub fusion: Fusion,
+    /// How many results.
+    pub k: usize,
+    /// Results skipped before those `k`.
+    pub offset: usize,
+    /// The filter.
+    pub filter: Filter,
 }
 
 impl RawSearch {
@@ -528,7 +622,47 @@ impl RawSearch {
                 scopes.push(scope);
             }
         }
-        Ok(SearchRequest { scopes, query: self.validate_query()? })
+        if self.embedded_by.is_some() {
+            return Err(ApiError::invalid(
+                "unknown field \"embedded_by\"; a search takes scopes, query, embedding, mode, fusion, k, offset and filter",
+            ));
+        }
+        if let Some(embedding) = &self.embedding {
+            validate_embedding(embedding)?;
+        }
+        if let Some(text) = &self.query {
+            validate_query_text(text)?;
+        }
+        let mode = self.mode.as_deref().map(SearchMode::parse).transpose()?;
+        let fusion = self.fusion.as_ref().map(Fusion::parse).transpose()?.unwrap_or_default();
+        let k = validate_k(self.k)?;
+        let offset = self.offset.unwrap_or(0);
+        validate_offset(offset, k)?;
+        match mode {
+            Some(SearchMode::Keyword) if self.query.is_none() => {
+                return Err(ApiError::invalid("\"mode\": \"keyword\" needs a \"query\""));
+            }
+            Some(SearchMode::Hybrid) if self.query.is_none() => {
+                return Err(ApiError::invalid("\"mode\": \"hybrid\" needs a \"query\""));
+            }
+            Some(SearchMode::Vector) if self.query.is_none() && self.embedding.is_none() => {
+                return Err(ApiError::invalid(
+                    "\"mode\": \"vector\" needs an \"embedding\" or a \"query\"",
+                ));
+            }
+            _ => {}
+        }
+        let filter = self.filter.map(RawFilter::validate).transpose()?.unwrap_or_default();
+        Ok(SearchRequest {
+            scopes,
+            embedding: self.embedding,
+            text: self.query,
+            mode,
+            fusion,
+            k,
+            offset,
+            filter,
+        })
     }
 
     /// Checks the vector, `k` and the filter (the shard node's view: the partition comes from
@@ -539,13 +673,19 @@ impl RawSearch {
             .embedding
             .ok_or_else(|| ApiError::invalid("\"embedding\" is required for search"))?;
         validate_embedding(&embedding)?;
-        let k = self.k.unwrap_or(DEFAULT_K);
-        if k == 0 || k > MAX_K {
-            return Err(ApiError::invalid(format!("\"k\" must be between 1 and {MAX_K}, got {k}")));
-        }
+        let k = validate_k(self.k)?;
         let filter = self.filter.map(RawFilter::validate).transpose()?.unwrap_or_default();
-        Ok(SearchQuery { embedding, k, filter })
+        Ok(SearchQuery { embedding, k, filter, embedded_by: self.embedded_by })
     }
+}
+
+/// `k`: default 10, from 1 to 1000.
+fn validate_k(k: Option<usize>) -> Result<usize, ApiError> {
+    let k = k.unwrap_or(DEFAULT_K);
+    if k == 0 || k > MAX_K {
+        return Err(ApiError::invalid(format!("\"k\" must be between 1 and {MAX_K}, got {k}")));
+    }
+    Ok(k)
 }
 
 impl RawFilter {
@@ -861,11 +1001,17 @@ mod tests {
                 .expect("parses");
         let req = ok.validate().expect("valid");
         assert_eq!(req.scopes.len(), 2, "duplicates collapse");
-        assert_eq!(req.query.k, DEFAULT_K);
+        assert_eq!(req.k, DEFAULT_K);
+        // Neither query nor embedding: a filtered listing (API.md part 2), valid.
+        let listing: RawSearch = serde_json::from_str(r#"{"scopes":["shared"]}"#).expect("parses");
+        let listing = listing.validate().expect("a listing");
+        assert!(listing.embedding.is_none() && listing.text.is_none() && listing.mode.is_none());
         for json in [
             r#"{"embedding":[1]}"#,
             r#"{"scopes":[],"embedding":[1]}"#,
-            r#"{"scopes":["shared"]}"#,
+            r#"{"scopes":["shared"],"mode":"vector"}"#,
+            r#"{"scopes":["shared"],"query":"x","mode":"fuzzy"}"#,
+            r#"{"scopes":["shared"],"query":"x","offset":999,"k":2}"#,
             r#"{"scopes":["shared"],"embedding":[1],"k":1001}"#,
             r#"{"scopes":["shared"],"embedding":[1],"k":0}"#,
             r#"{"scopes":["shared"],"embedding":[1],"filter":{"created_after":"soon"}}"#,

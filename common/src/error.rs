@@ -28,6 +28,12 @@ pub enum ErrorCode {
     DimensionMismatch,
     /// A field or query parameter is out of range or missing.
     InvalidRequest,
+    /// The request needs text embedded and this router has no embedder configured.
+    NoEmbedder,
+    /// `POST /v1/embeddings` named a model this router does not serve.
+    UnknownModel,
+    /// The router would embed for a partition whose vectors came from another model.
+    EmbeddingModelMismatch,
     /// A list cursor was not one this server issued.
     InvalidCursor,
     /// The memory (or other resource) does not exist.
@@ -80,6 +86,9 @@ impl ErrorCode {
             | ErrorCode::InvalidEmbedding
             | ErrorCode::DimensionMismatch
             | ErrorCode::InvalidRequest
+            | ErrorCode::NoEmbedder
+            | ErrorCode::UnknownModel
+            | ErrorCode::EmbeddingModelMismatch
             | ErrorCode::InvalidCursor => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden | ErrorCode::QuotaExceeded => 403,
@@ -107,6 +116,9 @@ impl ErrorCode {
             ErrorCode::InvalidEmbedding => "invalid_embedding",
             ErrorCode::DimensionMismatch => "dimension_mismatch",
             ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::NoEmbedder => "no_embedder",
+            ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::EmbeddingModelMismatch => "embedding_model_mismatch",
             ErrorCode::InvalidCursor => "invalid_cursor",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RouteNotFound => "route_not_found",

@@ -20,6 +20,7 @@ pub mod ring;
 pub mod scope;
 pub mod store;
 pub mod telemetry;
+pub mod threads;
 pub mod tls;
 pub mod watcher;
 

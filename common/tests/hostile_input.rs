@@ -7,7 +7,7 @@
 //! runs many more). Every property is seeded by proptest and shrinks failures.
 
 use memring_common::api::{
-    RawBatch, RawSearch, RawWrite, ReadToken, decode_cursor, parse_list_limit,
+    RawBatch, RawEmbeddingsRequest, RawSearch, RawWrite, ReadToken, decode_cursor, parse_list_limit,
 };
 use memring_common::http::{parse_json, percent_decode, query_pairs};
 use memring_common::{ApiError, MemoryId, PartitionKey, Scope, TenantId};
@@ -72,6 +72,7 @@ fn mutated_write() -> impl Strategy<Value = Value> {
         Just("metadata"),
         Just("id"),
         Just("ttl_seconds"),
+        Just("embedding_model"),
         Just("unknown_field"),
     ];
     (fields, any_json()).prop_map(|(field, value)| {
@@ -82,10 +83,22 @@ fn mutated_write() -> impl Strategy<Value = Value> {
 }
 
 fn mutated_search() -> impl Strategy<Value = Value> {
-    let fields =
-        prop_oneof![Just("scopes"), Just("embedding"), Just("k"), Just("filter"), Just("extra"),];
+    let fields = prop_oneof![
+        Just("scopes"),
+        Just("embedding"),
+        Just("k"),
+        Just("filter"),
+        Just("query"),
+        Just("mode"),
+        Just("fusion"),
+        Just("offset"),
+        Just("embedded_by"),
+        Just("extra"),
+    ];
     (fields, any_json()).prop_map(|(field, value)| {
         let mut s = json!({"scopes": ["shared"], "embedding": [0.1, 0.2], "k": 5,
+            "query": "what did she say", "mode": "hybrid", "fusion": {"method": "rrf", "k": 60},
+            "offset": 0,
             "filter": {"metadata": {"a": 1}, "created_after": "2026-01-01T00:00:00Z"}});
         s[field] = value;
         s
@@ -99,6 +112,27 @@ fn check_write_body(body: &[u8]) -> Result<(), TestCaseError> {
 fn check_search_body(body: &[u8]) -> Result<(), TestCaseError> {
     client_error(parse_json::<RawSearch>(body).and_then(RawSearch::validate))?;
     client_error(parse_json::<RawSearch>(body).and_then(RawSearch::validate_query))
+}
+
+fn check_embeddings_body(body: &[u8]) -> Result<(), TestCaseError> {
+    client_error(parse_json::<RawEmbeddingsRequest>(body).and_then(RawEmbeddingsRequest::validate))
+}
+
+/// A valid `POST /v1/embeddings` with one field replaced (or added) by anything.
+fn mutated_embeddings() -> impl Strategy<Value = Value> {
+    let fields = prop_oneof![
+        Just("input"),
+        Just("model"),
+        Just("encoding_format"),
+        Just("dimensions"),
+        Just("user"),
+        Just("extra")
+    ];
+    (fields, any_json()).prop_map(|(field, value)| {
+        let mut e = json!({"input": ["a", "b"], "model": "all-MiniLM-L6-v2"});
+        e[field] = value;
+        e
+    })
 }
 
 fn check_batch_body(body: &[u8]) -> Result<(), TestCaseError> {
@@ -121,6 +155,13 @@ proptest! {
         check_write_body(&body)?;
         check_search_body(&body)?;
         check_batch_body(&body)?;
+        check_embeddings_body(&body)?;
+    }
+
+    #[test]
+    fn mutated_embedding_requests_are_values_or_client_errors(e in mutated_embeddings()) {
+        let body = serde_json::to_vec(&e).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_embeddings_body(&body)?;
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct RouterConfig {
     /// This router's share of every tenant rate limit (set 1/N with N routers behind one load
     /// balancer); 0 < share <= 1.
     pub limit_share: f64,
+    /// The embedder (`[embedder]` table): what turns text into vectors.
+    pub embedder: crate::embed::EmbedderConfig,
 }
 
 impl Default for RouterConfig {
@@ -52,6 +54,7 @@ impl Default for RouterConfig {
             replica_reads: true,
             auth: None,
             limit_share: 1.0,
+            embedder: Default::default(),
         }
     }
 }
@@ -93,6 +96,33 @@ pub struct RouterArgs {
     /// Share of the tenant rate limits this router enforces.
     #[arg(long, env = "MEMRING_LIMIT_SHARE")]
     pub limit_share: Option<f64>,
+    /// Embedder: none, builtin (all-MiniLM-L6-v2 on this CPU) or openai.
+    #[arg(long, env = "MEMRING_EMBEDDER")]
+    pub embedder: Option<crate::embed::EmbedderKind>,
+    /// Directory of the built-in model's files (scripts/fetch-model.py fills it).
+    #[arg(long, env = "MEMRING_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Threads of the built-in embedder.
+    #[arg(long, env = "MEMRING_EMBED_THREADS")]
+    pub embed_threads: Option<usize>,
+    /// Most texts waiting for the built-in embedder.
+    #[arg(long, env = "MEMRING_EMBED_QUEUE_TEXTS")]
+    pub embed_queue_texts: Option<usize>,
+    /// Base URL of an OpenAI-compatible embeddings service, up to /v1.
+    #[arg(long, env = "MEMRING_OPENAI_URL")]
+    pub openai_url: Option<String>,
+    /// Model name to ask the OpenAI-compatible service for.
+    #[arg(long, env = "MEMRING_OPENAI_MODEL")]
+    pub openai_model: Option<String>,
+    /// That model's vector length.
+    #[arg(long, env = "MEMRING_OPENAI_DIMENSIONS")]
+    pub openai_dimensions: Option<usize>,
+    /// Environment variable that holds the service's API key.
+    #[arg(long, env = "MEMRING_OPENAI_KEY_ENV")]
+    pub openai_key_env: Option<String>,
+    /// Timeout of one call to the service, milliseconds.
+    #[arg(long, env = "MEMRING_OPENAI_TIMEOUT_MS")]
+    pub openai_timeout_ms: Option<u64>,
 }
 
 impl RouterArgs {
@@ -108,6 +138,28 @@ impl RouterArgs {
         overlay(&mut c.search_timeout_ms, self.search_timeout_ms);
         overlay(&mut c.replica_reads, self.replica_reads);
         overlay(&mut c.limit_share, self.limit_share);
+        let e = &mut c.embedder;
+        overlay(&mut e.kind, self.embedder);
+        if self.model_dir.is_some() {
+            e.model_dir = self.model_dir;
+        }
+        if self.embed_threads.is_some() {
+            e.threads = self.embed_threads;
+        }
+        overlay(&mut e.queue_texts, self.embed_queue_texts);
+        for (slot, value) in [
+            (&mut e.openai_url, self.openai_url),
+            (&mut e.openai_model, self.openai_model),
+            (&mut e.openai_key_env, self.openai_key_env),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+        if self.openai_dimensions.is_some() {
+            e.openai_dimensions = self.openai_dimensions;
+        }
+        overlay(&mut e.openai_timeout_ms, self.openai_timeout_ms);
         if self.auth.is_some() {
             c.auth = self.auth;
         }
@@ -138,6 +190,7 @@ impl RouterConfig {
             self.search_timeout_ms >= 10,
             "setting `search_timeout_ms` must be at least 10"
         );
+        self.embedder.validate()?;
         Ok(())
     }
 }

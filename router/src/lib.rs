@@ -4,12 +4,14 @@
 //! - [`service`]: routes of API v1, validation, fan-out and merge
 //! - [`forward`]: the pooled client to shard nodes, the 421 retry rule, retries of reads
 //! - [`breaker`]: a circuit breaker per shard node
+//! - [`embed`]: the embedder (built-in model, or an OpenAI-compatible service)
 //!
 //! It holds no data; it must never decide placement on its own (the ring does) nor serve a
 //! request it could not validate.
 
 pub mod breaker;
 pub mod config;
+pub mod embed;
 pub mod forward;
 pub mod limits;
 pub mod openapi;
@@ -62,11 +64,16 @@ pub async fn run(
     let refresher = keys.clone().map(|k| tokio::spawn(k.keep_fresh(stop_rx.clone())));
     let limits_task = tokio::spawn(limiter.clone().keep_fresh(stop_rx.clone()));
     let token_task = tokio::spawn(credential.clone().keep_fresh(stop_rx));
+    let embedder = embed::Embedder::start(&config.embedder)?.map(Arc::new);
+    if let Some(e) = &embedder {
+        tracing::info!(model = e.model(), dimensions = e.dimensions(), "embedding text");
+    }
     let service = Arc::new(service::RouterService::new(
         forward::Forwarder::new(ring, config.replica_reads, credential)?,
         config,
         keys,
         limiter,
+        embedder,
     ));
     let https = tls.is_some();
     tracing::info!(listen = %listener.local_addr()?, https, "router serving the API");

@@ -8,15 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::join_all;
 use http::{Method, Request};
 use hyper::body::Incoming;
 use memring_common::api::{
-    self, BatchItemResult, BatchResponse, READ_TOKEN_HEADER, REQUEST_ID_HEADER, RawBatch,
-    RawSearch, RawWrite, ReadToken, SearchHit, SearchResponse, ShardItemResult, ShardWrite,
+    self, BatchItemResult, BatchResponse, EmbeddingDatum, EmbeddingsResponse, EmbeddingsUsage,
+    READ_TOKEN_HEADER, REQUEST_ID_HEADER, RawBatch, RawEmbeddingsRequest, RawSearch, RawWrite,
+    ReadToken, SearchHit, SearchMode, SearchRequest, SearchResponse, ShardItemResult, ShardWrite,
     ShardWriteResponse, TenantDeleted, WriteItem,
 };
 use memring_common::auth::{KeyCache, Principal};
@@ -29,6 +30,7 @@ use memring_common::{ApiError, ErrorCode, MemoryId, PartitionKey, Scope, TenantI
 use serde_json::Value;
 
 use crate::config::RouterConfig;
+use crate::embed::{Embedder, no_embedder};
 use crate::forward::Forwarder;
 use crate::limits::Limiter;
 
@@ -42,6 +44,8 @@ pub struct RouterService {
     keys: Option<Arc<KeyCache>>,
     /// Tenant rate limits and quotas.
     limits: Arc<Limiter>,
+    /// What turns text into vectors (`None`: embedder kind `none`).
+    embedder: Option<Arc<Embedder>>,
 }
 
 /// The parsed route of a public request.
@@ -53,6 +57,7 @@ enum Route {
     Get(TenantId, String),
     Delete(TenantId, String),
     DeleteTenant(TenantId),
+    Embeddings,
     Ring,
     OpenApi,
     #[cfg(feature = "testing")]
@@ -70,7 +75,7 @@ impl Route {
             | Route::Get(t, _)
             | Route::Delete(t, _)
             | Route::DeleteTenant(t) => Some(t),
-            Route::Ring | Route::OpenApi => None,
+            Route::Ring | Route::OpenApi | Route::Embeddings => None,
             #[cfg(feature = "testing")]
             Route::DebugPauseWatch(_) => None,
         }
@@ -84,8 +89,9 @@ impl RouterService {
         config: RouterConfig,
         keys: Option<Arc<KeyCache>>,
         limits: Arc<Limiter>,
+        embedder: Option<Arc<Embedder>>,
     ) -> Self {
-        Self { forward, config, keys, limits }
+        Self { forward, config, keys, limits, embedder }
     }
 
     /// Who the request acts as, and whether that may reach `tenant` (every tenant route) or the
@@ -96,6 +102,8 @@ impl RouterService {
         let principal = keys.authenticate(header)?;
         match route.tenant() {
             Some(tenant) => principal.allow_tenant(tenant)?,
+            // Any valid key may embed text (it counts against its tenant's rate limit).
+            None if matches!(route, Route::Embeddings) => {}
             None => principal.allow_operator("read the cluster's ring")?,
         }
         Ok(principal)
@@ -135,6 +143,10 @@ impl RouterService {
                 _ => Err(wrong_method("DELETE")),
             },
             ["v1", "ring"] if *method == Method::GET => Ok(("ring", Route::Ring)),
+            ["v1", "embeddings"] => match *method {
+                Method::POST => Ok(("embeddings", Route::Embeddings)),
+                _ => Err(wrong_method("POST")),
+            },
             ["openapi.json"] if *method == Method::GET => Ok(("openapi", Route::OpenApi)),
             #[cfg(feature = "testing")]
             ["debug", "v1", "ring", "watch", action] if *method == Method::POST => {
@@ -191,7 +203,11 @@ impl RouterService {
             Ok(p) => p,
             Err(e) => return (route_name, Err(e)),
         };
-        if let Some(Err(e)) = route.tenant().map(|t| self.limits.check_request(t)) {
+        let limited = match (&route, &principal) {
+            (Route::Embeddings, Principal::Tenant(t)) => Some(t),
+            _ => route.tenant(),
+        };
+        if let Some(Err(e)) = limited.map(|t| self.limits.check_request(t)) {
             return (route_name, Err(e));
         }
         let query = req.uri().query().map(str::to_owned);
@@ -227,6 +243,7 @@ impl RouterService {
                 Err(e) => Err(e),
             },
             Route::DeleteTenant(t) => self.delete_tenant(t, &request_id, &principal).await,
+            Route::Embeddings => self.embeddings(req).await,
             Route::Ring => Ok(self.ring_view()),
             Route::OpenApi => Ok(json_bytes(200, Bytes::from(crate::openapi::document()))),
             #[cfg(feature = "testing")]
@@ -298,17 +315,23 @@ impl RouterService {
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         self.limits.check_write(&tenant, body.len())?;
-        let item = parse_json::<RawWrite>(&body)?.validate()?;
+        let mut item = parse_json::<RawWrite>(&body)?.validate()?;
         if item.scope == Scope::Global {
             principal.allow_global_write()?;
         }
+        let embedded = self.embed_missing(&mut [&mut item]).await?.pop().flatten();
         let partition = PartitionKey::of(&tenant, &item.scope, item.id.as_str());
         let scope = item.scope.clone();
         let (mut results, seq) = self.write_partition(&partition, vec![item], request_id).await?;
         match results.pop() {
-            Some(ShardItemResult::Ok { outcome, result }) => {
+            Some(ShardItemResult::Ok { outcome, mut result }) => {
                 let mut token = ReadToken::default();
                 token.note(scope, seq);
+                self.note_embedded(
+                    &mut result.embedded_by,
+                    &mut result.embedded_truncated,
+                    embedded,
+                );
                 Ok(with_token(json(outcome.status(), &result), &token))
             }
             Some(ShardItemResult::Err { error }) => {
@@ -336,7 +359,7 @@ impl RouterService {
             )));
         }
         let mut results: Vec<Option<BatchItemResult>> = vec![None; batch.items.len()];
-        let mut groups: BTreeMap<PartitionKey, Vec<(usize, WriteItem)>> = BTreeMap::new();
+        let mut valid: Vec<(usize, WriteItem)> = Vec::with_capacity(batch.items.len());
         for (i, raw) in batch.items.iter().enumerate() {
             let parsed = serde_json::from_str::<RawWrite>(raw.get())
                 .map_err(|e| {
@@ -353,12 +376,41 @@ impl RouterService {
                     Ok(item)
                 });
             match parsed {
-                Ok(item) => groups
-                    .entry(PartitionKey::of(&tenant, &item.scope, item.id.as_str()))
-                    .or_default()
-                    .push((i, item)),
+                Ok(item) => valid.push((i, item)),
                 Err(e) => results[i] = Some(item_error(raw_id(raw.get()), &e)),
             }
+        }
+        // Text-only items are embedded together, in one request to the embedder. If it cannot
+        // (busy, down), they fail alone and the items that brought their vectors are still stored.
+        let mut embedded: Vec<Option<bool>> = vec![None; batch.items.len()];
+        if self.embedder.is_some() {
+            let (indexes, mut missing): (Vec<usize>, Vec<&mut WriteItem>) = valid
+                .iter_mut()
+                .filter(|(_, item)| item.embedding.is_none())
+                .map(|(i, item)| (*i, item))
+                .unzip();
+            if !missing.is_empty() {
+                match self.embed_missing(&mut missing).await {
+                    Ok(flags) => {
+                        for (i, flag) in indexes.iter().zip(flags) {
+                            embedded[*i] = flag;
+                        }
+                    }
+                    Err(e) => {
+                        for (i, item) in indexes.iter().zip(missing) {
+                            results[*i] = Some(item_error(Some(item.id.to_string()), &e));
+                        }
+                    }
+                }
+            }
+            valid.retain(|(i, _)| results[*i].is_none());
+        }
+        let mut groups: BTreeMap<PartitionKey, Vec<(usize, WriteItem)>> = BTreeMap::new();
+        for (i, item) in valid {
+            groups
+                .entry(PartitionKey::of(&tenant, &item.scope, item.id.as_str()))
+                .or_default()
+                .push((i, item));
         }
         let mut token = ReadToken::default();
         let sends = groups.into_iter().map(|(partition, items)| async move {
@@ -378,14 +430,23 @@ impl RouterService {
                     }
                     for ((i, id), r) in indexes.into_iter().zip(ids).zip(shard_results) {
                         results[i] = Some(match r {
-                            ShardItemResult::Ok { outcome, result } => BatchItemResult::Ok {
-                                id: result.id,
-                                status: outcome.status(),
-                                outcome,
-                                scope: result.scope,
-                                created_at: result.created_at,
-                                version: result.version,
-                            },
+                            ShardItemResult::Ok { outcome, mut result } => {
+                                self.note_embedded(
+                                    &mut result.embedded_by,
+                                    &mut result.embedded_truncated,
+                                    embedded[i],
+                                );
+                                BatchItemResult::Ok {
+                                    id: result.id,
+                                    status: outcome.status(),
+                                    outcome,
+                                    scope: result.scope,
+                                    created_at: result.created_at,
+                                    version: result.version,
+                                    embedded_by: result.embedded_by,
+                                    embedded_truncated: result.embedded_truncated,
+                                }
+                            }
                             ShardItemResult::Err { error } => {
                                 BatchItemResult::Err { id: Some(id), error }
                             }
@@ -408,6 +469,116 @@ impl RouterService {
         Ok(with_token(json(200, &BatchResponse { results }), &token))
     }
 
+    /// The time an embedding may take: the request's forward timeout.
+    fn embed_deadline(&self) -> Instant {
+        Instant::now() + self.forward_timeout()
+    }
+
+    /// Embeds the `content` of every item that came without a vector, in one request to the
+    /// embedder. Per item: `Some(truncated)` when the router embedded it, `None` otherwise (it
+    /// brought its own vector, or there is no embedder: it is stored without one).
+    async fn embed_missing(
+        &self,
+        items: &mut [&mut WriteItem],
+    ) -> Result<Vec<Option<bool>>, ApiError> {
+        let mut flags = vec![None; items.len()];
+        let Some(embedder) = &self.embedder else { return Ok(flags) };
+        let texts: Vec<String> =
+            items.iter().filter(|i| i.embedding.is_none()).map(|i| i.content.clone()).collect();
+        if texts.is_empty() {
+            return Ok(flags);
+        }
+        let mut vectors = embedder.embed(texts, self.embed_deadline()).await?.into_iter();
+        for (item, flag) in items.iter_mut().zip(&mut flags) {
+            if item.embedding.is_some() {
+                continue;
+            }
+            let made = vectors
+                .next()
+                .ok_or_else(|| ApiError::internal("the embedder answered too few vectors"))?;
+            item.embedding = Some(made.vector);
+            item.embedding_model = Some(embedder.model().to_owned());
+            item.embedded_by_router = true;
+            *flag = Some(made.truncated);
+        }
+        Ok(flags)
+    }
+
+    /// Puts what the router's embedding did into a write's answer.
+    fn note_embedded(
+        &self,
+        embedded_by: &mut Option<String>,
+        embedded_truncated: &mut Option<bool>,
+        truncated: Option<bool>,
+    ) {
+        if let (Some(truncated), Some(embedder)) = (truncated, &self.embedder) {
+            *embedded_by = Some(embedder.model().to_owned());
+            *embedded_truncated = truncated.then_some(true);
+        }
+    }
+
+    /// `POST /v1/embeddings`: the router's embedder as a service, in OpenAI's shape.
+    async fn embeddings(&self, req: Request<Incoming>) -> Result<Response, ApiError> {
+        let body = self.body(req).await?;
+        let request = parse_json::<RawEmbeddingsRequest>(&body)?.validate()?;
+        let Some(embedder) = &self.embedder else { return Err(no_embedder("POST /v1/embeddings")) };
+        if let Some(model) = &request.model
+            && model != embedder.model()
+        {
+            return Err(ApiError::new(
+                ErrorCode::UnknownModel,
+                format!(
+                    "model {model:?} is not served here; this router embeds with {:?}",
+                    embedder.model()
+                ),
+            ));
+        }
+        if let Some(d) = request.dimensions
+            && d != embedder.dimensions()
+        {
+            return Err(ApiError::invalid(format!(
+                "\"dimensions\" {d} is not served; {} makes {}-dimensional vectors",
+                embedder.model(),
+                embedder.dimensions()
+            )));
+        }
+        let vectors = embedder.embed(request.input, self.embed_deadline()).await?;
+        let data = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, e)| EmbeddingDatum {
+                object: "embedding".into(),
+                index,
+                embedding: e.vector,
+                truncated: e.truncated,
+            })
+            .collect();
+        Ok(json(
+            200,
+            &EmbeddingsResponse {
+                object: "list".into(),
+                model: embedder.model().to_owned(),
+                dimensions: embedder.dimensions(),
+                data,
+                usage: EmbeddingsUsage::default(),
+            },
+        ))
+    }
+
+    /// The mode a search runs in: the one asked for, else from what was sent (API.md).
+    fn search_mode(&self, search: &SearchRequest) -> Option<SearchMode> {
+        if let Some(mode) = search.mode {
+            return Some(mode);
+        }
+        match (&search.text, &search.embedding) {
+            (Some(_), Some(_)) => Some(SearchMode::Hybrid),
+            (Some(_), None) if self.embedder.is_some() => Some(SearchMode::Hybrid),
+            (Some(_), None) => Some(SearchMode::Keyword),
+            (None, Some(_)) => Some(SearchMode::Vector),
+            (None, None) => None,
+        }
+    }
+
     async fn search(
         &self,
         tenant: TenantId,
@@ -416,9 +587,32 @@ impl RouterService {
         token: &ReadToken,
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
-        let search = parse_json::<RawSearch>(&body)?.validate()?;
-        // The shard node takes the same body (it ignores "scopes"), so it is forwarded unchanged.
-        let shard_body = body;
+        let mut search = parse_json::<RawSearch>(&body)?.validate()?;
+        match self.search_mode(&search) {
+            Some(SearchMode::Vector) => {}
+            Some(mode @ (SearchMode::Keyword | SearchMode::Hybrid)) => {
+                return Err(ApiError::invalid(format!(
+                    "\"mode\": {mode:?} (the default for a \"query\") is not served by this version yet; send \"mode\": \"vector\""
+                )));
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "a filtered listing (neither \"query\" nor \"embedding\") is not served by this version yet; send an \"embedding\" or a \"query\"",
+                ));
+            }
+        }
+        let mut embedded_by = None;
+        if search.embedding.is_none() {
+            let embedder =
+                self.embedder.as_ref().ok_or_else(|| no_embedder("a \"query\" in vector mode"))?;
+            let text = search.text.clone().unwrap_or_default();
+            let made = embedder.embed(vec![text], self.embed_deadline()).await?;
+            search.embedding = made.into_iter().next().map(|e| e.vector);
+            embedded_by = Some(embedder.model().to_owned());
+        }
+        // The shard node takes the client's body with the router's parts resolved: the vector
+        // (embedded here if it came as text), and `offset + k` results to page from.
+        let shard_body = shard_search_body(&body, &search, embedded_by.as_deref())?;
         let timeout = Duration::from_millis(self.config.search_timeout_ms);
         // `global` is spread over several partitions: every one is searched.
         let (partitions, scopes): (Vec<PartitionKey>, Vec<&Scope>) = search
@@ -426,8 +620,8 @@ impl RouterService {
             .iter()
             .flat_map(|s| PartitionKey::all(&tenant, s).into_iter().map(move |p| (p, s)))
             .unzip();
-        if partitions.len() == 1 {
-            // One scope: the shard's answer is already the final shape.
+        if partitions.len() == 1 && search.offset == 0 {
+            // One scope, first page: the shard's answer is already the final shape.
             let reply = self
                 .forward
                 .read_partition(
@@ -478,7 +672,8 @@ impl RouterService {
             ));
         }
         sort_hits(&mut hits);
-        hits.truncate(search.query.k);
+        hits.drain(..search.offset.min(hits.len()));
+        hits.truncate(search.k);
         Ok(json(200, &SearchResponse { results: hits, partial: failed > 0 }))
     }
 
@@ -691,6 +886,29 @@ impl RouterService {
             &serde_json::json!({ "epoch": ring.epoch(), "nodes": shares, "stale": self.forward.ring().is_stale() }),
         )
     }
+}
+
+/// The body a shard node's search takes: the client's, without the router's own fields, with the
+/// vector the router resolved and `offset + k` results.
+fn shard_search_body(
+    body: &[u8],
+    search: &SearchRequest,
+    embedded_by: Option<&str>,
+) -> Result<Bytes, ApiError> {
+    let mut fields: serde_json::Map<String, Value> = parse_json(body)?;
+    for router_only in ["query", "mode", "fusion", "offset", "scopes"] {
+        fields.remove(router_only);
+    }
+    if let Some(embedding) = &search.embedding {
+        fields.insert("embedding".into(), serde_json::json!(embedding));
+    }
+    fields.insert("k".into(), (search.offset + search.k).into());
+    if let Some(model) = embedded_by {
+        fields.insert("embedded_by".into(), model.into());
+    }
+    serde_json::to_vec(&fields)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(format!("search does not serialize: {e}")))
 }
 
 /// Orders hits best first, ties broken by scope and id so the order is stable.

@@ -17,6 +17,10 @@
 //!   older than any written after.
 //! - 5: [`PartitionMeta`] gained `trimmed_seq` and `trimmed_term` (where the log starts once
 //!   trimmed, `storage/trim.rs`). Earlier metas decode with 0: nothing trimmed.
+//! - 6: [`StoredEpisode`] gained `embedding_model` and `embedded_by_router` (whose vector it is,
+//!   and whether the router made it from the content) and [`PartitionMeta`] `embedding_model`
+//!   (the model of the partition's vectors, fixed with its dimension). Episodes, log entries (whose puts hold episodes), operation lists and metas of
+//!   earlier formats decode with `None`: vectors of no known model.
 //!
 //! Keys (see `storage.rs` for the column families):
 //! - episodes: `partition ‖ memory id` (ids sort the list order),
@@ -27,7 +31,7 @@ use memring_common::{ApiError, MemoryId, PartitionKey, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Format of episode, log and meta values written by this binary.
-pub const RECORD_FORMAT_VERSION: u8 = 5;
+pub const RECORD_FORMAT_VERSION: u8 = 6;
 
 /// A value stored in RocksDB or sent in a migration frame, readable in every format version this
 /// binary knows.
@@ -39,32 +43,58 @@ pub trait Record: Serialize + serde::de::DeserializeOwned {
     }
 }
 
-impl Record for StoredEpisode {}
-impl Record for Vec<LogOp> {}
+impl Record for StoredEpisode {
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
+        if version >= 6 {
+            return bincode_body(body);
+        }
+        bincode_body::<StoredEpisodeV5>(body).map(StoredEpisode::from)
+    }
+}
+
+impl Record for Vec<LogOp> {
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
+        if version >= 6 {
+            return bincode_body(body);
+        }
+        let old: Vec<LogOpV5> = bincode_body(body)?;
+        Ok(old.into_iter().map(LogOp::from).collect())
+    }
+}
 
 impl Record for LogEntry {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 4 {
-            return bincode_body(body);
+        match version {
+            6.. => bincode_body(body),
+            4 | 5 => bincode_body::<LogEntryV5>(body).map(LogEntry::from),
+            _ => bincode_body::<LogEntryV3>(body).map(LogEntry::from),
         }
-        bincode_body::<LogEntryV3>(body).map(LogEntry::from)
     }
 }
 
 impl Record for Vec<LogEntry> {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 4 {
-            return bincode_body(body);
+        match version {
+            6.. => bincode_body(body),
+            4 | 5 => {
+                let old: Vec<LogEntryV5> = bincode_body(body)?;
+                Ok(old.into_iter().map(LogEntry::from).collect())
+            }
+            _ => {
+                let old: Vec<LogEntryV3> = bincode_body(body)?;
+                Ok(old.into_iter().map(LogEntry::from).collect())
+            }
         }
-        let old: Vec<LogEntryV3> = bincode_body(body)?;
-        Ok(old.into_iter().map(LogEntry::from).collect())
     }
 }
 
 impl Record for PartitionMeta {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 5 {
+        if version >= 6 {
             return bincode_body(body);
+        }
+        if version == 5 {
+            return bincode_body::<PartitionMetaV5>(body).map(PartitionMeta::from);
         }
         let v4 = match version {
             4 => bincode_body::<PartitionMetaV4>(body)?,
@@ -115,6 +145,7 @@ impl Record for PartitionMeta {
             last_term: v4.last_term,
             trimmed_seq: 0,
             trimmed_term: 0,
+            embedding_model: None,
         })
     }
 }
@@ -146,6 +177,43 @@ pub struct StoredEpisode {
     pub expires_at_ms: Option<i64>,
     /// The key of its vector in the partition's index (unique within the partition).
     pub label: u64,
+    /// The model of `embedding`: the partition's model when it was written (`None`: no vector,
+    /// or written before format 6). Imports fix a new copy's partition model from it.
+    pub embedding_model: Option<String>,
+    /// The router made `embedding` from `content` (so a changed content is embedded again).
+    pub embedded_by_router: bool,
+}
+
+/// [`StoredEpisode`] as formats 1 to 5 wrote it.
+#[derive(Serialize, Deserialize)]
+struct StoredEpisodeV5 {
+    id: String,
+    content: String,
+    metadata_json: String,
+    embedding: Option<Vec<f32>>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    version: u64,
+    expires_at_ms: Option<i64>,
+    label: u64,
+}
+
+impl From<StoredEpisodeV5> for StoredEpisode {
+    fn from(old: StoredEpisodeV5) -> Self {
+        StoredEpisode {
+            id: old.id,
+            content: old.content,
+            metadata_json: old.metadata_json,
+            embedding: old.embedding,
+            created_at_ms: old.created_at_ms,
+            updated_at_ms: old.updated_at_ms,
+            version: old.version,
+            expires_at_ms: old.expires_at_ms,
+            label: old.label,
+            embedding_model: None,
+            embedded_by_router: false,
+        }
+    }
 }
 
 impl StoredEpisode {
@@ -167,18 +235,28 @@ impl StoredEpisode {
     }
 
     /// Whether a write carries the same body as this record (the idempotency test).
+    /// `embedded_by` is the model the router embedded the write's content with, if it did.
     pub fn same_body(
         &self,
         content: &str,
         metadata_json: &str,
         embedding: &Option<Vec<f32>>,
+        embedded_by: Option<&str>,
         ttl_seconds: Option<u64>,
     ) -> bool {
+        // Two vectors the same model made from the same content are the same vector, whatever
+        // float rounding a different batch gave the second one: a retried text-only write is
+        // unchanged. A client's vector is compared number for number.
+        let same_vector = match (self.embedded_by_router, embedded_by) {
+            (true, Some(now)) => self.embedding_model.as_deref() == Some(now),
+            (false, None) => self.embedding == *embedding,
+            _ => false,
+        };
         // The TTL counts as part of the body only in whether one was set: a retried write with
         // the same TTL must not extend the expiry.
         self.content == content
             && self.metadata_json == metadata_json
-            && self.embedding == *embedding
+            && same_vector
             && self.expires_at_ms.is_some() == ttl_seconds.is_some()
     }
 
@@ -238,17 +316,48 @@ impl LogEntry {
     }
 }
 
+/// [`LogEntry`] as formats 4 and 5 wrote it.
+#[derive(Serialize, Deserialize)]
+struct LogEntryV5 {
+    seq: u64,
+    at_ms: i64,
+    op: LogOpV5,
+    term: u64,
+}
+
+impl From<LogEntryV5> for LogEntry {
+    fn from(old: LogEntryV5) -> Self {
+        LogEntry { seq: old.seq, at_ms: old.at_ms, op: old.op.into(), term: old.term }
+    }
+}
+
 /// [`LogEntry`] as formats 1 to 3 wrote it.
 #[derive(Deserialize)]
 struct LogEntryV3 {
     seq: u64,
     at_ms: i64,
-    op: LogOp,
+    op: LogOpV5,
 }
 
 impl From<LogEntryV3> for LogEntry {
     fn from(old: LogEntryV3) -> Self {
-        LogEntry { seq: old.seq, at_ms: old.at_ms, op: old.op, term: 0 }
+        LogEntry { seq: old.seq, at_ms: old.at_ms, op: old.op.into(), term: 0 }
+    }
+}
+
+/// [`LogOp`] as formats 1 to 5 wrote it (their episodes had no `embedded_by`).
+#[derive(Serialize, Deserialize)]
+enum LogOpV5 {
+    Put(StoredEpisodeV5),
+    Delete { id: String, version: u64 },
+}
+
+impl From<LogOpV5> for LogOp {
+    fn from(old: LogOpV5) -> Self {
+        match old {
+            LogOpV5::Put(e) => LogOp::Put(e.into()),
+            LogOpV5::Delete { id, version } => LogOp::Delete { id, version },
+        }
     }
 }
 
@@ -290,6 +399,41 @@ pub struct PartitionMeta {
     pub trimmed_seq: u64,
     /// The term of the entry at `trimmed_seq`.
     pub trimmed_term: u64,
+    /// The model of the partition's vectors, fixed with `dimensions` by the first vector: the
+    /// router's model when it embedded it, the client's `embedding_model`, else `"client"`
+    /// (`None`: no vector yet, or fixed before format 6).
+    pub embedding_model: Option<String>,
+}
+
+/// [`PartitionMeta`] as format 5 wrote it.
+#[derive(Serialize, Deserialize)]
+struct PartitionMetaV5 {
+    dimensions: Option<u32>,
+    last_seq: u64,
+    count: u64,
+    next_label: u64,
+    checksum: Option<u64>,
+    bytes: Option<u64>,
+    last_term: u64,
+    trimmed_seq: u64,
+    trimmed_term: u64,
+}
+
+impl From<PartitionMetaV5> for PartitionMeta {
+    fn from(old: PartitionMetaV5) -> Self {
+        PartitionMeta {
+            dimensions: old.dimensions,
+            last_seq: old.last_seq,
+            count: old.count,
+            next_label: old.next_label,
+            checksum: old.checksum,
+            bytes: old.bytes,
+            last_term: old.last_term,
+            trimmed_seq: old.trimmed_seq,
+            trimmed_term: old.trimmed_term,
+            embedding_model: None,
+        }
+    }
 }
 
 impl PartitionMeta {
@@ -436,7 +580,69 @@ mod tests {
             version: 2,
             expires_at_ms: None,
             label: 9,
+            embedding_model: None,
+            embedded_by_router: false,
         }
+    }
+
+    /// [`episode`] as format 5 wrote it.
+    fn episode_v5() -> StoredEpisodeV5 {
+        let e = episode();
+        StoredEpisodeV5 {
+            id: e.id,
+            content: e.content,
+            metadata_json: e.metadata_json,
+            embedding: e.embedding,
+            created_at_ms: e.created_at_ms,
+            updated_at_ms: e.updated_at_ms,
+            version: e.version,
+            expires_at_ms: e.expires_at_ms,
+            label: e.label,
+        }
+    }
+
+    fn old_record<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+        let mut bytes = vec![version];
+        bytes.extend(
+            bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("enc"),
+        );
+        bytes
+    }
+
+    #[test]
+    fn format_5_records_read_with_no_model() {
+        assert_eq!(decode::<StoredEpisode>(&old_record(5, &episode_v5())).expect("dec"), episode());
+        let ops = vec![LogOpV5::Put(episode_v5()), LogOpV5::Delete { id: "x".into(), version: 3 }];
+        assert_eq!(
+            decode::<Vec<LogOp>>(&old_record(5, &ops)).expect("dec"),
+            vec![LogOp::Put(episode()), LogOp::Delete { id: "x".into(), version: 3 }]
+        );
+        let entry = LogEntryV5 { seq: 4, at_ms: 8, op: LogOpV5::Put(episode_v5()), term: 2 };
+        let want = LogEntry { seq: 4, at_ms: 8, op: LogOp::Put(episode()), term: 2 };
+        assert_eq!(decode::<LogEntry>(&old_record(5, &entry)).expect("dec"), want);
+        assert_eq!(decode::<Vec<LogEntry>>(&old_record(4, &vec![entry])).expect("dec"), vec![want]);
+        let meta = PartitionMetaV5 {
+            dimensions: Some(384),
+            last_seq: 9,
+            count: 2,
+            next_label: 3,
+            checksum: Some(1),
+            bytes: Some(2),
+            last_term: 4,
+            trimmed_seq: 5,
+            trimmed_term: 3,
+        };
+        let read: PartitionMeta = decode(&old_record(5, &meta)).expect("dec");
+        assert_eq!((read.dimensions, read.trimmed_seq, read.embedding_model), (Some(384), 5, None));
+        // And the current format keeps the model.
+        let now = PartitionMeta { embedding_model: Some("all-MiniLM-L6-v2".into()), ..read };
+        assert_eq!(decode::<PartitionMeta>(&encode(&now).expect("enc")).expect("dec"), now);
+        let made = StoredEpisode {
+            embedding_model: Some("m".into()),
+            embedded_by_router: true,
+            ..episode()
+        };
+        assert_eq!(decode::<StoredEpisode>(&encode(&made).expect("enc")).expect("dec"), made);
     }
 
     #[test]
@@ -458,9 +664,9 @@ mod tests {
         struct V3 {
             seq: u64,
             at_ms: i64,
-            op: LogOp,
+            op: LogOpV5,
         }
-        let old = V3 { seq: 9, at_ms: 2, op: LogOp::Put(episode()) };
+        let old = V3 { seq: 9, at_ms: 2, op: LogOpV5::Put(episode_v5()) };
         let mut bytes = vec![3u8];
         bytes
             .extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).expect("enc"));
@@ -508,6 +714,7 @@ mod tests {
                 last_term: 0,
                 trimmed_seq: 0,
                 trimmed_term: 0,
+                embedding_model: None,
             }
         );
         // A format-4 meta reads with nothing trimmed.
@@ -538,9 +745,7 @@ mod tests {
             (9, 4, 0, 0)
         );
         // Format-1 episodes read unchanged.
-        let mut v1_episode = encode(&episode()).expect("enc");
-        v1_episode[0] = 1;
-        assert_eq!(decode::<StoredEpisode>(&v1_episode).expect("dec"), episode());
+        assert_eq!(decode::<StoredEpisode>(&old_record(1, &episode_v5())).expect("dec"), episode());
         let now = PartitionMeta { checksum: Some(42), bytes: Some(7), ..meta };
         assert_eq!(decode::<PartitionMeta>(&encode(&now).expect("enc")).expect("dec"), now);
     }
@@ -563,10 +768,23 @@ mod tests {
     #[test]
     fn idempotency_compares_bodies() {
         let e = episode();
-        assert!(e.same_body("hello", r#"{"k":1}"#, &Some(vec![1.0, 2.0]), None));
-        assert!(!e.same_body("hello!", r#"{"k":1}"#, &Some(vec![1.0, 2.0]), None));
-        assert!(!e.same_body("hello", r#"{"k":2}"#, &Some(vec![1.0, 2.0]), None));
-        assert!(!e.same_body("hello", r#"{"k":1}"#, &None, None));
-        assert!(!e.same_body("hello", r#"{"k":1}"#, &Some(vec![1.0, 2.0]), Some(5)));
+        let v = Some(vec![1.0, 2.0]);
+        assert!(e.same_body("hello", r#"{"k":1}"#, &v, None, None));
+        assert!(!e.same_body("hello!", r#"{"k":1}"#, &v, None, None));
+        assert!(!e.same_body("hello", r#"{"k":2}"#, &v, None, None));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &None, None, None));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &v, None, Some(5)));
+        // The router's model made both vectors from the same content: the same body, even when
+        // the numbers differ in their last bits.
+        let made = StoredEpisode {
+            embedding_model: Some("m".into()),
+            embedded_by_router: true,
+            ..episode()
+        };
+        let nearly = Some(vec![1.0, 2.000_000_2]);
+        assert!(made.same_body("hello", r#"{"k":1}"#, &nearly, Some("m"), None));
+        assert!(!made.same_body("hello", r#"{"k":1}"#, &nearly, Some("other"), None));
+        assert!(!made.same_body("hello", r#"{"k":1}"#, &v, None, None));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &v, Some("m"), None));
     }
 }

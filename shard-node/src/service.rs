@@ -570,6 +570,9 @@ impl ShardService {
     ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let body = read_body(req, self.body_limit).await?;
         let search = memring_common::http::parse_json::<api::RawSearch>(&body)?.validate_query()?;
+        if let Some(model) = &search.embedded_by {
+            self.storage.check_query_model(&partition, model)?;
+        }
         let results = if self.storage.is_search_quick(&partition) {
             // A loaded index answers in tens to hundreds of microseconds: run it here rather than
             // pay two thread hand-offs. Building an index (seconds) goes to a blocking thread.

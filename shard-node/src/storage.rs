@@ -143,6 +143,8 @@ struct Partition {
     /// The embedding dimension once fixed (it never changes after), readable by searches without
     /// waiting on the write mutex that a long batch write holds.
     dimensions: std::sync::OnceLock<u32>,
+    /// The model of its vectors once fixed (with the dimension), read the same way.
+    embedding_model: std::sync::OnceLock<String>,
     /// Its meta is on disk (it counts in the node's totals).
     stored: std::sync::atomic::AtomicBool,
     /// Being re-seeded from a snapshot (persisted, see `trim.rs`).
@@ -155,6 +157,11 @@ impl Partition {
     fn install(&self, meta: &mut PartitionMeta, next: PartitionMeta) {
         if let Some(d) = next.dimensions {
             let _ = self.dimensions.set(d);
+        }
+        if let Some(m) = &next.embedding_model
+            && self.embedding_model.get().is_none()
+        {
+            let _ = self.embedding_model.set(m.clone());
         }
         *meta = next;
     }
@@ -344,6 +351,11 @@ impl Storage {
                     stored: std::sync::atomic::AtomicBool::new(stored),
                     reseeding: std::sync::atomic::AtomicBool::new(reseeding),
                     dimensions: meta_dimensions(&meta),
+                    embedding_model: meta
+                        .embedding_model
+                        .clone()
+                        .map(std::sync::OnceLock::from)
+                        .unwrap_or_default(),
                     meta: Mutex::new(meta),
                 })
             })
@@ -416,6 +428,10 @@ impl Storage {
             let metadata_json = serde_json::to_string(&item.metadata)
                 .map_err(|e| ApiError::internal(format!("metadata does not serialize: {e}")))?;
             if let Some(embedding) = &item.embedding {
+                if let Err(e) = check_model(&mut next, &item, &p.key) {
+                    results.push(Err(e));
+                    continue;
+                }
                 match next.dimensions {
                     Some(d) if d as usize != embedding.len() => {
                         results.push(Err(ApiError::new(
@@ -437,13 +453,25 @@ impl Storage {
                 scope: item.scope.clone(),
                 created_at: format_millis(e.created_at_ms),
                 version: e.version,
+                embedded_by: None,
+                embedded_truncated: None,
             };
+            let embedded_by =
+                if item.embedded_by_router { item.embedding_model.clone() } else { None };
             if let Some(old) = existing
-                && old.same_body(&item.content, &metadata_json, &item.embedding, item.ttl_seconds)
+                && old.same_body(
+                    &item.content,
+                    &metadata_json,
+                    &item.embedding,
+                    embedded_by.as_deref(),
+                    item.ttl_seconds,
+                )
             {
                 results.push(Ok((WriteOutcome::Unchanged, result_of(old))));
                 continue;
             }
+            let embedding_model = model_of(&next, &item);
+            let embedded_by_router = item.embedded_by_router;
             let (outcome, episode) = match existing {
                 Some(old) => (
                     WriteOutcome::Updated,
@@ -457,6 +485,8 @@ impl Storage {
                         version: old.version + 1,
                         expires_at_ms: item.ttl_seconds.map(|t| now_ms + (t as i64) * 1000),
                         label: old.label,
+                        embedding_model,
+                        embedded_by_router,
                     },
                 ),
                 None => {
@@ -482,6 +512,8 @@ impl Storage {
                             version: 1,
                             expires_at_ms: item.ttl_seconds.map(|t| now_ms + (t as i64) * 1000),
                             label,
+                            embedding_model,
+                            embedded_by_router,
                         },
                     )
                 }
@@ -804,6 +836,25 @@ impl Storage {
         self.partitions.read().get(&key.encode()).is_some_and(|p| p.search.read().is_some())
     }
 
+    /// `400 embedding_model_mismatch` when the router embedded a query with `router_model` and
+    /// the partition's vectors came from another model (a partition without vectors takes any).
+    pub fn check_query_model(
+        &self,
+        key: &PartitionKey,
+        router_model: &str,
+    ) -> Result<(), ApiError> {
+        let Some(p) = self.partition(key, false)? else { return Ok(()) };
+        if p.dimensions.get().is_none() {
+            return Ok(());
+        }
+        let held =
+            p.embedding_model.get().map_or(memring_common::api::CLIENT_MODEL, String::as_str);
+        if held != router_model {
+            return Err(model_mismatch(key, held, router_model));
+        }
+        Ok(())
+    }
+
     /// The best `k` memories of the partition for `query` that pass `filter`, best first.
     pub fn search(
         &self,
@@ -1088,6 +1139,47 @@ impl Drop for BuildRunning {
     fn drop(&mut self) {
         metrics::gauge!("memring_index_builds_running").decrement(1.0);
     }
+}
+
+/// The partition remembers the model of its vectors (API.md, "Partitions remember their
+/// model"): the first vector fixes it; later the router may embed for the partition only with
+/// that same model, while a client-sent vector of the right dimension is always accepted.
+/// A partition whose dimension was fixed before models were recorded holds client vectors.
+fn check_model(
+    next: &mut PartitionMeta,
+    item: &WriteItem,
+    key: &PartitionKey,
+) -> Result<(), ApiError> {
+    let model = item.embedding_model.as_deref().unwrap_or(memring_common::api::CLIENT_MODEL);
+    let held = match (&next.embedding_model, next.dimensions) {
+        (Some(held), _) => held.as_str(),
+        (None, Some(_)) => memring_common::api::CLIENT_MODEL,
+        (None, None) => {
+            next.embedding_model = Some(model.to_owned());
+            return Ok(());
+        }
+    };
+    if item.embedded_by_router && held != model {
+        return Err(model_mismatch(key, held, model));
+    }
+    Ok(())
+}
+
+/// The model an item's vector is recorded with: the partition's (which [`check_model`] fixed).
+fn model_of(next: &PartitionMeta, item: &WriteItem) -> Option<String> {
+    item.embedding.as_ref().and(next.embedding_model.clone())
+}
+
+/// `400 embedding_model_mismatch`: the router would embed for `key` with `router_model`, and
+/// the partition's vectors came from `held`.
+pub fn model_mismatch(key: &PartitionKey, held: &str, router_model: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::EmbeddingModelMismatch,
+        format!(
+            "scope {} holds vectors of model {held:?} and the router embeds with {router_model:?}; send an \"embedding\" made by {held:?} (or use keyword mode), or write to another scope",
+            key.scope()
+        ),
+    )
 }
 
 fn meta_dimensions(meta: &PartitionMeta) -> std::sync::OnceLock<u32> {

@@ -310,24 +310,33 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra flags for every shard node.
     pub async fn start_with(n: usize, shard_flags: &[&str]) -> anyhow::Result<Self> {
+        Self::start_full(n, shard_flags, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra flags for the router (e.g. `--embedder builtin`).
+    pub async fn start_with_router(n: usize, router_flags: &[&str]) -> anyhow::Result<Self> {
+        Self::start_full(n, &[], router_flags).await
+    }
+
+    async fn start_full(
+        n: usize,
+        shard_flags: &[&str],
+        router_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ring_dir = dir.path().join("ring");
         let mut shards = Vec::new();
         for i in 1..=n {
             shards.push(start_shard(dir.path(), &format!("shard-{i}"), shard_flags).await?);
         }
-        let addr = format!("127.0.0.1:{}", free_port());
-        let args = vec![
-            "--listen".into(),
-            addr.clone(),
-            "--ring-dir".into(),
-            ring_dir.display().to_string(),
-        ];
-        let mut router = Proc::start("router", &binary("memring-router")?, args, addr, dir.path())?;
-        router.wait_ready(Duration::from_secs(30)).await?;
+        let router = start_router(dir.path(), "router", router_flags).await?;
         let cluster = Self { dir, shards, router, http: client() };
         cluster.wait_ring_size(n).await?;
         Ok(cluster)
+    }
+
+    /// Starts one more router named `name` on this cluster's ring store, with `flags`.
+    pub async fn start_router(&self, name: &str, flags: &[&str]) -> anyhow::Result<Proc> {
+        start_router(self.dir.path(), name, flags).await
     }
 
     /// Starts one more shard node on this cluster's ring store (`--join-ring false` keeps it
@@ -415,6 +424,21 @@ impl Cluster {
     pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         send(&self.http, reqwest::Method::DELETE, &format!("{}{path}", self.url()), None).await
     }
+}
+
+/// Starts a router named `name` on the embedded ring store in `dir/ring`, with `flags`.
+async fn start_router(dir: &Path, name: &str, flags: &[&str]) -> anyhow::Result<Proc> {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "--listen".into(),
+        addr.clone(),
+        "--ring-dir".into(),
+        dir.join("ring").display().to_string(),
+    ];
+    args.extend(flags.iter().map(|s| s.to_string()));
+    let mut router = Proc::start(name, &binary("memring-router")?, args, addr, dir)?;
+    router.wait_ready(Duration::from_secs(30)).await?;
+    Ok(router)
 }
 
 /// Starts shard node `id` with its data in `dir/<id>` on the embedded ring store in `dir/ring`.

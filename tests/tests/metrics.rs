@@ -49,6 +49,16 @@ const EVENT_ONLY: &[(&str, &str)] = &[
         "memring_control_copies_dropped_total",
         "a copy outside its replica set (tests/tests/replication.rs)",
     ),
+    ("memring_embed_texts_total", "a router with an embedder (tests/tests/text.rs)"),
+    ("memring_embed_batches_total", "a router with an embedder (tests/tests/text.rs)"),
+    ("memring_embed_batch_seconds", "a router with an embedder (tests/tests/text.rs)"),
+    ("memring_embed_queue_wait_seconds", "a router with an embedder (tests/tests/text.rs)"),
+    ("memring_embed_queue_texts", "a router with an embedder (tests/tests/text.rs)"),
+    ("memring_embed_rejected_total", "a full embedder queue (tests/tests/text.rs)"),
+    (
+        "memring_embed_remote_failures_total",
+        "an `openai` embedder's service down (tests/tests/text.rs)",
+    ),
     (
         "memring_router_read_retries_total",
         "a read whose owner cannot be reached (with replica reads a follower answers first)",

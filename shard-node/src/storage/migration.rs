@@ -216,6 +216,10 @@ impl Storage {
                             Some(_) => {}
                             None => next.dimensions = Some(v.len() as u32),
                         }
+                        // The copy's first vector carries the partition's model (format 6).
+                        if next.embedding_model.is_none() {
+                            next.embedding_model.clone_from(&e.embedding_model);
+                        }
                     }
                     next.next_label = next.next_label.max(e.label + 1);
                     next.count += u64::from(before.is_none());

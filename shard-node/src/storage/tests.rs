@@ -27,6 +27,8 @@ fn item(id: &str, content: &str, v: Vec<f32>) -> WriteItem {
         scope: Scope::Shared,
         content: content.into(),
         embedding: Some(v),
+        embedding_model: None,
+        embedded_by_router: false,
         metadata: Map::new(),
         ttl_seconds: None,
     }

@@ -1,0 +1,376 @@
+//! Memory in words (API.md part 2, "Text in, text out"), end to end: routers with the built-in
+//! model (all-MiniLM-L6-v2 from `scripts/fetch-model.py`), an `openai` embedder that asks a second
+//! router's own `/v1/embeddings`, real shard nodes and RocksDB.
+
+use std::time::{Duration, Instant};
+
+use memring_tests::{Cluster, assert_client_error, client, send, send_allowing_5xx};
+use serde_json::{Value, json};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).map(|x| x as f32).collect())
+        .unwrap_or_default()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+async fn post(url: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    send(&client(), reqwest::Method::POST, url, Some(body.to_string().into_bytes())).await
+}
+
+async fn embed_one(router: &str, text: &str) -> anyhow::Result<Vec<f32>> {
+    let (status, answer) =
+        post(&format!("{router}/v1/embeddings"), &json!({"input": text})).await?;
+    anyhow::ensure!(status == 200, "embeddings answered {status}: {answer}");
+    Ok(floats(&answer["data"][0]["embedding"]))
+}
+
+const NOTES: [(&str, &str); 5] = [
+    ("flight", "The user's flight to Lisbon leaves on Friday at 9am from gate B12."),
+    ("diet", "Maria is vegetarian and allergic to peanuts."),
+    ("repo", "The deploy script lives in ops/deploy.sh and needs the PROD_TOKEN variable."),
+    ("pet", "Their dog Biscuit is a three year old beagle."),
+    ("meeting", "Weekly sync with the design team moved to Tuesdays at 3pm."),
+];
+
+#[tokio::test]
+async fn text_only_writes_are_embedded_and_found_by_a_paraphrase() -> anyhow::Result<()> {
+    let c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    for (id, content) in NOTES {
+        let body = json!({"id": id, "scope": "agent:assistant", "content": content});
+        let (status, answer) = c.post("/v1/tenants/acme/memories", &body).await?;
+        assert_eq!(status, 201, "{answer}");
+        assert_eq!(answer["embedded_by"], MODEL, "{answer}");
+        assert!(answer.get("embedded_truncated").is_none(), "{answer}");
+    }
+    // The stored vector is the model's: unit length, 384 numbers, what /v1/embeddings answers.
+    let (status, got) = c.get("/v1/tenants/acme/memories/diet?scope=agent:assistant").await?;
+    assert_eq!(status, 200, "{got}");
+    let stored = floats(&got["embedding"]);
+    assert_eq!(stored.len(), 384);
+    assert!((cosine(&stored, &stored) - 1.0).abs() < 1e-4);
+    let direct = embed_one(&c.url(), NOTES[1].1).await?;
+    let gap = stored.iter().zip(&direct).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(gap < 1e-5, "stored and served vectors differ by {gap}");
+
+    // A paraphrase sharing no content word finds the right memory first.
+    let search = json!({"scopes": ["agent:assistant"], "query": "what food can't she eat?", "mode": "vector", "k": 3});
+    let (status, found) = c.post("/v1/tenants/acme/memories/search", &search).await?;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["results"][0]["id"], "diet", "{found}");
+    let search = json!({"scopes": ["agent:assistant"], "query": "when is my plane departing", "mode": "vector", "k": 1});
+    let (_, found) = c.post("/v1/tenants/acme/memories/search", &search).await?;
+    assert_eq!(found["results"][0]["id"], "flight", "{found}");
+
+    // The same text-only write again is the idempotent 200, version 1, though it was embedded
+    // again (in another batch, so perhaps with other rounding).
+    let again = json!({"id": "pet", "scope": "agent:assistant", "content": NOTES[3].1});
+    let (status, answer) = c.post("/v1/tenants/acme/memories", &again).await?;
+    assert_eq!((status, answer["version"].clone()), (200, json!(1)), "{answer}");
+    // A changed content is embedded anew.
+    let changed = json!({"id": "pet", "scope": "agent:assistant", "content": "Their cat Mochi sleeps all day."});
+    let (status, answer) = c.post("/v1/tenants/acme/memories", &changed).await?;
+    assert_eq!((status, answer["version"].clone()), (200, json!(2)), "{answer}");
+    let (_, got) = c.get("/v1/tenants/acme/memories/pet?scope=agent:assistant").await?;
+    assert!(cosine(&floats(&got["embedding"]), &stored) < 0.9);
+
+    // Longer than the model's window: embedded from its first window, and said so.
+    let long = "memory ".repeat(400);
+    let body = json!({"scope": "agent:assistant", "content": long});
+    let (status, answer) = c.post("/v1/tenants/acme/memories", &body).await?;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["embedded_truncated"], true, "{answer}");
+
+    // A batch embeds its text-only items (together) and keeps the vectors clients sent.
+    let client_vector: Vec<f32> = direct.iter().map(|x| -x).collect();
+    let items = json!({"items": [
+        {"id": "b1", "scope": "shared", "content": "Quarterly report is due March 3."},
+        {"id": "b2", "scope": "agent:assistant", "content": "Gym on Mondays and Thursdays."},
+        {"id": "b3", "scope": "shared", "content": "client vector", "embedding": client_vector},
+        {"id": "bad id!", "scope": "shared", "content": "refused"},
+    ]});
+    let (status, answer) = c.post("/v1/tenants/acme/memories:batch", &items).await?;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results[0]["embedded_by"], MODEL, "{answer}");
+    assert_eq!(results[1]["embedded_by"], MODEL, "{answer}");
+    assert!(results[2].get("embedded_by").is_none() && results[2]["status"] == 201, "{answer}");
+    assert!(results[3].get("error").is_some(), "{answer}");
+    let (_, got) = c.get("/v1/tenants/acme/memories/b3?scope=shared").await?;
+    assert_eq!(floats(&got["embedding"]), client_vector);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_embeddings_endpoint_speaks_openai_and_refuses_what_it_cannot_serve()
+-> anyhow::Result<()> {
+    let c = Cluster::start_with_router(1, &["--embedder", "builtin"]).await?;
+    let url = format!("{}/v1/embeddings", c.url());
+    let (status, answer) = post(
+        &url,
+        &json!({"input": ["a red apple", "a crimson fruit", "tax law"], "model": MODEL}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["model"].clone(), answer["dimensions"].clone()), (json!(MODEL), json!(384)));
+    let data = answer["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        data.iter().map(|d| d["index"].as_u64()).collect::<Vec<_>>(),
+        [Some(0), Some(1), Some(2)]
+    );
+    let v: Vec<Vec<f32>> = data.iter().map(|d| floats(&d["embedding"])).collect();
+    assert!(cosine(&v[0], &v[1]) > cosine(&v[0], &v[2]) + 0.2, "paraphrase is not closer");
+    // One text alone gives the same vector as inside a batch (float rounding aside).
+    let alone = embed_one(&c.url(), "a crimson fruit").await?;
+    assert!(alone.iter().zip(&v[1]).all(|(a, b)| (a - b).abs() < 1e-5));
+
+    let many: Vec<String> = (0..257).map(|i| format!("text {i}")).collect();
+    for (body, code) in [
+        (json!({"input": many}), "invalid_request"),
+        (json!({"input": "x", "model": "text-embedding-3-small"}), "unknown_model"),
+        (json!({"input": "x", "dimensions": 1536}), "invalid_request"),
+        (json!({"input": []}), "invalid_request"),
+        (json!({"input": [[1, 2, 3]]}), "invalid_request"),
+        (json!({"text": "x"}), "invalid_json"),
+    ] {
+        let (status, answer) = post(&url, &body).await?;
+        assert_eq!(assert_client_error(status, &answer), code, "{body} → {answer}");
+    }
+    // Without an embedder: 400 no_embedder here, and for a text query in vector mode.
+    let bare = c.start_router("router-bare", &[]).await?;
+    let (status, answer) =
+        post(&format!("{}/v1/embeddings", bare.url()), &json!({"input": "x"})).await?;
+    assert_eq!(assert_client_error(status, &answer), "no_embedder");
+    let search = json!({"scopes": ["shared"], "query": "x", "mode": "vector"});
+    let (status, answer) =
+        post(&format!("{}/v1/tenants/t/memories/search", bare.url()), &search).await?;
+    assert_eq!(assert_client_error(status, &answer), "no_embedder");
+    // ... and a text-only write is stored without a vector, as before.
+    let body = json!({"id": "plain", "scope": "shared", "content": "no vector"});
+    let (status, answer) = post(&format!("{}/v1/tenants/t/memories", bare.url()), &body).await?;
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.get("embedded_by").is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn partitions_remember_their_model() -> anyhow::Result<()> {
+    let c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    let vector: Vec<f32> = (0..384).map(|i| if i == 7 { 1.0 } else { 0.0 }).collect();
+    // `shared` starts with a client's vector of an unnamed model: "client".
+    let body =
+        json!({"id": "c1", "scope": "shared", "content": "client made", "embedding": vector});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    let text_only = json!({"scope": "shared", "content": "needs the router's model"});
+    let (status, answer) = c.post("/v1/tenants/acme/memories", &text_only).await?;
+    assert_eq!(assert_client_error(status, &answer), "embedding_model_mismatch");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("client") && message.contains(MODEL), "{message}");
+    let search = json!({"scopes": ["shared"], "query": "anything", "mode": "vector"});
+    let (status, answer) = c.post("/v1/tenants/acme/memories/search", &search).await?;
+    assert_eq!(assert_client_error(status, &answer), "embedding_model_mismatch", "{answer}");
+    // A client vector of the partition's dimension is always accepted, and searchable.
+    let body = json!({"id": "c2", "scope": "shared", "content": "also client", "embedding": vector, "embedding_model": "my-model"});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    let search = json!({"scopes": ["shared"], "embedding": vector, "k": 5});
+    let (status, answer) = c.post("/v1/tenants/acme/memories/search", &search).await?;
+    assert_eq!((status, answer["results"].as_array().map(Vec::len)), (200, Some(2)), "{answer}");
+
+    // A partition first written by a named model keeps that name.
+    let body = json!({"scope": "agent:x", "content": "named", "embedding": vector, "embedding_model": "text-embedding-3-small"});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    let text_only = json!({"scope": "agent:x", "content": "router embeds"});
+    let (status, answer) = c.post("/v1/tenants/acme/memories", &text_only).await?;
+    assert_eq!(assert_client_error(status, &answer), "embedding_model_mismatch");
+    assert!(
+        answer["error"]["message"].as_str().unwrap_or_default().contains("text-embedding-3-small")
+    );
+
+    // A partition the router embedded for takes more text, and client vectors of its size.
+    let text_only = json!({"scope": "agent:y", "content": "first by the router"});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &text_only).await?.0, 201);
+    let body = json!({"scope": "agent:y", "content": "client", "embedding": vector});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    let search = json!({"scopes": ["agent:y"], "query": "first", "mode": "vector"});
+    assert_eq!(c.post("/v1/tenants/acme/memories/search", &search).await?.0, 200);
+    // `embedding_model` without an `embedding` is a mistake, not a silent no-op.
+    let body = json!({"scope": "agent:y", "content": "x", "embedding_model": "m"});
+    let (status, answer) = c.post("/v1/tenants/acme/memories", &body).await?;
+    assert_eq!(assert_client_error(status, &answer), "invalid_request");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_openai_embedder_uses_another_router_and_stores_nothing_when_it_is_down()
+-> anyhow::Result<()> {
+    let mut c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    let service = format!("{}/v1", c.url());
+    let mut remote = c
+        .start_router(
+            "router-openai",
+            &[
+                "--embedder",
+                "openai",
+                "--openai-url",
+                &service,
+                "--openai-model",
+                MODEL,
+                "--openai-dimensions",
+                "384",
+                "--openai-timeout-ms",
+                "1000",
+                "--forward-timeout-ms",
+                "3000",
+            ],
+        )
+        .await?;
+    let writes = format!("{}/v1/tenants/acme/memories", remote.url());
+    let body =
+        json!({"id": "o1", "scope": "shared", "content": "The wifi password is on the fridge."});
+    let (status, answer) = post(&writes, &body).await?;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["embedded_by"], MODEL);
+    let (_, got) = c.get("/v1/tenants/acme/memories/o1?scope=shared").await?;
+    let direct = embed_one(&c.url(), "The wifi password is on the fridge.").await?;
+    let gap = floats(&got["embedding"])
+        .iter()
+        .zip(&direct)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(gap < 1e-5, "{gap}");
+    // Its own /v1/embeddings answers through the service too.
+    assert_eq!(embed_one(&remote.url(), "hello").await?.len(), 384);
+    // Batches go through in calls of at most max_batch inputs.
+    let items: Vec<Value> = (0..40)
+        .map(|i| json!({"id": format!("ob{i}"), "scope": "shared", "content": format!("note number {i}")}))
+        .collect();
+    let (status, answer) = post(&format!("{writes}:batch"), &json!({"items": items})).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["results"].as_array().is_some_and(|r| r.iter().all(|x| x["embedded_by"] == MODEL))
+    );
+
+    // The service goes away: 503 with Retry-After within the request's time, nothing stored.
+    c.router.stop();
+    let started = Instant::now();
+    let resp = client()
+        .post(&writes)
+        .json(&json!({"id": "o2", "scope": "shared", "content": "must not be stored without its vector"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    let (status, _) = send_allowing_5xx(
+        &client(),
+        reqwest::Method::GET,
+        &format!("{writes}/o2?scope=shared"),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 404, "a text-only write was stored without its vector");
+    // Writes that bring their vector do not need the service.
+    let body = json!({"id": "o3", "scope": "shared", "content": "own vector", "embedding": direct});
+    assert_eq!(post(&writes, &body).await?.0, 201);
+    remote.stop();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_embedder_queue_is_503_with_retry_after_and_never_a_lost_request()
+-> anyhow::Result<()> {
+    let c = Cluster::start_with_router(
+        1,
+        &["--embedder", "builtin", "--embed-threads", "1", "--embed-queue-texts", "64"],
+    )
+    .await?;
+    let url = format!("{}/v1/embeddings", c.url());
+    let texts: Vec<String> =
+        (0..64).map(|i| format!("a sentence about the number {i} and more words")).collect();
+    let calls = (0..12).map(|_| {
+        let (url, texts) = (url.clone(), texts.clone());
+        async move {
+            let resp = client().post(&url).json(&json!({"input": texts})).send().await?;
+            let status = resp.status().as_u16();
+            let retry = resp.headers().get("retry-after").is_some();
+            let body: Value = resp.json().await?;
+            anyhow::Ok((status, retry, body))
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let (mut ok, mut refused) = (0, 0);
+    for answer in answers {
+        let (status, retry, body) = answer?;
+        match status {
+            200 => {
+                assert_eq!(body["data"].as_array().map(Vec::len), Some(64));
+                ok += 1;
+            }
+            503 => {
+                assert!(retry, "503 without Retry-After: {body}");
+                assert_eq!(body["error"]["code"], "unavailable");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
+    let metrics = reqwest::get(format!("{}/metrics", c.url())).await?.text().await?;
+    assert!(metrics.contains("memring_embed_rejected_total"), "no rejection counted");
+    Ok(())
+}
+
+#[tokio::test]
+async fn search_fields_of_part_two_are_checked_by_name() -> anyhow::Result<()> {
+    let c = Cluster::start_with_router(1, &["--embedder", "builtin"]).await?;
+    let path = "/v1/tenants/acme/memories/search";
+    for (body, names) in [
+        (json!({"scopes": ["shared"], "query": "x", "mode": "semantic"}), "mode"),
+        (
+            json!({"scopes": ["shared"], "query": "x", "mode": "vector", "fusion": {"method": "borda"}}),
+            "fusion",
+        ),
+        (
+            json!({"scopes": ["shared"], "query": "x", "mode": "vector", "fusion": {"method": "weighted", "alpha": 2}}),
+            "alpha",
+        ),
+        (
+            json!({"scopes": ["shared"], "query": "x", "mode": "vector", "k": 10, "offset": 995}),
+            "offset",
+        ),
+        (json!({"scopes": ["shared"], "query": "q".repeat(8193), "mode": "vector"}), "query"),
+        (json!({"scopes": ["shared"], "mode": "keyword"}), "query"),
+        (json!({"scopes": ["shared"], "query": "x", "embedded_by": "m"}), "embedded_by"),
+    ] {
+        let (status, answer) = c.post(path, &body).await?;
+        assert_client_error(status, &answer);
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{body} → {message}");
+    }
+    // `offset` pages through one ranking.
+    for (id, content) in NOTES {
+        let body = json!({"id": id, "scope": "shared", "content": content});
+        assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    }
+    let ids = |v: &Value| -> Vec<String> {
+        v["results"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|h| h["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let all = c
+        .post(
+            path,
+            &json!({"scopes": ["shared"], "query": "travel plans", "mode": "vector", "k": 5}),
+        )
+        .await?
+        .1;
+    let page = c.post(path, &json!({"scopes": ["shared"], "query": "travel plans", "mode": "vector", "k": 2, "offset": 2})).await?.1;
+    assert_eq!(ids(&page), ids(&all)[2..4].to_vec());
+    Ok(())
+}
