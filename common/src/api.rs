@@ -567,11 +567,21 @@ impl Filter {
     }
 }
 
-/// A validated search of one partition: what a shard node executes.
+/// What a shard node ranks by.
+#[derive(Debug, Clone)]
+pub enum ShardQuery {
+    /// Nearest vectors to this one.
+    Vector(Vec<f32>),
+    /// BM25 of these words.
+    Keyword(String),
+}
+
+/// A validated search of one partition: what a shard node executes (one mode; the router
+/// fuses a hybrid search from the two lists).
 #[derive(Debug, Clone)]
 pub struct SearchQuery {
-    /// The query vector.
-    pub embedding: Vec<f32>,
+    /// The vector or the words.
+    pub by: ShardQuery,
     /// How many results.
     pub k: usize,
     /// The filter.
@@ -669,13 +679,30 @@ impl RawSearch {
     /// the path, so `scopes` is not looked at). The router forwards the client's body unchanged,
     /// so both sides parse the same bytes with the same rules.
     pub fn validate_query(self) -> Result<SearchQuery, ApiError> {
-        let embedding = self
-            .embedding
-            .ok_or_else(|| ApiError::invalid("\"embedding\" is required for search"))?;
-        validate_embedding(&embedding)?;
         let k = validate_k(self.k)?;
         let filter = self.filter.map(RawFilter::validate).transpose()?.unwrap_or_default();
-        Ok(SearchQuery { embedding, k, filter, embedded_by: self.embedded_by })
+        let by = match self.mode.as_deref().map(SearchMode::parse).transpose()? {
+            Some(SearchMode::Keyword) => {
+                let text = self
+                    .query
+                    .ok_or_else(|| ApiError::invalid("\"mode\": \"keyword\" needs a \"query\""))?;
+                validate_query_text(&text)?;
+                ShardQuery::Keyword(text)
+            }
+            Some(SearchMode::Hybrid) => {
+                return Err(ApiError::invalid(
+                    "a shard node searches one mode at a time (the router fuses hybrid searches)",
+                ));
+            }
+            Some(SearchMode::Vector) | None => {
+                let embedding = self
+                    .embedding
+                    .ok_or_else(|| ApiError::invalid("\"embedding\" is required for search"))?;
+                validate_embedding(&embedding)?;
+                ShardQuery::Vector(embedding)
+            }
+        };
+        Ok(SearchQuery { by, k, filter, embedded_by: self.embedded_by })
     }
 }
 
@@ -718,8 +745,12 @@ pub struct SearchHit {
     /// Its scope.
     #[schema(value_type = String)]
     pub scope: Scope,
-    /// Cosine similarity with the query, higher is closer.
+    /// Cosine similarity with the query (vector mode), BM25 (keyword mode) or the fused score
+    /// (hybrid); higher is better.
     pub score: f32,
+    /// The parts that produced `score`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Scores>,
     /// Its text.
     pub content: String,
     /// Its metadata.
@@ -727,6 +758,29 @@ pub struct SearchHit {
     pub metadata: Map<String, Value>,
     /// When it was created (RFC 3339).
     pub created_at: String,
+}
+
+/// The parts of a search hit's score.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Scores {
+    /// Cosine similarity with the query vector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<f32>,
+    /// BM25 of the query's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<f32>,
+}
+
+impl Scores {
+    /// A vector score alone.
+    pub fn vector(score: f32) -> Self {
+        Scores { vector: Some(score), keyword: None }
+    }
+
+    /// A keyword score alone.
+    pub fn keyword(score: f32) -> Self {
+        Scores { vector: None, keyword: Some(score) }
+    }
 }
 
 /// A search answer.

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: settings and flags
 //! - [`service`]: routes of API v1, validation, fan-out and merge
+//! - [`fusion`]: hybrid search's one ranking from the vector and keyword lists
 //! - [`forward`]: the pooled client to shard nodes, the 421 retry rule, retries of reads
 //! - [`breaker`]: a circuit breaker per shard node
 //! - [`embed`]: the embedder (built-in model, or an OpenAI-compatible service)
@@ -13,6 +14,7 @@ pub mod breaker;
 pub mod config;
 pub mod embed;
 pub mod forward;
+pub mod fusion;
 pub mod limits;
 pub mod openapi;
 pub mod service;

@@ -588,31 +588,26 @@ impl RouterService {
     ) -> Result<Response, ApiError> {
         let body = self.body(req).await?;
         let mut search = parse_json::<RawSearch>(&body)?.validate()?;
-        match self.search_mode(&search) {
-            Some(SearchMode::Vector) => {}
-            Some(mode @ (SearchMode::Keyword | SearchMode::Hybrid)) => {
-                return Err(ApiError::invalid(format!(
-                    "\"mode\": {mode:?} (the default for a \"query\") is not served by this version yet; send \"mode\": \"vector\""
-                )));
-            }
-            None => {
-                return Err(ApiError::invalid(
-                    "a filtered listing (neither \"query\" nor \"embedding\") is not served by this version yet; send an \"embedding\" or a \"query\"",
-                ));
-            }
-        }
+        let Some(mode) = self.search_mode(&search) else {
+            return Err(ApiError::invalid(
+                "a filtered listing (neither \"query\" nor \"embedding\") is not served by this version yet; send an \"embedding\" or a \"query\"",
+            ));
+        };
         let mut embedded_by = None;
-        if search.embedding.is_none() {
-            let embedder =
-                self.embedder.as_ref().ok_or_else(|| no_embedder("a \"query\" in vector mode"))?;
+        if mode != SearchMode::Keyword && search.embedding.is_none() {
+            let what = if mode == SearchMode::Hybrid { "hybrid mode" } else { "vector mode" };
+            let embedder = self
+                .embedder
+                .as_ref()
+                .ok_or_else(|| no_embedder(&format!("a \"query\" in {what}")))?;
             let text = search.text.clone().unwrap_or_default();
             let made = embedder.embed(vec![text], self.embed_deadline()).await?;
             search.embedding = made.into_iter().next().map(|e| e.vector);
             embedded_by = Some(embedder.model().to_owned());
         }
-        // The shard node takes the client's body with the router's parts resolved: the vector
-        // (embedded here if it came as text), and `offset + k` results to page from.
-        let shard_body = shard_search_body(&body, &search, embedded_by.as_deref())?;
+        // Each shard node runs one mode over one partition; the router merges across scopes
+        // and, in hybrid mode, fuses the two merged lists (fusion.rs).
+        let by = |m: SearchMode| shard_search_body(&body, &search, m, embedded_by.as_deref());
         let timeout = Duration::from_millis(self.config.search_timeout_ms);
         // `global` is spread over several partitions: every one is searched.
         let (partitions, scopes): (Vec<PartitionKey>, Vec<&Scope>) = search
@@ -620,14 +615,14 @@ impl RouterService {
             .iter()
             .flat_map(|s| PartitionKey::all(&tenant, s).into_iter().map(move |p| (p, s)))
             .unzip();
-        if partitions.len() == 1 && search.offset == 0 {
-            // One scope, first page: the shard's answer is already the final shape.
+        if partitions.len() == 1 && search.offset == 0 && mode != SearchMode::Hybrid {
+            // One scope, first page, one list: the shard's answer is already the final shape.
             let reply = self
                 .forward
                 .read_partition(
                     &partitions[0],
                     "search",
-                    Some(shard_body),
+                    Some(by(mode)?),
                     request_id,
                     timeout,
                     token.min_seq(&search.scopes[0]),
@@ -636,8 +631,41 @@ impl RouterService {
                 .into_result()?;
             return Ok(json_bytes(200, reply));
         }
+        let depth = search.offset + search.k;
+        let fan =
+            |body: Bytes| self.search_partitions(&partitions, &scopes, body, request_id, token);
+        let (mut hits, failed) = match mode {
+            SearchMode::Hybrid => {
+                let (vector, keyword) =
+                    tokio::join!(fan(by(SearchMode::Vector)?), fan(by(SearchMode::Keyword)?));
+                let ((vector, v_failed), (keyword, k_failed)) = (vector?, keyword?);
+                (crate::fusion::fuse(vector, keyword, search.fusion, depth), v_failed.max(k_failed))
+            }
+            one => {
+                let (mut hits, failed) = fan(by(one)?).await?;
+                sort_hits(&mut hits);
+                (hits, failed)
+            }
+        };
+        hits.drain(..search.offset.min(hits.len()));
+        hits.truncate(search.k);
+        Ok(json(200, &SearchResponse { results: hits, partial: failed > 0 }))
+    }
+
+    /// Sends one shard search body to every partition at once; their hits (unordered) and how
+    /// many partitions did not answer. A client mistake any partition reports is the answer;
+    /// `503` when none answered.
+    async fn search_partitions(
+        &self,
+        partitions: &[PartitionKey],
+        scopes: &[&Scope],
+        body: Bytes,
+        request_id: &str,
+        token: &ReadToken,
+    ) -> Result<(Vec<SearchHit>, usize), ApiError> {
+        let timeout = Duration::from_millis(self.config.search_timeout_ms);
         let calls = partitions.iter().zip(scopes).map(|(p, scope)| {
-            let body = shard_body.clone();
+            let body = body.clone();
             async move {
                 let min_seq = token.min_seq(scope);
                 let reply = self
@@ -671,10 +699,7 @@ impl RouterService {
                 1,
             ));
         }
-        sort_hits(&mut hits);
-        hits.drain(..search.offset.min(hits.len()));
-        hits.truncate(search.k);
-        Ok(json(200, &SearchResponse { results: hits, partial: failed > 0 }))
+        Ok((hits, failed))
     }
 
     fn scope_param(query: Option<&str>) -> Result<(Scope, Vec<(String, String)>), ApiError> {
@@ -888,24 +913,32 @@ impl RouterService {
     }
 }
 
-/// The body a shard node's search takes: the client's, without the router's own fields, with the
-/// vector the router resolved and `offset + k` results.
+/// The body a shard node's search takes for one `mode` (vector or keyword): the client's
+/// `k`-independent fields (its filter), the vector the router resolved (and the model it was
+/// embedded with) or the words, and `offset + k` results.
 fn shard_search_body(
     body: &[u8],
     search: &SearchRequest,
+    mode: SearchMode,
     embedded_by: Option<&str>,
 ) -> Result<Bytes, ApiError> {
     let mut fields: serde_json::Map<String, Value> = parse_json(body)?;
-    for router_only in ["query", "mode", "fusion", "offset", "scopes"] {
+    for router_only in ["query", "mode", "fusion", "offset", "scopes", "embedding"] {
         fields.remove(router_only);
     }
-    if let Some(embedding) = &search.embedding {
-        fields.insert("embedding".into(), serde_json::json!(embedding));
+    match mode {
+        SearchMode::Keyword => {
+            fields.insert("mode".into(), "keyword".into());
+            fields.insert("query".into(), search.text.clone().unwrap_or_default().into());
+        }
+        SearchMode::Vector | SearchMode::Hybrid => {
+            fields.insert("embedding".into(), serde_json::json!(search.embedding));
+            if let Some(model) = embedded_by {
+                fields.insert("embedded_by".into(), model.into());
+            }
+        }
     }
     fields.insert("k".into(), (search.offset + search.k).into());
-    if let Some(model) = embedded_by {
-        fields.insert("embedded_by".into(), model.into());
-    }
     serde_json::to_vec(&fields)
         .map(Bytes::from)
         .map_err(|e| ApiError::internal(format!("search does not serialize: {e}")))
@@ -1015,6 +1048,7 @@ mod tests {
             id: MemoryId::parse(id).expect("id"),
             scope: Scope::parse(scope).expect("scope"),
             score,
+            scores: None,
             content: String::new(),
             metadata: Default::default(),
             created_at: String::new(),

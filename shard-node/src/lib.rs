@@ -5,6 +5,7 @@
 //! - [`record`]: what is written to disk, and its versioned encoding
 //! - [`storage`]: RocksDB, partitions, writes/reads/search/tenant deletion
 //! - [`index`]: the per-partition vector index (exact flat scan, then HNSW)
+//! - [`keyword`]: the per-partition BM25 index over `content`
 //! - [`service`]: the internal HTTP API and the ownership (epoch) check
 //! - [`background`]: low-priority threads for migration work
 //! - [`replicate`]: followers tailing their primaries' change logs (replication factor > 1)
@@ -14,6 +15,7 @@
 pub mod background;
 pub mod config;
 pub mod index;
+pub mod keyword;
 pub mod record;
 pub mod replicate;
 pub mod service;

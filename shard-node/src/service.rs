@@ -573,7 +573,16 @@ impl ShardService {
         if let Some(model) = &search.embedded_by {
             self.storage.check_query_model(&partition, model)?;
         }
-        let results = if self.storage.is_search_quick(&partition) {
+        let quick_key = partition.clone();
+        let run = move |s: &Storage| match &search.by {
+            api::ShardQuery::Vector(v) => {
+                s.search(&partition, v, search.k, &search.filter, now_millis())
+            }
+            api::ShardQuery::Keyword(words) => {
+                s.keyword_search(&partition, words, search.k, &search.filter, now_millis())
+            }
+        };
+        let results = if self.storage.is_search_quick(&quick_key) {
             // A loaded index answers in tens to hundreds of microseconds: run it here rather than
             // pay two thread hand-offs. Building an index (seconds) goes to a blocking thread.
             let _permit = self
@@ -581,18 +590,9 @@ impl ShardService {
                 .acquire()
                 .await
                 .map_err(|_| ApiError::unavailable("shutting down", 1))?;
-            self.storage.search(
-                &partition,
-                &search.embedding,
-                search.k,
-                &search.filter,
-                now_millis(),
-            )?
+            run(&self.storage)?
         } else {
-            self.blocking(move |s| {
-                s.search(&partition, &search.embedding, search.k, &search.filter, now_millis())
-            })
-            .await?
+            self.blocking(move |s| run(s)).await?
         };
         Ok(json(200, &SearchResponse { results, partial: false }))
     }

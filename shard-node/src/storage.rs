@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use memring_common::api::{
-    Filter, MemoryView, PartitionStats, SearchHit, WriteItem, WriteOutcome, WriteResult,
+    Filter, MemoryView, PartitionStats, Scores, SearchHit, WriteItem, WriteOutcome, WriteResult,
 };
 use memring_common::clock::format_millis;
 use memring_common::scope::tenant_prefix;
@@ -101,12 +101,17 @@ struct Entry {
     created_at_ms: i64,
     expires_at_ms: Option<i64>,
     metadata: Map<String, Value>,
+    /// The memory's text on its way into the keyword index ([`Loaded::insert`] takes it out).
+    content: String,
 }
 
 /// A partition's loaded search state.
 #[derive(Default)]
 struct Loaded {
     vectors: Option<VectorIndex>,
+    /// BM25 over the memories' content.
+    keywords: crate::keyword::KeywordIndex,
+    /// Every stored memory (with a vector or not), by label: what filters read.
     entries: HashMap<u64, Entry>,
     /// Entries with a TTL; while zero, searches need no expiry check at all.
     expiring: usize,
@@ -117,7 +122,8 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn insert(&mut self, label: u64, entry: Entry) {
+    fn insert(&mut self, label: u64, mut entry: Entry) {
+        self.keywords.insert(label, &std::mem::take(&mut entry.content));
         let expiring = entry.expires_at_ms.is_some();
         if let Some(old) = self.entries.insert(label, entry) {
             self.expiring -= usize::from(old.expires_at_ms.is_some());
@@ -126,6 +132,7 @@ impl Loaded {
     }
 
     fn remove(&mut self, label: u64) {
+        self.keywords.remove(label);
         if let Some(old) = self.entries.remove(&label) {
             self.expiring -= usize::from(old.expires_at_ms.is_some());
         }
@@ -635,9 +642,9 @@ impl Storage {
         let mut upserts: Vec<(u64, Vec<f32>)> = Vec::new();
         let mut result = Ok(());
         for (i, (label, vector, entry)) in ops.into_iter().enumerate() {
-            match (vector.is_some(), entry) {
-                (true, Some(entry)) => loaded.insert(label, entry),
-                _ => loaded.remove(label),
+            match entry {
+                Some(entry) => loaded.insert(label, entry),
+                None => loaded.remove(label),
             }
             if last.get(&label) != Some(&i) {
                 continue;
@@ -685,15 +692,15 @@ impl Storage {
         for item in self.scan(CF_EPISODES, &p.enc, &p.enc, Self::uncached())? {
             let (_, value) = item?;
             let episode: StoredEpisode = decode(&value)?;
-            let Some(vector) = episode.embedding.as_deref() else { continue };
             let metadata = parse_metadata(&episode.metadata_json)?;
             loaded.insert(episode.label, entry_of(&episode, &metadata));
+            let Some(vector) = episode.embedding.as_deref() else { continue };
             let index = loaded
                 .vectors
                 .get_or_insert_with(|| VectorIndex::exact(vector.len(), config.clone()));
             index.upsert(episode.label, vector).map_err(|e| ApiError::internal(e.to_string()))?;
         }
-        let vectors = loaded.entries.len();
+        let vectors = loaded.vectors.as_ref().map_or(0, VectorIndex::len);
         let graph_due = loaded.vectors.as_ref().is_some_and(|v| v.len() > config.flat_limit);
         let snapshot = match &mut loaded.vectors {
             Some(index) if graph_due => {
@@ -773,7 +780,7 @@ impl Storage {
             loaded.vectors = Some(graph);
             tracing::info!(
                 partition = %partition.key,
-                vectors = loaded.entries.len(),
+                vectors = loaded.vectors.as_ref().map_or(0, VectorIndex::len),
                 replayed = touched.len(),
                 millis = started.elapsed().as_millis() as u64,
                 "index graph built; it answers the searches now"
@@ -877,10 +884,43 @@ impl Storage {
                 ),
             ));
         }
-        self.ensure_loaded(&p)?;
+        self.ranked_hits(&p, filter, now_ms, Scores::vector, |loaded, allowed| {
+            let Some(index) = &loaded.vectors else { return Ok(Vec::new()) };
+            let scored =
+                index.search(query, k, allowed).map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(scored.into_iter().map(|s| (s.label, s.score)).collect())
+        })
+    }
+
+    /// The best `k` memories of the partition for the words of `query` by BM25 over their
+    /// content (`keyword.rs`), among those that pass `filter`, best first.
+    pub fn keyword_search(
+        &self,
+        key: &PartitionKey,
+        query: &str,
+        k: usize,
+        filter: &Filter,
+        now_ms: i64,
+    ) -> Result<Vec<SearchHit>, ApiError> {
+        let Some(p) = self.partition(key, false)? else { return Ok(Vec::new()) };
+        self.ranked_hits(&p, filter, now_ms, Scores::keyword, |loaded, allowed| {
+            Ok(loaded.keywords.search(query, k, allowed))
+        })
+    }
+
+    /// Loads the partition's search state, ranks with `rank` among the memories that pass
+    /// `filter` (and have not expired), and reads the ranked memories for the answer.
+    fn ranked_hits(
+        &self,
+        p: &Arc<Partition>,
+        filter: &Filter,
+        now_ms: i64,
+        part: fn(f32) -> Scores,
+        rank: impl FnOnce(&Loaded, Option<&HashSet<u64>>) -> Result<Vec<(u64, f32)>, ApiError>,
+    ) -> Result<Vec<SearchHit>, ApiError> {
+        self.ensure_loaded(p)?;
         let guard = p.search.read();
         let Some(loaded) = guard.as_ref() else { return Ok(Vec::new()) };
-        let Some(index) = &loaded.vectors else { return Ok(Vec::new()) };
         let allowed: Option<HashSet<u64>> =
             (!filter.is_empty() || loaded.expiring > 0).then(|| {
                 loaded
@@ -893,12 +933,10 @@ impl Storage {
                     .map(|(label, _)| *label)
                     .collect()
             });
-        let scored = index
-            .search(query, k, allowed.as_ref())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let scored = rank(loaded, allowed.as_ref())?;
         let ids: Vec<(&Entry, f32)> = scored
             .iter()
-            .filter_map(|s| loaded.entries.get(&s.label).map(|e| (e, s.score)))
+            .filter_map(|(label, score)| loaded.entries.get(label).map(|e| (e, *score)))
             .collect();
         let cf = self.cf(CF_EPISODES)?;
         let keys: Vec<Vec<u8>> = ids.iter().map(|(e, _)| episode_key(&p.enc, &e.id)).collect();
@@ -910,8 +948,9 @@ impl Storage {
             let episode: StoredEpisode = decode(&bytes)?;
             hits.push(SearchHit {
                 id: MemoryId::parse(&entry.id)?,
-                scope: key.scope().clone(),
+                scope: p.key.scope().clone(),
                 score,
+                scores: Some(part(score)),
                 content: episode.content,
                 metadata: entry.metadata.clone(),
                 created_at: format_millis(episode.created_at_ms),
@@ -1196,6 +1235,7 @@ fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {
         created_at_ms: e.created_at_ms,
         expires_at_ms: e.expires_at_ms,
         metadata: metadata.clone(),
+        content: e.content.clone(),
     }
 }
 

@@ -374,3 +374,162 @@ async fn search_fields_of_part_two_are_checked_by_name() -> anyhow::Result<()> {
     assert_eq!(ids(&page), ids(&all)[2..4].to_vec());
     Ok(())
 }
+
+async fn search(c: &Cluster, tenant: &str, body: Value) -> anyhow::Result<Value> {
+    let (status, answer) = c.post(&format!("/v1/tenants/{tenant}/memories/search"), &body).await?;
+    anyhow::ensure!(status == 200, "search {body} answered {status}: {answer}");
+    Ok(answer)
+}
+
+fn ids(answer: &Value) -> Vec<String> {
+    answer["results"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|h| h["id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn keyword_search_finds_a_rare_word_at_once_and_follows_every_change() -> anyhow::Result<()> {
+    let mut c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    for (id, content) in NOTES {
+        let body =
+            json!({"id": id, "scope": "shared", "content": content, "metadata": {"kind": id}});
+        assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    }
+    // Visible as soon as the write is acknowledged: the very next request finds it.
+    let body = json!({"id": "err", "scope": "shared", "content": "Billing failed with error code ZX-4711 twice.", "metadata": {"kind": "incident"}});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    let found =
+        search(&c, "acme", json!({"scopes": ["shared"], "query": "zx-4711", "mode": "keyword"}))
+            .await?;
+    assert_eq!(ids(&found), ["err"], "{found}");
+    let hit = &found["results"][0];
+    assert!(
+        hit["scores"]["keyword"].as_f64().is_some_and(|s| s > 0.0)
+            && hit["scores"].get("vector").is_none(),
+        "{hit}"
+    );
+    assert_eq!(hit["score"], hit["scores"]["keyword"]);
+    // Case-folded words; only memories sharing a word are results.
+    let found = search(
+        &c,
+        "acme",
+        json!({"scopes": ["shared"], "query": "PEANUTS", "mode": "keyword", "k": 10}),
+    )
+    .await?;
+    assert_eq!(ids(&found), ["diet"]);
+    // Filters apply inside the keyword search.
+    let filtered = json!({"scopes": ["shared"], "query": "the", "mode": "keyword", "k": 10, "filter": {"metadata": {"kind": "flight"}}});
+    assert_eq!(ids(&search(&c, "acme", filtered).await?), ["flight"]);
+    // An update replaces the words; a delete removes them.
+    let body = json!({"id": "err", "scope": "shared", "content": "Billing is healthy again."});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 200);
+    let gone = json!({"scopes": ["shared"], "query": "ZX-4711", "mode": "keyword"});
+    assert!(ids(&search(&c, "acme", gone.clone()).await?).is_empty());
+    assert_eq!(c.delete("/v1/tenants/acme/memories/diet?scope=shared").await?.0, 204);
+    let peanuts = json!({"scopes": ["shared"], "query": "peanuts", "mode": "keyword"});
+    assert!(ids(&search(&c, "acme", peanuts).await?).is_empty());
+    // Rebuilt from RocksDB after a restart of every shard node.
+    for shard in &mut c.shards {
+        shard.restart()?;
+        shard.wait_ready(Duration::from_secs(30)).await?;
+    }
+    let healthy = json!({"scopes": ["shared"], "query": "healthy billing", "mode": "keyword"});
+    assert_eq!(ids(&search(&c, "acme", healthy).await?), ["err"]);
+    // Another tenant's words are never found.
+    let other = json!({"scopes": ["shared"], "query": "healthy billing", "mode": "keyword"});
+    assert!(ids(&search(&c, "intruder", other).await?).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn hybrid_is_the_default_with_an_embedder_and_fuses_both_lists() -> anyhow::Result<()> {
+    let c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    for (id, content) in NOTES {
+        let body = json!({"id": id, "scope": "agent:a", "content": content});
+        assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    }
+    let body =
+        json!({"id": "token", "scope": "shared", "content": "Rotate PROD_TOKEN every 90 days."});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    // Default mode with query and an embedder: hybrid; both parts named where both found it.
+    let query = json!({"scopes": ["agent:a", "shared"], "query": "which variable does the deploy script need", "k": 3});
+    let found = search(&c, "acme", query).await?;
+    assert_eq!(found["results"][0]["id"], "repo", "{found}");
+    let scores = &found["results"][0]["scores"];
+    assert!(scores["vector"].is_number() && scores["keyword"].is_number(), "{found}");
+    // The rare word and a paraphrase, weighted towards words.
+    let query = json!({"scopes": ["agent:a", "shared"], "query": "PROD_TOKEN", "fusion": {"method": "weighted", "alpha": 0.2}, "k": 2});
+    let found = search(&c, "acme", query).await?;
+    assert_eq!(ids(&found).len(), 2);
+    assert!(
+        ids(&found).contains(&"token".to_owned()) && ids(&found).contains(&"repo".to_owned()),
+        "{found}"
+    );
+    // Without an embedder a query alone is keyword search.
+    let bare = c.start_router("router-bare", &[]).await?;
+    let (status, found) = post(
+        &format!("{}/v1/tenants/acme/memories/search", bare.url()),
+        &json!({"scopes": ["agent:a"], "query": "beagle"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(ids(&found), ["pet"]);
+    assert!(found["results"][0]["scores"].get("vector").is_none());
+    // ... and hybrid needs one.
+    let (status, answer) = post(
+        &format!("{}/v1/tenants/acme/memories/search", bare.url()),
+        &json!({"scopes": ["agent:a"], "query": "beagle", "mode": "hybrid"}),
+    )
+    .await?;
+    assert_eq!(assert_client_error(status, &answer), "no_embedder");
+    Ok(())
+}
+
+#[tokio::test]
+async fn answers_do_not_change_when_a_scope_migrates() -> anyhow::Result<()> {
+    use memring_common::store::RingStore;
+    let c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    let control = c.start_control().await?;
+    for (n, (id, content)) in NOTES.iter().enumerate() {
+        let scope = if n % 2 == 0 { "shared" } else { "agent:a" };
+        let body = json!({"id": id, "scope": scope, "content": content});
+        assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+    }
+    let queries = [
+        json!({"scopes": ["shared", "agent:a"], "query": "gate B12 friday flight", "k": 5}),
+        json!({"scopes": ["shared", "agent:a"], "query": "the team", "mode": "keyword", "k": 5}),
+        json!({"scopes": ["shared", "agent:a"], "query": "pets", "mode": "vector", "k": 5}),
+        json!({"scopes": ["shared", "agent:a"], "query": "deploy", "fusion": {"method": "weighted", "alpha": 0.5}, "k": 5}),
+    ];
+    let mut before = Vec::new();
+    for q in &queries {
+        before.push(search(&c, "acme", q.clone()).await?["results"].clone());
+    }
+    let store = memring_common::store::embedded::EmbeddedStore::open(c.ring_dir())?;
+    let ring = memring_common::Ring::new(store.load().await?.layout);
+    let partition = memring_common::PartitionKey::new(
+        &memring_common::TenantId::parse("acme")?,
+        &memring_common::Scope::Shared,
+    );
+    let source = ring.owner(&partition).map(|n| n.id.clone()).expect("an owner");
+    let target = ring
+        .layout()
+        .nodes
+        .iter()
+        .find(|n| n.id != source)
+        .map(|n| n.id.clone())
+        .expect("another node");
+    memring_tests::shardctl(
+        &control,
+        &["migrate", "--tenant", "acme", "--scope", "shared", "--to", target.as_str()],
+    )
+    .await?;
+    let ring = memring_common::Ring::new(store.load().await?.layout);
+    assert_eq!(ring.owner(&partition).map(|n| n.id.clone()), Some(target));
+    for (q, was) in queries.iter().zip(before) {
+        let now = search(&c, "acme", q.clone()).await?["results"].clone();
+        assert_eq!(now, was, "{q} answered differently after the migration");
+    }
+    Ok(())
+}

@@ -113,8 +113,7 @@ impl Storage {
         let Some(&dims) = p.dimensions.get() else { return Err(bad("partition has no vectors")) };
         let index = VectorIndex::from_bytes(dims as usize, self.config.index.clone(), graph)
             .map_err(|e| bad(&e.to_string()))?;
-        let loaded = self.with_stored_entries(&p.enc, index)?;
-        let vectors = loaded.entries.len();
+        let (loaded, vectors) = self.with_stored_entries(&p.enc, index)?;
         if loaded.vectors.as_ref().map_or(0, VectorIndex::len) != vectors {
             return Err(bad("the graph and the stored memories disagree"));
         }
@@ -124,22 +123,23 @@ impl Storage {
 }
 
 impl Storage {
-    /// Search state around a ready graph: the filter entries of every stored memory with a
-    /// vector in partition `enc` (a scan without the cost of inserting into the graph).
+    /// Search state around a ready graph: the filter entries and keyword index of every stored
+    /// memory in partition `enc` (a scan without the cost of inserting into the graph), and how
+    /// many of them have a vector.
     pub(super) fn with_stored_entries(
         &self,
         enc: &[u8],
         index: VectorIndex,
-    ) -> Result<Loaded, ApiError> {
+    ) -> Result<(Loaded, usize), ApiError> {
         let mut loaded = Loaded { vectors: Some(index), ..Loaded::default() };
+        let mut vectors = 0;
         for item in self.scan(CF_EPISODES, enc, enc, Storage::uncached())? {
             let (_, value) = item?;
             let e: StoredEpisode = decode(&value)?;
-            if e.embedding.is_some() {
-                loaded.insert(e.label, entry_of(&e, &parse_metadata(&e.metadata_json)?));
-            }
+            vectors += usize::from(e.embedding.is_some());
+            loaded.insert(e.label, entry_of(&e, &parse_metadata(&e.metadata_json)?));
         }
-        Ok(loaded)
+        Ok((loaded, vectors))
     }
 }
 

@@ -367,7 +367,7 @@ impl Storage {
         };
         let index = VectorIndex::from_bytes(dims as usize, self.config.index.clone(), bytes)
             .map_err(|e| ApiError::invalid(format!("the shipped index is unusable: {e}")))?;
-        let loaded = self.with_stored_entries(&p.enc, index)?;
+        let (loaded, _) = self.with_stored_entries(&p.enc, index)?;
         let vectors = loaded.vectors.as_ref().map_or(0, |v| v.len());
         self.totals.load(p.search.write().replace(loaded).is_none());
         tracing::info!(partition = %p.key, vectors, "index installed from the migration source");
