@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps test-deps build run cluster bench-migrate bench-repl bench-scale bench-embed fuzz chaos test unit integration lint fmt bench clean-data
+.PHONY: deps test-deps build run cluster bench-migrate bench-repl bench-scale bench-embed bench-bm25 fuzz chaos test unit integration lint fmt bench clean-data
 
 # Debian packages, then the built-in embedder's model files (once, into ~/.cache/memring/models).
 deps:
@@ -66,6 +66,13 @@ bench-repl: build
 ## The built-in embedder alone and text writes through the router (docs/benchmarks.md).
 bench-embed: build
 	$(BIN_DIR)/memring-embed-bench $(BENCH_ARGS)
+
+## Keyword search against bm25s on the same corpus and queries (docs/benchmarks.md).
+BENCH_VENV := $(HOME)/.cache/memring/bench-venv
+bench-bm25: build
+	@[ -x $(BENCH_VENV)/bin/python ] || python3 -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -c 'import bm25s, numpy' 2>/dev/null || $(BENCH_VENV)/bin/pip install -q bm25s==0.3.16 numpy
+	CARGO_TARGET_DIR=$(or $(CARGO_TARGET_DIR),target) $(BENCH_VENV)/bin/python scripts/bm25-overlap.py $(BENCH_ARGS)
 
 # What many tenants cost a replicated cluster: 1,000 and then 100,000 tenants (docs/benchmarks.md).
 bench-scale: build

@@ -574,6 +574,8 @@ pub enum ShardQuery {
     Vector(Vec<f32>),
     /// BM25 of these words.
     Keyword(String),
+    /// Neither: the filtered memories, newest `updated_at` first, ties by id.
+    List,
 }
 
 /// A validated search of one partition: what a shard node executes (one mode; the router
@@ -694,6 +696,7 @@ impl RawSearch {
                     "a shard node searches one mode at a time (the router fuses hybrid searches)",
                 ));
             }
+            None if self.embedding.is_none() && self.query.is_none() => ShardQuery::List,
             Some(SearchMode::Vector) | None => {
                 let embedding = self
                     .embedding
@@ -746,8 +749,8 @@ pub struct SearchHit {
     #[schema(value_type = String)]
     pub scope: Scope,
     /// Cosine similarity with the query (vector mode), BM25 (keyword mode) or the fused score
-    /// (hybrid); higher is better.
-    pub score: f32,
+    /// (hybrid); higher is better. `null` in a listing (neither `query` nor `embedding`).
+    pub score: Option<f32>,
     /// The parts that produced `score`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<Scores>,
@@ -758,6 +761,9 @@ pub struct SearchHit {
     pub metadata: Map<String, Value>,
     /// When it was created (RFC 3339).
     pub created_at: String,
+    /// When it last changed (RFC 3339): a listing's order, newest first.
+    #[serde(default)]
+    pub updated_at: String,
 }
 
 /// The parts of a search hit's score.

@@ -32,10 +32,14 @@ pub fn fuse(
             }
             Fusion::Weighted { .. } => {
                 let (lo, hi) = list.iter().fold((f64::MAX, f64::MIN), |(lo, hi), h| {
-                    (lo.min(f64::from(h.score)), hi.max(f64::from(h.score)))
+                    let s = f64::from(h.score.unwrap_or(0.0));
+                    (lo.min(s), hi.max(s))
                 });
                 list.iter()
-                    .map(|h| if hi > lo { (f64::from(h.score) - lo) / (hi - lo) } else { 1.0 })
+                    .map(|h| {
+                        let s = f64::from(h.score.unwrap_or(0.0));
+                        if hi > lo { (s - lo) / (hi - lo) } else { 1.0 }
+                    })
                     .collect()
             }
         }
@@ -51,7 +55,7 @@ pub fn fuse(
         let part = weights(&list);
         for (hit, weight) in list.into_iter().zip(part) {
             let key = (hit.scope.to_string(), hit.id.to_string());
-            let raw = hit.score;
+            let raw = hit.score.unwrap_or(0.0);
             let entry = fused
                 .entry(key)
                 .or_insert_with(|| (SearchHit { scores: Some(Scores::default()), ..hit }, 0.0));
@@ -67,7 +71,7 @@ pub fn fuse(
     let mut hits: Vec<SearchHit> = fused
         .into_values()
         .map(|(mut hit, score)| {
-            hit.score = score as f32;
+            hit.score = Some(score as f32);
             hit
         })
         .collect();
@@ -85,11 +89,12 @@ mod tests {
         SearchHit {
             id: MemoryId::parse(id).expect("id"),
             scope: Scope::Shared,
-            score,
+            score: Some(score),
             scores: None,
             content: String::new(),
             metadata: Default::default(),
             created_at: String::new(),
+            updated_at: String::new(),
         }
     }
 
@@ -104,9 +109,10 @@ mod tests {
         let fused = fuse(vector, keyword, Fusion::Rrf { k: 60.0 }, 10);
         // c: 1/63 + 1/61 = 0.0322664; b: 1/62 + 1/62 = 0.0322581; a: 1/61.
         assert_eq!(order(&fused), ["c", "b", "a"]);
-        assert!((f64::from(fused[0].score) - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-7);
+        let fused_score = |h: &SearchHit| f64::from(h.score.unwrap_or(0.0));
+        assert!((fused_score(&fused[0]) - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-7);
         assert_eq!(fused[0].scores, Some(Scores { vector: Some(0.1), keyword: Some(7.0) }));
-        assert!((f64::from(fused[1].score) - 2.0 / 62.0).abs() < 1e-7);
+        assert!((fused_score(&fused[1]) - 2.0 / 62.0).abs() < 1e-7);
         assert_eq!(fused[2].scores, Some(Scores { vector: Some(0.9), keyword: None }));
     }
 
@@ -121,7 +127,8 @@ mod tests {
         let half = fuse(vector(), keyword(), Fusion::Weighted { alpha: 0.5 }, 10);
         // a: 0.5·1 + 0.5·0 = 0.5; c: 0.5·0 + 0.5·1 = 0.5; b: 0.5·0.5 = 0.25 → a, c tie by id.
         assert_eq!(order(&half), ["a", "c", "b"]);
-        assert!((half[0].score - 0.5).abs() < 1e-6 && (half[2].score - 0.25).abs() < 1e-6);
+        let (top, last) = (half[0].score.unwrap_or(0.0), half[2].score.unwrap_or(0.0));
+        assert!((top - 0.5).abs() < 1e-6 && (last - 0.25).abs() < 1e-6, "{top} {last}");
     }
 
     #[test]

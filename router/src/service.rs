@@ -589,9 +589,7 @@ impl RouterService {
         let body = self.body(req).await?;
         let mut search = parse_json::<RawSearch>(&body)?.validate()?;
         let Some(mode) = self.search_mode(&search) else {
-            return Err(ApiError::invalid(
-                "a filtered listing (neither \"query\" nor \"embedding\") is not served by this version yet; send an \"embedding\" or a \"query\"",
-            ));
+            return self.listing(&tenant, &body, &search, request_id, token).await;
         };
         let mut embedded_by = None;
         if mode != SearchMode::Keyword && search.embedding.is_none() {
@@ -647,6 +645,42 @@ impl RouterService {
                 (hits, failed)
             }
         };
+        hits.drain(..search.offset.min(hits.len()));
+        hits.truncate(search.k);
+        Ok(json(200, &SearchResponse { results: hits, partial: failed > 0 }))
+    }
+
+    /// A search with neither `query` nor `embedding`: the filtered memories of the scopes,
+    /// newest `updated_at` first, ties by id (then scope), each with `"score": null`.
+    async fn listing(
+        &self,
+        tenant: &TenantId,
+        body: &[u8],
+        search: &SearchRequest,
+        request_id: &str,
+        token: &ReadToken,
+    ) -> Result<Response, ApiError> {
+        let mut fields: serde_json::Map<String, Value> = parse_json(body)?;
+        for router_only in ["query", "mode", "fusion", "offset", "scopes", "embedding"] {
+            fields.remove(router_only);
+        }
+        fields.insert("k".into(), (search.offset + search.k).into());
+        let shard_body = serde_json::to_vec(&fields)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::internal(format!("listing does not serialize: {e}")))?;
+        let (partitions, scopes): (Vec<PartitionKey>, Vec<&Scope>) = search
+            .scopes
+            .iter()
+            .flat_map(|s| PartitionKey::all(tenant, s).into_iter().map(move |p| (p, s)))
+            .unzip();
+        let (mut hits, failed) =
+            self.search_partitions(&partitions, &scopes, shard_body, request_id, token).await?;
+        hits.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.id.cmp(&b.id))
+                .then_with(|| a.scope.cmp(&b.scope))
+        });
         hits.drain(..search.offset.min(hits.len()));
         hits.truncate(search.k);
         Ok(json(200, &SearchResponse { results: hits, partial: failed > 0 }))
@@ -947,8 +981,9 @@ fn shard_search_body(
 /// Orders hits best first, ties broken by scope and id so the order is stable.
 pub fn sort_hits(hits: &mut [SearchHit]) {
     hits.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
+        let score = |h: &SearchHit| h.score.unwrap_or(f32::NEG_INFINITY);
+        score(b)
+            .total_cmp(&score(a))
             .then_with(|| a.scope.cmp(&b.scope))
             .then_with(|| a.id.cmp(&b.id))
     });
@@ -1047,11 +1082,12 @@ mod tests {
         let hit = |id: &str, scope: &str, score: f32| SearchHit {
             id: MemoryId::parse(id).expect("id"),
             scope: Scope::parse(scope).expect("scope"),
-            score,
+            score: Some(score),
             scores: None,
             content: String::new(),
             metadata: Default::default(),
             created_at: String::new(),
+            updated_at: String::new(),
         };
         let mut hits =
             vec![hit("a", "shared", 0.5), hit("b", "agent:x", 0.9), hit("c", "shared", 0.9)];

@@ -2,7 +2,9 @@
 //!
 //! Terms are the Unicode words of the text (UAX #29 word boundaries), lower-cased; the scores
 //! are Okapi BM25 with k1 = 1.2 and b = 0.75 and the idf of Lucene (and of `bm25s`' default),
-//! `ln(1 + (N − df + 0.5) / (df + 0.5))`, always positive. The statistics (N, df, the mean
+//! `ln(1 + (N − df + 0.5) / (df + 0.5))`, always positive, in the textbook form
+//! `idf · tf · (k1 + 1) / (tf + k1 · (1 − b + b · len / mean len))` (Lucene and bm25s leave out
+//! the constant `k1 + 1`, which ranks the same: `make bench-bm25` finds the same top 10). The statistics (N, df, the mean
 //! length) are the partition's own, so the same memory scores the same on every copy of it.
 //! Like the vector index it is derived: built from RocksDB when the partition loads, changed by
 //! each committed write in the same step, so a memory is found as soon as its write is
@@ -25,8 +27,8 @@ pub fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
 /// One partition's inverted index.
 #[derive(Debug, Default)]
 pub struct KeywordIndex {
-    /// Term → the documents holding it, with the term's count there.
-    postings: HashMap<Box<str>, HashMap<u64, u32>>,
+    /// Term → the documents holding it, with the term's count there and the document's length.
+    postings: HashMap<Box<str>, HashMap<u64, (u32, u32)>>,
     /// Document → its distinct terms (to remove it) and its length in terms.
     docs: HashMap<u64, (Vec<Box<str>>, u32)>,
     /// Sum of the documents' lengths.
@@ -55,7 +57,7 @@ impl KeywordIndex {
         }
         let mut distinct = Vec::with_capacity(counts.len());
         for (term, count) in counts {
-            self.postings.entry(term.clone()).or_default().insert(label, count);
+            self.postings.entry(term.clone()).or_default().insert(label, (count, length));
             distinct.push(term);
         }
         self.total_len += u64::from(length);
@@ -85,7 +87,7 @@ impl KeywordIndex {
         }
         let mean_len = self.total_len as f32 / n;
         let mut seen = HashSet::new();
-        let mut scores: HashMap<u64, f32> = HashMap::new();
+        let mut scores: HashMap<u64, f32> = HashMap::with_capacity(64);
         for term in terms(query) {
             if !seen.insert(term.clone()) {
                 continue;
@@ -93,12 +95,11 @@ impl KeywordIndex {
             let Some(list) = self.postings.get(term.as_str()) else { continue };
             let df = list.len() as f32;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-            for (&label, &tf) in list {
+            for (&label, &(tf, length)) in list {
                 if allowed.is_some_and(|a| !a.contains(&label)) {
                     continue;
                 }
-                let length = self.docs.get(&label).map_or(0, |d| d.1) as f32;
-                let tf = tf as f32;
+                let (tf, length) = (tf as f32, length as f32);
                 let norm = K1 * (1.0 - B + B * length / mean_len);
                 *scores.entry(label).or_default() += idf * tf * (K1 + 1.0) / (tf + norm);
             }

@@ -581,6 +581,9 @@ impl ShardService {
             api::ShardQuery::Keyword(words) => {
                 s.keyword_search(&partition, words, search.k, &search.filter, now_millis())
             }
+            api::ShardQuery::List => {
+                s.list_filtered(&partition, search.k, &search.filter, now_millis())
+            }
         };
         let results = if self.storage.is_search_quick(&quick_key) {
             // A loaded index answers in tens to hundreds of microseconds: run it here rather than

@@ -99,6 +99,7 @@ pub fn same_term(last_term: u64) -> Result<u64, ApiError> {
 struct Entry {
     id: String,
     created_at_ms: i64,
+    updated_at_ms: i64,
     expires_at_ms: Option<i64>,
     metadata: Map<String, Value>,
     /// The memory's text on its way into the keyword index ([`Loaded::insert`] takes it out).
@@ -884,7 +885,7 @@ impl Storage {
                 ),
             ));
         }
-        self.ranked_hits(&p, filter, now_ms, Scores::vector, |loaded, allowed| {
+        self.ranked_hits(&p, filter, now_ms, Some(Scores::vector), |loaded, allowed| {
             let Some(index) = &loaded.vectors else { return Ok(Vec::new()) };
             let scored =
                 index.search(query, k, allowed).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -903,8 +904,36 @@ impl Storage {
         now_ms: i64,
     ) -> Result<Vec<SearchHit>, ApiError> {
         let Some(p) = self.partition(key, false)? else { return Ok(Vec::new()) };
-        self.ranked_hits(&p, filter, now_ms, Scores::keyword, |loaded, allowed| {
+        self.ranked_hits(&p, filter, now_ms, Some(Scores::keyword), |loaded, allowed| {
             Ok(loaded.keywords.search(query, k, allowed))
+        })
+    }
+
+    /// The partition's first `k` memories that pass `filter`, newest `updated_at` first, ties
+    /// by id ascending (a search with neither words nor vector), each with no score.
+    pub fn list_filtered(
+        &self,
+        key: &PartitionKey,
+        k: usize,
+        filter: &Filter,
+        now_ms: i64,
+    ) -> Result<Vec<SearchHit>, ApiError> {
+        let Some(p) = self.partition(key, false)? else { return Ok(Vec::new()) };
+        self.ranked_hits(&p, filter, now_ms, None, |loaded, allowed| {
+            let mut order: Vec<(&u64, &Entry)> = loaded
+                .entries
+                .iter()
+                .filter(|(label, _)| allowed.is_none_or(|a| a.contains(label)))
+                .collect();
+            let newest = |a: &(&u64, &Entry), b: &(&u64, &Entry)| {
+                b.1.updated_at_ms.cmp(&a.1.updated_at_ms).then_with(|| a.1.id.cmp(&b.1.id))
+            };
+            if order.len() > k {
+                order.select_nth_unstable_by(k, newest);
+                order.truncate(k);
+            }
+            order.sort_by(newest);
+            Ok(order.into_iter().map(|(label, _)| (*label, 0.0)).collect())
         })
     }
 
@@ -915,7 +944,7 @@ impl Storage {
         p: &Arc<Partition>,
         filter: &Filter,
         now_ms: i64,
-        part: fn(f32) -> Scores,
+        part: Option<fn(f32) -> Scores>,
         rank: impl FnOnce(&Loaded, Option<&HashSet<u64>>) -> Result<Vec<(u64, f32)>, ApiError>,
     ) -> Result<Vec<SearchHit>, ApiError> {
         self.ensure_loaded(p)?;
@@ -949,11 +978,12 @@ impl Storage {
             hits.push(SearchHit {
                 id: MemoryId::parse(&entry.id)?,
                 scope: p.key.scope().clone(),
-                score,
-                scores: Some(part(score)),
+                score: part.map(|_| score),
+                scores: part.map(|part| part(score)),
                 content: episode.content,
                 metadata: entry.metadata.clone(),
                 created_at: format_millis(episode.created_at_ms),
+                updated_at: format_millis(episode.updated_at_ms),
             });
         }
         Ok(hits)
@@ -1233,6 +1263,7 @@ fn entry_of(e: &StoredEpisode, metadata: &Map<String, Value>) -> Entry {
     Entry {
         id: e.id.clone(),
         created_at_ms: e.created_at_ms,
+        updated_at_ms: e.updated_at_ms,
         expires_at_ms: e.expires_at_ms,
         metadata: metadata.clone(),
         content: e.content.clone(),

@@ -533,3 +533,99 @@ async fn answers_do_not_change_when_a_scope_migrates() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn keyword_and_vector_answers_are_the_same_on_every_copy_across_a_failover()
+-> anyhow::Result<()> {
+    use memring_common::store::RingStore;
+    use memring_tests::load::{replicated_cluster, wait_for, wait_verified};
+    let (mut c, store, control) = replicated_cluster(3, 3).await?;
+    let r = c.add_router(&["--embedder", "builtin"]).await?;
+    let router = c.router(r);
+    let http = client();
+    for (id, content) in NOTES {
+        let body = json!({"id": id, "scope": "shared", "content": content});
+        let resp = http.post(format!("{router}/v1/tenants/kf/memories")).json(&body).send().await?;
+        assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await?);
+    }
+    let queries = [
+        json!({"scopes": ["shared"], "query": "design team sync", "mode": "keyword", "k": 5}),
+        json!({"scopes": ["shared"], "query": "what is the dog called", "mode": "vector", "k": 5}),
+        json!({"scopes": ["shared"], "query": "allergy", "k": 5}),
+    ];
+    let url = format!("{router}/v1/tenants/kf/memories/search");
+    // With replica reads on, repeated searches are answered by different copies.
+    let answers = |label: &'static str| {
+        let (http, url, queries) = (http.clone(), url.clone(), queries.clone());
+        async move {
+            let mut all = Vec::new();
+            for q in &queries {
+                let mut seen: Vec<Value> = Vec::new();
+                for _ in 0..6 {
+                    let answer: Value = http.post(&url).json(q).send().await?.json().await?;
+                    anyhow::ensure!(answer["partial"] == false, "{label}: {answer}");
+                    seen.push(answer["results"].clone());
+                }
+                anyhow::ensure!(
+                    seen.windows(2).all(|w| w[0] == w[1]),
+                    "{label}: copies disagree on {q}: {seen:?}"
+                );
+                all.push(seen.remove(0));
+            }
+            anyhow::Ok(all)
+        }
+    };
+    let before = answers("before").await?;
+    assert!(before.iter().all(|r| r.as_array().is_some_and(|a| !a.is_empty())));
+    let ring = memring_common::Ring::new(store.load().await?.layout);
+    let owner = ring.owner(&"kf/shared".parse()?).map(|n| n.addr.clone()).expect("owner");
+    let victim = c.shards.iter().position(|s| s.addr == owner).expect("the owner's process");
+    let victim_id = c.shard_id(victim);
+    c.shards[victim].kill();
+    wait_for("the killed primary marked down", Duration::from_secs(30), || async {
+        Ok(store.load().await?.layout.down.contains(&victim_id).then_some(()))
+    })
+    .await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(r, epoch, Duration::from_secs(10)).await?;
+    assert_eq!(answers("after the failover").await?, before);
+    // The old primary returns, catches up and leads again: still the same answers.
+    c.shards[victim].start_again()?;
+    c.shards[victim].wait_ready(Duration::from_secs(30)).await?;
+    wait_for("the restarted node re-admitted", Duration::from_secs(60), || async {
+        Ok(store.load().await?.layout.down.is_empty().then_some(()))
+    })
+    .await?;
+    wait_verified(&control, Duration::from_secs(60)).await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(r, epoch, Duration::from_secs(10)).await?;
+    assert_eq!(answers("after the return").await?, before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn neither_query_nor_embedding_is_a_filtered_listing_newest_first() -> anyhow::Result<()> {
+    let c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    for (n, (id, content)) in NOTES.iter().enumerate() {
+        let scope = if n % 2 == 0 { "shared" } else { "agent:a" };
+        let body = json!({"id": id, "scope": scope, "content": content, "metadata": {"n": n}});
+        assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 201);
+        // Distinct updated_at milliseconds, so the order is by time, not by the id tie-break.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = search(&c, "acme", json!({"scopes": ["shared", "agent:a"], "k": 10})).await?;
+    assert_eq!(ids(&all), ["meeting", "pet", "repo", "diet", "flight"], "{all}");
+    assert!(all["results"].as_array().is_some_and(|r| r.iter().all(|h| h["score"].is_null())));
+    // An update moves a memory to the front; filters and paging apply.
+    let body = json!({"id": "diet", "scope": "agent:a", "content": "Ana eats fish now.", "metadata": {"n": 1}});
+    assert_eq!(c.post("/v1/tenants/acme/memories", &body).await?.0, 200);
+    let page =
+        search(&c, "acme", json!({"scopes": ["shared", "agent:a"], "k": 2, "offset": 1})).await?;
+    assert_eq!(ids(&page), ["meeting", "pet"]);
+    let filtered = json!({"scopes": ["shared", "agent:a"], "filter": {"metadata": {"n": 2}}});
+    assert_eq!(ids(&search(&c, "acme", filtered).await?), ["repo"]);
+    // One scope answers the same shape.
+    let one = search(&c, "acme", json!({"scopes": ["shared"]})).await?;
+    assert_eq!(ids(&one), ["meeting", "repo", "flight"]);
+    Ok(())
+}

@@ -4,7 +4,9 @@
 //! dirs), generates seeded *clustered* data (each tenant's vectors scatter around a few random
 //! centers, like real embeddings do; uniform random vectors have no neighbourhoods and make
 //! recall meaningless), spreads it over tenants with Zipf-skewed sizes, loads it through the
-//! router in batches, then measures search throughput and latency at two concurrencies, recall@10
+//! router in batches (each memory's content 12 words of a Zipf pseudo-word vocabulary), then
+//! measures search throughput and latency at two concurrencies — by vector, by keyword (three
+//! words of the same vocabulary) and hybrid (both, fused by RRF) — recall@10
 //! against an exact scan computed here, and the router's overhead (p50 through the router minus
 //! p50 straight to the owning shard node, same queries). It prints a Markdown report.
 //!
@@ -108,8 +110,48 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 struct Query {
     tenant: usize,
-    body: bytes::Bytes,
+    /// The same question three ways: by vector, by words (keyword), by both (hybrid).
+    bodies: [bytes::Bytes; 3],
     vector: Vec<f32>,
+}
+
+/// Search modes of [`Query::bodies`], in order.
+const MODES: [&str; 3] = ["vector", "keyword", "hybrid"];
+
+/// A pseudo-word vocabulary with Zipf(1) frequencies: memories' content and queries' words.
+struct Words {
+    words: Vec<String>,
+    cumulative: Vec<f64>,
+}
+
+impl Words {
+    fn new(n: usize, rng: &mut StdRng) -> Self {
+        let letters = b"abcdefghijklmnopqrstuvwxyz";
+        let words = (0..n)
+            .map(|_| {
+                let len = rng.random_range(3..9);
+                (0..len).map(|_| letters[rng.random_range(0..26)] as char).collect()
+            })
+            .collect();
+        let mut total = 0.0;
+        let cumulative = (1..=n)
+            .map(|rank| {
+                total += 1.0 / rank as f64;
+                total
+            })
+            .collect();
+        Self { words, cumulative }
+    }
+
+    fn pick(&self, rng: &mut StdRng) -> &str {
+        let at = rng.random_range(0.0..self.cumulative.last().copied().unwrap_or(1.0));
+        let i = self.cumulative.partition_point(|c| *c < at).min(self.words.len() - 1);
+        &self.words[i]
+    }
+
+    fn text(&self, n: usize, rng: &mut StdRng) -> String {
+        (0..n).map(|_| self.pick(rng)).collect::<Vec<_>>().join(" ")
+    }
 }
 
 async fn run_queries(
@@ -118,6 +160,7 @@ async fn run_queries(
     queries: Arc<Vec<Query>>,
     concurrency: usize,
     total: usize,
+    mode: usize,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -133,7 +176,7 @@ async fn run_queries(
                     return Ok::<_, anyhow::Error>(lat);
                 }
                 let q = &queries[i % queries.len()];
-                let body = q.body.clone();
+                let body = q.bodies[mode].clone();
                 let t = Instant::now();
                 let resp = client
                     .post(&urls[i % queries.len()])
@@ -163,6 +206,8 @@ fn make_batches(
     data: &[(&str, Vec<Vec<f32>>)],
     batch: usize,
     prefix: &str,
+    words: &Words,
+    rng: &mut StdRng,
 ) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
     let mut batches = Vec::new();
     for (tenant, vectors) in data {
@@ -172,7 +217,7 @@ fn make_batches(
                 .enumerate()
                 .map(|(j, v)| {
                     let n = c * batch + j;
-                    json!({"id": format!("{prefix}{n}"), "scope": "shared", "content": format!("memory {n} of {tenant}"), "embedding": v, "metadata": {"n": j % 10}})
+                    json!({"id": format!("{prefix}{n}"), "scope": "shared", "content": words.text(12, rng), "embedding": v, "metadata": {"n": j % 10}})
                 })
                 .collect();
             let body = serde_json::to_vec(&json!({"items": items}))?;
@@ -244,7 +289,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("loading {total} vectors in batches of {}…", args.batch);
     let cold: Vec<(&str, Vec<Vec<f32>>)> =
         tenants.iter().map(|t| (t.id.as_str(), t.vectors.clone())).collect();
-    let batches = make_batches(&router, &cold, args.batch, "v")?;
+    let mut word_rng = StdRng::seed_from_u64(args.seed ^ 0x0057_0bd5);
+    let words = Words::new(2000, &mut word_rng);
+    let batches = make_batches(&router, &cold, args.batch, "v", &words, &mut word_rng)?;
     let ingest = ingest_all(&client, batches, args.ingest_concurrency).await?;
 
     let ingest_rate = total as f64 / ingest.as_secs_f64();
@@ -271,13 +318,24 @@ async fn main() -> anyhow::Result<()> {
         let t = &tenants[tenant];
         let center = &t.centers[rng.random_range(0..t.centers.len())];
         let vector = around(center, spread, &mut rng);
+        let text = words.text(3, &mut word_rng);
         let body =
             serde_json::to_vec(&json!({"scopes": ["shared"], "embedding": vector, "k": 10}))?;
+        let keyword = serde_json::to_vec(
+            &json!({"scopes": ["shared"], "query": text, "mode": "keyword", "k": 10}),
+        )?;
+        let hybrid = serde_json::to_vec(
+            &json!({"scopes": ["shared"], "query": text, "embedding": vector, "k": 10}),
+        )?;
         let partition = PartitionKey::new(&TenantId::parse(&t.id)?, &Scope::Shared);
         let owner = ring.owner(&partition).context("empty ring")?;
         direct_urls.push(format!("http://{}/internal/v1/p/{}/shared/search", owner.addr, t.id));
         router_urls.push(format!("{router}/v1/tenants/{}/memories/search", t.id));
-        queries.push(Query { tenant, body: body.into(), vector });
+        queries.push(Query {
+            tenant,
+            bodies: [body.into(), keyword.into(), hybrid.into()],
+            vector,
+        });
     }
     let queries = Arc::new(queries);
     let router_urls = Arc::new(router_urls);
@@ -287,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
     // graphs are built in the background. Steady state: every graph built (the time to full
     // speed is reported on its own).
     let first_search = Instant::now();
-    run_queries(&client, router_urls.clone(), queries.clone(), 8, queries.len()).await?;
+    run_queries(&client, router_urls.clone(), queries.clone(), 8, queries.len(), 0).await?;
     let full_speed = wait_for_graphs(&client, &cluster, first_search).await?;
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     eprintln!("full speed {:.1} s after the first search", full_speed.as_secs_f64());
@@ -299,7 +357,7 @@ async fn main() -> anyhow::Result<()> {
         let resp: serde_json::Value = client
             .post(&router_urls[i])
             .header("content-type", "application/json")
-            .body(q.body.clone())
+            .body(q.bodies[0].clone())
             .send()
             .await?
             .json()
@@ -316,19 +374,28 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("recall@10: {recall:.4}");
 
     // ---- warm-up, then throughput and latency
-    run_queries(&client, router_urls.clone(), queries.clone(), 8, queries.len()).await?;
     let mut rows = Vec::new();
-    for concurrency in [1usize, 8] {
-        let n = if concurrency == 1 { queries.len() } else { queries.len() * 3 };
-        let (wall, lat) =
-            run_queries(&client, router_urls.clone(), queries.clone(), concurrency, n).await?;
-        let qps = n as f64 / wall.as_secs_f64();
-        eprintln!(
-            "search c={concurrency}: {qps:.0} q/s, p50 {:?}, p99 {:?}",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
-        );
-        rows.push((concurrency, qps, percentile(&lat, 0.5), percentile(&lat, 0.99)));
+    for (mode, name) in MODES.iter().enumerate() {
+        run_queries(&client, router_urls.clone(), queries.clone(), 8, queries.len(), mode).await?;
+        for concurrency in [1usize, 8] {
+            let n = if concurrency == 1 { queries.len() } else { queries.len() * 3 };
+            let (wall, lat) =
+                run_queries(&client, router_urls.clone(), queries.clone(), concurrency, n, mode)
+                    .await?;
+            let qps = n as f64 / wall.as_secs_f64();
+            eprintln!(
+                "{name} search c={concurrency}: {qps:.0} q/s, p50 {:?}, p99 {:?}",
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99)
+            );
+            rows.push((
+                MODES[mode],
+                concurrency,
+                qps,
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99),
+            ));
+        }
     }
 
     // ---- router overhead: same queries, one at a time, through the router and straight to the owner
@@ -336,9 +403,9 @@ async fn main() -> anyhow::Result<()> {
     let mut direct = Vec::new();
     for round in 0..2 {
         let (_, r) =
-            run_queries(&client, router_urls.clone(), queries.clone(), 1, queries.len()).await?;
+            run_queries(&client, router_urls.clone(), queries.clone(), 1, queries.len(), 0).await?;
         let (_, d) =
-            run_queries(&client, direct_urls.clone(), queries.clone(), 1, queries.len()).await?;
+            run_queries(&client, direct_urls.clone(), queries.clone(), 1, queries.len(), 0).await?;
         if round == 1 {
             via_router = r;
             direct = d;
@@ -372,7 +439,7 @@ async fn main() -> anyhow::Result<()> {
     let warm_total: usize = warm.iter().map(|(_, v)| v.len()).sum();
     let warm_time = ingest_all(
         &client,
-        make_batches(&router, &warm, args.batch, "w")?,
+        make_batches(&router, &warm, args.batch, "w", &words, &mut word_rng)?,
         args.ingest_concurrency,
     )
     .await?;
@@ -417,9 +484,9 @@ async fn main() -> anyhow::Result<()> {
         "| time to full speed (every graph built, from the first search) | {:.1} s |",
         full_speed.as_secs_f64()
     );
-    for (c, qps, p50, p99) in &rows {
+    for (mode, c, qps, p50, p99) in &rows {
         println!(
-            "| search, concurrency {c} | {qps:.0} q/s, p50 {:.0} µs, p99 {:.0} µs |",
+            "| {mode} search, concurrency {c} | {qps:.0} q/s, p50 {:.0} µs, p99 {:.0} µs |",
             p50.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6
         );
