@@ -605,14 +605,9 @@ impl RouterService {
         }
         // Each shard node runs one mode over one partition; the router merges across scopes
         // and, in hybrid mode, fuses the two merged lists (fusion.rs).
-        let by = |m: SearchMode| shard_search_body(&body, &search, m, embedded_by.as_deref());
+        let by = |m: SearchMode| shard_search_body(&body, &search, Some(m), embedded_by.as_deref());
         let timeout = Duration::from_millis(self.config.search_timeout_ms);
-        // `global` is spread over several partitions: every one is searched.
-        let (partitions, scopes): (Vec<PartitionKey>, Vec<&Scope>) = search
-            .scopes
-            .iter()
-            .flat_map(|s| PartitionKey::all(&tenant, s).into_iter().map(move |p| (p, s)))
-            .unzip();
+        let (partitions, scopes) = partitions_of(&tenant, &search.scopes);
         if partitions.len() == 1 && search.offset == 0 && mode != SearchMode::Hybrid {
             // One scope, first page, one list: the shard's answer is already the final shape.
             let reply = self
@@ -660,19 +655,8 @@ impl RouterService {
         request_id: &str,
         token: &ReadToken,
     ) -> Result<Response, ApiError> {
-        let mut fields: serde_json::Map<String, Value> = parse_json(body)?;
-        for router_only in ["query", "mode", "fusion", "offset", "scopes", "embedding"] {
-            fields.remove(router_only);
-        }
-        fields.insert("k".into(), (search.offset + search.k).into());
-        let shard_body = serde_json::to_vec(&fields)
-            .map(Bytes::from)
-            .map_err(|e| ApiError::internal(format!("listing does not serialize: {e}")))?;
-        let (partitions, scopes): (Vec<PartitionKey>, Vec<&Scope>) = search
-            .scopes
-            .iter()
-            .flat_map(|s| PartitionKey::all(tenant, s).into_iter().map(move |p| (p, s)))
-            .unzip();
+        let shard_body = shard_search_body(body, search, None, None)?;
+        let (partitions, scopes) = partitions_of(tenant, &search.scopes);
         let (mut hits, failed) =
             self.search_partitions(&partitions, &scopes, shard_body, request_id, token).await?;
         hits.sort_by(|a, b| {
@@ -947,13 +931,25 @@ impl RouterService {
     }
 }
 
-/// The body a shard node's search takes for one `mode` (vector or keyword): the client's
-/// `k`-independent fields (its filter), the vector the router resolved (and the model it was
-/// embedded with) or the words, and `offset + k` results.
+/// The partitions a search of `scopes` reads, each with its scope (`global` is spread over
+/// several partitions: every one is searched).
+fn partitions_of<'a>(
+    tenant: &TenantId,
+    scopes: &'a [Scope],
+) -> (Vec<PartitionKey>, Vec<&'a Scope>) {
+    scopes
+        .iter()
+        .flat_map(|s| PartitionKey::all(tenant, s).into_iter().map(move |p| (p, s)))
+        .unzip()
+}
+
+/// The body a shard node's search takes for one `mode` (vector or keyword; `None`: a
+/// listing): the client's filter, the vector the router resolved (and the model it was embedded
+/// with) or the words, and `offset + k` results.
 fn shard_search_body(
     body: &[u8],
     search: &SearchRequest,
-    mode: SearchMode,
+    mode: Option<SearchMode>,
     embedded_by: Option<&str>,
 ) -> Result<Bytes, ApiError> {
     let mut fields: serde_json::Map<String, Value> = parse_json(body)?;
@@ -961,11 +957,12 @@ fn shard_search_body(
         fields.remove(router_only);
     }
     match mode {
-        SearchMode::Keyword => {
+        None => {}
+        Some(SearchMode::Keyword) => {
             fields.insert("mode".into(), "keyword".into());
             fields.insert("query".into(), search.text.clone().unwrap_or_default().into());
         }
-        SearchMode::Vector | SearchMode::Hybrid => {
+        Some(SearchMode::Vector | SearchMode::Hybrid) => {
             fields.insert("embedding".into(), serde_json::json!(search.embedding));
             if let Some(model) = embedded_by {
                 fields.insert("embedded_by".into(), model.into());
