@@ -67,11 +67,12 @@ bench-repl: build
 bench-embed: build
 	$(BIN_DIR)/memring-embed-bench $(BENCH_ARGS)
 
-## Keyword search against bm25s on the same corpus and queries (docs/benchmarks.md).
+## Keyword search against bm25s and tantivy on the same corpus and queries (docs/benchmarks.md).
 BENCH_VENV := $(HOME)/.cache/memring/bench-venv
 bench-bm25: build
 	@[ -x $(BENCH_VENV)/bin/python ] || python3 -m venv $(BENCH_VENV)
 	@$(BENCH_VENV)/bin/python -c 'import bm25s, numpy' 2>/dev/null || $(BENCH_VENV)/bin/pip install -q bm25s==0.3.16 numpy
+	$(CARGO) build $(PROFILE_FLAGS) -p memring-tests --features tantivy-peer --bin memring-keyword-bench
 	CARGO_TARGET_DIR=$(or $(CARGO_TARGET_DIR),target) $(BENCH_VENV)/bin/python scripts/bm25-overlap.py $(BENCH_ARGS)
 
 # What many tenants cost a replicated cluster: 1,000 and then 100,000 tenants (docs/benchmarks.md).

@@ -9,6 +9,10 @@ every query both of memring (`"mode": "keyword"`, k = 10) and of bm25s over the 
 spaces agree). Prints a Markdown report: mean top-10 overlap (plain, and counting ties at the
 tenth score as agreement), the largest score difference, and per-query latency of each.
 
+Then it hands the same corpus and queries to `memring-keyword-bench` (when built: `make bench-bm25`
+builds it with tantivy), which puts memring's index beside tantivy in one process and prints a
+second table.
+
 Usage: scripts/bm25-overlap.py [--docs N] [--queries N] [--seed S]
 Needs bm25s and numpy (`make bench-bm25` installs them into ~/.cache/memring/bench-venv).
 """
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -155,6 +160,17 @@ def main() -> None:
     print(f"| memring keyword search through the router, p50 / p99 | {p(ours_ms, 0.5):.2f} / {p(ours_ms, 0.99):.2f} ms |")
     print(f"| bm25s `get_scores` in-process, p50 / p99 | {p(theirs_ms, 0.5):.2f} / {p(theirs_ms, 0.99):.2f} ms |")
     print(f"| bm25s indexing | {index_secs:.1f} s |")
+
+    peer = Path(args.bin_dir) / "memring-keyword-bench"
+    if peer.exists():
+        corpus_file = tmp / "corpus.json"
+        corpus_file.write_text(json.dumps({"texts": texts, "queries": asks}))
+        print("\n### memring's index against tantivy, in one process, on the same corpus and queries\n")
+        sys.stdout.flush()
+        subprocess.run([str(peer), "--corpus", str(corpus_file)], check=True)
+    else:
+        print(f"\n({peer} not built: `make bench-bm25` builds it with tantivy)")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -476,6 +476,11 @@ pub fn decode_cursor(cursor: &str) -> Result<MemoryId, ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Search
 
+mod filter;
+pub use filter::{
+    Bound, FieldOp, MAX_FILTER_CLAUSES, MAX_FILTER_DEPTH, MetadataFilter, compare_numbers, lookup,
+    same,
+};
 mod text;
 pub use text::{
     EmbeddingDatum, EmbeddingsRequest, EmbeddingsResponse, EmbeddingsUsage, Fusion,
@@ -521,7 +526,10 @@ pub struct RawSearch {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFilter {
-    /// Metadata keys that must equal these values.
+    /// Conditions on metadata: `{"key": value}` is equality; operators `$eq $ne $gt $gte $lt
+    /// $lte $in $nin $contains $exists` go inside a field's object (`{"n": {"$gt": 2}}`),
+    /// `$and` / `$or` take arrays of such objects, `$not` one; keys may be dotted paths
+    /// (`"user.country"`). At most 64 clauses, nested at most 8 deep.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
@@ -534,36 +542,34 @@ pub struct RawFilter {
 }
 
 /// A validated filter; the form the shard node evaluates.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
-    /// Every key must be present with an equal value.
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub metadata: Map<String, Value>,
+    /// The condition on the metadata (`filter.rs`), if any.
+    pub metadata: Option<MetadataFilter>,
     /// Exclusive lower bound on `created_at`, unix ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_after_ms: Option<i64>,
     /// Exclusive upper bound on `created_at`, unix ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_before_ms: Option<i64>,
 }
 
 impl Filter {
     /// True when the filter lets everything through.
     pub fn is_empty(&self) -> bool {
-        self.metadata.is_empty()
+        self.metadata.is_none()
             && self.created_after_ms.is_none()
             && self.created_before_ms.is_none()
     }
 
     /// Does a memory with this metadata and creation time pass?
     pub fn matches(&self, metadata: &Map<String, Value>, created_at_ms: i64) -> bool {
-        if self.created_after_ms.is_some_and(|after| created_at_ms <= after) {
-            return false;
-        }
-        if self.created_before_ms.is_some_and(|before| created_at_ms >= before) {
-            return false;
-        }
-        self.metadata.iter().all(|(k, v)| metadata.get(k) == Some(v))
+        self.created_passes(created_at_ms)
+            && self.metadata.as_ref().is_none_or(|m| m.matches(metadata))
+    }
+
+    /// Does a memory created at this instant pass the time bounds?
+    pub fn created_passes(&self, created_at_ms: i64) -> bool {
+        self.created_after_ms.is_none_or(|after| created_at_ms > after)
+            && self.created_before_ms.is_none_or(|before| created_at_ms < before)
     }
 }
 
@@ -719,7 +725,7 @@ fn validate_k(k: Option<usize>) -> Result<usize, ApiError> {
 }
 
 impl RawFilter {
-    /// Checks the timestamps and builds a [`Filter`].
+    /// Checks the metadata condition and the timestamps and builds a [`Filter`].
     pub fn validate(self) -> Result<Filter, ApiError> {
         let created_after_ms = self
             .created_after
@@ -731,11 +737,11 @@ impl RawFilter {
             .as_deref()
             .map(|t| clock::parse_rfc3339("filter.created_before", t))
             .transpose()?;
-        Ok(Filter {
-            metadata: self.metadata.unwrap_or_default(),
-            created_after_ms,
-            created_before_ms,
-        })
+        let metadata = match &self.metadata {
+            Some(map) => MetadataFilter::parse(map)?,
+            None => None,
+        };
+        Ok(Filter { metadata, created_after_ms, created_before_ms })
     }
 }
 
@@ -1083,8 +1089,9 @@ mod tests {
 
     #[test]
     fn filter_semantics() {
+        let metadata: Map<String, Value> = serde_json::from_str(r#"{"kind":"note"}"#).expect("map");
         let filter = Filter {
-            metadata: serde_json::from_str(r#"{"kind":"note"}"#).expect("map"),
+            metadata: MetadataFilter::parse(&metadata).expect("valid"),
             created_after_ms: Some(100),
             created_before_ms: Some(200),
         };

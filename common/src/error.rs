@@ -36,6 +36,8 @@ pub enum ErrorCode {
     EmbeddingModelMismatch,
     /// A list cursor was not one this server issued.
     InvalidCursor,
+    /// A search filter uses an unknown operator, a wrong argument type, or is too big or deep.
+    InvalidFilter,
     /// The memory (or other resource) does not exist.
     NotFound,
     /// No endpoint at this path.
@@ -89,7 +91,8 @@ impl ErrorCode {
             | ErrorCode::NoEmbedder
             | ErrorCode::UnknownModel
             | ErrorCode::EmbeddingModelMismatch
-            | ErrorCode::InvalidCursor => 400,
+            | ErrorCode::InvalidCursor
+            | ErrorCode::InvalidFilter => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden | ErrorCode::QuotaExceeded => 403,
             ErrorCode::NotFound | ErrorCode::RouteNotFound => 404,
@@ -120,6 +123,7 @@ impl ErrorCode {
             ErrorCode::UnknownModel => "unknown_model",
             ErrorCode::EmbeddingModelMismatch => "embedding_model_mismatch",
             ErrorCode::InvalidCursor => "invalid_cursor",
+            ErrorCode::InvalidFilter => "invalid_filter",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",

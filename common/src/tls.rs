@@ -53,6 +53,15 @@ impl TlsConfig {
     }
 }
 
+/// Makes rustls' `ring` provider the process default (once; later calls do nothing), for the
+/// TLS clients that take the default (reqwest's).
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may install it first; either way a provider is in place.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// A TLS acceptor for the certificate chain in `cert` and the key in `key` (PEM files).
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)

@@ -123,6 +123,9 @@ pub struct RouterArgs {
     /// Timeout of one call to the service, milliseconds.
     #[arg(long, env = "MEMRING_OPENAI_TIMEOUT_MS")]
     pub openai_timeout_ms: Option<u64>,
+    /// PEM file of certificate authorities to trust for an https:// service, besides the system's.
+    #[arg(long, env = "MEMRING_OPENAI_CA_FILE")]
+    pub openai_ca_file: Option<PathBuf>,
 }
 
 impl RouterArgs {
@@ -160,6 +163,9 @@ impl RouterArgs {
             e.openai_dimensions = self.openai_dimensions;
         }
         overlay(&mut e.openai_timeout_ms, self.openai_timeout_ms);
+        if self.openai_ca_file.is_some() {
+            e.openai_ca_file = self.openai_ca_file;
+        }
         if self.auth.is_some() {
             c.auth = self.auth;
         }

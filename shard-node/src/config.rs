@@ -36,6 +36,8 @@ pub struct ShardConfig {
     pub body_limit_bytes: usize,
     /// Partitions up to this many vectors are searched exactly; larger ones use HNSW.
     pub flat_limit: usize,
+    /// A loaded partition with this many memories indexes their metadata values for filters.
+    pub metadata_index_min: usize,
     /// HNSW beam width while searching.
     pub expansion_search: usize,
     /// Concurrent storage operations.
@@ -75,6 +77,7 @@ impl Default for ShardConfig {
             sync_writes: false,
             body_limit_bytes: 64 << 20,
             flat_limit: 1024,
+            metadata_index_min: 2_048,
             expansion_search: 64,
             concurrency: 16,
             lease_ttl_secs: 10,
@@ -126,6 +129,9 @@ pub struct ShardArgs {
     /// Exact-search limit in vectors.
     #[arg(long, env = "MEMRING_FLAT_LIMIT")]
     pub flat_limit: Option<usize>,
+    /// Memories from which a partition indexes its metadata values (a huge number: never).
+    #[arg(long, env = "MEMRING_METADATA_INDEX_MIN")]
+    pub metadata_index_min: Option<usize>,
     /// HNSW search beam width.
     #[arg(long, env = "MEMRING_EXPANSION_SEARCH")]
     pub expansion_search: Option<usize>,
@@ -169,6 +175,7 @@ impl ShardArgs {
         overlay(&mut c.sync_writes, self.sync_writes);
         overlay(&mut c.body_limit_bytes, self.body_limit_bytes);
         overlay(&mut c.flat_limit, self.flat_limit);
+        overlay(&mut c.metadata_index_min, self.metadata_index_min);
         overlay(&mut c.expansion_search, self.expansion_search);
         overlay(&mut c.lease_ttl_secs, self.lease_ttl_secs);
         overlay(&mut c.migration_threads, self.migration_threads);

@@ -18,7 +18,9 @@
 //! the search is an exact scan over exactly those, and an HNSW walk that comes back short falls
 //! back to that scan, so a selective filter never returns fewer than `k` results that exist.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use crate::labels::LabelSet;
 
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
@@ -283,7 +285,7 @@ impl VectorIndex {
         &self,
         query: &[f32],
         k: usize,
-        allowed: Option<&HashSet<u64>>,
+        allowed: Option<&LabelSet>,
     ) -> Result<Vec<Scored>, IndexError> {
         if query.len() != self.dims {
             return Err(IndexError(format!(
@@ -397,10 +399,10 @@ impl Flat {
         top_k(scored, k)
     }
 
-    fn search_among(&self, q: &[f32], k: usize, allowed: &HashSet<u64>) -> Vec<Scored> {
+    fn search_among(&self, q: &[f32], k: usize, allowed: &LabelSet) -> Vec<Scored> {
         let scored = allowed
             .iter()
-            .filter_map(|label| self.pos.get(label).map(|&i| (*label, i)))
+            .filter_map(|label| self.pos.get(&label).map(|&i| (label, i)))
             .map(|(label, i)| Scored {
                 label,
                 score: dot(q, &self.vectors[i * self.dims..(i + 1) * self.dims]),
@@ -476,11 +478,11 @@ impl Hnsw {
         &self,
         q: &[f32],
         k: usize,
-        allowed: &HashSet<u64>,
+        allowed: &LabelSet,
     ) -> Result<Vec<Scored>, IndexError> {
         let m = self
             .index
-            .filtered_search(q, k, |label| allowed.contains(&label))
+            .filtered_search(q, k, |label| allowed.contains(label))
             .map_err(|e| IndexError(e.to_string()))?;
         Ok(Self::to_scored(m))
     }
@@ -490,11 +492,11 @@ impl Hnsw {
         &self,
         q: &[f32],
         k: usize,
-        allowed: &HashSet<u64>,
+        allowed: &LabelSet,
     ) -> Result<Vec<Scored>, IndexError> {
         let mut buf = vec![0.0f32; self.dims];
         let mut scored = Vec::with_capacity(allowed.len());
-        for &label in allowed {
+        for label in allowed.iter() {
             let found = self.index.get(label, &mut buf).map_err(|e| IndexError(e.to_string()))?;
             if found == 0 {
                 continue;
@@ -642,19 +644,16 @@ mod tests {
                 index.upsert(i as u64, v).expect("add");
             }
             // Every 97th label passes: 31 of them, spread over all clusters.
-            let allowed: HashSet<u64> = (0..3000u64).filter(|l| l % 97 == 0).collect();
+            let allowed = LabelSet::from_labels((0..3000u64).filter(|l| l % 97 == 0));
             let got = index.search(&data[5], 10, Some(&allowed)).expect("search");
             assert_eq!(got.len(), 10, "{}", index.engine_name());
-            assert!(got.iter().all(|s| allowed.contains(&s.label)));
+            assert!(got.iter().all(|s| allowed.contains(s.label)));
             // The best passing label is found exactly.
-            let best = allowed
-                .iter()
-                .max_by(|a, b| {
-                    let qa = dot(&normalized(&data[5]), &normalized(&data[**a as usize]));
-                    let qb = dot(&normalized(&data[5]), &normalized(&data[**b as usize]));
-                    qa.total_cmp(&qb)
-                })
-                .copied();
+            let best = allowed.iter().max_by(|a, b| {
+                let qa = dot(&normalized(&data[5]), &normalized(&data[*a as usize]));
+                let qb = dot(&normalized(&data[5]), &normalized(&data[*b as usize]));
+                qa.total_cmp(&qb)
+            });
             assert_eq!(Some(got[0].label), best);
         }
     }

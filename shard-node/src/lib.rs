@@ -16,6 +16,8 @@ pub mod background;
 pub mod config;
 pub mod index;
 pub mod keyword;
+pub mod labels;
+pub mod metadata_index;
 pub mod record;
 pub mod replicate;
 pub mod service;
@@ -57,6 +59,7 @@ pub async fn run(
             ..Default::default()
         },
         build_nice: config.migration_nice,
+        metadata_index_min: config.metadata_index_min,
         ..Default::default()
     };
     // Exported from the start (it counts builds up and down from here).

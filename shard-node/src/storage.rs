@@ -12,7 +12,7 @@
 //! read lock. A node-wide gate lets a tenant deletion exclude writes while it runs. All methods
 //! here block (RocksDB and usearch are synchronous); the HTTP layer calls them on blocking threads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,6 +30,8 @@ use rocksdb::{
 use serde_json::{Map, Value};
 
 use crate::index::{IndexConfig, VectorIndex};
+use crate::labels::LabelSet;
+use crate::metadata_index::MetadataIndex;
 use crate::record::{
     LogEntry, LogOp, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key,
     parse_metadata, partition_of_meta_key, prefix_end,
@@ -65,6 +67,9 @@ pub struct StorageConfig {
     /// Nice value of the threads that build a loaded partition's graph in the background (0:
     /// normal priority): searches of other partitions go first.
     pub build_nice: i32,
+    /// A loaded partition with this many memories keeps an index of their metadata values
+    /// (`metadata_index.rs`) for filters; smaller ones read each memory's metadata.
+    pub metadata_index_min: usize,
 }
 
 /// Numbers the background graph builds (see `Storage::ensure_loaded`).
@@ -78,6 +83,7 @@ impl Default for StorageConfig {
             index: IndexConfig::default(),
             build_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             build_nice: 0,
+            metadata_index_min: 2_048,
         }
     }
 }
@@ -107,15 +113,19 @@ struct Entry {
 }
 
 /// A partition's loaded search state.
-#[derive(Default)]
 struct Loaded {
     vectors: Option<VectorIndex>,
     /// BM25 over the memories' content.
     keywords: crate::keyword::KeywordIndex,
     /// Every stored memory (with a vector or not), by label: what filters read.
     entries: HashMap<u64, Entry>,
-    /// Entries with a TTL; while zero, searches need no expiry check at all.
-    expiring: usize,
+    /// The metadata values of the entries, once there are `metadata_index_min` of them (a small
+    /// partition's filter reads its few entries instead).
+    metadata: Option<MetadataIndex>,
+    metadata_index_min: usize,
+    /// `(expires_at_ms, label)` of the entries with a TTL: a search leaves out those due, and
+    /// while none has a TTL needs no expiry check at all.
+    expiries: BTreeSet<(i64, u64)>,
     /// While a graph is built beside the exact index (see `Storage::ensure_loaded`): the
     /// build's number and the labels changed since its snapshot, replayed onto the graph before
     /// it takes the exact index's place.
@@ -123,20 +133,75 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn insert(&mut self, label: u64, mut entry: Entry) {
-        self.keywords.insert(label, &std::mem::take(&mut entry.content));
-        let expiring = entry.expires_at_ms.is_some();
-        if let Some(old) = self.entries.insert(label, entry) {
-            self.expiring -= usize::from(old.expires_at_ms.is_some());
+    fn new(metadata_index_min: usize) -> Self {
+        Self {
+            vectors: None,
+            keywords: Default::default(),
+            entries: HashMap::new(),
+            metadata: None,
+            metadata_index_min,
+            expiries: BTreeSet::new(),
+            building: None,
         }
-        self.expiring += usize::from(expiring);
+    }
+
+    fn insert(&mut self, label: u64, mut entry: Entry) {
+        self.remove(label);
+        self.keywords.insert(label, &std::mem::take(&mut entry.content));
+        if let Some(at) = entry.expires_at_ms {
+            self.expiries.insert((at, label));
+        }
+        if let Some(index) = &mut self.metadata {
+            index.insert(label, &entry.metadata);
+        }
+        self.entries.insert(label, entry);
+        if self.metadata.is_none() && self.entries.len() >= self.metadata_index_min {
+            let mut index = MetadataIndex::default();
+            for (&label, entry) in &self.entries {
+                index.insert(label, &entry.metadata);
+            }
+            self.metadata = Some(index);
+        }
     }
 
     fn remove(&mut self, label: u64) {
+        let Some(old) = self.entries.remove(&label) else { return };
         self.keywords.remove(label);
-        if let Some(old) = self.entries.remove(&label) {
-            self.expiring -= usize::from(old.expires_at_ms.is_some());
+        if let Some(at) = old.expires_at_ms {
+            self.expiries.remove(&(at, label));
         }
+        if let Some(index) = &mut self.metadata {
+            index.remove(label, &old.metadata);
+        }
+    }
+
+    /// The labels a search may return under `filter` at `now_ms`; `None` when every entry may.
+    /// A big partition answers the metadata condition from its metadata index when it can; else
+    /// (and in a small partition) each entry's metadata is read.
+    fn allowed(&self, filter: &Filter, now_ms: i64) -> Option<LabelSet> {
+        if filter.is_empty() && self.expiries.is_empty() {
+            return None;
+        }
+        let indexed = self.metadata.as_ref().and_then(|index| match &filter.metadata {
+            Some(condition) => index.matching(condition),
+            None => Some(index.all().clone()),
+        });
+        let Some(mut allowed) = indexed else {
+            let passing = self.entries.iter().filter(|(_, e)| {
+                e.expires_at_ms.is_none_or(|at| at > now_ms)
+                    && filter.matches(&e.metadata, e.created_at_ms)
+            });
+            return Some(LabelSet::from_labels(passing.map(|(label, _)| *label)));
+        };
+        if filter.created_after_ms.is_some() || filter.created_before_ms.is_some() {
+            allowed.retain(|label| {
+                self.entries.get(&label).is_some_and(|e| filter.created_passes(e.created_at_ms))
+            });
+        }
+        for &(_, label) in self.expiries.range(..=(now_ms, u64::MAX)) {
+            allowed.remove(label);
+        }
+        Some(allowed)
     }
 }
 
@@ -688,7 +753,7 @@ impl Storage {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let mut loaded = Loaded::default();
+        let mut loaded = Loaded::new(self.config.metadata_index_min);
         let config = self.config.index.clone();
         for item in self.scan(CF_EPISODES, &p.enc, &p.enc, Self::uncached())? {
             let (_, value) = item?;
@@ -923,7 +988,7 @@ impl Storage {
             let mut order: Vec<(&u64, &Entry)> = loaded
                 .entries
                 .iter()
-                .filter(|(label, _)| allowed.is_none_or(|a| a.contains(label)))
+                .filter(|(label, _)| allowed.is_none_or(|a| a.contains(**label)))
                 .collect();
             let newest = |a: &(&u64, &Entry), b: &(&u64, &Entry)| {
                 b.1.updated_at_ms.cmp(&a.1.updated_at_ms).then_with(|| a.1.id.cmp(&b.1.id))
@@ -945,23 +1010,12 @@ impl Storage {
         filter: &Filter,
         now_ms: i64,
         part: Option<fn(f32) -> Scores>,
-        rank: impl FnOnce(&Loaded, Option<&HashSet<u64>>) -> Result<Vec<(u64, f32)>, ApiError>,
+        rank: impl FnOnce(&Loaded, Option<&LabelSet>) -> Result<Vec<(u64, f32)>, ApiError>,
     ) -> Result<Vec<SearchHit>, ApiError> {
         self.ensure_loaded(p)?;
         let guard = p.search.read();
         let Some(loaded) = guard.as_ref() else { return Ok(Vec::new()) };
-        let allowed: Option<HashSet<u64>> =
-            (!filter.is_empty() || loaded.expiring > 0).then(|| {
-                loaded
-                    .entries
-                    .iter()
-                    .filter(|(_, e)| {
-                        e.expires_at_ms.is_none_or(|at| at > now_ms)
-                            && filter.matches(&e.metadata, e.created_at_ms)
-                    })
-                    .map(|(label, _)| *label)
-                    .collect()
-            });
+        let allowed = loaded.allowed(filter, now_ms);
         let scored = rank(loaded, allowed.as_ref())?;
         let ids: Vec<(&Entry, f32)> = scored
             .iter()

@@ -341,25 +341,7 @@ async fn rotating_the_cluster_token_fails_no_request() -> anyhow::Result<()> {
 async fn the_router_speaks_https_when_given_a_certificate() -> anyhow::Result<()> {
     let c = memring_tests::Cluster::start(1).await?;
     let dir = c.dir.path();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = tokio::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args(["-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .output()
-        .await?;
-    anyhow::ensure!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = memring_tests::self_signed_cert(dir).await?;
     let addr = format!("127.0.0.1:{}", memring_tests::free_port());
     let args = vec![
         "--listen".into(),

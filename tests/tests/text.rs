@@ -281,6 +281,119 @@ async fn the_openai_embedder_uses_another_router_and_stores_nothing_when_it_is_d
     Ok(())
 }
 
+/// The `openai` embedder speaks HTTPS: against a router with the built-in model that serves TLS
+/// with a self-signed certificate, a router trusting that certificate (`--openai-ca-file`) embeds
+/// through it; one that does not trust it refuses the service's certificate, answers 503 and
+/// stores nothing.
+#[tokio::test]
+async fn the_openai_embedder_speaks_https_and_checks_the_certificate() -> anyhow::Result<()> {
+    let c = Cluster::start(1).await?;
+    let dir = c.dir.path();
+    let (cert, key) = memring_tests::self_signed_cert(dir).await?;
+    let addr = format!("127.0.0.1:{}", memring_tests::free_port());
+    let args: Vec<String> = [
+        "--listen",
+        &addr,
+        "--ring-dir",
+        &c.ring_dir().display().to_string(),
+        "--embedder",
+        "builtin",
+        "--tls-cert-file",
+        &cert.display().to_string(),
+        "--tls-key-file",
+        &key.display().to_string(),
+    ]
+    .map(String::from)
+    .into();
+    let binary = memring_tests::binary("memring-router")?;
+    let _service = memring_tests::Proc::start("router-tls", &binary, args, addr.clone(), dir)?;
+    memring_common::tls::install_crypto_provider();
+    let pem = std::fs::read(&cert)?;
+    let https = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?)
+        .build()?;
+    let service = format!("https://{addr}/v1");
+    memring_tests::load::wait_for("the HTTPS service", Duration::from_secs(60), || async {
+        let ready = https.get(format!("https://{addr}/ready")).send().await;
+        Ok(ready.ok().filter(|r| r.status().is_success()).map(|_| ()))
+    })
+    .await?;
+    let openai = |ca: Option<String>| {
+        let mut flags = vec![
+            "--embedder".to_owned(),
+            "openai".into(),
+            "--openai-url".into(),
+            service.clone(),
+            "--openai-model".into(),
+            MODEL.into(),
+            "--openai-dimensions".into(),
+            "384".into(),
+            "--openai-timeout-ms".into(),
+            "1000".into(),
+            "--forward-timeout-ms".into(),
+            "3000".into(),
+        ];
+        if let Some(ca) = ca {
+            flags.extend(["--openai-ca-file".to_owned(), ca]);
+        }
+        flags
+    };
+    let trusting = openai(Some(cert.display().to_string()));
+    let trusting: Vec<&str> = trusting.iter().map(String::as_str).collect();
+    let mut trusting = c.start_router("router-trusting", &trusting).await?;
+    let text = "The spare key is under the blue flower pot.";
+    let writes = format!("{}/v1/tenants/acme/memories", trusting.url());
+    let (status, answer) =
+        post(&writes, &json!({"id": "t1", "scope": "shared", "content": text})).await?;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["embedded_by"], MODEL);
+    let (_, got) =
+        send(&client(), reqwest::Method::GET, &format!("{writes}/t1?scope=shared"), None).await?;
+    let direct = https
+        .post(format!("{service}/embeddings"))
+        .json(&json!({"input": text}))
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    let direct = floats(&direct["data"][0]["embedding"]);
+    assert_eq!(direct.len(), 384);
+    let gap = floats(&got["embedding"])
+        .iter()
+        .zip(&direct)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(gap < 1e-5, "the stored vector is not the service's: {gap}");
+
+    let doubting = openai(None);
+    let doubting: Vec<&str> = doubting.iter().map(String::as_str).collect();
+    let mut doubting = c.start_router("router-doubting", &doubting).await?;
+    let writes = format!("{}/v1/tenants/acme/memories", doubting.url());
+    let resp = client()
+        .post(&writes)
+        .json(&json!({"id": "t2", "scope": "shared", "content": text}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 503, "an untrusted certificate was accepted");
+    assert!(resp.headers().get("retry-after").is_some());
+    let (status, _) = send_allowing_5xx(
+        &client(),
+        reqwest::Method::GET,
+        &format!("{writes}/t2?scope=shared"),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 404);
+    assert!(
+        doubting.log_tail().contains("certificate"),
+        "the log does not say why: {}",
+        doubting.log_tail()
+    );
+    trusting.stop();
+    doubting.stop();
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_full_embedder_queue_is_503_with_retry_after_and_never_a_lost_request()
 -> anyhow::Result<()> {

@@ -62,6 +62,9 @@ pub struct EmbedderConfig {
     pub openai_timeout_ms: u64,
     /// `openai`: retries of a failed call (within the request's own deadline).
     pub openai_retries: u32,
+    /// `openai` over `https://`: a PEM file of certificate authorities trusted besides the
+    /// system's (a private CA, or a self-signed service).
+    pub openai_ca_file: Option<PathBuf>,
 }
 
 impl Default for EmbedderConfig {
@@ -80,6 +83,7 @@ impl Default for EmbedderConfig {
             openai_send_dimensions: false,
             openai_timeout_ms: 5_000,
             openai_retries: 3,
+            openai_ca_file: None,
         }
     }
 }
@@ -188,6 +192,7 @@ impl Embedder {
                     retries: config.openai_retries,
                     max_batch: config.max_batch,
                     send_dimensions: config.openai_send_dimensions,
+                    ca_file: config.openai_ca_file.clone(),
                 };
                 Ok(Some(Embedder::OpenAi(openai::OpenAiEmbedder::new(settings)?)))
             }

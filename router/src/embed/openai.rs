@@ -33,6 +33,8 @@ pub struct OpenAiSettings {
     pub max_batch: usize,
     /// Send `"dimensions"` in the call (OpenAI's text-embedding-3 models take it; others may not).
     pub send_dimensions: bool,
+    /// Certificate authorities trusted besides the system's, for `https://` (PEM).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A client of one OpenAI-compatible embeddings service.
@@ -64,10 +66,27 @@ enum CallError {
 impl OpenAiEmbedder {
     /// Builds the client (no call is made until the first text).
     pub fn new(settings: OpenAiSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        // HTTPS with rustls and its `ring` provider (the one the router's own TLS listener uses),
+        // verifying against the system's certificate authorities and any in `ca_file`.
+        memring_common::tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .build()?;
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)));
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read embedder.openai_ca_file {}: {e}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!("embedder.openai_ca_file {} is not PEM: {e}", path.display())
+            })?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "embedder.openai_ca_file {} holds no certificate",
+                path.display()
+            );
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build()?;
         let endpoint = format!("{}/embeddings", settings.url.trim_end_matches('/'));
         Ok(Self { settings, client, endpoint })
     }
@@ -155,9 +174,9 @@ impl OpenAiEmbedder {
         if let Some(key) = &self.settings.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.map_err(|e| CallError::Retryable(e.to_string()))?;
+        let response = request.send().await.map_err(|e| CallError::Retryable(causes(&e)))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| CallError::Retryable(e.to_string()))?;
+        let bytes = response.bytes().await.map_err(|e| CallError::Retryable(causes(&e)))?;
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(CallError::Retryable(format!("HTTP {status}")));
         }
@@ -192,4 +211,16 @@ impl OpenAiEmbedder {
             })
             .collect()
     }
+}
+
+/// An error with its causes (reqwest's own text leaves out why: a refused certificate, say).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -131,7 +131,8 @@ impl Storage {
         enc: &[u8],
         index: VectorIndex,
     ) -> Result<(Loaded, usize), ApiError> {
-        let mut loaded = Loaded { vectors: Some(index), ..Loaded::default() };
+        let mut loaded = Loaded::new(self.config.metadata_index_min);
+        loaded.vectors = Some(index);
         let mut vectors = 0;
         for item in self.scan(CF_EPISODES, enc, enc, Storage::uncached())? {
             let (_, value) = item?;
