@@ -18,9 +18,7 @@ use serde::Deserialize;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, Schema, TEXT};
-use tantivy::{
-    Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term, doc,
-};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term, doc};
 
 #[derive(Parser)]
 #[command(about = "memring's keyword index against tantivy on one corpus")]
@@ -88,7 +86,8 @@ impl Tantivy {
                 (Occur::Should, query)
             })
             .collect();
-        let top = searcher.search(&BooleanQuery::new(clauses), &TopDocs::with_limit(k))?;
+        let top = searcher
+            .search(&BooleanQuery::new(clauses), &TopDocs::with_limit(k).order_by_score())?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
             let labels = searcher.segment_reader(address.segment_ord).fast_fields().u64("label")?;
