@@ -53,9 +53,17 @@ impl TlsConfig {
     }
 }
 
+/// The one way memring builds an HTTP client: reqwest is built with `rustls-no-provider`, and a
+/// client built before a crypto provider is installed panics, even for plain http:// use. This
+/// installs the provider first.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+}
+
 /// Makes rustls' `ring` provider the process default (once; later calls do nothing), for the
 /// TLS clients that take the default (reqwest's).
-pub fn install_crypto_provider() {
+fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Another thread may install it first; either way a provider is in place.
         let _ = rustls::crypto::ring::default_provider().install_default();

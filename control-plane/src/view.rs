@@ -16,7 +16,7 @@ use memring_common::store::RingStore;
 pub fn http_client(
     credential: std::sync::Arc<memring_common::internal::ClusterCredential>,
 ) -> anyhow::Result<InternalClient> {
-    let inner = reqwest::Client::builder()
+    let inner = memring_common::tls::http_client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(3))
         .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)

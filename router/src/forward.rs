@@ -79,7 +79,7 @@ impl Forwarder {
         replica_reads: bool,
         credential: Arc<memring_common::internal::ClusterCredential>,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = memring_common::tls::http_client_builder()
             .no_proxy()
             .tcp_nodelay(true)
             // Below the servers' 10 s keep-alive header timeout, so a connection the shard node

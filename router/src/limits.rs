@@ -74,7 +74,7 @@ impl Limiter {
         share: f64,
         credential: Arc<memring_common::internal::ClusterCredential>,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = reqwest::Client::builder()
+        let client = memring_common::tls::http_client_builder()
             .no_proxy()
             .timeout(Duration::from_secs(3))
             .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)

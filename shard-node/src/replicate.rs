@@ -241,7 +241,7 @@ impl Replication {
         quorum_timeout: Duration,
         staleness: Duration,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = memring_common::tls::http_client_builder()
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))

@@ -58,6 +58,8 @@ pub async fn self_signed_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> 
         .arg("-out")
         .arg(&cert)
         .args(["-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: rustls (webpki) refuses a CA certificate as the server's own.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .output()
         .await?;
     anyhow::ensure!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
@@ -287,7 +289,7 @@ pub fn client() -> reqwest::Client {
         memring_common::internal::CLUSTER_TOKEN_HEADER,
         reqwest::header::HeaderValue::from_static(TEST_CLUSTER_TOKEN),
     );
-    reqwest::Client::builder()
+    memring_common::tls::http_client_builder()
         .no_proxy()
         .default_headers(headers)
         .timeout(Duration::from_secs(30))
@@ -298,7 +300,7 @@ pub fn client() -> reqwest::Client {
 
 /// [`client`] without the cluster token: what a stranger on the network sends.
 pub fn stranger() -> reqwest::Client {
-    reqwest::Client::builder()
+    memring_common::tls::http_client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()

@@ -307,9 +307,8 @@ async fn the_openai_embedder_speaks_https_and_checks_the_certificate() -> anyhow
     .into();
     let binary = memring_tests::binary("memring-router")?;
     let _service = memring_tests::Proc::start("router-tls", &binary, args, addr.clone(), dir)?;
-    memring_common::tls::install_crypto_provider();
     let pem = std::fs::read(&cert)?;
-    let https = reqwest::Client::builder()
+    let https = memring_common::tls::http_client_builder()
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?)
         .build()?;
     let service = format!("https://{addr}/v1");

@@ -206,7 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    let client = reqwest::Client::builder()
+    let client = memring_common::tls::http_client_builder()
         .no_proxy()
         .default_headers(headers)
         .timeout(Duration::from_secs(3600))

@@ -68,8 +68,7 @@ impl OpenAiEmbedder {
     pub fn new(settings: OpenAiSettings) -> anyhow::Result<Self> {
         // HTTPS with rustls and its `ring` provider (the one the router's own TLS listener uses),
         // verifying against the system's certificate authorities and any in `ca_file`.
-        memring_common::tls::install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
+        let mut builder = memring_common::tls::http_client_builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)));
         if let Some(path) = &settings.ca_file {

@@ -277,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
     let largest = tenants.iter().map(|t| t.vectors.len()).max().unwrap_or(0);
     let flags: Vec<&str> = args.shard_flag.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(args.shards, &flags).await.context("starting the cluster")?;
-    let client = reqwest::Client::builder()
+    let client = memring_common::tls::http_client_builder()
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(64)

@@ -168,7 +168,10 @@ async fn text_writes(
     concurrency: usize,
     tag: &str,
 ) -> anyhow::Result<f64> {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
+    let client = memring_common::tls::http_client_builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()?;
     let bodies: Vec<(String, serde_json::Value)> = texts
         .chunks(batch)
         .enumerate()

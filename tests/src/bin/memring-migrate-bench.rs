@@ -137,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
     let rate_flag = args.migration_rate.to_string();
     let control = cluster.start_control_with(&["--migration-rate", &rate_flag]).await?;
     let router = cluster.url();
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(600)).build()?;
+    let http = memring_common::tls::http_client_builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(600))
+        .build()?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let spread = 1.0 / (args.dims as f32).sqrt();
     let cs = centers(64, args.dims, &mut rng);

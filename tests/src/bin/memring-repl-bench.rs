@@ -105,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
     let owner_only = c.add_router(&["--replica-reads", "false"]).await?;
     let store = c.etcd.store().await?;
     let router = c.router(0);
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
+    let http = memring_common::tls::http_client_builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     println!(
         "| copies (R) | acknowledged after (W) | write p50 | write p99 | writes/s, 8 at a time | CPU per write, 8 at a time: shard nodes / router | machine idle meanwhile | follower rounds per write (entries per round) |"
     );
