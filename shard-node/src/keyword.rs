@@ -160,10 +160,10 @@ impl KeywordIndex {
             list.swap_remove(pos as usize);
             if let Some(moved) = list.get(pos as usize) {
                 // The list's last posting now sits at `pos`: tell its document.
-                if let Some(other) = self.docs[moved.slot as usize].as_mut() {
-                    if let Some(entry) = other.terms.iter_mut().find(|(t, _)| *t == id) {
-                        entry.1 = pos;
-                    }
+                if let Some(other) = self.docs[moved.slot as usize].as_mut()
+                    && let Some(entry) = other.terms.iter_mut().find(|(t, _)| *t == id)
+                {
+                    entry.1 = pos;
                 }
             } else if list.is_empty() {
                 self.term_ids.remove(&**term);
