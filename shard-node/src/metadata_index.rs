@@ -320,7 +320,7 @@ mod tests {
         };
         let scalar = |r: u64| match r % 7 {
             0 => json!(null),
-            1 => json!(r % 2 == 0),
+            1 => json!(r.is_multiple_of(2)),
             2 => json!(r % 5),
             3 => json!((r % 5) as f64 + 0.5),
             4 => json!(format!("s{}", r % 4)),

@@ -76,13 +76,43 @@ fn path(rng: &mut StdRng) -> String {
     p
 }
 
+/// A metadata filter near or past the language's edges: nesting around the depth limit, fan-out
+/// around the clause limit, unknown operators, arguments of the wrong kind.
+fn hostile_filter(rng: &mut StdRng) -> Value {
+    let leaf = [
+        json!({"k": {"$in": 5}}),
+        json!({"k": {"$gt": {}}}),
+        json!({"k": {"$regex": ".*"}}),
+        json!({"$where": "1"}),
+        json!({"k": {"$exists": "yes"}}),
+        json!({"k.": 1}),
+        json!({"k": {"$nin": [1, [2], {"a": 3}]}}),
+        json!({"k": {"$gte": 1e308, "$lt": -1e308}}),
+        json!({"k": {"$contains": null}}),
+        json!({"k": 1}),
+    ];
+    let mut f = leaf[rng.random_range(0..leaf.len())].clone();
+    for _ in 0..rng.random_range(0..12) {
+        f = match rng.random_range(0..3) {
+            0 => json!({"$not": f}),
+            1 => {
+                let mut all = vec![json!({"x": 1}); rng.random_range(0..70)];
+                all.push(f);
+                json!({ "$and": all })
+            }
+            _ => json!({"$or": [f, {"x": {"$eq": 1}}]}),
+        };
+    }
+    f
+}
+
 fn body(rng: &mut StdRng) -> Vec<u8> {
     let valid = [
         json!({"scope": "shared", "content": "x", "embedding": [0.1, 0.2, 0.3]}),
         json!({"scopes": ["shared"], "embedding": [0.1, 0.2, 0.3], "k": 3}),
         json!({"items": [{"scope": "shared", "content": "y", "embedding": [0.3, 0.2, 0.1]}]}),
     ];
-    match rng.random_range(0..6) {
+    match rng.random_range(0..7) {
         0 => random_bytes(rng, 2048),
         1 => Vec::new(),
         2 => {
@@ -126,6 +156,11 @@ fn body(rng: &mut StdRng) -> Vec<u8> {
             b
         }
         4 => "[".repeat(rng.random_range(1..5000)).into_bytes(),
+        5 => serde_json::to_vec(&json!({
+            "scopes": ["shared"], "embedding": [0.1, 0.2, 0.3], "k": 3,
+            "filter": {"metadata": hostile_filter(rng)},
+        }))
+        .unwrap_or_default(),
         _ => serde_json::to_vec(&valid[rng.random_range(0..valid.len())]).unwrap_or_default(),
     }
 }

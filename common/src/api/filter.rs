@@ -462,4 +462,101 @@ mod tests {
         let err = MetadataFilter::parse(&too_many).expect_err("65 clauses");
         assert!(err.message().contains("more than 64"), "{}", err.message());
     }
+
+    /// A random filter tree: mostly valid operators with arguments of the right and wrong kinds,
+    /// some unknown ones, nesting past the depth limit now and then.
+    fn random_filter(rng: &mut rand::rngs::StdRng, depth: usize) -> Value {
+        use rand::Rng;
+        let paths = ["n", "s", "b", "tags", "o.x", "o", "missing", "a.b.c"];
+        let scalar = |rng: &mut rand::rngs::StdRng| match rng.random_range(0..7) {
+            0 => json!(rng.random_range(-3..4)),
+            1 => json!(["x", "y", "z"][rng.random_range(0..3)]),
+            2 => json!(rng.random_bool(0.5)),
+            3 => Value::Null,
+            4 => json!(rng.random_range(-3.0..3.0)),
+            5 => json!([rng.random_range(0..3), "x"]),
+            _ => json!({"x": rng.random_range(0..3)}),
+        };
+        if depth > 0 && rng.random_bool(0.4) {
+            let logical = ["$and", "$or", "$not", "$nor", "$xor"][rng.random_range(0..5)];
+            let children: Vec<Value> =
+                (0..rng.random_range(0..4)).map(|_| random_filter(rng, depth - 1)).collect();
+            return match logical {
+                "$not" if !children.is_empty() => json!({"$not": children[0].clone()}),
+                _ => json!({ logical: children }),
+            };
+        }
+        let path = paths[rng.random_range(0..paths.len())];
+        let ops = ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$contains"];
+        let condition = match rng.random_range(0..6) {
+            0 => scalar(rng),
+            1 => json!({"$exists": rng.random_bool(0.5)}),
+            2 => json!({"$regex": "x"}),
+            3 => json!({ ops[rng.random_range(0..ops.len())]: [scalar(rng), scalar(rng)] }),
+            _ => json!({ ops[rng.random_range(0..ops.len())]: scalar(rng) }),
+        };
+        json!({ path: condition })
+    }
+
+    fn random_metadata(rng: &mut rand::rngs::StdRng) -> Map<String, Value> {
+        use rand::Rng;
+        let mut m = Map::new();
+        if rng.random_bool(0.8) {
+            m.insert("n".into(), json!(rng.random_range(-3..4)));
+        }
+        if rng.random_bool(0.8) {
+            m.insert("s".into(), json!(["x", "y", "z"][rng.random_range(0..3)]));
+        }
+        if rng.random_bool(0.5) {
+            m.insert("b".into(), json!(rng.random_bool(0.5)));
+        }
+        if rng.random_bool(0.5) {
+            m.insert("tags".into(), json!(["x", rng.random_range(0..3)]));
+        }
+        if rng.random_bool(0.5) {
+            m.insert("o".into(), json!({"x": rng.random_range(0..3)}));
+        }
+        m
+    }
+
+    /// Seeded fuzz of the parser and the evaluator: no input panics; every refusal is
+    /// `invalid_filter` naming where it is; and what parses obeys the logic of its operators
+    /// (`$not` negates, `$and` is both, `$or` is either) on random metadata.
+    #[test]
+    fn random_filters_parse_or_are_refused_and_obey_their_logic() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let a = random_filter(&mut rng, 10);
+            let b = random_filter(&mut rng, 3);
+            let (fa, fb) = match (parse(a.clone()), parse(b.clone())) {
+                (Ok(Some(fa)), Ok(Some(fb))) => (fa, fb),
+                (Err(err), _) | (_, Err(err)) => {
+                    refused += 1;
+                    assert_eq!(err.code(), ErrorCode::InvalidFilter);
+                    assert!(err.message().contains("filter.metadata"), "{}", err.message());
+                    continue;
+                }
+                _ => continue,
+            };
+            parsed += 1;
+            let not_a = parse(json!({"$not": a.clone()}));
+            let and = parse(json!({"$and": [a.clone(), b.clone()]}));
+            let or = parse(json!({"$or": [a.clone(), b.clone()]}));
+            for _ in 0..4 {
+                let m = random_metadata(&mut rng);
+                let (x, y) = (fa.matches(&m), fb.matches(&m));
+                // Wrapping may pass the depth limit; then it must be refused, never misread.
+                for (wrapped, want) in [(&not_a, !x), (&and, x && y), (&or, x || y)] {
+                    match wrapped {
+                        Ok(Some(f)) => assert_eq!(f.matches(&m), want, "{a} / {b} on {m:?}"),
+                        Err(err) => assert!(err.message().contains("deeper than"), "{err:?}"),
+                        Ok(None) => panic!("a wrapped filter vanished"),
+                    }
+                }
+            }
+        }
+        assert!(parsed > 1_000 && refused > 1_000, "parsed {parsed}, refused {refused}");
+    }
 }

@@ -62,6 +62,11 @@ struct Args {
     /// Extra flags for every shard node, e.g. "--flat-limit=2048".
     #[arg(long)]
     shard_flag: Vec<String>,
+    /// Measure filtered vector search on the largest tenant instead of the usual report:
+    /// metadata filters keeping about 50%, 5% and 0.5% of it, and a range keeping 5%, against
+    /// the same search unfiltered (recall@10 against an exact filtered scan, latency).
+    #[arg(long)]
+    filters: bool,
 }
 
 struct Tenant {
@@ -90,12 +95,19 @@ fn generate(args: &Args) -> Vec<Tenant> {
 }
 
 fn exact_top(vectors: &[Vec<f32>], q: &[f32], k: usize) -> Vec<usize> {
+    exact_top_among(vectors, 0..vectors.len(), q, k)
+}
+
+/// The exact top `k` of `vectors[i]` for the `i` in `among`.
+fn exact_top_among(
+    vectors: &[Vec<f32>],
+    among: impl Iterator<Item = usize>,
+    q: &[f32],
+    k: usize,
+) -> Vec<usize> {
     let qn = unit(q.to_vec());
-    let mut scored: Vec<(f32, usize)> = vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (v.iter().zip(&qn).map(|(a, b)| a * b).sum::<f32>(), i))
-        .collect();
+    let mut scored: Vec<(f32, usize)> =
+        among.map(|i| (vectors[i].iter().zip(&qn).map(|(a, b)| a * b).sum::<f32>(), i)).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.into_iter().take(k).map(|(_, i)| i).collect()
 }
@@ -154,6 +166,48 @@ impl Words {
     }
 }
 
+/// Memory `n`'s metadata. With `filters`, fields that the filtered searches select on, drawn from
+/// a hash of `n` so that no field lines up with the vectors' clusters (`n % centers`).
+fn metadata(n: usize, filters: bool) -> serde_json::Value {
+    if !filters {
+        return json!({"n": n % 10});
+    }
+    let h = splitmix(n as u64);
+    json!({
+        "n": n % 10,
+        "half": h % 2,
+        "twentieth": (h >> 8) % 20,
+        "bucket": (h >> 16) % 200,
+        "rank": (h >> 32) % 1000,
+    })
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One filtered search of `--filters`: a name, the filter, and which memories pass it.
+type FilterCase = (&'static str, serde_json::Value, fn(&serde_json::Value) -> bool);
+
+/// The filtered searches of `--filters`.
+fn filter_cases() -> Vec<FilterCase> {
+    vec![
+        ("none", json!(null), |_| true),
+        ("equality, 50%", json!({"half": 0}), |m| m["half"] == 0),
+        ("equality, 5%", json!({"twentieth": 0}), |m| m["twentieth"] == 0),
+        ("equality, 0.5%", json!({"bucket": 0}), |m| m["bucket"] == 0),
+        ("$in, 5%", json!({"bucket": {"$in": (0..10).collect::<Vec<_>>()}}), |m| {
+            m["bucket"].as_u64().is_some_and(|b| b < 10)
+        }),
+        ("range $gte/$lt, 5%", json!({"rank": {"$gte": 100, "$lt": 150}}), |m| {
+            m["rank"].as_u64().is_some_and(|r| (100..150).contains(&r))
+        }),
+    ]
+}
+
 async fn run_queries(
     client: &reqwest::Client,
     urls: Arc<Vec<String>>,
@@ -208,6 +262,7 @@ fn make_batches(
     prefix: &str,
     words: &Words,
     rng: &mut StdRng,
+    filters: bool,
 ) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
     let mut batches = Vec::new();
     for (tenant, vectors) in data {
@@ -217,7 +272,7 @@ fn make_batches(
                 .enumerate()
                 .map(|(j, v)| {
                     let n = c * batch + j;
-                    json!({"id": format!("{prefix}{n}"), "scope": "shared", "content": words.text(12, rng), "embedding": v, "metadata": {"n": j % 10}})
+                    json!({"id": format!("{prefix}{n}"), "scope": "shared", "content": words.text(12, rng), "embedding": v, "metadata": metadata(n, filters)})
                 })
                 .collect();
             let body = serde_json::to_vec(&json!({"items": items}))?;
@@ -291,7 +346,8 @@ async fn main() -> anyhow::Result<()> {
         tenants.iter().map(|t| (t.id.as_str(), t.vectors.clone())).collect();
     let mut word_rng = StdRng::seed_from_u64(args.seed ^ 0x0057_0bd5);
     let words = Words::new(2000, &mut word_rng);
-    let batches = make_batches(&router, &cold, args.batch, "v", &words, &mut word_rng)?;
+    let batches =
+        make_batches(&router, &cold, args.batch, "v", &words, &mut word_rng, args.filters)?;
     let ingest = ingest_all(&client, batches, args.ingest_concurrency).await?;
 
     let ingest_rate = total as f64 / ingest.as_secs_f64();
@@ -373,6 +429,11 @@ async fn main() -> anyhow::Result<()> {
     let recall = hits as f64 / (queries.len() * 10) as f64;
     eprintln!("recall@10: {recall:.4}");
 
+    if args.filters {
+        let largest = (0..tenants.len()).max_by_key(|&i| tenants[i].vectors.len()).unwrap_or(0);
+        return filtered(&args, &client, &router, &tenants[largest], &mut rng).await;
+    }
+
     // ---- warm-up, then throughput and latency
     let mut rows = Vec::new();
     for (mode, name) in MODES.iter().enumerate() {
@@ -439,21 +500,13 @@ async fn main() -> anyhow::Result<()> {
     let warm_total: usize = warm.iter().map(|(_, v)| v.len()).sum();
     let warm_time = ingest_all(
         &client,
-        make_batches(&router, &warm, args.batch, "w", &words, &mut word_rng)?,
+        make_batches(&router, &warm, args.batch, "w", &words, &mut word_rng, false)?,
         args.ingest_concurrency,
     )
     .await?;
     let warm_rate = warm_total as f64 / warm_time.as_secs_f64();
     eprintln!("warm ingest: {warm_total} vectors = {warm_rate:.0} vectors/s");
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
     println!("| setting | value |\n|---|---|");
     println!(
         "| data | {total} vectors × {} dims, clustered (seed {}), {} tenants, Zipf sizes (largest {largest}) |",
@@ -463,10 +516,7 @@ async fn main() -> anyhow::Result<()> {
         "| cluster | {} shard nodes + 1 router, embedded ring store, release build, all on this machine |",
         args.shards
     );
-    println!(
-        "| machine | {} cores, {cpu} |",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    );
+    println!("| machine | {} |", machine());
     println!();
     println!("| measure | result |\n|---|---|");
     println!(
@@ -529,4 +579,118 @@ async fn wait_for_graphs(
         anyhow::ensure!(Instant::now() < deadline, "graphs still building after 10 minutes");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// This machine's cores and CPU model, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+/// `--filters`: vector searches of `tenant` under each of [`filter_cases`], one at a time (p50,
+/// p99) and 8 at a time (q/s), with recall@10 against an exact scan of the memories that pass.
+async fn filtered(
+    args: &Args,
+    client: &reqwest::Client,
+    router: &str,
+    tenant: &Tenant,
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
+    let spread = 1.0 / (args.dims as f32).sqrt();
+    let url = Arc::new(vec![format!("{router}/v1/tenants/{}/memories/search", tenant.id)]);
+    let metadata: Vec<serde_json::Value> =
+        (0..tenant.vectors.len()).map(|n| metadata(n, true)).collect();
+    let vectors: Vec<Vec<f32>> = (0..args.queries.min(500))
+        .map(|_| around(&tenant.centers[rng.random_range(0..tenant.centers.len())], spread, rng))
+        .collect();
+    let mut rows = Vec::new();
+    for (name, filter, passes) in filter_cases() {
+        let passing: Vec<usize> = (0..metadata.len()).filter(|&n| passes(&metadata[n])).collect();
+        let queries: Vec<Query> = vectors
+            .iter()
+            .map(|v| {
+                let mut body = json!({"scopes": ["shared"], "embedding": v, "k": 10});
+                if !filter.is_null() {
+                    body["filter"] = json!({ "metadata": filter });
+                }
+                let body: bytes::Bytes = serde_json::to_vec(&body).unwrap_or_default().into();
+                Query { tenant: 0, bodies: [body.clone(), body.clone(), body], vector: v.clone() }
+            })
+            .collect();
+        // recall@10 against the exact top 10 of the passing memories
+        let mut hits = 0usize;
+        let mut wanted = 0usize;
+        for q in &queries {
+            let truth = exact_top_among(&tenant.vectors, passing.iter().copied(), &q.vector, 10);
+            let resp: serde_json::Value = client
+                .post(&url[0])
+                .header("content-type", "application/json")
+                .body(q.bodies[0].clone())
+                .send()
+                .await?
+                .json()
+                .await?;
+            let got: Vec<usize> = resp["results"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|h| h["id"].as_str()?.strip_prefix('v')?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            anyhow::ensure!(
+                got.iter().all(|n| passes(&metadata[*n])),
+                "{name}: a result does not pass the filter"
+            );
+            wanted += truth.len();
+            hits += truth.iter().filter(|t| got.contains(t)).count();
+        }
+        let recall = hits as f64 / wanted.max(1) as f64;
+        let queries = Arc::new(queries);
+        let urls = Arc::new(vec![url[0].clone(); queries.len()]);
+        run_queries(client, urls.clone(), queries.clone(), 8, queries.len(), 0).await?;
+        let (_, one) =
+            run_queries(client, urls.clone(), queries.clone(), 1, queries.len(), 0).await?;
+        let n = queries.len() * 3;
+        let (wall, _) = run_queries(client, urls, queries.clone(), 8, n, 0).await?;
+        let row = (name, passing.len(), recall, percentile(&one, 0.5), percentile(&one, 0.99));
+        eprintln!("{name}: {} pass, recall@10 {recall:.4}, p50 {:?}", row.1, row.3);
+        rows.push((row, n as f64 / wall.as_secs_f64()));
+    }
+    let base = rows.first().map(|((_, _, _, p50, _), _)| p50.as_secs_f64()).unwrap_or(1.0);
+    println!("| setting | value |\n|---|---|");
+    println!(
+        "| data | one partition of {} vectors × {} dims, clustered (seed {}); metadata fields drawn from a hash of the id |",
+        tenant.vectors.len(),
+        args.dims,
+        args.seed
+    );
+    println!(
+        "| cluster | {} shard nodes + 1 router, release build, shard flags: {} |",
+        args.shards,
+        if args.shard_flag.is_empty() { "none".to_owned() } else { args.shard_flag.join(" ") }
+    );
+    println!("| machine | {} |", machine());
+    println!();
+    println!(
+        "| filter | passing | recall@10 vs exact filtered | p50 | p99 | p50 ÷ unfiltered | q/s, 8 at a time |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for ((name, passing, recall, p50, p99), qps) in rows {
+        println!(
+            "| {name} | {passing} | {recall:.4} | {:.0} µs | {:.0} µs | {:.2} | {qps:.0} |",
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6,
+            p50.as_secs_f64() / base,
+        );
+    }
+    Ok(())
 }
