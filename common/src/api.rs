@@ -160,6 +160,10 @@ pub struct WriteItem {
     pub metadata: Map<String, Value>,
     /// Seconds until it expires.
     pub ttl_seconds: Option<u64>,
+    /// `If-Match`, `If-None-Match` and `Idempotency-Key` of a single write by id
+    /// (`update.rs`), checked on the owner under the partition's write lock.
+    #[serde(default, skip_serializing_if = "Conditions::is_empty")]
+    pub conditions: Conditions,
 }
 
 impl RawWrite {
@@ -209,6 +213,7 @@ impl RawWrite {
             embedded_by_router: false,
             metadata,
             ttl_seconds: self.ttl_seconds,
+            conditions: Conditions::default(),
         })
     }
 }
@@ -422,6 +427,10 @@ pub struct MemoryView {
     /// When it expires (RFC 3339), if it has a TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The model the router embedded `content` with, when the vector is the router's (a
+    /// patch that changes `content` then embeds the new content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_by: Option<String>,
 }
 
 /// A page of a list.
@@ -480,6 +489,12 @@ mod filter;
 pub use filter::{
     Bound, FieldOp, MAX_FILTER_CLAUSES, MAX_FILTER_DEPTH, MetadataFilter, compare_numbers, lookup,
     same,
+};
+mod update;
+pub use update::{
+    BaseVector, Change, Conditions, EmbeddedContent, Expiry, IDEMPOTENCY_KEY_HEADER, IfMatch,
+    KEPT_CHANGE_KEYS, MAX_CHANGE_KEY_BYTES, MemoryPatch, PatchBase, PatchBody, Patched, PatchedVector,
+    ShardPatch, ShardPatchResponse, etag, merge_patch, validate_change_key,
 };
 mod text;
 pub use text::{

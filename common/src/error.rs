@@ -50,6 +50,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The request conflicts with the current state (e.g. a stale compare-and-swap).
     Conflict,
+    /// An `If-Match` or `If-None-Match` condition does not hold for the memory as it is now.
+    PreconditionFailed,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
     /// The body is not `application/json`.
@@ -99,6 +101,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::LogTrimmed => 410,
             ErrorCode::Conflict => 409,
+            ErrorCode::PreconditionFailed => 412,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::WrongOwner => 421,
@@ -130,6 +133,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",

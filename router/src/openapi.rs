@@ -7,8 +7,8 @@
 //! missing.
 
 use memring_common::api::{
-    BatchItemResult, BatchResponse, ListResponse, MemoryView, RawBatch, RawFilter, RawSearch,
-    RawWrite, SearchHit, SearchResponse, WriteOutcome, WriteResult,
+    BatchItemResult, BatchResponse, ListResponse, MemoryView, PatchBody, RawBatch, RawFilter,
+    RawSearch, RawWrite, SearchHit, SearchResponse, WriteOutcome, WriteResult,
 };
 use memring_common::error::{ErrorBody, ErrorCode, ErrorPayload};
 use utoipa::OpenApi;
@@ -20,7 +20,7 @@ use utoipa::OpenApi;
         title = "memring",
         description = "A memory store for AI agents. Auth: `Authorization: Bearer <key>` when the router requires keys. Reads may send `x-memring-read-token` (from a write's answer) to read their own writes."
     ),
-    paths(write, batch, get, delete, list, search, delete_tenant),
+    paths(write, batch, get, patch, delete, list, search, delete_tenant),
     components(schemas(
         RawWrite,
         WriteResult,
@@ -29,6 +29,7 @@ use utoipa::OpenApi;
         BatchResponse,
         BatchItemResult,
         MemoryView,
+        PatchBody,
         ListResponse,
         RawSearch,
         RawFilter,
@@ -48,11 +49,15 @@ pub fn document() -> String {
 
 /// Write one memory (idempotent by id).
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/memories", request_body = RawWrite,
-    params(("tenant" = String, Path, description = "Tenant id")),
+    params(("tenant" = String, Path, description = "Tenant id"),
+        ("If-Match" = Option<String>, Header, description = "With an id: replace only the memory at this version (its ETag, a quoted version), or * for any existing one"),
+        ("If-None-Match" = Option<String>, Header, description = "With an id, *: create only (412 if it exists with another body; the same body again is 200)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "With an id: names the change, so that sending it again is answered as applied instead of 412")),
     responses(
-        (status = 201, description = "Created; header x-memring-read-token", body = WriteResult),
-        (status = 200, description = "Same id: updated, or unchanged (same body)", body = WriteResult),
+        (status = 201, description = "Created; headers ETag and x-memring-read-token", body = WriteResult),
+        (status = 200, description = "Same id: updated, or unchanged (same body); header ETag", body = WriteResult),
         (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 412, description = "precondition_failed: the memory is at another version (the message and details.current_version say which)", body = ErrorBody),
         (status = 401, description = "No or bad key", body = ErrorBody),
         (status = 403, description = "Key not allowed here, or quota_exceeded", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
@@ -79,19 +84,39 @@ fn batch() {}
         ("id" = String, Path, description = "Memory id"),
         ("scope" = String, Query, description = "agent:<id>, shared or global")),
     responses(
-        (status = 200, description = "The memory", body = MemoryView),
+        (status = 200, description = "The memory; header ETag (its version, quoted)", body = MemoryView),
         (status = 404, description = "No such memory (or expired)", body = ErrorBody)))]
 #[allow(dead_code)]
 fn get() {}
+
+/// Change a memory with a JSON Merge Patch (RFC 7396) of content, metadata, embedding and
+/// ttl_seconds; answers the whole memory. A changed content is embedded again when the router
+/// made the memory's vector.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}/memories/{id}", request_body = PatchBody,
+    params(("tenant" = String, Path, description = "Tenant id"),
+        ("id" = String, Path, description = "Memory id"),
+        ("scope" = String, Query, description = "agent:<id>, shared or global"),
+        ("If-Match" = Option<String>, Header, description = "Apply only to this version (the ETag), or * for any"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names the change, so that sending it again is answered as applied instead of 412")),
+    responses(
+        (status = 200, description = "The memory after the patch; headers ETag and x-memring-read-token", body = MemoryView),
+        (status = 400, description = "Not a patch of these fields, or a content change the vector cannot follow", body = ErrorBody),
+        (status = 404, description = "No such memory (or expired)", body = ErrorBody),
+        (status = 412, description = "precondition_failed: the memory is at another version", body = ErrorBody),
+        (status = 503, description = "No quorum reachable, or the embedder is busy (Retry-After)", body = ErrorBody)))]
+#[allow(dead_code)]
+fn patch() {}
 
 /// Delete one memory.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/memories/{id}",
     params(("tenant" = String, Path, description = "Tenant id"),
         ("id" = String, Path, description = "Memory id"),
-        ("scope" = String, Query, description = "agent:<id>, shared or global")),
+        ("scope" = String, Query, description = "agent:<id>, shared or global"),
+        ("If-Match" = Option<String>, Header, description = "Delete only the memory at this version (its ETag), or * for any")),
     responses(
         (status = 204, description = "Deleted; header x-memring-read-token"),
-        (status = 404, description = "No such memory", body = ErrorBody)))]
+        (status = 404, description = "No such memory", body = ErrorBody),
+        (status = 412, description = "precondition_failed: the memory is at another version", body = ErrorBody)))]
 #[allow(dead_code)]
 fn delete() {}
 

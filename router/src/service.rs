@@ -55,6 +55,7 @@ enum Route {
     Search(TenantId),
     List(TenantId),
     Get(TenantId, String),
+    Patch(TenantId, String),
     Delete(TenantId, String),
     DeleteTenant(TenantId),
     Embeddings,
@@ -73,6 +74,7 @@ impl Route {
             | Route::Search(t)
             | Route::List(t)
             | Route::Get(t, _)
+            | Route::Patch(t, _)
             | Route::Delete(t, _)
             | Route::DeleteTenant(t) => Some(t),
             Route::Ring | Route::OpenApi | Route::Embeddings => None,
@@ -133,10 +135,13 @@ impl RouterService {
             }
             ["v1", "tenants", t, "memories", id] => match *method {
                 Method::GET => Ok(("memories.get", Route::Get(tenant(t)?, percent_decode(id)?))),
+                Method::PATCH => {
+                    Ok(("memories.patch", Route::Patch(tenant(t)?, percent_decode(id)?)))
+                }
                 Method::DELETE => {
                     Ok(("memories.delete", Route::Delete(tenant(t)?, percent_decode(id)?)))
                 }
-                _ => Err(wrong_method("GET or DELETE (or POST on …/memories/search)")),
+                _ => Err(wrong_method("GET, PATCH or DELETE (or POST on …/memories/search)")),
             },
             ["v1", "tenants", t] => match *method {
                 Method::DELETE => Ok(("tenant.delete", Route::DeleteTenant(tenant(t)?))),
@@ -232,16 +237,22 @@ impl RouterService {
             Route::Batch(t) => self.batch(t, req, &request_id, &principal).await,
             Route::Search(t) => self.search(t, req, &request_id, &token).await,
             Route::List(t) => self.list(t, query.as_deref(), &request_id, &token).await,
-            Route::Get(t, id) => {
-                self.get_or_delete(t, id, Method::GET, query.as_deref(), &request_id, &token).await
-            }
-            Route::Delete(t, id) => match global_write_allowed(&principal, query.as_deref()) {
-                Ok(()) => {
-                    self.get_or_delete(t, id, Method::DELETE, query.as_deref(), &request_id, &token)
-                        .await
-                }
+            Route::Get(t, id) => self.get(t, id, query.as_deref(), &request_id, &token).await,
+            Route::Patch(t, id) => match global_write_allowed(&principal, query.as_deref()) {
+                Ok(()) => self.patch(t, id, req, query.as_deref(), &request_id).await,
                 Err(e) => Err(e),
             },
+            Route::Delete(t, id) => {
+                match (
+                    global_write_allowed(&principal, query.as_deref()),
+                    update::delete_condition(req.headers()),
+                ) {
+                    (Ok(()), Ok(if_match)) => {
+                        self.delete(t, id, if_match, query.as_deref(), &request_id).await
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
             Route::DeleteTenant(t) => self.delete_tenant(t, &request_id, &principal).await,
             Route::Embeddings => self.embeddings(req).await,
             Route::Ring => Ok(self.ring_view()),
@@ -313,9 +324,13 @@ impl RouterService {
         request_id: &str,
         principal: &Principal,
     ) -> Result<Response, ApiError> {
+        let headers = req.headers().clone();
         let body = self.body(req).await?;
         self.limits.check_write(&tenant, body.len())?;
-        let mut item = parse_json::<RawWrite>(&body)?.validate()?;
+        let raw = parse_json::<RawWrite>(&body)?;
+        let conditions = update::write_conditions(&headers, raw.id.is_some())?;
+        let mut item = raw.validate()?;
+        item.conditions = conditions;
         if item.scope == Scope::Global {
             principal.allow_global_write()?;
         }
@@ -332,7 +347,11 @@ impl RouterService {
                     &mut result.embedded_truncated,
                     embedded,
                 );
-                Ok(with_token(json(outcome.status(), &result), &token))
+                let version = result.version;
+                Ok(update::with_etag(
+                    with_token(json(outcome.status(), &result), &token),
+                    version,
+                ))
             }
             Some(ShardItemResult::Err { error }) => {
                 Err(ApiError::from_body(memring_common::error::ErrorBody { error }))
@@ -348,6 +367,7 @@ impl RouterService {
         request_id: &str,
         principal: &Principal,
     ) -> Result<Response, ApiError> {
+        update::refuse_batch_conditions(req.headers())?;
         let body = self.body(req).await?;
         self.limits.check_write(&tenant, body.len())?;
         let batch: RawBatch = parse_json(&body)?;
@@ -733,11 +753,11 @@ impl RouterService {
         Ok((scope, pairs))
     }
 
-    async fn get_or_delete(
+    /// `GET …/memories/{id}`: from a copy that reflects the read token, with the memory's `ETag`.
+    async fn get(
         &self,
         tenant: TenantId,
         id: String,
-        method: Method,
         query: Option<&str>,
         request_id: &str,
         token: &ReadToken,
@@ -746,26 +766,42 @@ impl RouterService {
         let (scope, _) = Self::scope_param(query)?;
         let partition = PartitionKey::of(&tenant, &scope, id.as_str());
         let suffix = format!("memories/{}", percent_encode(id.as_str()));
-        let timeout = self.forward_timeout();
-        if method == Method::DELETE {
-            let reply = self
-                .forward
-                .to_partition(&partition, method, &suffix, None, request_id, timeout)
-                .await?;
-            let mut token = ReadToken::default();
-            if let Some(seq) = reply.last_seq {
-                token.note(scope, seq);
-            }
-            reply.into_result()?;
-            return Ok(with_token(empty(204), &token));
-        }
         let min_seq = token.min_seq(&scope);
         let reply = self
             .forward
-            .read_partition(&partition, &suffix, None, request_id, timeout, min_seq)
+            .read_partition(&partition, &suffix, None, request_id, self.forward_timeout(), min_seq)
             .await?
             .into_result()?;
-        Ok(json_bytes(200, reply))
+        let version = update::version_of(&reply)?;
+        Ok(update::with_etag(json_bytes(200, reply), version))
+    }
+
+    /// `DELETE …/memories/{id}`, on the owner; `if_match` is the `If-Match` condition.
+    async fn delete(
+        &self,
+        tenant: TenantId,
+        id: String,
+        if_match: Option<String>,
+        query: Option<&str>,
+        request_id: &str,
+    ) -> Result<Response, ApiError> {
+        let id = MemoryId::parse(&id)?;
+        let (scope, _) = Self::scope_param(query)?;
+        let partition = PartitionKey::of(&tenant, &scope, id.as_str());
+        let mut suffix = format!("memories/{}", percent_encode(id.as_str()));
+        if let Some(if_match) = if_match {
+            suffix = format!("{suffix}?if_match={}", percent_encode(&if_match));
+        }
+        let reply = self
+            .forward
+            .to_partition(&partition, Method::DELETE, &suffix, None, request_id, self.forward_timeout())
+            .await?;
+        let mut token = ReadToken::default();
+        if let Some(seq) = reply.last_seq {
+            token.note(scope, seq);
+        }
+        reply.into_result()?;
+        Ok(with_token(empty(204), &token))
     }
 
     async fn list(
@@ -933,6 +969,8 @@ impl RouterService {
 
 /// The partitions a search of `scopes` reads, each with its scope (`global` is spread over
 /// several partitions: every one is searched).
+mod update;
+
 fn partitions_of<'a>(
     tenant: &TenantId,
     scopes: &'a [Scope],
@@ -1054,6 +1092,7 @@ mod tests {
             (Method::GET, "/v1/tenants/t/memories/search", "memories.get"),
             (Method::GET, "/v1/tenants/t/memories/abc", "memories.get"),
             (Method::DELETE, "/v1/tenants/t/memories/abc", "memories.delete"),
+            (Method::PATCH, "/v1/tenants/t/memories/abc", "memories.patch"),
             (Method::DELETE, "/v1/tenants/t", "tenant.delete"),
         ];
         for (m, p, name) in ok {
@@ -1062,6 +1101,7 @@ mod tests {
         let bad = [
             (Method::GET, "/v1/tenants/bad%20id/memories", 400),
             (Method::PUT, "/v1/tenants/t/memories", 405),
+            (Method::PUT, "/v1/tenants/t/memories/abc", 405),
             (Method::GET, "/v2/whatever", 404),
             (Method::GET, "/v1/tenants/t", 405),
         ];

@@ -21,6 +21,9 @@
 //!   and whether the router made it from the content) and [`PartitionMeta`] `embedding_model`
 //!   (the model of the partition's vectors, fixed with its dimension). Episodes, log entries (whose puts hold episodes), operation lists and metas of
 //!   earlier formats decode with `None`: vectors of no known model.
+//! - 7: [`StoredEpisode`] gained `change_keys` (the idempotency keys of its latest keyed changes,
+//!   `memring_common::api::Conditions`). Episodes, log entries, operation lists and feed answers
+//!   of earlier formats decode with none.
 //!
 //! Keys (see `storage.rs` for the column families):
 //! - episodes: `partition ‖ memory id` (ids sort the list order),
@@ -31,7 +34,7 @@ use memring_common::{ApiError, MemoryId, PartitionKey, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Format of episode, log and meta values written by this binary.
-pub const RECORD_FORMAT_VERSION: u8 = 6;
+pub const RECORD_FORMAT_VERSION: u8 = 7;
 
 /// A value stored in RocksDB or sent in a migration frame, readable in every format version this
 /// binary knows.
@@ -45,28 +48,30 @@ pub trait Record: Serialize + serde::de::DeserializeOwned {
 
 impl Record for StoredEpisode {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 6 {
-            return bincode_body(body);
+        match version {
+            7.. => bincode_body(body),
+            6 => bincode_body::<StoredEpisodeV6>(body).map(StoredEpisode::from),
+            _ => bincode_body::<StoredEpisodeV5>(body).map(StoredEpisode::from),
         }
-        bincode_body::<StoredEpisodeV5>(body).map(StoredEpisode::from)
     }
 }
 
 impl Record for Vec<LogOp> {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
-        if version >= 6 {
-            return bincode_body(body);
+        match version {
+            7.. => bincode_body(body),
+            6 => upgrade_all(bincode_body::<Vec<OldLogOp<StoredEpisodeV6>>>(body)?),
+            _ => upgrade_all(bincode_body::<Vec<OldLogOp<StoredEpisodeV5>>>(body)?),
         }
-        let old: Vec<LogOpV5> = bincode_body(body)?;
-        Ok(old.into_iter().map(LogOp::from).collect())
     }
 }
 
 impl Record for LogEntry {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
         match version {
-            6.. => bincode_body(body),
-            4 | 5 => bincode_body::<LogEntryV5>(body).map(LogEntry::from),
+            7.. => bincode_body(body),
+            6 => bincode_body::<OldLogEntry<StoredEpisodeV6>>(body).map(LogEntry::from),
+            4 | 5 => bincode_body::<OldLogEntry<StoredEpisodeV5>>(body).map(LogEntry::from),
             _ => bincode_body::<LogEntryV3>(body).map(LogEntry::from),
         }
     }
@@ -75,17 +80,17 @@ impl Record for LogEntry {
 impl Record for Vec<LogEntry> {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
         match version {
-            6.. => bincode_body(body),
-            4 | 5 => {
-                let old: Vec<LogEntryV5> = bincode_body(body)?;
-                Ok(old.into_iter().map(LogEntry::from).collect())
-            }
-            _ => {
-                let old: Vec<LogEntryV3> = bincode_body(body)?;
-                Ok(old.into_iter().map(LogEntry::from).collect())
-            }
+            7.. => bincode_body(body),
+            6 => upgrade_all(bincode_body::<Vec<OldLogEntry<StoredEpisodeV6>>>(body)?),
+            4 | 5 => upgrade_all(bincode_body::<Vec<OldLogEntry<StoredEpisodeV5>>>(body)?),
+            _ => upgrade_all(bincode_body::<Vec<LogEntryV3>>(body)?),
         }
     }
+}
+
+/// Old records of a list, each upgraded.
+pub(crate) fn upgrade_all<Old, New: From<Old>>(old: Vec<Old>) -> Result<Vec<New>, ApiError> {
+    Ok(old.into_iter().map(New::from).collect())
 }
 
 impl Record for PartitionMeta {
@@ -150,7 +155,7 @@ impl Record for PartitionMeta {
     }
 }
 
-fn bincode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn bincode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     bincode::serde::decode_from_slice(body, bincode::config::standard())
         .map(|(v, _)| v)
         .map_err(|e| ApiError::internal(format!("record is corrupt: {e}")))
@@ -182,11 +187,50 @@ pub struct StoredEpisode {
     pub embedding_model: Option<String>,
     /// The router made `embedding` from `content` (so a changed content is embedded again).
     pub embedded_by_router: bool,
+    /// The idempotency keys of its latest keyed changes, oldest first (at most
+    /// `memring_common::api::KEPT_CHANGE_KEYS`): a change sent again with one of them is
+    /// answered as applied instead of being applied twice.
+    pub change_keys: Vec<String>,
+}
+
+/// [`StoredEpisode`] as format 6 wrote it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredEpisodeV6 {
+    id: String,
+    content: String,
+    metadata_json: String,
+    embedding: Option<Vec<f32>>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    version: u64,
+    expires_at_ms: Option<i64>,
+    label: u64,
+    embedding_model: Option<String>,
+    embedded_by_router: bool,
+}
+
+impl From<StoredEpisodeV6> for StoredEpisode {
+    fn from(old: StoredEpisodeV6) -> Self {
+        StoredEpisode {
+            id: old.id,
+            content: old.content,
+            metadata_json: old.metadata_json,
+            embedding: old.embedding,
+            created_at_ms: old.created_at_ms,
+            updated_at_ms: old.updated_at_ms,
+            version: old.version,
+            expires_at_ms: old.expires_at_ms,
+            label: old.label,
+            embedding_model: old.embedding_model,
+            embedded_by_router: old.embedded_by_router,
+            change_keys: Vec::new(),
+        }
+    }
 }
 
 /// [`StoredEpisode`] as formats 1 to 5 wrote it.
 #[derive(Serialize, Deserialize)]
-struct StoredEpisodeV5 {
+pub(crate) struct StoredEpisodeV5 {
     id: String,
     content: String,
     metadata_json: String,
@@ -212,6 +256,7 @@ impl From<StoredEpisodeV5> for StoredEpisode {
             label: old.label,
             embedding_model: None,
             embedded_by_router: false,
+            change_keys: Vec::new(),
         }
     }
 }
@@ -242,7 +287,7 @@ impl StoredEpisode {
         metadata_json: &str,
         embedding: &Option<Vec<f32>>,
         embedded_by: Option<&str>,
-        ttl_seconds: Option<u64>,
+        expiry: &NewExpiry,
     ) -> bool {
         // Two vectors the same model made from the same content are the same vector, whatever
         // float rounding a different batch gave the second one: a retried text-only write is
@@ -252,12 +297,13 @@ impl StoredEpisode {
             (false, None) => self.embedding == *embedding,
             _ => false,
         };
-        // The TTL counts as part of the body only in whether one was set: a retried write with
-        // the same TTL must not extend the expiry.
-        self.content == content
-            && self.metadata_json == metadata_json
-            && same_vector
-            && self.expires_at_ms.is_some() == ttl_seconds.is_some()
+        let same_expiry = match expiry {
+            // A write's TTL counts only in whether one was set: a retried write with the same
+            // TTL must not extend the expiry.
+            NewExpiry::FromTtl(ttl) => self.expires_at_ms.is_some() == ttl.is_some(),
+            NewExpiry::At(at) => self.expires_at_ms == *at,
+        };
+        self.content == content && self.metadata_json == metadata_json && same_vector && same_expiry
     }
 
     /// The public form.
@@ -273,7 +319,29 @@ impl StoredEpisode {
             updated_at: format_millis(self.updated_at_ms),
             version: self.version,
             expires_at: self.expires_at_ms.map(format_millis),
+            embedded_by: if self.embedded_by_router { self.embedding_model.clone() } else { None },
         })
+    }
+}
+
+/// The expiry a write gives a memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewExpiry {
+    /// A write's `ttl_seconds`, counted from when it is applied.
+    FromTtl(Option<u64>),
+    /// A patch's: exactly this deadline (unix ms), or none.
+    At(Option<i64>),
+}
+
+impl NewExpiry {
+    /// The deadline of a change applied at `now_ms`.
+    pub fn at(&self, now_ms: i64) -> Option<i64> {
+        match *self {
+            NewExpiry::FromTtl(ttl) => {
+                ttl.map(|t| now_ms.saturating_add((t as i64).saturating_mul(1000)))
+            }
+            NewExpiry::At(at) => at,
+        }
     }
 }
 
@@ -316,27 +384,27 @@ impl LogEntry {
     }
 }
 
-/// [`LogEntry`] as formats 4 and 5 wrote it.
+/// [`LogEntry`] as formats 4 to 6 wrote it, with their episode type `E`.
 #[derive(Serialize, Deserialize)]
-struct LogEntryV5 {
+pub(crate) struct OldLogEntry<E> {
     seq: u64,
     at_ms: i64,
-    op: LogOpV5,
+    op: OldLogOp<E>,
     term: u64,
 }
 
-impl From<LogEntryV5> for LogEntry {
-    fn from(old: LogEntryV5) -> Self {
+impl<E: Into<StoredEpisode>> From<OldLogEntry<E>> for LogEntry {
+    fn from(old: OldLogEntry<E>) -> Self {
         LogEntry { seq: old.seq, at_ms: old.at_ms, op: old.op.into(), term: old.term }
     }
 }
 
 /// [`LogEntry`] as formats 1 to 3 wrote it.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct LogEntryV3 {
     seq: u64,
     at_ms: i64,
-    op: LogOpV5,
+    op: OldLogOp<StoredEpisodeV5>,
 }
 
 impl From<LogEntryV3> for LogEntry {
@@ -345,18 +413,18 @@ impl From<LogEntryV3> for LogEntry {
     }
 }
 
-/// [`LogOp`] as formats 1 to 5 wrote it (their episodes had no `embedded_by`).
+/// [`LogOp`] as formats 1 to 6 wrote it, with their episode type `E`.
 #[derive(Serialize, Deserialize)]
-enum LogOpV5 {
-    Put(StoredEpisodeV5),
+pub(crate) enum OldLogOp<E> {
+    Put(E),
     Delete { id: String, version: u64 },
 }
 
-impl From<LogOpV5> for LogOp {
-    fn from(old: LogOpV5) -> Self {
+impl<E: Into<StoredEpisode>> From<OldLogOp<E>> for LogOp {
+    fn from(old: OldLogOp<E>) -> Self {
         match old {
-            LogOpV5::Put(e) => LogOp::Put(e.into()),
-            LogOpV5::Delete { id, version } => LogOp::Delete { id, version },
+            OldLogOp::Put(e) => LogOp::Put(e.into()),
+            OldLogOp::Delete { id, version } => LogOp::Delete { id, version },
         }
     }
 }
@@ -582,6 +650,7 @@ mod tests {
             label: 9,
             embedding_model: None,
             embedded_by_router: false,
+            change_keys: Vec::new(),
         }
     }
 
@@ -612,12 +681,13 @@ mod tests {
     #[test]
     fn format_5_records_read_with_no_model() {
         assert_eq!(decode::<StoredEpisode>(&old_record(5, &episode_v5())).expect("dec"), episode());
-        let ops = vec![LogOpV5::Put(episode_v5()), LogOpV5::Delete { id: "x".into(), version: 3 }];
+        let ops =
+            vec![OldLogOp::Put(episode_v5()), OldLogOp::Delete { id: "x".into(), version: 3 }];
         assert_eq!(
             decode::<Vec<LogOp>>(&old_record(5, &ops)).expect("dec"),
             vec![LogOp::Put(episode()), LogOp::Delete { id: "x".into(), version: 3 }]
         );
-        let entry = LogEntryV5 { seq: 4, at_ms: 8, op: LogOpV5::Put(episode_v5()), term: 2 };
+        let entry = OldLogEntry { seq: 4, at_ms: 8, op: OldLogOp::Put(episode_v5()), term: 2 };
         let want = LogEntry { seq: 4, at_ms: 8, op: LogOp::Put(episode()), term: 2 };
         assert_eq!(decode::<LogEntry>(&old_record(5, &entry)).expect("dec"), want);
         assert_eq!(decode::<Vec<LogEntry>>(&old_record(4, &vec![entry])).expect("dec"), vec![want]);
@@ -645,6 +715,46 @@ mod tests {
         assert_eq!(decode::<StoredEpisode>(&encode(&made).expect("enc")).expect("dec"), made);
     }
 
+    /// [`episode`] as format 6 wrote it.
+    fn episode_v6() -> StoredEpisodeV6 {
+        let e = episode();
+        StoredEpisodeV6 {
+            id: e.id,
+            content: e.content,
+            metadata_json: e.metadata_json,
+            embedding: e.embedding,
+            created_at_ms: e.created_at_ms,
+            updated_at_ms: e.updated_at_ms,
+            version: e.version,
+            expires_at_ms: e.expires_at_ms,
+            label: e.label,
+            embedding_model: Some("m".into()),
+            embedded_by_router: true,
+        }
+    }
+
+    #[test]
+    fn format_6_records_read_with_no_change_keys() {
+        let want = StoredEpisode {
+            embedding_model: Some("m".into()),
+            embedded_by_router: true,
+            ..episode()
+        };
+        assert_eq!(decode::<StoredEpisode>(&old_record(6, &episode_v6())).expect("dec"), want);
+        let ops = vec![OldLogOp::Put(episode_v6())];
+        assert_eq!(
+            decode::<Vec<LogOp>>(&old_record(6, &ops)).expect("dec"),
+            vec![LogOp::Put(want.clone())]
+        );
+        let entry = OldLogEntry { seq: 4, at_ms: 8, op: OldLogOp::Put(episode_v6()), term: 2 };
+        let read = LogEntry { seq: 4, at_ms: 8, op: LogOp::Put(want.clone()), term: 2 };
+        assert_eq!(decode::<LogEntry>(&old_record(6, &entry)).expect("dec"), read);
+        assert_eq!(decode::<Vec<LogEntry>>(&old_record(6, &vec![entry])).expect("dec"), vec![read]);
+        // The current format keeps the keys.
+        let keyed = StoredEpisode { change_keys: vec!["k1".into(), "k2".into()], ..want };
+        assert_eq!(decode::<StoredEpisode>(&encode(&keyed).expect("enc")).expect("dec"), keyed);
+    }
+
     #[test]
     fn records_round_trip() {
         let e = episode();
@@ -664,9 +774,9 @@ mod tests {
         struct V3 {
             seq: u64,
             at_ms: i64,
-            op: LogOpV5,
+            op: OldLogOp<StoredEpisodeV5>,
         }
-        let old = V3 { seq: 9, at_ms: 2, op: LogOpV5::Put(episode_v5()) };
+        let old = V3 { seq: 9, at_ms: 2, op: OldLogOp::Put(episode_v5()) };
         let mut bytes = vec![3u8];
         bytes
             .extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).expect("enc"));
@@ -769,11 +879,11 @@ mod tests {
     fn idempotency_compares_bodies() {
         let e = episode();
         let v = Some(vec![1.0, 2.0]);
-        assert!(e.same_body("hello", r#"{"k":1}"#, &v, None, None));
-        assert!(!e.same_body("hello!", r#"{"k":1}"#, &v, None, None));
-        assert!(!e.same_body("hello", r#"{"k":2}"#, &v, None, None));
-        assert!(!e.same_body("hello", r#"{"k":1}"#, &None, None, None));
-        assert!(!e.same_body("hello", r#"{"k":1}"#, &v, None, Some(5)));
+        assert!(e.same_body("hello", r#"{"k":1}"#, &v, None, &NewExpiry::FromTtl(None)));
+        assert!(!e.same_body("hello!", r#"{"k":1}"#, &v, None, &NewExpiry::FromTtl(None)));
+        assert!(!e.same_body("hello", r#"{"k":2}"#, &v, None, &NewExpiry::FromTtl(None)));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &None, None, &NewExpiry::FromTtl(None)));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &v, None, &NewExpiry::FromTtl(Some(5))));
         // The router's model made both vectors from the same content: the same body, even when
         // the numbers differ in their last bits.
         let made = StoredEpisode {
@@ -782,9 +892,14 @@ mod tests {
             ..episode()
         };
         let nearly = Some(vec![1.0, 2.000_000_2]);
-        assert!(made.same_body("hello", r#"{"k":1}"#, &nearly, Some("m"), None));
-        assert!(!made.same_body("hello", r#"{"k":1}"#, &nearly, Some("other"), None));
-        assert!(!made.same_body("hello", r#"{"k":1}"#, &v, None, None));
-        assert!(!e.same_body("hello", r#"{"k":1}"#, &v, Some("m"), None));
+        assert!(made.same_body("hello", r#"{"k":1}"#, &nearly, Some("m"), &NewExpiry::FromTtl(None)));
+        assert!(!made.same_body("hello", r#"{"k":1}"#, &nearly, Some("other"), &NewExpiry::FromTtl(None)));
+        assert!(!made.same_body("hello", r#"{"k":1}"#, &v, None, &NewExpiry::FromTtl(None)));
+        assert!(!e.same_body("hello", r#"{"k":1}"#, &v, Some("m"), &NewExpiry::FromTtl(None)));
+        // A patch's expiry is compared exactly.
+        let timed = StoredEpisode { expires_at_ms: Some(100), ..episode() };
+        assert!(timed.same_body("hello", r#"{"k":1}"#, &v, None, &NewExpiry::At(Some(100))));
+        assert!(!timed.same_body("hello", r#"{"k":1}"#, &v, None, &NewExpiry::At(Some(200))));
+        assert!(!timed.same_body("hello", r#"{"k":1}"#, &v, None, &NewExpiry::At(None)));
     }
 }

@@ -307,14 +307,28 @@ impl ShardService {
                 .await;
                 ("internal.get", r)
             }
+            (&Method::PATCH, ["memories", id]) => {
+                let r = async {
+                    let id = MemoryId::parse(&percent_decode(id)?)?;
+                    self.patch(partition, id, req).await
+                }
+                .await;
+                ("internal.patch", r)
+            }
             (&Method::DELETE, ["memories", id]) => {
                 let r = async {
                     let id = MemoryId::parse(&percent_decode(id)?)?;
+                    let mut if_match = None;
+                    for (k, v) in query_pairs(req.uri().query())? {
+                        if k == "if_match" {
+                            if_match = Some(api::IfMatch::parse_query(&v)?);
+                        }
+                    }
                     self.repl.take_over(&partition).await?;
                     let (p, repl) = (partition.clone(), self.repl.clone());
                     let at = self
                         .blocking(move |s| {
-                            s.delete_checked(&p, &id, now_millis(), &|last| {
+                            s.delete_checked(&p, &id, if_match, now_millis(), &|last| {
                                 repl.may_commit(&p, last)
                             })?;
                             s.last_pos(&p)
@@ -541,6 +555,32 @@ impl ShardService {
             })
             .collect();
         Ok(json(200, &ShardWriteResponse { results, seq }))
+    }
+
+    /// `PATCH …/memories/{id}`: the patch applied on this owner under the partition's write
+    /// lock and replicated like a write; answers the whole memory.
+    async fn patch(
+        &self,
+        partition: PartitionKey,
+        id: MemoryId,
+        req: Request<Incoming>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let body: Bytes = read_body(req, self.body_limit).await?;
+        let patch: api::ShardPatch = memring_common::http::parse_json(&body)?;
+        if let Some(e) = &patch.embedded {
+            api::validate_embedding(&e.embedding)?;
+        }
+        self.repl.take_over(&partition).await?;
+        let (p, repl) = (partition.clone(), self.repl.clone());
+        let ((outcome, memory), at) = self
+            .blocking(move |s| {
+                let done =
+                    s.patch_checked(&p, id, patch, now_millis(), &|last| repl.may_commit(&p, last))?;
+                Ok((done, s.last_pos(&p)?))
+            })
+            .await?;
+        self.repl.replicated(&partition, at).await?;
+        Ok(json(200, &api::ShardPatchResponse { memory, outcome, seq: at.seq }))
     }
 
     async fn list(

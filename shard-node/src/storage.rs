@@ -444,182 +444,6 @@ impl Storage {
         }
     }
 
-    /// Writes `items` (all of `key`'s partition) in one atomic batch. Each item succeeds or fails
-    /// on its own; failed items change nothing. Idempotent by id: the same body again is
-    /// `Unchanged` and writes nothing, not even a log entry.
-    pub fn write(
-        &self,
-        key: &PartitionKey,
-        items: Vec<WriteItem>,
-        now_ms: i64,
-    ) -> Result<Vec<ItemResult>, ApiError> {
-        self.write_checked(key, items, now_ms, &|| Ok(()), &same_term)
-    }
-
-    /// [`Storage::write`], asking `may_create` first when the partition does not exist yet, and
-    /// `may_commit` with the partition's write lock held, right before anything is written; a
-    /// refusal fails the whole write. The creation check and the write both happen inside the
-    /// write gate, so [`Storage::write_barrier`] waits for every check made before it; the commit
-    /// check is what keeps a node that has just lost the partition (or not yet taken it over at
-    /// the current layout) from writing a log entry under a position a new owner already reported,
-    /// and it gives the new entries their term.
-    pub fn write_checked(
-        &self,
-        key: &PartitionKey,
-        items: Vec<WriteItem>,
-        now_ms: i64,
-        may_create: &dyn Fn() -> Result<(), ApiError>,
-        may_commit: CommitCheck<'_>,
-    ) -> Result<Vec<ItemResult>, ApiError> {
-        let _gate = self.gate.read();
-        let p = match self.partition(key, false)? {
-            Some(p) => p,
-            None => {
-                may_create()?;
-                self.partition(key, true)?
-                    .ok_or_else(|| ApiError::internal("partition vanished while being created"))?
-            }
-        };
-        let mut meta = p.meta.lock();
-        let term = may_commit(meta.last_term)?;
-        p.check_not_fenced()?;
-        let mut next = meta.clone();
-        let mut batch = WriteBatch::default();
-        let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
-        // Later items of the same batch see earlier ones through this overlay.
-        let mut pending: HashMap<String, StoredEpisode> = HashMap::new();
-        let mut index_ops: Vec<(u64, Option<Vec<f32>>, Option<Entry>)> = Vec::new();
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let id = item.id.as_str().to_owned();
-            // `stored` may have expired (not yet purged); `existing` is what a reader sees.
-            let stored = match pending.get(&id) {
-                Some(e) => Some(e.clone()),
-                None => self.read_episode(&p.enc, &id)?,
-            };
-            let existing = stored.as_ref().filter(|e| !e.is_expired(now_ms));
-            let metadata_json = serde_json::to_string(&item.metadata)
-                .map_err(|e| ApiError::internal(format!("metadata does not serialize: {e}")))?;
-            if let Some(embedding) = &item.embedding {
-                if let Err(e) = check_model(&mut next, &item, &p.key) {
-                    results.push(Err(e));
-                    continue;
-                }
-                match next.dimensions {
-                    Some(d) if d as usize != embedding.len() => {
-                        results.push(Err(ApiError::new(
-                            ErrorCode::DimensionMismatch,
-                            format!(
-                                "embedding has {} dimensions but partition {} was created with {d}; all memories of a scope share one dimension",
-                                embedding.len(),
-                                p.key
-                            ),
-                        )));
-                        continue;
-                    }
-                    Some(_) => {}
-                    None => next.dimensions = Some(embedding.len() as u32),
-                }
-            }
-            let result_of = |e: &StoredEpisode| WriteResult {
-                id: item.id.clone(),
-                scope: item.scope.clone(),
-                created_at: format_millis(e.created_at_ms),
-                version: e.version,
-                embedded_by: None,
-                embedded_truncated: None,
-            };
-            let embedded_by =
-                if item.embedded_by_router { item.embedding_model.clone() } else { None };
-            if let Some(old) = existing
-                && old.same_body(
-                    &item.content,
-                    &metadata_json,
-                    &item.embedding,
-                    embedded_by.as_deref(),
-                    item.ttl_seconds,
-                )
-            {
-                results.push(Ok((WriteOutcome::Unchanged, result_of(old))));
-                continue;
-            }
-            let embedding_model = model_of(&next, &item);
-            let embedded_by_router = item.embedded_by_router;
-            let (outcome, episode) = match existing {
-                Some(old) => (
-                    WriteOutcome::Updated,
-                    StoredEpisode {
-                        id: id.clone(),
-                        content: item.content,
-                        metadata_json,
-                        embedding: item.embedding,
-                        created_at_ms: old.created_at_ms,
-                        updated_at_ms: now_ms,
-                        version: old.version + 1,
-                        expires_at_ms: item.ttl_seconds.map(|t| now_ms + (t as i64) * 1000),
-                        label: old.label,
-                        embedding_model,
-                        embedded_by_router,
-                    },
-                ),
-                None => {
-                    // An expired record being replaced keeps its index label (and its slot in
-                    // the count); only a new id takes a new label.
-                    let label = match &stored {
-                        Some(expired) => expired.label,
-                        None => {
-                            next.count += 1;
-                            next.next_label += 1;
-                            next.next_label - 1
-                        }
-                    };
-                    (
-                        WriteOutcome::Created,
-                        StoredEpisode {
-                            id: id.clone(),
-                            content: item.content,
-                            metadata_json,
-                            embedding: item.embedding,
-                            created_at_ms: now_ms,
-                            updated_at_ms: now_ms,
-                            version: 1,
-                            expires_at_ms: item.ttl_seconds.map(|t| now_ms + (t as i64) * 1000),
-                            label,
-                            embedding_model,
-                            embedded_by_router,
-                        },
-                    )
-                }
-            };
-            next.last_seq += 1;
-            next.last_term = term;
-            next.replace_memory(stored.as_ref().map(StoredEpisode::term), Some(episode.term()));
-            let entry = LogEntry {
-                seq: next.last_seq,
-                at_ms: now_ms,
-                op: LogOp::Put(episode.clone()),
-                term,
-            };
-            batch.put_cf(&ep_cf, episode_key(&p.enc, &id), encode(&episode)?);
-            purge::mark_expiry(&mut batch, &meta_cf, &p.enc, episode.expires_at_ms);
-            batch.put_cf(&log_cf, log_key(&p.enc, next.last_seq), encode(&entry)?);
-            index_ops.push((
-                episode.label,
-                episode.embedding.clone(),
-                Some(entry_of(&episode, &item.metadata)),
-            ));
-            results.push(Ok((outcome, result_of(&episode))));
-            pending.insert(id, episode);
-        }
-        if next != *meta {
-            batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
-            self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-            self.commit(&p, &mut meta, next);
-            self.apply_to_index(&p, index_ops);
-        }
-        Ok(results)
-    }
-
     /// The partition's last log sequence number (0 if it does not exist).
     pub fn last_seq(&self, key: &PartitionKey) -> Result<u64, ApiError> {
         Ok(self.last_pos(key)?.seq)
@@ -645,52 +469,6 @@ impl Storage {
     /// Returns once every write that had entered the write gate before this call has finished.
     pub fn write_barrier(&self) {
         drop(self.gate.write());
-    }
-
-    /// Deletes one memory. `NotFound` if it does not exist (or has expired).
-    pub fn delete(&self, key: &PartitionKey, id: &MemoryId, now_ms: i64) -> Result<(), ApiError> {
-        self.delete_checked(key, id, now_ms, &same_term)
-    }
-
-    /// [`Storage::delete`], asking `may_commit` with the partition's write lock held (see
-    /// [`Storage::write_checked`]).
-    pub fn delete_checked(
-        &self,
-        key: &PartitionKey,
-        id: &MemoryId,
-        now_ms: i64,
-        may_commit: CommitCheck<'_>,
-    ) -> Result<(), ApiError> {
-        let _gate = self.gate.read();
-        let not_found =
-            || ApiError::not_found(format!("memory {id} does not exist in scope {}", key.scope()));
-        let Some(p) = self.partition(key, false)? else { return Err(not_found()) };
-        let mut meta = p.meta.lock();
-        let term = may_commit(meta.last_term)?;
-        p.check_not_fenced()?;
-        let Some(old) = self.read_episode(&p.enc, id.as_str())? else { return Err(not_found()) };
-        let mut next = meta.clone();
-        next.last_seq += 1;
-        next.last_term = term;
-        next.count = next.count.saturating_sub(1);
-        next.replace_memory(Some(old.term()), None);
-        let entry = LogEntry {
-            seq: next.last_seq,
-            at_ms: now_ms,
-            op: LogOp::Delete { id: old.id.clone(), version: old.version },
-            term,
-        };
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(&self.cf(CF_EPISODES)?, episode_key(&p.enc, id.as_str()));
-        batch.put_cf(&self.cf(CF_LOG)?, log_key(&p.enc, next.last_seq), encode(&entry)?);
-        batch.put_cf(&self.cf(CF_META)?, &p.enc, encode(&next)?);
-        self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        self.commit(&p, &mut meta, next);
-        self.apply_to_index(&p, vec![(old.label, None, None)]);
-        if old.is_expired(now_ms) {
-            return Err(not_found());
-        }
-        Ok(())
     }
 
     /// Applies committed changes to the loaded index (if it is loaded; otherwise the next load
@@ -1264,35 +1042,6 @@ impl Drop for BuildRunning {
     }
 }
 
-/// The partition remembers the model of its vectors (API.md, "Partitions remember their
-/// model"): the first vector fixes it; later the router may embed for the partition only with
-/// that same model, while a client-sent vector of the right dimension is always accepted.
-/// A partition whose dimension was fixed before models were recorded holds client vectors.
-fn check_model(
-    next: &mut PartitionMeta,
-    item: &WriteItem,
-    key: &PartitionKey,
-) -> Result<(), ApiError> {
-    let model = item.embedding_model.as_deref().unwrap_or(memring_common::api::CLIENT_MODEL);
-    let held = match (&next.embedding_model, next.dimensions) {
-        (Some(held), _) => held.as_str(),
-        (None, Some(_)) => memring_common::api::CLIENT_MODEL,
-        (None, None) => {
-            next.embedding_model = Some(model.to_owned());
-            return Ok(());
-        }
-    };
-    if item.embedded_by_router && held != model {
-        return Err(model_mismatch(key, held, model));
-    }
-    Ok(())
-}
-
-/// The model an item's vector is recorded with: the partition's (which [`check_model`] fixed).
-fn model_of(next: &PartitionMeta, item: &WriteItem) -> Option<String> {
-    item.embedding.as_ref().and(next.embedding_model.clone())
-}
-
 /// `400 embedding_model_mismatch`: the router would embed for `key` with `router_model`, and
 /// the partition's vectors came from `held`.
 pub fn model_mismatch(key: &PartitionKey, held: &str, router_model: &str) -> ApiError {
@@ -1353,6 +1102,7 @@ pub mod purge;
 pub mod reclaim;
 mod totals;
 pub mod trim;
+mod write;
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rules::LogPos;
 use super::{POLL_WAIT, Replication, follows};
-use crate::record::{LogEntry, Record};
+use crate::record::{self, LogEntry, Record};
 
 /// Partitions named in one answer at most (the rest follow at once: `more`).
 const MAX_CHANGES: usize = 5000;
@@ -47,7 +47,54 @@ pub struct FeedAnswer {
     pub changes: Vec<Change>,
 }
 
-impl Record for FeedAnswer {}
+impl Record for FeedAnswer {
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
+        match version {
+            7.. => record::bincode_body(body),
+            6 => record::bincode_body::<OldFeedAnswer<record::StoredEpisodeV6>>(body).map(Into::into),
+            _ => record::bincode_body::<OldFeedAnswer<record::StoredEpisodeV5>>(body).map(Into::into),
+        }
+    }
+}
+
+/// [`FeedAnswer`] as a primary of an earlier record format sends it (during a rolling upgrade),
+/// with that format's episodes `E` in its entries.
+#[derive(Deserialize)]
+struct OldFeedAnswer<E> {
+    feed: u64,
+    cursor: u64,
+    full: bool,
+    more: bool,
+    changes: Vec<OldChange<E>>,
+}
+
+#[derive(Deserialize)]
+struct OldChange<E> {
+    partition: PartitionKey,
+    last_seq: u64,
+    last_term: u64,
+    led: bool,
+    committed: u64,
+    entries: Vec<record::OldLogEntry<E>>,
+}
+
+impl<E: Into<record::StoredEpisode>> From<OldFeedAnswer<E>> for FeedAnswer {
+    fn from(old: OldFeedAnswer<E>) -> Self {
+        let changes = old
+            .changes
+            .into_iter()
+            .map(|c| Change {
+                partition: c.partition,
+                last_seq: c.last_seq,
+                last_term: c.last_term,
+                led: c.led,
+                committed: c.committed,
+                entries: c.entries.into_iter().map(LogEntry::from).collect(),
+            })
+            .collect();
+        FeedAnswer { feed: old.feed, cursor: old.cursor, full: old.full, more: old.more, changes }
+    }
+}
 
 /// One partition in a [`FeedAnswer`].
 #[derive(Debug, Serialize, Deserialize)]

@@ -31,6 +31,7 @@ fn item(id: &str, content: &str, v: Vec<f32>) -> WriteItem {
         embedded_by_router: false,
         metadata: Map::new(),
         ttl_seconds: None,
+        conditions: Default::default(),
     }
 }
 
@@ -663,7 +664,7 @@ fn a_diverging_suffix_is_cut_back_to_the_state_at_the_cut() {
         &term(1),
     )
     .expect("write");
-    old.delete_checked(&k, &MemoryId::parse("d").expect("id"), 2, &term(1)).expect("delete");
+    old.delete_checked(&k, &MemoryId::parse("d").expect("id"), None, 2, &term(1)).expect("delete");
     let query = [1.0f32, 3.0];
     assert!(
         old.search(&k, &query, 10, &Filter::default(), 3)
@@ -951,7 +952,7 @@ fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
     let term = |t: u64| move |_: u64| Ok(t);
     let items = (0..7).map(|i| item(&format!("m{i}"), "x", vec![1.0, i as f32])).collect();
     source.write_checked(&k, items, 1, &|| Ok(()), &term(2)).expect("write");
-    source.delete_checked(&k, &MemoryId::parse("m3").expect("id"), 2, &term(2)).expect("delete");
+    source.delete_checked(&k, &MemoryId::parse("m3").expect("id"), None, 2, &term(2)).expect("delete");
     source.trim_log(&k, 6).expect("trim");
     {
         let copy = open_as(b.path(), "n2");
@@ -980,7 +981,7 @@ fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
     source
         .write_checked(&k, vec![item("m9", "y", vec![1.0, 9.0])], 3, &|| Ok(()), &term(2))
         .expect("write");
-    source.delete_checked(&k, &MemoryId::parse("m0").expect("id"), 3, &term(2)).expect("delete");
+    source.delete_checked(&k, &MemoryId::parse("m0").expect("id"), None, 3, &term(2)).expect("delete");
     while let Some(after) = next {
         let page = source.export_page(&k, Some(&after), 4).expect("page");
         next = page.next_after.clone();
