@@ -493,8 +493,8 @@ pub use filter::{
 mod update;
 pub use update::{
     BaseVector, Change, Conditions, EmbeddedContent, Expiry, IDEMPOTENCY_KEY_HEADER, IfMatch,
-    KEPT_CHANGE_KEYS, MAX_CHANGE_KEY_BYTES, MemoryPatch, PatchBase, PatchBody, Patched, PatchedVector,
-    ShardPatch, ShardPatchResponse, etag, merge_patch, validate_change_key,
+    KEPT_CHANGE_KEYS, MAX_CHANGE_KEY_BYTES, MemoryPatch, PatchBase, PatchBody, Patched,
+    PatchedVector, ShardPatch, ShardPatchResponse, etag, merge_patch, validate_change_key,
 };
 mod text;
 pub use text::{

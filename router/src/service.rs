@@ -348,10 +348,7 @@ impl RouterService {
                     embedded,
                 );
                 let version = result.version;
-                Ok(update::with_etag(
-                    with_token(json(outcome.status(), &result), &token),
-                    version,
-                ))
+                Ok(update::with_etag(with_token(json(outcome.status(), &result), &token), version))
             }
             Some(ShardItemResult::Err { error }) => {
                 Err(ApiError::from_body(memring_common::error::ErrorBody { error }))
@@ -794,7 +791,14 @@ impl RouterService {
         }
         let reply = self
             .forward
-            .to_partition(&partition, Method::DELETE, &suffix, None, request_id, self.forward_timeout())
+            .to_partition(
+                &partition,
+                Method::DELETE,
+                &suffix,
+                None,
+                request_id,
+                self.forward_timeout(),
+            )
             .await?;
         let mut token = ReadToken::default();
         if let Some(seq) = reply.last_seq {

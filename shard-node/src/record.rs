@@ -892,8 +892,20 @@ mod tests {
             ..episode()
         };
         let nearly = Some(vec![1.0, 2.000_000_2]);
-        assert!(made.same_body("hello", r#"{"k":1}"#, &nearly, Some("m"), &NewExpiry::FromTtl(None)));
-        assert!(!made.same_body("hello", r#"{"k":1}"#, &nearly, Some("other"), &NewExpiry::FromTtl(None)));
+        assert!(made.same_body(
+            "hello",
+            r#"{"k":1}"#,
+            &nearly,
+            Some("m"),
+            &NewExpiry::FromTtl(None)
+        ));
+        assert!(!made.same_body(
+            "hello",
+            r#"{"k":1}"#,
+            &nearly,
+            Some("other"),
+            &NewExpiry::FromTtl(None)
+        ));
         assert!(!made.same_body("hello", r#"{"k":1}"#, &v, None, &NewExpiry::FromTtl(None)));
         assert!(!e.same_body("hello", r#"{"k":1}"#, &v, Some("m"), &NewExpiry::FromTtl(None)));
         // A patch's expiry is compared exactly.

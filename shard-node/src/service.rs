@@ -574,8 +574,9 @@ impl ShardService {
         let (p, repl) = (partition.clone(), self.repl.clone());
         let ((outcome, memory), at) = self
             .blocking(move |s| {
-                let done =
-                    s.patch_checked(&p, id, patch, now_millis(), &|last| repl.may_commit(&p, last))?;
+                let done = s.patch_checked(&p, id, patch, now_millis(), &|last| {
+                    repl.may_commit(&p, last)
+                })?;
                 Ok((done, s.last_pos(&p)?))
             })
             .await?;

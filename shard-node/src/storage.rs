@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use memring_common::api::{
-    Filter, MemoryView, PartitionStats, Scores, SearchHit, WriteItem, WriteOutcome, WriteResult,
+    Filter, MemoryView, PartitionStats, Scores, SearchHit, WriteOutcome, WriteResult,
 };
 use memring_common::clock::format_millis;
 use memring_common::scope::tenant_prefix;
@@ -33,8 +33,8 @@ use crate::index::{IndexConfig, VectorIndex};
 use crate::labels::LabelSet;
 use crate::metadata_index::MetadataIndex;
 use crate::record::{
-    LogEntry, LogOp, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key,
-    parse_metadata, partition_of_meta_key, prefix_end,
+    LogEntry, PartitionMeta, StoredEpisode, decode, encode, episode_key, log_key, parse_metadata,
+    partition_of_meta_key, prefix_end,
 };
 use crate::replicate::rules::LogPos;
 use feed::Feed;

@@ -5,7 +5,7 @@
 //! patches racing a migration's fence, applied once or refused.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use memring_common::store::RingStore;
@@ -109,8 +109,7 @@ async fn patches_merge_reembed_and_honour_conditions() -> anyhow::Result<()> {
     assert_eq!(found["results"], json!([]), "the old text is still indexed: {found}");
 
     // TTL: set from now, then removed.
-    let (_, timed, _) =
-        call(&http, M::PATCH, &one, &[], Some(&json!({"ttl_seconds": 3600}))).await;
+    let (_, timed, _) = call(&http, M::PATCH, &one, &[], Some(&json!({"ttl_seconds": 3600}))).await;
     assert!(timed["expires_at"].is_string(), "{timed}");
     let (_, forever, _) =
         call(&http, M::PATCH, &one, &[], Some(&json!({"ttl_seconds": null}))).await;
@@ -119,25 +118,15 @@ async fn patches_merge_reembed_and_honour_conditions() -> anyhow::Result<()> {
     assert_eq!(version, 5);
 
     // If-Match: a stale version is 412 naming the current one; the current one applies.
-    let (status, err, _) = call(
-        &http,
-        M::PATCH,
-        &one,
-        &[("if-match", "\"2\"")],
-        Some(&json!({"metadata": {"n": 2}})),
-    )
-    .await;
+    let (status, err, _) =
+        call(&http, M::PATCH, &one, &[("if-match", "\"2\"")], Some(&json!({"metadata": {"n": 2}})))
+            .await;
     assert_eq!(status, 412, "{err}");
     assert_eq!(err["error"]["code"], "precondition_failed");
     assert!(err["error"]["message"].as_str().unwrap_or("").contains("version 5"), "{err}");
-    let (status, ok, etag) = call(
-        &http,
-        M::PATCH,
-        &one,
-        &[("if-match", "\"5\"")],
-        Some(&json!({"metadata": {"n": 2}})),
-    )
-    .await;
+    let (status, ok, etag) =
+        call(&http, M::PATCH, &one, &[("if-match", "\"5\"")], Some(&json!({"metadata": {"n": 2}})))
+            .await;
     assert_eq!((status, etag.as_deref()), (200, Some("\"6\"")), "{ok}");
     // An idempotency key: the same conditional change sent again is answered as applied, not
     // 412, and not applied twice; another key with the stale version is refused.
@@ -179,14 +168,15 @@ async fn patches_merge_reembed_and_honour_conditions() -> anyhow::Result<()> {
     let missing = format!("{base}/nope?scope=shared");
     let (status, _, _) = call(&http, M::PATCH, &missing, &[], Some(&json!({}))).await;
     assert_eq!(status, 404);
-    let (status, _, _) = call(&http, M::PATCH, &missing, &[("if-match", "*")], Some(&json!({})))
-        .await;
+    let (status, _, _) =
+        call(&http, M::PATCH, &missing, &[("if-match", "*")], Some(&json!({}))).await;
     assert_eq!(status, 404);
     let (_, still, _) = call(&http, M::GET, &one, &[], None).await;
     assert_eq!(still["version"], 7, "a refused patch changed the memory: {still}");
 
     // A client's vector does not follow new content by itself.
-    let mine = json!({"id": "mine", "scope": "shared", "content": "v1", "embedding": vector(384, 3, 0.2)});
+    let mine =
+        json!({"id": "mine", "scope": "shared", "content": "v1", "embedding": vector(384, 3, 0.2)});
     assert_eq!(call(&http, M::POST, &base, &[], Some(&mine)).await.0, 201);
     let url = format!("{base}/mine?scope=shared");
     let (status, err, _) = call(&http, M::PATCH, &url, &[], Some(&json!({"content": "v2"}))).await;
@@ -198,7 +188,8 @@ async fn patches_merge_reembed_and_honour_conditions() -> anyhow::Result<()> {
     assert_eq!(floats(&ok["embedding"]), vector(384, 4, 0.2));
 
     // Writes by id: If-None-Match: * creates only; If-Match replaces only that version.
-    let create = json!({"id": "once", "scope": "shared", "content": "a", "embedding": vector(384, 1, 0.1)});
+    let create =
+        json!({"id": "once", "scope": "shared", "content": "a", "embedding": vector(384, 1, 0.1)});
     let star = [("if-none-match", "*")];
     let (status, _, etag) = call(&http, M::POST, &base, &star, Some(&create)).await;
     assert_eq!((status, etag.as_deref()), (201, Some("\"1\"")));
@@ -255,7 +246,6 @@ struct Tally {
 /// with its own idempotency key. A 412 reads again; a 503 or a lost answer sends the same
 /// change again (same version, same key) until it has a definite answer.
 async fn increment(
-    router: String,
     memory: String,
     name: String,
     goal: u64,
@@ -304,9 +294,8 @@ async fn increment(
     Ok(tally)
 }
 
-/// Starts `clients` incrementers of one memory through `router`, each aiming at `goal`.
+/// Starts `clients` incrementers of `memory` (its URL on a router), each aiming at `goal`.
 fn counter_clients(
-    router: &str,
     memory: &str,
     clients: usize,
     goal: u64,
@@ -314,13 +303,7 @@ fn counter_clients(
 ) -> Vec<tokio::task::JoinHandle<anyhow::Result<Tally>>> {
     (0..clients)
         .map(|i| {
-            tokio::spawn(increment(
-                router.to_owned(),
-                memory.to_owned(),
-                format!("client{i}"),
-                goal,
-                stop.clone(),
-            ))
+            tokio::spawn(increment(memory.to_owned(), format!("client{i}"), goal, stop.clone()))
         })
         .collect()
 }
@@ -345,7 +328,7 @@ async fn no_update_is_lost_across_a_failover() -> anyhow::Result<()> {
     let victim = c.shards.iter().position(|s| s.addr == owner.addr).expect("owner's process");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = counter_clients(&router, &memory, 8, 50, &stop);
+    let clients = counter_clients(&memory, 8, 50, &stop);
     // Kill the primary once a quarter of the increments are in.
     wait_for("100 increments", Duration::from_secs(120), || async {
         let (_, now, _) = call(&client(), reqwest::Method::GET, &memory, &[], None).await;
@@ -386,11 +369,8 @@ async fn shardctl(control: &str, args: &[&str]) -> anyhow::Result<(bool, String)
         .args(args)
         .output()
         .await?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), text))
 }
 
@@ -424,8 +404,8 @@ async fn patches_racing_a_migration_fence_apply_once() -> anyhow::Result<()> {
     let other = nodes.iter().find(|n| **n != first).expect("two nodes").clone();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = counter_clients(&router, &memory, 4, u64::MAX, &stop);
-    let moves = Arc::new(AtomicU64::new(0));
+    let clients = counter_clients(&memory, 4, u64::MAX, &stop);
+    let mut moves = 0;
     for to in [&other, &first, &other] {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (ok, out) = shardctl(
@@ -434,7 +414,7 @@ async fn patches_racing_a_migration_fence_apply_once() -> anyhow::Result<()> {
         )
         .await?;
         assert!(ok, "migrate to {to}: {out}\n{}", c.logs());
-        moves.fetch_add(1, Ordering::Relaxed);
+        moves += 1;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -445,7 +425,7 @@ async fn patches_racing_a_migration_fence_apply_once() -> anyhow::Result<()> {
     }
     let (status, now, _) = call(&http, reqwest::Method::GET, &memory, &[], None).await;
     assert_eq!(status, 200);
-    println!("{} moves; {applied} patches applied; counter {}", moves.load(Ordering::Relaxed), now["metadata"]["counter"]);
+    println!("{moves} moves; {applied} patches applied; counter {}", now["metadata"]["counter"]);
     assert!(applied > 20, "the clients hardly ran: {applied}");
     assert_eq!(now["metadata"]["counter"], applied, "a patch applied twice or lost\n{}", c.logs());
     let (ok, out) = shardctl(&control.url(), &["verify"]).await?;

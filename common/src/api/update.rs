@@ -401,7 +401,9 @@ impl MemoryPatch {
             Change::Clear => PatchedVector::None,
             Change::Keep if !content_changed => PatchedVector::Kept,
             Change::Keep => match (&base.vector, embedded) {
-                (BaseVector::Router(_) | BaseVector::None, Some(e)) => PatchedVector::Router(e.clone()),
+                (BaseVector::Router(_) | BaseVector::None, Some(e)) => {
+                    PatchedVector::Router(e.clone())
+                }
                 (BaseVector::None, None) => PatchedVector::None,
                 (BaseVector::Router(model), None) => {
                     return Err(ApiError::new(
@@ -623,8 +625,8 @@ mod tests {
     fn a_patch_merges_metadata_and_decides_the_vector() {
         let router = BaseVector::Router("m".into());
         let b = base(json!({"n": 1, "user": {"a": 1, "b": 2}, "gone": true}), router.clone());
-        let p = patch(json!({"metadata": {"n": 2, "user": {"b": null}, "gone": null}}))
-            .expect("valid");
+        let p =
+            patch(json!({"metadata": {"n": 2, "user": {"b": null}, "gone": null}})).expect("valid");
         let out = p.apply(&b, None).expect("applies");
         assert_eq!(Value::Object(out.metadata), json!({"n": 2, "user": {"a": 1}}));
         assert_eq!(out.vector, PatchedVector::Kept);
@@ -674,8 +676,11 @@ mod tests {
 
     #[test]
     fn conditions_come_from_headers_and_bad_ones_are_refused() {
-        let c = Conditions::from_headers(&headers(&[("If-Match", "\"7\""), ("Idempotency-Key", "k-1")]))
-            .expect("valid");
+        let c = Conditions::from_headers(&headers(&[
+            ("If-Match", "\"7\""),
+            ("Idempotency-Key", "k-1"),
+        ]))
+        .expect("valid");
         assert_eq!(c.if_match, Some(IfMatch::Version(7)));
         assert_eq!(c.key.as_deref(), Some("k-1"));
         let c = Conditions::from_headers(&headers(&[("If-None-Match", "*")])).expect("valid");

@@ -51,8 +51,12 @@ impl Record for FeedAnswer {
     fn decode_body(version: u8, body: &[u8]) -> Result<Self, ApiError> {
         match version {
             7.. => record::bincode_body(body),
-            6 => record::bincode_body::<OldFeedAnswer<record::StoredEpisodeV6>>(body).map(Into::into),
-            _ => record::bincode_body::<OldFeedAnswer<record::StoredEpisodeV5>>(body).map(Into::into),
+            6 => {
+                record::bincode_body::<OldFeedAnswer<record::StoredEpisodeV6>>(body).map(Into::into)
+            }
+            _ => {
+                record::bincode_body::<OldFeedAnswer<record::StoredEpisodeV5>>(body).map(Into::into)
+            }
         }
     }
 }

@@ -154,7 +154,7 @@ impl Storage {
                 let id = MemoryId::parse(&id)?;
                 // Deleting an expired memory answers "not found" once it is gone; a fenced
                 // partition (moving) is purged by its next owner.
-                match self.delete_checked(key, &id, now_ms, may_commit) {
+                match self.delete_checked(key, &id, None, now_ms, may_commit) {
                     Ok(()) => purged.deleted += 1,
                     Err(e) if e.code() == ErrorCode::NotFound => purged.deleted += 1,
                     // Moving, or not (yet) taken over at this layout: the owner purges later.

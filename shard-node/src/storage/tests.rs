@@ -1,9 +1,10 @@
 //! Storage against a real RocksDB in a temporary directory.
 
 use super::*;
+use crate::record::LogOp;
 use crate::replicate::rules::LogPos;
 use memring_common::Scope;
-use memring_common::api::WriteOutcome;
+use memring_common::api::{WriteItem, WriteOutcome};
 
 fn open(dir: &Path) -> Storage {
     open_as(dir, "n1")
@@ -952,7 +953,9 @@ fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
     let term = |t: u64| move |_: u64| Ok(t);
     let items = (0..7).map(|i| item(&format!("m{i}"), "x", vec![1.0, i as f32])).collect();
     source.write_checked(&k, items, 1, &|| Ok(()), &term(2)).expect("write");
-    source.delete_checked(&k, &MemoryId::parse("m3").expect("id"), None, 2, &term(2)).expect("delete");
+    source
+        .delete_checked(&k, &MemoryId::parse("m3").expect("id"), None, 2, &term(2))
+        .expect("delete");
     source.trim_log(&k, 6).expect("trim");
     {
         let copy = open_as(b.path(), "n2");
@@ -981,7 +984,9 @@ fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
     source
         .write_checked(&k, vec![item("m9", "y", vec![1.0, 9.0])], 3, &|| Ok(()), &term(2))
         .expect("write");
-    source.delete_checked(&k, &MemoryId::parse("m0").expect("id"), None, 3, &term(2)).expect("delete");
+    source
+        .delete_checked(&k, &MemoryId::parse("m0").expect("id"), None, 3, &term(2))
+        .expect("delete");
     while let Some(after) = next {
         let page = source.export_page(&k, Some(&after), 4).expect("page");
         next = page.next_after.clone();
