@@ -24,7 +24,8 @@ run: build
 cluster: build
 	@scripts/run-cluster.sh
 
-## Unit tests and integration tests (real binaries, real RocksDB, real etcd, free loopback ports).
+## Unit tests and integration tests (real binaries, real RocksDB, real etcd, free loopback ports),
+## then the Python client's lints and tests against the same binaries.
 ## The router is built with its test-only debug endpoints here (feature memring-router/testing).
 TEST_FEATURES := --features memring-router/testing,memring-control/testing
 # The tests also need Chromium (the dashboard test opens the control plane's page headless).
@@ -40,6 +41,8 @@ test: test-deps
 	# (else `cargo test` would compile candle a second time with another feature set).
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --all-targets $(TEST_FEATURES)
 	$(CARGO) test $(PROFILE_FLAGS) --workspace --no-fail-fast $(TEST_FEATURES)
+	# The Python client (clients/python): ruff, mypy --strict and pytest against the binaries above.
+	scripts/test-python.sh
 
 unit: deps
 	$(CARGO) test $(PROFILE_FLAGS) --workspace --lib --bins

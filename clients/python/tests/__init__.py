@@ -1,0 +1,1 @@
+"""Tests of the memring Python client against real local clusters."""
