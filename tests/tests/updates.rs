@@ -186,6 +186,10 @@ async fn patches_merge_reembed_and_honour_conditions() -> anyhow::Result<()> {
     let (status, ok, _) = call(&http, M::PATCH, &url, &[], Some(&both)).await;
     assert_eq!((status, ok.get("embedded_by")), (200, None), "{ok}");
     assert_eq!(floats(&ok["embedding"]), vector(384, 4, 0.2));
+    // A stale If-Match is decided first: 412, not the 400 the patch itself would get.
+    let stale = [("if-match", "\"1\"")];
+    let (status, _, _) = call(&http, M::PATCH, &url, &stale, Some(&json!({"content": "v3"}))).await;
+    assert_eq!(status, 412);
 
     // Writes by id: If-None-Match: * creates only; If-Match replaces only that version.
     let create =

@@ -176,6 +176,12 @@ impl Storage {
                         results.push(Err(not_found(&p.key, &id)));
                         continue;
                     };
+                    // A precondition is decided before the patch is looked at (RFC 9110
+                    // 13.2.2): a stale version is 412 even for a patch this memory would refuse.
+                    if let Err(e) = conditions.check(id.as_str(), Some(old.version), false) {
+                        results.push(Err(e));
+                        continue;
+                    }
                     match patched(&p.key, id, old, patch, now_ms) {
                         Ok(patched) => patched,
                         Err(e) => {
