@@ -11,6 +11,7 @@
 //! apart) and the caller reads the metadata instead. Like the vector and keyword indexes it is
 //! derived from the stored memories and changed in the same step as each write.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound as Edge;
 
@@ -175,9 +176,29 @@ impl MetadataIndex {
     pub fn matching(&self, filter: &MetadataFilter) -> Option<LabelSet> {
         match filter {
             MetadataFilter::All(parts) => {
-                let mut sets =
-                    parts.iter().map(|p| self.matching(p)).collect::<Option<Vec<_>>>()?;
+                // Bounds on one number field (`{"n": {"$gte": 1, "$lt": 5}}`) are read as one
+                // range: each half alone would gather most of the partition only to intersect.
+                let mut ranges: Vec<(&str, Edge<Num>, Edge<Num>)> = Vec::new();
+                let mut sets = Vec::with_capacity(parts.len());
+                for part in parts {
+                    match numeric_edges(part) {
+                        Some((path, low, high)) => match ranges.iter_mut().find(|r| r.0 == path) {
+                            Some(range) => {
+                                range.1 = tighter(range.1, low, Ordering::Greater);
+                                range.2 = tighter(range.2, high, Ordering::Less);
+                            }
+                            None => ranges.push((path, low, high)),
+                        },
+                        None => sets.push(self.matching(part)?),
+                    }
+                }
+                for (path, low, high) in ranges {
+                    sets.push(self.numbers_between(self.fields.get(path), low, high)?);
+                }
                 sets.sort_by_key(LabelSet::len);
+                if sets.is_empty() {
+                    return Some(self.all.clone());
+                }
                 let mut out = sets.remove(0);
                 for set in &sets {
                     out.intersect(set);
@@ -257,6 +278,29 @@ impl MetadataIndex {
         Some(list.map(|l| LabelSet::from_labels(l.iter().copied())).unwrap_or_default())
     }
 
+    /// The labels whose number at this path lies between `low` and `high`.
+    fn numbers_between(
+        &self,
+        field: Option<&FieldIndex>,
+        low: Edge<Num>,
+        high: Edge<Num>,
+    ) -> Option<LabelSet> {
+        let Some(field) = field else { return Some(LabelSet::new()) };
+        if field.wide > 0 {
+            return None;
+        }
+        let mut out = LabelSet::new();
+        if is_empty_range(low, high) {
+            return Some(out);
+        }
+        for list in field.numbers.range((low, high)).map(|(_, l)| l) {
+            list.iter().for_each(|&label| {
+                out.insert(label);
+            });
+        }
+        Some(out)
+    }
+
     /// The labels whose value at this path lies in the range `edges` makes of the bound.
     fn range<F>(&self, field: Option<&FieldIndex>, bound: &Bound, edges: F) -> Option<LabelSet>
     where
@@ -292,6 +336,55 @@ impl MetadataIndex {
             }
         }
         Some(out)
+    }
+}
+
+/// A bound on a number field as the edges of a range: `(path, low, high)`.
+fn numeric_edges(part: &MetadataFilter) -> Option<(&str, Edge<Num>, Edge<Num>)> {
+    let MetadataFilter::Field { path, op } = part else { return None };
+    let (bound, low) = match op {
+        FieldOp::Gt(b) => (b, Some(true)),
+        FieldOp::Gte(b) => (b, Some(false)),
+        FieldOp::Lt(b) => (b, None),
+        FieldOp::Lte(b) => (b, None),
+        _ => return None,
+    };
+    let Bound::Number(n) = bound else { return None };
+    let key = num_key(n)?;
+    Some(match (op, low) {
+        (_, Some(true)) => (path, Edge::Excluded(key), Edge::Unbounded),
+        (_, Some(false)) => (path, Edge::Included(key), Edge::Unbounded),
+        (FieldOp::Lt(_), None) => (path, Edge::Unbounded, Edge::Excluded(key)),
+        _ => (path, Edge::Unbounded, Edge::Included(key)),
+    })
+}
+
+/// The narrower of two edges on the same side: `wins` is the ordering of the value that is
+/// narrower (`Greater` for a low edge, `Less` for a high one); at equal values, excluded wins.
+fn tighter(a: Edge<Num>, b: Edge<Num>, wins: Ordering) -> Edge<Num> {
+    let value = |e: &Edge<Num>| match e {
+        Edge::Included(v) | Edge::Excluded(v) => Some(*v),
+        Edge::Unbounded => None,
+    };
+    match (value(&a), value(&b)) {
+        (None, _) => b,
+        (_, None) => a,
+        (Some(x), Some(y)) if x.cmp(&y) == wins => a,
+        (Some(x), Some(y)) if y.cmp(&x) == wins => b,
+        _ => match a {
+            Edge::Excluded(_) => a,
+            _ => b,
+        },
+    }
+}
+
+/// A range no number lies in (and that `BTreeMap::range` would refuse).
+fn is_empty_range(low: Edge<Num>, high: Edge<Num>) -> bool {
+    match (low, high) {
+        (Edge::Included(a), Edge::Included(b)) => a > b,
+        (Edge::Included(a) | Edge::Excluded(a), Edge::Excluded(b))
+        | (Edge::Excluded(a), Edge::Included(b)) => a >= b,
+        _ => false,
     }
 }
 
@@ -364,10 +457,19 @@ mod tests {
                 }
                 _ => json!({field: {op: arg}}),
             };
-            let filter = match next(4) {
+            // Two bounds on one field, in one object or across an `$and` (read as one range,
+            // empty when they cross), and sometimes a third.
+            let (low, high) =
+                (["$gt", "$gte"][next(2) as usize], ["$lt", "$lte"][next(2) as usize]);
+            let (x, y) = (json!(next(6)), json!((next(12) as f64) / 2.0));
+            let filter = match next(7) {
                 0 => json!({"$not": cond}),
                 1 => json!({"$or": [cond, {"a": 1}]}),
                 2 => json!({"$and": [cond, {"b": {"$exists": true}}]}),
+                3 => json!({field: {low: x, high: y}}),
+                4 => {
+                    json!({"$and": [{field: {low: x}}, {field: {high: y}}, {field: {low: next(3)}}]})
+                }
                 _ => cond,
             };
             let parsed =
