@@ -17,6 +17,7 @@ import pytest_asyncio
 from memring import AsyncMemring, Memring
 
 from ._cluster import LocalCluster, Proc, bin_dir, missing_binaries
+from ._etcd import EtcdCluster
 
 MODEL = "all-MiniLM-L6-v2"
 """The built-in embedder's model name."""
@@ -150,6 +151,18 @@ def lonely(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         control=False,
     )
     c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A replicated cluster on a private etcd (tests/_etcd.py): three shard nodes, three copies
+    of every partition, the control plane, two routers with the built-in embedder and keys."""
+    _need_binaries()
+    c = EtcdCluster(tmp_path_factory.mktemp("etcd-cluster")).start()
     try:
         yield c
     finally:
