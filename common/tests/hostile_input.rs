@@ -7,7 +7,8 @@
 //! runs many more). Every property is seeded by proptest and shrinks failures.
 
 use memring_common::api::{
-    RawBatch, RawEmbeddingsRequest, RawSearch, RawWrite, ReadToken, decode_cursor, parse_list_limit,
+    BaseVector, Conditions, EmbeddedContent, MemoryPatch, PatchBase, RawBatch,
+    RawEmbeddingsRequest, RawSearch, RawWrite, ReadToken, decode_cursor, parse_list_limit,
 };
 use memring_common::http::{parse_json, percent_decode, query_pairs};
 use memring_common::{ApiError, MemoryId, PartitionKey, Scope, TenantId};
@@ -135,6 +136,45 @@ fn mutated_embeddings() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A PATCH body: parsed, then applied to memories of every vector origin (the owner's step),
+/// with and without the router's vector of new content.
+fn check_patch_body(body: &[u8]) -> Result<(), TestCaseError> {
+    let patch = match MemoryPatch::parse(body) {
+        Ok(patch) => patch,
+        Err(e) => return client_error::<()>(Err(e)),
+    };
+    let made = EmbeddedContent { embedding: vec![0.5, 0.5], model: "m".into() };
+    for vector in [BaseVector::None, BaseVector::Client, BaseVector::Router("m".into())] {
+        let base = PatchBase {
+            content: "old".into(),
+            metadata: json!({"a": {"b": 1}, "n": 2}).as_object().cloned().unwrap_or_default(),
+            vector,
+        };
+        client_error(patch.apply(&base, None))?;
+        client_error(patch.apply(&base, Some(&made)))?;
+    }
+    Ok(())
+}
+
+/// A valid patch with one field replaced (or added) by anything.
+fn mutated_patch() -> impl Strategy<Value = Value> {
+    let fields = prop_oneof![
+        Just("content"),
+        Just("metadata"),
+        Just("embedding"),
+        Just("embedding_model"),
+        Just("ttl_seconds"),
+        Just("scope"),
+        Just("id"),
+        Just("extra"),
+    ];
+    (fields, any_json()).prop_map(|(field, value)| {
+        let mut p = json!({"content": "new", "metadata": {"a": {"b": null}, "c": [1]}});
+        p[field] = value;
+        p
+    })
+}
+
 fn check_batch_body(body: &[u8]) -> Result<(), TestCaseError> {
     match parse_json::<RawBatch>(body) {
         Ok(batch) => {
@@ -156,6 +196,13 @@ proptest! {
         check_search_body(&body)?;
         check_batch_body(&body)?;
         check_embeddings_body(&body)?;
+        check_patch_body(&body)?;
+    }
+
+    #[test]
+    fn mutated_patches_are_values_or_client_errors(p in mutated_patch()) {
+        let body = serde_json::to_vec(&p).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_patch_body(&body)?;
     }
 
     #[test]
@@ -184,6 +231,7 @@ proptest! {
         check_write_body(&body)?;
         check_search_body(&body)?;
         check_batch_body(&body)?;
+        check_patch_body(&body)?;
     }
 
     #[test]
@@ -198,6 +246,15 @@ proptest! {
         client_error(parse_list_limit(&s))?;
         client_error(ReadToken::parse(&s))?;
         client_error(ReadToken::parse(&q))?;
+        for name in ["if-match", "if-none-match", "idempotency-key"] {
+            for value in [s.as_str(), q.as_str()] {
+                if let Ok(v) = http::HeaderValue::from_str(value) {
+                    let mut headers = http::HeaderMap::new();
+                    headers.insert(name, v);
+                    client_error(Conditions::from_headers(&headers))?;
+                }
+            }
+        }
         let _ = s.parse::<PartitionKey>();
     }
 }
