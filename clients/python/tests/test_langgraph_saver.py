@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 IMPLEMENTED_EXTENDED = {"copy_thread", "prune"}
 """The extended capabilities MemringSaver implements (delete_for_runs is not: see
-docs-langgraph.md)."""
+docs/client.md, "LangGraph")."""
 
 
 def _tenant() -> str:

@@ -13,7 +13,7 @@ PLACEHOLDER_VECTOR: Final = [1.0]
 """Sent with every memory that must have no vector of the router's model: a router with an
 embedder embeds every text-only write, and the memory API has no "do not embed" flag. One
 dimension, named :data:`PLACEHOLDER_MODEL`, costs 4 bytes per memory and keeps the router's
-model from running (docs-langgraph.md, "Limits")."""
+model from running (docs/client.md, "LangGraph: limits and differences")."""
 PLACEHOLDER_MODEL: Final = "memring-langgraph-none"
 
 MAX_POSITION: Final = (1 << 63) - 1

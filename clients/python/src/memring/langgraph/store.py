@@ -1,6 +1,6 @@
 """``MemringStore``: LangGraph's long-term memory (a ``BaseStore``) on memring.
 
-Mapping (docs-langgraph.md has the why):
+Mapping (docs/client.md, "LangGraph", has the why):
 
 * every LangGraph namespace is one memring partition of the tenant: scope
   ``agent:lgsr<label>.<label>...`` (each label's bytes outside ``[A-Za-z0-9-]`` as ``_xx``;
