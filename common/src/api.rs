@@ -136,6 +136,11 @@ pub struct RawWrite {
     /// Seconds until the memory expires.
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// `false`: store the memory without a vector even when the router has an embedder (it is
+    /// then found by keyword search and listings only; for data that is not prose, such as
+    /// serialized state). Default `true`.
+    #[serde(default)]
+    pub embed: Option<bool>,
 }
 
 /// A validated write.
@@ -164,6 +169,10 @@ pub struct WriteItem {
     /// (`update.rs`), checked on the owner under the partition's write lock.
     #[serde(default, skip_serializing_if = "Conditions::is_empty")]
     pub conditions: Conditions,
+    /// The client asked the router not to embed `content` (`"embed": false`). The router's
+    /// concern only: never sent to a shard node.
+    #[serde(skip)]
+    pub no_embedding: bool,
 }
 
 impl RawWrite {
@@ -183,6 +192,11 @@ impl RawWrite {
         }
         if let Some(embedding) = &self.embedding {
             validate_embedding(embedding)?;
+        }
+        if self.embed == Some(false) && self.embedding.is_some() {
+            return Err(ApiError::invalid(
+                "\"embed\": false stores a memory without a vector; leave \"embedding\" out, or leave \"embed\" out to store the vector sent",
+            ));
         }
         if let Some(model) = &self.embedding_model {
             validate_model_name("embedding_model", model)?;
@@ -214,6 +228,7 @@ impl RawWrite {
             metadata,
             ttl_seconds: self.ttl_seconds,
             conditions: Conditions::default(),
+            no_embedding: self.embed == Some(false),
         })
     }
 }

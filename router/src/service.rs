@@ -403,7 +403,7 @@ impl RouterService {
         if self.embedder.is_some() {
             let (indexes, mut missing): (Vec<usize>, Vec<&mut WriteItem>) = valid
                 .iter_mut()
-                .filter(|(_, item)| item.embedding.is_none())
+                .filter(|(_, item)| item.embedding.is_none() && !item.no_embedding)
                 .map(|(i, item)| (*i, item))
                 .unzip();
             if !missing.is_empty() {
@@ -500,14 +500,15 @@ impl RouterService {
     ) -> Result<Vec<Option<bool>>, ApiError> {
         let mut flags = vec![None; items.len()];
         let Some(embedder) = &self.embedder else { return Ok(flags) };
+        let wants = |i: &WriteItem| i.embedding.is_none() && !i.no_embedding;
         let texts: Vec<String> =
-            items.iter().filter(|i| i.embedding.is_none()).map(|i| i.content.clone()).collect();
+            items.iter().filter(|i| wants(i)).map(|i| i.content.clone()).collect();
         if texts.is_empty() {
             return Ok(flags);
         }
         let mut vectors = embedder.embed(texts, self.embed_deadline()).await?.into_iter();
         for (item, flag) in items.iter_mut().zip(&mut flags) {
-            if item.embedding.is_some() {
+            if !wants(item) {
                 continue;
             }
             let made = vectors

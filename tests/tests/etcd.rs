@@ -220,6 +220,10 @@ async fn of_two_concurrent_layout_changes_one_wins() -> anyhow::Result<()> {
 #[tokio::test]
 async fn routers_keep_serving_while_etcd_is_down_and_resume_watching() -> anyhow::Result<()> {
     let mut c = EtcdCluster::start(3, 2, 10).await?;
+    // The shard nodes too must have the ring before the store goes away (the routers do:
+    // `start` waits for them); a node started before the layout was written has its watch to
+    // catch up on, and without etcd it would keep an empty ring.
+    c.wait_shards_epoch(3).await?;
     c.etcd.proc.stop();
     let stop = Arc::new(AtomicBool::new(false));
     let load = spawn_load(vec![c.router(0), c.router(1)], stop.clone(), Default::default());

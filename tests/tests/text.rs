@@ -741,3 +741,57 @@ async fn neither_query_nor_embedding_is_a_filtered_listing_newest_first() -> any
     assert_eq!(ids(&one), ["meeting", "repo", "flight"]);
     Ok(())
 }
+
+/// `"embed": false` stores a memory without a vector on a router with an embedder (single and
+/// batch writes); keyword search and listings find it, a content patch leaves it without one,
+/// and it fixes no model for its scope (a text write there later is embedded as usual).
+#[tokio::test]
+async fn embed_false_stores_text_without_a_vector() -> anyhow::Result<()> {
+    let c = Cluster::start_with_router(2, &["--embedder", "builtin"]).await?;
+    let base = "/v1/tenants/acme/memories";
+    let plain = json!({"id": "state", "scope": "shared", "content": "checkpoint blob zq81 of thread t1", "embed": false});
+    let (status, answer) = c.post(base, &plain).await?;
+    assert_eq!(status, 201, "{answer}");
+    assert!(answer.get("embedded_by").is_none(), "{answer}");
+    let (_, got) = c.get(&format!("{base}/state?scope=shared")).await?;
+    assert_eq!(got["embedding"], Value::Null, "{got}");
+    let batch = json!({"items": [
+        {"id": "b1", "scope": "shared", "content": "second blob zq82", "embed": false},
+        {"id": "b2", "scope": "shared", "content": "a plain sentence about tea"}]});
+    let (status, answer) = c.post(&format!("{base}:batch"), &batch).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["results"][0].get("embedded_by").is_none(), "{answer}");
+    assert_eq!(answer["results"][1]["embedded_by"], MODEL, "{answer}");
+    let (_, got) = c.get(&format!("{base}/b1?scope=shared")).await?;
+    assert_eq!(got["embedding"], Value::Null, "{got}");
+    // Found by its words; not by meaning (it has no vector).
+    let found =
+        search(&c, "acme", json!({"scopes": ["shared"], "query": "zq81", "mode": "keyword"}))
+            .await?;
+    assert_eq!(found["results"][0]["id"], "state", "{found}");
+    let found = search(
+        &c,
+        "acme",
+        json!({"scopes": ["shared"], "query": "blob of a thread", "mode": "vector", "k": 10}),
+    )
+    .await?;
+    let ids: Vec<&str> = found["results"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|h| h["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["b2"], "{found}");
+    // A patch of its content keeps it without a vector.
+    let resp = client()
+        .patch(format!("{}{base}/state?scope=shared", c.url()))
+        .json(&json!({"content": "checkpoint blob zq99"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let patched: Value = resp.json().await?;
+    assert_eq!((patched["embedding"].clone(), patched["version"].clone()), (Value::Null, json!(2)));
+    // "embed": false with a vector says two things at once: 400.
+    let both = json!({"id": "x", "scope": "shared", "content": "x", "embedding": [0.1, 0.2], "embed": false});
+    let (status, answer) = c.post(base, &both).await?;
+    assert_eq!(assert_client_error(status, &answer), "invalid_request");
+    Ok(())
+}

@@ -401,10 +401,9 @@ impl MemoryPatch {
             Change::Clear => PatchedVector::None,
             Change::Keep if !content_changed => PatchedVector::Kept,
             Change::Keep => match (&base.vector, embedded) {
-                (BaseVector::Router(_) | BaseVector::None, Some(e)) => {
-                    PatchedVector::Router(e.clone())
-                }
-                (BaseVector::None, None) => PatchedVector::None,
+                (BaseVector::Router(_), Some(e)) => PatchedVector::Router(e.clone()),
+                // Stored without a vector (no embedder then, or `"embed": false`): it stays so.
+                (BaseVector::None, _) => PatchedVector::None,
                 (BaseVector::Router(model), None) => {
                     return Err(ApiError::new(
                         ErrorCode::NoEmbedder,
@@ -486,7 +485,7 @@ pub struct EmbeddedContent {
 pub enum PatchedVector {
     /// The stored one, unchanged (content unchanged, no `embedding` in the patch).
     Kept,
-    /// None (`"embedding": null`, or content changed on a memory that had none and no embedder).
+    /// None (`"embedding": null`, or the memory had none).
     None,
     /// The patch's own vector and its model.
     Client(Vec<f32>, Option<String>),
@@ -648,10 +647,10 @@ mod tests {
             with_vector.apply(&client, None).expect("ok").vector,
             PatchedVector::Client(vec![0.5, 0.5], None)
         );
-        // No vector before: the router's, or still none.
+        // No vector before: still none, whatever the router could embed.
         let none = base(json!({}), BaseVector::None);
         assert_eq!(p.apply(&none, None).expect("ok").vector, PatchedVector::None);
-        assert_eq!(p.apply(&none, Some(&e)).expect("ok").vector, PatchedVector::Router(e));
+        assert_eq!(p.apply(&none, Some(&e)).expect("ok").vector, PatchedVector::None);
         // Metadata cleared, TTL set.
         let p = patch(json!({"metadata": null, "ttl_seconds": 60})).expect("valid");
         let out = p.apply(&b, None).expect("ok");

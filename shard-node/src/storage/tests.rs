@@ -33,6 +33,7 @@ fn item(id: &str, content: &str, v: Vec<f32>) -> WriteItem {
         metadata: Map::new(),
         ttl_seconds: None,
         conditions: Default::default(),
+        no_embedding: false,
     }
 }
 

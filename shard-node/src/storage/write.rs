@@ -415,6 +415,7 @@ fn patched(
         metadata: out.metadata,
         ttl_seconds: None,
         conditions: patch.conditions,
+        no_embedding: false,
     };
     Ok((item, expiry))
 }
