@@ -26,9 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memring_common::api::ReplicaStatus;
 use memring_common::internal::InternalClient;
-use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId};
 
@@ -82,7 +80,8 @@ async fn round(
     let waiting = |id: &NodeId| layout.down.contains(id) || layout.joining.contains(id);
     for node in layout.nodes.iter().filter(|n| waiting(&n.id) && live.contains(&n.id)) {
         // Caught up by the newest layout (so it follows its primaries of that layout).
-        if status(client, node).await.is_some_and(|s| s.caught_up && s.epoch >= layout.epoch) {
+        let status = crate::shard_client::replica_status(client, &node.addr).await;
+        if status.is_ok_and(|s| s.caught_up && s.epoch >= layout.epoch) {
             caught_up.push(node.id.clone());
         }
     }
@@ -165,14 +164,10 @@ async fn apply(store: &dyn RingStore, action: &Action) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(client: &InternalClient, node: &LayoutNode) -> Option<ReplicaStatus> {
-    let url = format!("http://{}/internal/v1/replicate/status", node.addr);
-    let resp = client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
-    resp.error_for_status().ok()?.json().await.ok()
-}
-
 #[cfg(test)]
 mod tests {
+    use memring_common::layout::LayoutNode;
+
     use super::*;
 
     fn layout(down: &[&str]) -> ClusterLayout {

@@ -25,11 +25,10 @@
 
 use std::time::Duration;
 
-use memring_common::api::{PartitionStats, partition_path};
+use memring_common::api::PartitionStats;
 use memring_common::internal::InternalClient;
-use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
-use memring_common::{ClusterLayout, PartitionKey, Ring};
+use memring_common::{ClusterLayout, Ring};
 
 /// How often the active control plane sweeps.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -97,7 +96,7 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
     let ring = Ring::new(layout.clone());
     let mut complete = layout.down.is_empty();
     for node in layout.nodes.iter().filter(|n| !layout.is_down(&n.id)) {
-        let Ok(list) = crate::view::partition_list(client, &node.addr).await else {
+        let Ok(list) = crate::shard_client::partitions(client, &node.addr, None).await else {
             complete = false;
             continue;
         };
@@ -140,44 +139,9 @@ async fn covered(
         return Ok(copy.count == 0);
     }
     for member in ring.replica_set(p).iter().filter(|n| !ring.layout().is_down(&n.id)) {
-        if !holds(client, member, p, copy.last_seq, copy.last_term).await? {
+        if !crate::shard_client::holds(client, member, p, copy.last_seq, copy.last_term).await? {
             return Ok(false);
         }
     }
     Ok(true)
-}
-
-/// Whether `node`'s log of `p` holds the entry of term `term` at position `seq` (log matching:
-/// then it holds every entry before it too), asked with the follower's check of
-/// `GET /internal/v1/replicate/log`. A log trimmed past `seq` can no longer show it; it counts
-/// when the trimmed part ends in a term at least `term` (see the module notes).
-async fn holds(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    seq: u64,
-    term: u64,
-) -> anyhow::Result<bool> {
-    let url = format!(
-        "http://{}/internal/v1/replicate/log/{}?after={seq}&term={term}&limit=1",
-        node.addr,
-        partition_path(p)
-    );
-    let resp = client.get(&url).send().await?;
-    match resp.status().as_u16() {
-        200 => Ok(true),
-        409 => Ok(false),
-        410 => {
-            let body: memring_common::error::ErrorBody = resp.json().await?;
-            let trimmed_term = body
-                .error
-                .details
-                .as_ref()
-                .and_then(|d| d.get("trimmed_term"))
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            Ok(trimmed_term >= term)
-        }
-        status => anyhow::bail!("{url} answered {status}"),
-    }
 }

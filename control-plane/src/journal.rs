@@ -12,7 +12,8 @@ use memring_common::{NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::migrate::{Cancel, Flip, Throttle, call, migrate_partition, url};
+use crate::migrate::{Cancel, Flip, Throttle, migrate_partition};
+use crate::shard_client as shard;
 
 const JOB_FORMAT_VERSION: u32 = 1;
 
@@ -126,21 +127,19 @@ pub async fn resume(
                 NodeId::parse(&job.from).ok().and_then(|id| layout.node(&id).cloned())
                 && from.id != to
             {
-                call(client, reqwest::Method::DELETE, &url(&from, &partition, "partition"), None)
-                    .await?;
+                shard::drop_partition(client, &from, &partition).await?;
             }
             store.delete_job(&job_id(&partition)).await?;
             continue;
         }
         if let Some(owner) = ring.owner(&partition) {
             // Not flipped: let the source take writes again, then start over.
-            call(client, reqwest::Method::DELETE, &url(owner, &partition, "fence"), None).await?;
+            shard::unfence(client, owner, &partition).await?;
         }
         if cancel.is_set() {
             // Not started again: drop the record; the source still owns the partition.
             if let Some(target) = layout.node(&to) {
-                call(client, reqwest::Method::DELETE, &url(target, &partition, "partition"), None)
-                    .await?;
+                shard::drop_partition(client, target, &partition).await?;
             }
             store.delete_job(&job_id(&partition)).await?;
             continue;

@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod move_set;
 pub mod rebalance;
 pub mod resize;
+pub mod shard_client;
 pub mod verify;
 pub mod view;
 

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use memring_common::api::{self, PartitionChecksum, partition_path};
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
+
+use crate::shard_client as shard;
 
 /// Copy page size (memories per request).
 const PAGE: usize = 500;
@@ -54,76 +54,6 @@ pub struct MigrationReport {
     pub index_bytes: u64,
 }
 
-pub(crate) fn url(node: &LayoutNode, partition: &PartitionKey, action: &str) -> String {
-    format!("http://{}/internal/v1/migrate/{}/{action}", node.addr, partition_path(partition))
-}
-
-/// How long one step of a migration may take on a node (a page import into a loaded HNSW graph
-/// runs on the node's low-priority threads and can be slow on a busy machine).
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long handing over a partition's HNSW graph may take (it is as big as its vectors).
-const GRAPH_TIMEOUT: Duration = Duration::from_secs(300);
-
-async fn fetch(
-    client: &InternalClient,
-    url: &str,
-) -> anyhow::Result<(Bytes, reqwest::header::HeaderMap)> {
-    fetch_within(client, url, STEP_TIMEOUT).await
-}
-
-async fn fetch_within(
-    client: &InternalClient,
-    url: &str,
-    timeout: Duration,
-) -> anyhow::Result<(Bytes, reqwest::header::HeaderMap)> {
-    let resp =
-        client.get(url).timeout(timeout).send().await.with_context(|| format!("GET {url}"))?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await?;
-    if !status.is_success() {
-        bail!("GET {url} answered {status}: {}", String::from_utf8_lossy(&body));
-    }
-    Ok((body, headers))
-}
-
-pub(crate) async fn call(
-    client: &InternalClient,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<Bytes>,
-) -> anyhow::Result<()> {
-    call_within(client, method, url, body, STEP_TIMEOUT).await
-}
-
-async fn call_within(
-    client: &InternalClient,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<Bytes>,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let mut req = client.request(method.clone(), url).timeout(timeout);
-    if let Some(body) = body {
-        req = req.header("content-type", "application/octet-stream").body(body);
-    }
-    let resp = req.send().await.with_context(|| format!("{method} {url}"))?;
-    let status = resp.status();
-    if !status.is_success() {
-        bail!("{method} {url} answered {status}: {}", resp.text().await.unwrap_or_default());
-    }
-    Ok(())
-}
-
-fn header_u64(headers: &reqwest::header::HeaderMap, name: &str) -> anyhow::Result<u64> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("shard answer lacks {name}"))
-}
-
 /// How long a catch-up may chase a source whose writes keep coming before the fence is set
 /// anyway (the fence then drains what is left, with writes held back meanwhile).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
@@ -141,16 +71,14 @@ async fn replay(
 ) -> anyhow::Result<(u64, u64)> {
     let started = Instant::now();
     let mut replayed = 0u64;
-    let import = format!("{}?urgent=true", url(to, p, "import"));
     loop {
-        let (body, headers) =
-            fetch(client, &format!("{}?after={seq}&limit=1000", url(from, p, "changes"))).await?;
-        let last = header_u64(&headers, api::LAST_SEQ_HEADER)?;
+        let answer = shard::changes(client, from, p, seq, 1000).await?;
+        let last = answer.header_u64(shard::LAST_SEQ_HEADER)?;
         if last == seq {
             return Ok((seq, replayed));
         }
         replayed += last - seq;
-        call(client, reqwest::Method::POST, &import, Some(body)).await?;
+        shard::import(client, to, p, answer.body, true).await?;
         let small = last - seq < 100;
         seq = last;
         if !until_empty && (small || started.elapsed() > CATCH_UP_LIMIT) {
@@ -162,17 +90,6 @@ async fn replay(
     }
 }
 
-/// `node`'s count and checksum of `p`: from its meta, or with `deep` by scanning its data.
-pub(crate) async fn checksum(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    deep: bool,
-) -> anyhow::Result<PartitionChecksum> {
-    let (body, _) = fetch(client, &format!("{}?deep={deep}", url(node, p, "checksum"))).await?;
-    Ok(serde_json::from_slice(&body)?)
-}
-
 /// Copies the source's loaded HNSW graph of `p` to the target; the bytes moved (0: none).
 async fn ship_index(
     client: &InternalClient,
@@ -180,14 +97,12 @@ async fn ship_index(
     to: &LayoutNode,
     p: &PartitionKey,
 ) -> anyhow::Result<u64> {
-    // 204 (no graph loaded on the source) comes back as an empty body.
-    let (body, _) = fetch_within(client, &url(from, p, "index"), GRAPH_TIMEOUT).await?;
-    if body.is_empty() {
+    let graph = shard::index(client, from, p).await?;
+    if graph.is_empty() {
         return Ok(0);
     }
-    let len = body.len() as u64;
-    call_within(client, reqwest::Method::PUT, &url(to, p, "index"), Some(body), GRAPH_TIMEOUT)
-        .await?;
+    let len = graph.len() as u64;
+    shard::put_index(client, to, p, graph).await?;
     tracing::info!(partition = %p, bytes = len, "index graph handed to the target");
     Ok(len)
 }
@@ -243,7 +158,7 @@ async fn abandon(
     target: &LayoutNode,
     partition: &PartitionKey,
 ) -> anyhow::Result<MigrationReport> {
-    call(client, reqwest::Method::DELETE, &url(target, partition, "partition"), None).await?;
+    shard::drop_partition(client, target, partition).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
     tracing::warn!(%partition, to = %target.id, "migration cancelled; the source still owns it");
     bail!("migration of {partition} {CANCELLED}; the source still owns it")
@@ -299,7 +214,7 @@ pub async fn migrate_partition(
     journal("copy").await?;
     tracing::info!(%partition, from = %from.id, to = %to, "migration: copy");
     // Start from a clean target: it does not own the partition, so whatever it has is a leftover.
-    call(client, reqwest::Method::DELETE, &url(&target, partition, "partition"), None).await?;
+    shard::drop_partition(client, &target, partition).await?;
     // 1. copy, page by page; the first page's log position is where catch-up starts.
     let mut after: Option<String> = None;
     let mut start_seq = None;
@@ -309,18 +224,17 @@ pub async fn migrate_partition(
         if cancel.is_set() {
             return abandon(store, client, &target, partition).await;
         }
-        let mut u = format!("{}?limit={PAGE}", url(&from, partition, "export"));
-        if let Some(a) = &after {
-            u.push_str(&format!("&after={a}"));
-        }
-        let (body, headers) = fetch(client, &u).await?;
-        start_seq.get_or_insert(header_u64(&headers, api::LAST_SEQ_HEADER)?);
-        let next =
-            headers.get(api::NEXT_AFTER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        call(client, reqwest::Method::POST, &url(&target, partition, "import"), Some(body)).await?;
-        report.copied += header_u64(&headers, api::PAGE_COUNT_HEADER)?;
+        let page = shard::export(client, &from, partition, after.as_deref(), PAGE).await?;
+        start_seq.get_or_insert(page.header_u64(shard::LAST_SEQ_HEADER)?);
+        let next = page.header_text(shard::NEXT_AFTER_HEADER);
+        let (count, total) = (
+            page.header_u64(shard::PAGE_COUNT_HEADER)?,
+            page.header_u64(shard::PAGE_TOTAL_HEADER)?,
+        );
+        shard::import(client, &target, partition, page.body, false).await?;
+        report.copied += count;
         progress.0.store(report.copied, Ordering::Relaxed);
-        progress.1.store(header_u64(&headers, api::PAGE_TOTAL_HEADER)?, Ordering::Relaxed);
+        progress.1.store(total, Ordering::Relaxed);
         if reported.elapsed() > Duration::from_secs(2) {
             journal("copy").await?;
             reported = Instant::now();
@@ -354,14 +268,14 @@ pub async fn migrate_partition(
     // 3. fence, drain the last entries, verify.
     journal("fenced").await?;
     let fenced_at = Instant::now();
-    call(client, reqwest::Method::POST, &url(&from, partition, "fence"), None).await?;
+    shard::fence(client, &from, partition).await?;
     let result = async {
         let (_, n) = replay(client, &from, &target, partition, seq, true).await?;
         report.replayed += n;
         journal("drained").await?;
         let (a, b) = (
-            checksum(client, &from, partition, false).await?,
-            checksum(client, &target, partition, false).await?,
+            shard::checksum(client, &from, partition, false).await?,
+            shard::checksum(client, &target, partition, false).await?,
         );
         if a.count != b.count || a.checksum != b.checksum {
             bail!(
@@ -396,7 +310,7 @@ pub async fn migrate_partition(
     .await;
     if let Err(e) = result {
         // Nothing was flipped: the source stays the owner; let it take writes again.
-        let _ = call(client, reqwest::Method::DELETE, &url(&from, partition, "fence"), None).await;
+        let _ = shard::unfence(client, &from, partition).await;
         return Err(
             e.context(format!("migration of {partition} aborted; the source still owns it"))
         );
@@ -404,7 +318,7 @@ pub async fn migrate_partition(
     report.fenced_ms = fenced_at.elapsed().as_millis() as u64;
     // 5. the source refuses the partition at the new epoch; its copy can go.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    call(client, reqwest::Method::DELETE, &url(&from, partition, "partition"), None).await?;
+    shard::drop_partition(client, &from, partition).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
     report.took_ms = started.elapsed().as_millis() as u64;
     tracing::info!(%partition, from = %from.id, to = %to, count = report.count, fenced_ms = report.fenced_ms, "migration done");

@@ -24,14 +24,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use memring_common::api::{ReplicaPosition, partition_path};
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
-use crate::migrate::{CANCELLED, Cancel, MigrationReport, call, url};
+use crate::migrate::{CANCELLED, Cancel, MigrationReport};
 use crate::resize::wait;
+use crate::shard_client as shard;
 
 /// How long the settle step keeps the partition fenced waiting for the new set to catch up
 /// before it gives up (unfences) and tries again.
@@ -50,22 +50,6 @@ fn holders(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
     Ring::new(layout.clone()).replicas(partition).iter().map(|n| n.id.clone()).collect()
 }
 
-/// `node`'s log position of `partition`, once it has seen layout `epoch`.
-async fn position(
-    client: &InternalClient,
-    node: &LayoutNode,
-    partition: &PartitionKey,
-    epoch: u64,
-) -> anyhow::Result<u64> {
-    let url = format!(
-        "http://{}/internal/v1/replicate/position/{}?epoch={epoch}",
-        node.addr,
-        partition_path(partition)
-    );
-    let resp = client.post(&url).send().await.with_context(|| format!("POST {url}"))?;
-    Ok(resp.error_for_status()?.json::<ReplicaPosition>().await?.last_seq)
-}
-
 /// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
 /// it holds no copy — so no follower round of an older layout can write it again afterwards
 /// (a node applies log entries only while its current layout gives it a copy).
@@ -75,8 +59,8 @@ pub(crate) async fn drop_copy(
     partition: &PartitionKey,
     epoch: u64,
 ) -> anyhow::Result<()> {
-    position(client, node, partition, epoch).await?;
-    call(client, reqwest::Method::DELETE, &url(node, partition, "partition"), None).await
+    shard::position(client, node, partition, epoch).await?;
+    Ok(shard::drop_partition(client, node, partition).await?)
 }
 
 /// Whether every live node of `members` has at least the owner's position of `partition`
@@ -90,11 +74,11 @@ async fn caught_up(
     let layout = store.load().await?.layout;
     let ring = Ring::new(layout.clone());
     let owner = ring.owner(partition).cloned().context("the ring has no nodes")?;
-    let target = position(client, &owner, partition, layout.epoch).await?;
+    let target = shard::position(client, &owner, partition, layout.epoch).await?;
     let mut slowest = target;
     for id in members.iter().filter(|id| **id != owner.id && !layout.down.contains(*id)) {
         let node = layout.node(id).with_context(|| format!("node {id} left the layout"))?;
-        slowest = slowest.min(position(client, node, partition, layout.epoch).await?);
+        slowest = slowest.min(shard::position(client, node, partition, layout.epoch).await?);
     }
     Ok((target, slowest))
 }
@@ -203,7 +187,7 @@ pub async fn move_set(
     })
     .await?;
     wait(cancel, "the new owner to take the writes over", || async {
-        Ok(crate::resize::take_over(client, &target, partition).await)
+        Ok(shard::take_over(client, &target, partition).await.is_ok())
     })
     .await?;
     tracing::info!(%partition, to = %to, epoch = led.layout.epoch, "replicated move: new owner took over");
@@ -218,7 +202,7 @@ pub async fn move_set(
             tracing::info!(%partition, node = %id, "copy outside the new replica set dropped");
         }
     }
-    let sum = crate::migrate::checksum(client, &target, partition, false).await?;
+    let sum = shard::checksum(client, &target, partition, false).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
     Ok(MigrationReport {
         partition: partition.to_string(),
@@ -249,12 +233,12 @@ async fn settle(
         let layout = store.load().await?.layout;
         let Some(extra) = layout.extra_copies.get(partition).cloned() else {
             // Settled by an earlier run; it may have stopped before unfencing.
-            call(client, reqwest::Method::DELETE, &url(owner, partition, "fence"), None).await?;
+            shard::unfence(client, owner, partition).await?;
             return Ok((Vec::new(), 0));
         };
         let set: Vec<NodeId> =
             Ring::new(layout).replica_set(partition).iter().map(|n| n.id.clone()).collect();
-        call(client, reqwest::Method::POST, &url(owner, partition, "fence"), None).await?;
+        shard::fence(client, owner, partition).await?;
         let fenced = Instant::now();
         let settled = async {
             crate::failpoint::hit("move_set.fenced").await?;
@@ -272,7 +256,7 @@ async fn settle(
             anyhow::Ok(true)
         }
         .await;
-        call(client, reqwest::Method::DELETE, &url(owner, partition, "fence"), None).await?;
+        shard::unfence(client, owner, partition).await?;
         if settled? {
             let fenced_ms = fenced.elapsed().as_millis() as u64;
             tracing::info!(%partition, fenced_ms, "replicated move settled");

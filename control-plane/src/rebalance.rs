@@ -79,7 +79,7 @@ async fn holdings(
 ) -> anyhow::Result<Vec<(PartitionKey, LayoutNode, u64)>> {
     let mut out = Vec::new();
     for node in &layout.nodes {
-        let list = crate::view::partition_list_after(client, &node.addr, barrier)
+        let list = crate::shard_client::partitions(client, &node.addr, barrier)
             .await
             .with_context(|| format!("node {}: a plan needs every node", node.id))?;
         out.extend(

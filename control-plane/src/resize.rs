@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
-use memring_common::api::partition_path;
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
@@ -188,7 +187,7 @@ pub async fn resume(
         if let Some(node) = &job.leaving {
             let layout = store.load().await?.layout;
             let staged = layout.draining.contains(&node.id);
-            let empty = crate::view::partition_list(client, &node.addr)
+            let empty = crate::shard_client::partitions(client, &node.addr, None)
                 .await
                 .is_ok_and(|l| l.partitions.iter().all(|p| p.count == 0));
             if staged && empty {
@@ -282,30 +281,16 @@ async fn hand_over(
     if store.load().await?.layout.node(&node.id).is_none() {
         return Ok(());
     }
-    let held = crate::view::partition_list(client, &node.addr).await?;
+    let held = crate::shard_client::partitions(client, &node.addr, None).await?;
     for p in held.partitions {
         wait(cancel, "a new owner to take over", || async {
             let ring = Ring::new(store.load().await?.layout);
             let Some(owner) = ring.owner(&p.partition) else { return Ok(false) };
-            Ok(take_over(client, owner, &p.partition).await)
+            Ok(crate::shard_client::take_over(client, owner, &p.partition).await.is_ok())
         })
         .await?;
     }
     Ok(())
-}
-
-/// Asks `owner` to take `partition`'s writes over now; true once it has.
-pub(crate) async fn take_over(
-    client: &InternalClient,
-    owner: &LayoutNode,
-    partition: &PartitionKey,
-) -> bool {
-    let url = format!(
-        "http://{}/internal/v1/replicate/take-over/{}",
-        owner.addr,
-        partition_path(partition)
-    );
-    client.post(url).send().await.is_ok_and(|r| r.status().is_success())
 }
 
 /// Waits until every live member of every replica set has caught up with its owner, then drops
@@ -336,7 +321,7 @@ async fn settle(
     .await?;
     let mut dropped = 0;
     for node in &nodes {
-        let list = crate::view::partition_list(client, &node.addr).await?;
+        let list = crate::shard_client::partitions(client, &node.addr, None).await?;
         for p in list.partitions {
             if ring.replicas(&p.partition).iter().any(|n| n.id == node.id) {
                 continue;
@@ -356,7 +341,7 @@ async fn positions(
 ) -> anyhow::Result<BTreeMap<PartitionKey, BTreeMap<NodeId, u64>>> {
     let mut out: BTreeMap<PartitionKey, BTreeMap<NodeId, u64>> = BTreeMap::new();
     for node in nodes {
-        let list = crate::view::partition_list(client, &node.addr).await?;
+        let list = crate::shard_client::partitions(client, &node.addr, None).await?;
         for p in list.partitions {
             out.entry(p.partition).or_default().insert(node.id.clone(), p.last_seq);
         }

@@ -58,7 +58,7 @@ pub async fn verify(
     let mut problems = Vec::new();
     let mut copies: BTreeMap<PartitionKey, Vec<Copy>> = BTreeMap::new();
     for node in &layout.nodes {
-        let list = match crate::view::partition_list(client, &node.addr).await {
+        let list = match crate::shard_client::partitions(client, &node.addr, None).await {
             Ok(list) => list,
             Err(e) => {
                 problems.push(format!("node {}: {e:#}", node.id));
@@ -148,7 +148,7 @@ async fn scan_copy(
     node: &LayoutNode,
     partition: &PartitionKey,
 ) -> anyhow::Result<Copy> {
-    let sum = crate::migrate::checksum(client, node, partition, true).await?;
+    let sum = crate::shard_client::checksum(client, node, partition, true).await?;
     anyhow::ensure!(
         sum.consistent,
         "stored data disagrees with the partition's bookkeeping (a scan finds {} memories, checksum {}); \

@@ -3,14 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use memring_common::Ring;
-use memring_common::api::{
-    ClusterView, EpochSeen, NodeView, PartitionList, ReplicaSetView, ReplicaStatus,
-};
+use memring_common::api::{ClusterView, EpochSeen, NodeView, ReplicaSetView};
 use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
+
+use crate::shard_client as shard;
 
 /// The client the control plane uses to ask shard nodes about their partitions.
 pub fn http_client(
@@ -22,27 +20,6 @@ pub fn http_client(
         .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
         .build()?;
     Ok(InternalClient::new(inner, credential))
-}
-
-/// What the node at `addr` stores (`GET /internal/v1/partitions`).
-pub async fn partition_list(client: &InternalClient, addr: &str) -> anyhow::Result<PartitionList> {
-    partition_list_after(client, addr, None).await
-}
-
-/// [`partition_list`], but with `barrier` the node first catches up to that layout epoch and
-/// waits out every partition creation decided under an older one (see `creation_frozen`).
-pub async fn partition_list_after(
-    client: &InternalClient,
-    addr: &str,
-    barrier: Option<u64>,
-) -> anyhow::Result<PartitionList> {
-    let mut url = format!("http://{addr}/internal/v1/partitions");
-    if let Some(epoch) = barrier {
-        url.push_str(&format!("?barrier={epoch}"));
-    }
-    let resp =
-        client.get(&url).send().await.with_context(|| format!("node at {addr} unreachable"))?;
-    Ok(resp.error_for_status()?.json().await?)
 }
 
 /// Builds the view from the store, then asks every reachable node what it holds.
@@ -88,7 +65,10 @@ pub async fn cluster_view(
     }
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
     let answers = futures::future::join_all(addrs.iter().map(|addr| async move {
-        (partition_list(client, addr).await.ok(), replica_status(client, addr).await)
+        (
+            shard::partitions(client, addr, None).await.ok(),
+            shard::replica_status(client, addr).await.ok(),
+        )
     }))
     .await;
     // Which nodes hold a copy (with memories) of each partition.
@@ -125,12 +105,6 @@ pub async fn cluster_view(
         replica_sets,
         epoch_history: Vec::new(),
     })
-}
-
-/// A node's replication status, if it answers.
-async fn replica_status(client: &InternalClient, addr: &str) -> Option<ReplicaStatus> {
-    let resp = client.get(format!("http://{addr}/internal/v1/replicate/status")).send().await;
-    resp.ok()?.error_for_status().ok()?.json().await.ok()
 }
 
 /// The replica set of `p` against the nodes that hold it.
@@ -262,7 +236,7 @@ pub async fn tenant_partitions(
     let layout = store.load().await?.layout;
     let mut out = std::collections::BTreeSet::new();
     for node in &layout.nodes {
-        let list = partition_list(client, &node.addr).await?;
+        let list = shard::partitions(client, &node.addr, None).await?;
         out.extend(
             list.partitions.into_iter().map(|p| p.partition).filter(|p| p.tenant() == Some(tenant)),
         );

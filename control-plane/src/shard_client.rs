@@ -1,0 +1,342 @@
+//! The control plane's one client of shard nodes: every internal endpoint it calls, with its URL,
+//! its timeout and what its answer means, and one error type ([`ShardError`]) for what can go
+//! wrong. No other module formats a shard node's URL or reads its status codes.
+//!
+//! Calls fall into three groups: what a node holds (`partitions`, `replica_status`), the
+//! replication steps of a move or a failover (`position`, `take_over`, `holds`), and the
+//! migration copy path (`export`, `changes`, `import`, `index`, `put_index`, `fence`, `unfence`,
+//! `checksum`, `drop_partition`), whose bodies are the nodes' versioned record batches, piped
+//! through undecoded.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use memring_common::PartitionKey;
+use memring_common::api::{
+    self, PartitionChecksum, PartitionList, ReplicaPosition, ReplicaStatus, partition_path,
+};
+use memring_common::internal::InternalClient;
+use memring_common::layout::LayoutNode;
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde::de::DeserializeOwned;
+
+/// How long one migration step may take on a node (a page import into a loaded HNSW graph runs
+/// on the node's low-priority threads and can be slow on a busy machine).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long handing over a partition's HNSW graph may take (it is as big as its vectors).
+const GRAPH_TIMEOUT: Duration = Duration::from_secs(300);
+/// A node's listing (also behind a creation barrier).
+const LIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// A node's replication status: failover reads it to decide, so it must not wait long.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// A replication step (a position once the node has seen an epoch; a take-over asking the
+/// other copies; a log check): a few round trips.
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A call to a shard node that did not give the answer it should.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// No answer: refused, reset, timed out.
+    #[error("{call} on the shard node at {addr}: no answer: {source}")]
+    Unreachable {
+        /// The call, e.g. `POST …/migrate/acme/shared/fence`.
+        call: String,
+        /// The node's address.
+        addr: String,
+        /// What the HTTP client saw.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An error status.
+    #[error("{call} on the shard node at {addr}: answered {status}: {body}")]
+    Refused {
+        /// The call.
+        call: String,
+        /// The node's address.
+        addr: String,
+        /// The HTTP status.
+        status: u16,
+        /// The answer's body (memring's error JSON), for the log.
+        body: String,
+    },
+    /// A success whose body or headers are not what the endpoint answers.
+    #[error("{call} on the shard node at {addr}: the answer does not read: {why}")]
+    Garbled {
+        /// The call.
+        call: String,
+        /// The node's address.
+        addr: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// A successful answer: body and headers.
+pub struct Answer {
+    /// The body.
+    pub body: Bytes,
+    /// The headers (the migration feeds put positions and counts there).
+    pub headers: HeaderMap,
+    call: String,
+    addr: String,
+}
+
+impl Answer {
+    /// A numeric header the endpoint always sends.
+    pub fn header_u64(&self, name: &str) -> Result<u64, ShardError> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| self.garbled(format!("no number in header {name}")))
+    }
+
+    /// A text header, if sent.
+    pub fn header_text(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    fn json<T: DeserializeOwned>(&self) -> Result<T, ShardError> {
+        serde_json::from_slice(&self.body).map_err(|e| self.garbled(e.to_string()))
+    }
+
+    fn garbled(&self, why: String) -> ShardError {
+        ShardError::Garbled { call: self.call.clone(), addr: self.addr.clone(), why }
+    }
+}
+
+/// One request: `method` on `path` of the node at `addr`; an error unless it answered 2xx.
+async fn send(
+    client: &InternalClient,
+    addr: &str,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    timeout: Duration,
+) -> Result<Answer, ShardError> {
+    let call = format!("{method} {path}");
+    let mut req = client.request(method, format!("http://{addr}{path}")).timeout(timeout);
+    if let Some(body) = body {
+        req = req.header("content-type", "application/octet-stream").body(body);
+    }
+    let unreachable =
+        |source| ShardError::Unreachable { call: call.clone(), addr: addr.to_owned(), source };
+    let resp = req.send().await.map_err(unreachable)?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(ShardError::Refused {
+            call,
+            addr: addr.to_owned(),
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(Answer { body, headers, call, addr: addr.to_owned() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a node holds
+
+/// What the node at `addr` stores (`GET /internal/v1/partitions`). With `barrier` the node first
+/// catches up to that layout epoch and waits out every partition creation decided under an older
+/// one (see `creation_frozen`).
+pub async fn partitions(
+    client: &InternalClient,
+    addr: &str,
+    barrier: Option<u64>,
+) -> Result<PartitionList, ShardError> {
+    let path = match barrier {
+        Some(epoch) => format!("/internal/v1/partitions?barrier={epoch}"),
+        None => "/internal/v1/partitions".to_owned(),
+    };
+    send(client, addr, Method::GET, &path, None, LIST_TIMEOUT).await?.json()
+}
+
+/// The node's replication status (`GET /internal/v1/replicate/status`).
+pub async fn replica_status(
+    client: &InternalClient,
+    addr: &str,
+) -> Result<ReplicaStatus, ShardError> {
+    let path = "/internal/v1/replicate/status";
+    send(client, addr, Method::GET, path, None, STATUS_TIMEOUT).await?.json()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replication steps
+
+/// `node`'s log position of `p`, once it has seen layout `epoch`
+/// (`POST /internal/v1/replicate/position/…`).
+pub async fn position(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    epoch: u64,
+) -> Result<u64, ShardError> {
+    let path = format!("/internal/v1/replicate/position/{}?epoch={epoch}", partition_path(p));
+    let answer = send(client, &node.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await?;
+    Ok(answer.json::<ReplicaPosition>()?.last_seq)
+}
+
+/// Asks `owner` to take `p`'s writes over now (`POST /internal/v1/replicate/take-over/…`).
+pub async fn take_over(
+    client: &InternalClient,
+    owner: &LayoutNode,
+    p: &PartitionKey,
+) -> Result<(), ShardError> {
+    let path = format!("/internal/v1/replicate/take-over/{}", partition_path(p));
+    send(client, &owner.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await.map(drop)
+}
+
+/// Whether `node`'s log of `p` holds the entry of term `term` at position `seq`, asked with the
+/// follower's check of `GET /internal/v1/replicate/log` (log matching: then it holds every entry
+/// before it too). A log trimmed past `seq` can no longer show it; it counts when the trimmed
+/// part ends in a term at least `term`.
+pub async fn holds(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    seq: u64,
+    term: u64,
+) -> Result<bool, ShardError> {
+    let path =
+        format!("/internal/v1/replicate/log/{}?after={seq}&term={term}&limit=1", partition_path(p));
+    match send(client, &node.addr, Method::GET, &path, None, REPLICATION_TIMEOUT).await {
+        Ok(_) => Ok(true),
+        Err(ShardError::Refused { status: 409, .. }) => Ok(false),
+        Err(ShardError::Refused { status: 410, body, .. }) => {
+            let trimmed_term = serde_json::from_str::<memring_common::error::ErrorBody>(&body)
+                .ok()
+                .and_then(|b| b.error.details)
+                .and_then(|d| d.get("trimmed_term").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            Ok(trimmed_term >= term)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The migration copy path (`/internal/v1/migrate/{partition}/{action}`)
+
+fn migrate_path(p: &PartitionKey, action: &str) -> String {
+    format!("/internal/v1/migrate/{}/{action}", partition_path(p))
+}
+
+/// One page of `p`'s memories from `node`, after memory id `after`: record batch, with its log
+/// position ([`api::LAST_SEQ_HEADER`]), count and total in the headers, and the id to continue
+/// after ([`api::NEXT_AFTER_HEADER`], absent on the last page).
+pub async fn export(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Answer, ShardError> {
+    let mut path = format!("{}?limit={limit}", migrate_path(p, "export"));
+    if let Some(after) = after {
+        path.push_str(&format!("&after={}", memring_common::http::percent_encode(after)));
+    }
+    send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
+}
+
+/// `p`'s log entries on `node` after position `after` (at most `limit`), with the position they
+/// reach in [`api::LAST_SEQ_HEADER`].
+pub async fn changes(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    after: u64,
+    limit: usize,
+) -> Result<Answer, ShardError> {
+    let path = format!("{}?after={after}&limit={limit}", migrate_path(p, "changes"));
+    send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
+}
+
+/// Imports a record batch ([`export`] pages or [`changes`]) into `node`'s copy of `p`; `urgent`
+/// runs it at normal priority (a catch-up the fence waits on) rather than on the node's
+/// low-priority threads.
+pub async fn import(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    batch: Bytes,
+    urgent: bool,
+) -> Result<(), ShardError> {
+    let mut path = migrate_path(p, "import");
+    if urgent {
+        path.push_str("?urgent=true");
+    }
+    send(client, &node.addr, Method::POST, &path, Some(batch), STEP_TIMEOUT).await.map(drop)
+}
+
+/// `node`'s loaded HNSW graph of `p` (usearch's bytes), empty when none is loaded.
+pub async fn index(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+) -> Result<Bytes, ShardError> {
+    let path = migrate_path(p, "index");
+    // 204 (no graph loaded) comes back as an empty body.
+    Ok(send(client, &node.addr, Method::GET, &path, None, GRAPH_TIMEOUT).await?.body)
+}
+
+/// Installs an [`index`] graph on `node`'s copy of `p`.
+pub async fn put_index(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    graph: Bytes,
+) -> Result<(), ShardError> {
+    let path = migrate_path(p, "index");
+    send(client, &node.addr, Method::PUT, &path, Some(graph), GRAPH_TIMEOUT).await.map(drop)
+}
+
+/// Fences `p`'s writes on `node` (they answer `503 partition_moving` until [`unfence`]).
+pub async fn fence(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+) -> Result<(), ShardError> {
+    send(client, &node.addr, Method::POST, &migrate_path(p, "fence"), None, STEP_TIMEOUT)
+        .await
+        .map(drop)
+}
+
+/// Lifts [`fence`].
+pub async fn unfence(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+) -> Result<(), ShardError> {
+    send(client, &node.addr, Method::DELETE, &migrate_path(p, "fence"), None, STEP_TIMEOUT)
+        .await
+        .map(drop)
+}
+
+/// `node`'s count and checksum of `p`: from its meta, or with `deep` by scanning its data.
+pub async fn checksum(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    deep: bool,
+) -> Result<PartitionChecksum, ShardError> {
+    let path = format!("{}?deep={deep}", migrate_path(p, "checksum"));
+    send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await?.json()
+}
+
+/// Deletes `node`'s copy of `p` (data, log, meta, index).
+pub async fn drop_partition(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+) -> Result<(), ShardError> {
+    send(client, &node.addr, Method::DELETE, &migrate_path(p, "partition"), None, STEP_TIMEOUT)
+        .await
+        .map(drop)
+}
+
+/// The headers the migration feeds answer with, for callers that read them.
+pub use api::{LAST_SEQ_HEADER, NEXT_AFTER_HEADER, PAGE_COUNT_HEADER, PAGE_TOTAL_HEADER};
