@@ -32,6 +32,20 @@ async def test_write_get_list_delete(aclient: AsyncMemring) -> None:
     await aclient.delete("shared", written.id, missing_ok=True)
 
 
+async def test_embed_false_writes_without_a_vector(aclient: AsyncMemring) -> None:
+    written = await aclient.add("agent:s", "checkpoint blob zq81", id="cp", embed=False)
+    assert written.embedded_by is None
+    assert (await aclient.get("agent:s", "cp")).embedding is None
+    batch = await aclient.add_many(
+        [{"id": "b", "scope": "agent:s", "content": "blob zq82", "embed": False}]
+    )
+    assert batch.ok
+    assert batch[0].embedded_by is None
+    found = await aclient.search("agent:s", query="zq81 zq82", mode="keyword")
+    assert sorted(h.id for h in found) == ["b", "cp"]
+    assert (await aclient.add("agent:s", "Ana likes tea", id="t")).embedded_by == MODEL
+
+
 async def test_batches_and_iterators(aclient: AsyncMemring) -> None:
     result = await aclient.add_many(
         [{"scope": "shared", "content": f"a{n}", "embedding": vec(8, n)} for n in range(1205)]

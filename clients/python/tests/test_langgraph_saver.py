@@ -18,6 +18,7 @@ from langgraph.checkpoint.conformance.test_utils import (
     generate_metadata,
 )
 
+from memring import Memring
 from memring.langgraph import MemringSaver
 from memring.langgraph.checkpoint import checkpoint_scope, data_scope
 
@@ -86,14 +87,21 @@ def test_sync_methods_and_big_payloads(etcd_cluster: EtcdCluster) -> None:
             ("w2", 5),
         ]
         assert len(list(saver.list(generate_config("t1")))) == 1
+        # Checkpoints, values, writes and their parts are stored without vectors.
+        with Memring(etcd_cluster.urls()[0], key, tenant) as m:
+            stored_memories = [
+                m.get(scope, memory.id)
+                for scope in (checkpoint_scope("t1"), data_scope("t1"))
+                for memory in m.iter_list(scope)
+            ]
+            assert len(stored_memories) >= 6
+            assert all(mem.embedding is None for mem in stored_memories)
     with MemringSaver(etcd_cluster.urls()[1], tenant, api_key=key) as other:
         seen = other.get_tuple(stored)
         assert seen is not None
         assert seen.checkpoint["channel_values"]["big"] == big
         other.delete_thread("t1")
         assert other.get_tuple(generate_config("t1")) is None
-        from memring import Memring
-
         with Memring(etcd_cluster.urls()[1], key, tenant) as m:
             for scope in (checkpoint_scope("t1"), data_scope("t1")):
                 assert len(m.list(scope)) == 0

@@ -19,7 +19,7 @@ from langgraph.store.base import IndexConfig, Item, ListNamespacesOp, Op, Search
 from langgraph.store.memory import InMemoryStore
 
 from memring import Memring
-from memring.langgraph import MemringStore
+from memring.langgraph import MemringStore, namespace_scope
 
 from ._cluster import LocalCluster
 
@@ -239,13 +239,13 @@ def test_without_index_queries_are_keyword_searches(cluster: LocalCluster) -> No
         assert all(h.score is not None for h in hits)
         assert store.search(("docs", "sub"), query="hotel") == []
         assert [h.key for h in store.search(("docs",), query="TP1353")] == ["a"]
-        # No vector of the router's model was made for them.
+        # No vector was made for them.
         with Memring(cluster.url, tenant=tenant) as m:
-            from memring.langgraph import namespace_scope
-
             memory = m.get(namespace_scope(("docs",)), "kra")
             assert memory.embedded_by is None
-            assert memory.embedding == [1.0]
+            assert memory.embedding is None
+            entry = m.list("agent:lgs-namespaces").items[0]
+            assert m.get(entry.scope, entry.id).embedding is None
 
 
 def test_index_per_item_and_ttl(cluster: LocalCluster) -> None:
@@ -263,6 +263,14 @@ def test_index_per_item_and_ttl(cluster: LocalCluster) -> None:
         assert "hidden" not in [h.key for h in hits]
         assert hits[0].key == "indexed"
         assert store.get(("n",), "hidden") is not None  # still stored, just not embedded
+        # A put with index=False replaces an indexed item without its vector.
+        store.put(("n",), "indexed", {"text": "vegetarian and allergic to peanuts"}, index=False)
+        again = store.search(("n",), query="food allergies", limit=10)
+        assert "indexed" not in [h.key for h in again]
+        with Memring(cluster.url, tenant=tenant) as m:
+            for key in ("indexed", "hidden"):
+                assert m.get(namespace_scope(("n",)), f"kr{key}").embedding is None
+            assert m.get(namespace_scope(("n",)), "krother").embedding is not None
         store.put(("t",), "short", {"text": "gone soon"}, ttl=2 / 60)
         time.sleep(1.2)
         assert store.get(("t",), "short") is not None  # refreshes: 2 s from now
@@ -271,3 +279,42 @@ def test_index_per_item_and_ttl(cluster: LocalCluster) -> None:
         time.sleep(2.5)
         assert store.get(("t",), "short") is None
         assert store.list_namespaces() == [("n",)]
+
+
+def test_a_namespace_written_without_an_index_takes_indexed_items_later(
+    cluster: LocalCluster,
+) -> None:
+    """Items without a vector fix no model for their namespace's partition: a namespace first
+    written without an index (by a store without one, or by put(..., index=False)) can later
+    receive indexed items, and both kinds are found."""
+    tenant = f"lgs-{uuid.uuid4().hex[:12]}"
+    ns = ("users", "ana")
+    with MemringStore(cluster.url, tenant) as plain:
+        plain.put(ns, "state", {"text": "order 1187 shipped", "n": 1})
+    with MemringStore(cluster.url, tenant, index={"fields": ["text"]}) as indexed:
+        indexed.put(("fresh",), "raw", {"text": "order 1188 paid"}, index=False)
+        indexed.put(("fresh",), "diet", {"text": "vegetarian and allergic to peanuts"})
+        indexed.put(ns, "diet", {"text": "vegetarian and allergic to peanuts"})
+        indexed.put(ns, "trip", {"text": "a flight to Lisbon on Tuesday"})
+        # A vector search finds the indexed items only (the others have no vector).
+        hits = indexed.search(ns, query="food allergies", limit=10)
+        assert [h.key for h in hits][:1] == ["diet"]
+        assert sorted(h.key for h in hits) == ["diet", "trip"]
+        assert all(h.score is not None for h in hits)
+        assert [h.key for h in indexed.search(("fresh",), query="food allergies")] == ["diet"]
+        assert [h.key for h in indexed.search(ns, query="travel plans", limit=1)] == ["trip"]
+        assert indexed.get(ns, "state") is not None
+        assert indexed.get(("fresh",), "raw") is not None
+        assert sorted(i.key for i in indexed.search(ns, limit=10)) == ["diet", "state", "trip"]
+    with MemringStore(cluster.url, tenant) as plain:
+        # Keyword search over the value's JSON still finds the unindexed item, and the same
+        # namespace takes more unindexed items.
+        assert [h.key for h in plain.search(ns, query="1187")] == ["state"]
+        plain.put(ns, "state2", {"text": "order 1189 returned"})
+        assert [h.key for h in plain.search(ns, query="1189")] == ["state2"]
+    with Memring(cluster.url, tenant=tenant) as m:
+        scope = namespace_scope(ns)
+        assert m.get(scope, "krstate").embedding is None
+        diet = m.get(scope, "krdiet")
+        assert diet.embedding is not None
+        assert len(diet.embedding) == 384

@@ -57,6 +57,58 @@ def test_a_memory_with_a_ttl_says_when_it_expires(client: Memring) -> None:
     assert got.expires_at is not None
 
 
+def test_embed_false_stores_text_without_a_vector(client: Memring) -> None:
+    written = client.add(
+        "agent:state", "serialized state zq81 of thread t1", id="state", embed=False
+    )
+    assert (written.created, written.embedded_by) == (True, None)
+    got = client.get("agent:state", "state")
+    assert got.embedding is None
+    assert got.embedded_by is None
+    # Found by its words and by listings; not by meaning (it has no vector).
+    found = client.search("agent:state", query="zq81", mode="keyword")
+    assert [h.id for h in found] == ["state"]
+    assert [m.id for m in client.list("agent:state")] == ["state"]
+    assert len(client.search("agent:state", query="the state of a thread", mode="vector")) == 0
+    # It fixed no model for its scope: text written there later is embedded as usual.
+    text = client.add("agent:state", "Ana is vegetarian", id="text")
+    assert text.embedded_by == MODEL
+    got_text = client.get("agent:state", "text")
+    assert got_text.embedding is not None
+    assert len(got_text.embedding) == 384
+    hits = client.search("agent:state", query="food preferences", mode="vector")
+    assert [h.id for h in hits] == ["text"]
+    # A patch of its content leaves it without a vector.
+    patched = client.patch("agent:state", "state", content="serialized state zq99")
+    assert (patched.version, patched.embedding) == (2, None)
+    # The same write again changes nothing; embed=True (sent) embeds as the default does.
+    again = client.add("agent:state", "serialized state zq99", id="state", embed=False)
+    assert (again.created, again.version) == (False, 2)
+    assert client.add("agent:state", "tea", id="tea", embed=True).embedded_by == MODEL
+    # A vector with embed=False says two things at once.
+    with pytest.raises(memring.BadRequest) as err:
+        client.add("agent:state", "x", id="both", embedding=vec(384, 0), embed=False)
+    assert err.value.code == "invalid_request"
+
+
+def test_add_many_items_may_say_embed_false(client: Memring) -> None:
+    result = client.add_many(
+        [
+            {"id": "plain", "scope": "shared", "content": "second blob zq82", "embed": False},
+            {"id": "prose", "scope": "shared", "content": "a plain sentence about tea"},
+            {"id": "unset", "scope": "shared", "content": "green tea", "embed": None},
+            {"id": "bad", "scope": "shared", "content": "x", "embedding": [1.0], "embed": False},
+        ]
+    )
+    assert [r.ok for r in result] == [True, True, True, False]
+    assert [r.embedded_by for r in result][:3] == [None, MODEL, MODEL]
+    assert result[3].error is not None
+    assert result[3].error.code == "invalid_request"
+    assert client.get("shared", "plain").embedding is None
+    assert client.get("shared", "prose").embedding is not None
+    assert [h.id for h in client.search("shared", query="zq82", mode="keyword")] == ["plain"]
+
+
 def test_delete_removes_and_a_second_delete_is_not_found(client: Memring) -> None:
     client.add("shared", "to forget", id="gone", embedding=vec(4, 2))
     client.delete("shared", "gone")

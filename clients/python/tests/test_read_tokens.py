@@ -320,7 +320,9 @@ def test_a_token_reads_a_write_after_a_failover(replicated: EtcdCluster) -> None
             assert all(t.retry_after and float(t.retry_after) >= 1 for t in refused), a.tries
             assert 200 <= a.tries[-1].status < 300, a.tries
             assert a.seq > max(seqs), f"{a.id} at {a.seq}, before the kill up to {max(seqs)}"
-        assert len({a.seq for a in during}) == len(during), [a.seq for a in during]
+        # Not necessarily distinct: a try whose answer was lost (a 503 after the quorum wait)
+        # may have been applied, and the retry of the same write is then answered as unchanged
+        # with the partition's position at that moment, which a later write may share.
 
         view = wait_failover(c, partition, owner, timeout=30.0)
         new_owner = replica_set(view, partition)["replicas"][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import httpx
 import pytest
@@ -136,6 +137,39 @@ def test_chunks_hold_at_most_the_items_and_bytes_asked_and_every_item_gets_an_id
     assert sum(len(c) for c in small) == 100
     kept = next(iter(chunk_items([{"scope": "s", "content": "c", "id": "mine"}], 10, 100)))
     assert kept[0][0]["id"] == "mine"
+
+
+def test_embed_is_sent_only_when_given() -> None:
+    base = memring.Memring("http://127.0.0.1:9", tenant="t")
+    plain = json.loads(base._add("shared", "x", **_ADD_DEFAULTS).body or b"")
+    assert "embed" not in plain
+    off = json.loads(base._add("shared", "x", **{**_ADD_DEFAULTS, "embed": False}).body or b"")
+    assert off["embed"] is False
+    on = json.loads(base._add("shared", "x", **{**_ADD_DEFAULTS, "embed": True}).body or b"")
+    assert on["embed"] is True
+    items: list[memring.MemoryInput] = [
+        {"scope": "s", "content": "a", "embed": False},
+        {"scope": "s", "content": "b", "embed": None},
+        {"scope": "s", "content": "c"},
+    ]
+    [chunk] = chunk_items(items, 10, 1 << 20)
+    assert [json.loads(enc).get("embed") for _, enc in chunk] == [False, None, None]
+    assert ["embed" in item for item, _ in chunk] == [True, False, False]
+    base.close()
+
+
+_ADD_DEFAULTS: dict[str, Any] = {
+    "id": None,
+    "embedding": None,
+    "embedding_model": None,
+    "metadata": None,
+    "ttl_seconds": None,
+    "embed": None,
+    "if_match": None,
+    "if_none_match": False,
+    "idempotency_key": None,
+    "tenant": None,
+}
 
 
 def test_search_pages_never_pass_the_window() -> None:

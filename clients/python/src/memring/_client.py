@@ -145,6 +145,7 @@ class Memring(Base):
         embedding_model: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         ttl_seconds: int | None = None,
+        embed: bool | None = None,
         if_match: int | str | None = None,
         if_none_match: bool = False,
         idempotency_key: str | None = None,
@@ -154,9 +155,15 @@ class Memring(Base):
 
         Without ``id`` the client picks one (a UUID) before the first try, so a retried write
         is never stored twice. Without ``embedding`` the router embeds ``content`` when it has
-        an embedder. A write with the ``id`` of an existing memory replaces it (version + 1);
-        ``if_match`` (a version or an ``ETag``) makes that conditional, ``if_none_match=True``
-        makes it create-only; both raise :class:`PreconditionFailed` when they do not hold.
+        an embedder; ``embed=False`` stores the memory without a vector even then (for data
+        that is not prose: found by keyword search, filters and listings, never by meaning; it
+        fixes no model or dimension for its scope, and a ``patch`` of its content without an
+        ``embedding`` leaves it without a vector). ``embed=False`` with ``embedding`` is refused
+        (:class:`BadRequest`); ``embed`` left out (``None``) is not sent.
+
+        A write with the ``id`` of an existing memory replaces it (version + 1); ``if_match`` (a
+        version or an ``ETag``) makes that conditional, ``if_none_match=True`` makes it
+        create-only; both raise :class:`PreconditionFailed` when they do not hold.
         """
         return self._send(
             self._add(
@@ -167,6 +174,7 @@ class Memring(Base):
                 embedding_model=embedding_model,
                 metadata=metadata,
                 ttl_seconds=ttl_seconds,
+                embed=embed,
                 if_match=if_match,
                 if_none_match=if_none_match,
                 idempotency_key=idempotency_key,
@@ -184,9 +192,12 @@ class Memring(Base):
     ) -> BatchResult:
         """Writes any number of memories, ``batch_size`` (at most 1,000) per request.
 
-        Items without an ``id`` get one first, so a retried request stores nothing twice.
-        Each item succeeds or fails on its own: see ``result.failed``. A request that fails as
-        a whole raises, and the requests before it stay applied.
+        Items (:class:`MemoryInput`: ``scope``, ``content``, optionally ``id``, ``embedding``,
+        ``embedding_model``, ``metadata``, ``ttl_seconds``, ``embed``) without an ``id`` get one
+        first, so a retried request stores nothing twice; an item with ``"embed": False`` is
+        stored without a vector (as :meth:`add`'s ``embed``). Each item succeeds or fails on its
+        own: see ``result.failed``. A request that fails as a whole raises, and the requests
+        before it stay applied.
         """
         t = self._tenant(tenant)
         check_batch_size(batch_size)

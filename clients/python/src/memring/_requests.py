@@ -256,6 +256,7 @@ class Base:
         embedding_model: str | None,
         metadata: Mapping[str, Any] | None,
         ttl_seconds: int | None,
+        embed: bool | None,
         if_match: int | str | None,
         if_none_match: bool,
         idempotency_key: str | None,
@@ -271,6 +272,8 @@ class Base:
             body["metadata"] = dict(metadata)
         if ttl_seconds is not None:
             body["ttl_seconds"] = ttl_seconds
+        if embed is not None:
+            body["embed"] = embed
         headers: dict[str, str] = {}
         if if_match is not None:
             headers["if-match"] = if_match_header(if_match)

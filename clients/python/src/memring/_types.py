@@ -37,13 +37,20 @@ class _MemoryInputRequired(TypedDict):
 
 
 class MemoryInput(_MemoryInputRequired, total=False):
-    """One memory of a batch write: ``scope`` and ``content``, the rest optional."""
+    """One memory of a batch write: ``scope`` and ``content``, the rest optional.
+
+    ``embed``: ``False`` stores the item without a vector even when the router has an embedder
+    (as ``embed`` of :meth:`Memring.add`); with ``embedding`` the item is refused
+    (``invalid_request``). Left out or ``None``, nothing is sent: the router embeds a text-only
+    item when it has an embedder.
+    """
 
     id: str
     embedding: Sequence[float]
     embedding_model: str
     metadata: Mapping[str, Any]
     ttl_seconds: int
+    embed: bool | None
 
 
 def etag_of(version: int) -> str:

@@ -1,4 +1,10 @@
-"""Pieces both integrations share: the placeholder vector, strong reads, timestamps."""
+"""Pieces both integrations share: strong reads, timestamps, batch checks.
+
+Every memory the integrations write that must have no vector (all of the saver's, the store's
+registry entries, store items without an index) is written with ``"embed": false``: a router
+with an embedder stores it without one, and it fixes no model or dimension for its partition
+(docs/client.md, "LangGraph").
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,6 @@ from typing import Any, Final
 
 from .._errors import BadRequest, MemringError, NotFound
 from .._types import BatchResult
-
-PLACEHOLDER_VECTOR: Final = [1.0]
-"""Sent with every memory that must have no vector of the router's model: a router with an
-embedder embeds every text-only write, and the memory API has no "do not embed" flag. One
-dimension, named :data:`PLACEHOLDER_MODEL`, costs 4 bytes per memory and keeps the router's
-model from running (docs/client.md, "LangGraph: limits and differences")."""
-PLACEHOLDER_MODEL: Final = "memring-langgraph-none"
 
 MAX_POSITION: Final = (1 << 63) - 1
 """A read-token position no follower has reached: a read carrying it is answered by the

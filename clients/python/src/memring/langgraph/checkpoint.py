@@ -15,8 +15,8 @@ and fails over like any memory:
 
 Payloads are the serializer's bytes in ``content``, written with 32 characters that are not
 letters or digits (no words for the keyword index); a payload over 600 KiB is cut into parts
-(memories ``<id>.<digest>.<i>``, listed by the head). No memory gets a vector of the router's
-model (see ``_common.PLACEHOLDER_VECTOR``).
+(memories ``<id>.<digest>.<i>``, listed by the head). Every memory is written with
+``"embed": false``: no vector, no embedding cost, no model fixed for the thread's partitions.
 """
 
 from __future__ import annotations
@@ -47,14 +47,7 @@ from .._errors import PreconditionFailed, Unavailable
 from .._retry import RetryPolicy
 from .._types import Memory, SearchHit
 from . import _codec as codec
-from ._common import (
-    PLACEHOLDER_MODEL,
-    PLACEHOLDER_VECTOR,
-    check_batch,
-    compact,
-    is_not_found,
-    strong_token,
-)
+from ._common import check_batch, compact, is_not_found, strong_token
 from ._driver import Clients, Logic, call, run_async, run_sync, values
 
 __all__ = ["MemringSaver"]
@@ -106,11 +99,7 @@ def _records(
     tag = codec.digest(payload.hex() if len(pieces) > 1 else "", n=12)
     part_ids = [f"{head_id}.{tag}.{i}" for i in range(1, len(pieces))]
     group = metadata.get("g", head_id)
-    base: dict[str, Any] = {
-        "scope": scope,
-        "embedding": PLACEHOLDER_VECTOR,
-        "embedding_model": PLACEHOLDER_MODEL,
-    }
+    base: dict[str, Any] = {"scope": scope, "embed": False}
     head = {
         **base,
         "id": head_id,
@@ -427,8 +416,7 @@ class MemringSaver(BaseCheckpointSaver[str]):
                     head["scope"],
                     head["content"],
                     id=head["id"],
-                    embedding=head["embedding"],
-                    embedding_model=head["embedding_model"],
+                    embed=False,
                     metadata=head["metadata"],
                     if_none_match=True,
                 )
@@ -682,8 +670,7 @@ class MemringSaver(BaseCheckpointSaver[str]):
                     "scope": dst,
                     "content": m.content,
                     "metadata": m.metadata,
-                    "embedding": PLACEHOLDER_VECTOR,
-                    "embedding_model": PLACEHOLDER_MODEL,
+                    "embed": False,
                 }
                 for m in memories
             ]

@@ -9,7 +9,9 @@ Mapping (docs/client.md, "LangGraph", has the why):
 * an item is one memory of that partition: id ``kr<label(key)>`` (or ``kh<sha256>``), its value
   in ``metadata`` (keys escaped so memring's filters read LangGraph's literal keys), the text of
   its indexed fields in ``content`` (the router embeds it), and the original namespace and key
-  under the bookkeeping keys ``~ns`` and ``~key``;
+  under the bookkeeping keys ``~ns`` and ``~key``; an item without an index (no ``index``, or
+  ``put(..., index=False)``) is written with ``"embed": false``, so it has no vector and fixes
+  no model for its partition (a namespace can mix items with and without one);
 * a registry partition ``agent:lgs-namespaces`` holds one small memory per namespace ever
   written, so ``list_namespaces`` and a prefix ``search`` know which partitions to read: a
   search touches the registry and the partitions under its prefix, never the whole tenant.
@@ -48,8 +50,6 @@ from . import _codec as codec
 from ._common import (
     LIST_PAGE,
     MAX_SCOPES,
-    PLACEHOLDER_MODEL,
-    PLACEHOLDER_VECTOR,
     SEARCH_WINDOW,
     check_batch,
     is_not_found,
@@ -138,8 +138,7 @@ def _registry_entry(namespace: tuple[str, ...]) -> dict[str, Any]:
         "scope": REGISTRY_SCOPE,
         "content": "",
         "metadata": md,
-        "embedding": PLACEHOLDER_VECTOR,
-        "embedding_model": PLACEHOLDER_MODEL,
+        "embed": False,
     }
 
 
@@ -483,21 +482,8 @@ class MemringStore(BaseStore):
             check_batch(result, "registering namespaces")
             self._registered.update(new)
         if writes:
-            bodies: list[dict[str, Any]] = []
-            unindexed: list[tuple[str, str]] = []
-            for op in writes:
-                body, has_vector = self._body(op)
-                bodies.append(body)
-                if not has_vector and self.index_config is not None:
-                    unindexed.append((body["scope"], body["id"]))
-            result = yield call("add_many", bodies)
+            result = yield call("add_many", [self._body(op) for op in writes])
             check_batch(result, "writing items")
-            if unindexed:
-                # The router embedded them (it embeds every text-only write); drop the vector.
-                outcomes = yield [
-                    call("patch", scope, id, embedding=None) for scope, id in unindexed
-                ]
-                values(outcomes)
         if deletes:
             outcomes = yield [
                 call("delete", namespace_scope(op.namespace), item_id(op.key), missing_ok=True)
@@ -505,8 +491,10 @@ class MemringStore(BaseStore):
             ]
             values(outcomes)
 
-    def _body(self, op: PutOp) -> tuple[dict[str, Any], bool]:
-        """The memory of a put, and whether it gets a vector of the router's model."""
+    def _body(self, op: PutOp) -> dict[str, Any]:
+        """The memory of a put: embedded by the router when it is indexed and has text at its
+        fields, else written with ``"embed": false`` (no vector; a put that replaces an indexed
+        item drops its vector)."""
         value = op.value
         assert value is not None
         if not isinstance(value, Mapping):
@@ -531,13 +519,12 @@ class MemringStore(BaseStore):
         }
         if op.ttl is not None:
             body["ttl_seconds"] = _ttl_seconds(op.ttl)
-        has_vector = False
         if self.index_config is None:
             body["content"] = _truncate(json.dumps(value, sort_keys=True, ensure_ascii=False))
-            body["embedding"] = PLACEHOLDER_VECTOR
-            body["embedding_model"] = PLACEHOLDER_MODEL
+            body["embed"] = False
         elif op.index is False:
             body["content"] = ""
+            body["embed"] = False
         else:
             fields = (
                 self._fields
@@ -548,8 +535,9 @@ class MemringStore(BaseStore):
             for _, path in fields:
                 texts.extend(get_text_at_path(value, path))
             body["content"] = _truncate("\n".join(texts))
-            has_vector = bool(texts)
-        return body, has_vector
+            if not texts:
+                body["embed"] = False
+        return body
 
 
 def _ttl_seconds(minutes: float) -> int:
