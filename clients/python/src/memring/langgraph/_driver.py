@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, TypeVar
 
 from .._async_client import AsyncMemring
@@ -214,3 +215,41 @@ def values(
             raise o.error
         out.append(o.value)
     return out
+
+
+_L = TypeVar("_L", bound="Lifecycle")
+
+
+class Lifecycle:
+    """``close``/``aclose`` and both context managers of an object that owns :class:`Clients`
+    (the store and the saver)."""
+
+    _clients: Clients
+
+    def close(self) -> None:
+        self._clients.close()
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
+
+    def __enter__(self: _L) -> _L:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self: _L) -> _L:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -26,7 +26,6 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final
 
 from langchain_core.runnables import RunnableConfig
@@ -48,7 +47,7 @@ from .._retry import RetryPolicy
 from .._types import Memory, SearchHit
 from . import _codec as codec
 from ._common import check_batch, compact, is_not_found, strong_token
-from ._driver import Clients, Logic, call, run_async, run_sync, values
+from ._driver import Clients, Lifecycle, Logic, call, run_async, run_sync, values
 
 __all__ = ["MemringSaver"]
 
@@ -134,7 +133,7 @@ class _Head:
     metadata: CheckpointMetadata
 
 
-class MemringSaver(BaseCheckpointSaver[str]):
+class MemringSaver(Lifecycle, BaseCheckpointSaver[str]):
     """A LangGraph checkpointer on memring: ``MemringSaver(url, tenant, api_key=None)``.
 
     Sync (``get_tuple``, ``list``, ``put``, ``put_writes``, ``delete_thread``, ``copy_thread``,
@@ -161,36 +160,6 @@ class MemringSaver(BaseCheckpointSaver[str]):
         self.tenant = tenant
         self.consistent_reads = consistent_reads
         self._clients = Clients(url, tenant, api_key, timeout, retry)
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._clients.close()
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
-
-    def __enter__(self) -> MemringSaver:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> MemringSaver:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- BaseCheckpointSaver: sync ---------------------------------------------------------
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final, Literal
 
 from langgraph.store.base import (
@@ -56,7 +55,7 @@ from ._common import (
     parse_time,
     strong_token,
 )
-from ._driver import Clients, Logic, call, run_async, run_sync, values
+from ._driver import Clients, Lifecycle, Logic, call, run_async, run_sync, values
 
 __all__ = ["MemringStore", "namespace_scope", "translate_filter"]
 
@@ -192,7 +191,7 @@ def _truncate(text: str) -> str:
     return raw[:MAX_CONTENT].decode(errors="ignore")
 
 
-class MemringStore(BaseStore):
+class MemringStore(Lifecycle, BaseStore):
     """A LangGraph store on memring, for sync (``batch``) and async (``abatch``) graphs alike.
 
     ``MemringStore(url, tenant, api_key=None, index=None, ttl=None)``:
@@ -249,36 +248,6 @@ class MemringStore(BaseStore):
         self.ttl_config = TTLConfig(**ttl) if ttl is not None else None  # type: ignore[typeddict-item]
         self.consistent_reads = consistent_reads
         self._registered: set[tuple[str, ...]] = set()
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._clients.close()
-
-    async def aclose(self) -> None:
-        await self._clients.aclose()
-
-    def __enter__(self) -> MemringStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> MemringStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- BaseStore -------------------------------------------------------------------------
 
