@@ -34,29 +34,12 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 /// The longest TTL: ten years.
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
-/// Header carrying the ring epoch the router routed with.
-pub const EPOCH_HEADER: &str = "x-memring-epoch";
-/// Migration and replication feeds (`export`, `changes`, `index`): the partition's log position
-/// the answer reflects.
-pub const LAST_SEQ_HEADER: &str = "x-memring-last-seq";
-/// Migration `export`: the term of the entry at the position of [`LAST_SEQ_HEADER`] (a re-seeded
-/// copy starts its log there).
-pub const LAST_TERM_HEADER: &str = "x-memring-last-term";
-/// Migration `export`: memories in this page.
-pub const PAGE_COUNT_HEADER: &str = "x-memring-count";
-/// Migration `export`: memories in the partition when the page was read.
-pub const PAGE_TOTAL_HEADER: &str = "x-memring-total";
-/// Migration `export`: the id to ask the next page after (absent on the last page).
-pub const NEXT_AFTER_HEADER: &str = "x-memring-next-after";
 /// Header carrying the request id from router to shard (and back to the client).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Public read-your-writes token: a write's answer carries it (`scope=seq,...`, the log
 /// positions its changes reached); a read that sends it back sees those changes, whichever
 /// copy answers. See [`ReadToken`].
 pub const READ_TOKEN_HEADER: &str = "x-memring-read-token";
-/// Router → follower: "answer this read as a replica if you have applied the primary's log up
-/// to this position" (0: no position asked, the replica's staleness bound decides).
-pub const REPLICA_READ_HEADER: &str = "x-memring-replica-read";
 
 /// A read-your-writes token: per scope of one tenant, the log position a read must reflect.
 /// Opaque to clients; written as `scope=seq` pairs joined by commas.
@@ -835,188 +818,14 @@ pub struct SearchResponse {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Internal: router → shard writes
+// By audience: internal router → shard, shard node state, the control plane
 
-/// The body the router sends a shard node: validated items of one partition.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardWrite {
-    /// The items, in the client's order.
-    pub items: Vec<WriteItem>,
-}
-
-/// The shard node's answer for one item.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ShardItemResult {
-    /// Stored (or already there).
-    Ok {
-        /// What the write did.
-        outcome: WriteOutcome,
-        /// The public result.
-        result: WriteResult,
-    },
-    /// Refused; nothing of it was stored.
-    Err {
-        /// Why.
-        error: crate::error::ErrorPayload,
-    },
-}
-
-/// The shard node's answer to a [`ShardWrite`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardWriteResponse {
-    /// One per item, in order.
-    pub results: Vec<ShardItemResult>,
-    /// The partition's log position after this write (its read-your-writes token).
-    #[serde(default)]
-    pub seq: u64,
-}
-
-/// The shard node's answer to a tenant deletion.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TenantDeleted {
-    /// Partitions removed from this node.
-    pub partitions_removed: usize,
-}
-
-/// The path segment naming a partition's tenant on the internal API (`*` for the global partition).
-pub fn partition_path(partition: &crate::scope::PartitionKey) -> String {
-    let tenant = partition.tenant().map(|t| t.as_str()).unwrap_or("*");
-    format!("{tenant}/{}", crate::http::percent_encode(&partition.scope_part()))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Internal: shard node state
-
-/// A shard node's view of one partition it holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartitionStats {
-    /// The partition.
-    pub partition: crate::scope::PartitionKey,
-    /// Live memories.
-    pub count: u64,
-    /// Embedding dimension, once fixed.
-    pub dimensions: Option<u32>,
-    /// Last change-log sequence number.
-    pub last_seq: u64,
-    /// Term of the entry at `last_seq`.
-    #[serde(default)]
-    pub last_term: u64,
-    /// Size of the stored memories (what a byte quota counts).
-    #[serde(default)]
-    pub bytes: u64,
-}
-
-/// `POST /internal/v1/replicate/poll` body: a follower's long-poll on its primary's change
-/// feed. The answer (binary, `shard-node/src/replicate/feed.rs`) names the partitions changed
-/// after the cursor `(feed, seen)`, with the entries the follower is known to lack.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicaPoll {
-    /// The follower asking.
-    pub follower: crate::ids::NodeId,
-    /// The primary's feed instance the cursor belongs to (0: none yet).
-    #[serde(default)]
-    pub feed: u64,
-    /// The cursor: the feed counter the follower has seen. 0, or a cursor of another feed
-    /// instance, asks for a full listing of the primary's partitions.
-    pub seen: u64,
-    /// The layout epoch the follower follows by (entries are inlined only at it).
-    #[serde(default)]
-    pub epoch: u64,
-    /// How long the primary may hold the answer, ms (capped by the primary).
-    pub wait_ms: u64,
-    /// Positions the follower has applied since its last poll (each partition it follows, under
-    /// which lead term); unchanged ones are not sent again.
-    pub acks: Vec<ReplicaAck>,
-}
-
-/// A follower's acknowledgement: its copy of `partition` continues the primary's log up to
-/// `seq`, as the primary led it at `term` (a layout epoch). Counts only for writes of that term.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicaAck {
-    /// The partition.
-    pub partition: crate::scope::PartitionKey,
-    /// Position applied.
-    pub seq: u64,
-    /// The primary's lead term the position was checked against.
-    pub term: u64,
-}
-
-/// `POST /internal/v1/replicate/position/{tenant}/{scope}?epoch=E` answer: a copy's log
-/// position, given to a node taking the partition's writes over at epoch `E`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct ReplicaPosition {
-    /// The copy's last log sequence number (0: it holds nothing).
-    pub last_seq: u64,
-    /// The term of its entry there (0: none, or written before terms).
-    #[serde(default)]
-    pub last_term: u64,
-}
-
-/// `GET /internal/v1/replicate/status` answer: how a node's followed copies stand.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicaStatus {
-    /// The node answering.
-    pub node: crate::ids::NodeId,
-    /// Layout epoch it has seen.
-    pub epoch: u64,
-    /// Partitions it follows.
-    pub following: usize,
-    /// Log entries its copies are behind their primaries, summed.
-    pub lag: u64,
-    /// Copies not yet checked against their owner's log at this epoch (the owner has not taken
-    /// over yet, or cannot be reached).
-    #[serde(default)]
-    pub unchecked: usize,
-    /// Every primary it follows answered a poll recently and no copy is behind: safe to give
-    /// this node writes again (the control plane's re-admission test).
-    pub caught_up: bool,
-}
-
-/// `GET /internal/v1/migrate/{tenant}/{scope}/checksum` answer: count and order-independent
-/// checksum of a partition's memories on one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionChecksum {
-    /// Stored memories.
-    pub count: u64,
-    /// Wrapping sum of XXH3(id ‖ 0 ‖ version), as 16 hex digits.
-    pub checksum: String,
-    /// Log position.
-    pub last_seq: u64,
-    /// Whether writes are fenced.
-    pub fenced: bool,
-    /// False when a `deep` scan found data that disagrees with the partition's meta (then
-    /// `count` and `checksum` are the scan's).
-    #[serde(default = "yes")]
-    pub consistent: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `GET /internal/v1/partitions` answer. With `?feed=F&since=C` (a cursor of an earlier answer)
-/// only the partitions changed since are listed (a removed one with count 0); a cursor of
-/// another feed instance (the node restarted), or none, gets every partition (`full`).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PartitionList {
-    /// The node answering.
-    pub node: crate::ids::NodeId,
-    /// The ring epoch the node is at.
-    pub epoch: u64,
-    /// Every partition it holds data for (or, not `full`, those changed since the cursor).
-    pub partitions: Vec<PartitionStats>,
-    /// The node's change-feed instance the cursor belongs to.
-    #[serde(default)]
-    pub feed: u64,
-    /// The cursor to ask from next.
-    #[serde(default)]
-    pub cursor: u64,
-    /// `partitions` is every partition the node holds.
-    #[serde(default = "yes")]
-    pub full: bool,
-}
+mod internal;
+pub use internal::*;
+mod node;
+pub use node::*;
+mod control;
+pub use control::*;
 
 #[cfg(test)]
 mod tests {
@@ -1142,98 +951,4 @@ mod tests {
             assert_eq!(decode_cursor(bad).expect_err(bad).status(), 400, "{bad}");
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Control plane
-
-/// One node in the cluster view.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeView {
-    /// Stable name.
-    pub id: crate::ids::NodeId,
-    /// Address (from the layout, or from its live record if not in the ring).
-    pub addr: String,
-    /// In the ring layout.
-    pub in_ring: bool,
-    /// Holds a live lease.
-    pub live: bool,
-    /// Share of the key space (0 when not in the ring).
-    pub share: f64,
-    /// Partitions stored, when the node answered.
-    pub partitions: Option<u64>,
-    /// Memories stored, when the node answered.
-    pub episodes: Option<u64>,
-    /// Marked down by failover (replication): never a primary until re-admitted.
-    #[serde(default)]
-    pub down: bool,
-    /// Re-admitted or new (replication): follows, leads nothing until handed back.
-    #[serde(default)]
-    pub joining: bool,
-    /// Log entries its follower copies are behind their primaries, when it answered.
-    #[serde(default)]
-    pub lag: Option<u64>,
-}
-
-/// One partition's copies in the cluster view (with replication).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicaSetView {
-    /// The partition, `tenant/scope`.
-    pub partition: String,
-    /// Its replica set, owner first.
-    pub replicas: Vec<crate::ids::NodeId>,
-    /// Members of the set that are marked down.
-    pub down: Vec<crate::ids::NodeId>,
-    /// Live members that hold no copy yet.
-    pub missing: Vec<crate::ids::NodeId>,
-    /// Fewer live copies than the replication factor.
-    pub under_replicated: bool,
-}
-
-/// `GET /v1/cluster` on the control plane.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterView {
-    /// The layout epoch.
-    pub epoch: u64,
-    /// Which ring store holds it.
-    pub store: String,
-    /// Virtual nodes per node.
-    pub vnodes_per_node: u32,
-    /// Copies of every partition.
-    #[serde(default = "one")]
-    pub replication_factor: u32,
-    /// Copies a write must reach before it is acknowledged.
-    #[serde(default = "one")]
-    pub write_quorum: u32,
-    /// Every node known: in the layout or live.
-    pub nodes: Vec<NodeView>,
-    /// Placement overrides.
-    pub overrides: std::collections::BTreeMap<String, String>,
-    /// Migrations in flight, from the control plane's journal (partition, from, to, phase).
-    pub migrations: Vec<serde_json::Value>,
-    /// With replication: every stored partition's replica set and what it lacks.
-    #[serde(default)]
-    pub replica_sets: Vec<ReplicaSetView>,
-    /// Layout epochs this control plane has seen since it started, oldest first (at most 50).
-    #[serde(default)]
-    pub epoch_history: Vec<EpochSeen>,
-}
-
-/// One layout epoch in the cluster view's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochSeen {
-    /// The epoch.
-    pub epoch: u64,
-    /// When this control plane first saw it, unix ms.
-    pub seen_at_ms: i64,
-    /// Nodes in the layout then.
-    pub nodes: usize,
-    /// Nodes marked down then.
-    pub down: usize,
-    /// Copies per partition then.
-    pub replication_factor: u32,
-}
-
-fn one() -> u32 {
-    1
 }
