@@ -193,7 +193,7 @@ impl ControlService {
     /// The answer for a migration, rebalance or drain that failed: 409 when an operator
     /// cancelled it, else 503 (the cluster could not do it now).
     fn job_error(&self, e: anyhow::Error) -> ApiError {
-        if self.cancel.is_set() {
+        if migrate::JobError::is_cancelled(&e) {
             ApiError::new(ErrorCode::Conflict, format!("{e:#}"))
         } else {
             ApiError::unavailable(format!("{e:#}"), 5)

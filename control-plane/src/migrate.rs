@@ -147,8 +147,21 @@ impl Cancel {
     }
 }
 
-/// The error a cancelled migration ends with.
-pub const CANCELLED: &str = "cancelled by an operator";
+/// Why a migration, move, rebalance or drain stopped before it was done.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// An operator cancelled it (`shardctl cancel`); the text says where it stopped and what
+    /// the cluster is left with.
+    #[error("cancelled by an operator {0}")]
+    Cancelled(String),
+}
+
+impl JobError {
+    /// Whether `e` (or an error it wraps) is a cancellation.
+    pub fn is_cancelled(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| matches!(c.downcast_ref::<JobError>(), Some(JobError::Cancelled(_))))
+    }
+}
 
 /// Undoes a migration that has not fenced: drops the target's partial copy and the journal
 /// record; the source never stopped owning the partition.
@@ -161,7 +174,10 @@ async fn abandon(
     shard::drop_partition(client, target, partition).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
     tracing::warn!(%partition, to = %target.id, "migration cancelled; the source still owns it");
-    bail!("migration of {partition} {CANCELLED}; the source still owns it")
+    Err(JobError::Cancelled(format!(
+        "during the migration of {partition}; the source still owns it"
+    ))
+    .into())
 }
 
 /// Moves `partition` from its current owner to node `to`.

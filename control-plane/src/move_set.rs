@@ -29,7 +29,7 @@ use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
-use crate::migrate::{CANCELLED, Cancel, MigrationReport};
+use crate::migrate::{Cancel, JobError, MigrationReport};
 use crate::resize::wait;
 use crate::shard_client as shard;
 
@@ -166,7 +166,10 @@ pub async fn move_set(
     step("lead").await?;
     if cancel.is_set() && !pinned(&store.load().await?.layout) {
         abandon_join(store, client, partition, to).await?;
-        bail!("move of {partition} to {to} {CANCELLED}; the old replica set still owns it");
+        return Err(JobError::Cancelled(format!(
+            "during the move of {partition} to {to}; the old replica set still owns it"
+        ))
+        .into());
     }
     let led = update_layout(store, 20, |l| {
         if pinned(l) {
@@ -263,7 +266,10 @@ async fn settle(
             return Ok((extra.into_iter().collect(), fenced_ms));
         }
         if cancel.is_set() {
-            bail!("{CANCELLED} while the new replica set of {partition} caught up");
+            return Err(JobError::Cancelled(format!(
+                "while the new replica set of {partition} caught up"
+            ))
+            .into());
         }
         tracing::warn!(%partition, "the new replica set did not catch up behind the fence; trying again");
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -22,7 +22,7 @@ use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::{CANCELLED, Cancel, Flip, MigrationReport, Throttle, migrate_partition};
+use crate::migrate::{Cancel, Flip, JobError, MigrationReport, Throttle, migrate_partition};
 
 /// A layout change to plan for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,7 +347,7 @@ async fn run(
     let mut reports = Vec::new();
     for (i, (m, partition)) in plan.moves.iter().zip(&keys).enumerate() {
         let report = if cancel.is_set() {
-            Err(anyhow::anyhow!("{CANCELLED}"))
+            Err(JobError::Cancelled(format!("before the move of {partition}")).into())
         } else {
             let to = NodeId::parse(&m.to)?;
             migrate_partition(store, client, partition, &to, Flip::Natural, throttle, cancel).await

@@ -31,7 +31,7 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::{CANCELLED, Cancel};
+use crate::migrate::{Cancel, JobError};
 use crate::rebalance::Move;
 
 /// The journal id of the running rebalance or drain (one runs at a time).
@@ -363,7 +363,7 @@ where
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "waiting for {what}"),
         }
         if cancel.is_set() {
-            bail!("{CANCELLED} while waiting for {what}");
+            return Err(JobError::Cancelled(format!("while waiting for {what}")).into());
         }
         if logged.elapsed() > Duration::from_secs(10) {
             tracing::info!("still waiting for {what}");
