@@ -6,10 +6,10 @@
 //! otherwise nothing was handed over, and the migration starts again from a clean target
 //! (the source is unfenced first, so clients are not held up meanwhile).
 
+use memring_common::api::{MigrationJob, MovePhase};
 use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 use memring_common::{NodeId, PartitionKey, Ring};
-use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::migrate::{Cancel, Flip, Throttle, migrate_partition};
@@ -17,32 +17,8 @@ use crate::shard_client as shard;
 
 const JOB_FORMAT_VERSION: u32 = 1;
 
-/// One migration in the journal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    /// Record format.
-    pub format_version: u32,
-    /// The partition (`tenant/scope`).
-    pub partition: String,
-    /// Where its data was when the job was written.
-    pub from: String,
-    /// Where it goes.
-    pub to: String,
-    /// How ownership flips.
-    pub flip: Flip,
-    /// The last step started: `pending`, `copy`, `catch_up`, `fenced`, `drained`, `flipped`;
-    /// for a replicated move (`move_set.rs`) `join`, `lead`, `settle`.
-    pub phase: String,
-    /// Memories copied so far (updated every few seconds during the copy).
-    #[serde(default)]
-    pub copied: u64,
-    /// Memories in the partition when the copy began.
-    #[serde(default)]
-    pub total: u64,
-    /// When this step was recorded, unix ms.
-    #[serde(default)]
-    pub at_ms: i64,
-}
+/// One migration in the journal (the wire type of the cluster view too).
+pub type Job = MigrationJob;
 
 /// The journal id of a partition's migration (ids must be short and path-safe).
 pub fn job_id(partition: &PartitionKey) -> String {
@@ -56,7 +32,7 @@ pub async fn record(
     from: &str,
     to: &str,
     flip: Flip,
-    phase: &str,
+    phase: MovePhase,
     (copied, total): (u64, u64),
 ) -> anyhow::Result<()> {
     let job = Job {
@@ -65,7 +41,7 @@ pub async fn record(
         from: from.to_owned(),
         to: to.to_owned(),
         flip,
-        phase: phase.to_owned(),
+        phase,
         copied,
         total,
         at_ms: memring_common::clock::now_millis(),

@@ -23,6 +23,8 @@ use memring_common::{NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
 use crate::shard_client as shard;
+pub use memring_common::api::Flip;
+use memring_common::api::{CopyPhase, MovePhase};
 
 /// Copy page size (memories per request).
 const PAGE: usize = 500;
@@ -105,18 +107,6 @@ async fn ship_index(
     shard::put_index(client, to, p, graph).await?;
     tracing::info!(partition = %p, bytes = len, "index graph handed to the target");
     Ok(len)
-}
-
-/// How ownership flips to the target at the end of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Flip {
-    /// Pin the partition on the target with a placement override (`shardctl migrate`): it stays
-    /// there across later ring changes.
-    Pin,
-    /// Drop the partition's override so the ring places it (rebalance, drain): the target must be
-    /// its ring owner; if it is not (the layout changed meanwhile), it is pinned instead.
-    Natural,
 }
 
 /// How fast a migration may copy.
@@ -220,14 +210,15 @@ pub async fn migrate_partition(
     let progress = (AtomicU64::new(0), AtomicU64::new(0));
     // Journals a phase before it runs, then passes its failpoint.
     let (from_ref, to_ref) = (from_name.as_str(), to_name.as_str());
-    let journal = |phase: &'static str| {
+    let journal = |phase: CopyPhase| {
         let now = (progress.0.load(Ordering::Relaxed), progress.1.load(Ordering::Relaxed));
         async move {
-            crate::journal::record(store, partition, from_ref, to_ref, flip, phase, now).await?;
-            crate::failpoint::hit(&format!("migrate.{phase}")).await
+            crate::journal::record(store, partition, from_ref, to_ref, flip, phase.into(), now)
+                .await?;
+            crate::failpoint::hit(&format!("migrate.{}", MovePhase::from(phase))).await
         }
     };
-    journal("copy").await?;
+    journal(CopyPhase::Copy).await?;
     tracing::info!(%partition, from = %from.id, to = %to, "migration: copy");
     // Start from a clean target: it does not own the partition, so whatever it has is a leftover.
     shard::drop_partition(client, &target, partition).await?;
@@ -252,7 +243,7 @@ pub async fn migrate_partition(
         progress.0.store(report.copied, Ordering::Relaxed);
         progress.1.store(total, Ordering::Relaxed);
         if reported.elapsed() > Duration::from_secs(2) {
-            journal("copy").await?;
+            journal(CopyPhase::Copy).await?;
             reported = Instant::now();
         }
         if throttle.memories_per_sec > 0 {
@@ -269,7 +260,7 @@ pub async fn migrate_partition(
         }
     }
     // 2. catch up while the source keeps taking writes.
-    journal("catch_up").await?;
+    journal(CopyPhase::CatchUp).await?;
     let (seq, n) = replay(client, &from, &target, partition, start_seq.unwrap_or(0), false).await?;
     report.replayed += n;
     // 2b. a hot partition keeps answering searches after the flip: hand over the source's
@@ -282,13 +273,13 @@ pub async fn migrate_partition(
         return abandon(store, client, &target, partition).await;
     }
     // 3. fence, drain the last entries, verify.
-    journal("fenced").await?;
+    journal(CopyPhase::Fenced).await?;
     let fenced_at = Instant::now();
     shard::fence(client, &from, partition).await?;
     let result = async {
         let (_, n) = replay(client, &from, &target, partition, seq, true).await?;
         report.replayed += n;
-        journal("drained").await?;
+        journal(CopyPhase::Drained).await?;
         let (a, b) = (
             shard::checksum(client, &from, partition, false).await?,
             shard::checksum(client, &target, partition, false).await?,
@@ -321,7 +312,7 @@ pub async fn migrate_partition(
         })
         .await?;
         report.epoch = stored.layout.epoch;
-        journal("flipped").await
+        journal(CopyPhase::Flipped).await
     }
     .await;
     if let Err(e) = result {

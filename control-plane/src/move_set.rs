@@ -32,6 +32,7 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use crate::migrate::{Cancel, JobError, MigrationReport};
 use crate::resize::wait;
 use crate::shard_client as shard;
+use memring_common::api::{MovePhase, SetPhase};
 
 /// How long the settle step keeps the partition fenced waiting for the new set to catch up
 /// before it gives up (unfences) and tries again.
@@ -101,23 +102,23 @@ pub async fn move_set(
     }
     let from =
         Ring::new(layout.clone()).owner(partition).cloned().context("the ring has no nodes")?;
-    let journal = |phase: &'static str, progress: (u64, u64)| {
+    let journal = |phase: SetPhase, progress: (u64, u64)| {
         crate::journal::record(
             store,
             partition,
             from.id.as_str(),
             to.as_str(),
             crate::migrate::Flip::Pin,
-            phase,
+            phase.into(),
             progress,
         )
     };
     // Each step is journaled before it runs, then passes its failpoint (`testing` builds).
-    let step = |phase: &'static str| async move {
+    let step = |phase: SetPhase| async move {
         journal(phase, (0, 0)).await?;
-        crate::failpoint::hit(&format!("move_set.{phase}")).await
+        crate::failpoint::hit(&format!("move_set.{}", MovePhase::from(phase))).await
     };
-    step("join").await?;
+    step(SetPhase::Join).await?;
 
     // 1. join: the new set's members without a copy become extra copies and replay the log.
     let joined = update_layout(store, 20, |l| {
@@ -146,7 +147,7 @@ pub async fn move_set(
             let due =
                 reported.lock().map(|at| at.elapsed() > Duration::from_secs(2)).unwrap_or(true);
             if due {
-                journal("join", (slowest, owner_at)).await?;
+                journal(SetPhase::Join, (slowest, owner_at)).await?;
                 if let Ok(mut at) = reported.lock() {
                     *at = Instant::now();
                 }
@@ -163,7 +164,7 @@ pub async fn move_set(
     }
 
     // 2. lead: pin on the target; the old set's members it leaves out stay as extra copies.
-    step("lead").await?;
+    step(SetPhase::Lead).await?;
     if cancel.is_set() && !pinned(&store.load().await?.layout) {
         abandon_join(store, client, partition, to).await?;
         return Err(JobError::Cancelled(format!(
@@ -196,7 +197,7 @@ pub async fn move_set(
     tracing::info!(%partition, to = %to, epoch = led.layout.epoch, "replicated move: new owner took over");
 
     // 3. settle: the new set catches up behind a short fence, then the leavers go.
-    step("settle").await?;
+    step(SetPhase::Settle).await?;
     let (leavers, fenced_ms) = settle(store, client, &target, partition, cancel).await?;
     let layout = store.load().await?.layout;
     for id in &leavers {

@@ -320,7 +320,7 @@ async fn run(
             &m.from,
             &m.to,
             Flip::Natural,
-            "pending",
+            memring_common::api::CopyPhase::Pending.into(),
             (0, m.memories),
         )
         .await?;

@@ -97,11 +97,7 @@ pub async fn cluster_view(
         write_quorum: layout.write_quorum(),
         nodes,
         overrides: layout.overrides.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect(),
-        migrations: crate::journal::pending(store)
-            .await?
-            .into_iter()
-            .map(|j| serde_json::to_value(j).unwrap_or_default())
-            .collect(),
+        migrations: crate::journal::pending(store).await?,
         replica_sets,
         epoch_history: Vec::new(),
     })
@@ -171,10 +167,7 @@ pub fn render(view: &ClusterView) -> String {
     if !view.migrations.is_empty() {
         out.push_str("\nmigrations in flight:\n");
         for m in &view.migrations {
-            out.push_str(&format!(
-                "  {} {} -> {} ({})\n",
-                m["partition"], m["from"], m["to"], m["phase"]
-            ));
+            out.push_str(&format!("  {} {} -> {} ({})\n", m.partition, m.from, m.to, m.phase));
         }
     }
     if !view.replica_sets.is_empty() {

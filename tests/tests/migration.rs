@@ -520,7 +520,7 @@ async fn a_control_plane_killed_at_any_step_finishes_the_migration_after_a_resta
             let at: Vec<String> = memring_control::journal::pending(&store)
                 .await?
                 .into_iter()
-                .map(|j| j.phase)
+                .map(|j| j.phase.to_string())
                 .collect();
             if at.iter().any(|p| p == phase) {
                 break;
@@ -663,7 +663,8 @@ async fn a_cancelled_migration_leaves_the_source_owning_everything() -> anyhow::
             async move { shardctl(&url, &["migrate", "--tenant", "slow", "--to", &to]).await },
         );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase == "copy") {
+    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase.name() == "copy")
+    {
         assert!(Instant::now() < deadline, "the migration never started copying");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -698,7 +699,8 @@ async fn a_cancelled_rebalance_is_finished_by_running_it_again() -> anyhow::Resu
     let url = control.url();
     let rebalance = tokio::spawn(async move { shardctl(&url, &["rebalance"]).await });
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase == "copy") {
+    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase.name() == "copy")
+    {
         assert!(Instant::now() < deadline, "the rebalance never started copying");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

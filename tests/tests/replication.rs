@@ -356,7 +356,7 @@ fn spawn_migrate(
 async fn wait_phase(store: &impl RingStore, phase: &str) -> anyhow::Result<()> {
     wait_for(&format!("a move at {phase}"), Duration::from_secs(20), || async {
         let jobs = memring_control::journal::pending(store).await?;
-        Ok(jobs.iter().any(|j| j.phase == phase).then_some(()))
+        Ok(jobs.iter().any(|j| j.phase.name() == phase).then_some(()))
     })
     .await
 }

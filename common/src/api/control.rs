@@ -66,7 +66,7 @@ pub struct ClusterView {
     /// Placement overrides.
     pub overrides: std::collections::BTreeMap<String, String>,
     /// Migrations in flight, from the control plane's journal (partition, from, to, phase).
-    pub migrations: Vec<serde_json::Value>,
+    pub migrations: Vec<MigrationJob>,
     /// With replication: every stored partition's replica set and what it lacks.
     #[serde(default)]
     pub replica_sets: Vec<ReplicaSetView>,
@@ -92,4 +92,150 @@ pub struct EpochSeen {
 
 fn one() -> u32 {
     1
+}
+
+/// How ownership flips to the target at the end of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flip {
+    /// Pin the partition on the target with a placement override (`shardctl migrate`): it stays
+    /// there across later ring changes.
+    Pin,
+    /// Drop the partition's override so the ring places it (rebalance, drain): the target must be
+    /// its ring owner; if it is not (the layout changed meanwhile), it is pinned instead.
+    Natural,
+}
+
+/// The step a partition's move is at, journaled before the step runs. A move is one of two state
+/// machines: the copy of an unreplicated partition ([`CopyPhase`], `control-plane/src/migrate.rs`)
+/// or the change of a replicated partition's replica set ([`SetPhase`], `move_set.rs`). On the
+/// wire and in the journal it is the step's snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MovePhase {
+    /// A step of the copy protocol.
+    Copy(CopyPhase),
+    /// A step of a replica-set change.
+    Set(SetPhase),
+}
+
+/// The copy protocol of an unreplicated partition, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyPhase {
+    /// Planned by a rebalance or drain, not started.
+    Pending,
+    /// Pages of the source's snapshot to the target.
+    Copy,
+    /// The source's log replayed onto the target while it takes writes.
+    CatchUp,
+    /// The source's writes fenced.
+    Fenced,
+    /// The last entries drained and both sides verified.
+    Drained,
+    /// Ownership flipped to the target.
+    Flipped,
+}
+
+/// The change of a replicated partition's replica set, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetPhase {
+    /// The new members join as extra copies and replay the log.
+    Join,
+    /// The target is pinned and takes the writes over.
+    Lead,
+    /// The new set catches up behind a short fence; the leavers go.
+    Settle,
+}
+
+impl MovePhase {
+    /// The step's name (the journal's and the failpoints' word for it).
+    pub fn name(self) -> &'static str {
+        match self {
+            MovePhase::Copy(CopyPhase::Pending) => "pending",
+            MovePhase::Copy(CopyPhase::Copy) => "copy",
+            MovePhase::Copy(CopyPhase::CatchUp) => "catch_up",
+            MovePhase::Copy(CopyPhase::Fenced) => "fenced",
+            MovePhase::Copy(CopyPhase::Drained) => "drained",
+            MovePhase::Copy(CopyPhase::Flipped) => "flipped",
+            MovePhase::Set(SetPhase::Join) => "join",
+            MovePhase::Set(SetPhase::Lead) => "lead",
+            MovePhase::Set(SetPhase::Settle) => "settle",
+        }
+    }
+}
+
+impl std::fmt::Display for MovePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<CopyPhase> for MovePhase {
+    fn from(p: CopyPhase) -> Self {
+        MovePhase::Copy(p)
+    }
+}
+
+impl From<SetPhase> for MovePhase {
+    fn from(p: SetPhase) -> Self {
+        MovePhase::Set(p)
+    }
+}
+
+/// One partition's move in the control plane's journal (and in the cluster view).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationJob {
+    /// Record format.
+    pub format_version: u32,
+    /// The partition (`tenant/scope`).
+    pub partition: String,
+    /// Where its data was when the job was written.
+    pub from: String,
+    /// Where it goes.
+    pub to: String,
+    /// How ownership flips.
+    pub flip: Flip,
+    /// The last step started.
+    pub phase: MovePhase,
+    /// Memories copied so far (updated every few seconds during the copy).
+    #[serde(default)]
+    pub copied: u64,
+    /// Memories in the partition when the copy began.
+    #[serde(default)]
+    pub total: u64,
+    /// When this step was recorded, unix ms.
+    #[serde(default)]
+    pub at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The journal's words for every step read back as the same step (records written before
+    /// the phases were typed are plain strings of these words).
+    #[test]
+    fn phases_are_their_names_on_the_wire() {
+        use CopyPhase::*;
+        use SetPhase::*;
+        let all: [MovePhase; 9] = [
+            Pending.into(),
+            Copy.into(),
+            CatchUp.into(),
+            Fenced.into(),
+            Drained.into(),
+            Flipped.into(),
+            Join.into(),
+            Lead.into(),
+            Settle.into(),
+        ];
+        for phase in all {
+            let wire = serde_json::to_string(&phase).expect("serializes");
+            assert_eq!(wire, format!("\"{}\"", phase.name()));
+            assert_eq!(serde_json::from_str::<MovePhase>(&wire).expect("parses"), phase);
+        }
+        assert!(serde_json::from_str::<MovePhase>("\"sideways\"").is_err());
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use memring_common::api::ClusterView;
+use memring_common::api::{ClusterView, CopyPhase, MovePhase};
 use memring_control::migrate::MigrationReport;
 use memring_control::verify::VerifyReport;
 use memring_control::{ChangeReport, MigrateRequest};
@@ -177,13 +177,14 @@ async fn with_progress<T>(
                 let Ok(resp) = client.get(format!("{base}/v1/cluster")).send().await else { continue };
                 let Ok(view) = resp.json::<ClusterView>().await else { continue };
                 // A rebalance journals every move up front: one runs, the rest wait.
-                let waiting = view.migrations.iter().filter(|m| m["phase"] == "pending").count();
+                let pending = MovePhase::Copy(CopyPhase::Pending);
+                let waiting = view.migrations.iter().filter(|m| m.phase == pending).count();
                 let queue = if waiting > 0 { format!(" ({waiting} more waiting)") } else { String::new() };
-                if let Some(m) = view.migrations.iter().find(|m| m["phase"] != "pending") {
-                    let (copied, total) = (m["copied"].as_u64().unwrap_or(0), m["total"].as_u64().unwrap_or(0));
+                if let Some(m) = view.migrations.iter().find(|m| m.phase != pending) {
+                    let (copied, total) = (m.copied, m.total);
                     let rate = last.map(|(c, t)| copied.saturating_sub(c) as f64 / t.elapsed().as_secs_f64()).unwrap_or(0.0);
                     let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(copied) as f64 / rate) } else { "?".into() };
-                    eprint!("\r{} {}: {copied}/{total} copied, {rate:.0}/s, ETA {eta}{queue}     ", m["partition"], m["phase"]);
+                    eprint!("\r{} {}: {copied}/{total} copied, {rate:.0}/s, ETA {eta}{queue}     ", m.partition, m.phase);
                     last = Some((copied, std::time::Instant::now()));
                 } else if view.replication_factor > 1 {
                     // A replicated change: new copies replay logs; show how far they are.
