@@ -34,7 +34,7 @@ pub async fn replicated_cluster(
     set_replication(&c.etcd.url, copies).await?;
     let control = c.start_control_with(&["--replace-after-secs", "0"]).await?;
     let epoch = store.load().await?.layout.epoch;
-    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(15)).await?;
     Ok((c, store, control))
 }
 

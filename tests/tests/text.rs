@@ -666,23 +666,32 @@ async fn keyword_and_vector_answers_are_the_same_on_every_copy_across_a_failover
         json!({"scopes": ["shared"], "query": "allergy", "k": 5}),
     ];
     let url = format!("{router}/v1/tenants/kf/memories/search");
-    // With replica reads on, repeated searches are answered by different copies.
+    // With replica reads on, repeated searches are answered by different copies. A follower
+    // may answer from up to `replica_staleness_ms` (2 s) behind its primary, so the copies must
+    // come to agree within a few seconds, not at once.
     let answers = |label: &'static str| {
         let (http, url, queries) = (http.clone(), url.clone(), queries.clone());
         async move {
             let mut all = Vec::new();
             for q in &queries {
-                let mut seen: Vec<Value> = Vec::new();
-                for _ in 0..6 {
-                    let answer: Value = http.post(&url).json(q).send().await?.json().await?;
-                    anyhow::ensure!(answer["partial"] == false, "{label}: {answer}");
-                    seen.push(answer["results"].clone());
-                }
-                anyhow::ensure!(
-                    seen.windows(2).all(|w| w[0] == w[1]),
-                    "{label}: copies disagree on {q}: {seen:?}"
-                );
-                all.push(seen.remove(0));
+                let started = std::time::Instant::now();
+                let agreed = loop {
+                    let mut seen: Vec<Value> = Vec::new();
+                    for _ in 0..6 {
+                        let answer: Value = http.post(&url).json(q).send().await?.json().await?;
+                        anyhow::ensure!(answer["partial"] == false, "{label}: {answer}");
+                        seen.push(answer["results"].clone());
+                    }
+                    if seen.windows(2).all(|w| w[0] == w[1]) {
+                        break seen.remove(0);
+                    }
+                    anyhow::ensure!(
+                        started.elapsed() < Duration::from_secs(15),
+                        "{label}: copies still disagree on {q} after 15 s: {seen:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                };
+                all.push(agreed);
             }
             anyhow::Ok(all)
         }
