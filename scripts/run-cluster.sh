@@ -91,7 +91,7 @@ for i in 1 2; do
   pids+=($!)
   wait_http "router-$i" "http://127.0.0.1:770$i/ready"
 done
-"$BIN/memring-control" "${ETCD_AUTH[@]}" "${TOKEN[@]}" serve --listen 127.0.0.1:7801 >>"$DATA/logs/control.log" 2>&1 &
+"$BIN/memring-control" "${ETCD_AUTH[@]}" "${TOKEN[@]}" serve --listen 127.0.0.1:7801 --auto-rebalance true >>"$DATA/logs/control.log" 2>&1 &
 pids+=($!)
 wait_http control http://127.0.0.1:7801/ready
 # Cluster mode requires API keys: the first admin key is made straight in etcd, once, and kept

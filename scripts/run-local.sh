@@ -53,7 +53,7 @@ done
 "$BIN/memring-router" --listen 127.0.0.1:7700 --ring-dir "$DATA/ring" --embedder builtin >>"$DATA/logs/router.log" 2>&1 &
 pids+=($!)
 wait_ready router http://127.0.0.1:7700
-"$BIN/memring-control" --ring-dir "$DATA/ring" serve --listen 127.0.0.1:7800 >>"$DATA/logs/control.log" 2>&1 &
+"$BIN/memring-control" --ring-dir "$DATA/ring" serve --listen 127.0.0.1:7800 --auto-rebalance true >>"$DATA/logs/control.log" 2>&1 &
 pids+=($!)
 wait_ready control http://127.0.0.1:7800
 

@@ -93,6 +93,11 @@ pub struct ClusterLayout {
     /// never the owner.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_copies: BTreeMap<PartitionKey, BTreeSet<NodeId>>,
+    /// Whether the active control plane admits shard nodes that register without an operator:
+    /// it runs the same rebalance `shardctl rebalance` runs once a new node has been live for a
+    /// few seconds (`control-plane/src/autopilot.rs`). Off unless switched on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_rebalance: bool,
 }
 
 fn one() -> u32 {
@@ -115,6 +120,7 @@ impl Default for ClusterLayout {
             down: BTreeSet::new(),
             joining: BTreeSet::new(),
             extra_copies: BTreeMap::new(),
+            auto_rebalance: false,
         }
     }
 }

@@ -113,3 +113,22 @@ pub async fn set_replication(
     })
     .await
 }
+
+/// Switches rebalancing without an operator on or off (`auto_rebalance`, read by the active
+/// control plane's autopilot, `autopilot.rs`).
+pub async fn set_auto_rebalance(
+    store: &dyn RingStore,
+    on: bool,
+    expect: Option<u64>,
+) -> anyhow::Result<String> {
+    apply(store, expect, |layout| {
+        if layout.auto_rebalance == on {
+            return Ok(None);
+        }
+        let mut next = layout.clone();
+        next.epoch += 1;
+        next.auto_rebalance = on;
+        Ok(Some(next))
+    })
+    .await
+}

@@ -1,12 +1,14 @@
 //! memring control plane: reads the cluster's state from the ring store and the shard nodes and
 //! serves it to operators (`GET /v1/cluster`, used by `shardctl status` and `shardctl nodes`).
 //!
-//! It also runs online migrations of a tenant's partitions to a named node (`migrate.rs`, and
+//! It also admits shard nodes that register when the layout asks for it (`autopilot.rs`), runs
+//! online migrations of a tenant's partitions to a named node (`migrate.rs`, and
 //! `move_set.rs` with replication), rebalances and drains (`rebalance.rs`, `resize.rs`),
 //! failover (`failover.rs`) and the sweep for copies no replica set needs (`janitor.rs`), and
 //! verifies placement (`verify.rs`). Nothing here changes the layout except by a
 //! compare-and-swap layout change.
 
+pub mod autopilot;
 pub mod failover;
 pub mod failpoint;
 pub mod janitor;
@@ -53,6 +55,10 @@ pub struct ControlConfig {
     /// Require API keys on the admin API (admin keys; operator keys for `/v1/cluster` and the
     /// operator page). Default: on in cluster mode (etcd), off on the embedded store.
     pub auth: Option<bool>,
+    /// The layout's `auto_rebalance`, set on taking leadership (`None`: left as it is).
+    pub auto_rebalance: Option<bool>,
+    /// How long a new node stays live before the autopilot admits it.
+    pub auto_rebalance_settle: std::time::Duration,
 }
 
 /// The operator page served at `/` (no external resources; it polls `GET /v1/cluster`).
@@ -73,6 +79,8 @@ struct ControlService {
     cancel: migrate::Cancel,
     /// Layout epochs seen since start (the operator page's history).
     epochs: Arc<view::EpochHistory>,
+    /// Admits registered nodes when the layout's `auto_rebalance` is on (while leading).
+    autopilot: Arc<autopilot::Autopilot>,
 }
 
 impl ControlService {
@@ -209,6 +217,25 @@ impl ControlService {
         self.cancel.set();
         tracing::warn!("cancel requested for the running migration");
         Ok(())
+    }
+
+    /// `PUT /v1/autopilot {"rebalance": bool}`: switches the layout's `auto_rebalance`;
+    /// answers the autopilot's view.
+    async fn set_autopilot(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<memring_common::api::AutopilotView, ApiError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Ask {
+            rebalance: bool,
+        }
+        self.require_leader()?;
+        let ask: Ask = parse_json(&read_body(req, 1024).await?)?;
+        layout::set_auto_rebalance(self.store.as_ref(), ask.rebalance, None)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("{e:#}"), 1))?;
+        Ok(self.autopilot.view(ask.rebalance))
     }
 
     fn require_leader(&self) -> Result<(), ApiError> {
@@ -358,6 +385,7 @@ impl Service for ControlService {
                     {
                         Ok(mut v) => {
                             v.epoch_history = self.epochs.list();
+                            v.autopilot = self.autopilot.view(v.autopilot.enabled);
                             json(200, &v)
                         }
                         Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
@@ -420,6 +448,13 @@ impl Service for ControlService {
                         Err(e) => error_response(&e),
                     };
                     Reply { route: "limits.set", response }
+                }
+                (Method::PUT, "/v1/autopilot") => {
+                    let response = match self.set_autopilot(req).await {
+                        Ok(view) => json(200, &view),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "autopilot", response }
                 }
                 (Method::POST, "/v1/migrations/cancel") => {
                     let response = match self.cancel_running() {
@@ -528,6 +563,7 @@ pub async fn run(
         throttle: migrate::Throttle { memories_per_sec: config.migration_rate },
         cancel: migrate::Cancel::default(),
         epochs: Arc::new(view::EpochHistory::default()),
+        autopilot: autopilot::Autopilot::new(config.auto_rebalance_settle),
     });
     let recorder = tokio::spawn(view::record_epochs(store.clone(), service.epochs.clone()));
     // One active control plane: wait for leadership in the background (serving /health and the
@@ -535,6 +571,7 @@ pub async fn run(
     let ttl = std::time::Duration::from_secs(config.lease_ttl_secs);
     let replace_after = (config.replace_after_secs > 0)
         .then(|| std::time::Duration::from_secs(config.replace_after_secs));
+    let auto_rebalance = config.auto_rebalance;
     let leading = {
         let service = service.clone();
         tokio::spawn(async move {
@@ -585,6 +622,21 @@ pub async fn run(
                     }
                 })
             };
+            if let Some(on) = auto_rebalance {
+                match layout::set_auto_rebalance(service.store.as_ref(), on, None).await {
+                    Ok(done) => tracing::info!(auto_rebalance = on, "{done}"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "cannot set the layout's auto_rebalance")
+                    }
+                }
+            }
+            let autopilot = tokio::spawn(service.autopilot.clone().run(autopilot::Jobs {
+                store: service.store.clone(),
+                client: service.client.clone(),
+                slot: service.migrating.clone(),
+                throttle: service.throttle,
+                cancel: service.cancel.clone(),
+            }));
             if leadership.lost.wait_for(|lost| *lost).await.is_ok() {
                 // Another control plane may be active now; acting on would risk two drivers.
                 tracing::error!(
@@ -596,6 +648,7 @@ pub async fn run(
             std::future::pending::<()>().await;
             failover.abort();
             janitor.abort();
+            autopilot.abort();
             resuming.abort();
             leadership.hold.revoke().await;
         })

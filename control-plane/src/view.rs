@@ -100,6 +100,10 @@ pub async fn cluster_view(
         migrations: crate::journal::pending(store).await?,
         replica_sets,
         epoch_history: Vec::new(),
+        autopilot: memring_common::api::AutopilotView {
+            enabled: layout.auto_rebalance,
+            ..Default::default()
+        },
     })
 }
 
@@ -127,6 +131,36 @@ fn replica_set(
         down,
         missing,
     }
+}
+
+/// The autopilot's lines of `shardctl status`: on or off, who waits, its last run.
+fn render_autopilot(a: &memring_common::api::AutopilotView) -> String {
+    let mut out = format!(
+        "\nauto-rebalance {}{}",
+        if a.enabled { "on" } else { "off" },
+        if a.running { " (running now)" } else { "" }
+    );
+    if !a.waiting.is_empty() {
+        out.push_str(&format!("; waiting to join: {}", a.waiting.join(", ")));
+    }
+    out.push('\n');
+    if let Some(last) = a.history.last() {
+        let what = match &last.error {
+            Some(error) => format!("failed: {error}"),
+            None => format!(
+                "{} moves, {:.1}% of memories (ideal {:.1}%)",
+                last.moves,
+                last.moved_fraction * 100.0,
+                last.ideal_fraction * 100.0
+            ),
+        };
+        out.push_str(&format!(
+            "  last run: admitted {} in {:.1} s: {what}\n",
+            last.joining.join(", "),
+            last.took_ms as f64 / 1000.0
+        ));
+    }
+    out
 }
 
 /// Renders the view as the table `shardctl status` prints.
@@ -164,6 +198,7 @@ pub fn render(view: &ClusterView) -> String {
             if view.replication_factor > 1 { show(n.lag) } else { "-".into() }
         ));
     }
+    out.push_str(&render_autopilot(&view.autopilot));
     if !view.migrations.is_empty() {
         out.push_str("\nmigrations in flight:\n");
         for m in &view.migrations {

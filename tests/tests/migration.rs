@@ -26,11 +26,14 @@ struct Load {
     fresh_every: usize,
     /// Counts acknowledged writes as they happen.
     written: Arc<AtomicUsize>,
+    /// Times a write answered `503 unavailable` is sent again (same id: writes by id are
+    /// idempotent), as a client with retries does; 0: a 503 is a failure.
+    retries: u32,
 }
 
 impl Default for Load {
     fn default() -> Self {
-        Self { per_sec: 200, fresh_every: 0, written: Default::default() }
+        Self { per_sec: 200, fresh_every: 0, written: Default::default(), retries: 0 }
     }
 }
 
@@ -40,14 +43,25 @@ async fn one_write(
     router: String,
     tenant: String,
     i: usize,
+    retries: u32,
 ) -> anyhow::Result<(Option<(String, String)>, Vec<String>, Duration)> {
     let id = format!("live{i}");
     let body = json!({"id": id, "scope": "shared", "content": id, "embedding": vector(8, i, 0.1)});
     let url = format!("{router}/v1/tenants/{tenant}/memories");
     let t = Instant::now();
-    let (status, resp) =
-        send_allowing_5xx(&http, reqwest::Method::POST, &url, Some(body.to_string().into_bytes()))
-            .await?;
+    let mut attempt = 0;
+    let (status, resp) = loop {
+        let body = Some(body.to_string().into_bytes());
+        let (status, resp) = send_allowing_5xx(&http, reqwest::Method::POST, &url, body).await?;
+        if status != 503 || attempt == retries {
+            break (status, resp);
+        }
+        attempt += 1;
+        println!("write {tenant}/{id} sent again after {resp}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Sent again after a 503: the first try may have created it (then 200 unchanged).
+    let status = if attempt > 0 && status == 200 { 201 } else { status };
     let took = t.elapsed();
     let mut failures = Vec::new();
     let acked = if status == 201 {
@@ -93,8 +107,9 @@ fn spawn_writer(
                 tenants[i % tenants.len()].clone()
             };
             let (http, router, written) = (http.clone(), router.clone(), load.written.clone());
+            let retries = load.retries;
             tasks.push(tokio::spawn(async move {
-                let r = one_write(http, router, tenant, i).await;
+                let r = one_write(http, router, tenant, i, retries).await;
                 if let Ok((Some(_), _, _)) = &r {
                     written.fetch_add(1, Ordering::Relaxed);
                 }
@@ -451,7 +466,7 @@ async fn a_partition_created_while_a_rebalance_plans_is_not_left_behind() -> any
     tokio::time::sleep(Duration::from_millis(500)).await;
     let write = {
         let (router, tenant) = (router.clone(), tenant.clone());
-        tokio::spawn(async move { one_write(client(), router, tenant, 1).await })
+        tokio::spawn(async move { one_write(client(), router, tenant, 1, 0).await })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!write.is_finished(), "a partition was created while creation was frozen");
@@ -723,5 +738,92 @@ async fn a_cancelled_rebalance_is_finished_by_running_it_again() -> anyhow::Resu
     assert_exactly(&c.url(), &expected).await?;
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
+    Ok(())
+}
+
+/// Rebalancing without an operator (`control-plane/src/autopilot.rs`): with auto-rebalance on
+/// and R = 3, a fourth node started under write load is admitted and given its copies with no
+/// command; the copies moved are within 1.1× of the new node's ring share (2,040 partitions, so
+/// the sample is tight); every acknowledged write is readable exactly once and verify is clean.
+/// Switched off, a fifth node that registers stays out of the ring.
+#[tokio::test]
+async fn a_node_that_registers_is_admitted_without_an_operator() -> anyhow::Result<()> {
+    use memring_tests::load::{set_replication, wait_for, wait_verified};
+    let mut c = EtcdCluster::start(3, 1, 10).await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let flags = ["--auto-rebalance", "true", "--auto-rebalance-settle-secs", "1"];
+    let control = c.start_control_with(&flags).await?;
+    let store = c.etcd.store().await?;
+    wait_for("the layout's auto_rebalance on", Duration::from_secs(20), || async {
+        Ok(store.load().await?.layout.auto_rebalance.then_some(()))
+    })
+    .await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(15)).await?;
+    let router = c.router(0);
+    let small: Vec<String> = (0..2000).map(|i| format!("s{i}")).collect();
+    let loaded: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    let mut expected = seed(&router, &small, 1).await?;
+    expected.extend(seed(&router, &loaded, 20).await?);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_writer(
+        router.clone(),
+        loaded.clone(),
+        stop.clone(),
+        // A write may meet a quorum timeout (503) while the new node pulls every log it joins;
+        // the load sends it again as clients do, and every acknowledged write is checked below.
+        Load { per_sec: 100, fresh_every: 20, retries: 5, ..Default::default() },
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fourth = c.start_shard("shard-4").await?;
+    c.shards.push(fourth);
+    let cluster = format!("{}/v1/cluster", control.url());
+    let run = wait_for("the autopilot's run admitting shard-4", Duration::from_secs(120), || {
+        let cluster = cluster.clone();
+        async move {
+            let view: serde_json::Value = client().get(&cluster).send().await?.json().await?;
+            let last = view["autopilot"]["history"].as_array().and_then(|h| h.last()).cloned();
+            Ok(last.filter(|_| view["autopilot"]["running"] == false))
+        }
+    })
+    .await?;
+    stop.store(true, Ordering::Release);
+    let (acked, failures, slowest) = load.await??;
+    println!(
+        "autopilot run: {run}\nload: {} writes acknowledged, slowest {slowest:?}",
+        acked.len()
+    );
+    assert_eq!(run["error"], serde_json::Value::Null, "{run}\n{}", c.logs());
+    assert_eq!(run["joining"], json!(["shard-4"]), "{run}");
+    let (moved, ideal) = (
+        run["moved_fraction"].as_f64().unwrap_or(0.0),
+        run["ideal_fraction"].as_f64().unwrap_or(0.0),
+    );
+    assert!(ideal > 0.1 && moved > 0.0, "{run}");
+    assert!(moved <= 1.1 * ideal, "moved {moved:.3} of the copies, ideal {ideal:.3}: {run}");
+    assert!(failures.is_empty(), "clients saw errors: {:?}", &failures[..failures.len().min(5)]);
+    assert!(acked.len() >= 200, "the load did not run: {} writes", acked.len());
+    let layout = store.load().await?.layout;
+    assert!(layout.node(&c.shard_id(3)).is_some(), "shard-4 is in the layout");
+    wait_verified(&control, Duration::from_secs(60)).await?;
+    let layout = store.load().await?.layout;
+    assert!(layout.joining.is_empty(), "shard-4 leads its share: {:?}", layout.joining);
+    assert!(!c.partitions_on(&c.shards[3]).await?.is_empty(), "the new node holds copies");
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(10)).await?;
+    expected.extend(acked);
+    assert_exactly(&router, &expected).await?;
+
+    // Off: a node that registers now waits for an operator.
+    let (ok, out, err) = shardctl(&control.url(), &["auto-rebalance", "off"]).await?;
+    assert!(ok, "{out}{err}");
+    assert!(!store.load().await?.layout.auto_rebalance);
+    let fifth = c.start_shard("shard-5").await?;
+    c.shards.push(fifth);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(store.load().await?.layout.node(&c.shard_id(4)).is_none(), "admitted while off");
+    let (ok, status, err) = shardctl(&control.url(), &["status"]).await?;
+    assert!(ok, "{err}");
+    assert!(status.contains("auto-rebalance off"), "{status}");
     Ok(())
 }

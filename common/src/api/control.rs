@@ -73,6 +73,47 @@ pub struct ClusterView {
     /// Layout epochs this control plane has seen since it started, oldest first (at most 50).
     #[serde(default)]
     pub epoch_history: Vec<EpochSeen>,
+    /// Rebalancing without an operator: whether the layout asks for it and what the active
+    /// control plane last did about it (absent from a standby's answer).
+    #[serde(default)]
+    pub autopilot: AutopilotView,
+}
+
+/// The autopilot's part of the cluster view (`control-plane/src/autopilot.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AutopilotView {
+    /// The layout's `auto_rebalance`.
+    pub enabled: bool,
+    /// Live nodes outside the layout, waiting to be admitted (their settle time, or a job that
+    /// holds the control plane's one job slot).
+    #[serde(default)]
+    pub waiting: Vec<String>,
+    /// Whether the autopilot's rebalance is running now.
+    #[serde(default)]
+    pub running: bool,
+    /// What its last rebalance did, newest last (at most 10).
+    #[serde(default)]
+    pub history: Vec<AutopilotRun>,
+}
+
+/// One rebalance the autopilot ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutopilotRun {
+    /// When it started, unix ms.
+    pub started_at_ms: i64,
+    /// How long it took, ms.
+    pub took_ms: u64,
+    /// The nodes it admitted.
+    pub joining: Vec<String>,
+    /// Partitions moved (or given a new copy, with replication).
+    pub moves: usize,
+    /// Memories moved ÷ memories in the cluster.
+    pub moved_fraction: f64,
+    /// What consistent hashing should move (the joining nodes' share).
+    pub ideal_fraction: f64,
+    /// Why it failed or stopped (absent when it finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One layout epoch in the cluster view's history.

@@ -43,6 +43,15 @@ enum Command {
         /// Require API keys on the admin API (true/false); default true with etcd.
         #[arg(long, env = "MEMRING_AUTH")]
         auth: Option<bool>,
+        /// Set the layout's `auto_rebalance` to this (true/false) on taking leadership: with it
+        /// on, shard nodes that register are admitted without `shardctl rebalance`. Unset: the
+        /// layout keeps what `shardctl auto-rebalance` last set (off in a new layout).
+        #[arg(long, env = "MEMRING_AUTO_REBALANCE")]
+        auto_rebalance: Option<bool>,
+        /// How long a new node must stay live before the autopilot admits it (nodes started
+        /// together join in one rebalance).
+        #[arg(long, env = "MEMRING_AUTO_REBALANCE_SETTLE_SECS", default_value_t = 10)]
+        auto_rebalance_settle_secs: u64,
     },
     /// API keys straight in the ring store.
     #[command(subcommand)]
@@ -110,6 +119,16 @@ enum LayoutCommand {
         #[arg(long)]
         expect_epoch: Option<u64>,
     },
+    /// Admit shard nodes that register without an operator (on) or only by `shardctl
+    /// rebalance` (off).
+    SetAutoRebalance {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Apply only if the layout is still at this epoch (default: the epoch just read).
+        #[arg(long)]
+        expect_epoch: Option<u64>,
+    },
     /// Keep this many copies of every partition (1 to 7): followers tail their primary's log.
     SetReplication {
         /// Copies per partition.
@@ -142,7 +161,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut internal = InternalAuthConfig::default();
     args.internal.overlay(&mut internal);
     match args.command {
-        Command::Serve { listen, lease_ttl_secs, migration_rate, replace_after_secs, auth } => {
+        Command::Serve {
+            listen,
+            lease_ttl_secs,
+            migration_rate,
+            replace_after_secs,
+            auth,
+            auto_rebalance,
+            auto_rebalance_settle_secs,
+        } => {
             memring_common::telemetry::init_metrics();
             memring_common::config::check_addr("listen", &listen)?;
             let listener = tokio::net::TcpListener::bind(&listen)
@@ -155,6 +182,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 replace_after_secs,
                 internal,
                 auth,
+                auto_rebalance,
+                auto_rebalance_settle: std::time::Duration::from_secs(auto_rebalance_settle_secs),
             };
             memring_control::run(listener, config, memring_common::telemetry::shutdown_signal())
                 .await
@@ -196,6 +225,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 LayoutCommand::RemoveNode { id, expect_epoch } => {
                     memring_control::layout::remove_node(store.as_ref(), &id, expect_epoch).await?
+                }
+                LayoutCommand::SetAutoRebalance { state, expect_epoch } => {
+                    let on = state == "on";
+                    memring_control::layout::set_auto_rebalance(store.as_ref(), on, expect_epoch)
+                        .await?
                 }
                 LayoutCommand::SetReplication { copies, expect_epoch } => {
                     memring_control::layout::set_replication(store.as_ref(), copies, expect_epoch)

@@ -52,6 +52,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Admit shard nodes that register without an operator (on: the active control plane runs
+    /// the rebalance above once a new node has been live for its settle time) or not (off).
+    AutoRebalance {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Move everything off a node and take it out of the ring.
     Drain {
         /// The node id.
@@ -428,6 +435,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(unreachable)?;
             answer(resp).await?;
             println!("limits of {tenant} cleared; it gets the defaults");
+        }
+        Command::AutoRebalance { state } => {
+            let ask = serde_json::json!({ "rebalance": state == "on" });
+            let resp = client
+                .put(format!("{base}/v1/autopilot"))
+                .json(&ask)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let view: memring_common::api::AutopilotView = answer(resp).await?.json().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("auto-rebalance {state}");
+            }
         }
         Command::Cancel => {
             let resp = client
