@@ -25,7 +25,7 @@ use memring_common::clock::now_millis;
 use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 
-use crate::migrate::{Cancel, JobError, Throttle};
+use crate::job::{Cancel, JobError, Throttle};
 use crate::rebalance::{self, Change};
 
 /// How often the autopilot looks at the layout and the live nodes.

@@ -112,7 +112,7 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
             if store.load().await?.layout.epoch != layout.epoch {
                 return Ok(swept);
             }
-            crate::move_set::drop_copy(client, node, p, layout.epoch).await?;
+            crate::shard_client::drop_copy(client, node, p, layout.epoch).await?;
             tracing::info!(partition = %p, node = %node.id, position = copy.last_seq, "copy outside its replica set dropped");
             metrics::counter!("memring_control_copies_dropped_total").increment(1);
             swept.dropped += 1;

@@ -1,19 +1,16 @@
 //! The migration journal: every migration is recorded in the ring store before it acts, and its
-//! phase is updated as it goes, so a control plane killed at any point resumes on restart.
+//! phase is updated as it goes, so a control plane killed at any point resumes on restart
+//! (`migrate::resume`).
 //!
 //! Resuming needs little state because ownership itself lives in the layout: if the layout says
 //! the target owns the partition, the flip happened and only dropping the source copy is left;
 //! otherwise nothing was handed over, and the migration starts again from a clean target
 //! (the source is unfenced first, so clients are not held up meanwhile).
 
-use memring_common::api::{MigrationJob, MovePhase};
-use memring_common::internal::InternalClient;
+use memring_common::PartitionKey;
+use memring_common::api::{Flip, MigrationJob, MovePhase};
 use memring_common::store::RingStore;
-use memring_common::{NodeId, PartitionKey, Ring};
 use xxhash_rust::xxh3::xxh3_64;
-
-use crate::migrate::{Cancel, Flip, Throttle, migrate_partition};
-use crate::shard_client as shard;
 
 const JOB_FORMAT_VERSION: u32 = 1;
 
@@ -70,57 +67,4 @@ pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Vec<Job>> {
         }
     }
     Ok(out)
-}
-
-/// Finishes every journaled migration. Called at start-up, before serving.
-pub async fn resume(
-    store: &dyn RingStore,
-    client: &InternalClient,
-    throttle: Throttle,
-    cancel: &Cancel,
-) -> anyhow::Result<usize> {
-    let jobs = pending(store).await?;
-    for job in &jobs {
-        let partition: PartitionKey = job.partition.parse()?;
-        let to = NodeId::parse(&job.to)?;
-        let layout = store.load().await?.layout;
-        let ring = Ring::new(layout.clone());
-        tracing::warn!(partition = %partition, from = %job.from, to = %to, phase = %job.phase, "resuming migration");
-        if layout.node(&to).is_none() {
-            // A rebalance that never staged its layout: nothing moved, nothing to finish.
-            store.delete_job(&job_id(&partition)).await?;
-            continue;
-        }
-        if layout.replication_factor > 1 {
-            // The layout records how far a replicated move got; running it again finishes it
-            // (or, cancelled before the target leads, drops the joining copies).
-            migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;
-            continue;
-        }
-        if ring.owner(&partition).map(|o| &o.id) == Some(&to) {
-            // The flip happened: only the source copy is left to drop.
-            if let Some(from) =
-                NodeId::parse(&job.from).ok().and_then(|id| layout.node(&id).cloned())
-                && from.id != to
-            {
-                shard::drop_partition(client, &from, &partition).await?;
-            }
-            store.delete_job(&job_id(&partition)).await?;
-            continue;
-        }
-        if let Some(owner) = ring.owner(&partition) {
-            // Not flipped: let the source take writes again, then start over.
-            shard::unfence(client, owner, &partition).await?;
-        }
-        if cancel.is_set() {
-            // Not started again: drop the record; the source still owns the partition.
-            if let Some(target) = layout.node(&to) {
-                shard::drop_partition(client, target, &partition).await?;
-            }
-            store.delete_job(&job_id(&partition)).await?;
-            continue;
-        }
-        migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;
-    }
-    Ok(jobs.len())
 }

@@ -20,41 +20,14 @@ use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{NodeId, PartitionKey, Ring};
-use serde::{Deserialize, Serialize};
 
+use crate::job::{Cancel, JobError, MigrationReport, Throttle};
 use crate::shard_client as shard;
 pub use memring_common::api::Flip;
 use memring_common::api::{CopyPhase, MovePhase};
 
 /// Copy page size (memories per request).
 const PAGE: usize = 500;
-
-/// What a finished migration did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MigrationReport {
-    /// The partition.
-    pub partition: String,
-    /// Old owner.
-    pub from: String,
-    /// New owner.
-    pub to: String,
-    /// Memories copied from the snapshot pages.
-    pub copied: u64,
-    /// Log entries replayed after the copy (catch-up and drain).
-    pub replayed: u64,
-    /// How long writes were fenced (fence → ownership flipped), ms.
-    pub fenced_ms: u64,
-    /// Memories on the target when verified.
-    pub count: u64,
-    /// Layout epoch after the flip.
-    pub epoch: u64,
-    /// Whole migration, ms.
-    pub took_ms: u64,
-    /// Bytes of the source's HNSW graph handed to the target (0 when the source had no graph
-    /// loaded: the target then builds its index on its first search, as the source would have).
-    #[serde(default)]
-    pub index_bytes: u64,
-}
 
 /// How long a catch-up may chase a source whose writes keep coming before the fence is set
 /// anyway (the fence then drains what is left, with writes held back meanwhile).
@@ -107,50 +80,6 @@ async fn ship_index(
     shard::put_index(client, to, p, graph).await?;
     tracing::info!(partition = %p, bytes = len, "index graph handed to the target");
     Ok(len)
-}
-
-/// How fast a migration may copy.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Throttle {
-    /// Memories per second copied (0: as fast as the nodes go).
-    pub memories_per_sec: u64,
-}
-
-/// A request to cancel the running migration (or rebalance), shared with the HTTP API.
-#[derive(Debug, Clone, Default)]
-pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Cancel {
-    /// Asks the running job to stop.
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    /// Forgets an earlier request (a new job starts).
-    pub fn clear(&self) {
-        self.0.store(false, Ordering::Release);
-    }
-
-    /// Whether cancelling was asked for.
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// Why a migration, move, rebalance or drain stopped before it was done.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// An operator cancelled it (`shardctl cancel`); the text says where it stopped and what
-    /// the cluster is left with.
-    #[error("cancelled by an operator {0}")]
-    Cancelled(String),
-}
-
-impl JobError {
-    /// Whether `e` (or an error it wraps) is a cancellation.
-    pub fn is_cancelled(e: &anyhow::Error) -> bool {
-        e.chain().any(|c| matches!(c.downcast_ref::<JobError>(), Some(JobError::Cancelled(_))))
-    }
 }
 
 /// Undoes a migration that has not fenced: drops the target's partial copy and the journal
@@ -330,4 +259,57 @@ pub async fn migrate_partition(
     report.took_ms = started.elapsed().as_millis() as u64;
     tracing::info!(%partition, from = %from.id, to = %to, count = report.count, fenced_ms = report.fenced_ms, "migration done");
     Ok(report)
+}
+
+/// Finishes every journaled migration. Called at start-up, before serving.
+pub async fn resume(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    throttle: Throttle,
+    cancel: &Cancel,
+) -> anyhow::Result<usize> {
+    let jobs = crate::journal::pending(store).await?;
+    for job in &jobs {
+        let partition: PartitionKey = job.partition.parse()?;
+        let to = NodeId::parse(&job.to)?;
+        let layout = store.load().await?.layout;
+        let ring = Ring::new(layout.clone());
+        tracing::warn!(partition = %partition, from = %job.from, to = %to, phase = %job.phase, "resuming migration");
+        if layout.node(&to).is_none() {
+            // A rebalance that never staged its layout: nothing moved, nothing to finish.
+            store.delete_job(&crate::journal::job_id(&partition)).await?;
+            continue;
+        }
+        if layout.replication_factor > 1 {
+            // The layout records how far a replicated move got; running it again finishes it
+            // (or, cancelled before the target leads, drops the joining copies).
+            migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;
+            continue;
+        }
+        if ring.owner(&partition).map(|o| &o.id) == Some(&to) {
+            // The flip happened: only the source copy is left to drop.
+            if let Some(from) =
+                NodeId::parse(&job.from).ok().and_then(|id| layout.node(&id).cloned())
+                && from.id != to
+            {
+                shard::drop_partition(client, &from, &partition).await?;
+            }
+            store.delete_job(&crate::journal::job_id(&partition)).await?;
+            continue;
+        }
+        if let Some(owner) = ring.owner(&partition) {
+            // Not flipped: let the source take writes again, then start over.
+            shard::unfence(client, owner, &partition).await?;
+        }
+        if cancel.is_set() {
+            // Not started again: drop the record; the source still owns the partition.
+            if let Some(target) = layout.node(&to) {
+                shard::drop_partition(client, target, &partition).await?;
+            }
+            store.delete_job(&crate::journal::job_id(&partition)).await?;
+            continue;
+        }
+        migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;
+    }
+    Ok(jobs.len())
 }

@@ -29,8 +29,7 @@ use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
-use crate::migrate::{Cancel, JobError, MigrationReport};
-use crate::resize::wait;
+use crate::job::{Cancel, JobError, MigrationReport, wait};
 use crate::shard_client as shard;
 use memring_common::api::{MovePhase, SetPhase};
 
@@ -49,19 +48,6 @@ fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId) -> 
 /// Every node holding a copy of `partition` in `layout` (its set and its extra copies).
 fn holders(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
     Ring::new(layout.clone()).replicas(partition).iter().map(|n| n.id.clone()).collect()
-}
-
-/// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
-/// it holds no copy — so no follower round of an older layout can write it again afterwards
-/// (a node applies log entries only while its current layout gives it a copy).
-pub(crate) async fn drop_copy(
-    client: &InternalClient,
-    node: &LayoutNode,
-    partition: &PartitionKey,
-    epoch: u64,
-) -> anyhow::Result<()> {
-    shard::position(client, node, partition, epoch).await?;
-    Ok(shard::drop_partition(client, node, partition).await?)
 }
 
 /// Whether every live node of `members` has at least the owner's position of `partition`
@@ -108,7 +94,7 @@ pub async fn move_set(
             partition,
             from.id.as_str(),
             to.as_str(),
-            crate::migrate::Flip::Pin,
+            memring_common::api::Flip::Pin,
             phase.into(),
             progress,
         )
@@ -202,7 +188,7 @@ pub async fn move_set(
     let layout = store.load().await?.layout;
     for id in &leavers {
         if let Some(node) = layout.node(id) {
-            drop_copy(client, node, partition, layout.epoch).await?;
+            shard::drop_copy(client, node, partition, layout.epoch).await?;
             tracing::info!(%partition, node = %id, "copy outside the new replica set dropped");
         }
     }
@@ -292,7 +278,7 @@ async fn abandon_join(
     let epoch = store.load().await?.layout.epoch;
     for id in &joiners {
         if let Some(node) = before.node(id) {
-            drop_copy(client, node, partition, epoch).await?;
+            shard::drop_copy(client, node, partition, epoch).await?;
         }
     }
     store.delete_job(&crate::journal::job_id(partition)).await?;

@@ -22,7 +22,9 @@ use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::{Cancel, Flip, JobError, MigrationReport, Throttle, migrate_partition};
+use crate::job::{Cancel, JobError, MigrationReport, Move, Throttle};
+use crate::migrate::migrate_partition;
+use memring_common::api::Flip;
 
 /// A layout change to plan for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,19 +34,6 @@ pub enum Change {
     Join,
     /// Move everything off this node and take it out of the ring.
     Drain(String),
-}
-
-/// One partition to move.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Move {
-    /// The partition.
-    pub partition: String,
-    /// Where its data is.
-    pub from: String,
-    /// Its owner in the new ring.
-    pub to: String,
-    /// Memories in it.
-    pub memories: u64,
 }
 
 /// What a rebalance or drain will do.

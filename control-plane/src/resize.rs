@@ -21,7 +21,6 @@
 //! joining nodes their leadership; running the drain again finishes a drain).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::bail;
 use memring_common::internal::InternalClient;
@@ -31,8 +30,7 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use serde::{Deserialize, Serialize};
 
-use crate::migrate::{Cancel, JobError};
-use crate::rebalance::Move;
+use crate::job::{Cancel, Move, wait};
 
 /// The journal id of the running rebalance or drain (one runs at a time).
 pub const JOB_ID: &str = "resize";
@@ -100,9 +98,6 @@ pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Option<ResizeJob>>
     );
     Ok(Some(job))
 }
-
-/// How often a waiting step looks again.
-const POLL: Duration = Duration::from_millis(500);
 
 /// The copies a layout change makes: for each partition, every member of its replica set in
 /// `after` that was not in it in `before`, copied from its owner in `after`.
@@ -326,7 +321,7 @@ async fn settle(
             if ring.replicas(&p.partition).iter().any(|n| n.id == node.id) {
                 continue;
             }
-            crate::move_set::drop_copy(client, node, &p.partition, ring.epoch()).await?;
+            crate::shard_client::drop_copy(client, node, &p.partition, ring.epoch()).await?;
             tracing::info!(partition = %p.partition, node = %node.id, "copy outside its replica set dropped");
             dropped += 1;
         }
@@ -347,30 +342,6 @@ async fn positions(
         }
     }
     Ok(out)
-}
-
-/// Polls `done` until it is true; stops with an error when the operator cancels.
-pub(crate) async fn wait<F, Fut>(cancel: &Cancel, what: &str, mut done: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let mut logged = std::time::Instant::now();
-    loop {
-        match done().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => tracing::debug!(error = %format!("{e:#}"), "waiting for {what}"),
-        }
-        if cancel.is_set() {
-            return Err(JobError::Cancelled(format!("while waiting for {what}")).into());
-        }
-        if logged.elapsed() > Duration::from_secs(10) {
-            tracing::info!("still waiting for {what}");
-            logged = std::time::Instant::now();
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 #[cfg(test)]

@@ -340,3 +340,16 @@ pub async fn drop_partition(
 
 /// The headers the migration feeds answer with, for callers that read them.
 pub use api::{LAST_SEQ_HEADER, NEXT_AFTER_HEADER, PAGE_COUNT_HEADER, PAGE_TOTAL_HEADER};
+
+/// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
+/// it holds no copy — so no follower round of an older layout can write it again afterwards
+/// (a node applies log entries only while its current layout gives it a copy).
+pub async fn drop_copy(
+    client: &InternalClient,
+    node: &LayoutNode,
+    partition: &PartitionKey,
+    epoch: u64,
+) -> Result<(), ShardError> {
+    position(client, node, partition, epoch).await?;
+    drop_partition(client, node, partition).await
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use memring_common::api::{ClusterView, CopyPhase, MovePhase};
-use memring_control::migrate::MigrationReport;
+use memring_control::job::MigrationReport;
 use memring_control::verify::VerifyReport;
 use memring_control::{ChangeReport, MigrateRequest};
 

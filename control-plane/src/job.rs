@@ -1,0 +1,120 @@
+//! What every job of the control plane shares (migrations, moves of a replica set, rebalances,
+//! drains, the autopilot's runs): how fast it may copy, how an operator stops it, why it stopped,
+//! what a finished migration reports, a planned move, and the wait for a condition that an
+//! operator can cancel. No job module imports another for these.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How fast a migration may copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Throttle {
+    /// Memories per second copied (0: as fast as the nodes go).
+    pub memories_per_sec: u64,
+}
+
+/// A request to cancel the running migration (or rebalance), shared with the HTTP API.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Asks the running job to stop.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Forgets an earlier request (a new job starts).
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    /// Whether cancelling was asked for.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Why a migration, move, rebalance or drain stopped before it was done.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// An operator cancelled it (`shardctl cancel`); the text says where it stopped and what
+    /// the cluster is left with.
+    #[error("cancelled by an operator {0}")]
+    Cancelled(String),
+}
+
+impl JobError {
+    /// Whether `e` (or an error it wraps) is a cancellation.
+    pub fn is_cancelled(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| matches!(c.downcast_ref::<JobError>(), Some(JobError::Cancelled(_))))
+    }
+}
+
+/// What a finished migration did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// The partition.
+    pub partition: String,
+    /// Old owner.
+    pub from: String,
+    /// New owner.
+    pub to: String,
+    /// Memories copied from the snapshot pages.
+    pub copied: u64,
+    /// Log entries replayed after the copy (catch-up and drain).
+    pub replayed: u64,
+    /// How long writes were fenced (fence → ownership flipped), ms.
+    pub fenced_ms: u64,
+    /// Memories on the target when verified.
+    pub count: u64,
+    /// Layout epoch after the flip.
+    pub epoch: u64,
+    /// Whole migration, ms.
+    pub took_ms: u64,
+    /// Bytes of the source's HNSW graph handed to the target (0 when the source had no graph
+    /// loaded: the target then builds its index on its first search, as the source would have).
+    #[serde(default)]
+    pub index_bytes: u64,
+}
+
+/// One partition to move.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Move {
+    /// The partition.
+    pub partition: String,
+    /// Where its data is.
+    pub from: String,
+    /// Its owner in the new ring.
+    pub to: String,
+    /// Memories in it.
+    pub memories: u64,
+}
+
+/// How often a waiting step looks again.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Polls `done` until it is true; stops with an error when the operator cancels.
+pub async fn wait<F, Fut>(cancel: &Cancel, what: &str, mut done: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let mut logged = std::time::Instant::now();
+    loop {
+        match done().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "waiting for {what}"),
+        }
+        if cancel.is_set() {
+            return Err(JobError::Cancelled(format!("while waiting for {what}")).into());
+        }
+        if logged.elapsed() > Duration::from_secs(10) {
+            tracing::info!("still waiting for {what}");
+            logged = std::time::Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
