@@ -36,6 +36,54 @@ use crate::job::{Cancel, Move, wait};
 pub const JOB_ID: &str = "resize";
 const JOB_FORMAT_VERSION: u32 = 1;
 
+/// The step a rebalance or drain record says was started last (its wire name, snake_case, is also
+/// the failpoint's: `resize.<phase>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizePhase {
+    /// Without replication: the moves are journaled one by one (`journal.rs`).
+    Migrating,
+    /// The staged layout is being written (compare-and-swap).
+    Staging,
+    /// Waiting for the joining nodes to catch up and lead.
+    Joining,
+    /// A drained node hands its leadership over.
+    HandingOver,
+    /// A drained node leaves the layout.
+    Removing,
+    /// Copies outside the new replica sets are dropped.
+    Settling,
+}
+
+impl ResizePhase {
+    /// The steps of a replicated change, in order.
+    const STEPS: [ResizePhase; 5] = [
+        ResizePhase::Staging,
+        ResizePhase::Joining,
+        ResizePhase::HandingOver,
+        ResizePhase::Removing,
+        ResizePhase::Settling,
+    ];
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizePhase::Migrating => "migrating",
+            ResizePhase::Staging => "staging",
+            ResizePhase::Joining => "joining",
+            ResizePhase::HandingOver => "handing_over",
+            ResizePhase::Removing => "removing",
+            ResizePhase::Settling => "settling",
+        }
+    }
+}
+
+impl std::fmt::Display for ResizePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The journal record of a replicated rebalance or drain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResizeJob {
@@ -47,19 +95,18 @@ pub struct ResizeJob {
     pub joining: Vec<String>,
     /// The node being drained, with its address (kept to drop its copies once it is out).
     pub leaving: Option<LayoutNode>,
-    /// The step started last: `staging`, `joining`, `handing_over`, `removing`, `settling`
-    /// (without replication: `migrating`).
-    pub phase: String,
+    /// The step started last.
+    pub phase: ResizePhase,
     /// When it was recorded, unix ms.
     pub at_ms: i64,
 }
 
 impl ResizeJob {
-    async fn record(&mut self, store: &dyn RingStore, phase: &str) -> anyhow::Result<()> {
-        self.phase = phase.to_owned();
+    async fn record(&mut self, store: &dyn RingStore, phase: ResizePhase) -> anyhow::Result<()> {
+        self.phase = phase;
         self.at_ms = memring_common::clock::now_millis();
         store.put_job(JOB_ID, &serde_json::to_vec(self)?).await?;
-        tracing::info!(phase, joining = ?self.joining, leaving = ?self.leaving.as_ref().map(|n| &n.id), "replicated layout change");
+        tracing::info!(%phase, joining = ?self.joining, leaving = ?self.leaving.as_ref().map(|n| &n.id), "replicated layout change");
         crate::failpoint::hit(&format!("resize.{phase}")).await
     }
 }
@@ -78,10 +125,10 @@ pub async fn record_unreplicated(
         planned_at,
         joining: joining.to_vec(),
         leaving,
-        phase: String::new(),
+        phase: ResizePhase::Migrating,
         at_ms: 0,
     };
-    job.record(store, "migrating").await
+    job.record(store, ResizePhase::Migrating).await
 }
 
 /// The journaled replicated rebalance or drain, if one is unfinished.
@@ -146,10 +193,10 @@ pub async fn run(
         planned_at: epoch,
         joining: joining.to_vec(),
         leaving,
-        phase: String::new(),
+        phase: ResizePhase::Staging,
         at_ms: 0,
     };
-    job.record(store, "staging").await?;
+    job.record(store, ResizePhase::Staging).await?;
     match store.compare_and_swap(epoch, &staged).await {
         Ok(_) => {}
         Err(e) => {
@@ -176,7 +223,7 @@ pub async fn resume(
 ) -> anyhow::Result<bool> {
     let Some(job) = pending(store).await? else { return Ok(false) };
     tracing::warn!(phase = %job.phase, joining = ?job.joining, leaving = ?job.leaving.as_ref().map(|n| &n.id), "resuming a layout change");
-    if job.phase == "migrating" {
+    if job.phase == ResizePhase::Migrating {
         // Without replication: the journal's moves were finished before this runs; a drained
         // node whose partitions have all moved leaves the layout.
         if let Some(node) = &job.leaving {
@@ -196,7 +243,7 @@ pub async fn resume(
         store.delete_job(JOB_ID).await?;
         return Ok(true);
     }
-    if job.phase == "staging" {
+    if job.phase == ResizePhase::Staging {
         // Killed around the compare-and-swap: it happened if the layout shows the change.
         let layout = store.load().await?.layout;
         let joined =
@@ -222,13 +269,13 @@ async fn finish(
     mut job: ResizeJob,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
-    const PHASES: [&str; 5] = ["staging", "joining", "handing_over", "removing", "settling"];
-    let from = PHASES.iter().position(|p| *p == job.phase).unwrap_or(0).max(1);
+    let steps = ResizePhase::STEPS;
+    let from = steps.iter().position(|p| *p == job.phase).unwrap_or(0).max(1);
     let outcome = async {
-        for phase in &PHASES[from..] {
+        for phase in steps[from..].iter().copied() {
             job.record(store, phase).await?;
-            match *phase {
-                "joining" => {
+            match phase {
+                ResizePhase::Joining => {
                     let ids: Vec<NodeId> =
                         job.joining.iter().filter_map(|j| NodeId::parse(j).ok()).collect();
                     wait(cancel, "the joining nodes to catch up and lead", || async {
@@ -239,12 +286,12 @@ async fn finish(
                     })
                     .await?;
                 }
-                "handing_over" => {
+                ResizePhase::HandingOver => {
                     if let Some(node) = &job.leaving {
                         hand_over(store, client, node, cancel).await?;
                     }
                 }
-                "removing" => {
+                ResizePhase::Removing => {
                     if let Some(node) = &job.leaving {
                         update_layout(store, 20, |l| {
                             l.node(&node.id).is_some().then(|| l.without_node(&node.id))
@@ -253,7 +300,11 @@ async fn finish(
                         tracing::info!(node = %node.id, "drained node out of the layout");
                     }
                 }
-                _ => return settle(store, client, job.leaving.as_ref(), cancel).await,
+                ResizePhase::Settling => {
+                    return settle(store, client, job.leaving.as_ref(), cancel).await;
+                }
+                // Before the steps `finish` runs (it starts after staging).
+                ResizePhase::Staging | ResizePhase::Migrating => {}
             }
         }
         Ok(0)

@@ -514,7 +514,7 @@ async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -
             let job = spawn_shardctl(&control, &args)?;
             wait_for(&format!("{what} at {phase}"), Duration::from_secs(30), || async {
                 let pending = memring_control::resize::pending(&store).await?;
-                Ok(pending.is_some_and(|j| j.phase == phase).then_some(()))
+                Ok(pending.is_some_and(|j| j.phase.name() == phase).then_some(()))
             })
             .await?;
             let before = store.load().await?.layout.epoch;
