@@ -98,6 +98,29 @@ pub struct ClusterLayout {
     /// few seconds (`control-plane/src/autopilot.rs`). Off unless switched on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_rebalance: bool,
+    /// Placement by size (`control-plane/src/autopilot.rs`): tenants this large get a node of
+    /// their own. Its dedicated nodes have no ring share: they hold only what the policy pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_policy: Option<SizePolicy>,
+    /// Overrides the size policy set (a tenant's partitions on its dedicated node), as opposed
+    /// to an operator's pins and a rebalance's staging pins. Released by the policy only.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub policy_pins: BTreeSet<PartitionKey>,
+}
+
+/// Placement by size: a tenant storing at least `dedicate_at_memories` memories is moved, all its
+/// partitions, to a node of `dedicated_nodes` that holds no other tenant, when one is free; once
+/// it stores fewer than `release_below_memories` it returns to the shared ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizePolicy {
+    /// The size (memories, over all its scopes) at which a tenant gets a dedicated node.
+    pub dedicate_at_memories: u64,
+    /// The size below which a dedicated tenant returns to the ring (at most the one above; a
+    /// gap between them keeps a tenant near the threshold from moving back and forth).
+    pub release_below_memories: u64,
+    /// Nodes kept for dedicated tenants: given no ring share, one tenant each.
+    pub dedicated_nodes: BTreeSet<NodeId>,
 }
 
 fn one() -> u32 {
@@ -121,6 +144,8 @@ impl Default for ClusterLayout {
             joining: BTreeSet::new(),
             extra_copies: BTreeMap::new(),
             auto_rebalance: false,
+            size_policy: None,
+            policy_pins: BTreeSet::new(),
         }
     }
 }
@@ -184,6 +209,22 @@ impl ClusterLayout {
                 )));
             }
         }
+        if let Some(policy) = &self.size_policy {
+            if self.replication_factor > 1 {
+                return Err(ApiError::invalid(
+                    "placement by size works on a layout without replication for now (moving a \
+                     replica set onto a dedicated node is not built yet)",
+                ));
+            }
+            if policy.dedicate_at_memories == 0
+                || policy.release_below_memories > policy.dedicate_at_memories
+            {
+                return Err(ApiError::invalid(
+                    "size policy: dedicate_at_memories must be at least 1 and \
+                     release_below_memories at most dedicate_at_memories",
+                ));
+            }
+        }
         for (partition, nodes) in &self.extra_copies {
             if let Some(node) = nodes.iter().find(|n| self.node(n).is_none()) {
                 return Err(ApiError::invalid(format!(
@@ -212,6 +253,11 @@ impl ClusterLayout {
     /// Whether replicated node `id` may be a primary: not down, not draining, not joining.
     pub fn may_lead(&self, id: &NodeId) -> bool {
         !self.is_down(id) && !self.joining.contains(id)
+    }
+
+    /// Whether `id` is kept for dedicated tenants (no ring share; see [`SizePolicy`]).
+    pub fn is_dedicated(&self, id: &NodeId) -> bool {
+        self.size_policy.as_ref().is_some_and(|p| p.dedicated_nodes.contains(id))
     }
 
     /// The node with this id.

@@ -22,6 +22,7 @@ pub mod store;
 pub mod telemetry;
 pub mod threads;
 pub mod tls;
+pub mod usage;
 pub mod watcher;
 
 pub use error::{ApiError, ErrorCode};

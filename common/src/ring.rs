@@ -95,7 +95,9 @@ impl Ring {
             .iter()
             .enumerate()
             // With replication a draining node keeps its places (it is only never a primary).
+            // A dedicated node holds only what the size policy pins there.
             .filter(|(_, n)| layout.replication_factor > 1 || !layout.draining.contains(&n.id))
+            .filter(|(_, n)| !layout.is_dedicated(&n.id))
             .flat_map(|(node, n)| {
                 (0..layout.vnodes_per_node).map(move |replica| VNode {
                     node,

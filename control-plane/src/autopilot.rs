@@ -14,19 +14,37 @@
 //!   that set changes or the control plane restarts (`shardctl rebalance` still runs it by hand).
 //! - Its cost at rest is two reads of the ring store per tick (the layout and the leases), never
 //!   a walk over partitions: the shard nodes are listed only by a rebalance it decided to run.
+//!
+//! **Placement by size** (the layout's `size_policy`, R = 1): each tick it refreshes every
+//! tenant's size from what changed on each node since its last look (`common/src/usage.rs`, the
+//! routers' quota engine), then takes at most one action, in this order:
+//! 1. a dedicated tenant now smaller than `release_below_memories` goes back to the ring (each of
+//!    its partitions migrated to its ring owner, its policy pins released);
+//! 2. a partition of a dedicated tenant that is not on its node yet (a scope written since) is
+//!    moved there;
+//! 3. the largest tenant at or above `dedicate_at_memories` without a node gets a free one (a
+//!    dedicated node in the layout, not down, that no override names), all its partitions moved
+//!    there with a policy pin (`Flip::Policy`).
+//!
+//! Every move is the online migration `shardctl migrate` runs (copy, catch up, fence, verify,
+//! flip; journaled; cancellable), one partition after another, holding the job slot.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use memring_common::NodeId;
-use memring_common::api::{AutopilotRun, AutopilotView};
+use memring_common::api::{AutopilotRun, AutopilotView, Flip};
 use memring_common::clock::now_millis;
 use memring_common::internal::InternalClient;
+use memring_common::layout::SizePolicy;
 use memring_common::store::RingStore;
+use memring_common::usage::Usage;
+use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use crate::job::{Cancel, JobError, Throttle};
+use crate::migrate::migrate_partition;
 use crate::rebalance::{self, Change};
+use crate::shard_client as shard;
 
 /// How often the autopilot looks at the layout and the live nodes.
 const TICK: Duration = Duration::from_secs(1);
@@ -62,18 +80,26 @@ struct State {
     /// No new try before this (after a failure), and the wait that set it.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The size policy's last move or failure.
+    last_policy_action: Option<String>,
 }
 
 /// Admits registered nodes when the layout asks for it (see the module documentation).
 pub struct Autopilot {
     settle: Duration,
     state: Mutex<State>,
+    /// Every tenant's size, kept from the nodes' change feeds (only while a size policy is set).
+    usage: Mutex<Usage>,
 }
 
 impl Autopilot {
     /// An autopilot that admits nodes live outside the layout for at least `settle`.
     pub fn new(settle: Duration) -> Arc<Self> {
-        Arc::new(Self { settle, state: Mutex::new(State::default()) })
+        Arc::new(Self {
+            settle,
+            state: Mutex::new(State::default()),
+            usage: Mutex::new(Usage::default()),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -81,7 +107,12 @@ impl Autopilot {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Its part of the cluster view; `enabled` is the layout's `auto_rebalance`.
+    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Its part of the cluster view; `enabled` is the layout's `auto_rebalance` (the view fills
+    /// in the dedicated nodes from the layout).
     pub fn view(&self, enabled: bool) -> AutopilotView {
         let state = self.state();
         let mut waiting: Vec<String> = state.first_seen.keys().map(|n| n.to_string()).collect();
@@ -91,6 +122,8 @@ impl Autopilot {
             waiting,
             running: state.running,
             history: state.history.iter().cloned().collect(),
+            dedicated: BTreeMap::new(),
+            last_policy_action: state.last_policy_action.clone(),
         }
     }
 
@@ -100,6 +133,10 @@ impl Autopilot {
             tokio::time::sleep(TICK).await;
             if let Err(e) = self.tick(&jobs).await {
                 tracing::warn!(error = %format!("{e:#}"), "autopilot: cannot read the cluster's state");
+            }
+            if let Err(e) = self.place_by_size(&jobs).await {
+                tracing::warn!(error = %format!("{e:#}"), "autopilot: placement by size failed");
+                self.state().last_policy_action = Some(format!("failed: {e:#}"));
             }
         }
     }
@@ -213,5 +250,219 @@ impl Autopilot {
             state.history.pop_front();
         }
         state.history.push_back(run);
+    }
+}
+
+/// What the size policy does next (see the module documentation), decided from the layout and
+/// the tenants' sizes alone.
+#[derive(Debug, PartialEq)]
+enum PolicyStep {
+    /// Back to the ring: each partition to its ring owner.
+    Release { tenant: String, partitions: Vec<(PartitionKey, NodeId)> },
+    /// Onto the tenant's dedicated node.
+    Dedicate { tenant: String, node: NodeId, partitions: Vec<PartitionKey> },
+}
+
+/// Each dedicated node of `layout` and the tenant its policy pins hold (if any).
+pub fn dedicated(layout: &ClusterLayout) -> BTreeMap<NodeId, Option<String>> {
+    let Some(policy) = &layout.size_policy else { return BTreeMap::new() };
+    let mut out: BTreeMap<NodeId, Option<String>> =
+        policy.dedicated_nodes.iter().map(|n| (n.clone(), None)).collect();
+    for p in &layout.policy_pins {
+        if let (Some(node), Some(tenant)) = (layout.overrides.get(p), p.tenant()) {
+            out.insert(node.clone(), Some(tenant.to_string()));
+        }
+    }
+    out
+}
+
+/// The distinct partitions of a list of (node, partition) copies, sorted.
+fn distinct(copies: impl IntoIterator<Item = PartitionKey>) -> Vec<PartitionKey> {
+    copies.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// The size policy's next step: `sizes` is every tenant's (memories, bytes), `copies_of` where a
+/// tenant's partitions are (node, partition).
+fn next_step(
+    layout: &ClusterLayout,
+    policy: &SizePolicy,
+    sizes: &HashMap<String, (u64, u64)>,
+    copies_of: &dyn Fn(&str) -> Vec<(NodeId, PartitionKey)>,
+) -> Option<PolicyStep> {
+    let ring = Ring::new(layout.clone());
+    let placed: BTreeMap<String, NodeId> = dedicated(layout)
+        .into_iter()
+        .filter_map(|(node, tenant)| tenant.map(|t| (t, node)))
+        .collect();
+    let size = |t: &str| sizes.get(t).map(|s| s.0).unwrap_or(0);
+    for (tenant, node) in &placed {
+        if size(tenant) < policy.release_below_memories {
+            let partitions = layout
+                .policy_pins
+                .iter()
+                .filter(|p| p.tenant().is_some_and(|t| t.as_str() == tenant))
+                .filter_map(|p| Some((p.clone(), ring.owner_of_bytes(&p.encode())?.id.clone())))
+                .collect();
+            return Some(PolicyStep::Release { tenant: tenant.clone(), partitions });
+        }
+        let elsewhere =
+            distinct(copies_of(tenant).into_iter().filter(|(at, _)| at != node).map(|(_, p)| p));
+        if !elsewhere.is_empty() {
+            return Some(PolicyStep::Dedicate {
+                tenant: tenant.clone(),
+                node: node.clone(),
+                partitions: elsewhere,
+            });
+        }
+    }
+    let taken: BTreeSet<&NodeId> = layout.overrides.values().collect();
+    let free = policy.dedicated_nodes.iter().find(|n| {
+        layout.node(n).is_some()
+            && !layout.is_down(n)
+            && !layout.draining.contains(*n)
+            && !taken.contains(n)
+    })?;
+    let (tenant, _) = sizes
+        .iter()
+        .filter(|(t, s)| s.0 >= policy.dedicate_at_memories && !placed.contains_key(*t))
+        .max_by_key(|(t, s)| (s.0, std::cmp::Reverse((*t).clone())))?;
+    let partitions = distinct(copies_of(tenant).into_iter().map(|(_, p)| p));
+    Some(PolicyStep::Dedicate { tenant: tenant.clone(), node: free.clone(), partitions })
+}
+
+impl Autopilot {
+    /// Refreshes the tenants' sizes from what changed and takes the size policy's next step,
+    /// if any (see the module documentation).
+    async fn place_by_size(&self, jobs: &Jobs) -> anyhow::Result<()> {
+        let layout = jobs.store.load().await?.layout;
+        let Some(policy) = layout.size_policy.clone() else {
+            *self.usage() = Usage::default();
+            return Ok(());
+        };
+        let ring = Ring::new(layout.clone());
+        for node in &layout.nodes {
+            let query = self.usage().query(&node.id);
+            let list = shard::partitions_changed(&jobs.client, &node.addr, &query).await?;
+            self.usage().apply(&ring, &node.id, list);
+        }
+        self.usage().retain_nodes(&ring);
+        let step = {
+            let usage = self.usage();
+            let copies_of = |t: &str| -> Vec<(NodeId, PartitionKey)> {
+                usage.copies_of(t).into_iter().filter(|c| c.2 > 0).map(|(n, p, _)| (n, p)).collect()
+            };
+            next_step(&layout, &policy, usage.sums(), &copies_of)
+        };
+        let Some(step) = step else { return Ok(()) };
+        let Ok(_slot) = jobs.slot.try_lock() else { return Ok(()) };
+        jobs.cancel.clear();
+        let (store, client, throttle, cancel) =
+            (jobs.store.as_ref(), &jobs.client, jobs.throttle, &jobs.cancel);
+        let done = match &step {
+            PolicyStep::Release { tenant, partitions } => {
+                tracing::info!(%tenant, partitions = partitions.len(), "size policy: tenant shrank; back to the ring");
+                for (p, home) in partitions {
+                    migrate_partition(store, client, p, home, Flip::Natural, throttle, cancel)
+                        .await?;
+                }
+                format!("{tenant} back to the ring ({} partitions)", partitions.len())
+            }
+            PolicyStep::Dedicate { tenant, node, partitions } => {
+                tracing::info!(%tenant, %node, partitions = partitions.len(), "size policy: tenant onto its dedicated node");
+                for p in partitions {
+                    migrate_partition(store, client, p, node, Flip::Policy, throttle, cancel)
+                        .await?;
+                }
+                format!("{tenant} onto {node} ({} partitions)", partitions.len())
+            }
+        };
+        self.state().last_policy_action = Some(done);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memring_common::layout::LayoutNode;
+
+    fn node(id: &str) -> NodeId {
+        NodeId::parse(id).expect("a node id")
+    }
+
+    fn key(s: &str) -> PartitionKey {
+        s.parse().expect("a partition key")
+    }
+
+    fn layout() -> ClusterLayout {
+        let mut l = ClusterLayout::default();
+        for i in 1..=4 {
+            l = l.with_node(LayoutNode { id: node(&format!("n{i}")), addr: format!("h:{i}") });
+        }
+        l.size_policy = Some(SizePolicy {
+            dedicate_at_memories: 1000,
+            release_below_memories: 500,
+            dedicated_nodes: [node("n4")].into(),
+        });
+        l
+    }
+
+    fn sizes(of: &[(&str, u64)]) -> HashMap<String, (u64, u64)> {
+        of.iter().map(|(t, n)| (t.to_string(), (*n, 0))).collect()
+    }
+
+    #[test]
+    fn the_largest_tenant_gets_the_free_node_its_new_scopes_follow_and_it_leaves_below_release() {
+        let mut l = layout();
+        let policy = l.size_policy.clone().expect("a policy");
+        let (n1, n4) = (node("n1"), node("n4"));
+        assert!(
+            Ring::new(l.clone()).shares().iter().all(|(id, share)| *id != n4 || *share == 0.0),
+            "no ring share"
+        );
+        let big = sizes(&[("a", 1200), ("b", 3000), ("c", 10)]);
+        let on_n1 = |t: &str| vec![(n1.clone(), key(&format!("{t}/shared")))];
+        assert_eq!(
+            next_step(&l, &policy, &big, &on_n1),
+            Some(PolicyStep::Dedicate {
+                tenant: "b".into(),
+                node: n4.clone(),
+                partitions: vec![key("b/shared")]
+            })
+        );
+        // b is on n4 now: the node is taken (nothing for a); a scope b wrote since follows it.
+        l.overrides.insert(key("b/shared"), n4.clone());
+        l.policy_pins.insert(key("b/shared"));
+        let new_scope = |t: &str| {
+            let mut v = vec![(n4.clone(), key(&format!("{t}/shared")))];
+            if t == "b" {
+                v.push((n1.clone(), key("b/agent:x")));
+            }
+            v
+        };
+        assert_eq!(
+            next_step(&l, &policy, &big, &new_scope),
+            Some(PolicyStep::Dedicate {
+                tenant: "b".into(),
+                node: n4.clone(),
+                partitions: vec![key("b/agent:x")]
+            })
+        );
+        let settled = |t: &str| vec![(n4.clone(), key(&format!("{t}/shared")))];
+        assert_eq!(next_step(&l, &policy, &big, &settled), None);
+        // Below the threshold but above the release size it stays; below that it goes home.
+        assert_eq!(next_step(&l, &policy, &sizes(&[("b", 700)]), &settled), None);
+        let home = Ring::new(l.clone())
+            .owner_of_bytes(&key("b/shared").encode())
+            .map(|n| n.id.clone())
+            .expect("a ring owner");
+        assert_ne!(home, n4);
+        assert_eq!(
+            next_step(&l, &policy, &sizes(&[("b", 499)]), &settled),
+            Some(PolicyStep::Release {
+                tenant: "b".into(),
+                partitions: vec![(key("b/shared"), home)]
+            })
+        );
     }
 }

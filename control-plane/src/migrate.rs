@@ -229,9 +229,13 @@ pub async fn migrate_partition(
             next.epoch += 1;
             next.overrides.remove(partition);
             next.staging_pins.remove(partition);
+            next.policy_pins.remove(partition);
             let natural = Ring::new(next.clone()).owner(partition).map(|o| o.id.clone());
-            if flip == Flip::Pin || natural.as_ref() != Some(to) {
+            if flip != Flip::Natural || natural.as_ref() != Some(to) {
                 next.overrides.insert(partition.clone(), to.clone());
+                if flip == Flip::Policy {
+                    next.policy_pins.insert(partition.clone());
+                }
                 if flip == Flip::Natural {
                     // The ring changed under the rebalance: a later rebalance places it.
                     next.staging_pins.insert(partition.clone());

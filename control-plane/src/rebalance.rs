@@ -137,6 +137,8 @@ async fn plan_at(
             }
             // Pins on the leaving node are released: its partitions go where the ring says.
             next.overrides.retain(|_, n| *n != id);
+            let pinned = next.overrides.clone();
+            next.policy_pins.retain(|p| pinned.contains_key(p));
             next.draining.insert(id.clone());
             leaving = Some(id.to_string());
         }

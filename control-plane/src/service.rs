@@ -192,6 +192,46 @@ impl ControlService {
         Ok(self.autopilot.view(ask.rebalance))
     }
 
+    /// `PUT /v1/policy`: sets the layout's size policy (a JSON `SizePolicy`, or `null` to clear
+    /// it); answers the layout's epoch after. A node may become dedicated only while it is out
+    /// of the layout (its ring share would otherwise change owners without moving their data),
+    /// and stop being one only once drained out of it.
+    async fn set_policy(&self, req: Request<Incoming>) -> Result<u64, ApiError> {
+        self.require_leader()?;
+        let policy: Option<memring_common::layout::SizePolicy> =
+            parse_json(&read_body(req, 64 * 1024).await?)?;
+        let refusal = std::sync::Mutex::new(None);
+        let stored = memring_common::store::update_layout(self.store.as_ref(), 20, |layout| {
+            let before = layout.size_policy.as_ref().map(|p| p.dedicated_nodes.clone());
+            let after = policy.as_ref().map(|p| p.dedicated_nodes.clone());
+            let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
+            let moved = |n: &NodeId, what: &str| Some(ApiError::new(ErrorCode::Conflict, format!("node {n} is in the layout: {what}")));
+            let problem = if let Some(n) = after.difference(&before).find(|n| layout.node(n).is_some()) {
+                moved(n, "a node becomes dedicated before it joins (or after `shardctl drain`), or its ring share would change owners without its data")
+            } else if let Some(n) = before.difference(&after).find(|n| layout.node(n).is_some()) {
+                moved(n, "a dedicated node leaves the policy only once drained out of the layout (`shardctl drain`)")
+            } else {
+                None
+            };
+            let mut next = layout.clone();
+            next.epoch += 1;
+            next.size_policy = policy.clone();
+            if let Some(problem) = problem.or_else(|| next.validate().err()) {
+                *refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(problem);
+                return None;
+            }
+            (layout.size_policy != policy).then_some(next)
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
+        if let Some(problem) =
+            refusal.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            return Err(problem);
+        }
+        Ok(stored.layout.epoch)
+    }
+
     fn require_leader(&self) -> Result<(), ApiError> {
         if self.leader.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
@@ -339,7 +379,9 @@ impl Service for ControlService {
                     {
                         Ok(mut v) => {
                             v.epoch_history = self.epochs.list();
+                            let dedicated = std::mem::take(&mut v.autopilot.dedicated);
                             v.autopilot = self.autopilot.view(v.autopilot.enabled);
+                            v.autopilot.dedicated = dedicated;
                             json(200, &v)
                         }
                         Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
@@ -409,6 +451,13 @@ impl Service for ControlService {
                         Err(e) => error_response(&e),
                     };
                     Reply { route: "autopilot", response }
+                }
+                (Method::PUT, "/v1/policy") => {
+                    let response = match self.set_policy(req).await {
+                        Ok(epoch) => json(200, &serde_json::json!({ "epoch": epoch })),
+                        Err(e) => error_response(&e),
+                    };
+                    Reply { route: "policy", response }
                 }
                 (Method::POST, "/v1/migrations/cancel") => {
                     let response = match self.cancel_running() {

@@ -155,6 +155,17 @@ pub async fn partitions(
     send(client, addr, Method::GET, &path, None, LIST_TIMEOUT).await?.json()
 }
 
+/// The node's partitions changed since a cursor of its change feed; `query` is
+/// `memring_common::usage::Usage::query`'s (empty: every partition, a full list).
+pub async fn partitions_changed(
+    client: &InternalClient,
+    addr: &str,
+    query: &str,
+) -> Result<PartitionList, ShardError> {
+    let path = format!("/internal/v1/partitions{query}");
+    send(client, addr, Method::GET, &path, None, LIST_TIMEOUT).await?.json()
+}
+
 /// The node's replication status (`GET /internal/v1/replicate/status`).
 pub async fn replica_status(
     client: &InternalClient,

@@ -102,6 +102,10 @@ pub async fn cluster_view(
         epoch_history: Vec::new(),
         autopilot: memring_common::api::AutopilotView {
             enabled: layout.auto_rebalance,
+            dedicated: crate::autopilot::dedicated(&layout)
+                .into_iter()
+                .map(|(node, tenant)| (node.to_string(), tenant))
+                .collect(),
             ..Default::default()
         },
     })
@@ -144,6 +148,17 @@ fn render_autopilot(a: &memring_common::api::AutopilotView) -> String {
         out.push_str(&format!("; waiting to join: {}", a.waiting.join(", ")));
     }
     out.push('\n');
+    if !a.dedicated.is_empty() {
+        let nodes: Vec<String> = a
+            .dedicated
+            .iter()
+            .map(|(node, tenant)| format!("{node} ({})", tenant.as_deref().unwrap_or("free")))
+            .collect();
+        out.push_str(&format!("  dedicated nodes (size policy): {}\n", nodes.join(", ")));
+    }
+    if let Some(action) = &a.last_policy_action {
+        out.push_str(&format!("  size policy, last: {action}\n"));
+    }
     if let Some(last) = a.history.last() {
         let what = match &last.error {
             Some(error) => format!("failed: {error}"),

@@ -18,7 +18,6 @@ pub mod fusion;
 pub mod limits;
 pub mod openapi;
 pub mod service;
-pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 //!   load balancer); nothing is shared between routers per request.
 //! - **Quotas**: with a `max_memories` or `max_bytes` in force, the router sums each tenant's
 //!   stored memories and bytes every 2 s from what changed in the shard nodes' partition lists
-//!   (`usage.rs`); a write while the tenant is at a quota is a 403 `quota_exceeded` (deletes
+//!   (`common/src/usage.rs`); a write while the tenant is at a quota is a 403 `quota_exceeded` (deletes
 //!   still pass). A tenant can overshoot by what it writes within one refresh.
 
 use std::collections::HashMap;
@@ -63,7 +63,7 @@ pub struct Limiter {
     limits: RwLock<(TenantLimits, HashMap<String, TenantLimits>)>,
     buckets: Mutex<HashMap<TenantId, Buckets>>,
     /// The copies the stored counts are summed from.
-    usage: Mutex<crate::usage::Usage>,
+    usage: Mutex<memring_common::usage::Usage>,
 }
 
 impl Limiter {
@@ -87,7 +87,7 @@ impl Limiter {
             share,
             limits: RwLock::new((TenantLimits::default(), HashMap::new())),
             buckets: Mutex::new(HashMap::new()),
-            usage: Mutex::new(crate::usage::Usage::default()),
+            usage: Mutex::new(memring_common::usage::Usage::default()),
         }))
     }
 
@@ -190,7 +190,7 @@ impl Limiter {
     }
 
     /// Sums each tenant's memories and bytes over the owners' copies of its partitions, from
-    /// what changed on each node since the last refresh (`usage.rs`).
+    /// what changed on each node since the last refresh (`common/src/usage.rs`).
     async fn count_stored(&self) {
         let ring = self.ring.ring();
         for node in &ring.layout().nodes {

@@ -827,3 +827,111 @@ async fn a_node_that_registers_is_admitted_without_an_operator() -> anyhow::Resu
     assert!(status.contains("auto-rebalance off"), "{status}");
     Ok(())
 }
+
+/// Placement by size (`control-plane/src/autopilot.rs`, R = 1): with a policy of 1,500 memories
+/// and one dedicated node, a tenant that grows past it under write load moves, both its scopes,
+/// onto the dedicated node with no failed write; the node holds nothing else; when the tenant
+/// shrinks below 500 it returns to the ring. Every acknowledged write stays readable exactly once.
+#[tokio::test]
+async fn a_tenant_that_grows_past_the_size_policy_gets_its_own_node_and_returns_when_it_shrinks()
+-> anyhow::Result<()> {
+    use memring_tests::load::wait_for;
+    let mut c = EtcdCluster::start(3, 1, 10).await?;
+    let flags = ["--auto-rebalance", "true", "--auto-rebalance-settle-secs", "1"];
+    let control = c.start_control_with(&flags).await?;
+    let store = c.etcd.store().await?;
+    // A node in the layout cannot become dedicated (its ring share holds data): 409.
+    let (ok, _, err) = shardctl(
+        &control.url(),
+        &["policy", "set", "--dedicate-at", "1500", "--release-below", "500", "--node", "shard-1"],
+    )
+    .await?;
+    assert!(!ok && err.contains("in the layout"), "{err}");
+    // Named before it starts, the fourth node joins with no ring share.
+    let (ok, out, err) = shardctl(
+        &control.url(),
+        &["policy", "set", "--dedicate-at", "1500", "--release-below", "500", "--node", "shard-4"],
+    )
+    .await?;
+    assert!(ok, "{out}{err}");
+    let fourth = c.start_shard("shard-4").await?;
+    c.shards.push(fourth);
+    let four = c.shard_id(3);
+    wait_for("shard-4 admitted", Duration::from_secs(60), || async {
+        Ok(store.load().await?.layout.node(&four).is_some().then_some(()))
+    })
+    .await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(10)).await?;
+    assert!(c.partitions_on(&c.shards[3]).await?.is_empty(), "a dedicated node gets no share");
+
+    let router = c.router(0);
+    let http = client();
+    let mut tenants: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+    let mut expected = seed(&router, &tenants, 30).await?;
+    expected.extend(seed(&router, &["whale".to_owned()], 200).await?);
+    let agent: Vec<_> = (0..50)
+        .map(|n| json!({"id": format!("a{n}"), "scope": "agent:w", "content": "x", "embedding": vector(8, n, 0.2)}))
+        .collect();
+    write_batch(&http, &router, "whale", agent).await?;
+    tenants.push("whale".to_owned());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_writer(
+        router.clone(),
+        tenants.clone(),
+        stop.clone(),
+        Load { per_sec: 100, ..Default::default() },
+    );
+    // The whale grows past the policy.
+    for chunk in 0..2 {
+        let items: Vec<_> = (chunk * 700..(chunk + 1) * 700)
+            .map(|n| json!({"id": format!("grow{n}"), "scope": "shared", "content": "g", "embedding": vector(8, n, 0.4)}))
+            .collect();
+        write_batch(&http, &router, "whale", items).await?;
+    }
+    let (shared, agent) = ("whale/shared".parse()?, "whale/agent:w".parse()?);
+    let on_four = |l: &memring_common::ClusterLayout, p: &PartitionKey| {
+        l.overrides.get(p) == Some(&c.shard_id(3)) && l.policy_pins.contains(p)
+    };
+    wait_for("the whale on its dedicated node", Duration::from_secs(90), || async {
+        let l = store.load().await?.layout;
+        let both_there = c.partitions_on(&c.shards[3]).await?.len() == 2;
+        Ok((on_four(&l, &shared) && on_four(&l, &agent) && both_there).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", c.logs()))?;
+    let mut held = c.partitions_on(&c.shards[3]).await?;
+    held.sort();
+    assert_eq!(held, ["whale/agent:w", "whale/shared"], "the dedicated node holds only the whale");
+    let (ok, status, _) = shardctl(&control.url(), &["status"]).await?;
+    assert!(ok && status.contains("shard-4 (whale)"), "{status}");
+
+    // It shrinks below the release size: back to the ring.
+    for n in 0..1400 {
+        let url = format!("{router}/v1/tenants/whale/memories/grow{n}?scope=shared");
+        let status = http.delete(url).send().await?.status().as_u16();
+        assert_eq!(status, 204, "delete grow{n}");
+    }
+    wait_for("the whale back in the ring", Duration::from_secs(90), || async {
+        let l = store.load().await?.layout;
+        // The source's copy is dropped just after each flip.
+        let left = c.partitions_on(&c.shards[3]).await?.is_empty();
+        Ok((l.policy_pins.is_empty() && l.overrides.is_empty() && left).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", c.logs()))?;
+    stop.store(true, Ordering::Release);
+    let (acked, failures, slowest) = load.await??;
+    println!("load: {} writes acknowledged, slowest {slowest:?}", acked.len());
+    assert!(failures.is_empty(), "clients saw errors: {:?}", &failures[..failures.len().min(5)]);
+    expected.extend(acked);
+    let layout = store.load().await?.layout;
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(10)).await?;
+    assert_exactly(&router, &expected).await?;
+    let url = format!("{router}/v1/tenants/whale/memories?scope=agent:w&limit=1000");
+    let page: serde_json::Value = http.get(url).send().await?.json().await?;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(50), "the whale's second scope");
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
+    Ok(())
+}

@@ -94,6 +94,12 @@ pub struct AutopilotView {
     /// What its last rebalance did, newest last (at most 10).
     #[serde(default)]
     pub history: Vec<AutopilotRun>,
+    /// Placement by size: each dedicated node and the tenant the policy put there (if any).
+    #[serde(default)]
+    pub dedicated: std::collections::BTreeMap<String, Option<String>>,
+    /// The size policy's last move or its last failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_policy_action: Option<String>,
 }
 
 /// One rebalance the autopilot ran.
@@ -145,6 +151,9 @@ pub enum Flip {
     /// Drop the partition's override so the ring places it (rebalance, drain): the target must be
     /// its ring owner; if it is not (the layout changed meanwhile), it is pinned instead.
     Natural,
+    /// Pin it on the target for the size policy (a dedicated node): like `Pin`, and recorded in
+    /// the layout's `policy_pins` so the policy alone releases it.
+    Policy,
 }
 
 /// The step a partition's move is at, journaled before the step runs. A move is one of two state

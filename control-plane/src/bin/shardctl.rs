@@ -59,6 +59,9 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Placement by size: tenants this large get a node of their own.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Move everything off a node and take it out of the ring.
     Drain {
         /// The node id.
@@ -83,6 +86,26 @@ enum Command {
     /// Tenant rate limits and quotas: show, set, clear.
     #[command(subcommand)]
     Limits(LimitsCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Tenants with at least --dedicate-at memories move, online, to a free node of --node (name
+    /// nodes that are live but not in the ring yet); below --release-below they return to the
+    /// ring. Without replication only.
+    Set {
+        /// Memories at which a tenant gets a dedicated node.
+        #[arg(long)]
+        dedicate_at: u64,
+        /// Memories below which it returns to the ring (default: half of --dedicate-at).
+        #[arg(long)]
+        release_below: Option<u64>,
+        /// A dedicated node (repeat for more).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove the policy (drain its dedicated nodes first).
+    Clear,
 }
 
 #[derive(Subcommand)]
@@ -450,6 +473,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 println!("auto-rebalance {state}");
             }
+        }
+        Command::Policy(cmd) => {
+            let body = match cmd {
+                PolicyCommand::Set { dedicate_at, release_below, nodes } => {
+                    let dedicated_nodes = nodes
+                        .iter()
+                        .map(|n| memring_common::NodeId::parse(n))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                    serde_json::to_value(memring_common::layout::SizePolicy {
+                        dedicate_at_memories: dedicate_at,
+                        release_below_memories: release_below.unwrap_or(dedicate_at / 2),
+                        dedicated_nodes,
+                    })?
+                }
+                PolicyCommand::Clear => serde_json::Value::Null,
+            };
+            let resp = client
+                .put(format!("{base}/v1/policy"))
+                .json(&body)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let done: serde_json::Value = answer(resp).await?.json().await?;
+            println!(
+                "size policy {}; layout epoch {}",
+                if body.is_null() { "cleared" } else { "set" },
+                done["epoch"]
+            );
         }
         Command::Cancel => {
             let resp = client

@@ -1,5 +1,6 @@
-//! What each tenant stores (memories, bytes), summed over the owners' copies of its partitions,
-//! for the memory and byte quotas (`limits.rs`). Kept from each shard node's partition list
+//! What each tenant stores (memories, bytes), summed over the owners' copies of its partitions:
+//! the routers' memory and byte quotas (`router/src/limits.rs`) and the control plane's placement
+//! by size (`control-plane/src/autopilot.rs`) read it. Kept from each shard node's partition list
 //! read incrementally: after the first (full) list the router asks only for the partitions
 //! changed since its cursor in that node's change feed (`GET /internal/v1/partitions?feed&since`),
 //! and updates the tenants' sums by the difference, so a refresh costs what changed, not what
@@ -8,8 +9,8 @@
 
 use std::collections::HashMap;
 
-use memring_common::api::{PartitionList, PartitionStats};
-use memring_common::{NodeId, PartitionKey, Ring};
+use crate::api::{PartitionList, PartitionStats};
+use crate::{NodeId, PartitionKey, Ring};
 
 /// One node's copies as last listed.
 #[derive(Default)]
@@ -75,6 +76,21 @@ impl Usage {
         &self.sums
     }
 
+    /// Every copy of `tenant`'s partitions the nodes last listed: (node, partition, memories).
+    /// A walk over every known copy: for a decision about one tenant, not for every refresh.
+    pub fn copies_of(&self, tenant: &str) -> Vec<(NodeId, PartitionKey, u64)> {
+        let mut out = Vec::new();
+        for (node, copies) in &self.nodes {
+            for (p, (count, _)) in &copies.copies {
+                if p.tenant().is_some_and(|t| t.as_str() == tenant) {
+                    out.push((node.clone(), p.clone(), *count));
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        out
+    }
+
     /// Counts the sums again from every known copy (a walk over them: at a layout change or a
     /// node's full list only).
     fn recount(&mut self, ring: &Ring) {
@@ -109,8 +125,8 @@ fn adjust(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memring_common::ClusterLayout;
-    use memring_common::layout::LayoutNode;
+    use crate::ClusterLayout;
+    use crate::layout::LayoutNode;
 
     fn stats(p: &str, count: u64, bytes: u64) -> PartitionStats {
         PartitionStats {
@@ -179,7 +195,7 @@ mod tests {
 
     /// What a quota refresh costs once the first full list is in: 20 partitions changed since
     /// the cursor, at 1,000 and at 100,000 partitions on the node (docs/benchmarks.md; printed,
-    /// not asserted: `cargo test --release -p memring-router --lib refresh_cost -- --ignored
+    /// not asserted: `cargo test --release -p memring-common --lib refresh_cost -- --ignored
     /// --nocapture`).
     #[test]
     #[ignore = "a measurement"]
