@@ -38,8 +38,9 @@ impl Usage {
         }
     }
 
-    /// Takes `node`'s answer into account, under `ring`.
-    pub fn apply(&mut self, ring: &Ring, node: &NodeId, list: PartitionList) {
+    /// Takes `node`'s answer into account, under `ring`; true when every sum was counted again
+    /// (a layout change or a full list), false when only the listed partitions' tenants changed.
+    pub fn apply(&mut self, ring: &Ring, node: &NodeId, list: PartitionList) -> bool {
         let recount = self.epoch != Some(ring.epoch()) || list.full;
         let owned = |p: &PartitionKey| ring.owner(p).is_some_and(|o| o.id == *node);
         let copies = self.nodes.entry(node.clone()).or_default();
@@ -60,15 +61,18 @@ impl Usage {
         if recount {
             self.recount(ring);
         }
+        recount
     }
 
-    /// Forgets the nodes no longer in `ring`'s layout.
-    pub fn retain_nodes(&mut self, ring: &Ring) {
+    /// Forgets the nodes no longer in `ring`'s layout; true when that counted the sums again.
+    pub fn retain_nodes(&mut self, ring: &Ring) -> bool {
         let before = self.nodes.len();
         self.nodes.retain(|id, _| ring.layout().node(id).is_some());
-        if self.nodes.len() != before {
+        let recount = self.nodes.len() != before;
+        if recount {
             self.recount(ring);
         }
+        recount
     }
 
     /// Each tenant's (memories, bytes).

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use memring_common::api::{AutopilotRun, AutopilotView, Flip};
+use memring_common::api::{AutopilotRun, AutopilotView, Flip, PartitionList};
 use memring_common::clock::now_millis;
 use memring_common::internal::InternalClient;
 use memring_common::layout::SizePolicy;
@@ -89,7 +89,63 @@ pub struct Autopilot {
     settle: Duration,
     state: Mutex<State>,
     /// Every tenant's size, kept from the nodes' change feeds (only while a size policy is set).
-    usage: Mutex<Usage>,
+    usage: Mutex<Sizes>,
+}
+
+/// The tenants' sizes, and which of them are at or above the policy's threshold: kept up to
+/// date from the tenants that changed, so a tick costs what changed, not how many tenants exist.
+#[derive(Default)]
+struct Sizes {
+    usage: Usage,
+    threshold: u64,
+    over: BTreeSet<String>,
+    /// Tenants whose partitions changed since the last step was decided (`all_dirty`: every
+    /// tenant, after a recount): only their copies are looked up for a placed tenant's new scopes.
+    dirty: BTreeSet<String>,
+    all_dirty: bool,
+}
+
+impl Sizes {
+    /// Takes `node`'s list of changed partitions into account.
+    fn apply(&mut self, ring: &Ring, node: &NodeId, list: PartitionList, threshold: u64) {
+        let changed: BTreeSet<String> = list
+            .partitions
+            .iter()
+            .filter_map(|p| p.partition.tenant())
+            .map(|t| t.to_string())
+            .collect();
+        let recounted = self.usage.apply(ring, node, list);
+        self.note(recounted, threshold, changed);
+    }
+
+    /// Forgets nodes no longer in `ring`'s layout.
+    fn retain_nodes(&mut self, ring: &Ring, threshold: u64) {
+        let recounted = self.usage.retain_nodes(ring);
+        self.note(recounted, threshold, BTreeSet::new());
+    }
+
+    fn note(&mut self, recounted: bool, threshold: u64, changed: BTreeSet<String>) {
+        let sums = self.usage.sums();
+        if recounted {
+            self.all_dirty = true;
+        }
+        self.dirty.extend(changed.iter().cloned());
+        if recounted || threshold != self.threshold {
+            // Every sum moved (a layout change, a full list, a new threshold): a walk over the
+            // tenants, as often as the sums are counted again.
+            self.threshold = threshold;
+            self.over =
+                sums.iter().filter(|(_, s)| s.0 >= threshold).map(|(t, _)| t.clone()).collect();
+            return;
+        }
+        for tenant in changed {
+            if sums.get(&tenant).is_some_and(|s| s.0 >= threshold) {
+                self.over.insert(tenant);
+            } else {
+                self.over.remove(&tenant);
+            }
+        }
+    }
 }
 
 impl Autopilot {
@@ -98,7 +154,7 @@ impl Autopilot {
         Arc::new(Self {
             settle,
             state: Mutex::new(State::default()),
-            usage: Mutex::new(Usage::default()),
+            usage: Mutex::new(Sizes::default()),
         })
     }
 
@@ -107,7 +163,7 @@ impl Autopilot {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+    fn usage(&self) -> std::sync::MutexGuard<'_, Sizes> {
         self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -281,12 +337,17 @@ fn distinct(copies: impl IntoIterator<Item = PartitionKey>) -> Vec<PartitionKey>
     copies.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// The size policy's next step: `sizes` is every tenant's (memories, bytes), `copies_of` where a
-/// tenant's partitions are (node, partition).
+/// The size policy's next step: `sizes` is every tenant's (memories, bytes), `over` the tenants
+/// at or above the threshold, `dirty` whether a tenant's partitions changed since the last look,
+/// `copies_of` where a tenant's partitions are (node, partition; a walk, so only for a placed
+/// tenant that changed or the tenant a step moves). It looks at the placed tenants and at `over`
+/// only, never at every tenant.
 fn next_step(
     layout: &ClusterLayout,
     policy: &SizePolicy,
     sizes: &HashMap<String, (u64, u64)>,
+    over: &BTreeSet<String>,
+    dirty: &dyn Fn(&str) -> bool,
     copies_of: &dyn Fn(&str) -> Vec<(NodeId, PartitionKey)>,
 ) -> Option<PolicyStep> {
     let ring = Ring::new(layout.clone());
@@ -305,6 +366,9 @@ fn next_step(
                 .collect();
             return Some(PolicyStep::Release { tenant: tenant.clone(), partitions });
         }
+        if !dirty(tenant) {
+            continue;
+        }
         let elsewhere =
             distinct(copies_of(tenant).into_iter().filter(|(at, _)| at != node).map(|(_, p)| p));
         if !elsewhere.is_empty() {
@@ -322,10 +386,10 @@ fn next_step(
             && !layout.draining.contains(*n)
             && !taken.contains(n)
     })?;
-    let (tenant, _) = sizes
+    let tenant = over
         .iter()
-        .filter(|(t, s)| s.0 >= policy.dedicate_at_memories && !placed.contains_key(*t))
-        .max_by_key(|(t, s)| (s.0, std::cmp::Reverse((*t).clone())))?;
+        .filter(|t| size(t) >= policy.dedicate_at_memories && !placed.contains_key(*t))
+        .max_by_key(|t| (size(t), std::cmp::Reverse((*t).clone())))?;
     let partitions = distinct(copies_of(tenant).into_iter().map(|(_, p)| p));
     Some(PolicyStep::Dedicate { tenant: tenant.clone(), node: free.clone(), partitions })
 }
@@ -336,24 +400,32 @@ impl Autopilot {
     async fn place_by_size(&self, jobs: &Jobs) -> anyhow::Result<()> {
         let layout = jobs.store.load().await?.layout;
         let Some(policy) = layout.size_policy.clone() else {
-            *self.usage() = Usage::default();
+            *self.usage() = Sizes::default();
             return Ok(());
         };
         let ring = Ring::new(layout.clone());
         for node in &layout.nodes {
-            let query = self.usage().query(&node.id);
+            let query = self.usage().usage.query(&node.id);
             let list = shard::partitions_changed(&jobs.client, &node.addr, &query).await?;
-            self.usage().apply(&ring, &node.id, list);
+            self.usage().apply(&ring, &node.id, list, policy.dedicate_at_memories);
         }
-        self.usage().retain_nodes(&ring);
+        self.usage().retain_nodes(&ring, policy.dedicate_at_memories);
         let step = {
-            let usage = self.usage();
+            let sizes = self.usage();
             let copies_of = |t: &str| -> Vec<(NodeId, PartitionKey)> {
-                usage.copies_of(t).into_iter().filter(|c| c.2 > 0).map(|(n, p, _)| (n, p)).collect()
+                let copies = sizes.usage.copies_of(t).into_iter();
+                copies.filter(|c| c.2 > 0).map(|(n, p, _)| (n, p)).collect()
             };
-            next_step(&layout, &policy, usage.sums(), &copies_of)
+            let dirty = |t: &str| sizes.all_dirty || sizes.dirty.contains(t);
+            next_step(&layout, &policy, sizes.usage.sums(), &sizes.over, &dirty, &copies_of)
         };
-        let Some(step) = step else { return Ok(()) };
+        let Some(step) = step else {
+            // Nothing to do for what changed: it need not be looked at again.
+            let mut sizes = self.usage();
+            sizes.dirty.clear();
+            sizes.all_dirty = false;
+            return Ok(());
+        };
         let Ok(_slot) = jobs.slot.try_lock() else { return Ok(()) };
         jobs.cancel.clear();
         let (store, client, throttle, cancel) =
@@ -411,6 +483,10 @@ mod tests {
         of.iter().map(|(t, n)| (t.to_string(), (*n, 0))).collect()
     }
 
+    fn over(sizes: &HashMap<String, (u64, u64)>, threshold: u64) -> BTreeSet<String> {
+        sizes.iter().filter(|(_, s)| s.0 >= threshold).map(|(t, _)| t.clone()).collect()
+    }
+
     #[test]
     fn the_largest_tenant_gets_the_free_node_its_new_scopes_follow_and_it_leaves_below_release() {
         let mut l = layout();
@@ -423,7 +499,7 @@ mod tests {
         let big = sizes(&[("a", 1200), ("b", 3000), ("c", 10)]);
         let on_n1 = |t: &str| vec![(n1.clone(), key(&format!("{t}/shared")))];
         assert_eq!(
-            next_step(&l, &policy, &big, &on_n1),
+            next_step(&l, &policy, &big, &over(&big, 1000), &|_| true, &on_n1),
             Some(PolicyStep::Dedicate {
                 tenant: "b".into(),
                 node: n4.clone(),
@@ -441,7 +517,7 @@ mod tests {
             v
         };
         assert_eq!(
-            next_step(&l, &policy, &big, &new_scope),
+            next_step(&l, &policy, &big, &over(&big, 1000), &|_| true, &new_scope),
             Some(PolicyStep::Dedicate {
                 tenant: "b".into(),
                 node: n4.clone(),
@@ -449,20 +525,100 @@ mod tests {
             })
         );
         let settled = |t: &str| vec![(n4.clone(), key(&format!("{t}/shared")))];
-        assert_eq!(next_step(&l, &policy, &big, &settled), None);
+        assert_eq!(next_step(&l, &policy, &big, &over(&big, 1000), &|_| true, &settled), None);
         // Below the threshold but above the release size it stays; below that it goes home.
-        assert_eq!(next_step(&l, &policy, &sizes(&[("b", 700)]), &settled), None);
+        assert_eq!(
+            next_step(&l, &policy, &sizes(&[("b", 700)]), &BTreeSet::new(), &|_| true, &settled),
+            None
+        );
         let home = Ring::new(l.clone())
             .owner_of_bytes(&key("b/shared").encode())
             .map(|n| n.id.clone())
             .expect("a ring owner");
         assert_ne!(home, n4);
         assert_eq!(
-            next_step(&l, &policy, &sizes(&[("b", 499)]), &settled),
+            next_step(&l, &policy, &sizes(&[("b", 499)]), &BTreeSet::new(), &|_| true, &settled),
             Some(PolicyStep::Release {
                 tenant: "b".into(),
                 partitions: vec![(key("b/shared"), home)]
             })
         );
+    }
+
+    fn stats(p: &str, count: u64) -> memring_common::api::PartitionStats {
+        memring_common::api::PartitionStats {
+            partition: key(p),
+            count,
+            dimensions: None,
+            last_seq: 1,
+            last_term: 0,
+            bytes: count * 100,
+        }
+    }
+
+    fn list(
+        node: &NodeId,
+        partitions: Vec<memring_common::api::PartitionStats>,
+        cursor: u64,
+    ) -> PartitionList {
+        PartitionList {
+            node: node.clone(),
+            epoch: 1,
+            partitions,
+            feed: 7,
+            cursor,
+            full: cursor == 1,
+        }
+    }
+
+    /// What a placement-by-size tick costs once the first full list is in: 20 tenants' partitions
+    /// changed since the cursor (one crossing the threshold), at 1,000 and at 100,000 tenants on
+    /// the node (docs/benchmarks.md; printed, not asserted: `cargo test --release -p
+    /// memring-control --lib policy_tick_cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement"]
+    fn policy_tick_cost_follows_what_changed() {
+        // n4 holds the placed tenant t0 (so no node is free and t0's new scopes are watched).
+        let mut l = layout();
+        l.epoch = 1;
+        let (n1, n4) = (node("n1"), node("n4"));
+        l.nodes.retain(|n| n.id == n1 || n.id == n4);
+        l.overrides.insert(key("t0/shared"), n4.clone());
+        l.policy_pins.insert(key("t0/shared"));
+        let policy = l.size_policy.clone().expect("a policy");
+        let ring = Ring::new(l.clone());
+        for tenants in [1_000usize, 100_000] {
+            let mut sizes = Sizes::default();
+            let all = (1..tenants).map(|t| stats(&format!("t{t}/shared"), 10)).collect();
+            sizes.apply(&ring, &n1, list(&n1, all, 1), policy.dedicate_at_memories);
+            let placed = vec![stats("t0/shared", 5000)];
+            sizes.apply(&ring, &n4, list(&n4, placed, 1), policy.dedicate_at_memories);
+            let rounds = 200u32;
+            let started = std::time::Instant::now();
+            for round in 0..rounds {
+                let changed = (0..20)
+                    .map(|i| {
+                        let t = 1 + (round as usize * 20 + i) % (tenants - 1);
+                        stats(&format!("t{t}/shared"), if i == 0 { 2000 } else { 11 })
+                    })
+                    .collect();
+                sizes.apply(&ring, &n1, list(&n1, changed, 2 + u64::from(round)), 1000);
+                let copies_of = |t: &str| -> Vec<(NodeId, PartitionKey)> {
+                    let copies = sizes.usage.copies_of(t).into_iter();
+                    copies.map(|(n, p, _)| (n, p)).collect()
+                };
+                let dirty = |t: &str| sizes.all_dirty || sizes.dirty.contains(t);
+                let step =
+                    next_step(&l, &policy, sizes.usage.sums(), &sizes.over, &dirty, &copies_of);
+                assert_eq!(step, None, "{step:?}");
+                sizes.dirty.clear();
+                sizes.all_dirty = false;
+            }
+            println!(
+                "{tenants} tenants: {:.1} µs per tick (20 changed; {} over the threshold)",
+                started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds),
+                sizes.over.len()
+            );
+        }
     }
 }
