@@ -394,7 +394,39 @@ fn next_step(
     Some(PolicyStep::Dedicate { tenant: tenant.clone(), node: free.clone(), partitions })
 }
 
+impl std::fmt::Display for PolicyStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = |ps: &mut dyn Iterator<Item = String>| ps.collect::<Vec<_>>().join(", ");
+        match self {
+            PolicyStep::Release { tenant, partitions } => write!(
+                f,
+                "return {tenant} to the ring: {}",
+                keys(&mut partitions.iter().map(|(p, home)| format!("{p} -> {home}")))
+            ),
+            PolicyStep::Dedicate { tenant, node, partitions } => write!(
+                f,
+                "move {tenant} onto dedicated node {node}: {}",
+                keys(&mut partitions.iter().map(|p| p.to_string()))
+            ),
+        }
+    }
+}
+
 impl Autopilot {
+    /// What the size policy would do next under `layout`, from the sizes last read (the active
+    /// control plane keeps them; `None` with nothing to do, no policy, or before its first tick).
+    pub fn policy_next(&self, layout: &ClusterLayout) -> Option<String> {
+        let policy = layout.size_policy.as_ref()?;
+        let sizes = self.usage();
+        let copies_of = |t: &str| -> Vec<(NodeId, PartitionKey)> {
+            let copies = sizes.usage.copies_of(t).into_iter();
+            copies.filter(|c| c.2 > 0).map(|(n, p, _)| (n, p)).collect()
+        };
+        let step =
+            next_step(layout, policy, sizes.usage.sums(), &sizes.over, &|_| true, &copies_of);
+        step.map(|s| s.to_string())
+    }
+
     /// Refreshes the tenants' sizes from what changed and takes the size policy's next step,
     /// if any (see the module documentation).
     async fn place_by_size(&self, jobs: &Jobs) -> anyhow::Result<()> {

@@ -56,7 +56,7 @@ pub struct ControlConfig {
 }
 
 use service::ControlService;
-pub use service::{ChangeReport, MigrateRequest};
+pub use service::{ChangeReport, MigrateRequest, PlanReport};
 
 /// Runs the control plane's HTTP API on `listener` until `shutdown` resolves.
 pub async fn run(

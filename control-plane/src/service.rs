@@ -173,6 +173,44 @@ impl ControlService {
         Ok(())
     }
 
+    /// `GET /v1/plan`: what the layout asks for against what is, and what the engine does next
+    /// (`shardctl plan`). Lists every node only when a node waits to join (the rebalance's dry
+    /// run); an operator's question, not a periodic one.
+    async fn plan(&self) -> anyhow::Result<PlanReport> {
+        let layout = self.store.load().await?.layout;
+        let waiting: Vec<String> = self
+            .store
+            .live_nodes()
+            .await?
+            .into_iter()
+            .filter(|n| layout.node(&n.id).is_none())
+            .map(|n| n.id.to_string())
+            .collect();
+        let join = if waiting.is_empty() {
+            None
+        } else {
+            let change = rebalance::Change::Join;
+            Some(rebalance::plan(self.store.as_ref(), &self.client, &change).await?)
+        };
+        let next = match (&join, layout.auto_rebalance) {
+            (Some(_), true) => Some(format!("admit {} (auto-rebalance on)", waiting.join(", "))),
+            (Some(_), false) => {
+                Some(format!("nothing until `shardctl rebalance` admits {}", waiting.join(", ")))
+            }
+            (None, _) => self.autopilot.policy_next(&layout),
+        };
+        Ok(PlanReport {
+            epoch: layout.epoch,
+            auto_rebalance: layout.auto_rebalance,
+            size_policy: layout.size_policy.clone(),
+            waiting,
+            join,
+            policy_next: self.autopilot.policy_next(&layout),
+            migrations: crate::journal::pending(self.store.as_ref()).await?,
+            next,
+        })
+    }
+
     /// `PUT /v1/autopilot {"rebalance": bool}`: switches the layout's `auto_rebalance`;
     /// answers the autopilot's view.
     async fn set_autopilot(
@@ -290,6 +328,27 @@ pub struct ChangeReport {
     pub migrations: Vec<job::MigrationReport>,
 }
 
+/// Answer of `GET /v1/plan` (`shardctl plan`): desired against observed, and the next step.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PlanReport {
+    /// The layout epoch it was read at.
+    pub epoch: u64,
+    /// Whether the control plane admits registered nodes itself.
+    pub auto_rebalance: bool,
+    /// The placement-by-size policy, if any.
+    pub size_policy: Option<memring_common::layout::SizePolicy>,
+    /// Live nodes outside the layout.
+    pub waiting: Vec<String>,
+    /// The rebalance that would admit them (a dry run), when some wait.
+    pub join: Option<rebalance::Plan>,
+    /// The size policy's next step, in words (from the sizes the active control plane read).
+    pub policy_next: Option<String>,
+    /// Migrations in flight, from the journal.
+    pub migrations: Vec<memring_common::api::MigrationJob>,
+    /// What the engine does next, in words (`None`: the cluster is where the layout wants it).
+    pub next: Option<String>,
+}
+
 /// Body of `POST /v1/keys`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -324,7 +383,7 @@ impl ControlService {
     fn refusal(&self, req: &Request<Incoming>) -> Option<Reply> {
         let keys = self.keys.as_ref()?;
         let (method, path) = (req.method(), req.uri().path());
-        let reads_state = method == Method::GET && matches!(path, "/" | "/v1/cluster");
+        let reads_state = method == Method::GET && matches!(path, "/" | "/v1/cluster" | "/v1/plan");
         let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let admitted = keys.authenticate_key(header).and_then(|(key_id, principal)| {
             if reads_state {
@@ -451,6 +510,13 @@ impl Service for ControlService {
                         Err(e) => error_response(&e),
                     };
                     Reply { route: "autopilot", response }
+                }
+                (Method::GET, "/v1/plan") => {
+                    let response = match self.plan().await {
+                        Ok(plan) => json(200, &plan),
+                        Err(e) => error_response(&ApiError::unavailable(format!("{e:#}"), 1)),
+                    };
+                    Reply { route: "plan", response }
                 }
                 (Method::PUT, "/v1/policy") => {
                     let response = match self.set_policy(req).await {

@@ -822,6 +822,15 @@ async fn a_node_that_registers_is_admitted_without_an_operator() -> anyhow::Resu
     c.shards.push(fifth);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(store.load().await?.layout.node(&c.shard_id(4)).is_none(), "admitted while off");
+    // The plan shows it waiting, the rebalance that would admit it, and that nothing happens
+    // until an operator runs it.
+    let (ok, out, err) = shardctl(&control.url(), &["--json", "plan"]).await?;
+    assert!(ok, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(plan["waiting"], json!(["shard-5"]), "{plan}");
+    assert_eq!(plan["join"]["joining"], json!(["shard-5"]), "{plan}");
+    assert!(plan["join"]["moves"].as_array().is_some_and(|m| !m.is_empty()), "{plan}");
+    assert!(plan["next"].as_str().is_some_and(|n| n.contains("shardctl rebalance")), "{plan}");
     let (ok, status, err) = shardctl(&control.url(), &["status"]).await?;
     assert!(ok, "{err}");
     assert!(status.contains("auto-rebalance off"), "{status}");
@@ -933,5 +942,10 @@ async fn a_tenant_that_grows_past_the_size_policy_gets_its_own_node_and_returns_
     assert_eq!(page["items"].as_array().map(Vec::len), Some(50), "the whale's second scope");
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
+    let (ok, out, err) = shardctl(&control.url(), &["--json", "plan"]).await?;
+    assert!(ok, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(plan["next"], serde_json::Value::Null, "nothing left to do: {plan}");
+    assert_eq!(plan["size_policy"]["dedicate_at_memories"], 1500, "{plan}");
     Ok(())
 }

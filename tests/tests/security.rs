@@ -253,10 +253,14 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
     let limits = json!({"requests_per_sec": 100.0});
     let mint = json!({"admin": true, "label": "attacker"});
     let migrate = json!({"tenant": "nobody", "to": "shard-1"});
+    let (autopilot_off, no_policy) = (json!({"rebalance": false}), Value::Null);
     let admin_routes: Vec<(&str, String, Option<&Value>, [u16; 5])> = vec![
         ("GET", format!("{cp}/"), None, [401, 401, 403, 200, 200]),
         ("GET", format!("{cp}/v1/cluster"), None, [401, 401, 403, 200, 200]),
         ("GET", format!("{cp}/v1/verify"), None, [401, 401, 403, 403, 200]),
+        ("GET", format!("{cp}/v1/plan"), None, [401, 401, 403, 200, 200]),
+        ("PUT", format!("{cp}/v1/autopilot"), Some(&autopilot_off), [401, 401, 403, 403, 200]),
+        ("PUT", format!("{cp}/v1/policy"), Some(&no_policy), [401, 401, 403, 403, 200]),
         ("GET", format!("{cp}/v1/keys"), None, [401, 401, 403, 403, 200]),
         ("POST", format!("{cp}/v1/keys"), Some(&mint), [401, 401, 403, 403, 201]),
         ("DELETE", format!("{cp}/v1/keys/0000000000000000"), None, [401, 401, 403, 403, 404]),

@@ -52,6 +52,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Desired placement against observed, and what the control plane does next: nodes waiting
+    /// to join (with the rebalance that would admit them), the size policy's next move,
+    /// migrations in flight.
+    Plan,
     /// Admit shard nodes that register without an operator (on: the active control plane runs
     /// the rebalance above once a new node has been live for its settle time) or not (off).
     AutoRebalance {
@@ -458,6 +462,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(unreachable)?;
             answer(resp).await?;
             println!("limits of {tenant} cleared; it gets the defaults");
+        }
+        Command::Plan => {
+            let resp = client.get(format!("{base}/v1/plan")).send().await.map_err(unreachable)?;
+            let plan: memring_control::PlanReport = answer(resp).await?.json().await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+                return Ok(());
+            }
+            println!(
+                "epoch {}: auto-rebalance {}; size policy {}",
+                plan.epoch,
+                if plan.auto_rebalance { "on" } else { "off" },
+                plan.size_policy
+                    .as_ref()
+                    .map(|p| format!(
+                        "{} memories and up on {:?}, back below {}",
+                        p.dedicate_at_memories, p.dedicated_nodes, p.release_below_memories
+                    ))
+                    .unwrap_or_else(|| "none".into())
+            );
+            if let Some(join) = &plan.join {
+                println!(
+                    "waiting to join: {}; admitting them moves {} of {} partitions, {:.1}% of memories (ideal {:.1}%)",
+                    plan.waiting.join(", "),
+                    join.moves.len(),
+                    join.partitions,
+                    join.moved_fraction * 100.0,
+                    join.ideal_fraction * 100.0
+                );
+            }
+            if let Some(step) = &plan.policy_next {
+                println!("size policy, next: {step}");
+            }
+            for m in &plan.migrations {
+                println!("in flight: {} {} -> {} ({})", m.partition, m.from, m.to, m.phase);
+            }
+            println!(
+                "next: {}",
+                plan.next.as_deref().unwrap_or("nothing; placement is as the layout wants")
+            );
         }
         Command::AutoRebalance { state } => {
             let ask = serde_json::json!({ "rebalance": state == "on" });
