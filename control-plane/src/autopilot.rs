@@ -82,6 +82,11 @@ struct State {
     backoff: Duration,
     /// The size policy's last move or failure.
     last_policy_action: Option<String>,
+    /// No policy move before this (after a failed one), and the wait that set it.
+    policy_retry_at: Option<Instant>,
+    policy_backoff: Duration,
+    /// The policy whose move an operator cancelled: no move while the layout still has it.
+    policy_held: Option<SizePolicy>,
 }
 
 /// Admits registered nodes when the layout asks for it (see the module documentation).
@@ -191,8 +196,20 @@ impl Autopilot {
                 tracing::warn!(error = %format!("{e:#}"), "autopilot: cannot read the cluster's state");
             }
             if let Err(e) = self.place_by_size(&jobs).await {
-                tracing::warn!(error = %format!("{e:#}"), "autopilot: placement by size failed");
-                self.state().last_policy_action = Some(format!("failed: {e:#}"));
+                let error = format!("{e:#}");
+                let cancelled = JobError::is_cancelled(&e);
+                let held = if cancelled { jobs_policy(&jobs).await } else { None };
+                let mut state = self.state();
+                if cancelled {
+                    tracing::warn!(%error, "autopilot: size policy move cancelled; no move until the policy changes");
+                    state.policy_held = held;
+                } else {
+                    state.policy_backoff =
+                        (state.policy_backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+                    state.policy_retry_at = Some(Instant::now() + state.policy_backoff);
+                    tracing::warn!(%error, retry_in_secs = state.policy_backoff.as_secs(), "autopilot: placement by size failed");
+                }
+                state.last_policy_action = Some(format!("failed: {error}"));
             }
         }
     }
@@ -379,6 +396,13 @@ fn next_step(
             });
         }
     }
+    // A tenant an operator pinned (`shardctl migrate`) stays where the operator put it.
+    let operator_pinned: BTreeSet<String> = layout
+        .overrides
+        .keys()
+        .filter(|p| !layout.staging_pins.contains(*p) && !layout.policy_pins.contains(*p))
+        .filter_map(|p| p.tenant().map(|t| t.to_string()))
+        .collect();
     let taken: BTreeSet<&NodeId> = layout.overrides.values().collect();
     let free = policy.dedicated_nodes.iter().find(|n| {
         layout.node(n).is_some()
@@ -389,9 +413,15 @@ fn next_step(
     let tenant = over
         .iter()
         .filter(|t| size(t) >= policy.dedicate_at_memories && !placed.contains_key(*t))
+        .filter(|t| !operator_pinned.contains(*t))
         .max_by_key(|t| (size(t), std::cmp::Reverse((*t).clone())))?;
     let partitions = distinct(copies_of(tenant).into_iter().map(|(_, p)| p));
     Some(PolicyStep::Dedicate { tenant: tenant.clone(), node: free.clone(), partitions })
+}
+
+/// The layout's size policy now (the one a cancelled move was made under), if it can be read.
+async fn jobs_policy(jobs: &Jobs) -> Option<SizePolicy> {
+    jobs.store.load().await.ok().and_then(|v| v.layout.size_policy)
 }
 
 impl std::fmt::Display for PolicyStep {
@@ -458,6 +488,16 @@ impl Autopilot {
             sizes.all_dirty = false;
             return Ok(());
         };
+        {
+            let mut state = self.state();
+            if state.policy_held.as_ref().is_some_and(|held| *held != policy) {
+                state.policy_held = None;
+            }
+            let backing_off = state.policy_retry_at.is_some_and(|at| Instant::now() < at);
+            if backing_off || state.policy_held.is_some() {
+                return Ok(());
+            }
+        }
         let Ok(_slot) = jobs.slot.try_lock() else { return Ok(()) };
         jobs.cancel.clear();
         let (store, client, throttle, cancel) =
@@ -480,7 +520,9 @@ impl Autopilot {
                 format!("{tenant} onto {node} ({} partitions)", partitions.len())
             }
         };
-        self.state().last_policy_action = Some(done);
+        let mut state = self.state();
+        state.last_policy_action = Some(done);
+        (state.policy_retry_at, state.policy_backoff) = (None, Duration::ZERO);
         Ok(())
     }
 }
@@ -536,6 +578,17 @@ mod tests {
                 tenant: "b".into(),
                 node: n4.clone(),
                 partitions: vec![key("b/shared")]
+            })
+        );
+        // An operator's pin wins: with b pinned by `shardctl migrate`, a is the one to move.
+        let mut pinned = l.clone();
+        pinned.overrides.insert(key("b/shared"), node("n2"));
+        assert_eq!(
+            next_step(&pinned, &policy, &big, &over(&big, 1000), &|_| true, &on_n1),
+            Some(PolicyStep::Dedicate {
+                tenant: "a".into(),
+                node: n4.clone(),
+                partitions: vec![key("a/shared")]
             })
         );
         // b is on n4 now: the node is taken (nothing for a); a scope b wrote since follows it.
