@@ -7,7 +7,7 @@
 //! the cluster holds. The sums are recounted from the known copies only when the layout changes
 //! (ownership moves) or a node restarts (a full list).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::api::{PartitionList, PartitionStats};
 use crate::{NodeId, PartitionKey, Ring};
@@ -27,6 +27,8 @@ pub struct Usage {
     /// The layout epoch the sums were counted at.
     epoch: Option<u64>,
     sums: HashMap<String, (u64, u64)>,
+    /// Each tenant's copies (node, partition), so one tenant's are found without a walk.
+    held: HashMap<String, BTreeSet<(NodeId, PartitionKey)>>,
 }
 
 impl Usage {
@@ -45,7 +47,7 @@ impl Usage {
         let owned = |p: &PartitionKey| ring.owner(p).is_some_and(|o| o.id == *node);
         let copies = self.nodes.entry(node.clone()).or_default();
         if list.full {
-            copies.copies.clear();
+            forget(&mut self.held, node, copies.copies.drain().map(|(p, _)| p));
         }
         (copies.feed, copies.cursor) = (list.feed, list.cursor);
         for p in list.partitions {
@@ -53,6 +55,15 @@ impl Usage {
             let before = copies.copies.insert(p.partition.clone(), now).unwrap_or((0, 0));
             if !recount && owned(&p.partition) {
                 adjust(&mut self.sums, &p, before, now);
+            }
+            if let Some(t) = p.partition.tenant() {
+                let copy = (node.clone(), p.partition.clone());
+                let held = self.held.entry(t.to_string()).or_default();
+                if now == (0, 0) {
+                    held.remove(&copy);
+                } else {
+                    held.insert(copy);
+                }
             }
             if now == (0, 0) {
                 copies.copies.remove(&p.partition);
@@ -66,9 +77,14 @@ impl Usage {
 
     /// Forgets the nodes no longer in `ring`'s layout; true when that counted the sums again.
     pub fn retain_nodes(&mut self, ring: &Ring) -> bool {
-        let before = self.nodes.len();
-        self.nodes.retain(|id, _| ring.layout().node(id).is_some());
-        let recount = self.nodes.len() != before;
+        let gone: Vec<NodeId> =
+            self.nodes.keys().filter(|id| ring.layout().node(id).is_none()).cloned().collect();
+        for id in &gone {
+            if let Some(copies) = self.nodes.remove(id) {
+                forget(&mut self.held, id, copies.copies.into_keys());
+            }
+        }
+        let recount = !gone.is_empty();
         if recount {
             self.recount(ring);
         }
@@ -80,17 +96,17 @@ impl Usage {
         &self.sums
     }
 
-    /// Every copy of `tenant`'s partitions the nodes last listed: (node, partition, memories).
-    /// A walk over every known copy: for a decision about one tenant, not for every refresh.
+    /// Every copy of `tenant`'s partitions the nodes last listed: (node, partition, memories),
+    /// by partition then node; costs that tenant's copies, not the cluster's.
     pub fn copies_of(&self, tenant: &str) -> Vec<(NodeId, PartitionKey, u64)> {
-        let mut out = Vec::new();
-        for (node, copies) in &self.nodes {
-            for (p, (count, _)) in &copies.copies {
-                if p.tenant().is_some_and(|t| t.as_str() == tenant) {
-                    out.push((node.clone(), p.clone(), *count));
-                }
-            }
-        }
+        let Some(held) = self.held.get(tenant) else { return Vec::new() };
+        let mut out: Vec<(NodeId, PartitionKey, u64)> = held
+            .iter()
+            .filter_map(|(node, p)| {
+                let (count, _) = self.nodes.get(node)?.copies.get(p)?;
+                Some((node.clone(), p.clone(), *count))
+            })
+            .collect();
         out.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
         out
     }
@@ -111,6 +127,23 @@ impl Usage {
         }
         self.sums = sums;
         self.epoch = Some(ring.epoch());
+    }
+}
+
+/// Takes `node`'s copies of `partitions` out of the tenants' lists of copies.
+fn forget(
+    held: &mut HashMap<String, BTreeSet<(NodeId, PartitionKey)>>,
+    node: &NodeId,
+    partitions: impl Iterator<Item = PartitionKey>,
+) {
+    for p in partitions {
+        let Some(t) = p.tenant().map(|t| t.to_string()) else { continue };
+        if let Some(copies) = held.get_mut(&t) {
+            copies.remove(&(node.clone(), p));
+            if copies.is_empty() {
+                held.remove(&t);
+            }
+        }
     }
 }
 
@@ -191,10 +224,20 @@ mod tests {
         assert_eq!(usage.sums().get("t1"), Some(&(6, 65)));
         assert_eq!(usage.sums().get("t2"), Some(&(0, 0)));
         assert_eq!(usage.query(&a), "?feed=7&since=9");
+        // One tenant's copies, found without a walk: the gone one is not among them.
+        let copies = |usage: &Usage, t: &str| -> Vec<(String, u64)> {
+            usage.copies_of(t).into_iter().map(|(_, p, n)| (p.to_string(), n)).collect()
+        };
+        assert_eq!(
+            copies(&usage, "t1"),
+            [("t1/agent:x".to_owned(), 2), ("t1/shared".to_owned(), 4)]
+        );
+        assert!(copies(&usage, "t2").is_empty());
         // A node that restarted lists everything again: the sums are what it lists.
         usage.apply(&ring, &a, list(&a, vec![stats("t1/shared", 1, 1)], 2, true));
         assert_eq!(usage.sums().get("t1"), Some(&(1, 1)));
         assert_eq!(usage.sums().get("t2"), None);
+        assert_eq!(copies(&usage, "t1"), [("t1/shared".to_owned(), 1)]);
     }
 
     /// What a quota refresh costs once the first full list is in: 20 partitions changed since
