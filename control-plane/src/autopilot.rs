@@ -77,16 +77,40 @@ struct State {
     history: VecDeque<AutopilotRun>,
     /// The waiting set whose rebalance an operator cancelled: left alone until it changes.
     held: Option<BTreeSet<NodeId>>,
-    /// No new try before this (after a failure), and the wait that set it.
-    retry_at: Option<Instant>,
-    backoff: Duration,
+    /// When a rebalance may be tried again after a failed one.
+    backoff: Backoff,
     /// The size policy's last move or failure.
     last_policy_action: Option<String>,
-    /// No policy move before this (after a failed one), and the wait that set it.
-    policy_retry_at: Option<Instant>,
-    policy_backoff: Duration,
+    /// When a policy move may be tried again after a failed one.
+    policy_backoff: Backoff,
     /// The policy whose move an operator cancelled: no move while the layout still has it.
     policy_held: Option<SizePolicy>,
+}
+
+/// The wait after failures: none at first, then [`FIRST_BACKOFF`], doubling up to
+/// [`MAX_BACKOFF`]; a success forgets it.
+#[derive(Default)]
+struct Backoff {
+    wait: Duration,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    /// Records a failure; answers the wait before the next try.
+    fn failed(&mut self) -> Duration {
+        self.wait = (self.wait * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+        self.until = Some(Instant::now() + self.wait);
+        self.wait
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// Whether a try must wait still.
+    fn waiting(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
 }
 
 /// Admits registered nodes when the layout asks for it (see the module documentation).
@@ -172,20 +196,15 @@ impl Autopilot {
         self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Its part of the cluster view; `enabled` is the layout's `auto_rebalance` (the view fills
-    /// in the dedicated nodes from the layout).
-    pub fn view(&self, enabled: bool) -> AutopilotView {
+    /// Fills in what the autopilot knows (nodes waiting, runs, the size policy's last action)
+    /// beside what the layout says (`view.rs`: on or off, the dedicated nodes).
+    pub fn fill(&self, view: &mut AutopilotView) {
         let state = self.state();
-        let mut waiting: Vec<String> = state.first_seen.keys().map(|n| n.to_string()).collect();
-        waiting.sort();
-        AutopilotView {
-            enabled,
-            waiting,
-            running: state.running,
-            history: state.history.iter().cloned().collect(),
-            dedicated: BTreeMap::new(),
-            last_policy_action: state.last_policy_action.clone(),
-        }
+        view.waiting = state.first_seen.keys().map(|n| n.to_string()).collect();
+        view.waiting.sort();
+        view.running = state.running;
+        view.history = state.history.iter().cloned().collect();
+        view.last_policy_action = state.last_policy_action.clone();
     }
 
     /// Ticks until the task is aborted (the control plane stops leading or shuts down).
@@ -204,10 +223,8 @@ impl Autopilot {
                     tracing::warn!(%error, "autopilot: size policy move cancelled; no move until the policy changes");
                     state.policy_held = held;
                 } else {
-                    state.policy_backoff =
-                        (state.policy_backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-                    state.policy_retry_at = Some(Instant::now() + state.policy_backoff);
-                    tracing::warn!(%error, retry_in_secs = state.policy_backoff.as_secs(), "autopilot: placement by size failed");
+                    let wait = state.policy_backoff.failed();
+                    tracing::warn!(%error, retry_in_secs = wait.as_secs(), "autopilot: placement by size failed");
                 }
                 state.last_policy_action = Some(format!("failed: {error}"));
             }
@@ -240,7 +257,7 @@ impl Autopilot {
                 state.held = None;
             }
             let settled = state.first_seen.values().all(|seen| now - *seen >= self.settle);
-            let backing_off = state.retry_at.is_some_and(|at| now < at);
+            let backing_off = state.backoff.waiting(now);
             if waiting.is_empty() || !settled || backing_off || state.held.is_some() {
                 return Ok(());
             }
@@ -286,8 +303,7 @@ impl Autopilot {
                     took_ms,
                     "autopilot: rebalance done"
                 );
-                state.retry_at = None;
-                state.backoff = Duration::ZERO;
+                state.backoff.succeeded();
                 AutopilotRun {
                     started_at_ms,
                     took_ms,
@@ -304,9 +320,8 @@ impl Autopilot {
                     tracing::warn!(%error, "autopilot: rebalance cancelled; not retried for these nodes");
                     state.held = Some(waiting);
                 } else {
-                    state.backoff = (state.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-                    state.retry_at = Some(Instant::now() + state.backoff);
-                    tracing::warn!(%error, retry_in_secs = state.backoff.as_secs(), "autopilot: rebalance failed");
+                    let wait = state.backoff.failed();
+                    tracing::warn!(%error, retry_in_secs = wait.as_secs(), "autopilot: rebalance failed");
                 }
                 AutopilotRun {
                     started_at_ms,
@@ -492,7 +507,7 @@ impl Autopilot {
             if state.policy_held.as_ref().is_some_and(|held| *held != policy) {
                 state.policy_held = None;
             }
-            let backing_off = state.policy_retry_at.is_some_and(|at| Instant::now() < at);
+            let backing_off = state.policy_backoff.waiting(Instant::now());
             if backing_off || state.policy_held.is_some() {
                 return Ok(());
             }
@@ -521,7 +536,7 @@ impl Autopilot {
         };
         let mut state = self.state();
         state.last_policy_action = Some(done);
-        (state.policy_retry_at, state.policy_backoff) = (None, Duration::ZERO);
+        state.policy_backoff.succeeded();
         Ok(())
     }
 }

@@ -94,6 +94,26 @@ pub async fn remove_node(
     .await
 }
 
+/// Sets one setting of the layout: nothing when `set` leaves it as it is, else epoch + 1 (and
+/// the whole layout validated).
+async fn set_setting(
+    store: &dyn RingStore,
+    expect: Option<u64>,
+    set: impl FnOnce(&mut ClusterLayout),
+) -> anyhow::Result<String> {
+    apply(store, expect, |layout| {
+        let mut next = layout.clone();
+        set(&mut next);
+        if next == *layout {
+            return Ok(None);
+        }
+        next.epoch += 1;
+        next.validate().map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        Ok(Some(next))
+    })
+    .await
+}
+
 /// Sets the number of copies of every partition. Existing partitions gain (or lose) followers as
 /// the shard nodes see the new layout; followers copy the primary's whole log on first contact.
 pub async fn set_replication(
@@ -101,17 +121,7 @@ pub async fn set_replication(
     copies: u32,
     expect: Option<u64>,
 ) -> anyhow::Result<String> {
-    apply(store, expect, |layout| {
-        if layout.replication_factor == copies {
-            return Ok(None);
-        }
-        let mut next = layout.clone();
-        next.epoch += 1;
-        next.replication_factor = copies;
-        next.validate().map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-        Ok(Some(next))
-    })
-    .await
+    set_setting(store, expect, |l| l.replication_factor = copies).await
 }
 
 /// Switches rebalancing without an operator on or off (`auto_rebalance`, read by the active
@@ -121,14 +131,5 @@ pub async fn set_auto_rebalance(
     on: bool,
     expect: Option<u64>,
 ) -> anyhow::Result<String> {
-    apply(store, expect, |layout| {
-        if layout.auto_rebalance == on {
-            return Ok(None);
-        }
-        let mut next = layout.clone();
-        next.epoch += 1;
-        next.auto_rebalance = on;
-        Ok(Some(next))
-    })
-    .await
+    set_setting(store, expect, |l| l.auto_rebalance = on).await
 }

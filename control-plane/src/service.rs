@@ -192,12 +192,13 @@ impl ControlService {
             let change = rebalance::Change::Join;
             Some(rebalance::plan(self.store.as_ref(), &self.client, &change).await?)
         };
+        let policy_next = self.autopilot.policy_next(&layout);
         let next = match (&join, layout.auto_rebalance) {
             (Some(_), true) => Some(format!("admit {} (auto-rebalance on)", waiting.join(", "))),
             (Some(_), false) => {
                 Some(format!("nothing until `shardctl rebalance` admits {}", waiting.join(", ")))
             }
-            (None, _) => self.autopilot.policy_next(&layout),
+            (None, _) => policy_next.clone(),
         };
         Ok(PlanReport {
             epoch: layout.epoch,
@@ -205,7 +206,7 @@ impl ControlService {
             size_policy: layout.size_policy.clone(),
             waiting,
             join,
-            policy_next: self.autopilot.policy_next(&layout),
+            policy_next,
             migrations: crate::journal::pending(self.store.as_ref()).await?,
             next,
         })
@@ -227,7 +228,10 @@ impl ControlService {
         layout::set_auto_rebalance(self.store.as_ref(), ask.rebalance, None)
             .await
             .map_err(|e| ApiError::unavailable(format!("{e:#}"), 1))?;
-        Ok(self.autopilot.view(ask.rebalance))
+        let mut view =
+            memring_common::api::AutopilotView { enabled: ask.rebalance, ..Default::default() };
+        self.autopilot.fill(&mut view);
+        Ok(view)
     }
 
     /// `PUT /v1/policy`: sets the layout's size policy (a JSON `SizePolicy`, or `null` to clear
@@ -238,7 +242,7 @@ impl ControlService {
         self.require_leader()?;
         let policy: Option<memring_common::layout::SizePolicy> =
             parse_json(&read_body(req, 64 * 1024).await?)?;
-        let refusal = std::sync::Mutex::new(None);
+        let mut refusal = None;
         let stored = memring_common::store::update_layout(self.store.as_ref(), 20, |layout| {
             let before = layout.size_policy.as_ref().map(|p| p.dedicated_nodes.clone());
             let after = policy.as_ref().map(|p| p.dedicated_nodes.clone());
@@ -255,16 +259,14 @@ impl ControlService {
             next.epoch += 1;
             next.size_policy = policy.clone();
             if let Some(problem) = problem.or_else(|| next.validate().err()) {
-                *refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(problem);
+                refusal = Some(problem);
                 return None;
             }
             (layout.size_policy != policy).then_some(next)
         })
         .await
         .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
-        if let Some(problem) =
-            refusal.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
+        if let Some(problem) = refusal {
             return Err(problem);
         }
         Ok(stored.layout.epoch)
@@ -438,9 +440,7 @@ impl Service for ControlService {
                     {
                         Ok(mut v) => {
                             v.epoch_history = self.epochs.list();
-                            let dedicated = std::mem::take(&mut v.autopilot.dedicated);
-                            v.autopilot = self.autopilot.view(v.autopilot.enabled);
-                            v.autopilot.dedicated = dedicated;
+                            self.autopilot.fill(&mut v.autopilot);
                             json(200, &v)
                         }
                         Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
