@@ -77,7 +77,7 @@ pub async fn serve<S: Service>(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (graceful, open) = Graceful::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -94,7 +94,7 @@ pub async fn serve<S: Service>(
         };
         let _ = stream.set_nodelay(true);
         let (service, watcher, timeout) =
-            (service.clone(), graceful.watcher(), options.header_read_timeout);
+            (service.clone(), graceful.watcher(open.clone()), options.header_read_timeout);
         match options.tls.clone() {
             None => {
                 tokio::spawn(serve_connection(stream, service, peer, timeout, watcher));
@@ -114,7 +114,7 @@ pub async fn serve<S: Service>(
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = graceful.shutdown(open) => {}
         _ = tokio::time::sleep(Duration::from_secs(10)) => {
             tracing::warn!("requests still in flight after 10 s; closing anyway");
         }
@@ -122,13 +122,50 @@ pub async fn serve<S: Service>(
     Ok(())
 }
 
-/// Serves one connection (plain or TLS) until it closes or a graceful shutdown ends it.
+/// The connections a server has open and the signal that asks them to finish (its graceful
+/// shutdown). Connections may be upgraded (a shard node's replication stream), which hyper-util's
+/// graceful shutdown does not watch.
+struct Graceful {
+    stop: tokio::sync::watch::Sender<bool>,
+    closed: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// What one connection holds while open: the stop signal, and a handle whose drop counts it out.
+struct Watcher {
+    stop: tokio::sync::watch::Receiver<bool>,
+    _open: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Graceful {
+    /// No connection yet; the sender stands for the open ones (one clone each).
+    fn new() -> (Self, tokio::sync::mpsc::Sender<()>) {
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let (open, closed) = tokio::sync::mpsc::channel(1);
+        (Self { stop, closed }, open)
+    }
+
+    fn watcher(&self, open: tokio::sync::mpsc::Sender<()>) -> Watcher {
+        Watcher { stop: self.stop.subscribe(), _open: open }
+    }
+
+    /// Asks every connection to finish its requests and close, and waits until all have.
+    async fn shutdown(mut self, open: tokio::sync::mpsc::Sender<()>) {
+        drop(open);
+        let _ = self.stop.send(true);
+        // `None` once every connection's sender is dropped.
+        let _ = self.closed.recv().await;
+    }
+}
+
+/// Serves one connection (plain or TLS) until it closes or a graceful shutdown ends it. A
+/// request may upgrade it (`Service::handle` answers 101 and takes the connection over with
+/// `hyper::upgrade::on`); the upgraded connection then lives on outside this function.
 async fn serve_connection<S, IO>(
     io: IO,
     service: Arc<S>,
     peer: SocketAddr,
     header_read_timeout: Duration,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut watcher: Watcher,
 ) where
     S: Service,
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -143,8 +180,17 @@ async fn serve_connection<S, IO>(
                 let service = service.clone();
                 async move { Ok::<_, Infallible>(dispatch(service, req, peer).await) }
             }),
-        );
-    if let Err(e) = watcher.watch(conn).await {
+        )
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = async { drop(watcher.stop.wait_for(|stop| *stop).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }

@@ -62,6 +62,10 @@ pub struct ShardConfig {
     pub log_keep_secs: u64,
     /// The last this many entries of each partition's log are kept as well, whatever their age.
     pub log_keep_entries: u64,
+    /// Followers' polls may come over an upgraded connection (`replicate/stream.rs`); off, the
+    /// stream route answers 404 as binaries before it did, and followers poll over HTTP (for
+    /// testing a rolling upgrade).
+    pub replication_stream: bool,
 }
 
 impl Default for ShardConfig {
@@ -88,6 +92,7 @@ impl Default for ShardConfig {
             purge_interval_secs: 60,
             log_keep_secs: 600,
             log_keep_entries: 0,
+            replication_stream: true,
         }
     }
 }
@@ -159,6 +164,10 @@ pub struct ShardArgs {
     /// Entries of each partition's log kept when trimming.
     #[arg(long, env = "MEMRING_LOG_KEEP_ENTRIES")]
     pub log_keep_entries: Option<u64>,
+    /// Serve followers' polls over upgraded connections (false: only over HTTP, as binaries
+    /// before 2026-12-05; for rolling-upgrade tests).
+    #[arg(long, env = "MEMRING_REPLICATION_STREAM", action = clap::ArgAction::Set)]
+    pub replication_stream: Option<bool>,
 }
 
 impl ShardArgs {
@@ -185,6 +194,7 @@ impl ShardArgs {
         overlay(&mut c.purge_interval_secs, self.purge_interval_secs);
         overlay(&mut c.log_keep_secs, self.log_keep_secs);
         overlay(&mut c.log_keep_entries, self.log_keep_entries);
+        overlay(&mut c.replication_stream, self.replication_stream);
         c.validate()?;
         Ok(c)
     }

@@ -106,6 +106,7 @@ pub async fn run(
         credential.clone(),
         Duration::from_millis(config.quorum_timeout_ms),
         Duration::from_millis(config.replica_staleness_ms),
+        stop_rx.clone(),
     )?);
     let replicator = tokio::spawn(repl.clone().follow(stop_rx.clone()));
     let reporter = tokio::spawn(report_stats(storage.clone(), stop_rx.clone()));
@@ -127,15 +128,18 @@ pub async fn run(
         stop_rx,
     ));
 
-    let service = Arc::new(service::ShardService::new(
-        node.clone(),
-        storage.clone(),
-        ring,
-        config.concurrency,
-        config.body_limit_bytes,
-        background,
-        repl,
-    ));
+    let service = Arc::new(
+        service::ShardService::new(
+            node.clone(),
+            storage.clone(),
+            ring,
+            config.concurrency,
+            config.body_limit_bytes,
+            background,
+            repl,
+        )
+        .with_replication_stream(config.replication_stream),
+    );
     tracing::info!(node = %node, listen = %listener.local_addr()?, advertise = %advertise, data_dir = %config.data_dir.display(), "shard node serving");
     serve(listener, service, ServerOptions::default(), shutdown).await?;
     // Nothing writes any more once the followers stop: then keep the loaded graphs for the next

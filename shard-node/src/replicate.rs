@@ -42,6 +42,8 @@
 mod copies;
 pub mod feed;
 pub mod rules;
+mod stream;
+pub use stream::PROTOCOL as STREAM_PROTOCOL;
 pub mod trim;
 
 #[cfg(test)]
@@ -190,6 +192,20 @@ impl Following {
     }
 }
 
+/// How a follower reaches one primary's feed.
+enum Link {
+    /// Nothing open: the next poll opens a stream.
+    Closed,
+    /// A stream to the primary at `addr`.
+    Stream { addr: String, stream: stream::FeedStream },
+    /// The primary does not serve streams (an earlier binary): poll over HTTP, and try a
+    /// stream again after `until`.
+    Http { until: Instant },
+}
+
+/// How long a follower polls a primary without streams over HTTP before it tries again.
+const STREAM_RETRY: Duration = Duration::from_secs(60);
+
 /// Entries a primary inlined for a copy that continues its log.
 struct Inline {
     want: Want,
@@ -228,6 +244,8 @@ pub struct Replication {
     /// One take-over at a time per partition (partitions take over side by side after a
     /// layout change, each asking its own peers).
     taking: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Turns true when the node stops (ends the followers' streams served here).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Replication {
@@ -240,15 +258,9 @@ impl Replication {
         credential: Arc<memring_common::internal::ClusterCredential>,
         quorum_timeout: Duration,
         staleness: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let client = memring_common::tls::http_client_builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
-            .timeout(POLL_WAIT + Duration::from_secs(10))
-            .build()?;
-        let client = InternalClient::new(client, credential);
+        let client = internal_client(credential)?;
         Ok(Self {
             me,
             storage,
@@ -261,6 +273,7 @@ impl Replication {
             rounds: Mutex::new(HashMap::new()),
             taken: Mutex::new(HashMap::new()),
             taking: Mutex::new(HashMap::new()),
+            stop,
         })
     }
 
@@ -293,6 +306,11 @@ impl Replication {
     /// The cluster credential its requests carry (the one its node checks, too).
     pub fn credential(&self) -> &Arc<memring_common::internal::ClusterCredential> {
         self.client.credential()
+    }
+
+    /// The client for internal requests made on this thread (a follower's own, on its thread).
+    fn client(&self) -> InternalClient {
+        follower_client().unwrap_or_else(|| self.client.clone())
     }
 
     /// The epoch this node leads `partition` at: the current one, if it has taken it over then.
@@ -398,7 +416,7 @@ impl Replication {
                 partition_path(partition)
             );
             let ask = async {
-                let resp = self.client.post(&url).send().await?.error_for_status()?;
+                let resp = self.client().post(&url).send().await?.error_for_status()?;
                 resp.json::<ReplicaPosition>().await
             };
             let answer = tokio::time::timeout(self.quorum_timeout, ask).await;
@@ -577,18 +595,33 @@ impl Replication {
         }
     }
 
-    /// Follows every primary of this node's copies until `stop` turns true: one task per other
-    /// node in the layout, started and ended as nodes come and go.
+    /// Follows every primary of this node's copies until `stop` turns true: one thread per
+    /// other node in the layout, started and ended as nodes come and go.
+    ///
+    /// A follower has a thread of its own, with its own small runtime and HTTP client, and does
+    /// its storage work (applying what its primary sent) right there instead of handing it to
+    /// a blocking thread: a round under write load is then one wake-up of one thread — read the
+    /// answer, apply it, send the next poll — where on the shared runtime it took three hand-offs
+    /// between threads, which on a busy node cost more CPU than the round's own work
+    /// (docs/benchmarks.md, "Replication"). Idle, the thread waits in its runtime's poll for
+    /// the primary's answer.
     pub async fn follow(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut tasks: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut threads: HashMap<NodeId, std::thread::JoinHandle<()>> = HashMap::new();
         loop {
-            tasks.retain(|_, t| !t.is_finished());
+            threads.retain(|_, t| !t.is_finished());
             let current = self.ring.ring();
             if current.layout().replication_factor > 1 {
                 for node in current.layout().nodes.iter().filter(|n| n.id != self.me) {
-                    if !tasks.contains_key(&node.id) {
-                        let task = self.clone().follow_primary(node.id.clone(), stop.clone());
-                        tasks.insert(node.id.clone(), tokio::spawn(task));
+                    if threads.contains_key(&node.id) {
+                        continue;
+                    }
+                    match self.clone().follower_thread(node.id.clone(), stop.clone()) {
+                        Ok(thread) => {
+                            threads.insert(node.id.clone(), thread);
+                        }
+                        Err(e) => {
+                            tracing::warn!(primary = %node.id, error = %e, "cannot start a follower; retrying")
+                        }
                     }
                 }
             }
@@ -597,9 +630,24 @@ impl Replication {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
-        for (_, task) in tasks {
-            let _ = task.await;
+        for (_, thread) in threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// Starts the thread that follows `primary` ([`Replication::follow`]).
+    fn follower_thread(
+        self: Arc<Self>,
+        primary: NodeId,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let client = internal_client(self.client.credential().clone())?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name("follower".into()).spawn(move || {
+            FOLLOWER_CLIENT.with(|c| *c.borrow_mut() = Some(client));
+            runtime.block_on(self.follow_primary(primary, stop));
+        })?;
+        Ok(thread)
     }
 
     /// Follows one node until it leaves the layout, replication is switched off, or `stop`:
@@ -612,7 +660,10 @@ impl Replication {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut f = Following::default();
+        let mut link = Link::Closed;
         let mut epochs = self.ring.subscribe();
+        let lag_gauge =
+            metrics::gauge!("memring_replication_lag_entries", "primary" => primary_id.to_string());
         loop {
             // Marked seen before the ring is read, so a newer one always wakes the poll below.
             epochs.borrow_and_update();
@@ -644,12 +695,14 @@ impl Replication {
             let polled = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 // A new layout may make this node follow partitions the last answer was read
-                // without (a new primary's first write waits for us): ask again at once.
+                // without (a new primary's first write waits for us): ask again at once. The
+                // poll was cut off mid-way, so its stream is dropped.
                 Ok(()) = epochs.changed() => {
                     f.keep_unsent(ask.acks);
+                    link = Link::Closed;
                     continue;
                 }
-                r = self.poll(&primary, &ask) => r,
+                r = self.poll(&primary, &ask, &mut link) => r,
             };
             let answer = match polled {
                 Ok(answer) => answer,
@@ -680,9 +733,7 @@ impl Replication {
                 // which keeps those copies behind).
                 self.rounds.lock().insert(primary.id.clone(), (answered, epoch));
             }
-            let lag = self.copies.lock().lag_of(&primary.id);
-            metrics::gauge!("memring_replication_lag_entries", "primary" => primary.id.to_string())
-                .set(lag as f64);
+            lag_gauge.set(self.copies.lock().lag_of(&primary.id) as f64);
         }
         self.copies.lock().retain_from(&primary_id, |_| false);
         self.rounds.lock().remove(&primary_id);
@@ -804,7 +855,7 @@ impl Replication {
                 let last = entries.last().map_or(0, |e| e.seq);
                 let p = &want.partition;
                 let allowed = || still_leading(&ring.ring(), &me, &primary_id, p, epoch);
-                match s.import_replicated(p, entries, &allowed) {
+                match s.import_followed(p, entries, &allowed) {
                     Ok(_) => out.push((want, Some(last))),
                     Err(e) => {
                         tracing::debug!(partition = %p, error = %e, "inlined entries not applied; pulling");
@@ -817,9 +868,50 @@ impl Replication {
         self.blocking(work).await.unwrap_or_default()
     }
 
-    async fn poll(&self, primary: &LayoutNode, ask: &ReplicaPoll) -> anyhow::Result<FeedAnswer> {
+    /// One round's poll of `primary`: over its stream (`stream.rs`; opened first if `link` has
+    /// none), or over HTTP while it does not serve streams. A failed stream is dropped.
+    async fn poll(
+        &self,
+        primary: &LayoutNode,
+        ask: &ReplicaPoll,
+        link: &mut Link,
+    ) -> anyhow::Result<FeedAnswer> {
+        match link {
+            Link::Stream { addr, .. } if *addr != primary.addr => *link = Link::Closed,
+            Link::Http { until } if Instant::now() >= *until => *link = Link::Closed,
+            _ => {}
+        }
+        if let Link::Closed = link {
+            *link = match stream::FeedStream::open(&self.client(), &primary.addr).await? {
+                Some(stream) => Link::Stream { addr: primary.addr.clone(), stream },
+                None => Link::Http { until: Instant::now() + STREAM_RETRY },
+            };
+        }
+        let (answer, transport) = match link {
+            Link::Stream { stream, .. } => {
+                let answer = stream.poll(ask).await;
+                if answer.is_err() {
+                    *link = Link::Closed;
+                }
+                (answer, "stream")
+            }
+            _ => (self.poll_http(primary, ask).await, "http"),
+        };
+        if answer.is_ok() {
+            metrics::counter!("memring_replication_polls_total", "transport" => transport)
+                .increment(1);
+        }
+        answer
+    }
+
+    /// A poll over `POST /internal/v1/replicate/poll` (a primary without streams).
+    async fn poll_http(
+        &self,
+        primary: &LayoutNode,
+        ask: &ReplicaPoll,
+    ) -> anyhow::Result<FeedAnswer> {
         let resp = self
-            .client
+            .client()
             .post(format!("http://{}/internal/v1/replicate/poll", primary.addr))
             .json(ask)
             .send()
@@ -1005,7 +1097,7 @@ impl Replication {
     /// A GET of an internal binary answer: its body and headers, or the error it carried.
     async fn get_bytes(&self, url: &str) -> Result<(bytes::Bytes, http::HeaderMap), ApiError> {
         let unreachable = |e: reqwest::Error| ApiError::unavailable(format!("{url}: {e}"), 1);
-        let resp = self.client.get(url).send().await.map_err(unreachable)?;
+        let resp = self.client().get(url).send().await.map_err(unreachable)?;
         let (status, headers) = (resp.status(), resp.headers().clone());
         let body = resp.bytes().await.map_err(unreachable)?;
         if status.is_success() {
@@ -1051,9 +1143,12 @@ impl Replication {
                         if cut > 0 {
                             metrics::counter!("memring_replication_resyncs_total").increment(1);
                         }
-                        if !entries.is_empty() {
-                            s.import_replicated(&key, entries, &check)?;
-                        }
+                        match epoch {
+                            _ if entries.is_empty() => 0,
+                            // Following `node` as it leads at that epoch.
+                            Some(_) => s.import_followed(&key, entries, &check)?,
+                            None => s.import_replicated(&key, entries, &check)?,
+                        };
                         Ok(())
                     })
                     .await?;
@@ -1105,15 +1200,46 @@ impl Replication {
         self.blocking(move |s| s.last_pos(&key)).await
     }
 
+    /// Storage work: on a blocking thread, or right here on a follower's own thread (which
+    /// runs nothing else).
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        if FOLLOWER_CLIENT.with(|c| c.borrow().is_some()) {
+            return work(&self.storage);
+        }
         let storage = self.storage.clone();
         tokio::task::spawn_blocking(move || work(&storage))
             .await
             .map_err(|e| ApiError::internal(format!("replication task failed: {e}")))?
     }
+}
+
+/// The client of a node's internal requests (one per follower thread, one for the rest).
+fn internal_client(
+    credential: Arc<memring_common::internal::ClusterCredential>,
+) -> anyhow::Result<InternalClient> {
+    let client = memring_common::tls::http_client_builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1))
+        .pool_idle_timeout(memring_common::http::CLIENT_POOL_IDLE)
+        .timeout(POLL_WAIT + Duration::from_secs(10))
+        .build()?;
+    Ok(InternalClient::new(client, credential))
+}
+
+thread_local! {
+    /// Set on a follower's own thread ([`Replication::follow`]): its storage work runs right
+    /// there, and its requests go through this client, whose connections that thread drives.
+    static FOLLOWER_CLIENT: std::cell::RefCell<Option<InternalClient>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's follower client, if it is a follower's thread.
+fn follower_client() -> Option<InternalClient> {
+    FOLLOWER_CLIENT.with(|c| c.borrow().clone())
 }
 
 /// Whether `me` follows `primary` for `p` in `ring`: `primary` owns it and `me` holds a copy.

@@ -41,6 +41,8 @@ pub struct ShardService {
     repl: Arc<Replication>,
     /// The cluster token every internal route requires.
     credential: Arc<memring_common::internal::ClusterCredential>,
+    /// Followers may poll over upgraded connections (`ShardConfig::replication_stream`).
+    streams: bool,
 }
 
 impl ShardService {
@@ -63,7 +65,14 @@ impl ShardService {
             body_limit,
             background,
             repl,
+            streams: true,
         }
+    }
+
+    /// Serves followers' polls over upgraded connections or (false) only over HTTP.
+    pub fn with_replication_stream(mut self, streams: bool) -> Self {
+        self.streams = streams;
+        self
     }
 
     /// Refuses the request unless this node owns `partition` at the newer of the caller's epoch and
@@ -206,6 +215,9 @@ impl ShardService {
                 }
                 .await;
                 ("internal.tenant.delete", r)
+            }
+            (&Method::POST, ["internal", "v1", "replicate", "stream"]) if self.streams => {
+                ("internal.replicate.stream", self.replica_stream(req))
             }
             (&Method::POST, ["internal", "v1", "replicate", "poll"]) => {
                 ("internal.replicate.poll", self.replica_poll(req).await)
@@ -476,6 +488,39 @@ impl ShardService {
         let ask: ReplicaPoll = memring_common::http::parse_json(&body)?;
         let answer = self.repl.serve_poll(ask).await?;
         Ok(binary(crate::record::encode(&answer)?, &[]))
+    }
+
+    /// `POST /internal/v1/replicate/stream` with `Upgrade: memring-feed/1`: answers 101 and
+    /// serves the follower's polls over the upgraded connection (`replicate/stream.rs`).
+    fn replica_stream(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let protocol = crate::replicate::STREAM_PROTOCOL;
+        let asks_for_it = req
+            .headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
+        if !asks_for_it {
+            return Err(ApiError::invalid(format!(
+                "this route upgrades the connection: send Connection: upgrade and Upgrade: {protocol}"
+            )));
+        }
+        let upgrade = hyper::upgrade::on(&mut req);
+        let repl = self.repl.clone();
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(io) => repl.serve_stream(io).await,
+                Err(e) => tracing::debug!(error = %e, "replication stream not upgraded"),
+            }
+        });
+        let mut response = http::Response::new(memring_common::http::Body::default());
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        headers.insert(http::header::UPGRADE, http::HeaderValue::from_static(protocol));
+        Ok(response)
     }
 
     /// `GET /internal/v1/replicate/log/{tenant}/{scope}?after=SEQ&term=TERM&limit=N[&epoch=E]`:

@@ -94,6 +94,8 @@ async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
         let lags: Vec<&str> =
             metrics.lines().filter(|l| l.starts_with("memring_replication_lag_entries")).collect();
         assert!(!lags.is_empty() && lags.iter().all(|l| l.ends_with(" 0")), "{lags:?}");
+        // Every follower polled over its stream, none over HTTP.
+        assert!(polls(&metrics, "stream") > 0.0 && polls(&metrics, "http") == 0.0, "{metrics}");
     }
 
     // The follower of a partition dies: its writes are kept on the primary but not acknowledged
@@ -143,6 +145,74 @@ async fn followers_catch_up_with_their_primaries() -> anyhow::Result<()> {
         .output()
         .await?;
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    Ok(())
+}
+
+/// A node's count of answered replication polls over `transport` (`stream` or `http`).
+fn polls(metrics: &str, transport: &str) -> f64 {
+    let name = format!("memring_replication_polls_total{{transport=\"{transport}\"}} ");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(name.as_str()))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Followers of primaries that do not serve the replication stream (binaries from before it,
+/// during a rolling upgrade; here `--replication-stream false`) poll them over HTTP: with three
+/// copies, writes are acknowledged, updates and deletes reach every copy, and the copies end
+/// equal.
+#[tokio::test]
+async fn followers_poll_primaries_without_streams_over_http() -> anyhow::Result<()> {
+    let flags = ["--replication-stream", "false"];
+    let c = EtcdCluster::start_with_shard_flags(3, 1, 10, &flags).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_shards_epoch(epoch).await?;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(15)).await?;
+    let (router, http) = (c.router(0), client());
+    for t in 0..6 {
+        let items: Vec<_> = (0..20)
+            .map(|n| json!({"id": format!("m{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &router, &format!("h{t}"), items).await?;
+        let upd = json!({"id": "m1", "scope": "shared", "content": "changed", "embedding": vector(8, 1, 0.3)});
+        let resp =
+            http.post(format!("{router}/v1/tenants/h{t}/memories")).json(&upd).send().await?;
+        assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await?);
+        let del = http
+            .delete(format!("{router}/v1/tenants/h{t}/memories/m2?scope=shared"))
+            .send()
+            .await?;
+        assert_eq!(del.status().as_u16(), 204);
+    }
+    // Acknowledged by two of three copies; the third follows within a round or two.
+    let ring = Ring::new(store.load().await?.layout);
+    for t in 0..6 {
+        let p: PartitionKey = format!("h{t}/shared").parse()?;
+        let set = ring.replicas(&p);
+        assert_eq!(set.len(), 3);
+        let primary = sum_at(&set[0].addr, &p).await?;
+        assert_eq!(primary.0, 19, "{p} on its primary");
+        wait_for(&format!("{p}: every copy equal to its primary"), Duration::from_secs(15), || {
+            let (set, primary) = (set.clone(), primary.clone());
+            let p = p.clone();
+            async move {
+                for copy in &set[1..] {
+                    if sum_at(&copy.addr, &p).await? != primary {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await?;
+    }
+    for shard in &c.shards {
+        let metrics = http.get(format!("{}/metrics", shard.url())).send().await?.text().await?;
+        assert!(polls(&metrics, "http") > 0.0 && polls(&metrics, "stream") == 0.0, "{metrics}");
+    }
     Ok(())
 }
 

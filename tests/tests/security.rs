@@ -199,6 +199,7 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
         ("GET", "/internal/v1/partitions"),
         ("DELETE", "/internal/v1/tenants/alpha"),
         ("POST", "/internal/v1/replicate/poll"),
+        ("POST", "/internal/v1/replicate/stream"),
         ("POST", "/internal/v1/replicate/position/alpha/shared?epoch=1"),
         ("POST", "/internal/v1/replicate/take-over/alpha/shared"),
         ("GET", "/internal/v1/replicate/status"),
@@ -235,6 +236,16 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
             );
         }
     }
+    // Asking to upgrade to the replication stream (`replicate/stream.rs`) with a wrong token
+    // gets no stream either.
+    let upgrade = stranger()
+        .post(format!("{shard}/internal/v1/replicate/stream"))
+        .header("connection", "upgrade")
+        .header("upgrade", "memring-feed/1")
+        .header(CLUSTER_TOKEN_HEADER, "not-the-cluster-token-but-long-enough-0000")
+        .send()
+        .await?;
+    assert_eq!(upgrade.status().as_u16(), 401, "{}", upgrade.text().await?);
     for path in [
         "/internal/v1/partitions",
         "/internal/v1/replicate/status",

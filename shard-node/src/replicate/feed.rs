@@ -26,11 +26,14 @@ use serde::{Deserialize, Serialize};
 use super::rules::LogPos;
 use super::{POLL_WAIT, Replication, follows};
 use crate::record::{self, LogEntry, Record};
+use crate::storage::Storage;
 
 /// Partitions named in one answer at most (the rest follow at once: `more`).
 const MAX_CHANGES: usize = 5000;
 /// Log entries inlined in one answer at most (the follower pulls the rest).
 const MAX_INLINE: usize = 1000;
+/// Partitions whose positions and entries an answer reads on the poll's own task at most.
+const READ_HERE: usize = 8;
 
 /// The answer to a follower's poll.
 #[derive(Debug, Serialize, Deserialize)]
@@ -147,27 +150,31 @@ impl Replication {
                 (p, led, from)
             })
             .collect();
-        let read = self
-            .blocking(move |s| {
-                let mut budget = MAX_INLINE;
-                let mut read = Vec::with_capacity(plan.len());
-                for (p, led, from) in plan {
-                    let at = s.last_pos(&p)?;
-                    let mut entries = Vec::new();
-                    if let Some(after) = from.filter(|after| *after < at.seq && budget > 0) {
-                        match s.log_after(&p, after, budget) {
-                            Ok(found) => entries = found,
-                            // Behind where the log starts: the follower re-seeds when it pulls.
-                            Err(e) if e.code() == ErrorCode::LogTrimmed => {}
-                            Err(e) => return Err(e),
-                        }
-                        budget = budget.saturating_sub(entries.len());
+        let plan_len = plan.len();
+        let read = move |s: &Storage| {
+            let mut budget = MAX_INLINE;
+            let mut read = Vec::with_capacity(plan.len());
+            for (p, led, from) in plan {
+                let at = s.last_pos(&p)?;
+                let mut entries = Vec::new();
+                if let Some(after) = from.filter(|after| *after < at.seq && budget > 0) {
+                    match s.log_after(&p, after, budget) {
+                        Ok(found) => entries = found,
+                        // Behind where the log starts: the follower re-seeds when it pulls.
+                        Err(e) if e.code() == ErrorCode::LogTrimmed => {}
+                        Err(e) => return Err(e),
                     }
-                    read.push((p, led, at, entries));
+                    budget = budget.saturating_sub(entries.len());
                 }
-                Ok(read)
-            })
-            .await?;
+                read.push((p, led, at, entries));
+            }
+            Ok(read)
+        };
+        // A few partitions changed a moment ago (a round under write load): their metas and
+        // newest entries are in memory, and reading them here costs less than handing the
+        // reads to a blocking thread and back. More (a follower far behind) go to one.
+        let read =
+            if plan_len <= READ_HERE { read(&self.storage)? } else { self.blocking(read).await? };
         let changes = read
             .into_iter()
             .map(|(partition, led, at, entries)| self.change(&ring, partition, led, at, entries))

@@ -32,6 +32,17 @@ struct Inner {
     order: BTreeMap<u64, PartitionKey>,
 }
 
+/// Whether noting a change wakes the feed's waiters (followers' polls held on this node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Wake them: a change a follower may have to copy from this node.
+    Waiters,
+    /// Leave them waiting: a change no follower copies from this node at the epoch it was made
+    /// at (this node's own copy of another primary's entries). Each would otherwise wake every
+    /// poll held here, only to find nothing it follows.
+    Nobody,
+}
+
 /// What [`Feed::since`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Changed {
@@ -76,6 +87,12 @@ impl Feed {
 
     /// Notes that `partition` changed, and wakes whoever waits for a change.
     pub fn note(&self, partition: &PartitionKey) {
+        self.note_as(partition, Wake::Waiters);
+    }
+
+    /// Notes that `partition` changed, waking whoever waits only with [`Wake::Waiters`]. A
+    /// waiter that looks later (or wakes for another change) still finds this one.
+    pub fn note_as(&self, partition: &PartitionKey, wake: Wake) {
         let mut inner = self.inner.lock();
         inner.last += 1;
         let now = inner.last;
@@ -90,7 +107,10 @@ impl Feed {
         }
         inner.order.insert(now, partition.clone());
         // Sent under the lock, so the counter never runs ahead of what `since` can see.
-        self.counter.send_replace(now);
+        self.counter.send_if_modified(|counter| {
+            *counter = now;
+            wake == Wake::Waiters
+        });
     }
 
     /// The partitions changed after `cursor`, at most `limit` of them.
@@ -187,5 +207,27 @@ mod tests {
             .expect("task");
         assert_eq!(woke, 1);
         assert_ne!(Feed::new().instance(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_change_wakes_nobody_but_is_found_by_the_next_look() {
+        let feed = std::sync::Arc::new(Feed::new());
+        let waiter = tokio::spawn({
+            let feed = feed.clone();
+            async move { feed.wait(0, Duration::from_millis(300)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = std::time::Instant::now();
+        feed.note_as(&key("x"), Wake::Nobody);
+        assert_eq!(
+            waiter.await.expect("task"),
+            1,
+            "the waiter reads the counter when it times out"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200), "woken early");
+        // A later look sees it at once, and lists it.
+        assert_eq!(feed.wait(0, Duration::from_secs(30)).await, 1);
+        assert_eq!(feed.since(0, 10).partitions, vec![key("x")]);
+        assert_eq!(feed.now(), 1);
     }
 }

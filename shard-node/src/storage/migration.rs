@@ -22,6 +22,7 @@ use memring_common::api::PartitionChecksum;
 use memring_common::{ApiError, ErrorCode, PartitionKey};
 use rocksdb::WriteBatch;
 
+use super::feed::Wake;
 use super::{CF_EPISODES, CF_LOG, CF_META, Storage, db_err, entry_of};
 use crate::index::VectorIndex;
 use crate::record::{
@@ -120,7 +121,7 @@ impl Storage {
     ) -> Result<usize, ApiError> {
         let entries =
             ops.into_iter().map(|op| LogEntry { seq: 0, at_ms: now_ms, op, term: 0 }).collect();
-        self.import_at(key, entries, Import::Migration, &|| Ok(()))
+        self.import_at(key, entries, Import::Migration, &|| Ok(()), Wake::Waiters)
     }
 
     /// A follower applies its primary's log entries, each under the primary's sequence number
@@ -137,7 +138,19 @@ impl Storage {
         entries: Vec<LogEntry>,
         may_apply: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<usize, ApiError> {
-        self.import_at(key, entries, Import::Replica, may_apply)
+        self.import_at(key, entries, Import::Replica, may_apply, Wake::Waiters)
+    }
+
+    /// [`Storage::import_replicated`] by a follower copying the primary that leads `key` at
+    /// the epoch `may_apply` checks: no follower copies `key` from this node at that epoch, so
+    /// the change feed's waiters are not woken for it (`feed.rs`, [`Wake::Nobody`]).
+    pub fn import_followed(
+        &self,
+        key: &PartitionKey,
+        entries: Vec<LogEntry>,
+        may_apply: &dyn Fn() -> Result<(), ApiError>,
+    ) -> Result<usize, ApiError> {
+        self.import_at(key, entries, Import::Replica, may_apply, Wake::Nobody)
     }
 
     /// The log entry with sequence number `seq`, if this copy has it.
@@ -151,6 +164,7 @@ impl Storage {
         entries: Vec<LogEntry>,
         mode: Import,
         may_apply: &dyn Fn() -> Result<(), ApiError>,
+        wake: Wake,
     ) -> Result<usize, ApiError> {
         let _gate = self.gate.read();
         let Some(p) = self.partition(key, true)? else {
@@ -265,7 +279,7 @@ impl Storage {
         }
         batch.put_cf(&meta_cf, &p.enc, encode(&next)?);
         self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
-        self.commit(&p, &mut meta, next);
+        self.commit_waking(&p, &mut meta, next, wake);
         self.apply_to_index(&p, index_ops);
         Ok(applied)
     }

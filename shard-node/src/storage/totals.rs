@@ -12,6 +12,7 @@ use memring_common::ApiError;
 use memring_common::api::PartitionStats;
 use parking_lot::Mutex;
 
+use super::feed::Wake;
 use super::{NodeStats, Partition, Storage};
 use crate::record::PartitionMeta;
 
@@ -78,10 +79,21 @@ impl Storage {
     /// written): installs it, updates the totals and notes the partition in the change feed
     /// (still under the mutex, so a follower told of the change reads at least this state).
     pub(super) fn commit(&self, p: &Partition, meta: &mut PartitionMeta, next: PartitionMeta) {
+        self.commit_waking(p, meta, next, Wake::Waiters);
+    }
+
+    /// [`Storage::commit`], waking the feed's waiters only with [`Wake::Waiters`].
+    pub(super) fn commit_waking(
+        &self,
+        p: &Partition,
+        meta: &mut PartitionMeta,
+        next: PartitionMeta,
+        wake: Wake,
+    ) {
         let new_partition = !p.stored.swap(true, Ordering::AcqRel);
         self.totals.changed(new_partition, meta, &next);
         p.install(meta, next);
-        self.feed.note(&p.key);
+        self.feed.note_as(&p.key, wake);
     }
 
     /// Counts the totals from the stored metas (once, when the node opens its data).

@@ -170,7 +170,13 @@ impl Storage {
     ) -> Result<usize, ApiError> {
         let entries =
             ops.into_iter().map(|op| LogEntry { seq: 0, at_ms: 0, op, term: 0 }).collect();
-        self.import_at(key, entries, super::migration::Import::Snapshot, may_apply)
+        self.import_at(
+            key,
+            entries,
+            super::migration::Import::Snapshot,
+            may_apply,
+            super::feed::Wake::Waiters,
+        )
     }
 
     /// Sets a re-seeded copy's position to `at`, the snapshot's (its first page's): its log
