@@ -18,14 +18,17 @@
 //!   makes its log the most up to date one: it probes back to where the two agree, cuts its own
 //!   entries after that, and pulls the rest. Any write acknowledged by W copies is on one of the
 //!   copies it heard, and the most up-to-date log holds every acknowledged write.
-//! - **Follower** ([`Replication::follow`]): one task per other node, long-polling its `POST
-//!   /internal/v1/replicate/poll` (answered as soon as anything there changes), then pulling the
-//!   log of each partition it follows there from `GET /internal/v1/replicate/log` with the
-//!   layout epoch it follows by. The owner answers only once it has taken over at exactly that
-//!   epoch, and only if its entry at the follower's last position has the follower's term there;
-//!   otherwise it says where its entries of that term end, and the follower probes back and cuts
-//!   its log to where they agree (entries no quorum acknowledged) before it applies anything.
-//! - **Primary** ([`Acks`]): a node-wide change counter the polls wait on, and each follower's
+//! - **Follower** ([`Replication::follow`], `replicate/follower.rs`): one thread per other
+//!   node, long-polling its change feed (`replicate/feed.rs`, over the stream of
+//!   `replicate/stream.rs` or `POST /internal/v1/replicate/poll`; answered as soon as anything
+//!   there changes), applying the entries the answer inlined where they continue its copy as
+//!   checked, and pulling the rest from `GET /internal/v1/replicate/log` with the layout epoch
+//!   it follows by (`replicate/sync.rs`). The owner answers only once it has taken over at
+//!   exactly that epoch, and only if its entry at the follower's last position has the
+//!   follower's term there; otherwise it says where its entries of that term end, and the
+//!   follower probes back and cuts its log to where they agree (entries no quorum acknowledged)
+//!   before it applies anything.
+//! - **Primary** ([`Acks`], `replicate/acks.rs`): a node-wide change counter the polls wait on, and each follower's
 //!   acknowledged position per partition *with the term it was made under*; a write is answered
 //!   once `write_quorum` copies (the primary's included) acknowledged it under the write's own
 //!   term, else 503 after `quorum_timeout` (the write stays and keeps replicating; retrying it is
@@ -39,33 +42,35 @@
 //!   epoch and is not behind: the control plane's test for re-admitting a node and for handing
 //!   leadership back to it.
 
+mod acks;
 mod copies;
 pub mod feed;
+mod follower;
 pub mod rules;
 mod stream;
+mod sync;
 pub use stream::PROTOCOL as STREAM_PROTOCOL;
 pub mod trim;
+
+pub use acks::Acks;
 
 #[cfg(test)]
 mod model;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memring_common::api::{
-    self, ReplicaAck, ReplicaPoll, ReplicaPosition, ReplicaStatus, partition_path,
-};
+use memring_common::api::{self, ReplicaPosition, ReplicaStatus, partition_path};
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::watcher::RingView;
 use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Ring};
 use parking_lot::Mutex;
 
-use crate::record::{LogEntry, decode};
+use crate::record::LogEntry;
 use crate::storage::Storage;
-use copies::{Copies, Progress};
-use feed::{Change, FeedAnswer};
+use copies::Copies;
 use rules::{LogPos, Refusal};
 
 /// How long a primary holds a follower's poll when nothing changes.
@@ -80,148 +85,6 @@ const RETRY_WAIT: Duration = Duration::from_millis(200);
 const MAX_ACKS: usize = 10_000;
 /// A primary not heard from for this long makes a node not caught up.
 const ROUND_FRESH: Duration = Duration::from_secs(3);
-
-/// The primary side: what each follower has acknowledged (what changed is the storage's feed).
-#[derive(Default)]
-pub struct Acks {
-    /// Each follower's acknowledged (position, term) per partition.
-    acked: Mutex<HashMap<(PartitionKey, NodeId), (u64, u64)>>,
-    notify: tokio::sync::Notify,
-}
-
-impl Acks {
-    /// `follower`'s last acknowledged (position, term) of `partition`.
-    pub fn acked(&self, partition: &PartitionKey, follower: &NodeId) -> Option<(u64, u64)> {
-        self.acked.lock().get(&(partition.clone(), follower.clone())).copied()
-    }
-
-    /// Records `follower`'s acknowledgements and wakes writes waiting for them.
-    pub fn record(&self, follower: &NodeId, acks: Vec<ReplicaAck>) {
-        if acks.is_empty() {
-            return;
-        }
-        let mut acked = self.acked.lock();
-        for ack in acks {
-            // A copy cut back acknowledges less than before; its position is what it has now.
-            acked.insert((ack.partition, follower.clone()), (ack.seq, ack.term));
-        }
-        drop(acked);
-        self.notify.notify_waiters();
-    }
-
-    /// Waits until `needed` of `followers` have acknowledged `partition` up to `seq` under
-    /// `term` (the write's); false if `timeout` passes first.
-    pub async fn wait_quorum(
-        &self,
-        partition: &PartitionKey,
-        followers: &[NodeId],
-        needed: usize,
-        at: LogPos,
-        timeout: Duration,
-    ) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let have = || {
-            let acked = self.acked.lock();
-            followers
-                .iter()
-                .filter(|f| {
-                    acked
-                        .get(&(partition.clone(), (*f).clone()))
-                        .is_some_and(|(seq, term)| rules::ack_covers(*seq, *term, at.seq, at.term))
-                })
-                .count()
-        };
-        loop {
-            // Listen before looking, so an ack between the two is not missed.
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if have() >= needed {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return have() >= needed;
-            }
-        }
-    }
-}
-
-/// What a log pull answered.
-enum Pulled {
-    /// The node's entry at the asked position has the asked term: its entries after it.
-    Entries(Vec<LogEntry>),
-    /// It does not: the node's last position holding an entry of a term ≤ the asked one.
-    Diverges { end_of_term: u64 },
-}
-
-/// A follower's state for one primary (`Replication::follow_primary`).
-#[derive(Default)]
-struct Following {
-    /// The primary's feed instance and the cursor in it (`seen` 0: ask for a full listing).
-    feed: u64,
-    seen: u64,
-    /// The layout epoch the cursor was taken at.
-    epoch: u64,
-    /// Copies found to continue the primary's log: their position, with the primary's lead
-    /// term as the term (what the acknowledgements carry).
-    applied: HashMap<PartitionKey, LogPos>,
-    /// Acknowledgements not yet sent.
-    unsent: HashMap<PartitionKey, LogPos>,
-    /// Copies to bring up again next round (a pull failed or fell short), with the primary's
-    /// position to reach.
-    retry: HashMap<PartitionKey, u64>,
-}
-
-impl Following {
-    /// Up to `max` acknowledgements not yet sent, taken out of the queue.
-    fn take_unsent(&mut self, max: usize) -> Vec<ReplicaAck> {
-        let keys: Vec<PartitionKey> = self.unsent.keys().take(max).cloned().collect();
-        keys.into_iter()
-            .filter_map(|partition| {
-                let at = self.unsent.remove(&partition)?;
-                Some(ReplicaAck { partition, seq: at.seq, term: at.term })
-            })
-            .collect()
-    }
-
-    /// Puts back acknowledgements a failed poll did not deliver (newer ones win).
-    fn keep_unsent(&mut self, acks: Vec<ReplicaAck>) {
-        for ack in acks {
-            self.unsent.entry(ack.partition).or_insert(LogPos::new(ack.term, ack.seq));
-        }
-    }
-}
-
-/// How a follower reaches one primary's feed.
-enum Link {
-    /// Nothing open: the next poll opens a stream.
-    Closed,
-    /// A stream to the primary at `addr`.
-    Stream { addr: String, stream: stream::FeedStream },
-    /// The primary does not serve streams (an earlier binary): poll over HTTP, and try a
-    /// stream again after `until`.
-    Http { until: Instant },
-}
-
-/// How long a follower polls a primary without streams over HTTP before it tries again.
-const STREAM_RETRY: Duration = Duration::from_secs(60);
-
-/// Entries a primary inlined for a copy that continues its log.
-struct Inline {
-    want: Want,
-    entries: Vec<LogEntry>,
-}
-
-/// A copy a round brings up to its primary.
-struct Want {
-    partition: PartitionKey,
-    /// The primary's position.
-    target: u64,
-    /// The primary leads it at this epoch and its last position equals this copy's.
-    same: bool,
-    /// The primary's committed position (`Change::committed`).
-    committed: u64,
-}
 
 /// Replication on one node: its primary side ([`Acks`], taking over) and its follower side.
 pub struct Replication {
@@ -310,7 +173,7 @@ impl Replication {
 
     /// The client for internal requests made on this thread (a follower's own, on its thread).
     fn client(&self) -> InternalClient {
-        follower_client().unwrap_or_else(|| self.client.clone())
+        follower::follower_client().unwrap_or_else(|| self.client.clone())
     }
 
     /// The epoch this node leads `partition` at: the current one, if it has taken it over then.
@@ -595,606 +458,6 @@ impl Replication {
         }
     }
 
-    /// Follows every primary of this node's copies until `stop` turns true: one thread per
-    /// other node in the layout, started and ended as nodes come and go.
-    ///
-    /// A follower has a thread of its own, with its own small runtime and HTTP client, and does
-    /// its storage work (applying what its primary sent) right there instead of handing it to
-    /// a blocking thread: a round under write load is then one wake-up of one thread — read the
-    /// answer, apply it, send the next poll — where on the shared runtime it took three hand-offs
-    /// between threads, which on a busy node cost more CPU than the round's own work
-    /// (docs/benchmarks.md, "Replication"). Idle, the thread waits in its runtime's poll for
-    /// the primary's answer.
-    pub async fn follow(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut threads: HashMap<NodeId, std::thread::JoinHandle<()>> = HashMap::new();
-        loop {
-            threads.retain(|_, t| !t.is_finished());
-            let current = self.ring.ring();
-            if current.layout().replication_factor > 1 {
-                for node in current.layout().nodes.iter().filter(|n| n.id != self.me) {
-                    if threads.contains_key(&node.id) {
-                        continue;
-                    }
-                    match self.clone().follower_thread(node.id.clone(), stop.clone()) {
-                        Ok(thread) => {
-                            threads.insert(node.id.clone(), thread);
-                        }
-                        Err(e) => {
-                            tracing::warn!(primary = %node.id, error = %e, "cannot start a follower; retrying")
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-        for (_, thread) in threads {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-    }
-
-    /// Starts the thread that follows `primary` ([`Replication::follow`]).
-    fn follower_thread(
-        self: Arc<Self>,
-        primary: NodeId,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-        let client = internal_client(self.client.credential().clone())?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name("follower".into()).spawn(move || {
-            FOLLOWER_CLIENT.with(|c| *c.borrow_mut() = Some(client));
-            runtime.block_on(self.follow_primary(primary, stop));
-        })?;
-        Ok(thread)
-    }
-
-    /// Follows one node until it leaves the layout, replication is switched off, or `stop`:
-    /// long-polls its change feed (`feed.rs`) and applies what changed there. A round costs what
-    /// changed on the primary plus the copies still being retried; a full listing (at the
-    /// start, when the primary restarted, at each new layout epoch) checks every copy again.
-    async fn follow_primary(
-        self: Arc<Self>,
-        primary_id: NodeId,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut f = Following::default();
-        let mut link = Link::Closed;
-        let mut epochs = self.ring.subscribe();
-        let lag_gauge =
-            metrics::gauge!("memring_replication_lag_entries", "primary" => primary_id.to_string());
-        loop {
-            // Marked seen before the ring is read, so a newer one always wakes the poll below.
-            epochs.borrow_and_update();
-            let ring = self.ring.ring();
-            let Some(primary) = ring.layout().node(&primary_id).cloned() else { break };
-            if ring.layout().replication_factor < 2 {
-                break;
-            }
-            let epoch = ring.epoch();
-            if f.epoch != epoch {
-                // A new layout: every copy followed here is checked again (a full listing).
-                f.epoch = epoch;
-                f.seen = 0;
-            }
-            let ask = ReplicaPoll {
-                follower: self.me.clone(),
-                feed: f.feed,
-                seen: f.seen,
-                epoch,
-                wait_ms: 0,
-                acks: f.take_unsent(MAX_ACKS),
-            };
-            // Hold the poll only with nothing left to retry or to acknowledge.
-            let idle = f.retry.is_empty() && f.unsent.is_empty();
-            let ask = ReplicaPoll {
-                wait_ms: if idle { POLL_WAIT } else { RETRY_WAIT }.as_millis() as u64,
-                ..ask
-            };
-            let polled = tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                // A new layout may make this node follow partitions the last answer was read
-                // without (a new primary's first write waits for us): ask again at once. The
-                // poll was cut off mid-way, so its stream is dropped.
-                Ok(()) = epochs.changed() => {
-                    f.keep_unsent(ask.acks);
-                    link = Link::Closed;
-                    continue;
-                }
-                r = self.poll(&primary, &ask, &mut link) => r,
-            };
-            let answer = match polled {
-                Ok(answer) => answer,
-                Err(e) => {
-                    // Keep the acknowledgements for the next try; wait a little before it.
-                    f.keep_unsent(ask.acks);
-                    tracing::debug!(primary = %primary.id, error = %e, "replication poll failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let answered = Instant::now();
-            let (full, more, cursor, feed) =
-                (answer.full || answer.feed != f.feed, answer.more, answer.cursor, answer.feed);
-            if full {
-                if !self.round_full(&primary, epoch, answer.changes, &mut f).await {
-                    // This node's own listing failed: ask for the full listing again.
-                    f.seen = 0;
-                    tokio::time::sleep(RETRY_WAIT).await;
-                    continue;
-                }
-            } else {
-                self.round_changes(&primary, epoch, answer.changes, &mut f).await;
-            }
-            (f.feed, f.seen) = (feed, cursor);
-            if !more {
-                // Every change the primary had at `answered` is applied (or being retried,
-                // which keeps those copies behind).
-                self.rounds.lock().insert(primary.id.clone(), (answered, epoch));
-            }
-            lag_gauge.set(self.copies.lock().lag_of(&primary.id) as f64);
-        }
-        self.copies.lock().retain_from(&primary_id, |_| false);
-        self.rounds.lock().remove(&primary_id);
-    }
-
-    /// A full listing of `primary`'s partitions: checks every copy followed there (and every
-    /// copy held here that it did not list) and forgets copies no longer followed from it.
-    /// False if this node's own listing could not be read.
-    async fn round_full(
-        &self,
-        primary: &LayoutNode,
-        epoch: u64,
-        changes: Vec<Change>,
-        f: &mut Following,
-    ) -> bool {
-        let Ok(held) = self.blocking(|s| s.partitions()).await else { return false };
-        let ring = self.ring.ring();
-        let mine: HashMap<PartitionKey, LogPos> =
-            held.into_iter().map(|h| (h.partition, LogPos::new(h.last_term, h.last_seq))).collect();
-        let mut wanted: Vec<Want> = Vec::new();
-        let mut listed = HashSet::new();
-        for c in changes {
-            listed.insert(c.partition.clone());
-            // Equal to the primary's last position, which it leads at this epoch: the copy
-            // continues its log (log matching), nothing to ask.
-            let same =
-                c.led && mine.get(&c.partition) == Some(&LogPos::new(c.last_term, c.last_seq));
-            wanted.push(Want {
-                partition: c.partition,
-                target: c.last_seq,
-                same,
-                committed: c.committed,
-            });
-        }
-        // Copies held here the primary does not list (it may hold nothing yet) are checked
-        // against it like the others.
-        for p in mine.into_keys().filter(|p| !listed.contains(p)) {
-            wanted.push(Want { partition: p, target: 0, same: false, committed: 0 });
-        }
-        wanted.retain(|w| follows(&ring, &self.me, &primary.id, &w.partition));
-        let followed: HashSet<PartitionKey> = wanted.iter().map(|w| w.partition.clone()).collect();
-        f.applied.clear();
-        f.retry.clear();
-        self.catch_up(primary, epoch, wanted, f).await;
-        self.copies.lock().retain_from(&primary.id, |p| followed.contains(p));
-        true
-    }
-
-    /// The partitions changed on `primary` since the last round: applies the entries it sent
-    /// where they continue this copy as checked, pulls the rest, and retries the copies that
-    /// failed before.
-    async fn round_changes(
-        &self,
-        primary: &LayoutNode,
-        epoch: u64,
-        changes: Vec<Change>,
-        f: &mut Following,
-    ) {
-        let ring = self.ring.ring();
-        let mut wanted: Vec<Want> = Vec::new();
-        let mut inline: Vec<Inline> = Vec::new();
-        for c in changes {
-            if !follows(&ring, &self.me, &primary.id, &c.partition) {
-                continue;
-            }
-            f.retry.remove(&c.partition);
-            let continues = c.entries.first().is_some_and(|first| {
-                f.applied.get(&c.partition) == Some(&LogPos::new(epoch, first.seq - 1))
-                    && c.entries.iter().all(|e| e.term <= epoch)
-            });
-            let want = Want {
-                partition: c.partition,
-                target: c.last_seq,
-                same: false,
-                committed: c.committed,
-            };
-            if continues {
-                inline.push(Inline { want, entries: c.entries });
-            } else {
-                wanted.push(want);
-            }
-        }
-        wanted.extend(f.retry.drain().map(|(partition, target)| Want {
-            partition,
-            target,
-            same: false,
-            committed: 0,
-        }));
-        if !wanted.is_empty() || !inline.is_empty() {
-            metrics::counter!("memring_replication_rounds_total").increment(1);
-        }
-        if !inline.is_empty() {
-            let entries: usize = inline.iter().map(|i| i.entries.len()).sum();
-            metrics::counter!("memring_replication_inlined_entries_total")
-                .increment(entries as u64);
-            for (want, result) in self.apply_inline(primary, epoch, inline).await {
-                match result {
-                    Some(reached) => self.note_checked(primary, epoch, reached, want, f),
-                    None => wanted.push(want),
-                }
-            }
-        }
-        self.catch_up(primary, epoch, wanted, f).await;
-    }
-
-    /// Applies entries a primary inlined in its answer, each partition under the same check
-    /// as a pull (`catch_up_one`). Per partition: the position reached, or `None` (on failure:
-    /// pull instead).
-    async fn apply_inline(
-        &self,
-        primary: &LayoutNode,
-        epoch: u64,
-        inline: Vec<Inline>,
-    ) -> Vec<(Want, Option<u64>)> {
-        let (ring, me, primary_id) = (self.ring.clone(), self.me.clone(), primary.id.clone());
-        let work = move |s: &Storage| {
-            let mut out = Vec::with_capacity(inline.len());
-            for Inline { want, entries } in inline {
-                let last = entries.last().map_or(0, |e| e.seq);
-                let p = &want.partition;
-                let allowed = || still_leading(&ring.ring(), &me, &primary_id, p, epoch);
-                match s.import_followed(p, entries, &allowed) {
-                    Ok(_) => out.push((want, Some(last))),
-                    Err(e) => {
-                        tracing::debug!(partition = %p, error = %e, "inlined entries not applied; pulling");
-                        out.push((want, None));
-                    }
-                }
-            }
-            Ok(out)
-        };
-        self.blocking(work).await.unwrap_or_default()
-    }
-
-    /// One round's poll of `primary`: over its stream (`stream.rs`; opened first if `link` has
-    /// none), or over HTTP while it does not serve streams. A failed stream is dropped.
-    async fn poll(
-        &self,
-        primary: &LayoutNode,
-        ask: &ReplicaPoll,
-        link: &mut Link,
-    ) -> anyhow::Result<FeedAnswer> {
-        match link {
-            Link::Stream { addr, .. } if *addr != primary.addr => *link = Link::Closed,
-            Link::Http { until } if Instant::now() >= *until => *link = Link::Closed,
-            _ => {}
-        }
-        if let Link::Closed = link {
-            *link = match stream::FeedStream::open(&self.client(), &primary.addr).await? {
-                Some(stream) => Link::Stream { addr: primary.addr.clone(), stream },
-                None => Link::Http { until: Instant::now() + STREAM_RETRY },
-            };
-        }
-        let (answer, transport) = match link {
-            Link::Stream { stream, .. } => {
-                let answer = stream.poll(ask).await;
-                if answer.is_err() {
-                    *link = Link::Closed;
-                }
-                (answer, "stream")
-            }
-            _ => (self.poll_http(primary, ask).await, "http"),
-        };
-        if answer.is_ok() {
-            metrics::counter!("memring_replication_polls_total", "transport" => transport)
-                .increment(1);
-        }
-        answer
-    }
-
-    /// A poll over `POST /internal/v1/replicate/poll` (a primary without streams).
-    async fn poll_http(
-        &self,
-        primary: &LayoutNode,
-        ask: &ReplicaPoll,
-    ) -> anyhow::Result<FeedAnswer> {
-        let resp = self
-            .client()
-            .post(format!("http://{}/internal/v1/replicate/poll", primary.addr))
-            .json(ask)
-            .send()
-            .await?
-            .error_for_status()?;
-        let body = resp.bytes().await?;
-        Ok(decode::<FeedAnswer>(&body)?)
-    }
-
-    /// Brings the `wanted` copies to `primary`'s log at `epoch` (one pull per copy that is
-    /// not known to continue it already); copies that could not be checked are retried at the
-    /// next round.
-    async fn catch_up(
-        &self,
-        primary: &LayoutNode,
-        epoch: u64,
-        wanted: Vec<Want>,
-        f: &mut Following,
-    ) {
-        for w in wanted {
-            // Known to continue the primary's log at this epoch and not behind: nothing to ask.
-            let known = f.applied.get(&w.partition).copied().filter(|at| at.term == epoch);
-            let reached = match known {
-                Some(at) if at.seq >= w.target => Ok(at.seq),
-                _ if w.same => Ok(w.target),
-                _ => self.catch_up_one(primary, &w.partition, epoch, w.target).await,
-            };
-            match reached {
-                Ok(at) => self.note_checked(primary, epoch, at, w, f),
-                Err(e) => {
-                    // Not checked (the owner has not taken over yet, or is gone): asked again
-                    // on the next round, and not caught up until then.
-                    tracing::debug!(partition = %w.partition, primary = %primary.id, error = %e, "replication round did not check this copy");
-                    f.applied.remove(&w.partition);
-                    let progress = Progress {
-                        primary: primary.id.clone(),
-                        behind: w.target,
-                        synced: None,
-                        at: 0,
-                        committed: 0,
-                    };
-                    self.copies.lock().set(&w.partition, progress);
-                    f.retry.insert(w.partition, w.target);
-                }
-            }
-        }
-    }
-
-    /// Records that the copy `w` names continues `primary`'s log at `epoch` up to `at`, and
-    /// queues its acknowledgement.
-    fn note_checked(&self, primary: &LayoutNode, epoch: u64, at: u64, w: Want, f: &mut Following) {
-        let (p, target) = (w.partition, w.target);
-        let pos = LogPos::new(epoch, at);
-        // A full listing starts from no known copy, so every copy's position is sent again
-        // then (the primary may have restarted since).
-        if f.applied.insert(p.clone(), pos) != Some(pos) {
-            f.unsent.insert(p.clone(), pos);
-        }
-        let behind = target.saturating_sub(at);
-        if behind > 0 {
-            f.retry.insert(p.clone(), target);
-        }
-        let progress = Progress {
-            primary: primary.id.clone(),
-            behind,
-            synced: Some(epoch),
-            at,
-            committed: w.committed.min(at),
-        };
-        self.copies.lock().set(&p, progress);
-    }
-
-    /// Brings this node's copy of `p` to the log of `primary` leading at `epoch`, up to
-    /// `target` (its position at the poll) or further. Returns the position reached.
-    async fn catch_up_one(
-        &self,
-        primary: &LayoutNode,
-        p: &PartitionKey,
-        epoch: u64,
-        target: u64,
-    ) -> Result<u64, ApiError> {
-        let (me, primary_id, key) = (self.me.clone(), primary.id.clone(), p.clone());
-        let still_primary = move |ring: &Ring| still_leading(ring, &me, &primary_id, &key, epoch);
-        Ok(self.sync_from(primary, p, Some(epoch), target, still_primary).await?.seq)
-    }
-
-    /// Makes this copy of `p` continue `node`'s log and pulls it up to position `to` (or its
-    /// end): probes back from this copy's last position to where the two logs agree, cuts this
-    /// copy's entries after that, then applies `node`'s page by page. `allowed` is checked
-    /// against the current ring under the partition's write lock before each change lands; with
-    /// `epoch`, `node` must be leading the partition at that epoch (a follower asking its
-    /// owner). The one loop of a follower's round and of a take-over. A copy marked as being
-    /// re-seeded, or that cannot continue `node`'s log because one of the two is trimmed past
-    /// where they would meet (`log_trimmed`), is re-seeded from `node` instead
-    /// ([`Replication::reseed`]). Returns the position reached.
-    async fn sync_from(
-        &self,
-        node: &LayoutNode,
-        p: &PartitionKey,
-        epoch: Option<u64>,
-        to: u64,
-        allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
-    ) -> Result<LogPos, ApiError> {
-        let key = p.clone();
-        let (reseeding, at) =
-            self.blocking(move |s| Ok((s.is_reseeding(&key)?, s.last_pos(&key)?))).await?;
-        if reseeding {
-            return self.reseed(node, p, epoch, to, allowed).await;
-        }
-        match self.sync_log(node, p, epoch, at, to, allowed.clone()).await {
-            Err(e) if e.code() == ErrorCode::LogTrimmed => {
-                tracing::info!(partition = %p, from = %node.id, reason = %e, "re-seeding this copy");
-                self.reseed(node, p, epoch, to, allowed).await
-            }
-            reached => reached,
-        }
-    }
-
-    /// Replaces this copy of `p` by a snapshot of `node`'s (the migration copy path: its export
-    /// pages, `storage/trim.rs`), then pulls `node`'s entries after the snapshot's position up to
-    /// `to`. The copy stays marked until then, so a crash anywhere re-seeds it again.
-    async fn reseed(
-        &self,
-        node: &LayoutNode,
-        p: &PartitionKey,
-        epoch: Option<u64>,
-        to: u64,
-        allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
-    ) -> Result<LogPos, ApiError> {
-        metrics::counter!("memring_replication_reseeds_total").increment(1);
-        let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
-        self.blocking(move |s| s.begin_reseed(&key, &|| a(&ring.ring()))).await?;
-        let mut after: Option<String> = None;
-        let mut start: Option<LogPos> = None;
-        let mut copied = 0usize;
-        loop {
-            let mut url = format!(
-                "http://{}/internal/v1/migrate/{}/export?limit={SNAPSHOT_PAGE}",
-                node.addr,
-                partition_path(p)
-            );
-            if let Some(a) = &after {
-                url.push_str(&format!("&after={a}"));
-            }
-            let (body, headers) = self.get_bytes(&url).await?;
-            let header = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::internal(format!("{url} answered without {name}")))
-            };
-            let number = |name: &str| {
-                header(name)?
-                    .parse::<u64>()
-                    .map_err(|_| ApiError::internal(format!("{url}: {name} is not a number")))
-            };
-            if start.is_none() {
-                start = Some(LogPos::new(
-                    number(api::LAST_TERM_HEADER)?,
-                    number(api::LAST_SEQ_HEADER)?,
-                ));
-            }
-            let ops: Vec<crate::record::LogOp> = decode(&body)?;
-            copied += ops.len();
-            let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
-            self.blocking(move |s| s.import_snapshot(&key, ops, &|| a(&ring.ring()))).await?;
-            match header(api::NEXT_AFTER_HEADER) {
-                Ok(next) => after = Some(next),
-                Err(_) => break,
-            }
-        }
-        let start = start.unwrap_or_default();
-        let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
-        self.blocking(move |s| s.place_snapshot(&key, start, &|| a(&ring.ring()))).await?;
-        let reached = self.sync_log(node, p, epoch, start, to.max(start.seq), allowed).await?;
-        let key = p.clone();
-        self.blocking(move |s| s.end_reseed(&key)).await?;
-        tracing::info!(partition = %p, from = %node.id, memories = copied, snapshot = start.seq, reached = reached.seq, "copy re-seeded from a snapshot");
-        Ok(reached)
-    }
-
-    /// A GET of an internal binary answer: its body and headers, or the error it carried.
-    async fn get_bytes(&self, url: &str) -> Result<(bytes::Bytes, http::HeaderMap), ApiError> {
-        let unreachable = |e: reqwest::Error| ApiError::unavailable(format!("{url}: {e}"), 1);
-        let resp = self.client().get(url).send().await.map_err(unreachable)?;
-        let (status, headers) = (resp.status(), resp.headers().clone());
-        let body = resp.bytes().await.map_err(unreachable)?;
-        if status.is_success() {
-            return Ok((body, headers));
-        }
-        Err(match serde_json::from_slice::<memring_common::error::ErrorBody>(&body) {
-            Ok(parsed) => ApiError::from_body(parsed),
-            Err(_) => ApiError::unavailable(
-                format!("{url} answered {status}: {}", String::from_utf8_lossy(&body)),
-                1,
-            ),
-        })
-    }
-
-    /// The loop of [`Replication::sync_from`] from this copy's position `at`.
-    async fn sync_log(
-        &self,
-        node: &LayoutNode,
-        p: &PartitionKey,
-        epoch: Option<u64>,
-        mut at: LogPos,
-        to: u64,
-        allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
-    ) -> Result<LogPos, ApiError> {
-        loop {
-            match self.pull(node, p, at, epoch).await? {
-                Pulled::Diverges { end_of_term } => {
-                    let probe = rules::next_probe(at.seq, end_of_term);
-                    let key = p.clone();
-                    let term = self.blocking(move |s| s.term_at(&key, probe)).await?;
-                    let term = term.ok_or_else(|| {
-                        ApiError::unavailable(format!("{p} changed while its log was compared"), 1)
-                    })?;
-                    at = LogPos::new(term, probe);
-                }
-                Pulled::Entries(entries) => {
-                    let last = entries.last().map(|e| LogPos::new(e.term, e.seq));
-                    let (ring, key, allowed) = (self.ring.clone(), p.clone(), allowed.clone());
-                    let cut_to = at.seq;
-                    self.blocking(move |s| {
-                        let check = || allowed(&ring.ring());
-                        let cut = s.truncate_log(&key, cut_to, &check)?;
-                        if cut > 0 {
-                            metrics::counter!("memring_replication_resyncs_total").increment(1);
-                        }
-                        match epoch {
-                            _ if entries.is_empty() => 0,
-                            // Following `node` as it leads at that epoch.
-                            Some(_) => s.import_followed(&key, entries, &check)?,
-                            None => s.import_replicated(&key, entries, &check)?,
-                        };
-                        Ok(())
-                    })
-                    .await?;
-                    match last {
-                        Some(last) if last.seq < to => at = last,
-                        Some(last) => return Ok(last),
-                        None => return Ok(at),
-                    }
-                }
-            }
-        }
-    }
-
-    /// `node`'s log entries of `p` after position `after` (one page), if its entry there has
-    /// `after`'s term; with `epoch`, answered by `node` only as the owner leading at it.
-    async fn pull(
-        &self,
-        node: &LayoutNode,
-        p: &PartitionKey,
-        after: LogPos,
-        epoch: Option<u64>,
-    ) -> Result<Pulled, ApiError> {
-        let mut url = format!(
-            "http://{}/internal/v1/replicate/log/{}?after={}&term={}&limit={PAGE}",
-            node.addr,
-            partition_path(p),
-            after.seq,
-            after.term
-        );
-        if let Some(epoch) = epoch {
-            url.push_str(&format!("&epoch={epoch}"));
-        }
-        let error = match self.get_bytes(&url).await {
-            Ok((body, _)) => return decode(&body).map(Pulled::Entries),
-            Err(error) => error,
-        };
-        let end_of_term =
-            error.details().and_then(|d| d.get("end_of_term")).and_then(serde_json::Value::as_u64);
-        match end_of_term {
-            Some(end_of_term) if error.code() == ErrorCode::Conflict => {
-                Ok(Pulled::Diverges { end_of_term })
-            }
-            _ => Err(error),
-        }
-    }
-
     async fn last_pos(&self, p: &PartitionKey) -> Result<LogPos, ApiError> {
         let key = p.clone();
         self.blocking(move |s| s.last_pos(&key)).await
@@ -1206,7 +469,7 @@ impl Replication {
         &self,
         work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        if FOLLOWER_CLIENT.with(|c| c.borrow().is_some()) {
+        if follower::on_follower_thread() {
             return work(&self.storage);
         }
         let storage = self.storage.clone();
@@ -1228,18 +491,6 @@ fn internal_client(
         .timeout(POLL_WAIT + Duration::from_secs(10))
         .build()?;
     Ok(InternalClient::new(client, credential))
-}
-
-thread_local! {
-    /// Set on a follower's own thread ([`Replication::follow`]): its storage work runs right
-    /// there, and its requests go through this client, whose connections that thread drives.
-    static FOLLOWER_CLIENT: std::cell::RefCell<Option<InternalClient>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// This thread's follower client, if it is a follower's thread.
-fn follower_client() -> Option<InternalClient> {
-    FOLLOWER_CLIENT.with(|c| c.borrow().clone())
 }
 
 /// Whether `me` follows `primary` for `p` in `ring`: `primary` owns it and `me` holds a copy.

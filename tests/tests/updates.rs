@@ -244,6 +244,9 @@ struct Tally {
     applied: u64,
     conflicts: u64,
     retried_unknown: u64,
+    /// Attempts that had an unknown outcome, with the statuses they got in order (what a
+    /// failure of the test is read from).
+    unsure: Vec<String>,
 }
 
 /// One read-modify-write client: `goal` increments of `metadata.counter` with `If-Match`, each
@@ -273,9 +276,20 @@ async fn increment(
         let key = format!("{name}-{attempt}");
         let patch = json!({"metadata": {"counter": counter + 1}});
         let headers = [("if-match", etag.as_str()), ("idempotency-key", key.as_str())];
+        let mut statuses: Vec<String> = Vec::new();
         loop {
             let (status, body, _) =
                 call(&http, reqwest::Method::PATCH, &memory, &headers, Some(&patch)).await;
+            if !statuses.is_empty() || !matches!(status, 200 | 412) {
+                statuses.push(format!("{status} {}", body["version"]));
+                if matches!(status, 200 | 412) {
+                    tally.unsure.push(format!(
+                        "{key} (If-Match {etag}, counter {}): {}",
+                        counter + 1,
+                        statuses.join(", ")
+                    ));
+                }
+            }
             match status {
                 200 => {
                     tally.applied += 1;
@@ -352,6 +366,7 @@ async fn no_update_is_lost_across_a_failover() -> anyhow::Result<()> {
         total.applied += tally.applied;
         total.conflicts += tally.conflicts;
         total.retried_unknown += tally.retried_unknown;
+        total.unsure.extend(tally.unsure);
     }
     println!(
         "8 clients: {} increments applied, {} conflicts (412) read again, {} sent again after \
@@ -367,7 +382,12 @@ async fn no_update_is_lost_across_a_failover() -> anyhow::Result<()> {
         let (status, now, etag) = call(&client(), reqwest::Method::GET, &memory, &[], None).await;
         anyhow::ensure!(status == 200, "{now}");
         let counter = now["metadata"]["counter"].as_u64().unwrap_or_default();
-        anyhow::ensure!(counter <= 400, "doubled updates: {now}\n{}", c.logs());
+        anyhow::ensure!(
+            counter <= 400,
+            "doubled updates: {now}\nattempts with an unknown outcome:\n{}\n{}",
+            total.unsure.join("\n"),
+            c.logs()
+        );
         Ok((counter == 400).then_some((now, etag)))
     })
     .await

@@ -166,3 +166,43 @@ impl Storage {
         Ok(removed.len())
     }
 }
+
+impl Storage {
+    /// Change-log entries of a partition after `after_seq` (at most `limit`), for tests, replication
+    /// and migration catch-up; `log_trimmed` if the log no longer holds the entry after it.
+    pub fn log_after(
+        &self,
+        key: &PartitionKey,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ApiError> {
+        let entries = self.read_log_after(key, after_seq, limit)?;
+        // Checked after the read: a trim meanwhile removes only entries up to its new start.
+        let start = self.log_start(key)?;
+        if after_seq < start.seq {
+            return Err(super::trim::trimmed_error(key, after_seq, start));
+        }
+        Ok(entries)
+    }
+
+    /// The log entries stored after `after_seq`, without the check of [`Storage::log_after`]
+    /// (callers holding the partition's write lock check `trimmed_seq` themselves).
+    pub(super) fn read_log_after(
+        &self,
+        key: &PartitionKey,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ApiError> {
+        let enc = key.encode();
+        let start = log_key(&enc, after_seq.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.scan(CF_LOG, &enc, &start, ReadOptions::default())? {
+            let (_, value) = item?;
+            out.push(decode(&value)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

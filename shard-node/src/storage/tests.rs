@@ -1,10 +1,10 @@
 //! Storage against a real RocksDB in a temporary directory.
 
 use super::*;
-use crate::record::LogOp;
+use crate::record::{LogEntry, LogOp};
 use crate::replicate::rules::LogPos;
-use memring_common::Scope;
-use memring_common::api::{WriteItem, WriteOutcome};
+use memring_common::api::{Filter, SearchHit, WriteItem, WriteOutcome};
+use memring_common::{MemoryId, Scope, TenantId};
 
 fn open(dir: &Path) -> Storage {
     open_as(dir, "n1")
