@@ -29,7 +29,7 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// The longest idempotency key.
 pub const MAX_CHANGE_KEY_BYTES: usize = 64;
 /// How many of its latest keyed changes a memory remembers.
-pub const KEPT_CHANGE_KEYS: usize = 32;
+pub const KEPT_CHANGE_KEYS: usize = 256;
 
 /// The `ETag` of a memory at `version`: the version, quoted.
 pub fn etag(version: u64) -> String {
