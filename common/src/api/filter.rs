@@ -10,6 +10,7 @@ use std::cmp::Ordering;
 
 use serde_json::{Map, Number, Value};
 
+use super::json_kind;
 use crate::error::{ApiError, ErrorCode};
 
 /// Deepest nesting of `$and` / `$or` / `$not`.
@@ -280,11 +281,16 @@ impl Parser {
             let bound = || match arg {
                 Value::Number(n) => Ok(Bound::Number(n.clone())),
                 Value::String(s) => Ok(Bound::Text(s.clone())),
-                _ => Err(invalid(format!("{here} takes a number or a string, got {}", kind(arg)))),
+                _ => Err(invalid(format!(
+                    "{here} takes a number or a string, got {}",
+                    json_kind(arg)
+                ))),
             };
             let set = || match arg {
                 Value::Array(items) => Ok(items.clone()),
-                _ => Err(invalid(format!("{here} takes an array of values, got {}", kind(arg)))),
+                _ => {
+                    Err(invalid(format!("{here} takes an array of values, got {}", json_kind(arg))))
+                }
             };
             parts.push(field(match op.as_str() {
                 "$eq" => FieldOp::Eq(arg.clone()),
@@ -301,7 +307,7 @@ impl Parser {
                     _ => {
                         return Err(invalid(format!(
                             "{here} takes true or false, got {}",
-                            kind(arg)
+                            json_kind(arg)
                         )));
                     }
                 },
@@ -320,18 +326,6 @@ impl Parser {
             }));
         }
         Ok(if parts.len() == 1 { parts.remove(0) } else { MetadataFilter::All(parts) })
-    }
-}
-
-/// A JSON value's kind, for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -204,6 +204,7 @@ fn validate_metadata(metadata: Option<Value>) -> Result<Map<String, Value>, ApiE
     }
 }
 
+/// A JSON value's kind, for messages ("got a string").
 pub(super) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -55,6 +55,8 @@ impl RouterService {
         Ok((parsed.results, parsed.seq))
     }
 
+    /// `POST /v1/tenants/{tenant}/memories`: one memory, embedded first if it brings text
+    /// only, to its partition's owner; answered with its `ETag` and a read token.
     pub(super) async fn write(
         &self,
         tenant: TenantId,
@@ -95,6 +97,8 @@ impl RouterService {
         }
     }
 
+    /// `POST /v1/tenants/{tenant}/memories:batch`: the items grouped by partition, each group
+    /// forwarded at once; one result per item, in the order sent.
     pub(super) async fn batch(
         &self,
         tenant: TenantId,
