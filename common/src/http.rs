@@ -77,7 +77,7 @@ pub async fn serve<S: Service>(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (graceful, open) = Graceful::new();
+    let graceful = Graceful::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -94,7 +94,7 @@ pub async fn serve<S: Service>(
         };
         let _ = stream.set_nodelay(true);
         let (service, watcher, timeout) =
-            (service.clone(), graceful.watcher(open.clone()), options.header_read_timeout);
+            (service.clone(), graceful.watcher(), options.header_read_timeout);
         match options.tls.clone() {
             None => {
                 tokio::spawn(serve_connection(stream, service, peer, timeout, watcher));
@@ -114,7 +114,7 @@ pub async fn serve<S: Service>(
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown(open) => {}
+        _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(10)) => {
             tracing::warn!("requests still in flight after 10 s; closing anyway");
         }
@@ -127,6 +127,8 @@ pub async fn serve<S: Service>(
 /// graceful shutdown does not watch.
 struct Graceful {
     stop: tokio::sync::watch::Sender<bool>,
+    /// Cloned into every connection; once all clones are dropped, `closed` yields `None`.
+    open: tokio::sync::mpsc::Sender<()>,
     closed: tokio::sync::mpsc::Receiver<()>,
 }
 
@@ -137,23 +139,23 @@ struct Watcher {
 }
 
 impl Graceful {
-    /// No connection yet; the sender stands for the open ones (one clone each).
-    fn new() -> (Self, tokio::sync::mpsc::Sender<()>) {
+    fn new() -> Self {
         let (stop, _) = tokio::sync::watch::channel(false);
         let (open, closed) = tokio::sync::mpsc::channel(1);
-        (Self { stop, closed }, open)
+        Self { stop, open, closed }
     }
 
-    fn watcher(&self, open: tokio::sync::mpsc::Sender<()>) -> Watcher {
-        Watcher { stop: self.stop.subscribe(), _open: open }
+    fn watcher(&self) -> Watcher {
+        Watcher { stop: self.stop.subscribe(), _open: self.open.clone() }
     }
 
     /// Asks every connection to finish its requests and close, and waits until all have.
-    async fn shutdown(mut self, open: tokio::sync::mpsc::Sender<()>) {
+    async fn shutdown(self) {
+        let Self { stop, open, mut closed } = self;
         drop(open);
-        let _ = self.stop.send(true);
-        // `None` once every connection's sender is dropped.
-        let _ = self.closed.recv().await;
+        let _ = stop.send(true);
+        // `None` once every connection's handle is dropped.
+        let _ = closed.recv().await;
     }
 }
 

@@ -86,29 +86,29 @@ impl Replication {
         let mut io = BufReader::new(hyper_util::rt::TokioIo::new(io));
         let mut stop = self.stop.clone();
         loop {
-            let frame = tokio::select! {
+            let round = tokio::select! {
                 _ = async { drop(stop.wait_for(|s| *s).await) } => return,
-                read = tokio::time::timeout(IDLE, read_frame(&mut io, MAX_ASK)) => read,
+                round = self.stream_round(&mut io) => round,
             };
-            let ask = match frame {
-                Ok(Ok(frame)) => serde_json::from_slice::<ReplicaPoll>(&frame)
-                    .map_err(|e| anyhow::anyhow!("a poll that does not parse: {e}")),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(anyhow::anyhow!("no poll for {} s", IDLE.as_secs())),
-            };
-            let answered = match ask {
-                Ok(ask) => self.serve_poll(ask).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            };
-            let sent = match answered.and_then(|a| Ok(record::encode(&a)?)) {
-                Ok(body) => write_frame(&mut io, body).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = sent {
+            if let Err(e) = round {
                 tracing::debug!(error = %e, "replication stream closed");
                 return;
             }
         }
+    }
+
+    /// One round of a stream: reads a poll (waiting at most [`IDLE`]), answers it.
+    async fn stream_round<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut IO,
+    ) -> anyhow::Result<()> {
+        let frame = tokio::time::timeout(IDLE, read_frame(io, MAX_ASK))
+            .await
+            .map_err(|_| anyhow::anyhow!("no poll for {} s", IDLE.as_secs()))??;
+        let ask = serde_json::from_slice::<ReplicaPoll>(&frame)
+            .map_err(|e| anyhow::anyhow!("a poll that does not parse: {e}"))?;
+        let answer = self.serve_poll(ask).await?;
+        write_frame(io, record::encode(&answer)?).await
     }
 }
 
