@@ -1,6 +1,10 @@
 //! The primary's side of replication: what each follower has acknowledged, per partition and
 //! with the term it was made under, and the write-quorum wait on it (what changed is the
 //! storage's change feed, `storage/feed.rs`).
+//!
+//! A write waiting for its quorum is woken only by an acknowledgement of its own partition
+//! that completes it, not by every acknowledgement the node receives: with many writes in
+//! flight, waking them all on each ack cost more than the acks themselves.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,39 +12,96 @@ use std::time::Duration;
 use memring_common::api::ReplicaAck;
 use memring_common::{NodeId, PartitionKey};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use super::rules::{self, LogPos};
 
-/// The primary side: what each follower has acknowledged (what changed is the storage's feed).
+/// The primary side: what each follower has acknowledged, and the writes waiting on it.
 #[derive(Default)]
 pub struct Acks {
-    /// Each follower's acknowledged (position, term) per partition.
-    acked: Mutex<HashMap<(PartitionKey, NodeId), (u64, u64)>>,
-    notify: tokio::sync::Notify,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Per partition, each follower's acknowledged (position, term).
+    acked: HashMap<PartitionKey, Vec<(NodeId, u64, u64)>>,
+    /// Per partition, the writes waiting for acknowledgements.
+    waiting: HashMap<PartitionKey, Vec<Waiter>>,
+    next_waiter: u64,
+}
+
+/// A write waiting until `needed` of `followers` acknowledged `at`.
+struct Waiter {
+    id: u64,
+    followers: Vec<NodeId>,
+    needed: usize,
+    at: LogPos,
+    done: oneshot::Sender<()>,
+}
+
+impl State {
+    fn acked(&self, partition: &PartitionKey, follower: &NodeId) -> Option<(u64, u64)> {
+        let copies = self.acked.get(partition)?;
+        copies.iter().find(|(f, ..)| f == follower).map(|&(_, seq, term)| (seq, term))
+    }
+
+    /// How many of `followers` acknowledged `partition` up to `at` under its term.
+    fn holding(&self, partition: &PartitionKey, followers: &[NodeId], at: LogPos) -> usize {
+        followers
+            .iter()
+            .filter(|f| {
+                self.acked(partition, f)
+                    .is_some_and(|(seq, term)| rules::ack_covers(seq, term, at.seq, at.term))
+            })
+            .count()
+    }
 }
 
 impl Acks {
     /// `follower`'s last acknowledged (position, term) of `partition`.
     pub fn acked(&self, partition: &PartitionKey, follower: &NodeId) -> Option<(u64, u64)> {
-        self.acked.lock().get(&(partition.clone(), follower.clone())).copied()
+        self.state.lock().acked(partition, follower)
     }
 
-    /// Records `follower`'s acknowledgements and wakes writes waiting for them.
+    /// Records `follower`'s acknowledgements and wakes the writes they complete.
     pub fn record(&self, follower: &NodeId, acks: Vec<ReplicaAck>) {
         if acks.is_empty() {
             return;
         }
-        let mut acked = self.acked.lock();
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let mut touched = Vec::new();
         for ack in acks {
             // A copy cut back acknowledges less than before; its position is what it has now.
-            acked.insert((ack.partition, follower.clone()), (ack.seq, ack.term));
+            let copies = state.acked.entry(ack.partition.clone()).or_default();
+            match copies.iter_mut().find(|(f, ..)| f == follower) {
+                Some(copy) => (copy.1, copy.2) = (ack.seq, ack.term),
+                None => copies.push((follower.clone(), ack.seq, ack.term)),
+            }
+            if state.waiting.contains_key(&ack.partition) {
+                touched.push(ack.partition);
+            }
         }
-        drop(acked);
-        self.notify.notify_waiters();
+        for partition in touched {
+            let Some(waiters) = state.waiting.remove(&partition) else { continue };
+            let mut still = Vec::with_capacity(waiters.len());
+            for w in waiters {
+                if state.holding(&partition, &w.followers, w.at) >= w.needed {
+                    // The write may have stopped waiting (timed out) meanwhile: nothing to do.
+                    let _ = w.done.send(());
+                } else if !w.done.is_closed() {
+                    still.push(w);
+                }
+            }
+            if !still.is_empty() {
+                state.waiting.insert(partition, still);
+            }
+        }
     }
 
-    /// Waits until `needed` of `followers` have acknowledged `partition` up to `seq` under
-    /// `term` (the write's); false if `timeout` passes first.
+    /// Waits until `needed` of `followers` have acknowledged `partition` up to `at` under
+    /// its term (the write's); false if `timeout` passes first.
     pub async fn wait_quorum(
         &self,
         partition: &PartitionKey,
@@ -49,29 +110,98 @@ impl Acks {
         at: LogPos,
         timeout: Duration,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let have = || {
-            let acked = self.acked.lock();
-            followers
-                .iter()
-                .filter(|f| {
-                    acked
-                        .get(&(partition.clone(), (*f).clone()))
-                        .is_some_and(|(seq, term)| rules::ack_covers(*seq, *term, at.seq, at.term))
-                })
-                .count()
-        };
-        loop {
-            // Listen before looking, so an ack between the two is not missed.
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if have() >= needed {
+        let (id, done) = {
+            let mut state = self.state.lock();
+            if state.holding(partition, followers, at) >= needed {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return have() >= needed;
+            let (tx, rx) = oneshot::channel();
+            state.next_waiter += 1;
+            let id = state.next_waiter;
+            let waiter = Waiter { id, followers: followers.to_vec(), needed, at, done: tx };
+            state.waiting.entry(partition.clone()).or_default().push(waiter);
+            (id, rx)
+        };
+        if matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(()))) {
+            return true;
+        }
+        let mut state = self.state.lock();
+        if let Some(waiters) = state.waiting.get_mut(partition) {
+            waiters.retain(|w| w.id != id);
+            if waiters.is_empty() {
+                state.waiting.remove(partition);
             }
         }
+        state.holding(partition, followers, at) >= needed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn key(t: &str) -> PartitionKey {
+        PartitionKey::new(
+            &memring_common::TenantId::parse(t).expect("tenant"),
+            &memring_common::Scope::parse("shared").expect("scope"),
+        )
+    }
+
+    fn node(n: &str) -> NodeId {
+        NodeId::parse(n).expect("node")
+    }
+
+    fn ack(t: &str, seq: u64, term: u64) -> ReplicaAck {
+        ReplicaAck { partition: key(t), seq, term }
+    }
+
+    fn waiting(acks: &Acks) -> usize {
+        acks.state.lock().waiting.values().map(Vec::len).sum()
+    }
+
+    #[tokio::test]
+    async fn a_write_is_answered_by_the_acks_that_complete_its_quorum_only() {
+        let acks = Arc::new(Acks::default());
+        let followers = [node("b"), node("c")];
+        let at = LogPos::new(3, 5);
+        let wait = {
+            let (acks, followers) = (acks.clone(), followers.clone());
+            tokio::spawn(async move {
+                acks.wait_quorum(&key("t1"), &followers, 2, at, Duration::from_secs(10)).await
+            })
+        };
+        while waiting(&acks) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Another partition, an older position, another term, one copy of two: still waiting.
+        acks.record(&node("b"), vec![ack("t2", 9, 3)]);
+        acks.record(&node("b"), vec![ack("t1", 4, 3)]);
+        acks.record(&node("c"), vec![ack("t1", 9, 2)]);
+        acks.record(&node("b"), vec![ack("t1", 5, 3)]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!wait.is_finished());
+        assert_eq!(waiting(&acks), 1);
+        acks.record(&node("c"), vec![ack("t1", 6, 3)]);
+        assert!(wait.await.expect("task"));
+        assert_eq!(waiting(&acks), 0);
+        assert_eq!(acks.acked(&key("t1"), &node("c")), Some((6, 3)));
+        // Already held: answered at once.
+        assert!(acks.wait_quorum(&key("t1"), &followers, 2, at, Duration::ZERO).await);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_times_out_leaves_no_waiter_behind() {
+        let acks = Acks::default();
+        let followers = [node("b")];
+        let at = LogPos::new(1, 1);
+        let t = Duration::from_millis(10);
+        assert!(!acks.wait_quorum(&key("t1"), &followers, 1, at, t).await);
+        assert_eq!(waiting(&acks), 0);
+        // A copy cut back acknowledges less than before, and that is what counts.
+        acks.record(&node("b"), vec![ack("t1", 1, 1)]);
+        acks.record(&node("b"), vec![ack("t1", 0, 1)]);
+        assert!(!acks.wait_quorum(&key("t1"), &followers, 1, at, t).await);
     }
 }

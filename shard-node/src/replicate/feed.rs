@@ -158,7 +158,7 @@ impl Replication {
                 let at = s.last_pos(&p)?;
                 let mut entries = Vec::new();
                 if let Some(after) = from.filter(|after| *after < at.seq && budget > 0) {
-                    match s.log_after(&p, after, budget) {
+                    match s.log_upto(&p, after, at.seq, budget) {
                         Ok(found) => entries = found,
                         // Behind where the log starts: the follower re-seeds when it pulls.
                         Err(e) if e.code() == ErrorCode::LogTrimmed => {}

@@ -16,6 +16,9 @@ use crate::record::{LogEntry, LogOp, StoredEpisode, decode, encode, episode_key,
 use crate::record::{parse_metadata, prefix_end};
 use crate::replicate::rules::LogPos;
 
+/// Entries [`Storage::log_upto`] reads by key at most (more are scanned).
+const POINT_READS: u64 = 16;
+
 impl Storage {
     /// The term of this copy's entry at `seq` (`Some(0)` for position 0, the empty prefix every
     /// untrimmed log shares; `None` if this copy has no entry there; `log_trimmed` before where
@@ -178,6 +181,39 @@ impl Storage {
     ) -> Result<Vec<LogEntry>, ApiError> {
         let entries = self.read_log_after(key, after_seq, limit)?;
         // Checked after the read: a trim meanwhile removes only entries up to its new start.
+        let start = self.log_start(key)?;
+        if after_seq < start.seq {
+            return Err(super::trim::trimmed_error(key, after_seq, start));
+        }
+        Ok(entries)
+    }
+
+    /// The entries after `after_seq` up to `last` (this copy's last position, read before),
+    /// at most `limit`, as [`Storage::log_after`] reads them. A replication round asks for the
+    /// few newest entries of a partition: up to [`POINT_READS`] of them are read by key, which
+    /// costs less than opening an iterator over every level of the log.
+    pub fn log_upto(
+        &self,
+        key: &PartitionKey,
+        after_seq: u64,
+        last: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, ApiError> {
+        let wanted = last.saturating_sub(after_seq);
+        if wanted == 0 || wanted > POINT_READS || wanted > limit as u64 {
+            return self.log_after(key, after_seq, limit);
+        }
+        let enc = key.encode();
+        let keys: Vec<Vec<u8>> = (after_seq + 1..=last).map(|seq| log_key(&enc, seq)).collect();
+        let cf = self.cf(CF_LOG)?;
+        let mut entries = Vec::with_capacity(keys.len());
+        for value in self.db.batched_multi_get_cf(&cf, &keys, true) {
+            match value.map_err(db_err)? {
+                Some(bytes) => entries.push(decode(&bytes)?),
+                // Trimmed or cut back meanwhile: the scan says which.
+                None => return self.log_after(key, after_seq, limit),
+            }
+        }
         let start = self.log_start(key)?;
         if after_seq < start.seq {
             return Err(super::trim::trimmed_error(key, after_seq, start));

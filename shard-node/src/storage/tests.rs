@@ -884,6 +884,12 @@ fn a_trimmed_log_starts_where_it_was_trimmed_and_says_so() {
         assert_eq!(trimmed(s.log_after(&k, 0, 10)), ErrorCode::LogTrimmed);
         let seqs: Vec<u64> = s.log_after(&k, 4, 10).expect("log").iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [5, 6, 7, 8]);
+        // Read by key (a round's newest entries), the log says the same, trimmed or not.
+        assert_eq!(s.log_upto(&k, 4, 8, 10).expect("log"), s.log_after(&k, 4, 10).expect("log"));
+        assert_eq!(s.log_upto(&k, 5, 7, 10).expect("log"), s.log_after(&k, 5, 2).expect("log"));
+        assert_eq!(s.log_upto(&k, 6, 8, 1).expect("log"), s.log_after(&k, 6, 1).expect("log"));
+        assert_eq!(trimmed(s.log_upto(&k, 3, 8, 10)), ErrorCode::LogTrimmed);
+        assert_eq!(trimmed(s.log_upto(&k, 0, 8, 10)), ErrorCode::LogTrimmed);
         assert_eq!(s.term_at(&k, 4).expect("term"), Some(2));
         assert_eq!(s.term_at(&k, 3).expect_err("trimmed").code(), ErrorCode::LogTrimmed);
         assert_eq!(s.end_of_term(&k, 2).expect("end"), 5);
