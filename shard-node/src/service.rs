@@ -28,6 +28,9 @@ use crate::background::Background;
 use crate::replicate::{Replication, replica_read_header};
 use crate::storage::Storage;
 
+mod migration;
+mod replication;
+
 /// Shared state of the shard node's handlers.
 pub struct ShardService {
     node: NodeId,
@@ -368,193 +371,6 @@ impl ShardService {
         }
     }
 
-    /// The migration steps (no ownership check: the target does not own the partition yet, and
-    /// the source must still be read after the flip).
-    async fn migrate_route(
-        &self,
-        method: Method,
-        action: &str,
-        partition: PartitionKey,
-        req: Request<Incoming>,
-    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
-        let query = query_pairs(req.uri().query())?;
-        let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let limit = param("limit").map(|v| api::parse_list_limit(&v)).transpose()?.unwrap_or(500);
-        // `changes` and `entries`: the log after this sequence number.
-        let after = match param("after").filter(|_| matches!(action, "changes" | "entries")) {
-            Some(v) => v.parse::<u64>().map_err(|_| {
-                ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}"))
-            })?,
-            None => 0,
-        };
-        match (&method, action) {
-            (&Method::GET, "export") => {
-                let after = param("after");
-                let page = self
-                    .in_background(move |s| s.export_page(&partition, after.as_deref(), limit))
-                    .await?;
-                let mut headers = vec![
-                    (api::LAST_SEQ_HEADER, page.last_seq.to_string()),
-                    (api::LAST_TERM_HEADER, page.last_term.to_string()),
-                    (api::PAGE_COUNT_HEADER, page.ops.len().to_string()),
-                    (api::PAGE_TOTAL_HEADER, page.total.to_string()),
-                ];
-                if let Some(next) = page.next_after {
-                    headers.push((api::NEXT_AFTER_HEADER, percent_encode(&next)));
-                }
-                Ok(binary(crate::record::encode(&page.ops)?, &headers))
-            }
-            (&Method::GET, "changes") => {
-                let (ops, last) =
-                    self.blocking(move |s| s.changes(&partition, after, limit)).await?;
-                Ok(binary(
-                    crate::record::encode(&ops)?,
-                    &[(api::LAST_SEQ_HEADER, last.to_string())],
-                ))
-            }
-            (&Method::GET, "entries") => {
-                // The log itself, sequence numbers and times included: what followers apply.
-                let entries = self.blocking(move |s| s.log_after(&partition, after, limit)).await?;
-                Ok(binary(crate::record::encode(&entries)?, &[]))
-            }
-            (&Method::GET, "index") => {
-                let shipped = self.in_background(move |s| s.export_index(&partition)).await?;
-                Ok(match shipped {
-                    Some((seq, bytes)) => binary(bytes, &[(api::LAST_SEQ_HEADER, seq.to_string())]),
-                    None => memring_common::http::empty(204),
-                })
-            }
-            (&Method::PUT, "index") => {
-                // A graph is as big as the partition's vectors: this internal route alone takes
-                // bodies past the request limit.
-                let body = read_body(req, INDEX_BODY_LIMIT).await?;
-                let vectors =
-                    self.in_background(move |s| s.import_index(&partition, &body)).await?;
-                Ok(json(200, &serde_json::json!({ "vectors": vectors })))
-            }
-            (&Method::POST, "import") => {
-                let body = read_body(req, self.body_limit).await?;
-                let ops: Vec<crate::record::LogOp> = crate::record::decode(&body).map_err(|e| {
-                    ApiError::invalid(format!(
-                        "import body is not a memring record batch: {}",
-                        e.message()
-                    ))
-                })?;
-                // The bulk copy yields to the node's own traffic; catch-up (`urgent`) must keep
-                // pace with the source's writes, so it runs at normal priority.
-                let urgent = param("urgent").as_deref() == Some("true");
-                let work = move |s: &Storage| s.import(&partition, ops, now_millis());
-                let applied = if urgent {
-                    self.blocking(work).await?
-                } else {
-                    self.in_background(work).await?
-                };
-                Ok(json(200, &serde_json::json!({ "applied": applied })))
-            }
-            (&Method::POST, "fence") | (&Method::DELETE, "fence") => {
-                let on = method == Method::POST;
-                self.blocking(move |s| s.set_fence(&partition, on)).await?;
-                Ok(json(200, &serde_json::json!({ "fenced": on })))
-            }
-            (&Method::GET, "checksum") => {
-                let deep = match param("deep").as_deref() {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(other) => {
-                        return Err(ApiError::invalid(format!(
-                            "\"deep\" must be true or false, got {other:?}"
-                        )));
-                    }
-                };
-                Ok(json(200, &self.blocking(move |s| s.checksum(&partition, deep)).await?))
-            }
-            (&Method::DELETE, "partition") => {
-                self.blocking(move |s| s.drop_partition(&partition)).await?;
-                Ok(memring_common::http::empty(204))
-            }
-            _ => Err(ApiError::new(
-                ErrorCode::RouteNotFound,
-                format!("no migration step {method} {action}"),
-            )),
-        }
-    }
-
-    /// A follower's long-poll on this node's change feed (`replicate/feed.rs`).
-    async fn replica_poll(
-        &self,
-        req: Request<Incoming>,
-    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
-        let body = read_body(req, self.body_limit).await?;
-        let ask: ReplicaPoll = memring_common::http::parse_json(&body)?;
-        let answer = self.repl.serve_poll(ask).await?;
-        Ok(binary(crate::record::encode(&answer)?, &[]))
-    }
-
-    /// `POST /internal/v1/replicate/stream` with `Upgrade: memring-feed/1`: answers 101 and
-    /// serves the follower's polls over the upgraded connection (`replicate/stream.rs`).
-    fn replica_stream(
-        &self,
-        mut req: Request<Incoming>,
-    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
-        let protocol = crate::replicate::STREAM_PROTOCOL;
-        let asks_for_it = req
-            .headers()
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case(protocol));
-        if !asks_for_it {
-            return Err(ApiError::invalid(format!(
-                "this route upgrades the connection: send Connection: upgrade and Upgrade: {protocol}"
-            )));
-        }
-        let upgrade = hyper::upgrade::on(&mut req);
-        let repl = self.repl.clone();
-        tokio::spawn(async move {
-            match upgrade.await {
-                Ok(io) => repl.serve_stream(io).await,
-                Err(e) => tracing::debug!(error = %e, "replication stream not upgraded"),
-            }
-        });
-        let mut response = http::Response::new(memring_common::http::Body::default());
-        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-        headers.insert(http::header::UPGRADE, http::HeaderValue::from_static(protocol));
-        Ok(response)
-    }
-
-    /// `GET /internal/v1/replicate/log/{tenant}/{scope}?after=SEQ&term=TERM&limit=N[&epoch=E]`:
-    /// the log after a position whose term the asker names (see `Replication::serve_log`).
-    async fn replica_log(
-        &self,
-        tenant: &str,
-        scope: &str,
-        query: Option<&str>,
-    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
-        let partition = parse_partition(tenant, scope)?;
-        let (mut after, mut term, mut limit, mut epoch) = (0u64, 0u64, 1000usize, None);
-        for (k, v) in query_pairs(query)? {
-            let number = |what: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| ApiError::invalid(format!("\"{k}\" must be {what}, got {v:?}")))
-            };
-            match k.as_str() {
-                "after" => after = number("a log position")?,
-                "term" => term = number("a term")?,
-                "epoch" => epoch = Some(number("a layout epoch")?),
-                "limit" => limit = api::parse_list_limit(&v)?,
-                other => {
-                    return Err(ApiError::invalid(format!(
-                        "unknown parameter {other:?}; the log takes after, term, limit, epoch"
-                    )));
-                }
-            }
-        }
-        let at = crate::replicate::rules::LogPos::new(term, after);
-        let entries = self.repl.serve_log(&partition, at, limit, epoch).await?;
-        Ok(binary(crate::record::encode(&entries)?, &[]))
-    }
-
     async fn write(
         &self,
         partition: PartitionKey,
@@ -684,35 +500,6 @@ impl ShardService {
             self.blocking(move |s| run(s)).await?
         };
         Ok(json(200, &SearchResponse { results, partial: false }))
-    }
-
-    async fn log(
-        &self,
-        partition: PartitionKey,
-        query: Option<&str>,
-    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
-        let mut after = 0u64;
-        let mut limit = 1000usize;
-        for (k, v) in query_pairs(query)? {
-            match k.as_str() {
-                "after" => {
-                    after = v.parse().map_err(|_| {
-                        ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}"))
-                    })?
-                }
-                "limit" => limit = api::parse_list_limit(&v)?,
-                _ => {}
-            }
-        }
-        let entries = self.blocking(move |s| s.log_after(&partition, after, limit)).await?;
-        let summary: Vec<serde_json::Value> = entries
-            .iter()
-            .map(|e| match &e.op {
-                crate::record::LogOp::Put(ep) => serde_json::json!({"seq": e.seq, "op": "put", "id": ep.id, "version": ep.version}),
-                crate::record::LogOp::Delete { id, version } => serde_json::json!({"seq": e.seq, "op": "delete", "id": id, "version": version}),
-            })
-            .collect();
-        Ok(json(200, &serde_json::json!({ "entries": summary })))
     }
 }
 

@@ -64,6 +64,11 @@ async fn write_get_list_delete_and_idempotent_repost() -> anyhow::Result<()> {
         .json()
         .await?;
     assert_eq!(log["entries"].as_array().map(Vec::len), Some(1), "{log}");
+    let unknown = memring_tests::client()
+        .get(format!("http://{owner}/internal/v1/p/acme/agent%3Aplanner/log?from=0"))
+        .send()
+        .await?;
+    assert_eq!(unknown.status(), 400, "an unknown parameter of the log is refused");
 
     // A changed body under the same id is an update: version 2, same created_at.
     let mut changed = body.clone();
