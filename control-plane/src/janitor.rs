@@ -3,20 +3,11 @@
 //! the set provably holds everything the copy holds. The active control plane sweeps every
 //! [`EVERY`], between jobs (it holds the jobs lock while it sweeps).
 //!
-//! A copy of partition P on node N is dropped only when all of these hold:
-//! - N is not among P's holders in the layout (its replica set and extra copies);
-//! - nothing is moving: no migration or replicated rebalance in the journal, no replicated
-//!   move's extra copies, no rebalance's staging pins or creation freeze, no node draining;
-//! - P's owner and every other live member of its set hold an entry of the copy's last term at
-//!   the copy's last log position. Logs with an entry of the same term at a position hold the
-//!   same entries up to it (`replicate.rs`), so the set has every entry the copy has; a copy
-//!   from another lineage (a partition left on a node by a layout edited by hand, say) does not
-//!   match and is kept for an operator. A member whose log is trimmed past that position
-//!   (`shard-node/src/storage/trim.rs`) can no longer show the entry: it counts when its log
-//!   starts at a term at least the copy's last — its trimmed entries were held by a quorum, and
-//!   every acknowledged write is in the owner's log; a copy of another lineage with older
-//!   terms is then dropped as well;
-//! - the layout epoch did not change while this was checked.
+//! A copy is dropped by the one rule of `copies.rs` (outside its partition's holders, and its
+//! last entry held by the owner and every live member of the set, the layout unchanged
+//! meanwhile), and only while nothing is moving: no migration or replicated rebalance in the
+//! journal, no replicated move's extra copies, no rebalance's staging pins or creation freeze,
+//! no node draining.
 //!
 //! A copy outside every replica set appears only through a layout change (a smaller
 //! replication factor, a stopped move, a finished migration), so once a sweep at an epoch found
@@ -25,10 +16,11 @@
 
 use std::time::Duration;
 
-use memring_common::api::PartitionStats;
 use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, Ring};
+
+use crate::copies::Held;
 
 /// How often the active control plane sweeps.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -105,43 +97,16 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
             if ring.replicas(p).iter().any(|n| n.id == node.id) {
                 continue;
             }
-            if !covered(client, &ring, &copy).await? {
+            let held = Held::from(&copy);
+            if crate::copies::drop_when_covered(store, client, &ring, node, p, held, Duration::ZERO)
+                .await?
+            {
+                swept.dropped += 1;
+            } else {
                 complete = false;
-                continue;
             }
-            if store.load().await?.layout.epoch != layout.epoch {
-                return Ok(swept);
-            }
-            crate::shard_client::drop_copy(client, node, p, layout.epoch).await?;
-            tracing::info!(partition = %p, node = %node.id, position = copy.last_seq, "copy outside its replica set dropped");
-            metrics::counter!("memring_control_copies_dropped_total").increment(1);
-            swept.dropped += 1;
         }
     }
     swept.complete = complete;
     Ok(swept)
-}
-
-/// Whether the owner and every other live member of the copy's replica set hold the copy's last
-/// log entry (see the module notes).
-async fn covered(
-    client: &InternalClient,
-    ring: &Ring,
-    copy: &PartitionStats,
-) -> anyhow::Result<bool> {
-    let p = &copy.partition;
-    let Some(owner) = ring.owner(p) else { return Ok(false) };
-    if ring.layout().is_down(&owner.id) {
-        return Ok(false);
-    }
-    if copy.last_seq == 0 {
-        // Holds no log entry: an empty copy.
-        return Ok(copy.count == 0);
-    }
-    for member in ring.replica_set(p).iter().filter(|n| !ring.layout().is_down(&n.id)) {
-        if !crate::shard_client::holds(client, member, p, copy.last_seq, copy.last_term).await? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }

@@ -9,6 +9,7 @@
 //! compare-and-swap layout change.
 
 pub mod autopilot;
+pub mod copies;
 pub mod failover;
 pub mod failpoint;
 pub mod janitor;

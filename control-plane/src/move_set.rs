@@ -29,6 +29,7 @@ use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
+use crate::copies::{self, PATIENCE};
 use crate::job::{Cancel, JobError, MigrationReport, wait};
 use crate::shard_client as shard;
 use memring_common::api::{MovePhase, SetPhase};
@@ -185,12 +186,8 @@ pub async fn move_set(
     // 3. settle: the new set catches up behind a short fence, then the leavers go.
     step(SetPhase::Settle).await?;
     let (leavers, fenced_ms) = settle(store, client, &target, partition, cancel).await?;
-    let layout = store.load().await?.layout;
     for id in &leavers {
-        if let Some(node) = layout.node(id) {
-            shard::drop_copy(client, node, partition, layout.epoch).await?;
-            tracing::info!(%partition, node = %id, "copy outside the new replica set dropped");
-        }
+        drop_leaver(store, client, partition, id).await?;
     }
     let sum = shard::checksum(client, &target, partition, false).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
@@ -271,18 +268,38 @@ async fn abandon_join(
     partition: &PartitionKey,
     to: &NodeId,
 ) -> anyhow::Result<()> {
-    let before = store.load().await?.layout;
-    let joiners: Vec<NodeId> =
-        before.extra_copies.get(partition).into_iter().flatten().cloned().collect();
+    let joiners: Vec<NodeId> = store
+        .load()
+        .await?
+        .layout
+        .extra_copies
+        .get(partition)
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     drop_extra_copies(store, partition).await?;
-    let epoch = store.load().await?.layout.epoch;
     for id in &joiners {
-        if let Some(node) = before.node(id) {
-            shard::drop_copy(client, node, partition, epoch).await?;
-        }
+        drop_leaver(store, client, partition, id).await?;
     }
     store.delete_job(&crate::journal::job_id(partition)).await?;
     tracing::warn!(%partition, to = %to, "replicated move cancelled; the old replica set still owns it");
+    Ok(())
+}
+
+/// Drops node `id`'s copy of `partition`, no longer among its holders, by the rule of
+/// `copies.rs` (one the set does not cover in time is left for the janitor).
+async fn drop_leaver(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    partition: &PartitionKey,
+    id: &NodeId,
+) -> anyhow::Result<()> {
+    let ring = Ring::new(store.load().await?.layout);
+    let Some(node) = ring.layout().node(id).cloned() else { return Ok(()) };
+    let held = shard::held(client, &node, partition, ring.epoch()).await?;
+    copies::drop_when_covered(store, client, &ring, &node, partition, held.into(), PATIENCE)
+        .await?;
     Ok(())
 }
 

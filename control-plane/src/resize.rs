@@ -12,7 +12,7 @@
 //!   leaves the layout (epoch + 1) and its sets take the next node in, which replays;
 //! - **settle** (both): once every live member of every replica set has caught up with its
 //!   owner, copies on nodes outside the set (the member a join displaced, the drained node) are
-//!   dropped.
+//!   dropped by the one rule of `copies.rs`.
 //!
 //! Each step is journaled (one record, [`JOB_ID`]) before it runs and passes a failpoint
 //! (`resize.<phase>`), so the next active control plane finishes a job the last one was killed
@@ -30,6 +30,7 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use serde::{Deserialize, Serialize};
 
+use crate::copies::{self, Held, PATIENCE};
 use crate::job::{Cancel, Move, wait};
 
 /// The journal id of the running rebalance or drain (one runs at a time).
@@ -340,8 +341,8 @@ async fn hand_over(
 }
 
 /// Waits until every live member of every replica set has caught up with its owner, then drops
-/// the copies held outside replica sets (on `gone` too, a node just taken out). Returns how
-/// many copies were dropped.
+/// the copies held outside replica sets (on `gone` too, a node just taken out) by the rule of
+/// `copies.rs`; one it must keep is left for the janitor. Returns how many copies were dropped.
 async fn settle(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -365,16 +366,18 @@ async fn settle(
         }))
     })
     .await?;
+    // Dropped by the one rule (`copies.rs`), under the layout as it is after the wait.
+    let ring = Ring::new(store.load().await?.layout);
     let mut dropped = 0;
     for node in &nodes {
         let list = crate::shard_client::partitions(client, &node.addr, None).await?;
         for p in list.partitions {
-            if ring.replicas(&p.partition).iter().any(|n| n.id == node.id) {
-                continue;
+            let held = Held::from(&p);
+            if copies::drop_when_covered(store, client, &ring, node, &p.partition, held, PATIENCE)
+                .await?
+            {
+                dropped += 1;
             }
-            crate::shard_client::drop_copy(client, node, &p.partition, ring.epoch()).await?;
-            tracing::info!(partition = %p.partition, node = %node.id, "copy outside its replica set dropped");
-            dropped += 1;
         }
     }
     Ok(dropped)

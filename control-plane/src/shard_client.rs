@@ -186,9 +186,18 @@ pub async fn position(
     p: &PartitionKey,
     epoch: u64,
 ) -> Result<u64, ShardError> {
+    Ok(held(client, node, p, epoch).await?.last_seq)
+}
+
+/// `node`'s log position of `p` and the term there, once it has seen layout `epoch`.
+pub async fn held(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    epoch: u64,
+) -> Result<ReplicaPosition, ShardError> {
     let path = format!("/internal/v1/replicate/position/{}?epoch={epoch}", partition_path(p));
-    let answer = send(client, &node.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await?;
-    Ok(answer.json::<ReplicaPosition>()?.last_seq)
+    send(client, &node.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await?.json()
 }
 
 /// Asks `owner` to take `p`'s writes over now (`POST /internal/v1/replicate/take-over/…`).

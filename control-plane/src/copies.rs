@@ -1,0 +1,118 @@
+//! Dropping a copy of a partition: the one rule every path that deletes a copy follows — the
+//! janitor's sweep (`janitor.rs`), a replicated rebalance's or drain's settle (`resize.rs`), a
+//! replicated move's leavers and the joiners of a move cancelled early (`move_set.rs`).
+//!
+//! A node's copy of partition P is dropped only when:
+//! - the node is not among P's holders in the layout (its replica set and extra copies), and
+//! - P's owner and every other live member of its set hold an entry of the copy's last term at
+//!   the copy's last log position (an empty copy holds nothing to lose). Logs with an entry of
+//!   the same term at a position hold the same entries up to it (`shard-node/src/replicate.rs`),
+//!   so the set then has every entry the copy has. A copy of another lineage (a partition left
+//!   on a node by a layout edited by hand, say) does not match and is kept for an operator. A
+//!   member whose log is trimmed past that position can no longer show the entry: it counts
+//!   when its log starts at a term at least the copy's last (its trimmed entries were held by a
+//!   quorum, and every acknowledged write is in the owner's log).
+//!
+//! The node deletes the copy only once it has seen the layout that gives it none
+//! (`shard_client::drop_copy`), so no follower round of an older layout writes it again.
+
+use std::time::{Duration, Instant};
+
+use memring_common::api::{PartitionStats, ReplicaPosition};
+use memring_common::internal::InternalClient;
+use memring_common::layout::LayoutNode;
+use memring_common::store::RingStore;
+use memring_common::{PartitionKey, Ring};
+
+use crate::shard_client as shard;
+
+/// How long a job that drops copies waits for their sets to hold what they hold (the janitor
+/// does not wait: it sweeps again).
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// What a node's copy of a partition holds, as far as dropping it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Its last log position.
+    pub last_seq: u64,
+    /// The term of its entry there.
+    pub last_term: u64,
+    /// It holds no memory and no log entry.
+    pub empty: bool,
+}
+
+impl From<&PartitionStats> for Held {
+    fn from(s: &PartitionStats) -> Self {
+        Held {
+            last_seq: s.last_seq,
+            last_term: s.last_term,
+            empty: s.last_seq == 0 && s.count == 0,
+        }
+    }
+}
+
+impl From<ReplicaPosition> for Held {
+    fn from(p: ReplicaPosition) -> Self {
+        // Position 0 is a copy that holds nothing (`ReplicaPosition::last_seq`).
+        Held { last_seq: p.last_seq, last_term: p.last_term, empty: p.last_seq == 0 }
+    }
+}
+
+/// Whether `ring`'s set for `p` holds everything a copy holding `held` has (see the module
+/// notes): its owner and every other live member hold the copy's last entry.
+pub async fn covered(
+    client: &InternalClient,
+    ring: &Ring,
+    p: &PartitionKey,
+    held: Held,
+) -> anyhow::Result<bool> {
+    let Some(owner) = ring.owner(p) else { return Ok(false) };
+    if ring.layout().is_down(&owner.id) {
+        return Ok(false);
+    }
+    if held.last_seq == 0 {
+        return Ok(held.empty);
+    }
+    for member in ring.replica_set(p).iter().filter(|n| !ring.layout().is_down(&n.id)) {
+        if !shard::holds(client, member, p, held.last_seq, held.last_term).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Drops `node`'s copy of `p` (holding `held`) by the rule of the module notes, under `ring`
+/// (the layout `store` holds now), waiting up to `patience` for the set to hold what the copy
+/// holds (members a few entries behind under write load catch up in moments). Returns whether
+/// it was dropped; a copy kept — not covered in time, or the layout changed meanwhile — is left
+/// for the janitor, which tries again at its next sweep.
+pub async fn drop_when_covered(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    ring: &Ring,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    held: Held,
+    patience: Duration,
+) -> anyhow::Result<bool> {
+    if ring.replicas(p).iter().any(|n| n.id == node.id) {
+        return Ok(false);
+    }
+    let deadline = Instant::now() + patience;
+    while !covered(client, ring, p, held).await? {
+        if Instant::now() >= deadline {
+            tracing::warn!(partition = %p, node = %node.id, position = held.last_seq, term = held.last_term,
+                "copy outside its replica set kept: the set does not hold its last entry");
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if store.load().await?.layout.epoch != ring.epoch() {
+        // The set checked may not be the set now.
+        return Ok(false);
+    }
+    shard::drop_copy(client, node, p, ring.epoch()).await?;
+    tracing::info!(partition = %p, node = %node.id, position = held.last_seq, "copy outside its replica set dropped");
+    metrics::counter!("memring_control_copies_dropped_total").increment(1);
+    Ok(true)
+}
