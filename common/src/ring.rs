@@ -124,19 +124,14 @@ impl Ring {
         self.layout.epoch
     }
 
-    /// The node that owns `partition` (takes its writes): its override if it has one, else its
-    /// ring position — with replication, the first of its replica set (without the extra copies
-    /// of a migration) that may lead: not down, draining or joining (the first one if none may).
+    /// The node that owns `partition` (takes its writes), for every replication factor alike:
+    /// the first of its replica set (its override, else its ring position, then the next nodes
+    /// clockwise; without the extra copies of a migration) that may lead — not down, draining or
+    /// joining — or the first one if none may. With R = 1 the set is one node: the override or
+    /// the ring position.
     pub fn owner(&self, partition: &PartitionKey) -> Option<&LayoutNode> {
-        if self.layout.replication_factor > 1 {
-            let set = self.replica_set(partition);
-            return set.iter().find(|n| self.layout.may_lead(&n.id)).or(set.first()).copied();
-        }
-        if let Some(node) = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id))
-        {
-            return Some(node);
-        }
-        self.owner_of_bytes(&partition.encode())
+        let set = self.replica_set(partition);
+        set.iter().find(|n| self.layout.may_lead(&n.id)).or(set.first()).copied()
     }
 
     /// The copies of `partition` other than its owner (empty without replication).
@@ -254,6 +249,10 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    fn key_of(i: u64) -> PartitionKey {
+        PartitionKey::new(&TenantId::parse(&format!("tenant-{i}")).expect("id"), &Scope::Shared)
     }
 
     /// Pins the hash: if this fails, placement changed and every cluster's data would move.
@@ -464,6 +463,36 @@ mod tests {
                 let key = (seed * 7_919 + i).to_be_bytes();
                 let first = ring.replicas_of_bytes(&key, 1);
                 prop_assert_eq!(&first[0].id, &ring.owner_of_bytes(&key).expect("owner").id);
+            }
+        }
+
+        /// Without replication the one owner rule gives what the ring alone gives: a pin's
+        /// node, else the ring position (a draining node has no ring share).
+        #[test]
+        fn without_replication_the_owner_is_the_pin_or_the_ring_position(
+            n in 2usize..8,
+            vnodes in 1u32..64,
+            seed in 0u64..1000,
+            drain in 0usize..8,
+        ) {
+            let mut l = layout(n, vnodes);
+            let pinned_to = l.nodes[(seed as usize) % n].id.clone();
+            l.draining.insert(l.nodes[drain % n].id.clone());
+            for t in 0..50u64 {
+                l.overrides.insert(key_of(seed * 31 + t), pinned_to.clone());
+            }
+            let ring = Ring::new(l.clone());
+            for t in 0..300u64 {
+                let p = key_of(seed * 31 + t);
+                let want = match l.overrides.get(&p) {
+                    Some(pin) => pin.clone(),
+                    None => ring.owner_of_bytes(&p.encode()).expect("owner").id.clone(),
+                };
+                prop_assert_eq!(&ring.owner(&p).expect("owner").id, &want);
+                prop_assert_eq!(&ring.replica_set(&p)[0].id, &want);
+                if l.overrides.get(&p).is_none() {
+                    prop_assert!(!l.draining.contains(&want), "a draining node got {}", p);
+                }
             }
         }
 
