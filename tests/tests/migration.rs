@@ -947,5 +947,24 @@ async fn a_tenant_that_grows_past_the_size_policy_gets_its_own_node_and_returns_
     let plan: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(plan["next"], serde_json::Value::Null, "nothing left to do: {plan}");
     assert_eq!(plan["size_policy"]["dedicate_at_memories"], 1500, "{plan}");
+    assert_eq!(plan["size_policy"].get("dedicate_at_bytes"), None, "{plan}");
+
+    // A threshold in bytes: refused when it cannot work, kept and shown when it can.
+    let bytes = ["policy", "set", "--dedicate-at-bytes", "1000", "--node", "shard-4"];
+    let (ok, _, err) =
+        shardctl(&control.url(), &[&bytes[..], &["--release-below-bytes", "2000"]].concat())
+            .await?;
+    assert!(!ok && err.contains("release_below_bytes"), "{err}");
+    let big = ["policy", "set", "--dedicate-at-bytes", "1000000000000", "--node", "shard-4"];
+    let (ok, out, err) = shardctl(&control.url(), &big).await?;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = shardctl(&control.url(), &["--json", "plan"]).await?;
+    assert!(ok, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(plan["size_policy"]["dedicate_at_bytes"], 1_000_000_000_000u64, "{plan}");
+    assert_eq!(plan["size_policy"]["release_below_bytes"], 500_000_000_000u64, "{plan}");
+    assert_eq!(plan["size_policy"]["dedicate_at_memories"], 0, "{plan}");
+    let (ok, out, _) = shardctl(&control.url(), &["plan"]).await?;
+    assert!(ok && out.contains("1000000000000 bytes and up on shard-4"), "{out}");
     Ok(())
 }

@@ -2,11 +2,13 @@
 //! tick it refreshes every tenant's size from what changed on each node since its last look
 //! (`common/src/usage.rs`, the routers' quota engine), then takes at most one action, in this
 //! order:
-//! 1. a dedicated tenant now smaller than `release_below_memories` goes back to the ring (each of
+//! 1. a dedicated tenant now below the release sizes (`release_below_memories`, and
+//!    `release_below_bytes` where the policy has a byte threshold) goes back to the ring (each of
 //!    its partitions migrated to its ring owner, its policy pins released);
 //! 2. a partition of a dedicated tenant that is not on its node yet (a scope written since) is
 //!    moved there;
-//! 3. the largest tenant at or above `dedicate_at_memories` without a node gets a free one (a
+//! 3. the largest tenant (by memories, then bytes) at or above `dedicate_at_memories` or
+//!    `dedicate_at_bytes` without a node gets a free one (a
 //!    dedicated node in the layout, not down, that no override names), all its partitions moved
 //!    there with a policy pin (`Flip::Policy`).
 //!
@@ -15,12 +17,14 @@
 
 use super::*;
 
-/// The tenants' sizes, and which of them are at or above the policy's threshold: kept up to
-/// date from the tenants that changed, so a tick costs what changed, not how many tenants exist.
+/// The tenants' sizes, and which of them are big enough for a node of their own under the
+/// policy's thresholds: kept up to date from the tenants that changed, so a tick costs what
+/// changed, not how many tenants exist.
 #[derive(Default)]
 pub(super) struct Sizes {
     usage: Usage,
-    threshold: u64,
+    /// The policy `over` was decided under.
+    policy: Option<SizePolicy>,
     over: BTreeSet<String>,
     /// Tenants whose partitions changed since the last step was decided (`all_dirty`: every
     /// tenant, after a recount): only their copies are looked up for a placed tenant's new scopes.
@@ -30,7 +34,7 @@ pub(super) struct Sizes {
 
 impl Sizes {
     /// Takes `node`'s list of changed partitions into account.
-    fn apply(&mut self, ring: &Ring, node: &NodeId, list: PartitionList, threshold: u64) {
+    fn apply(&mut self, ring: &Ring, node: &NodeId, list: PartitionList, policy: &SizePolicy) {
         let changed: BTreeSet<String> = list
             .partitions
             .iter()
@@ -38,31 +42,31 @@ impl Sizes {
             .map(|t| t.to_string())
             .collect();
         let recounted = self.usage.apply(ring, node, list);
-        self.note(recounted, threshold, changed);
+        self.note(recounted, policy, changed);
     }
 
     /// Forgets nodes no longer in `ring`'s layout.
-    fn retain_nodes(&mut self, ring: &Ring, threshold: u64) {
+    fn retain_nodes(&mut self, ring: &Ring, policy: &SizePolicy) {
         let recounted = self.usage.retain_nodes(ring);
-        self.note(recounted, threshold, BTreeSet::new());
+        self.note(recounted, policy, BTreeSet::new());
     }
 
-    fn note(&mut self, recounted: bool, threshold: u64, changed: BTreeSet<String>) {
+    fn note(&mut self, recounted: bool, policy: &SizePolicy, changed: BTreeSet<String>) {
         let sums = self.usage.sums();
         if recounted {
             self.all_dirty = true;
         }
         self.dirty.extend(changed.iter().cloned());
-        if recounted || threshold != self.threshold {
-            // Every sum moved (a layout change, a full list, a new threshold): a walk over the
+        let big = |s: &(u64, u64)| policy.wants_own_node(s.0, s.1);
+        if recounted || self.policy.as_ref() != Some(policy) {
+            // Every sum moved (a layout change, a full list, new thresholds): a walk over the
             // tenants, as often as the sums are counted again.
-            self.threshold = threshold;
-            self.over =
-                sums.iter().filter(|(_, s)| s.0 >= threshold).map(|(t, _)| t.clone()).collect();
+            self.policy = Some(policy.clone());
+            self.over = sums.iter().filter(|(_, s)| big(s)).map(|(t, _)| t.clone()).collect();
             return;
         }
         for tenant in changed {
-            if sums.get(&tenant).is_some_and(|s| s.0 >= threshold) {
+            if sums.get(&tenant).is_some_and(big) {
                 self.over.insert(tenant);
             } else {
                 self.over.remove(&tenant);
@@ -100,7 +104,7 @@ fn distinct(copies: impl IntoIterator<Item = PartitionKey>) -> Vec<PartitionKey>
 }
 
 /// The size policy's next step: `sizes` is every tenant's (memories, bytes), `over` the tenants
-/// at or above the threshold, `dirty` whether a tenant's partitions changed since the last look,
+/// big enough for a node of their own, `dirty` whether a tenant's partitions changed since the last look,
 /// `copies_of` where a tenant's partitions are (node, partition). It looks at the placed tenants
 /// and at `over` only, never at every tenant.
 fn next_step(
@@ -116,9 +120,10 @@ fn next_step(
         .into_iter()
         .filter_map(|(node, tenant)| tenant.map(|t| (t, node)))
         .collect();
-    let size = |t: &str| sizes.get(t).map(|s| s.0).unwrap_or(0);
+    let size = |t: &str| sizes.get(t).copied().unwrap_or((0, 0));
     for (tenant, node) in &placed {
-        if size(tenant) < policy.release_below_memories {
+        let (memories, bytes) = size(tenant);
+        if policy.may_return(memories, bytes) {
             let partitions = layout
                 .policy_pins
                 .iter()
@@ -156,7 +161,10 @@ fn next_step(
     })?;
     let tenant = over
         .iter()
-        .filter(|t| size(t) >= policy.dedicate_at_memories && !placed.contains_key(*t))
+        .filter(|t| {
+            let (memories, bytes) = size(t);
+            policy.wants_own_node(memories, bytes) && !placed.contains_key(*t)
+        })
         .filter(|t| !operator_pinned.contains(*t))
         .max_by_key(|t| (size(t), std::cmp::Reverse((*t).clone())))?;
     let partitions = distinct(copies_of(tenant).into_iter().map(|(_, p)| p));
@@ -213,9 +221,9 @@ impl Autopilot {
         for node in &layout.nodes {
             let query = self.usage().usage.query(&node.id);
             let list = shard::partitions_changed(&jobs.client, &node.addr, &query).await?;
-            self.usage().apply(&ring, &node.id, list, policy.dedicate_at_memories);
+            self.usage().apply(&ring, &node.id, list, &policy);
         }
-        self.usage().retain_nodes(&ring, policy.dedicate_at_memories);
+        self.usage().retain_nodes(&ring, &policy);
         let step = {
             let sizes = self.usage();
             let copies_of = |t: &str| -> Vec<(NodeId, PartitionKey)> {
@@ -293,6 +301,8 @@ mod tests {
             dedicate_at_memories: 1000,
             release_below_memories: 500,
             dedicated_nodes: [node("n4")].into(),
+            dedicate_at_bytes: None,
+            release_below_bytes: None,
         });
         l
     }
@@ -301,8 +311,12 @@ mod tests {
         of.iter().map(|(t, n)| (t.to_string(), (*n, 0))).collect()
     }
 
-    fn over(sizes: &HashMap<String, (u64, u64)>, threshold: u64) -> BTreeSet<String> {
-        sizes.iter().filter(|(_, s)| s.0 >= threshold).map(|(t, _)| t.clone()).collect()
+    fn over(sizes: &HashMap<String, (u64, u64)>, policy: &SizePolicy) -> BTreeSet<String> {
+        sizes
+            .iter()
+            .filter(|(_, s)| policy.wants_own_node(s.0, s.1))
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     #[test]
@@ -317,7 +331,7 @@ mod tests {
         let big = sizes(&[("a", 1200), ("b", 3000), ("c", 10)]);
         let on_n1 = |t: &str| vec![(n1.clone(), key(&format!("{t}/shared")))];
         assert_eq!(
-            next_step(&l, &policy, &big, &over(&big, 1000), &|_| true, &on_n1),
+            next_step(&l, &policy, &big, &over(&big, &policy), &|_| true, &on_n1),
             Some(PolicyStep::Dedicate {
                 tenant: "b".into(),
                 node: n4.clone(),
@@ -328,7 +342,7 @@ mod tests {
         let mut pinned = l.clone();
         pinned.overrides.insert(key("b/shared"), node("n2"));
         assert_eq!(
-            next_step(&pinned, &policy, &big, &over(&big, 1000), &|_| true, &on_n1),
+            next_step(&pinned, &policy, &big, &over(&big, &policy), &|_| true, &on_n1),
             Some(PolicyStep::Dedicate {
                 tenant: "a".into(),
                 node: n4.clone(),
@@ -346,7 +360,7 @@ mod tests {
             v
         };
         assert_eq!(
-            next_step(&l, &policy, &big, &over(&big, 1000), &|_| true, &new_scope),
+            next_step(&l, &policy, &big, &over(&big, &policy), &|_| true, &new_scope),
             Some(PolicyStep::Dedicate {
                 tenant: "b".into(),
                 node: n4.clone(),
@@ -354,7 +368,7 @@ mod tests {
             })
         );
         let settled = |t: &str| vec![(n4.clone(), key(&format!("{t}/shared")))];
-        assert_eq!(next_step(&l, &policy, &big, &over(&big, 1000), &|_| true, &settled), None);
+        assert_eq!(next_step(&l, &policy, &big, &over(&big, &policy), &|_| true, &settled), None);
         // Below the threshold but above the release size it stays; below that it goes home.
         assert_eq!(
             next_step(&l, &policy, &sizes(&[("b", 700)]), &BTreeSet::new(), &|_| true, &settled),
@@ -372,6 +386,76 @@ mod tests {
                 partitions: vec![(key("b/shared"), home)]
             })
         );
+    }
+
+    /// A policy with a byte threshold dedicates a tenant with few but large memories, and lets
+    /// it return only once it is below both release sizes.
+    #[test]
+    fn a_byte_threshold_dedicates_a_tenant_of_few_large_memories() {
+        let mut l = layout();
+        let policy = SizePolicy {
+            dedicate_at_bytes: Some(1 << 30),
+            release_below_bytes: Some(1 << 29),
+            ..l.size_policy.clone().expect("a policy")
+        };
+        policy.validate().expect("a valid policy");
+        l.size_policy = Some(policy.clone());
+        let n4 = node("n4");
+        // "a" has more memories, "b" more bytes than the threshold: both qualify, the larger by
+        // memories first.
+        let big: HashMap<String, (u64, u64)> = [
+            ("a".to_string(), (1500, 10 << 20)),
+            ("b".to_string(), (40, 2 << 30)),
+            ("c".to_string(), (900, 900 << 20)),
+        ]
+        .into();
+        assert_eq!(over(&big, &policy), ["a".to_string(), "b".to_string()].into());
+        let on_n1 = |t: &str| vec![(node("n1"), key(&format!("{t}/shared")))];
+        let only_b: HashMap<String, (u64, u64)> = [("b".to_string(), (40, 2 << 30))].into();
+        assert_eq!(
+            next_step(&l, &policy, &only_b, &over(&only_b, &policy), &|_| true, &on_n1),
+            Some(PolicyStep::Dedicate {
+                tenant: "b".into(),
+                node: n4.clone(),
+                partitions: vec![key("b/shared")]
+            })
+        );
+        l.overrides.insert(key("b/shared"), n4.clone());
+        l.policy_pins.insert(key("b/shared"));
+        let settled = |t: &str| vec![(n4.clone(), key(&format!("{t}/shared")))];
+        // Under the memory release size but not under the byte one: it stays.
+        let mid: HashMap<String, (u64, u64)> = [("b".to_string(), (40, 700 << 20))].into();
+        assert_eq!(next_step(&l, &policy, &mid, &BTreeSet::new(), &|_| true, &settled), None);
+        let small: HashMap<String, (u64, u64)> = [("b".to_string(), (40, 100 << 20))].into();
+        assert!(matches!(
+            next_step(&l, &policy, &small, &BTreeSet::new(), &|_| true, &settled),
+            Some(PolicyStep::Release { .. })
+        ));
+        // Thresholds that cannot work are refused.
+        let bytes_only = SizePolicy {
+            dedicate_at_memories: 0,
+            release_below_memories: 0,
+            dedicate_at_bytes: Some(100),
+            release_below_bytes: None,
+            dedicated_nodes: [n4.clone()].into(),
+        };
+        bytes_only.validate().expect("bytes alone");
+        assert!(bytes_only.wants_own_node(0, 100) && !bytes_only.wants_own_node(u64::MAX, 99));
+        assert!(bytes_only.may_return(u64::MAX, 99) && !bytes_only.may_return(0, 100));
+        for bad in [
+            SizePolicy { dedicate_at_bytes: None, ..bytes_only.clone() },
+            SizePolicy { dedicate_at_bytes: Some(0), ..bytes_only.clone() },
+            SizePolicy { release_below_bytes: Some(101), ..bytes_only.clone() },
+            SizePolicy {
+                dedicate_at_bytes: None,
+                release_below_bytes: Some(1),
+                dedicate_at_memories: 5,
+                ..bytes_only.clone()
+            },
+            SizePolicy { release_below_memories: 1, ..bytes_only.clone() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     fn stats(p: &str, count: u64) -> memring_common::api::PartitionStats {
@@ -422,10 +506,10 @@ mod tests {
                 list(&n1, (1..tenants).map(|t| stats(&format!("t{t}/shared"), 10)).collect(), 1);
             // For scale: the first full list is one walk over every copy (a recount).
             let walk = Instant::now();
-            sizes.apply(&ring, &n1, all, policy.dedicate_at_memories);
+            sizes.apply(&ring, &n1, all, &policy);
             let walk = walk.elapsed();
             let placed = vec![stats("t0/shared", 5000)];
-            sizes.apply(&ring, &n4, list(&n4, placed, 1), policy.dedicate_at_memories);
+            sizes.apply(&ring, &n4, list(&n4, placed, 1), &policy);
             let rounds = 200u32;
             // Only the tick is timed: the lists it reads are made before.
             let mut spent = Duration::ZERO;
@@ -440,8 +524,8 @@ mod tests {
                 // The placed tenant writes all the time: its copies are looked up every tick.
                 let busy = list(&n4, vec![stats("t0/shared", 5000 + u64::from(round))], 2);
                 let started = Instant::now();
-                sizes.apply(&ring, &n1, changed, 1000);
-                sizes.apply(&ring, &n4, busy, 1000);
+                sizes.apply(&ring, &n1, changed, &policy);
+                sizes.apply(&ring, &n4, busy, &policy);
                 let copies_of = |t: &str| -> Vec<(NodeId, PartitionKey)> {
                     let copies = sizes.usage.copies_of(t).into_iter();
                     copies.map(|(n, p, _)| (n, p)).collect()

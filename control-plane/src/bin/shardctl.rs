@@ -94,16 +94,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Tenants with at least --dedicate-at memories move, online, to a free node of --node (name
-    /// nodes that are live but not in the ring yet); below --release-below they return to the
-    /// ring. Without replication only.
+    /// Tenants with at least --dedicate-at memories or --dedicate-at-bytes stored bytes move,
+    /// online, to a free node of --node (name nodes that are live but not in the ring yet);
+    /// below --release-below (and --release-below-bytes) they return to the ring. Without
+    /// replication only.
     Set {
         /// Memories at which a tenant gets a dedicated node.
-        #[arg(long)]
-        dedicate_at: u64,
+        #[arg(long, required_unless_present = "dedicate_at_bytes")]
+        dedicate_at: Option<u64>,
         /// Memories below which it returns to the ring (default: half of --dedicate-at).
-        #[arg(long)]
+        #[arg(long, requires = "dedicate_at")]
         release_below: Option<u64>,
+        /// Stored bytes (contents, metadata, vectors) at which a tenant gets a dedicated node.
+        #[arg(long)]
+        dedicate_at_bytes: Option<u64>,
+        /// Bytes below which it returns (default: half of --dedicate-at-bytes).
+        #[arg(long, requires = "dedicate_at_bytes")]
+        release_below_bytes: Option<u64>,
         /// A dedicated node (repeat for more).
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
@@ -476,10 +483,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if plan.auto_rebalance { "on" } else { "off" },
                 plan.size_policy
                     .as_ref()
-                    .map(|p| format!(
-                        "{} memories and up on {:?}, back below {}",
-                        p.dedicate_at_memories, p.dedicated_nodes, p.release_below_memories
-                    ))
+                    .map(memring_common::layout::SizePolicy::describe)
                     .unwrap_or_else(|| "none".into())
             );
             if let Some(join) = &plan.join {
@@ -520,16 +524,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Policy(cmd) => {
             let body = match cmd {
-                PolicyCommand::Set { dedicate_at, release_below, nodes } => {
+                PolicyCommand::Set {
+                    dedicate_at,
+                    release_below,
+                    dedicate_at_bytes,
+                    release_below_bytes,
+                    nodes,
+                } => {
                     let dedicated_nodes = nodes
                         .iter()
                         .map(|n| memring_common::NodeId::parse(n))
                         .collect::<Result<_, _>>()
                         .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
                     serde_json::to_value(memring_common::layout::SizePolicy {
-                        dedicate_at_memories: dedicate_at,
-                        release_below_memories: release_below.unwrap_or(dedicate_at / 2),
+                        dedicate_at_memories: dedicate_at.unwrap_or(0),
+                        release_below_memories: release_below
+                            .unwrap_or(dedicate_at.unwrap_or(0) / 2),
                         dedicated_nodes,
+                        dedicate_at_bytes,
+                        release_below_bytes: release_below_bytes
+                            .or(dedicate_at_bytes.map(|b| b / 2)),
                     })?
                 }
                 PolicyCommand::Clear => serde_json::Value::Null,
