@@ -490,7 +490,7 @@ mod tests {
                 };
                 prop_assert_eq!(&ring.owner(&p).expect("owner").id, &want);
                 prop_assert_eq!(&ring.replica_set(&p)[0].id, &want);
-                if l.overrides.get(&p).is_none() {
+                if !l.overrides.contains_key(&p) {
                     prop_assert!(!l.draining.contains(&want), "a draining node got {}", p);
                 }
             }
