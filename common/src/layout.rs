@@ -288,12 +288,6 @@ impl ClusterLayout {
             }
         }
         if let Some(policy) = &self.size_policy {
-            if self.replication_factor > 1 {
-                return Err(ApiError::invalid(
-                    "placement by size works on a layout without replication for now (moving a \
-                     replica set onto a dedicated node is not built yet)",
-                ));
-            }
             policy.validate()?;
         }
         for (partition, nodes) in &self.extra_copies {

@@ -113,7 +113,7 @@ pub async fn migrate_partition(
     let layout = store.load().await?.layout;
     if layout.replication_factor > 1 {
         // Copies move by replaying the log, not by this copy protocol.
-        return crate::move_set::move_set(store, client, partition, to, cancel).await;
+        return crate::move_set::move_set(store, client, partition, to, flip, cancel).await;
     }
     let ring = Ring::new(layout.clone());
     let from = ring.owner(partition).cloned().context("the ring has no nodes")?;

@@ -6,8 +6,9 @@
 //! 1. **join**: the members of the new set that hold no copy become *extra copies* of the
 //!    partition (`ClusterLayout::extra_copies`): they follow the owner and count toward its
 //!    write quorum, but own nothing. Wait until each has the owner's position.
-//! 2. **lead**: pin the partition on the target; the members of the old set that the new one
-//!    leaves out become its extra copies. The target takes the writes over by position (it asks
+//! 2. **lead**: pin the partition on the target (or, for a size policy's tenant going back to
+//!    the ring, remove its pin where the ring alone gives the new set); the members of the old
+//!    set that the new one leaves out become its extra copies. The target takes the writes over by position (it asks
 //!    enough of *all* the copies, extra ones included, so a write acknowledged by any W of them
 //!    is found).
 //! 3. **settle**: fence the partition on its new owner for a moment, wait until every live
@@ -32,7 +33,7 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use crate::copies::{self, PATIENCE};
 use crate::job::{Cancel, JobError, MigrationReport, wait};
 use crate::shard_client as shard;
-use memring_common::api::{MovePhase, SetPhase};
+use memring_common::api::{Flip, MovePhase, SetPhase};
 
 /// How long the settle step keeps the partition fenced waiting for the new set to catch up
 /// before it gives up (unfences) and tries again.
@@ -44,6 +45,52 @@ fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId) -> 
     pinned.overrides.insert(partition.clone(), to.clone());
     pinned.extra_copies.remove(partition);
     Ring::new(pinned).replica_set(partition).iter().map(|n| n.id.clone()).collect()
+}
+
+/// The replica set the ring alone gives `partition` in `layout` (no pin, no extra copies).
+fn natural_set(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
+    let mut bare = layout.clone();
+    bare.overrides.remove(partition);
+    bare.extra_copies.remove(partition);
+    Ring::new(bare).replica_set(partition).iter().map(|n| n.id.clone()).collect()
+}
+
+/// Whether the lead step of a move of `partition` to `to` by `flip` is done in `layout`: pinned
+/// on `to` (a pin, a size policy's pin), or — back to the ring ([`Flip::Natural`]) — unpinned
+/// and led by `to`.
+fn led(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId, flip: Flip) -> bool {
+    match (flip, layout.overrides.get(partition)) {
+        (Flip::Natural, None) => {
+            Ring::new(layout.clone()).owner(partition).is_some_and(|o| o.id == *to)
+        }
+        (_, pin) => pin == Some(to),
+    }
+}
+
+/// The lead step's placement of `partition` on `to` in `next`, whose replica set becomes `set`:
+/// a pin ([`Flip::Pin`]), a size policy's pin ([`Flip::Policy`], recorded in `policy_pins`), or
+/// no pin where the ring alone gives that set ([`Flip::Natural`]; if the ring changed meanwhile
+/// and it does not, the partition is pinned instead).
+fn place(
+    next: &mut ClusterLayout,
+    partition: &PartitionKey,
+    to: &NodeId,
+    flip: Flip,
+    set: &[NodeId],
+) {
+    next.policy_pins.remove(partition);
+    let as_set = |ids: &[NodeId]| ids.iter().cloned().collect::<BTreeSet<NodeId>>();
+    if flip == Flip::Natural && as_set(&natural_set(next, partition)) == as_set(set) {
+        next.overrides.remove(partition);
+        return;
+    }
+    if flip == Flip::Natural {
+        tracing::warn!(%partition, to = %to, "the ring changed during the move; pinned where it moved");
+    }
+    next.overrides.insert(partition.clone(), to.clone());
+    if flip == Flip::Policy {
+        next.policy_pins.insert(partition.clone());
+    }
 }
 
 /// Every node holding a copy of `partition` in `layout` (its set and its extra copies).
@@ -78,6 +125,7 @@ pub async fn move_set(
     client: &InternalClient,
     partition: &PartitionKey,
     to: &NodeId,
+    flip: Flip,
     cancel: &Cancel,
 ) -> anyhow::Result<MigrationReport> {
     let started = Instant::now();
@@ -95,7 +143,7 @@ pub async fn move_set(
             partition,
             from.id.as_str(),
             to.as_str(),
-            memring_common::api::Flip::Pin,
+            flip,
             phase.into(),
             progress,
         )
@@ -126,7 +174,7 @@ pub async fn move_set(
     let reported = std::sync::Mutex::new(Instant::now());
     // The log position the joining copies reached (entries they replayed).
     let replayed = std::sync::atomic::AtomicU64::new(0);
-    let pinned = |l: &ClusterLayout| l.overrides.get(partition) == Some(to);
+    let pinned = |l: &ClusterLayout| led(l, partition, to, flip);
     if !pinned(&joined.layout) {
         let joining = wait(cancel, "the joining copies to catch up", || async {
             let (owner_at, slowest) = caught_up(store, client, partition, &new_set).await?;
@@ -168,7 +216,7 @@ pub async fn move_set(
             holders(l, partition).into_iter().filter(|id| !set.contains(id)).collect();
         let mut next = l.clone();
         next.epoch += 1;
-        next.overrides.insert(partition.clone(), to.clone());
+        place(&mut next, partition, to, flip, &set);
         next.staging_pins.remove(partition);
         next.extra_copies.remove(partition);
         if !leaving.is_empty() {

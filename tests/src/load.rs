@@ -84,8 +84,20 @@ pub struct Seen {
     pub acked_at: Vec<Duration>,
     /// Requests that failed with a 5xx or a transport error.
     pub failed: usize,
+    /// The first few of those failures, each with when it happened and what was answered.
+    pub failures: Vec<String>,
     /// Anything that is not an acknowledgement or a retryable failure: a wrong answer.
     pub wrong: Vec<String>,
+}
+
+impl Seen {
+    /// Counts a failed request, keeping the first few for the test's message.
+    fn fail(&mut self, t0: Instant, tenant: &str, id: &str, what: String) {
+        self.failed += 1;
+        if self.failures.len() < 10 {
+            self.failures.push(format!("at {:?}, {tenant}/{id}: {what}", t0.elapsed()));
+        }
+    }
 }
 
 /// Writes to `tenant` until `stop`, reading each acknowledged write back at once with its
@@ -127,17 +139,25 @@ pub async fn writer(router: String, tenant: String, stop: Arc<AtomicBool>, t0: I
                             seen.wrong.push(format!("read of {tenant}/{id} gave {v}"));
                         }
                     }
-                    Ok(r) if r.status().is_server_error() => seen.failed += 1,
+                    Ok(r) if r.status().is_server_error() => {
+                        let what =
+                            format!("read {}: {}", r.status(), r.text().await.unwrap_or_default());
+                        seen.fail(t0, &tenant, &id, what);
+                    }
                     Ok(r) => seen.wrong.push(format!(
                         "read of acknowledged {tenant}/{id} with token {token:?}: {}",
                         r.status()
                     )),
-                    Err(_) => seen.failed += 1,
+                    Err(e) => seen.fail(t0, &tenant, &id, format!("read: {e}")),
                 }
             }
-            Ok(resp) if resp.status().is_server_error() => seen.failed += 1,
+            Ok(resp) if resp.status().is_server_error() => {
+                let what =
+                    format!("write {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+                seen.fail(t0, &tenant, &id, what);
+            }
             Ok(resp) => seen.wrong.push(format!("write {tenant}/{id}: {}", resp.status())),
-            Err(_) => seen.failed += 1,
+            Err(e) => seen.fail(t0, &tenant, &id, format!("write: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

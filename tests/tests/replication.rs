@@ -642,3 +642,105 @@ async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -
     }
     Ok(())
 }
+
+/// Placement by size with replication (R = 3, W = 2): with a policy of 400 memories and one
+/// dedicated node, a tenant that grows past it under write load is moved — its replica set
+/// re-formed around the dedicated node, which leads it, the other two copies staying on shared
+/// nodes — with no failed write other than the retryable quorum timeouts of writes in flight at
+/// an epoch change (see the assertion); the dedicated node holds nothing else; once the tenant shrinks
+/// below 100 its set goes back to where the ring puts it, unpinned, and the dedicated node's
+/// copy is dropped. No acknowledged write is lost and verify finds every copy equal.
+#[tokio::test]
+async fn with_replication_a_big_tenant_gets_a_dedicated_node_and_returns() -> anyhow::Result<()> {
+    let mut c = EtcdCluster::start(3, 1, 5).await?;
+    let store = c.etcd.store().await?;
+    set_replication(&c.etcd.url, 3).await?;
+    let flags = [
+        "--replace-after-secs",
+        "0",
+        "--auto-rebalance",
+        "true",
+        "--auto-rebalance-settle-secs",
+        "1",
+    ];
+    let control = c.start_control_with(&flags).await?;
+    let policy = ["policy", "set", "--dedicate-at", "400", "--release-below", "100"];
+    shardctl(&control, &[&policy[..], &["--node", "shard-4"]].concat()).await?;
+    let fourth = c.start_shard("shard-4").await?;
+    c.shards.push(fourth);
+    let four = c.shard_id(3);
+    wait_for("shard-4 admitted and leading", Duration::from_secs(60), || async {
+        let l = store.load().await?.layout;
+        Ok((l.node(&four).is_some() && l.may_lead(&four)).then_some(()))
+    })
+    .await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(15)).await?;
+    assert!(c.partitions_on(&c.shards[3]).await?.is_empty(), "a dedicated node gets no share");
+
+    let router = c.router(0);
+    let http = client();
+    let tenants = ["whale".to_owned(), "minnow".to_owned()];
+    let (stop, _, writers) = start_writers(&router, tenants.clone());
+    // The whale grows past the policy while its writer keeps writing.
+    let items: Vec<_> = (0..450)
+        .map(|n| json!({"id": format!("g{n}"), "scope": "shared", "content": "g", "embedding": vector(8, n, 0.4)}))
+        .collect();
+    write_batch(&http, &router, "whale", items).await?;
+    let whale: PartitionKey = "whale/shared".parse()?;
+    wait_for("the whale led from its dedicated node", Duration::from_secs(90), || async {
+        let l = store.load().await?.layout;
+        let ring = Ring::new(l.clone());
+        let led = ring.owner(&whale).is_some_and(|o| o.id == four);
+        let settled = led && l.policy_pins.contains(&whale) && l.extra_copies.is_empty();
+        let held = c.partitions_on(&c.shards[3]).await?;
+        Ok((settled && held == ["whale/shared"]).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", c.logs()))?;
+    let ring = Ring::new(store.load().await?.layout);
+    let set: Vec<NodeId> = ring.replica_set(&whale).iter().map(|n| n.id.clone()).collect();
+    assert_eq!(set.len(), 3, "{set:?}");
+    assert_eq!(set[0], four, "{set:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
+    let failed: usize = seen.iter().map(|s| s.failed).sum();
+    assert!(seen[0].acked.len() > 10, "the whale's writer made no progress");
+    let failures: Vec<&String> = seen.iter().flat_map(|s| &s.failures).collect();
+    println!("the whale moved under load: {failed} requests failed: {failures:#?}");
+    // Known limit (issue 19's notes): a write in flight when the layout epoch changes is
+    // acknowledged only under its own lead term, so it can time out (503, retryable and
+    // idempotent) while the move changes epochs. Nothing else may fail.
+    assert!(
+        failures.iter().all(|f| f.contains("write 503") && f.contains("not yet on 2 copies")),
+        "requests failed while the whale moved: {failures:#?}\n{}",
+        c.logs()
+    );
+    assert!(failed <= 6, "{failed} requests failed (more than one per writer and epoch change)");
+    let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(15)).await?;
+    assert_readable(&router, acked.iter().copied(), "on the dedicated node").await?;
+
+    // It shrinks below the release size: back to the ring, unpinned.
+    let whale_ids =
+        (0..450).map(|n| format!("g{n}")).chain(seen[0].acked.iter().map(|a| a.1.clone()));
+    for id in whale_ids {
+        let url = format!("{router}/v1/tenants/whale/memories/{id}?scope=shared");
+        let status = http.delete(url).send().await?.status().as_u16();
+        assert_eq!(status, 204, "delete {id}");
+    }
+    wait_for("the whale back in the ring", Duration::from_secs(90), || async {
+        let l = store.load().await?.layout;
+        let home = l.policy_pins.is_empty() && l.overrides.is_empty() && l.extra_copies.is_empty();
+        let left = c.partitions_on(&c.shards[3]).await?.is_empty();
+        Ok((home && left).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", c.logs()))?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(15)).await?;
+    assert_readable(&router, seen[1].acked.iter(), "after the whale went home").await?;
+    wait_verified(&control, Duration::from_secs(30)).await?;
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! Placement by size (the layout's `size_policy`, R = 1), the autopilot's second duty: each
+//! Placement by size (the layout's `size_policy`), the autopilot's second duty: each
 //! tick it refreshes every tenant's size from what changed on each node since its last look
 //! (`common/src/usage.rs`, the routers' quota engine), then takes at most one action, in this
 //! order:
@@ -115,7 +115,6 @@ fn next_step(
     dirty: &dyn Fn(&str) -> bool,
     copies_of: &dyn Fn(&str) -> Vec<(NodeId, PartitionKey)>,
 ) -> Option<PolicyStep> {
-    let ring = Ring::new(layout.clone());
     let placed: BTreeMap<String, NodeId> = dedicated(layout)
         .into_iter()
         .filter_map(|(node, tenant)| tenant.map(|t| (t, node)))
@@ -123,20 +122,36 @@ fn next_step(
     let size = |t: &str| sizes.get(t).copied().unwrap_or((0, 0));
     for (tenant, node) in &placed {
         let (memories, bytes) = size(tenant);
+        let pinned: Vec<&PartitionKey> = layout
+            .policy_pins
+            .iter()
+            .filter(|p| p.tenant().is_some_and(|t| t.as_str() == tenant))
+            .collect();
         if policy.may_return(memories, bytes) {
-            let partitions = layout
-                .policy_pins
+            // Home is where the ring alone puts each partition: its owner without the pins.
+            let mut bare = layout.clone();
+            for p in &pinned {
+                bare.overrides.remove(*p);
+                bare.extra_copies.remove(*p);
+            }
+            let ring = Ring::new(bare);
+            let partitions = pinned
                 .iter()
-                .filter(|p| p.tenant().is_some_and(|t| t.as_str() == tenant))
-                .filter_map(|p| Some((p.clone(), ring.owner_of_bytes(&p.encode())?.id.clone())))
+                .filter_map(|p| Some(((*p).clone(), ring.owner(p)?.id.clone())))
                 .collect();
             return Some(PolicyStep::Release { tenant: tenant.clone(), partitions });
         }
         if !dirty(tenant) {
             continue;
         }
-        let elsewhere =
-            distinct(copies_of(tenant).into_iter().filter(|(at, _)| at != node).map(|(_, p)| p));
+        // A partition is in place once the policy pinned it on the node (with replication its
+        // other copies stay on shared nodes); one written since is not.
+        let elsewhere = distinct(
+            copies_of(tenant)
+                .into_iter()
+                .map(|(_, p)| p)
+                .filter(|p| !(pinned.contains(&p) && layout.overrides.get(p) == Some(node))),
+        );
         if !elsewhere.is_empty() {
             return Some(PolicyStep::Dedicate {
                 tenant: tenant.clone(),
@@ -456,6 +471,48 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    /// With replication a dedicated tenant's partitions are led from its node and copied on
+    /// shared nodes: those copies are where they belong; going home means to the ring's owner.
+    #[test]
+    fn with_replication_a_placed_tenant_keeps_its_shared_copies() {
+        let mut l = layout();
+        l.replication_factor = 3;
+        l.validate().expect("a policy with replication");
+        let policy = l.size_policy.clone().expect("a policy");
+        let n4 = node("n4");
+        let shared = key("b/shared");
+        l.overrides.insert(shared.clone(), n4.clone());
+        l.policy_pins.insert(shared.clone());
+        let ring = Ring::new(l.clone());
+        let set: Vec<NodeId> = ring.replica_set(&shared).iter().map(|n| n.id.clone()).collect();
+        assert_eq!(set.len(), 3);
+        assert_eq!(set[0], n4, "led from its node");
+        let copies = |_: &str| set.iter().map(|n| (n.clone(), shared.clone())).collect();
+        let big = sizes(&[("b", 3000)]);
+        assert_eq!(next_step(&l, &policy, &big, &over(&big, &policy), &|_| true, &copies), None);
+        // A scope written since, led from a shared node, follows it.
+        let with_new = |t: &str| {
+            let mut v = copies(t);
+            v.push((node("n1"), key("b/agent:x")));
+            v
+        };
+        assert_eq!(
+            next_step(&l, &policy, &big, &over(&big, &policy), &|_| true, &with_new),
+            Some(PolicyStep::Dedicate {
+                tenant: "b".into(),
+                node: n4.clone(),
+                partitions: vec![key("b/agent:x")]
+            })
+        );
+        let mut bare = l.clone();
+        bare.overrides.clear();
+        let home = Ring::new(bare).owner(&shared).map(|n| n.id.clone()).expect("an owner");
+        assert_eq!(
+            next_step(&l, &policy, &sizes(&[("b", 10)]), &BTreeSet::new(), &|_| true, &copies),
+            Some(PolicyStep::Release { tenant: "b".into(), partitions: vec![(shared, home)] })
+        );
     }
 
     fn stats(p: &str, count: u64) -> memring_common::api::PartitionStats {

@@ -96,8 +96,9 @@ enum Command {
 enum PolicyCommand {
     /// Tenants with at least --dedicate-at memories or --dedicate-at-bytes stored bytes move,
     /// online, to a free node of --node (name nodes that are live but not in the ring yet);
-    /// below --release-below (and --release-below-bytes) they return to the ring. Without
-    /// replication only.
+    /// below --release-below (and --release-below-bytes) they return to the ring. With
+    /// replication the dedicated node leads the tenant's partitions; their other copies stay on
+    /// shared nodes.
     Set {
         /// Memories at which a tenant gets a dedicated node.
         #[arg(long, required_unless_present = "dedicate_at_bytes")]
