@@ -142,15 +142,13 @@ mod tests {
 
     use super::*;
 
+    /// Tenant `t`'s shared scope.
     fn key(t: &str) -> PartitionKey {
-        PartitionKey::new(
-            &memring_common::TenantId::parse(t).expect("tenant"),
-            &memring_common::Scope::parse("shared").expect("scope"),
-        )
+        format!("{t}/shared").parse().expect("a partition key")
     }
 
     fn node(n: &str) -> NodeId {
-        NodeId::parse(n).expect("node")
+        NodeId::parse(n).expect("a node id")
     }
 
     fn ack(t: &str, seq: u64, term: u64) -> ReplicaAck {
