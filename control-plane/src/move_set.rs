@@ -8,9 +8,9 @@
 //!    write quorum, but own nothing. Wait until each has the owner's position.
 //! 2. **lead**: pin the partition on the target (or, for a size policy's tenant going back to
 //!    the ring, remove its pin where the ring alone gives the new set); the members of the old
-//!    set that the new one leaves out become its extra copies. The target takes the writes over by position (it asks
-//!    enough of *all* the copies, extra ones included, so a write acknowledged by any W of them
-//!    is found).
+//!    set that the new one leaves out become its extra copies. The target takes the writes over
+//!    by position (it asks enough of *all* the copies, extra ones included, so a write
+//!    acknowledged by any W of them is found).
 //! 3. **settle**: fence the partition on its new owner for a moment, wait until every live
 //!    member of the new set has everything it has, drop the extra copies from the layout,
 //!    unfence, and delete the leavers' data.
