@@ -344,6 +344,17 @@ impl ClusterLayout {
         next
     }
 
+    /// A copy in which `partitions` are placed by the ring alone: no pin, no extra copies (the
+    /// same epoch; for asking where they would be, not for storing).
+    pub fn unpinned<'a>(&self, partitions: impl IntoIterator<Item = &'a PartitionKey>) -> Self {
+        let mut bare = self.clone();
+        for p in partitions {
+            bare.overrides.remove(p);
+            bare.extra_copies.remove(p);
+        }
+        bare
+    }
+
     /// A copy without `id` (and without overrides pointing at it), epoch + 1.
     pub fn without_node(&self, id: &NodeId) -> Self {
         let mut next = self.clone();

@@ -30,6 +30,18 @@ use crate::shard_client as shard;
 /// does not wait: it sweeps again).
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// What became of a copy [`drop_when_covered`] looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Dropped.
+    Dropped,
+    /// Kept: still a holder, or not covered in time.
+    Kept,
+    /// Kept: the layout changed while it was checked (every later check at the old layout
+    /// would end the same way).
+    LayoutChanged,
+}
+
 /// What a node's copy of a partition holds, as far as dropping it is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
@@ -83,9 +95,9 @@ pub async fn covered(
 
 /// Drops `node`'s copy of `p` (holding `held`) by the rule of the module notes, under `ring`
 /// (the layout `store` holds now), waiting up to `patience` for the set to hold what the copy
-/// holds (members a few entries behind under write load catch up in moments). Returns whether
-/// it was dropped; a copy kept — not covered in time, or the layout changed meanwhile — is left
-/// for the janitor, which tries again at its next sweep.
+/// holds (members a few entries behind under write load catch up in moments). A copy kept —
+/// not covered in time, or the layout changed meanwhile — is left for the janitor, which tries
+/// again at its next sweep.
 pub async fn drop_when_covered(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -94,25 +106,25 @@ pub async fn drop_when_covered(
     p: &PartitionKey,
     held: Held,
     patience: Duration,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Outcome> {
     if ring.replicas(p).iter().any(|n| n.id == node.id) {
-        return Ok(false);
+        return Ok(Outcome::Kept);
     }
     let deadline = Instant::now() + patience;
     while !covered(client, ring, p, held).await? {
         if Instant::now() >= deadline {
             tracing::warn!(partition = %p, node = %node.id, position = held.last_seq, term = held.last_term,
                 "copy outside its replica set kept: the set does not hold its last entry");
-            return Ok(false);
+            return Ok(Outcome::Kept);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if store.load().await?.layout.epoch != ring.epoch() {
         // The set checked may not be the set now.
-        return Ok(false);
+        return Ok(Outcome::LayoutChanged);
     }
     shard::drop_copy(client, node, p, ring.epoch()).await?;
     tracing::info!(partition = %p, node = %node.id, position = held.last_seq, "copy outside its replica set dropped");
     metrics::counter!("memring_control_copies_dropped_total").increment(1);
-    Ok(true)
+    Ok(Outcome::Dropped)
 }

@@ -20,7 +20,7 @@ use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, Ring};
 
-use crate::copies::Held;
+use crate::copies::{self, Held, Outcome};
 
 /// How often the active control plane sweeps.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -98,12 +98,13 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
                 continue;
             }
             let held = Held::from(&copy);
-            if crate::copies::drop_when_covered(store, client, &ring, node, p, held, Duration::ZERO)
+            match copies::drop_when_covered(store, client, &ring, node, p, held, Duration::ZERO)
                 .await?
             {
-                swept.dropped += 1;
-            } else {
-                complete = false;
+                Outcome::Dropped => swept.dropped += 1,
+                Outcome::Kept => complete = false,
+                // The next sweep looks at the new layout.
+                Outcome::LayoutChanged => return Ok(swept),
             }
         }
     }

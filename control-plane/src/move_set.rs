@@ -41,17 +41,14 @@ const SETTLE_FENCE_LIMIT: Duration = Duration::from_secs(5);
 
 /// The replica set `partition` has once pinned on `to`.
 fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId) -> Vec<NodeId> {
-    let mut pinned = layout.clone();
+    let mut pinned = layout.unpinned([partition]);
     pinned.overrides.insert(partition.clone(), to.clone());
-    pinned.extra_copies.remove(partition);
     Ring::new(pinned).replica_set(partition).iter().map(|n| n.id.clone()).collect()
 }
 
 /// The replica set the ring alone gives `partition` in `layout` (no pin, no extra copies).
 fn natural_set(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
-    let mut bare = layout.clone();
-    bare.overrides.remove(partition);
-    bare.extra_copies.remove(partition);
+    let bare = layout.unpinned([partition]);
     Ring::new(bare).replica_set(partition).iter().map(|n| n.id.clone()).collect()
 }
 

@@ -30,7 +30,7 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use serde::{Deserialize, Serialize};
 
-use crate::copies::{self, Held, PATIENCE};
+use crate::copies::{self, Held, Outcome, PATIENCE};
 use crate::job::{Cancel, Move, wait};
 
 /// The journal id of the running rebalance or drain (one runs at a time).
@@ -373,11 +373,10 @@ async fn settle(
         let list = crate::shard_client::partitions(client, &node.addr, None).await?;
         for p in list.partitions {
             let held = Held::from(&p);
-            if copies::drop_when_covered(store, client, &ring, node, &p.partition, held, PATIENCE)
-                .await?
-            {
-                dropped += 1;
-            }
+            let outcome =
+                copies::drop_when_covered(store, client, &ring, node, &p.partition, held, PATIENCE)
+                    .await?;
+            dropped += usize::from(outcome == Outcome::Dropped);
         }
     }
     Ok(dropped)

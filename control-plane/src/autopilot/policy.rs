@@ -129,12 +129,7 @@ fn next_step(
             .collect();
         if policy.may_return(memories, bytes) {
             // Home is where the ring alone puts each partition: its owner without the pins.
-            let mut bare = layout.clone();
-            for p in &pinned {
-                bare.overrides.remove(*p);
-                bare.extra_copies.remove(*p);
-            }
-            let ring = Ring::new(bare);
+            let ring = Ring::new(layout.unpinned(pinned.iter().copied()));
             let partitions = pinned
                 .iter()
                 .filter_map(|p| Some(((*p).clone(), ring.owner(p)?.id.clone())))

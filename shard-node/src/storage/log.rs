@@ -180,12 +180,18 @@ impl Storage {
         limit: usize,
     ) -> Result<Vec<LogEntry>, ApiError> {
         let entries = self.read_log_after(key, after_seq, limit)?;
-        // Checked after the read: a trim meanwhile removes only entries up to its new start.
+        self.still_after_start(key, after_seq)?;
+        Ok(entries)
+    }
+
+    /// `log_trimmed` if this copy's log now starts after `after_seq`. Checked after a read of
+    /// the entries after it: a trim meanwhile removes only entries up to its new start.
+    fn still_after_start(&self, key: &PartitionKey, after_seq: u64) -> Result<(), ApiError> {
         let start = self.log_start(key)?;
         if after_seq < start.seq {
             return Err(super::trim::trimmed_error(key, after_seq, start));
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// The entries after `after_seq` up to `last` (this copy's last position, read before),
@@ -214,10 +220,7 @@ impl Storage {
                 None => return self.log_after(key, after_seq, limit),
             }
         }
-        let start = self.log_start(key)?;
-        if after_seq < start.seq {
-            return Err(super::trim::trimmed_error(key, after_seq, start));
-        }
+        self.still_after_start(key, after_seq)?;
         Ok(entries)
     }
 
