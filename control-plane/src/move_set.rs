@@ -8,7 +8,9 @@
 //!    write quorum, but own nothing. Wait until each has the owner's position.
 //! 2. **lead**: pin the partition on the target (or, for a size policy's tenant going back to
 //!    the ring, remove its pin where the ring alone gives the new set); the members of the old
-//!    set that the new one leaves out become its extra copies. The target takes the writes over
+//!    set that the new one leaves out become its extra copies. Right before, the old owner hands
+//!    its writes over (it holds new ones back and lets those in flight reach their quorum), so
+//!    none is left waiting on a primary that no longer leads. The target takes the writes over
 //!    by position (it asks enough of *all* the copies, extra ones included, so a write
 //!    acknowledged by any W of them is found).
 //! 3. **settle**: fence the partition on its new owner for a moment, wait until every live
@@ -203,6 +205,15 @@ pub async fn move_set(
             "during the move of {partition} to {to}; the old replica set still owns it"
         ))
         .into());
+    }
+    // The old owner finishes the writes it committed before the target leads: acknowledgements
+    // stop coming to a primary that no longer leads, so a write left waiting there would fail.
+    let now = store.load().await?.layout;
+    if !pinned(&now)
+        && let Some(owner) = Ring::new(now.clone()).owner(partition).filter(|o| o.id != *to)
+        && let Err(e) = shard::hand_over(client, owner, partition, now.epoch).await
+    {
+        tracing::warn!(%partition, from = %owner.id, error = %e, "the old owner did not hand its writes over; flipping anyway");
     }
     let led = update_layout(store, 20, |l| {
         if pinned(l) {

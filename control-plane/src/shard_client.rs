@@ -210,6 +210,19 @@ pub async fn take_over(
     send(client, &owner.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await.map(drop)
 }
 
+/// Asks `owner`, the owner of `p` at layout `epoch`, to hand its writes over: it holds new
+/// writes back until the layout moves on (or a few seconds pass) and answers once those it
+/// committed have their quorum (`POST /internal/v1/replicate/hand-over/…`).
+pub async fn hand_over(
+    client: &InternalClient,
+    owner: &LayoutNode,
+    p: &PartitionKey,
+    epoch: u64,
+) -> Result<ReplicaPosition, ShardError> {
+    let path = format!("/internal/v1/replicate/hand-over/{}?epoch={epoch}", partition_path(p));
+    send(client, &owner.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await?.json()
+}
+
 /// Whether `node`'s log of `p` holds the entry of term `term` at position `seq`, asked with the
 /// follower's check of `GET /internal/v1/replicate/log` (log matching: then it holds every entry
 /// before it too). A log trimmed past `seq` can no longer show it; it counts when the trimmed

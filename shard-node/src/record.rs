@@ -24,6 +24,9 @@
 //! - 7: [`StoredEpisode`] gained `change_keys` (the idempotency keys of its latest keyed changes,
 //!   `memring_common::api::Conditions`). Episodes, log entries, operation lists and feed answers
 //!   of earlier formats decode with none.
+//! - 8: [`LogOp`] gained `TermStart` (the first entry of a primary's term, appended for writes
+//!   still waiting from an older term, `replicate/rules.rs`). Bodies of format 7 decode
+//!   unchanged; a binary of format 7 refuses such entries instead of misreading them.
 //!
 //! Keys (see `storage.rs` for the column families):
 //! - episodes: `partition ‖ memory id` (ids sort the list order),
@@ -37,7 +40,7 @@ use old::LogEntryV3;
 pub(crate) use old::{OldLogEntry, OldLogOp, StoredEpisodeV5, StoredEpisodeV6};
 
 /// Format of episode, log and meta values written by this binary.
-pub const RECORD_FORMAT_VERSION: u8 = 7;
+pub const RECORD_FORMAT_VERSION: u8 = 8;
 
 /// A value stored in RocksDB or sent in a migration frame, readable in every format version this
 /// binary knows.
@@ -254,15 +257,13 @@ impl LogEntry {
         match &self.op {
             LogOp::Put(e) => (self.seq, self.term, true, e.id.as_str(), e.version),
             LogOp::Delete { id, version } => (self.seq, self.term, false, id.as_str(), *version),
+            LogOp::TermStart => (self.seq, self.term, false, "", 0),
         }
     }
 
-    /// The memory the entry is about.
-    pub fn id(&self) -> &str {
-        match &self.op {
-            LogOp::Put(e) => &e.id,
-            LogOp::Delete { id, .. } => id,
-        }
+    /// The memory the entry is about (none for the start of a term).
+    pub fn id(&self) -> Option<&str> {
+        self.op.id()
     }
 }
 
@@ -278,6 +279,21 @@ pub enum LogOp {
         /// The version it had.
         version: u64,
     },
+    /// The first entry of a primary's term, changing no memory: appended when writes of an
+    /// older term still wait for their quorum (`rules::rebase`), which complete once the copies
+    /// hold it.
+    TermStart,
+}
+
+impl LogOp {
+    /// The memory the operation is about (none for the start of a term).
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            LogOp::Put(e) => Some(&e.id),
+            LogOp::Delete { id, .. } => Some(id),
+            LogOp::TermStart => None,
+        }
+    }
 }
 
 /// Per-partition bookkeeping, written in the same batch as every change.

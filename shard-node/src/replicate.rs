@@ -102,13 +102,72 @@ pub struct Replication {
     /// every copy followed there that is not behind had all the primary had then), and the
     /// layout epoch that round followed by.
     rounds: Mutex<HashMap<NodeId, (Instant, u64)>>,
-    /// Partitions whose writes this node has taken over, with the epoch it did so at.
-    taken: Mutex<HashMap<PartitionKey, u64>>,
+    /// The partitions this node leads, and the rule for appending to their logs.
+    lead: Arc<Leads>,
     /// One take-over at a time per partition (partitions take over side by side after a
     /// layout change, each asking its own peers).
     taking: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Turns true when the node stops (ends the followers' streams served here).
     stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The partitions this node has taken the writes of over, and the rule for appending to their
+/// logs (shared with the blocking tasks that append).
+struct Leads {
+    me: NodeId,
+    ring: Arc<RingView>,
+    /// Partitions whose writes this node has taken over.
+    taken: Mutex<HashMap<PartitionKey, TakenOver>>,
+    /// Partitions this node is handing over to another owner: no write commits while the
+    /// layout is still at the epoch (the hand-over's flip ends it) and until the instant.
+    handing: Mutex<HashMap<PartitionKey, (u64, Instant)>>,
+}
+
+impl Leads {
+    /// See [`Replication::may_commit`].
+    fn may_commit(&self, partition: &PartitionKey, last_term: u64) -> Result<u64, ApiError> {
+        let ring = self.ring.ring();
+        owns(&ring, &self.me, partition)?;
+        let replicated = ring.layout().replication_factor >= 2;
+        if let Some(&(epoch, until)) = self.handing.lock().get(partition)
+            && epoch == ring.epoch()
+            && Instant::now() < until
+        {
+            return Err(ApiError::new(
+                ErrorCode::PartitionMoving,
+                format!("{partition} is being handed over to its next owner; retry in a moment"),
+            )
+            .with_retry_after(1));
+        }
+        let taken = self.taken.lock().get(partition).map(|t| t.epoch);
+        rules::commit_term(replicated, ring.epoch(), taken, last_term).map_err(|why| {
+            let message = match why {
+                Refusal::NotTakenOver => format!(
+                    "the layout changed to epoch {} while this write waited; retry",
+                    ring.epoch()
+                ),
+                Refusal::StaleLayout => format!(
+                    "{partition} has entries of term {last_term}, newer than this node's layout \
+                     (epoch {}); retry",
+                    ring.epoch()
+                ),
+            };
+            ApiError::new(ErrorCode::PartitionMoving, message).with_retry_after(1)
+        })
+    }
+}
+
+/// How long a hand-over holds an owner's writes at most ([`Replication::hand_over`]): the
+/// control plane flips the layout right after, and routers retry a moving partition for 5 s.
+pub const HAND_OVER_HOLD: Duration = Duration::from_secs(3);
+
+/// A take-over of a partition's writes: the epoch it happened at (the term of the entries this
+/// node appends from then on) and the last position of its log then (the term's first entry
+/// comes right after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TakenOver {
+    epoch: u64,
+    base: u64,
 }
 
 impl Replication {
@@ -124,6 +183,12 @@ impl Replication {
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let client = internal_client(credential)?;
+        let lead = Arc::new(Leads {
+            me: me.clone(),
+            ring: ring.clone(),
+            taken: Mutex::default(),
+            handing: Mutex::default(),
+        });
         Ok(Self {
             me,
             storage,
@@ -134,8 +199,8 @@ impl Replication {
             staleness,
             copies: Mutex::new(Copies::default()),
             rounds: Mutex::new(HashMap::new()),
-            taken: Mutex::new(HashMap::new()),
             taking: Mutex::new(HashMap::new()),
+            lead,
             stop,
         })
     }
@@ -144,14 +209,19 @@ impl Replication {
     /// followers, then, with replication, waits until the layout's write quorum of copies has
     /// acknowledged it under its term (503 if that takes too long).
     pub async fn replicated(&self, partition: &PartitionKey, at: LogPos) -> Result<(), ApiError> {
-        let ring = self.ring.ring();
-        let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
+        let (followers, needed) = self.quorum(partition);
         if needed == 0 {
             return Ok(());
         }
-        let followers: Vec<NodeId> =
-            ring.followers(partition).iter().map(|n| n.id.clone()).collect();
-        if self.acks.wait_quorum(partition, &followers, needed, at, self.quorum_timeout).await {
+        let Some(waiting) = self.acks.register(partition, &followers, needed, at) else {
+            return Ok(());
+        };
+        // A take-over at a newer term since this write committed may have rebased the waiting
+        // writes before this one registered.
+        if self.lead.taken.lock().get(partition).is_some_and(|t| t.epoch > at.term) {
+            self.rebase_waiting(partition).await;
+        }
+        if self.acks.wait(partition, waiting, self.quorum_timeout).await {
             return Ok(());
         }
         metrics::counter!("memring_replication_quorum_timeouts_total").increment(1);
@@ -164,6 +234,13 @@ impl Replication {
             ),
             1,
         ))
+    }
+
+    /// The followers of `partition` in the current layout, and how many of them a write needs.
+    fn quorum(&self, partition: &PartitionKey) -> (Vec<NodeId>, usize) {
+        let ring = self.ring.ring();
+        let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
+        (ring.followers(partition).iter().map(|n| n.id.clone()).collect(), needed)
     }
 
     /// The cluster credential its requests carry (the one its node checks, too).
@@ -179,7 +256,7 @@ impl Replication {
     /// The epoch this node leads `partition` at: the current one, if it has taken it over then.
     fn lead_term(&self, partition: &PartitionKey) -> Option<u64> {
         let epoch = self.ring.ring().epoch();
-        self.taken.lock().get(partition).copied().filter(|e| *e == epoch)
+        self.lead.taken.lock().get(partition).map(|t| t.epoch).filter(|e| *e == epoch)
     }
 
     /// Before this node's first write to `partition` (or read as its owner) at the current
@@ -188,13 +265,13 @@ impl Replication {
     pub async fn take_over(&self, partition: &PartitionKey) -> Result<(), ApiError> {
         let ring = self.ring.ring();
         let epoch = ring.epoch();
-        if ring.layout().replication_factor < 2 || self.taken.lock().get(partition) == Some(&epoch)
-        {
+        let taken_now = || self.lead.taken.lock().get(partition).is_some_and(|t| t.epoch == epoch);
+        if ring.layout().replication_factor < 2 || taken_now() {
             return Ok(());
         }
         let lock = self.taking.lock().entry(partition.clone()).or_default().clone();
         let _one_at_a_time = lock.lock().await;
-        if self.taken.lock().get(partition) == Some(&epoch) {
+        if taken_now() {
             return Ok(());
         }
         owns(&ring, &self.me, partition)?;
@@ -260,8 +337,92 @@ impl Replication {
                 self.blocking(move |s| s.drop_partition(&key)).await?;
             }
         }
-        self.taken.lock().insert(partition.clone(), epoch);
+        // No entry is appended here before `taken` is set: the new term starts after `base`.
+        let base = self.last_pos(partition).await?.seq;
+        self.lead.taken.lock().insert(partition.clone(), TakenOver { epoch, base });
+        self.rebase_waiting(partition).await;
         Ok(())
+    }
+
+    /// `POST /internal/v1/replicate/hand-over/{p}?epoch=E`, asked of the owner right before
+    /// the control plane makes another node lead `partition`: from now until the layout leaves
+    /// epoch `epoch` (or [`HAND_OVER_HOLD`] passes) no write commits here — writes meet a
+    /// retryable `partition_moving`, which routers retry — and the writes already committed get
+    /// their quorum (or time out) before this answers. No write is then left waiting on a
+    /// primary that no longer leads, where acknowledgements stop coming. Returns the owner's
+    /// position.
+    pub async fn hand_over(
+        &self,
+        partition: &PartitionKey,
+        epoch: u64,
+    ) -> Result<LogPos, ApiError> {
+        self.ring.reach(epoch).await?;
+        let ring = self.ring.ring();
+        same_epoch(&ring, epoch)?;
+        owns(&ring, &self.me, partition)?;
+        let until = Instant::now() + HAND_OVER_HOLD;
+        self.lead.handing.lock().insert(partition.clone(), (epoch, until));
+        let key = partition.clone();
+        // Nothing commits after this: a write that passed its check before the hold holds the
+        // partition's lock until its batch is written, which this waits for.
+        let at = self.blocking(move |s| s.last_pos(&key)).await?;
+        // Every write committed is held by its quorum once the last one is (log matching); an
+        // older term's last entry means none of this term, and rebased writes wait for the
+        // start of the term, so then the waiting writes are watched instead.
+        let (followers, needed) = self.quorum(partition);
+        if self.lead_term(partition) == Some(at.term) {
+            self.acks.wait_quorum(partition, &followers, needed, at, self.quorum_timeout).await;
+        } else {
+            let settled = Instant::now() + self.quorum_timeout;
+            while self.acks.waits(partition) && Instant::now() < settled {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Ok(at)
+    }
+
+    /// After a take-over of `partition`: its writes still waiting from an older term either
+    /// wait for the first entry of the new term, if the log still holds them, or fail
+    /// (`rules::rebase`); a start of the term is appended for them when no write supplies it.
+    async fn rebase_waiting(&self, partition: &PartitionKey) {
+        let Some(taken) = self.lead.taken.lock().get(partition).copied() else { return };
+        let older = self.acks.older(partition, taken.epoch);
+        if older.is_empty() {
+            return;
+        }
+        let (key, seqs) =
+            (partition.clone(), older.iter().map(|(_, at)| at.seq).collect::<Vec<_>>());
+        // A term not read (a trimmed position, an error) counts as cut: failing is safe.
+        let held = self
+            .blocking(move |s| {
+                Ok(seqs.iter().map(|seq| s.term_at(&key, *seq).ok().flatten()).collect())
+            })
+            .await
+            .unwrap_or_else(|_: ApiError| vec![None; older.len()]);
+        let base = LogPos::new(taken.epoch, taken.base);
+        let verdicts = older
+            .into_iter()
+            .zip(held)
+            .map(|((id, at), held)| (id, at, rules::rebase(at, held, base)))
+            .collect();
+        if !self.acks.rebase(partition, verdicts) {
+            return;
+        }
+        metrics::counter!("memring_replication_rebased_writes_total").increment(1);
+        let (lead, key) = (self.lead.clone(), partition.clone());
+        let started = self
+            .blocking(move |s| {
+                let check = |last_term| lead.may_commit(&key, last_term);
+                s.start_term(&key, memring_common::clock::now_millis(), &check)
+            })
+            .await;
+        match started {
+            Ok(_) => {}
+            // The layout moved on: the next take-over rebases them again, or they time out.
+            Err(e) => {
+                tracing::debug!(%partition, error = %e, "no start of term for waiting writes")
+            }
+        }
     }
 
     /// The log positions `peers` give for a take-over of `partition` at `epoch` (those that
@@ -299,24 +460,7 @@ impl Replication {
     /// (under the same lock, at a newer epoch) can therefore never be followed by an entry of
     /// its own.
     pub fn may_commit(&self, partition: &PartitionKey, last_term: u64) -> Result<u64, ApiError> {
-        let ring = self.ring.ring();
-        owns(&ring, &self.me, partition)?;
-        let replicated = ring.layout().replication_factor >= 2;
-        let taken = self.taken.lock().get(partition).copied();
-        rules::commit_term(replicated, ring.epoch(), taken, last_term).map_err(|why| {
-            let message = match why {
-                Refusal::NotTakenOver => format!(
-                    "the layout changed to epoch {} while this write waited; retry",
-                    ring.epoch()
-                ),
-                Refusal::StaleLayout => format!(
-                    "{partition} has entries of term {last_term}, newer than this node's layout \
-                     (epoch {}); retry",
-                    ring.epoch()
-                ),
-            };
-            ApiError::new(ErrorCode::PartitionMoving, message).with_retry_after(1)
-        })
+        self.lead.may_commit(partition, last_term)
     }
 
     /// This copy's position for a node taking `partition` over at `epoch`: answered once this

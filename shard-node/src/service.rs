@@ -228,11 +228,7 @@ impl ShardService {
             (&Method::POST, ["internal", "v1", "replicate", "position", tenant, scope]) => {
                 let r = async {
                     let partition = parse_partition(tenant, scope)?;
-                    let epoch = query_pairs(req.uri().query())?
-                        .into_iter()
-                        .find(|(k, _)| k == "epoch")
-                        .and_then(|(_, v)| v.parse::<u64>().ok())
-                        .ok_or_else(|| ApiError::invalid("\"epoch\" must be a layout epoch"))?;
+                    let epoch = epoch_param(req.uri().query())?;
                     Ok(json(200, &self.repl.position(&partition, epoch).await?))
                 }
                 .await;
@@ -251,6 +247,16 @@ impl ShardService {
                 }
                 .await;
                 ("internal.replicate.take_over", r)
+            }
+            (&Method::POST, ["internal", "v1", "replicate", "hand-over", tenant, scope]) => {
+                let r = async {
+                    let partition = parse_partition(tenant, scope)?;
+                    let epoch = epoch_param(req.uri().query())?;
+                    let at = self.repl.hand_over(&partition, epoch).await?;
+                    Ok(json(200, &api::ReplicaPosition { last_seq: at.seq, last_term: at.term }))
+                }
+                .await;
+                ("internal.replicate.hand_over", r)
             }
             (&Method::GET, ["internal", "v1", "replicate", "log", tenant, scope]) => {
                 ("internal.replicate.log", self.replica_log(tenant, scope, req.uri().query()).await)
@@ -604,4 +610,13 @@ impl Service for ShardService {
         }
         Ok(())
     }
+}
+
+/// The `epoch` query parameter (a layout epoch) the replication endpoints require.
+fn epoch_param(query: Option<&str>) -> Result<u64, ApiError> {
+    query_pairs(query)?
+        .into_iter()
+        .find(|(k, _)| k == "epoch")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::invalid("\"epoch\" must be a layout epoch"))
 }

@@ -5,6 +5,10 @@
 //! A write waiting for its quorum is woken only by an acknowledgement of its own partition
 //! that completes it, not by every acknowledgement the node receives: with many writes in
 //! flight, waking them all on each ack cost more than the acks themselves.
+//!
+//! When the primary takes the writes over again at a new term while writes wait, those still in
+//! its log are *rebased* to the first entry of the new term (`rules::rebase`), and the others
+//! fail (`Replication::rebase_waiting`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,7 +41,14 @@ struct Waiter {
     followers: Vec<NodeId>,
     needed: usize,
     at: LogPos,
-    done: oneshot::Sender<()>,
+    /// True once held by the quorum; false once cut from the log.
+    done: oneshot::Sender<bool>,
+}
+
+/// A write registered as waiting ([`Acks::register`]).
+pub struct Waiting {
+    id: u64,
+    done: oneshot::Receiver<bool>,
 }
 
 impl State {
@@ -89,7 +100,7 @@ impl Acks {
             for w in waiters {
                 if state.holding(&partition, &w.followers, w.at) >= w.needed {
                     // The write may have stopped waiting (timed out) meanwhile: nothing to do.
-                    let _ = w.done.send(());
+                    let _ = w.done.send(true);
                 } else if !w.done.is_closed() {
                     still.push(w);
                 }
@@ -110,29 +121,102 @@ impl Acks {
         at: LogPos,
         timeout: Duration,
     ) -> bool {
-        let (id, done) = {
-            let mut state = self.state.lock();
-            if state.holding(partition, followers, at) >= needed {
-                return true;
-            }
-            let (tx, rx) = oneshot::channel();
-            state.next_waiter += 1;
-            let id = state.next_waiter;
-            let waiter = Waiter { id, followers: followers.to_vec(), needed, at, done: tx };
-            state.waiting.entry(partition.clone()).or_default().push(waiter);
-            (id, rx)
-        };
-        if matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(()))) {
-            return true;
+        match self.register(partition, followers, needed, at) {
+            Some(waiting) => self.wait(partition, waiting, timeout).await,
+            None => true,
+        }
+    }
+
+    /// Registers a write waiting until `needed` of `followers` have acknowledged `partition` up
+    /// to `at` under its term; `None` if they already have.
+    pub fn register(
+        &self,
+        partition: &PartitionKey,
+        followers: &[NodeId],
+        needed: usize,
+        at: LogPos,
+    ) -> Option<Waiting> {
+        let mut state = self.state.lock();
+        if state.holding(partition, followers, at) >= needed {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        state.next_waiter += 1;
+        let id = state.next_waiter;
+        let waiter = Waiter { id, followers: followers.to_vec(), needed, at, done: tx };
+        state.waiting.entry(partition.clone()).or_default().push(waiter);
+        Some(Waiting { id, done: rx })
+    }
+
+    /// Waits for a registered write: true once its quorum holds it, false if it was cut from
+    /// the log or `timeout` passes first.
+    pub async fn wait(
+        &self,
+        partition: &PartitionKey,
+        waiting: Waiting,
+        timeout: Duration,
+    ) -> bool {
+        if let Ok(Ok(held)) = tokio::time::timeout(timeout, waiting.done).await {
+            return held;
         }
         let mut state = self.state.lock();
-        if let Some(waiters) = state.waiting.get_mut(partition) {
-            waiters.retain(|w| w.id != id);
-            if waiters.is_empty() {
-                state.waiting.remove(partition);
+        let Some(waiters) = state.waiting.get_mut(partition) else { return false };
+        let Some(i) = waiters.iter().position(|w| w.id == waiting.id) else { return false };
+        let w = waiters.swap_remove(i);
+        if waiters.is_empty() {
+            state.waiting.remove(partition);
+        }
+        state.holding(partition, &w.followers, w.at) >= w.needed
+    }
+
+    /// Whether writes of `partition` wait for their quorum.
+    pub fn waits(&self, partition: &PartitionKey) -> bool {
+        self.state.lock().waiting.contains_key(partition)
+    }
+
+    /// The writes of `partition` waiting at a term older than `term`: (waiter, position).
+    pub fn older(&self, partition: &PartitionKey, term: u64) -> Vec<(u64, LogPos)> {
+        let state = self.state.lock();
+        let Some(waiters) = state.waiting.get(partition) else { return Vec::new() };
+        waiters.iter().filter(|w| w.at.term < term).map(|w| (w.id, w.at)).collect()
+    }
+
+    /// Moves each waiter named to its new position (`rules::rebase`), or fails it (`None`), if
+    /// it still waits at the position the verdict was made for. Returns whether any now waits
+    /// at a new position.
+    pub fn rebase(
+        &self,
+        partition: &PartitionKey,
+        verdicts: Vec<(u64, LogPos, Option<LogPos>)>,
+    ) -> bool {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let Some(mut waiters) = state.waiting.remove(partition) else { return false };
+        let mut moved = false;
+        for (id, was, now) in verdicts {
+            let Some(i) = waiters.iter().position(|w| w.id == id && w.at == was) else { continue };
+            match now {
+                Some(now) => {
+                    waiters[i].at = now;
+                    moved = true;
+                }
+                None => {
+                    let _ = waiters.swap_remove(i).done.send(false);
+                }
             }
         }
-        state.holding(partition, followers, at) >= needed
+        let mut still = Vec::with_capacity(waiters.len());
+        for w in waiters {
+            if state.holding(partition, &w.followers, w.at) >= w.needed {
+                let _ = w.done.send(true);
+            } else if !w.done.is_closed() {
+                still.push(w);
+            }
+        }
+        if !still.is_empty() {
+            state.waiting.insert(partition.clone(), still);
+        }
+        moved
     }
 }
 
@@ -187,6 +271,34 @@ mod tests {
         assert_eq!(acks.acked(&key("t1"), &node("c")), Some((6, 3)));
         // Already held: answered at once.
         assert!(acks.wait_quorum(&key("t1"), &followers, 2, at, Duration::ZERO).await);
+    }
+
+    #[tokio::test]
+    async fn a_rebased_write_waits_for_its_new_position_and_a_cut_one_fails() {
+        let acks = Arc::new(Acks::default());
+        let followers = [node("b"), node("c")];
+        let long = Duration::from_secs(10);
+        let old = LogPos::new(3, 5);
+        let kept = acks.register(&key("t1"), &followers, 1, old).expect("waits");
+        let cut = acks.register(&key("t1"), &followers, 1, LogPos::new(3, 6)).expect("waits");
+        let current = acks.register(&key("t1"), &followers, 1, LogPos::new(4, 8)).expect("waits");
+        assert_eq!(acks.older(&key("t1"), 4).len(), 2);
+        // A verdict made for another position than the waiter's now changes nothing.
+        assert!(!acks.rebase(&key("t1"), vec![(kept.id, LogPos::new(2, 5), None)]));
+        let new = LogPos::new(4, 7);
+        let verdicts = vec![(kept.id, old, Some(new)), (cut.id, LogPos::new(3, 6), None)];
+        assert!(acks.rebase(&key("t1"), verdicts));
+        assert!(!acks.wait(&key("t1"), cut, long).await, "a cut write fails at once");
+        assert!(acks.older(&key("t1"), 4).is_empty());
+        // An acknowledgement under the old term no longer counts; one under the new term at
+        // the term's first entry does.
+        acks.record(&node("b"), vec![ack("t1", 5, 3)]);
+        acks.record(&node("b"), vec![ack("t1", 6, 4)]);
+        assert_eq!(waiting(&acks), 2);
+        acks.record(&node("c"), vec![ack("t1", 7, 4)]);
+        assert!(acks.wait(&key("t1"), kept, long).await);
+        assert!(!acks.wait(&key("t1"), current, Duration::from_millis(10)).await);
+        assert_eq!(waiting(&acks), 0);
     }
 
     #[tokio::test]

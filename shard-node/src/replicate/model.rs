@@ -59,6 +59,22 @@ pub struct Config {
     pub blind_control: bool,
     /// Whether and how far copies trim their logs (copies behind a trimmed log re-seed).
     pub trims: Trims,
+    /// What becomes of a write still waiting when its primary takes the writes over again.
+    pub rebase: Rebase,
+}
+
+/// What a primary taking the writes over at a new term does with its writes still waiting for
+/// their quorum (acknowledgements under the old term no longer come).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebase {
+    /// Nothing: they time out (memring before `rules::rebase`).
+    Off,
+    /// `rules::rebase`: one still in its log waits for the first entry of the new term, which a
+    /// mark supplies when no write does.
+    FirstOfTerm,
+    /// Count acknowledgements under the new term at the write's own position (wrong: Raft's
+    /// "figure 8"; the model must find the loss).
+    OwnPosition,
 }
 
 /// How far a primary trims its log.
@@ -250,6 +266,7 @@ enum Step {
     Follow(u8),
     Trim { node: u8, to: u8 },
     TakeOver { node: u8, asked: u8 },
+    Mark(u8),
     Crash(u8),
     Pause(u8),
     Resume(u8),
@@ -358,6 +375,19 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
                     t.written = value;
                     out.push((Step::Write(id), t));
                 }
+            }
+        }
+
+        // A mark: the first entry of its term, appended by an owner whose rebased writes wait
+        // for one (value 0: it changes no data).
+        if up && lay.owner() == n && node.taken == Some(node.view) {
+            let next = LogPos::new(u64::from(node.view), u64::from(node.len) + 1);
+            let waits = node.pending[..node.pending_len as usize]
+                .iter()
+                .any(|&(_, seq, term)| LogPos::new(u64::from(term), u64::from(seq)) == next);
+            let mut t = *s;
+            if waits && node.last().term < next.term && t.nodes[n].push((node.view, 0)) {
+                out.push((Step::Mark(id), t));
             }
         }
 
@@ -606,6 +636,24 @@ fn take_over(s: &State, c: &Config, n: usize, asked: usize) -> Option<State> {
             }
             // Re-seeding and no copy heard holds more than nothing: it starts empty.
             me.reseeding = false;
+            // Its writes still waiting: lost from its log (failed), or waiting anew.
+            let base = LogPos::new(u64::from(view), u64::from(me.len));
+            let mut kept = 0;
+            for i in 0..me.pending_len as usize {
+                let (value, seq, term) = me.pending[i];
+                let at = LogPos::new(u64::from(term), u64::from(seq));
+                let now = match c.rebase {
+                    Rebase::Off => Some(at),
+                    Rebase::FirstOfTerm => rules::rebase(at, me.term_at(at.seq), base),
+                    Rebase::OwnPosition => (me.term_at(at.seq) == Some(at.term))
+                        .then(|| LogPos::new(base.term, at.seq)),
+                };
+                if let Some(now) = now {
+                    me.pending[kept] = (value, now.seq as u8, now.term as u8);
+                    kept += 1;
+                }
+            }
+            me.pending_len = kept as u8;
         }
         Rules::Before => {
             if peer.len > me.len {
@@ -777,6 +825,7 @@ mod tests {
             faults: 1,
             blind_control: false,
             trims: Trims::Off,
+            rebase: Rebase::Off,
         };
         let o = explore(&c);
         report("before terms", &c, &o);
@@ -799,6 +848,7 @@ mod tests {
             faults: 2,
             blind_control: false,
             trims: Trims::Off,
+            rebase: Rebase::FirstOfTerm,
         };
         let o = explore(&c);
         report("terms", &c, &o);
@@ -817,6 +867,7 @@ mod tests {
             faults: 1,
             blind_control: true,
             trims: Trims::Off,
+            rebase: Rebase::FirstOfTerm,
         };
         let o = explore(&c);
         report("terms, blind control plane", &c, &o);
@@ -837,6 +888,7 @@ mod tests {
             faults: 1,
             blind_control: false,
             trims: Trims::Quorum,
+            rebase: Rebase::FirstOfTerm,
         };
         let o = explore(&c);
         report("terms, trimmed logs", &c, &o);
@@ -855,11 +907,97 @@ mod tests {
             faults: 1,
             blind_control: false,
             trims: Trims::Quorum,
+            rebase: Rebase::FirstOfTerm,
         };
         let o = explore(&Config { trims: Trims::Unbounded, ..c });
         report("terms, trimming past the quorum", &c, &o);
         let (_, why) = o.violation.expect("trimming past the quorum must lose a write");
         assert!(why.contains("acknowledged write"), "{why}");
+    }
+
+    /// A write still waiting when its primary takes the writes over again, if acknowledgements
+    /// under the new term counted at its own position, is lost once a copy whose log ends in a
+    /// term between the two leads (Raft's "figure 8"): the model must see it, so waiting for the
+    /// first entry of the new term (`rules::rebase`) is what keeps such writes safe.
+    #[test]
+    fn counting_a_new_term_at_an_older_entry_loses_a_write() {
+        let c = Config {
+            rules: Rules::Terms,
+            writes: 2,
+            layout_changes: 3,
+            faults: 2,
+            blind_control: true,
+            trims: Trims::Off,
+            rebase: Rebase::OwnPosition,
+        };
+        let o = explore(&c);
+        report("terms, rebased to the own position", &c, &o);
+        let (trace, why) = o.violation.expect("figure 8 must lose a write");
+        assert!(why.contains("acknowledged write"), "{why}");
+        assert!(trace.iter().any(|s| s.starts_with("TakeOver")), "{trace:?}");
+    }
+
+    /// The states `steps` lead to from the start, each step required to be enabled.
+    fn walk(c: &Config, steps: &[Step]) -> State {
+        let mut s = State::initial();
+        for step in steps {
+            s = successors(&s, c)
+                .into_iter()
+                .find(|(enabled, _)| enabled == step)
+                .map(|(_, t)| canonical(t, c))
+                .unwrap_or_else(|| panic!("{step:?} is not enabled after {s:?}"));
+        }
+        s
+    }
+
+    /// A write waiting when an unrelated layout change makes its primary take the writes over
+    /// again is acknowledged once a copy holds the start of the new term; without the rebase it
+    /// can never be (acknowledgements come under the new term only).
+    #[test]
+    fn a_write_waiting_across_a_layout_change_completes_with_the_term_start() {
+        let c = Config {
+            rules: Rules::Terms,
+            writes: 1,
+            layout_changes: 1,
+            faults: 0,
+            blind_control: false,
+            trims: Trims::Off,
+            rebase: Rebase::FirstOfTerm,
+        };
+        let take_over = Step::TakeOver { node: 0, asked: 1 };
+        let before = [take_over, Step::Write(0), Step::Bump, Step::Learn(0), take_over];
+        let mut steps = before.to_vec();
+        steps.extend([Step::Mark(0), Step::Follow(1), Step::Follow(1), Step::Acknowledge(0)]);
+        assert_eq!(walk(&c, &steps).acked, 1 << 1);
+
+        let off = Config { rebase: Rebase::Off, ..c };
+        let mut s = walk(&off, &before);
+        for _ in 0..3 {
+            let next = successors(&s, &off);
+            assert!(!next.iter().any(|(st, _)| matches!(st, Step::Acknowledge(_) | Step::Mark(_))));
+            match next.into_iter().find(|(st, _)| *st == Step::Follow(1)) {
+                Some((_, t)) => s = canonical(t, &off),
+                None => break,
+            }
+        }
+        assert_eq!(s.acked, 0);
+    }
+
+    /// The same bounds with `rules::rebase`: nothing is lost.
+    #[test]
+    fn waiting_for_the_first_entry_of_the_new_term_loses_nothing() {
+        let c = Config {
+            rules: Rules::Terms,
+            writes: 2,
+            layout_changes: 3,
+            faults: 2,
+            blind_control: true,
+            trims: Trims::Off,
+            rebase: Rebase::FirstOfTerm,
+        };
+        let o = explore(&c);
+        report("terms, rebased to the first entry of the term", &c, &o);
+        assert!(o.violation.is_none());
     }
 
     /// Wider bounds, from the environment (`make chaos` runs it): MEMRING_MODEL_WRITES,
@@ -877,6 +1015,7 @@ mod tests {
             faults: var("MEMRING_MODEL_FAULTS", 2),
             blind_control: var("MEMRING_MODEL_BLIND", 0) == 1,
             trims: if var("MEMRING_MODEL_TRIMS", 1) == 1 { Trims::Quorum } else { Trims::Off },
+            rebase: Rebase::FirstOfTerm,
         };
         let o = explore(&c);
         report("terms, wider bounds", &c, &o);

@@ -102,6 +102,25 @@ pub fn ack_covers(acked: u64, ack_term: u64, seq: u64, term: u64) -> bool {
     ack_term == term && acked >= seq
 }
 
+/// What a write waiting for its quorum at `at` waits for once its primary has taken the writes
+/// over again at term `base.term`, its log then ending at `base.seq` (`held`: the term of that
+/// log's entry at `at.seq`). Acknowledgements under the old term no longer come, and one under
+/// the new term does not cover an older entry by its position alone: an entry of an older term
+/// held by W copies can still be cut by a primary whose log ends in a newer term (Raft's
+/// "figure 8"; the model finds that loss). A write still in the log waits instead for the
+/// first entry of the new term, `base.seq + 1` (a client write or a mark): copies holding that
+/// entry hold every entry before it, and any later primary's log does. `None`: the take-over
+/// cut the write from this log, and it has failed.
+pub fn rebase(at: LogPos, held: Option<u64>, base: LogPos) -> Option<LogPos> {
+    if held != Some(at.term) {
+        return None;
+    }
+    if at.term >= base.term {
+        return Some(at);
+    }
+    Some(LogPos::new(base.term, base.seq + 1))
+}
+
 /// How many copies a node taking over must hear from besides itself: any write acknowledged by
 /// `write_quorum` of the `copies` copies is then on one of them (`copies - W + 1` and `W` copies
 /// always share one).
@@ -219,6 +238,15 @@ mod tests {
         assert!(!may_follow(7, Some(6)));
         assert!(!may_follow(7, None));
         assert_eq!(take_over_peers(3, 2), 1);
+    }
+
+    #[test]
+    fn a_waiting_write_waits_for_the_first_entry_of_the_new_term() {
+        let base = LogPos::new(9, 12);
+        assert_eq!(rebase(LogPos::new(7, 10), Some(7), base), Some(LogPos::new(9, 13)));
+        assert_eq!(rebase(LogPos::new(7, 10), Some(8), base), None, "cut and replaced");
+        assert_eq!(rebase(LogPos::new(7, 10), None, base), None, "cut");
+        assert_eq!(rebase(LogPos::new(9, 13), Some(9), base), Some(LogPos::new(9, 13)));
     }
 
     #[test]

@@ -110,6 +110,7 @@ impl ShardService {
             .map(|e| match &e.op {
                 crate::record::LogOp::Put(ep) => serde_json::json!({"seq": e.seq, "op": "put", "id": ep.id, "version": ep.version}),
                 crate::record::LogOp::Delete { id, version } => serde_json::json!({"seq": e.seq, "op": "delete", "id": id, "version": version}),
+                crate::record::LogOp::TermStart => serde_json::json!({"seq": e.seq, "op": "term_start"}),
             })
             .collect();
         Ok(json(200, &serde_json::json!({ "entries": summary })))

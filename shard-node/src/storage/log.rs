@@ -88,7 +88,8 @@ impl Storage {
             ));
         }
         let removed = self.read_log_after(key, to, usize::MAX)?;
-        let touched: HashSet<String> = removed.iter().map(|e| e.id().to_owned()).collect();
+        let touched: HashSet<String> =
+            removed.iter().filter_map(|e| e.id()).map(str::to_owned).collect();
         // Each touched memory as it was at `to`, and the term of the entry at `to`.
         let mut before: HashMap<String, Option<StoredEpisode>> = HashMap::new();
         let mut term_at_cut = meta.trimmed_term;
@@ -109,13 +110,16 @@ impl Storage {
                 if i == 0 {
                     term_at_cut = entry.term;
                 }
-                if touched.contains(entry.id()) && !before.contains_key(entry.id()) {
-                    let id = entry.id().to_owned();
-                    let state = match entry.op {
-                        LogOp::Put(e) => Some(e),
-                        LogOp::Delete { .. } => None,
+                if let Some(id) = entry.id()
+                    && touched.contains(id)
+                    && !before.contains_key(id)
+                {
+                    let id = id.to_owned();
+                    match entry.op {
+                        LogOp::Put(e) => before.insert(id, Some(e)),
+                        LogOp::Delete { .. } => before.insert(id, None),
+                        LogOp::TermStart => None,
                     };
-                    before.insert(id, state);
                 }
                 if before.len() == touched.len() {
                     break;

@@ -204,9 +204,15 @@ impl Storage {
                     ),
                 ));
             }
-            let id = match &op {
-                LogOp::Put(e) => e.id.clone(),
-                LogOp::Delete { id, .. } => id.clone(),
+            // The start of a term changes no memory: a replica logs it, a migration skips it.
+            let Some(id) = op.id().map(str::to_owned) else {
+                if keep_seq {
+                    next.last_seq += 1;
+                    next.last_term = term;
+                    let entry = LogEntry { seq: next.last_seq, at_ms, op, term };
+                    batch.put_cf(&log_cf, log_key(&p.enc, next.last_seq), encode(&entry)?);
+                }
+                continue;
             };
             let before = match present.get(&id) {
                 Some(&known) => known,
@@ -265,6 +271,7 @@ impl Storage {
                     None if !keep_seq => continue,
                     None => {}
                 },
+                LogOp::TermStart => {}
             }
             if mode == Import::Snapshot {
                 continue;

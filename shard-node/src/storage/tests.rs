@@ -473,7 +473,7 @@ fn purge_removes_expired_memories_and_their_logged_bytes_and_replicas_agree() {
     let contains = |s: &Storage, needle: &str| {
         s.log_after(&k, 0, 100).expect("log").iter().any(|e| match &e.op {
             LogOp::Put(ep) => ep.content.contains(needle),
-            LogOp::Delete { .. } => false,
+            LogOp::Delete { .. } | LogOp::TermStart => false,
         })
     };
     assert!(!contains(&primary, "secret-short-lived"));
@@ -638,6 +638,57 @@ fn entries_carry_the_term_their_commit_check_gives_and_where_a_term_ends_is_foun
         });
     assert!(refused.is_err());
     assert_eq!(s.last_pos(&k).expect("pos"), LogPos::new(4, 5));
+}
+
+/// The start of a term (appended for writes waiting from an older term) is one entry of the
+/// new term that changes no memory: appended once, replicated to a copy's log as is, skipped
+/// by a migration's change list, and cut back like any other entry.
+#[test]
+fn a_term_start_is_logged_once_replicated_and_changes_no_memory() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (primary, replica) = (open(a.path()), open_as(b.path(), "n2"));
+    let k = key("t", "shared");
+    let term = |t: u64| move |_: u64| Ok(t);
+    primary
+        .write_checked(&k, vec![item("a", "x", vec![1.0, 0.0])], 1, &|| Ok(()), &term(3))
+        .expect("write");
+    assert_eq!(primary.start_term(&k, 2, &term(3)).expect("start"), None, "already in term 3");
+    assert_eq!(primary.start_term(&k, 2, &term(5)).expect("start"), Some(2));
+    assert_eq!(primary.start_term(&k, 2, &term(5)).expect("start"), None, "once per term");
+    let refused = |_: u64| Err(ApiError::new(ErrorCode::PartitionMoving, "not taken over"));
+    assert!(primary.start_term(&k, 2, &refused).is_err());
+    assert_eq!(primary.start_term(&key("u", "shared"), 2, &term(5)).expect("start"), None);
+    assert_eq!(primary.last_pos(&k).expect("pos"), LogPos::new(5, 2));
+    let log = primary.log_after(&k, 0, 100).expect("log");
+    assert_eq!(log[1].op, LogOp::TermStart);
+    assert_eq!(log[1].id(), None);
+    let (changes, last) = primary.changes(&k, 0, 100).expect("changes");
+    assert_eq!(last, 2);
+    replica.import_replicated(&k, log.clone(), &|| Ok(())).expect("apply");
+    assert_eq!(replica.log_after(&k, 0, 100).expect("log"), log);
+    assert_eq!(replica.last_pos(&k).expect("pos"), LogPos::new(5, 2));
+    let (x, y) =
+        (primary.checksum(&k, true).expect("sum"), replica.checksum(&k, true).expect("sum"));
+    assert_eq!((x.count, &x.checksum), (1, &y.checksum));
+    assert_eq!(y.count, 1);
+    // Entries after it apply on top; a cut back to before it keeps the memory.
+    primary
+        .write_checked(&k, vec![item("b", "y", vec![0.0, 1.0])], 3, &|| Ok(()), &term(5))
+        .expect("write");
+    replica
+        .import_replicated(&k, primary.log_after(&k, 2, 100).expect("log"), &|| Ok(()))
+        .expect("apply");
+    assert_eq!(replica.truncate_log(&k, 1, &|| Ok(())).expect("cut"), 2);
+    assert_eq!(replica.last_pos(&k).expect("pos"), LogPos::new(3, 1));
+    assert_eq!(replica.checksum(&k, true).expect("sum").count, 1);
+    assert!(replica.get(&k, &MemoryId::parse("a").expect("id"), 3).is_ok());
+    // A migration's target takes the change list without the start of the term.
+    assert_eq!(changes.len(), 2);
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let target = open_as(target_dir.path(), "n3");
+    target.import(&k, changes, 4).expect("import");
+    assert_eq!(target.last_seq(&k).expect("seq"), 1);
+    assert_eq!(target.checksum(&k, true).expect("sum").checksum, x.checksum);
 }
 
 /// A copy that wrote entries nobody acknowledged (an old primary) is cut back to where its log

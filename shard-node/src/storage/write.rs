@@ -364,6 +364,36 @@ impl Storage {
         }
         Ok(())
     }
+
+    /// Appends the start of the term `may_commit` gives (a [`LogOp::TermStart`]) unless the log
+    /// already ends in that term; returns its position, if it appended one. With the write lock
+    /// held, like every write.
+    pub fn start_term(
+        &self,
+        key: &PartitionKey,
+        now_ms: i64,
+        may_commit: CommitCheck<'_>,
+    ) -> Result<Option<u64>, ApiError> {
+        let _gate = self.gate.read();
+        let Some(p) = self.partition(key, false)? else { return Ok(None) };
+        let mut meta = p.meta.lock();
+        let term = may_commit(meta.last_term)?;
+        if meta.last_term >= term {
+            return Ok(None);
+        }
+        p.check_not_fenced()?;
+        let mut next = meta.clone();
+        next.last_seq += 1;
+        next.last_term = term;
+        let entry = LogEntry { seq: next.last_seq, at_ms: now_ms, op: LogOp::TermStart, term };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&self.cf(CF_LOG)?, log_key(&p.enc, next.last_seq), encode(&entry)?);
+        batch.put_cf(&self.cf(CF_META)?, &p.enc, encode(&next)?);
+        self.db.write_opt(batch, &self.write_options()).map_err(db_err)?;
+        let at = next.last_seq;
+        self.commit(&p, &mut meta, next);
+        Ok(Some(at))
+    }
 }
 
 fn not_found(key: &PartitionKey, id: &MemoryId) -> ApiError {
