@@ -258,6 +258,35 @@ impl ShardService {
                 .await;
                 ("internal.replicate.hand_over", r)
             }
+            (&Method::POST, ["internal", "v1", "replicate", "committed", tenant, scope]) => {
+                let r = async {
+                    let partition = parse_partition(tenant, scope)?;
+                    let query = query_pairs(req.uri().query())?;
+                    let number = |name: &str| {
+                        query
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .and_then(|(_, v)| v.parse::<u64>().ok())
+                            .ok_or_else(|| {
+                                ApiError::invalid(format!("\"{name}\" must be a number"))
+                            })
+                    };
+                    let at = crate::replicate::rules::LogPos::new(number("term")?, number("seq")?);
+                    let epoch = number("epoch")?;
+                    if self.repl.wait_committed(&partition, epoch, at).await? {
+                        return Ok(json(200, &serde_json::json!({ "committed": true })));
+                    }
+                    Err(ApiError::unavailable(
+                        format!(
+                            "{partition}: entry {} of term {} is not yet on its quorum",
+                            at.seq, at.term
+                        ),
+                        1,
+                    ))
+                }
+                .await;
+                ("internal.replicate.committed", r)
+            }
             (&Method::GET, ["internal", "v1", "replicate", "log", tenant, scope]) => {
                 ("internal.replicate.log", self.replica_log(tenant, scope, req.uri().query()).await)
             }

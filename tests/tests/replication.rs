@@ -282,8 +282,10 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
     let seen = stop_writers(&stop, writers, || c.logs()).await?;
     let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
     let failed: usize = seen.iter().map(|s| s.failed).sum();
+    let failures: Vec<&String> = seen.iter().flat_map(|s| &s.failures).collect();
     println!(
-        "while growing and shrinking: {} writes acknowledged, {failed} failed (503/timeout)",
+        "while growing and shrinking: {} writes acknowledged, {failed} failed (503/timeout): \
+         {failures:#?}",
         acked.len()
     );
     assert!(!acked.is_empty());

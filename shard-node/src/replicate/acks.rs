@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use memring_common::api::ReplicaAck;
 use memring_common::{NodeId, PartitionKey};
 use parking_lot::Mutex;
@@ -122,7 +124,7 @@ impl Acks {
         timeout: Duration,
     ) -> bool {
         match self.register(partition, followers, needed, at) {
-            Some(waiting) => self.wait(partition, waiting, timeout).await,
+            Some(mut waiting) => self.wait(partition, &mut waiting, Instant::now() + timeout).await,
             None => true,
         }
     }
@@ -149,24 +151,31 @@ impl Acks {
     }
 
     /// Waits for a registered write: true once its quorum holds it, false if it was cut from
-    /// the log or `timeout` passes first.
+    /// the log or `deadline` passes first (it then stops waiting). Cancel-safe: dropped before
+    /// the deadline, the write stays registered and can be waited for again.
     pub async fn wait(
         &self,
         partition: &PartitionKey,
-        waiting: Waiting,
-        timeout: Duration,
+        waiting: &mut Waiting,
+        deadline: Instant,
     ) -> bool {
-        if let Ok(Ok(held)) = tokio::time::timeout(timeout, waiting.done).await {
-            return held;
+        if let Ok(answer) = tokio::time::timeout_at(deadline, &mut waiting.done).await {
+            return answer.unwrap_or(false);
         }
+        self.forget(partition, waiting).is_some_and(|held| held)
+    }
+
+    /// Stops a registered write waiting; whether its quorum holds it now (`None`: it no
+    /// longer waited).
+    pub fn forget(&self, partition: &PartitionKey, waiting: &Waiting) -> Option<bool> {
         let mut state = self.state.lock();
-        let Some(waiters) = state.waiting.get_mut(partition) else { return false };
-        let Some(i) = waiters.iter().position(|w| w.id == waiting.id) else { return false };
+        let waiters = state.waiting.get_mut(partition)?;
+        let i = waiters.iter().position(|w| w.id == waiting.id)?;
         let w = waiters.swap_remove(i);
         if waiters.is_empty() {
             state.waiting.remove(partition);
         }
-        state.holding(partition, &w.followers, w.at) >= w.needed
+        Some(state.holding(partition, &w.followers, w.at) >= w.needed)
     }
 
     /// Whether writes of `partition` wait for their quorum.
@@ -277,18 +286,19 @@ mod tests {
     async fn a_rebased_write_waits_for_its_new_position_and_a_cut_one_fails() {
         let acks = Arc::new(Acks::default());
         let followers = [node("b"), node("c")];
-        let long = Duration::from_secs(10);
+        let long = Instant::now() + Duration::from_secs(10);
         let old = LogPos::new(3, 5);
-        let kept = acks.register(&key("t1"), &followers, 1, old).expect("waits");
-        let cut = acks.register(&key("t1"), &followers, 1, LogPos::new(3, 6)).expect("waits");
-        let current = acks.register(&key("t1"), &followers, 1, LogPos::new(4, 8)).expect("waits");
+        let mut kept = acks.register(&key("t1"), &followers, 1, old).expect("waits");
+        let mut cut = acks.register(&key("t1"), &followers, 1, LogPos::new(3, 6)).expect("waits");
+        let mut current =
+            acks.register(&key("t1"), &followers, 1, LogPos::new(4, 8)).expect("waits");
         assert_eq!(acks.older(&key("t1"), 4).len(), 2);
         // A verdict made for another position than the waiter's now changes nothing.
         assert!(!acks.rebase(&key("t1"), vec![(kept.id, LogPos::new(2, 5), None)]));
         let new = LogPos::new(4, 7);
         let verdicts = vec![(kept.id, old, Some(new)), (cut.id, LogPos::new(3, 6), None)];
         assert!(acks.rebase(&key("t1"), verdicts));
-        assert!(!acks.wait(&key("t1"), cut, long).await, "a cut write fails at once");
+        assert!(!acks.wait(&key("t1"), &mut cut, long).await, "a cut write fails at once");
         assert!(acks.older(&key("t1"), 4).is_empty());
         // An acknowledgement under the old term no longer counts; one under the new term at
         // the term's first entry does.
@@ -296,8 +306,9 @@ mod tests {
         acks.record(&node("b"), vec![ack("t1", 6, 4)]);
         assert_eq!(waiting(&acks), 2);
         acks.record(&node("c"), vec![ack("t1", 7, 4)]);
-        assert!(acks.wait(&key("t1"), kept, long).await);
-        assert!(!acks.wait(&key("t1"), current, Duration::from_millis(10)).await);
+        assert!(acks.wait(&key("t1"), &mut kept, long).await);
+        let soon = Instant::now() + Duration::from_millis(10);
+        assert!(!acks.wait(&key("t1"), &mut current, soon).await);
         assert_eq!(waiting(&acks), 0);
     }
 

@@ -70,7 +70,8 @@ pub enum Rebase {
     /// Nothing: they time out (memring before `rules::rebase`).
     Off,
     /// `rules::rebase`: one still in its log waits for the first entry of the new term, which a
-    /// mark supplies when no write does.
+    /// mark supplies when no write does; a primary that no longer leads hands its waiting writes
+    /// to the owner, which rebases them against its own log the same way.
     FirstOfTerm,
     /// Count acknowledgements under the new term at the write's own position (wrong: Raft's
     /// "figure 8"; the model must find the loss).
@@ -267,6 +268,7 @@ enum Step {
     Trim { node: u8, to: u8 },
     TakeOver { node: u8, asked: u8 },
     Mark(u8),
+    Forward { from: u8, to: u8 },
     Crash(u8),
     Pause(u8),
     Resume(u8),
@@ -388,6 +390,44 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
             let mut t = *s;
             if waits && node.last().term < next.term && t.nodes[n].push((node.view, 0)) {
                 out.push((Step::Mark(id), t));
+            }
+        }
+
+        // A primary that no longer leads hands its waiting writes to the owner of the layout it
+        // is at, once that owner has taken the writes over there: each waits on as
+        // `rules::rebase` says against the owner's log, or fails.
+        let o = lay.owner();
+        if up
+            && c.rebase == Rebase::FirstOfTerm
+            && o != n
+            && node.pending_len > 0
+            && s.nodes[o].run == Run::Up
+            && s.nodes[o].view == node.view
+            && s.nodes[o].taken == Some(node.view)
+        {
+            let mut t = *s;
+            let owner = &s.nodes[o];
+            let lead = u64::from(owner.view);
+            let base = LogPos::new(lead, owner.end_of_term(lead.saturating_sub(1)));
+            let mut fits = true;
+            for &(value, seq, term) in &node.pending[..node.pending_len as usize] {
+                let at = LogPos::new(u64::from(term), u64::from(seq));
+                let held = rules::can_pull(at.seq, u64::from(owner.start))
+                    .then(|| owner.term_at(at.seq))
+                    .flatten();
+                if let Some(now) = rules::rebase(at, held, base) {
+                    let to = &mut t.nodes[o];
+                    if (to.pending_len as usize) == MAX_PENDING {
+                        fits = false;
+                        break;
+                    }
+                    to.pending[to.pending_len as usize] = (value, now.seq as u8, now.term as u8);
+                    to.pending_len += 1;
+                }
+            }
+            t.nodes[n].pending_len = 0;
+            if fits {
+                out.push((Step::Forward { from: id, to: o as u8 }, t));
             }
         }
 
@@ -981,6 +1021,41 @@ mod tests {
             }
         }
         assert_eq!(s.acked, 0);
+    }
+
+    /// A write waiting on a primary that stops leading (paused, marked down, back as a
+    /// follower) is handed to the new owner, which took the log over with it, and acknowledged
+    /// once a copy holds the start of the new owner's term.
+    #[test]
+    fn a_write_waiting_on_a_primary_that_stops_leading_completes_on_the_next_owner() {
+        let c = Config {
+            rules: Rules::Terms,
+            writes: 1,
+            layout_changes: 1,
+            faults: 1,
+            blind_control: false,
+            trims: Trims::Off,
+            rebase: Rebase::FirstOfTerm,
+        };
+        let steps = [
+            Step::TakeOver { node: 0, asked: 1 },
+            Step::Write(0),
+            Step::Pause(0),
+            Step::MarkDown(0),
+            Step::Resume(0),
+            Step::Learn(0),
+            Step::Learn(1),
+            Step::TakeOver { node: 1, asked: 0 },
+            Step::Forward { from: 0, to: 1 },
+            Step::Mark(1),
+            Step::Learn(2),
+            Step::Follow(2),
+            Step::Follow(2),
+            Step::Acknowledge(1),
+        ];
+        let s = walk(&c, &steps);
+        assert_eq!(s.acked, 1 << 1);
+        assert_eq!(s.nodes[0].pending_len, 0);
     }
 
     /// The same bounds with `rules::rebase`: nothing is lost.
