@@ -311,10 +311,7 @@ impl Replication {
         epoch: u64,
         at: LogPos,
     ) -> Result<bool, ApiError> {
-        self.ring.reach(epoch).await?;
-        let ring = self.ring.ring();
-        same_epoch(&ring, epoch)?;
-        owns(&ring, &self.me, partition)?;
+        self.owner_at(partition, epoch).await?;
         self.take_over(partition).await?;
         let key = partition.clone();
         let held = self.blocking(move |s| s.term_at(&key, at.seq)).await.ok().flatten();
@@ -334,6 +331,15 @@ impl Replication {
         self.rebase_waiting(partition).await;
         let deadline = tokio::time::Instant::now() + self.quorum_timeout;
         Ok(self.acks.wait(partition, &mut waiting, deadline).await)
+    }
+
+    /// Once this node has seen layout `epoch`: that it is still at it and owns `partition` there
+    /// (what a node answering as the owner at a named epoch checks first).
+    async fn owner_at(&self, partition: &PartitionKey, epoch: u64) -> Result<(), ApiError> {
+        self.ring.reach(epoch).await?;
+        let ring = self.ring.ring();
+        same_epoch(&ring, epoch)?;
+        owns(&ring, &self.me, partition)
     }
 
     /// The followers of `partition` in the current layout, and how many of them a write needs.
@@ -456,10 +462,7 @@ impl Replication {
         partition: &PartitionKey,
         epoch: u64,
     ) -> Result<LogPos, ApiError> {
-        self.ring.reach(epoch).await?;
-        let ring = self.ring.ring();
-        same_epoch(&ring, epoch)?;
-        owns(&ring, &self.me, partition)?;
+        self.owner_at(partition, epoch).await?;
         let until = Instant::now() + HAND_OVER_HOLD;
         self.lead.handing.lock().insert(partition.clone(), (epoch, until));
         let key = partition.clone();
@@ -588,10 +591,7 @@ impl Replication {
         epoch: Option<u64>,
     ) -> Result<Vec<LogEntry>, ApiError> {
         if let Some(epoch) = epoch {
-            self.ring.reach(epoch).await?;
-            let ring = self.ring.ring();
-            same_epoch(&ring, epoch)?;
-            owns(&ring, &self.me, partition)?;
+            self.owner_at(partition, epoch).await?;
             self.take_over(partition).await?;
             if self.lead_term(partition) != Some(epoch) {
                 return Err(ApiError::unavailable(

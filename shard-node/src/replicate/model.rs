@@ -845,6 +845,17 @@ pub fn explore(c: &Config) -> Outcome {
 mod tests {
     use super::*;
 
+    /// The rules that run (terms, rebased waiting writes), with the bounds most tests use.
+    const TERMS: Config = Config {
+        rules: Rules::Terms,
+        writes: 2,
+        layout_changes: 3,
+        faults: 2,
+        blind_control: false,
+        trims: Trims::Off,
+        rebase: Rebase::FirstOfTerm,
+    };
+
     fn report(name: &str, c: &Config, o: &Outcome) {
         println!(
             "model {name}: {:?}, {} writes, {} layout changes, {} faults, blind control {}: {} states, depth {}",
@@ -881,15 +892,7 @@ mod tests {
     /// matching or lets terms go down, with the control plane checking that nodes caught up.
     #[test]
     fn with_terms_no_acknowledged_write_is_lost() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 2,
-            layout_changes: 3,
-            faults: 2,
-            blind_control: false,
-            trims: Trims::Off,
-            rebase: Rebase::FirstOfTerm,
-        };
+        let c = TERMS;
         let o = explore(&c);
         report("terms", &c, &o);
         assert!(o.violation.is_none());
@@ -900,15 +903,7 @@ mod tests {
     /// leadership back at any moment loses nothing either.
     #[test]
     fn with_terms_a_blind_control_plane_loses_nothing_either() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 3,
-            layout_changes: 3,
-            faults: 1,
-            blind_control: true,
-            trims: Trims::Off,
-            rebase: Rebase::FirstOfTerm,
-        };
+        let c = Config { writes: 3, faults: 1, blind_control: true, ..TERMS };
         let o = explore(&c);
         report("terms, blind control plane", &c, &o);
         assert!(o.violation.is_none());
@@ -921,15 +916,7 @@ mod tests {
     /// minutes, clean; `make chaos` explores wider bounds with trims on.)
     #[test]
     fn with_trimmed_logs_no_acknowledged_write_is_lost() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 2,
-            layout_changes: 3,
-            faults: 1,
-            blind_control: false,
-            trims: Trims::Quorum,
-            rebase: Rebase::FirstOfTerm,
-        };
+        let c = Config { faults: 1, trims: Trims::Quorum, ..TERMS };
         let o = explore(&c);
         report("terms, trimmed logs", &c, &o);
         assert!(o.violation.is_none());
@@ -940,15 +927,7 @@ mod tests {
     /// the model must see it (so the rule above is what keeps it safe).
     #[test]
     fn trimming_past_the_quorum_loses_a_write() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 2,
-            layout_changes: 3,
-            faults: 1,
-            blind_control: false,
-            trims: Trims::Quorum,
-            rebase: Rebase::FirstOfTerm,
-        };
+        let c = Config { faults: 1, trims: Trims::Quorum, ..TERMS };
         let o = explore(&Config { trims: Trims::Unbounded, ..c });
         report("terms, trimming past the quorum", &c, &o);
         let (_, why) = o.violation.expect("trimming past the quorum must lose a write");
@@ -961,15 +940,7 @@ mod tests {
     /// first entry of the new term (`rules::rebase`) is what keeps such writes safe.
     #[test]
     fn counting_a_new_term_at_an_older_entry_loses_a_write() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 2,
-            layout_changes: 3,
-            faults: 2,
-            blind_control: true,
-            trims: Trims::Off,
-            rebase: Rebase::OwnPosition,
-        };
+        let c = Config { blind_control: true, rebase: Rebase::OwnPosition, ..TERMS };
         let o = explore(&c);
         report("terms, rebased to the own position", &c, &o);
         let (trace, why) = o.violation.expect("figure 8 must lose a write");
@@ -995,15 +966,7 @@ mod tests {
     /// can never be (acknowledgements come under the new term only).
     #[test]
     fn a_write_waiting_across_a_layout_change_completes_with_the_term_start() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 1,
-            layout_changes: 1,
-            faults: 0,
-            blind_control: false,
-            trims: Trims::Off,
-            rebase: Rebase::FirstOfTerm,
-        };
+        let c = Config { writes: 1, layout_changes: 1, faults: 0, ..TERMS };
         let take_over = Step::TakeOver { node: 0, asked: 1 };
         let before = [take_over, Step::Write(0), Step::Bump, Step::Learn(0), take_over];
         let mut steps = before.to_vec();
@@ -1028,15 +991,7 @@ mod tests {
     /// once a copy holds the start of the new owner's term.
     #[test]
     fn a_write_waiting_on_a_primary_that_stops_leading_completes_on_the_next_owner() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 1,
-            layout_changes: 1,
-            faults: 1,
-            blind_control: false,
-            trims: Trims::Off,
-            rebase: Rebase::FirstOfTerm,
-        };
+        let c = Config { writes: 1, layout_changes: 1, faults: 1, ..TERMS };
         let steps = [
             Step::TakeOver { node: 0, asked: 1 },
             Step::Write(0),
@@ -1061,15 +1016,7 @@ mod tests {
     /// The same bounds with `rules::rebase`: nothing is lost.
     #[test]
     fn waiting_for_the_first_entry_of_the_new_term_loses_nothing() {
-        let c = Config {
-            rules: Rules::Terms,
-            writes: 2,
-            layout_changes: 3,
-            faults: 2,
-            blind_control: true,
-            trims: Trims::Off,
-            rebase: Rebase::FirstOfTerm,
-        };
+        let c = Config { blind_control: true, ..TERMS };
         let o = explore(&c);
         report("terms, rebased to the first entry of the term", &c, &o);
         assert!(o.violation.is_none());
