@@ -1,6 +1,9 @@
 //! Dropping a copy of a partition: the one rule every path that deletes a copy follows — the
 //! janitor's sweep (`janitor.rs`), a replicated rebalance's or drain's settle (`resize.rs`), a
-//! replicated move's leavers and the joiners of a move cancelled early (`move_set.rs`).
+//! replicated move's leavers and the joiners of a move cancelled early (`move_set.rs`), and a
+//! migration's source once the target owns the partition (`migrate.rs`: the target continues
+//! the source's log, so it holds the source's last entry). The one exception is a cancelled
+//! migration's partial target, which never held a write of its own (`migrate::abandon`).
 //!
 //! A node's copy of partition P is dropped only when:
 //! - the node is not among P's holders in the layout (its replica set and extra copies), and
@@ -22,7 +25,7 @@ use memring_common::api::{PartitionStats, ReplicaPosition};
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
-use memring_common::{PartitionKey, Ring};
+use memring_common::{NodeId, PartitionKey, Ring};
 
 use crate::shard_client as shard;
 
@@ -127,4 +130,27 @@ pub async fn drop_when_covered(
     tracing::info!(partition = %p, node = %node.id, position = held.last_seq, "copy outside its replica set dropped");
     metrics::counter!("memring_control_copies_dropped_total").increment(1);
     Ok(Outcome::Dropped)
+}
+
+/// Drops node `id`'s copy of `partition`, no longer among its holders in the layout `store`
+/// holds now, by the rule of the module notes; a layout change meanwhile starts the check over
+/// at the new layout. A copy the set does not cover within `patience` is left for the janitor.
+pub async fn drop_leaver(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    partition: &PartitionKey,
+    id: &NodeId,
+    patience: Duration,
+) -> anyhow::Result<Outcome> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let ring = Ring::new(store.load().await?.layout);
+        let Some(node) = ring.layout().node(id).cloned() else { return Ok(Outcome::Kept) };
+        let held = shard::held(client, &node, partition, ring.epoch()).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match drop_when_covered(store, client, &ring, &node, partition, held.into(), left).await? {
+            Outcome::LayoutChanged if !left.is_zero() => continue,
+            outcome => return Ok(outcome),
+        }
+    }
 }

@@ -2,9 +2,12 @@
 //! migration"): copy → catch up → fence → drain → verify → flip → drop.
 //!
 //! The control plane pipes the shard nodes' versioned record batches from source to target
-//! without decoding them. Writes continue on the source until the fence; after the fence the
-//! last log entries are drained, both sides' counts and checksums must match, and only then is
-//! ownership flipped by a compare-and-swap on the layout (a placement override, epoch + 1).
+//! without decoding them. The target is filled as a replica is re-seeded: snapshot pages, then
+//! the source's own log entries after the first page's position, so its log *is* the source's
+//! and "caught up" means "at the source's position". Writes continue on the source until the
+//! fence; after the fence the last log entries are drained, both sides' positions, counts and
+//! checksums must match, and only then is ownership flipped by a compare-and-swap on the layout
+//! (a placement override, epoch + 1).
 //! Routers retry writes that meet the fence, so clients see a slower request, not an error.
 //!
 //! Each step is journaled in the ring store before it runs (`journal.rs`), with a failpoint
@@ -33,34 +36,44 @@ const PAGE: usize = 500;
 /// anyway (the fence then drains what is left, with writes held back meanwhile).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 
-/// Replays the source's log after `seq` onto the target: with `until_empty` until nothing is
+/// A log position: the entry's term and sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Pos {
+    term: u64,
+    seq: u64,
+}
+
+/// Replays the source's log after `at` onto the target: with `until_empty` until nothing is
 /// left (the source is fenced), otherwise until a round brings fewer than 100 entries or
-/// [`CATCH_UP_LIMIT`] has passed. Returns the last sequence replayed and how many entries.
+/// [`CATCH_UP_LIMIT`] has passed. Returns the position reached and how many entries.
 async fn replay(
     client: &InternalClient,
     from: &LayoutNode,
     to: &LayoutNode,
     p: &PartitionKey,
-    mut seq: u64,
+    mut at: Pos,
     until_empty: bool,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(Pos, u64)> {
     let started = Instant::now();
     let mut replayed = 0u64;
     loop {
-        let answer = shard::changes(client, from, p, seq, 1000).await?;
-        let last = answer.header_u64(shard::LAST_SEQ_HEADER)?;
-        if last == seq {
-            return Ok((seq, replayed));
+        let answer = shard::log(client, from, p, at.term, at.seq, 1000).await?;
+        let last = Pos {
+            term: answer.header_u64(shard::LAST_TERM_HEADER)?,
+            seq: answer.header_u64(shard::LAST_SEQ_HEADER)?,
+        };
+        if last.seq == at.seq {
+            return Ok((at, replayed));
         }
-        replayed += last - seq;
-        shard::import(client, to, p, answer.body, true).await?;
-        let small = last - seq < 100;
-        seq = last;
+        replayed += last.seq - at.seq;
+        shard::import_log(client, to, p, answer.body).await?;
+        let small = last.seq - at.seq < 100;
+        at = last;
         if !until_empty && (small || started.elapsed() > CATCH_UP_LIMIT) {
             if !small {
                 tracing::warn!(partition = %p, "catch-up is not gaining on the source's writes; fencing anyway");
             }
-            return Ok((seq, replayed));
+            return Ok((at, replayed));
         }
     }
 }
@@ -150,10 +163,10 @@ pub async fn migrate_partition(
     journal(CopyPhase::Copy).await?;
     tracing::info!(%partition, from = %from.id, to = %to, "migration: copy");
     // Start from a clean target: it does not own the partition, so whatever it has is a leftover.
-    shard::drop_partition(client, &target, partition).await?;
-    // 1. copy, page by page; the first page's log position is where catch-up starts.
+    shard::reseed(client, &target, partition).await?;
+    // 1. copy, page by page; the first page's log position is where the copy's log starts.
     let mut after: Option<String> = None;
-    let mut start_seq = None;
+    let mut start = None;
     let copy_started = Instant::now();
     let mut reported = Instant::now();
     loop {
@@ -161,13 +174,18 @@ pub async fn migrate_partition(
             return abandon(store, client, &target, partition).await;
         }
         let page = shard::export(client, &from, partition, after.as_deref(), PAGE).await?;
-        start_seq.get_or_insert(page.header_u64(shard::LAST_SEQ_HEADER)?);
+        if start.is_none() {
+            start = Some(Pos {
+                term: page.header_u64(shard::LAST_TERM_HEADER)?,
+                seq: page.header_u64(shard::LAST_SEQ_HEADER)?,
+            });
+        }
         let next = page.header_text(shard::NEXT_AFTER_HEADER);
         let (count, total) = (
             page.header_u64(shard::PAGE_COUNT_HEADER)?,
             page.header_u64(shard::PAGE_TOTAL_HEADER)?,
         );
-        shard::import(client, &target, partition, page.body, false).await?;
+        shard::import(client, &target, partition, page.body).await?;
         report.copied += count;
         progress.0.store(report.copied, Ordering::Relaxed);
         progress.1.store(total, Ordering::Relaxed);
@@ -190,13 +208,15 @@ pub async fn migrate_partition(
     }
     // 2. catch up while the source keeps taking writes.
     journal(CopyPhase::CatchUp).await?;
-    let (seq, n) = replay(client, &from, &target, partition, start_seq.unwrap_or(0), false).await?;
+    let start = start.unwrap_or_default();
+    shard::place(client, &target, partition, start.term, start.seq).await?;
+    let (at, n) = replay(client, &from, &target, partition, start, false).await?;
     report.replayed += n;
     // 2b. a hot partition keeps answering searches after the flip: hand over the source's
     // graph (it may be ahead of the copy; the catch-up from `seq` replays over it), then catch
     // up once more so the fence has little left to drain.
     report.index_bytes = ship_index(client, &from, &target, partition).await?;
-    let (seq, n) = replay(client, &from, &target, partition, seq, false).await?;
+    let (at, n) = replay(client, &from, &target, partition, at, false).await?;
     report.replayed += n;
     if cancel.is_set() {
         return abandon(store, client, &target, partition).await;
@@ -206,18 +226,21 @@ pub async fn migrate_partition(
     let fenced_at = Instant::now();
     shard::fence(client, &from, partition).await?;
     let result = async {
-        let (_, n) = replay(client, &from, &target, partition, seq, true).await?;
+        let (_, n) = replay(client, &from, &target, partition, at, true).await?;
         report.replayed += n;
         journal(CopyPhase::Drained).await?;
         let (a, b) = (
             shard::checksum(client, &from, partition, false).await?,
             shard::checksum(client, &target, partition, false).await?,
         );
-        if a.count != b.count || a.checksum != b.checksum {
+        if a.last_seq != b.last_seq || a.count != b.count || a.checksum != b.checksum {
             bail!(
-                "verification failed for {partition}: source {} memories / {}, target {} / {}",
+                "verification failed for {partition}: source at log position {} with {} \
+                 memories / {}, target at {} with {} / {}",
+                a.last_seq,
                 a.count,
                 a.checksum,
+                b.last_seq,
                 b.count,
                 b.checksum
             );
@@ -256,9 +279,9 @@ pub async fn migrate_partition(
         );
     }
     report.fenced_ms = fenced_at.elapsed().as_millis() as u64;
-    // 5. the source refuses the partition at the new epoch; its copy can go.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    shard::drop_partition(client, &from, partition).await?;
+    // 5. the source's copy goes once it has seen the new epoch (it refuses the partition then)
+    // and the target holds its last entry, by the one rule for dropping a copy.
+    crate::copies::drop_leaver(store, client, partition, &from.id, crate::copies::PATIENCE).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
     report.took_ms = started.elapsed().as_millis() as u64;
     tracing::info!(%partition, from = %from.id, to = %to, count = report.count, fenced_ms = report.fenced_ms, "migration done");
@@ -292,11 +315,17 @@ pub async fn resume(
         }
         if ring.owner(&partition).map(|o| &o.id) == Some(&to) {
             // The flip happened: only the source copy is left to drop.
-            if let Some(from) =
-                NodeId::parse(&job.from).ok().and_then(|id| layout.node(&id).cloned())
-                && from.id != to
+            if let Ok(from) = NodeId::parse(&job.from)
+                && from != to
             {
-                shard::drop_partition(client, &from, &partition).await?;
+                crate::copies::drop_leaver(
+                    store,
+                    client,
+                    &partition,
+                    &from,
+                    crate::copies::PATIENCE,
+                )
+                .await?;
             }
             store.delete_job(&crate::journal::job_id(&partition)).await?;
             continue;

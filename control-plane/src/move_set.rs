@@ -243,7 +243,7 @@ pub async fn move_set(
     step(SetPhase::Settle).await?;
     let (leavers, fenced_ms) = settle(store, client, &target, partition, cancel).await?;
     for id in &leavers {
-        drop_leaver(store, client, partition, id).await?;
+        copies::drop_leaver(store, client, partition, id, PATIENCE).await?;
     }
     let sum = shard::checksum(client, &target, partition, false).await?;
     store.delete_job(&crate::journal::job_id(partition)).await?;
@@ -336,26 +336,10 @@ async fn abandon_join(
         .collect();
     drop_extra_copies(store, partition).await?;
     for id in &joiners {
-        drop_leaver(store, client, partition, id).await?;
+        copies::drop_leaver(store, client, partition, id, PATIENCE).await?;
     }
     store.delete_job(&crate::journal::job_id(partition)).await?;
     tracing::warn!(%partition, to = %to, "replicated move cancelled; the old replica set still owns it");
-    Ok(())
-}
-
-/// Drops node `id`'s copy of `partition`, no longer among its holders, by the rule of
-/// `copies.rs` (one the set does not cover in time is left for the janitor).
-async fn drop_leaver(
-    store: &dyn RingStore,
-    client: &InternalClient,
-    partition: &PartitionKey,
-    id: &NodeId,
-) -> anyhow::Result<()> {
-    let ring = Ring::new(store.load().await?.layout);
-    let Some(node) = ring.layout().node(id).cloned() else { return Ok(()) };
-    let held = shard::held(client, &node, partition, ring.epoch()).await?;
-    copies::drop_when_covered(store, client, &ring, &node, partition, held.into(), PATIENCE)
-        .await?;
     Ok(())
 }
 

@@ -4,9 +4,9 @@
 //!
 //! Calls fall into three groups: what a node holds (`partitions`, `replica_status`), the
 //! replication steps of a move or a failover (`position`, `take_over`, `holds`), and the
-//! migration copy path (`export`, `changes`, `import`, `index`, `put_index`, `fence`, `unfence`,
-//! `checksum`, `drop_partition`), whose bodies are the nodes' versioned record batches, piped
-//! through undecoded.
+//! migration copy path (`reseed`, `export`, `import`, `place`, `log`, `import_log`, `index`,
+//! `put_index`, `fence`, `unfence`, `checksum`, `drop_partition`), whose bodies are the nodes'
+//! versioned record batches, piped through undecoded.
 
 use std::time::Duration;
 
@@ -275,34 +275,74 @@ pub async fn export(
     send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
 }
 
-/// `p`'s log entries on `node` after position `after` (at most `limit`), with the position they
-/// reach in [`api::LAST_SEQ_HEADER`].
-pub async fn changes(
+/// Drops `node`'s copy of `p` and marks it as being re-seeded: what a migration's target does
+/// before the [`export`] pages come in.
+pub async fn reseed(
     client: &InternalClient,
     node: &LayoutNode,
     p: &PartitionKey,
-    after: u64,
-    limit: usize,
-) -> Result<Answer, ShardError> {
-    let path = format!("{}?after={after}&limit={limit}", migrate_path(p, "changes"));
-    send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
+) -> Result<(), ShardError> {
+    send(client, &node.addr, Method::POST, &migrate_path(p, "reseed"), None, STEP_TIMEOUT)
+        .await
+        .map(drop)
 }
 
-/// Imports a record batch ([`export`] pages or [`changes`]) into `node`'s copy of `p`; `urgent`
-/// runs it at normal priority (a catch-up the fence waits on) rather than on the node's
-/// low-priority threads.
+/// Imports one [`export`] page into `node`'s copy of `p`, which is being re-seeded ([`reseed`]);
+/// no log entries (the node runs it on its low-priority threads).
 pub async fn import(
     client: &InternalClient,
     node: &LayoutNode,
     p: &PartitionKey,
-    batch: Bytes,
-    urgent: bool,
+    page: Bytes,
 ) -> Result<(), ShardError> {
-    let mut path = migrate_path(p, "import");
-    if urgent {
-        path.push_str("?urgent=true");
-    }
-    send(client, &node.addr, Method::POST, &path, Some(batch), STEP_TIMEOUT).await.map(drop)
+    send(client, &node.addr, Method::POST, &migrate_path(p, "import"), Some(page), STEP_TIMEOUT)
+        .await
+        .map(drop)
+}
+
+/// Ends `node`'s re-seed of `p`: its log continues from position `seq` of term `term`, the first
+/// [`export`] page's.
+pub async fn place(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    term: u64,
+    seq: u64,
+) -> Result<(), ShardError> {
+    let path = format!("{}?term={term}&seq={seq}", migrate_path(p, "place"));
+    send(client, &node.addr, Method::POST, &path, None, STEP_TIMEOUT).await.map(drop)
+}
+
+/// `p`'s log entries on `node` after position `seq` of term `term` (at most `limit`; the log
+/// route followers pull), with the position they reach in [`api::LAST_SEQ_HEADER`] and
+/// [`api::LAST_TERM_HEADER`]; `node` keeps its log after `seq` from trimming for a while.
+/// `Refused` with 409 if `node`'s entry there has another term.
+pub async fn log(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    term: u64,
+    seq: u64,
+    limit: usize,
+) -> Result<Answer, ShardError> {
+    let path = format!(
+        "/internal/v1/replicate/log/{}?after={seq}&term={term}&limit={limit}&pin=true",
+        partition_path(p)
+    );
+    send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
+}
+
+/// Appends a [`log`] answer to `node`'s copy of `p`, under the entries' own positions (they must
+/// continue its log).
+pub async fn import_log(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    entries: Bytes,
+) -> Result<(), ShardError> {
+    send(client, &node.addr, Method::POST, &migrate_path(p, "log"), Some(entries), STEP_TIMEOUT)
+        .await
+        .map(drop)
 }
 
 /// `node`'s loaded HNSW graph of `p` (usearch's bytes), empty when none is loaded.
@@ -372,7 +412,9 @@ pub async fn drop_partition(
 }
 
 /// The headers the migration feeds answer with, for callers that read them.
-pub use api::{LAST_SEQ_HEADER, NEXT_AFTER_HEADER, PAGE_COUNT_HEADER, PAGE_TOTAL_HEADER};
+pub use api::{
+    LAST_SEQ_HEADER, LAST_TERM_HEADER, NEXT_AFTER_HEADER, PAGE_COUNT_HEADER, PAGE_TOTAL_HEADER,
+};
 
 /// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
 /// it holds no copy — so no follower round of an older layout can write it again afterwards

@@ -583,12 +583,15 @@ impl Replication {
     /// `after`, if its entry there has term `term` (else where its entries of that term end).
     /// With `epoch` (a follower asking its owner), this node answers only as the partition's
     /// owner at exactly that epoch, having taken it over; the epoch is then its lead term.
+    /// With `pin` (a migration's catch-up), the log after `after` is kept from trimming for a
+    /// while (`Storage::pin_log`).
     pub async fn serve_log(
         &self,
         partition: &PartitionKey,
         after: LogPos,
         limit: usize,
         epoch: Option<u64>,
+        pin: bool,
     ) -> Result<Vec<LogEntry>, ApiError> {
         if let Some(epoch) = epoch {
             self.owner_at(partition, epoch).await?;
@@ -603,6 +606,9 @@ impl Replication {
         let p = partition.clone();
         let answer = self
             .blocking(move |s| {
+                if pin {
+                    s.pin_log(&p, after.seq);
+                }
                 if !rules::entries_match(after.term, s.term_at(&p, after.seq)?) {
                     return Ok(Err(s.end_of_term(&p, after.term)?));
                 }

@@ -672,7 +672,7 @@ async fn an_expired_memory_vanishes_from_reads_then_from_disk() -> anyhow::Resul
         let mut all = Vec::new();
         for shard in &c.shards {
             let url = format!(
-                "{}/internal/v1/migrate/ttl/shared/entries?after=0&limit=1000",
+                "{}/internal/v1/replicate/log/ttl/shared?after=0&term=0&limit=1000",
                 shard.url()
             );
             all.extend(memring_tests::client().get(url).send().await?.bytes().await?);

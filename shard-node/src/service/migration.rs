@@ -1,5 +1,7 @@
-//! The shard node's migration routes (`/internal/v1/p/{tenant}/{scope}/migrate/...`): the steps
-//! the control plane drives to copy a partition to another node and hand it over.
+//! The shard node's migration routes (`/internal/v1/migrate/{tenant}/{scope}/{action}`): the
+//! steps the control plane drives to copy a partition to another node and hand it over. The
+//! source's log after the snapshot is read from the replication log route
+//! (`GET /internal/v1/replicate/log/…`), the one feed of a partition's log.
 
 use super::*;
 
@@ -16,12 +18,12 @@ impl ShardService {
         let query = query_pairs(req.uri().query())?;
         let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let limit = param("limit").map(|v| api::parse_list_limit(&v)).transpose()?.unwrap_or(500);
-        // `changes` and `entries`: the log after this sequence number.
-        let after = match param("after").filter(|_| matches!(action, "changes" | "entries")) {
-            Some(v) => v.parse::<u64>().map_err(|_| {
-                ApiError::invalid(format!("\"after\" must be a sequence number, got {v:?}"))
-            })?,
-            None => 0,
+        let number = |name: &str| -> Result<u64, ApiError> {
+            let v = param(name).ok_or_else(|| {
+                ApiError::invalid(format!("{action} needs the parameter {name:?}"))
+            })?;
+            v.parse::<u64>()
+                .map_err(|_| ApiError::invalid(format!("{name:?} must be a number, got {v:?}")))
         };
         match (&method, action) {
             (&Method::GET, "export") => {
@@ -40,19 +42,6 @@ impl ShardService {
                 }
                 Ok(binary(crate::record::encode(&page.ops)?, &headers))
             }
-            (&Method::GET, "changes") => {
-                let (ops, last) =
-                    self.blocking(move |s| s.changes(&partition, after, limit)).await?;
-                Ok(binary(
-                    crate::record::encode(&ops)?,
-                    &[(api::LAST_SEQ_HEADER, last.to_string())],
-                ))
-            }
-            (&Method::GET, "entries") => {
-                // The log itself, sequence numbers and times included: what followers apply.
-                let entries = self.blocking(move |s| s.log_after(&partition, after, limit)).await?;
-                Ok(binary(crate::record::encode(&entries)?, &[]))
-            }
             (&Method::GET, "index") => {
                 let shipped = self.in_background(move |s| s.export_index(&partition)).await?;
                 Ok(match shipped {
@@ -68,6 +57,11 @@ impl ShardService {
                     self.in_background(move |s| s.import_index(&partition, &body)).await?;
                 Ok(json(200, &serde_json::json!({ "vectors": vectors })))
             }
+            (&Method::POST, "reseed") => {
+                // The target's copy starts over: dropped, and marked until it holds a snapshot.
+                self.blocking(move |s| s.begin_reseed(&partition, &|| Ok(()))).await?;
+                Ok(memring_common::http::empty(204))
+            }
             (&Method::POST, "import") => {
                 let body = read_body(req, self.body_limit).await?;
                 let ops: Vec<crate::record::LogOp> = crate::record::decode(&body).map_err(|e| {
@@ -76,15 +70,36 @@ impl ShardService {
                         e.message()
                     ))
                 })?;
-                // The bulk copy yields to the node's own traffic; catch-up (`urgent`) must keep
-                // pace with the source's writes, so it runs at normal priority.
-                let urgent = param("urgent").as_deref() == Some("true");
-                let work = move |s: &Storage| s.import(&partition, ops, now_millis());
-                let applied = if urgent {
-                    self.blocking(work).await?
-                } else {
-                    self.in_background(work).await?
-                };
+                // The bulk copy yields to the node's own traffic.
+                let applied = self
+                    .in_background(move |s| s.import_snapshot(&partition, ops, &|| Ok(())))
+                    .await?;
+                Ok(json(200, &serde_json::json!({ "applied": applied })))
+            }
+            (&Method::POST, "place") => {
+                // The snapshot is in: its log continues the source's from the first page's
+                // position.
+                let at = crate::replicate::rules::LogPos::new(number("term")?, number("seq")?);
+                self.blocking(move |s| {
+                    s.place_snapshot(&partition, at, &|| Ok(()))?;
+                    s.end_reseed(&partition)
+                })
+                .await?;
+                Ok(memring_common::http::empty(204))
+            }
+            (&Method::POST, "log") => {
+                let body = read_body(req, self.body_limit).await?;
+                let entries: Vec<crate::record::LogEntry> =
+                    crate::record::decode(&body).map_err(|e| {
+                        ApiError::invalid(format!(
+                            "log body is not a memring record batch: {}",
+                            e.message()
+                        ))
+                    })?;
+                // The catch-up must keep pace with the source's writes: normal priority.
+                let applied = self
+                    .blocking(move |s| s.import_replicated(&partition, entries, &|| Ok(())))
+                    .await?;
                 Ok(json(200, &serde_json::json!({ "applied": applied })))
             }
             (&Method::POST, "fence") | (&Method::DELETE, "fence") => {

@@ -48,8 +48,9 @@ impl ShardService {
         Ok(response)
     }
 
-    /// `GET /internal/v1/replicate/log/{tenant}/{scope}?after=SEQ&term=TERM&limit=N[&epoch=E]`:
-    /// the log after a position whose term the asker names (see `Replication::serve_log`).
+    /// `GET /internal/v1/replicate/log/{tenant}/{scope}?after=SEQ&term=TERM&limit=N[&epoch=E]
+    /// [&pin=true]`: the log after a position whose term the asker names (see
+    /// `Replication::serve_log`), with the position it reaches in its headers.
     pub(super) async fn replica_log(
         &self,
         tenant: &str,
@@ -57,7 +58,8 @@ impl ShardService {
         query: Option<&str>,
     ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let partition = parse_partition(tenant, scope)?;
-        let (mut after, mut term, mut limit, mut epoch) = (0u64, 0u64, 1000usize, None);
+        let (mut after, mut term, mut limit, mut epoch, mut pin) =
+            (0u64, 0u64, 1000usize, None, false);
         for (k, v) in query_pairs(query)? {
             let number = |what: &str| {
                 v.parse::<u64>()
@@ -68,16 +70,28 @@ impl ShardService {
                 "term" => term = number("a term")?,
                 "epoch" => epoch = Some(number("a layout epoch")?),
                 "limit" => limit = api::parse_list_limit(&v)?,
+                "pin" => {
+                    pin = v.parse().map_err(|_| {
+                        ApiError::invalid(format!("\"pin\" must be true or false, got {v:?}"))
+                    })?
+                }
                 other => {
                     return Err(ApiError::invalid(format!(
-                        "unknown parameter {other:?}; the log takes after, term, limit, epoch"
+                        "unknown parameter {other:?}; the log takes after, term, limit, epoch, pin"
                     )));
                 }
             }
         }
         let at = crate::replicate::rules::LogPos::new(term, after);
-        let entries = self.repl.serve_log(&partition, at, limit, epoch).await?;
-        Ok(binary(crate::record::encode(&entries)?, &[]))
+        let entries = self.repl.serve_log(&partition, at, limit, epoch, pin).await?;
+        // Where the answer ends, for a reader that pipes it on undecoded (a migration).
+        let end =
+            entries.last().map_or(at, |e| crate::replicate::rules::LogPos::new(e.term, e.seq));
+        let headers = [
+            (api::LAST_SEQ_HEADER, end.seq.to_string()),
+            (api::LAST_TERM_HEADER, end.term.to_string()),
+        ];
+        Ok(binary(crate::record::encode(&entries)?, &headers))
     }
 
     /// `GET /internal/v1/p/{tenant}/{scope}/log?after=SEQ&limit=N`: the partition's log entries

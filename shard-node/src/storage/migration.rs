@@ -1,20 +1,24 @@
 //! What a shard node does for an online migration of one partition (DESIGN.md, "Online
 //! migration"); the control plane drives the steps and pipes the bytes between nodes.
 //!
+//! A migration's target is filled the way a replica is re-seeded (`trim.rs`), so a partition has
+//! one import path and one log wherever its copies are:
 //! - **export** (source): pages of stored memories in id order, each page read from one RocksDB
 //!   snapshot, with the log position that page reflects at least;
-//! - **changes** (source): log entries after a sequence number;
-//! - **import** (target): applies memories or log entries in order, each with its own log entry
-//!   on the target, so the target's log stays continuous;
+//! - **snapshot pages** (target, marked as being re-seeded): stored as they are, with no log
+//!   entries; then the copy's position is set to the first page's ([`Storage::place_snapshot`]);
+//! - **log entries** (source → target): the source's own entries after that position, under
+//!   their sequence numbers and terms, as a follower applies its primary's — so the target is
+//!   caught up exactly when its position is the source's;
 //! - **fence** (source): refuses writes to the partition, persisted so a restart keeps it;
 //! - **checksum** (both): count and an order-independent sum of hash(id, version), kept in the
 //!   partition meta with every change (or recomputed by a scan, `deep`);
 //! - **drop** (source, after the flip): removes the partition's data, log and meta.
 //!
-//! Why a page needs no global snapshot: the control plane catches up from the log position of
-//! the *first* page. Every change before it is reflected in every later page (they are read
-//! later), and every change after it is replayed from the log in order, and replaying a put or
-//! delete sets the memory to exactly that state, so the target ends where the source is.
+//! Why a page needs no global snapshot: the copy continues the log from the position of the
+//! *first* page. Every change before it is reflected in every later page (they are read later),
+//! and every change after it is replayed from the log in order, and replaying a put or delete
+//! sets the memory to exactly that state, so the target ends where the source is.
 
 use std::sync::atomic::Ordering;
 
@@ -40,11 +44,10 @@ pub fn fence_key(partition: &[u8]) -> Vec<u8> {
 /// How imported entries land in a partition's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Import {
-    /// A migration's copy: each gets a new entry of this copy's own log, in its last term.
-    Migration,
-    /// A follower's: the primary's entries, under their own sequence numbers and terms.
-    Replica,
-    /// A re-seed's snapshot pages: no log entries (`trim.rs`).
+    /// Another copy's log entries (a follower's primary, a migration's source), under their own
+    /// sequence numbers and terms.
+    Log,
+    /// A re-seed's (or a migration's) snapshot pages: no log entries (`trim.rs`).
     Snapshot,
 }
 
@@ -111,21 +114,9 @@ impl Storage {
         Ok(ExportPage { ops, next_after, last_seq, last_term, total })
     }
 
-    /// Applies `ops` in order to the partition (creating it), each with a new entry in this
-    /// node's log. Puts carry the source's version, creation time and label.
-    pub fn import(
-        &self,
-        key: &PartitionKey,
-        ops: Vec<LogOp>,
-        now_ms: i64,
-    ) -> Result<usize, ApiError> {
-        let entries =
-            ops.into_iter().map(|op| LogEntry { seq: 0, at_ms: now_ms, op, term: 0 }).collect();
-        self.import_at(key, entries, Import::Migration, &|| Ok(()), Wake::Waiters)
-    }
-
-    /// A follower applies its primary's log entries, each under the primary's sequence number
-    /// and term, so every copy of a partition shares one log and one position (`last_seq`).
+    /// Applies another copy's log entries — a follower its primary's, a migration's target its
+    /// source's — each under its own sequence number and term, so every copy of a partition
+    /// shares one log and one position (`last_seq`).
     /// `entries` must continue this copy's log without a gap and without a term going down
     /// (else `Conflict`); that they continue *this* log, not another one of the same length, the
     /// caller has checked (`replicate.rs`: the primary's term at this copy's last position).
@@ -138,7 +129,7 @@ impl Storage {
         entries: Vec<LogEntry>,
         may_apply: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<usize, ApiError> {
-        self.import_at(key, entries, Import::Replica, may_apply, Wake::Waiters)
+        self.import_at(key, entries, Import::Log, may_apply, Wake::Waiters)
     }
 
     /// [`Storage::import_replicated`] by a follower copying the primary that leads `key` at
@@ -150,7 +141,7 @@ impl Storage {
         entries: Vec<LogEntry>,
         may_apply: &dyn Fn() -> Result<(), ApiError>,
     ) -> Result<usize, ApiError> {
-        self.import_at(key, entries, Import::Replica, may_apply, Wake::Nobody)
+        self.import_at(key, entries, Import::Log, may_apply, Wake::Nobody)
     }
 
     /// The log entry with sequence number `seq`, if this copy has it.
@@ -173,15 +164,15 @@ impl Storage {
         let mut meta = p.meta.lock();
         may_apply()?;
         // Snapshot pages only while re-seeding; then the source's entries after the snapshot
-        // (`Storage::place_snapshot` set where they continue), never a migration's.
+        // (`Storage::place_snapshot` set where they continue).
         let reseeding = p.reseeding.load(Ordering::Acquire);
-        if (mode == Import::Snapshot && !reseeding) || (mode == Import::Migration && reseeding) {
+        if mode == Import::Snapshot && !reseeding {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!("{}: {mode:?} entries do not apply while re-seeding is {reseeding}", p.key),
+                format!("{}: snapshot pages apply only to a copy being re-seeded", p.key),
             ));
         }
-        let keep_seq = mode == Import::Replica;
+        let logged = mode == Import::Log;
         let mut next = meta.clone();
         let (ep_cf, log_cf, meta_cf) = (self.cf(CF_EPISODES)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
         let mut batch = WriteBatch::default();
@@ -192,9 +183,7 @@ impl Storage {
             std::collections::HashMap::new();
         let applied = entries.len();
         for LogEntry { seq, at_ms, op, term } in entries {
-            // A migration's copy continues the target's own log, in the target's last term.
-            let term = if keep_seq { term } else { next.last_term };
-            if keep_seq && (seq != next.last_seq + 1 || term < next.last_term) {
+            if logged && (seq != next.last_seq + 1 || term < next.last_term) {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
                     format!(
@@ -204,9 +193,9 @@ impl Storage {
                     ),
                 ));
             }
-            // The start of a term changes no memory: a replica logs it, a migration skips it.
+            // The start of a term changes no memory: the log keeps it, a snapshot has none.
             let Some(id) = op.id().map(str::to_owned) else {
-                if keep_seq {
+                if logged {
                     next.last_seq += 1;
                     next.last_term = term;
                     let entry = LogEntry { seq: next.last_seq, at_ms, op, term };
@@ -258,19 +247,16 @@ impl Storage {
                     index_ops.push((e.label, e.embedding.clone(), Some(entry_of(e, &metadata))));
                     present.insert(id, Some((e.version, e.label, e.size())));
                 }
-                LogOp::Delete { .. } => match before {
-                    Some((version, label, size)) => {
+                // With nothing to delete, the log still keeps the entry: it stays the source's.
+                LogOp::Delete { .. } => {
+                    if let Some((version, label, size)) = before {
                         index_ops.push((label, None, None));
                         next.count = next.count.saturating_sub(1);
                         next.replace_memory(Some((&id, version, size)), None);
                         batch.delete_cf(&ep_cf, episode_key(&p.enc, &id));
                         present.insert(id, None);
                     }
-                    // Nothing to delete; a replica still keeps the entry, so its log stays
-                    // the primary's.
-                    None if !keep_seq => continue,
-                    None => {}
-                },
+                }
                 LogOp::TermStart => {}
             }
             if mode == Import::Snapshot {
@@ -289,19 +275,6 @@ impl Storage {
         self.commit_waking(&p, &mut meta, next, wake);
         self.apply_to_index(&p, index_ops);
         Ok(applied)
-    }
-
-    /// Log entries after `after_seq` (at most `limit`) as operations, with the last one's seq.
-    pub fn changes(
-        &self,
-        key: &PartitionKey,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<(Vec<LogOp>, u64), ApiError> {
-        self.pin_log(key, after_seq);
-        let entries = self.log_after(key, after_seq, limit)?;
-        let last = entries.last().map(|e| e.seq).unwrap_or(after_seq);
-        Ok((entries.into_iter().map(|e| e.op).collect(), last))
     }
 
     /// Fences (or unfences) writes to the partition. Once this returns, no write is in flight.

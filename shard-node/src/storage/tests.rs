@@ -182,6 +182,9 @@ fn expired_memories_vanish_from_reads() {
     assert_eq!(s.list(&k, None, 10, 2_500).expect("list").0.len(), 1);
 }
 
+/// A migration's target, filled as a re-seed (snapshot pages, then the source's log after the
+/// first page's position) while the source keeps changing, ends with the source's memories, log
+/// and position; a fenced source refuses writes.
 #[test]
 fn export_import_replay_gives_the_same_partition_and_fence_refuses_writes() {
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
@@ -191,10 +194,11 @@ fn export_import_replay_gives_the_same_partition_and_fence_refuses_writes() {
     let items = (0..120).map(|i| item(&format!("e{i:03}"), "x", vec![1.0, i as f32])).collect();
     src.write(&k, items, 1).expect("write");
     // Copy in pages of 50, then change the source (update, delete, create) and replay its log.
+    dst.begin_reseed(&k, &|| Ok(())).expect("reseed");
     let first = src.export_page(&k, None, 50).expect("export");
-    let start = first.last_seq;
+    let start = LogPos::new(first.last_term, first.last_seq);
     let mut after = first.next_after.clone();
-    dst.import(&k, first.ops, 2).expect("import");
+    dst.import_snapshot(&k, first.ops, &|| Ok(())).expect("import");
     src.write(
         &k,
         vec![item("e005", "changed", vec![1.0, 5.0]), item("new", "x", vec![0.0, 1.0])],
@@ -205,14 +209,17 @@ fn export_import_replay_gives_the_same_partition_and_fence_refuses_writes() {
     while let Some(a) = after {
         let page = src.export_page(&k, Some(&a), 50).expect("export");
         after = page.next_after.clone();
-        dst.import(&k, page.ops, 4).expect("import");
+        dst.import_snapshot(&k, page.ops, &|| Ok(())).expect("import");
     }
-    let (ops, last) = src.changes(&k, start, 1000).expect("changes");
-    assert_eq!(ops.len(), 3);
-    dst.import(&k, ops, 5).expect("replay");
-    assert_eq!(last, src.checksum(&k, false).expect("sum").last_seq);
+    dst.place_snapshot(&k, start, &|| Ok(())).expect("place");
+    dst.end_reseed(&k).expect("end");
+    let entries = src.log_after(&k, start.seq, 1000).expect("log");
+    assert_eq!(entries.len(), 3);
+    dst.import_replicated(&k, entries.clone(), &|| Ok(())).expect("replay");
+    assert_eq!(dst.last_pos(&k).expect("pos"), src.last_pos(&k).expect("pos"));
+    assert_eq!(dst.log_after(&k, start.seq, 1000).expect("log"), entries);
     let (x, y) = (src.checksum(&k, false).expect("sum"), dst.checksum(&k, false).expect("sum"));
-    assert_eq!((x.count, &x.checksum), (y.count, &y.checksum));
+    assert_eq!((x.count, &x.checksum, x.last_seq), (y.count, &y.checksum, y.last_seq));
     assert_eq!(x.count, 120);
     assert_eq!(
         dst.get(&k, &MemoryId::parse("e005").expect("id"), 6).expect("get").content,
@@ -220,6 +227,10 @@ fn export_import_replay_gives_the_same_partition_and_fence_refuses_writes() {
     );
     let hits = dst.search(&k, &[0.0, 1.0], 1, &Filter::default(), 6).expect("search");
     assert_eq!(hits[0].id.as_str(), "new");
+    // The same entries again do not continue the log: refused, nothing applied.
+    let again = dst.import_replicated(&k, entries, &|| Ok(())).expect_err("replayed twice");
+    assert_eq!(again.code(), ErrorCode::Conflict);
+    assert_eq!(dst.checksum(&k, false).expect("sum"), y);
     // A fenced source refuses writes with a retryable code, and keeps refusing after a restart.
     src.set_fence(&k, true).expect("fence");
     let err = src.write(&k, vec![item("late", "x", vec![1.0, 1.0])], 7).expect_err("fenced");
@@ -265,7 +276,13 @@ fn incremental_checksum_matches_a_full_scan() {
                     ops.push(LogOp::Delete { id: e.id.clone(), version: e.version });
                     ops.push(LogOp::Put(e));
                 }
-                other.import(&k, ops, now).expect("import");
+                // Appended to the other copy's log (a put and a delete of one id in one batch).
+                let at = other.last_pos(&k).expect("pos");
+                let entries = (at.seq + 1..)
+                    .zip(ops)
+                    .map(|(seq, op)| LogEntry { seq, at_ms: now, op, term: at.term })
+                    .collect();
+                other.import_replicated(&k, entries, &|| Ok(())).expect("import");
             }
         }
     }
@@ -641,8 +658,8 @@ fn entries_carry_the_term_their_commit_check_gives_and_where_a_term_ends_is_foun
 }
 
 /// The start of a term (appended for writes waiting from an older term) is one entry of the
-/// new term that changes no memory: appended once, replicated to a copy's log as is, skipped
-/// by a migration's change list, and cut back like any other entry.
+/// new term that changes no memory: appended once, copied to another copy's log as is, and cut
+/// back like any other entry.
 #[test]
 fn a_term_start_is_logged_once_replicated_and_changes_no_memory() {
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
@@ -662,8 +679,6 @@ fn a_term_start_is_logged_once_replicated_and_changes_no_memory() {
     let log = primary.log_after(&k, 0, 100).expect("log");
     assert_eq!(log[1].op, LogOp::TermStart);
     assert_eq!(log[1].id(), None);
-    let (changes, last) = primary.changes(&k, 0, 100).expect("changes");
-    assert_eq!(last, 2);
     replica.import_replicated(&k, log.clone(), &|| Ok(())).expect("apply");
     assert_eq!(replica.log_after(&k, 0, 100).expect("log"), log);
     assert_eq!(replica.last_pos(&k).expect("pos"), LogPos::new(5, 2));
@@ -682,13 +697,6 @@ fn a_term_start_is_logged_once_replicated_and_changes_no_memory() {
     assert_eq!(replica.last_pos(&k).expect("pos"), LogPos::new(3, 1));
     assert_eq!(replica.checksum(&k, true).expect("sum").count, 1);
     assert!(replica.get(&k, &MemoryId::parse("a").expect("id"), 3).is_ok());
-    // A migration's target takes the change list without the start of the term.
-    assert_eq!(changes.len(), 2);
-    let target_dir = tempfile::tempdir().expect("tempdir");
-    let target = open_as(target_dir.path(), "n3");
-    target.import(&k, changes, 4).expect("import");
-    assert_eq!(target.last_seq(&k).expect("seq"), 1);
-    assert_eq!(target.checksum(&k, true).expect("sum").checksum, x.checksum);
 }
 
 /// A copy that wrote entries nobody acknowledged (an old primary) is cut back to where its log
@@ -950,8 +958,9 @@ fn a_trimmed_log_starts_where_it_was_trimmed_and_says_so() {
             (after.count, &after.checksum, after.consistent),
             (before.count, &before.checksum, true)
         );
-        assert_eq!(s.changes(&k, 2, 10).expect_err("trimmed").code(), ErrorCode::LogTrimmed);
-        // Readers of the log pin it where they read from; the lowest pin holds.
+        // Readers of the log pin it where they read from (a migration's export and catch-up);
+        // the lowest pin holds.
+        s.pin_log(&k, 2);
         assert_eq!(s.pinned(&k), Some(2));
         s.pin_log(&k, 6);
         assert_eq!(s.pinned(&k), Some(2));
@@ -1002,7 +1011,7 @@ fn a_cut_back_past_what_the_log_still_holds_refuses_and_changes_nothing() {
 
 /// A re-seed drops the copy, takes snapshot pages without log entries, starts its log at the
 /// snapshot's position and continues with the source's entries; the mark survives a restart
-/// (a crash mid-way re-seeds again) and refuses a migration's imports meanwhile.
+/// (a crash mid-way re-seeds again), and without it snapshot pages and positions are refused.
 #[test]
 fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
@@ -1020,14 +1029,14 @@ fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
         // The copy held an old, diverging state.
         copy.write_checked(&k, vec![item("stale", "x", vec![0.0, 1.0])], 1, &|| Ok(()), &term(1))
             .expect("write");
+        let refused = copy.import_snapshot(&k, vec![], &|| Ok(())).expect_err("not marked");
+        assert_eq!(refused.code(), ErrorCode::Conflict);
         copy.begin_reseed(&k, &|| Ok(())).expect("begin");
         assert!(copy.is_reseeding(&k).expect("mark"));
         assert_eq!(copy.last_pos(&k).expect("pos"), LogPos::default());
         let first = source.export_page(&k, None, 4).expect("page");
         assert_eq!((first.last_seq, first.last_term), (8, 2));
         copy.import_snapshot(&k, first.ops, &|| Ok(())).expect("page");
-        let refused = copy.import(&k, vec![], 1).expect_err("marked");
-        assert_eq!(refused.code(), ErrorCode::Conflict);
     }
     // Killed mid-way: the mark is still there; the re-seed starts over.
     let copy = open_as(b.path(), "n2");
@@ -1055,6 +1064,8 @@ fn a_reseeded_copy_equals_its_source_and_a_restart_keeps_the_mark() {
         .expect("replay");
     copy.end_reseed(&k).expect("end");
     assert!(!copy.is_reseeding(&k).expect("mark"));
+    let refused = copy.place_snapshot(&k, at, &|| Ok(())).expect_err("not marked");
+    assert_eq!(refused.code(), ErrorCode::Conflict);
     assert_eq!(copy.log_start(&k).expect("start"), at);
     assert_eq!(copy.last_pos(&k).expect("pos"), source.last_pos(&k).expect("pos"));
     let (x, y) = (source.checksum(&k, true).expect("sum"), copy.checksum(&k, true).expect("sum"));

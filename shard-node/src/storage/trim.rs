@@ -194,7 +194,10 @@ impl Storage {
         let mut meta = p.meta.lock();
         may_apply()?;
         if !p.reseeding.load(Ordering::Acquire) {
-            return Err(ApiError::internal(format!("{key} is not being re-seeded")));
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{key} is not being re-seeded: its position is its own log's"),
+            ));
         }
         let mut next = meta.clone();
         next.last_seq = at.seq;
