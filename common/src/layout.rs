@@ -42,9 +42,10 @@ pub struct ClusterLayout {
     pub vnodes_per_node: u32,
     /// Nodes in the ring, sorted by id.
     pub nodes: Vec<LayoutNode>,
-    /// Partitions placed on a named node regardless of the ring.
-    #[serde(default)]
-    pub overrides: BTreeMap<PartitionKey, NodeId>,
+    /// Partitions placed on a named node regardless of the ring, each with who placed it there
+    /// ([`Pins`]; stored as the `overrides`, `staging_pins` and `policy_pins` of the document).
+    #[serde(flatten)]
+    pub pins: Pins,
     /// Nodes being drained: still addressable (overrides may name them) but given no ring
     /// share, so no new partition lands on them. With replication they keep their ring places
     /// (so replica sets do not change under them) but are never a primary; removing the node
@@ -58,11 +59,6 @@ pub struct ClusterLayout {
     /// when it starts and finds the flag left by a crash).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creation_frozen: bool,
-    /// Overrides a rebalance or drain set to hold a partition where its data is until its
-    /// migration flips it (as opposed to an operator's pin). A later rebalance plans these
-    /// partitions afresh, so a cancelled rebalance is finished by running it again.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub staging_pins: BTreeSet<PartitionKey>,
     /// Copies of every partition (see `Ring::replicas`); 1 until replication is switched on.
     #[serde(default = "one")]
     pub replication_factor: u32,
@@ -102,10 +98,129 @@ pub struct ClusterLayout {
     /// their own. Its dedicated nodes have no ring share: they hold only what the policy pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_policy: Option<SizePolicy>,
-    /// Overrides the size policy set (a tenant's partitions on its dedicated node), as opposed
-    /// to an operator's pins and a rebalance's staging pins. Released by the policy only.
+}
+
+/// Who pinned a partition to a node, which decides who may lift the pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinKind {
+    /// An operator (`shardctl migrate`): it stays across later ring changes until an operator
+    /// moves the partition again.
+    Operator,
+    /// A rebalance or drain, to hold a partition where its data is until its migration flips
+    /// it (or where a move back to the ring found the ring changed). A later rebalance plans
+    /// these partitions afresh, so a cancelled rebalance is finished by running it again.
+    Staging,
+    /// The size policy (a tenant's partitions on its dedicated node): released by the policy
+    /// only.
+    Policy,
+}
+
+impl PinKind {
+    /// The pin a migration's flip leaves when the target is not where the ring alone puts it.
+    pub fn of_flip(flip: crate::api::Flip) -> Self {
+        match flip {
+            crate::api::Flip::Pin => PinKind::Operator,
+            crate::api::Flip::Natural => PinKind::Staging,
+            crate::api::Flip::Policy => PinKind::Policy,
+        }
+    }
+}
+
+/// One partition's pin: the node it is placed on, and who placed it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The node that holds it (with replication: the first member of its set, which leads it).
+    pub node: NodeId,
+    /// Who pinned it.
+    pub kind: PinKind,
+}
+
+/// Every pinned partition of a layout: the one map of placement by name. In the stored
+/// document it keeps the shape older binaries read — `overrides` (partition → node, every
+/// pin), `staging_pins` and `policy_pins` (the partitions of those kinds) — so a layout written
+/// by this binary routes the same on one that predates the map.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PinsDocument", into = "PinsDocument")]
+pub struct Pins(BTreeMap<PartitionKey, Pin>);
+
+impl std::ops::Deref for Pins {
+    type Target = BTreeMap<PartitionKey, Pin>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pins {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Pins {
+    /// The node `partition` is pinned to, whoever pinned it.
+    pub fn node(&self, partition: &PartitionKey) -> Option<&NodeId> {
+        self.0.get(partition).map(|pin| &pin.node)
+    }
+
+    /// Pins `partition` to `node` for `kind` (replacing any pin it had).
+    pub fn set(&mut self, partition: PartitionKey, node: NodeId, kind: PinKind) {
+        self.0.insert(partition, Pin { node, kind });
+    }
+
+    /// The pins of one kind: partition and node.
+    pub fn of(&self, kind: PinKind) -> impl Iterator<Item = (&PartitionKey, &NodeId)> {
+        self.0.iter().filter(move |(_, pin)| pin.kind == kind).map(|(p, pin)| (p, &pin.node))
+    }
+
+    /// Whether `partition` has a pin of `kind`.
+    pub fn is(&self, partition: &PartitionKey, kind: PinKind) -> bool {
+        self.0.get(partition).is_some_and(|pin| pin.kind == kind)
+    }
+}
+
+/// The stored shape of [`Pins`] (see there).
+#[derive(Serialize, Deserialize)]
+struct PinsDocument {
+    #[serde(default)]
+    overrides: BTreeMap<PartitionKey, NodeId>,
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub policy_pins: BTreeSet<PartitionKey>,
+    staging_pins: BTreeSet<PartitionKey>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    policy_pins: BTreeSet<PartitionKey>,
+}
+
+impl From<PinsDocument> for Pins {
+    fn from(doc: PinsDocument) -> Self {
+        // A kind recorded for a partition with no override (a document edited by hand) pins
+        // nothing: the override is what places it.
+        let kind = |p: &PartitionKey| {
+            if doc.policy_pins.contains(p) {
+                PinKind::Policy
+            } else if doc.staging_pins.contains(p) {
+                PinKind::Staging
+            } else {
+                PinKind::Operator
+            }
+        };
+        Pins(
+            doc.overrides
+                .iter()
+                .map(|(p, node)| (p.clone(), Pin { node: node.clone(), kind: kind(p) }))
+                .collect(),
+        )
+    }
+}
+
+impl From<Pins> for PinsDocument {
+    fn from(pins: Pins) -> Self {
+        let of = |kind: PinKind| pins.of(kind).map(|(p, _)| p.clone()).collect();
+        PinsDocument {
+            staging_pins: of(PinKind::Staging),
+            policy_pins: of(PinKind::Policy),
+            overrides: pins.0.into_iter().map(|(p, pin)| (p, pin.node)).collect(),
+        }
+    }
 }
 
 /// Placement by size: a tenant storing at least `dedicate_at_memories` memories, or at least
@@ -212,10 +327,9 @@ impl Default for ClusterLayout {
             epoch: 0,
             vnodes_per_node: DEFAULT_VNODES,
             nodes: Vec::new(),
-            overrides: BTreeMap::new(),
+            pins: Pins::default(),
             draining: BTreeSet::new(),
             creation_frozen: false,
-            staging_pins: BTreeSet::new(),
             replication_factor: 1,
             write_quorum: None,
             down: BTreeSet::new(),
@@ -223,7 +337,6 @@ impl Default for ClusterLayout {
             extra_copies: BTreeMap::new(),
             auto_rebalance: false,
             size_policy: None,
-            policy_pins: BTreeSet::new(),
         }
     }
 }
@@ -280,10 +393,11 @@ impl ClusterLayout {
                 )));
             }
         }
-        for (partition, node) in &self.overrides {
-            if self.node(node).is_none() {
+        for (partition, pin) in self.pins.iter() {
+            if self.node(&pin.node).is_none() {
                 return Err(ApiError::invalid(format!(
-                    "override {partition} -> {node} names a node that is not in the layout"
+                    "pin {partition} -> {} names a node that is not in the layout",
+                    pin.node
                 )));
             }
         }
@@ -349,23 +463,22 @@ impl ClusterLayout {
     pub fn unpinned<'a>(&self, partitions: impl IntoIterator<Item = &'a PartitionKey>) -> Self {
         let mut bare = self.clone();
         for p in partitions {
-            bare.overrides.remove(p);
+            bare.pins.remove(p);
             bare.extra_copies.remove(p);
         }
         bare
     }
 
-    /// A copy without `id` (and without overrides pointing at it), epoch + 1.
+    /// A copy without `id` (and without pins pointing at it), epoch + 1.
     pub fn without_node(&self, id: &NodeId) -> Self {
         let mut next = self.clone();
         next.epoch += 1;
         next.nodes.retain(|n| &n.id != id);
-        next.overrides.retain(|_, n| n != id);
+        next.pins.retain(|_, pin| pin.node != *id);
         for nodes in next.extra_copies.values_mut() {
             nodes.remove(id);
         }
         next.extra_copies.retain(|_, nodes| !nodes.is_empty());
-        next.staging_pins.retain(|p| next.overrides.contains_key(p));
         next.draining.remove(id);
         next.down.remove(id);
         next.joining.remove(id);
@@ -399,9 +512,43 @@ mod tests {
     }
 
     #[test]
-    fn overrides_must_name_a_member() {
+    fn pins_must_name_a_member() {
         let mut l = ClusterLayout::default().with_node(node("a"));
-        l.overrides.insert(PartitionKey::global(), NodeId::parse("zz").expect("id"));
+        l.pins.set(PartitionKey::global(), NodeId::parse("zz").expect("id"), PinKind::Operator);
         assert!(l.validate().is_err());
+    }
+
+    /// The pin map is stored in the shape binaries before it read (`overrides`, `staging_pins`,
+    /// `policy_pins`), both ways, and a layout without pins reads as one without pins.
+    #[test]
+    fn pins_are_stored_as_overrides_with_their_kinds_beside() {
+        let p = |s: &str| s.parse::<PartitionKey>().expect("partition");
+        let mut l = ClusterLayout::default().with_node(node("a")).with_node(node("b"));
+        let (a, b) = (NodeId::parse("a").expect("id"), NodeId::parse("b").expect("id"));
+        l.pins.set(p("op/shared"), a.clone(), PinKind::Operator);
+        l.pins.set(p("stage/shared"), b.clone(), PinKind::Staging);
+        l.pins.set(p("big/shared"), b.clone(), PinKind::Policy);
+        let doc = serde_json::to_value(&l).expect("json");
+        assert_eq!(
+            doc["overrides"],
+            serde_json::json!({"op/shared": "a", "stage/shared": "b", "big/shared": "b"})
+        );
+        assert_eq!(doc["staging_pins"], serde_json::json!(["stage/shared"]));
+        assert_eq!(doc["policy_pins"], serde_json::json!(["big/shared"]));
+        assert!(doc.get("pins").is_none(), "{doc}");
+        let back: ClusterLayout = serde_json::from_value(doc).expect("read back");
+        assert_eq!(back, l);
+        assert_eq!(back.pins.node(&p("stage/shared")), Some(&b));
+        assert!(back.pins.is(&p("big/shared"), PinKind::Policy));
+        assert_eq!(back.pins.of(PinKind::Operator).collect::<Vec<_>>(), [(&p("op/shared"), &a)]);
+        // Without pins: an empty `overrides`, no kind lists; and a document with none at all.
+        let bare = serde_json::to_value(ClusterLayout::default()).expect("json");
+        assert_eq!(bare["overrides"], serde_json::json!({}));
+        assert!(bare.get("staging_pins").is_none() && bare.get("policy_pins").is_none());
+        let old = serde_json::json!({"format_version": 1, "epoch": 3, "vnodes_per_node": 16,
+            "nodes": [], "staging_pins": ["x/shared"]});
+        let read: ClusterLayout = serde_json::from_value(old).expect("older document");
+        assert!(read.pins.is_empty(), "a kind without an override pins nothing");
+        assert_eq!(read.epoch, 3);
     }
 }

@@ -160,13 +160,13 @@ impl Ring {
         set
     }
 
-    /// The replica set of `partition` with the layout's replication factor R: its override (if
+    /// The replica set of `partition` with the layout's replication factor R: its pin (if
     /// any) first, then the next distinct nodes clockwise from its ring position, R in all (fewer
     /// if the ring has fewer nodes). The first is where the ring alone would put the partition
     /// when it has no override, so with R = 1 this is `[owner]`.
     pub fn replica_set(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
         let r = self.layout.replication_factor.max(1) as usize;
-        let pinned = self.layout.overrides.get(partition).and_then(|id| self.layout.node(id));
+        let pinned = self.layout.pins.node(partition).and_then(|id| self.layout.node(id));
         let mut set: Vec<&LayoutNode> = pinned.into_iter().collect();
         // Only as far round the ring as the set needs (the walk is lazy; all of it would visit
         // every vnode).
@@ -226,6 +226,7 @@ impl Ring {
 mod tests {
     use super::*;
     use crate::ids::TenantId;
+    use crate::layout::PinKind;
     use crate::scope::Scope;
     use proptest::prelude::*;
 
@@ -278,13 +279,13 @@ mod tests {
     }
 
     #[test]
-    fn overrides_win() {
+    fn pins_win() {
         let mut l = layout(3, 16);
         let key = keys(1).remove(0);
         let ring = Ring::new(l.clone());
         let natural = ring.owner(&key).expect("owner").id.clone();
         let other = l.nodes.iter().find(|n| n.id != natural).expect("another").id.clone();
-        l.overrides.insert(key.clone(), other.clone());
+        l.pins.set(key.clone(), other.clone(), PinKind::Operator);
         assert_eq!(Ring::new(l).owner(&key).expect("owner").id, other);
     }
 
@@ -293,7 +294,7 @@ mod tests {
         let mut l = layout(3, 64);
         let gone = l.nodes[1].id.clone();
         let key = keys(1).remove(0);
-        l.overrides.insert(key.clone(), gone.clone());
+        l.pins.set(key.clone(), gone.clone(), PinKind::Operator);
         l.draining.insert(gone.clone());
         let ring = Ring::new(l);
         assert_eq!(ring.owner(&key).expect("owner").id, gone, "the pin still holds");
@@ -361,7 +362,7 @@ mod tests {
         let key = keys(1).remove(0);
         let natural = ring.replicas(&key);
         let pin = l.nodes.iter().find(|n| natural.iter().all(|m| m.id != n.id)).expect("outsider");
-        l.overrides.insert(key.clone(), pin.id.clone());
+        l.pins.set(key.clone(), pin.id.clone(), PinKind::Operator);
         let pinned = Ring::new(l.clone());
         let set = pinned.replicas(&key);
         assert_eq!(set[0].id, pin.id);
@@ -479,18 +480,18 @@ mod tests {
             let pinned_to = l.nodes[(seed as usize) % n].id.clone();
             l.draining.insert(l.nodes[drain % n].id.clone());
             for t in 0..50u64 {
-                l.overrides.insert(key_of(seed * 31 + t), pinned_to.clone());
+                l.pins.set(key_of(seed * 31 + t), pinned_to.clone(), PinKind::Operator);
             }
             let ring = Ring::new(l.clone());
             for t in 0..300u64 {
                 let p = key_of(seed * 31 + t);
-                let want = match l.overrides.get(&p) {
+                let want = match l.pins.node(&p) {
                     Some(pin) => pin.clone(),
                     None => ring.owner_of_bytes(&p.encode()).expect("owner").id.clone(),
                 };
                 prop_assert_eq!(&ring.owner(&p).expect("owner").id, &want);
                 prop_assert_eq!(&ring.replica_set(&p)[0].id, &want);
-                if !l.overrides.contains_key(&p) {
+                if !l.pins.contains_key(&p) {
                     prop_assert!(!l.draining.contains(&want), "a draining node got {}", p);
                 }
             }

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use memring_common::internal::InternalClient;
+use memring_common::layout::PinKind;
 use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, Ring};
 
@@ -70,7 +71,7 @@ pub async fn run(
 /// Whether anything is on the move in `layout` (a sweep then waits for the next round).
 fn moving(layout: &ClusterLayout) -> bool {
     !layout.extra_copies.is_empty()
-        || !layout.staging_pins.is_empty()
+        || layout.pins.of(PinKind::Staging).next().is_some()
         || layout.creation_frozen
         || !layout.draining.is_empty()
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
-use memring_common::layout::LayoutNode;
+use memring_common::layout::{LayoutNode, PinKind};
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
@@ -44,7 +44,7 @@ const SETTLE_FENCE_LIMIT: Duration = Duration::from_secs(5);
 /// The replica set `partition` has once pinned on `to`.
 fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId) -> Vec<NodeId> {
     let mut pinned = layout.unpinned([partition]);
-    pinned.overrides.insert(partition.clone(), to.clone());
+    pinned.pins.set(partition.clone(), to.clone(), PinKind::Operator);
     Ring::new(pinned).replica_set(partition).iter().map(|n| n.id.clone()).collect()
 }
 
@@ -58,7 +58,7 @@ fn natural_set(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> 
 /// on `to` (a pin, a size policy's pin), or — back to the ring ([`Flip::Natural`]) — unpinned
 /// and led by `to`.
 fn led(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId, flip: Flip) -> bool {
-    match (flip, layout.overrides.get(partition)) {
+    match (flip, layout.pins.node(partition)) {
         (Flip::Natural, None) => {
             Ring::new(layout.clone()).owner(partition).is_some_and(|o| o.id == *to)
         }
@@ -67,9 +67,9 @@ fn led(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId, flip: Flip
 }
 
 /// The lead step's placement of `partition` on `to` in `next`, whose replica set becomes `set`:
-/// a pin ([`Flip::Pin`]), a size policy's pin ([`Flip::Policy`], recorded in `policy_pins`), or
-/// no pin where the ring alone gives that set ([`Flip::Natural`]; if the ring changed meanwhile
-/// and it does not, the partition is pinned instead).
+/// an operator's pin ([`Flip::Pin`]), a size policy's pin ([`Flip::Policy`]), or no pin where
+/// the ring alone gives that set ([`Flip::Natural`]; if the ring changed meanwhile and it does
+/// not, a staging pin, as an unreplicated migration leaves, so a later rebalance places it).
 fn place(
     next: &mut ClusterLayout,
     partition: &PartitionKey,
@@ -77,19 +77,15 @@ fn place(
     flip: Flip,
     set: &[NodeId],
 ) {
-    next.policy_pins.remove(partition);
     let as_set = |ids: &[NodeId]| ids.iter().cloned().collect::<BTreeSet<NodeId>>();
     if flip == Flip::Natural && as_set(&natural_set(next, partition)) == as_set(set) {
-        next.overrides.remove(partition);
+        next.pins.remove(partition);
         return;
     }
     if flip == Flip::Natural {
         tracing::warn!(%partition, to = %to, "the ring changed during the move; pinned where it moved");
     }
-    next.overrides.insert(partition.clone(), to.clone());
-    if flip == Flip::Policy {
-        next.policy_pins.insert(partition.clone());
-    }
+    next.pins.set(partition.clone(), to.clone(), PinKind::of_flip(flip));
 }
 
 /// Every node holding a copy of `partition` in `layout` (its set and its extra copies).
@@ -225,7 +221,6 @@ pub async fn move_set(
         let mut next = l.clone();
         next.epoch += 1;
         place(&mut next, partition, to, flip, &set);
-        next.staging_pins.remove(partition);
         next.extra_copies.remove(partition);
         if !leaving.is_empty() {
             next.extra_copies.insert(partition.clone(), leaving);

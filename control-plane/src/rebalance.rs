@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
-use memring_common::layout::LayoutNode;
+use memring_common::layout::{LayoutNode, PinKind};
 use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
@@ -109,9 +109,7 @@ async fn plan_at(
     next.epoch += 1;
     next.creation_frozen = false;
     // Partitions a cancelled rebalance left pinned where their data is are planned afresh.
-    for p in std::mem::take(&mut next.staging_pins) {
-        next.overrides.remove(&p);
-    }
+    next.pins.retain(|_, pin| pin.kind != PinKind::Staging);
     let (mut joining, mut leaving) = (Vec::new(), None);
     match change {
         Change::Join => {
@@ -136,9 +134,7 @@ async fn plan_at(
                 bail!("cannot drain the last node of the ring");
             }
             // Pins on the leaving node are released: its partitions go where the ring says.
-            next.overrides.retain(|_, n| *n != id);
-            let pinned = next.overrides.clone();
-            next.policy_pins.retain(|p| pinned.contains_key(p));
+            next.pins.retain(|_, pin| pin.node != id);
             next.draining.insert(id.clone());
             leaving = Some(id.to_string());
         }
@@ -184,8 +180,7 @@ async fn plan_at(
         let Some(owner) = after.owner(partition) else { continue };
         if owner.id != holder.id {
             // Stage: keep it where its data is until its migration flips it.
-            next.overrides.insert(partition.clone(), holder.id.clone());
-            next.staging_pins.insert(partition.clone());
+            next.pins.set(partition.clone(), holder.id.clone(), PinKind::Staging);
             moves.insert(
                 partition.to_string(),
                 Move {
@@ -202,8 +197,9 @@ async fn plan_at(
         Change::Join => share_of(&after, &joining),
         Change::Drain(node) => share_of(&before, std::slice::from_ref(node)),
     };
-    let changes_something =
-        !joining.is_empty() || leaving.is_some() || !layout.staging_pins.is_empty();
+    let changes_something = !joining.is_empty()
+        || leaving.is_some()
+        || layout.pins.of(PinKind::Staging).next().is_some();
     Ok(Plan {
         epoch: layout.epoch,
         joining,

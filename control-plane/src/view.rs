@@ -96,7 +96,12 @@ pub async fn cluster_view(
         replication_factor: layout.replication_factor,
         write_quorum: layout.write_quorum(),
         nodes,
-        overrides: layout.overrides.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect(),
+        overrides: layout
+            .pins
+            .iter()
+            .map(|(p, pin)| (p.to_string(), pin.node.to_string()))
+            .collect(),
+        pins: layout.pins.iter().map(|(p, pin)| (p.to_string(), pin.clone())).collect(),
         migrations: crate::journal::pending(store).await?,
         replica_sets,
         epoch_history: Vec::new(),
@@ -262,9 +267,11 @@ pub fn render(view: &ClusterView) -> String {
         }
     }
     if !view.overrides.is_empty() {
-        out.push_str("\noverrides:\n");
+        out.push_str("\npins:\n");
         for (p, n) in &view.overrides {
-            out.push_str(&format!("  {p} -> {n}\n"));
+            // A control plane from before the kinds sends the nodes only.
+            let kind = view.pins.get(p).map(|pin| format!(" ({:?})", pin.kind).to_lowercase());
+            out.push_str(&format!("  {p} -> {n}{}\n", kind.unwrap_or_default()));
         }
     }
     out

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use memring_common::layout::LayoutNode;
+use memring_common::layout::{LayoutNode, PinKind};
 use memring_common::store::RingStore;
 use memring_common::{NodeId, PartitionKey, Ring, Scope, TenantId};
 use memring_tests::etcd::EtcdCluster;
@@ -402,9 +402,9 @@ async fn a_rebalance_under_30_s_of_load_loses_nothing_and_a_drained_node_ends_em
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
     let layout = c.etcd.store().await?.load().await?.layout;
-    assert!(layout.overrides.is_empty(), "no pins left behind: {:?}", layout.overrides);
+    assert!(layout.pins.is_empty(), "no pins left behind: {:?}", layout.pins);
     assert!(!layout.creation_frozen, "the creation freeze was lifted");
-    assert!(layout.staging_pins.is_empty(), "{:?}", layout.staging_pins);
+    assert!(layout.pins.of(PinKind::Staging).next().is_none(), "{:?}", layout.pins);
 
     // Drain shard-2: it ends owning nothing, everything stays readable.
     let (ok, out, err) = shardctl(&control.url(), &["drain", "shard-2"]).await?;
@@ -412,7 +412,7 @@ async fn a_rebalance_under_30_s_of_load_loses_nothing_and_a_drained_node_ends_em
     println!("{out}");
     let layout = c.etcd.store().await?.load().await?.layout;
     assert!(layout.node(&c.shard_id(1)).is_none(), "shard-2 left the ring");
-    assert!(layout.draining.is_empty() && layout.overrides.is_empty());
+    assert!(layout.draining.is_empty() && layout.pins.is_empty());
     let on_drained: Vec<String> = c.partitions_on(&c.shards[1]).await?;
     assert!(on_drained.is_empty(), "shard-2 still holds {on_drained:?}");
     c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
@@ -691,7 +691,7 @@ async fn a_cancelled_migration_leaves_the_source_owning_everything() -> anyhow::
     assert!(err.contains("cancelled"), "{err}");
     let layout = store.load().await?.layout;
     assert_eq!(layout.epoch, epoch, "nothing flipped");
-    assert!(layout.overrides.is_empty());
+    assert!(layout.pins.is_empty());
     assert!(memring_control::journal::pending(&store).await?.is_empty(), "journal cleared");
     let held = memring_tests::partitions_at(&target.addr).await?;
     assert!(!held.iter().any(|p| p == "slow/shared"), "the target kept a partial copy: {held:?}");
@@ -724,17 +724,18 @@ async fn a_cancelled_rebalance_is_finished_by_running_it_again() -> anyhow::Resu
     let (ok, _, err) = rebalance.await??;
     assert!(!ok && err.contains("cancelled"), "{err}");
     let layout = store.load().await?.layout;
-    assert!(!layout.staging_pins.is_empty(), "unmoved partitions stay pinned where they are");
+    let staged = layout.pins.of(PinKind::Staging).count();
+    assert!(staged > 0, "unmoved partitions stay pinned where they are");
     assert!(memring_control::journal::pending(&store).await?.is_empty());
     assert_exactly(&c.url(), &expected).await?;
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
-    println!("cancelled with {} partitions pinned in place", layout.staging_pins.len());
+    println!("cancelled with {staged} partitions pinned in place");
 
     let (ok, out, err) = shardctl(&control.url(), &["rebalance"]).await?;
     assert!(ok, "{out}{err}");
     let layout = store.load().await?.layout;
-    assert!(layout.staging_pins.is_empty() && layout.overrides.is_empty(), "{layout:?}");
+    assert!(layout.pins.is_empty(), "{layout:?}");
     assert_exactly(&c.url(), &expected).await?;
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
@@ -900,7 +901,7 @@ async fn a_tenant_that_grows_past_the_size_policy_gets_its_own_node_and_returns_
     }
     let (shared, agent) = ("whale/shared".parse()?, "whale/agent:w".parse()?);
     let on_four = |l: &memring_common::ClusterLayout, p: &PartitionKey| {
-        l.overrides.get(p) == Some(&c.shard_id(3)) && l.policy_pins.contains(p)
+        l.pins.node(p) == Some(&c.shard_id(3)) && l.pins.is(p, PinKind::Policy)
     };
     wait_for("the whale on its dedicated node", Duration::from_secs(90), || async {
         let l = store.load().await?.layout;
@@ -925,7 +926,7 @@ async fn a_tenant_that_grows_past_the_size_policy_gets_its_own_node_and_returns_
         let l = store.load().await?.layout;
         // The source's copy is dropped just after each flip.
         let left = c.partitions_on(&c.shards[3]).await?.is_empty();
-        Ok((l.policy_pins.is_empty() && l.overrides.is_empty() && left).then_some(()))
+        Ok((l.pins.is_empty() && left).then_some(()))
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", c.logs()))?;

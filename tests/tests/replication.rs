@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use memring_common::api::partition_path;
+use memring_common::layout::PinKind;
 use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use memring_tests::etcd::EtcdCluster;
@@ -531,7 +532,7 @@ async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancell
     assert!(!out.status.success(), "a cancelled move exits non-zero");
     let layout = store.load().await?.layout;
     assert_eq!(holders_of(&p, layout.clone()), before, "the old set still holds it");
-    assert!(layout.extra_copies.is_empty() && !layout.overrides.contains_key(&p));
+    assert!(layout.extra_copies.is_empty() && !layout.pins.contains_key(&p));
     let outsider_addr = layout.nodes.iter().find(|n| n.id.as_str() == outsider).map(|n| &n.addr);
     let outsider_proc =
         c.shards.iter().find(|s| Some(&s.addr) == outsider_addr).expect("its process");
@@ -694,7 +695,7 @@ async fn with_replication_a_big_tenant_gets_a_dedicated_node_and_returns() -> an
         let l = store.load().await?.layout;
         let ring = Ring::new(l.clone());
         let led = ring.owner(&whale).is_some_and(|o| o.id == four);
-        let settled = led && l.policy_pins.contains(&whale) && l.extra_copies.is_empty();
+        let settled = led && l.pins.is(&whale, PinKind::Policy) && l.extra_copies.is_empty();
         let held = c.partitions_on(&c.shards[3]).await?;
         Ok((settled && held == ["whale/shared"]).then_some(()))
     })
@@ -726,7 +727,7 @@ async fn with_replication_a_big_tenant_gets_a_dedicated_node_and_returns() -> an
     }
     wait_for("the whale back in the ring", Duration::from_secs(90), || async {
         let l = store.load().await?.layout;
-        let home = l.policy_pins.is_empty() && l.overrides.is_empty() && l.extra_copies.is_empty();
+        let home = l.pins.is_empty() && l.extra_copies.is_empty();
         let left = c.partitions_on(&c.shards[3]).await?.is_empty();
         Ok((home && left).then_some(()))
     })

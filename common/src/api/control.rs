@@ -63,8 +63,11 @@ pub struct ClusterView {
     pub write_quorum: u32,
     /// Every node known: in the layout or live.
     pub nodes: Vec<NodeView>,
-    /// Placement overrides.
+    /// Pinned partitions: partition → node (every pin, whoever set it).
     pub overrides: std::collections::BTreeMap<String, String>,
+    /// The same pins with who set each ([`crate::layout::PinKind`]).
+    #[serde(default)]
+    pub pins: std::collections::BTreeMap<String, crate::layout::Pin>,
     /// Migrations in flight, from the control plane's journal (partition, from, to, phase).
     pub migrations: Vec<MigrationJob>,
     /// With replication: every stored partition's replica set and what it lacks.

@@ -16,6 +16,7 @@
 //! flip; journaled; cancellable), one partition after another, holding the job slot.
 
 use super::*;
+use memring_common::layout::PinKind;
 
 /// The tenants' sizes, and which of them are big enough for a node of their own under the
 /// policy's thresholds: kept up to date from the tenants that changed, so a tick costs what
@@ -90,8 +91,8 @@ pub fn dedicated(layout: &ClusterLayout) -> BTreeMap<NodeId, Option<String>> {
     let Some(policy) = &layout.size_policy else { return BTreeMap::new() };
     let mut out: BTreeMap<NodeId, Option<String>> =
         policy.dedicated_nodes.iter().map(|n| (n.clone(), None)).collect();
-    for p in &layout.policy_pins {
-        if let (Some(node), Some(tenant)) = (layout.overrides.get(p), p.tenant()) {
+    for (p, node) in layout.pins.of(PinKind::Policy) {
+        if let Some(tenant) = p.tenant() {
             out.insert(node.clone(), Some(tenant.to_string()));
         }
     }
@@ -123,8 +124,9 @@ fn next_step(
     for (tenant, node) in &placed {
         let (memories, bytes) = size(tenant);
         let pinned: Vec<&PartitionKey> = layout
-            .policy_pins
-            .iter()
+            .pins
+            .of(PinKind::Policy)
+            .map(|(p, _)| p)
             .filter(|p| p.tenant().is_some_and(|t| t.as_str() == tenant))
             .collect();
         if policy.may_return(memories, bytes) {
@@ -145,7 +147,7 @@ fn next_step(
             copies_of(tenant)
                 .into_iter()
                 .map(|(_, p)| p)
-                .filter(|p| !(pinned.contains(&p) && layout.overrides.get(p) == Some(node))),
+                .filter(|p| !(pinned.contains(&p) && layout.pins.node(p) == Some(node))),
         );
         if !elsewhere.is_empty() {
             return Some(PolicyStep::Dedicate {
@@ -157,12 +159,11 @@ fn next_step(
     }
     // A tenant an operator pinned (`shardctl migrate`) stays where the operator put it.
     let operator_pinned: BTreeSet<String> = layout
-        .overrides
-        .keys()
-        .filter(|p| !layout.staging_pins.contains(*p) && !layout.policy_pins.contains(*p))
-        .filter_map(|p| p.tenant().map(|t| t.to_string()))
+        .pins
+        .of(PinKind::Operator)
+        .filter_map(|(p, _)| p.tenant().map(|t| t.to_string()))
         .collect();
-    let taken: BTreeSet<&NodeId> = layout.overrides.values().collect();
+    let taken: BTreeSet<&NodeId> = layout.pins.values().map(|pin| &pin.node).collect();
     let free = policy.dedicated_nodes.iter().find(|n| {
         layout.node(n).is_some()
             && !layout.is_down(n)
@@ -350,7 +351,7 @@ mod tests {
         );
         // An operator's pin wins: with b pinned by `shardctl migrate`, a is the one to move.
         let mut pinned = l.clone();
-        pinned.overrides.insert(key("b/shared"), node("n2"));
+        pinned.pins.set(key("b/shared"), node("n2"), PinKind::Operator);
         assert_eq!(
             next_step(&pinned, &policy, &big, &over(&big, &policy), &|_| true, &on_n1),
             Some(PolicyStep::Dedicate {
@@ -360,8 +361,7 @@ mod tests {
             })
         );
         // b is on n4 now: the node is taken (nothing for a); a scope b wrote since follows it.
-        l.overrides.insert(key("b/shared"), n4.clone());
-        l.policy_pins.insert(key("b/shared"));
+        l.pins.set(key("b/shared"), n4.clone(), PinKind::Policy);
         let new_scope = |t: &str| {
             let mut v = vec![(n4.clone(), key(&format!("{t}/shared")))];
             if t == "b" {
@@ -430,8 +430,7 @@ mod tests {
                 partitions: vec![key("b/shared")]
             })
         );
-        l.overrides.insert(key("b/shared"), n4.clone());
-        l.policy_pins.insert(key("b/shared"));
+        l.pins.set(key("b/shared"), n4.clone(), PinKind::Policy);
         let settled = |t: &str| vec![(n4.clone(), key(&format!("{t}/shared")))];
         // Under the memory release size but not under the byte one: it stays.
         let mid: HashMap<String, (u64, u64)> = [("b".to_string(), (40, 700 << 20))].into();
@@ -478,8 +477,7 @@ mod tests {
         let policy = l.size_policy.clone().expect("a policy");
         let n4 = node("n4");
         let shared = key("b/shared");
-        l.overrides.insert(shared.clone(), n4.clone());
-        l.policy_pins.insert(shared.clone());
+        l.pins.set(shared.clone(), n4.clone(), PinKind::Policy);
         let ring = Ring::new(l.clone());
         let set: Vec<NodeId> = ring.replica_set(&shared).iter().map(|n| n.id.clone()).collect();
         assert_eq!(set.len(), 3);
@@ -502,7 +500,7 @@ mod tests {
             })
         );
         let mut bare = l.clone();
-        bare.overrides.clear();
+        bare.pins.clear();
         let home = Ring::new(bare).owner(&shared).map(|n| n.id.clone()).expect("an owner");
         assert_eq!(
             next_step(&l, &policy, &sizes(&[("b", 10)]), &BTreeSet::new(), &|_| true, &copies),
@@ -548,8 +546,7 @@ mod tests {
         l.epoch = 1;
         let (n1, n4) = (node("n1"), node("n4"));
         l.nodes.retain(|n| n.id == n1 || n.id == n4);
-        l.overrides.insert(key("t0/shared"), n4.clone());
-        l.policy_pins.insert(key("t0/shared"));
+        l.pins.set(key("t0/shared"), n4.clone(), PinKind::Policy);
         let policy = l.size_policy.clone().expect("a policy");
         let ring = Ring::new(l.clone());
         for tenants in [1_000usize, 100_000] {
