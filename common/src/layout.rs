@@ -46,12 +46,10 @@ pub struct ClusterLayout {
     /// ([`Pins`]; stored as the `overrides`, `staging_pins` and `policy_pins` of the document).
     #[serde(flatten)]
     pub pins: Pins,
-    /// Nodes being drained: still addressable (overrides may name them) but given no ring
-    /// share, so no new partition lands on them. With replication they keep their ring places
-    /// (so replica sets do not change under them) but are never a primary; removing the node
-    /// afterwards moves its copies.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub draining: BTreeSet<NodeId>,
+    /// What each node is doing, if not serving normally ([`NodeState`]; stored as the
+    /// `draining`, `down` and `joining` of the document).
+    #[serde(flatten)]
+    pub states: NodeStates,
     /// Set while a rebalance or drain takes stock of every partition: shard nodes refuse to
     /// *create* a partition (its first write gets a retryable `partition_moving`), so none can
     /// appear on a node the next layout no longer routes it to. Writes to existing partitions
@@ -66,21 +64,6 @@ pub struct ClusterLayout {
     /// `replication_factor` (see [`ClusterLayout::write_quorum`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_quorum: Option<u32>,
-    /// Replicated nodes the control plane found dead (their lease expired): they keep their
-    /// place in every replica set but are never the primary, so the next live replica takes
-    /// the partition's writes. A node returning follows its primaries, and is cleared from here
-    /// once it has caught up; one gone for longer than the control plane's `replace_after` is
-    /// removed from the layout, so its replica sets take the next node in.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub down: BTreeSet<NodeId>,
-    /// Replicated nodes that follow but lead nothing yet: one back from being down (re-admitted
-    /// by failover), or one a rebalance added. They keep their place in every replica set, count
-    /// toward write quorums and answer take-overs, but are never the primary; the control plane
-    /// hands leadership back — takes them out of here — only once every copy they hold has been
-    /// checked against its owner's log at the current epoch and is caught up. So a node that
-    /// returns never takes the writes back just because it comes first in ring order.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub joining: BTreeSet<NodeId>,
     /// Copies a replicated migration keeps beside a partition's replica set while it moves the
     /// set (`control-plane/src/move_set.rs`): a node that is joining the set replays the log
     /// before it may own the partition, and a node that is leaving it stays until the new set
@@ -98,6 +81,134 @@ pub struct ClusterLayout {
     /// their own. Its dedicated nodes have no ring share: they hold only what the policy pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_policy: Option<SizePolicy>,
+}
+
+/// What a node of the layout is doing. A node with no state recorded is active: it has its ring
+/// share and leads the partitions whose set it comes first in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Serving normally.
+    Active,
+    /// With replication: following, leading nothing yet — one back from being down (re-admitted
+    /// by failover), or one a rebalance added. It keeps its place in every replica set, counts
+    /// toward write quorums and answers take-overs, but is never the primary; the control plane
+    /// makes it active only once every copy it holds has been checked against its owner's log at
+    /// the current epoch and is caught up. So a node that returns never takes the writes back
+    /// just because it comes first in ring order.
+    Joining,
+    /// Being drained: still addressable (pins may name it) but given no ring share, so no new
+    /// partition lands on it. With replication it keeps its ring places (so replica sets do not
+    /// change under it) but is never a primary, and nobody waits on it; removing the node
+    /// afterwards moves its copies.
+    Draining,
+    /// With replication: found dead by the control plane (its lease expired). It keeps its
+    /// place in every replica set but is never the primary, so the next live replica takes the
+    /// partition's writes. Returning, it follows its primaries and is re-admitted (joining, or
+    /// still draining if `draining`); one gone for longer than the control plane's
+    /// `replace_after` is removed from the layout, so its replica sets take the next node in.
+    Down {
+        /// It was being drained when it went down.
+        draining: bool,
+    },
+}
+
+impl NodeState {
+    /// Draining, or down while draining.
+    pub fn is_draining(self) -> bool {
+        matches!(self, NodeState::Draining | NodeState::Down { draining: true })
+    }
+
+    /// Marked down by failover.
+    pub fn is_marked_down(self) -> bool {
+        matches!(self, NodeState::Down { .. })
+    }
+}
+
+/// The state of every node that is not simply active (see [`NodeState`]). In the stored
+/// document it keeps the shape older binaries read: the sets `draining` (draining nodes, down
+/// or not), `down` and `joining`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StatesDocument", into = "StatesDocument")]
+pub struct NodeStates(BTreeMap<NodeId, NodeState>);
+
+impl NodeStates {
+    /// The state of node `id` (active unless recorded).
+    pub fn get(&self, id: &NodeId) -> NodeState {
+        self.0.get(id).copied().unwrap_or(NodeState::Active)
+    }
+
+    /// Records node `id`'s state.
+    pub fn set(&mut self, id: &NodeId, state: NodeState) {
+        match state {
+            NodeState::Active => self.0.remove(id),
+            other => self.0.insert(id.clone(), other),
+        };
+    }
+
+    /// Forgets node `id` (it left the layout).
+    pub fn remove(&mut self, id: &NodeId) {
+        self.0.remove(id);
+    }
+
+    /// Whether every node is active.
+    pub fn all_active(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The nodes whose state `is` accepts, in id order.
+    pub fn nodes(&self, is: impl Fn(NodeState) -> bool) -> impl Iterator<Item = &NodeId> {
+        self.0.iter().filter(move |(_, s)| is(**s)).map(|(id, _)| id)
+    }
+
+    /// The nodes marked down.
+    pub fn down(&self) -> impl Iterator<Item = &NodeId> {
+        self.nodes(NodeState::is_marked_down)
+    }
+
+    /// The joining nodes.
+    pub fn joining(&self) -> impl Iterator<Item = &NodeId> {
+        self.nodes(|s| s == NodeState::Joining)
+    }
+
+    /// The draining nodes, down or not.
+    pub fn draining(&self) -> impl Iterator<Item = &NodeId> {
+        self.nodes(NodeState::is_draining)
+    }
+}
+
+/// The stored shape of [`NodeStates`] (see there).
+#[derive(Serialize, Deserialize)]
+struct StatesDocument {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    draining: BTreeSet<NodeId>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    down: BTreeSet<NodeId>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    joining: BTreeSet<NodeId>,
+}
+
+impl From<StatesDocument> for NodeStates {
+    fn from(doc: StatesDocument) -> Self {
+        let ids = doc.draining.iter().chain(&doc.down).chain(&doc.joining);
+        let state = |id: &NodeId| match (doc.down.contains(id), doc.draining.contains(id)) {
+            (true, draining) => NodeState::Down { draining },
+            (false, true) => NodeState::Draining,
+            // A joining node marked draining drains: it leads nothing either way.
+            (false, false) => NodeState::Joining,
+        };
+        NodeStates(ids.map(|id| (id.clone(), state(id))).collect())
+    }
+}
+
+impl From<NodeStates> for StatesDocument {
+    fn from(states: NodeStates) -> Self {
+        StatesDocument {
+            draining: states.draining().cloned().collect(),
+            down: states.down().cloned().collect(),
+            joining: states.joining().cloned().collect(),
+        }
+    }
 }
 
 /// Who pinned a partition to a node, which decides who may lift the pin.
@@ -328,12 +439,10 @@ impl Default for ClusterLayout {
             vnodes_per_node: DEFAULT_VNODES,
             nodes: Vec::new(),
             pins: Pins::default(),
-            draining: BTreeSet::new(),
+            states: NodeStates::default(),
             creation_frozen: false,
             replication_factor: 1,
             write_quorum: None,
-            down: BTreeSet::new(),
-            joining: BTreeSet::new(),
             extra_copies: BTreeMap::new(),
             auto_rebalance: false,
             size_policy: None,
@@ -379,17 +488,11 @@ impl ClusterLayout {
                 )));
             }
         }
-        for node in &self.draining {
+        for node in self.states.nodes(|_| true) {
             if self.node(node).is_none() {
                 return Err(ApiError::invalid(format!(
-                    "draining node {node} is not in the layout"
-                )));
-            }
-        }
-        for node in self.down.iter().chain(&self.joining) {
-            if self.node(node).is_none() {
-                return Err(ApiError::invalid(format!(
-                    "down or joining node {node} is not in the layout"
+                    "node {node} ({:?}) is not in the layout",
+                    self.states.get(node)
                 )));
             }
         }
@@ -426,12 +529,13 @@ impl ClusterLayout {
     /// replication) draining — it keeps its place in replica sets and follows until it is out.
     /// Nobody waits on such a node: a take-over does not ask it, routers do not read from it.
     pub fn is_down(&self, id: &NodeId) -> bool {
-        self.down.contains(id) || (self.replication_factor > 1 && self.draining.contains(id))
+        let state = self.states.get(id);
+        state.is_marked_down() || (self.replication_factor > 1 && state.is_draining())
     }
 
     /// Whether replicated node `id` may be a primary: not down, not draining, not joining.
     pub fn may_lead(&self, id: &NodeId) -> bool {
-        !self.is_down(id) && !self.joining.contains(id)
+        !self.is_down(id) && self.states.get(id) != NodeState::Joining
     }
 
     /// Whether `id` is kept for dedicated tenants (no ring share; see [`SizePolicy`]).
@@ -479,9 +583,7 @@ impl ClusterLayout {
             nodes.remove(id);
         }
         next.extra_copies.retain(|_, nodes| !nodes.is_empty());
-        next.draining.remove(id);
-        next.down.remove(id);
-        next.joining.remove(id);
+        next.states.remove(id);
         next
     }
 }
@@ -550,5 +652,49 @@ mod tests {
         let read: ClusterLayout = serde_json::from_value(old).expect("older document");
         assert!(read.pins.is_empty(), "a kind without an override pins nothing");
         assert_eq!(read.epoch, 3);
+    }
+
+    /// Node states are stored as the sets binaries before them read (`draining`, `down`,
+    /// `joining`), both ways; a node down while draining is in `down` and `draining`, and stays
+    /// draining when it is back.
+    #[test]
+    fn node_states_are_stored_as_the_older_sets() {
+        let id = |s: &str| NodeId::parse(s).expect("id");
+        let mut l = ClusterLayout::default();
+        for n in ["a", "b", "c", "d", "e"] {
+            l = l.with_node(node(n));
+        }
+        l.replication_factor = 3;
+        l.states.set(&id("b"), NodeState::Joining);
+        l.states.set(&id("c"), NodeState::Draining);
+        l.states.set(&id("d"), NodeState::Down { draining: false });
+        l.states.set(&id("e"), NodeState::Down { draining: true });
+        l.validate().expect("valid");
+        let doc = serde_json::to_value(&l).expect("json");
+        assert_eq!(doc["joining"], serde_json::json!(["b"]));
+        assert_eq!(doc["draining"], serde_json::json!(["c", "e"]));
+        assert_eq!(doc["down"], serde_json::json!(["d", "e"]));
+        let back: ClusterLayout = serde_json::from_value(doc).expect("read back");
+        assert_eq!(back, l);
+        assert_eq!(back.states.get(&id("a")), NodeState::Active);
+        assert!(back.may_lead(&id("a")));
+        for n in ["b", "c", "d", "e"] {
+            assert!(!back.may_lead(&id(n)), "{n} leads nothing");
+        }
+        assert!(!back.is_down(&id("b")), "a joining node is waited on");
+        assert!(back.is_down(&id("c")) && back.is_down(&id("d")) && back.is_down(&id("e")));
+        assert_eq!(back.states.draining().collect::<Vec<_>>(), [&id("c"), &id("e")]);
+        l.states.set(&id("e"), NodeState::Active);
+        l.states.set(&id("d"), NodeState::Active);
+        l.states.set(&id("c"), NodeState::Active);
+        l.states.set(&id("b"), NodeState::Active);
+        assert!(l.states.all_active());
+        let bare = serde_json::to_value(&l).expect("json");
+        assert!(["draining", "down", "joining"].iter().all(|k| bare.get(k).is_none()), "{bare}");
+        // Leaving the layout forgets the state; a state for a node outside it is refused.
+        let mut l = back.without_node(&id("e"));
+        assert!(l.states.nodes(|_| true).all(|n| n != &id("e")));
+        l.states.set(&id("zz"), NodeState::Joining);
+        assert!(l.validate().is_err());
     }
 }

@@ -96,7 +96,9 @@ impl Ring {
             .enumerate()
             // With replication a draining node keeps its places (it is only never a primary).
             // A dedicated node holds only what the size policy pins there.
-            .filter(|(_, n)| layout.replication_factor > 1 || !layout.draining.contains(&n.id))
+            .filter(|(_, n)| {
+                layout.replication_factor > 1 || !layout.states.get(&n.id).is_draining()
+            })
             .filter(|(_, n)| !layout.is_dedicated(&n.id))
             .flat_map(|(node, n)| {
                 (0..layout.vnodes_per_node).map(move |replica| VNode {
@@ -226,7 +228,7 @@ impl Ring {
 mod tests {
     use super::*;
     use crate::ids::TenantId;
-    use crate::layout::PinKind;
+    use crate::layout::{NodeState, PinKind};
     use crate::scope::Scope;
     use proptest::prelude::*;
 
@@ -295,7 +297,7 @@ mod tests {
         let gone = l.nodes[1].id.clone();
         let key = keys(1).remove(0);
         l.pins.set(key.clone(), gone.clone(), PinKind::Operator);
-        l.draining.insert(gone.clone());
+        l.states.set(&gone, NodeState::Draining);
         let ring = Ring::new(l);
         assert_eq!(ring.owner(&key).expect("owner").id, gone, "the pin still holds");
         for k in keys(2000).iter().skip(1) {
@@ -383,7 +385,7 @@ mod tests {
         let up = Ring::new(l.clone());
         let key = keys(1).remove(0);
         let set: Vec<NodeId> = up.replicas(&key).iter().map(|n| n.id.clone()).collect();
-        l.down.insert(set[0].clone());
+        l.states.set(&set[0], NodeState::Down { draining: false });
         let ring = Ring::new(l.clone());
         // Same three copies; the second is the owner now, the down one a follower.
         assert_eq!(ring.replicas(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(), set);
@@ -391,11 +393,14 @@ mod tests {
         let followers: Vec<NodeId> = ring.followers(&key).iter().map(|n| n.id.clone()).collect();
         assert_eq!(followers, [set[0].clone(), set[2].clone()]);
         // Every copy down: the owner stays the first (its requests fail rather than move).
-        l.down.extend(set.iter().cloned());
+        for id in &set {
+            l.states.set(id, NodeState::Down { draining: false });
+        }
         assert_eq!(Ring::new(l.clone()).owner(&key).expect("owner").id, set[0]);
         // Removing the down node keeps the owner and slides the next node into the set.
-        l.down.clear();
-        l.down.insert(set[0].clone());
+        for id in &set[1..] {
+            l.states.set(id, NodeState::Active);
+        }
         let removed = Ring::new(l.without_node(&set[0]));
         assert_eq!(removed.owner(&key).expect("owner").id, set[1]);
         let after: Vec<NodeId> = removed.replicas(&key).iter().map(|n| n.id.clone()).collect();
@@ -410,16 +415,16 @@ mod tests {
         let key = keys(1).remove(0);
         let set: Vec<NodeId> =
             Ring::new(l.clone()).replicas(&key).iter().map(|n| n.id.clone()).collect();
-        l.joining.insert(set[0].clone());
+        l.states.set(&set[0], NodeState::Joining);
         l.validate().expect("valid");
         let ring = Ring::new(l.clone());
         assert_eq!(ring.replicas(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(), set);
         assert_eq!(ring.owner(&key).expect("owner").id, set[1]);
         // Unlike a down node it is live: asked by take-overs, readable as a replica.
         assert!(!l.is_down(&set[0]) && !l.may_lead(&set[0]));
-        l.joining.clear();
+        l.states.set(&set[0], NodeState::Active);
         assert_eq!(Ring::new(l.clone()).owner(&key).expect("owner").id, set[0]);
-        l.joining.insert(NodeId::parse("zz").expect("id"));
+        l.states.set(&NodeId::parse("zz").expect("id"), NodeState::Joining);
         assert!(l.validate().is_err());
     }
 
@@ -443,7 +448,9 @@ mod tests {
         assert_eq!(ring.owner(&key).expect("owner").id, set[0]);
         assert!(ring.followers(&key).iter().any(|n| n.id == outsider));
         // Even with every member of the set down, an extra copy never owns the partition.
-        l.down.extend(set.iter().cloned());
+        for id in &set {
+            l.states.set(id, NodeState::Down { draining: false });
+        }
         assert_eq!(Ring::new(l.clone()).owner(&key).expect("owner").id, set[0]);
         // Removing the extra node removes its copy; naming a stranger is refused.
         let without = l.without_node(&outsider);
@@ -478,7 +485,8 @@ mod tests {
         ) {
             let mut l = layout(n, vnodes);
             let pinned_to = l.nodes[(seed as usize) % n].id.clone();
-            l.draining.insert(l.nodes[drain % n].id.clone());
+            let drained = l.nodes[drain % n].id.clone();
+            l.states.set(&drained, NodeState::Draining);
             for t in 0..50u64 {
                 l.pins.set(key_of(seed * 31 + t), pinned_to.clone(), PinKind::Operator);
             }
@@ -492,7 +500,7 @@ mod tests {
                 prop_assert_eq!(&ring.owner(&p).expect("owner").id, &want);
                 prop_assert_eq!(&ring.replica_set(&p)[0].id, &want);
                 if !l.pins.contains_key(&p) {
-                    prop_assert!(!l.draining.contains(&want), "a draining node got {}", p);
+                    prop_assert!(want != drained, "a draining node got {}", p);
                 }
             }
         }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memring_common::internal::InternalClient;
+use memring_common::layout::NodeState;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId};
 
@@ -72,12 +73,15 @@ async fn round(
         return Ok(());
     }
     let live: Vec<NodeId> = store.live_nodes().await?.into_iter().map(|n| n.id).collect();
-    down_since.retain(|id, _| layout.down.contains(id));
-    for id in &layout.down {
+    down_since.retain(|id, _| layout.states.get(id).is_marked_down());
+    for id in layout.states.down() {
         down_since.entry(id.clone()).or_insert_with(Instant::now);
     }
     let mut caught_up = Vec::new();
-    let waiting = |id: &NodeId| layout.down.contains(id) || layout.joining.contains(id);
+    let waiting = |id: &NodeId| {
+        let state = layout.states.get(id);
+        state.is_marked_down() || state == NodeState::Joining
+    };
     for node in layout.nodes.iter().filter(|n| waiting(&n.id) && live.contains(&n.id)) {
         // Caught up by the newest layout (so it follows its primaries of that layout).
         let status = crate::shard_client::replica_status(client, &node.addr).await;
@@ -112,12 +116,13 @@ fn decide(
     for node in &layout.nodes {
         let id = &node.id;
         let alive = live.contains(id);
+        let state = layout.states.get(id);
         // A draining node stays down until the drain takes it out.
-        let ready = caught_up.contains(id) && !layout.draining.contains(id);
-        if !layout.down.contains(id) {
+        let ready = caught_up.contains(id) && !state.is_draining();
+        if !state.is_marked_down() {
             if !alive {
                 actions.push(Action::MarkDown(id.clone()));
-            } else if layout.joining.contains(id) && ready {
+            } else if state == NodeState::Joining && ready {
                 actions.push(Action::HandBack(id.clone()));
             }
         } else if alive {
@@ -140,22 +145,23 @@ async fn apply(store: &dyn RingStore, action: &Action) -> anyhow::Result<()> {
             return None;
         }
         let mut next = layout.clone();
+        let state = |id: &NodeId| layout.states.get(id);
         match action {
-            Action::MarkDown(id) if layout.node(id).is_some() && !layout.down.contains(id) => {
+            Action::MarkDown(id) if layout.node(id).is_some() && !state(id).is_marked_down() => {
                 next.epoch += 1;
-                next.down.insert(id.clone());
-                next.joining.remove(id);
+                next.states.set(id, NodeState::Down { draining: state(id).is_draining() });
             }
-            Action::Readmit(id) if layout.down.contains(id) => {
+            Action::Readmit(id) if state(id).is_marked_down() => {
                 next.epoch += 1;
-                next.down.remove(id);
-                next.joining.insert(id.clone());
+                let back =
+                    if state(id).is_draining() { NodeState::Draining } else { NodeState::Joining };
+                next.states.set(id, back);
             }
-            Action::HandBack(id) if layout.joining.contains(id) && !layout.down.contains(id) => {
+            Action::HandBack(id) if state(id) == NodeState::Joining => {
                 next.epoch += 1;
-                next.joining.remove(id);
+                next.states.set(id, NodeState::Active);
             }
-            Action::Replace(id) if layout.down.contains(id) => next = layout.without_node(id),
+            Action::Replace(id) if state(id).is_marked_down() => next = layout.without_node(id),
             _ => return None,
         }
         Some(next)
@@ -178,7 +184,9 @@ mod tests {
                 addr: format!("{id}:1"),
             });
         }
-        l.down = down.iter().map(|d| NodeId::parse(d).expect("id")).collect();
+        for d in down {
+            l.states.set(&NodeId::parse(d).expect("id"), NodeState::Down { draining: false });
+        }
         l
     }
 
@@ -201,11 +209,11 @@ mod tests {
         assert_eq!(acts, [Action::Readmit(NodeId::parse("b").expect("id"))]);
         // Joining: leadership is handed back only once it is caught up at that layout too.
         let mut joining = layout(&[]);
-        joining.joining.insert(NodeId::parse("b").expect("id"));
+        joining.states.set(&NodeId::parse("b").expect("id"), NodeState::Joining);
         assert!(decide(&joining, &ids(&["a", "b", "c", "d"]), &[], &none, config, now).is_empty());
         let acts = decide(&joining, &ids(&["a", "b", "c", "d"]), &ids(&["b"]), &none, config, now);
         assert_eq!(acts, [Action::HandBack(NodeId::parse("b").expect("id"))]);
-        // A joining node that dies is marked down (and leaves `joining`).
+        // A joining node that dies is marked down.
         let acts = decide(&joining, &ids(&["a", "c", "d"]), &[], &none, config, now);
         assert_eq!(acts, [Action::MarkDown(NodeId::parse("b").expect("id"))]);
         // b still dead: replaced once down for replace_after, not before, never without it.

@@ -73,7 +73,7 @@ fn moving(layout: &ClusterLayout) -> bool {
     !layout.extra_copies.is_empty()
         || layout.pins.of(PinKind::Staging).next().is_some()
         || layout.creation_frozen
-        || !layout.draining.is_empty()
+        || layout.states.draining().next().is_some()
 }
 
 /// One sweep over every live node.
@@ -87,7 +87,7 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
         return Ok(swept);
     }
     let ring = Ring::new(layout.clone());
-    let mut complete = layout.down.is_empty();
+    let mut complete = layout.states.down().next().is_none();
     for node in layout.nodes.iter().filter(|n| !layout.is_down(&n.id)) {
         let Ok(list) = crate::shard_client::partitions(client, &node.addr, None).await else {
             complete = false;

@@ -106,7 +106,8 @@ async fn caught_up(
     let owner = ring.owner(partition).cloned().context("the ring has no nodes")?;
     let target = shard::position(client, &owner, partition, layout.epoch).await?;
     let mut slowest = target;
-    for id in members.iter().filter(|id| **id != owner.id && !layout.down.contains(*id)) {
+    let up = |id: &NodeId| !layout.states.get(id).is_marked_down();
+    for id in members.iter().filter(|id| **id != owner.id && up(id)) {
         let node = layout.node(id).with_context(|| format!("node {id} left the layout"))?;
         slowest = slowest.min(shard::position(client, node, partition, layout.epoch).await?);
     }

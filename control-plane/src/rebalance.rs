@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
-use memring_common::layout::{LayoutNode, PinKind};
+use memring_common::layout::{LayoutNode, NodeState, PinKind};
 use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
@@ -118,7 +118,7 @@ async fn plan_at(
                     joining.push(record.id.to_string());
                     if replicated {
                         // It follows until caught up; failover hands it leadership then.
-                        next.joining.insert(record.id.clone());
+                        next.states.set(&record.id, NodeState::Joining);
                     }
                     next = next.with_node(LayoutNode { id: record.id, addr: record.addr });
                     next.epoch = layout.epoch + 1;
@@ -135,7 +135,7 @@ async fn plan_at(
             }
             // Pins on the leaving node are released: its partitions go where the ring says.
             next.pins.retain(|_, pin| pin.node != id);
-            next.draining.insert(id.clone());
+            next.states.set(&id, NodeState::Draining);
             leaving = Some(id.to_string());
         }
     }

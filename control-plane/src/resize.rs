@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use memring_common::internal::InternalClient;
-use memring_common::layout::LayoutNode;
+use memring_common::layout::{LayoutNode, NodeState};
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
@@ -229,7 +229,7 @@ pub async fn resume(
         // node whose partitions have all moved leaves the layout.
         if let Some(node) = &job.leaving {
             let layout = store.load().await?.layout;
-            let staged = layout.draining.contains(&node.id);
+            let staged = layout.states.get(&node.id).is_draining();
             let empty = crate::shard_client::partitions(client, &node.addr, None)
                 .await
                 .is_ok_and(|l| l.partitions.iter().all(|p| p.count == 0));
@@ -252,7 +252,7 @@ pub async fn resume(
         let drained = job
             .leaving
             .as_ref()
-            .is_none_or(|n| layout.draining.contains(&n.id) || layout.node(&n.id).is_none());
+            .is_none_or(|n| layout.states.get(&n.id).is_draining() || layout.node(&n.id).is_none());
         if layout.epoch == job.planned_at || !(joined && drained) {
             store.delete_job(JOB_ID).await?;
             tracing::warn!("the replicated layout change was never staged; nothing to finish");
@@ -281,9 +281,10 @@ async fn finish(
                         job.joining.iter().filter_map(|j| NodeId::parse(j).ok()).collect();
                     wait(cancel, "the joining nodes to catch up and lead", || async {
                         let layout = store.load().await?.layout;
-                        Ok(ids
-                            .iter()
-                            .all(|id| !layout.down.contains(id) && !layout.joining.contains(id)))
+                        Ok(ids.iter().all(|id| {
+                            let state = layout.states.get(id);
+                            !state.is_marked_down() && state != NodeState::Joining
+                        }))
                     })
                     .await?;
                 }
@@ -415,7 +416,7 @@ mod tests {
         let held: BTreeMap<PartitionKey, u64> =
             (0..200).map(|t| (format!("t{t}/shared").parse().expect("key"), 10)).collect();
         let mut four = three.with_node(node(3));
-        four.joining.insert(node(3).id);
+        four.states.set(&node(3).id, NodeState::Joining);
         let (before, after) = (Ring::new(three.clone()), Ring::new(four.clone()));
         let moves = copies_to_make(&before, &after, &held);
         // Every new copy lands on the joining node, at most one per partition, from an owner
@@ -427,7 +428,7 @@ mod tests {
         assert_eq!(partitions.len(), moves.len());
         // Draining n0 out of the four: its sets take another node in, from a live owner.
         let mut four_up = four.clone();
-        four_up.joining.clear();
+        four_up.states.set(&node(3).id, NodeState::Active);
         let out = Ring::new(four_up.without_node(&node(0).id));
         let moves = copies_to_make(&Ring::new(four_up), &out, &held);
         assert!(moves.iter().all(|m| m.to != "n0" && m.from != "n0"));

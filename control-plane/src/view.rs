@@ -43,7 +43,7 @@ pub async fn cluster_view(
             partitions: None,
             episodes: None,
             down: layout.is_down(&n.id),
-            joining: layout.joining.contains(&n.id),
+            joining: layout.states.get(&n.id) == memring_common::layout::NodeState::Joining,
             lag: None,
         })
         .collect();
@@ -313,7 +313,7 @@ impl EpochHistory {
             epoch: layout.epoch,
             seen_at_ms: memring_common::clock::now_millis(),
             nodes: layout.nodes.len(),
-            down: layout.down.len(),
+            down: layout.states.down().count(),
             replication_factor: layout.replication_factor,
         });
         let excess = seen.len().saturating_sub(50);

@@ -86,9 +86,7 @@ impl Chaos {
                 self.control.wait_ready(Duration::from_secs(30)).await?;
             }
             if let (Ok(l), Ok(jobs)) = (self.layout().await, self.store.jobs().await)
-                && l.down.is_empty()
-                && l.joining.is_empty()
-                && l.draining.is_empty()
+                && l.states.all_active()
                 && jobs.is_empty()
             {
                 return Ok(());
@@ -105,7 +103,7 @@ impl Chaos {
     async fn marked_down(&self, i: usize) -> anyhow::Result<()> {
         let id = self.c.shard_id(i);
         wait_for("the node marked down", Duration::from_secs(30), || async {
-            Ok(self.layout().await?.down.contains(&id).then_some(()))
+            Ok(self.layout().await?.states.get(&id).is_marked_down().then_some(()))
         })
         .await
     }
@@ -194,8 +192,8 @@ impl Chaos {
                 let draining = what.starts_with("drain");
                 let done = |l: &ClusterLayout| {
                     (l.node(&id).is_some() != draining)
-                        && l.joining.is_empty()
-                        && l.draining.is_empty()
+                        && l.states.joining().next().is_none()
+                        && l.states.draining().next().is_none()
                 };
                 let finished =
                     wait_for("the journaled job to finish", Duration::from_secs(90), || async {

@@ -48,7 +48,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     c.shards[victim].kill();
     let killed_at = t0.elapsed();
     wait_for("the killed primary marked down", Duration::from_secs(20), || async {
-        Ok(layout_of(&store).await?.down.contains(&victim_id).then_some(()))
+        Ok(layout_of(&store).await?.states.get(&victim_id).is_marked_down().then_some(()))
     })
     .await?;
     let marked_down_at = t0.elapsed();
@@ -87,7 +87,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     c.shards[victim].start_again()?;
     c.shards[victim].wait_ready(Duration::from_secs(30)).await?;
     wait_for("the restarted node re-admitted", Duration::from_secs(40), || async {
-        Ok(layout_of(&store).await?.down.is_empty().then_some(()))
+        Ok(layout_of(&store).await?.states.down().next().is_none().then_some(()))
     })
     .await?;
     let epoch = layout_of(&store).await?.epoch;
@@ -109,7 +109,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     c.shards[gone].kill();
     wait_for("the dead node replaced", Duration::from_secs(40), || async {
         let l = layout_of(&store).await?;
-        Ok((l.node(&gone_id).is_none() && l.down.is_empty()).then_some(()))
+        Ok((l.node(&gone_id).is_none() && l.states.down().next().is_none()).then_some(()))
     })
     .await?;
     let report = wait_verified(&control, Duration::from_secs(60)).await?;
@@ -263,7 +263,7 @@ async fn an_isolated_old_primary_cannot_acknowledge_writes() -> anyhow::Result<(
     front.cut();
     to_etcd.cut();
     wait_for("the isolated node marked down", Duration::from_secs(30), || async {
-        Ok(layout_of(&store).await?.down.contains(&node.id).then_some(()))
+        Ok(layout_of(&store).await?.states.get(&node.id).is_marked_down().then_some(()))
     })
     .await?;
     // Straight to the isolated node, as a router on its side of the cut would send it.
@@ -285,7 +285,7 @@ async fn an_isolated_old_primary_cannot_acknowledge_writes() -> anyhow::Result<(
     front.heal();
     to_etcd.heal();
     wait_for("the healed node re-admitted", Duration::from_secs(40), || async {
-        Ok(layout_of(&store).await?.down.is_empty().then_some(()))
+        Ok(layout_of(&store).await?.states.down().next().is_none().then_some(()))
     })
     .await?;
     let epoch = layout_of(&store).await?.epoch;
@@ -372,7 +372,7 @@ async fn old_primary_returns_with_a_longer_log(
     }
     let old_id = c.shard_id(primary);
     wait_for("the old primary marked down", Duration::from_secs(20), || async {
-        Ok(layout_of(store).await?.down.contains(&old_id).then_some(()))
+        Ok(layout_of(store).await?.states.get(&old_id).is_marked_down().then_some(()))
     })
     .await?;
 
@@ -398,7 +398,8 @@ async fn old_primary_returns_with_a_longer_log(
     }
     wait_for("the old primary re-admitted and handed back", Duration::from_secs(60), || async {
         let l = layout_of(store).await?;
-        Ok((l.down.is_empty() && l.joining.is_empty()).then_some(()))
+        let (down, joining) = (l.states.down().next(), l.states.joining().next());
+        Ok((down.is_none() && joining.is_none()).then_some(()))
     })
     .await?;
     let layout = layout_of(store).await?;

@@ -137,7 +137,7 @@ async fn every_documented_series_is_exported_by_its_binaries() -> anyhow::Result
     }
     wait_for("the dead node marked down", Duration::from_secs(20), || async {
         let l = memring_common::store::RingStore::load(&store).await?.layout;
-        Ok((!l.down.is_empty()).then_some(()))
+        Ok((l.states.down().next().is_some()).then_some(()))
     })
     .await?;
 

@@ -412,7 +412,7 @@ async fn a_rebalance_under_30_s_of_load_loses_nothing_and_a_drained_node_ends_em
     println!("{out}");
     let layout = c.etcd.store().await?.load().await?.layout;
     assert!(layout.node(&c.shard_id(1)).is_none(), "shard-2 left the ring");
-    assert!(layout.draining.is_empty() && layout.pins.is_empty());
+    assert!(layout.states.draining().next().is_none() && layout.pins.is_empty());
     let on_drained: Vec<String> = c.partitions_on(&c.shards[1]).await?;
     assert!(on_drained.is_empty(), "shard-2 still holds {on_drained:?}");
     c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
@@ -809,7 +809,8 @@ async fn a_node_that_registers_is_admitted_without_an_operator() -> anyhow::Resu
     assert!(layout.node(&c.shard_id(3)).is_some(), "shard-4 is in the layout");
     wait_verified(&control, Duration::from_secs(60)).await?;
     let layout = store.load().await?.layout;
-    assert!(layout.joining.is_empty(), "shard-4 leads its share: {:?}", layout.joining);
+    let joining: Vec<_> = layout.states.joining().collect();
+    assert!(joining.is_empty(), "shard-4 leads its share: {joining:?}");
     assert!(!c.partitions_on(&c.shards[3]).await?.is_empty(), "the new node holds copies");
     c.wait_router_epoch(0, layout.epoch, Duration::from_secs(10)).await?;
     expected.extend(acked);

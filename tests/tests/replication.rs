@@ -271,7 +271,7 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
     println!("{grown}");
     let layout = store.load().await?.layout;
     assert_eq!(layout.nodes.len(), 4);
-    assert!(layout.down.is_empty(), "{:?}", layout.down);
+    assert!(layout.states.down().next().is_none(), "{:?}", layout.states);
     let shrunk = shardctl(vec!["drain".into(), "shard-1".into()]).await?;
     println!("{shrunk}");
     let layout = store.load().await?.layout;
@@ -597,7 +597,7 @@ async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -
             control.wait_ready(Duration::from_secs(20)).await?;
             let done = |l: &ClusterLayout| {
                 let member = l.node(&node).is_some();
-                let settled = l.joining.is_empty() && l.down.is_empty() && l.draining.is_empty();
+                let settled = l.states.all_active();
                 settled && member != drain
             };
             let finished = wait_for(

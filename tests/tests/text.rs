@@ -704,7 +704,7 @@ async fn keyword_and_vector_answers_are_the_same_on_every_copy_across_a_failover
     let victim_id = c.shard_id(victim);
     c.shards[victim].kill();
     wait_for("the killed primary marked down", Duration::from_secs(30), || async {
-        Ok(store.load().await?.layout.down.contains(&victim_id).then_some(()))
+        Ok(store.load().await?.layout.states.get(&victim_id).is_marked_down().then_some(()))
     })
     .await?;
     let epoch = store.load().await?.layout.epoch;
@@ -714,7 +714,7 @@ async fn keyword_and_vector_answers_are_the_same_on_every_copy_across_a_failover
     c.shards[victim].start_again()?;
     c.shards[victim].wait_ready(Duration::from_secs(30)).await?;
     wait_for("the restarted node re-admitted", Duration::from_secs(60), || async {
-        Ok(store.load().await?.layout.down.is_empty().then_some(()))
+        Ok(store.load().await?.layout.states.down().next().is_none().then_some(()))
     })
     .await?;
     wait_verified(&control, Duration::from_secs(60)).await?;

@@ -167,7 +167,7 @@ fn next_step(
     let free = policy.dedicated_nodes.iter().find(|n| {
         layout.node(n).is_some()
             && !layout.is_down(n)
-            && !layout.draining.contains(*n)
+            && !layout.states.get(n).is_draining()
             && !taken.contains(n)
     })?;
     let tenant = over
