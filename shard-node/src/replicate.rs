@@ -46,9 +46,11 @@ mod acks;
 mod copies;
 pub mod feed;
 mod follower;
+mod lead;
 pub mod rules;
 mod stream;
 mod sync;
+mod waiting;
 pub use stream::PROTOCOL as STREAM_PROTOCOL;
 pub mod trim;
 
@@ -71,6 +73,8 @@ use parking_lot::Mutex;
 use crate::record::LogEntry;
 use crate::storage::Storage;
 use copies::Copies;
+pub use lead::HAND_OVER_HOLD;
+use lead::Leads;
 use rules::{LogPos, Refusal};
 
 /// How long a primary holds a follower's poll when nothing changes.
@@ -111,65 +115,6 @@ pub struct Replication {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The partitions this node has taken the writes of over, and the rule for appending to their
-/// logs (shared with the blocking tasks that append).
-struct Leads {
-    me: NodeId,
-    ring: Arc<RingView>,
-    /// Partitions whose writes this node has taken over.
-    taken: Mutex<HashMap<PartitionKey, TakenOver>>,
-    /// Partitions this node is handing over to another owner: no write commits while the
-    /// layout is still at the epoch (the hand-over's flip ends it) and until the instant.
-    handing: Mutex<HashMap<PartitionKey, (u64, Instant)>>,
-}
-
-impl Leads {
-    /// See [`Replication::may_commit`].
-    fn may_commit(&self, partition: &PartitionKey, last_term: u64) -> Result<u64, ApiError> {
-        let ring = self.ring.ring();
-        owns(&ring, &self.me, partition)?;
-        let replicated = ring.layout().replication_factor >= 2;
-        if let Some(&(epoch, until)) = self.handing.lock().get(partition)
-            && epoch == ring.epoch()
-            && Instant::now() < until
-        {
-            return Err(ApiError::new(
-                ErrorCode::PartitionMoving,
-                format!("{partition} is being handed over to its next owner; retry in a moment"),
-            )
-            .with_retry_after(1));
-        }
-        let taken = self.taken.lock().get(partition).map(|t| t.epoch);
-        rules::commit_term(replicated, ring.epoch(), taken, last_term).map_err(|why| {
-            let message = match why {
-                Refusal::NotTakenOver => format!(
-                    "the layout changed to epoch {} while this write waited; retry",
-                    ring.epoch()
-                ),
-                Refusal::StaleLayout => format!(
-                    "{partition} has entries of term {last_term}, newer than this node's layout \
-                     (epoch {}); retry",
-                    ring.epoch()
-                ),
-            };
-            ApiError::new(ErrorCode::PartitionMoving, message).with_retry_after(1)
-        })
-    }
-}
-
-/// How long a hand-over holds an owner's writes at most ([`Replication::hand_over`]): the
-/// control plane flips the layout right after, and routers retry a moving partition for 5 s.
-pub const HAND_OVER_HOLD: Duration = Duration::from_secs(3);
-
-/// A take-over of a partition's writes: the epoch it happened at (the term of the entries this
-/// node appends from then on) and the last position of its log then (the term's first entry
-/// comes right after it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TakenOver {
-    epoch: u64,
-    base: u64,
-}
-
 impl Replication {
     /// Replication for node `me`: writes wait up to `quorum_timeout` for their copies, and a
     /// follower answers reads without a token while it was caught up within `staleness`.
@@ -205,134 +150,6 @@ impl Replication {
         })
     }
 
-    /// After a committed change reaching log position `at` of `partition`: wakes the
-    /// followers, then, with replication, waits until the layout's write quorum of copies has
-    /// acknowledged it under its term (503 if that takes too long).
-    pub async fn replicated(&self, partition: &PartitionKey, at: LogPos) -> Result<(), ApiError> {
-        let (followers, needed) = self.quorum(partition);
-        if needed == 0 {
-            return Ok(());
-        }
-        let Some(mut waiting) = self.acks.register(partition, &followers, needed, at) else {
-            return Ok(());
-        };
-        // A take-over at a newer term since this write committed may have rebased the waiting
-        // writes before this one registered.
-        if self.lead.taken.lock().get(partition).is_some_and(|t| t.epoch > at.term) {
-            self.rebase_waiting(partition).await;
-        }
-        let deadline = tokio::time::Instant::now() + self.quorum_timeout;
-        let mut epochs = self.ring.subscribe();
-        let held = loop {
-            let ring = self.ring.ring();
-            if ring.owner(partition).is_none_or(|o| o.id != self.me) {
-                // Acknowledgements stop coming to a primary that no longer leads: the owner
-                // now answers for the write.
-                if self.acks.forget(partition, &waiting) == Some(true) {
-                    break true;
-                }
-                break self.forward(partition, at, deadline).await;
-            }
-            let epoch = ring.epoch();
-            let changed = async {
-                if epochs.wait_for(|e| *e > epoch).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                held = self.acks.wait(partition, &mut waiting, deadline) => break held,
-                () = changed => {}
-            }
-        };
-        if held {
-            return Ok(());
-        }
-        metrics::counter!("memring_replication_quorum_timeouts_total").increment(1);
-        Err(ApiError::unavailable(
-            format!(
-                "written on the primary of {partition}, but not yet on {} copies within {} ms; \
-                 retry (writes by id are idempotent)",
-                needed + 1,
-                self.quorum_timeout.as_millis()
-            ),
-            1,
-        ))
-    }
-
-    /// A write this node committed at `at` while it led `partition`, handed to the owner that
-    /// leads it now (`POST /internal/v1/replicate/committed/…`, [`Replication::wait_committed`]):
-    /// true once that owner's quorum holds it, false if its log no longer does or `deadline`
-    /// passes first.
-    async fn forward(
-        &self,
-        partition: &PartitionKey,
-        at: LogPos,
-        deadline: tokio::time::Instant,
-    ) -> bool {
-        metrics::counter!("memring_replication_forwarded_writes_total").increment(1);
-        loop {
-            let ring = self.ring.ring();
-            let Some(owner) = ring.owner(partition).filter(|o| o.id != self.me) else {
-                return false;
-            };
-            let url = format!(
-                "http://{}/internal/v1/replicate/committed/{}?epoch={}&seq={}&term={}",
-                owner.addr,
-                partition_path(partition),
-                ring.epoch(),
-                at.seq,
-                at.term
-            );
-            let asked = tokio::time::timeout_at(deadline, self.client().post(&url).send()).await;
-            match asked.map(|r| r.map(|resp| resp.status().as_u16())) {
-                Ok(Ok(200)) => return true,
-                // Cut from the owner's log: it never will be held.
-                Ok(Ok(409)) => return false,
-                Err(_) => return false,
-                // Not there yet (another epoch, a take-over under way): ask again.
-                Ok(_) => {}
-            }
-            if tokio::time::Instant::now() + Duration::from_millis(20) >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `POST /internal/v1/replicate/committed/{p}?epoch=E&seq=S&term=T`, asked of the owner of
-    /// `partition` at epoch `epoch` by a node that committed entry `at` while it led and no longer
-    /// does: once this node has taken the writes over, the entry waits here as this node's own
-    /// would (`rules::rebase`: for the first entry of this term). `Ok(true)` once its quorum holds
-    /// it, `Ok(false)` if that takes longer than the quorum timeout, `Conflict` if this log does
-    /// not hold it.
-    pub async fn wait_committed(
-        &self,
-        partition: &PartitionKey,
-        epoch: u64,
-        at: LogPos,
-    ) -> Result<bool, ApiError> {
-        self.owner_at(partition, epoch).await?;
-        self.take_over(partition).await?;
-        let key = partition.clone();
-        let held = self.blocking(move |s| s.term_at(&key, at.seq)).await.ok().flatten();
-        if held != Some(at.term) {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "the log of {partition} on {} has no entry of term {} at position {}",
-                    self.me, at.term, at.seq
-                ),
-            ));
-        }
-        let (followers, needed) = self.quorum(partition);
-        let Some(mut waiting) = self.acks.register(partition, &followers, needed, at) else {
-            return Ok(true);
-        };
-        self.rebase_waiting(partition).await;
-        let deadline = tokio::time::Instant::now() + self.quorum_timeout;
-        Ok(self.acks.wait(partition, &mut waiting, deadline).await)
-    }
-
     /// Once this node has seen layout `epoch`: that it is still at it and owns `partition` there
     /// (what a node answering as the owner at a named epoch checks first).
     async fn owner_at(&self, partition: &PartitionKey, epoch: u64) -> Result<(), ApiError> {
@@ -340,13 +157,6 @@ impl Replication {
         let ring = self.ring.ring();
         same_epoch(&ring, epoch)?;
         owns(&ring, &self.me, partition)
-    }
-
-    /// The followers of `partition` in the current layout, and how many of them a write needs.
-    fn quorum(&self, partition: &PartitionKey) -> (Vec<NodeId>, usize) {
-        let ring = self.ring.ring();
-        let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
-        (ring.followers(partition).iter().map(|n| n.id.clone()).collect(), needed)
     }
 
     /// The cluster credential its requests carry (the one its node checks, too).
@@ -357,213 +167,6 @@ impl Replication {
     /// The client for internal requests made on this thread (a follower's own, on its thread).
     fn client(&self) -> InternalClient {
         follower::follower_client().unwrap_or_else(|| self.client.clone())
-    }
-
-    /// The epoch this node leads `partition` at: the current one, if it has taken it over then.
-    fn lead_term(&self, partition: &PartitionKey) -> Option<u64> {
-        let epoch = self.ring.ring().epoch();
-        self.lead.taken.lock().get(partition).map(|t| t.epoch).filter(|e| *e == epoch)
-    }
-
-    /// Before this node's first write to `partition` (or read as its owner) at the current
-    /// epoch: makes its log the most up-to-date of its own and R − W other live copies' (see
-    /// the module notes). 503 while those copies cannot be asked or the log cannot be adopted.
-    pub async fn take_over(&self, partition: &PartitionKey) -> Result<(), ApiError> {
-        let ring = self.ring.ring();
-        let epoch = ring.epoch();
-        let taken_now = || self.lead.taken.lock().get(partition).is_some_and(|t| t.epoch == epoch);
-        if ring.layout().replication_factor < 2 || taken_now() {
-            return Ok(());
-        }
-        let lock = self.taking.lock().entry(partition.clone()).or_default().clone();
-        let _one_at_a_time = lock.lock().await;
-        if taken_now() {
-            return Ok(());
-        }
-        owns(&ring, &self.me, partition)?;
-        let needed = rules::take_over_peers(
-            ring.replicas(partition).len(),
-            ring.layout().write_quorum() as usize,
-        );
-        // The live copies first; if too few answer, the ones marked down as well: a copy
-        // marked down that is back (not yet re-admitted) can answer, and any R − W answers
-        // make the quorums meet, whoever gives them. Its own re-admission waits for this
-        // take-over, so it must be asked when it is the only other copy left.
-        let (live, down): (Vec<&LayoutNode>, Vec<&LayoutNode>) =
-            ring.followers(partition).into_iter().partition(|n| !ring.layout().is_down(&n.id));
-        let mut answered = self.positions(partition, epoch, &live).await;
-        if answered.len() < needed {
-            answered.extend(self.positions(partition, epoch, &down).await);
-        }
-        if answered.len() < needed {
-            return Err(ApiError::unavailable(
-                format!(
-                    "{} is taking over the writes of {partition} and needs the log positions of \
-                     {needed} other copies; {} answered; retry shortly",
-                    self.me,
-                    answered.len()
-                ),
-                1,
-            ));
-        }
-        let mine = self.last_pos(partition).await?;
-        if let Some((peer, best)) = rules::adopt_from(mine, answered) {
-            if !rules::may_adopt(epoch, best) {
-                return Err(ApiError::unavailable(
-                    format!(
-                        "{} holds {partition} up to term {}, newer than this node's layout \
-                         (epoch {epoch}); retry once it has caught up",
-                        peer.id, best.term
-                    ),
-                    1,
-                ));
-            }
-            tracing::info!(%partition, from = %peer.id, mine_term = mine.term, mine = mine.seq, theirs_term = best.term, theirs = best.seq, "taking over: adopting a more up-to-date copy's log");
-            let (me, p) = (self.me.clone(), partition.clone());
-            let allowed = move |ring: &Ring| {
-                owns(ring, &me, &p)?;
-                same_epoch(ring, epoch)
-            };
-            let reached = self.sync_from(&peer, partition, None, best.seq, allowed).await?;
-            if reached < best {
-                // The copy changed while we pulled: ask everyone again.
-                return Err(ApiError::unavailable(
-                    format!(
-                        "{} could adopt {partition} only to {}/{} of {}/{} from {}; retry",
-                        self.me, reached.term, reached.seq, best.term, best.seq, peer.id
-                    ),
-                    1,
-                ));
-            }
-        } else if mine == LogPos::default() {
-            // A copy dropped for a re-seed and no copy heard holds anything: it starts empty.
-            let key = partition.clone();
-            if self.blocking(move |s| s.is_reseeding(&key)).await? {
-                let key = partition.clone();
-                self.blocking(move |s| s.drop_partition(&key)).await?;
-            }
-        }
-        // No entry is appended here before `taken` is set: the new term starts after `base`.
-        let base = self.last_pos(partition).await?.seq;
-        self.lead.taken.lock().insert(partition.clone(), TakenOver { epoch, base });
-        self.rebase_waiting(partition).await;
-        Ok(())
-    }
-
-    /// `POST /internal/v1/replicate/hand-over/{p}?epoch=E`, asked of the owner right before
-    /// the control plane makes another node lead `partition`: from now until the layout leaves
-    /// epoch `epoch` (or [`HAND_OVER_HOLD`] passes) no write commits here — writes meet a
-    /// retryable `partition_moving`, which routers retry — and the writes already committed get
-    /// their quorum (or time out) before this answers. No write is then left waiting on a
-    /// primary that no longer leads, where acknowledgements stop coming. Returns the owner's
-    /// position.
-    pub async fn hand_over(
-        &self,
-        partition: &PartitionKey,
-        epoch: u64,
-    ) -> Result<LogPos, ApiError> {
-        self.owner_at(partition, epoch).await?;
-        let until = Instant::now() + HAND_OVER_HOLD;
-        self.lead.handing.lock().insert(partition.clone(), (epoch, until));
-        let key = partition.clone();
-        // Nothing commits after this: a write that passed its check before the hold holds the
-        // partition's lock until its batch is written, which this waits for.
-        let at = self.blocking(move |s| s.last_pos(&key)).await?;
-        // Every write committed is held by its quorum once the last one is (log matching); an
-        // older term's last entry means none of this term, and rebased writes wait for the
-        // start of the term, so then the waiting writes are watched instead.
-        let (followers, needed) = self.quorum(partition);
-        if self.lead_term(partition) == Some(at.term) {
-            self.acks.wait_quorum(partition, &followers, needed, at, self.quorum_timeout).await;
-        } else {
-            let settled = Instant::now() + self.quorum_timeout;
-            while self.acks.waits(partition) && Instant::now() < settled {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-        Ok(at)
-    }
-
-    /// After a take-over of `partition`: its writes still waiting from an older term either
-    /// wait for the first entry of the new term, if the log still holds them, or fail
-    /// (`rules::rebase`); a start of the term is appended for them when no write supplies it.
-    async fn rebase_waiting(&self, partition: &PartitionKey) {
-        let Some(taken) = self.lead.taken.lock().get(partition).copied() else { return };
-        let older = self.acks.older(partition, taken.epoch);
-        if older.is_empty() {
-            return;
-        }
-        let (key, seqs) =
-            (partition.clone(), older.iter().map(|(_, at)| at.seq).collect::<Vec<_>>());
-        // A term not read (a trimmed position, an error) counts as cut: failing is safe.
-        let held = self
-            .blocking(move |s| {
-                Ok(seqs.iter().map(|seq| s.term_at(&key, *seq).ok().flatten()).collect())
-            })
-            .await
-            .unwrap_or_else(|_: ApiError| vec![None; older.len()]);
-        let base = LogPos::new(taken.epoch, taken.base);
-        let verdicts = older
-            .into_iter()
-            .zip(held)
-            .map(|((id, at), held)| (id, at, rules::rebase(at, held, base)))
-            .collect();
-        if !self.acks.rebase(partition, verdicts) {
-            return;
-        }
-        metrics::counter!("memring_replication_rebased_writes_total").increment(1);
-        let (lead, key) = (self.lead.clone(), partition.clone());
-        let started = self
-            .blocking(move |s| {
-                let check = |last_term| lead.may_commit(&key, last_term);
-                s.start_term(&key, memring_common::clock::now_millis(), &check)
-            })
-            .await;
-        match started {
-            Ok(_) => {}
-            // The layout moved on: the next take-over rebases them again, or they time out.
-            Err(e) => {
-                tracing::debug!(%partition, error = %e, "no start of term for waiting writes")
-            }
-        }
-    }
-
-    /// The log positions `peers` give for a take-over of `partition` at `epoch` (those that
-    /// answer within the quorum timeout).
-    async fn positions(
-        &self,
-        partition: &PartitionKey,
-        epoch: u64,
-        peers: &[&LayoutNode],
-    ) -> Vec<(LayoutNode, LogPos)> {
-        let asked = futures::future::join_all(peers.iter().map(|peer| async move {
-            let url = format!(
-                "http://{}/internal/v1/replicate/position/{}?epoch={epoch}",
-                peer.addr,
-                partition_path(partition)
-            );
-            let ask = async {
-                let resp = self.client().post(&url).send().await?.error_for_status()?;
-                resp.json::<ReplicaPosition>().await
-            };
-            let answer = tokio::time::timeout(self.quorum_timeout, ask).await;
-            answer
-                .ok()
-                .and_then(Result::ok)
-                .map(|pos| ((*peer).clone(), LogPos::new(pos.last_term, pos.last_seq)))
-        }))
-        .await;
-        asked.into_iter().flatten().collect()
-    }
-
-    /// Checked under the partition's write lock right before a write or delete commits here,
-    /// given the term of the partition's last log entry: this node owns `partition` in its
-    /// current layout and, with replication, has taken its writes over at that layout's epoch,
-    /// which is the term of the new entries. A position this node reported to a new owner
-    /// (under the same lock, at a newer epoch) can therefore never be followed by an entry of
-    /// its own.
-    pub fn may_commit(&self, partition: &PartitionKey, last_term: u64) -> Result<u64, ApiError> {
-        self.lead.may_commit(partition, last_term)
     }
 
     /// This copy's position for a node taking `partition` over at `epoch`: answered once this
