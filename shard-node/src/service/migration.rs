@@ -6,6 +6,22 @@
 use super::*;
 
 impl ShardService {
+    /// The body of migration step `action`, which must be one of the nodes' record batches
+    /// (`record.rs`): 400 if it is not.
+    async fn record_batch<T: crate::record::Record>(
+        &self,
+        req: Request<Incoming>,
+        action: &str,
+    ) -> Result<T, ApiError> {
+        let body = read_body(req, self.body_limit).await?;
+        crate::record::decode(&body).map_err(|e| {
+            ApiError::invalid(format!(
+                "the {action} body is not a memring record batch: {}",
+                e.message()
+            ))
+        })
+    }
+
     /// The migration steps (no ownership check: the target does not own the partition yet, and
     /// the source must still be read after the flip).
     pub(super) async fn migrate_route(
@@ -63,13 +79,7 @@ impl ShardService {
                 Ok(memring_common::http::empty(204))
             }
             (&Method::POST, "import") => {
-                let body = read_body(req, self.body_limit).await?;
-                let ops: Vec<crate::record::LogOp> = crate::record::decode(&body).map_err(|e| {
-                    ApiError::invalid(format!(
-                        "import body is not a memring record batch: {}",
-                        e.message()
-                    ))
-                })?;
+                let ops: Vec<crate::record::LogOp> = self.record_batch(req, action).await?;
                 // The bulk copy yields to the node's own traffic.
                 let applied = self
                     .in_background(move |s| s.import_snapshot(&partition, ops, &|| Ok(())))
@@ -88,14 +98,7 @@ impl ShardService {
                 Ok(memring_common::http::empty(204))
             }
             (&Method::POST, "log") => {
-                let body = read_body(req, self.body_limit).await?;
-                let entries: Vec<crate::record::LogEntry> =
-                    crate::record::decode(&body).map_err(|e| {
-                        ApiError::invalid(format!(
-                            "log body is not a memring record batch: {}",
-                            e.message()
-                        ))
-                    })?;
+                let entries: Vec<crate::record::LogEntry> = self.record_batch(req, action).await?;
                 // The catch-up must keep pace with the source's writes: normal priority.
                 let applied = self
                     .blocking(move |s| s.import_replicated(&partition, entries, &|| Ok(())))
