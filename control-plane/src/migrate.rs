@@ -213,7 +213,7 @@ pub async fn migrate_partition(
     let (at, n) = replay(client, &from, &target, partition, start, false).await?;
     report.replayed += n;
     // 2b. a hot partition keeps answering searches after the flip: hand over the source's
-    // graph (it may be ahead of the copy; the catch-up from `seq` replays over it), then catch
+    // graph (it may be ahead of the copy; the catch-up from `at` replays over it), then catch
     // up once more so the fence has little left to drain.
     report.index_bytes = ship_index(client, &from, &target, partition).await?;
     let (at, n) = replay(client, &from, &target, partition, at, false).await?;
