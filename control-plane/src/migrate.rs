@@ -27,7 +27,7 @@ use memring_common::{NodeId, PartitionKey, Ring};
 use crate::job::{Cancel, JobError, MigrationReport, Throttle};
 use crate::shard_client as shard;
 pub use memring_common::api::Flip;
-use memring_common::api::{CopyPhase, MovePhase};
+use memring_common::api::{CopyPhase, MovePhase, ReplicaPosition};
 
 /// Copy page size (memories per request).
 const PAGE: usize = 500;
@@ -35,13 +35,6 @@ const PAGE: usize = 500;
 /// How long a catch-up may chase a source whose writes keep coming before the fence is set
 /// anyway (the fence then drains what is left, with writes held back meanwhile).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
-
-/// A log position: the entry's term and sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Pos {
-    term: u64,
-    seq: u64,
-}
 
 /// Replays the source's log after `at` onto the target: with `until_empty` until nothing is
 /// left (the source is fenced), otherwise until a round brings fewer than 100 entries or
@@ -51,23 +44,20 @@ async fn replay(
     from: &LayoutNode,
     to: &LayoutNode,
     p: &PartitionKey,
-    mut at: Pos,
+    mut at: ReplicaPosition,
     until_empty: bool,
-) -> anyhow::Result<(Pos, u64)> {
+) -> anyhow::Result<(ReplicaPosition, u64)> {
     let started = Instant::now();
     let mut replayed = 0u64;
     loop {
-        let answer = shard::log(client, from, p, at.term, at.seq, 1000).await?;
-        let last = Pos {
-            term: answer.header_u64(shard::LAST_TERM_HEADER)?,
-            seq: answer.header_u64(shard::LAST_SEQ_HEADER)?,
-        };
-        if last.seq == at.seq {
+        let answer = shard::log(client, from, p, at, 1000).await?;
+        let last = answer.position()?;
+        if last.last_seq == at.last_seq {
             return Ok((at, replayed));
         }
-        replayed += last.seq - at.seq;
+        replayed += last.last_seq - at.last_seq;
         shard::import_log(client, to, p, answer.body).await?;
-        let small = last.seq - at.seq < 100;
+        let small = last.last_seq - at.last_seq < 100;
         at = last;
         if !until_empty && (small || started.elapsed() > CATCH_UP_LIMIT) {
             if !small {
@@ -175,10 +165,7 @@ pub async fn migrate_partition(
         }
         let page = shard::export(client, &from, partition, after.as_deref(), PAGE).await?;
         if start.is_none() {
-            start = Some(Pos {
-                term: page.header_u64(shard::LAST_TERM_HEADER)?,
-                seq: page.header_u64(shard::LAST_SEQ_HEADER)?,
-            });
+            start = Some(page.position()?);
         }
         let next = page.header_text(shard::NEXT_AFTER_HEADER);
         let (count, total) = (
@@ -209,7 +196,7 @@ pub async fn migrate_partition(
     // 2. catch up while the source keeps taking writes.
     journal(CopyPhase::CatchUp).await?;
     let start = start.unwrap_or_default();
-    shard::place(client, &target, partition, start.term, start.seq).await?;
+    shard::place(client, &target, partition, start).await?;
     let (at, n) = replay(client, &from, &target, partition, start, false).await?;
     report.replayed += n;
     // 2b. a hot partition keeps answering searches after the flip: hand over the source's

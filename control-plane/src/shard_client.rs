@@ -92,6 +92,15 @@ impl Answer {
             .ok_or_else(|| self.garbled(format!("no number in header {name}")))
     }
 
+    /// The log position an export page or a log answer carries ([`api::LAST_SEQ_HEADER`] and
+    /// [`api::LAST_TERM_HEADER`]).
+    pub fn position(&self) -> Result<ReplicaPosition, ShardError> {
+        Ok(ReplicaPosition {
+            last_seq: self.header_u64(api::LAST_SEQ_HEADER)?,
+            last_term: self.header_u64(api::LAST_TERM_HEADER)?,
+        })
+    }
+
     /// A text header, if sent.
     pub fn header_text(&self, name: &str) -> Option<String> {
         self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
@@ -300,34 +309,34 @@ pub async fn import(
         .map(drop)
 }
 
-/// Ends `node`'s re-seed of `p`: its log continues from position `seq` of term `term`, the first
-/// [`export`] page's.
+/// Ends `node`'s re-seed of `p`: its log continues from position `at`, the first [`export`]
+/// page's.
 pub async fn place(
     client: &InternalClient,
     node: &LayoutNode,
     p: &PartitionKey,
-    term: u64,
-    seq: u64,
+    at: ReplicaPosition,
 ) -> Result<(), ShardError> {
-    let path = format!("{}?term={term}&seq={seq}", migrate_path(p, "place"));
+    let path = format!("{}?term={}&seq={}", migrate_path(p, "place"), at.last_term, at.last_seq);
     send(client, &node.addr, Method::POST, &path, None, STEP_TIMEOUT).await.map(drop)
 }
 
-/// `p`'s log entries on `node` after position `seq` of term `term` (at most `limit`; the log
-/// route followers pull), with the position they reach in [`api::LAST_SEQ_HEADER`] and
-/// [`api::LAST_TERM_HEADER`]; `node` keeps its log after `seq` from trimming for a while.
-/// `Refused` with 409 if `node`'s entry there has another term.
+/// `p`'s log entries on `node` after position `after` (at most `limit`; the log route followers
+/// pull), with the position they reach ([`Answer::position`]); `node` keeps its log after
+/// `after` from trimming for a while. `Refused` with 409 if `node`'s entry there has another
+/// term.
 pub async fn log(
     client: &InternalClient,
     node: &LayoutNode,
     p: &PartitionKey,
-    term: u64,
-    seq: u64,
+    after: ReplicaPosition,
     limit: usize,
 ) -> Result<Answer, ShardError> {
     let path = format!(
-        "/internal/v1/replicate/log/{}?after={seq}&term={term}&limit={limit}&pin=true",
-        partition_path(p)
+        "/internal/v1/replicate/log/{}?after={}&term={}&limit={limit}&pin=true",
+        partition_path(p),
+        after.last_seq,
+        after.last_term
     );
     send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
 }
@@ -412,9 +421,7 @@ pub async fn drop_partition(
 }
 
 /// The headers the migration feeds answer with, for callers that read them.
-pub use api::{
-    LAST_SEQ_HEADER, LAST_TERM_HEADER, NEXT_AFTER_HEADER, PAGE_COUNT_HEADER, PAGE_TOTAL_HEADER,
-};
+pub use api::{NEXT_AFTER_HEADER, PAGE_COUNT_HEADER, PAGE_TOTAL_HEADER};
 
 /// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
 /// it holds no copy — so no follower round of an older layout can write it again afterwards

@@ -60,7 +60,7 @@ pub struct ReplicaAck {
 
 /// `POST /internal/v1/replicate/position/{tenant}/{scope}?epoch=E` answer: a copy's log
 /// position, given to a node taking the partition's writes over at epoch `E`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaPosition {
     /// The copy's last log sequence number (0: it holds nothing).
     pub last_seq: u64,
