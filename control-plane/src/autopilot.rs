@@ -198,6 +198,11 @@ impl Autopilot {
             if waiting.is_empty() || !settled || backing_off || state.held.is_some() {
                 return Ok(());
             }
+            if crate::placement::unsettled(&layout, None).is_some() {
+                // Failover settles the other nodes first; the join is not a failure to back
+                // off from.
+                return Ok(());
+            }
         }
         if !crate::journal::pending(jobs.store.as_ref()).await?.is_empty()
             || crate::resize::pending(jobs.store.as_ref()).await?.is_some()

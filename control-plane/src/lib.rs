@@ -19,6 +19,7 @@ pub mod keys;
 pub mod layout;
 pub mod migrate;
 pub mod move_set;
+pub mod placement;
 pub mod rebalance;
 pub mod resize;
 mod service;

@@ -13,8 +13,6 @@
 //!   staging compare-and-swap lifts the freeze. First writes of new partitions wait those few
 //!   hundred milliseconds as a retried `partition_moving`; nothing else is held up.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
 use memring_common::layout::{LayoutNode, NodeState, PinKind};
@@ -24,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{Cancel, JobError, MigrationReport, Move, Throttle};
 use crate::migrate::migrate_partition;
+use crate::placement::{self, Holdings};
 use memring_common::api::Flip;
 
 /// A layout change to plan for.
@@ -43,6 +42,10 @@ pub struct Plan {
     pub epoch: u64,
     /// Nodes entering the ring.
     pub joining: Vec<String>,
+    /// Nodes waiting that join in later steps of the same rebalance (with replication nodes
+    /// join one at a time; see `placement::admitted_together`).
+    #[serde(default)]
+    pub later: Vec<String>,
     /// Node leaving the ring.
     pub leaving: Option<String>,
     /// The moves, each partition at most once.
@@ -60,23 +63,20 @@ pub struct Plan {
     staged: Option<ClusterLayout>,
 }
 
-/// Every partition with data, where it is, and how many memories it has.
+/// Every partition each node holds data for, with its memories there.
 async fn holdings(
     layout: &ClusterLayout,
     client: &InternalClient,
     barrier: Option<u64>,
-) -> anyhow::Result<Vec<(PartitionKey, LayoutNode, u64)>> {
-    let mut out = Vec::new();
+) -> anyhow::Result<Holdings> {
+    let mut out = Holdings::new();
     for node in &layout.nodes {
         let list = crate::shard_client::partitions(client, &node.addr, barrier)
             .await
             .with_context(|| format!("node {}: a plan needs every node", node.id))?;
-        out.extend(
-            list.partitions
-                .into_iter()
-                .filter(|p| p.count > 0)
-                .map(|p| (p.partition, node.clone(), p.count)),
-        );
+        for p in list.partitions.into_iter().filter(|p| p.count > 0) {
+            out.entry(p.partition).or_default().insert(node.id.clone(), p.count);
+        }
     }
     Ok(out)
 }
@@ -105,24 +105,38 @@ async fn plan_at(
             "partition creation was unfrozen during planning (another control plane?); plan again"
         );
     }
+    let leaver = match change {
+        Change::Drain(node) => Some(NodeId::parse(node)?),
+        Change::Join => None,
+    };
+    if let Some(why) = placement::unsettled(&layout, leaver.as_ref()) {
+        bail!("{why}");
+    }
     let mut next = layout.clone();
     next.epoch += 1;
     next.creation_frozen = false;
     // Partitions a cancelled rebalance left pinned where their data is are planned afresh.
     next.pins.retain(|_, pin| pin.kind != PinKind::Staging);
-    let (mut joining, mut leaving) = (Vec::new(), None);
+    let (mut joining, mut later, mut leaving) = (Vec::new(), Vec::new(), None);
     match change {
         Change::Join => {
-            for record in store.live_nodes().await? {
-                if layout.node(&record.id).is_none() {
-                    joining.push(record.id.to_string());
-                    if replicated {
-                        // It follows until caught up; failover hands it leadership then.
-                        next.states.set(&record.id, NodeState::Joining);
-                    }
-                    next = next.with_node(LayoutNode { id: record.id, addr: record.addr });
-                    next.epoch = layout.epoch + 1;
+            let mut waiting: Vec<_> = store
+                .live_nodes()
+                .await?
+                .into_iter()
+                .filter(|record| layout.node(&record.id).is_none())
+                .collect();
+            waiting.sort_by(|a, b| a.id.cmp(&b.id));
+            let admitted = placement::admitted_together(layout.replication_factor, waiting.len());
+            later = waiting.split_off(admitted).into_iter().map(|r| r.id.to_string()).collect();
+            for record in waiting {
+                joining.push(record.id.to_string());
+                if replicated {
+                    // It follows until caught up; failover hands it leadership then.
+                    next.states.set(&record.id, NodeState::Joining);
                 }
+                next = next.with_node(LayoutNode { id: record.id, addr: record.addr });
+                next.epoch = layout.epoch + 1;
             }
         }
         Change::Drain(node) => {
@@ -139,78 +153,59 @@ async fn plan_at(
             leaving = Some(id.to_string());
         }
     }
-    let (before, after) = (Ring::new(layout.clone()), Ring::new(next.clone()));
-    let held = holdings(&layout, client, frozen.then_some(layout.epoch)).await?;
-    if replicated {
-        // Copies, not owners, move: each partition once, at its largest copy.
-        let mut partitions: BTreeMap<PartitionKey, u64> = BTreeMap::new();
-        for (p, _, count) in &held {
-            let slot = partitions.entry(p.clone()).or_insert(0);
-            *slot = (*slot).max(*count);
-        }
-        // A drained node's sets change when it leaves the layout, after the hand-over.
-        let end = match &leaving {
-            Some(id) => Ring::new(next.without_node(&NodeId::parse(id)?)),
-            None => Ring::new(next.clone()),
-        };
-        let moves = crate::resize::copies_to_make(&before, &end, &partitions);
-        let memories: u64 = partitions.values().sum();
-        let moved: u64 = moves.iter().map(|m| m.memories).sum();
-        let copies = memories * u64::from(layout.replication_factor);
-        let ideal_fraction = match change {
-            Change::Join => share_of(&end, &joining),
-            Change::Drain(node) => share_of(&before, std::slice::from_ref(node)),
-        };
-        let changes_something = !joining.is_empty() || leaving.is_some();
-        return Ok(Plan {
-            epoch: layout.epoch,
-            joining,
-            leaving,
-            moves,
-            partitions: partitions.len(),
-            memories,
-            moved_fraction: if copies == 0 { 0.0 } else { moved as f64 / copies as f64 },
-            ideal_fraction,
-            staged: changes_something.then_some(next),
-        });
-    }
-    let memories: u64 = held.iter().map(|h| h.2).sum();
-    let mut moves = BTreeMap::new();
-    for (partition, holder, count) in &held {
-        let Some(owner) = after.owner(partition) else { continue };
-        if owner.id != holder.id {
-            // Stage: keep it where its data is until its migration flips it.
-            next.pins.set(partition.clone(), holder.id.clone(), PinKind::Staging);
-            moves.insert(
-                partition.to_string(),
-                Move {
-                    partition: partition.to_string(),
-                    from: holder.id.to_string(),
-                    to: owner.id.to_string(),
-                    memories: *count,
-                },
-            );
-        }
-    }
-    let moved: u64 = moves.values().map(|m| m.memories).sum();
-    let ideal_fraction = match change {
-        Change::Join => share_of(&after, &joining),
-        Change::Drain(node) => share_of(&before, std::slice::from_ref(node)),
+    // Where the change ends: a drained node's sets change when it leaves the layout (with
+    // replication, after it hands its leadership over).
+    let end = match &leaving {
+        Some(id) => next.without_node(&NodeId::parse(id)?),
+        None => next.clone(),
     };
+    let (now, end) = (Ring::new(layout.clone()), Ring::new(end));
+    let held = holdings(&layout, client, frozen.then_some(layout.epoch)).await?;
+    let moves = placement::copies_to_make(&now, &end, &held);
+    if !replicated {
+        // Stage: each moving partition stays pinned where its data is until its migration
+        // flips it.
+        for m in &moves {
+            next.pins.set(m.partition.parse()?, NodeId::parse(&m.from)?, PinKind::Staging);
+        }
+    }
+    let sizes: Vec<u64> = held.iter().map(|(p, on)| placement::size(&now, p, on)).collect();
+    let memories: u64 = sizes.iter().sum();
+    let moved: u64 = moves.iter().map(|m| m.memories).sum();
+    let copies = memories * u64::from(layout.replication_factor.max(1));
+    let ideal_fraction = match change {
+        Change::Join => share_of(&end, &joining),
+        Change::Drain(node) => share_of(&now, std::slice::from_ref(node)),
+    };
+    // Without replication, staging pins a cancelled rebalance left are re-planned too.
     let changes_something = !joining.is_empty()
         || leaving.is_some()
-        || layout.pins.of(PinKind::Staging).next().is_some();
+        || (!replicated && layout.pins.of(PinKind::Staging).next().is_some());
     Ok(Plan {
         epoch: layout.epoch,
         joining,
+        later,
         leaving,
-        moves: moves.into_values().collect(),
-        partitions: held.len(),
+        moves,
+        partitions: sizes.iter().filter(|n| **n > 0).count(),
         memories,
-        moved_fraction: if memories == 0 { 0.0 } else { moved as f64 / memories as f64 },
+        moved_fraction: if copies == 0 { 0.0 } else { moved as f64 / copies as f64 },
         ideal_fraction,
         staged: changes_something.then_some(next),
     })
+}
+
+impl Plan {
+    /// This plan followed by `next`, the step after it: the joining nodes and moves of both,
+    /// the moved fractions added up (the ideal is the caller's to set: the final ring's share
+    /// of every joiner).
+    fn then(mut self, next: Plan) -> Plan {
+        self.joining.extend(next.joining);
+        self.later = next.later;
+        self.moves.extend(next.moves);
+        self.moved_fraction += next.moved_fraction;
+        self
+    }
 }
 
 /// The nodes' `ids` share of `ring`'s key space.
@@ -229,9 +224,14 @@ pub async fn execute(
     cancel: &Cancel,
 ) -> anyhow::Result<(Plan, Vec<MigrationReport>)> {
     if store.load().await?.layout.replication_factor > 1 {
-        // New copies replay logs as followers: nothing to freeze, nothing to pin.
-        let plan = plan(store, client, change).await?;
-        if let Some(staged) = plan.staged.clone() {
+        // New copies replay logs as followers: nothing to freeze, nothing to pin. Nodes join
+        // one per step; each step is a plan of its own, run to its end before the next.
+        let mut done: Option<Plan> = None;
+        loop {
+            let plan = plan(store, client, change).await?;
+            let Some(staged) = plan.staged.clone() else {
+                return Ok((done.unwrap_or(plan), Vec::new()));
+            };
             let dropped = crate::resize::run(
                 store,
                 client,
@@ -242,9 +242,30 @@ pub async fn execute(
                 cancel,
             )
             .await?;
-            tracing::info!(dropped, "replicated layout change settled");
+            tracing::info!(dropped, joined = ?plan.joining, later = ?plan.later, "replicated layout change settled");
+            let more = !plan.later.is_empty();
+            let so_far = match done {
+                Some(before) => {
+                    let mut both = before.then(plan);
+                    let ring = Ring::new(store.load().await?.layout);
+                    both.ideal_fraction = share_of(&ring, &both.joining);
+                    both
+                }
+                None => plan,
+            };
+            if !more {
+                return Ok((so_far, Vec::new()));
+            }
+            if cancel.is_set() {
+                return Err(JobError::Cancelled(format!(
+                    "after {} joined; {} still wait (`shardctl rebalance` admits them)",
+                    so_far.joining.join(", "),
+                    so_far.later.join(", ")
+                ))
+                .into());
+            }
+            done = Some(so_far);
         }
-        return Ok((plan, Vec::new()));
     }
     memring_common::store::update_layout(store, 20, |l| {
         let mut next = l.clone();

@@ -31,7 +31,7 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
 use crate::copies::{self, Held, Outcome, PATIENCE};
-use crate::job::{Cancel, Move, wait};
+use crate::job::{Cancel, wait};
 
 /// The journal id of the running rebalance or drain (one runs at a time).
 pub const JOB_ID: &str = "resize";
@@ -145,29 +145,6 @@ pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Option<ResizeJob>>
         job.format_version
     );
     Ok(Some(job))
-}
-
-/// The copies a layout change makes: for each partition, every member of its replica set in
-/// `after` that was not in it in `before`, copied from its owner in `after`.
-pub fn copies_to_make(
-    before: &Ring,
-    after: &Ring,
-    held: &BTreeMap<PartitionKey, u64>,
-) -> Vec<Move> {
-    let mut moves = Vec::new();
-    for (p, count) in held {
-        let was: Vec<&NodeId> = before.replicas(p).iter().map(|n| &n.id).collect();
-        let Some(owner) = after.owner(p) else { continue };
-        for member in after.replicas(p).iter().filter(|n| !was.contains(&&n.id)) {
-            moves.push(Move {
-                partition: p.to_string(),
-                from: owner.id.to_string(),
-                to: member.id.to_string(),
-                memories: *count,
-            });
-        }
-    }
-    moves
 }
 
 /// Carries out a staged join or drain (see the module notes).
@@ -396,42 +373,4 @@ async fn positions(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_join_adds_each_set_at_most_one_copy_and_a_drain_replaces_the_leaver() {
-        let node = |i: usize| LayoutNode {
-            id: NodeId::parse(&format!("n{i}")).expect("id"),
-            addr: format!("a{i}:1"),
-        };
-        let mut three =
-            ClusterLayout { replication_factor: 3, vnodes_per_node: 64, ..Default::default() };
-        for i in 0..3 {
-            three = three.with_node(node(i));
-        }
-        let held: BTreeMap<PartitionKey, u64> =
-            (0..200).map(|t| (format!("t{t}/shared").parse().expect("key"), 10)).collect();
-        let mut four = three.with_node(node(3));
-        four.states.set(&node(3).id, NodeState::Joining);
-        let (before, after) = (Ring::new(three.clone()), Ring::new(four.clone()));
-        let moves = copies_to_make(&before, &after, &held);
-        // Every new copy lands on the joining node, at most one per partition, from an owner
-        // that is not the joining node.
-        assert!(!moves.is_empty());
-        assert!(moves.iter().all(|m| m.to == "n3" && m.from != "n3"));
-        let partitions: std::collections::BTreeSet<&str> =
-            moves.iter().map(|m| m.partition.as_str()).collect();
-        assert_eq!(partitions.len(), moves.len());
-        // Draining n0 out of the four: its sets take another node in, from a live owner.
-        let mut four_up = four.clone();
-        four_up.states.set(&node(3).id, NodeState::Active);
-        let out = Ring::new(four_up.without_node(&node(0).id));
-        let moves = copies_to_make(&Ring::new(four_up), &out, &held);
-        assert!(moves.iter().all(|m| m.to != "n0" && m.from != "n0"));
-        assert!(!moves.is_empty());
-    }
 }

@@ -186,7 +186,8 @@ impl ControlService {
             .filter(|n| layout.node(&n.id).is_none())
             .map(|n| n.id.to_string())
             .collect();
-        let join = if waiting.is_empty() {
+        let unsettled = crate::placement::unsettled(&layout, None);
+        let join = if waiting.is_empty() || unsettled.is_some() {
             None
         } else {
             let change = rebalance::Change::Join;
@@ -194,6 +195,11 @@ impl ControlService {
         };
         let policy_next = self.autopilot.policy_next(&layout);
         let next = match (&join, layout.auto_rebalance) {
+            (None, _) if !waiting.is_empty() && unsettled.is_some() => Some(format!(
+                "admit {} later: {}",
+                waiting.join(", "),
+                unsettled.unwrap_or_default()
+            )),
             (Some(_), true) => Some(format!("admit {} (auto-rebalance on)", waiting.join(", "))),
             (Some(_), false) => {
                 Some(format!("nothing until `shardctl rebalance` admits {}", waiting.join(", ")))

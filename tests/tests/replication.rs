@@ -307,6 +307,65 @@ async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result
     Ok(())
 }
 
+/// Two nodes start together beside a replicated cluster (R = 2, two nodes) and one
+/// `shardctl rebalance` admits both, one after the other: taken in together, some replica sets
+/// would be made of the two joiners only, with no member holding the data to fill them from.
+/// The tenants whose final set is exactly those two are written before and during the join;
+/// every acknowledged write is readable after it, and verify finds every copy equal.
+#[tokio::test]
+async fn two_nodes_join_a_replicated_cluster_one_after_the_other() -> anyhow::Result<()> {
+    let (mut c, store, control) = replicated_cluster(2, 2).await?;
+    let http = client();
+    // The tenants whose replica set, once both nodes are in, holds neither of today's nodes.
+    let mut grown = store.load().await?.layout;
+    for id in ["shard-3", "shard-4"] {
+        grown = grown.with_node(memring_common::layout::LayoutNode {
+            id: NodeId::parse(id)?,
+            addr: "127.0.0.1:1".into(),
+        });
+    }
+    let ring = Ring::new(grown);
+    let newcomers_only: Vec<String> = (0..400)
+        .map(|t| format!("j{t}"))
+        .filter(|t| {
+            let p: PartitionKey = format!("{t}/shared").parse().expect("key");
+            ring.replica_set(&p).iter().all(|n| ["shard-3", "shard-4"].contains(&n.id.as_str()))
+        })
+        .take(4)
+        .collect();
+    assert!(!newcomers_only.is_empty(), "no tenant of 400 lands on the two newcomers only");
+    for t in &newcomers_only {
+        let items: Vec<_> = (0..40)
+            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), t, items).await?;
+    }
+    let (stop, _, writers) = start_writers(&c.router(0), newcomers_only.iter().cloned());
+    c.shards.push(c.start_shard("shard-3").await?);
+    c.shards.push(c.start_shard("shard-4").await?);
+    let out = shardctl(&control, &["rebalance"]).await?;
+    println!("{out}");
+    let layout = store.load().await?.layout;
+    assert_eq!(layout.nodes.len(), 4, "{out}");
+    assert!(layout.states.all_active(), "{:?}", layout.states);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
+    let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
+    assert!(!acked.is_empty());
+    let report = wait_verified(&control, Duration::from_secs(30)).await?;
+    println!("{report}");
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    assert_readable(&c.router(0), acked.iter().copied(), "after both joined").await?;
+    for t in &newcomers_only {
+        for n in [0, 39] {
+            let url = format!("{}/v1/tenants/{t}/memories/s{n}?scope=shared", c.router(0));
+            assert_eq!(http.get(url).send().await?.status().as_u16(), 200, "{t}/s{n}");
+        }
+    }
+    Ok(())
+}
+
 /// `shardctl migrate` in a replicated cluster (R = 3, W = 2, four nodes) under a write + read-back
 /// load: a tenant moves to the node outside its replica set (it joins as an extra copy, replays
 /// the log, takes the writes over, and the member the new set leaves out drops its copy), then

@@ -339,6 +339,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     0.0
                 }
             );
+            if !plan.later.is_empty() {
+                // A dry run plans the first step only; a run has admitted these too.
+                println!("then, one at a time: {:?}", plan.later);
+            }
             for m in &plan.moves {
                 println!("  {:<40} {} -> {}  ({} memories)", m.partition, m.from, m.to, m.memories);
             }
