@@ -183,6 +183,17 @@ mod tests {
         l
     }
 
+    /// `l` with the nodes' `states` ([`with_states`]) and operator pins of `pinned` (tenant,
+    /// node index modulo the node count).
+    fn pinned_layout(l: ClusterLayout, states: &[u8], pinned: &[(usize, usize)]) -> ClusterLayout {
+        let mut l = with_states(l, states);
+        let nodes = l.nodes.len();
+        for (t, n) in pinned {
+            l.pins.set(key(*t), node(n % nodes).id, PinKind::Operator);
+        }
+        l
+    }
+
     /// Every partition on its holders with `count` memories, plus a stale leftover copy of
     /// some on a node outside their set.
     fn holdings(ring: &Ring, keys: &[usize], count: u64, nodes: usize) -> Holdings {
@@ -338,12 +349,9 @@ mod tests {
             pinned in proptest::collection::vec((0usize..10_000, 0usize..6), 0..6),
             states in proptest::collection::vec(0u8..12, 6),
         ) {
-            let mut before = with_states(layout(nodes, r, vnodes), &states);
+            let before = pinned_layout(layout(nodes, r, vnodes), &states, &pinned);
             // What follows holds whenever the planner lets a join start.
             prop_assume!(unsettled(&before, None).is_none());
-            for (t, n) in pinned {
-                before.pins.set(key(t), node(n % nodes).id, PinKind::Operator);
-            }
             let new = admitted_together(r, new);
             let after = joined(&before, nodes..nodes + new);
             let held = holdings(&Ring::new(before.clone()), &keys, 5, nodes);
@@ -365,11 +373,8 @@ mod tests {
             states in proptest::collection::vec(0u8..12, 7),
         ) {
             let gone = gone % nodes;
-            let mut before = with_states(layout(nodes, r, vnodes), &states);
+            let before = pinned_layout(layout(nodes, r, vnodes), &states, &pinned);
             prop_assume!(unsettled(&before, Some(&node(gone).id)).is_none());
-            for (t, n) in pinned {
-                before.pins.set(key(t), node(n % nodes).id, PinKind::Operator);
-            }
             let after = drained(&before, gone);
             let held = holdings(&Ring::new(before.clone()), &keys, 5, nodes);
             check(&before, &after, &held);
