@@ -34,25 +34,13 @@ use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use crate::copies::{self, PATIENCE};
 use crate::job::{Cancel, JobError, MigrationReport, wait};
+use crate::placement;
 use crate::shard_client as shard;
 use memring_common::api::{Flip, MovePhase, SetPhase};
 
 /// How long the settle step keeps the partition fenced waiting for the new set to catch up
 /// before it gives up (unfences) and tries again.
 const SETTLE_FENCE_LIMIT: Duration = Duration::from_secs(5);
-
-/// The replica set `partition` has once pinned on `to`.
-fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId) -> Vec<NodeId> {
-    let mut pinned = layout.unpinned([partition]);
-    pinned.pins.set(partition.clone(), to.clone(), PinKind::Operator);
-    Ring::new(pinned).replica_set(partition).iter().map(|n| n.id.clone()).collect()
-}
-
-/// The replica set the ring alone gives `partition` in `layout` (no pin, no extra copies).
-fn natural_set(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
-    let bare = layout.unpinned([partition]);
-    Ring::new(bare).replica_set(partition).iter().map(|n| n.id.clone()).collect()
-}
 
 /// Whether the lead step of a move of `partition` to `to` by `flip` is done in `layout`: pinned
 /// on `to` (a pin, a size policy's pin), or — back to the ring ([`Flip::Natural`]) — unpinned
@@ -78,7 +66,7 @@ fn place(
     set: &[NodeId],
 ) {
     let as_set = |ids: &[NodeId]| ids.iter().cloned().collect::<BTreeSet<NodeId>>();
-    if flip == Flip::Natural && as_set(&natural_set(next, partition)) == as_set(set) {
+    if flip == Flip::Natural && as_set(&placement::natural_set(next, partition)) == as_set(set) {
         next.pins.remove(partition);
         return;
     }
@@ -86,11 +74,6 @@ fn place(
         tracing::warn!(%partition, to = %to, "the ring changed during the move; pinned where it moved");
     }
     next.pins.set(partition.clone(), to.clone(), PinKind::of_flip(flip));
-}
-
-/// Every node holding a copy of `partition` in `layout` (its set and its extra copies).
-fn holders(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
-    Ring::new(layout.clone()).replicas(partition).iter().map(|n| n.id.clone()).collect()
 }
 
 /// Whether every live node of `members` has at least the owner's position of `partition`
@@ -153,9 +136,11 @@ pub async fn move_set(
 
     // 1. join: the new set's members without a copy become extra copies and replay the log.
     let joined = update_layout(store, 20, |l| {
-        let held = holders(l, partition);
-        let missing: Vec<NodeId> =
-            set_led_by(l, partition, to).into_iter().filter(|id| !held.contains(id)).collect();
+        let held = placement::holders(&Ring::new(l.clone()), partition);
+        let missing: Vec<NodeId> = placement::set_led_by(l, partition, to)
+            .into_iter()
+            .filter(|id| !held.contains(id))
+            .collect();
         if missing.is_empty() {
             return None;
         }
@@ -165,7 +150,7 @@ pub async fn move_set(
         Some(next)
     })
     .await?;
-    let new_set = set_led_by(&joined.layout, partition, to);
+    let new_set = placement::set_led_by(&joined.layout, partition, to);
     tracing::info!(%partition, to = %to, set = ?new_set, epoch = joined.layout.epoch, "replicated move: joining copies replay the log");
     let reported = std::sync::Mutex::new(Instant::now());
     // The log position the joining copies reached (entries they replayed).
@@ -216,9 +201,11 @@ pub async fn move_set(
         if pinned(l) {
             return None;
         }
-        let set = set_led_by(l, partition, to);
-        let leaving: BTreeSet<NodeId> =
-            holders(l, partition).into_iter().filter(|id| !set.contains(id)).collect();
+        let set = placement::set_led_by(l, partition, to);
+        let leaving: BTreeSet<NodeId> = placement::holders(&Ring::new(l.clone()), partition)
+            .into_iter()
+            .filter(|id| !set.contains(id))
+            .collect();
         let mut next = l.clone();
         next.epoch += 1;
         place(&mut next, partition, to, flip, &set);

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use memring_common::layout::NodeState;
+use memring_common::layout::{NodeState, PinKind};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use crate::job::Move;
@@ -28,6 +28,18 @@ pub fn holders(ring: &Ring, partition: &PartitionKey) -> Vec<NodeId> {
 /// The replica set `ring` wants for `partition` (its owner first when it may lead).
 pub fn desired(ring: &Ring, partition: &PartitionKey) -> Vec<NodeId> {
     ring.replica_set(partition).iter().map(|n| n.id.clone()).collect()
+}
+
+/// The replica set `partition` has in `layout` once pinned on `to` (a move's target leads it).
+pub fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId) -> Vec<NodeId> {
+    let mut pinned = layout.unpinned([partition]);
+    pinned.pins.set(partition.clone(), to.clone(), PinKind::Operator);
+    desired(&Ring::new(pinned), partition)
+}
+
+/// The replica set the ring alone gives `partition` in `layout` (no pin, no extra copies).
+pub fn natural_set(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
+    desired(&Ring::new(layout.unpinned([partition])), partition)
 }
 
 /// A partition's size: its largest copy among the nodes `now` says hold it (0: nothing there,
@@ -125,7 +137,7 @@ pub fn copies_to_drop(now: &Ring, next: &Ring, held: &Holdings) -> Vec<(Partitio
 mod tests {
     use std::collections::BTreeSet;
 
-    use memring_common::layout::{LayoutNode, PinKind};
+    use memring_common::layout::LayoutNode;
     use proptest::prelude::*;
 
     use super::*;
@@ -359,6 +371,29 @@ mod tests {
             let made = copies_to_make(&Ring::new(before), &Ring::new(after), &held);
             let joiners: Vec<String> = (nodes..nodes + new).map(|i| node(i).id.to_string()).collect();
             prop_assert!(made.iter().all(|m| joiners.contains(&m.to)));
+        }
+
+        /// A move's set: led by its target, R distinct nodes (or every node when fewer), and
+        /// the ring's own set when the target already leads it there.
+        #[test]
+        fn a_set_led_by_a_node_starts_with_it(
+            nodes in 1usize..7,
+            r in 1u32..4,
+            vnodes in 4u32..40,
+            t in 0usize..10_000,
+            to in 0usize..7,
+        ) {
+            let l = layout(nodes, r, vnodes);
+            let (p, to) = (key(t), node(to % nodes).id);
+            let set = set_led_by(&l, &p, &to);
+            prop_assert_eq!(&set[0], &to);
+            let distinct: BTreeSet<&NodeId> = set.iter().collect();
+            prop_assert_eq!(distinct.len(), set.len());
+            prop_assert_eq!(set.len(), (r as usize).min(nodes));
+            let natural = natural_set(&l, &p);
+            if natural[0] == to {
+                prop_assert_eq!(set, natural);
+            }
         }
 
         /// Drains: nothing lands on the drained node; without replication every move leaves it.
