@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod move_set;
 pub mod placement;
 pub mod rebalance;
+pub mod report;
 pub mod resize;
 mod service;
 pub mod shard_client;
@@ -57,8 +58,9 @@ pub struct ControlConfig {
     pub auto_rebalance_settle: std::time::Duration,
 }
 
+pub use report::{ChangeReport, PlanReport};
 use service::ControlService;
-pub use service::{ChangeReport, MigrateRequest, PlanReport};
+pub use service::MigrateRequest;
 
 /// Runs the control plane's HTTP API on `listener` until `shutdown` resolves.
 pub async fn run(

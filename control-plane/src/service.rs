@@ -16,6 +16,7 @@ use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Scope, TenantId}
 
 #[cfg(feature = "testing")]
 use crate::failpoint;
+use crate::report::{ChangeReport, PlanReport};
 use crate::{autopilot, job, layout, migrate, rebalance, verify, view};
 
 /// The operator page served at `/` (no external resources; it polls `GET /v1/cluster`).
@@ -325,36 +326,6 @@ impl ControlService {
         };
         Ok(ChangeReport { plan, migrations })
     }
-}
-
-/// Answer of `/v1/rebalance` and `/v1/drain/{node}`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ChangeReport {
-    /// What was (or would be) done.
-    pub plan: rebalance::Plan,
-    /// The migrations run (empty on a dry run).
-    pub migrations: Vec<job::MigrationReport>,
-}
-
-/// Answer of `GET /v1/plan` (`shardctl plan`): desired against observed, and the next step.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct PlanReport {
-    /// The layout epoch it was read at.
-    pub epoch: u64,
-    /// Whether the control plane admits registered nodes itself.
-    pub auto_rebalance: bool,
-    /// The placement-by-size policy, if any.
-    pub size_policy: Option<memring_common::layout::SizePolicy>,
-    /// Live nodes outside the layout.
-    pub waiting: Vec<String>,
-    /// The rebalance that would admit them (a dry run), when some wait.
-    pub join: Option<rebalance::Plan>,
-    /// The size policy's next step, in words (from the sizes the active control plane read).
-    pub policy_next: Option<String>,
-    /// Migrations in flight, from the journal.
-    pub migrations: Vec<memring_common::api::MigrationJob>,
-    /// What the engine does next, in words (`None`: the cluster is where the layout wants it).
-    pub next: Option<String>,
 }
 
 /// Body of `POST /v1/keys`.

@@ -322,36 +322,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
-            let plan = &report.plan;
-            println!(
-                "plan at epoch {}: joining {:?}, leaving {:?}; {} of {} partitions move, {:.1}% of {} memories (ideal {:.1}%, ratio {:.2})",
-                plan.epoch,
-                plan.joining,
-                plan.leaving,
-                plan.moves.len(),
-                plan.partitions,
-                plan.moved_fraction * 100.0,
-                plan.memories,
-                plan.ideal_fraction * 100.0,
-                if plan.ideal_fraction > 0.0 {
-                    plan.moved_fraction / plan.ideal_fraction
-                } else {
-                    0.0
-                }
-            );
-            if !plan.later.is_empty() {
-                // A dry run plans the first step only; a run has admitted these too.
-                println!("then, one at a time: {:?}", plan.later);
-            }
-            for m in &plan.moves {
-                println!("  {:<40} {} -> {}  ({} memories)", m.partition, m.from, m.to, m.memories);
-            }
-            for r in &report.migrations {
-                println!(
-                    "moved {} {} -> {}: {} memories, fenced {} ms",
-                    r.partition, r.from, r.to, r.count, r.fenced_ms
-                );
-            }
+            print!("{}", report.render());
         }
         Command::Keys(KeysCommand::Create { tenant, admin, operator, label }) => {
             let body = serde_json::json!({ "tenant": tenant, "admin": admin, "operator": operator, "label": label });
@@ -482,35 +453,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
                 return Ok(());
             }
-            println!(
-                "epoch {}: auto-rebalance {}; size policy {}",
-                plan.epoch,
-                if plan.auto_rebalance { "on" } else { "off" },
-                plan.size_policy
-                    .as_ref()
-                    .map(memring_common::layout::SizePolicy::describe)
-                    .unwrap_or_else(|| "none".into())
-            );
-            if let Some(join) = &plan.join {
-                println!(
-                    "waiting to join: {}; admitting them moves {} of {} partitions, {:.1}% of memories (ideal {:.1}%)",
-                    plan.waiting.join(", "),
-                    join.moves.len(),
-                    join.partitions,
-                    join.moved_fraction * 100.0,
-                    join.ideal_fraction * 100.0
-                );
-            }
-            if let Some(step) = &plan.policy_next {
-                println!("size policy, next: {step}");
-            }
-            for m in &plan.migrations {
-                println!("in flight: {} {} -> {} ({})", m.partition, m.from, m.to, m.phase);
-            }
-            println!(
-                "next: {}",
-                plan.next.as_deref().unwrap_or("nothing; placement is as the layout wants")
-            );
+            print!("{}", plan.render());
         }
         Command::AutoRebalance { state } => {
             let ask = serde_json::json!({ "rebalance": state == "on" });
