@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
-use memring_common::layout::{LayoutNode, PinKind};
+use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{NodeId, PartitionKey, Ring};
 
@@ -237,13 +237,7 @@ pub async fn migrate_partition(
         let stored = update_layout(store, 20, |l| {
             let mut next = l.clone();
             next.epoch += 1;
-            next.pins.remove(partition);
-            let natural = Ring::new(next.clone()).owner(partition).map(|o| o.id.clone());
-            if flip != Flip::Natural || natural.as_ref() != Some(to) {
-                // Back to the ring, but the ring changed under the rebalance: a staging pin,
-                // so a later rebalance places it.
-                next.pins.set(partition.clone(), to.clone(), PinKind::of_flip(flip));
-            }
+            crate::placement::place(&mut next, partition, to, flip);
             Some(next)
         })
         .await?;

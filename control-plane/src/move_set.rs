@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
-use memring_common::layout::{LayoutNode, PinKind};
+use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
@@ -42,42 +42,8 @@ use memring_common::api::{Flip, MovePhase, SetPhase};
 /// before it gives up (unfences) and tries again.
 const SETTLE_FENCE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Whether the lead step of a move of `partition` to `to` by `flip` is done in `layout`: pinned
-/// on `to` (a pin, a size policy's pin), or — back to the ring ([`Flip::Natural`]) — unpinned
-/// and led by `to`.
-fn led(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId, flip: Flip) -> bool {
-    match (flip, layout.pins.node(partition)) {
-        (Flip::Natural, None) => {
-            Ring::new(layout.clone()).owner(partition).is_some_and(|o| o.id == *to)
-        }
-        (_, pin) => pin == Some(to),
-    }
-}
-
-/// The lead step's placement of `partition` on `to` in `next`, whose replica set becomes `set`:
-/// an operator's pin ([`Flip::Pin`]), a size policy's pin ([`Flip::Policy`]), or no pin where
-/// the ring alone gives that set ([`Flip::Natural`]; if the ring changed meanwhile and it does
-/// not, a staging pin, as an unreplicated migration leaves, so a later rebalance places it).
-fn place(
-    next: &mut ClusterLayout,
-    partition: &PartitionKey,
-    to: &NodeId,
-    flip: Flip,
-    set: &[NodeId],
-) {
-    let as_set = |ids: &[NodeId]| ids.iter().cloned().collect::<BTreeSet<NodeId>>();
-    if flip == Flip::Natural && as_set(&placement::natural_set(next, partition)) == as_set(set) {
-        next.pins.remove(partition);
-        return;
-    }
-    if flip == Flip::Natural {
-        tracing::warn!(%partition, to = %to, "the ring changed during the move; pinned where it moved");
-    }
-    next.pins.set(partition.clone(), to.clone(), PinKind::of_flip(flip));
-}
-
-/// Whether every live node of `members` has at least the owner's position of `partition`
-/// (read first); returns the owner's position and the slowest member's.
+/// Where the owner of `partition` is (read first) and where the slowest of `members` it waits
+/// on is (`placement::awaited`); caught up when the second is at least the first.
 async fn caught_up(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -89,8 +55,7 @@ async fn caught_up(
     let owner = ring.owner(partition).cloned().context("the ring has no nodes")?;
     let target = shard::position(client, &owner, partition, layout.epoch).await?;
     let mut slowest = target;
-    let up = |id: &NodeId| !layout.states.get(id).is_marked_down();
-    for id in members.iter().filter(|id| **id != owner.id && up(id)) {
+    for id in placement::awaited(&layout, members).filter(|id| **id != owner.id) {
         let node = layout.node(id).with_context(|| format!("node {id} left the layout"))?;
         slowest = slowest.min(shard::position(client, node, partition, layout.epoch).await?);
     }
@@ -155,7 +120,7 @@ pub async fn move_set(
     let reported = std::sync::Mutex::new(Instant::now());
     // The log position the joining copies reached (entries they replayed).
     let replayed = std::sync::atomic::AtomicU64::new(0);
-    let pinned = |l: &ClusterLayout| led(l, partition, to, flip);
+    let pinned = |l: &ClusterLayout| placement::placed(l, partition, to, flip);
     if !pinned(&joined.layout) {
         let joining = wait(cancel, "the joining copies to catch up", || async {
             let (owner_at, slowest) = caught_up(store, client, partition, &new_set).await?;
@@ -208,7 +173,7 @@ pub async fn move_set(
             .collect();
         let mut next = l.clone();
         next.epoch += 1;
-        place(&mut next, partition, to, flip, &set);
+        placement::place(&mut next, partition, to, flip);
         next.extra_copies.remove(partition);
         if !leaving.is_empty() {
             next.extra_copies.insert(partition.clone(), leaving);

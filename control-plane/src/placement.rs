@@ -9,8 +9,9 @@
 //! went to the set. So holdings only size a partition; the layouts alone say where its data is
 //! and where it goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use memring_common::api::Flip;
 use memring_common::layout::{NodeState, PinKind};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
@@ -40,6 +41,45 @@ pub fn set_led_by(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId)
 /// The replica set the ring alone gives `partition` in `layout` (no pin, no extra copies).
 pub fn natural_set(layout: &ClusterLayout, partition: &PartitionKey) -> Vec<NodeId> {
     desired(&Ring::new(layout.unpinned([partition])), partition)
+}
+
+/// Places `partition` on `to` in `next` as a move's flip (R = 1) or lead step (R > 1) does:
+/// an operator's pin ([`Flip::Pin`]), a size policy's pin ([`Flip::Policy`]), or — back to the
+/// ring ([`Flip::Natural`]) — no pin where the ring alone gives the set `to` leads. If the ring
+/// changed under the move and it does not, a staging pin (`PinKind::of_flip`), so a later
+/// rebalance places it. The same rule for every R: with R = 1 the sets are one node each.
+pub fn place(next: &mut ClusterLayout, partition: &PartitionKey, to: &NodeId, flip: Flip) {
+    let as_set = |ids: Vec<NodeId>| ids.into_iter().collect::<BTreeSet<NodeId>>();
+    let led = as_set(set_led_by(next, partition, to));
+    next.pins.remove(partition);
+    if flip == Flip::Natural && as_set(natural_set(next, partition)) == led {
+        return;
+    }
+    if flip == Flip::Natural {
+        tracing::warn!(%partition, to = %to, "the ring changed during the move; pinned where it moved");
+    }
+    next.pins.set(partition.clone(), to.clone(), PinKind::of_flip(flip));
+}
+
+/// Whether [`place`] has happened in `layout`: `partition` pinned on `to`, or — back to the ring
+/// — unpinned and led by `to`.
+pub fn placed(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId, flip: Flip) -> bool {
+    match (flip, layout.pins.node(partition)) {
+        (Flip::Natural, None) => {
+            Ring::new(layout.clone()).owner(partition).is_some_and(|o| o.id == *to)
+        }
+        (_, pin) => pin == Some(to),
+    }
+}
+
+/// The members of a replica set whose copies a step waits on — to catch up, or to hold what a
+/// copy about to be dropped holds: every one not down or draining (those lead nothing and no
+/// write waits on them either).
+pub fn awaited<'a>(
+    layout: &'a ClusterLayout,
+    members: impl IntoIterator<Item = &'a NodeId> + 'a,
+) -> impl Iterator<Item = &'a NodeId> + 'a {
+    members.into_iter().filter(|id| !layout.is_down(id))
 }
 
 /// A partition's size: its largest copy among the nodes `now` says hold it (0: nothing there,
@@ -135,8 +175,6 @@ pub fn copies_to_drop(now: &Ring, next: &Ring, held: &Holdings) -> Vec<(Partitio
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use memring_common::layout::LayoutNode;
     use proptest::prelude::*;
 
@@ -393,6 +431,42 @@ mod tests {
             let natural = natural_set(&l, &p);
             if natural[0] == to {
                 prop_assert_eq!(set, natural);
+            }
+        }
+
+        /// A move's placement: the layout after it gives the set the target leads, pinned there
+        /// unless a move back to the ring finds the ring's own set led by the target; and the
+        /// move counts as placed.
+        #[test]
+        fn a_placed_partition_has_the_set_its_target_leads(
+            nodes in 1usize..7,
+            r in 1u32..4,
+            vnodes in 4u32..40,
+            t in 0usize..10_000,
+            to in 0usize..7,
+            flip in 0u8..3,
+            pinned_before in proptest::option::of(0usize..7),
+        ) {
+            let mut l = layout(nodes, r, vnodes);
+            let (p, to) = (key(t), node(to % nodes).id);
+            if let Some(n) = pinned_before {
+                l.pins.set(p.clone(), node(n % nodes).id, PinKind::Operator);
+            }
+            let flip = [Flip::Pin, Flip::Policy, Flip::Natural][flip as usize];
+            let want: BTreeSet<NodeId> = set_led_by(&l, &p, &to).into_iter().collect();
+            let natural = natural_set(&l, &p);
+            let mut next = l.clone();
+            place(&mut next, &p, &to, flip);
+            let got: BTreeSet<NodeId> = desired(&Ring::new(next.clone()), &p).into_iter().collect();
+            prop_assert_eq!(&got, &want);
+            let unpinned = next.pins.node(&p).is_none();
+            let natural_is_led = natural.iter().cloned().collect::<BTreeSet<_>>() == want;
+            prop_assert_eq!(unpinned, flip == Flip::Natural && natural_is_led);
+            if !unpinned {
+                prop_assert!(next.pins.is(&p, PinKind::of_flip(flip)));
+            }
+            if flip != Flip::Natural || natural[0] == to {
+                prop_assert!(placed(&next, &p, &to, flip));
             }
         }
 
