@@ -212,6 +212,8 @@ mod node;
 pub use node::*;
 mod control;
 pub use control::*;
+mod jobs;
+pub use jobs::*;
 
 #[cfg(test)]
 mod tests {

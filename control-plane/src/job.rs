@@ -1,12 +1,11 @@
 //! What every job of the control plane shares (migrations, moves of a replica set, rebalances,
 //! drains, the autopilot's runs): how fast it may copy, how an operator stops it, why it stopped,
-//! what a finished migration reports, a planned move, and the wait for a condition that an
-//! operator can cancel. No job module imports another for these.
+//! and the wait for a condition that an operator can cancel. No job module imports another for
+//! these. What jobs answer (a migration's report, a planned move, plans) are wire types in
+//! `common/src/api/jobs.rs`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 /// How fast a migration may copy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,46 +49,6 @@ impl JobError {
     pub fn is_cancelled(e: &anyhow::Error) -> bool {
         e.chain().any(|c| matches!(c.downcast_ref::<JobError>(), Some(JobError::Cancelled(_))))
     }
-}
-
-/// What a finished migration did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MigrationReport {
-    /// The partition.
-    pub partition: String,
-    /// Old owner.
-    pub from: String,
-    /// New owner.
-    pub to: String,
-    /// Memories copied from the snapshot pages.
-    pub copied: u64,
-    /// Log entries replayed after the copy (catch-up and drain).
-    pub replayed: u64,
-    /// How long writes were fenced (fence → ownership flipped), ms.
-    pub fenced_ms: u64,
-    /// Memories on the target when verified.
-    pub count: u64,
-    /// Layout epoch after the flip.
-    pub epoch: u64,
-    /// Whole migration, ms.
-    pub took_ms: u64,
-    /// Bytes of the source's HNSW graph handed to the target (0 when the source had no graph
-    /// loaded: the target then builds its index on its first search, as the source would have).
-    #[serde(default)]
-    pub index_bytes: u64,
-}
-
-/// One partition to move.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Move {
-    /// The partition.
-    pub partition: String,
-    /// Where its data is.
-    pub from: String,
-    /// Its owner in the new ring.
-    pub to: String,
-    /// Memories in it.
-    pub memories: u64,
 }
 
 /// How often a waiting step looks again.

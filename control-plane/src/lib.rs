@@ -58,9 +58,7 @@ pub struct ControlConfig {
     pub auto_rebalance_settle: std::time::Duration,
 }
 
-pub use report::{ChangeReport, PlanReport};
 use service::ControlService;
-pub use service::MigrateRequest;
 
 /// Runs the control plane's HTTP API on `listener` until `shutdown` resolves.
 pub async fn run(

@@ -24,10 +24,10 @@ use memring_common::layout::LayoutNode;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{NodeId, PartitionKey, Ring};
 
-use crate::job::{Cancel, JobError, MigrationReport, Throttle};
+use crate::job::{Cancel, JobError, Throttle};
 use crate::shard_client as shard;
 pub use memring_common::api::Flip;
-use memring_common::api::{CopyPhase, MovePhase, ReplicaPosition};
+use memring_common::api::{CopyPhase, MigrationReport, MovePhase, ReplicaPosition};
 
 /// Copy page size (memories per request).
 const PAGE: usize = 500;

@@ -33,10 +33,10 @@ use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
 use crate::copies::{self, PATIENCE};
-use crate::job::{Cancel, JobError, MigrationReport, wait};
+use crate::job::{Cancel, JobError, wait};
 use crate::placement;
 use crate::shard_client as shard;
-use memring_common::api::{Flip, MovePhase, SetPhase};
+use memring_common::api::{Flip, MigrationReport, MovePhase, SetPhase};
 
 /// How long the settle step keeps the partition fenced waiting for the new set to catch up
 /// before it gives up (unfences) and tries again.

@@ -11,11 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use memring_common::api::Flip;
+use memring_common::api::{Flip, Move};
 use memring_common::layout::{NodeState, PinKind};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
-
-use crate::job::Move;
 
 /// What the nodes hold: partition → node → memories in that node's copy.
 pub type Holdings = BTreeMap<PartitionKey, BTreeMap<NodeId, u64>>;

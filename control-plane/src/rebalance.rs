@@ -20,10 +20,10 @@ use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Cancel, JobError, MigrationReport, Move, Throttle};
+use crate::job::{Cancel, JobError, Throttle};
 use crate::migrate::migrate_partition;
 use crate::placement::{self, Holdings};
-use memring_common::api::Flip;
+use memring_common::api::{ChangePlan, Flip, MigrationReport};
 
 /// A layout change to plan for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,34 +33,6 @@ pub enum Change {
     Join,
     /// Move everything off this node and take it out of the ring.
     Drain(String),
-}
-
-/// What a rebalance or drain will do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    /// The epoch the plan was made at.
-    pub epoch: u64,
-    /// Nodes entering the ring.
-    pub joining: Vec<String>,
-    /// Nodes waiting that join in later steps of the same rebalance (with replication nodes
-    /// join one at a time; see `placement::admitted_together`).
-    #[serde(default)]
-    pub later: Vec<String>,
-    /// Node leaving the ring.
-    pub leaving: Option<String>,
-    /// The moves, each partition at most once.
-    pub moves: Vec<Move>,
-    /// Partitions with data in the cluster.
-    pub partitions: usize,
-    /// Memories in the cluster.
-    pub memories: u64,
-    /// Memories moved / memories.
-    pub moved_fraction: f64,
-    /// What consistent hashing should move: the joining share, or the leaving node's share.
-    pub ideal_fraction: f64,
-    /// The layout to stage (moving partitions still pinned to where their data is).
-    #[serde(skip)]
-    staged: Option<ClusterLayout>,
 }
 
 /// Every partition each node holds data for, with its memories there.
@@ -86,18 +58,20 @@ pub async fn plan(
     store: &dyn RingStore,
     client: &InternalClient,
     change: &Change,
-) -> anyhow::Result<Plan> {
-    plan_at(store, client, change, false).await
+) -> anyhow::Result<ChangePlan> {
+    Ok(plan_at(store, client, change, false).await?.0)
 }
 
 /// Plans `change`; with `frozen` the layout has creation frozen and every node is listed behind
 /// a barrier at its epoch, so the plan sees every partition that can exist before staging.
+/// Returns the plan and the layout to stage (none when nothing changes; without replication,
+/// each moving partition is pinned there where its data is).
 async fn plan_at(
     store: &dyn RingStore,
     client: &InternalClient,
     change: &Change,
     frozen: bool,
-) -> anyhow::Result<Plan> {
+) -> anyhow::Result<(ChangePlan, Option<ClusterLayout>)> {
     let layout = store.load().await?.layout;
     let replicated = layout.replication_factor > 1;
     if frozen && !layout.creation_frozen {
@@ -181,7 +155,7 @@ async fn plan_at(
     let changes_something = !joining.is_empty()
         || leaving.is_some()
         || (!replicated && layout.pins.of(PinKind::Staging).next().is_some());
-    Ok(Plan {
+    let plan = ChangePlan {
         epoch: layout.epoch,
         joining,
         later,
@@ -191,21 +165,19 @@ async fn plan_at(
         memories,
         moved_fraction: if copies == 0 { 0.0 } else { moved as f64 / copies as f64 },
         ideal_fraction,
-        staged: changes_something.then_some(next),
-    })
+    };
+    Ok((plan, changes_something.then_some(next)))
 }
 
-impl Plan {
-    /// This plan followed by `next`, the step after it: the joining nodes and moves of both,
-    /// the moved fractions added up (the ideal is the caller's to set: the final ring's share
-    /// of every joiner).
-    fn then(mut self, next: Plan) -> Plan {
-        self.joining.extend(next.joining);
-        self.later = next.later;
-        self.moves.extend(next.moves);
-        self.moved_fraction += next.moved_fraction;
-        self
-    }
+/// Plan `first` followed by `next`, the step after it: the joining nodes and moves of both, the
+/// moved fractions added up (the ideal is the caller's to set: the final ring's share of every
+/// joiner).
+fn then(mut first: ChangePlan, next: ChangePlan) -> ChangePlan {
+    first.joining.extend(next.joining);
+    first.later = next.later;
+    first.moves.extend(next.moves);
+    first.moved_fraction += next.moved_fraction;
+    first
 }
 
 /// The nodes' `ids` share of `ring`'s key space.
@@ -222,14 +194,14 @@ pub async fn execute(
     change: &Change,
     throttle: Throttle,
     cancel: &Cancel,
-) -> anyhow::Result<(Plan, Vec<MigrationReport>)> {
+) -> anyhow::Result<(ChangePlan, Vec<MigrationReport>)> {
     if store.load().await?.layout.replication_factor > 1 {
         // New copies replay logs as followers: nothing to freeze, nothing to pin. Nodes join
         // one per step; each step is a plan of its own, run to its end before the next.
-        let mut done: Option<Plan> = None;
+        let mut done: Option<ChangePlan> = None;
         loop {
-            let plan = plan(store, client, change).await?;
-            let Some(staged) = plan.staged.clone() else {
+            let (plan, staged) = plan_at(store, client, change, false).await?;
+            let Some(staged) = staged else {
                 return Ok((done.unwrap_or(plan), Vec::new()));
             };
             let dropped = crate::resize::run(
@@ -246,7 +218,7 @@ pub async fn execute(
             let more = !plan.later.is_empty();
             let so_far = match done {
                 Some(before) => {
-                    let mut both = before.then(plan);
+                    let mut both = then(before, plan);
                     let ring = Ring::new(store.load().await?.layout);
                     both.ideal_fraction = share_of(&ring, &both.joining);
                     both
@@ -274,18 +246,18 @@ pub async fn execute(
         Some(next)
     })
     .await?;
-    let plan = match plan_at(store, client, change, true).await {
-        Ok(plan) if plan.staged.is_some() => plan,
+    let (plan, staged) = match plan_at(store, client, change, true).await {
+        Ok((plan, Some(staged))) => (plan, staged),
         other => {
             unfreeze(store).await?;
-            return other.map(|plan| (plan, Vec::new()));
+            return other.map(|(plan, _)| (plan, Vec::new()));
         }
     };
     if let Err(e) = crate::failpoint::hit("rebalance.planned").await {
         unfreeze(store).await?;
         return Err(e);
     }
-    let reports = run(store, client, plan.clone(), throttle, cancel).await?;
+    let reports = run(store, client, &plan, staged, throttle, cancel).await?;
     Ok((plan, reports))
 }
 
@@ -303,15 +275,16 @@ pub async fn unfreeze(store: &dyn RingStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stages the plan's layout, migrates every move, and (for a drain) takes the node out.
+/// Stages the plan's layout `staged`, migrates every move, and (for a drain) takes the node
+/// out.
 async fn run(
     store: &dyn RingStore,
     client: &InternalClient,
-    plan: Plan,
+    plan: &ChangePlan,
+    staged: ClusterLayout,
     throttle: Throttle,
     cancel: &Cancel,
 ) -> anyhow::Result<Vec<MigrationReport>> {
-    let Some(staged) = plan.staged else { return Ok(Vec::new()) };
     // Journal the job (a drain's last step, taking the node out, is resumed from it) and every
     // move before staging, so a control plane killed mid-way finishes them.
     let leaving = match &plan.leaving {

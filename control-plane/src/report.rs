@@ -1,118 +1,82 @@
-//! What the control plane answers about its jobs — a rebalance's or drain's plan and
-//! migrations ([`ChangeReport`]), and desired against observed placement ([`PlanReport`]) — and
-//! how `shardctl` prints them.
+//! How `shardctl` prints what the control plane answers about its jobs: a rebalance's or
+//! drain's plan and migrations ([`ChangeReport`]), and desired against observed placement
+//! ([`PlanReport`]) (wire types in `common/src/api/jobs.rs`).
 
 use std::fmt::Write as _;
 
-use crate::job::MigrationReport;
-use crate::rebalance::Plan;
+use memring_common::api::{ChangeReport, PlanReport};
 
-/// Answer of `/v1/rebalance` and `/v1/drain/{node}`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ChangeReport {
-    /// What was (or would be) done.
-    pub plan: Plan,
-    /// The migrations run (empty on a dry run).
-    pub migrations: Vec<MigrationReport>,
-}
-
-/// Answer of `GET /v1/plan` (`shardctl plan`): desired against observed, and the next step.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct PlanReport {
-    /// The layout epoch it was read at.
-    pub epoch: u64,
-    /// Whether the control plane admits registered nodes itself.
-    pub auto_rebalance: bool,
-    /// The placement-by-size policy, if any.
-    pub size_policy: Option<memring_common::layout::SizePolicy>,
-    /// Live nodes outside the layout.
-    pub waiting: Vec<String>,
-    /// The rebalance that would admit them (a dry run), when some wait.
-    pub join: Option<Plan>,
-    /// The size policy's next step, in words (from the sizes the active control plane read).
-    pub policy_next: Option<String>,
-    /// Migrations in flight, from the journal.
-    pub migrations: Vec<memring_common::api::MigrationJob>,
-    /// What the engine does next, in words (`None`: the cluster is where the layout wants it).
-    pub next: Option<String>,
-}
-
-impl ChangeReport {
-    /// The text `shardctl rebalance` and `shardctl drain` print.
-    pub fn render(&self) -> String {
-        let (plan, mut out) = (&self.plan, String::new());
-        let ratio =
-            if plan.ideal_fraction > 0.0 { plan.moved_fraction / plan.ideal_fraction } else { 0.0 };
-        let _ = writeln!(
-            out,
-            "plan at epoch {}: joining {:?}, leaving {:?}; {} of {} partitions move, {:.1}% of {} \
+/// The text `shardctl rebalance` and `shardctl drain` print.
+pub fn change(report: &ChangeReport) -> String {
+    let (plan, mut out) = (&report.plan, String::new());
+    let ratio =
+        if plan.ideal_fraction > 0.0 { plan.moved_fraction / plan.ideal_fraction } else { 0.0 };
+    let _ = writeln!(
+        out,
+        "plan at epoch {}: joining {:?}, leaving {:?}; {} of {} partitions move, {:.1}% of {} \
              memories (ideal {:.1}%, ratio {ratio:.2})",
-            plan.epoch,
-            plan.joining,
-            plan.leaving,
-            plan.moves.len(),
-            plan.partitions,
-            plan.moved_fraction * 100.0,
-            plan.memories,
-            plan.ideal_fraction * 100.0,
-        );
-        if !plan.later.is_empty() {
-            // A dry run plans the first step only; a run has admitted these too.
-            let _ = writeln!(out, "then, one at a time: {:?}", plan.later);
-        }
-        for m in &plan.moves {
-            let _ = writeln!(
-                out,
-                "  {:<40} {} -> {}  ({} memories)",
-                m.partition, m.from, m.to, m.memories
-            );
-        }
-        for r in &self.migrations {
-            let _ = writeln!(
-                out,
-                "moved {} {} -> {}: {} memories, fenced {} ms",
-                r.partition, r.from, r.to, r.count, r.fenced_ms
-            );
-        }
-        out
+        plan.epoch,
+        plan.joining,
+        plan.leaving,
+        plan.moves.len(),
+        plan.partitions,
+        plan.moved_fraction * 100.0,
+        plan.memories,
+        plan.ideal_fraction * 100.0,
+    );
+    if !plan.later.is_empty() {
+        // A dry run plans the first step only; a run has admitted these too.
+        let _ = writeln!(out, "then, one at a time: {:?}", plan.later);
     }
-}
-
-impl PlanReport {
-    /// The text `shardctl plan` prints.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let policy = self.size_policy.as_ref().map(memring_common::layout::SizePolicy::describe);
+    for m in &plan.moves {
         let _ = writeln!(
             out,
-            "epoch {}: auto-rebalance {}; size policy {}",
-            self.epoch,
-            if self.auto_rebalance { "on" } else { "off" },
-            policy.as_deref().unwrap_or("none")
+            "  {:<40} {} -> {}  ({} memories)",
+            m.partition, m.from, m.to, m.memories
         );
-        if let Some(join) = &self.join {
-            let _ = writeln!(
-                out,
-                "waiting to join: {}; admitting them moves {} of {} partitions, {:.1}% of \
-                 memories (ideal {:.1}%)",
-                self.waiting.join(", "),
-                join.moves.len(),
-                join.partitions,
-                join.moved_fraction * 100.0,
-                join.ideal_fraction * 100.0
-            );
-        }
-        if let Some(step) = &self.policy_next {
-            let _ = writeln!(out, "size policy, next: {step}");
-        }
-        for m in &self.migrations {
-            let _ =
-                writeln!(out, "in flight: {} {} -> {} ({})", m.partition, m.from, m.to, m.phase);
-        }
-        let next = self.next.as_deref().unwrap_or("nothing; placement is as the layout wants");
-        let _ = writeln!(out, "next: {next}");
-        out
     }
+    for r in &report.migrations {
+        let _ = writeln!(
+            out,
+            "moved {} {} -> {}: {} memories, fenced {} ms",
+            r.partition, r.from, r.to, r.count, r.fenced_ms
+        );
+    }
+    out
+}
+
+/// The text `shardctl plan` prints.
+pub fn plan(report: &PlanReport) -> String {
+    let mut out = String::new();
+    let policy = report.size_policy.as_ref().map(memring_common::layout::SizePolicy::describe);
+    let _ = writeln!(
+        out,
+        "epoch {}: auto-rebalance {}; size policy {}",
+        report.epoch,
+        if report.auto_rebalance { "on" } else { "off" },
+        policy.as_deref().unwrap_or("none")
+    );
+    if let Some(join) = &report.join {
+        let _ = writeln!(
+            out,
+            "waiting to join: {}; admitting them moves {} of {} partitions, {:.1}% of \
+                 memories (ideal {:.1}%)",
+            report.waiting.join(", "),
+            join.moves.len(),
+            join.partitions,
+            join.moved_fraction * 100.0,
+            join.ideal_fraction * 100.0
+        );
+    }
+    if let Some(step) = &report.policy_next {
+        let _ = writeln!(out, "size policy, next: {step}");
+    }
+    for m in &report.migrations {
+        let _ = writeln!(out, "in flight: {} {} -> {} ({})", m.partition, m.from, m.to, m.phase);
+    }
+    let next = report.next.as_deref().unwrap_or("nothing; placement is as the layout wants");
+    let _ = writeln!(out, "next: {next}");
+    out
 }
 
 #[cfg(test)]
@@ -129,7 +93,7 @@ mod tests {
             },
             "migrations": []
         }))?;
-        let text = report.render();
+        let text = change(&report);
         assert!(text.starts_with("plan at epoch 7: joining [\"shard-4\"]"), "{text}");
         assert!(text.contains("25.0% of 120 memories (ideal 20.0%, ratio 1.25)"), "{text}");
         assert!(text.contains("then, one at a time: [\"shard-5\"]"), "{text}");

@@ -16,8 +16,8 @@ use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Scope, TenantId}
 
 #[cfg(feature = "testing")]
 use crate::failpoint;
-use crate::report::{ChangeReport, PlanReport};
 use crate::{autopilot, job, layout, migrate, rebalance, verify, view};
+use memring_common::api::{ChangeReport, MigrateRequest, MigrationReport, PlanReport};
 
 /// The operator page served at `/` (no external resources; it polls `GET /v1/cluster`).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -44,7 +44,7 @@ pub(crate) struct ControlService {
 impl ControlService {
     /// `POST /v1/migrations {"tenant", "scope"?, "to"}`: moves the tenant's partitions (or one
     /// scope's) to node `to`, one after another, and answers with a report per partition.
-    async fn migrate(&self, req: Request<Incoming>) -> Result<Vec<job::MigrationReport>, ApiError> {
+    async fn migrate(&self, req: Request<Incoming>) -> Result<Vec<MigrationReport>, ApiError> {
         self.require_leader()?;
         let body = read_body(req, 1 << 20).await?;
         let ask: MigrateRequest = parse_json(&body)?;
@@ -340,19 +340,6 @@ struct KeyRequest {
     operator: bool,
     #[serde(default)]
     label: String,
-}
-
-/// Body of `POST /v1/migrations`.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MigrateRequest {
-    /// The tenant to move.
-    pub tenant: String,
-    /// Only this scope (default: every partition of the tenant).
-    #[serde(default)]
-    pub scope: Option<String>,
-    /// The node to move to.
-    pub to: String,
 }
 
 impl ControlService {

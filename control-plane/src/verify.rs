@@ -11,32 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use memring_common::api::VerifyReport;
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
 use memring_common::{PartitionKey, Ring};
-use serde::{Deserialize, Serialize};
-
-/// The verdict.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyReport {
-    /// Layout epoch checked against.
-    pub epoch: u64,
-    /// Partitions seen (restricted to `tenant` if given).
-    pub partitions_checked: usize,
-    /// Memories in them (every copy counted).
-    pub memories: u64,
-    /// What is wrong; empty when all is well.
-    pub problems: Vec<String>,
-    /// Partitions being migrated right now, with both copies' count and checksum, and
-    /// follower copies still catching up with their owner.
-    #[serde(default)]
-    pub in_flight: Vec<String>,
-    /// Partitions with fewer live copies than the replication factor (a copy's node is down,
-    /// or the ring has fewer nodes than copies asked for).
-    #[serde(default)]
-    pub under_replicated: Vec<String>,
-}
 
 /// One node's copy of a partition.
 struct Copy {

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use memring_common::api::{ClusterView, CopyPhase, MovePhase};
-use memring_control::job::MigrationReport;
-use memring_control::verify::VerifyReport;
-use memring_control::{ChangeReport, MigrateRequest};
+use memring_common::api::{
+    ChangeReport, ClusterView, CopyPhase, MigrateRequest, MigrationReport, MovePhase, PlanReport,
+    VerifyReport,
+};
+use memring_control::report as render;
 
 #[derive(Parser)]
 #[command(name = "shardctl", version, about = "operate a memring cluster")]
@@ -322,7 +323,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
-            print!("{}", report.render());
+            print!("{}", render::change(&report));
         }
         Command::Keys(KeysCommand::Create { tenant, admin, operator, label }) => {
             let body = serde_json::json!({ "tenant": tenant, "admin": admin, "operator": operator, "label": label });
@@ -448,12 +449,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Plan => {
             let resp = client.get(format!("{base}/v1/plan")).send().await.map_err(unreachable)?;
-            let plan: memring_control::PlanReport = answer(resp).await?.json().await?;
+            let plan: PlanReport = answer(resp).await?.json().await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
                 return Ok(());
             }
-            print!("{}", plan.render());
+            print!("{}", render::plan(&plan));
         }
         Command::AutoRebalance { state } => {
             let ask = serde_json::json!({ "rebalance": state == "on" });
