@@ -122,7 +122,9 @@ pub fn unsettled(layout: &ClusterLayout, leaving: Option<&NodeId>) -> Option<Str
         .find(|(_, state)| *state != NodeState::Active)?;
     Some(format!(
         "node {id} is {}; a replicated layout change waits until every other node is active \
-         (failover re-admits, hands back or replaces it)",
+         (failover re-admits a node that is back and hands its leadership back, and replaces \
+         one down for --replace-after-secs; `memring-control layout remove-node` takes out a \
+         down node that will not return)",
         match state {
             NodeState::Joining => "joining",
             NodeState::Draining => "draining",
