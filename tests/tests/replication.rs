@@ -366,6 +366,57 @@ async fn two_nodes_join_a_replicated_cluster_one_after_the_other() -> anyhow::Re
     Ok(())
 }
 
+/// A replicated join or drain waits while another node is marked down (a set whose one live
+/// holder the change pushes out would be led by a node holding nothing): `shardctl rebalance`
+/// and `shardctl drain` refuse naming the node, `shardctl plan` says the join comes later, and
+/// once the node is back and failover has re-admitted it the same rebalance admits the
+/// newcomer with every memory readable.
+#[tokio::test]
+async fn a_replicated_change_waits_while_a_node_is_down() -> anyhow::Result<()> {
+    let (mut c, store, control) = replicated_cluster(3, 2).await?;
+    let http = client();
+    for t in 0..6 {
+        let items: Vec<_> = (0..20)
+            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), &format!("w{t}"), items).await?;
+    }
+    c.shards[2].kill();
+    let down = NodeId::parse("shard-3")?;
+    wait_for("shard-3 marked down", Duration::from_secs(30), || async {
+        Ok(store.load().await?.layout.states.get(&down).is_marked_down().then_some(()))
+    })
+    .await?;
+    c.shards.push(c.start_shard("shard-4").await?);
+    for args in [&["drain", "shard-1"][..], &["rebalance"][..]] {
+        let refused = shardctl(&control, args).await.expect_err("refused while shard-3 is down");
+        assert!(format!("{refused:#}").contains("node shard-3 is marked down"), "{refused:#}");
+    }
+    let plan = shardctl(&control, &["plan"]).await?;
+    assert!(plan.contains("admit shard-4 later: node shard-3 is marked down"), "{plan}");
+    let layout = store.load().await?.layout;
+    assert_eq!(layout.nodes.len(), 3, "nothing was staged");
+    assert!(layout.states.draining().next().is_none());
+
+    c.shards[2].start_again()?;
+    c.shards[2].wait_ready(Duration::from_secs(30)).await?;
+    wait_for("shard-3 active again", Duration::from_secs(60), || async {
+        Ok(store.load().await?.layout.states.all_active().then_some(()))
+    })
+    .await?;
+    let out = shardctl(&control, &["rebalance"]).await?;
+    assert!(out.contains("joining [\"shard-4\"]"), "{out}");
+    assert_eq!(store.load().await?.layout.nodes.len(), 4);
+    wait_verified(&control, Duration::from_secs(30)).await?;
+    let epoch = store.load().await?.layout.epoch;
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    for t in 0..6 {
+        let url = format!("{}/v1/tenants/w{t}/memories/s19?scope=shared", c.router(0));
+        assert_eq!(http.get(url).send().await?.status().as_u16(), 200, "w{t}");
+    }
+    Ok(())
+}
+
 /// `shardctl migrate` in a replicated cluster (R = 3, W = 2, four nodes) under a write + read-back
 /// load: a tenant moves to the node outside its replica set (it joins as an extra copy, replays
 /// the log, takes the writes over, and the member the new set leaves out drops its copy), then
