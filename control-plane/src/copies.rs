@@ -88,9 +88,7 @@ pub async fn covered(
     if held.last_seq == 0 {
         return Ok(held.empty);
     }
-    let set = crate::placement::desired(ring, p);
-    for id in crate::placement::awaited(ring.layout(), &set) {
-        let Some(member) = ring.layout().node(id) else { return Ok(false) };
+    for member in ring.replica_set(p).iter().filter(|n| !ring.layout().is_down(&n.id)) {
         if !shard::holds(client, member, p, held.last_seq, held.last_term).await? {
             return Ok(false);
         }

@@ -43,7 +43,8 @@ use memring_common::api::{Flip, MigrationReport, MovePhase, SetPhase};
 const SETTLE_FENCE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Where the owner of `partition` is (read first) and where the slowest of `members` it waits
-/// on is (`placement::awaited`); caught up when the second is at least the first.
+/// on is (not down or draining: `ClusterLayout::is_down`, the rule of the copy-drop check and
+/// of a layout change's settle too); caught up when the second is at least the first.
 async fn caught_up(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -55,7 +56,7 @@ async fn caught_up(
     let owner = ring.owner(partition).cloned().context("the ring has no nodes")?;
     let target = shard::position(client, &owner, partition, layout.epoch).await?;
     let mut slowest = target;
-    for id in placement::awaited(&layout, members).filter(|id| **id != owner.id) {
+    for id in members.iter().filter(|id| **id != owner.id && !layout.is_down(id)) {
         let node = layout.node(id).with_context(|| format!("node {id} left the layout"))?;
         slowest = slowest.min(shard::position(client, node, partition, layout.epoch).await?);
     }

@@ -70,16 +70,6 @@ pub fn placed(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId, fli
     }
 }
 
-/// The members of a replica set whose copies a step waits on — to catch up, or to hold what a
-/// copy about to be dropped holds: every one not down or draining (those lead nothing and no
-/// write waits on them either).
-pub fn awaited<'a>(
-    layout: &'a ClusterLayout,
-    members: impl IntoIterator<Item = &'a NodeId> + 'a,
-) -> impl Iterator<Item = &'a NodeId> + 'a {
-    members.into_iter().filter(|id| !layout.is_down(id))
-}
-
 /// A partition's size: its largest copy among the nodes `now` says hold it (0: nothing there,
 /// whatever other nodes report).
 pub fn size(now: &Ring, partition: &PartitionKey, on: &BTreeMap<NodeId, u64>) -> u64 {
@@ -159,26 +149,26 @@ pub fn copies_to_make(now: &Ring, next: &Ring, held: &Holdings) -> Vec<Move> {
     moves
 }
 
-/// The copies going from `now` to `next` leaves outside their partition's set: each holder in
-/// `now` that `next` does not want, for every partition in `held`. (The one rule of `copies.rs`
-/// decides when each may go.)
-pub fn copies_to_drop(now: &Ring, next: &Ring, held: &Holdings) -> Vec<(PartitionKey, NodeId)> {
-    let mut out = Vec::new();
-    for partition in held.keys() {
-        let want = desired(next, partition);
-        for id in holders(now, partition).into_iter().filter(|id| !want.contains(id)) {
-            out.push((partition.clone(), id));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use memring_common::layout::LayoutNode;
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The copies going from `now` to `next` leaves outside their partition's set: each holder in
+    /// `now` that `next` does not want, for every partition in `held`. (The one rule of `copies.rs`
+    /// decides when each may go.)
+    fn copies_to_drop(now: &Ring, next: &Ring, held: &Holdings) -> Vec<(PartitionKey, NodeId)> {
+        let mut out = Vec::new();
+        for partition in held.keys() {
+            let want = desired(next, partition);
+            for id in holders(now, partition).into_iter().filter(|id| !want.contains(id)) {
+                out.push((partition.clone(), id));
+            }
+        }
+        out
+    }
 
     fn node(i: usize) -> LayoutNode {
         LayoutNode { id: NodeId::parse(&format!("n{i}")).expect("id"), addr: format!("a{i}:1") }

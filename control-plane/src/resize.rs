@@ -338,9 +338,8 @@ async fn settle(
         let then = positions(client, &nodes).await?;
         Ok(first.iter().all(|(p, on)| {
             let owner = ring.owner(p).and_then(|o| on.get(&o.id)).copied().unwrap_or(0);
-            let holders = crate::placement::holders(&ring, p);
-            crate::placement::awaited(ring.layout(), &holders).all(|member| {
-                then.get(p).and_then(|at| at.get(member)).is_some_and(|seq| *seq >= owner)
+            ring.replicas(p).iter().filter(|n| !ring.layout().is_down(&n.id)).all(|member| {
+                then.get(p).and_then(|at| at.get(&member.id)).is_some_and(|seq| *seq >= owner)
             })
         }))
     })
