@@ -485,4 +485,35 @@ mod tests {
             }
         }
     }
+
+    /// What a rebalance plan costs the control plane, at 1,000 and 100,000 partitions per node
+    /// (`cargo test --release -p memring-control --lib plan_cost -- --ignored --nocapture`). A
+    /// plan is an operator's (or the autopilot's) one-off question over every partition, not a
+    /// per-request or per-round path; this is its pure part, after the nodes' listings.
+    #[test]
+    #[ignore = "a measurement"]
+    fn plan_cost_at_1_000_and_100_000_partitions_per_node() {
+        for r in [1u32, 3] {
+            for per_node in [1_000usize, 100_000] {
+                let three = layout(3, r, 64);
+                let four = joined(&three, 3..4);
+                let (now, next) = (Ring::new(three), Ring::new(four));
+                // Three nodes with `per_node` copies each: R copies per partition.
+                let partitions = per_node * 3 / r as usize;
+                let held = holdings(&now, &(0..partitions).collect::<Vec<_>>(), 10, 3);
+                let started = std::time::Instant::now();
+                let made = copies_to_make(&now, &next, &held);
+                let sizes: u64 = held.iter().map(|(p, on)| size(&now, p, on)).sum();
+                let took = started.elapsed();
+                println!(
+                    "R = {r}, {per_node} partitions per node ({partitions} partitions): plan of \
+                     {} copies over {sizes} memories in {:.1} ms ({:.2} µs per partition)",
+                    made.len(),
+                    took.as_secs_f64() * 1e3,
+                    took.as_secs_f64() * 1e6 / partitions as f64
+                );
+                assert!(!made.is_empty());
+            }
+        }
+    }
 }
