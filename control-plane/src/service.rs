@@ -196,11 +196,9 @@ impl ControlService {
         };
         let policy_next = self.autopilot.policy_next(&layout);
         let next = match (&join, layout.auto_rebalance) {
-            (None, _) if !waiting.is_empty() && unsettled.is_some() => Some(format!(
-                "admit {} later: {}",
-                waiting.join(", "),
-                unsettled.unwrap_or_default()
-            )),
+            (None, _) if let Some(why) = unsettled.filter(|_| !waiting.is_empty()) => {
+                Some(format!("admit {} later: {why}", waiting.join(", ")))
+            }
             (Some(_), true) => Some(format!("admit {} (auto-rebalance on)", waiting.join(", "))),
             (Some(_), false) => {
                 Some(format!("nothing until `shardctl rebalance` admits {}", waiting.join(", ")))
