@@ -17,10 +17,12 @@ use crate::scope::PartitionKey;
 mod pins;
 mod policy;
 mod states;
+mod transition;
 
 pub use pins::{Pin, PinKind, Pins};
 pub use policy::SizePolicy;
 pub use states::{NodeState, NodeStates};
+pub use transition::Transition;
 
 /// The layout format this binary writes.
 pub const LAYOUT_FORMAT_VERSION: u32 = 1;
@@ -80,6 +82,10 @@ pub struct ClusterLayout {
     /// never the owner.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra_copies: BTreeMap<PartitionKey, BTreeSet<NodeId>>,
+    /// A replicated join or drain that has not settled: the nodes before it, whose replica sets
+    /// are still asked by a node taking a partition over ([`Transition`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<Transition>,
     /// Whether the active control plane admits shard nodes that register without an operator:
     /// it runs the same rebalance `shardctl rebalance` runs once a new node has been live for a
     /// few seconds (`control-plane/src/autopilot.rs`). Off unless switched on.
@@ -108,6 +114,7 @@ impl Default for ClusterLayout {
             replication_factor: 1,
             write_quorum: None,
             extra_copies: BTreeMap::new(),
+            transition: None,
             auto_rebalance: false,
             size_policy: None,
         }
@@ -170,6 +177,9 @@ impl ClusterLayout {
         }
         if let Some(policy) = &self.size_policy {
             policy.validate()?;
+        }
+        if let Some(transition) = &self.transition {
+            transition.validate(self.epoch)?;
         }
         for (partition, nodes) in &self.extra_copies {
             if let Some(node) = nodes.iter().find(|n| self.node(n).is_none()) {

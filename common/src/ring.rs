@@ -84,36 +84,88 @@ pub struct Ring {
     /// Every vnode's position (as `hashring` places it) and its node's index, sorted: the walk
     /// clockwise from a key that picks replicas, and the arcs behind `shares`.
     points: Vec<(u64, usize)>,
+    /// The same for the nodes of the layout's unsettled [`Transition`] (indices into its node
+    /// list); empty without one.
+    ///
+    /// [`Transition`]: crate::layout::Transition
+    before: Vec<(u64, usize)>,
+}
+
+/// The virtual nodes `nodes` place on the ring of `layout`.
+fn vnodes(layout: &ClusterLayout, nodes: &[LayoutNode]) -> Vec<VNode> {
+    nodes
+        .iter()
+        .enumerate()
+        // With replication a draining node keeps its places (it is only never a primary).
+        // A dedicated node holds only what the size policy pins there.
+        .filter(|(_, n)| layout.replication_factor > 1 || !layout.states.get(&n.id).is_draining())
+        .filter(|(_, n)| !layout.is_dedicated(&n.id))
+        .flat_map(|(node, n)| {
+            (0..layout.vnodes_per_node).map(move |replica| VNode {
+                node,
+                replica,
+                point: vnode_point(&n.id, replica),
+            })
+        })
+        .collect()
+}
+
+/// Every vnode's position (as `hashring` places it) with its node's index, sorted.
+fn points(vnodes: &[VNode]) -> Vec<(u64, usize)> {
+    let hasher = StableBuildHasher;
+    let mut points: Vec<(u64, usize)> =
+        vnodes.iter().map(|v| (hasher.hash_one(v), v.node)).collect();
+    points.sort_unstable();
+    points
+}
+
+/// Distinct nodes of `nodes` in the order of `points`, starting at the vnode that owns `key`.
+fn walk<'a>(
+    points: &'a [(u64, usize)],
+    nodes: &'a [LayoutNode],
+    key: &[u8],
+) -> impl Iterator<Item = &'a LayoutNode> + 'a {
+    let k = StableBuildHasher.hash_one(KeyBytes(key));
+    // The first point at or after the key, wrapping to the start (as `hashring` does).
+    let start = points.partition_point(|(p, _)| *p < k) % points.len().max(1);
+    let mut seen = vec![false; nodes.len()];
+    points[start..]
+        .iter()
+        .chain(&points[..start])
+        .filter_map(move |&(_, node)| (!std::mem::replace(&mut seen[node], true)).then_some(node))
+        .map(|node| &nodes[node])
+}
+
+/// A replica set of `r` nodes on one circle: `pinned` first (if any), then the next distinct
+/// nodes clockwise from `key`.
+fn set_of<'a>(
+    points: &'a [(u64, usize)],
+    nodes: &'a [LayoutNode],
+    pinned: Option<&'a LayoutNode>,
+    key: &[u8],
+    r: usize,
+) -> Vec<&'a LayoutNode> {
+    let mut set: Vec<&LayoutNode> = pinned.into_iter().collect();
+    // Only as far round the ring as the set needs (the walk is lazy; all of it would visit
+    // every vnode).
+    let rest = r.saturating_sub(set.len());
+    set.extend(walk(points, nodes, key).filter(|n| pinned.is_none_or(|p| p.id != n.id)).take(rest));
+    set
 }
 
 impl Ring {
     /// Builds the ring of `layout`.
     pub fn new(layout: ClusterLayout) -> Self {
         let mut ring = HashRing::with_hasher(StableBuildHasher);
-        let vnodes = layout
-            .nodes
-            .iter()
-            .enumerate()
-            // With replication a draining node keeps its places (it is only never a primary).
-            // A dedicated node holds only what the size policy pins there.
-            .filter(|(_, n)| {
-                layout.replication_factor > 1 || !layout.states.get(&n.id).is_draining()
-            })
-            .filter(|(_, n)| !layout.is_dedicated(&n.id))
-            .flat_map(|(node, n)| {
-                (0..layout.vnodes_per_node).map(move |replica| VNode {
-                    node,
-                    replica,
-                    point: vnode_point(&n.id, replica),
-                })
-            })
-            .collect::<Vec<VNode>>();
-        let hasher = StableBuildHasher;
-        let mut points: Vec<(u64, usize)> =
-            vnodes.iter().map(|v| (hasher.hash_one(v), v.node)).collect();
-        points.sort_unstable();
-        ring.batch_add(vnodes);
-        Self { layout, ring, points }
+        let placed = vnodes(&layout, &layout.nodes);
+        let sorted = points(&placed);
+        ring.batch_add(placed);
+        // An unsettled replicated change: the circle its sets are still asked on.
+        let before = match &layout.transition {
+            Some(t) if layout.replication_factor > 1 => points(&vnodes(&layout, &t.nodes)),
+            _ => Vec::new(),
+        };
+        Self { layout, ring, points: sorted, before }
     }
 
     /// The layout this ring was built from.
@@ -169,36 +221,40 @@ impl Ring {
     pub fn replica_set(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
         let r = self.layout.replication_factor.max(1) as usize;
         let pinned = self.layout.pins.node(partition).and_then(|id| self.layout.node(id));
-        let mut set: Vec<&LayoutNode> = pinned.into_iter().collect();
-        // Only as far round the ring as the set needs (the walk is lazy; all of it would visit
-        // every vnode).
-        let rest = r.saturating_sub(set.len());
-        set.extend(
-            self.walk(&partition.encode())
-                .filter(|n| pinned.is_none_or(|p| p.id != n.id))
-                .take(rest),
-        );
+        set_of(&self.points, &self.layout.nodes, pinned, &partition.encode(), r)
+    }
+
+    /// The *retiring* copies of `partition` while the layout's replicated change has not
+    /// settled ([`Transition`]): the members of its replica set in the layout before the
+    /// change that the change took out. A node taking the partition over asks them too; they
+    /// neither follow nor count toward a write's quorum. Empty without a transition.
+    ///
+    /// [`Transition`]: crate::layout::Transition
+    pub fn retiring(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+        let Some(transition) = self.layout.transition.as_ref().filter(|_| !self.before.is_empty())
+        else {
+            return Vec::new();
+        };
+        let r = self.layout.replication_factor.max(1) as usize;
+        let nodes = &transition.nodes;
+        let pinned =
+            self.layout.pins.node(partition).and_then(|id| nodes.iter().find(|n| n.id == *id));
+        let now = self.replicas(partition);
+        let mut set = set_of(&self.before, nodes, pinned, &partition.encode(), r);
+        set.retain(|n| now.iter().all(|m| m.id != n.id));
         set
+    }
+
+    /// Whether node `id` holds a copy of `partition` the layout still counts on: one of its
+    /// [`Ring::replicas`] or a [`Ring::retiring`] copy (a copy held anywhere else may be dropped
+    /// once the set has what it has).
+    pub fn keeps(&self, partition: &PartitionKey, id: &NodeId) -> bool {
+        self.replicas(partition).iter().chain(&self.retiring(partition)).any(|n| n.id == *id)
     }
 
     /// The first `r` distinct nodes clockwise from an arbitrary key (ignores overrides).
     pub fn replicas_of_bytes(&self, key: &[u8], r: usize) -> Vec<&LayoutNode> {
-        self.walk(key).take(r).collect()
-    }
-
-    /// Distinct nodes in ring order, starting at the vnode that owns `key`.
-    fn walk(&self, key: &[u8]) -> impl Iterator<Item = &LayoutNode> + '_ {
-        let k = StableBuildHasher.hash_one(KeyBytes(key));
-        // The first point at or after the key, wrapping to the start (as `hashring` does).
-        let start = self.points.partition_point(|(p, _)| *p < k) % self.points.len().max(1);
-        let mut seen = vec![false; self.layout.nodes.len()];
-        self.points[start..]
-            .iter()
-            .chain(&self.points[..start])
-            .filter_map(move |&(_, node)| {
-                (!std::mem::replace(&mut seen[node], true)).then_some(node)
-            })
-            .map(|node| &self.layout.nodes[node])
+        walk(&self.points, &self.layout.nodes, key).take(r).collect()
     }
 
     /// Each node's share of the key space (fractions summing to 1), in layout order.
@@ -426,6 +482,39 @@ mod tests {
         assert_eq!(Ring::new(l.clone()).owner(&key).expect("owner").id, set[0]);
         l.states.set(&NodeId::parse("zz").expect("id"), NodeState::Joining);
         assert!(l.validate().is_err());
+    }
+
+    /// A join's transition: each partition's retiring copies are exactly the members of its old
+    /// set the join took out; they are kept but neither own nor follow; without a transition (or
+    /// replication) there are none.
+    #[test]
+    fn a_transition_keeps_the_members_a_join_displaced_as_retiring_copies() {
+        let mut l = layout(3, 32);
+        l.replication_factor = 3;
+        let mut joined = l.with_node(LayoutNode {
+            id: NodeId::parse("shard-9").expect("id"),
+            addr: "127.0.0.1:7799".into(),
+        });
+        joined.transition = Some(crate::layout::Transition::from_nodes(joined.epoch, &l.nodes));
+        let (before, after) = (Ring::new(l.clone()), Ring::new(joined.clone()));
+        let ids = |set: Vec<&LayoutNode>| set.into_iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        let mut displaced_some = 0;
+        for key in keys(200) {
+            let (was, now) = (ids(before.replica_set(&key)), ids(after.replica_set(&key)));
+            let gone: Vec<NodeId> = was.iter().filter(|n| !now.contains(n)).cloned().collect();
+            assert_eq!(ids(after.retiring(&key)), gone, "{key}");
+            for id in &gone {
+                assert!(after.keeps(&key, id));
+                assert!(after.replicas(&key).iter().all(|n| n.id != *id));
+                assert!(after.owner(&key).is_some_and(|o| o.id != *id));
+            }
+            displaced_some += usize::from(!gone.is_empty());
+            let settled = Ring::new(ClusterLayout { transition: None, ..joined.clone() });
+            assert!(settled.retiring(&key).is_empty());
+            let unreplicated = Ring::new(ClusterLayout { replication_factor: 1, ..joined.clone() });
+            assert!(unreplicated.retiring(&key).is_empty());
+        }
+        assert!(displaced_some > 0, "the join displaced nobody among 200 partitions");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! migration's partial target, which never held a write of its own (`migrate::abandon`).
 //!
 //! A node's copy of partition P is dropped only when:
-//! - the node is not among P's holders in the layout (its replica set and extra copies), and
+//! - the node is not among P's holders in the layout (its replica set and extra copies, and
+//!   while a replicated join or drain settles the retiring copies it is still asked for:
+//!   `Ring::keeps`), and
 //! - P's owner and every other live member of its set hold an entry of the copy's last term at
 //!   the copy's last log position (an empty copy holds nothing to lose). Logs with an entry of
 //!   the same term at a position hold the same entries up to it (`shard-node/src/replicate.rs`),
@@ -110,7 +112,7 @@ pub async fn drop_when_covered(
     held: Held,
     patience: Duration,
 ) -> anyhow::Result<Outcome> {
-    if ring.replicas(p).iter().any(|n| n.id == node.id) {
+    if ring.keeps(p, &node.id) {
         return Ok(Outcome::Kept);
     }
     let deadline = Instant::now() + patience;

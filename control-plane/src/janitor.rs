@@ -6,7 +6,8 @@
 //! A copy is dropped by the one rule of `copies.rs` (outside its partition's holders, and its
 //! last entry held by the owner and every live member of the set, the layout unchanged
 //! meanwhile), and only while nothing is moving: no migration or replicated rebalance in the
-//! journal, no replicated move's extra copies, no rebalance's staging pins or creation freeze,
+//! journal, no replicated move's extra copies, no unsettled replicated join or drain (its
+//! transition the sweep ends itself once its job has stopped: `resize::end_transition`), no rebalance's staging pins or creation freeze,
 //! no node draining.
 //!
 //! A copy outside every replica set appears only through a layout change (a smaller
@@ -71,6 +72,7 @@ pub async fn run(
 /// Whether anything is on the move in `layout` (a sweep then waits for the next round).
 fn moving(layout: &ClusterLayout) -> bool {
     !layout.extra_copies.is_empty()
+        || layout.transition.is_some()
         || layout.pins.of(PinKind::Staging).next().is_some()
         || layout.creation_frozen
         || layout.states.draining().next().is_some()
@@ -80,6 +82,14 @@ fn moving(layout: &ClusterLayout) -> bool {
 pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Result<Swept> {
     let layout = store.load().await?.layout;
     let mut swept = Swept { epoch: layout.epoch, ..Swept::default() };
+    if layout.transition.is_some() && crate::resize::pending(store).await?.is_none() {
+        // A replicated join or drain whose job stopped before it settled (cancelled): its
+        // transition ends here once the sets have caught up; the next sweep drops the copies.
+        if crate::resize::end_transition(store, client).await? {
+            tracing::info!("a replicated layout change left unsettled has settled");
+        }
+        return Ok(swept);
+    }
     if moving(&layout)
         || !crate::journal::pending(store).await?.is_empty()
         || crate::resize::pending(store).await?.is_some()
@@ -95,7 +105,7 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
         };
         for copy in list.partitions {
             let p = &copy.partition;
-            if ring.replicas(p).iter().any(|n| n.id == node.id) {
+            if ring.keeps(p, &node.id) {
                 continue;
             }
             let held = Held::from(&copy);

@@ -94,8 +94,9 @@ pub fn admitted_together(replication_factor: u32, waiting: usize) -> usize {
     if replication_factor > 1 { waiting.min(1) } else { waiting }
 }
 
-/// Why a replicated join or drain (of `leaving`) cannot start in `layout` now: another node is
-/// down, joining or draining. A set may then have no member that can lead but the newcomer:
+/// Why a replicated join or drain (of `leaving`) cannot start in `layout` now: the last one has
+/// not settled (its transition is one list of nodes; a second change would replace it), or
+/// another node is down, joining or draining. A set may then have no member that can lead but the newcomer:
 /// with R = 2, a set of a down node and the one live holder that the join's newcomer pushes out
 /// is left with the newcomer to lead, holding nothing. Such changes wait until failover has
 /// settled the nodes (re-admitted, handed back or replaced). `None` without replication: a
@@ -103,6 +104,13 @@ pub fn admitted_together(replication_factor: u32, waiting: usize) -> usize {
 pub fn unsettled(layout: &ClusterLayout, leaving: Option<&NodeId>) -> Option<String> {
     if layout.replication_factor <= 1 {
         return None;
+    }
+    if let Some(t) = &layout.transition {
+        return Some(format!(
+            "the replicated layout change of epoch {} has not settled (its new replica sets are \
+             still catching up; the running rebalance or drain, else the janitor, settles it)",
+            t.since
+        ));
     }
     let (id, state) = layout
         .nodes

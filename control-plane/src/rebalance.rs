@@ -15,7 +15,7 @@
 
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
-use memring_common::layout::{LayoutNode, NodeState, PinKind};
+use memring_common::layout::{LayoutNode, NodeState, PinKind, Transition};
 use memring_common::store::{RingStore, StoreError};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 use serde::{Deserialize, Serialize};
@@ -111,6 +111,11 @@ async fn plan_at(
                 }
                 next = next.with_node(LayoutNode { id: record.id, addr: record.addr });
                 next.epoch = layout.epoch + 1;
+            }
+            if replicated && !joining.is_empty() {
+                // The members the joiners displace are still asked until the new sets catch
+                // up (a drain's sets change only when the node leaves: `resize.rs`).
+                next.transition = Some(Transition::from_nodes(next.epoch, &layout.nodes));
             }
         }
         Change::Drain(node) => {

@@ -10,9 +10,16 @@
 //! - **drain**: the node is marked draining (epoch + 1): it stays in its replica sets but is
 //!   never a primary; each of its partitions' new owner is told to take over now; then the node
 //!   leaves the layout (epoch + 1) and its sets take the next node in, which replays;
-//! - **settle** (both): once every live member of every replica set has caught up with its
-//!   owner, copies on nodes outside the set (the member a join displaced, the drained node) are
-//!   dropped by the one rule of `copies.rs`.
+//! - **transition** (both): the layout that takes members out of sets (the join's staging, the
+//!   drained node's removal) keeps the nodes before it as its `Transition`, so the members taken
+//!   out stay *retiring* copies that every take-over asks — a write the old set acknowledged
+//!   may be on one of them alone (the model of `shard-node/src/replicate/model.rs`, with
+//!   `Membership::Forgotten`, finds the loss without it);
+//! - **settle** (both): once every partition with a retiring copy was taken over by its owner
+//!   in the new layout and every live member of every replica set has caught up with its owner,
+//!   the transition ends ([`end_transition`], epoch + 1; the janitor ends one a cancelled job
+//!   left), and copies on nodes outside the set (the member a join displaced, the drained node)
+//!   are dropped by the one rule of `copies.rs`.
 //!
 //! Each step is journaled (one record, [`JOB_ID`]) before it runs and passes a failpoint
 //! (`resize.<phase>`), so the next active control plane finishes a job the last one was killed
@@ -24,7 +31,7 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use memring_common::internal::InternalClient;
-use memring_common::layout::{LayoutNode, NodeState};
+use memring_common::layout::{LayoutNode, NodeState, Transition};
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
@@ -273,7 +280,11 @@ async fn finish(
                 ResizePhase::Removing => {
                     if let Some(node) = &job.leaving {
                         update_layout(store, 20, |l| {
-                            l.node(&node.id).is_some().then(|| l.without_node(&node.id))
+                            let mut next =
+                                l.node(&node.id).is_some().then(|| l.without_node(&node.id))?;
+                            // Its copies are still asked until the sets it leaves catch up.
+                            next.transition = Some(Transition::from_nodes(next.epoch, &l.nodes));
+                            Some(next)
                         })
                         .await?;
                         tracing::info!(node = %node.id, "drained node out of the layout");
@@ -318,34 +329,28 @@ async fn hand_over(
     Ok(())
 }
 
-/// Waits until every live member of every replica set has caught up with its owner, then drops
-/// the copies held outside replica sets (on `gone` too, a node just taken out) by the rule of
-/// `copies.rs`; one it must keep is left for the janitor. Returns how many copies were dropped.
+/// Waits until every live member of every replica set has caught up with its owner and ends
+/// the layout's transition ([`end_transition`]), then drops the copies held outside replica
+/// sets (on `gone` too, a node just taken out) by the rule of `copies.rs`; one it must keep is
+/// left for the janitor. Returns how many copies were dropped.
 async fn settle(
     store: &dyn RingStore,
     client: &InternalClient,
     gone: Option<&LayoutNode>,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
+    wait(cancel, "every replica set to catch up", || end_transition(store, client)).await?;
+    // Dropped by the one rule (`copies.rs`), under the layout as it is after the wait; a node
+    // marked down cannot be asked (the janitor sweeps it once it is back).
     let layout = store.load().await?.layout;
-    let mut nodes = layout.nodes.clone();
+    let mut nodes: Vec<LayoutNode> = layout
+        .nodes
+        .iter()
+        .filter(|n| !layout.states.get(&n.id).is_marked_down())
+        .cloned()
+        .collect();
     nodes.extend(gone.cloned());
     let ring = Ring::new(layout);
-    wait(cancel, "every replica set to catch up", || async {
-        // Owners' positions first, members' after: a member counts as caught up when it has
-        // reached where its owner was a moment before.
-        let first = positions(client, &nodes).await?;
-        let then = positions(client, &nodes).await?;
-        Ok(first.iter().all(|(p, on)| {
-            let owner = ring.owner(p).and_then(|o| on.get(&o.id)).copied().unwrap_or(0);
-            ring.replicas(p).iter().filter(|n| !ring.layout().is_down(&n.id)).all(|member| {
-                then.get(p).and_then(|at| at.get(&member.id)).is_some_and(|seq| *seq >= owner)
-            })
-        }))
-    })
-    .await?;
-    // Dropped by the one rule (`copies.rs`), under the layout as it is after the wait.
-    let ring = Ring::new(store.load().await?.layout);
     let mut dropped = 0;
     for node in &nodes {
         let list = crate::shard_client::partitions(client, &node.addr, None).await?;
@@ -360,16 +365,105 @@ async fn settle(
     Ok(dropped)
 }
 
-/// Each partition's log position on each node that holds it.
+/// One look at whether every replica set has caught up with its owner; if so, and the layout
+/// is still the one looked at, ends its [`Transition`] (epoch + 1). Returns whether the sets
+/// had caught up and no transition is left.
+///
+/// A partition a retiring copy is asked for is caught up once its owner has taken its writes
+/// over in this layout — its log then holds every write acknowledged before the change, the
+/// retiring copies' included — and every live member of its new set holds the owner's last
+/// entry then (log matching: the whole log up to it). Writes after that are acknowledged by W
+/// members of the new set, never by a retiring copy, so the new sets alone hold every
+/// acknowledged write and the retiring copies need not be asked any more. The other
+/// partitions are caught up once each live member has reached its owner's position.
+pub async fn end_transition(
+    store: &dyn RingStore,
+    client: &InternalClient,
+) -> anyhow::Result<bool> {
+    let layout = store.load().await?.layout;
+    let ring = Ring::new(layout.clone());
+    // Nodes marked down are not listed (nobody waits on them); a drained node already out of
+    // the layout is (it may hold retiring copies).
+    let before = layout.transition.iter().flat_map(|t| &t.nodes);
+    let nodes: Vec<LayoutNode> = layout
+        .nodes
+        .iter()
+        .filter(|n| !layout.states.get(&n.id).is_marked_down())
+        .chain(before.filter(|n| layout.node(&n.id).is_none()))
+        .cloned()
+        .collect();
+    let first = positions(client, &nodes, layout.epoch).await?;
+    let retiring: Vec<PartitionKey> =
+        first.keys().filter(|p| !ring.retiring(p).is_empty()).cloned().collect();
+    for p in &retiring {
+        let Some(owner) = ring.owner(p) else { return Ok(false) };
+        if crate::shard_client::take_over(client, owner, p).await.is_err() {
+            return Ok(false);
+        }
+    }
+    // Owners' positions first (after their take-overs), members' after.
+    let owners =
+        if retiring.is_empty() { first } else { positions(client, &nodes, layout.epoch).await? };
+    let live = |p: &PartitionKey| {
+        let owner = ring.owner(p).map(|o| o.id.clone());
+        ring.replicas(p)
+            .into_iter()
+            .filter(|n| !layout.is_down(&n.id) && Some(&n.id) != owner.as_ref())
+            .cloned()
+            .collect::<Vec<LayoutNode>>()
+    };
+    let at = |on: &BTreeMap<NodeId, (u64, u64)>, p: &PartitionKey| {
+        ring.owner(p).and_then(|o| on.get(&o.id)).copied().unwrap_or((0, 0))
+    };
+    for p in &retiring {
+        let (seq, term) = owners.get(p).map(|on| at(on, p)).unwrap_or((0, 0));
+        for member in live(p) {
+            if seq > 0 && !crate::shard_client::holds(client, &member, p, seq, term).await? {
+                return Ok(false);
+            }
+        }
+    }
+    let then = positions(client, &nodes, layout.epoch).await?;
+    let caught_up = owners.iter().filter(|(p, _)| !retiring.contains(p)).all(|(p, on)| {
+        let (seq, _) = at(on, p);
+        live(p).iter().all(|m| then.get(p).and_then(|at| at.get(&m.id)).is_some_and(|m| m.0 >= seq))
+    });
+    if !caught_up {
+        return Ok(false);
+    }
+    if layout.transition.is_none() {
+        return Ok(true);
+    }
+    let mut next = layout.clone();
+    next.epoch += 1;
+    next.transition = None;
+    match store.compare_and_swap(layout.epoch, &next).await {
+        Ok(_) => {
+            tracing::info!(
+                epoch = next.epoch,
+                partitions = retiring.len(),
+                "replicated layout change settled: retiring copies are no longer asked"
+            );
+            Ok(true)
+        }
+        // Looked at again under the layout that replaced it.
+        Err(memring_common::store::StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Each partition's log position `(last_seq, last_term)` on each node that holds it, listed
+/// once each node has seen layout `epoch` (a node that cannot be listed fails the call).
 async fn positions(
     client: &InternalClient,
     nodes: &[LayoutNode],
-) -> anyhow::Result<BTreeMap<PartitionKey, BTreeMap<NodeId, u64>>> {
-    let mut out: BTreeMap<PartitionKey, BTreeMap<NodeId, u64>> = BTreeMap::new();
+    epoch: u64,
+) -> anyhow::Result<BTreeMap<PartitionKey, BTreeMap<NodeId, (u64, u64)>>> {
+    let mut out: BTreeMap<PartitionKey, BTreeMap<NodeId, (u64, u64)>> = BTreeMap::new();
     for node in nodes {
-        let list = crate::shard_client::partitions(client, &node.addr, None).await?;
+        let list = crate::shard_client::partitions(client, &node.addr, Some(epoch)).await?;
         for p in list.partitions {
-            out.entry(p.partition).or_default().insert(node.id.clone(), p.last_seq);
+            out.entry(p.partition).or_default().insert(node.id.clone(), (p.last_seq, p.last_term));
         }
     }
     Ok(out)

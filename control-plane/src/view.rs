@@ -104,6 +104,7 @@ pub async fn cluster_view(
         pins: layout.pins.iter().map(|(p, pin)| (p.to_string(), pin.clone())).collect(),
         migrations: crate::journal::pending(store).await?,
         replica_sets,
+        settling_since: layout.transition.as_ref().map(|t| t.since),
         epoch_history: Vec::new(),
         autopilot: memring_common::api::AutopilotView {
             enabled: layout.auto_rebalance,
@@ -202,6 +203,15 @@ pub fn render(view: &ClusterView) -> String {
         "MEMORIES",
         "LAG"
     );
+    if let Some(since) = view.settling_since {
+        out.insert_str(
+            0,
+            &format!(
+                "settling: the replicated change of epoch {since} waits for its new replica sets \
+                 to catch up; the members it took out are still asked\n"
+            ),
+        );
+    }
     for n in &view.nodes {
         let show = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "?".into());
         let yes = |b: bool| if b { "yes" } else { "no" };

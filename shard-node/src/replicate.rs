@@ -17,7 +17,9 @@
 //!   epoch; from then on it follows only an owner that took over at an epoch at least as new) and
 //!   makes its log the most up to date one: it probes back to where the two agree, cuts its own
 //!   entries after that, and pulls the rest. Any write acknowledged by W copies is on one of the
-//!   copies it heard, and the most up-to-date log holds every acknowledged write.
+//!   copies it heard, and the most up-to-date log holds every acknowledged write. While a
+//!   replicated join or drain settles, the copies it took out of the set (`Ring::retiring`)
+//!   are among those asked, and the count is over old and new copies together.
 //! - **Follower** ([`Replication::follow`], `replicate/follower.rs`): one thread per other
 //!   node, long-polling its change feed (`replicate/feed.rs`, over the stream of
 //!   `replicate/stream.rs` or `POST /internal/v1/replicate/poll`; answered as soon as anything

@@ -366,6 +366,101 @@ async fn two_nodes_join_a_replicated_cluster_one_after_the_other() -> anyhow::Re
     Ok(())
 }
 
+/// A write the old replica set acknowledged just before a join is not lost when the join takes
+/// the member that holds it out of the set and the owner then fails (R = 3, W = 2, three nodes
+/// and a fourth joining). The member staying is stopped, so the write is on the owner and the
+/// member the join displaces only; the owner and the stopped member are killed right before the
+/// join is staged, the member comes back from its disk without the write, and once the owner is
+/// marked down it takes the partition over. It must ask the displaced member, retiring until
+/// the join settles (`Transition`), and find the write there: the joiner never had it.
+#[tokio::test]
+async fn a_write_on_the_member_a_join_displaces_survives_the_owner_failing() -> anyhow::Result<()> {
+    let (mut c, store, control) = replicated_cluster(3, 3).await?;
+    let http = client();
+    c.shards.push(c.start_shard("shard-4").await?);
+    let before = store.load().await?.layout;
+    let mut after = before.with_node(memring_common::layout::LayoutNode {
+        id: NodeId::parse("shard-4")?,
+        addr: c.shards[3].addr.clone(),
+    });
+    after.states.set(&NodeId::parse("shard-4")?, memring_common::layout::NodeState::Joining);
+    let (old, new) = (Ring::new(before), Ring::new(after));
+    let ids = |set: Vec<&memring_common::layout::LayoutNode>| -> Vec<NodeId> {
+        set.into_iter().map(|n| n.id.clone()).collect()
+    };
+    // A tenant whose owner stays, one follower stays and the other is displaced by shard-4.
+    let (tenant, owner, staying, displaced) = (0..400)
+        .find_map(|t| {
+            let p: PartitionKey = format!("d{t}/shared").parse().ok()?;
+            let (was, will) = (ids(old.replica_set(&p)), ids(new.replica_set(&p)));
+            let owner = old.owner(&p)?.id.clone();
+            let gone: Vec<&NodeId> = was.iter().filter(|n| !will.contains(n)).collect();
+            let stays: Vec<&NodeId> =
+                was.iter().filter(|n| will.contains(n) && **n != owner).collect();
+            (new.owner(&p)?.id == owner && gone.len() == 1 && gone[0] != &owner && stays.len() == 1)
+                .then(|| (format!("d{t}"), owner.clone(), stays[0].clone(), gone[0].clone()))
+        })
+        .expect("a tenant of 400 whose join displaces a follower");
+    let index = |id: &NodeId| {
+        c.shards.iter().position(|s| {
+            s.addr == old.layout().node(id).map(|n| n.addr.clone()).unwrap_or_default()
+        })
+    };
+    let (a, b) = (index(&owner).expect("owner"), index(&staying).expect("staying"));
+    println!("tenant {tenant}: owner {owner}, staying {staying}, displaced {displaced}");
+    let items: Vec<_> = (0..20)
+        .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+        .collect();
+    write_batch(&http, &c.router(0), &tenant, items).await?;
+
+    // The join is planned, and held right before its layout is staged.
+    set_failpoint(&control, "resize.staging", "pause").await?;
+    let job = spawn_shardctl(&control, &["rebalance"])?;
+    wait_for("the join at staging", Duration::from_secs(30), || async {
+        let pending = memring_control::resize::pending(&store).await?;
+        Ok(pending.is_some_and(|j| j.phase.name() == "staging").then_some(()))
+    })
+    .await?;
+    // Acknowledged by the owner and the member the join displaces: the staying one is stopped.
+    c.shards[b].pause()?;
+    let body = json!({"id": "late", "scope": "shared", "content": "acknowledged before the join", "embedding": vector(8, 3, 0.3)});
+    let url = format!("{}/v1/tenants/{tenant}/memories", c.router(0));
+    let status =
+        http.post(&url).json(&body).timeout(Duration::from_secs(10)).send().await?.status();
+    assert!(status.is_success(), "the write was not acknowledged: {status}");
+    // The owner dies; the staying member comes back from its disk (a poll answer waiting in its
+    // socket could carry the write), so only the displaced member holds it.
+    c.shards[a].kill();
+    c.shards[b].kill();
+    set_failpoint(&control, "resize.staging", "off").await?;
+    wait_for("the join staged", Duration::from_secs(20), || async {
+        Ok((store.load().await?.layout.nodes.len() == 4).then_some(()))
+    })
+    .await?;
+    c.shards[b].start_again()?;
+    c.shards[b].wait_ready(Duration::from_secs(30)).await?;
+    wait_for("the old owner marked down", Duration::from_secs(30), || async {
+        Ok(store.load().await?.layout.states.get(&owner).is_marked_down().then_some(()))
+    })
+    .await?;
+    let done = tokio::time::timeout(Duration::from_secs(120), job).await???;
+    let out = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(done.status.success(), "{out}{}", String::from_utf8_lossy(&done.stderr));
+    let layout = store.load().await?.layout;
+    assert!(layout.transition.is_none(), "the join settled: {:?}", layout.transition);
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    let read = |id: String| {
+        let url = format!("{}/v1/tenants/{tenant}/memories/{id}?scope=shared", c.router(0));
+        let http = http.clone();
+        async move { anyhow::Ok(http.get(url).send().await?.status().as_u16()) }
+    };
+    assert_eq!(read("late".into()).await?, 200, "the write acknowledged before the join was lost");
+    for n in [0, 19] {
+        assert_eq!(read(format!("s{n}")).await?, 200, "s{n}");
+    }
+    Ok(())
+}
+
 /// A replicated join or drain waits while another node is marked down (a set whose one live
 /// holder the change pushes out would be led by a node holding nothing): `shardctl rebalance`
 /// and `shardctl drain` refuse naming the node, `shardctl plan` says the join comes later, and

@@ -73,6 +73,11 @@ pub struct ClusterView {
     /// With replication: every stored partition's replica set and what it lacks.
     #[serde(default)]
     pub replica_sets: Vec<ReplicaSetView>,
+    /// The epoch of a replicated join or drain that has not settled yet: until it does, the
+    /// members it took out of replica sets are still asked by every take-over
+    /// (`crate::layout::Transition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settling_since: Option<u64>,
     /// Layout epochs this control plane has seen since it started, oldest first (at most 50).
     #[serde(default)]
     pub epoch_history: Vec<EpochSeen>,

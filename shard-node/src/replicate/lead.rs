@@ -91,16 +91,23 @@ impl Replication {
             return Ok(());
         }
         owns(&ring, &self.me, partition)?;
+        // While a replicated layout change settles, the copies it took out of the set are
+        // asked as well (`Ring::retiring`): a write its old set acknowledged may be on one of
+        // them only. Hearing all but W of every copy, old and new, meets any quorum of either.
+        let retiring = ring.retiring(partition);
         let needed = rules::take_over_peers(
-            ring.replicas(partition).len(),
+            ring.replicas(partition).len() + retiring.len(),
             ring.layout().write_quorum() as usize,
         );
         // The live copies first; if too few answer, the ones marked down as well: a copy
         // marked down that is back (not yet re-admitted) can answer, and any R − W answers
         // make the quorums meet, whoever gives them. Its own re-admission waits for this
         // take-over, so it must be asked when it is the only other copy left.
-        let (live, down): (Vec<&LayoutNode>, Vec<&LayoutNode>) =
-            ring.followers(partition).into_iter().partition(|n| !ring.layout().is_down(&n.id));
+        let (live, down): (Vec<&LayoutNode>, Vec<&LayoutNode>) = ring
+            .followers(partition)
+            .into_iter()
+            .chain(retiring)
+            .partition(|n| !ring.layout().is_down(&n.id));
         let mut answered = self.positions(partition, epoch, &live).await;
         if answered.len() < needed {
             answered.extend(self.positions(partition, epoch, &down).await);
