@@ -27,7 +27,7 @@
 //! recorded. A cancel stops the waiting steps and leaves the staged layout (failover still hands
 //! joining nodes their leadership; running the drain again finishes a drain).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::bail;
 use memring_common::internal::InternalClient;
@@ -393,7 +393,7 @@ pub async fn end_transition(
         .cloned()
         .collect();
     let first = positions(client, &nodes, layout.epoch).await?;
-    let retiring: Vec<PartitionKey> =
+    let retiring: BTreeSet<PartitionKey> =
         first.keys().filter(|p| !ring.retiring(p).is_empty()).cloned().collect();
     for p in &retiring {
         let Some(owner) = ring.owner(p) else { return Ok(false) };

@@ -986,8 +986,15 @@ mod tests {
 
     fn report(name: &str, c: &Config, o: &Outcome) {
         println!(
-            "model {name}: {:?}, {} writes, {} layout changes, {} faults, blind control {}: {} states, depth {}",
-            c.rules, c.writes, c.layout_changes, c.faults, c.blind_control, o.states, o.depth
+            "model {name}: {:?}, {} writes, {} layout changes, {} faults, blind control {}, membership {:?}: {} states, depth {}",
+            c.rules,
+            c.writes,
+            c.layout_changes,
+            c.faults,
+            c.blind_control,
+            c.membership,
+            o.states,
+            o.depth
         );
         if let Some((trace, why)) = &o.violation {
             println!("  violation: {why}\n  steps: {}", trace.join(" → "));
