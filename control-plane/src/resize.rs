@@ -343,12 +343,7 @@ async fn settle(
     // Dropped by the one rule (`copies.rs`), under the layout as it is after the wait; a node
     // marked down cannot be asked (the janitor sweeps it once it is back).
     let layout = store.load().await?.layout;
-    let mut nodes: Vec<LayoutNode> = layout
-        .nodes
-        .iter()
-        .filter(|n| !layout.states.get(&n.id).is_marked_down())
-        .cloned()
-        .collect();
+    let mut nodes: Vec<LayoutNode> = listable(&layout).cloned().collect();
     nodes.extend(gone.cloned());
     let ring = Ring::new(layout);
     let mut dropped = 0;
@@ -385,13 +380,8 @@ pub async fn end_transition(
     // Nodes marked down are not listed (nobody waits on them); a drained node already out of
     // the layout is (it may hold retiring copies).
     let before = layout.transition.iter().flat_map(|t| &t.nodes);
-    let nodes: Vec<LayoutNode> = layout
-        .nodes
-        .iter()
-        .filter(|n| !layout.states.get(&n.id).is_marked_down())
-        .chain(before.filter(|n| layout.node(&n.id).is_none()))
-        .cloned()
-        .collect();
+    let nodes: Vec<LayoutNode> =
+        listable(&layout).chain(before.filter(|n| layout.node(&n.id).is_none())).cloned().collect();
     let first = positions(client, &nodes, layout.epoch).await?;
     let retiring: BTreeSet<PartitionKey> =
         first.keys().filter(|p| !ring.retiring(p).is_empty()).cloned().collect();
@@ -450,6 +440,11 @@ pub async fn end_transition(
         Err(memring_common::store::StoreError::Conflict { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The nodes of `layout` a settle lists: all but those marked down (nobody waits on them).
+fn listable(layout: &ClusterLayout) -> impl Iterator<Item = &LayoutNode> {
+    layout.nodes.iter().filter(|n| !layout.states.get(&n.id).is_marked_down())
 }
 
 /// Each partition's log position `(last_seq, last_term)` on each node that holds it, listed
