@@ -113,7 +113,7 @@ pub enum Trims {
     Unbounded,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Run {
     Up,
     Paused,
@@ -121,7 +121,7 @@ enum Run {
 }
 
 /// One node: its durable log and its memory (lost in a crash, kept through a pause).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Node {
     run: Run,
     /// Layout epoch it has seen.
@@ -232,7 +232,7 @@ impl Node {
 }
 
 /// The layout's failover state and the partition's replica set (bit i: node i).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     down: u8,
     joining: u8,
@@ -266,7 +266,7 @@ impl Layout {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct State {
     nodes: [Node; N],
     layouts: [Layout; MAX_LAYOUTS],
@@ -888,26 +888,98 @@ fn broken(s: &State, c: &Config) -> Option<String> {
 /// A 128-bit fingerprint of a state: the explored set keeps these instead of whole states
 /// (hash compaction; two of 10^8 states share one with a chance of about 10^-22).
 fn fingerprint(s: &State) -> u128 {
-    use std::hash::{Hash, Hasher};
-    struct Bytes {
-        buf: [u8; 1024],
-        len: usize,
-    }
-    impl Hasher for Bytes {
-        fn write(&mut self, bytes: &[u8]) {
-            let end = self.len + bytes.len();
-            // A state cut short would merge states that differ past the cut, unexplored.
-            assert!(end <= self.buf.len(), "a state outgrew the fingerprint buffer");
-            self.buf[self.len..end].copy_from_slice(bytes);
-            self.len = end;
-        }
-        fn finish(&self) -> u64 {
-            0
-        }
-    }
-    let mut bytes = Bytes { buf: [0; 1024], len: 0 };
-    s.hash(&mut bytes);
+    let mut bytes = Packed { buf: [0; Packed::CAP], len: 0 };
+    s.pack(&mut bytes);
     xxhash_rust::xxh3::xxh3_128(&bytes.buf[..bytes.len])
+}
+
+/// A state written out byte by byte for its fingerprint. Each `pack` below names every field
+/// of its struct (a field added later fails to compile until it is packed too), and writes each
+/// in a fixed width, so two different states never give the same bytes.
+struct Packed {
+    buf: [u8; Self::CAP],
+    len: usize,
+}
+
+impl Packed {
+    const CAP: usize = 256;
+
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        // A state cut short would merge states that differ past the cut, unexplored.
+        assert!(end <= Self::CAP, "a state outgrew the fingerprint buffer");
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    fn option(&mut self, v: Option<u8>) {
+        self.put(&match v {
+            Some(v) => [1, v],
+            None => [0, 0],
+        });
+    }
+}
+
+impl State {
+    fn pack(&self, out: &mut Packed) {
+        let State { nodes, layouts, epochs, acked, written, faults, joined } = self;
+        for node in nodes {
+            node.pack(out);
+        }
+        for layout in layouts {
+            layout.pack(out);
+        }
+        out.put(&[*epochs, *acked, *written, *faults, u8::from(*joined)]);
+    }
+}
+
+impl Node {
+    fn pack(&self, out: &mut Packed) {
+        let Node {
+            run,
+            view,
+            log,
+            len,
+            start,
+            reseeding,
+            known_commit,
+            taken,
+            acks,
+            synced,
+            checked,
+            pending,
+            pending_len,
+        } = self;
+        let run = match run {
+            Run::Up => 0,
+            Run::Paused => 1,
+            Run::Crashed => 2,
+        };
+        out.put(&[run, *view, *len, *start, u8::from(*reseeding), *known_commit, *pending_len]);
+        for &(term, value) in log {
+            out.put(&[term, value]);
+        }
+        out.option(*taken);
+        for ack in acks {
+            match ack {
+                Some((seq, term)) => out.put(&[1, *seq, *term]),
+                None => out.put(&[0, 0, 0]),
+            }
+        }
+        out.option(*synced);
+        out.option(*checked);
+        for &(value, seq, term) in pending {
+            out.put(&[value, seq, term]);
+        }
+    }
+}
+
+impl Layout {
+    fn pack(&self, out: &mut Packed) {
+        let Layout { down, joining, set, retiring } = self;
+        out.put(&[*down, *joining, *retiring]);
+        out.put(set);
+    }
 }
 
 /// Hashes a fingerprint by its low bits (it is already uniformly spread).
