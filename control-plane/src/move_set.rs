@@ -98,6 +98,11 @@ pub async fn move_set(
         journal(phase, (0, 0)).await?;
         crate::failpoint::hit(&format!("move_set.{}", MovePhase::from(phase))).await
     };
+    let started_before = layout.extra_copies.contains_key(partition)
+        || placement::placed(&layout, partition, to, flip);
+    if !started_before && let Some(why) = placement::settling(&layout) {
+        bail!("the move of {partition} to {to} waits: {why}");
+    }
     step(SetPhase::Join).await?;
 
     // 1. join: the new set's members without a copy become extra copies and replay the log.

@@ -94,6 +94,22 @@ pub fn admitted_together(replication_factor: u32, waiting: usize) -> usize {
     if replication_factor > 1 { waiting.min(1) } else { waiting }
 }
 
+/// Why no replicated change of placement — a join, a drain or a move — may start in `layout`
+/// now: the last join or drain has not settled. Its [`Ring::retiring`] copies are the old replica
+/// sets worked out again from the transition's node list and today's pins, so a pin set meanwhile
+/// would name the wrong old set for its partition, and a node taking it over could miss the one
+/// copy that holds a write the old set acknowledged. `None` once it has settled.
+///
+/// [`Ring::retiring`]: memring_common::Ring::retiring
+pub fn settling(layout: &ClusterLayout) -> Option<String> {
+    let t = layout.transition.as_ref()?;
+    Some(format!(
+        "the replicated layout change of epoch {} has not settled (its new replica sets are \
+         still catching up; the running rebalance or drain, else the janitor, settles it)",
+        t.since
+    ))
+}
+
 /// Why a replicated join or drain (of `leaving`) cannot start in `layout` now: the last one has
 /// not settled (its transition is one list of nodes; a second change would replace it), or
 /// another node is down, joining or draining. A set may then have no member that can lead but the newcomer:
@@ -105,12 +121,8 @@ pub fn unsettled(layout: &ClusterLayout, leaving: Option<&NodeId>) -> Option<Str
     if layout.replication_factor <= 1 {
         return None;
     }
-    if let Some(t) = &layout.transition {
-        return Some(format!(
-            "the replicated layout change of epoch {} has not settled (its new replica sets are \
-             still catching up; the running rebalance or drain, else the janitor, settles it)",
-            t.since
-        ));
+    if let Some(why) = settling(layout) {
+        return Some(why);
     }
     let (id, state) = layout
         .nodes

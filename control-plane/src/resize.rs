@@ -375,6 +375,7 @@ pub async fn end_transition(
     store: &dyn RingStore,
     client: &InternalClient,
 ) -> anyhow::Result<bool> {
+    crate::failpoint::hit("resize.end_transition").await?;
     let layout = store.load().await?.layout;
     let ring = Ring::new(layout.clone());
     // Nodes marked down are not listed (nobody waits on them); a drained node already out of

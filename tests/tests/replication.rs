@@ -461,6 +461,64 @@ async fn a_write_on_the_member_a_join_displaces_survives_the_owner_failing() -> 
     Ok(())
 }
 
+/// A replicated move does not start while a join has not settled: the join's retiring copies
+/// are the old replica sets worked out again from today's pins, so a pin set meanwhile would name
+/// the wrong old copies (`placement::settling`). The join is held before its transition ends (a
+/// failpoint) and cancelled, so the transition lingers with no job running: `shardctl migrate`
+/// refuses, naming it, and changes nothing; once the janitor has ended it, the same command moves
+/// the tenant.
+#[tokio::test]
+async fn a_replicated_move_waits_until_a_join_has_settled() -> anyhow::Result<()> {
+    let (mut c, store, control) = replicated_cluster(3, 2).await?;
+    let http = client();
+    let items: Vec<_> = (0..20)
+        .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+        .collect();
+    write_batch(&http, &c.router(0), "mv", items).await?;
+    c.shards.push(c.start_shard("shard-4").await?);
+    set_failpoint(&control, "resize.end_transition", "error").await?;
+    let join = spawn_shardctl(&control, &["rebalance"])?;
+    wait_for("the join settling", Duration::from_secs(60), || async {
+        let pending = memring_control::resize::pending(&store).await?;
+        Ok(pending.is_some_and(|j| j.phase.name() == "settling").then_some(()))
+    })
+    .await?;
+    let resp = http.post(format!("{}/v1/migrations/cancel", control.url())).send().await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    let out = join.await??;
+    assert!(!out.status.success(), "a cancelled rebalance exits non-zero");
+    let layout = store.load().await?.layout;
+    let since = layout.transition.as_ref().map(|t| t.since).expect("the join left its transition");
+
+    let p: PartitionKey = "mv/shared".parse()?;
+    let set: Vec<NodeId> =
+        Ring::new(layout.clone()).replica_set(&p).into_iter().map(|n| n.id.clone()).collect();
+    let outsider = layout.nodes.iter().map(|n| n.id.clone()).find(|id| !set.contains(id));
+    let outsider = outsider.expect("a node outside the set").to_string();
+    let refused = shardctl(&control, &["migrate", "--tenant", "mv", "--to", &outsider]).await;
+    let why = format!("{:#}", refused.expect_err("a move while the join settles"));
+    assert!(why.contains(&format!("layout change of epoch {since} has not settled")), "{why}");
+    let now = store.load().await?.layout;
+    assert!(now.extra_copies.is_empty() && !now.pins.contains_key(&p), "the move changed {now:?}");
+    assert!(now.transition.is_some(), "the transition ended while its failpoint fails");
+
+    set_failpoint(&control, "resize.end_transition", "off").await?;
+    wait_for("the janitor ending the transition", Duration::from_secs(30), || async {
+        Ok(store.load().await?.layout.transition.is_none().then_some(()))
+    })
+    .await?;
+    shardctl(&control, &["migrate", "--tenant", "mv", "--to", &outsider]).await?;
+    let layout = store.load().await?.layout;
+    let owner = Ring::new(layout.clone()).owner(&p).map(|o| o.id.to_string());
+    assert_eq!(owner, Some(outsider), "the move ran once the join had settled");
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    for n in [0, 19] {
+        let url = format!("{}/v1/tenants/mv/memories/s{n}?scope=shared", c.router(0));
+        assert_eq!(http.get(url).send().await?.status().as_u16(), 200, "s{n}");
+    }
+    Ok(())
+}
+
 /// A replicated join or drain waits while another node is marked down (a set whose one live
 /// holder the change pushes out would be led by a node holding nothing): `shardctl rebalance`
 /// and `shardctl drain` refuse naming the node, `shardctl plan` says the join comes later, and

@@ -261,6 +261,10 @@ impl Autopilot {
                 return Ok(());
             }
         }
+        if crate::placement::settling(&layout).is_some() {
+            // A move would skew the retiring copies of a join or drain still settling.
+            return Ok(());
+        }
         let Ok(_slot) = jobs.slot.try_lock() else { return Ok(()) };
         jobs.cancel.clear();
         let (store, client, throttle, cancel) =
