@@ -1,9 +1,9 @@
-//! An exhaustive model of the replication protocol for one partition whose replica set is three
-//! of four nodes (R = 3, W = 2), explored breadth-first over every interleaving of client
-//! writes, acknowledgements, follower rounds, take-overs, crashes, pauses (a paused node keeps
-//! its memory and its stale layout), restarts, layout changes, the control plane's failover
-//! decisions and — with [`Membership`] on — a join of the fourth node that displaces any member
-//! of the set, within bounds on writes, layout changes and faults.
+//! An exhaustive model of the replication protocol for one partition whose replica set is R of
+//! four nodes (R = 3, W = 2 in most tests; R = W = 1 too), explored breadth-first over every
+//! interleaving of client writes, acknowledgements, follower rounds, take-overs, crashes, pauses
+//! (a paused node keeps its memory and its stale layout), restarts, layout changes, the control
+//! plane's failover decisions and — with [`Membership`] on — a join of the fourth node that
+//! displaces any member of the set, within bounds on writes, layout changes and faults.
 //!
 //! The invariant: **a write acknowledged to a client is in the log of the partition's owner in
 //! the newest layout, from the moment that owner has taken the writes over at that layout, for
@@ -25,15 +25,15 @@ use std::collections::HashSet;
 
 use super::rules::{self, LogPos};
 
-/// Nodes; the partition's replica set starts as nodes 0, 1, 2 in ring order, and node 3 can
-/// join it.
+/// Nodes; the partition's replica set starts as nodes 0, 1, 2 in ring order (node 0 alone with
+/// one copy), and node 3 can join it.
 const N: usize = 4;
-/// The replication factor.
-const R: usize = 3;
+/// The largest replication factor modelled.
+const MAX_R: usize = 3;
+/// An unused place in a replica set.
+const NONE: u8 = u8::MAX;
 /// The node that joins.
 const JOINER: usize = 3;
-/// Write quorum.
-const W: usize = 2;
 const MAX_LOG: usize = 4;
 const MAX_LAYOUTS: usize = 6;
 const MAX_PENDING: usize = 3;
@@ -55,6 +55,10 @@ pub enum Rules {
 pub struct Config {
     /// The rules.
     pub rules: Rules,
+    /// The replication factor R (1 to 3).
+    pub copies: u8,
+    /// The write quorum W (1 to R).
+    pub quorum: u8,
     /// Client writes.
     pub writes: u8,
     /// Layout changes (mark down, re-admit, hand back, unrelated bumps).
@@ -85,6 +89,17 @@ pub enum Membership {
     /// settles the change — once the owner has taken over at the newest layout and every live
     /// member holds the owner's log.
     Retiring,
+    /// The three phases of docs/one-engine.md: the join is *staged* (the old set's owner leads,
+    /// the old and the new members follow it, a write's quorum is W of the old set), then
+    /// *flipped* once every live member of the new set holds the old owner's log (the new set
+    /// leads, the members it took out retiring), then settled as with `Retiring`. The joiner is
+    /// never `joining`: the staged phase is what keeps it from leading. This is the rule that
+    /// works with one copy too.
+    Staged,
+    /// `Staged`, but the flip forgets the old members at once (no retiring copies; the model
+    /// must find the loss: the old owner still writes at the staged epoch until it learns of
+    /// the flip).
+    StagedForgetting,
 }
 
 /// What a primary taking the writes over at a new term does with its writes still waiting for
@@ -236,33 +251,68 @@ impl Node {
 struct Layout {
     down: u8,
     joining: u8,
-    /// The replica set in ring order.
-    set: [u8; R],
+    /// The replica set in ring order (R places used, the rest `NONE`).
+    set: [u8; MAX_R],
+    /// While a join is staged (`Membership::Staged`): the set before it, whose owner leads and
+    /// whose members make a write's quorum; all `NONE` otherwise.
+    old: [u8; MAX_R],
     /// Retiring copies (`Membership::Retiring`: the member a join displaced, until it settles).
     retiring: u8,
 }
 
 impl Default for Layout {
     fn default() -> Self {
-        Self { down: 0, joining: 0, set: [0, 1, 2], retiring: 0 }
+        Self::first(MAX_R as u8)
     }
 }
 
+/// The nodes of a set, in ring order.
+fn placed(set: &[u8; MAX_R]) -> impl Iterator<Item = usize> + '_ {
+    set.iter().filter(|&&m| m != NONE).map(|&m| usize::from(m))
+}
+
+/// The nodes of a set (bit i: node i).
+fn mask(set: &[u8; MAX_R]) -> u8 {
+    placed(set).fold(0, |m, i| m | (1 << i))
+}
+
 impl Layout {
-    /// The owner: the first of the set in ring order that may lead (the first if none may).
+    /// The first layout with `r` copies: nodes 0 to r − 1.
+    fn first(r: u8) -> Self {
+        let mut set = [NONE; MAX_R];
+        for (i, place) in set.iter_mut().enumerate().take(r as usize) {
+            *place = i as u8;
+        }
+        Self { down: 0, joining: 0, set, old: [NONE; MAX_R], retiring: 0 }
+    }
+
+    /// Whether a join is staged (the old set still leads).
+    fn staged(&self) -> bool {
+        self.old[0] != NONE
+    }
+
+    /// The owner: the first of the leading set (the old one while a join is staged) in ring
+    /// order that may lead (the first if none may).
     fn owner(&self) -> usize {
-        let set = self.set.map(usize::from);
-        set.into_iter().find(|&i| (self.down | self.joining) & (1 << i) == 0).unwrap_or(set[0])
+        let set = if self.staged() { &self.old } else { &self.set };
+        let first = placed(set).next().unwrap_or(0);
+        placed(set).find(|&i| (self.down | self.joining) & (1 << i) == 0).unwrap_or(first)
     }
 
     /// The members (bit i: node i).
     fn members(&self) -> u8 {
-        self.set.iter().fold(0, |m, &i| m | (1 << i))
+        mask(&self.set)
     }
 
-    /// Whether node `n` is a member.
-    fn has(&self, n: usize) -> bool {
-        self.members() & (1 << n) != 0
+    /// The copies whose acknowledgements make a write's quorum: the old set's while a join is
+    /// staged, else the members.
+    fn quorum(&self) -> u8 {
+        if self.staged() { mask(&self.old) } else { self.members() }
+    }
+
+    /// The copies that follow the owner: the members, and the old set's while a join is staged.
+    fn holders(&self) -> u8 {
+        self.members() | mask(&self.old)
     }
 }
 
@@ -281,10 +331,10 @@ struct State {
 }
 
 impl State {
-    fn initial() -> Self {
+    fn initial(c: &Config) -> Self {
         Self {
             nodes: [Node::new(); N],
-            layouts: [Layout::default(); MAX_LAYOUTS],
+            layouts: [Layout::first(c.copies); MAX_LAYOUTS],
             epochs: 1,
             acked: 0,
             written: 0,
@@ -337,6 +387,8 @@ enum Step {
     HandBack(u8),
     /// Node 3 joins in the place of this member.
     Join(u8),
+    /// A staged join's new set takes the lead.
+    Flip,
     /// The join's transition ends.
     Settle,
     Bump,
@@ -418,7 +470,7 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         let up = node.run == Run::Up;
         // A node with no copy in the newest layout nor in its own takes no step (node 3 before
         // it joins; a displaced member once the change settled and it learned of it).
-        let part = |l: Layout| (l.members() | l.retiring) & (1 << n) != 0;
+        let part = |l: Layout| (l.holders() | l.retiring) & (1 << n) != 0;
         if !part(s.layout(latest)) && !part(lay) {
             continue;
         }
@@ -507,7 +559,7 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
             for i in 0..me.pending_len as usize {
                 let (value, seq, term) = me.pending[i];
                 let followers = (0..N)
-                    .filter(|&f| f != n && lay.has(f))
+                    .filter(|&f| f != n && lay.quorum() & (1 << f) != 0)
                     .filter(|&f| match (me.acks[f], c.rules) {
                         (Some((acked, ack_term)), Rules::Terms) => rules::ack_covers(
                             u64::from(acked),
@@ -519,7 +571,7 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
                         (None, _) => false,
                     })
                     .count();
-                if followers + 1 >= W {
+                if followers + 1 >= usize::from(c.quorum) {
                     t.acked |= 1 << value;
                 } else {
                     me.pending[kept] = me.pending[i];
@@ -536,7 +588,7 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         let p = lay.owner();
         if up
             && p != n
-            && lay.has(n)
+            && lay.holders() & (1 << n) != 0
             && s.nodes[p].run == Run::Up
             && let Some(t) = follow(s, c, n, p)
         {
@@ -551,10 +603,11 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
                 (_, Trims::Unbounded) => u64::from(node.len),
                 (true, _) => {
                     let acks = (0..N)
-                        .filter(|&f| f != n && lay.has(f))
+                        .filter(|&f| f != n && lay.quorum() & (1 << f) != 0)
                         .filter_map(|f| node.acks[f])
                         .map(|(seq, term)| (u64::from(seq), u64::from(term)));
-                    rules::committed(u64::from(node.len), acks, u64::from(node.view), W)
+                    let w = usize::from(c.quorum);
+                    rules::committed(u64::from(node.len), acks, u64::from(node.view), w)
                 }
                 (false, _) => rules::follower_trim(
                     u64::from(node.len),
@@ -572,14 +625,16 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         // Taking the writes over at the layout it is at, asking all but W of the copies (the
         // retiring ones included).
         if up && lay.owner() == n && node.taken != Some(node.view) {
-            let copies = lay.members() | lay.retiring;
-            let needed = rules::take_over_peers(copies.count_ones() as usize, W) as u32;
+            let copies = lay.holders() | lay.retiring;
+            let w = usize::from(c.quorum);
+            let needed = rules::take_over_peers(copies.count_ones() as usize, w) as u32;
             // Any copies that are up may answer, marked down or not (the live code asks the
             // ones marked down only when too few others answer).
             let up_peers = (0..N)
                 .filter(|&q| q != n && copies & (1 << q) != 0 && s.nodes[q].run == Run::Up)
                 .fold(0u8, |m, q| m | (1 << q));
-            for asked in 1..=up_peers {
+            // (With one copy and nobody to ask, `asked` is 0: it takes over on its own log.)
+            for asked in 0..=up_peers {
                 if asked & !up_peers != 0 || asked.count_ones() != needed {
                     continue;
                 }
@@ -625,7 +680,7 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         let now = s.layout(latest);
         let bit = 1u8 << n;
         let caught_up = c.blind_control || node.synced == Some(latest);
-        let member = now.has(n);
+        let member = now.holders() & bit != 0;
         if can_change && member && node.run != Run::Up && now.down & bit == 0 {
             let mut t = *s;
             t.push_layout(Layout { down: now.down | bit, joining: now.joining & !bit, ..now });
@@ -657,13 +712,42 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         {
             let mut t = *s;
             let set = now.set.map(|m| if usize::from(m) == n { JOINER as u8 } else { m });
-            let retiring = match c.membership {
-                Membership::Retiring => bit,
-                Membership::Forgotten | Membership::Fixed => 0,
+            let next = match c.membership {
+                Membership::Retiring => Layout { set, joining: 1 << JOINER, retiring: bit, ..now },
+                Membership::Forgotten | Membership::Fixed => {
+                    Layout { set, joining: 1 << JOINER, ..now }
+                }
+                Membership::Staged | Membership::StagedForgetting => {
+                    Layout { set, old: now.set, ..now }
+                }
             };
-            t.push_layout(Layout { set, joining: 1 << JOINER, retiring, ..now });
+            t.push_layout(next);
             t.joined = true;
             out.push((Step::Join(id), t));
+        }
+    }
+    // A staged join flips (docs/one-engine.md, phase 2): the old owner has taken the writes
+    // over at the newest layout and every live member of the new set holds its log.
+    let now = s.layout(latest);
+    if can_change && now.staged() {
+        let o = &s.nodes[now.owner()];
+        let holds = |m: usize| {
+            let node = &s.nodes[m];
+            now.down & (1 << m) != 0
+                || (node.len >= o.len && node.log[..o.len as usize] == o.log[..o.len as usize])
+        };
+        if o.run == Run::Up
+            && o.view == latest
+            && o.taken == Some(latest)
+            && placed(&now.set).all(holds)
+        {
+            let retiring = match c.membership {
+                Membership::StagedForgetting => 0,
+                _ => mask(&now.old) & !now.members(),
+            };
+            let mut t = *s;
+            t.push_layout(Layout { old: [NONE; MAX_R], retiring, ..now });
+            out.push((Step::Flip, t));
         }
     }
     // The join's transition ends (`resize::end_transition`): the owner has taken the writes
@@ -679,7 +763,7 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         if o.run == Run::Up
             && o.view == latest
             && o.taken == Some(latest)
-            && now.set.iter().all(|&m| holds(usize::from(m)))
+            && placed(&now.set).all(holds)
         {
             let mut t = *s;
             t.push_layout(Layout { retiring: 0, ..now });
@@ -727,13 +811,14 @@ fn follow(s: &State, c: &Config, n: usize, p: usize) -> Option<State> {
                 let reached = me.len;
                 // The answer carries the primary's committed position (`feed.rs`), counted
                 // before this round's acknowledgement reaches it.
-                let members = s.layout(primary.view);
+                let quorum = s.layout(primary.view).quorum();
                 let acks = (0..N)
-                    .filter(|&f| f != p && members.has(f))
+                    .filter(|&f| f != p && quorum & (1 << f) != 0)
                     .filter_map(|f| primary.acks[f])
                     .map(|(seq, term)| (u64::from(seq), u64::from(term)));
-                let told = rules::committed(u64::from(primary.len), acks, u64::from(ack_term), W);
-                let known = rules::follower_committed(u64::from(reached), told, W);
+                let w = usize::from(c.quorum);
+                let told = rules::committed(u64::from(primary.len), acks, u64::from(ack_term), w);
+                let known = rules::follower_committed(u64::from(reached), told, w);
                 me.known_commit = me.known_commit.max(known as u8);
                 t.nodes[p].acks[n] = Some((reached, ack_term));
             }
@@ -785,7 +870,7 @@ fn take_over(s: &State, c: &Config, n: usize, asked: u8) -> Option<State> {
     // `Rules::Before` asked one copy and took what it had beyond its own log.
     let peer = match rules::adopt_from(mine, answers) {
         Some((q, _)) => t.nodes[q],
-        None => t.nodes[heard[0]],
+        None => heard.first().map_or(t.nodes[n], |&q| t.nodes[q]),
     };
     let me = &mut t.nodes[n];
     match c.rules {
@@ -976,9 +1061,10 @@ impl Node {
 
 impl Layout {
     fn pack(&self, out: &mut Packed) {
-        let Layout { down, joining, set, retiring } = self;
+        let Layout { down, joining, set, old, retiring } = self;
         out.put(&[*down, *joining, *retiring]);
         out.put(set);
+        out.put(old);
     }
 }
 
@@ -1003,7 +1089,7 @@ impl std::hash::Hasher for Spread {
 /// Explores every state reachable under `c`, breadth-first, level by level; stops at the first
 /// violation, whose steps are read back through each state's parent.
 pub fn explore(c: &Config) -> Outcome {
-    let start = State::initial();
+    let start = State::initial(c);
     let mut seen: HashSet<u128, std::hash::BuildHasherDefault<Spread>> = HashSet::default();
     seen.insert(fingerprint(&start));
     // For every state found, in order: the index of the state it was first reached from, and
@@ -1047,6 +1133,8 @@ mod tests {
     /// The rules that run (terms, rebased waiting writes), with the bounds most tests use.
     const TERMS: Config = Config {
         rules: Rules::Terms,
+        copies: 3,
+        quorum: 2,
         writes: 2,
         layout_changes: 3,
         faults: 2,
@@ -1058,8 +1146,10 @@ mod tests {
 
     fn report(name: &str, c: &Config, o: &Outcome) {
         println!(
-            "model {name}: {:?}, {} writes, {} layout changes, {} faults, blind control {}, membership {:?}: {} states, depth {}",
+            "model {name}: {:?}, R = {}, W = {}, {} writes, {} layout changes, {} faults, blind control {}, membership {:?}: {} states, depth {}",
             c.rules,
+            c.copies,
+            c.quorum,
             c.writes,
             c.layout_changes,
             c.faults,
@@ -1078,6 +1168,8 @@ mod tests {
     fn the_rules_before_terms_lose_an_acknowledged_write() {
         let c = Config {
             rules: Rules::Before,
+            copies: 3,
+            quorum: 2,
             writes: 3,
             layout_changes: 3,
             faults: 1,
@@ -1158,7 +1250,7 @@ mod tests {
 
     /// The states `steps` lead to from the start, each step required to be enabled.
     fn walk(c: &Config, steps: &[Step]) -> State {
-        let mut s = State::initial();
+        let mut s = State::initial(c);
         for step in steps {
             s = successors(&s, c)
                 .into_iter()
@@ -1264,28 +1356,89 @@ mod tests {
         assert!(o.states > 100_000, "the bounds explore too little: {} states", o.states);
     }
 
+    /// The staged rule of docs/one-engine.md with one copy (R = W = 1): node 3 joins in node
+    /// 0's place and follows it while the join is staged, the flip makes it lead, node 0
+    /// retires. No interleaving with writes, crashes, pauses, failover and stale layouts loses an
+    /// acknowledged write — the rule that lets one engine move partitions at every R.
+    #[test]
+    fn a_staged_join_of_a_single_copy_loses_nothing() {
+        let c = Config {
+            copies: 1,
+            quorum: 1,
+            writes: 2,
+            layout_changes: 4,
+            faults: 2,
+            membership: Membership::Staged,
+            ..TERMS
+        };
+        let o = explore(&c);
+        report("terms, staged join of a single copy", &c, &o);
+        assert!(o.violation.is_none());
+        assert!(o.states > 10_000, "the bounds explore too little: {} states", o.states);
+    }
+
+    /// A flip that forgets the old owner at once loses a write with one copy: the old owner
+    /// still writes at the staged epoch (and, W = 1, acknowledges alone) until it learns of the
+    /// flip, and the new owner takes over asking nobody. The model must find it, so the retiring
+    /// copy is what keeps the flip safe.
+    #[test]
+    fn a_staged_join_whose_flip_forgets_the_old_owner_loses_a_write() {
+        let c = Config {
+            copies: 1,
+            quorum: 1,
+            writes: 2,
+            layout_changes: 4,
+            faults: 2,
+            membership: Membership::StagedForgetting,
+            ..TERMS
+        };
+        let o = explore(&c);
+        report("terms, staged join forgetting the old owner", &c, &o);
+        let (trace, why) = o.violation.expect("forgetting the old owner must lose a write");
+        assert!(why.contains("acknowledged write"), "{why}");
+        for step in ["Join", "Flip", "TakeOver"] {
+            assert!(trace.iter().any(|s| s.starts_with(step)), "{step} missing from {trace:?}");
+        }
+    }
+
+    /// The staged rule with three copies (R = 3, W = 2): the join in any member's place, the
+    /// owner's included, loses nothing either, with the old set's quorum while staged and
+    /// retiring copies after the flip.
+    #[test]
+    fn a_staged_join_of_three_copies_loses_nothing() {
+        let c = Config { writes: 1, faults: 1, membership: Membership::Staged, ..TERMS };
+        let o = explore(&c);
+        report("terms, staged join of three copies", &c, &o);
+        assert!(o.violation.is_none());
+        assert!(o.states > 100_000, "the bounds explore too little: {} states", o.states);
+    }
+
     /// Wider bounds, from the environment (`make chaos` runs it): MEMRING_MODEL_WRITES,
     /// MEMRING_MODEL_CHANGES, MEMRING_MODEL_FAULTS, MEMRING_MODEL_BLIND (0/1),
-    /// MEMRING_MODEL_JOIN (0/1: node 3 joins, its displaced member retiring; off by default,
-    /// as the fourth node makes the default bounds too wide for one machine's memory).
+    /// MEMRING_MODEL_JOIN (0: off, the default, as the fourth node makes the default bounds
+    /// too wide for one machine's memory; 1: node 3 joins, its displaced member retiring; 2: the
+    /// staged join of docs/one-engine.md), MEMRING_MODEL_COPIES (R, 1 to 3, W a majority).
     #[test]
     #[ignore = "minutes to hours; `make chaos` runs it"]
     fn with_terms_nothing_is_lost_within_wider_bounds() {
         let var = |name: &str, default: u8| {
             std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
         };
+        let copies = var("MEMRING_MODEL_COPIES", 3).clamp(1, 3);
         let c = Config {
             rules: Rules::Terms,
+            copies,
+            quorum: copies / 2 + 1,
             writes: var("MEMRING_MODEL_WRITES", 3),
             layout_changes: var("MEMRING_MODEL_CHANGES", 4),
             faults: var("MEMRING_MODEL_FAULTS", 2),
             blind_control: var("MEMRING_MODEL_BLIND", 0) == 1,
             trims: if var("MEMRING_MODEL_TRIMS", 1) == 1 { Trims::Quorum } else { Trims::Off },
             rebase: Rebase::FirstOfTerm,
-            membership: if var("MEMRING_MODEL_JOIN", 0) == 1 {
-                Membership::Retiring
-            } else {
-                Membership::Fixed
+            membership: match var("MEMRING_MODEL_JOIN", 0) {
+                1 => Membership::Retiring,
+                2 => Membership::Staged,
+                _ => Membership::Fixed,
             },
         };
         let o = explore(&c);
