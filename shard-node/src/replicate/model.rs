@@ -387,7 +387,9 @@ enum Step {
     HandBack(u8),
     /// Node 3 joins in the place of this member.
     Join(u8),
-    /// A staged join's new set takes the lead.
+    /// Node 3 is pinned at the head of the set (staged).
+    Move,
+    /// A staged join's or move's new set takes the lead.
     Flip,
     /// The join's transition ends.
     Settle,
@@ -725,6 +727,22 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
             t.joined = true;
             out.push((Step::Join(id), t));
         }
+    }
+    // Staged, node 3 can instead be pinned at the head of the set (`shardctl migrate` to a node
+    // outside it): it is to lead, and the set's last member is left out.
+    let now = s.layout(latest);
+    let staged = matches!(c.membership, Membership::Staged | Membership::StagedForgetting);
+    if can_change && staged && !s.joined && now.down == 0 && now.joining == 0 {
+        let mut set = [NONE; MAX_R];
+        set[0] = JOINER as u8;
+        set[1..].copy_from_slice(&now.set[..MAX_R - 1]);
+        if c.copies < MAX_R as u8 {
+            set[usize::from(c.copies)..].fill(NONE);
+        }
+        let mut t = *s;
+        t.push_layout(Layout { set, old: now.set, ..now });
+        t.joined = true;
+        out.push((Step::Move, t));
     }
     // A staged join flips (docs/one-engine.md, phase 2): the old owner has taken the writes
     // over at the newest layout and every live member of the new set holds its log.
@@ -1401,14 +1419,15 @@ mod tests {
         }
     }
 
-    /// The staged rule with three copies (R = 3, W = 2): the join in any member's place, the
-    /// owner's included, loses nothing either, with the old set's quorum while staged and
+    /// The staged rule with three copies (R = 3, W = 2): a join in any member's place, the
+    /// owner's included, or a move that pins node 3 at the head of the set (it is to lead; the
+    /// last member leaves) loses nothing either, with the old set's quorum while staged and
     /// retiring copies after the flip.
     #[test]
-    fn a_staged_join_of_three_copies_loses_nothing() {
+    fn a_staged_join_or_move_of_three_copies_loses_nothing() {
         let c = Config { writes: 1, faults: 1, membership: Membership::Staged, ..TERMS };
         let o = explore(&c);
-        report("terms, staged join of three copies", &c, &o);
+        report("terms, staged join or move of three copies", &c, &o);
         assert!(o.violation.is_none());
         assert!(o.states > 100_000, "the bounds explore too little: {} states", o.states);
     }
