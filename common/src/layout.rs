@@ -22,7 +22,7 @@ mod transition;
 pub use pins::{Pin, PinKind, Pins};
 pub use policy::SizePolicy;
 pub use states::{NodeState, NodeStates};
-pub use transition::Transition;
+pub use transition::{Transition, TransitionPhase};
 
 /// The layout format this binary writes.
 pub const LAYOUT_FORMAT_VERSION: u32 = 1;

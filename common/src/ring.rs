@@ -13,7 +13,7 @@ use hashring::HashRing;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ids::NodeId;
-use crate::layout::{ClusterLayout, LayoutNode};
+use crate::layout::{ClusterLayout, LayoutNode, TransitionPhase};
 use crate::scope::PartitionKey;
 
 /// XXH3-64 over the bytes written; see the module docs for why.
@@ -160,10 +160,11 @@ impl Ring {
         let placed = vnodes(&layout, &layout.nodes);
         let sorted = points(&placed);
         ring.batch_add(placed);
-        // An unsettled replicated change: the circle its sets are still asked on.
+        // A change in flight: the circle of the layout before it (its sets still lead, or are
+        // still asked).
         let before = match &layout.transition {
-            Some(t) if layout.replication_factor > 1 => points(&vnodes(&layout, &t.nodes)),
-            _ => Vec::new(),
+            Some(t) => points(&vnodes(&layout, &t.nodes)),
+            None => Vec::new(),
         };
         Self { layout, ring, points: sorted, before }
     }
@@ -183,15 +184,64 @@ impl Ring {
     /// clockwise; without the extra copies of a migration) that may lead — not down, draining or
     /// joining — or the first one if none may. With R = 1 the set is one node: the override or
     /// the ring position.
+    ///
+    /// While a change is staged ([`TransitionPhase::OldLeads`]) the owner is the one of the
+    /// partition's set before the change ([`Ring::old_set`]).
     pub fn owner(&self, partition: &PartitionKey) -> Option<&LayoutNode> {
-        let set = self.replica_set(partition);
+        let set =
+            if self.old_leads() { self.old_set(partition) } else { self.replica_set(partition) };
         set.iter().find(|n| self.layout.may_lead(&n.id)).or(set.first()).copied()
     }
 
-    /// The copies of `partition` other than its owner (empty without replication).
+    /// The copies of `partition` other than its owner (empty without replication): its
+    /// [`Ring::replicas`], and while a change is staged the members of its old set too.
     pub fn followers(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
         let owner = self.owner(partition).map(|n| n.id.clone());
-        self.replicas(partition).into_iter().filter(|n| Some(&n.id) != owner.as_ref()).collect()
+        self.holders(partition).into_iter().filter(|n| Some(&n.id) != owner.as_ref()).collect()
+    }
+
+    /// The followers of `partition` whose acknowledgements count toward a write's quorum: while
+    /// a change is staged those of its old set (a member only the new set has is still being
+    /// filled), else every follower.
+    pub fn voters(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+        if !self.old_leads() {
+            return self.followers(partition);
+        }
+        let owner = self.owner(partition).map(|n| n.id.clone());
+        self.old_set(partition).into_iter().filter(|n| Some(&n.id) != owner.as_ref()).collect()
+    }
+
+    /// Whether a change is staged: the layout before it still leads.
+    fn old_leads(&self) -> bool {
+        self.layout.transition.as_ref().is_some_and(|t| t.phase == TransitionPhase::OldLeads)
+    }
+
+    /// The replica set `partition` had in the layout before the change in flight: that layout's
+    /// nodes, and the pin it had then. Empty without a change in flight.
+    pub fn old_set(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+        let Some(transition) = self.layout.transition.as_ref() else { return Vec::new() };
+        let r = self.layout.replication_factor.max(1) as usize;
+        let nodes = &transition.nodes;
+        let pin = match transition.pins.get(partition) {
+            Some(before) => before.as_ref(),
+            None => self.layout.pins.node(partition),
+        };
+        let pinned = pin.and_then(|id| nodes.iter().find(|n| n.id == *id));
+        set_of(&self.before, nodes, pinned, &partition.encode(), r)
+    }
+
+    /// Every node that holds a copy of `partition` it must keep in step with the owner: its
+    /// [`Ring::replicas`], and while a change is staged the members of its old set.
+    pub fn holders(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
+        let mut holders = self.replicas(partition);
+        if self.old_leads() {
+            for node in self.old_set(partition) {
+                if holders.iter().all(|n| n.id != node.id) {
+                    holders.push(node);
+                }
+            }
+        }
+        holders
     }
 
     /// The ring owner of an arbitrary key (ignores overrides); used by tests and benchmarks.
@@ -230,26 +280,24 @@ impl Ring {
     /// neither follow nor count toward a write's quorum. Empty without a transition.
     ///
     /// [`Transition`]: crate::layout::Transition
+    ///
+    /// While the change is staged ([`TransitionPhase::OldLeads`]) there are none: the old set
+    /// leads, its members follow.
     pub fn retiring(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
-        let Some(transition) = self.layout.transition.as_ref().filter(|_| !self.before.is_empty())
-        else {
+        if self.before.is_empty() || self.old_leads() {
             return Vec::new();
-        };
-        let r = self.layout.replication_factor.max(1) as usize;
-        let nodes = &transition.nodes;
-        let pinned =
-            self.layout.pins.node(partition).and_then(|id| nodes.iter().find(|n| n.id == *id));
+        }
         let now = self.replicas(partition);
-        let mut set = set_of(&self.before, nodes, pinned, &partition.encode(), r);
+        let mut set = self.old_set(partition);
         set.retain(|n| now.iter().all(|m| m.id != n.id));
         set
     }
 
     /// Whether node `id` holds a copy of `partition` the layout still counts on: one of its
-    /// [`Ring::replicas`] or a [`Ring::retiring`] copy (a copy held anywhere else may be dropped
+    /// [`Ring::holders`] or a [`Ring::retiring`] copy (a copy held anywhere else may be dropped
     /// once the set has what it has).
     pub fn keeps(&self, partition: &PartitionKey, id: &NodeId) -> bool {
-        self.replicas(partition).iter().chain(&self.retiring(partition)).any(|n| n.id == *id)
+        self.holders(partition).iter().chain(&self.retiring(partition)).any(|n| n.id == *id)
     }
 
     /// The first `r` distinct nodes clockwise from an arbitrary key (ignores overrides).
@@ -511,10 +559,115 @@ mod tests {
             displaced_some += usize::from(!gone.is_empty());
             let settled = Ring::new(ClusterLayout { transition: None, ..joined.clone() });
             assert!(settled.retiring(&key).is_empty());
-            let unreplicated = Ring::new(ClusterLayout { replication_factor: 1, ..joined.clone() });
-            assert!(unreplicated.retiring(&key).is_empty());
+            // With one copy the one member taken out is the old owner, when it moved.
+            let single =
+                |l: &ClusterLayout| Ring::new(ClusterLayout { replication_factor: 1, ..l.clone() });
+            let (was, now) = (single(&l), single(&joined));
+            let moved =
+                was.owner(&key).map(|o| o.id.clone()) != now.owner(&key).map(|o| o.id.clone());
+            let expect = if moved { ids(was.replica_set(&key)) } else { Vec::new() };
+            assert_eq!(ids(now.retiring(&key)), expect, "{key}");
         }
         assert!(displaced_some > 0, "the join displaced nobody among 200 partitions");
+    }
+
+    /// A staged change (docs/one-engine.md) leads from the layout before it: with one copy and
+    /// with three, every partition's owner is its old set's, the old and the new members follow
+    /// it, only the old set's count toward a quorum, and nothing is retiring; once flipped the
+    /// new layout leads and the old members it left out retire.
+    #[test]
+    fn a_staged_change_leads_from_the_old_sets_until_it_flips() {
+        use crate::layout::{Transition, TransitionPhase};
+        let ids = |set: Vec<&LayoutNode>| set.into_iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        for r in [1, 3] {
+            let mut l = layout(3, 32);
+            l.replication_factor = r;
+            let mut staged = l.with_node(LayoutNode {
+                id: NodeId::parse("shard-9").expect("id"),
+                addr: "127.0.0.1:7799".into(),
+            });
+            let mut t = Transition::from_nodes(staged.epoch, &l.nodes);
+            t.phase = TransitionPhase::OldLeads;
+            staged.transition = Some(t);
+            let flipped = {
+                let mut f = staged.clone();
+                if let Some(t) = f.transition.as_mut() {
+                    t.phase = TransitionPhase::NewLeads;
+                }
+                f
+            };
+            let (before, target) = (
+                Ring::new(l.clone()),
+                Ring::new(ClusterLayout { transition: None, ..staged.clone() }),
+            );
+            let (during, after) = (Ring::new(staged.clone()), Ring::new(flipped));
+            let mut moved = 0;
+            for key in keys(300) {
+                let (old, new) = (ids(before.replica_set(&key)), ids(target.replica_set(&key)));
+                assert_eq!(ids(during.old_set(&key)), old, "R = {r}, {key}");
+                let owner = before.owner(&key).map(|o| o.id.clone());
+                assert_eq!(during.owner(&key).map(|o| o.id.clone()), owner, "R = {r}, {key}");
+                let mut holders: Vec<NodeId> = new.clone();
+                holders.extend(old.iter().filter(|n| !new.contains(n)).cloned());
+                assert_eq!(ids(during.holders(&key)), holders, "R = {r}, {key}");
+                let others = |set: &[NodeId]| {
+                    set.iter().filter(|n| Some(*n) != owner.as_ref()).cloned().collect::<Vec<_>>()
+                };
+                assert_eq!(ids(during.followers(&key)), others(&holders), "R = {r}, {key}");
+                assert_eq!(ids(during.voters(&key)), others(&old), "R = {r}, {key}");
+                assert!(during.retiring(&key).is_empty(), "R = {r}, {key}");
+                for id in &holders {
+                    assert!(during.keeps(&key, id));
+                }
+                // Flipped: the new layout leads; the old members it left out retire.
+                assert_eq!(ids(after.replica_set(&key)), new);
+                assert_eq!(
+                    after.owner(&key).map(|o| o.id.clone()),
+                    target.owner(&key).map(|o| o.id.clone())
+                );
+                let gone: Vec<NodeId> = old.iter().filter(|n| !new.contains(n)).cloned().collect();
+                assert_eq!(ids(after.retiring(&key)), gone, "R = {r}, {key}");
+                moved += usize::from(!gone.is_empty());
+            }
+            assert!(moved > 0, "R = {r}: the join moved nothing among 300 partitions");
+        }
+    }
+
+    /// A move staged as a pin change: its transition keeps the pin the partition had before
+    /// (none here), so the old set — and its owner — are the ring's until the flip, and the
+    /// pinned node leads after it with the old owner retiring.
+    #[test]
+    fn a_staged_pin_leads_from_the_old_pin_until_it_flips() {
+        use crate::layout::{Transition, TransitionPhase};
+        let mut l = layout(4, 32);
+        l.replication_factor = 1;
+        let key = keys(1).remove(0);
+        let before = Ring::new(l.clone());
+        let owner = before.owner(&key).map(|o| o.id.clone()).expect("an owner");
+        let to = l.nodes.iter().map(|n| n.id.clone()).find(|id| *id != owner).expect("another");
+        let mut staged = l.clone();
+        staged.epoch += 1;
+        staged.pins.set(key.clone(), to.clone(), PinKind::Operator);
+        let mut t = Transition::from_nodes(staged.epoch, &l.nodes);
+        t.phase = TransitionPhase::OldLeads;
+        t.pins.insert(key.clone(), None);
+        staged.transition = Some(t);
+        let during = Ring::new(staged.clone());
+        assert_eq!(during.owner(&key).map(|o| o.id.clone()), Some(owner.clone()));
+        assert_eq!(
+            during.followers(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+            vec![to.clone()]
+        );
+        assert!(during.voters(&key).is_empty(), "with one copy the new one is filled, not counted");
+        if let Some(t) = staged.transition.as_mut() {
+            t.phase = TransitionPhase::NewLeads;
+        }
+        let after = Ring::new(staged);
+        assert_eq!(after.owner(&key).map(|o| o.id.clone()), Some(to));
+        assert_eq!(
+            after.retiring(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+            vec![owner]
+        );
     }
 
     #[test]

@@ -247,7 +247,7 @@ impl Replication {
             self.take_over(partition).await?;
             return Ok("primary");
         }
-        if !ring.replicas(partition).iter().any(|n| n.id == self.me) {
+        if !ring.holders(partition).iter().any(|n| n.id == self.me) {
             return Err(ApiError::new(
                 ErrorCode::WrongOwner,
                 format!("node {} holds no copy of {partition} at epoch {}", self.me, ring.epoch()),
@@ -351,7 +351,7 @@ fn internal_client(
 /// Whether `me` follows `primary` for `p` in `ring`: `primary` owns it and `me` holds a copy.
 fn follows(ring: &Ring, me: &NodeId, primary: &NodeId, p: &PartitionKey) -> bool {
     ring.owner(p).is_some_and(|o| o.id == *primary)
-        && ring.replicas(p).iter().any(|n| n.id == *me)
+        && ring.holders(p).iter().any(|n| n.id == *me)
         && primary != me
 }
 

@@ -1,9 +1,33 @@
 //! A replicated layout change that has not settled: the layout's [`Transition`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::LayoutNode;
 use crate::error::ApiError;
+use crate::ids::NodeId;
+use crate::scope::PartitionKey;
+
+/// Which layout leads while a change is in flight (docs/one-engine.md, "The rule").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionPhase {
+    /// Staged: each partition's owner is its owner in the layout before the change, the members
+    /// of its old and new sets follow that owner, and a write's quorum is W of the old set.
+    OldLeads,
+    /// Flipped: the new layout leads, and the members the change took out of a set are
+    /// *retiring* copies, asked by every take-over until the change settles. (A change staged
+    /// before phases existed is in this phase: the document has no `phase`.)
+    #[default]
+    NewLeads,
+}
+
+impl TransitionPhase {
+    fn is_new_leads(&self) -> bool {
+        *self == TransitionPhase::NewLeads
+    }
+}
 
 /// Set by a replicated layout change that takes nodes out of replica sets — a joining node
 /// displacing a member, a drained node leaving the layout — until every new set holds what the
@@ -27,12 +51,26 @@ pub struct Transition {
     pub since: u64,
     /// The nodes of the layout before it, sorted by id (a drained node's address kept).
     pub nodes: Vec<LayoutNode>,
+    /// Which layout leads. Left out of the document in the default phase, so a layout without a
+    /// staged change reads the same in binaries from before phases.
+    #[serde(default, skip_serializing_if = "TransitionPhase::is_new_leads")]
+    pub phase: TransitionPhase,
+    /// The pins the change set, moved or removed, each with the node it named before (`None`:
+    /// not pinned). A move is a pin change, so this stays as small as the change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<PartitionKey, Option<NodeId>>,
 }
 
 impl Transition {
-    /// A transition away from the layout whose nodes were `nodes`, made at epoch `since`.
+    /// A flipped transition away from the layout whose nodes were `nodes`, made at epoch
+    /// `since`, with no pin changed.
     pub fn from_nodes(since: u64, nodes: &[LayoutNode]) -> Self {
-        Self { since, nodes: nodes.to_vec() }
+        Self {
+            since,
+            nodes: nodes.to_vec(),
+            phase: TransitionPhase::NewLeads,
+            pins: BTreeMap::new(),
+        }
     }
 
     /// Checks it as part of a layout at `epoch`.
@@ -52,5 +90,31 @@ impl Transition {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flipped transition with no pin changed is written as before phases existed (binaries
+    /// from before read it: they refuse unknown fields), and such a document reads as flipped;
+    /// a staged one keeps its phase and old pins.
+    #[test]
+    fn a_flipped_transition_keeps_the_document_of_before_phases() {
+        let node = LayoutNode { id: NodeId::parse("shard-1").expect("id"), addr: "h:1".into() };
+        let flipped = Transition::from_nodes(7, std::slice::from_ref(&node));
+        let text = serde_json::to_string(&flipped).expect("json");
+        assert_eq!(text, r#"{"since":7,"nodes":[{"id":"shard-1","addr":"h:1"}]}"#);
+        let read: Transition = serde_json::from_str(&text).expect("read");
+        assert_eq!(read, flipped);
+        assert_eq!(read.phase, TransitionPhase::NewLeads);
+
+        let mut staged = flipped.clone();
+        staged.phase = TransitionPhase::OldLeads;
+        staged.pins.insert("t/shared".parse().expect("key"), None);
+        let text = serde_json::to_string(&staged).expect("json");
+        assert!(text.contains(r#""phase":"old_leads""#), "{text}");
+        assert_eq!(serde_json::from_str::<Transition>(&text).expect("read"), staged);
     }
 }

@@ -96,7 +96,7 @@ impl Replication {
         // them only. Hearing all but W of every copy, old and new, meets any quorum of either.
         let retiring = ring.retiring(partition);
         let needed = rules::take_over_peers(
-            ring.replicas(partition).len() + retiring.len(),
+            ring.holders(partition).len() + retiring.len(),
             ring.layout().write_quorum() as usize,
         );
         // The live copies first; if too few answer, the ones marked down as well: a copy

@@ -67,7 +67,7 @@ impl Replication {
         }
         let Some(lead) = self.lead_term(p) else { return 0 };
         let acks: Vec<(u64, u64)> =
-            ring.followers(p).iter().filter_map(|f| self.acks.acked(p, &f.id)).collect();
+            ring.voters(p).iter().filter_map(|f| self.acks.acked(p, &f.id)).collect();
         rules::committed(last, acks, lead, ring.layout().write_quorum() as usize)
     }
 
@@ -76,7 +76,7 @@ impl Replication {
         if ring.owner(p).is_some_and(|o| o.id == self.me) {
             return self.committed(ring, p, last);
         }
-        if !ring.replicas(p).iter().any(|n| n.id == self.me) {
+        if !ring.holders(p).iter().any(|n| n.id == self.me) {
             return 0;
         }
         match self.copies.lock().get(p) {

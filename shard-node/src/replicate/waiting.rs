@@ -133,10 +133,11 @@ impl Replication {
         Ok(self.acks.wait(partition, &mut waiting, deadline).await)
     }
 
-    /// The followers of `partition` in the current layout, and how many of them a write needs.
+    /// The followers of `partition` whose acknowledgements count toward a write's quorum
+    /// (`Ring::voters`), and how many of them a write needs.
     pub(super) fn quorum(&self, partition: &PartitionKey) -> (Vec<NodeId>, usize) {
         let ring = self.ring.ring();
         let needed = ring.layout().write_quorum().saturating_sub(1) as usize;
-        (ring.followers(partition).iter().map(|n| n.id.clone()).collect(), needed)
+        (ring.voters(partition).iter().map(|n| n.id.clone()).collect(), needed)
     }
 }
