@@ -277,12 +277,11 @@ impl Ring {
     /// The *retiring* copies of `partition` while the layout's replicated change has not
     /// settled ([`Transition`]): the members of its replica set in the layout before the
     /// change that the change took out. A node taking the partition over asks them too; they
-    /// neither follow nor count toward a write's quorum. Empty without a transition.
+    /// neither follow nor count toward a write's quorum. Empty without a transition, and while
+    /// the change is staged ([`TransitionPhase::OldLeads`]): the old set leads then, and its
+    /// members follow.
     ///
     /// [`Transition`]: crate::layout::Transition
-    ///
-    /// While the change is staged ([`TransitionPhase::OldLeads`]) there are none: the old set
-    /// leads, its members follow.
     pub fn retiring(&self, partition: &PartitionKey) -> Vec<&LayoutNode> {
         if self.before.is_empty() || self.old_leads() {
             return Vec::new();

@@ -416,11 +416,7 @@ async fn a_write_on_the_member_a_join_displaces_survives_the_owner_failing() -> 
     // The join is planned, and held right before its layout is staged.
     set_failpoint(&control, "resize.staging", "pause").await?;
     let job = spawn_shardctl(&control, &["rebalance"])?;
-    wait_for("the join at staging", Duration::from_secs(30), || async {
-        let pending = memring_control::resize::pending(&store).await?;
-        Ok(pending.is_some_and(|j| j.phase.name() == "staging").then_some(()))
-    })
-    .await?;
+    wait_resize_phase(&store, "the join", "staging", Duration::from_secs(30)).await?;
     // Acknowledged by the owner and the member the join displaces: the staying one is stopped.
     c.shards[b].pause()?;
     let body = json!({"id": "late", "scope": "shared", "content": "acknowledged before the join", "embedding": vector(8, 3, 0.3)});
@@ -478,11 +474,7 @@ async fn a_replicated_move_waits_until_a_join_has_settled() -> anyhow::Result<()
     c.shards.push(c.start_shard("shard-4").await?);
     set_failpoint(&control, "resize.end_transition", "error").await?;
     let join = spawn_shardctl(&control, &["rebalance"])?;
-    wait_for("the join settling", Duration::from_secs(60), || async {
-        let pending = memring_control::resize::pending(&store).await?;
-        Ok(pending.is_some_and(|j| j.phase.name() == "settling").then_some(()))
-    })
-    .await?;
+    wait_resize_phase(&store, "the join", "settling", Duration::from_secs(60)).await?;
     let resp = http.post(format!("{}/v1/migrations/cancel", control.url())).send().await?;
     assert!(resp.status().is_success(), "{}", resp.text().await?);
     let out = join.await??;
@@ -688,6 +680,20 @@ fn spawn_migrate(
     Ok(tokio::spawn(async move { cmd.output().await }))
 }
 
+/// Waits until the journaled rebalance or drain (`what`) has started step `phase`.
+async fn wait_resize_phase(
+    store: &impl RingStore,
+    what: &str,
+    phase: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    wait_for(&format!("{what} at {phase}"), within, || async {
+        let pending = memring_control::resize::pending(store).await?;
+        Ok(pending.is_some_and(|j| j.phase.name() == phase).then_some(()))
+    })
+    .await
+}
+
 /// Waits until a migration in the journal stands at `phase`.
 async fn wait_phase(store: &impl RingStore, phase: &str) -> anyhow::Result<()> {
     wait_for(&format!("a move at {phase}"), Duration::from_secs(20), || async {
@@ -848,11 +854,7 @@ async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -
             let (stop, _, writers) = start_writers(&c.router(0), round);
             let args: Vec<&str> = what.split(' ').collect();
             let job = spawn_shardctl(&control, &args)?;
-            wait_for(&format!("{what} at {phase}"), Duration::from_secs(30), || async {
-                let pending = memring_control::resize::pending(&store).await?;
-                Ok(pending.is_some_and(|j| j.phase.name() == phase).then_some(()))
-            })
-            .await?;
+            wait_resize_phase(&store, what, phase, Duration::from_secs(30)).await?;
             let before = store.load().await?.layout.epoch;
             control.kill();
             let _ = job.await?;

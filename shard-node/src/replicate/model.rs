@@ -1181,6 +1181,26 @@ mod tests {
         }
     }
 
+    /// Explores `c` and asserts that no state breaks an invariant, within bounds wide enough to
+    /// reach more than `states` states.
+    fn assert_clean(name: &str, c: &Config, states: usize) {
+        let o = explore(c);
+        report(name, c, &o);
+        assert!(o.violation.is_none());
+        assert!(o.states > states, "the bounds explore too little: {} states", o.states);
+    }
+
+    /// One copy (R = W = 1) and node 3 staged to take its place, with the bounds its tests use.
+    const SINGLE: Config = Config {
+        copies: 1,
+        quorum: 1,
+        writes: 2,
+        layout_changes: 4,
+        faults: 2,
+        membership: Membership::Staged,
+        ..TERMS
+    };
+
     /// The rules memring had before terms lose an acknowledged write; the model finds how.
     #[test]
     fn the_rules_before_terms_lose_an_acknowledged_write() {
@@ -1210,11 +1230,7 @@ mod tests {
     /// matching or lets terms go down, with the control plane checking that nodes caught up.
     #[test]
     fn with_terms_no_acknowledged_write_is_lost() {
-        let c = TERMS;
-        let o = explore(&c);
-        report("terms", &c, &o);
-        assert!(o.violation.is_none());
-        assert!(o.states > 1_000_000, "the bounds explore too little: {} states", o.states);
+        assert_clean("terms", &TERMS, 1_000_000);
     }
 
     /// Safety does not depend on the control plane's judgement: re-admitting and handing
@@ -1235,10 +1251,7 @@ mod tests {
     #[test]
     fn with_trimmed_logs_no_acknowledged_write_is_lost() {
         let c = Config { faults: 1, trims: Trims::Quorum, ..TERMS };
-        let o = explore(&c);
-        report("terms, trimmed logs", &c, &o);
-        assert!(o.violation.is_none());
-        assert!(o.states > 1_000_000, "the bounds explore too little: {} states", o.states);
+        assert_clean("terms, trimmed logs", &c, 1_000_000);
     }
 
     /// Trimming as a primary past what a quorum holds would lose a write, after a single crash:
@@ -1368,10 +1381,7 @@ mod tests {
     #[test]
     fn a_join_whose_displaced_member_retires_loses_nothing() {
         let c = Config { writes: 1, faults: 1, membership: Membership::Retiring, ..TERMS };
-        let o = explore(&c);
-        report("terms, join with a retiring member", &c, &o);
-        assert!(o.violation.is_none());
-        assert!(o.states > 100_000, "the bounds explore too little: {} states", o.states);
+        assert_clean("terms, join with a retiring member", &c, 100_000);
     }
 
     /// The staged rule of docs/one-engine.md with one copy (R = W = 1): node 3 joins in node
@@ -1380,19 +1390,7 @@ mod tests {
     /// acknowledged write — the rule that lets one engine move partitions at every R.
     #[test]
     fn a_staged_join_of_a_single_copy_loses_nothing() {
-        let c = Config {
-            copies: 1,
-            quorum: 1,
-            writes: 2,
-            layout_changes: 4,
-            faults: 2,
-            membership: Membership::Staged,
-            ..TERMS
-        };
-        let o = explore(&c);
-        report("terms, staged join of a single copy", &c, &o);
-        assert!(o.violation.is_none());
-        assert!(o.states > 10_000, "the bounds explore too little: {} states", o.states);
+        assert_clean("terms, staged join of a single copy", &SINGLE, 10_000);
     }
 
     /// A flip that forgets the old owner at once loses a write with one copy: the old owner
@@ -1401,15 +1399,7 @@ mod tests {
     /// copy is what keeps the flip safe.
     #[test]
     fn a_staged_join_whose_flip_forgets_the_old_owner_loses_a_write() {
-        let c = Config {
-            copies: 1,
-            quorum: 1,
-            writes: 2,
-            layout_changes: 4,
-            faults: 2,
-            membership: Membership::StagedForgetting,
-            ..TERMS
-        };
+        let c = Config { membership: Membership::StagedForgetting, ..SINGLE };
         let o = explore(&c);
         report("terms, staged join forgetting the old owner", &c, &o);
         let (trace, why) = o.violation.expect("forgetting the old owner must lose a write");
@@ -1426,10 +1416,7 @@ mod tests {
     #[test]
     fn a_staged_join_or_move_of_three_copies_loses_nothing() {
         let c = Config { writes: 1, faults: 1, membership: Membership::Staged, ..TERMS };
-        let o = explore(&c);
-        report("terms, staged join or move of three copies", &c, &o);
-        assert!(o.violation.is_none());
-        assert!(o.states > 100_000, "the bounds explore too little: {} states", o.states);
+        assert_clean("terms, staged join or move of three copies", &c, 100_000);
     }
 
     /// Wider bounds, from the environment (`make chaos` runs it): MEMRING_MODEL_WRITES,
