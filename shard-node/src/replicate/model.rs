@@ -1190,6 +1190,18 @@ mod tests {
         assert!(o.states > states, "the bounds explore too little: {} states", o.states);
     }
 
+    /// Explores `c` and asserts that it loses an acknowledged write (`expect` says why it must),
+    /// along a trace that takes each of `steps`.
+    fn assert_loses_a_write(name: &str, c: &Config, expect: &str, steps: &[&str]) {
+        let o = explore(c);
+        report(name, c, &o);
+        let (trace, why) = o.violation.expect(expect);
+        assert!(why.contains("acknowledged write"), "{why}");
+        for step in steps {
+            assert!(trace.iter().any(|s| s.starts_with(step)), "{step} missing from {trace:?}");
+        }
+    }
+
     /// One copy (R = W = 1) and node 3 staged to take its place, with the bounds its tests use.
     const SINGLE: Config = Config {
         copies: 1,
@@ -1216,14 +1228,13 @@ mod tests {
             rebase: Rebase::Off,
             membership: Membership::Fixed,
         };
-        let o = explore(&c);
-        report("before terms", &c, &o);
-        let (trace, why) = o.violation.expect("the model must find the lost write");
-        assert!(why.contains("acknowledged write"), "{why}");
         // The sequence: a crash, a failover, a re-admission that flips the primary back.
-        for step in ["Crash", "MarkDown", "Readmit"] {
-            assert!(trace.iter().any(|s| s.starts_with(step)), "{step} missing from {trace:?}");
-        }
+        assert_loses_a_write(
+            "before terms",
+            &c,
+            "the model must find the lost write",
+            &["Crash", "MarkDown", "Readmit"],
+        );
     }
 
     /// With terms, no interleaving within the bounds loses an acknowledged write, breaks log
@@ -1362,13 +1373,12 @@ mod tests {
     #[test]
     fn a_join_that_forgets_the_member_it_displaces_loses_a_write() {
         let c = Config { writes: 1, faults: 1, membership: Membership::Forgotten, ..TERMS };
-        let o = explore(&c);
-        report("terms, join forgetting the displaced member", &c, &o);
-        let (trace, why) = o.violation.expect("forgetting the displaced member must lose a write");
-        assert!(why.contains("acknowledged write"), "{why}");
-        for step in ["Join", "TakeOver"] {
-            assert!(trace.iter().any(|s| s.starts_with(step)), "{step} missing from {trace:?}");
-        }
+        assert_loses_a_write(
+            "terms, join forgetting the displaced member",
+            &c,
+            "forgetting the displaced member must lose a write",
+            &["Join", "TakeOver"],
+        );
     }
 
     /// With the layout's transition (the displaced member retires: asked by every take-over
@@ -1400,13 +1410,12 @@ mod tests {
     #[test]
     fn a_staged_join_whose_flip_forgets_the_old_owner_loses_a_write() {
         let c = Config { membership: Membership::StagedForgetting, ..SINGLE };
-        let o = explore(&c);
-        report("terms, staged join forgetting the old owner", &c, &o);
-        let (trace, why) = o.violation.expect("forgetting the old owner must lose a write");
-        assert!(why.contains("acknowledged write"), "{why}");
-        for step in ["Join", "Flip", "TakeOver"] {
-            assert!(trace.iter().any(|s| s.starts_with(step)), "{step} missing from {trace:?}");
-        }
+        assert_loses_a_write(
+            "terms, staged join forgetting the old owner",
+            &c,
+            "forgetting the old owner must lose a write",
+            &["Join", "Flip", "TakeOver"],
+        );
     }
 
     /// The staged rule with three copies (R = 3, W = 2): a join in any member's place, the
