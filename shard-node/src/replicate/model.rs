@@ -747,46 +747,21 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
     // A staged join flips (docs/one-engine.md, phase 2): the old owner has taken the writes
     // over at the newest layout and every live member of the new set holds its log.
     let now = s.layout(latest);
-    if can_change && now.staged() {
-        let o = &s.nodes[now.owner()];
-        let holds = |m: usize| {
-            let node = &s.nodes[m];
-            now.down & (1 << m) != 0
-                || (node.len >= o.len && node.log[..o.len as usize] == o.log[..o.len as usize])
+    if can_change && now.staged() && caught_up_under_owner(s) {
+        let retiring = match c.membership {
+            Membership::StagedForgetting => 0,
+            _ => mask(&now.old) & !now.members(),
         };
-        if o.run == Run::Up
-            && o.view == latest
-            && o.taken == Some(latest)
-            && placed(&now.set).all(holds)
-        {
-            let retiring = match c.membership {
-                Membership::StagedForgetting => 0,
-                _ => mask(&now.old) & !now.members(),
-            };
-            let mut t = *s;
-            t.push_layout(Layout { old: [NONE; MAX_R], retiring, ..now });
-            out.push((Step::Flip, t));
-        }
+        let mut t = *s;
+        t.push_layout(Layout { old: [NONE; MAX_R], retiring, ..now });
+        out.push((Step::Flip, t));
     }
     // The join's transition ends (`resize::end_transition`): the owner has taken the writes
     // over at the newest layout, and every live member holds its log.
-    let now = s.layout(latest);
-    if can_change && now.retiring != 0 {
-        let o = &s.nodes[now.owner()];
-        let holds = |m: usize| {
-            let node = &s.nodes[m];
-            now.down & (1 << m) != 0
-                || (node.len >= o.len && node.log[..o.len as usize] == o.log[..o.len as usize])
-        };
-        if o.run == Run::Up
-            && o.view == latest
-            && o.taken == Some(latest)
-            && placed(&now.set).all(holds)
-        {
-            let mut t = *s;
-            t.push_layout(Layout { retiring: 0, ..now });
-            out.push((Step::Settle, t));
-        }
+    if can_change && now.retiring != 0 && caught_up_under_owner(s) {
+        let mut t = *s;
+        t.push_layout(Layout { retiring: 0, ..now });
+        out.push((Step::Settle, t));
     }
     // A layout change elsewhere in the cluster: same owner, new epoch.
     if can_change {
@@ -795,6 +770,21 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         out.push((Step::Bump, t));
     }
     out
+}
+
+/// What the control plane checks before a staged change flips and before a change ends, in
+/// the newest layout: its owner is up, at that layout, and has taken the writes over there, and
+/// every member of the set not marked down holds the owner's log.
+fn caught_up_under_owner(s: &State) -> bool {
+    let latest = s.latest();
+    let now = s.layout(latest);
+    let o = &s.nodes[now.owner()];
+    let holds = |m: usize| {
+        let node = &s.nodes[m];
+        now.down & (1 << m) != 0
+            || (node.len >= o.len && node.log[..o.len as usize] == o.log[..o.len as usize])
+    };
+    o.run == Run::Up && o.view == latest && o.taken == Some(latest) && placed(&now.set).all(holds)
 }
 
 /// Follower `n`'s round against primary `p`, or `None` if it changes nothing.
