@@ -98,8 +98,8 @@ pub async fn move_set(
         journal(phase, (0, 0)).await?;
         crate::failpoint::hit(&format!("move_set.{}", MovePhase::from(phase))).await
     };
-    let started_before = layout.extra_copies.contains_key(partition)
-        || placement::placed(&layout, partition, to, flip);
+    let pinned = |l: &ClusterLayout| placement::placed(l, partition, to, flip);
+    let started_before = layout.extra_copies.contains_key(partition) || pinned(&layout);
     if !started_before && let Some(why) = placement::settling(&layout) {
         bail!("the move of {partition} to {to} waits: {why}");
     }
@@ -126,7 +126,6 @@ pub async fn move_set(
     let reported = std::sync::Mutex::new(Instant::now());
     // The log position the joining copies reached (entries they replayed).
     let replayed = std::sync::atomic::AtomicU64::new(0);
-    let pinned = |l: &ClusterLayout| placement::placed(l, partition, to, flip);
     if !pinned(&joined.layout) {
         let joining = wait(cancel, "the joining copies to catch up", || async {
             let (owner_at, slowest) = caught_up(store, client, partition, &new_set).await?;
