@@ -292,6 +292,23 @@ impl Ring {
         set
     }
 
+    /// Whether some partition may have more than one copy to keep in step: R > 1, or a layout
+    /// change in flight (at R = 1 the only time a partition has a second copy). Without it a
+    /// node follows nobody.
+    pub fn replicating(&self) -> bool {
+        self.layout.replication_factor > 1 || self.layout.transition.is_some()
+    }
+
+    /// Whether the writes of `partition` are replicated: R > 1, or a change in flight gives it
+    /// more than one copy the layout counts on ([`Ring::holders`] and [`Ring::retiring`]). Its
+    /// owner then takes its writes over at each epoch and waits for a quorum of its voters;
+    /// otherwise (R = 1, one copy) it writes alone.
+    pub fn replicated(&self, partition: &PartitionKey) -> bool {
+        self.layout.replication_factor > 1
+            || (self.layout.transition.is_some()
+                && self.holders(partition).len() + self.retiring(partition).len() > 1)
+    }
+
     /// Whether node `id` holds a copy of `partition` the layout still counts on: one of its
     /// [`Ring::holders`] or a [`Ring::retiring`] copy (a copy held anywhere else may be dropped
     /// once the set has what it has).
@@ -651,7 +668,17 @@ mod tests {
         t.phase = TransitionPhase::OldLeads;
         t.pins.insert(key.clone(), None);
         staged.transition = Some(t);
+        assert!(!before.replicating() && !before.replicated(&key), "one copy: nothing to follow");
         let during = Ring::new(staged.clone());
+        assert!(during.replicating());
+        assert!(during.replicated(&key), "the moving partition has two copies while staged");
+        let still = keys(64)
+            .into_iter()
+            .find(|k| *k != key && during.holders(k).len() == 1 && during.retiring(k).is_empty());
+        assert!(
+            still.is_some_and(|k| !during.replicated(&k)),
+            "a partition not moving stays alone"
+        );
         assert_eq!(during.owner(&key).map(|o| o.id.clone()), Some(owner.clone()));
         assert_eq!(
             during.followers(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
@@ -661,12 +688,18 @@ mod tests {
         if let Some(t) = staged.transition.as_mut() {
             t.phase = TransitionPhase::NewLeads;
         }
-        let after = Ring::new(staged);
-        assert_eq!(after.owner(&key).map(|o| o.id.clone()), Some(to));
+        let after = Ring::new(staged.clone());
+        assert!(after.replicated(&key), "flipped: the new owner still asks the retiring copy");
+        assert_eq!(after.owner(&key).map(|o| o.id.clone()), Some(to.clone()));
         assert_eq!(
             after.retiring(&key).iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
             vec![owner]
         );
+        staged.epoch += 1;
+        staged.transition = None;
+        let ended = Ring::new(staged);
+        assert!(!ended.replicating() && !ended.replicated(&key), "settled: one copy again");
+        assert_eq!(ended.owner(&key).map(|o| o.id.clone()), Some(to));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`keyword`]: the per-partition BM25 index over `content`
 //! - [`service`]: the internal HTTP API and the ownership (epoch) check
 //! - [`background`]: low-priority threads for migration work
-//! - [`replicate`]: followers tailing their primaries' change logs (replication factor > 1)
+//! - [`replicate`]: followers tailing their primaries' change logs (R > 1, or a partition a
+//!   layout change is moving)
 //!
 //! It never talks to another shard node and never decides placement: the ring store does.
 

@@ -1,6 +1,9 @@
 //! Replication (DESIGN.md, "Replication and failure"): with a layout's `replication_factor`
 //! R > 1, every partition lives on the R nodes of `Ring::replicas`; its owner (the first that may
-//! lead) takes the writes, the others follow it. The protocol's decisions are the pure functions
+//! lead) takes the writes, the others follow it. At R = 1 a partition has a second copy only
+//! while a layout change moves it (docs/one-engine.md): from the staged change to its end its
+//! writes are replicated exactly as at R > 1 (`Ring::replicated`), and every other partition
+//! costs nothing (a node follows nobody while `Ring::replicating` is false). The protocol's decisions are the pure functions
 //! of [`rules`], which the model checker of `replicate/model.rs` explores exhaustively.
 //!
 //! **One log per partition, with terms.** A follower applies its primary's log entries under the
@@ -309,7 +312,7 @@ impl Replication {
             following: copies.len(),
             lag,
             unchecked,
-            caught_up: layout.replication_factor > 1 && heard_all && lag == 0 && unchecked == 0,
+            caught_up: ring.replicating() && heard_all && lag == 0 && unchecked == 0,
         }
     }
 

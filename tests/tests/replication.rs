@@ -661,6 +661,164 @@ async fn a_tenant_moves_within_a_replicated_cluster_under_writes() -> anyhow::Re
     Ok(())
 }
 
+/// `layout` with `change` applied as a staged layout change at the next epoch
+/// (docs/one-engine.md).
+fn staged(layout: &ClusterLayout, change: impl FnOnce(&mut ClusterLayout)) -> ClusterLayout {
+    let mut next = layout.clone();
+    change(&mut next);
+    next.epoch += 1;
+    next.transition = Some(memring_common::layout::Transition::staged(layout, &next));
+    next
+}
+
+/// Writes the layout with `change` applied at the next epoch (compare-and-swap) and waits until
+/// every shard node and the router have it.
+async fn advance(
+    c: &EtcdCluster,
+    store: &impl RingStore,
+    change: impl Fn(&mut ClusterLayout) + Send + Sync,
+) -> anyhow::Result<ClusterLayout> {
+    let stored = memring_common::store::update_layout(store, 20, |l| {
+        let mut next = l.clone();
+        change(&mut next);
+        next.epoch = l.epoch + 1;
+        Some(next)
+    })
+    .await?;
+    c.wait_shards_epoch(stored.layout.epoch).await?;
+    c.wait_router_epoch(0, stored.layout.epoch, Duration::from_secs(10)).await?;
+    Ok(stored.layout)
+}
+
+/// A shard node's replication status (`GET /internal/v1/replicate/status`).
+async fn replica_status(shard: &Proc) -> anyhow::Result<Value> {
+    let url = format!("{}/internal/v1/replicate/status", shard.url());
+    Ok(client().get(url).send().await?.error_for_status()?.json().await?)
+}
+
+/// With one copy of every partition (R = 1), a partition moves by the rule of
+/// docs/one-engine.md, with the shard nodes alone doing the copying: staged, the old owner keeps
+/// the writes and the new node follows it — filled from a snapshot, since the old log is trimmed
+/// — while every other partition stays unreplicated; flipped, the new node takes the writes over
+/// (asking the old one, now retiring); ended, it writes alone. Writers on the moved tenant and on
+/// a bystander see no failed write, and everything acknowledged is readable and searchable at
+/// the end. The layout is written here by hand, as the control plane's engine will.
+#[tokio::test]
+async fn at_one_copy_a_staged_move_fills_the_new_node_then_hands_it_the_writes()
+-> anyhow::Result<()> {
+    let c = EtcdCluster::start(2, 1, 10).await?;
+    let store = c.etcd.store().await?;
+    let http = client();
+    let p: PartitionKey = "mv/shared".parse()?;
+    for batch in 0..3 {
+        let items: Vec<_> = (0..100)
+            .map(|n| json!({"id": format!("s{batch}-{n}"), "scope": "shared", "content": format!("seed {batch} {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), "mv", items).await?;
+    }
+    let layout = store.load().await?.layout;
+    assert_eq!(layout.replication_factor, 1);
+    let from = Ring::new(layout.clone()).owner(&p).cloned().expect("an owner");
+    let to = layout.nodes.iter().find(|n| n.id != from.id).cloned().expect("a second node");
+    let process = |addr: &str| c.shards.iter().find(|s| s.addr == addr).expect("its process");
+    let (source, target) = (process(&from.addr), process(&to.addr));
+    // The old owner's log is trimmed (one copy: nothing waits for it), so a new copy cannot be
+    // filled from the log alone.
+    let from_start = format!(
+        "{}/internal/v1/replicate/log/{}?after=0&term=0&limit=10",
+        source.url(),
+        partition_path(&p)
+    );
+    wait_for("the old owner's log trimmed", Duration::from_secs(20), || async {
+        let resp = http.get(&from_start).send().await?;
+        if resp.status().is_success() {
+            return Ok(None);
+        }
+        let v: Value = resp.json().await?;
+        Ok((v["error"]["code"] == "log_trimmed").then_some(()))
+    })
+    .await?;
+    assert_eq!(replica_status(target).await?["following"], 0, "one copy: nothing followed");
+
+    let (stop, _, writers) = start_writers(&c.router(0), ["mv".into(), "bystander".into()]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 1. Staged: the old owner leads, the new node follows it, nothing else is followed.
+    let stage = staged(&layout, |l| l.pins.set(p.clone(), to.id.clone(), PinKind::Operator));
+    let now = advance(&c, &store, |l| *l = stage.clone()).await?;
+    let epoch = now.epoch;
+    let ring = Ring::new(now);
+    assert_eq!(ring.owner(&p).map(|o| o.id.clone()), Some(from.id.clone()));
+    let position = |addr: String| {
+        let url = format!(
+            "http://{addr}/internal/v1/replicate/position/{}?epoch={epoch}",
+            partition_path(&p)
+        );
+        async move {
+            let v: Value = client().post(url).send().await?.error_for_status()?.json().await?;
+            anyhow::Ok(v["last_seq"].as_u64().unwrap_or(0))
+        }
+    };
+    wait_for("the new copy caught up with the old owner", Duration::from_secs(30), || async {
+        let owner = position(from.addr.clone()).await?;
+        let copy = position(to.addr.clone()).await?;
+        Ok((copy >= owner).then_some(()))
+    })
+    .await?;
+    let status = replica_status(target).await?;
+    assert_eq!(status["following"], 1, "only the moving partition is followed: {status}");
+    let metrics = http.get(format!("{}/metrics", target.url())).send().await?.text().await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("memring_replication_reseeds_total")
+                && !l.trim_end().ends_with(" 0")),
+        "the new copy was filled from a snapshot"
+    );
+
+    // 2. Flipped: the new node leads, having taken the writes over from the retiring copy.
+    let flipped = advance(&c, &store, |l| {
+        if let Some(t) = l.transition.as_mut() {
+            t.phase = memring_common::layout::TransitionPhase::NewLeads;
+        }
+    })
+    .await?;
+    assert_eq!(Ring::new(flipped).owner(&p).map(|o| o.id.clone()), Some(to.id.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // 3. Ended: one copy again; the new owner writes alone and follows nobody.
+    let ended = advance(&c, &store, |l| l.transition = None).await?;
+    assert!(!Ring::new(ended).replicating());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
+    let failures: Vec<&String> = seen.iter().flat_map(|s| &s.failures).collect();
+    assert!(failures.is_empty(), "failed writes: {failures:?}\n{}", c.logs());
+    assert!(seen[0].acked.len() > 10, "the moved tenant's writer made no progress");
+    wait_for("the new owner follows nobody", Duration::from_secs(10), || async {
+        Ok((replica_status(target).await?["following"] == 0).then_some(()))
+    })
+    .await?;
+    let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
+    assert_readable(&c.router(0), acked.iter().copied(), "after the move").await?;
+    let (count, _) = sum_at(&to.addr, &p).await?;
+    assert_eq!(count, 300 + seen[0].acked.len() as u64, "the new owner holds every memory");
+    // The new owner's index has the copied memories: the nearest are seeds on axis 7.
+    let found: Value = http
+        .post(format!("{}/v1/tenants/mv/memories/search", c.router(0)))
+        .json(&json!({"scopes": ["shared"], "embedding": vector(8, 7, 0.2), "k": 3}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let first = found["results"][0]["id"].as_str().unwrap_or_default().to_owned();
+    let on_axis = first
+        .strip_prefix('s')
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+        .is_some_and(|n| n % 8 == 7);
+    assert!(on_axis && found["partial"] == false, "the nearest seed is found: {found}");
+    Ok(())
+}
+
 /// Switches failpoint `name` of the control plane to `action` (`pause`, `error`, `off`).
 async fn set_failpoint(control: &Proc, name: &str, action: &str) -> anyhow::Result<()> {
     let url = format!("{}/debug/v1/failpoints/{name}", control.url());

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::LayoutNode;
+use super::{ClusterLayout, LayoutNode};
 use crate::error::ApiError;
 use crate::ids::NodeId;
 use crate::scope::PartitionKey;
@@ -73,6 +73,24 @@ impl Transition {
         }
     }
 
+    /// The change from `before` to `after` staged (`OldLeads`), made at `after`'s epoch: the
+    /// nodes of `before`, and the old node of every pin the change set, moved or removed.
+    pub fn staged(before: &ClusterLayout, after: &ClusterLayout) -> Self {
+        let mut pins = BTreeMap::new();
+        for p in before.pins.keys().chain(after.pins.keys()) {
+            let old = before.pins.node(p);
+            if old != after.pins.node(p) {
+                pins.insert(p.clone(), old.cloned());
+            }
+        }
+        Self {
+            since: after.epoch,
+            nodes: before.nodes.clone(),
+            phase: TransitionPhase::OldLeads,
+            pins,
+        }
+    }
+
     /// Checks it as part of a layout at `epoch`.
     pub fn validate(&self, epoch: u64) -> Result<(), ApiError> {
         if self.since > epoch {
@@ -116,5 +134,37 @@ mod tests {
         let text = serde_json::to_string(&staged).expect("json");
         assert!(text.contains(r#""phase":"old_leads""#), "{text}");
         assert_eq!(serde_json::from_str::<Transition>(&text).expect("read"), staged);
+    }
+
+    /// A staged change keeps the nodes before it and the old node of exactly the pins it set,
+    /// moved or removed.
+    #[test]
+    fn a_staged_change_keeps_the_old_node_of_each_pin_it_touched() {
+        use crate::layout::PinKind;
+        let id = |s: &str| NodeId::parse(s).expect("id");
+        let key = |s: &str| -> PartitionKey { s.parse().expect("key") };
+        let mut before = ClusterLayout::default();
+        for i in 1..=3 {
+            before = before
+                .with_node(LayoutNode { id: id(&format!("shard-{i}")), addr: format!("h:{i}") });
+        }
+        before.pins.set(key("kept/shared"), id("shard-1"), PinKind::Operator);
+        before.pins.set(key("moved/shared"), id("shard-1"), PinKind::Operator);
+        before.pins.set(key("freed/shared"), id("shard-2"), PinKind::Policy);
+        let mut after = before.without_node(&id("shard-3"));
+        after.epoch = before.epoch + 1;
+        after.pins.set(key("moved/shared"), id("shard-2"), PinKind::Operator);
+        after.pins.remove(&key("freed/shared"));
+        after.pins.set(key("new/shared"), id("shard-1"), PinKind::Operator);
+        let t = Transition::staged(&before, &after);
+        assert_eq!((t.since, t.phase), (after.epoch, TransitionPhase::OldLeads));
+        assert_eq!(t.nodes, before.nodes, "the nodes before the change");
+        let expected = BTreeMap::from([
+            (key("freed/shared"), Some(id("shard-2"))),
+            (key("moved/shared"), Some(id("shard-1"))),
+            (key("new/shared"), None),
+        ]);
+        assert_eq!(t.pins, expected);
+        t.validate(after.epoch).expect("valid");
     }
 }

@@ -125,7 +125,7 @@ impl Replication {
         loop {
             threads.retain(|_, t| !t.is_finished());
             let current = self.ring.ring();
-            if current.layout().replication_factor > 1 {
+            if current.replicating() {
                 for node in current.layout().nodes.iter().filter(|n| n.id != self.me) {
                     if threads.contains_key(&node.id) {
                         continue;
@@ -165,7 +165,8 @@ impl Replication {
         Ok(thread)
     }
 
-    /// Follows one node until it leaves the layout, replication is switched off, or `stop`:
+    /// Follows one node until it leaves the layout, nothing is replicated any more (R = 1 and
+    /// no change in flight: `Ring::replicating`), or `stop`:
     /// long-polls its change feed (`feed.rs`) and applies what changed there. A round costs what
     /// changed on the primary plus the copies still being retried; a full listing (at the
     /// start, when the primary restarted, at each new layout epoch) checks every copy again.
@@ -184,7 +185,7 @@ impl Replication {
             epochs.borrow_and_update();
             let ring = self.ring.ring();
             let Some(primary) = ring.layout().node(&primary_id).cloned() else { break };
-            if ring.layout().replication_factor < 2 {
+            if !ring.replicating() {
                 break;
             }
             let epoch = ring.epoch();

@@ -26,7 +26,7 @@ impl Leads {
     ) -> Result<u64, ApiError> {
         let ring = self.ring.ring();
         owns(&ring, &self.me, partition)?;
-        let replicated = ring.layout().replication_factor >= 2;
+        let replicated = ring.replicated(partition);
         if let Some(&(epoch, until)) = self.handing.lock().get(partition)
             && epoch == ring.epoch()
             && Instant::now() < until
@@ -82,7 +82,7 @@ impl Replication {
         let ring = self.ring.ring();
         let epoch = ring.epoch();
         let taken_now = || self.lead.taken.lock().get(partition).is_some_and(|t| t.epoch == epoch);
-        if ring.layout().replication_factor < 2 || taken_now() {
+        if !ring.replicated(partition) || taken_now() {
             return Ok(());
         }
         let lock = self.taking.lock().entry(partition.clone()).or_default().clone();

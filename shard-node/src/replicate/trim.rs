@@ -59,10 +59,10 @@ impl Trimmer {
 
 impl Replication {
     /// The position up to which a quorum of copies holds this node's log of `p`, which it
-    /// leads (0 if it does not lead it at the current epoch); its own last position without
-    /// replication.
+    /// leads (0 if it does not lead it at the current epoch); its own last position when its
+    /// writes are not replicated (`Ring::replicated`).
     pub(super) fn committed(&self, ring: &Ring, p: &PartitionKey, last: u64) -> u64 {
-        if ring.layout().replication_factor < 2 {
+        if !ring.replicated(p) {
             return last;
         }
         let Some(lead) = self.lead_term(p) else { return 0 };
