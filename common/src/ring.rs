@@ -223,7 +223,7 @@ impl Ring {
         let r = self.layout.replication_factor.max(1) as usize;
         let nodes = &transition.nodes;
         let pin = match transition.pins.get(partition) {
-            Some(before) => before.as_ref(),
+            Some(before) => before.as_ref().map(|pin| &pin.node),
             None => self.layout.pins.node(partition),
         };
         let pinned = pin.and_then(|id| nodes.iter().find(|n| n.id == *id));

@@ -6,9 +6,10 @@
 //! A copy is dropped by the one rule of `copies.rs` (outside its partition's holders, and its
 //! last entry held by the owner and every live member of the set, the layout unchanged
 //! meanwhile), and only while nothing is moving: no migration or replicated rebalance in the
-//! journal, no replicated move's extra copies, no unsettled replicated join or drain (its
-//! transition the sweep ends itself once its job has stopped: `resize::end_transition`), no rebalance's staging pins or creation freeze,
-//! no node draining.
+//! journal, no replicated move's extra copies, no layout change in flight (one whose job has
+//! stopped the sweep finishes itself: a staged one is undone, `reconcile::unstage`, a flipped one
+//! ended, `reconcile::end_transition`), no rebalance's staging pins or creation freeze, no node
+//! draining.
 //!
 //! A copy outside every replica set appears only through a layout change (a smaller
 //! replication factor, a stopped move, a finished migration), so once a sweep at an epoch found
@@ -82,10 +83,21 @@ fn moving(layout: &ClusterLayout) -> bool {
 pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Result<Swept> {
     let layout = store.load().await?.layout;
     let mut swept = Swept { epoch: layout.epoch, ..Swept::default() };
+    let jobs_stopped = crate::resize::pending(store).await?.is_none()
+        && crate::journal::pending(store).await?.is_empty();
+    if crate::reconcile::staged(&layout) {
+        // A staged change whose job is gone (cancelled, then stopped before undoing it) is
+        // undone: the old layout never stopped leading.
+        if jobs_stopped {
+            crate::reconcile::unstage(store).await?;
+            tracing::info!("a staged layout change left by a stopped job was undone");
+        }
+        return Ok(swept);
+    }
     if layout.transition.is_some() && crate::resize::pending(store).await?.is_none() {
         // A replicated join or drain whose job stopped before it settled (cancelled): its
         // transition ends here once the sets have caught up; the next sweep drops the copies.
-        if crate::resize::end_transition(store, client).await? {
+        if crate::reconcile::end_transition(store, client).await? {
             tracing::info!("a replicated layout change left unsettled has settled");
         }
         return Ok(swept);

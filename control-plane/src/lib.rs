@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod move_set;
 pub mod placement;
 pub mod rebalance;
+pub mod reconcile;
 pub mod report;
 pub mod resize;
 mod service;

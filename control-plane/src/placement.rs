@@ -60,11 +60,12 @@ pub fn place(next: &mut ClusterLayout, partition: &PartitionKey, to: &NodeId, fl
 }
 
 /// Whether [`place`] has happened in `layout`: `partition` pinned on `to`, or — back to the ring
-/// — unpinned and led by `to`.
+/// — unpinned and led by `to` once any change in flight has flipped.
 pub fn placed(layout: &ClusterLayout, partition: &PartitionKey, to: &NodeId, flip: Flip) -> bool {
     match (flip, layout.pins.node(partition)) {
         (Flip::Natural, None) => {
-            Ring::new(layout.clone()).owner(partition).is_some_and(|o| o.id == *to)
+            let settled = ClusterLayout { transition: None, ..layout.clone() };
+            Ring::new(settled).owner(partition).is_some_and(|o| o.id == *to)
         }
         (_, pin) => pin == Some(to),
     }

@@ -17,7 +17,7 @@
 //!   `Membership::Forgotten`, finds the loss without it);
 //! - **settle** (both): once every partition with a retiring copy was taken over by its owner
 //!   in the new layout and every live member of every replica set has caught up with its owner,
-//!   the transition ends ([`end_transition`], epoch + 1; the janitor ends one a cancelled job
+//!   the transition ends (`reconcile::end_transition`, epoch + 1; the janitor ends one a cancelled job
 //!   left), and copies on nodes outside the set (the member a join displaced, the drained node)
 //!   are dropped by the one rule of `copies.rs`.
 //!
@@ -27,18 +27,17 @@
 //! recorded. A cancel stops the waiting steps and leaves the staged layout (failover still hands
 //! joining nodes their leadership; running the drain again finishes a drain).
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use anyhow::bail;
 use memring_common::internal::InternalClient;
 use memring_common::layout::{LayoutNode, NodeState, Transition};
 use memring_common::store::{RingStore, update_layout};
-use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
+use memring_common::{ClusterLayout, NodeId, Ring};
 
 use serde::{Deserialize, Serialize};
 
 use crate::copies::{self, Held, Outcome, PATIENCE};
 use crate::job::{Cancel, wait};
+use crate::reconcile::{self, end_transition};
 
 /// The journal id of the running rebalance or drain (one runs at a time).
 pub const JOB_ID: &str = "resize";
@@ -343,7 +342,7 @@ async fn settle(
     // Dropped by the one rule (`copies.rs`), under the layout as it is after the wait; a node
     // marked down cannot be asked (the janitor sweeps it once it is back).
     let layout = store.load().await?.layout;
-    let mut nodes: Vec<LayoutNode> = listable(&layout).cloned().collect();
+    let mut nodes: Vec<LayoutNode> = reconcile::listable(&layout).cloned().collect();
     nodes.extend(gone.cloned());
     let ring = Ring::new(layout);
     let mut dropped = 0;
@@ -358,109 +357,4 @@ async fn settle(
         }
     }
     Ok(dropped)
-}
-
-/// One look at whether every replica set has caught up with its owner; if so, and the layout
-/// is still the one looked at, ends its [`Transition`] (epoch + 1). Returns whether the sets
-/// had caught up and no transition is left.
-///
-/// A partition a retiring copy is asked for is caught up once its owner has taken its writes
-/// over in this layout — its log then holds every write acknowledged before the change, the
-/// retiring copies' included — and every live member of its new set holds the owner's last
-/// entry then (log matching: the whole log up to it). Writes after that are acknowledged by W
-/// members of the new set, never by a retiring copy, so the new sets alone hold every
-/// acknowledged write and the retiring copies need not be asked any more. The other
-/// partitions are caught up once each live member has reached its owner's position.
-pub async fn end_transition(
-    store: &dyn RingStore,
-    client: &InternalClient,
-) -> anyhow::Result<bool> {
-    crate::failpoint::hit("resize.end_transition").await?;
-    let layout = store.load().await?.layout;
-    let ring = Ring::new(layout.clone());
-    // Nodes marked down are not listed (nobody waits on them); a drained node already out of
-    // the layout is (it may hold retiring copies).
-    let before = layout.transition.iter().flat_map(|t| &t.nodes);
-    let nodes: Vec<LayoutNode> =
-        listable(&layout).chain(before.filter(|n| layout.node(&n.id).is_none())).cloned().collect();
-    let first = positions(client, &nodes, layout.epoch).await?;
-    let retiring: BTreeSet<PartitionKey> =
-        first.keys().filter(|p| !ring.retiring(p).is_empty()).cloned().collect();
-    for p in &retiring {
-        let Some(owner) = ring.owner(p) else { return Ok(false) };
-        if crate::shard_client::take_over(client, owner, p).await.is_err() {
-            return Ok(false);
-        }
-    }
-    // Owners' positions first (after their take-overs), members' after.
-    let owners =
-        if retiring.is_empty() { first } else { positions(client, &nodes, layout.epoch).await? };
-    let live = |p: &PartitionKey| {
-        let owner = ring.owner(p).map(|o| o.id.clone());
-        ring.replicas(p)
-            .into_iter()
-            .filter(|n| !layout.is_down(&n.id) && Some(&n.id) != owner.as_ref())
-            .cloned()
-            .collect::<Vec<LayoutNode>>()
-    };
-    let at = |on: &BTreeMap<NodeId, (u64, u64)>, p: &PartitionKey| {
-        ring.owner(p).and_then(|o| on.get(&o.id)).copied().unwrap_or((0, 0))
-    };
-    for p in &retiring {
-        let (seq, term) = owners.get(p).map(|on| at(on, p)).unwrap_or((0, 0));
-        for member in live(p) {
-            if seq > 0 && !crate::shard_client::holds(client, &member, p, seq, term).await? {
-                return Ok(false);
-            }
-        }
-    }
-    let then = positions(client, &nodes, layout.epoch).await?;
-    let caught_up = owners.iter().filter(|(p, _)| !retiring.contains(p)).all(|(p, on)| {
-        let (seq, _) = at(on, p);
-        live(p).iter().all(|m| then.get(p).and_then(|at| at.get(&m.id)).is_some_and(|m| m.0 >= seq))
-    });
-    if !caught_up {
-        return Ok(false);
-    }
-    if layout.transition.is_none() {
-        return Ok(true);
-    }
-    let mut next = layout.clone();
-    next.epoch += 1;
-    next.transition = None;
-    match store.compare_and_swap(layout.epoch, &next).await {
-        Ok(_) => {
-            tracing::info!(
-                epoch = next.epoch,
-                partitions = retiring.len(),
-                "replicated layout change settled: retiring copies are no longer asked"
-            );
-            Ok(true)
-        }
-        // Looked at again under the layout that replaced it.
-        Err(memring_common::store::StoreError::Conflict { .. }) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The nodes of `layout` a settle lists: all but those marked down (nobody waits on them).
-fn listable(layout: &ClusterLayout) -> impl Iterator<Item = &LayoutNode> {
-    layout.nodes.iter().filter(|n| !layout.states.get(&n.id).is_marked_down())
-}
-
-/// Each partition's log position `(last_seq, last_term)` on each node that holds it, listed
-/// once each node has seen layout `epoch` (a node that cannot be listed fails the call).
-async fn positions(
-    client: &InternalClient,
-    nodes: &[LayoutNode],
-    epoch: u64,
-) -> anyhow::Result<BTreeMap<PartitionKey, BTreeMap<NodeId, (u64, u64)>>> {
-    let mut out: BTreeMap<PartitionKey, BTreeMap<NodeId, (u64, u64)>> = BTreeMap::new();
-    for node in nodes {
-        let list = crate::shard_client::partitions(client, &node.addr, Some(epoch)).await?;
-        for p in list.partitions {
-            out.entry(p.partition).or_default().insert(node.id.clone(), (p.last_seq, p.last_term));
-        }
-    }
-    Ok(out)
 }

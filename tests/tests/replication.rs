@@ -472,7 +472,7 @@ async fn a_replicated_move_waits_until_a_join_has_settled() -> anyhow::Result<()
         .collect();
     write_batch(&http, &c.router(0), "mv", items).await?;
     c.shards.push(c.start_shard("shard-4").await?);
-    set_failpoint(&control, "resize.end_transition", "error").await?;
+    set_failpoint(&control, "reconcile.end", "error").await?;
     let join = spawn_shardctl(&control, &["rebalance"])?;
     wait_resize_phase(&store, "the join", "settling", Duration::from_secs(60)).await?;
     let resp = http.post(format!("{}/v1/migrations/cancel", control.url())).send().await?;
@@ -494,7 +494,7 @@ async fn a_replicated_move_waits_until_a_join_has_settled() -> anyhow::Result<()
     assert!(now.extra_copies.is_empty() && !now.pins.contains_key(&p), "the move changed {now:?}");
     assert!(now.transition.is_some(), "the transition ended while its failpoint fails");
 
-    set_failpoint(&control, "resize.end_transition", "off").await?;
+    set_failpoint(&control, "reconcile.end", "off").await?;
     wait_for("the janitor ending the transition", Duration::from_secs(30), || async {
         Ok(store.load().await?.layout.transition.is_none().then_some(()))
     })
@@ -862,11 +862,11 @@ async fn wait_phase(store: &impl RingStore, phase: &str) -> anyhow::Result<()> {
 }
 
 /// A replicated move (R = 3, four nodes) under writes whose control plane is SIGKILLed at each
-/// of its steps — before the joining copy is added, before the target leads, before the settle,
-/// and with the new owner fenced — is finished by the restarted control plane: the tenant ends
+/// step of its layout change (`reconcile.rs`) — before it is staged, staged before it flips, and
+/// flipped before it ends — is finished by the restarted control plane: the tenant ends
 /// led by the named node with three copies, the member left out holds none, and no acknowledged
-/// write is lost. A move cancelled before the target leads leaves the old set owning the tenant
-/// and drops the joining copy.
+/// write is lost. A move cancelled before the target leads is undone: the old set owns the tenant,
+/// its pin is gone, and the joining copy is dropped.
 #[tokio::test]
 async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancelled()
 -> anyhow::Result<()> {
@@ -875,9 +875,7 @@ async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancell
     let holders_of = |p: &PartitionKey, layout: ClusterLayout| -> Vec<String> {
         Ring::new(layout).replicas(p).iter().map(|n| n.id.to_string()).collect()
     };
-    for (point, phase) in
-        [("join", "join"), ("lead", "lead"), ("settle", "settle"), ("fenced", "settle")]
-    {
+    for (point, phase) in [("stage", "join"), ("flip", "lead"), ("end", "settle")] {
         let tenant = format!("ck-{point}");
         let items: Vec<_> = (0..200)
             .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
@@ -890,14 +888,10 @@ async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancell
             layout.nodes.iter().map(|n| n.id.to_string()).find(|id| !before.contains(id));
         let outsider = outsider.expect("a fourth node");
 
-        set_failpoint(&control, &format!("move_set.{point}"), "pause").await?;
+        set_failpoint(&control, &format!("reconcile.{point}"), "pause").await?;
         let (stop, _, writers) = start_writers(&c.router(0), [tenant.clone()]);
         let migrate = spawn_migrate(&control, &tenant, &outsider)?;
         wait_phase(&store, phase).await?;
-        if point == "fenced" {
-            // The settle step fences the new owner right after its journal record.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
         control.kill();
         assert!(!migrate.await??.status.success(), "shardctl reports the lost control plane");
         control.start_again()?;
@@ -949,12 +943,12 @@ async fn a_replicated_move_finishes_after_a_crash_at_any_step_and_can_be_cancell
     let before = holders_of(&p, layout.clone());
     let outsider = layout.nodes.iter().map(|n| n.id.to_string()).find(|id| !before.contains(id));
     let outsider = outsider.expect("a fourth node");
-    set_failpoint(&control, "move_set.lead", "pause").await?;
+    set_failpoint(&control, "reconcile.flip", "pause").await?;
     let migrate = spawn_migrate(&control, "ck-cancel", &outsider)?;
     wait_phase(&store, "lead").await?;
     let resp = http.post(format!("{}/v1/migrations/cancel", control.url())).send().await?;
     assert!(resp.status().is_success(), "{}", resp.text().await?);
-    set_failpoint(&control, "move_set.lead", "off").await?;
+    set_failpoint(&control, "reconcile.flip", "off").await?;
     let out = migrate.await??;
     assert!(!out.status.success(), "a cancelled move exits non-zero");
     let layout = store.load().await?.layout;

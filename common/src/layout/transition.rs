@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterLayout, LayoutNode};
+use super::{ClusterLayout, LayoutNode, Pin};
 use crate::error::ApiError;
-use crate::ids::NodeId;
 use crate::scope::PartitionKey;
 
 /// Which layout leads while a change is in flight (docs/one-engine.md, "The rule").
@@ -55,10 +54,11 @@ pub struct Transition {
     /// staged change reads the same in binaries from before phases.
     #[serde(default, skip_serializing_if = "TransitionPhase::is_new_leads")]
     pub phase: TransitionPhase,
-    /// The pins the change set, moved or removed, each with the node it named before (`None`:
-    /// not pinned). A move is a pin change, so this stays as small as the change.
+    /// The pins the change set, moved or removed, each with the pin it had before (`None`: not
+    /// pinned): what a staged change leads by, and what undoing it puts back. A move is a pin
+    /// change, so this stays as small as the change.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub pins: BTreeMap<PartitionKey, Option<NodeId>>,
+    pub pins: BTreeMap<PartitionKey, Option<Pin>>,
 }
 
 impl Transition {
@@ -74,12 +74,12 @@ impl Transition {
     }
 
     /// The change from `before` to `after` staged (`OldLeads`), made at `after`'s epoch: the
-    /// nodes of `before`, and the old node of every pin the change set, moved or removed.
+    /// nodes of `before`, and the old pin of every pin the change set, moved or removed.
     pub fn staged(before: &ClusterLayout, after: &ClusterLayout) -> Self {
         let mut pins = BTreeMap::new();
         for p in before.pins.keys().chain(after.pins.keys()) {
-            let old = before.pins.node(p);
-            if old != after.pins.node(p) {
+            let old = before.pins.get(p);
+            if old != after.pins.get(p) {
                 pins.insert(p.clone(), old.cloned());
             }
         }
@@ -114,6 +114,7 @@ impl Transition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::NodeId;
 
     /// A flipped transition with no pin changed is written as before phases existed (binaries
     /// from before read it: they refuse unknown fields), and such a document reads as flipped;
@@ -136,7 +137,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Transition>(&text).expect("read"), staged);
     }
 
-    /// A staged change keeps the nodes before it and the old node of exactly the pins it set,
+    /// A staged change keeps the nodes before it and the old pin of exactly the pins it set,
     /// moved or removed.
     #[test]
     fn a_staged_change_keeps_the_old_node_of_each_pin_it_touched() {
@@ -159,9 +160,10 @@ mod tests {
         let t = Transition::staged(&before, &after);
         assert_eq!((t.since, t.phase), (after.epoch, TransitionPhase::OldLeads));
         assert_eq!(t.nodes, before.nodes, "the nodes before the change");
+        let pin = |node: &str, kind| Some(Pin { node: id(node), kind });
         let expected = BTreeMap::from([
-            (key("freed/shared"), Some(id("shard-2"))),
-            (key("moved/shared"), Some(id("shard-1"))),
+            (key("freed/shared"), pin("shard-2", PinKind::Policy)),
+            (key("moved/shared"), pin("shard-1", PinKind::Operator)),
             (key("new/shared"), None),
         ]);
         assert_eq!(t.pins, expected);
