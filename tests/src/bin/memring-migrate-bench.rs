@@ -7,7 +7,9 @@
 //!    against the ideal (the new node's ring share).
 //!
 //! It starts its own cluster (3 shard nodes, router, control plane, embedded ring store) in a
-//! temporary directory and prints a Markdown report.
+//! temporary directory and prints a Markdown report. With `--copies 2` the layout keeps two
+//! copies of every partition and the tenant moves to the node outside its set (a replicated
+//! move: `control-plane/src/move_set.rs`); the rebalance plan is then left out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +47,9 @@ struct Args {
     /// and hands it over (a hot tenant); without it the tenant is only written (a cold one).
     #[arg(long)]
     hot: bool,
+    /// Copies of every partition (the layout's replication factor): 1 or 2.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    copies: u32,
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -144,6 +149,22 @@ async fn main() -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let spread = 1.0 / (args.dims as f32).sqrt();
     let cs = centers(64, args.dims, &mut rng);
+    let store = EmbeddedStore::open(cluster.ring_dir())?;
+    if args.copies > 1 {
+        memring_control::layout::set_replication(&store, args.copies, None).await?;
+        let epoch = store.load().await?.layout.epoch;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, ring) = cluster.get("/v1/ring").await?;
+            if ring["epoch"].as_u64().unwrap_or(0) >= epoch {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the router never saw epoch {epoch}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The shard nodes watch the same store.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     eprintln!("loading {} memories into tenant whale…", args.memories);
     let started = Instant::now();
@@ -167,16 +188,18 @@ async fn main() -> anyhow::Result<()> {
     };
     eprintln!("whale: {before}");
 
-    let store = EmbeddedStore::open(cluster.ring_dir())?;
     let ring = Ring::new(store.load().await?.layout);
     let partition = PartitionKey::new(&TenantId::parse("whale")?, &Scope::Shared);
     let source = ring.owner(&partition).ok_or_else(|| anyhow::anyhow!("empty ring"))?.clone();
+    // A node without a copy of the tenant (with two copies of three nodes, the one outside its
+    // set).
+    let set = ring.replicas(&partition);
     let target = ring
         .layout()
         .nodes
         .iter()
-        .find(|n| n.id != source.id)
-        .ok_or_else(|| anyhow::anyhow!("one node"))?
+        .find(|n| set.iter().all(|m| m.id != n.id))
+        .ok_or_else(|| anyhow::anyhow!("every node holds the tenant"))?
         .clone();
 
     // Bystanders: tenants living on the source and target nodes, searched before and during the
@@ -321,24 +344,29 @@ async fn main() -> anyhow::Result<()> {
     let count = report["count"].as_f64().unwrap_or(0.0);
     eprintln!("migration: {report}");
 
-    // Rebalance plan: many small tenants, a 4th node joins.
-    eprintln!("loading {} small tenants for the rebalance plan…", args.rebalance_tenants);
-    for t in 0..args.rebalance_tenants {
-        let items: Vec<_> = (0..10).map(|n| json!({"id": format!("m{n}"), "scope": "shared", "content": "x", "embedding": [1.0, n as f32]})).collect();
-        let resp = http
-            .post(format!("{router}/v1/tenants/small{t}/memories:batch"))
-            .json(&json!({"items": items}))
-            .send()
-            .await?;
-        anyhow::ensure!(resp.status().is_success());
+    // Rebalance plan: many small tenants, a 4th node joins (one copy only: a replicated join
+    // admits one node at a time and plans no moves).
+    let mut rebalance = None;
+    if args.copies == 1 {
+        eprintln!("loading {} small tenants for the rebalance plan…", args.rebalance_tenants);
+        for t in 0..args.rebalance_tenants {
+            let items: Vec<_> = (0..10).map(|n| json!({"id": format!("m{n}"), "scope": "shared", "content": "x", "embedding": [1.0, n as f32]})).collect();
+            let resp = http
+                .post(format!("{router}/v1/tenants/small{t}/memories:batch"))
+                .json(&json!({"items": items}))
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status().is_success());
+        }
+        let _fourth = cluster.start_shard("shard-4", &["--join-ring", "false"]).await?;
+        let plan: serde_json::Value =
+            http.get(format!("{}/v1/rebalance", control.url())).send().await?.json().await?;
+        let moved = plan["plan"]["moved_fraction"].as_f64().unwrap_or(0.0);
+        let ideal = plan["plan"]["ideal_fraction"].as_f64().unwrap_or(0.0);
+        let moves = plan["plan"]["moves"].as_array().map(Vec::len).unwrap_or(0);
+        let partitions = plan["plan"]["partitions"].as_u64().unwrap_or(0);
+        rebalance = Some((moved, ideal, moves, partitions));
     }
-    let _fourth = cluster.start_shard("shard-4", &["--join-ring", "false"]).await?;
-    let plan: serde_json::Value =
-        http.get(format!("{}/v1/rebalance", control.url())).send().await?.json().await?;
-    let moved = plan["plan"]["moved_fraction"].as_f64().unwrap_or(0.0);
-    let ideal = plan["plan"]["ideal_fraction"].as_f64().unwrap_or(0.0);
-    let moves = plan["plan"]["moves"].as_array().map(Vec::len).unwrap_or(0);
-    let partitions = plan["plan"]["partitions"].as_u64().unwrap_or(0);
 
     println!("| measure | result |\n|---|---|");
     println!("| tenant migrated | {count:.0} memories × {} dims (+ the live writes) |", args.dims);
@@ -376,13 +404,15 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| searches of the moved tenant (until a full answer) | {before}; after: first {moved_first_ms:.0} ms ({moved_misses} refused), then {moved_next_ms:.1} ms |"
     );
-    let part_fraction = moves as f64 / partitions.max(1) as f64;
-    println!(
-        "| rebalance 3 → 4 nodes, {partitions} partitions | {moves} partitions move = {:.2}% (ideal {:.2}%, ratio {:.3}); {:.2}% of memories (the pinned whale stays) |",
-        part_fraction * 100.0,
-        ideal * 100.0,
-        if ideal > 0.0 { part_fraction / ideal } else { 0.0 },
-        moved * 100.0
-    );
+    if let Some((moved, ideal, moves, partitions)) = rebalance {
+        let part_fraction = moves as f64 / partitions.max(1) as f64;
+        println!(
+            "| rebalance 3 → 4 nodes, {partitions} partitions | {moves} partitions move = {:.2}% (ideal {:.2}%, ratio {:.3}); {:.2}% of memories (the pinned whale stays) |",
+            part_fraction * 100.0,
+            ideal * 100.0,
+            if ideal > 0.0 { part_fraction / ideal } else { 0.0 },
+            moved * 100.0
+        );
+    }
     Ok(())
 }
