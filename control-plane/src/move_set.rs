@@ -120,6 +120,9 @@ pub async fn move_set(
         Some(next)
     })
     .await?;
+    // Another change in flight (staged by someone else, or pinned meanwhile while it is staged)
+    // is never flipped here: the move waits for it.
+    let staged = staged.filter(|s| !reconcile::staged(&s.layout) || ours(&s.layout));
     let Some(staged) = staged else {
         let why = placement::settling(&store.load().await?.layout).unwrap_or_default();
         bail!("the move of {partition} to {to} waits: {why}");

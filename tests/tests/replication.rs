@@ -819,6 +819,42 @@ async fn at_one_copy_a_staged_move_fills_the_new_node_then_hands_it_the_writes()
     Ok(())
 }
 
+/// A staged layout change whose job is gone — a control plane that cancelled a move and stopped
+/// before undoing it — is undone by the janitor: the partition's pin is back to what it was, the
+/// transition is gone, the old set still owns the tenant, and its memories read back.
+#[tokio::test]
+async fn a_staged_change_left_without_a_job_is_undone_by_the_janitor() -> anyhow::Result<()> {
+    let (c, store, _control) = replicated_cluster(3, 2).await?;
+    let http = client();
+    let items: Vec<_> = (0..20)
+        .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+        .collect();
+    write_batch(&http, &c.router(0), "mv", items).await?;
+    let p: PartitionKey = "mv/shared".parse()?;
+    let layout = store.load().await?.layout;
+    let ring = Ring::new(layout.clone());
+    let owner = ring.owner(&p).map(|o| o.id.clone());
+    let set: Vec<NodeId> = ring.replica_set(&p).into_iter().map(|n| n.id.clone()).collect();
+    let outsider = layout.nodes.iter().map(|n| n.id.clone()).find(|id| !set.contains(id));
+    let outsider = outsider.expect("a node outside the set");
+    let stage = staged(&layout, |l| l.pins.set(p.clone(), outsider.clone(), PinKind::Operator));
+    let now = advance(&c, &store, |l| *l = stage.clone()).await?;
+    assert!(memring_control::reconcile::staged(&now), "{:?}", now.transition);
+    let undone = wait_for("the janitor undoing the change", Duration::from_secs(30), || async {
+        let l = store.load().await?.layout;
+        Ok((l.transition.is_none()).then_some(l))
+    })
+    .await?;
+    assert!(!undone.pins.contains_key(&p), "the pin it staged is gone: {:?}", undone.pins);
+    assert_eq!(Ring::new(undone.clone()).owner(&p).map(|o| o.id.clone()), owner);
+    c.wait_router_epoch(0, undone.epoch, Duration::from_secs(5)).await?;
+    for n in [0, 19] {
+        let url = format!("{}/v1/tenants/mv/memories/s{n}?scope=shared", c.router(0));
+        assert_eq!(http.get(url).send().await?.status().as_u16(), 200, "s{n}");
+    }
+    Ok(())
+}
+
 /// Switches failpoint `name` of the control plane to `action` (`pause`, `error`, `off`).
 async fn set_failpoint(control: &Proc, name: &str, action: &str) -> anyhow::Result<()> {
     let url = format!("{}/debug/v1/failpoints/{name}", control.url());
