@@ -83,18 +83,18 @@ fn moving(layout: &ClusterLayout) -> bool {
 pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Result<Swept> {
     let layout = store.load().await?.layout;
     let mut swept = Swept { epoch: layout.epoch, ..Swept::default() };
-    let jobs_stopped = crate::resize::pending(store).await?.is_none()
-        && crate::journal::pending(store).await?.is_empty();
+    let resizing = crate::resize::pending(store).await?.is_some();
+    let migrating = !crate::journal::pending(store).await?.is_empty();
     if crate::reconcile::staged(&layout) {
         // A staged change whose job is gone (cancelled, then stopped before undoing it) is
         // undone: the old layout never stopped leading.
-        if jobs_stopped {
+        if !resizing && !migrating {
             crate::reconcile::unstage(store).await?;
             tracing::info!("a staged layout change left by a stopped job was undone");
         }
         return Ok(swept);
     }
-    if layout.transition.is_some() && crate::resize::pending(store).await?.is_none() {
+    if layout.transition.is_some() && !resizing {
         // A replicated join or drain whose job stopped before it settled (cancelled): its
         // transition ends here once the sets have caught up; the next sweep drops the copies.
         if crate::reconcile::end_transition(store, client).await? {
@@ -102,10 +102,7 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
         }
         return Ok(swept);
     }
-    if moving(&layout)
-        || !crate::journal::pending(store).await?.is_empty()
-        || crate::resize::pending(store).await?.is_some()
-    {
+    if moving(&layout) || migrating || resizing {
         return Ok(swept);
     }
     let ring = Ring::new(layout.clone());

@@ -100,9 +100,7 @@ pub async fn move_set(
     };
     let pinned = |l: &ClusterLayout| placement::placed(l, partition, to, flip);
     // This move's change is in flight: the layout's transition set the partition's pin.
-    let ours = |l: &ClusterLayout| {
-        pinned(l) && l.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition))
-    };
+    let ours = |l: &ClusterLayout| pinned(l) && reconcile::touches(l, partition);
     if !pinned(&layout)
         && let Some(why) = placement::settling(&layout)
     {
@@ -213,8 +211,7 @@ async fn abandon(
     to: &NodeId,
 ) -> anyhow::Result<()> {
     let layout = store.load().await?.layout;
-    let staged_here = layout.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition));
-    if !reconcile::staged(&layout) || !staged_here {
+    if !reconcile::staged(&layout) || !reconcile::touches(&layout, partition) {
         return Ok(());
     }
     let ring = Ring::new(layout);

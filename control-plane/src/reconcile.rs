@@ -59,6 +59,11 @@ pub fn staged(layout: &ClusterLayout) -> bool {
     layout.transition.as_ref().is_some_and(|t| t.phase == TransitionPhase::OldLeads)
 }
 
+/// Whether the change in flight in `layout` set (moved or removed) the pin of `partition`.
+pub fn touches(layout: &ClusterLayout, partition: &PartitionKey) -> bool {
+    layout.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition))
+}
+
 /// Undoes a staged change (epoch + 1): the pins it set get their old values back, and the
 /// transition goes. Nothing if no change is staged (a flipped one is finished, never undone).
 pub async fn unstage(store: &dyn RingStore) -> anyhow::Result<()> {
@@ -94,10 +99,8 @@ pub async fn flip(
         return Ok(true);
     }
     let ring = Ring::new(layout.clone());
-    for p in partitions {
-        if !holds_owners_log(client, &ring, p).await? {
-            return Ok(false);
-        }
+    if !hold_owners_logs(client, &ring, partitions).await? {
+        return Ok(false);
     }
     // The partitions whose owner changes: the old one lets the writes it committed reach their
     // quorum and holds new ones back until it sees the flip.
@@ -119,21 +122,26 @@ pub async fn flip(
     swapped(store, layout.epoch, &next).await
 }
 
-/// Whether the owner of `p` in `ring` has taken its writes over there and every live member of
-/// its set other than the owner holds the owner's log (its last entry, term and position).
-async fn holds_owners_log(
+/// Whether, for each of `partitions`, its owner in `ring` has taken its writes over there and
+/// every live member of its set other than the owner holds the owner's log (its last entry,
+/// term and position). Stops at the first that does not.
+async fn hold_owners_logs(
     client: &InternalClient,
     ring: &Ring,
-    p: &PartitionKey,
+    partitions: impl IntoIterator<Item = &PartitionKey>,
 ) -> anyhow::Result<bool> {
-    let Some(owner) = ring.owner(p) else { return Ok(false) };
-    if shard::take_over(client, owner, p).await.is_err() {
-        return Ok(false);
-    }
-    let at = shard::held(client, owner, p, ring.epoch()).await?;
-    for member in live_members(ring, p) {
-        if at.last_seq > 0 && !shard::holds(client, &member, p, at.last_seq, at.last_term).await? {
+    for p in partitions {
+        let Some(owner) = ring.owner(p) else { return Ok(false) };
+        if shard::take_over(client, owner, p).await.is_err() {
             return Ok(false);
+        }
+        let at = shard::held(client, owner, p, ring.epoch()).await?;
+        for member in live_members(ring, p) {
+            if at.last_seq > 0
+                && !shard::holds(client, &member, p, at.last_seq, at.last_term).await?
+            {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
@@ -185,11 +193,7 @@ pub async fn end_transition(
     }
     let ring = Ring::new(layout.clone());
     let caught_up = if t.nodes == layout.nodes {
-        let mut all = true;
-        for p in t.pins.keys() {
-            all = all && holds_owners_log(client, &ring, p).await?;
-        }
-        all
+        hold_owners_logs(client, &ring, t.pins.keys()).await?
     } else {
         every_set_caught_up(client, &ring).await?
     };
@@ -217,10 +221,8 @@ async fn every_set_caught_up(client: &InternalClient, ring: &Ring) -> anyhow::Re
     let first = positions(client, &nodes, layout.epoch).await?;
     let retiring: BTreeSet<PartitionKey> =
         first.keys().filter(|p| !ring.retiring(p).is_empty()).cloned().collect();
-    for p in &retiring {
-        if !holds_owners_log(client, ring, p).await? {
-            return Ok(false);
-        }
+    if !hold_owners_logs(client, ring, &retiring).await? {
+        return Ok(false);
     }
     // Owners' positions first, members' after.
     let then = positions(client, &nodes, layout.epoch).await?;

@@ -47,6 +47,10 @@ struct Args {
     /// and hands it over (a hot tenant); without it the tenant is only written (a cold one).
     #[arg(long)]
     hot: bool,
+    /// Idle tenants of one small memory each, loaded before the move (so each node holds many
+    /// partitions the move does not touch: what a move costs must not grow with them).
+    #[arg(long, default_value_t = 0)]
+    idle_tenants: usize,
     /// Copies of every partition (the layout's replication factor): 1 or 2.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     copies: u32,
@@ -164,6 +168,25 @@ async fn main() -> anyhow::Result<()> {
         }
         // The shard nodes watch the same store.
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    if args.idle_tenants > 0 {
+        use futures::StreamExt;
+        eprintln!("loading {} idle tenants…", args.idle_tenants);
+        let started = Instant::now();
+        let loads = futures::stream::iter(0..args.idle_tenants).map(|t| {
+            let (http, router) = (http.clone(), router.clone());
+            async move {
+                let body = json!({"id": "m", "scope": "shared", "content": "idle", "embedding": [1.0, t as f32]});
+                let url = format!("{router}/v1/tenants/idle{t}/memories");
+                let resp = http.post(url).json(&body).send().await?;
+                anyhow::ensure!(resp.status().is_success(), "idle tenant {t}: {}", resp.status());
+                anyhow::Ok(())
+            }
+        });
+        let loaded: Vec<anyhow::Result<()>> = loads.buffer_unordered(32).collect().await;
+        loaded.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        eprintln!("loaded in {:.1} s", started.elapsed().as_secs_f64());
     }
 
     eprintln!("loading {} memories into tenant whale…", args.memories);
@@ -370,6 +393,21 @@ async fn main() -> anyhow::Result<()> {
 
     println!("| measure | result |\n|---|---|");
     println!("| tenant migrated | {count:.0} memories × {} dims (+ the live writes) |", args.dims);
+    if args.idle_tenants > 0 {
+        let per_node: Vec<String> = futures::future::join_all(
+            cluster.shards.iter().map(|s| memring_tests::partitions_at(&s.addr)),
+        )
+        .await
+        .into_iter()
+        .map(|held| held.map(|h| h.len().to_string()).unwrap_or_else(|e| e.to_string()))
+        .collect();
+        println!(
+            "| partitions held per node | {} ({} idle tenants, {} copies) |",
+            per_node.join(" / "),
+            args.idle_tenants,
+            args.copies
+        );
+    }
     println!(
         "| migration wall time | {:.2} s = {:.0} memories/s (copy {}, replayed {}) |",
         took_ms / 1000.0,
