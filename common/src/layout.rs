@@ -17,11 +17,13 @@ use crate::scope::PartitionKey;
 mod pins;
 mod policy;
 mod states;
+mod terms;
 mod transition;
 
 pub use pins::{Pin, PinKind, Pins};
 pub use policy::SizePolicy;
 pub use states::{NodeState, NodeStates};
+pub use terms::Terms;
 pub use transition::{Transition, TransitionPhase};
 
 /// The layout format this binary writes.
@@ -95,6 +97,11 @@ pub struct ClusterLayout {
     /// their own. Its dedicated nodes have no ring share: they hold only what the policy pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_policy: Option<SizePolicy>,
+    /// When each part of the layout that placement reads last changed, from which each
+    /// partition's term follows (`Ring::term`; stamped by the ring store on every write). A
+    /// layout without them gives every partition the epoch as its term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<Terms>,
 }
 
 fn one() -> u32 {
@@ -117,6 +124,7 @@ impl Default for ClusterLayout {
             transition: None,
             auto_rebalance: false,
             size_policy: None,
+            terms: None,
         }
     }
 }

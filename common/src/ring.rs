@@ -292,6 +292,32 @@ impl Ring {
         set
     }
 
+    /// The term of `partition` in this layout: the newest epoch at which its placement (owner,
+    /// holders, voters, retiring copies, whether it is replicated) could have changed
+    /// (`layout/terms.rs`). Two layouts that give a partition the same term place it alike, and
+    /// a later layout never gives it an older term. Replication takes a partition over, follows
+    /// and checks it at its term, so a layout change leaves the partitions it does not touch as
+    /// they were. The epoch itself for a layout without terms.
+    pub fn term(&self, partition: &PartitionKey) -> u64 {
+        let Some(terms) = &self.layout.terms else { return self.layout.epoch };
+        let set = self.replicas(partition);
+        let old = self.old_set(partition);
+        let mut term = terms.pin(partition);
+        for node in set.iter().chain(&old) {
+            term = term.max(terms.node(&node.id));
+        }
+        // A change in flight is read by the partitions it touches: those it pinned, and those
+        // whose set it changed.
+        if let Some(t) = &self.layout.transition {
+            let ids =
+                |nodes: &[&LayoutNode]| nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+            if t.pins.contains_key(partition) || ids(&self.replica_set(partition)) != ids(&old) {
+                term = term.max(terms.transition);
+            }
+        }
+        term
+    }
+
     /// Whether some partition may have more than one copy to keep in step: R > 1, or a layout
     /// change in flight (at R = 1 the only time a partition has a second copy). Without it a
     /// node follows nobody.

@@ -92,7 +92,8 @@ impl EmbeddedStore {
         if current.layout.epoch != expected {
             return Err(StoreError::Conflict { expected, current: Box::new(current) });
         }
-        let stored = Versioned { revision: current.revision + 1, layout: new };
+        let layout = new.stamped_after(&current.layout);
+        let stored = Versioned { revision: current.revision + 1, layout };
         let file = LayoutFile {
             format_version: FILE_FORMAT_VERSION,
             revision: stored.revision,

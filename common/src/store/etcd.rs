@@ -160,6 +160,7 @@ impl RingStore for EtcdStore {
                 current: Box::new(current),
             });
         }
+        let new = &new.stamped_after(&current.layout);
         let key = self.layout_key();
         let guard = if mod_revision == 0 {
             Compare::version(key.clone(), CompareOp::Equal, 0)

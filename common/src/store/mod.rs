@@ -135,7 +135,9 @@ pub trait RingStore: Send + Sync + 'static {
 
     /// Replaces the layout if its epoch is still `expected_epoch`. `new.epoch` must be
     /// `expected_epoch + 1`. Of two concurrent calls with the same expectation exactly one wins;
-    /// the other gets [`StoreError::Conflict`] with what the store holds now.
+    /// the other gets [`StoreError::Conflict`] with what the store holds now. What is stored
+    /// (and returned) is `new` with its partitions' terms stamped from the layout it replaces
+    /// ([`ClusterLayout::stamped_after`]).
     async fn compare_and_swap(
         &self,
         expected_epoch: u64,
