@@ -8,16 +8,20 @@
 //!
 //! **One log per partition, with terms.** A follower applies its primary's log entries under the
 //! primary's own sequence numbers and terms (`Storage::import_replicated`); an entry's term is
-//! the layout epoch at which its writer had taken the partition over. Logs are compared by
+//! the partition's term at which its writer had taken the partition over (`Ring::term`: the
+//! newest epoch at which the layout changed anything of the partition's placement; two layouts
+//! that give it the same term place it alike, so a layout change that does not touch a partition
+//! leaves its take-over and its checked copies as they are). Logs are compared by
 //! `(last term, last position)`, and two copies with an entry of the same term at a position hold
 //! the same entries up to it, so a position (`last_seq`) read by a copy that has checked its log
 //! against the owner's means the same everywhere: it is what a follower acknowledges, what a
 //! read-your-writes token names, and what a node taking over compares.
 //!
 //! - **Taking over** ([`Replication::take_over`]): before an owner writes or answers reads at a
-//!   new layout epoch, it asks R − W other copies for their position (live ones first; `POST
-//!   /internal/v1/replicate/position`, answered under that copy's write lock once it has seen the
-//!   epoch; from then on it follows only an owner that took over at an epoch at least as new) and
+//!   new term of the partition, it asks R − W other copies for their position (live ones first;
+//!   `POST /internal/v1/replicate/position`, answered under that copy's write lock once it has
+//!   seen the taker's layout epoch, whose term for the partition is at least the taker's; from
+//!   then on it follows only an owner that took over at that term or a newer one) and
 //!   makes its log the most up to date one: it probes back to where the two agree, cuts its own
 //!   entries after that, and pulls the rest. Any write acknowledged by W copies is on one of the
 //!   copies it heard, and the most up-to-date log holds every acknowledged write. While a
@@ -27,9 +31,9 @@
 //!   node, long-polling its change feed (`replicate/feed.rs`, over the stream of
 //!   `replicate/stream.rs` or `POST /internal/v1/replicate/poll`; answered as soon as anything
 //!   there changes), applying the entries the answer inlined where they continue its copy as
-//!   checked, and pulling the rest from `GET /internal/v1/replicate/log` with the layout epoch
-//!   it follows by (`replicate/sync.rs`). The owner answers only once it has taken over at
-//!   exactly that epoch, and only if its entry at the follower's last position has the
+//!   checked, and pulling the rest from `GET /internal/v1/replicate/log` with the partition's
+//!   term it follows by (`replicate/sync.rs`). The owner answers only once it has taken over at
+//!   exactly that term, and only if its entry at the follower's last position has the
 //!   follower's term there; otherwise it says where its entries of that term end, and the
 //!   follower probes back and cuts its log to where they agree (entries no quorum acknowledged)
 //!   before it applies anything.
@@ -189,8 +193,10 @@ impl Replication {
 
     /// `GET /internal/v1/replicate/log`: this copy's entries of `partition` after position
     /// `after`, if its entry there has term `term` (else where its entries of that term end).
-    /// With `epoch` (a follower asking its owner), this node answers only as the partition's
-    /// owner at exactly that epoch, having taken it over; the epoch is then its lead term.
+    /// With `lead` (a follower asking its owner; the request's `epoch`), this node answers only
+    /// as the partition's owner at exactly that term of the partition, having taken it over at
+    /// it. (In a layout without terms a partition's term is the epoch, which is what followers
+    /// of earlier versions send.)
     /// With `pin` (a migration's catch-up), the log after `after` is kept from trimming for a
     /// while (`Storage::pin_log`).
     pub async fn serve_log(
@@ -198,15 +204,18 @@ impl Replication {
         partition: &PartitionKey,
         after: LogPos,
         limit: usize,
-        epoch: Option<u64>,
+        lead: Option<u64>,
         pin: bool,
     ) -> Result<Vec<LogEntry>, ApiError> {
-        if let Some(epoch) = epoch {
-            self.owner_at(partition, epoch).await?;
+        if let Some(term) = lead {
+            self.ring.reach(term).await?;
+            let ring = self.ring.ring();
+            same_term(&ring, partition, term)?;
+            owns(&ring, &self.me, partition)?;
             self.take_over(partition).await?;
-            if self.lead_term(partition) != Some(epoch) {
+            if self.lead_term(partition) != Some(term) {
                 return Err(ApiError::unavailable(
-                    format!("{} is no longer leading {partition} at epoch {epoch}", self.me),
+                    format!("{} is no longer leading {partition} at term {term}", self.me),
                     1,
                 ));
             }
@@ -358,15 +367,15 @@ fn follows(ring: &Ring, me: &NodeId, primary: &NodeId, p: &PartitionKey) -> bool
         && primary != me
 }
 
-/// Ok while `ring` is at `epoch` and `me` follows `primary` for `p` there.
+/// Ok while `ring` gives `p` the term `term` and `me` follows `primary` for `p` there.
 fn still_leading(
     ring: &Ring,
     me: &NodeId,
     primary: &NodeId,
     p: &PartitionKey,
-    epoch: u64,
+    term: u64,
 ) -> Result<(), ApiError> {
-    same_epoch(ring, epoch)?;
+    same_term(ring, p, term)?;
     if follows(ring, me, primary, p) {
         return Ok(());
     }
@@ -382,6 +391,20 @@ fn owns(ring: &Ring, me: &NodeId, p: &PartitionKey) -> Result<(), ApiError> {
             format!("{me} no longer owns {p} at epoch {}", ring.epoch()),
         )),
     }
+}
+
+/// Ok while `ring` still gives `p` the term `term` (what was decided at one term lands only at
+/// it; a layout change that leaves the term as it is changes nothing for `p`).
+fn same_term(ring: &Ring, p: &PartitionKey, term: u64) -> Result<(), ApiError> {
+    let now = ring.term(p);
+    if now == term {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::PartitionMoving,
+        format!("{p} is at term {now} (layout epoch {}), not {term}; retry", ring.epoch()),
+    )
+    .with_retry_after(1))
 }
 
 /// Ok while `ring` is still at `epoch` (a change decided at one epoch lands only at it).

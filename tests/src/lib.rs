@@ -545,6 +545,17 @@ pub async fn write_batch(
     Ok(())
 }
 
+/// The value of counter or gauge `name` on the shard node `shard`, summed over its labels (0
+/// if not exported yet).
+pub async fn metric(shard: &Proc, name: &str) -> anyhow::Result<f64> {
+    let text = client().get(format!("{}/metrics", shard.url())).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// The partitions the shard node at `addr` holds, as `tenant/scope` strings.
 pub async fn partitions_at(addr: &str) -> anyhow::Result<Vec<String>> {
     let url = format!("http://{addr}/internal/v1/partitions");

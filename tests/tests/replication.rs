@@ -696,6 +696,88 @@ async fn replica_status(shard: &Proc) -> anyhow::Result<Value> {
     Ok(client().get(url).send().await?.error_for_status()?.json().await?)
 }
 
+/// A move costs the partitions it moves, not every partition held: through the three layouts of
+/// a replicated move (stage, flip, end) the 300 other tenants' partitions keep their terms, so
+/// no owner takes them over again and no follower pulls them again (`Ring::term`). Before terms,
+/// each new epoch had every owner take every partition over and every follower pull every copy.
+#[tokio::test]
+async fn a_move_takes_over_and_checks_again_only_the_partition_it_moves() -> anyhow::Result<()> {
+    let (c, store, control) = replicated_cluster(3, 2).await?;
+    let http = client();
+    for t in 0..300 {
+        let item = json!({"id": "m", "scope": "shared", "content": "idle", "embedding": vector(8, t, 0.1)});
+        write_batch(&http, &c.router(0), &format!("idle-{t}"), vec![item]).await?;
+    }
+    let seed: Vec<_> = (0..50)
+        .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": "seed", "embedding": vector(8, n, 0.2)}))
+        .collect();
+    write_batch(&http, &c.router(0), "mv", seed).await?;
+    let counted = || async {
+        let (mut takeovers, mut checks) = (0.0, 0.0);
+        for shard in &c.shards {
+            takeovers +=
+                memring_tests::metric(shard, "memring_replication_takeovers_total").await?;
+            checks += memring_tests::metric(shard, "memring_replication_copy_checks_total").await?;
+        }
+        anyhow::Ok((takeovers, checks))
+    };
+    // Settled: every copy checked, and the counts stay put.
+    let settle_by = Instant::now() + Duration::from_secs(30);
+    let mut before = counted().await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let now = counted().await?;
+        if now == before && now.1 >= 300.0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < settle_by, "the followers did not settle: {now:?}");
+        before = now;
+    }
+    let (stop, _, writers) = start_writers(&c.router(0), ["mv".into(), "idle-7".into()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let p: PartitionKey = "mv/shared".parse()?;
+    let layout = store.load().await?.layout;
+    let set: Vec<NodeId> =
+        Ring::new(layout.clone()).replicas(&p).iter().map(|n| n.id.clone()).collect();
+    let outsider = layout.nodes.iter().find(|n| !set.contains(&n.id)).expect("a third node");
+    let start_epoch = layout.epoch;
+    shardctl(&control, &["migrate", "--tenant", "mv", "--to", outsider.id.as_str()]).await?;
+    let epoch = store.load().await?.layout.epoch;
+    assert!(epoch >= start_epoch + 3, "staged, flipped and ended: {start_epoch} -> {epoch}");
+    wait_for("every node caught up at the new epoch", Duration::from_secs(20), || async {
+        for shard in &c.shards {
+            let status = replica_status(shard).await?;
+            if status["epoch"].as_u64() != Some(epoch) || status["caught_up"] != json!(true) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
+    let after = counted().await?;
+    let (takeovers, checks) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "a move through {} epochs beside 300 idle partitions: {takeovers} take-overs, {checks} copy checks",
+        epoch - start_epoch
+    );
+    // The moved partition: taken over by its old owner at the stage and its new one at the
+    // flip; checked by its followers at each of the three terms (and a few retries); the
+    // bystander's writers add nothing. 300 partitions re-checked would be 300 and more.
+    assert!(takeovers <= 6.0, "{takeovers} take-overs for one moved partition");
+    assert!(checks <= 30.0, "{checks} copy checks for one moved partition");
+    let failed: usize = seen.iter().map(|s| s.failed).sum();
+    assert_eq!(failed, 0, "no write failed during the move");
+    let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
+    assert!(seen.iter().all(|s| !s.acked.is_empty()), "both writers made progress");
+    c.wait_router_epoch(0, epoch, Duration::from_secs(5)).await?;
+    assert_readable(&c.router(0), acked.iter().copied(), "after the move").await?;
+    wait_verified(&control, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
 /// With one copy of every partition (R = 1), a partition moves by the rule of
 /// docs/one-engine.md, with the shard nodes alone doing the copying: staged, the old owner keeps
 /// the writes and the new node follows it — filled from a snapshot, since the old log is trimmed

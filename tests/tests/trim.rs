@@ -15,18 +15,8 @@ use memring_common::{PartitionKey, Ring};
 use memring_tests::load::{
     assert_readable, replicated_cluster, start_writers, stop_writers, wait_for, wait_verified,
 };
-use memring_tests::{Proc, client, shardctl, vector, write_batch};
+use memring_tests::{Proc, client, metric, shardctl, vector, write_batch};
 use serde_json::{Value, json};
-
-/// The value of counter or gauge `name` on the shard node `shard` (0 if not exported yet).
-async fn metric(shard: &Proc, name: &str) -> anyhow::Result<f64> {
-    let text = client().get(format!("{}/metrics", shard.url())).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
 
 /// `(count, checksum, last_seq)` of `partition` on the node at `addr`.
 async fn sum_at(addr: &str, partition: &PartitionKey) -> anyhow::Result<(u64, String, u64)> {

@@ -391,9 +391,11 @@ mod tests {
         }
         // A wrong epoch step is refused outright.
         assert!(matches!(store.compare_and_swap(1, &one).await, Err(StoreError::Invalid(_))));
-        // Reopening finds it again.
+        // Reopening finds it again, with the terms the store stamped.
         let again = EmbeddedStore::open(dir.path()).expect("reopen").load().await.expect("load");
-        assert_eq!(again.layout, one);
+        assert_eq!(again.layout, stored.layout);
+        assert_eq!(again.layout, one.stamped_after(&empty.layout));
+        assert_eq!(again.layout.terms.as_ref().map(|t| t.base), Some(1), "every term starts at 1");
     }
 
     #[tokio::test]

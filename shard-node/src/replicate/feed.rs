@@ -7,13 +7,14 @@
 //!
 //! A cursor of 0, or one from another process (another feed instance), gets a **full listing**
 //! instead: every partition this node holds, once. A follower asks for one when it starts, when
-//! the primary restarted, and at every new layout epoch (each copy is checked again then).
+//! the primary restarted, and at every new layout epoch (it pulls again only the copies whose
+//! partition's term moved, or all of them if this node restarted).
 //!
 //! **Inlined entries keep the divergence check.** Entries of a partition are inlined only when
-//! this node leads it at the follower's epoch and the follower acknowledged a position under
-//! exactly that lead term: it has then been checked to continue this log up to that position,
-//! and this node only appends while it leads at one epoch. The follower applies them only when
-//! they continue the position it holds as checked at that epoch (`replicate.rs`); anything else
+//! this node leads it at its term in the follower's layout and the follower acknowledged a
+//! position under exactly that lead term: it has then been checked to continue this log up to
+//! that position, and this node only appends while it leads at one term. The follower applies
+//! them only when they continue the position it holds as checked at that term (`replicate.rs`); anything else
 //! it pulls through the checked `GET /internal/v1/replicate/log`.
 
 use std::time::{Duration, Instant};
@@ -112,8 +113,8 @@ pub struct Change {
     pub last_seq: u64,
     /// The term of the entry there.
     pub last_term: u64,
-    /// This node has taken the partition over at the follower's epoch (its log there is the
-    /// one to follow, as of the answer).
+    /// This node has taken the partition over at its term in the follower's layout (its log
+    /// there is the one to follow, as of the answer).
     pub led: bool,
     /// Where led: the position up to which a quorum of copies holds this node's log (how far a
     /// follower may trim its own, `rules::follower_trim`); 0 otherwise.
@@ -145,7 +146,7 @@ impl Replication {
                 let from = led
                     .then(|| self.acks.acked(&p, &ask.follower))
                     .flatten()
-                    .filter(|&(_, term)| term == ask.epoch)
+                    .filter(|&(_, term)| term == ring.term(&p))
                     .map(|(seq, _)| seq);
                 (p, led, from)
             })
@@ -210,10 +211,10 @@ impl Replication {
         })
     }
 
-    /// Whether this node has taken `p` over at `epoch`, the ring's (a follower at another
-    /// epoch is told of no lead).
+    /// Whether this node leads `p` at its term in `ring`, which is at `epoch` (a follower at
+    /// another epoch is told of no lead).
     fn leads_at(&self, ring: &Ring, p: &PartitionKey, epoch: u64) -> bool {
-        ring.epoch() == epoch && self.lead_term(p) == Some(epoch)
+        ring.epoch() == epoch && self.lead_term(p) == Some(ring.term(p))
     }
 
     /// `partition` at position `at` in an answer, with where `led` the position a quorum

@@ -2,8 +2,10 @@
 //! long-polls that primary's change feed (over `stream.rs`, or over HTTP) and applies what
 //! changed there — the entries inlined in the answer where they continue this copy as checked,
 //! a checked pull (`sync.rs`) for the rest — then acknowledges with its next poll. A full
-//! listing (at the start, when the primary restarted, at each new layout epoch) checks every
-//! copy followed there again.
+//! listing (at the start, when the primary restarted, at each new layout epoch) goes over every
+//! copy followed there; a copy is checked (pulled) again only where its partition's term moved
+//! (`Ring::term`) or the primary restarted, so a layout change costs the partitions it
+//! touches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +34,8 @@ struct Following {
     /// The layout epoch the cursor was taken at.
     epoch: u64,
     /// Copies found to continue the primary's log: their position, with the primary's lead
-    /// term as the term (what the acknowledgements carry).
+    /// term (the partition's term it took over at) as the term, which the acknowledgements
+    /// carry.
     applied: HashMap<PartitionKey, LogPos>,
     /// Acknowledgements not yet sent.
     unsent: HashMap<PartitionKey, LogPos>,
@@ -84,9 +87,11 @@ struct Inline {
 /// A copy a round brings up to its primary.
 struct Want {
     partition: PartitionKey,
+    /// Its term in the ring the round follows by: the term its primary must lead at.
+    term: u64,
     /// The primary's position.
     target: u64,
-    /// The primary leads it at this epoch and its last position equals this copy's.
+    /// The primary leads it at its term and its last position equals this copy's.
     same: bool,
     /// The primary's committed position (`Change::committed`).
     committed: u64,
@@ -190,7 +195,8 @@ impl Replication {
             }
             let epoch = ring.epoch();
             if f.epoch != epoch {
-                // A new layout: every copy followed here is checked again (a full listing).
+                // A new layout: every copy followed here is looked at again (a full listing),
+                // and pulled where its term moved.
                 f.epoch = epoch;
                 f.seen = 0;
             }
@@ -231,8 +237,14 @@ impl Replication {
                 }
             };
             let answered = Instant::now();
+            let restarted = answer.feed != f.feed;
             let (full, more, cursor, feed) =
-                (answer.full || answer.feed != f.feed, answer.more, answer.cursor, answer.feed);
+                (answer.full || restarted, answer.more, answer.cursor, answer.feed);
+            if restarted {
+                // A primary that restarted leads nothing and holds no acknowledgement: every
+                // copy is checked again, and its position sent again.
+                f.applied.clear();
+            }
             if full {
                 if !self.round_full(&primary, epoch, answer.changes, &mut f).await {
                     // This node's own listing failed: ask for the full listing again.
@@ -256,8 +268,9 @@ impl Replication {
     }
 
     /// A full listing of `primary`'s partitions: checks every copy followed there (and every
-    /// copy held here that it did not list) and forgets copies no longer followed from it.
-    /// False if this node's own listing could not be read.
+    /// copy held here that it did not list) and forgets copies no longer followed from it. A
+    /// copy already checked at its partition's current term, and unchanged here since, needs no
+    /// pull. False if this node's own listing could not be read.
     async fn round_full(
         &self,
         primary: &LayoutNode,
@@ -277,8 +290,10 @@ impl Replication {
             // continues its log (log matching), nothing to ask.
             let same =
                 c.led && mine.get(&c.partition) == Some(&LogPos::new(c.last_term, c.last_seq));
+            let term = ring.term(&c.partition);
             wanted.push(Want {
                 partition: c.partition,
+                term,
                 target: c.last_seq,
                 same,
                 committed: c.committed,
@@ -286,12 +301,19 @@ impl Replication {
         }
         // Copies held here the primary does not list (it may hold nothing yet) are checked
         // against it like the others.
-        for p in mine.into_keys().filter(|p| !listed.contains(p)) {
-            wanted.push(Want { partition: p, target: 0, same: false, committed: 0 });
+        for p in mine.keys().filter(|p| !listed.contains(*p)) {
+            let term = ring.term(p);
+            wanted.push(Want { partition: p.clone(), term, target: 0, same: false, committed: 0 });
         }
         wanted.retain(|w| follows(&ring, &self.me, &primary.id, &w.partition));
         let followed: HashSet<PartitionKey> = wanted.iter().map(|w| w.partition.clone()).collect();
-        f.applied.clear();
+        // What was checked stays checked where the partition's term is the same and the copy
+        // has not moved since.
+        f.applied.retain(|p, at| {
+            followed.contains(p)
+                && at.term == ring.term(p)
+                && mine.get(p).is_some_and(|m| m.seq == at.seq)
+        });
         f.retry.clear();
         self.catch_up(primary, epoch, wanted, f).await;
         self.copies.lock().retain_from(&primary.id, |p| followed.contains(p));
@@ -316,12 +338,14 @@ impl Replication {
                 continue;
             }
             f.retry.remove(&c.partition);
+            let term = ring.term(&c.partition);
             let continues = c.entries.first().is_some_and(|first| {
-                f.applied.get(&c.partition) == Some(&LogPos::new(epoch, first.seq - 1))
-                    && c.entries.iter().all(|e| e.term <= epoch)
+                f.applied.get(&c.partition) == Some(&LogPos::new(term, first.seq - 1))
+                    && c.entries.iter().all(|e| e.term <= term)
             });
             let want = Want {
                 partition: c.partition,
+                term,
                 target: c.last_seq,
                 same: false,
                 committed: c.committed,
@@ -333,6 +357,7 @@ impl Replication {
             }
         }
         wanted.extend(f.retry.drain().map(|(partition, target)| Want {
+            term: ring.term(&partition),
             partition,
             target,
             same: false,
@@ -345,7 +370,7 @@ impl Replication {
             let entries: usize = inline.iter().map(|i| i.entries.len()).sum();
             metrics::counter!("memring_replication_inlined_entries_total")
                 .increment(entries as u64);
-            for (want, result) in self.apply_inline(primary, epoch, inline).await {
+            for (want, result) in self.apply_inline(primary, inline).await {
                 match result {
                     Some(reached) => self.note_checked(primary, epoch, reached, want, f),
                     None => wanted.push(want),
@@ -361,7 +386,6 @@ impl Replication {
     async fn apply_inline(
         &self,
         primary: &LayoutNode,
-        epoch: u64,
         inline: Vec<Inline>,
     ) -> Vec<(Want, Option<u64>)> {
         let (ring, me, primary_id) = (self.ring.clone(), self.me.clone(), primary.id.clone());
@@ -370,7 +394,7 @@ impl Replication {
             for Inline { want, entries } in inline {
                 let last = entries.last().map_or(0, |e| e.seq);
                 let p = &want.partition;
-                let allowed = || still_leading(&ring.ring(), &me, &primary_id, p, epoch);
+                let allowed = || still_leading(&ring.ring(), &me, &primary_id, p, want.term);
                 match s.import_followed(p, entries, &allowed) {
                     Ok(_) => out.push((want, Some(last))),
                     Err(e) => {
@@ -437,9 +461,9 @@ impl Replication {
         Ok(decode::<FeedAnswer>(&body)?)
     }
 
-    /// Brings the `wanted` copies to `primary`'s log at `epoch` (one pull per copy that is
-    /// not known to continue it already); copies that could not be checked are retried at the
-    /// next round.
+    /// Brings the `wanted` copies to `primary`'s log, each at its term (one pull per copy that
+    /// is not known to continue it already), in a round that follows by layout `epoch`; copies
+    /// that could not be checked are retried at the next round.
     async fn catch_up(
         &self,
         primary: &LayoutNode,
@@ -448,12 +472,12 @@ impl Replication {
         f: &mut Following,
     ) {
         for w in wanted {
-            // Known to continue the primary's log at this epoch and not behind: nothing to ask.
-            let known = f.applied.get(&w.partition).copied().filter(|at| at.term == epoch);
+            // Known to continue the primary's log at this term and not behind: nothing to ask.
+            let known = f.applied.get(&w.partition).copied().filter(|at| at.term == w.term);
             let reached = match known {
                 Some(at) if at.seq >= w.target => Ok(at.seq),
                 _ if w.same => Ok(w.target),
-                _ => self.catch_up_one(primary, &w.partition, epoch, w.target).await,
+                _ => self.catch_up_one(primary, &w.partition, w.term, w.target).await,
             };
             match reached {
                 Ok(at) => self.note_checked(primary, epoch, at, w, f),
@@ -476,13 +500,13 @@ impl Replication {
         }
     }
 
-    /// Records that the copy `w` names continues `primary`'s log at `epoch` up to `at`, and
-    /// queues its acknowledgement.
+    /// Records that the copy `w` names continues `primary`'s log at its term up to `at`, as
+    /// seen at layout `epoch`, and queues its acknowledgement.
     fn note_checked(&self, primary: &LayoutNode, epoch: u64, at: u64, w: Want, f: &mut Following) {
         let (p, target) = (w.partition, w.target);
-        let pos = LogPos::new(epoch, at);
-        // A full listing starts from no known copy, so every copy's position is sent again
-        // then (the primary may have restarted since).
+        let pos = LogPos::new(w.term, at);
+        // A restarted primary's full listing starts from no known copy, so every copy's
+        // position is sent to it again.
         if f.applied.insert(p.clone(), pos) != Some(pos) {
             f.unsent.insert(p.clone(), pos);
         }
@@ -500,17 +524,18 @@ impl Replication {
         self.copies.lock().set(&p, progress);
     }
 
-    /// Brings this node's copy of `p` to the log of `primary` leading at `epoch`, up to
-    /// `target` (its position at the poll) or further. Returns the position reached.
+    /// Brings this node's copy of `p` to the log of `primary` leading at `p`'s term `term`, up
+    /// to `target` (its position at the poll) or further. Returns the position reached.
     async fn catch_up_one(
         &self,
         primary: &LayoutNode,
         p: &PartitionKey,
-        epoch: u64,
+        term: u64,
         target: u64,
     ) -> Result<u64, ApiError> {
         let (me, primary_id, key) = (self.me.clone(), primary.id.clone(), p.clone());
-        let still_primary = move |ring: &Ring| still_leading(ring, &me, &primary_id, &key, epoch);
-        Ok(self.sync_from(primary, p, Some(epoch), target, still_primary).await?.seq)
+        let still_primary = move |ring: &Ring| still_leading(ring, &me, &primary_id, &key, term);
+        metrics::counter!("memring_replication_copy_checks_total").increment(1);
+        Ok(self.sync_from(primary, p, Some(term), target, still_primary).await?.seq)
     }
 }

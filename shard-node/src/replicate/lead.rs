@@ -37,16 +37,18 @@ impl Leads {
             )
             .with_retry_after(1));
         }
-        let taken = self.taken.lock().get(partition).map(|t| t.epoch);
-        rules::commit_term(replicated, ring.epoch(), taken, last_term).map_err(|why| {
+        let taken = self.taken.lock().get(partition).map(|t| t.term);
+        let term = ring.term(partition);
+        rules::commit_term(replicated, term, taken, last_term).map_err(|why| {
             let message = match why {
                 Refusal::NotTakenOver => format!(
-                    "the layout changed to epoch {} while this write waited; retry",
+                    "the layout moved {partition} to term {term} (epoch {}) while this write \
+                     waited; retry",
                     ring.epoch()
                 ),
                 Refusal::StaleLayout => format!(
-                    "{partition} has entries of term {last_term}, newer than this node's layout \
-                     (epoch {}); retry",
+                    "{partition} has entries of term {last_term}, newer than its term in this \
+                     node's layout ({term}, epoch {}); retry",
                     ring.epoch()
                 ),
             };
@@ -59,29 +61,31 @@ impl Leads {
 /// control plane flips the layout right after, and routers retry a moving partition for 5 s.
 pub const HAND_OVER_HOLD: Duration = Duration::from_secs(3);
 
-/// A take-over of a partition's writes: the epoch it happened at (the term of the entries this
-/// node appends from then on) and the last position of its log then (the term's first entry
-/// comes right after it).
+/// A take-over of a partition's writes: the partition's term it happened at (`Ring::term`;
+/// the term of the entries this node appends from then on) and the last position of its log
+/// then (the term's first entry comes right after it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct TakenOver {
-    pub(super) epoch: u64,
+    pub(super) term: u64,
     pub(super) base: u64,
 }
 
 impl Replication {
-    /// The epoch this node leads `partition` at: the current one, if it has taken it over then.
+    /// The term this node leads `partition` at: its term in the current layout
+    /// (`Ring::term`), if it has taken it over at that term.
     pub(super) fn lead_term(&self, partition: &PartitionKey) -> Option<u64> {
-        let epoch = self.ring.ring().epoch();
-        self.lead.taken.lock().get(partition).map(|t| t.epoch).filter(|e| *e == epoch)
+        let term = self.ring.ring().term(partition);
+        self.lead.taken.lock().get(partition).map(|t| t.term).filter(|t| *t == term)
     }
 
-    /// Before this node's first write to `partition` (or read as its owner) at the current
-    /// epoch: makes its log the most up-to-date of its own and R − W other live copies' (see
+    /// Before this node's first write to `partition` (or read as its owner) at its current
+    /// term: makes its log the most up-to-date of its own and R − W other live copies' (see
     /// the module notes). 503 while those copies cannot be asked or the log cannot be adopted.
+    /// A layout change that leaves the partition's term as it was keeps the take-over.
     pub async fn take_over(&self, partition: &PartitionKey) -> Result<(), ApiError> {
         let ring = self.ring.ring();
-        let epoch = ring.epoch();
-        let taken_now = || self.lead.taken.lock().get(partition).is_some_and(|t| t.epoch == epoch);
+        let (epoch, term) = (ring.epoch(), ring.term(partition));
+        let taken_now = || self.lead.taken.lock().get(partition).is_some_and(|t| t.term == term);
         if !ring.replicated(partition) || taken_now() {
             return Ok(());
         }
@@ -125,11 +129,11 @@ impl Replication {
         }
         let mine = self.last_pos(partition).await?;
         if let Some((peer, best)) = rules::adopt_from(mine, answered) {
-            if !rules::may_adopt(epoch, best) {
+            if !rules::may_adopt(term, best) {
                 return Err(ApiError::unavailable(
                     format!(
-                        "{} holds {partition} up to term {}, newer than this node's layout \
-                         (epoch {epoch}); retry once it has caught up",
+                        "{} holds {partition} up to term {}, newer than its term in this node's \
+                         layout ({term}, epoch {epoch}); retry once it has caught up",
                         peer.id, best.term
                     ),
                     1,
@@ -139,7 +143,7 @@ impl Replication {
             let (me, p) = (self.me.clone(), partition.clone());
             let allowed = move |ring: &Ring| {
                 owns(ring, &me, &p)?;
-                same_epoch(ring, epoch)
+                same_term(ring, &p, term)
             };
             let reached = self.sync_from(&peer, partition, None, best.seq, allowed).await?;
             if reached < best {
@@ -162,7 +166,8 @@ impl Replication {
         }
         // No entry is appended here before `taken` is set: the new term starts after `base`.
         let base = self.last_pos(partition).await?.seq;
-        self.lead.taken.lock().insert(partition.clone(), TakenOver { epoch, base });
+        self.lead.taken.lock().insert(partition.clone(), TakenOver { term, base });
+        metrics::counter!("memring_replication_takeovers_total").increment(1);
         self.rebase_waiting(partition).await;
         Ok(())
     }
@@ -206,7 +211,7 @@ impl Replication {
     /// (`rules::rebase`); a start of the term is appended for them when no write supplies it.
     pub(super) async fn rebase_waiting(&self, partition: &PartitionKey) {
         let Some(taken) = self.lead.taken.lock().get(partition).copied() else { return };
-        let older = self.acks.older(partition, taken.epoch);
+        let older = self.acks.older(partition, taken.term);
         if older.is_empty() {
             return;
         }
@@ -219,7 +224,7 @@ impl Replication {
             })
             .await
             .unwrap_or_else(|_: ApiError| vec![None; older.len()]);
-        let base = LogPos::new(taken.epoch, taken.base);
+        let base = LogPos::new(taken.term, taken.base);
         let verdicts = older
             .into_iter()
             .zip(held)

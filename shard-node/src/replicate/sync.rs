@@ -24,7 +24,7 @@ impl Replication {
     /// end): probes back from this copy's last position to where the two logs agree, cuts this
     /// copy's entries after that, then applies `node`'s page by page. `allowed` is checked
     /// against the current ring under the partition's write lock before each change lands; with
-    /// `epoch`, `node` must be leading the partition at that epoch (a follower asking its
+    /// `lead`, `node` must be leading the partition at that term of it (a follower asking its
     /// owner). The one loop of a follower's round and of a take-over. A copy marked as being
     /// re-seeded, or that cannot continue `node`'s log because one of the two is trimmed past
     /// where they would meet (`log_trimmed`), is re-seeded from `node` instead
@@ -33,7 +33,7 @@ impl Replication {
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
-        epoch: Option<u64>,
+        lead: Option<u64>,
         to: u64,
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
     ) -> Result<LogPos, ApiError> {
@@ -41,12 +41,12 @@ impl Replication {
         let (reseeding, at) =
             self.blocking(move |s| Ok((s.is_reseeding(&key)?, s.last_pos(&key)?))).await?;
         if reseeding {
-            return self.reseed(node, p, epoch, to, allowed).await;
+            return self.reseed(node, p, lead, to, allowed).await;
         }
-        match self.sync_log(node, p, epoch, at, to, allowed.clone()).await {
+        match self.sync_log(node, p, lead, at, to, allowed.clone()).await {
             Err(e) if e.code() == ErrorCode::LogTrimmed => {
                 tracing::info!(partition = %p, from = %node.id, reason = %e, "re-seeding this copy");
-                self.reseed(node, p, epoch, to, allowed).await
+                self.reseed(node, p, lead, to, allowed).await
             }
             reached => reached,
         }
@@ -59,7 +59,7 @@ impl Replication {
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
-        epoch: Option<u64>,
+        lead: Option<u64>,
         to: u64,
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
     ) -> Result<LogPos, ApiError> {
@@ -109,7 +109,7 @@ impl Replication {
         let start = start.unwrap_or_default();
         let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
         self.blocking(move |s| s.place_snapshot(&key, start, &|| a(&ring.ring()))).await?;
-        let reached = self.sync_log(node, p, epoch, start, to.max(start.seq), allowed).await?;
+        let reached = self.sync_log(node, p, lead, start, to.max(start.seq), allowed).await?;
         let key = p.clone();
         self.blocking(move |s| s.end_reseed(&key)).await?;
         tracing::info!(partition = %p, from = %node.id, memories = copied, snapshot = start.seq, reached = reached.seq, "copy re-seeded from a snapshot");
@@ -139,13 +139,13 @@ impl Replication {
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
-        epoch: Option<u64>,
+        lead: Option<u64>,
         mut at: LogPos,
         to: u64,
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
     ) -> Result<LogPos, ApiError> {
         loop {
-            match self.pull(node, p, at, epoch).await? {
+            match self.pull(node, p, at, lead).await? {
                 Pulled::Diverges { end_of_term } => {
                     let probe = rules::next_probe(at.seq, end_of_term);
                     let key = p.clone();
@@ -165,9 +165,9 @@ impl Replication {
                         if cut > 0 {
                             metrics::counter!("memring_replication_resyncs_total").increment(1);
                         }
-                        match epoch {
+                        match lead {
                             _ if entries.is_empty() => 0,
-                            // Following `node` as it leads at that epoch.
+                            // Following `node` as it leads at that term.
                             Some(_) => s.import_followed(&key, entries, &check)?,
                             None => s.import_replicated(&key, entries, &check)?,
                         };
@@ -185,13 +185,14 @@ impl Replication {
     }
 
     /// `node`'s log entries of `p` after position `after` (one page), if its entry there has
-    /// `after`'s term; with `epoch`, answered by `node` only as the owner leading at it.
+    /// `after`'s term; with `lead`, answered by `node` only as the owner leading at that term
+    /// of the partition (sent as `epoch`, the name every version reads).
     async fn pull(
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
         after: LogPos,
-        epoch: Option<u64>,
+        lead: Option<u64>,
     ) -> Result<Pulled, ApiError> {
         let mut url = format!(
             "http://{}/internal/v1/replicate/log/{}?after={}&term={}&limit={PAGE}",
@@ -200,8 +201,8 @@ impl Replication {
             after.seq,
             after.term
         );
-        if let Some(epoch) = epoch {
-            url.push_str(&format!("&epoch={epoch}"));
+        if let Some(term) = lead {
+            url.push_str(&format!("&epoch={term}"));
         }
         let error = match self.get_bytes(&url).await {
             Ok((body, _)) => return decode(&body).map(Pulled::Entries),

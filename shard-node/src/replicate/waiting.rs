@@ -18,7 +18,7 @@ impl Replication {
         };
         // A take-over at a newer term since this write committed may have rebased the waiting
         // writes before this one registered.
-        if self.lead.taken.lock().get(partition).is_some_and(|t| t.epoch > at.term) {
+        if self.lead.taken.lock().get(partition).is_some_and(|t| t.term > at.term) {
             self.rebase_waiting(partition).await;
         }
         let deadline = tokio::time::Instant::now() + self.quorum_timeout;

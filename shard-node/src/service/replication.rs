@@ -50,7 +50,9 @@ impl ShardService {
 
     /// `GET /internal/v1/replicate/log/{tenant}/{scope}?after=SEQ&term=TERM&limit=N[&epoch=E]
     /// [&pin=true]`: the log after a position whose term the asker names (see
-    /// `Replication::serve_log`), with the position it reaches in its headers.
+    /// `Replication::serve_log`), with the position it reaches in its headers. `epoch` names the
+    /// partition's term the owner must lead at (the layout epoch in a layout without terms, the
+    /// name older followers send).
     pub(super) async fn replica_log(
         &self,
         tenant: &str,
@@ -58,7 +60,7 @@ impl ShardService {
         query: Option<&str>,
     ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
         let partition = parse_partition(tenant, scope)?;
-        let (mut after, mut term, mut limit, mut epoch, mut pin) =
+        let (mut after, mut term, mut limit, mut lead, mut pin) =
             (0u64, 0u64, 1000usize, None, false);
         for (k, v) in query_pairs(query)? {
             let number = |what: &str| {
@@ -68,7 +70,7 @@ impl ShardService {
             match k.as_str() {
                 "after" => after = number("a log position")?,
                 "term" => term = number("a term")?,
-                "epoch" => epoch = Some(number("a layout epoch")?),
+                "epoch" => lead = Some(number("the partition's term")?),
                 "limit" => limit = api::parse_list_limit(&v)?,
                 "pin" => {
                     pin = v.parse().map_err(|_| {
@@ -83,7 +85,7 @@ impl ShardService {
             }
         }
         let at = crate::replicate::rules::LogPos::new(term, after);
-        let entries = self.repl.serve_log(&partition, at, limit, epoch, pin).await?;
+        let entries = self.repl.serve_log(&partition, at, limit, lead, pin).await?;
         // Where the answer ends, for a reader that pipes it on undecoded (a migration).
         let end =
             entries.last().map_or(at, |e| crate::replicate::rules::LogPos::new(e.term, e.seq));
