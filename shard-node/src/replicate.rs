@@ -246,7 +246,7 @@ impl Replication {
     }
 
     /// Whether this node may answer a read of `partition` as a replica: it is the owner, or a
-    /// follower whose copy was checked against the owner at the current epoch and has applied
+    /// follower whose copy was checked against the owner at the partition's current term and has applied
     /// `min_seq` (when asked for one) or was caught up within the staleness bound.
     pub async fn replica_read(
         &self,
@@ -267,7 +267,7 @@ impl Replication {
         }
         let behind = |why: String| Err(ApiError::new(ErrorCode::ReplicaBehind, why));
         let copy = self.copies.lock().get(partition).cloned();
-        let synced = copy.as_ref().is_some_and(|c| c.synced == Some(ring.epoch()));
+        let synced = copy.as_ref().is_some_and(|c| c.synced == Some(ring.term(partition)));
         // Caught up at its primary's last round, and that round is recent enough.
         let fresh = copy.is_some_and(|c| {
             c.behind == 0
@@ -276,9 +276,11 @@ impl Replication {
                 })
         });
         if !synced {
-            // A position on a copy not checked at this epoch may name other entries.
+            // A position on a copy not checked at this term may name other entries.
             return behind(format!(
-                "this copy of {partition} has not been checked against its owner at epoch {}",
+                "this copy of {partition} has not been checked against its owner at its term {} \
+                 (epoch {})",
+                ring.term(partition),
                 ring.epoch()
             ));
         }
@@ -314,7 +316,7 @@ impl Replication {
                     .is_some_and(|(at, seen)| at.elapsed() <= ROUND_FRESH && *seen == epoch)
             });
         let copies = self.copies.lock();
-        let (lag, unchecked) = (copies.lag(), copies.unchecked(epoch));
+        let (lag, unchecked) = (copies.lag(), copies.unchecked());
         ReplicaStatus {
             node: self.me.clone(),
             epoch,

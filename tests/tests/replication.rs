@@ -698,7 +698,8 @@ async fn replica_status(shard: &Proc) -> anyhow::Result<Value> {
 
 /// A move costs the partitions it moves, not every partition held: through the three layouts of
 /// a replicated move (stage, flip, end) the 300 other tenants' partitions keep their terms, so
-/// no owner takes them over again and no follower pulls them again (`Ring::term`). Before terms,
+/// no owner takes them over again and no follower pulls them again (`Ring::term`); the layouts
+/// differ in pins alone, so no follower asks for a full listing either. Before terms,
 /// each new epoch had every owner take every partition over and every follower pull every copy.
 #[tokio::test]
 async fn a_move_takes_over_and_checks_again_only_the_partition_it_moves() -> anyhow::Result<()> {
@@ -713,13 +714,15 @@ async fn a_move_takes_over_and_checks_again_only_the_partition_it_moves() -> any
         .collect();
     write_batch(&http, &c.router(0), "mv", seed).await?;
     let counted = || async {
-        let (mut takeovers, mut checks) = (0.0, 0.0);
+        let (mut takeovers, mut checks, mut listings) = (0.0, 0.0, 0.0);
         for shard in &c.shards {
             takeovers +=
                 memring_tests::metric(shard, "memring_replication_takeovers_total").await?;
             checks += memring_tests::metric(shard, "memring_replication_copy_checks_total").await?;
+            listings +=
+                memring_tests::metric(shard, "memring_replication_full_listings_total").await?;
         }
-        anyhow::Ok((takeovers, checks))
+        anyhow::Ok((takeovers, checks, listings))
     };
     // Settled: every copy checked, and the counts stay put.
     let settle_by = Instant::now() + Duration::from_secs(30);
@@ -758,11 +761,15 @@ async fn a_move_takes_over_and_checks_again_only_the_partition_it_moves() -> any
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = stop_writers(&stop, writers, || c.logs()).await?;
     let after = counted().await?;
-    let (takeovers, checks) = (after.0 - before.0, after.1 - before.1);
+    let (takeovers, checks, listings) =
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     println!(
-        "a move through {} epochs beside 300 idle partitions: {takeovers} take-overs, {checks} copy checks",
+        "a move through {} epochs beside 300 idle partitions: {takeovers} take-overs, {checks} \
+         copy checks, {listings} full listings",
         epoch - start_epoch
     );
+    // A change of pins alone: no follower lists its primaries' partitions again.
+    assert_eq!(listings, 0.0, "full listings during a move");
     // The moved partition: taken over by its old owner at the stage and its new one at the
     // flip; checked by its followers at each of the three terms (and a few retries); the
     // bystander's writers add nothing. 300 partitions re-checked would be 300 and more.

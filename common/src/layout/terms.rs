@@ -22,7 +22,7 @@
 //! replaces ([`ClusterLayout::stamped_after`]), so no writer can forget one. A layout without
 //! them (written by an older binary) gives every partition the epoch as its term, as before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,44 @@ impl ClusterLayout {
         let mut next = self.clone();
         next.terms = Some(stamps(before, self));
         next
+    }
+}
+
+impl ClusterLayout {
+    /// If this layout differs from the earlier `before` only in pins — pins set, moved or
+    /// removed, and changes of pins alone in flight — the partitions whose term may differ
+    /// between the two: every other partition has the same term, and so the same placement, in
+    /// both. `None` for any other difference (nodes, their states or stamps, R, W, the circle,
+    /// a change of nodes in flight), or where either layout has no terms.
+    pub fn pins_touched_since(&self, before: &ClusterLayout) -> Option<BTreeSet<PartitionKey>> {
+        let (now, was) = (self.terms.as_ref()?, before.terms.as_ref()?);
+        let pins_alone =
+            |l: &ClusterLayout| l.transition.as_ref().is_none_or(|t| t.nodes == l.nodes);
+        let same = now.base == was.base
+            && now.nodes == was.nodes
+            && self.nodes == before.nodes
+            && self.states == before.states
+            && self.replication_factor == before.replication_factor
+            && self.write_quorum() == before.write_quorum()
+            && self.vnodes_per_node == before.vnodes_per_node
+            && self.extra_copies == before.extra_copies
+            && self.size_policy.as_ref().map(|p| &p.dedicated_nodes)
+                == before.size_policy.as_ref().map(|p| &p.dedicated_nodes)
+            && pins_alone(self)
+            && pins_alone(before);
+        if !same {
+            return None;
+        }
+        let mut touched: BTreeSet<PartitionKey> = BTreeSet::new();
+        for p in now.pins.keys().chain(was.pins.keys()) {
+            if now.pins.get(p) != was.pins.get(p) {
+                touched.insert(p.clone());
+            }
+        }
+        for t in self.transition.iter().chain(&before.transition) {
+            touched.extend(t.pins.keys().cloned());
+        }
+        Some(touched)
     }
 }
 
@@ -323,10 +361,23 @@ mod tests {
             let mut ring = Ring::new(l.clone());
             let mut before: Vec<(u64, Placement)> =
                 keys.iter().map(|p| (ring.term(p), placement(&ring, p))).collect();
-            for change in &changes {
+            // The ring some changes back, for the pins-alone difference over several epochs.
+            let mut earlier = ring.layout().clone();
+            for (n, change) in changes.iter().enumerate() {
                 let Some(next) = apply(ring.layout(), change) else { continue };
                 let next = next.stamped_after(ring.layout());
-                ring = Ring::new(next);
+                let old = std::mem::replace(&mut ring, Ring::new(next));
+                for from in [old.layout(), &earlier] {
+                    let Some(touched) = ring.layout().pins_touched_since(from) else { continue };
+                    let from = Ring::new(from.clone());
+                    for p in keys.iter().filter(|p| !touched.contains(*p)) {
+                        prop_assert_eq!(ring.term(p), from.term(p), "{} untouched since {}", p, from.epoch());
+                        prop_assert_eq!(placement(&ring, p), placement(&from, p));
+                    }
+                }
+                if n % 4 == 3 {
+                    earlier = ring.layout().clone();
+                }
                 for (p, (term, was)) in keys.iter().zip(before.iter_mut()) {
                     let (t, now) = (ring.term(p), placement(&ring, p));
                     prop_assert!(t <= ring.epoch(), "{p}: term {t} after epoch {}", ring.epoch());
@@ -366,7 +417,10 @@ mod tests {
         next.pins.set(moved.clone(), target, PinKind::Operator);
         next.transition = Some(Transition::staged(ring.layout(), &next));
         for step in [Change::Flip, Change::End, Change::End] {
-            ring = Ring::new(next.stamped_after(ring.layout()));
+            let before = ring.layout().clone();
+            ring = Ring::new(next.stamped_after(&before));
+            let touched = ring.layout().pins_touched_since(&before);
+            assert_eq!(touched, Some(BTreeSet::from([moved.clone()])), "a change of one pin");
             assert_eq!(ring.term(&moved), ring.epoch(), "the moved partition's term moves");
             for (p, was) in keys.iter().zip(&first).filter(|(p, _)| **p != moved) {
                 assert_eq!(ring.term(p), *was, "{p} kept its term at epoch {}", ring.epoch());

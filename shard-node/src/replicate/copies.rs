@@ -1,7 +1,10 @@
 //! How this node's followed copies stand: per copy its primary, how far behind it was at the
-//! last round and the epoch it was last checked against its owner at, plus the totals a status
-//! call reads (entries behind per primary, copies checked at the newest epoch) kept up to date
-//! on every change, so reading them costs nothing per copy.
+//! last round and the partition's term it was last checked against its owner at, plus the
+//! totals a status call reads (entries behind per primary, copies not checked) kept up to date
+//! on every change, so reading them costs nothing per copy. A follower marks a copy unchecked
+//! when its partition's term moves (`replicate/follower.rs`), so a copy counted as checked is
+//! checked at its partition's current term once its primary's round at the current epoch is
+//! done.
 
 use std::collections::HashMap;
 
@@ -14,8 +17,9 @@ pub struct Progress {
     pub primary: NodeId,
     /// Entries behind the primary at the last round that looked at it.
     pub behind: u64,
-    /// The layout epoch at which the copy was last found to continue the log of its primary,
-    /// leading at that epoch (`None`: not checked since, or the check failed).
+    /// The partition's term (`Ring::term`) at which the copy was last found to continue the
+    /// log of its primary, leading at that term (`None`: not checked since, or the check
+    /// failed).
     pub synced: Option<u64>,
     /// The position checked then (0 if not checked).
     pub at: u64,
@@ -30,8 +34,8 @@ pub struct Copies {
     all: HashMap<PartitionKey, Progress>,
     /// Sum of `behind` per primary.
     lag: HashMap<NodeId, u64>,
-    /// The newest epoch any copy was checked at, and how many copies were checked at it.
-    checked: (u64, usize),
+    /// How many copies are checked (`synced` set).
+    checked: usize,
 }
 
 impl Copies {
@@ -49,13 +53,8 @@ impl Copies {
     pub fn set(&mut self, partition: &PartitionKey, progress: Progress) {
         self.remove(partition);
         *self.lag.entry(progress.primary.clone()).or_default() += progress.behind;
-        if let Some(epoch) = progress.synced {
-            if epoch > self.checked.0 {
-                self.checked = (epoch, 0);
-            }
-            if epoch == self.checked.0 {
-                self.checked.1 += 1;
-            }
+        if progress.synced.is_some() {
+            self.checked += 1;
         }
         self.all.insert(partition.clone(), progress);
     }
@@ -66,13 +65,13 @@ impl Copies {
         if let Some(lag) = self.lag.get_mut(&old.primary) {
             *lag -= old.behind;
         }
-        if old.synced == Some(self.checked.0) {
-            self.checked.1 -= 1;
+        if old.synced.is_some() {
+            self.checked -= 1;
         }
     }
 
     /// Keeps, of the copies followed from `primary`, those `keep` says (a walk over every copy:
-    /// for a full round, once per layout epoch, and when a primary leaves).
+    /// for a full round, and when a primary leaves).
     pub fn retain_from(&mut self, primary: &NodeId, keep: impl Fn(&PartitionKey) -> bool) {
         let gone: Vec<PartitionKey> = self
             .all
@@ -98,10 +97,9 @@ impl Copies {
         self.lag.values().sum()
     }
 
-    /// Copies not checked against their owner at `epoch`.
-    pub fn unchecked(&self, epoch: u64) -> usize {
-        let checked = if self.checked.0 == epoch { self.checked.1 } else { 0 };
-        self.all.len() - checked
+    /// Copies not checked against their owner.
+    pub fn unchecked(&self) -> usize {
+        self.all.len() - self.checked
     }
 }
 
@@ -125,9 +123,9 @@ mod tests {
     }
 
     /// The totals, counted the slow way.
-    fn counted(c: &Copies, epoch: u64) -> (u64, usize) {
+    fn counted(c: &Copies) -> (u64, usize) {
         let lag = c.all.values().map(|p| p.behind).sum();
-        let unchecked = c.all.values().filter(|p| p.synced != Some(epoch)).count();
+        let unchecked = c.all.values().filter(|p| p.synced.is_none()).count();
         (lag, unchecked)
     }
 
@@ -158,7 +156,7 @@ mod tests {
                     c.set(&p, at(primary, next(5), synced));
                 }
             }
-            assert_eq!((c.lag(), c.unchecked(epoch)), counted(&c, epoch));
+            assert_eq!((c.lag(), c.unchecked()), counted(&c));
             let of_a: u64 =
                 c.all.values().filter(|p| p.primary == node("a")).map(|p| p.behind).sum();
             assert_eq!(c.lag_of(&node("a")), of_a);
@@ -166,15 +164,16 @@ mod tests {
     }
 
     #[test]
-    fn a_new_epoch_leaves_every_copy_unchecked_until_checked_again() {
+    fn a_copy_marked_unchecked_counts_until_checked_again() {
         let mut c = Copies::default();
         c.set(&key("x"), at("a", 0, Some(3)));
         c.set(&key("y"), at("a", 2, Some(3)));
-        assert_eq!((c.lag(), c.unchecked(3), c.len()), (2, 0, 2));
-        assert_eq!(c.unchecked(4), 2);
+        assert_eq!((c.lag(), c.unchecked(), c.len()), (2, 0, 2));
+        c.set(&key("x"), at("a", 0, None));
+        assert_eq!(c.unchecked(), 1);
         c.set(&key("x"), at("a", 0, Some(4)));
-        assert_eq!(c.unchecked(4), 1);
+        assert_eq!(c.unchecked(), 0);
         c.retain_from(&node("a"), |p| *p == key("x"));
-        assert_eq!((c.lag(), c.unchecked(4), c.len()), (0, 0, 1));
+        assert_eq!((c.lag(), c.unchecked(), c.len()), (0, 0, 1));
     }
 }

@@ -186,6 +186,7 @@ impl Replication {
     /// Every partition this node holds, with its position, for a follower at `epoch` (its
     /// first round, or its first at a new epoch or with a restarted primary).
     async fn full_listing(&self, epoch: u64) -> Result<FeedAnswer, ApiError> {
+        metrics::counter!("memring_replication_full_listings_total").increment(1);
         let (positions, cursor) = self
             .blocking(move |s| {
                 // Read before listing: a change made during the listing is sent again.

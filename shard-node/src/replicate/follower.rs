@@ -2,10 +2,11 @@
 //! long-polls that primary's change feed (over `stream.rs`, or over HTTP) and applies what
 //! changed there — the entries inlined in the answer where they continue this copy as checked,
 //! a checked pull (`sync.rs`) for the rest — then acknowledges with its next poll. A full
-//! listing (at the start, when the primary restarted, at each new layout epoch) goes over every
-//! copy followed there; a copy is checked (pulled) again only where its partition's term moved
-//! (`Ring::term`) or the primary restarted, so a layout change costs the partitions it
-//! touches.
+//! listing (at the start, when the primary restarted, at a new layout epoch that changed more
+//! than pins) goes over every copy followed there; a copy is checked (pulled) again only where
+//! its partition's term moved (`Ring::term`) or the primary restarted. A new epoch that changed
+//! pins alone (a move) needs no listing: the partitions whose pins changed are checked again,
+//! and nothing else (`ClusterLayout::pins_touched_since`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -74,6 +75,10 @@ enum Link {
     /// stream again after `until`.
     Http { until: Instant },
 }
+
+/// The target of a copy to bring to the end of its primary's log, wherever that is (a copy
+/// whose partition's term moved without a change in the primary's feed).
+const TO_END: u64 = u64::MAX;
 
 /// How long a follower polls a primary without streams over HTTP before it tries again.
 const STREAM_RETRY: Duration = Duration::from_secs(60);
@@ -181,6 +186,8 @@ impl Replication {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut f = Following::default();
+        // The ring of `f.epoch`, what a new one is compared with.
+        let mut followed_by: Option<Arc<Ring>> = None;
         let mut link = Link::Closed;
         let mut epochs = self.ring.subscribe();
         let lag_gauge =
@@ -195,10 +202,19 @@ impl Replication {
             }
             let epoch = ring.epoch();
             if f.epoch != epoch {
-                // A new layout: every copy followed here is looked at again (a full listing),
-                // and pulled where its term moved.
+                // A new layout that changed pins alone: the copies of those partitions are
+                // checked again. Any other: every copy followed here is looked at again (a
+                // full listing), and pulled where its term moved.
+                let touched = followed_by
+                    .as_ref()
+                    .filter(|_| f.seen != 0)
+                    .and_then(|was| ring.layout().pins_touched_since(was.layout()));
+                match touched {
+                    Some(touched) => self.check_again(&primary.id, &ring, touched, &mut f),
+                    None => f.seen = 0,
+                }
                 f.epoch = epoch;
-                f.seen = 0;
+                followed_by = Some(ring.clone());
             }
             let ask = ReplicaPoll {
                 follower: self.me.clone(),
@@ -246,14 +262,14 @@ impl Replication {
                 f.applied.clear();
             }
             if full {
-                if !self.round_full(&primary, epoch, answer.changes, &mut f).await {
+                if !self.round_full(&primary, answer.changes, &mut f).await {
                     // This node's own listing failed: ask for the full listing again.
                     f.seen = 0;
                     tokio::time::sleep(RETRY_WAIT).await;
                     continue;
                 }
             } else {
-                self.round_changes(&primary, epoch, answer.changes, &mut f).await;
+                self.round_changes(&primary, answer.changes, &mut f).await;
             }
             (f.feed, f.seen) = (feed, cursor);
             if !more {
@@ -267,6 +283,38 @@ impl Replication {
         self.rounds.lock().remove(&primary_id);
     }
 
+    /// After a change of pins alone: the `touched` partitions' copies followed from
+    /// `primary` in `ring` are marked unchecked and brought to the end of its log next round;
+    /// those no longer followed from it are forgotten. Every other copy keeps its term, and
+    /// stays checked.
+    fn check_again(
+        &self,
+        primary: &NodeId,
+        ring: &Ring,
+        touched: std::collections::BTreeSet<PartitionKey>,
+        f: &mut Following,
+    ) {
+        let mut copies = self.copies.lock();
+        for p in touched {
+            f.applied.remove(&p);
+            f.unsent.remove(&p);
+            f.retry.remove(&p);
+            if follows(ring, &self.me, primary, &p) {
+                let unchecked = Progress {
+                    primary: primary.clone(),
+                    behind: 0,
+                    synced: None,
+                    at: 0,
+                    committed: 0,
+                };
+                copies.set(&p, unchecked);
+                f.retry.insert(p, TO_END);
+            } else if copies.get(&p).is_some_and(|c| c.primary == *primary) {
+                copies.remove(&p);
+            }
+        }
+    }
+
     /// A full listing of `primary`'s partitions: checks every copy followed there (and every
     /// copy held here that it did not list) and forgets copies no longer followed from it. A
     /// copy already checked at its partition's current term, and unchanged here since, needs no
@@ -274,7 +322,6 @@ impl Replication {
     async fn round_full(
         &self,
         primary: &LayoutNode,
-        epoch: u64,
         changes: Vec<Change>,
         f: &mut Following,
     ) -> bool {
@@ -315,7 +362,7 @@ impl Replication {
                 && mine.get(p).is_some_and(|m| m.seq == at.seq)
         });
         f.retry.clear();
-        self.catch_up(primary, epoch, wanted, f).await;
+        self.catch_up(primary, wanted, f).await;
         self.copies.lock().retain_from(&primary.id, |p| followed.contains(p));
         true
     }
@@ -323,13 +370,7 @@ impl Replication {
     /// The partitions changed on `primary` since the last round: applies the entries it sent
     /// where they continue this copy as checked, pulls the rest, and retries the copies that
     /// failed before.
-    async fn round_changes(
-        &self,
-        primary: &LayoutNode,
-        epoch: u64,
-        changes: Vec<Change>,
-        f: &mut Following,
-    ) {
+    async fn round_changes(&self, primary: &LayoutNode, changes: Vec<Change>, f: &mut Following) {
         let ring = self.ring.ring();
         let mut wanted: Vec<Want> = Vec::new();
         let mut inline: Vec<Inline> = Vec::new();
@@ -372,12 +413,12 @@ impl Replication {
                 .increment(entries as u64);
             for (want, result) in self.apply_inline(primary, inline).await {
                 match result {
-                    Some(reached) => self.note_checked(primary, epoch, reached, want, f),
+                    Some(reached) => self.note_checked(primary, reached, want, f),
                     None => wanted.push(want),
                 }
             }
         }
-        self.catch_up(primary, epoch, wanted, f).await;
+        self.catch_up(primary, wanted, f).await;
     }
 
     /// Applies entries a primary inlined in its answer, each partition under the same check
@@ -462,16 +503,10 @@ impl Replication {
     }
 
     /// Brings the `wanted` copies to `primary`'s log, each at its term (one pull per copy that
-    /// is not known to continue it already), in a round that follows by layout `epoch`; copies
-    /// that could not be checked are retried at the next round.
-    async fn catch_up(
-        &self,
-        primary: &LayoutNode,
-        epoch: u64,
-        wanted: Vec<Want>,
-        f: &mut Following,
-    ) {
-        for w in wanted {
+    /// is not known to continue it already); copies that could not be checked are retried at
+    /// the next round.
+    async fn catch_up(&self, primary: &LayoutNode, wanted: Vec<Want>, f: &mut Following) {
+        for mut w in wanted {
             // Known to continue the primary's log at this term and not behind: nothing to ask.
             let known = f.applied.get(&w.partition).copied().filter(|at| at.term == w.term);
             let reached = match known {
@@ -480,7 +515,12 @@ impl Replication {
                 _ => self.catch_up_one(primary, &w.partition, w.term, w.target).await,
             };
             match reached {
-                Ok(at) => self.note_checked(primary, epoch, at, w, f),
+                Ok(at) => {
+                    if w.target == TO_END {
+                        w.target = at;
+                    }
+                    self.note_checked(primary, at, w, f)
+                }
                 Err(e) => {
                     // Not checked (the owner has not taken over yet, or is gone): asked again
                     // on the next round, and not caught up until then.
@@ -488,7 +528,7 @@ impl Replication {
                     f.applied.remove(&w.partition);
                     let progress = Progress {
                         primary: primary.id.clone(),
-                        behind: w.target,
+                        behind: if w.target == TO_END { 0 } else { w.target },
                         synced: None,
                         at: 0,
                         committed: 0,
@@ -500,10 +540,10 @@ impl Replication {
         }
     }
 
-    /// Records that the copy `w` names continues `primary`'s log at its term up to `at`, as
-    /// seen at layout `epoch`, and queues its acknowledgement.
-    fn note_checked(&self, primary: &LayoutNode, epoch: u64, at: u64, w: Want, f: &mut Following) {
-        let (p, target) = (w.partition, w.target);
+    /// Records that the copy `w` names continues `primary`'s log at its term up to `at`, and
+    /// queues its acknowledgement.
+    fn note_checked(&self, primary: &LayoutNode, at: u64, w: Want, f: &mut Following) {
+        let (p, target, w_term) = (w.partition, w.target, w.term);
         let pos = LogPos::new(w.term, at);
         // A restarted primary's full listing starts from no known copy, so every copy's
         // position is sent to it again.
@@ -517,7 +557,7 @@ impl Replication {
         let progress = Progress {
             primary: primary.id.clone(),
             behind,
-            synced: Some(epoch),
+            synced: Some(w_term),
             at,
             committed: w.committed.min(at),
         };

@@ -80,7 +80,7 @@ impl Replication {
             return 0;
         }
         match self.copies.lock().get(p) {
-            Some(c) if c.synced == Some(ring.epoch()) => {
+            Some(c) if c.synced == Some(ring.term(p)) => {
                 let quorum = ring.layout().write_quorum() as usize;
                 let committed = rules::follower_committed(c.at, c.committed, quorum);
                 rules::follower_trim(c.at, committed, u64::MAX)
