@@ -300,18 +300,19 @@ impl Ring {
     /// they were. The epoch itself for a layout without terms.
     pub fn term(&self, partition: &PartitionKey) -> u64 {
         let Some(terms) = &self.layout.terms else { return self.layout.epoch };
-        let set = self.replicas(partition);
+        let set = self.replica_set(partition);
         let old = self.old_set(partition);
+        let extra = self.layout.extra_copies.get(partition).into_iter().flatten();
         let mut term = terms.pin(partition);
-        for node in set.iter().chain(&old) {
-            term = term.max(terms.node(&node.id));
+        for id in set.iter().chain(&old).map(|n| &n.id).chain(extra) {
+            term = term.max(terms.node(id));
         }
         // A change in flight is read by the partitions it touches: those it pinned, and those
         // whose set it changed.
         if let Some(t) = &self.layout.transition {
-            let ids =
-                |nodes: &[&LayoutNode]| nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
-            if t.pins.contains_key(partition) || ids(&self.replica_set(partition)) != ids(&old) {
+            let same_set =
+                set.len() == old.len() && set.iter().zip(&old).all(|(a, b)| a.id == b.id);
+            if t.pins.contains_key(partition) || !same_set {
                 term = term.max(terms.transition);
             }
         }

@@ -11,7 +11,7 @@ use memring_tests::load::{
     assert_readable, replicated_cluster, set_replication, start_writers, stop_writers, wait_for,
     wait_verified,
 };
-use memring_tests::{Proc, binary, client, shardctl, vector, write_batch};
+use memring_tests::{Proc, binary, client, metric, shardctl, vector, write_batch};
 use serde_json::{Value, json};
 
 /// `(count, checksum)` of `partition` on the node at `addr` (from its meta; 0 if absent).
@@ -716,11 +716,9 @@ async fn a_move_takes_over_and_checks_again_only_the_partition_it_moves() -> any
     let counted = || async {
         let (mut takeovers, mut checks, mut listings) = (0.0, 0.0, 0.0);
         for shard in &c.shards {
-            takeovers +=
-                memring_tests::metric(shard, "memring_replication_takeovers_total").await?;
-            checks += memring_tests::metric(shard, "memring_replication_copy_checks_total").await?;
-            listings +=
-                memring_tests::metric(shard, "memring_replication_full_listings_total").await?;
+            takeovers += metric(shard, "memring_replication_takeovers_total").await?;
+            checks += metric(shard, "memring_replication_copy_checks_total").await?;
+            listings += metric(shard, "memring_replication_full_listings_total").await?;
         }
         anyhow::Ok((takeovers, checks, listings))
     };

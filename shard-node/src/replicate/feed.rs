@@ -139,23 +139,23 @@ impl Replication {
         // Known before reading: whether this node leads each partition at the follower's
         // epoch, and where so, the position the follower acknowledged under that lead (the
         // entries after it are inlined).
-        let plan: Vec<(PartitionKey, bool, Option<u64>)> = partitions
+        let plan: Vec<(PartitionKey, Option<u64>, Option<u64>)> = partitions
             .into_iter()
             .map(|p| {
-                let led = self.leads_at(&ring, &p, ask.epoch);
-                let from = led
-                    .then(|| self.acks.acked(&p, &ask.follower))
-                    .flatten()
-                    .filter(|&(_, term)| term == ring.term(&p))
+                let lead = self.lead_at(&ring, &p, ask.epoch);
+                let from = lead
+                    .and_then(|lead| {
+                        self.acks.acked(&p, &ask.follower).filter(|&(_, term)| term == lead)
+                    })
                     .map(|(seq, _)| seq);
-                (p, led, from)
+                (p, lead, from)
             })
             .collect();
         let plan_len = plan.len();
         let read = move |s: &Storage| {
             let mut budget = MAX_INLINE;
             let mut read = Vec::with_capacity(plan.len());
-            for (p, led, from) in plan {
+            for (p, lead, from) in plan {
                 let at = s.last_pos(&p)?;
                 let mut entries = Vec::new();
                 if let Some(after) = from.filter(|after| *after < at.seq && budget > 0) {
@@ -167,7 +167,7 @@ impl Replication {
                     }
                     budget = budget.saturating_sub(entries.len());
                 }
-                read.push((p, led, at, entries));
+                read.push((p, lead, at, entries));
             }
             Ok(read)
         };
@@ -178,7 +178,7 @@ impl Replication {
             if plan_len <= READ_HERE { read(&self.storage)? } else { self.blocking(read).await? };
         let changes = read
             .into_iter()
-            .map(|(partition, led, at, entries)| self.change(&ring, partition, led, at, entries))
+            .map(|(partition, lead, at, entries)| self.change(&ring, partition, lead, at, entries))
             .collect();
         Ok(FeedAnswer { feed: feed.instance(), cursor, full: false, more, changes })
     }
@@ -198,9 +198,9 @@ impl Replication {
         let changes = positions
             .into_iter()
             .map(|p| {
-                let led = self.leads_at(&ring, &p.partition, epoch);
+                let lead = self.lead_at(&ring, &p.partition, epoch);
                 let at = LogPos::new(p.last_term, p.last_seq);
-                self.change(&ring, p.partition, led, at, Vec::new())
+                self.change(&ring, p.partition, lead, at, Vec::new())
             })
             .collect();
         Ok(FeedAnswer {
@@ -212,23 +212,27 @@ impl Replication {
         })
     }
 
-    /// Whether this node leads `p` at its term in `ring`, which is at `epoch` (a follower at
-    /// another epoch is told of no lead).
-    fn leads_at(&self, ring: &Ring, p: &PartitionKey, epoch: u64) -> bool {
-        ring.epoch() == epoch && self.lead_term(p) == Some(ring.term(p))
+    /// The term this node leads `p` at in `ring`, if `ring` is at `epoch` and it does (a
+    /// follower at another epoch is told of no lead).
+    fn lead_at(&self, ring: &Ring, p: &PartitionKey, epoch: u64) -> Option<u64> {
+        (ring.epoch() == epoch).then(|| self.lead_term_in(ring, p)).flatten()
     }
 
-    /// `partition` at position `at` in an answer, with where `led` the position a quorum
-    /// holds.
+    /// `partition` at position `at` in an answer, with where this node leads it (at `lead`)
+    /// the position a quorum holds.
     fn change(
         &self,
         ring: &Ring,
         partition: PartitionKey,
-        led: bool,
+        lead: Option<u64>,
         at: LogPos,
         entries: Vec<LogEntry>,
     ) -> Change {
-        let committed = if led { self.committed(ring, &partition, at.seq) } else { 0 };
+        let committed = match lead {
+            Some(_) => self.committed_at(ring, &partition, at.seq, lead),
+            None => 0,
+        };
+        let led = lead.is_some();
         Change { committed, led, partition, last_seq: at.seq, last_term: at.term, entries }
     }
 

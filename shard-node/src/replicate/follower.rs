@@ -353,17 +353,17 @@ impl Replication {
             wanted.push(Want { partition: p.clone(), term, target: 0, same: false, committed: 0 });
         }
         wanted.retain(|w| follows(&ring, &self.me, &primary.id, &w.partition));
-        let followed: HashSet<PartitionKey> = wanted.iter().map(|w| w.partition.clone()).collect();
+        // Each copy followed, with its partition's term.
+        let followed: HashMap<PartitionKey, u64> =
+            wanted.iter().map(|w| (w.partition.clone(), w.term)).collect();
         // What was checked stays checked where the partition's term is the same and the copy
         // has not moved since.
         f.applied.retain(|p, at| {
-            followed.contains(p)
-                && at.term == ring.term(p)
-                && mine.get(p).is_some_and(|m| m.seq == at.seq)
+            followed.get(p) == Some(&at.term) && mine.get(p).is_some_and(|m| m.seq == at.seq)
         });
         f.retry.clear();
         self.catch_up(primary, wanted, f).await;
-        self.copies.lock().retain_from(&primary.id, |p| followed.contains(p));
+        self.copies.lock().retain_from(&primary.id, |p| followed.contains_key(p));
         true
     }
 

@@ -74,8 +74,13 @@ impl Replication {
     /// The term this node leads `partition` at: its term in the current layout
     /// (`Ring::term`), if it has taken it over at that term.
     pub(super) fn lead_term(&self, partition: &PartitionKey) -> Option<u64> {
-        let term = self.ring.ring().term(partition);
-        self.lead.taken.lock().get(partition).map(|t| t.term).filter(|t| *t == term)
+        self.lead_term_in(&self.ring.ring(), partition)
+    }
+
+    /// [`Replication::lead_term`] by `ring`, a layout the caller has in hand.
+    pub(super) fn lead_term_in(&self, ring: &Ring, partition: &PartitionKey) -> Option<u64> {
+        let taken = self.lead.taken.lock().get(partition).map(|t| t.term)?;
+        (taken == ring.term(partition)).then_some(taken)
     }
 
     /// Before this node's first write to `partition` (or read as its owner) at its current

@@ -62,10 +62,21 @@ impl Replication {
     /// leads (0 if it does not lead it at the current epoch); its own last position when its
     /// writes are not replicated (`Ring::replicated`).
     pub(super) fn committed(&self, ring: &Ring, p: &PartitionKey, last: u64) -> u64 {
+        self.committed_at(ring, p, last, self.lead_term_in(ring, p))
+    }
+
+    /// [`Replication::committed`] for a node whose lead term of `p` in `ring` is `lead`.
+    pub(super) fn committed_at(
+        &self,
+        ring: &Ring,
+        p: &PartitionKey,
+        last: u64,
+        lead: Option<u64>,
+    ) -> u64 {
         if !ring.replicated(p) {
             return last;
         }
-        let Some(lead) = self.lead_term(p) else { return 0 };
+        let Some(lead) = lead else { return 0 };
         let acks: Vec<(u64, u64)> =
             ring.voters(p).iter().filter_map(|f| self.acks.acked(p, &f.id)).collect();
         rules::committed(last, acks, lead, ring.layout().write_quorum() as usize)
