@@ -102,6 +102,11 @@ pub struct ClusterLayout {
     /// layout without them gives every partition the epoch as its term.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terms: Option<Terms>,
+    /// How fast a node fills a copy the change in flight moves to it from a snapshot, in
+    /// memories per second (`shardctl --migration-rate`; absent: as fast as it goes). Written
+    /// with the change by the control plane that stages it (`control-plane/src/reconcile.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill_rate: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -125,6 +130,7 @@ impl Default for ClusterLayout {
             auto_rebalance: false,
             size_policy: None,
             terms: None,
+            fill_rate: None,
         }
     }
 }

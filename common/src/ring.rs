@@ -336,6 +336,14 @@ impl Ring {
                 && self.holders(partition).len() + self.retiring(partition).len() > 1)
     }
 
+    /// The pace at which a copy of `partition` is filled, if the change in flight moves it
+    /// (its pin is one the change set): the layout's `fill_rate` in memories per second, 0 for
+    /// as fast as it goes. `None` for every other partition.
+    pub fn filling(&self, partition: &PartitionKey) -> Option<u64> {
+        let moved = self.layout.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition));
+        moved.then(|| self.layout.fill_rate.unwrap_or(0))
+    }
+
     /// Whether node `id` holds a copy of `partition` the layout still counts on: one of its
     /// [`Ring::holders`] or a [`Ring::retiring`] copy (a copy held anywhere else may be dropped
     /// once the set has what it has).

@@ -1,9 +1,7 @@
 //! Dropping a copy of a partition: the one rule every path that deletes a copy follows — the
-//! janitor's sweep (`janitor.rs`), a replicated rebalance's or drain's settle (`resize.rs`), a
-//! replicated move's leavers and the joiners of a move cancelled early (`move_set.rs`), and a
-//! migration's source once the target owns the partition (`migrate.rs`: the target continues
-//! the source's log, so it holds the source's last entry). The one exception is a cancelled
-//! migration's partial target, which never held a write of its own (`migrate::abandon`).
+//! janitor's sweep (`janitor.rs`), a replicated rebalance's or drain's settle (`resize.rs`), and
+//! a move's leavers and the joiners of a move cancelled early (`migrate.rs`; a new copy
+//! continues the old owner's log, so it holds the leaver's last entry).
 //!
 //! A node's copy of partition P is dropped only when:
 //! - the node is not among P's holders in the layout (its replica set and extra copies, and

@@ -51,8 +51,14 @@ impl JobError {
     }
 }
 
-/// How often a waiting step looks again.
+/// How long a waiting step pauses between looks, at most. It pauses a twentieth of the time
+/// it has waited so far, and at least as long as its last look took, between [`POLL_FIRST`]
+/// and this: a step that is done quickly is seen quickly, a long wait looks every half second,
+/// and a look that lists many partitions is never run back to back.
 const POLL: Duration = Duration::from_millis(500);
+
+/// The shortest pause between a waiting step's looks.
+const POLL_FIRST: Duration = Duration::from_millis(20);
 
 /// Polls `done` until it is true; stops with an error when the operator cancels.
 pub async fn wait<F, Fut>(cancel: &Cancel, what: &str, mut done: F) -> anyhow::Result<()>
@@ -60,8 +66,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let mut logged = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    let mut logged = started;
     loop {
+        let look = std::time::Instant::now();
         match done().await {
             Ok(true) => return Ok(()),
             Ok(false) => {}
@@ -74,6 +82,7 @@ where
             tracing::info!("still waiting for {what}");
             logged = std::time::Instant::now();
         }
-        tokio::time::sleep(POLL).await;
+        let pause = (started.elapsed() / 20).max(look.elapsed());
+        tokio::time::sleep(pause.clamp(POLL_FIRST, POLL)).await;
     }
 }

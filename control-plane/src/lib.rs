@@ -2,8 +2,9 @@
 //! serves it to operators (`GET /v1/cluster`, used by `shardctl status` and `shardctl nodes`).
 //!
 //! It also admits shard nodes that register when the layout asks for it (`autopilot.rs`), runs
-//! online migrations of a tenant's partitions to a named node (`migrate.rs`, and
-//! `move_set.rs` with replication), rebalances and drains (`rebalance.rs`, `resize.rs`),
+//! online migrations of a tenant's partitions to a named node (`migrate.rs`, one staged layout
+//! change each, carried out by `reconcile.rs`), rebalances and drains (`rebalance.rs`,
+//! `resize.rs`),
 //! failover (`failover.rs`) and the sweep for copies no replica set needs (`janitor.rs`), and
 //! verifies placement (`verify.rs`). Nothing here changes the layout except by a
 //! compare-and-swap layout change.
@@ -18,7 +19,6 @@ pub mod journal;
 pub mod keys;
 pub mod layout;
 pub mod migrate;
-pub mod move_set;
 pub mod placement;
 pub mod rebalance;
 pub mod reconcile;

@@ -1,108 +1,69 @@
-//! Online migration of one partition from its owner to another node (DESIGN.md, "Online
-//! migration"): copy → catch up → fence → drain → verify → flip → drop.
+//! Moving one partition so that a named node leads it (`shardctl migrate`, a rebalance's or
+//! drain's moves without replication, the size policy), at any replication factor, as one
+//! layout change by the rule of `reconcile.rs` (docs/one-engine.md). The control plane streams
+//! no data: the layout says who holds a copy, and a new copy follows the old owner (the
+//! follower path of `shard-node/src/replicate.rs`; a copy that holds nothing is filled from a
+//! snapshot paced at the layout's `fill_rate`, `--migration-rate`, and is then handed the old
+//! owner's HNSW graph). Each step is one compare-and-swap on the layout (epoch + 1), journaled
+//! before it runs (`SetPhase`) and passing its failpoint (`reconcile.stage`, `reconcile.flip`,
+//! `reconcile.end`):
 //!
-//! The control plane pipes the shard nodes' versioned record batches from source to target
-//! without decoding them. The target is filled as a replica is re-seeded: snapshot pages, then
-//! the source's own log entries after the first page's position, so its log *is* the source's
-//! and "caught up" means "at the source's position". Writes continue on the source until the
-//! fence; after the fence the last log entries are drained, both sides' positions, counts and
-//! checksums must match, and only then is ownership flipped by a compare-and-swap on the layout
-//! (a placement override, epoch + 1).
-//! Routers retry writes that meet the fence, so clients see a slower request, not an error.
+//! 1. **join** (stage): the partition is pinned on the target, staged. Its old set still leads
+//!    it and takes its write quorums; the members of the new set follow the old owner. Wait
+//!    until each has the owner's position.
+//! 2. **lead** (flip): once every live member of the new set holds the old owner's log, the old
+//!    owner hands its writes over and the new set leads. The target takes the writes over
+//!    asking the members the move takes out too (retiring copies), so a write acknowledged by
+//!    the old set just before is found.
+//! 3. **settle** (end): once the new set holds the target's log, the transition ends and the
+//!    leavers' copies are dropped.
 //!
-//! Each step is journaled in the ring store before it runs (`journal.rs`), with a failpoint
-//! after it (`failpoint.rs`), so a control plane killed anywhere resumes. A migration can be
-//! cancelled until its fence: the target's partial copy is dropped and the source keeps owning
-//! the partition; from the fence on it finishes (the fence lasts milliseconds).
+//! At every step an acknowledged write is on W copies that the current owner (or a node taking
+//! over from it) will ask, so nothing acknowledged is lost (the model check of
+//! `shard-node/src/replicate/model.rs`, `Membership::Staged`, at R = 1 and R = 3). The layout
+//! records how far a move got, so a run that stopped anywhere is finished by running it again
+//! ([`resume`] does so for every journaled move). A move cancelled before step 2 is undone
+//! (`reconcile::unstage`): the old set never stopped leading, and the joiners' copies are
+//! dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use memring_common::internal::InternalClient;
-use memring_common::layout::LayoutNode;
-use memring_common::store::{RingStore, update_layout};
-use memring_common::{NodeId, PartitionKey, Ring};
+use memring_common::store::RingStore;
+use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
-use crate::job::{Cancel, JobError, Throttle};
+use crate::copies::{self, PATIENCE};
+use crate::job::{Cancel, JobError, Throttle, wait};
+use crate::placement;
+use crate::reconcile;
 use crate::shard_client as shard;
 pub use memring_common::api::Flip;
-use memring_common::api::{CopyPhase, MigrationReport, MovePhase, ReplicaPosition};
+use memring_common::api::{MigrationReport, SetPhase};
 
-/// Copy page size (memories per request).
-const PAGE: usize = 500;
-
-/// How long a catch-up may chase a source whose writes keep coming before the fence is set
-/// anyway (the fence then drains what is left, with writes held back meanwhile).
-const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
-
-/// Replays the source's log after `at` onto the target: with `until_empty` until nothing is
-/// left (the source is fenced), otherwise until a round brings fewer than 100 entries or
-/// [`CATCH_UP_LIMIT`] has passed. Returns the position reached and how many entries.
-async fn replay(
-    client: &InternalClient,
-    from: &LayoutNode,
-    to: &LayoutNode,
-    p: &PartitionKey,
-    mut at: ReplicaPosition,
-    until_empty: bool,
-) -> anyhow::Result<(ReplicaPosition, u64)> {
-    let started = Instant::now();
-    let mut replayed = 0u64;
-    loop {
-        let answer = shard::log(client, from, p, at, 1000).await?;
-        let last = answer.position()?;
-        if last.last_seq == at.last_seq {
-            return Ok((at, replayed));
-        }
-        replayed += last.last_seq - at.last_seq;
-        shard::import_log(client, to, p, answer.body).await?;
-        let small = last.last_seq - at.last_seq < 100;
-        at = last;
-        if !until_empty && (small || started.elapsed() > CATCH_UP_LIMIT) {
-            if !small {
-                tracing::warn!(partition = %p, "catch-up is not gaining on the source's writes; fencing anyway");
-            }
-            return Ok((at, replayed));
-        }
-    }
-}
-
-/// Copies the source's loaded HNSW graph of `p` to the target; the bytes moved (0: none).
-async fn ship_index(
-    client: &InternalClient,
-    from: &LayoutNode,
-    to: &LayoutNode,
-    p: &PartitionKey,
-) -> anyhow::Result<u64> {
-    let graph = shard::index(client, from, p).await?;
-    if graph.is_empty() {
-        return Ok(0);
-    }
-    let len = graph.len() as u64;
-    shard::put_index(client, to, p, graph).await?;
-    tracing::info!(partition = %p, bytes = len, "index graph handed to the target");
-    Ok(len)
-}
-
-/// Undoes a migration that has not fenced: drops the target's partial copy and the journal
-/// record; the source never stopped owning the partition.
-async fn abandon(
+/// Where the owner of `partition` is (read first) and where the slowest of `members` it waits
+/// on is (not down or draining: `ClusterLayout::is_down`, the rule of the copy-drop check and
+/// of a layout change's settle too); caught up when the second is at least the first.
+async fn caught_up(
     store: &dyn RingStore,
     client: &InternalClient,
-    target: &LayoutNode,
     partition: &PartitionKey,
-) -> anyhow::Result<MigrationReport> {
-    shard::drop_partition(client, target, partition).await?;
-    store.delete_job(&crate::journal::job_id(partition)).await?;
-    tracing::warn!(%partition, to = %target.id, "migration cancelled; the source still owns it");
-    Err(JobError::Cancelled(format!(
-        "during the migration of {partition}; the source still owns it"
-    ))
-    .into())
+    members: &[NodeId],
+) -> anyhow::Result<(u64, u64)> {
+    let layout = store.load().await?.layout;
+    let ring = Ring::new(layout.clone());
+    let owner = ring.owner(partition).cloned().context("the ring has no nodes")?;
+    let target = shard::position(client, &owner, partition, layout.epoch).await?;
+    let mut slowest = target;
+    for id in members.iter().filter(|id| **id != owner.id && !layout.is_down(id)) {
+        let node = layout.node(id).with_context(|| format!("node {id} left the layout"))?;
+        slowest = slowest.min(shard::position(client, node, partition, layout.epoch).await?);
+    }
+    Ok((target, slowest))
 }
 
-/// Moves `partition` from its current owner to node `to`.
+/// Moves `partition` so that `to` leads it (see the module notes); new copies are filled at
+/// `throttle`. Runs from whatever step an earlier run reached.
 pub async fn migrate_partition(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -114,155 +75,171 @@ pub async fn migrate_partition(
 ) -> anyhow::Result<MigrationReport> {
     let started = Instant::now();
     let layout = store.load().await?.layout;
-    if layout.replication_factor > 1 {
-        // Copies move by replaying the log, not by this copy protocol.
-        return crate::move_set::move_set(store, client, partition, to, flip, cancel).await;
-    }
-    let ring = Ring::new(layout.clone());
-    let from = ring.owner(partition).cloned().context("the ring has no nodes")?;
     let target =
         layout.node(to).cloned().with_context(|| format!("node {to} is not in the ring layout"))?;
-    let mut report = MigrationReport {
+    if layout.is_down(to) {
+        bail!("node {to} is marked down or draining; it cannot lead a partition");
+    }
+    let from =
+        Ring::new(layout.clone()).owner(partition).cloned().context("the ring has no nodes")?;
+    let journal = |phase: SetPhase, progress: (u64, u64)| {
+        crate::journal::record(
+            store,
+            partition,
+            from.id.as_str(),
+            to.as_str(),
+            flip,
+            phase.into(),
+            progress,
+        )
+    };
+    // Each step is journaled before it runs, then passes its failpoint (`testing` builds).
+    let step = |phase: SetPhase| async move {
+        journal(phase, (0, 0)).await?;
+        let point = match phase {
+            SetPhase::Join => "reconcile.stage",
+            SetPhase::Lead => "reconcile.flip",
+            SetPhase::Settle => "reconcile.end",
+        };
+        crate::failpoint::hit(point).await
+    };
+    let pinned = |l: &ClusterLayout| placement::placed(l, partition, to, flip);
+    // This move's change is in flight: the layout's transition set the partition's pin.
+    let ours = |l: &ClusterLayout| pinned(l) && reconcile::touches(l, partition);
+    if !pinned(&layout)
+        && let Some(why) = placement::settling(&layout)
+    {
+        bail!("the move of {partition} to {to} waits: {why}");
+    }
+    step(SetPhase::Join).await?;
+
+    // 1. join: staged, the old set leads and the new one follows.
+    let staged = reconcile::stage(store, throttle, |l| {
+        if pinned(l) {
+            return None;
+        }
+        let mut next = l.clone();
+        placement::place(&mut next, partition, to, flip);
+        Some(next)
+    })
+    .await?;
+    // Another change in flight (staged by someone else, or pinned meanwhile while it is staged)
+    // is never flipped here: the move waits for it.
+    let staged = staged.filter(|s| !reconcile::staged(&s.layout) || ours(&s.layout));
+    let Some(staged) = staged else {
+        let why = placement::settling(&store.load().await?.layout).unwrap_or_default();
+        bail!("the move of {partition} to {to} waits: {why}");
+    };
+    let new_set = placement::set_led_by(&staged.layout, partition, to);
+    tracing::info!(%partition, to = %to, set = ?new_set, epoch = staged.layout.epoch, "move staged; the new set follows the old owner");
+    let reported = std::sync::Mutex::new(Instant::now());
+    // The log position the joining copies reached (entries they replayed).
+    let replayed = std::sync::atomic::AtomicU64::new(0);
+    if reconcile::staged(&staged.layout) {
+        let joining = wait(cancel, "the joining copies to catch up", || async {
+            let (owner_at, slowest) = caught_up(store, client, partition, &new_set).await?;
+            replayed.store(slowest, std::sync::atomic::Ordering::Relaxed);
+            let due =
+                reported.lock().map(|at| at.elapsed() > Duration::from_secs(2)).unwrap_or(true);
+            if due {
+                journal(SetPhase::Join, (slowest, owner_at)).await?;
+                if let Ok(mut at) = reported.lock() {
+                    *at = Instant::now();
+                }
+            }
+            Ok(slowest >= owner_at)
+        })
+        .await;
+        if let Err(e) = joining {
+            if cancel.is_set() {
+                abandon(store, client, partition, to).await?;
+            }
+            return Err(e);
+        }
+    }
+
+    // 2. lead: the new set leads once it holds the old owner's log.
+    step(SetPhase::Lead).await?;
+    let now = store.load().await?.layout;
+    if cancel.is_set() && ours(&now) && reconcile::staged(&now) {
+        abandon(store, client, partition, to).await?;
+        return Err(JobError::Cancelled(format!(
+            "during the move of {partition} to {to}; the old replica set still owns it"
+        ))
+        .into());
+    }
+    wait(cancel, "the new replica set to hold the old owner's log", || {
+        reconcile::flip(store, client, std::slice::from_ref(partition))
+    })
+    .await?;
+    // The members the move takes out (dropped once it settles).
+    let now = store.load().await?.layout;
+    let leavers: Vec<NodeId> = if ours(&now) {
+        Ring::new(now).retiring(partition).iter().map(|n| n.id.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    tracing::info!(%partition, to = %to, "move flipped; the new set leads");
+
+    // 3. settle: the transition ends once the new set holds the target's log; the leavers go.
+    step(SetPhase::Settle).await?;
+    wait(cancel, "the new replica set to hold the new owner's log", || {
+        reconcile::end_transition(store, client)
+    })
+    .await?;
+    for id in &leavers {
+        copies::drop_leaver(store, client, partition, id, PATIENCE).await?;
+    }
+    let sum = shard::checksum(client, &target, partition, false).await?;
+    store.delete_job(&crate::journal::job_id(partition)).await?;
+    Ok(MigrationReport {
         partition: partition.to_string(),
         from: from.id.to_string(),
         to: to.to_string(),
         copied: 0,
-        replayed: 0,
+        replayed: replayed.into_inner(),
         fenced_ms: 0,
-        count: 0,
-        epoch: layout.epoch,
-        took_ms: 0,
+        count: sum.count,
+        epoch: store.load().await?.layout.epoch,
+        took_ms: started.elapsed().as_millis() as u64,
         index_bytes: 0,
-    };
-    if from.id == *to {
-        return Ok(report);
-    }
-    let (from_name, to_name) = (from.id.to_string(), to.to_string());
-    // (copied, total), read by every journal write; atomics keep the future Send.
-    let progress = (AtomicU64::new(0), AtomicU64::new(0));
-    // Journals a phase before it runs, then passes its failpoint.
-    let (from_ref, to_ref) = (from_name.as_str(), to_name.as_str());
-    let journal = |phase: CopyPhase| {
-        let now = (progress.0.load(Ordering::Relaxed), progress.1.load(Ordering::Relaxed));
-        async move {
-            crate::journal::record(store, partition, from_ref, to_ref, flip, phase.into(), now)
-                .await?;
-            crate::failpoint::hit(&format!("migrate.{}", MovePhase::from(phase))).await
-        }
-    };
-    journal(CopyPhase::Copy).await?;
-    tracing::info!(%partition, from = %from.id, to = %to, "migration: copy");
-    // Start from a clean target: it does not own the partition, so whatever it has is a leftover.
-    shard::reseed(client, &target, partition).await?;
-    // 1. copy, page by page; the first page's log position is where the copy's log starts.
-    let mut after: Option<String> = None;
-    let mut start = None;
-    let copy_started = Instant::now();
-    let mut reported = Instant::now();
-    loop {
-        if cancel.is_set() {
-            return abandon(store, client, &target, partition).await;
-        }
-        let page = shard::export(client, &from, partition, after.as_deref(), PAGE).await?;
-        if start.is_none() {
-            start = Some(page.position()?);
-        }
-        let next = page.header_text(shard::NEXT_AFTER_HEADER);
-        let (count, total) = (
-            page.header_u64(shard::PAGE_COUNT_HEADER)?,
-            page.header_u64(shard::PAGE_TOTAL_HEADER)?,
-        );
-        shard::import(client, &target, partition, page.body).await?;
-        report.copied += count;
-        progress.0.store(report.copied, Ordering::Relaxed);
-        progress.1.store(total, Ordering::Relaxed);
-        if reported.elapsed() > Duration::from_secs(2) {
-            journal(CopyPhase::Copy).await?;
-            reported = Instant::now();
-        }
-        if throttle.memories_per_sec > 0 {
-            // Stay at or under the rate: sleep until the copied count is due.
-            let due =
-                Duration::from_secs_f64(report.copied as f64 / throttle.memories_per_sec as f64);
-            if let Some(wait) = due.checked_sub(copy_started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        match next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
-    // 2. catch up while the source keeps taking writes.
-    journal(CopyPhase::CatchUp).await?;
-    let start = start.unwrap_or_default();
-    shard::place(client, &target, partition, start).await?;
-    let (at, n) = replay(client, &from, &target, partition, start, false).await?;
-    report.replayed += n;
-    // 2b. a hot partition keeps answering searches after the flip: hand over the source's
-    // graph (it may be ahead of the copy; the catch-up from `at` replays over it), then catch
-    // up once more so the fence has little left to drain.
-    report.index_bytes = ship_index(client, &from, &target, partition).await?;
-    let (at, n) = replay(client, &from, &target, partition, at, false).await?;
-    report.replayed += n;
-    if cancel.is_set() {
-        return abandon(store, client, &target, partition).await;
-    }
-    // 3. fence, drain the last entries, verify.
-    journal(CopyPhase::Fenced).await?;
-    let fenced_at = Instant::now();
-    shard::fence(client, &from, partition).await?;
-    let result = async {
-        let (_, n) = replay(client, &from, &target, partition, at, true).await?;
-        report.replayed += n;
-        journal(CopyPhase::Drained).await?;
-        let (a, b) = (
-            shard::checksum(client, &from, partition, false).await?,
-            shard::checksum(client, &target, partition, false).await?,
-        );
-        if a.last_seq != b.last_seq || a.count != b.count || a.checksum != b.checksum {
-            bail!(
-                "verification failed for {partition}: source at log position {} with {} \
-                 memories / {}, target at {} with {} / {}",
-                a.last_seq,
-                a.count,
-                a.checksum,
-                b.last_seq,
-                b.count,
-                b.checksum
-            );
-        }
-        report.count = b.count;
-        // 4. flip ownership to the target (epoch + 1, compare-and-swap).
-        let stored = update_layout(store, 20, |l| {
-            let mut next = l.clone();
-            next.epoch += 1;
-            crate::placement::place(&mut next, partition, to, flip);
-            Some(next)
-        })
-        .await?;
-        report.epoch = stored.layout.epoch;
-        journal(CopyPhase::Flipped).await
-    }
-    .await;
-    if let Err(e) = result {
-        // Nothing was flipped: the source stays the owner; let it take writes again.
-        let _ = shard::unfence(client, &from, partition).await;
-        return Err(
-            e.context(format!("migration of {partition} aborted; the source still owns it"))
-        );
-    }
-    report.fenced_ms = fenced_at.elapsed().as_millis() as u64;
-    // 5. the source's copy goes once it has seen the new epoch (it refuses the partition then)
-    // and the target holds its last entry, by the one rule for dropping a copy.
-    crate::copies::drop_leaver(store, client, partition, &from.id, crate::copies::PATIENCE).await?;
-    store.delete_job(&crate::journal::job_id(partition)).await?;
-    report.took_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(%partition, from = %from.id, to = %to, count = report.count, fenced_ms = report.fenced_ms, "migration done");
-    Ok(report)
+    })
 }
 
-/// Finishes every journaled migration. Called at start-up, before serving.
+/// A move cancelled before its target leads: the staged change is undone (the old set never
+/// stopped leading) and the joiners' copies are dropped. Nothing if the move's change is no
+/// longer staged (it flipped: the move finishes when run again).
+async fn abandon(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    partition: &PartitionKey,
+    to: &NodeId,
+) -> anyhow::Result<()> {
+    let layout = store.load().await?.layout;
+    if !reconcile::staged(&layout) || !reconcile::touches(&layout, partition) {
+        return Ok(());
+    }
+    let ring = Ring::new(layout);
+    let old: Vec<NodeId> = ring.old_set(partition).iter().map(|n| n.id.clone()).collect();
+    let joiners: Vec<NodeId> = ring
+        .replicas(partition)
+        .iter()
+        .map(|n| n.id.clone())
+        .filter(|id| !old.contains(id))
+        .collect();
+    reconcile::unstage(store).await?;
+    for id in &joiners {
+        copies::drop_leaver(store, client, partition, id, PATIENCE).await?;
+    }
+    store.delete_job(&crate::journal::job_id(partition)).await?;
+    tracing::warn!(%partition, to = %to, "move cancelled; the old replica set still owns it");
+    Ok(())
+}
+
+/// Finishes every journaled move (called at start-up, before serving). A move the layout shows
+/// flipped by an older control plane's copy protocol (the target owns the partition, no change
+/// in flight) only has the source's copy left to drop; any other is run again from the step the
+/// layout shows, after its source is unfenced (that protocol fenced it before its flip).
 pub async fn resume(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -275,45 +252,30 @@ pub async fn resume(
         let to = NodeId::parse(&job.to)?;
         let layout = store.load().await?.layout;
         let ring = Ring::new(layout.clone());
-        tracing::warn!(partition = %partition, from = %job.from, to = %to, phase = %job.phase, "resuming migration");
+        tracing::warn!(partition = %partition, from = %job.from, to = %to, phase = %job.phase, "resuming a move");
+        let done = crate::journal::job_id(&partition);
         if layout.node(&to).is_none() {
             // A rebalance that never staged its layout: nothing moved, nothing to finish.
-            store.delete_job(&crate::journal::job_id(&partition)).await?;
+            store.delete_job(&done).await?;
             continue;
         }
-        if layout.replication_factor > 1 {
-            // The layout records how far a replicated move got; running it again finishes it
-            // (or, cancelled before the target leads, drops the joining copies).
-            migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;
-            continue;
-        }
-        if ring.owner(&partition).map(|o| &o.id) == Some(&to) {
-            // The flip happened: only the source copy is left to drop.
+        let in_flight = reconcile::touches(&layout, &partition);
+        if !in_flight && ring.owner(&partition).map(|o| &o.id) == Some(&to) {
             if let Ok(from) = NodeId::parse(&job.from)
                 && from != to
+                && !ring.keeps(&partition, &from)
             {
-                crate::copies::drop_leaver(
-                    store,
-                    client,
-                    &partition,
-                    &from,
-                    crate::copies::PATIENCE,
-                )
-                .await?;
+                copies::drop_leaver(store, client, &partition, &from, PATIENCE).await?;
             }
-            store.delete_job(&crate::journal::job_id(&partition)).await?;
+            store.delete_job(&done).await?;
             continue;
         }
-        if let Some(owner) = ring.owner(&partition) {
-            // Not flipped: let the source take writes again, then start over.
+        if let Some(owner) = ring.owner(&partition).filter(|_| !in_flight) {
             shard::unfence(client, owner, &partition).await?;
         }
-        if cancel.is_set() {
-            // Not started again: drop the record; the source still owns the partition.
-            if let Some(target) = layout.node(&to) {
-                shard::drop_partition(client, target, &partition).await?;
-            }
-            store.delete_job(&crate::journal::job_id(&partition)).await?;
+        if cancel.is_set() && !in_flight {
+            // Not started again: the source still owns the partition.
+            store.delete_job(&done).await?;
             continue;
         }
         migrate_partition(store, client, &partition, &to, job.flip, throttle, cancel).await?;

@@ -29,13 +29,16 @@ use memring_common::layout::{LayoutNode, Transition, TransitionPhase};
 use memring_common::store::{RingStore, StoreError, Versioned, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
+use crate::job::Throttle;
 use crate::shard_client as shard;
 
 /// Stages the change `change` makes to the layout (epoch + 1), if no other change is in
-/// flight; `change` answers `None` when there is nothing to stage (done before). Returns the
-/// layout stored, or `None` if another change is in flight.
+/// flight; `change` answers `None` when there is nothing to stage (done before). The copies it
+/// makes are filled at `throttle` (the layout's `fill_rate`). Returns the layout stored, or
+/// `None` if another change is in flight.
 pub async fn stage(
     store: &dyn RingStore,
+    throttle: Throttle,
     change: impl Fn(&ClusterLayout) -> Option<ClusterLayout> + Send + Sync,
 ) -> anyhow::Result<Option<Versioned>> {
     let mut busy = false;
@@ -48,6 +51,7 @@ pub async fn stage(
         }
         next.epoch = l.epoch + 1;
         next.transition = Some(Transition::staged(l, &next));
+        next.fill_rate = (throttle.memories_per_sec > 0).then_some(throttle.memories_per_sec);
         Some(next)
     })
     .await?;

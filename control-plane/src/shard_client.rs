@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use memring_common::PartitionKey;
 use memring_common::api::{
-    self, PartitionChecksum, PartitionList, ReplicaPosition, ReplicaStatus, partition_path,
+    PartitionChecksum, PartitionList, ReplicaPosition, ReplicaStatus, partition_path,
 };
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
@@ -21,11 +21,8 @@ use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 
-/// How long one migration step may take on a node (a page import into a loaded HNSW graph runs
-/// on the node's low-priority threads and can be slow on a busy machine).
+/// How long one step on a node's copy may take (unfence, checksum, drop).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long handing over a partition's HNSW graph may take (it is as big as its vectors).
-const GRAPH_TIMEOUT: Duration = Duration::from_secs(300);
 /// A node's listing (also behind a creation barrier).
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 /// A node's replication status: failover reads it to decide, so it must not wait long.
@@ -76,36 +73,13 @@ pub enum ShardError {
 pub struct Answer {
     /// The body.
     pub body: Bytes,
-    /// The headers (the migration feeds put positions and counts there).
+    /// The headers.
     pub headers: HeaderMap,
     call: String,
     addr: String,
 }
 
 impl Answer {
-    /// A numeric header the endpoint always sends.
-    pub fn header_u64(&self, name: &str) -> Result<u64, ShardError> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| self.garbled(format!("no number in header {name}")))
-    }
-
-    /// The log position an export page or a log answer carries ([`api::LAST_SEQ_HEADER`] and
-    /// [`api::LAST_TERM_HEADER`]).
-    pub fn position(&self) -> Result<ReplicaPosition, ShardError> {
-        Ok(ReplicaPosition {
-            last_seq: self.header_u64(api::LAST_SEQ_HEADER)?,
-            last_term: self.header_u64(api::LAST_TERM_HEADER)?,
-        })
-    }
-
-    /// A text header, if sent.
-    pub fn header_text(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
-    }
-
     fn json<T: DeserializeOwned>(&self) -> Result<T, ShardError> {
         serde_json::from_slice(&self.body).map_err(|e| self.garbled(e.to_string()))
     }
@@ -267,126 +241,6 @@ fn migrate_path(p: &PartitionKey, action: &str) -> String {
     format!("/internal/v1/migrate/{}/{action}", partition_path(p))
 }
 
-/// One page of `p`'s memories from `node`, after memory id `after`: record batch, with its log
-/// position ([`api::LAST_SEQ_HEADER`]), count and total in the headers, and the id to continue
-/// after ([`api::NEXT_AFTER_HEADER`], absent on the last page).
-pub async fn export(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<Answer, ShardError> {
-    let mut path = format!("{}?limit={limit}", migrate_path(p, "export"));
-    if let Some(after) = after {
-        path.push_str(&format!("&after={}", memring_common::http::percent_encode(after)));
-    }
-    send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
-}
-
-/// Drops `node`'s copy of `p` and marks it as being re-seeded: what a migration's target does
-/// before the [`export`] pages come in.
-pub async fn reseed(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-) -> Result<(), ShardError> {
-    send(client, &node.addr, Method::POST, &migrate_path(p, "reseed"), None, STEP_TIMEOUT)
-        .await
-        .map(drop)
-}
-
-/// Imports one [`export`] page into `node`'s copy of `p`, which is being re-seeded ([`reseed`]);
-/// no log entries (the node runs it on its low-priority threads).
-pub async fn import(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    page: Bytes,
-) -> Result<(), ShardError> {
-    send(client, &node.addr, Method::POST, &migrate_path(p, "import"), Some(page), STEP_TIMEOUT)
-        .await
-        .map(drop)
-}
-
-/// Ends `node`'s re-seed of `p`: its log continues from position `at`, the first [`export`]
-/// page's.
-pub async fn place(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    at: ReplicaPosition,
-) -> Result<(), ShardError> {
-    let path = format!("{}?term={}&seq={}", migrate_path(p, "place"), at.last_term, at.last_seq);
-    send(client, &node.addr, Method::POST, &path, None, STEP_TIMEOUT).await.map(drop)
-}
-
-/// `p`'s log entries on `node` after position `after` (at most `limit`; the log route followers
-/// pull), with the position they reach ([`Answer::position`]); `node` keeps its log after
-/// `after` from trimming for a while. `Refused` with 409 if `node`'s entry there has another
-/// term.
-pub async fn log(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    after: ReplicaPosition,
-    limit: usize,
-) -> Result<Answer, ShardError> {
-    let path = format!(
-        "/internal/v1/replicate/log/{}?after={}&term={}&limit={limit}&pin=true",
-        partition_path(p),
-        after.last_seq,
-        after.last_term
-    );
-    send(client, &node.addr, Method::GET, &path, None, STEP_TIMEOUT).await
-}
-
-/// Appends a [`log`] answer to `node`'s copy of `p`, under the entries' own positions (they must
-/// continue its log).
-pub async fn import_log(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    entries: Bytes,
-) -> Result<(), ShardError> {
-    send(client, &node.addr, Method::POST, &migrate_path(p, "log"), Some(entries), STEP_TIMEOUT)
-        .await
-        .map(drop)
-}
-
-/// `node`'s loaded HNSW graph of `p` (usearch's bytes), empty when none is loaded.
-pub async fn index(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-) -> Result<Bytes, ShardError> {
-    let path = migrate_path(p, "index");
-    // 204 (no graph loaded) comes back as an empty body.
-    Ok(send(client, &node.addr, Method::GET, &path, None, GRAPH_TIMEOUT).await?.body)
-}
-
-/// Installs an [`index`] graph on `node`'s copy of `p`.
-pub async fn put_index(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-    graph: Bytes,
-) -> Result<(), ShardError> {
-    let path = migrate_path(p, "index");
-    send(client, &node.addr, Method::PUT, &path, Some(graph), GRAPH_TIMEOUT).await.map(drop)
-}
-
-/// Fences `p`'s writes on `node` (they answer `503 partition_moving` until [`unfence`]).
-pub async fn fence(
-    client: &InternalClient,
-    node: &LayoutNode,
-    p: &PartitionKey,
-) -> Result<(), ShardError> {
-    send(client, &node.addr, Method::POST, &migrate_path(p, "fence"), None, STEP_TIMEOUT)
-        .await
-        .map(drop)
-}
-
 /// Lifts [`fence`].
 pub async fn unfence(
     client: &InternalClient,
@@ -419,9 +273,6 @@ pub async fn drop_partition(
         .await
         .map(drop)
 }
-
-/// The headers the migration feeds answer with, for callers that read them.
-pub use api::{NEXT_AFTER_HEADER, PAGE_COUNT_HEADER, PAGE_TOTAL_HEADER};
 
 /// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
 /// it holds no copy — so no follower round of an older layout can write it again afterwards

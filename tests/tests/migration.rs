@@ -496,8 +496,9 @@ async fn a_control_plane_killed_at_any_step_finishes_the_migration_after_a_resta
     let router = c.router(0);
     let store = c.etcd.store().await?;
     let http = client();
-    for phase in ["copy", "catch_up", "fenced", "drained", "flipped"] {
-        let tenant = format!("fp-{}", phase.replace('_', "-"));
+    // The steps of the one engine (`reconcile.rs`) at R = 1, each with its journal phase.
+    for (point, phase) in [("stage", "join"), ("flip", "lead"), ("end", "settle")] {
+        let tenant = format!("fp-{phase}");
         let mut expected = seed(&router, std::slice::from_ref(&tenant), 400).await?;
         let partition = PartitionKey::new(&TenantId::parse(&tenant)?, &Scope::Shared);
         let ring = Ring::new(store.load().await?.layout);
@@ -506,7 +507,7 @@ async fn a_control_plane_killed_at_any_step_finishes_the_migration_after_a_resta
             ring.layout().nodes.iter().find(|n| n.id != source.id).expect("another").clone();
 
         let resp = http
-            .post(format!("{}/debug/v1/failpoints/migrate.{phase}", control.url()))
+            .post(format!("{}/debug/v1/failpoints/reconcile.{point}", control.url()))
             .body("pause")
             .send()
             .await?;
@@ -678,7 +679,7 @@ async fn a_cancelled_migration_leaves_the_source_owning_everything() -> anyhow::
             async move { shardctl(&url, &["migrate", "--tenant", "slow", "--to", &to]).await },
         );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase.name() == "copy")
+    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase.name() == "join")
     {
         assert!(Instant::now() < deadline, "the migration never started copying");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -690,8 +691,11 @@ async fn a_cancelled_migration_leaves_the_source_owning_everything() -> anyhow::
     assert!(!ok, "a cancelled migration must exit non-zero");
     assert!(err.contains("cancelled"), "{err}");
     let layout = store.load().await?.layout;
-    assert_eq!(layout.epoch, epoch, "nothing flipped");
-    assert!(layout.pins.is_empty());
+    // Staged, then undone: the layout is the one before the move, two epochs on.
+    assert_eq!(layout.epoch, epoch + 2, "staged and undone, nothing flipped");
+    assert!(layout.transition.is_none() && layout.pins.is_empty(), "{layout:?}");
+    let owner_now = Ring::new(layout).owner(&partition).expect("owner").id.clone();
+    assert_eq!(owner_now, owner, "the source still owns the partition");
     assert!(memring_control::journal::pending(&store).await?.is_empty(), "journal cleared");
     let held = memring_tests::partitions_at(&target.addr).await?;
     assert!(!held.iter().any(|p| p == "slow/shared"), "the target kept a partial copy: {held:?}");
@@ -714,7 +718,7 @@ async fn a_cancelled_rebalance_is_finished_by_running_it_again() -> anyhow::Resu
     let url = control.url();
     let rebalance = tokio::spawn(async move { shardctl(&url, &["rebalance"]).await });
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase.name() == "copy")
+    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase.name() == "join")
     {
         assert!(Instant::now() < deadline, "the rebalance never started copying");
         tokio::time::sleep(Duration::from_millis(20)).await;

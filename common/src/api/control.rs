@@ -164,20 +164,22 @@ pub enum Flip {
     Policy,
 }
 
-/// The step a partition's move is at, journaled before the step runs. A move is one of two state
-/// machines: the copy of an unreplicated partition ([`CopyPhase`], `control-plane/src/migrate.rs`)
-/// or the change of a replicated partition's replica set ([`SetPhase`], `move_set.rs`). On the
+/// The step a partition's move is at, journaled before the step runs: one of the steps of a
+/// staged layout change ([`SetPhase`], `control-plane/src/migrate.rs`), or `pending` (planned by
+/// a rebalance or drain). The other [`CopyPhase`] steps are those of the copy protocol older
+/// control planes ran without replication; they are still read from a journal they left. On the
 /// wire and in the journal it is the step's snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MovePhase {
-    /// A step of the copy protocol.
+    /// Pending, or a step of an older control plane's copy protocol.
     Copy(CopyPhase),
-    /// A step of a replica-set change.
+    /// A step of a move.
     Set(SetPhase),
 }
 
-/// The copy protocol of an unreplicated partition, in order.
+/// A move planned and not started (`Pending`), or, after it, the steps of the copy protocol
+/// older control planes ran without replication, in order (read from their journals).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CopyPhase {
@@ -195,15 +197,15 @@ pub enum CopyPhase {
     Flipped,
 }
 
-/// The change of a replicated partition's replica set, in order.
+/// The steps of a move (one staged layout change, `control-plane/src/reconcile.rs`), in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SetPhase {
-    /// The new members join as extra copies and replay the log.
+    /// Staged: the target is pinned, the old set leads and the new set follows its owner.
     Join,
-    /// The target is pinned and takes the writes over.
+    /// Flipped: the new set leads, the target having taken the writes over.
     Lead,
-    /// The new set catches up behind a short fence; the leavers go.
+    /// The change ends once the new set holds the target's log; the leavers go.
     Settle,
 }
 

@@ -28,20 +28,23 @@ pub struct MigrationReport {
     pub from: String,
     /// New owner.
     pub to: String,
-    /// Memories copied from the snapshot pages.
+    /// Memories the control plane copied itself: 0 since a move's new copies are filled by the
+    /// nodes (they follow the old owner); kept for the clients that read it.
     pub copied: u64,
-    /// Log entries replayed after the copy (catch-up and drain).
+    /// The log position the slowest new copy had reached when the move flipped.
     pub replayed: u64,
-    /// How long writes were fenced (fence → ownership flipped), ms.
+    /// How long writes were fenced, ms: 0 since moves have no fence (a write waits only for
+    /// the hand-over: `HAND_OVER_HOLD` at most); kept for the clients that read it.
     pub fenced_ms: u64,
-    /// Memories on the target when verified.
+    /// Memories on the target at the end.
     pub count: u64,
-    /// Layout epoch after the flip.
+    /// Layout epoch at the end.
     pub epoch: u64,
     /// Whole migration, ms.
     pub took_ms: u64,
-    /// Bytes of the source's HNSW graph handed to the target (0 when the source had no graph
-    /// loaded: the target then builds its index on its first search, as the source would have).
+    /// Bytes of HNSW graph the control plane handed over: 0 since the new copy takes the old
+    /// owner's graph itself (the target's `memring_replication_graph_bytes_total`); kept for
+    /// the clients that read it.
     #[serde(default)]
     pub index_bytes: u64,
 }

@@ -1,7 +1,11 @@
 //! Bringing one copy of a partition to another node's log, the one loop of a follower's round
 //! and of a take-over ([`Replication::sync_from`]): probe back from this copy's last position to
 //! where the two logs agree, cut this copy's entries after it, pull the other's page by page —
-//! or, where a trimmed log leaves no place to meet, re-seed this copy from a snapshot.
+//! or, where a trimmed log leaves no place to meet or the copy holds nothing yet, fill it from a
+//! snapshot (the fill of a copy a move makes: paced by the layout's `fill_rate`, and handed
+//! the other node's HNSW graph at the end).
+
+use std::time::{Duration, Instant};
 
 use memring_common::api::{self, partition_path};
 use memring_common::layout::LayoutNode;
@@ -10,6 +14,36 @@ use memring_common::{ApiError, ErrorCode, PartitionKey, Ring};
 use super::rules::{self, LogPos};
 use super::{PAGE, Replication, SNAPSHOT_PAGE};
 use crate::record::{LogEntry, decode};
+
+/// A copy that holds nothing is filled from a snapshot rather than from the log once the node
+/// it copies is more than this many entries ahead: a snapshot writes each memory once and skips
+/// what was overwritten or deleted, a log replay writes each entry and its memory.
+const FILL_FROM_SNAPSHOT: u64 = PAGE as u64;
+
+/// Where a pull of `node`'s log stops.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// At the first page that reaches this position (a page may end past it).
+    Reaching(u64),
+    /// Exactly at this position.
+    At(u64),
+}
+
+impl Stop {
+    fn seq(self) -> u64 {
+        match self {
+            Stop::Reaching(seq) | Stop::At(seq) => seq,
+        }
+    }
+
+    /// How many entries to ask for after `after`.
+    fn limit(self, after: u64) -> u64 {
+        match self {
+            Stop::Reaching(_) => PAGE as u64,
+            Stop::At(seq) => seq.saturating_sub(after).clamp(1, PAGE as u64),
+        }
+    }
+}
 
 /// What a log pull answered.
 enum Pulled {
@@ -26,8 +60,9 @@ impl Replication {
     /// against the current ring under the partition's write lock before each change lands; with
     /// `lead`, `node` must be leading the partition at that term of it (a follower asking its
     /// owner). The one loop of a follower's round and of a take-over. A copy marked as being
-    /// re-seeded, or that cannot continue `node`'s log because one of the two is trimmed past
-    /// where they would meet (`log_trimmed`), is re-seeded from `node` instead
+    /// re-seeded, that holds nothing while `node` is more than [`FILL_FROM_SNAPSHOT`] entries
+    /// ahead or the change in flight moves it here ([`Ring::filling`]: paced), or that cannot continue `node`'s log because one of the two is trimmed past where
+    /// they would meet (`log_trimmed`), is re-seeded from `node` instead
     /// ([`Replication::reseed`]). Returns the position reached.
     pub(super) async fn sync_from(
         &self,
@@ -40,10 +75,12 @@ impl Replication {
         let key = p.clone();
         let (reseeding, at) =
             self.blocking(move |s| Ok((s.is_reseeding(&key)?, s.last_pos(&key)?))).await?;
-        if reseeding {
+        let fill_whole =
+            at.seq == 0 && (to > FILL_FROM_SNAPSHOT || self.ring.ring().filling(p).is_some());
+        if reseeding || fill_whole {
             return self.reseed(node, p, lead, to, allowed).await;
         }
-        match self.sync_log(node, p, lead, at, to, allowed.clone()).await {
+        match self.sync_log(node, p, lead, at, Stop::Reaching(to), allowed.clone()).await {
             Err(e) if e.code() == ErrorCode::LogTrimmed => {
                 tracing::info!(partition = %p, from = %node.id, reason = %e, "re-seeding this copy");
                 self.reseed(node, p, lead, to, allowed).await
@@ -52,9 +89,11 @@ impl Replication {
         }
     }
 
-    /// Replaces this copy of `p` by a snapshot of `node`'s (the migration copy path: its export
-    /// pages, `storage/trim.rs`), then pulls `node`'s entries after the snapshot's position up to
-    /// `to`. The copy stays marked until then, so a crash anywhere re-seeds it again.
+    /// Replaces this copy of `p` by a snapshot of `node`'s (its export pages,
+    /// `storage/trim.rs`), then pulls `node`'s entries after the snapshot's position up to `to`.
+    /// The copy stays marked until then, so a crash anywhere re-seeds it again. A copy the
+    /// change in flight moves here ([`Ring::filling`]) is paced at the layout's `fill_rate` and
+    /// is then handed `node`'s HNSW graph ([`Replication::take_graph`]).
     async fn reseed(
         &self,
         node: &LayoutNode,
@@ -64,21 +103,26 @@ impl Replication {
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
     ) -> Result<LogPos, ApiError> {
         metrics::counter!("memring_replication_reseeds_total").increment(1);
+        let moving = self.ring.ring().filling(p);
         let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
         self.blocking(move |s| s.begin_reseed(&key, &|| a(&ring.ring()))).await?;
-        let mut after: Option<String> = None;
-        let mut start: Option<LogPos> = None;
-        let mut copied = 0usize;
-        loop {
+        let page_url = |after: Option<&str>| {
             let mut url = format!(
                 "http://{}/internal/v1/migrate/{}/export?limit={SNAPSHOT_PAGE}",
                 node.addr,
                 partition_path(p)
             );
-            if let Some(a) = &after {
+            if let Some(a) = after {
                 url.push_str(&format!("&after={a}"));
             }
-            let (body, headers) = self.get_bytes(&url).await?;
+            url
+        };
+        let mut start: Option<LogPos> = None;
+        let mut copied = 0usize;
+        let started = Instant::now();
+        let first = page_url(None);
+        let mut page = Some((self.get_bytes(&first).await?, first));
+        while let Some(((body, headers), url)) = page.take() {
             let header = |name: &str| {
                 headers
                     .get(name)
@@ -99,21 +143,84 @@ impl Replication {
             }
             let ops: Vec<crate::record::LogOp> = decode(&body)?;
             copied += ops.len();
+            // The next page is fetched while this one is written.
+            let next = header(api::NEXT_AFTER_HEADER).ok().map(|after| page_url(Some(&after)));
+            let fetch = async {
+                match next {
+                    Some(url) => Ok(Some((self.get_bytes(&url).await?, url))),
+                    None => Ok(None),
+                }
+            };
             let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
-            self.blocking(move |s| s.import_snapshot(&key, ops, &|| a(&ring.ring()))).await?;
-            match header(api::NEXT_AFTER_HEADER) {
-                Ok(next) => after = Some(next),
-                Err(_) => break,
+            let import = self.blocking(move |s| s.import_snapshot(&key, ops, &|| a(&ring.ring())));
+            let (imported, fetched) = tokio::join!(import, fetch);
+            imported?;
+            page = fetched?;
+            if let Some(rate) = moving.filter(|rate| *rate > 0) {
+                // At or under the rate: wait until the copied count is due.
+                let due = Duration::from_secs_f64(copied as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
         let start = start.unwrap_or_default();
         let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
         self.blocking(move |s| s.place_snapshot(&key, start, &|| a(&ring.ring()))).await?;
-        let reached = self.sync_log(node, p, lead, start, to.max(start.seq), allowed).await?;
+        let reached = self
+            .sync_log(node, p, lead, start, Stop::Reaching(to.max(start.seq)), allowed.clone())
+            .await?;
         let key = p.clone();
         self.blocking(move |s| s.end_reseed(&key)).await?;
         tracing::info!(partition = %p, from = %node.id, memories = copied, snapshot = start.seq, reached = reached.seq, "copy re-seeded from a snapshot");
-        Ok(reached)
+        if moving.is_none() {
+            return Ok(reached);
+        }
+        match self.take_graph(node, p, lead, reached, allowed).await {
+            Ok(at) => Ok(at),
+            Err(e) => {
+                // The copy builds its own graph on its first search.
+                tracing::info!(partition = %p, from = %node.id, error = %e, "graph not handed over");
+                Ok(reached)
+            }
+        }
+    }
+
+    /// Hands `node`'s HNSW graph of `p` to this copy, which is at `at`: a copy a move fills
+    /// answers the partition's searches after the flip, and building its graph would take both
+    /// cores for seconds then. Pulls `node`'s entries up to the graph's log position, then
+    /// installs it if this copy is exactly there (`Storage::import_index`). Nothing if `node`
+    /// has no graph loaded (it would build one lazily too). Returns the position reached.
+    async fn take_graph(
+        &self,
+        node: &LayoutNode,
+        p: &PartitionKey,
+        lead: Option<u64>,
+        at: LogPos,
+        allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
+    ) -> Result<LogPos, ApiError> {
+        let url = format!("http://{}/internal/v1/migrate/{}/index", node.addr, partition_path(p));
+        let (graph, headers) = self.get_bytes(&url).await?;
+        let seq = headers
+            .get(api::LAST_SEQ_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let Some(seq) = seq.filter(|seq| !graph.is_empty() && *seq >= at.seq) else {
+            return Ok(at);
+        };
+        let at = match seq > at.seq {
+            true => self.sync_log(node, p, lead, at, Stop::At(seq), allowed).await?,
+            false => at,
+        };
+        if at.seq != seq {
+            return Ok(at);
+        }
+        let (key, bytes) = (p.clone(), graph.len());
+        let vectors = self.blocking(move |s| s.import_index(&key, &graph, Some(seq))).await?;
+        metrics::counter!("memring_replication_graphs_taken_total").increment(1);
+        metrics::counter!("memring_replication_graph_bytes_total").increment(bytes as u64);
+        tracing::info!(partition = %p, from = %node.id, vectors, bytes, "HNSW graph handed over with the copy");
+        Ok(at)
     }
 
     /// A GET of an internal binary answer: its body and headers, or the error it carried.
@@ -134,18 +241,18 @@ impl Replication {
         })
     }
 
-    /// The loop of [`Replication::sync_from`] from this copy's position `at`.
+    /// The loop of [`Replication::sync_from`] from this copy's position `at`, until `stop`.
     async fn sync_log(
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
         lead: Option<u64>,
         mut at: LogPos,
-        to: u64,
+        stop: Stop,
         allowed: impl Fn(&Ring) -> Result<(), ApiError> + Clone + Send + 'static,
     ) -> Result<LogPos, ApiError> {
         loop {
-            match self.pull(node, p, at, lead).await? {
+            match self.pull(node, p, at, stop.limit(at.seq), lead).await? {
                 Pulled::Diverges { end_of_term } => {
                     let probe = rules::next_probe(at.seq, end_of_term);
                     let key = p.clone();
@@ -175,7 +282,7 @@ impl Replication {
                     })
                     .await?;
                     match last {
-                        Some(last) if last.seq < to => at = last,
+                        Some(last) if last.seq < stop.seq() => at = last,
                         Some(last) => return Ok(last),
                         None => return Ok(at),
                     }
@@ -184,18 +291,19 @@ impl Replication {
         }
     }
 
-    /// `node`'s log entries of `p` after position `after` (one page), if its entry there has
-    /// `after`'s term; with `lead`, answered by `node` only as the owner leading at that term
-    /// of the partition (sent as `epoch`, the name every version reads).
+    /// `node`'s log entries of `p` after position `after` (`limit` at most), if its entry there
+    /// has `after`'s term; with `lead`, answered by `node` only as the owner leading at that
+    /// term of the partition (sent as `epoch`, the name every version reads).
     async fn pull(
         &self,
         node: &LayoutNode,
         p: &PartitionKey,
         after: LogPos,
+        limit: u64,
         lead: Option<u64>,
     ) -> Result<Pulled, ApiError> {
         let mut url = format!(
-            "http://{}/internal/v1/replicate/log/{}?after={}&term={}&limit={PAGE}",
+            "http://{}/internal/v1/replicate/log/{}?after={}&term={}&limit={limit}",
             node.addr,
             partition_path(p),
             after.seq,

@@ -70,7 +70,7 @@ impl ShardService {
                 // bodies past the request limit.
                 let body = read_body(req, INDEX_BODY_LIMIT).await?;
                 let vectors =
-                    self.in_background(move |s| s.import_index(&partition, &body)).await?;
+                    self.in_background(move |s| s.import_index(&partition, &body, None)).await?;
                 Ok(json(200, &serde_json::json!({ "vectors": vectors })))
             }
             (&Method::POST, "reseed") => {

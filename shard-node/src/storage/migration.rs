@@ -345,14 +345,30 @@ impl Storage {
     }
 
     /// Installs a graph from [`Storage::export_index`] of the source as this partition's index,
-    /// with the search entries read from the memories copied so far. The source's graph may be
-    /// ahead of the copy; replaying the source's log from the copy's position afterwards brings
-    /// both to the same state (puts and deletes by label are idempotent).
-    pub fn import_index(&self, key: &PartitionKey, bytes: &[u8]) -> Result<usize, ApiError> {
+    /// with the search entries read from the memories copied so far. Without `at`, the source's
+    /// graph may be ahead of the copy; replaying the source's log from the copy's position
+    /// afterwards brings both to the same state (puts and deletes by label are idempotent).
+    /// With `at`, the graph's log position, it is installed only if the copy is exactly there
+    /// and holds a vector for each of the graph's (a follower filled for a move: nothing is
+    /// replayed over it), and refused with `Conflict` otherwise.
+    pub fn import_index(
+        &self,
+        key: &PartitionKey,
+        bytes: &[u8],
+        at: Option<u64>,
+    ) -> Result<usize, ApiError> {
         let Some(p) = self.partition(key, true)? else {
             return Err(ApiError::internal("partition vanished while being created"));
         };
-        let _meta = p.meta.lock();
+        let meta = p.meta.lock();
+        if let Some(seq) = at
+            && meta.last_seq != seq
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{} is at log position {}, the graph at {seq}", p.key, meta.last_seq),
+            ));
+        }
         let Some(&dims) = p.dimensions.get() else {
             return Err(ApiError::invalid(format!(
                 "{} has no memories with embeddings yet; copy them before its index",
@@ -361,11 +377,18 @@ impl Storage {
         };
         let index = VectorIndex::from_bytes(dims as usize, self.config.index.clone(), bytes)
             .map_err(|e| ApiError::invalid(format!("the shipped index is unusable: {e}")))?;
-        let (loaded, _) = self.with_stored_entries(&p.enc, index)?;
-        let vectors = loaded.vectors.as_ref().map_or(0, |v| v.len());
+        let (loaded, vectors) = self.with_stored_entries(&p.enc, index)?;
+        let in_graph = loaded.vectors.as_ref().map_or(0, |v| v.len());
+        if at.is_some() && in_graph != vectors {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{}: the graph has {in_graph} vectors, the copy {vectors}", p.key),
+            ));
+        }
         self.totals.load(p.search.write().replace(loaded).is_none());
-        tracing::info!(partition = %p.key, vectors, "index installed from the migration source");
-        Ok(vectors)
+        drop(meta);
+        tracing::info!(partition = %p.key, vectors = in_graph, "index installed from another copy");
+        Ok(in_graph)
     }
 
     /// Removes the partition from this node: memories, log, meta, fence and re-seed mark.
