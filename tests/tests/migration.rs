@@ -632,7 +632,7 @@ async fn the_copy_rate_limit_holds() -> anyhow::Result<()> {
     let c = memring_tests::Cluster::start(3).await?;
     let control = c.start_control_with(&["--migration-rate", "2000"]).await?;
     let tenants = vec!["paced".to_owned()];
-    seed(&c.url(), &tenants, 1000).await?;
+    seed(&c.url(), &tenants, 3000).await?;
     let store = memring_common::store::embedded::EmbeddedStore::open(c.ring_dir())?;
     let ring = Ring::new(store.load().await?.layout);
     let partition = PartitionKey::new(&TenantId::parse("paced")?, &Scope::Shared);
@@ -647,11 +647,91 @@ async fn the_copy_rate_limit_holds() -> anyhow::Result<()> {
     assert!(ok, "{err}");
     let took = started.elapsed();
     let reports: serde_json::Value = serde_json::from_str(&out)?;
-    assert_eq!(reports[0]["count"], 1000);
-    // 1,000 memories at 2,000/s: the last page is due at 0.5 s (pages of 500 land at 0.25 s, 0.5 s).
-    assert!(took >= Duration::from_millis(450), "copied faster than the limit: {took:?}");
-    println!("1,000 memories at --migration-rate 2000 took {took:?}");
+    assert_eq!(reports[0]["count"], 3000);
+    // 3,000 memories at 2,000/s: the new copy's last snapshot page is due at 1.5 s (pages of
+    // 500 land every 0.25 s).
+    assert!(took >= Duration::from_millis(1450), "copied faster than the limit: {took:?}");
+    println!("3,000 memories at --migration-rate 2000 took {took:?}");
     assert!(memring_control::journal::pending(&store).await?.is_empty());
+    Ok(())
+}
+
+/// A moved partition's new owner takes the old owner's HNSW graph with its copy
+/// (`shard-node/src/replicate/sync.rs`, `take_graph`): it has a graph loaded as soon as the move
+/// ends, without building one, and the same query gets the same answer from it.
+#[tokio::test]
+async fn a_moved_partition_takes_its_graph_with_it() -> anyhow::Result<()> {
+    // An exact scan up to 100 vectors: 1,500 need a graph.
+    let c = memring_tests::Cluster::start_with(2, &["--flat-limit", "100"]).await?;
+    let control = c.start_control().await?;
+    let http = client();
+    let dims = 16;
+    let point = |n: usize| -> Vec<f32> {
+        (0..dims).map(|i| ((n * 31 + i * 17) as f32 * 0.37).sin()).collect()
+    };
+    for start in (0..1500).step_by(500) {
+        let items: Vec<_> = (start..start + 500)
+            .map(|n| json!({"id": format!("g{n}"), "scope": "shared", "content": format!("c{n}"), "embedding": point(n)}))
+            .collect();
+        write_batch(&http, &c.url(), "graph", items).await?;
+    }
+    let store = memring_common::store::embedded::EmbeddedStore::open(c.ring_dir())?;
+    let ring = Ring::new(store.load().await?.layout);
+    let partition = PartitionKey::new(&TenantId::parse("graph")?, &Scope::Shared);
+    let owner = ring.owner(&partition).expect("owner").clone();
+    let target = ring.layout().nodes.iter().find(|n| n.id != owner.id).expect("another").clone();
+    let graph_on = |addr: &str| {
+        format!(
+            "http://{addr}/internal/v1/migrate/{}/index",
+            memring_common::api::partition_path(&partition)
+        )
+    };
+    let query = json!({"embedding": point(7), "k": 10, "scopes": ["shared"]});
+    let search = || async {
+        let url = format!("{}/v1/tenants/graph/memories/search", c.url());
+        let (status, v) = memring_tests::send(
+            &http,
+            reqwest::Method::POST,
+            &url,
+            Some(serde_json::to_vec(&query)?),
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "search answered {status}: {v}");
+        let ids: Vec<String> = v["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect();
+        anyhow::Ok(ids)
+    };
+    // The first search builds the old owner's graph in the background.
+    memring_tests::load::wait_for("the old owner's graph", Duration::from_secs(60), || async {
+        search().await?;
+        let resp = http.get(graph_on(&owner.addr)).send().await?;
+        Ok((resp.status().as_u16() == 200).then_some(()))
+    })
+    .await?;
+    let before = search().await?;
+    assert_eq!(before.len(), 10, "{before:?}");
+    let target_proc = c.shards.iter().find(|s| s.addr == target.addr).expect("its process");
+    let taken = || memring_tests::metric(target_proc, "memring_replication_graphs_taken_total");
+    assert_eq!(taken().await?, 0.0);
+
+    let (ok, out, err) =
+        shardctl(&control.url(), &["migrate", "--tenant", "graph", "--to", target.id.as_str()])
+            .await?;
+    assert!(ok, "{out}{err}");
+    assert_eq!(taken().await?, 1.0, "the new owner took the old owner's graph");
+    let bytes = memring_tests::metric(target_proc, "memring_replication_graph_bytes_total").await?;
+    assert!(bytes > 1500.0 * dims as f64 * 4.0, "a graph of 1,500 vectors: {bytes} bytes");
+    // Loaded at once: the new owner exports its graph without having searched.
+    let resp = http.get(graph_on(&target.addr)).send().await?;
+    assert_eq!(resp.status().as_u16(), 200, "the new owner has no graph loaded");
+    let after = search().await?;
+    assert_eq!(after, before, "the same graph gives the same answer");
+    let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
+    assert!(ok, "{out}");
     Ok(())
 }
 
