@@ -326,6 +326,32 @@ impl Ring {
         self.layout.replication_factor > 1 || self.layout.transition.is_some()
     }
 
+    /// The nodes `me` follows: every other node at R > 1, or while a change of nodes is in
+    /// flight; with one copy and a change of pins alone, the owners of the partitions the
+    /// change moves to `me` (so a move at R = 1 costs the two nodes it touches, not a listing
+    /// of every node's partitions on every node); nobody with one copy and nothing in flight.
+    pub fn primaries_of(&self, me: &NodeId) -> Vec<&LayoutNode> {
+        let others = || self.layout.nodes.iter().filter(|n| n.id != *me).collect();
+        if self.layout.replication_factor > 1 {
+            return others();
+        }
+        let Some(t) = &self.layout.transition else { return Vec::new() };
+        let same_nodes = t.nodes.len() == self.layout.nodes.len()
+            && t.nodes.iter().zip(&self.layout.nodes).all(|(a, b)| a.id == b.id);
+        if !same_nodes {
+            return others();
+        }
+        let mut primaries: Vec<&LayoutNode> = Vec::new();
+        for p in t.pins.keys() {
+            let Some(owner) = self.owner(p).filter(|o| o.id != *me) else { continue };
+            let follows = self.holders(p).iter().any(|n| n.id == *me);
+            if follows && !primaries.iter().any(|n| n.id == owner.id) {
+                primaries.push(owner);
+            }
+        }
+        primaries
+    }
+
     /// Whether the writes of `partition` are replicated: R > 1, or a change in flight gives it
     /// more than one copy the layout counts on ([`Ring::holders`] and [`Ring::retiring`]). Its
     /// owner then takes its writes over at each epoch and waits for a quorum of its voters;
@@ -720,6 +746,15 @@ mod tests {
             vec![to.clone()]
         );
         assert!(during.voters(&key).is_empty(), "with one copy the new one is filled, not counted");
+        let ids = |nodes: Vec<&LayoutNode>| nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(during.primaries_of(&to)), vec![owner.clone()], "the new copy follows");
+        for n in l.nodes.iter().filter(|n| n.id != to) {
+            assert!(during.primaries_of(&n.id).is_empty(), "{} follows nobody", n.id);
+        }
+        assert!(before.primaries_of(&to).is_empty(), "nothing in flight: nobody follows");
+        let mut three = l.clone();
+        three.replication_factor = 3;
+        assert_eq!(Ring::new(three).primaries_of(&to).len(), 3, "R = 3: every other node");
         if let Some(t) = staged.transition.as_mut() {
             t.phase = TransitionPhase::NewLeads;
         }

@@ -114,16 +114,30 @@ pub async fn flip(
         t.phase = TransitionPhase::NewLeads;
     }
     let flipped = Ring::new(next.clone());
-    for p in partitions {
-        let (old, new) = (ring.owner(p), flipped.owner(p));
-        if let (Some(old), Some(new)) = (old, new)
-            && old.id != new.id
-            && let Err(e) = shard::hand_over(client, old, p, layout.epoch).await
-        {
+    let handed: Vec<(&PartitionKey, &LayoutNode, &LayoutNode)> = partitions
+        .iter()
+        .filter_map(|p| Some((p, ring.owner(p)?, flipped.owner(p)?)))
+        .filter(|(_, old, new)| old.id != new.id)
+        .collect();
+    for (p, old, _) in &handed {
+        if let Err(e) = shard::hand_over(client, old, p, layout.epoch).await {
             tracing::warn!(partition = %p, from = %old.id, error = %e, "the old owner did not hand its writes over; flipping anyway");
         }
     }
-    swapped(store, layout.epoch, &next).await
+    if !swapped(store, layout.epoch, &next).await? {
+        return Ok(false);
+    }
+    // The nodes would learn of the flip from the store's watch; told now, the new owner takes
+    // the writes over at once, and the old one sends the writes it holds back to the routers
+    // (which then read the new layout), so the hand-over's pause is a few round trips. Nothing
+    // depends on it: a node not reached learns from the watch.
+    for (p, old, new) in &handed {
+        if shard::held(client, new, p, next.epoch).await.is_ok() {
+            let _ = shard::take_over(client, new, p).await;
+        }
+        let _ = shard::held(client, old, p, next.epoch).await;
+    }
+    Ok(true)
 }
 
 /// Whether, for each of `partitions`, its owner in `ring` has taken its writes over there and

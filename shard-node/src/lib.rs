@@ -100,6 +100,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(ring.clone().follow(stop_rx.clone()));
     let token_task = tokio::spawn(credential.clone().keep_fresh(stop_rx.clone()));
+    let background =
+        Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?);
     let repl = Arc::new(replicate::Replication::new(
         node.clone(),
         storage.clone(),
@@ -107,12 +109,11 @@ pub async fn run(
         credential.clone(),
         Duration::from_millis(config.quorum_timeout_ms),
         Duration::from_millis(config.replica_staleness_ms),
+        background.clone(),
         stop_rx.clone(),
     )?);
     let replicator = tokio::spawn(repl.clone().follow(stop_rx.clone()));
     let reporter = tokio::spawn(report_stats(storage.clone(), stop_rx.clone()));
-    let background =
-        Arc::new(background::Background::start(config.migration_threads, config.migration_nice)?);
     let reclaimer =
         tokio::spawn(reclaim_deleted(storage.clone(), background.clone(), stop_rx.clone()));
     let keep = replicate::trim::Keep {

@@ -120,6 +120,9 @@ pub struct Replication {
     /// One take-over at a time per partition (partitions take over side by side after a
     /// layout change, each asking its own peers).
     taking: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The node's low-priority threads: a fill's snapshot pages are written there, as the
+    /// copy routes' work is (`background.rs`).
+    background: Arc<crate::background::Background>,
     /// Turns true when the node stops (ends the followers' streams served here).
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -134,6 +137,7 @@ impl Replication {
         credential: Arc<memring_common::internal::ClusterCredential>,
         quorum_timeout: Duration,
         staleness: Duration,
+        background: Arc<crate::background::Background>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let client = internal_client(credential)?;
@@ -155,6 +159,7 @@ impl Replication {
             rounds: Mutex::new(HashMap::new()),
             taking: Mutex::new(HashMap::new()),
             lead,
+            background,
             stop,
         })
     }
@@ -345,6 +350,17 @@ impl Replication {
         tokio::task::spawn_blocking(move || work(&storage))
             .await
             .map_err(|e| ApiError::internal(format!("replication task failed: {e}")))?
+    }
+
+    /// Bulk storage work (a fill's snapshot page) on the node's low-priority threads, which
+    /// yield to its own traffic; also from a follower's thread, which meanwhile fetches the
+    /// next page.
+    async fn in_background<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let storage = self.storage.clone();
+        self.background.run(move || work(&storage)).await
     }
 }
 

@@ -136,7 +136,7 @@ impl Replication {
             threads.retain(|_, t| !t.is_finished());
             let current = self.ring.ring();
             if current.replicating() {
-                for node in current.layout().nodes.iter().filter(|n| n.id != self.me) {
+                for node in current.primaries_of(&self.me) {
                     if threads.contains_key(&node.id) {
                         continue;
                     }

@@ -152,7 +152,8 @@ impl Replication {
                 }
             };
             let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
-            let import = self.blocking(move |s| s.import_snapshot(&key, ops, &|| a(&ring.ring())));
+            let import =
+                self.in_background(move |s| s.import_snapshot(&key, ops, &|| a(&ring.ring())));
             let (imported, fetched) = tokio::join!(import, fetch);
             imported?;
             page = fetched?;
