@@ -107,8 +107,10 @@ pub async fn run(
         storage.clone(),
         ring.clone(),
         credential.clone(),
-        Duration::from_millis(config.quorum_timeout_ms),
-        Duration::from_millis(config.replica_staleness_ms),
+        replicate::Waits {
+            quorum_timeout: Duration::from_millis(config.quorum_timeout_ms),
+            staleness: Duration::from_millis(config.replica_staleness_ms),
+        },
         background.clone(),
         stop_rx.clone(),
     )?);

@@ -127,16 +127,23 @@ pub struct Replication {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
+/// How long replication waits, from the node's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// How long a write waits for its copies.
+    pub quorum_timeout: Duration,
+    /// How recently a follower must have been caught up to answer reads without a token.
+    pub staleness: Duration,
+}
+
 impl Replication {
-    /// Replication for node `me`: writes wait up to `quorum_timeout` for their copies, and a
-    /// follower answers reads without a token while it was caught up within `staleness`.
+    /// Replication for node `me`, waiting as `waits` says.
     pub fn new(
         me: NodeId,
         storage: Arc<Storage>,
         ring: Arc<RingView>,
         credential: Arc<memring_common::internal::ClusterCredential>,
-        quorum_timeout: Duration,
-        staleness: Duration,
+        Waits { quorum_timeout, staleness }: Waits,
         background: Arc<crate::background::Background>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
