@@ -29,6 +29,14 @@ const EVENT_ONLY: &[(&str, &str)] = &[
     ),
     ("memring_ttl_purged_total", "an expired memory purged (tests/tests/api.rs)"),
     ("memring_replication_reseeds_total", "a copy back behind a trimmed log (tests/tests/trim.rs)"),
+    (
+        "memring_replication_graphs_taken_total",
+        "a move of a partition whose owner has its graph loaded (tests/tests/migration.rs)",
+    ),
+    (
+        "memring_replication_graph_bytes_total",
+        "a move of a partition whose owner has its graph loaded (tests/tests/migration.rs)",
+    ),
     ("memring_replication_rounds_total", "a replicated write (tests/tests/replication.rs)"),
     (
         "memring_replication_inlined_entries_total",

@@ -61,9 +61,10 @@ impl Replication {
     /// `lead`, `node` must be leading the partition at that term of it (a follower asking its
     /// owner). The one loop of a follower's round and of a take-over. A copy marked as being
     /// re-seeded, that holds nothing while `node` is more than [`FILL_FROM_SNAPSHOT`] entries
-    /// ahead or the change in flight moves it here ([`Ring::filling`]: paced), or that cannot continue `node`'s log because one of the two is trimmed past where
-    /// they would meet (`log_trimmed`), is re-seeded from `node` instead
-    /// ([`Replication::reseed`]). Returns the position reached.
+    /// ahead or the change in flight moves it here ([`Ring::filling`]: paced), or that cannot
+    /// continue `node`'s log because one of the two is trimmed past where they would meet
+    /// (`log_trimmed`), is re-seeded from `node` instead ([`Replication::reseed`]). Returns the
+    /// position reached.
     pub(super) async fn sync_from(
         &self,
         node: &LayoutNode,
