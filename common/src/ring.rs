@@ -336,9 +336,7 @@ impl Ring {
             return others();
         }
         let Some(t) = &self.layout.transition else { return Vec::new() };
-        let same_nodes = t.nodes.len() == self.layout.nodes.len()
-            && t.nodes.iter().zip(&self.layout.nodes).all(|(a, b)| a.id == b.id);
-        if !same_nodes {
+        if t.nodes != self.layout.nodes {
             return others();
         }
         let mut primaries: Vec<&LayoutNode> = Vec::new();

@@ -358,17 +358,6 @@ impl Replication {
             .await
             .map_err(|e| ApiError::internal(format!("replication task failed: {e}")))?
     }
-
-    /// Bulk storage work (a fill's snapshot page) on the node's low-priority threads, which
-    /// yield to its own traffic; also from a follower's thread, which meanwhile fetches the
-    /// next page.
-    async fn in_background<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Storage) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let storage = self.storage.clone();
-        self.background.run(move || work(&storage)).await
-    }
 }
 
 /// The client of a node's internal requests (one per follower thread, one for the rest).

@@ -45,6 +45,11 @@ impl Stop {
     }
 }
 
+/// A header of an internal answer, as text, if sent.
+fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 /// What a log pull answered.
 enum Pulled {
     /// The node's entry at the asked position has the asked term: its entries after it.
@@ -125,9 +130,7 @@ impl Replication {
         let mut page = Some((self.get_bytes(&first).await?, first));
         while let Some(((body, headers), url)) = page.take() {
             let header = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
+                header_text(&headers, name)
                     .map(str::to_owned)
                     .ok_or_else(|| ApiError::internal(format!("{url} answered without {name}")))
             };
@@ -152,9 +155,12 @@ impl Replication {
                     None => Ok(None),
                 }
             };
-            let (ring, key, a) = (self.ring.clone(), p.clone(), allowed.clone());
-            let import =
-                self.in_background(move |s| s.import_snapshot(&key, ops, &|| a(&ring.ring())));
+            // Written on the node's low-priority threads, as the copy routes' work is.
+            let (storage, ring, key, a) =
+                (self.storage.clone(), self.ring.clone(), p.clone(), allowed.clone());
+            let import = self
+                .background
+                .run(move || storage.import_snapshot(&key, ops, &|| a(&ring.ring())));
             let (imported, fetched) = tokio::join!(import, fetch);
             imported?;
             page = fetched?;
@@ -178,14 +184,11 @@ impl Replication {
         if moving.is_none() {
             return Ok(reached);
         }
-        match self.take_graph(node, p, lead, reached, allowed).await {
-            Ok(at) => Ok(at),
-            Err(e) => {
-                // The copy builds its own graph on its first search.
-                tracing::info!(partition = %p, from = %node.id, error = %e, "graph not handed over");
-                Ok(reached)
-            }
-        }
+        Ok(self.take_graph(node, p, lead, reached, allowed).await.unwrap_or_else(|e| {
+            // The copy builds its own graph on its first search.
+            tracing::info!(partition = %p, from = %node.id, error = %e, "graph not handed over");
+            reached
+        }))
     }
 
     /// Hands `node`'s HNSW graph of `p` to this copy, which is at `at`: a copy a move fills
@@ -203,10 +206,7 @@ impl Replication {
     ) -> Result<LogPos, ApiError> {
         let url = format!("http://{}/internal/v1/migrate/{}/index", node.addr, partition_path(p));
         let (graph, headers) = self.get_bytes(&url).await?;
-        let seq = headers
-            .get(api::LAST_SEQ_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let seq = header_text(&headers, api::LAST_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok());
         let Some(seq) = seq.filter(|seq| !graph.is_empty() && *seq >= at.seq) else {
             return Ok(at);
         };
