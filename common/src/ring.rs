@@ -326,12 +326,24 @@ impl Ring {
         self.layout.replication_factor > 1 || self.layout.transition.is_some()
     }
 
+    /// The node with this id: one of the layout's, or one the change in flight takes out (a
+    /// drained node leads its partitions until the change flips, and is asked until it ends).
+    pub fn node(&self, id: &NodeId) -> Option<&LayoutNode> {
+        let leaving = self.layout.transition.iter().flat_map(|t| &t.nodes);
+        self.layout.node(id).or_else(|| leaving.into_iter().find(|n| n.id == *id))
+    }
+
     /// The nodes `me` follows: every other node at R > 1, or while a change of nodes is in
-    /// flight; with one copy and a change of pins alone, the owners of the partitions the
-    /// change moves to `me` (so a move at R = 1 costs the two nodes it touches, not a listing
-    /// of every node's partitions on every node); nobody with one copy and nothing in flight.
+    /// flight (the nodes it takes out too: they lead until it flips); with one copy and a change
+    /// of pins alone, the owners of the partitions the change moves to `me` (so a move at R = 1
+    /// costs the two nodes it touches, not a listing of every node's partitions on every node);
+    /// nobody with one copy and nothing in flight.
     pub fn primaries_of(&self, me: &NodeId) -> Vec<&LayoutNode> {
-        let others = || self.layout.nodes.iter().filter(|n| n.id != *me).collect();
+        let others = || {
+            let leaving = self.layout.transition.iter().flat_map(|t| &t.nodes);
+            let leaving = leaving.filter(|n| self.layout.node(&n.id).is_none());
+            self.layout.nodes.iter().chain(leaving).filter(|n| n.id != *me).collect()
+        };
         if self.layout.replication_factor > 1 {
             return others();
         }
@@ -360,12 +372,25 @@ impl Ring {
                 && self.holders(partition).len() + self.retiring(partition).len() > 1)
     }
 
+    /// Whether the change in flight moves `partition`: it set the partition's pin, or (a change
+    /// of nodes) its replica set before the change is not its set now.
+    pub fn moving(&self, partition: &PartitionKey) -> bool {
+        let Some(t) = &self.layout.transition else { return false };
+        if t.pins.contains_key(partition) {
+            return true;
+        }
+        // A change of pins alone changed no other partition's set.
+        t.nodes != self.layout.nodes && {
+            let (now, old) = (self.replica_set(partition), self.old_set(partition));
+            now.len() != old.len() || now.iter().zip(&old).any(|(a, b)| a.id != b.id)
+        }
+    }
+
     /// The pace at which a copy of `partition` is filled, if the change in flight moves it
-    /// (its pin is one the change set): the layout's `fill_rate` in memories per second, 0 for
-    /// as fast as it goes. `None` for every other partition.
+    /// ([`Ring::moving`]): the layout's `fill_rate` in memories per second, 0 for as fast as it
+    /// goes. `None` for every other partition.
     pub fn filling(&self, partition: &PartitionKey) -> Option<u64> {
-        let moved = self.layout.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition));
-        moved.then(|| self.layout.fill_rate.unwrap_or(0))
+        self.moving(partition).then(|| self.layout.fill_rate.unwrap_or(0))
     }
 
     /// Whether node `id` holds a copy of `partition` the layout still counts on: one of its

@@ -153,11 +153,11 @@ pub async fn run(
                             tracing::error!(error = %format!("{e:#}"), "resuming journaled migrations failed")
                         }
                     }
-                    match resize::resume(store, client, &service.cancel).await {
+                    match resize::resume(store, client, service.throttle, &service.cancel).await {
                         Ok(false) => {}
-                        Ok(true) => tracing::info!("journaled replicated layout change finished"),
+                        Ok(true) => tracing::info!("journaled layout change finished"),
                         Err(e) => {
-                            tracing::error!(error = %format!("{e:#}"), "resuming the replicated layout change failed")
+                            tracing::error!(error = %format!("{e:#}"), "resuming the journaled layout change failed")
                         }
                     }
                 })

@@ -77,22 +77,11 @@ pub fn size(now: &Ring, partition: &PartitionKey, on: &BTreeMap<NodeId, u64>) ->
     holders(now, partition).iter().filter_map(|id| on.get(id)).copied().max().unwrap_or(0)
 }
 
-/// The node a new copy of `partition` is filled from. Without replication, its owner in `now`:
-/// it keeps taking the writes until the migration flips ownership. With replication, its owner
-/// in `next`: the new copy follows the primary of the set it joins (a drained node hands its
-/// leadership over before the copy is made).
-pub fn source(now: &Ring, next: &Ring, partition: &PartitionKey) -> Option<NodeId> {
-    let ring = if now.layout().replication_factor > 1 { next } else { now };
-    ring.owner(partition).map(|n| n.id.clone())
-}
-
-/// How many of `waiting` nodes one join admits together. Without replication, all: every
-/// partition is copied to its new owner before ownership flips. With replication, one: each
-/// replica set then changes by at most one member and keeps a holder that leads it, while two
-/// joiners taken in together can fill every place of a set (at R = 2, or a set short of R
-/// nodes), leaving no member with the partition's data to fill the others from.
-pub fn admitted_together(replication_factor: u32, waiting: usize) -> usize {
-    if replication_factor > 1 { waiting.min(1) } else { waiting }
+/// The node a new copy of `partition` is filled from: its owner in `now`. A layout change is
+/// staged first (`reconcile.rs`): the old set leads, and its owner takes the writes, until every
+/// member of the new set holds its log.
+pub fn source(now: &Ring, partition: &PartitionKey) -> Option<NodeId> {
+    now.owner(partition).map(|n| n.id.clone())
 }
 
 /// Why no replicated change of placement — a join, a drain or a move — may start in `layout`
@@ -156,7 +145,7 @@ pub fn copies_to_make(now: &Ring, next: &Ring, held: &Holdings) -> Vec<Move> {
         if memories == 0 {
             continue;
         }
-        let Some(from) = source(now, next, partition) else { continue };
+        let Some(from) = source(now, partition) else { continue };
         let have = holders(now, partition);
         for to in desired(next, partition).into_iter().filter(|id| !have.contains(id)) {
             moves.push(Move {
@@ -208,14 +197,11 @@ mod tests {
         format!("t{t}/shared").parse().expect("key")
     }
 
-    /// A join as the planner stages it: new nodes in, joining when replicated.
+    /// A join as the planner stages it: new nodes in.
     fn joined(l: &ClusterLayout, new: std::ops::Range<usize>) -> ClusterLayout {
         let mut next = l.clone();
         for i in new {
             next = next.with_node(node(i));
-            if l.replication_factor > 1 {
-                next.states.set(&node(i).id, NodeState::Joining);
-            }
         }
         next
     }
@@ -351,27 +337,25 @@ mod tests {
         let partitions: BTreeSet<&str> = moves.iter().map(|m| m.partition.as_str()).collect();
         assert_eq!(partitions.len(), moves.len());
         // Draining n0 out of the four: its sets take another node in, from a live owner.
-        let mut four_up = four.clone();
-        four_up.states.set(&node(3).id, NodeState::Active);
+        let four_up = four.clone();
         let out = drained(&four_up, 0);
         let moves = copies_to_make(&Ring::new(four_up), &Ring::new(out), &held);
-        assert!(moves.iter().all(|m| m.to != "n0" && m.from != "n0"));
+        assert!(moves.iter().all(|m| m.to != "n0"));
         assert!(!moves.is_empty());
     }
 
     #[test]
-    fn two_joiners_at_once_can_leave_a_replicated_set_without_its_data() {
-        // The case the property test below found before joins were admitted one at a time.
+    fn two_joiners_at_once_are_filled_from_the_old_owner() {
+        // Joiners that take every place of a replicated set: the old set leads while they fill,
+        // so each is filled from its old owner, which holds the data.
         let one = layout(1, 2, 4);
         let three = joined(&one, 1..3);
         let (now, next) = (Ring::new(one), Ring::new(three));
         let p = key(2703);
         let want = desired(&next, &p);
         assert!(!want.contains(&node(0).id), "the set is all joiners: {want:?}");
-        let from = source(&now, &next, &p).expect("an owner");
-        assert!(!holders(&now, &p).contains(&from), "{from} would fill the others with nothing");
-        assert_eq!(admitted_together(2, 2), 1);
-        assert_eq!(admitted_together(1, 2), 2);
+        let from = source(&now, &p).expect("an owner");
+        assert!(holders(&now, &p).contains(&from), "{from} holds what it fills the joiners with");
     }
 
     #[test]
@@ -383,10 +367,11 @@ mod tests {
         let four = joined(&three, 3..4);
         let (now, next) = (Ring::new(three.clone()), Ring::new(four));
         let stranded = (0..2000).map(key).find(|p| {
-            let from = source(&now, &next, p);
-            from.is_some_and(|from| !holders(&now, p).contains(&from))
+            let live = |id: &NodeId| !three.is_down(id);
+            let keeps = holders(&now, p).into_iter().filter(live);
+            !keeps.into_iter().any(|id| desired(&next, p).contains(&id))
         });
-        assert!(stranded.is_some(), "some set would be led by the newcomer alone");
+        assert!(stranded.is_some(), "some set would keep no live member that holds its data");
         let why = unsettled(&three, None).expect("the join waits");
         assert!(why.contains("n2 is marked down"), "{why}");
         // Draining the down node itself is allowed; draining another is not.
@@ -413,7 +398,6 @@ mod tests {
             let before = pinned_layout(layout(nodes, r, vnodes), &states, &pinned);
             // What follows holds whenever the planner lets a join start.
             prop_assume!(unsettled(&before, None).is_none());
-            let new = admitted_together(r, new);
             let after = joined(&before, nodes..nodes + new);
             let held = holdings(&Ring::new(before.clone()), &keys, 5, nodes);
             check(&before, &after, &held);

@@ -68,13 +68,20 @@ pub fn touches(layout: &ClusterLayout, partition: &PartitionKey) -> bool {
     layout.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition))
 }
 
-/// Undoes a staged change (epoch + 1): the pins it set get their old values back, and the
-/// transition goes. Nothing if no change is staged (a flipped one is finished, never undone).
+/// Undoes a staged change (epoch + 1): the nodes and the pins it set get their old values
+/// back (a joiner goes, a drained node returns), and the transition goes. Nothing if no change
+/// is staged (a flipped one is finished, never undone).
 pub async fn unstage(store: &dyn RingStore) -> anyhow::Result<()> {
     update_layout(store, 20, |l| {
         let t = l.transition.as_ref().filter(|_| staged(l))?;
         let mut next = l.clone();
         next.epoch += 1;
+        if t.nodes != l.nodes {
+            for joiner in l.nodes.iter().filter(|n| t.nodes.iter().all(|m| m.id != n.id)) {
+                next.states.remove(&joiner.id);
+            }
+            next.nodes = t.nodes.clone();
+        }
         for (p, old) in &t.pins {
             match old {
                 Some(pin) => next.pins.set(p.clone(), pin.node.clone(), pin.kind),
@@ -88,6 +95,23 @@ pub async fn unstage(store: &dyn RingStore) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The partitions the change in flight in `ring`'s layout moves ([`Ring::moving`]): those whose
+/// pin it set, and for a change of nodes every partition whose set it changes, as listed by
+/// every node of the layouts before and after it once it has seen this epoch (a node that
+/// cannot be listed fails the call). A partition created after the listing is one its new owner
+/// takes over asking the old set, as a write the old set acknowledged after the flip's look.
+pub async fn moving(client: &InternalClient, ring: &Ring) -> anyhow::Result<Vec<PartitionKey>> {
+    let layout = ring.layout();
+    let Some(t) = &layout.transition else { return Ok(Vec::new()) };
+    if t.nodes == layout.nodes {
+        return Ok(t.pins.keys().cloned().collect());
+    }
+    let gone = t.nodes.iter().filter(|n| layout.node(&n.id).is_none());
+    let nodes: Vec<LayoutNode> = listable(layout).chain(gone).cloned().collect();
+    let held = positions(client, &nodes, layout.epoch).await?;
+    Ok(held.into_keys().filter(|p| ring.moving(p)).collect())
 }
 
 /// One look at whether the staged change can flip; if so, and the layout is still the one looked

@@ -1,86 +1,97 @@
-//! Rebalance and drain of a replicated layout. Copies are not migrated one by one: a replica
-//! set change is a layout change, and the new member replays its primary's log (the follower
-//! path of `shard-node/src/replicate.rs`). Primaries only change hands through the take-over
-//! that failover uses, inside one replica set, so no acknowledged write is lost:
+//! A rebalance's join and a drain, at every replication factor, as one layout change by the rule
+//! of `reconcile.rs` (docs/one-engine.md), the change a move of one partition makes too, with
+//! nodes instead of a pin:
 //!
-//! - **join**: new nodes enter the layout as *joining* (epoch + 1): they take their places in
-//!   replica sets (each set changes by at most one member) and follow, but lead nothing; the
-//!   failover loop hands each its leadership once every copy it holds is checked and caught up,
-//!   and it then takes its partitions' writes over from the copies that served meanwhile;
-//! - **drain**: the node is marked draining (epoch + 1): it stays in its replica sets but is
-//!   never a primary; each of its partitions' new owner is told to take over now; then the node
-//!   leaves the layout (epoch + 1) and its sets take the next node in, which replays;
-//! - **transition** (both): the layout that takes members out of sets (the join's staging, the
-//!   drained node's removal) keeps the nodes before it as its `Transition`, so the members taken
-//!   out stay *retiring* copies that every take-over asks — a write the old set acknowledged
-//!   may be on one of them alone (the model of `shard-node/src/replicate/model.rs`, with
-//!   `Membership::Forgotten`, finds the loss without it);
-//! - **settle** (both): once every partition with a retiring copy was taken over by its owner
-//!   in the new layout and every live member of every replica set has caught up with its owner,
-//!   the transition ends (`reconcile::end_transition`, epoch + 1; the janitor ends one a cancelled job
-//!   left), and copies on nodes outside the set (the member a join displaced, the drained node)
-//!   are dropped by the one rule of `copies.rs`.
+//! 1. **stage** ([`ResizePhase::Staging`]): the joiners enter the layout, or the drained node
+//!    leaves it, staged. Every partition's old set still leads it and takes its write quorums;
+//!    each member of a new set follows the old owner (a drained node keeps leading what it owned
+//!    until the flip). A copy that holds nothing is filled from the owner's snapshot, paced at
+//!    the layout's `fill_rate`, and then takes the owner's HNSW graph
+//!    (`shard-node/src/replicate/sync.rs`).
+//! 2. **flip** ([`ResizePhase::Flipping`]): once every live member of every set the change
+//!    moves holds its old owner's log (the partitions listed behind a barrier at the staged
+//!    epoch, `reconcile::moving`), the new layout leads. The members the change took out are
+//!    retiring copies, asked by every take-over until the end.
+//! 3. **settle** ([`ResizePhase::Settling`]): once the new sets hold their owners' logs, the
+//!    transition ends (`reconcile::end_transition`), and the copies held outside the new sets
+//!    (the members a join displaced, everything on the drained node) are dropped by the one rule
+//!    of `copies.rs`.
 //!
-//! Each step is journaled (one record, [`JOB_ID`]) before it runs and passes a failpoint
-//! (`resize.<phase>`), so the next active control plane finishes a job the last one was killed
-//! in ([`resume`]); every step is idempotent, so resuming just runs the rest from the phase
-//! recorded. A cancel stops the waiting steps and leaves the staged layout (failover still hands
-//! joining nodes their leadership; running the drain again finishes a drain).
+//! Each step is journaled (one record, [`JOB_ID`]) before it runs, and passes the failpoint of
+//! its step of the one engine (`reconcile.stage`, `reconcile.flip`; `reconcile.end` in the
+//! end's every look), so the next active control plane finishes a job the last one was killed
+//! in ([`resume`]) by taking the steps from the one recorded. A cancel before the flip undoes
+//! the stage (`reconcile::unstage`: the joiners leave, the drained node returns; the old sets
+//! never stopped leading), and the copies the joiners made are dropped; after it, the janitor
+//! ends the transition.
+//!
+//! Nothing else is needed for a partition first written while the change is staged: its old
+//! owner creates it, its new set follows, and the flip and the end look at it like any other.
 
 use anyhow::bail;
 use memring_common::internal::InternalClient;
-use memring_common::layout::{LayoutNode, NodeState, Transition};
-use memring_common::store::{RingStore, update_layout};
+use memring_common::layout::LayoutNode;
+use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, NodeId, Ring};
 
 use serde::{Deserialize, Serialize};
 
 use crate::copies::{self, Held, Outcome, PATIENCE};
-use crate::job::{Cancel, wait};
-use crate::reconcile::{self, end_transition};
+use crate::job::{Cancel, JobError, Throttle, wait};
+use crate::reconcile;
 
 /// The journal id of the running rebalance or drain (one runs at a time).
 pub const JOB_ID: &str = "resize";
-const JOB_FORMAT_VERSION: u32 = 1;
+/// Format 2: the steps of the one engine. A format-1 record (an older control plane's join,
+/// hand-over and removal steps) is finished by [`resume`] too.
+const JOB_FORMAT_VERSION: u32 = 2;
 
-/// The step a rebalance or drain record says was started last (its wire name, snake_case, is also
-/// the failpoint's: `resize.<phase>`).
+/// The step a rebalance or drain record says was started last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizePhase {
-    /// Without replication: the moves are journaled one by one (`journal.rs`).
-    Migrating,
     /// The staged layout is being written (compare-and-swap).
     Staging,
-    /// Waiting for the joining nodes to catch up and lead.
-    Joining,
-    /// A drained node hands its leadership over.
-    HandingOver,
-    /// A drained node leaves the layout.
-    Removing,
-    /// Copies outside the new replica sets are dropped.
+    /// Waiting for the new sets to hold their old owners' logs, then flipping.
+    Flipping,
+    /// Waiting for the new sets to hold their new owners' logs, then ending the transition and
+    /// dropping the copies outside the new sets.
     Settling,
+    /// Format 1, without replication: the moves were journaled one by one (`journal.rs`).
+    Migrating,
+    /// Format 1: waiting for joining nodes to be handed their leadership.
+    Joining,
+    /// Format 1: a drained node handing its leadership over.
+    HandingOver,
+    /// Format 1: a drained node leaving the layout.
+    Removing,
 }
 
 impl ResizePhase {
-    /// The steps of a replicated change, in order.
-    const STEPS: [ResizePhase; 5] = [
-        ResizePhase::Staging,
-        ResizePhase::Joining,
-        ResizePhase::HandingOver,
-        ResizePhase::Removing,
-        ResizePhase::Settling,
-    ];
+    /// The steps of a change, in order.
+    const STEPS: [ResizePhase; 3] =
+        [ResizePhase::Staging, ResizePhase::Flipping, ResizePhase::Settling];
 
     /// The wire name.
     pub fn name(self) -> &'static str {
         match self {
-            ResizePhase::Migrating => "migrating",
             ResizePhase::Staging => "staging",
+            ResizePhase::Flipping => "flipping",
+            ResizePhase::Settling => "settling",
+            ResizePhase::Migrating => "migrating",
             ResizePhase::Joining => "joining",
             ResizePhase::HandingOver => "handing_over",
             ResizePhase::Removing => "removing",
-            ResizePhase::Settling => "settling",
+        }
+    }
+
+    /// The failpoint passed once the step is journaled (the end passes `reconcile.end` in each
+    /// of its looks instead).
+    fn failpoint(self) -> Option<&'static str> {
+        match self {
+            ResizePhase::Staging => Some("reconcile.stage"),
+            ResizePhase::Flipping => Some("reconcile.flip"),
+            _ => None,
         }
     }
 }
@@ -91,12 +102,12 @@ impl std::fmt::Display for ResizePhase {
     }
 }
 
-/// The journal record of a replicated rebalance or drain.
+/// The journal record of a rebalance or drain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResizeJob {
     /// Record format.
     pub format_version: u32,
-    /// The epoch the plan was made at (the staging compare-and-swap expects it).
+    /// The epoch the plan was made at (the stage expects it).
     pub planned_at: u64,
     /// Nodes entering the layout.
     pub joining: Vec<String>,
@@ -111,34 +122,28 @@ pub struct ResizeJob {
 impl ResizeJob {
     async fn record(&mut self, store: &dyn RingStore, phase: ResizePhase) -> anyhow::Result<()> {
         self.phase = phase;
+        self.format_version = JOB_FORMAT_VERSION;
         self.at_ms = memring_common::clock::now_millis();
         store.put_job(JOB_ID, &serde_json::to_vec(self)?).await?;
-        tracing::info!(%phase, joining = ?self.joining, leaving = ?self.leaving.as_ref().map(|n| &n.id), "replicated layout change");
-        crate::failpoint::hit(&format!("resize.{phase}")).await
+        tracing::info!(%phase, joining = ?self.joining, leaving = ?self.leaving.as_ref().map(|n| &n.id), "layout change");
+        match phase.failpoint() {
+            Some(point) => crate::failpoint::hit(point).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `layout` shows this job's change made: its joiners in, its drained node out.
+    fn made_in(&self, layout: &ClusterLayout) -> bool {
+        let joined = self
+            .joining
+            .iter()
+            .all(|j| NodeId::parse(j).is_ok_and(|id| layout.node(&id).is_some()));
+        let drained = self.leaving.as_ref().is_none_or(|n| layout.node(&n.id).is_none());
+        layout.epoch > self.planned_at && joined && drained
     }
 }
 
-/// Journals a rebalance or drain of a layout without replication (`rebalance.rs`), whose moves
-/// are journaled one by one (`journal.rs`): the record (phase `migrating`) is what lets the
-/// next control plane take a drained node out once those moves are finished.
-pub async fn record_unreplicated(
-    store: &dyn RingStore,
-    planned_at: u64,
-    joining: &[String],
-    leaving: Option<LayoutNode>,
-) -> anyhow::Result<()> {
-    let mut job = ResizeJob {
-        format_version: JOB_FORMAT_VERSION,
-        planned_at,
-        joining: joining.to_vec(),
-        leaving,
-        phase: ResizePhase::Migrating,
-        at_ms: 0,
-    };
-    job.record(store, ResizePhase::Migrating).await
-}
-
-/// The journaled replicated rebalance or drain, if one is unfinished.
+/// The journaled rebalance or drain, if one is unfinished.
 pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Option<ResizeJob>> {
     let Some((_, bytes)) = store.jobs().await?.into_iter().find(|(id, _)| id == JOB_ID) else {
         return Ok(None);
@@ -153,20 +158,33 @@ pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Option<ResizeJob>>
     Ok(Some(job))
 }
 
-/// Carries out a staged join or drain (see the module notes).
+/// A planned join or drain.
+pub struct Planned {
+    /// The epoch it was planned at.
+    pub epoch: u64,
+    /// Nodes entering the layout.
+    pub joining: Vec<String>,
+    /// The node leaving it.
+    pub leaving: Option<String>,
+    /// The layout it makes: the joiners in, or the drained node out.
+    pub layout: ClusterLayout,
+}
+
+/// Carries out a join or drain, staged only if the layout is still the one it was planned at
+/// (see the module notes). New copies are filled at `throttle`. Returns how many copies outside
+/// the new sets were dropped.
 pub async fn run(
     store: &dyn RingStore,
     client: &InternalClient,
-    epoch: u64,
-    staged: ClusterLayout,
-    joining: &[String],
-    leaving: Option<&str>,
+    planned: Planned,
+    throttle: Throttle,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
+    let Planned { epoch, joining, leaving, layout: change } = planned;
     let before = store.load().await?.layout;
     let leaving = leaving
         .map(|id| {
-            NodeId::parse(id)
+            NodeId::parse(&id)
                 .ok()
                 .and_then(|id| before.node(&id).cloned())
                 .ok_or_else(|| anyhow::anyhow!("node {id} is not in the ring layout"))
@@ -175,72 +193,68 @@ pub async fn run(
     let mut job = ResizeJob {
         format_version: JOB_FORMAT_VERSION,
         planned_at: epoch,
-        joining: joining.to_vec(),
+        joining,
         leaving,
         phase: ResizePhase::Staging,
         at_ms: 0,
     };
     job.record(store, ResizePhase::Staging).await?;
-    match store.compare_and_swap(epoch, &staged).await {
-        Ok(_) => {}
-        Err(e) => {
-            store.delete_job(JOB_ID).await?;
-            if let memring_common::store::StoreError::Conflict { current, .. } = e {
-                bail!(
-                    "the layout changed since the plan (epoch {epoch} → {}); plan again",
-                    current.layout.epoch
-                );
-            }
-            return Err(e.into());
-        }
+    let stored =
+        reconcile::stage(store, throttle, |l| (l.epoch == epoch).then(|| change.clone())).await?;
+    let ours =
+        stored.as_ref().is_some_and(|s| reconcile::staged(&s.layout) && job.made_in(&s.layout));
+    if !ours {
+        store.delete_job(JOB_ID).await?;
+        let now = store.load().await?.layout;
+        bail!("the layout changed since the plan (epoch {epoch} → {}); plan again", now.epoch);
     }
-    tracing::info!(epoch = staged.epoch, ?joining, "replicated layout change staged");
+    tracing::info!(epoch = epoch + 1, joining = ?job.joining, leaving = ?job.leaving.as_ref().map(|n| &n.id), "layout change staged; the new sets follow the old owners");
     finish(store, client, job, cancel).await
 }
 
-/// Finishes a journaled replicated rebalance or drain the last active control plane left (at
-/// start-up, before serving changes). Returns whether there was one.
+/// Finishes a journaled rebalance or drain the last active control plane left (at start-up,
+/// before serving changes). Returns whether there was one.
 pub async fn resume(
     store: &dyn RingStore,
     client: &InternalClient,
+    throttle: Throttle,
     cancel: &Cancel,
 ) -> anyhow::Result<bool> {
-    let Some(job) = pending(store).await? else { return Ok(false) };
+    let Some(mut job) = pending(store).await? else { return Ok(false) };
     tracing::warn!(phase = %job.phase, joining = ?job.joining, leaving = ?job.leaving.as_ref().map(|n| &n.id), "resuming a layout change");
-    if job.phase == ResizePhase::Migrating {
-        // Without replication: the journal's moves were finished before this runs; a drained
-        // node whose partitions have all moved leaves the layout.
-        if let Some(node) = &job.leaving {
-            let layout = store.load().await?.layout;
-            let staged = layout.states.get(&node.id).is_draining();
-            let empty = crate::shard_client::partitions(client, &node.addr, None)
-                .await
-                .is_ok_and(|l| l.partitions.iter().all(|p| p.count == 0));
-            if staged && empty {
-                update_layout(store, 20, |l| {
-                    l.node(&node.id).is_some().then(|| l.without_node(&node.id))
-                })
-                .await?;
-                tracing::info!(node = %node.id, "node drained and out of the ring");
-            }
-        }
-        store.delete_job(JOB_ID).await?;
-        return Ok(true);
-    }
-    if job.phase == ResizePhase::Staging {
-        // Killed around the compare-and-swap: it happened if the layout shows the change.
-        let layout = store.load().await?.layout;
-        let joined =
-            job.joining.iter().all(|j| NodeId::parse(j).is_ok_and(|id| layout.node(&id).is_some()));
-        let drained = job
-            .leaving
-            .as_ref()
-            .is_none_or(|n| layout.states.get(&n.id).is_draining() || layout.node(&n.id).is_none());
-        if layout.epoch == job.planned_at || !(joined && drained) {
+    let layout = store.load().await?.layout;
+    match job.phase {
+        ResizePhase::Staging if !job.made_in(&layout) => {
+            // Killed around the stage: it never happened.
             store.delete_job(JOB_ID).await?;
-            tracing::warn!("the replicated layout change was never staged; nothing to finish");
+            tracing::warn!("the layout change was never staged; nothing to finish");
             return Ok(true);
         }
+        ResizePhase::Migrating | ResizePhase::HandingOver | ResizePhase::Removing
+            if job.leaving.as_ref().is_some_and(|n| layout.node(&n.id).is_some()) =>
+        {
+            // Format 1: a drain whose node is still in the layout is staged again, now.
+            let Some(id) = job.leaving.as_ref().map(|n| n.id.clone()) else { return Ok(true) };
+            store.delete_job(JOB_ID).await?;
+            if layout.transition.is_some() {
+                bail!("a format-1 drain of {id} meets a change in flight; run the drain again");
+            }
+            let planned = Planned {
+                epoch: layout.epoch,
+                joining: Vec::new(),
+                leaving: Some(id.to_string()),
+                layout: layout.without_node(&id),
+            };
+            run(store, client, planned, throttle, cancel).await?;
+            return Ok(true);
+        }
+        ResizePhase::Migrating | ResizePhase::Joining | ResizePhase::HandingOver => {
+            // Format 1, the change made: failover hands joiners their leadership; what is left
+            // is to settle.
+            job.phase = ResizePhase::Settling;
+        }
+        ResizePhase::Removing => job.phase = ResizePhase::Settling,
+        ResizePhase::Staging | ResizePhase::Flipping | ResizePhase::Settling => {}
     }
     finish(store, client, job, cancel).await?;
     Ok(true)
@@ -259,41 +273,11 @@ async fn finish(
         for phase in steps[from..].iter().copied() {
             job.record(store, phase).await?;
             match phase {
-                ResizePhase::Joining => {
-                    let ids: Vec<NodeId> =
-                        job.joining.iter().filter_map(|j| NodeId::parse(j).ok()).collect();
-                    wait(cancel, "the joining nodes to catch up and lead", || async {
-                        let layout = store.load().await?.layout;
-                        Ok(ids.iter().all(|id| {
-                            let state = layout.states.get(id);
-                            !state.is_marked_down() && state != NodeState::Joining
-                        }))
-                    })
-                    .await?;
-                }
-                ResizePhase::HandingOver => {
-                    if let Some(node) = &job.leaving {
-                        hand_over(store, client, node, cancel).await?;
-                    }
-                }
-                ResizePhase::Removing => {
-                    if let Some(node) = &job.leaving {
-                        update_layout(store, 20, |l| {
-                            let mut next =
-                                l.node(&node.id).is_some().then(|| l.without_node(&node.id))?;
-                            // Its copies are still asked until the sets it leaves catch up.
-                            next.transition = Some(Transition::from_nodes(next.epoch, &l.nodes));
-                            Some(next)
-                        })
-                        .await?;
-                        tracing::info!(node = %node.id, "drained node out of the layout");
-                    }
-                }
+                ResizePhase::Flipping => flip(store, client, &job, cancel).await?,
                 ResizePhase::Settling => {
                     return settle(store, client, job.leaving.as_ref(), cancel).await;
                 }
-                // Before the steps `finish` runs (it starts after staging).
-                ResizePhase::Staging | ResizePhase::Migrating => {}
+                _ => {}
             }
         }
         Ok(0)
@@ -305,51 +289,82 @@ async fn finish(
     outcome
 }
 
-/// Makes the owner of every partition `node` holds take its writes over (`node` is draining,
-/// so it owns none of them any more). A node already gone holds nothing to hand over.
-async fn hand_over(
+/// Waits until the staged change can flip, and flips it; a cancel before the flip undoes it.
+async fn flip(
     store: &dyn RingStore,
     client: &InternalClient,
-    node: &LayoutNode,
+    job: &ResizeJob,
     cancel: &Cancel,
 ) -> anyhow::Result<()> {
-    if store.load().await?.layout.node(&node.id).is_none() {
+    let flipped = wait(cancel, "the new replica sets to hold their old owners' logs", || async {
+        let ring = Ring::new(store.load().await?.layout);
+        if !reconcile::staged(ring.layout()) {
+            return Ok(true);
+        }
+        let moving = reconcile::moving(client, &ring).await?;
+        reconcile::flip(store, client, &moving).await
+    })
+    .await;
+    let Err(e) = flipped else {
+        tracing::info!(joining = ?job.joining, "layout change flipped; the new sets lead");
         return Ok(());
+    };
+    let layout = store.load().await?.layout;
+    if cancel.is_set() && reconcile::staged(&layout) && job.made_in(&layout) {
+        reconcile::unstage(store).await?;
+        // The copies the joiners made: on nodes outside the layout now.
+        let joiners: Vec<LayoutNode> = job
+            .joining
+            .iter()
+            .filter_map(|j| NodeId::parse(j).ok())
+            .filter_map(|id| layout.node(&id).cloned())
+            .collect();
+        let dropped = drop_outside(store, client, &joiners).await?;
+        tracing::warn!(dropped, "layout change cancelled before its flip: undone");
+        return Err(JobError::Cancelled(format!(
+            "before the new replica sets led; the layout is as it was (the copies {} had \
+             made are dropped)",
+            job.joining.join(", ")
+        ))
+        .into());
     }
-    let held = crate::shard_client::partitions(client, &node.addr, None).await?;
-    for p in held.partitions {
-        wait(cancel, "a new owner to take over", || async {
-            let ring = Ring::new(store.load().await?.layout);
-            let Some(owner) = ring.owner(&p.partition) else { return Ok(false) };
-            Ok(crate::shard_client::take_over(client, owner, &p.partition).await.is_ok())
-        })
-        .await?;
-    }
-    Ok(())
+    Err(e)
 }
 
-/// Waits until every live member of every replica set has caught up with its owner and ends
-/// the layout's transition ([`end_transition`]), then drops the copies held outside replica
-/// sets (on `gone` too, a node just taken out) by the rule of `copies.rs`; one it must keep is
-/// left for the janitor. Returns how many copies were dropped.
+/// Waits until every set holds its owner's log and ends the transition
+/// (`reconcile::end_transition`), then drops the copies held outside the new sets (on `gone`
+/// too, a node just taken out). Returns how many were dropped.
 async fn settle(
     store: &dyn RingStore,
     client: &InternalClient,
     gone: Option<&LayoutNode>,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
-    wait(cancel, "every replica set to catch up", || end_transition(store, client)).await?;
-    // Dropped by the one rule (`copies.rs`), under the layout as it is after the wait; a node
-    // marked down cannot be asked (the janitor sweeps it once it is back).
+    wait(cancel, "every replica set to hold its owner's log", || {
+        reconcile::end_transition(store, client)
+    })
+    .await?;
+    drop_outside(store, client, gone.into_iter().cloned().collect::<Vec<_>>().as_slice()).await
+}
+
+/// Drops, by the one rule of `copies.rs`, every copy held outside its partition's holders on
+/// the layout's nodes (those not marked down: the janitor sweeps a node once it is back) and on
+/// `outside` (nodes not in the layout). A copy the rule keeps is left for the janitor. Returns
+/// how many were dropped.
+async fn drop_outside(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    outside: &[LayoutNode],
+) -> anyhow::Result<usize> {
     let layout = store.load().await?.layout;
     let mut nodes: Vec<LayoutNode> = reconcile::listable(&layout).cloned().collect();
-    nodes.extend(gone.cloned());
+    nodes.extend(outside.iter().filter(|n| layout.node(&n.id).is_none()).cloned());
     let ring = Ring::new(layout);
     let mut dropped = 0;
     for node in &nodes {
         let list = crate::shard_client::partitions(client, &node.addr, None).await?;
-        for p in list.partitions {
-            let held = Held::from(&p);
+        for p in list.partitions.iter().filter(|p| !ring.keeps(&p.partition, &node.id)) {
+            let held = Held::from(p);
             let outcome =
                 copies::drop_when_covered(store, client, &ring, node, &p.partition, held, PATIENCE)
                     .await?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use memring_common::Ring;
-use memring_common::api::{ClusterView, EpochSeen, NodeView, ReplicaSetView};
+use memring_common::api::{ClusterView, EpochSeen, LayoutChangeView, NodeView, ReplicaSetView};
 use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 
@@ -82,7 +82,7 @@ pub async fn cluster_view(
                 holders.entry(p.partition).or_default().push(node.id.clone());
             }
         }
-        node.lag = status.filter(|_| layout.replication_factor > 1).map(|s| s.lag);
+        node.lag = status.filter(|_| ring.replicating()).map(|s| s.lag);
     }
     let replica_sets = if layout.replication_factor > 1 {
         holders.iter().map(|(p, held)| replica_set(&ring, &live, p, held)).collect()
@@ -105,6 +105,12 @@ pub async fn cluster_view(
         migrations: crate::journal::pending(store).await?,
         replica_sets,
         settling_since: layout.transition.as_ref().map(|t| t.since),
+        layout_change: crate::resize::pending(store).await?.map(|job| LayoutChangeView {
+            joining: job.joining,
+            leaving: job.leaving.map(|n| n.id.to_string()),
+            phase: job.phase.name().to_owned(),
+            since_ms: job.at_ms,
+        }),
         epoch_history: Vec::new(),
         autopilot: memring_common::api::AutopilotView {
             enabled: layout.auto_rebalance,
@@ -207,8 +213,21 @@ pub fn render(view: &ClusterView) -> String {
         out.insert_str(
             0,
             &format!(
-                "settling: the replicated change of epoch {since} waits for its new replica sets \
+                "settling: the layout change of epoch {since} waits for its new replica sets \
                  to catch up; the members it took out are still asked\n"
+            ),
+        );
+    }
+    if let Some(change) = &view.layout_change {
+        let what = match &change.leaving {
+            Some(node) => format!("draining {node}"),
+            None => format!("admitting {}", change.joining.join(", ")),
+        };
+        out.insert_str(
+            0,
+            &format!(
+                "layout change: {what}, step {} (LAG: entries the new copies still miss)\n",
+                change.phase
             ),
         );
     }
@@ -225,7 +244,7 @@ pub fn render(view: &ClusterView) -> String {
             n.share * 100.0,
             show(n.partitions),
             show(n.episodes),
-            if view.replication_factor > 1 { show(n.lag) } else { "-".into() }
+            if n.lag.is_some() { show(n.lag) } else { "-".into() }
         ));
     }
     out.push_str(&render_autopilot(&view.autopilot));

@@ -422,11 +422,13 @@ async fn a_rebalance_under_30_s_of_load_loses_nothing_and_a_drained_node_ends_em
     Ok(())
 }
 
-/// A partition first written while a rebalance takes stock is not left behind on a node the new
-/// ring no longer routes it to: its first write waits (the router retries `partition_moving`)
-/// until the new layout is staged, then lands on its new owner and stays readable.
+/// A partition first written while a rebalance is staged is not left behind on a node the new
+/// ring no longer routes it to: its old owner creates it at once (the write does not wait), the
+/// new node follows it, and once the change flips it lives on its new owner, readable, on no
+/// other node.
 #[tokio::test]
-async fn a_partition_created_while_a_rebalance_plans_is_not_left_behind() -> anyhow::Result<()> {
+async fn a_partition_created_while_a_rebalance_is_staged_is_not_left_behind() -> anyhow::Result<()>
+{
     let c = EtcdCluster::start(3, 1, 10).await?;
     let control = c.start_control().await?;
     let router = c.router(0);
@@ -438,8 +440,8 @@ async fn a_partition_created_while_a_rebalance_plans_is_not_left_behind() -> any
         .await?
         .layout
         .with_node(LayoutNode { id: NodeId::parse("shard-4")?, addr: fourth.addr.clone() });
-    // A tenant the 4-node ring gives to the new node: written under the old ring it would land
-    // on an old node and be unreachable after the rebalance.
+    // A tenant the 4-node ring gives to the new node: created on an old node while the change
+    // is staged, it must move with the change.
     let tenant = (0..1000)
         .map(|i| format!("new{i}"))
         .find(|t| {
@@ -449,40 +451,45 @@ async fn a_partition_created_while_a_rebalance_plans_is_not_left_behind() -> any
         .expect("some tenant maps to shard-4");
 
     let http = client();
-    let resp = http
-        .post(format!("{}/debug/v1/failpoints/rebalance.planned", control.url()))
-        .body("pause")
-        .send()
-        .await?;
+    let failpoint = format!("{}/debug/v1/failpoints/reconcile.flip", control.url());
+    let resp = http.post(&failpoint).body("pause").send().await?;
     assert_eq!(resp.status().as_u16(), 200);
     let url = control.url();
     let rebalance = tokio::spawn(async move { shardctl(&url, &["rebalance"]).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.load().await?.layout.creation_frozen {
-        assert!(Instant::now() < deadline, "the rebalance never froze creation");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let flipping = memring_control::resize::pending(&store)
+            .await?
+            .is_some_and(|j| j.phase.name() == "flipping");
+        if flipping {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rebalance never staged its change");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the plan finish listing; the rebalance now waits at the failpoint, before staging.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let write = {
-        let (router, tenant) = (router.clone(), tenant.clone());
-        tokio::spawn(async move { one_write(client(), router, tenant, 1, 0).await })
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!write.is_finished(), "a partition was created while creation was frozen");
-    http.post(format!("{}/debug/v1/failpoints/rebalance.planned", control.url()))
-        .body("off")
-        .send()
-        .await?;
-    let (acked, failures, took) = write.await??;
+    let staged = store.load().await?.layout;
+    assert!(staged.transition.is_some(), "the change is staged: {staged:?}");
+    c.wait_router_epoch(0, staged.epoch, Duration::from_secs(5)).await?;
+    let (acked, failures, took) = one_write(client(), router.clone(), tenant.clone(), 1, 0).await?;
     assert!(failures.is_empty(), "{failures:?}");
-    println!("the first write of {tenant} waited {took:?} for the staged layout");
+    println!("the first write of {tenant}, while the change is staged, took {took:?}");
+    let resp = http.post(&failpoint).body("off").send().await?;
+    assert_eq!(resp.status().as_u16(), 200);
     let (ok, out, err) = rebalance.await??;
     assert!(ok, "{out}{err}");
     expected.extend(acked);
+    let layout = store.load().await?.layout;
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
     assert_exactly(&router, &expected).await?;
-    let on_new = c.partitions_on(&fourth).await?;
-    assert!(on_new.contains(&format!("{tenant}/shared")), "{on_new:?}");
+    let key = format!("{tenant}/shared");
+    assert!(c.partitions_on(&fourth).await?.contains(&key), "{key} is not on its new owner");
+    for shard in &c.shards {
+        assert!(
+            !c.partitions_on(shard).await?.contains(&key),
+            "{key} left behind on {}",
+            shard.addr
+        );
+    }
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
     Ok(())
@@ -785,8 +792,9 @@ async fn a_cancelled_migration_leaves_the_source_owning_everything() -> anyhow::
     Ok(())
 }
 
-/// A rebalance cancelled part-way leaves every partition readable where its data is (the
-/// unmoved ones pinned there), verify passes, and running the rebalance again finishes it.
+/// A rebalance cancelled while its new node fills is undone (the new node leaves the layout
+/// again, the old sets never stopped leading): every partition is readable where its data is,
+/// verify passes, and running the rebalance again finishes it.
 #[tokio::test]
 async fn a_cancelled_rebalance_is_finished_by_running_it_again() -> anyhow::Result<()> {
     let c = memring_tests::Cluster::start(3).await?;
@@ -798,23 +806,26 @@ async fn a_cancelled_rebalance_is_finished_by_running_it_again() -> anyhow::Resu
     let url = control.url();
     let rebalance = tokio::spawn(async move { shardctl(&url, &["rebalance"]).await });
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !memring_control::journal::pending(&store).await?.iter().any(|j| j.phase.name() == "join")
+    let before = store.load().await?.layout;
+    while memring_control::resize::pending(&store)
+        .await?
+        .is_none_or(|j| j.phase.name() != "flipping")
     {
-        assert!(Instant::now() < deadline, "the rebalance never started copying");
+        assert!(Instant::now() < deadline, "the rebalance never started filling");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (ok, out, err) = shardctl(&control.url(), &["cancel"]).await?;
     assert!(ok, "{out}{err}");
     let (ok, _, err) = rebalance.await??;
     assert!(!ok && err.contains("cancelled"), "{err}");
+    // Cancelled before its flip: undone, the old sets never stopped leading.
     let layout = store.load().await?.layout;
-    let staged = layout.pins.of(PinKind::Staging).count();
-    assert!(staged > 0, "unmoved partitions stay pinned where they are");
-    assert!(memring_control::journal::pending(&store).await?.is_empty());
+    assert!(layout.transition.is_none(), "{:?}", layout.transition);
+    assert_eq!(layout.nodes, before.nodes, "shard-4 was taken out again");
+    assert!(memring_control::resize::pending(&store).await?.is_none());
     assert_exactly(&c.url(), &expected).await?;
     let (ok, out, _) = shardctl(&control.url(), &["verify"]).await?;
     assert!(ok, "{out}");
-    println!("cancelled with {staged} partitions pinned in place");
 
     let (ok, out, err) = shardctl(&control.url(), &["rebalance"]).await?;
     assert!(ok, "{out}{err}");

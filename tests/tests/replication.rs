@@ -379,11 +379,10 @@ async fn a_write_on_the_member_a_join_displaces_survives_the_owner_failing() -> 
     let http = client();
     c.shards.push(c.start_shard("shard-4").await?);
     let before = store.load().await?.layout;
-    let mut after = before.with_node(memring_common::layout::LayoutNode {
+    let after = before.with_node(memring_common::layout::LayoutNode {
         id: NodeId::parse("shard-4")?,
         addr: c.shards[3].addr.clone(),
     });
-    after.states.set(&NodeId::parse("shard-4")?, memring_common::layout::NodeState::Joining);
     let (old, new) = (Ring::new(before), Ring::new(after));
     let ids = |set: Vec<&memring_common::layout::LayoutNode>| -> Vec<NodeId> {
         set.into_iter().map(|n| n.id.clone()).collect()
@@ -414,7 +413,7 @@ async fn a_write_on_the_member_a_join_displaces_survives_the_owner_failing() -> 
     write_batch(&http, &c.router(0), &tenant, items).await?;
 
     // The join is planned, and held right before its layout is staged.
-    set_failpoint(&control, "resize.staging", "pause").await?;
+    set_failpoint(&control, "reconcile.stage", "pause").await?;
     let job = spawn_shardctl(&control, &["rebalance"])?;
     wait_resize_phase(&store, "the join", "staging", Duration::from_secs(30)).await?;
     // Acknowledged by the owner and the member the join displaces: the staying one is stopped.
@@ -428,7 +427,7 @@ async fn a_write_on_the_member_a_join_displaces_survives_the_owner_failing() -> 
     // socket could carry the write), so only the displaced member holds it.
     c.shards[a].kill();
     c.shards[b].kill();
-    set_failpoint(&control, "resize.staging", "off").await?;
+    set_failpoint(&control, "reconcile.stage", "off").await?;
     wait_for("the join staged", Duration::from_secs(20), || async {
         Ok((store.load().await?.layout.nodes.len() == 4).then_some(()))
     })
@@ -1101,11 +1100,12 @@ fn spawn_shardctl(
 }
 
 /// A replicated drain and a replicated rebalance (R = 3, four nodes, writes running), each with
-/// the control plane SIGKILLed at every journaled step (`resize.rs`: staging, joining, handing
-/// over, removing, settling), finish by themselves once it is started again: the drained node
-/// ends out of the layout holding nothing, the rebalanced one back in and leading, every
-/// acknowledged write readable, verify clean. Killed before staging, nothing happened and the
-/// journal record is dropped; running the command again then finishes it.
+/// the control plane SIGKILLed at every journaled step of the one engine (`resize.rs`: staging,
+/// flipping, settling; the failpoints `reconcile.stage`, `.flip`, `.end`), finish by themselves
+/// once it is started again: the drained node ends out of the layout holding nothing, the
+/// rebalanced one back in and leading, every acknowledged write readable, verify clean. Killed
+/// before staging, nothing happened and the journal record is dropped; running the command again
+/// then finishes it.
 #[tokio::test]
 async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -> anyhow::Result<()>
 {
@@ -1119,10 +1119,11 @@ async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -
         write_batch(&http, &c.router(0), t, items).await?;
     }
     let node = NodeId::parse("shard-4")?;
-    for phase in ["staging", "joining", "handing_over", "removing", "settling"] {
+    let steps = [("staging", "stage"), ("flipping", "flip"), ("settling", "end")];
+    for (phase, step) in steps {
         for drain in [true, false] {
             let what = if drain { "drain shard-4" } else { "rebalance" };
-            set_failpoint(&control, &format!("resize.{phase}"), "pause").await?;
+            set_failpoint(&control, &format!("reconcile.{step}"), "pause").await?;
             // Fresh writer tenants each round (a writer numbers its ids from 1).
             let round: Vec<String> =
                 tenants.iter().map(|t| format!("{t}-{phase}-{}", args_tag(drain))).collect();

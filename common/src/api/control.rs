@@ -73,11 +73,14 @@ pub struct ClusterView {
     /// With replication: every stored partition's replica set and what it lacks.
     #[serde(default)]
     pub replica_sets: Vec<ReplicaSetView>,
-    /// The epoch of a replicated join or drain that has not settled yet: until it does, the
-    /// members it took out of replica sets are still asked by every take-over
+    /// The epoch of a layout change that has not settled yet: until it does, the members it
+    /// took out of replica sets are still asked by every take-over
     /// (`crate::layout::Transition`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settling_since: Option<u64>,
+    /// The rebalance or drain under way, from the control plane's journal (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout_change: Option<LayoutChangeView>,
     /// Layout epochs this control plane has seen since it started, oldest first (at most 50).
     #[serde(default)]
     pub epoch_history: Vec<EpochSeen>,
@@ -85,6 +88,23 @@ pub struct ClusterView {
     /// control plane last did about it (absent from a standby's answer).
     #[serde(default)]
     pub autopilot: AutopilotView,
+}
+
+/// A rebalance or drain under way (`control-plane/src/resize.rs`): who joins or leaves, and its
+/// step. While it is `flipping`, the new copies fill; the nodes' `lag` says how far they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayoutChangeView {
+    /// Nodes entering the layout.
+    pub joining: Vec<String>,
+    /// The node being drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<String>,
+    /// The step started last: `staging`, `flipping` (the new copies fill, then the new sets
+    /// lead) or `settling` (the new sets catch up with their new owners; then the copies
+    /// outside them are dropped).
+    pub phase: String,
+    /// When that step started, unix ms.
+    pub since_ms: i64,
 }
 
 /// The autopilot's part of the cluster view (`control-plane/src/autopilot.rs`).

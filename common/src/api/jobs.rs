@@ -69,8 +69,8 @@ pub struct ChangePlan {
     pub epoch: u64,
     /// Nodes entering the ring.
     pub joining: Vec<String>,
-    /// Nodes waiting that join in later steps of the same rebalance (with replication nodes
-    /// join one at a time; see the control plane's `placement::admitted_together`).
+    /// Nodes waiting that join in a later step. Every waiting node now joins in the one staged
+    /// change, so this is empty; kept for clients that read it.
     #[serde(default)]
     pub later: Vec<String>,
     /// Node leaving the ring.

@@ -229,12 +229,11 @@ async fn with_progress<T>(
                     let eta = if rate > 0.0 { format!("{:.0} s", total.saturating_sub(copied) as f64 / rate) } else { "?".into() };
                     eprint!("\r{} {}: {copied}/{total} copied, {rate:.0}/s, ETA {eta}{queue}     ", m.partition, m.phase);
                     last = Some((copied, std::time::Instant::now()));
-                } else if view.replication_factor > 1 {
-                    // A replicated change: new copies replay logs; show how far they are.
-                    let down: Vec<&str> = view.nodes.iter().filter(|n| n.down).map(|n| n.id.as_str()).collect();
+                } else if let Some(change) = &view.layout_change {
+                    // A join or drain: the new copies follow their old owners; show how far.
                     let lag: u64 = view.nodes.iter().filter_map(|n| n.lag).sum();
                     let under = view.replica_sets.iter().filter(|r| r.under_replicated || !r.missing.is_empty()).count();
-                    eprint!("\rnot yet serving: {down:?}; followers behind by {lag} entries; {under} partitions short of copies     ");
+                    eprint!("\rstep {}: followers behind by {lag} entries; {under} partitions short of copies     ", change.phase);
                 }
             }
         }

@@ -196,7 +196,7 @@ impl Replication {
             // Marked seen before the ring is read, so a newer one always wakes the poll below.
             epochs.borrow_and_update();
             let ring = self.ring.ring();
-            let Some(primary) = ring.layout().node(&primary_id).cloned() else { break };
+            let Some(primary) = ring.node(&primary_id).cloned() else { break };
             if !ring.replicating() {
                 break;
             }
