@@ -62,11 +62,11 @@ pub struct ClusterLayout {
     /// `draining`, `down` and `joining` of the document).
     #[serde(flatten)]
     pub states: NodeStates,
-    /// Set while a rebalance or drain takes stock of every partition: shard nodes refuse to
-    /// *create* a partition (its first write gets a retryable `partition_moving`), so none can
-    /// appear on a node the next layout no longer routes it to. Writes to existing partitions
-    /// are not affected. Cleared by the layout change that follows (or by the control plane
-    /// when it starts and finds the flag left by a crash).
+    /// Set by control planes from before the one engine while a rebalance or drain took stock
+    /// of every partition: shard nodes refuse to *create* a partition (its first write gets a
+    /// retryable `partition_moving`). A change staged now needs no freeze (a partition created
+    /// meanwhile is followed by its new set), so none is set; the next rebalance, or the
+    /// control plane when it starts, clears one left behind.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creation_frozen: bool,
     /// Copies of every partition (see `Ring::replicas`); 1 until replication is switched on.

@@ -5,11 +5,11 @@
 //!
 //! A copy is dropped by the one rule of `copies.rs` (outside its partition's holders, and its
 //! last entry held by the owner and every live member of the set, the layout unchanged
-//! meanwhile), and only while nothing is moving: no migration or replicated rebalance in the
-//! journal, no replicated move's extra copies, no layout change in flight (one whose job has
-//! stopped the sweep finishes itself: a staged one is undone, `reconcile::unstage`, a flipped one
-//! ended, `reconcile::end_transition`), no rebalance's staging pins or creation freeze, no node
-//! draining.
+//! meanwhile), and only while nothing is moving: no migration, rebalance or drain in the
+//! journal, no layout change in flight (one whose job has stopped the sweep finishes itself: a
+//! staged one is undone, `reconcile::unstage`, a flipped one ended, `reconcile::end_transition`),
+//! no node draining, and none of what older control planes left while moving (extra copies,
+//! staging pins, a creation freeze).
 //!
 //! A copy outside every replica set appears only through a layout change (a smaller
 //! replication factor, a stopped move, a finished migration), so once a sweep at an epoch found
@@ -95,8 +95,8 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
         return Ok(swept);
     }
     if layout.transition.is_some() && !resizing {
-        // A replicated join or drain whose job stopped before it settled (cancelled): its
-        // transition ends here once the sets have caught up; the next sweep drops the copies.
+        // A change whose job stopped after its flip (cancelled): its transition ends here once
+        // the sets have caught up; the next sweep drops the copies.
         if crate::reconcile::end_transition(store, client).await? {
             tracing::info!("a replicated layout change left unsettled has settled");
         }

@@ -94,7 +94,7 @@ pub fn source(now: &Ring, partition: &PartitionKey) -> Option<NodeId> {
 pub fn settling(layout: &ClusterLayout) -> Option<String> {
     let t = layout.transition.as_ref()?;
     Some(format!(
-        "the replicated layout change of epoch {} has not settled (its new replica sets are \
+        "the layout change of epoch {} has not settled (its new replica sets are \
          still catching up; the running rebalance or drain, else the janitor, settles it)",
         t.since
     ))

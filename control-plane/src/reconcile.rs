@@ -29,8 +29,14 @@ use memring_common::layout::{LayoutNode, Transition, TransitionPhase};
 use memring_common::store::{RingStore, StoreError, Versioned, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
+use futures::future::join_all;
+
 use crate::job::Throttle;
 use crate::shard_client as shard;
+
+/// How many partitions a step asks the shard nodes about at once (their hand-overs, their
+/// positions): a change that moves thousands costs round trips divided by this, not summed.
+const CONCURRENT: usize = 16;
 
 /// Stages the change `change` makes to the layout (epoch + 1), if no other change is in
 /// flight; `change` answers `None` when there is nothing to stage (done before). The copies it
@@ -143,9 +149,15 @@ pub async fn flip(
         .filter_map(|p| Some((p, ring.owner(p)?, flipped.owner(p)?)))
         .filter(|(_, old, new)| old.id != new.id)
         .collect();
-    for (p, old, _) in &handed {
-        if let Err(e) = shard::hand_over(client, old, p, layout.epoch).await {
-            tracing::warn!(partition = %p, from = %old.id, error = %e, "the old owner did not hand its writes over; flipping anyway");
+    // Several at a time: a write to the first partition handed over waits until the flip is
+    // seen.
+    for batch in handed.chunks(CONCURRENT) {
+        let hand_overs =
+            batch.iter().map(|(p, old, _)| shard::hand_over(client, old, p, layout.epoch));
+        for ((p, old, _), done) in batch.iter().zip(join_all(hand_overs).await) {
+            if let Err(e) = done {
+                tracing::warn!(partition = %p, from = %old.id, error = %e, "the old owner did not hand its writes over; flipping anyway");
+            }
         }
     }
     if !swapped(store, layout.epoch, &next).await? {
@@ -155,35 +167,53 @@ pub async fn flip(
     // the writes over at once, and the old one sends the writes it holds back to the routers
     // (which then read the new layout), so the hand-over's pause is a few round trips. Nothing
     // depends on it: a node not reached learns from the watch.
-    for (p, old, new) in &handed {
-        if shard::held(client, new, p, next.epoch).await.is_ok() {
-            let _ = shard::take_over(client, new, p).await;
-        }
-        let _ = shard::held(client, old, p, next.epoch).await;
+    for batch in handed.chunks(CONCURRENT) {
+        join_all(batch.iter().map(|(p, old, new)| async move {
+            if shard::held(client, new, p, next.epoch).await.is_ok() {
+                let _ = shard::take_over(client, new, p).await;
+            }
+            let _ = shard::held(client, old, p, next.epoch).await;
+        }))
+        .await;
     }
     Ok(true)
 }
 
 /// Whether, for each of `partitions`, its owner in `ring` has taken its writes over there and
 /// every live member of its set other than the owner holds the owner's log (its last entry,
-/// term and position). Stops at the first that does not.
+/// term and position). Looks at [`CONCURRENT`] partitions at a time, and stops after the first
+/// batch with one that does not.
 async fn hold_owners_logs(
     client: &InternalClient,
     ring: &Ring,
     partitions: impl IntoIterator<Item = &PartitionKey>,
 ) -> anyhow::Result<bool> {
-    for p in partitions {
-        let Some(owner) = ring.owner(p) else { return Ok(false) };
-        if shard::take_over(client, owner, p).await.is_err() {
-            return Ok(false);
-        }
-        let at = shard::held(client, owner, p, ring.epoch()).await?;
-        for member in live_members(ring, p) {
-            if at.last_seq > 0
-                && !shard::holds(client, &member, p, at.last_seq, at.last_term).await?
-            {
+    let partitions: Vec<&PartitionKey> = partitions.into_iter().collect();
+    for batch in partitions.chunks(CONCURRENT) {
+        let answers = join_all(batch.iter().map(|p| holds_owners_log(client, ring, p))).await;
+        for answer in answers {
+            if !answer? {
                 return Ok(false);
             }
+        }
+    }
+    Ok(true)
+}
+
+/// [`hold_owners_logs`] for one partition.
+async fn holds_owners_log(
+    client: &InternalClient,
+    ring: &Ring,
+    p: &PartitionKey,
+) -> anyhow::Result<bool> {
+    let Some(owner) = ring.owner(p) else { return Ok(false) };
+    if shard::take_over(client, owner, p).await.is_err() {
+        return Ok(false);
+    }
+    let at = shard::held(client, owner, p, ring.epoch()).await?;
+    for member in live_members(ring, p) {
+        if at.last_seq > 0 && !shard::holds(client, &member, p, at.last_seq, at.last_term).await? {
+            return Ok(false);
         }
     }
     Ok(true)

@@ -2,11 +2,11 @@
 //! its timeout and what its answer means, and one error type ([`ShardError`]) for what can go
 //! wrong. No other module formats a shard node's URL or reads its status codes.
 //!
-//! Calls fall into three groups: what a node holds (`partitions`, `replica_status`), the
-//! replication steps of a move or a failover (`position`, `take_over`, `holds`), and the
-//! migration copy path (`reseed`, `export`, `import`, `place`, `log`, `import_log`, `index`,
-//! `put_index`, `fence`, `unfence`, `checksum`, `drop_partition`), whose bodies are the nodes'
-//! versioned record batches, piped through undecoded.
+//! Calls fall into three groups: what a node holds (`partitions`, `partitions_changed`,
+//! `replica_status`), the replication steps of a layout change or a failover (`position`,
+//! `held`, `take_over`, `hand_over`, `holds`), and steps on one copy (`checksum`,
+//! `drop_partition`, `drop_copy`, and `unfence` for a source an older control plane's copy
+//! protocol fenced).
 
 use std::time::Duration;
 

@@ -14,9 +14,9 @@ pub enum PinKind {
     /// An operator (`shardctl migrate`): it stays across later ring changes until an operator
     /// moves the partition again.
     Operator,
-    /// A rebalance or drain, to hold a partition where its data is until its migration flips
-    /// it (or where a move back to the ring found the ring changed). A later rebalance plans
-    /// these partitions afresh, so a cancelled rebalance is finished by running it again.
+    /// Where a move back to the ring found the ring changed under it (and, written by control
+    /// planes from before the one engine, a rebalance's hold of a partition where its data
+    /// was). The next rebalance plans these partitions afresh.
     Staging,
     /// The size policy (a tenant's partitions on its dedicated node): released by the policy
     /// only.

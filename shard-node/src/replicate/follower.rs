@@ -43,9 +43,47 @@ struct Following {
     /// Copies to bring up again next round (a pull failed or fell short), with the primary's
     /// position to reach.
     retry: HashMap<PartitionKey, u64>,
+    /// Copies whose last pull failed: not pulled again before their time ([`Backoff`]), however
+    /// often their primary writes to them meanwhile.
+    backoff: HashMap<PartitionKey, Backoff>,
 }
 
+/// How long a copy whose pull failed waits before the next: [`BACKOFF_FIRST`] after the first
+/// failure, doubling with each one after it, at most [`BACKOFF_MAX`]. A fill that fails at once
+/// (its owner has not taken over yet, a snapshot page refused) is then not started again on
+/// every write its primary takes.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// The wait after a first failure: short, since most are a take-over not finished yet, and a
+/// write's quorum may wait on this copy.
+const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+/// The longest wait between two pulls of a copy that keeps failing.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 impl Following {
+    /// Whether `p` may be pulled now (its last pull did not fail, or its wait is over).
+    fn due(&self, p: &PartitionKey, now: Instant) -> bool {
+        self.backoff.get(p).is_none_or(|b| now >= b.until)
+    }
+
+    /// Records that a pull of `p` failed at `now`: the next waits longer than the last.
+    fn failed(&mut self, p: &PartitionKey, now: Instant) {
+        let b = self.backoff.entry(p.clone()).or_insert(Backoff { failures: 0, until: now });
+        b.failures = b.failures.saturating_add(1);
+        let wait = BACKOFF_FIRST.saturating_mul(1 << (b.failures - 1).min(10)).min(BACKOFF_MAX);
+        b.until = now + wait;
+    }
+
+    /// Queues `p` for a pull to `target` (the furthest position asked for wins).
+    fn queue(&mut self, p: PartitionKey, target: u64) {
+        let at = self.retry.entry(p).or_insert(target);
+        *at = (*at).max(target);
+    }
+
     /// Up to `max` acknowledgements not yet sent, taken out of the queue.
     fn take_unsent(&mut self, max: usize) -> Vec<ReplicaAck> {
         let keys: Vec<PartitionKey> = self.unsent.keys().take(max).cloned().collect();
@@ -175,7 +213,8 @@ impl Replication {
         Ok(thread)
     }
 
-    /// Follows one node until it leaves the layout, nothing is replicated any more (R = 1 and
+    /// Follows one node until it is out of the layout (and out of the node list of the change
+    /// in flight, which it may still lead: `Ring::node`), nothing is replicated any more (R = 1 and
     /// no change in flight: `Ring::replicating`), or `stop`:
     /// long-polls its change feed (`feed.rs`) and applies what changed there. A round costs what
     /// changed on the primary plus the copies still being retried; a full listing (at the
@@ -362,6 +401,7 @@ impl Replication {
             followed.get(p) == Some(&at.term) && mine.get(p).is_some_and(|m| m.seq == at.seq)
         });
         f.retry.clear();
+        f.backoff.retain(|p, _| followed.contains_key(p));
         self.catch_up(primary, wanted, f).await;
         self.copies.lock().retain_from(&primary.id, |p| followed.contains_key(p));
         true
@@ -376,6 +416,11 @@ impl Replication {
         let mut inline: Vec<Inline> = Vec::new();
         for c in changes {
             if !follows(&ring, &self.me, &primary.id, &c.partition) {
+                continue;
+            }
+            if !f.due(&c.partition, Instant::now()) {
+                // Its last pull failed: pulled when its wait is over, to where it is now.
+                f.queue(c.partition, c.last_seq);
                 continue;
             }
             f.retry.remove(&c.partition);
@@ -397,13 +442,13 @@ impl Replication {
                 wanted.push(want);
             }
         }
-        wanted.extend(f.retry.drain().map(|(partition, target)| Want {
-            term: ring.term(&partition),
-            partition,
-            target,
-            same: false,
-            committed: 0,
-        }));
+        let now = Instant::now();
+        let due: Vec<PartitionKey> = f.retry.keys().filter(|p| f.due(p, now)).cloned().collect();
+        for partition in due {
+            let Some(target) = f.retry.remove(&partition) else { continue };
+            let term = ring.term(&partition);
+            wanted.push(Want { partition, term, target, same: false, committed: 0 });
+        }
         if !wanted.is_empty() || !inline.is_empty() {
             metrics::counter!("memring_replication_rounds_total").increment(1);
         }
@@ -534,6 +579,7 @@ impl Replication {
                         committed: 0,
                     };
                     self.copies.lock().set(&w.partition, progress);
+                    f.failed(&w.partition, Instant::now());
                     f.retry.insert(w.partition, w.target);
                 }
             }
@@ -544,6 +590,7 @@ impl Replication {
     /// queues its acknowledgement.
     fn note_checked(&self, primary: &LayoutNode, at: u64, w: Want, f: &mut Following) {
         let (p, target, w_term) = (w.partition, w.target, w.term);
+        f.backoff.remove(&p);
         let pos = LogPos::new(w.term, at);
         // A restarted primary's full listing starts from no known copy, so every copy's
         // position is sent to it again.
@@ -577,5 +624,37 @@ impl Replication {
         let still_primary = move |ring: &Ring| still_leading(ring, &me, &primary_id, &key, term);
         metrics::counter!("memring_replication_copy_checks_total").increment(1);
         Ok(self.sync_from(primary, p, Some(term), target, still_primary).await?.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy whose pulls keep failing waits longer after each, up to the cap, whatever its
+    /// primary writes meanwhile; one pull that succeeds ends the wait.
+    #[test]
+    fn a_copy_whose_pulls_fail_waits_longer_each_time() {
+        let mut f = Following::default();
+        let p: PartitionKey = "t/shared".parse().expect("key");
+        let t0 = Instant::now();
+        assert!(f.due(&p, t0), "never failed: due");
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..9 {
+            f.failed(&p, now);
+            let until = f.backoff.get(&p).map(|b| b.until).expect("recorded");
+            assert!(!f.due(&p, now), "right after a failure: not due");
+            assert!(f.due(&p, until), "due once its wait is over");
+            waits.push(until - now);
+            now = until;
+        }
+        let ms: Vec<u128> = waits.iter().map(|w| w.as_millis()).collect();
+        assert_eq!(ms, [20, 40, 80, 160, 320, 640, 1280, 2000, 2000]);
+        f.queue(p.clone(), 10);
+        f.queue(p.clone(), 7);
+        assert_eq!(f.retry.get(&p), Some(&10), "the furthest target asked for");
+        f.backoff.remove(&p);
+        assert!(f.due(&p, now), "a pull that succeeded ends the wait");
     }
 }

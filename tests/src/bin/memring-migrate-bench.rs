@@ -4,7 +4,9 @@
 //!    `POST /v1/migrations` while a paced writer sends 500 writes/s to it: reports memories/s
 //!    moved and the slowest write any client saw during the run (the hand-over's pause).
 //! 2. 2,000 small tenants over 3 nodes, a 4th node joins: the rebalance plan's moved fraction
-//!    against the ideal (the new node's ring share).
+//!    against the ideal (the new node's ring share). With `--join` the rebalance is then run
+//!    (`POST /v1/rebalance`, `control-plane/src/resize.rs`) while the paced writer writes to the
+//!    small tenants: its wall time and the slowest write.
 //!
 //! It starts its own cluster (3 shard nodes, router, control plane, embedded ring store) in a
 //! temporary directory and prints a Markdown report. With `--copies 2` the layout keeps two
@@ -51,12 +53,62 @@ struct Args {
     /// partitions the move does not touch: what a move costs must not grow with them).
     #[arg(long, default_value_t = 0)]
     idle_tenants: usize,
+    /// Run the rebalance that admits the 4th node (one copy only), under writes to the small
+    /// tenants, and time it.
+    #[arg(long)]
+    join: bool,
     /// Copies of every partition (the layout's replication factor): 1 or 2.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     copies: u32,
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+}
+
+/// A paced writer: one write every 1/`rate` s to `tenants` in turn (ids `live{i}`, vectors
+/// around `cs`), each on its own task so a slow one does not hold the pace, until `stop`.
+/// Returns the writes sent, how many failed, and the slowest.
+fn spawn_writer(
+    http: reqwest::Client,
+    router: String,
+    tenants: Vec<String>,
+    cs: Vec<Vec<f32>>,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<anyhow::Result<(usize, usize, Duration)>> {
+    tokio::spawn(async move {
+        let dims = cs.first().map(Vec::len).unwrap_or(1);
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+        let mut tasks = Vec::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut i = 0usize;
+        while !stop.load(Ordering::Acquire) {
+            tick.tick().await;
+            let body = json!({"id": format!("live{i}"), "scope": "shared", "content": "live", "embedding": around(&cs[i % cs.len()], 1.0 / (dims as f32).sqrt(), &mut rng)});
+            let tenant = &tenants[i % tenants.len()];
+            let (http, url) = (http.clone(), format!("{router}/v1/tenants/{tenant}/memories"));
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let ok = http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16() == 201)
+                    .unwrap_or(false);
+                (t.elapsed(), ok)
+            }));
+            i += 1;
+        }
+        let mut slowest = Duration::ZERO;
+        let mut failed = 0usize;
+        for t in tasks {
+            let (d, ok) = t.await?;
+            slowest = slowest.max(d);
+            failed += usize::from(!ok);
+        }
+        Ok::<_, anyhow::Error>((i, failed, slowest))
+    })
 }
 
 /// Runs searches against `tenants` (2 at a time) until `stop`; returns the latencies, sorted.
@@ -259,43 +311,15 @@ async fn main() -> anyhow::Result<()> {
     idle_stop.store(true, Ordering::Release);
     let idle = idle.await?;
 
-    // Paced writer: one write every 1/rate s, each on its own task so a slow one does not hold the pace.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, http, router, cs) = (stop.clone(), http.clone(), router.clone(), cs.clone());
-        let (dims, rate) = (args.dims, args.writes_per_sec);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
-            let mut tasks = Vec::new();
-            let mut rng = StdRng::seed_from_u64(7);
-            let mut i = 0usize;
-            while !stop.load(Ordering::Acquire) {
-                tick.tick().await;
-                let body = json!({"id": format!("live{i}"), "scope": "shared", "content": "live", "embedding": around(&cs[i % 64], 1.0 / (dims as f32).sqrt(), &mut rng)});
-                let (http, url) = (http.clone(), format!("{router}/v1/tenants/whale/memories"));
-                tasks.push(tokio::spawn(async move {
-                    let t = Instant::now();
-                    let ok = http
-                        .post(url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16() == 201)
-                        .unwrap_or(false);
-                    (t.elapsed(), ok)
-                }));
-                i += 1;
-            }
-            let mut slowest = Duration::ZERO;
-            let mut failed = 0usize;
-            for t in tasks {
-                let (d, ok) = t.await?;
-                slowest = slowest.max(d);
-                failed += usize::from(!ok);
-            }
-            Ok::<_, anyhow::Error>((i, failed, slowest))
-        })
-    };
+    let writer = spawn_writer(
+        http.clone(),
+        router.clone(),
+        vec!["whale".to_owned()],
+        cs.clone(),
+        args.writes_per_sec,
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The writes alone, before any migration: what the load itself costs the searches.
     let writes_stop = Arc::new(AtomicBool::new(false));
@@ -373,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
     // Rebalance plan: many small tenants, a 4th node joins (one copy only: a replicated join
     // admits one node at a time and plans no moves).
     let mut rebalance = None;
+    let mut joined = None;
     if args.copies == 1 {
         eprintln!("loading {} small tenants for the rebalance plan…", args.rebalance_tenants);
         for t in 0..args.rebalance_tenants {
@@ -392,6 +417,33 @@ async fn main() -> anyhow::Result<()> {
         let moves = plan["plan"]["moves"].as_array().map(Vec::len).unwrap_or(0);
         let partitions = plan["plan"]["partitions"].as_u64().unwrap_or(0);
         rebalance = Some((moved, ideal, moves, partitions));
+        if args.join {
+            let small: Vec<String> =
+                (0..args.rebalance_tenants.max(1)).map(|t| format!("small{t}")).collect();
+            let stop = Arc::new(AtomicBool::new(false));
+            // The small tenants' memories have two dimensions.
+            let flat = centers(8, 2, &mut rng);
+            let writer = spawn_writer(
+                http.clone(),
+                router.clone(),
+                small,
+                flat,
+                args.writes_per_sec,
+                stop.clone(),
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            eprintln!("rebalancing: shard-4 joins under {} writes/s…", args.writes_per_sec);
+            let started = Instant::now();
+            let resp = http.post(format!("{}/v1/rebalance", control.url())).send().await?;
+            let took = started.elapsed();
+            let status = resp.status();
+            let body = resp.text().await?;
+            anyhow::ensure!(status.is_success(), "rebalance answered {status}: {body}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.store(true, Ordering::Release);
+            let (writes, failed, slowest) = writer.await??;
+            joined = Some((took, writes, failed, slowest));
+        }
     }
 
     println!("| measure | result |\n|---|---|");
@@ -449,6 +501,14 @@ async fn main() -> anyhow::Result<()> {
             ideal * 100.0,
             if ideal > 0.0 { part_fraction / ideal } else { 0.0 },
             moved * 100.0
+        );
+    }
+    if let Some((took, writes, failed, slowest)) = joined {
+        println!(
+            "| rebalance 3 → 4 nodes run (`POST /v1/rebalance`) | {:.2} s; writes to the small tenants ({} /s) during it: {writes} sent, {failed} failed, slowest {:.0} ms |",
+            took.as_secs_f64(),
+            args.writes_per_sec,
+            slowest.as_secs_f64() * 1000.0
         );
     }
     Ok(())
