@@ -329,8 +329,8 @@ impl Ring {
     /// The node with this id: one of the layout's, or one the change in flight takes out (a
     /// drained node leads its partitions until the change flips, and is asked until it ends).
     pub fn node(&self, id: &NodeId) -> Option<&LayoutNode> {
-        let leaving = self.layout.transition.iter().flat_map(|t| &t.nodes);
-        self.layout.node(id).or_else(|| leaving.into_iter().find(|n| n.id == *id))
+        let before = || self.layout.transition.as_ref()?.nodes.iter().find(|n| n.id == *id);
+        self.layout.node(id).or_else(before)
     }
 
     /// The nodes `me` follows: every other node at R > 1, or while a change of nodes is in
