@@ -1109,7 +1109,20 @@ fn spawn_shardctl(
 #[tokio::test]
 async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -> anyhow::Result<()>
 {
-    let (c, store, mut control) = replicated_cluster(4, 3).await?;
+    drain_and_rebalance_killed_at_every_step(3).await
+}
+
+/// The same with one copy of every partition: a drain and a rebalance at R = 1 are the same
+/// change on the same engine, and finish the same way after a crash at any of its steps.
+#[tokio::test]
+async fn an_unreplicated_drain_and_rebalance_finish_after_a_crash_at_every_step()
+-> anyhow::Result<()> {
+    drain_and_rebalance_killed_at_every_step(1).await
+}
+
+/// The body of the two tests above, with `copies` copies of every partition.
+async fn drain_and_rebalance_killed_at_every_step(copies: u32) -> anyhow::Result<()> {
+    let (c, store, mut control) = replicated_cluster(4, copies).await?;
     let http = client();
     let tenants: Vec<String> = (0..3).map(|t| format!("rs{t}")).collect();
     for t in &tenants {
@@ -1181,7 +1194,9 @@ async fn a_replicated_drain_and_rebalance_finish_after_a_crash_at_every_step() -
             }
             wait_verified(&control, Duration::from_secs(60)).await?;
             let acked: usize = seen.iter().map(|s| s.acked.len()).sum();
-            println!("{what} killed at {phase}: finished, {acked} writes acknowledged meanwhile");
+            println!(
+                "R = {copies}, {what} killed at {phase}: finished, {acked} writes acknowledged meanwhile"
+            );
         }
     }
     Ok(())
