@@ -1418,6 +1418,60 @@ mod tests {
         assert_clean("terms, staged join or move of three copies", &c, 100_000);
     }
 
+    /// One path the exploration above covers, played step by step: R = 3, a write acknowledged
+    /// by nodes 0 and 1, then node 3 staged in node 2's place; while it is staged the owner
+    /// (node 0) crashes and is marked down, so node 1 leads the old set and takes over; node 3
+    /// follows node 1, the change flips, and node 1, the new set's owner, still holds the
+    /// write. Each state on the way is checked (`broken`). Any step not enabled fails the test:
+    /// it pins the rules a staged change keeps while a node is marked down (the owner of the old
+    /// set moves on, the joiner follows whoever leads it, the flip waits for the joiner).
+    #[test]
+    fn a_staged_join_survives_its_owner_marked_down_before_the_flip() {
+        let c = Config { writes: 1, faults: 1, membership: Membership::Staged, ..TERMS };
+        let mut s = State::initial(&c);
+        let mut trace = Vec::new();
+        let mut go = |s: &mut State, want: &dyn Fn(&Step) -> bool| {
+            let (step, t) = successors(s, &c)
+                .into_iter()
+                .find(|(step, _)| want(step))
+                .unwrap_or_else(|| panic!("no step wanted after {trace:?}: {s:?}"));
+            *s = canonical(t, &c);
+            trace.push(step);
+            assert_eq!(broken(s, &c), None, "after {trace:?}");
+        };
+        go(&mut s, &|st| *st == Step::TakeOver { node: 0, asked: 1 << 1 });
+        go(&mut s, &|st| *st == Step::Write(0));
+        go(&mut s, &|st| *st == Step::Follow(1));
+        go(&mut s, &|st| *st == Step::Acknowledge(0));
+        assert_eq!(s.acked, 1 << 1, "acknowledged by nodes 0 and 1");
+        go(&mut s, &|st| *st == Step::Join(2));
+        assert!(s.layout(s.latest()).staged());
+        go(&mut s, &|st| *st == Step::Crash(0));
+        go(&mut s, &|st| *st == Step::MarkDown(0));
+        let staged = s.layout(s.latest());
+        assert!(staged.staged() && staged.owner() == 1, "node 1 leads the old set: {staged:?}");
+        while s.nodes[1].view < s.latest() {
+            go(&mut s, &|st| *st == Step::Learn(1));
+        }
+        go(&mut s, &|st| matches!(st, Step::TakeOver { node: 1, .. }));
+        assert!(
+            !successors(&s, &c).iter().any(|(st, _)| *st == Step::Flip),
+            "the flip waits for the joiner to hold the owner's log"
+        );
+        while s.nodes[3].view < s.latest() {
+            go(&mut s, &|st| *st == Step::Learn(3));
+        }
+        while !successors(&s, &c).iter().any(|(st, _)| *st == Step::Flip) {
+            go(&mut s, &|st| *st == Step::Follow(3));
+        }
+        go(&mut s, &|st| *st == Step::Flip);
+        let flipped = s.layout(s.latest());
+        assert!(!flipped.staged() && flipped.owner() == 1, "{flipped:?}");
+        for n in [1, 3] {
+            assert!(s.nodes[n].entries().iter().any(|e| e.1 == 1), "node {n}: {:?}", s.nodes[n]);
+        }
+    }
+
     /// Wider bounds, from the environment (`make chaos` runs it): MEMRING_MODEL_WRITES,
     /// MEMRING_MODEL_CHANGES, MEMRING_MODEL_FAULTS, MEMRING_MODEL_BLIND (0/1),
     /// MEMRING_MODEL_JOIN (0: off, the default, as the fourth node makes the default bounds
