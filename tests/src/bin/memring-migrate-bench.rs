@@ -10,8 +10,9 @@
 //!
 //! It starts its own cluster (3 shard nodes, router, control plane, embedded ring store) in a
 //! temporary directory and prints a Markdown report. With `--copies 2` the layout keeps two
-//! copies of every partition and the tenant moves to the node outside its set; the rebalance
-//! plan is then left out. Either way the move is `control-plane/src/migrate.rs`.
+//! copies of every partition and the tenant moves to the node outside its set; the join then
+//! adds copies (the fractions count copies). Either way the move is
+//! `control-plane/src/migrate.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +54,8 @@ struct Args {
     /// partitions the move does not touch: what a move costs must not grow with them).
     #[arg(long, default_value_t = 0)]
     idle_tenants: usize,
-    /// Run the rebalance that admits the 4th node (one copy only), under writes to the small
-    /// tenants, and time it.
+    /// Run the rebalance that admits the 4th node, under writes to the small tenants, and
+    /// time it.
     #[arg(long)]
     join: bool,
     /// Copies of every partition (the layout's replication factor): 1 or 2.
@@ -394,11 +395,10 @@ async fn main() -> anyhow::Result<()> {
     let count = report["count"].as_f64().unwrap_or(0.0);
     eprintln!("migration: {report}");
 
-    // Rebalance plan: many small tenants, a 4th node joins (one copy only: a replicated join
-    // admits one node at a time and plans no moves).
-    let mut rebalance = None;
+    // Rebalance plan: many small tenants, a 4th node joins.
+    let rebalance;
     let mut joined = None;
-    if args.copies == 1 {
+    {
         eprintln!("loading {} small tenants for the rebalance plan…", args.rebalance_tenants);
         for t in 0..args.rebalance_tenants {
             let items: Vec<_> = (0..10).map(|n| json!({"id": format!("m{n}"), "scope": "shared", "content": "x", "embedding": [1.0, n as f32]})).collect();
@@ -494,9 +494,11 @@ async fn main() -> anyhow::Result<()> {
         "| searches of the moved tenant (until a full answer) | {before}; after: first {moved_first_ms:.0} ms ({moved_misses} refused), then {moved_next_ms:.1} ms |"
     );
     if let Some((moved, ideal, moves, partitions)) = rebalance {
-        let part_fraction = moves as f64 / partitions.max(1) as f64;
+        // Copies made of all copies (with one copy: partitions moved of all partitions).
+        let part_fraction = moves as f64 / (partitions * u64::from(args.copies)).max(1) as f64;
         println!(
-            "| rebalance 3 → 4 nodes, {partitions} partitions | {moves} partitions move = {:.2}% (ideal {:.2}%, ratio {:.3}); {:.2}% of memories (the pinned whale stays) |",
+            "| rebalance 3 → 4 nodes, {partitions} partitions × {} copies | {moves} copies made = {:.2}% (ideal {:.2}%, ratio {:.3}); {:.2}% of memories (the pinned whale stays) |",
+            args.copies,
             part_fraction * 100.0,
             ideal * 100.0,
             if ideal > 0.0 { part_fraction / ideal } else { 0.0 },
