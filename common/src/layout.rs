@@ -213,6 +213,12 @@ impl ClusterLayout {
             .clamp(1, self.replication_factor.max(1))
     }
 
+    /// Whether the change in flight set (moved or removed) the pin of `partition`: a move, or
+    /// a change of pins, brings it to its new set (a change of nodes sets no pin).
+    pub fn change_pins(&self, partition: &PartitionKey) -> bool {
+        self.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition))
+    }
+
     /// Whether replicated node `id` is out of service: marked down by failover, or (with
     /// replication) draining — it keeps its place in replica sets and follows until it is out.
     /// Nobody waits on such a node: a take-over does not ask it, routers do not read from it.

@@ -309,10 +309,10 @@ impl Ring {
         }
         // A change in flight is read by the partitions it touches: those it pinned, and those
         // whose set it changed.
-        if let Some(t) = &self.layout.transition {
+        if self.layout.transition.is_some() {
             let same_set =
                 set.len() == old.len() && set.iter().zip(&old).all(|(a, b)| a.id == b.id);
-            if t.pins.contains_key(partition) || !same_set {
+            if self.layout.change_pins(partition) || !same_set {
                 term = term.max(terms.transition);
             }
         }
@@ -376,7 +376,7 @@ impl Ring {
     /// of nodes) its replica set before the change is not its set now.
     pub fn moving(&self, partition: &PartitionKey) -> bool {
         let Some(t) = &self.layout.transition else { return false };
-        if t.pins.contains_key(partition) {
+        if self.layout.change_pins(partition) {
             return true;
         }
         // A change of pins alone changed no other partition's set.

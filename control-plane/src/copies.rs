@@ -132,6 +132,60 @@ pub async fn drop_when_covered(
     Ok(Outcome::Dropped)
 }
 
+/// What [`drop_outside`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// Copies dropped.
+    pub dropped: usize,
+    /// Copies outside their holders left in place: not covered within the patience.
+    pub kept: usize,
+    /// Nodes that could not be listed (their copies were not looked at).
+    pub unlisted: Vec<NodeId>,
+    /// The layout changed while it looked: it stopped there (every later check at the old
+    /// layout would end the same way).
+    pub layout_changed: bool,
+}
+
+impl Swept {
+    /// Whether every node was listed and no copy outside its holders is left on them.
+    pub fn complete(&self) -> bool {
+        self.kept == 0 && self.unlisted.is_empty() && !self.layout_changed
+    }
+}
+
+/// Drops every copy held on `nodes` outside its partition's holders in `ring`, each by
+/// [`drop_when_covered`] with `patience`: the janitor's sweep (no patience, every live node) and
+/// the end of a join or drain (the nodes it took out too). Lists each node once.
+pub async fn drop_outside(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    ring: &Ring,
+    nodes: &[LayoutNode],
+    patience: Duration,
+) -> anyhow::Result<Swept> {
+    let mut swept = Swept::default();
+    for node in nodes {
+        let Ok(list) = shard::partitions(client, &node.addr, None).await else {
+            swept.unlisted.push(node.id.clone());
+            continue;
+        };
+        for copy in list.partitions.iter().filter(|c| !ring.keeps(&c.partition, &node.id)) {
+            let held = Held::from(copy);
+            match drop_when_covered(store, client, ring, node, &copy.partition, held, patience)
+                .await?
+            {
+                Outcome::Dropped => swept.dropped += 1,
+                Outcome::Kept => swept.kept += 1,
+                Outcome::LayoutChanged => {
+                    swept.layout_changed = true;
+                    return Ok(swept);
+                }
+            }
+        }
+    }
+    Ok(swept)
+}
+
 /// Drops node `id`'s copy of `partition`, no longer among its holders in the layout `store`
 /// holds now, by the rule of the module notes; a layout change meanwhile starts the check over
 /// at the new layout. A copy the set does not cover within `patience` is left for the janitor.

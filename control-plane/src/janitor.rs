@@ -19,11 +19,11 @@
 use std::time::Duration;
 
 use memring_common::internal::InternalClient;
-use memring_common::layout::PinKind;
+use memring_common::layout::{LayoutNode, PinKind};
 use memring_common::store::RingStore;
 use memring_common::{ClusterLayout, Ring};
 
-use crate::copies::{self, Held, Outcome};
+use crate::copies;
 
 /// How often the active control plane sweeps.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -97,7 +97,7 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
     if layout.transition.is_some() && !resizing {
         // A change whose job stopped after its flip (cancelled): its transition ends here once
         // the sets have caught up; the next sweep drops the copies.
-        if crate::reconcile::end_transition(store, client).await? {
+        if crate::reconcile::end_transition(store, client, &Default::default()).await? {
             tracing::info!("a replicated layout change left unsettled has settled");
         }
         return Ok(swept);
@@ -106,28 +106,10 @@ pub async fn sweep(store: &dyn RingStore, client: &InternalClient) -> anyhow::Re
         return Ok(swept);
     }
     let ring = Ring::new(layout.clone());
-    let mut complete = layout.states.down().next().is_none();
-    for node in layout.nodes.iter().filter(|n| !layout.is_down(&n.id)) {
-        let Ok(list) = crate::shard_client::partitions(client, &node.addr, None).await else {
-            complete = false;
-            continue;
-        };
-        for copy in list.partitions {
-            let p = &copy.partition;
-            if ring.keeps(p, &node.id) {
-                continue;
-            }
-            let held = Held::from(&copy);
-            match copies::drop_when_covered(store, client, &ring, node, p, held, Duration::ZERO)
-                .await?
-            {
-                Outcome::Dropped => swept.dropped += 1,
-                Outcome::Kept => complete = false,
-                // The next sweep looks at the new layout.
-                Outcome::LayoutChanged => return Ok(swept),
-            }
-        }
-    }
-    swept.complete = complete;
+    let nodes: Vec<LayoutNode> = crate::reconcile::listable(&layout).cloned().collect();
+    let done = copies::drop_outside(store, client, &ring, &nodes, Duration::ZERO).await?;
+    swept.dropped = done.dropped;
+    // A node marked down may hold copies to drop once it is back.
+    swept.complete = done.complete() && layout.states.down().next().is_none();
     Ok(swept)
 }

@@ -105,7 +105,7 @@ pub async fn migrate_partition(
     };
     let pinned = |l: &ClusterLayout| placement::placed(l, partition, to, flip);
     // This move's change is in flight: the layout's transition set the partition's pin.
-    let ours = |l: &ClusterLayout| pinned(l) && reconcile::touches(l, partition);
+    let ours = |l: &ClusterLayout| pinned(l) && l.change_pins(partition);
     if !pinned(&layout)
         && let Some(why) = placement::settling(&layout)
     {
@@ -168,8 +168,9 @@ pub async fn migrate_partition(
         ))
         .into());
     }
+    let looks = reconcile::Looks::default();
     wait(cancel, "the new replica set to hold the old owner's log", || {
-        reconcile::flip(store, client, std::slice::from_ref(partition))
+        reconcile::flip(store, client, &looks)
     })
     .await?;
     // The members the move takes out (dropped once it settles).
@@ -183,8 +184,9 @@ pub async fn migrate_partition(
 
     // 3. settle: the transition ends once the new set holds the target's log; the leavers go.
     step(SetPhase::Settle).await?;
+    let looks = reconcile::Looks::default();
     wait(cancel, "the new replica set to hold the new owner's log", || {
-        reconcile::end_transition(store, client)
+        reconcile::end_transition(store, client, &looks)
     })
     .await?;
     for id in &leavers {
@@ -216,7 +218,7 @@ async fn abandon(
     to: &NodeId,
 ) -> anyhow::Result<()> {
     let layout = store.load().await?.layout;
-    if !reconcile::staged(&layout) || !reconcile::touches(&layout, partition) {
+    if !reconcile::staged(&layout) || !layout.change_pins(partition) {
         return Ok(());
     }
     let ring = Ring::new(layout);
@@ -259,7 +261,7 @@ pub async fn resume(
             store.delete_job(&done).await?;
             continue;
         }
-        let in_flight = reconcile::touches(&layout, &partition);
+        let in_flight = layout.change_pins(&partition);
         if !in_flight && ring.owner(&partition).map(|o| &o.id) == Some(&to) {
             if let Ok(from) = NodeId::parse(&job.from)
                 && from != to

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use memring_common::api::ReplicaStep;
 use memring_common::internal::InternalClient;
 use memring_common::layout::{LayoutNode, Transition, TransitionPhase};
 use memring_common::store::{RingStore, StoreError, Versioned, update_layout};
@@ -33,10 +34,6 @@ use futures::future::join_all;
 
 use crate::job::Throttle;
 use crate::shard_client as shard;
-
-/// How many partitions a step asks the shard nodes about at once (their hand-overs, their
-/// positions): a change that moves thousands costs round trips divided by this, not summed.
-const CONCURRENT: usize = 16;
 
 /// Stages the change `change` makes to the layout (epoch + 1), if no other change is in
 /// flight; `change` answers `None` when there is nothing to stage (done before). The copies it
@@ -67,11 +64,6 @@ pub async fn stage(
 /// Whether `layout` has a staged change (the old layout still leads).
 pub fn staged(layout: &ClusterLayout) -> bool {
     layout.transition.as_ref().is_some_and(|t| t.phase == TransitionPhase::OldLeads)
-}
-
-/// Whether the change in flight in `layout` set (moved or removed) the pin of `partition`.
-pub fn touches(layout: &ClusterLayout, partition: &PartitionKey) -> bool {
-    layout.transition.as_ref().is_some_and(|t| t.pins.contains_key(partition))
 }
 
 /// Undoes a staged change (epoch + 1): the nodes and the pins it set get their old values
@@ -121,21 +113,31 @@ pub async fn moving(client: &InternalClient, ring: &Ring) -> anyhow::Result<Vec<
 }
 
 /// One look at whether the staged change can flip; if so, and the layout is still the one looked
-/// at, flips it (epoch + 1). Returns whether the layout has no staged change left. `partitions`
-/// are the ones the change moves (see the module notes for the check).
+/// at, flips it (epoch + 1). Returns whether the layout has no staged change left. The first
+/// look at an epoch lists the partitions the change moves ([`moving`]); `looks` keeps those not
+/// yet seen caught up for the next (see [`Looks`] for the check).
 pub async fn flip(
     store: &dyn RingStore,
     client: &InternalClient,
-    partitions: &[PartitionKey],
+    looks: &Looks,
 ) -> anyhow::Result<bool> {
     let layout = store.load().await?.layout;
     if !staged(&layout) {
         return Ok(true);
     }
     let ring = Ring::new(layout.clone());
-    if !hold_owners_logs(client, &ring, partitions).await? {
+    let left = match looks.take(ring.epoch()) {
+        Some(left) => left,
+        None => {
+            let moving = moving(client, &ring).await?;
+            looks.start(ring.epoch(), moving.clone());
+            moving
+        }
+    };
+    if !look(client, &ring, looks, left).await {
         return Ok(false);
     }
+    let partitions = looks.moving();
     // The partitions whose owner changes: the old one lets the writes it committed reach their
     // quorum and holds new ones back until it sees the flip.
     let mut next = layout.clone();
@@ -149,74 +151,201 @@ pub async fn flip(
         .filter_map(|p| Some((p, ring.owner(p)?, flipped.owner(p)?)))
         .filter(|(_, old, new)| old.id != new.id)
         .collect();
-    // Several at a time: a write to the first partition handed over waits until the flip is
-    // seen.
-    for batch in handed.chunks(CONCURRENT) {
-        let hand_overs =
-            batch.iter().map(|(p, old, _)| shard::hand_over(client, old, p, layout.epoch));
-        for ((p, old, _), done) in batch.iter().zip(join_all(hand_overs).await) {
-            if let Err(e) = done {
-                tracing::warn!(partition = %p, from = %old.id, error = %e, "the old owner did not hand its writes over; flipping anyway");
+    // One request per old owner: a write to the first partition handed over waits until the
+    // flip is seen, so the hand-overs of a large change must not be made one by one.
+    let olds = by_node(handed.iter().map(|(p, old, _)| ((*old).clone(), (*p).clone())));
+    let asked = olds
+        .iter()
+        .map(|(old, ps)| shard::batch(client, old, ReplicaStep::HandOver, layout.epoch, ps));
+    for ((old, ps), answer) in olds.iter().zip(join_all(asked).await) {
+        let failed = match answer {
+            Ok(results) => results.iter().filter(|r| r.is_err()).count(),
+            Err(e) => {
+                tracing::warn!(from = %old.id, error = %e, "the old owner did not answer its hand-overs");
+                ps.len()
             }
+        };
+        if failed > 0 {
+            tracing::warn!(from = %old.id, failed, "the old owner did not hand every partition's writes over; flipping anyway");
         }
     }
     if !swapped(store, layout.epoch, &next).await? {
         return Ok(false);
     }
-    // The nodes would learn of the flip from the store's watch; told now, the new owner takes
-    // the writes over at once, and the old one sends the writes it holds back to the routers
+    // The nodes would learn of the flip from the store's watch; told now, the new owners take
+    // the writes over at once, and the old ones send the writes they hold back to the routers
     // (which then read the new layout), so the hand-over's pause is a few round trips. Nothing
     // depends on it: a node not reached learns from the watch.
-    for batch in handed.chunks(CONCURRENT) {
-        join_all(batch.iter().map(|(p, old, new)| async move {
-            if shard::held(client, new, p, next.epoch).await.is_ok() {
-                let _ = shard::take_over(client, new, p).await;
-            }
-            let _ = shard::held(client, old, p, next.epoch).await;
-        }))
-        .await;
-    }
+    let news = by_node(handed.iter().map(|(p, _, new)| ((*new).clone(), (*p).clone())));
+    let takes = news
+        .iter()
+        .map(|(new, ps)| shard::batch(client, new, ReplicaStep::TakeOver, next.epoch, ps));
+    let tells = olds
+        .iter()
+        .map(|(old, _)| shard::batch(client, old, ReplicaStep::Position, next.epoch, &[]));
+    futures::future::join(join_all(takes), join_all(tells)).await;
     Ok(true)
 }
 
-/// Whether, for each of `partitions`, its owner in `ring` has taken its writes over there and
-/// every live member of its set other than the owner holds the owner's log (its last entry,
-/// term and position). Looks at [`CONCURRENT`] partitions at a time, and stops after the first
-/// batch with one that does not.
-async fn hold_owners_logs(
+/// What the looks of one step (a flip, an end) found so far: the partitions it checks, listed
+/// at one epoch, and those not yet seen caught up. A look asks only about those left, a chunk
+/// at a time, and stops after the first chunk with one still behind, so a look costs what is
+/// left of the change, not what the change moves, nor what the nodes hold.
+///
+/// A partition once seen caught up is not asked about again at that epoch. That is safe: the
+/// checks are about how far behind the new sets are, not about which writes they hold. Every
+/// write acknowledged after a partition's check is on W copies of its old set before the flip,
+/// and the new owner's take-over asks those copies, retiring, until the end; after the flip
+/// every write is on W copies of the new set. A new epoch (a node marked down, another change)
+/// starts the step's checks over.
+#[derive(Debug, Default)]
+pub struct Looks(parking_lot::Mutex<Option<Seen>>);
+
+/// [`Looks`]'s state.
+#[derive(Debug, Default)]
+struct Seen {
+    epoch: u64,
+    /// Every partition the step checks.
+    checked: Vec<PartitionKey>,
+    /// Those not yet seen caught up.
+    left: Vec<PartitionKey>,
+}
+
+impl Looks {
+    /// The partitions left to check at `epoch`, if an earlier look listed them at it.
+    fn take(&self, epoch: u64) -> Option<Vec<PartitionKey>> {
+        let mut seen = self.0.lock();
+        seen.as_mut().filter(|s| s.epoch == epoch).map(|s| std::mem::take(&mut s.left))
+    }
+
+    /// Starts over at `epoch`, checking `partitions`.
+    fn start(&self, epoch: u64, partitions: Vec<PartitionKey>) {
+        *self.0.lock() = Some(Seen { epoch, checked: partitions, left: Vec::new() });
+    }
+
+    /// Keeps `left` as the partitions still to check at `epoch`.
+    fn keep(&self, epoch: u64, left: Vec<PartitionKey>) {
+        if let Some(seen) = self.0.lock().as_mut().filter(|s| s.epoch == epoch) {
+            seen.left = left;
+        }
+    }
+
+    /// Every partition the step checks.
+    fn moving(&self) -> Vec<PartitionKey> {
+        self.0.lock().as_ref().map(|s| s.checked.clone()).unwrap_or_default()
+    }
+}
+
+/// How many partitions one look asks about before it decides whether to go on.
+const LOOK_CHUNK: usize = 2048;
+
+/// Checks `left` ([`lagging`]) a chunk at a time, stopping after the first chunk with one
+/// behind, and keeps those behind and those not asked in `looks`. Returns whether none is left.
+async fn look(
     client: &InternalClient,
     ring: &Ring,
-    partitions: impl IntoIterator<Item = &PartitionKey>,
-) -> anyhow::Result<bool> {
-    let partitions: Vec<&PartitionKey> = partitions.into_iter().collect();
-    for batch in partitions.chunks(CONCURRENT) {
-        let answers = join_all(batch.iter().map(|p| holds_owners_log(client, ring, p))).await;
-        for answer in answers {
-            if !answer? {
-                return Ok(false);
+    looks: &Looks,
+    left: Vec<PartitionKey>,
+) -> bool {
+    let mut still = Vec::new();
+    let mut rest = left.as_slice();
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(rest.len().min(LOOK_CHUNK));
+        let behind = lagging(client, ring, chunk).await;
+        still.extend(chunk.iter().filter(|p| behind.contains(*p)).cloned());
+        rest = after;
+        if !behind.is_empty() {
+            still.extend_from_slice(rest);
+            break;
+        }
+    }
+    let done = still.is_empty();
+    looks.keep(ring.epoch(), still);
+    done
+}
+
+/// Those of `partitions` whose owner in `ring` has not taken its writes over there, or one of
+/// whose live members other than the owner does not hold the owner's log (its last entry, term
+/// and position: log matching). Each node is asked once (`shard::batch`), the owners first and
+/// the members after. A node that does not answer leaves its partitions behind.
+async fn lagging(
+    client: &InternalClient,
+    ring: &Ring,
+    partitions: &[PartitionKey],
+) -> BTreeSet<PartitionKey> {
+    let epoch = ring.epoch();
+    let mut behind = BTreeSet::new();
+    let mut owned = Vec::new();
+    for p in partitions {
+        match ring.owner(p) {
+            Some(owner) => owned.push((owner.clone(), p.clone())),
+            None => {
+                behind.insert(p.clone());
             }
         }
     }
-    Ok(true)
-}
-
-/// [`hold_owners_logs`] for one partition.
-async fn holds_owners_log(
-    client: &InternalClient,
-    ring: &Ring,
-    p: &PartitionKey,
-) -> anyhow::Result<bool> {
-    let Some(owner) = ring.owner(p) else { return Ok(false) };
-    if shard::take_over(client, owner, p).await.is_err() {
-        return Ok(false);
-    }
-    let at = shard::held(client, owner, p, ring.epoch()).await?;
-    for member in live_members(ring, p) {
-        if at.last_seq > 0 && !shard::holds(client, &member, p, at.last_seq, at.last_term).await? {
-            return Ok(false);
+    let owners = by_node(owned);
+    let asked = owners
+        .iter()
+        .map(|(owner, ps)| shard::batch(client, owner, ReplicaStep::TakeOver, epoch, ps));
+    let mut ends = Vec::new();
+    for ((owner, ps), answer) in owners.iter().zip(join_all(asked).await) {
+        match answer {
+            Ok(results) => {
+                for (p, at) in ps.iter().zip(results) {
+                    match at {
+                        Ok(at) => ends.push((p.clone(), at)),
+                        Err(_) => {
+                            behind.insert(p.clone());
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(owner = %owner.id, error = %e, "an owner did not answer its take-overs");
+                behind.extend(ps.iter().cloned());
+            }
         }
     }
-    Ok(true)
+    // An owner holding nothing is held by everyone.
+    let members =
+        by_node(ends.iter().filter(|(_, at)| at.last_seq > 0).flat_map(|(p, at)| {
+            live_members(ring, p).into_iter().map(move |m| (m, (p.clone(), *at)))
+        }));
+    let asked = members.iter().map(|(member, items)| async move {
+        let ps: Vec<PartitionKey> = items.iter().map(|(p, _)| p.clone()).collect();
+        shard::batch(client, member, ReplicaStep::Position, epoch, &ps).await
+    });
+    for ((member, items), answer) in members.iter().zip(join_all(asked).await) {
+        let Ok(results) = answer else {
+            behind.extend(items.iter().map(|(p, _)| p.clone()));
+            continue;
+        };
+        for ((p, at), held) in items.iter().zip(results) {
+            let holds = match held {
+                Ok(held) if held == *at => true,
+                Ok(held) if held.last_seq < at.last_seq => false,
+                // Ahead, or another term there: its log is asked about the owner's last entry.
+                Ok(_) => shard::holds(client, member, p, at.last_seq, at.last_term)
+                    .await
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            if !holds {
+                behind.insert(p.clone());
+            }
+        }
+    }
+    behind
+}
+
+/// `items` grouped by the node each names, in node id order.
+fn by_node<T>(items: impl IntoIterator<Item = (LayoutNode, T)>) -> Vec<(LayoutNode, Vec<T>)> {
+    let mut groups: BTreeMap<NodeId, (LayoutNode, Vec<T>)> = BTreeMap::new();
+    for (node, item) in items {
+        groups.entry(node.id.clone()).or_insert_with(|| (node, Vec::new())).1.push(item);
+    }
+    groups.into_values().collect()
 }
 
 /// The members of `p`'s set in `ring` other than its owner that are not marked down.
@@ -252,10 +381,12 @@ async fn swapped(store: &dyn RingStore, epoch: u64, next: &ClusterLayout) -> any
 /// partitions are caught up once each live member has reached its owner's position.
 ///
 /// A change of pins alone (the nodes are those before it) changed the sets of its pinned
-/// partitions only, and only those are looked at; a change of nodes lists every partition.
+/// partitions only, and only those are looked at; the first look at a change of nodes lists
+/// every partition ([`unsettled`]). `looks` keeps what is left for the next look ([`Looks`]).
 pub async fn end_transition(
     store: &dyn RingStore,
     client: &InternalClient,
+    looks: &Looks,
 ) -> anyhow::Result<bool> {
     crate::failpoint::hit("reconcile.end").await?;
     let layout = store.load().await?.layout;
@@ -264,15 +395,22 @@ pub async fn end_transition(
         return Ok(false);
     }
     let ring = Ring::new(layout.clone());
-    let caught_up = if t.nodes == layout.nodes {
-        hold_owners_logs(client, &ring, t.pins.keys()).await?
-    } else {
-        every_set_caught_up(client, &ring).await?
+    let left = match looks.take(ring.epoch()) {
+        Some(left) => left,
+        None => {
+            let left = if t.nodes == layout.nodes {
+                t.pins.keys().cloned().collect()
+            } else {
+                unsettled(client, &ring).await?
+            };
+            looks.start(ring.epoch(), left.clone());
+            left
+        }
     };
     let mut next = layout.clone();
     next.epoch += 1;
     next.transition = None;
-    if !caught_up || !swapped(store, layout.epoch, &next).await? {
+    if !look(client, &ring, looks, left).await || !swapped(store, layout.epoch, &next).await? {
         return Ok(false);
     }
     tracing::info!(
@@ -282,31 +420,31 @@ pub async fn end_transition(
     Ok(true)
 }
 
-/// [`end_transition`]'s check for a change of nodes: every partition held anywhere, as listed
-/// by every node that can be listed (and by a drained node already out of the layout, which may
-/// hold retiring copies).
-async fn every_set_caught_up(client: &InternalClient, ring: &Ring) -> anyhow::Result<bool> {
+/// [`end_transition`]'s first look at a change of nodes: every partition held anywhere, as
+/// listed by every node that can be listed (and by a drained node already out of the layout,
+/// which may hold retiring copies), less those without a retiring copy whose live members had
+/// all reached their owner's position. The owners are listed before the members are.
+async fn unsettled(client: &InternalClient, ring: &Ring) -> anyhow::Result<Vec<PartitionKey>> {
     let layout = ring.layout();
     let before = layout.transition.iter().flat_map(|t| &t.nodes);
     let nodes: Vec<LayoutNode> =
         listable(layout).chain(before.filter(|n| layout.node(&n.id).is_none())).cloned().collect();
     let first = positions(client, &nodes, layout.epoch).await?;
-    let retiring: BTreeSet<PartitionKey> =
-        first.keys().filter(|p| !ring.retiring(p).is_empty()).cloned().collect();
-    if !hold_owners_logs(client, ring, &retiring).await? {
-        return Ok(false);
-    }
-    // Owners' positions first, members' after.
     let then = positions(client, &nodes, layout.epoch).await?;
     let at = |on: &BTreeMap<NodeId, (u64, u64)>, p: &PartitionKey| {
         ring.owner(p).and_then(|o| on.get(&o.id)).copied().unwrap_or((0, 0))
     };
-    Ok(first.iter().filter(|(p, _)| !retiring.contains(p)).all(|(p, on)| {
+    let reached = |p: &PartitionKey, on: &BTreeMap<NodeId, (u64, u64)>| {
         let (seq, _) = at(on, p);
         live_members(ring, p)
             .iter()
             .all(|m| then.get(p).and_then(|at| at.get(&m.id)).is_some_and(|m| m.0 >= seq))
-    }))
+    };
+    Ok(first
+        .iter()
+        .filter(|(p, on)| !ring.retiring(p).is_empty() || !reached(p, on))
+        .map(|(p, _)| p.clone())
+        .collect())
 }
 
 /// The nodes of `layout` a settle lists: all but those marked down (nobody waits on them).

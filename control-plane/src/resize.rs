@@ -36,7 +36,7 @@ use memring_common::{ClusterLayout, NodeId, Ring};
 
 use serde::{Deserialize, Serialize};
 
-use crate::copies::{self, Held, Outcome, PATIENCE};
+use crate::copies::{self, PATIENCE};
 use crate::job::{Cancel, JobError, Throttle, wait};
 use crate::reconcile;
 
@@ -296,13 +296,9 @@ async fn flip(
     job: &ResizeJob,
     cancel: &Cancel,
 ) -> anyhow::Result<()> {
-    let flipped = wait(cancel, "the new replica sets to hold their old owners' logs", || async {
-        let ring = Ring::new(store.load().await?.layout);
-        if !reconcile::staged(ring.layout()) {
-            return Ok(true);
-        }
-        let moving = reconcile::moving(client, &ring).await?;
-        reconcile::flip(store, client, &moving).await
+    let looks = reconcile::Looks::default();
+    let flipped = wait(cancel, "the new replica sets to hold their old owners' logs", || {
+        reconcile::flip(store, client, &looks)
     })
     .await;
     let Err(e) = flipped else {
@@ -340,8 +336,9 @@ async fn settle(
     gone: Option<&LayoutNode>,
     cancel: &Cancel,
 ) -> anyhow::Result<usize> {
+    let looks = reconcile::Looks::default();
     wait(cancel, "every replica set to hold its owner's log", || {
-        reconcile::end_transition(store, client)
+        reconcile::end_transition(store, client, &looks)
     })
     .await?;
     drop_outside(store, client, gone.into_iter().cloned().collect::<Vec<_>>().as_slice()).await
@@ -349,8 +346,8 @@ async fn settle(
 
 /// Drops, by the one rule of `copies.rs`, every copy held outside its partition's holders on
 /// the layout's nodes (those not marked down: the janitor sweeps a node once it is back) and on
-/// `outside` (nodes not in the layout). A copy the rule keeps is left for the janitor. Returns
-/// how many were dropped.
+/// `outside` (nodes not in the layout, which no sweep lists: one that cannot be listed fails the
+/// call). A copy the rule keeps is left for the janitor. Returns how many were dropped.
 async fn drop_outside(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -359,17 +356,9 @@ async fn drop_outside(
     let layout = store.load().await?.layout;
     let mut nodes: Vec<LayoutNode> = reconcile::listable(&layout).cloned().collect();
     nodes.extend(outside.iter().filter(|n| layout.node(&n.id).is_none()).cloned());
-    let ring = Ring::new(layout);
-    let mut dropped = 0;
-    for node in &nodes {
-        let list = crate::shard_client::partitions(client, &node.addr, None).await?;
-        for p in list.partitions.iter().filter(|p| !ring.keeps(&p.partition, &node.id)) {
-            let held = Held::from(p);
-            let outcome =
-                copies::drop_when_covered(store, client, &ring, node, &p.partition, held, PATIENCE)
-                    .await?;
-            dropped += usize::from(outcome == Outcome::Dropped);
-        }
+    let swept = copies::drop_outside(store, client, &Ring::new(layout), &nodes, PATIENCE).await?;
+    if let Some(id) = swept.unlisted.iter().find(|id| outside.iter().any(|n| n.id == **id)) {
+        bail!("{id}, out of the layout, could not be listed to drop its copies; run the job again");
     }
-    Ok(dropped)
+    Ok(swept.dropped)
 }

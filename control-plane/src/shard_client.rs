@@ -4,7 +4,7 @@
 //!
 //! Calls fall into three groups: what a node holds (`partitions`, `partitions_changed`,
 //! `replica_status`), the replication steps of a layout change or a failover (`position`,
-//! `held`, `take_over`, `hand_over`, `holds`), and steps on one copy (`checksum`,
+//! `held`, `take_over`, `hand_over`, `holds`, and `batch` for many partitions of a node), and steps on one copy (`checksum`,
 //! `drop_partition`, `drop_copy`, and `unfence` for a source an older control plane's copy
 //! protocol fenced).
 
@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use memring_common::PartitionKey;
 use memring_common::api::{
-    PartitionChecksum, PartitionList, ReplicaPosition, ReplicaStatus, partition_path,
+    MAX_REPLICA_BATCH, PartitionChecksum, PartitionList, ReplicaBatch, ReplicaBatchAnswer,
+    ReplicaPosition, ReplicaStatus, ReplicaStep, partition_path,
 };
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
@@ -30,6 +31,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A replication step (a position once the node has seen an epoch; a take-over asking the
 /// other copies; a log check): a few round trips.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(3);
+/// A replication step for a batch of partitions: a few hundred at a time, each a few round
+/// trips.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A call to a shard node that did not give the answer it should.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +208,46 @@ pub async fn hand_over(
 ) -> Result<ReplicaPosition, ShardError> {
     let path = format!("/internal/v1/replicate/hand-over/{}?epoch={epoch}", partition_path(p));
     send(client, &owner.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await?.json()
+}
+
+/// `step` for each of `partitions` on `node`, once it has seen layout `epoch`
+/// (`POST /internal/v1/replicate/batch`, in requests of at most [`MAX_REPLICA_BATCH`]): each
+/// partition's position after the step, or why the step failed there, in the order given.
+pub async fn batch(
+    client: &InternalClient,
+    node: &LayoutNode,
+    step: ReplicaStep,
+    epoch: u64,
+    partitions: &[PartitionKey],
+) -> Result<Vec<Result<ReplicaPosition, String>>, ShardError> {
+    let path = "/internal/v1/replicate/batch";
+    let mut out = Vec::with_capacity(partitions.len());
+    // An empty batch still makes the node reach the epoch.
+    let chunks: Vec<&[PartitionKey]> = match partitions.len() {
+        0 => vec![&[]],
+        _ => partitions.chunks(MAX_REPLICA_BATCH).collect(),
+    };
+    for chunk in chunks {
+        let ask = ReplicaBatch { step, epoch, partitions: chunk.to_vec() };
+        let body = serde_json::to_vec(&ask).map_err(|e| ShardError::Garbled {
+            call: format!("POST {path}"),
+            addr: node.addr.clone(),
+            why: format!("the batch does not serialize: {e}"),
+        })?;
+        let body = Bytes::from(body);
+        let answer =
+            send(client, &node.addr, Method::POST, path, Some(body), BATCH_TIMEOUT).await?;
+        let read: ReplicaBatchAnswer = answer.json()?;
+        if read.results.len() != chunk.len() {
+            let why = format!("{} results for {} partitions", read.results.len(), chunk.len());
+            return Err(answer.garbled(why));
+        }
+        out.extend(read.results.into_iter().map(|r| match (r.position, r.error) {
+            (Some(at), None) => Ok(at),
+            (_, error) => Err(error.unwrap_or_else(|| "no position".to_owned())),
+        }));
+    }
+    Ok(out)
 }
 
 /// Whether `node`'s log of `p` holds the entry of term `term` at position `seq`, asked with the

@@ -52,6 +52,7 @@
 //!   leadership back to it.
 
 mod acks;
+mod batch;
 mod copies;
 pub mod feed;
 mod follower;

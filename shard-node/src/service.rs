@@ -259,6 +259,9 @@ impl ShardService {
                 .await;
                 ("internal.replicate.hand_over", r)
             }
+            (&Method::POST, ["internal", "v1", "replicate", "batch"]) => {
+                ("internal.replicate.batch", self.replica_batch(req).await)
+            }
             (&Method::POST, ["internal", "v1", "replicate", "committed", tenant, scope]) => {
                 let r = async {
                     let partition = parse_partition(tenant, scope)?;

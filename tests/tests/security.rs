@@ -202,6 +202,8 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
         ("POST", "/internal/v1/replicate/stream"),
         ("POST", "/internal/v1/replicate/position/alpha/shared?epoch=1"),
         ("POST", "/internal/v1/replicate/take-over/alpha/shared"),
+        ("POST", "/internal/v1/replicate/hand-over/alpha/shared?epoch=1"),
+        ("POST", "/internal/v1/replicate/batch"),
         ("GET", "/internal/v1/replicate/status"),
         ("GET", "/internal/v1/replicate/log/alpha/shared?after=0&term=0"),
         ("GET", "/internal/v1/migrate/alpha/shared/export"),
@@ -258,6 +260,38 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
             assert_eq!(status, 200, "GET {path} with the cluster token: {text}");
         }
     }
+
+    // The batch of replication steps (`replicate/batch.rs`), with the cluster token: a step for
+    // each partition named, in order; a batch it cannot read is a 400 and changes nothing.
+    let batch = format!("{shard}/internal/v1/replicate/batch");
+    let too_many: Vec<String> = (0..4097).map(|i| format!("t{i}/shared")).collect();
+    for (bad, why) in [
+        (json!({"step": "jump", "epoch": 1, "partitions": []}), "an unknown step"),
+        (json!({"step": "position", "epoch": 1, "partitions": [], "also": 1}), "an unknown field"),
+        (json!({"step": "position", "epoch": 1, "partitions": ["no-scope"]}), "a bad partition"),
+        (json!({"step": "position", "partitions": []}), "no epoch"),
+        (json!({"step": "position", "epoch": 1, "partitions": too_many}), "4,097 partitions"),
+    ] {
+        let (status, text, _) = send(As::Cluster, &keys, "POST", &batch, Some(&bad)).await?;
+        assert_eq!(status, 400, "{why}: {text}");
+    }
+    let ask = json!({"step": "position", "epoch": 1, "partitions": ["alpha/shared", "beta/shared"]});
+    let (status, text, _) = send(As::Cluster, &keys, "POST", &batch, Some(&ask)).await?;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text)?;
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 2, "one result per partition asked: {text}");
+    assert!(results.iter().all(|r| r["position"]["last_seq"].is_u64()), "{text}");
+    // A node takes over only what it owns: the others answer why, one by one.
+    let owned_elsewhere: Vec<String> = (0..40).map(|i| format!("t{i}/shared")).collect();
+    let ask = json!({"step": "take_over", "epoch": 1, "partitions": owned_elsewhere});
+    let (status, text, _) = send(As::Cluster, &keys, "POST", &batch, Some(&ask)).await?;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text)?;
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 40, "{text}");
+    let refused = results.iter().filter(|r| r["error"].is_string()).count();
+    assert!(refused > 0 && refused < 40, "a node owns some of 40 partitions, not all: {text}");
 
     // The control plane: an admin key for everything; an operator key reads the cluster and
     // the operator page (a browser is asked for the key); a tenant key nothing.

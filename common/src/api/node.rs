@@ -69,6 +69,55 @@ pub struct ReplicaPosition {
     pub last_term: u64,
 }
 
+/// The most partitions one `POST /internal/v1/replicate/batch` may name.
+pub const MAX_REPLICA_BATCH: usize = 4096;
+
+/// What `POST /internal/v1/replicate/batch` does to each partition it names, as the route of
+/// one partition does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaStep {
+    /// Nothing: the copy's position (`replicate/position`).
+    Position,
+    /// The owner takes the partition's writes over (`replicate/take-over`).
+    TakeOver,
+    /// The owner hands the partition's writes over (`replicate/hand-over`).
+    HandOver,
+}
+
+/// `POST /internal/v1/replicate/batch` body: one replication step for many partitions of one
+/// node in one round trip, once the node has seen layout `epoch` (a change that moves
+/// thousands of partitions asks each node once per step, not once per partition).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaBatch {
+    /// The step.
+    pub step: ReplicaStep,
+    /// The layout epoch the node answers at (at least).
+    pub epoch: u64,
+    /// The partitions, at most [`MAX_REPLICA_BATCH`].
+    pub partitions: Vec<crate::PartitionKey>,
+}
+
+/// `POST /internal/v1/replicate/batch` answer: for each partition asked, in the order asked,
+/// its copy's position after the step, or why the step failed there.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplicaBatchAnswer {
+    /// One per partition asked.
+    pub results: Vec<ReplicaStepResult>,
+}
+
+/// One partition's part of a [`ReplicaBatchAnswer`]: exactly one of the two is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStepResult {
+    /// The copy's position after the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<ReplicaPosition>,
+    /// Why the step failed for this partition (the error the one-partition route answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `GET /internal/v1/replicate/status` answer: how a node's followed copies stand.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaStatus {

@@ -84,10 +84,7 @@ impl Replication {
         // An empty copy takes a snapshot when the log is long, or when a move's pin brings the
         // partition here (it then takes the owner's graph too). A join's small copies replay
         // the log: a snapshot and a graph cost more round trips than a few entries.
-        let pinned_here = {
-            let ring = self.ring.ring();
-            ring.layout().transition.as_ref().is_some_and(|t| t.pins.contains_key(p))
-        };
+        let pinned_here = self.ring.ring().layout().change_pins(p);
         let fill_whole = at.seq == 0 && (to > FILL_FROM_SNAPSHOT || pinned_here);
         if reseeding || fill_whole {
             return self.reseed(node, p, lead, to, allowed).await;

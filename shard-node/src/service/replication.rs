@@ -15,6 +15,24 @@ impl ShardService {
         Ok(binary(crate::record::encode(&answer)?, &[]))
     }
 
+    /// One replication step for many partitions (`replicate/batch.rs`).
+    pub(super) async fn replica_batch(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<http::Response<memring_common::http::Body>, ApiError> {
+        let body = read_body(req, self.body_limit).await?;
+        let ask: api::ReplicaBatch = memring_common::http::parse_json(&body)?;
+        if ask.partitions.len() > api::MAX_REPLICA_BATCH {
+            return Err(ApiError::invalid(format!(
+                "a batch names at most {} partitions, not {}",
+                api::MAX_REPLICA_BATCH,
+                ask.partitions.len()
+            )));
+        }
+        let results = self.repl.batch(ask.step, ask.epoch, ask.partitions).await?;
+        Ok(json(200, &api::ReplicaBatchAnswer { results }))
+    }
+
     /// `POST /internal/v1/replicate/stream` with `Upgrade: memring-feed/1`: answers 101 and
     /// serves the follower's polls over the upgraded connection (`replicate/stream.rs`).
     pub(super) fn replica_stream(
