@@ -21,7 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use memring_common::api::{PartitionStats, ReplicaPosition};
+use futures::future::join_all;
+use memring_common::api::{PartitionStats, ReplicaPosition, ReplicaStep};
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
 use memring_common::store::RingStore;
@@ -81,19 +82,53 @@ pub async fn covered(
     p: &PartitionKey,
     held: Held,
 ) -> anyhow::Result<bool> {
-    let Some(owner) = ring.owner(p) else { return Ok(false) };
-    if ring.layout().is_down(&owner.id) {
-        return Ok(false);
+    let verdicts = covered_many(client, ring, &[(p.clone(), held)]).await?;
+    Ok(verdicts.first().copied().unwrap_or(false))
+}
+
+/// [`covered`] for each of `copies`, in order. Each live member node is asked once, for the
+/// positions of all the partitions it is asked about (`shard::batch`): a member whose copy ends
+/// at the copy's last entry holds it, one that ends before does not, and one that ends after
+/// (or at another term) is asked whether its log holds that entry.
+pub async fn covered_many(
+    client: &InternalClient,
+    ring: &Ring,
+    copies: &[(PartitionKey, Held)],
+) -> anyhow::Result<Vec<bool>> {
+    let live = |n: &LayoutNode| !ring.layout().is_down(&n.id);
+    let mut verdicts = vec![true; copies.len()];
+    let mut asks = Vec::new();
+    for (i, (p, held)) in copies.iter().enumerate() {
+        let Some(owner) = ring.owner(p).filter(|o| live(o)) else {
+            verdicts[i] = false;
+            continue;
+        };
+        if held.last_seq == 0 {
+            verdicts[i] = held.empty;
+            continue;
+        }
+        let set = ring.replica_set(p);
+        let members = set.iter().filter(|m| live(m)).map(|m| ((*m).clone(), i));
+        asks.extend(
+            members.chain((!set.iter().any(|m| m.id == owner.id)).then(|| (owner.clone(), i))),
+        );
     }
-    if held.last_seq == 0 {
-        return Ok(held.empty);
-    }
-    for member in ring.replica_set(p).iter().filter(|n| !ring.layout().is_down(&n.id)) {
-        if !shard::holds(client, member, p, held.last_seq, held.last_term).await? {
-            return Ok(false);
+    for (member, asked) in shard::by_node(asks) {
+        let ps: Vec<PartitionKey> = asked.iter().map(|&i| copies[i].0.clone()).collect();
+        let answers =
+            shard::batch(client, &member, ReplicaStep::Position, ring.epoch(), &ps).await?;
+        for (&i, at) in asked.iter().zip(answers) {
+            let (p, held) = &copies[i];
+            let holds = match at {
+                Ok(at) if at.last_seq == held.last_seq && at.last_term == held.last_term => true,
+                Ok(at) if at.last_seq < held.last_seq => false,
+                Ok(_) => shard::holds(client, &member, p, held.last_seq, held.last_term).await?,
+                Err(_) => false,
+            };
+            verdicts[i] &= holds;
         }
     }
-    Ok(true)
+    Ok(verdicts)
 }
 
 /// Drops `node`'s copy of `p` (holding `held`) by the rule of the module notes, under `ring`
@@ -153,9 +188,12 @@ impl Swept {
     }
 }
 
-/// Drops every copy held on `nodes` outside its partition's holders in `ring`, each by
-/// [`drop_when_covered`] with `patience`: the janitor's sweep (no patience, every live node) and
-/// the end of a join or drain (the nodes it took out too). Lists each node once.
+/// Drops every copy held on `nodes` outside its partition's holders in `ring`, by the rule of
+/// the module notes, waiting up to `patience` for the sets to hold what the copies hold: the
+/// janitor's sweep (no patience, every live node) and the end of a join or drain (the nodes it
+/// took out too). Lists each node once, and works through its copies [`DROP_CHUNK`] at a time:
+/// one batched check of the sets ([`covered_many`]), one look at the layout, then the drops,
+/// [`DROPS_AT_ONCE`] at a time, once the node has seen the layout.
 pub async fn drop_outside(
     store: &dyn RingStore,
     client: &InternalClient,
@@ -169,21 +207,70 @@ pub async fn drop_outside(
             swept.unlisted.push(node.id.clone());
             continue;
         };
-        for copy in list.partitions.iter().filter(|c| !ring.keeps(&c.partition, &node.id)) {
-            let held = Held::from(copy);
-            match drop_when_covered(store, client, ring, node, &copy.partition, held, patience)
-                .await?
-            {
-                Outcome::Dropped => swept.dropped += 1,
-                Outcome::Kept => swept.kept += 1,
-                Outcome::LayoutChanged => {
-                    swept.layout_changed = true;
-                    return Ok(swept);
+        let outside: Vec<(PartitionKey, Held)> = list
+            .partitions
+            .iter()
+            .filter(|c| !ring.keeps(&c.partition, &node.id))
+            .map(|c| (c.partition.clone(), Held::from(c)))
+            .collect();
+        for chunk in outside.chunks(DROP_CHUNK) {
+            let deadline = Instant::now() + patience;
+            let (mut covered, mut left) = (Vec::new(), chunk.to_vec());
+            loop {
+                let verdicts = covered_many(client, ring, &left).await?;
+                let (yes, no): (Vec<_>, Vec<_>) =
+                    left.into_iter().zip(verdicts).partition(|(_, covered)| *covered);
+                covered.extend(yes.into_iter().map(|(copy, _)| copy));
+                left = no.into_iter().map(|(copy, _)| copy).collect();
+                if left.is_empty() || Instant::now() >= deadline {
+                    break;
                 }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            for (p, held) in &left {
+                tracing::warn!(partition = %p, node = %node.id, position = held.last_seq, term = held.last_term,
+                    "copy outside its replica set kept: the set does not hold its last entry");
+            }
+            swept.kept += left.len();
+            if store.load().await?.layout.epoch != ring.epoch() {
+                // The sets checked may not be the sets now.
+                swept.layout_changed = true;
+                return Ok(swept);
+            }
+            swept.dropped += drop_copies(client, node, &covered, ring.epoch()).await?;
         }
     }
     Ok(swept)
+}
+
+/// How many copies of a node [`drop_outside`] checks and drops together.
+const DROP_CHUNK: usize = 1024;
+
+/// How many copies of a node are deleted at once.
+const DROPS_AT_ONCE: usize = 16;
+
+/// Deletes `node`'s `copies`, checked covered at layout `epoch`, once the node has seen that
+/// epoch (so no follower round of an older layout writes them again). Returns how many.
+async fn drop_copies(
+    client: &InternalClient,
+    node: &LayoutNode,
+    copies: &[(PartitionKey, Held)],
+    epoch: u64,
+) -> anyhow::Result<usize> {
+    let ps: Vec<PartitionKey> = copies.iter().map(|(p, _)| p.clone()).collect();
+    shard::batch(client, node, ReplicaStep::Position, epoch, &ps).await?;
+    for batch in copies.chunks(DROPS_AT_ONCE) {
+        let drops = batch.iter().map(|(p, _)| shard::drop_partition(client, node, p));
+        for ((p, held), dropped) in batch.iter().zip(join_all(drops).await) {
+            dropped?;
+            tracing::debug!(partition = %p, node = %node.id, position = held.last_seq, "copy outside its replica set dropped");
+        }
+        metrics::counter!("memring_control_copies_dropped_total").increment(batch.len() as u64);
+    }
+    if !copies.is_empty() {
+        tracing::info!(node = %node.id, dropped = copies.len(), epoch, "copies outside their replica sets dropped");
+    }
+    Ok(copies.len())
 }
 
 /// Drops node `id`'s copy of `partition`, no longer among its holders in the layout `store`

@@ -22,9 +22,9 @@
 //! three steps at R = 1 and R = 3; the checks here are the ones it makes before its `Flip` and
 //! `Settle` steps (`caught_up_under_owner`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use memring_common::api::ReplicaStep;
+use memring_common::api::{ReplicaPosition, ReplicaStep};
 use memring_common::internal::InternalClient;
 use memring_common::layout::{LayoutNode, Transition, TransitionPhase};
 use memring_common::store::{RingStore, StoreError, Versioned, update_layout};
@@ -153,7 +153,7 @@ pub async fn flip(
         .collect();
     // One request per old owner: a write to the first partition handed over waits until the
     // flip is seen, so the hand-overs of a large change must not be made one by one.
-    let olds = by_node(handed.iter().map(|(p, old, _)| ((*old).clone(), (*p).clone())));
+    let olds = shard::by_node(handed.iter().map(|(p, old, _)| ((*old).clone(), (*p).clone())));
     let asked = olds
         .iter()
         .map(|(old, ps)| shard::batch(client, old, ReplicaStep::HandOver, layout.epoch, ps));
@@ -176,7 +176,7 @@ pub async fn flip(
     // the writes over at once, and the old ones send the writes they hold back to the routers
     // (which then read the new layout), so the hand-over's pause is a few round trips. Nothing
     // depends on it: a node not reached learns from the watch.
-    let news = by_node(handed.iter().map(|(p, _, new)| ((*new).clone(), (*p).clone())));
+    let news = shard::by_node(handed.iter().map(|(p, _, new)| ((*new).clone(), (*p).clone())));
     let takes = news
         .iter()
         .map(|(new, ps)| shard::batch(client, new, ReplicaStep::TakeOver, next.epoch, ps));
@@ -266,86 +266,93 @@ async fn look(
 
 /// Those of `partitions` whose owner in `ring` has not taken its writes over there, or one of
 /// whose live members other than the owner does not hold the owner's log (its last entry, term
-/// and position: log matching). Each node is asked once (`shard::batch`), the owners first and
-/// the members after. A node that does not answer leaves its partitions behind.
+/// and position: log matching). Each node is asked once per round (`shard::batch`): first the
+/// positions alone, owners then members, so a partition whose members are still filling costs
+/// its owner no take-over; then, for the others, the owners take their writes over and the
+/// members are asked again. A node that does not answer leaves its partitions behind.
 async fn lagging(
     client: &InternalClient,
     ring: &Ring,
     partitions: &[PartitionKey],
 ) -> BTreeSet<PartitionKey> {
     let epoch = ring.epoch();
-    let mut behind = BTreeSet::new();
-    let mut owned = Vec::new();
-    for p in partitions {
-        match ring.owner(p) {
-            Some(owner) => owned.push((owner.clone(), p.clone())),
-            None => {
-                behind.insert(p.clone());
-            }
+    let owned: Vec<(LayoutNode, PartitionKey)> =
+        partitions.iter().filter_map(|p| Some((ring.owner(p)?.clone(), p.clone()))).collect();
+    let owners = positions_of(client, epoch, ReplicaStep::Position, &owned).await;
+    let members =
+        positions_of(client, epoch, ReplicaStep::Position, &members_of(ring, &owned)).await;
+    let filled: Vec<(LayoutNode, PartitionKey)> = owned
+        .into_iter()
+        .filter(|(owner, p)| {
+            let Some(at) = owners.get(&(owner.id.clone(), p.clone())) else { return false };
+            live_members(ring, p).iter().all(|m| {
+                members.get(&(m.id.clone(), p.clone())).is_some_and(|m| m.last_seq >= at.last_seq)
+            })
+        })
+        .collect();
+    // The check itself.
+    let taken = positions_of(client, epoch, ReplicaStep::TakeOver, &filled).await;
+    let members =
+        positions_of(client, epoch, ReplicaStep::Position, &members_of(ring, &filled)).await;
+    let mut held = BTreeSet::new();
+    for (owner, p) in &filled {
+        let Some(at) = taken.get(&(owner.id.clone(), p.clone())) else { continue };
+        let mut holds = true;
+        for member in live_members(ring, p) {
+            holds = holds
+                && match members.get(&(member.id.clone(), p.clone())) {
+                    _ if at.last_seq == 0 => true,
+                    Some(m) if m == at => true,
+                    Some(m) if m.last_seq < at.last_seq => false,
+                    // Ahead, or another term there: its log is asked about the owner's entry.
+                    Some(_) => shard::holds(client, &member, p, at.last_seq, at.last_term)
+                        .await
+                        .unwrap_or(false),
+                    None => false,
+                };
+        }
+        if holds {
+            held.insert(p);
         }
     }
-    let owners = by_node(owned);
-    let asked = owners
-        .iter()
-        .map(|(owner, ps)| shard::batch(client, owner, ReplicaStep::TakeOver, epoch, ps));
-    let mut ends = Vec::new();
-    for ((owner, ps), answer) in owners.iter().zip(join_all(asked).await) {
+    partitions.iter().filter(|p| !held.contains(p)).cloned().collect()
+}
+
+/// `step` on each node of `asks` for its partitions there, each node asked once: the positions
+/// the nodes gave (none for a node that did not answer, or a partition the step failed for).
+async fn positions_of(
+    client: &InternalClient,
+    epoch: u64,
+    step: ReplicaStep,
+    asks: &[(LayoutNode, PartitionKey)],
+) -> HashMap<(NodeId, PartitionKey), ReplicaPosition> {
+    let nodes = shard::by_node(asks.iter().cloned());
+    let asked = nodes.iter().map(|(node, ps)| shard::batch(client, node, step, epoch, ps));
+    let mut out = HashMap::new();
+    for ((node, ps), answer) in nodes.iter().zip(join_all(asked).await) {
         match answer {
             Ok(results) => {
                 for (p, at) in ps.iter().zip(results) {
-                    match at {
-                        Ok(at) => ends.push((p.clone(), at)),
-                        Err(_) => {
-                            behind.insert(p.clone());
-                        }
+                    if let Ok(at) = at {
+                        out.insert((node.id.clone(), p.clone()), at);
                     }
                 }
             }
-            Err(e) => {
-                tracing::debug!(owner = %owner.id, error = %e, "an owner did not answer its take-overs");
-                behind.extend(ps.iter().cloned());
-            }
+            Err(e) => tracing::debug!(node = %node.id, ?step, error = %e, "a node did not answer"),
         }
     }
-    // An owner holding nothing is held by everyone.
-    let members =
-        by_node(ends.iter().filter(|(_, at)| at.last_seq > 0).flat_map(|(p, at)| {
-            live_members(ring, p).into_iter().map(move |m| (m, (p.clone(), *at)))
-        }));
-    let asked = members.iter().map(|(member, items)| async move {
-        let ps: Vec<PartitionKey> = items.iter().map(|(p, _)| p.clone()).collect();
-        shard::batch(client, member, ReplicaStep::Position, epoch, &ps).await
-    });
-    for ((member, items), answer) in members.iter().zip(join_all(asked).await) {
-        let Ok(results) = answer else {
-            behind.extend(items.iter().map(|(p, _)| p.clone()));
-            continue;
-        };
-        for ((p, at), held) in items.iter().zip(results) {
-            let holds = match held {
-                Ok(held) if held == *at => true,
-                Ok(held) if held.last_seq < at.last_seq => false,
-                // Ahead, or another term there: its log is asked about the owner's last entry.
-                Ok(_) => shard::holds(client, member, p, at.last_seq, at.last_term)
-                    .await
-                    .unwrap_or(false),
-                Err(_) => false,
-            };
-            if !holds {
-                behind.insert(p.clone());
-            }
-        }
-    }
-    behind
+    out
 }
 
-/// `items` grouped by the node each names, in node id order.
-fn by_node<T>(items: impl IntoIterator<Item = (LayoutNode, T)>) -> Vec<(LayoutNode, Vec<T>)> {
-    let mut groups: BTreeMap<NodeId, (LayoutNode, Vec<T>)> = BTreeMap::new();
-    for (node, item) in items {
-        groups.entry(node.id.clone()).or_insert_with(|| (node, Vec::new())).1.push(item);
-    }
-    groups.into_values().collect()
+/// Each live member other than the owner of each of `owned`'s partitions, with the partition.
+fn members_of(
+    ring: &Ring,
+    owned: &[(LayoutNode, PartitionKey)],
+) -> Vec<(LayoutNode, PartitionKey)> {
+    owned
+        .iter()
+        .flat_map(|(_, p)| live_members(ring, p).into_iter().map(move |m| (m, p.clone())))
+        .collect()
 }
 
 /// The members of `p`'s set in `ring` other than its owner that are not marked down.

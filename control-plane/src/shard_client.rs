@@ -210,6 +210,16 @@ pub async fn hand_over(
     send(client, &owner.addr, Method::POST, &path, None, REPLICATION_TIMEOUT).await?.json()
 }
 
+/// `items` grouped by the node each names, in node id order: the calls of a step that asks
+/// each node once ([`batch`]).
+pub fn by_node<T>(items: impl IntoIterator<Item = (LayoutNode, T)>) -> Vec<(LayoutNode, Vec<T>)> {
+    let mut groups: std::collections::BTreeMap<_, (LayoutNode, Vec<T>)> = Default::default();
+    for (node, item) in items {
+        groups.entry(node.id.clone()).or_insert_with(|| (node, Vec::new())).1.push(item);
+    }
+    groups.into_values().collect()
+}
+
 /// `step` for each of `partitions` on `node`, once it has seen layout `epoch`
 /// (`POST /internal/v1/replicate/batch`, in requests of at most [`MAX_REPLICA_BATCH`]): each
 /// partition's position after the step, or why the step failed there, in the order given.

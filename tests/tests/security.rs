@@ -275,7 +275,8 @@ async fn every_route_of_every_binary_wants_its_credential() -> anyhow::Result<()
         let (status, text, _) = send(As::Cluster, &keys, "POST", &batch, Some(&bad)).await?;
         assert_eq!(status, 400, "{why}: {text}");
     }
-    let ask = json!({"step": "position", "epoch": 1, "partitions": ["alpha/shared", "beta/shared"]});
+    let ask =
+        json!({"step": "position", "epoch": 1, "partitions": ["alpha/shared", "beta/shared"]});
     let (status, text, _) = send(As::Cluster, &keys, "POST", &batch, Some(&ask)).await?;
     assert_eq!(status, 200, "{text}");
     let answer: Value = serde_json::from_str(&text)?;

@@ -9,13 +9,15 @@ use memring_common::api::{ReplicaStep, ReplicaStepResult};
 
 use super::*;
 
-/// How many partitions of a batch take their writes over, or hand them over, at once: each may
-/// wait for its quorum, and a few hundred waits cost no more than one.
-const CONCURRENT: usize = 256;
+/// How many partitions of a batch take their writes over at once. A take-over not yet made at
+/// this term asks the other copies for their positions, and a write to the partition waits for
+/// it: more at once would make the other copies' nodes, busy filling new copies, the bottleneck
+/// of those writes.
+const CONCURRENT: usize = 64;
 
 impl Replication {
     /// `step` for each of `partitions`, once this node has seen layout `epoch`, in the order
-    /// given.
+    /// given. The positions are read in one storage call.
     pub async fn batch(
         &self,
         step: ReplicaStep,
@@ -23,28 +25,38 @@ impl Replication {
         partitions: Vec<PartitionKey>,
     ) -> Result<Vec<ReplicaStepResult>, ApiError> {
         self.ring.reach(epoch).await?;
-        if step == ReplicaStep::Position {
-            // Positions only: one read of storage for the lot.
-            let read = self
-                .blocking(move |s| Ok(partitions.iter().map(|p| s.last_pos(p)).collect::<Vec<_>>()))
-                .await?;
-            return Ok(read.into_iter().map(answer).collect());
-        }
-        let mut out = Vec::with_capacity(partitions.len());
-        for chunk in partitions.chunks(CONCURRENT) {
-            let steps = chunk.iter().map(|p| async move {
-                match step {
-                    ReplicaStep::HandOver => self.hand_over(p, epoch).await,
-                    _ => {
+        let done: Vec<Result<LogPos, ApiError>> = match step {
+            ReplicaStep::HandOver => self.hand_over_many(&partitions, epoch).await?,
+            ReplicaStep::Position => self.last_positions(partitions, Vec::new()).await?,
+            ReplicaStep::TakeOver => {
+                let mut taken = Vec::with_capacity(partitions.len());
+                for chunk in partitions.chunks(CONCURRENT) {
+                    let takes = chunk.iter().map(|p| async move {
                         owns(&self.ring.ring(), &self.me, p)?;
-                        self.take_over(p).await?;
-                        self.last_pos(p).await
-                    }
+                        self.take_over(p).await
+                    });
+                    taken.extend(join_all(takes).await);
                 }
-            });
-            out.extend(join_all(steps).await.into_iter().map(answer));
+                self.last_positions(partitions, taken).await?
+            }
+        };
+        Ok(done.into_iter().map(answer).collect())
+    }
+
+    /// The last log position of each of `partitions`, read in one storage call, or the error
+    /// `failed` has for it (`failed` empty: none failed).
+    async fn last_positions(
+        &self,
+        partitions: Vec<PartitionKey>,
+        failed: Vec<Result<(), ApiError>>,
+    ) -> Result<Vec<Result<LogPos, ApiError>>, ApiError> {
+        let read = self
+            .blocking(move |s| Ok(partitions.iter().map(|p| s.last_pos(p)).collect::<Vec<_>>()))
+            .await?;
+        if failed.is_empty() {
+            return Ok(read);
         }
-        Ok(out)
+        Ok(read.into_iter().zip(failed).map(|(at, ok)| ok.and(at)).collect())
     }
 }
 

@@ -189,26 +189,55 @@ impl Replication {
         partition: &PartitionKey,
         epoch: u64,
     ) -> Result<LogPos, ApiError> {
-        self.owner_at(partition, epoch).await?;
+        let mut done = self.hand_over_many(std::slice::from_ref(partition), epoch).await?;
+        done.pop().unwrap_or_else(|| Err(ApiError::internal("a hand-over gave no answer")))
+    }
+
+    /// [`Self::hand_over`] for each of `partitions` (`replicate/batch.rs`), in order: every hold
+    /// is placed first, then every position is read in one storage call, then the committed
+    /// writes' quorums are waited for together, so handing over thousands of partitions holds
+    /// their writes back about as long as handing over one.
+    pub async fn hand_over_many(
+        &self,
+        partitions: &[PartitionKey],
+        epoch: u64,
+    ) -> Result<Vec<Result<LogPos, ApiError>>, ApiError> {
+        self.ring.reach(epoch).await?;
+        let ring = self.ring.ring();
+        same_epoch(&ring, epoch)?;
         let until = Instant::now() + HAND_OVER_HOLD;
-        self.lead.handing.lock().insert(partition.clone(), (epoch, until));
-        let key = partition.clone();
+        let owned: Vec<Result<(), ApiError>> =
+            partitions.iter().map(|p| owns(&ring, &self.me, p)).collect();
+        {
+            let mut handing = self.lead.handing.lock();
+            for (p, _) in partitions.iter().zip(&owned).filter(|(_, o)| o.is_ok()) {
+                handing.insert(p.clone(), (epoch, until));
+            }
+        }
         // Nothing commits after this: a write that passed its check before the hold holds the
-        // partition's lock until its batch is written, which this waits for.
-        let at = self.blocking(move |s| s.last_pos(&key)).await?;
+        // partition's lock until its batch is written, which these reads wait for.
+        let keys = partitions.to_vec();
+        let read = self
+            .blocking(move |s| Ok(keys.iter().map(|p| s.last_pos(p)).collect::<Vec<_>>()))
+            .await?;
         // Every write committed is held by its quorum once the last one is (log matching); an
         // older term's last entry means none of this term, and rebased writes wait for the
         // start of the term, so then the waiting writes are watched instead.
-        let (followers, needed) = self.quorum(partition);
-        if self.lead_term(partition) == Some(at.term) {
-            self.acks.wait_quorum(partition, &followers, needed, at, self.quorum_timeout).await;
-        } else {
-            let settled = Instant::now() + self.quorum_timeout;
-            while self.acks.waits(partition) && Instant::now() < settled {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+        let settled = partitions.iter().zip(owned).zip(read).map(|((p, owned), at)| async move {
+            owned?;
+            let at = at?;
+            let (followers, needed) = self.quorum(p);
+            if self.lead_term(p) == Some(at.term) {
+                self.acks.wait_quorum(p, &followers, needed, at, self.quorum_timeout).await;
+            } else {
+                let deadline = Instant::now() + self.quorum_timeout;
+                while self.acks.waits(p) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             }
-        }
-        Ok(at)
+            Ok(at)
+        });
+        Ok(futures::future::join_all(settled).await)
     }
 
     /// After a take-over of `partition`: its writes still waiting from an older term either

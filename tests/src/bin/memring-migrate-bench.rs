@@ -68,7 +68,7 @@ struct Args {
 
 /// A paced writer: one write every 1/`rate` s to `tenants` in turn (ids `live{i}`, vectors
 /// around `cs`), each on its own task so a slow one does not hold the pace, until `stop`.
-/// Returns the writes sent, how many failed, and the slowest.
+/// Returns the writes sent, how many failed, and the slowest with when it was sent.
 fn spawn_writer(
     http: reqwest::Client,
     router: String,
@@ -76,7 +76,7 @@ fn spawn_writer(
     cs: Vec<Vec<f32>>,
     rate: u64,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<anyhow::Result<(usize, usize, Duration)>> {
+) -> tokio::task::JoinHandle<anyhow::Result<(usize, usize, (Duration, Instant))>> {
     tokio::spawn(async move {
         let dims = cs.first().map(Vec::len).unwrap_or(1);
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
@@ -89,7 +89,7 @@ fn spawn_writer(
             let tenant = &tenants[i % tenants.len()];
             let (http, url) = (http.clone(), format!("{router}/v1/tenants/{tenant}/memories"));
             tasks.push(tokio::spawn(async move {
-                let t = Instant::now();
+                let sent = Instant::now();
                 let ok = http
                     .post(url)
                     .json(&body)
@@ -97,18 +97,51 @@ fn spawn_writer(
                     .await
                     .map(|r| r.status().as_u16() == 201)
                     .unwrap_or(false);
-                (t.elapsed(), ok)
+                (sent.elapsed(), sent, ok)
             }));
             i += 1;
         }
-        let mut slowest = Duration::ZERO;
+        let mut slowest = (Duration::ZERO, Instant::now());
         let mut failed = 0usize;
         for t in tasks {
-            let (d, ok) = t.await?;
-            slowest = slowest.max(d);
+            let (took, sent, ok) = t.await?;
+            if took > slowest.0 {
+                slowest = (took, sent);
+            }
             failed += usize::from(!ok);
         }
         Ok::<_, anyhow::Error>((i, failed, slowest))
+    })
+}
+
+/// Watches the control plane's `layout_change` (`GET /v1/cluster`, every 250 ms) until `stop`:
+/// each step it was seen in first, and when; `done` once no change is in flight after one was.
+fn spawn_step_watch(
+    http: reqwest::Client,
+    control: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(String, Instant)>> {
+    tokio::spawn(async move {
+        let mut seen: Vec<(String, Instant)> = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            let view = http.get(format!("{control}/v1/cluster")).send().await;
+            let view = match view {
+                Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                Err(_) => None,
+            };
+            if let Some(view) = view {
+                let step = match view["layout_change"]["phase"].as_str() {
+                    Some(phase) => phase.to_owned(),
+                    None if seen.is_empty() => String::new(),
+                    None => "done".to_owned(),
+                };
+                if !step.is_empty() && seen.last().is_none_or(|(last, _)| *last != step) {
+                    seen.push((step, Instant::now()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        seen
     })
 }
 
@@ -368,7 +401,7 @@ async fn main() -> anyhow::Result<()> {
     let report = &reports[0];
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Release);
-    let (writes, failed, slowest) = writer.await??;
+    let (writes, failed, (slowest, _)) = writer.await??;
     busy_stop.store(true, Ordering::Release);
     let busy = busy.await?;
     let (moved_first_ms, moved_misses) =
@@ -434,6 +467,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             eprintln!("rebalancing: shard-4 joins under {} writes/s…", args.writes_per_sec);
             let started = Instant::now();
+            let steps = spawn_step_watch(http.clone(), control.url(), stop.clone());
             let resp = http.post(format!("{}/v1/rebalance", control.url())).send().await?;
             let took = started.elapsed();
             let status = resp.status();
@@ -441,8 +475,15 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(status.is_success(), "rebalance answered {status}: {body}");
             tokio::time::sleep(Duration::from_secs(1)).await;
             stop.store(true, Ordering::Release);
-            let (writes, failed, slowest) = writer.await??;
-            joined = Some((took, writes, failed, slowest));
+            let (writes, failed, (slowest, sent)) = writer.await??;
+            let at = |t: Instant| match t.checked_duration_since(started) {
+                Some(d) => format!("+{:.2} s", d.as_secs_f64()),
+                None => format!("-{:.2} s", started.duration_since(t).as_secs_f64()),
+            };
+            let steps: Vec<String> =
+                steps.await?.iter().map(|(step, t)| format!("{step} {}", at(*t))).collect();
+            let when = format!("sent at {}; steps seen: {}", at(sent), steps.join(", "));
+            joined = Some((took, writes, failed, slowest, when));
         }
     }
 
@@ -505,9 +546,9 @@ async fn main() -> anyhow::Result<()> {
             moved * 100.0
         );
     }
-    if let Some((took, writes, failed, slowest)) = joined {
+    if let Some((took, writes, failed, slowest, when)) = joined {
         println!(
-            "| rebalance 3 → 4 nodes run (`POST /v1/rebalance`) | {:.2} s; writes to the small tenants ({} /s) during it: {writes} sent, {failed} failed, slowest {:.0} ms |",
+            "| rebalance 3 → 4 nodes run (`POST /v1/rebalance`) | {:.2} s; writes to the small tenants ({} /s) during it: {writes} sent, {failed} failed, slowest {:.0} ms ({when}) |",
             took.as_secs_f64(),
             args.writes_per_sec,
             slowest.as_secs_f64() * 1000.0
