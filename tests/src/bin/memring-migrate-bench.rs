@@ -68,7 +68,19 @@ struct Args {
 
 /// A paced writer: one write every 1/`rate` s to `tenants` in turn (ids `live{i}`, vectors
 /// around `cs`), each on its own task so a slow one does not hold the pace, until `stop`.
-/// Returns the writes sent, how many failed, and the slowest with when it was sent.
+/// What a paced writer saw.
+struct Written {
+    /// Writes sent.
+    sent: usize,
+    /// Writes that did not answer 201.
+    failed: usize,
+    /// The slowest write's latency.
+    slowest: Duration,
+    /// When the slowest write was sent.
+    slowest_sent: Instant,
+}
+
+/// Returns what it saw.
 fn spawn_writer(
     http: reqwest::Client,
     router: String,
@@ -76,7 +88,7 @@ fn spawn_writer(
     cs: Vec<Vec<f32>>,
     rate: u64,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<anyhow::Result<(usize, usize, (Duration, Instant))>> {
+) -> tokio::task::JoinHandle<anyhow::Result<Written>> {
     tokio::spawn(async move {
         let dims = cs.first().map(Vec::len).unwrap_or(1);
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
@@ -110,7 +122,12 @@ fn spawn_writer(
             }
             failed += usize::from(!ok);
         }
-        Ok::<_, anyhow::Error>((i, failed, slowest))
+        Ok::<_, anyhow::Error>(Written {
+            sent: i,
+            failed,
+            slowest: slowest.0,
+            slowest_sent: slowest.1,
+        })
     })
 }
 
@@ -401,7 +418,7 @@ async fn main() -> anyhow::Result<()> {
     let report = &reports[0];
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Release);
-    let (writes, failed, (slowest, _)) = writer.await??;
+    let Written { sent: writes, failed, slowest, .. } = writer.await??;
     busy_stop.store(true, Ordering::Release);
     let busy = busy.await?;
     let (moved_first_ms, moved_misses) =
@@ -475,7 +492,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(status.is_success(), "rebalance answered {status}: {body}");
             tokio::time::sleep(Duration::from_secs(1)).await;
             stop.store(true, Ordering::Release);
-            let (writes, failed, (slowest, sent)) = writer.await??;
+            let Written { sent: writes, failed, slowest, slowest_sent: sent } = writer.await??;
             let at = |t: Instant| match t.checked_duration_since(started) {
                 Some(d) => format!("+{:.2} s", d.as_secs_f64()),
                 None => format!("-{:.2} s", started.duration_since(t).as_secs_f64()),
