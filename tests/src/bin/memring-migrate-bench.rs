@@ -131,32 +131,37 @@ fn spawn_writer(
     })
 }
 
-/// Watches the control plane's `layout_change` (`GET /v1/cluster`, every 250 ms) until `stop`:
-/// each step it was seen in first, and when; `done` once no change is in flight after one was.
+/// Watches the router's layout epoch (`GET /v1/ring`, every 100 ms; it reads no partition, so
+/// watching does not load the nodes) until `stop`: when each new epoch was first seen, named by
+/// the step of a layout change that makes it (stage, flip, end; a fourth and later: "epoch N").
 fn spawn_step_watch(
     http: reqwest::Client,
-    control: String,
+    router: String,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<(String, Instant)>> {
     tokio::spawn(async move {
         let mut seen: Vec<(String, Instant)> = Vec::new();
+        let mut first = None;
+        let mut last = None;
         while !stop.load(Ordering::Acquire) {
-            let view = http.get(format!("{control}/v1/cluster")).send().await;
-            let view = match view {
-                Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            let ring = http.get(format!("{router}/v1/ring")).send().await;
+            let epoch = match ring {
+                Ok(r) => r.json::<serde_json::Value>().await.ok().and_then(|v| v["epoch"].as_u64()),
                 Err(_) => None,
             };
-            if let Some(view) = view {
-                let step = match view["layout_change"]["phase"].as_str() {
-                    Some(phase) => phase.to_owned(),
-                    None if seen.is_empty() => String::new(),
-                    None => "done".to_owned(),
+            if let Some(epoch) = epoch.filter(|e| last != Some(*e)) {
+                let base = *first.get_or_insert(epoch);
+                let step = match epoch - base {
+                    0 => None,
+                    1 => Some("staged".to_owned()),
+                    2 => Some("flipped".to_owned()),
+                    3 => Some("ended".to_owned()),
+                    _ => Some(format!("epoch {epoch}")),
                 };
-                if !step.is_empty() && seen.last().is_none_or(|(last, _)| *last != step) {
-                    seen.push((step, Instant::now()));
-                }
+                seen.extend(step.map(|s| (s, Instant::now())));
+                last = Some(epoch);
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         seen
     })
@@ -484,7 +489,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             eprintln!("rebalancing: shard-4 joins under {} writes/s…", args.writes_per_sec);
             let started = Instant::now();
-            let steps = spawn_step_watch(http.clone(), control.url(), stop.clone());
+            let steps = spawn_step_watch(http.clone(), router.clone(), stop.clone());
             let resp = http.post(format!("{}/v1/rebalance", control.url())).send().await?;
             let took = started.elapsed();
             let status = resp.status();
