@@ -18,6 +18,7 @@ pub mod job;
 pub mod journal;
 pub mod keys;
 pub mod layout;
+pub mod listings;
 pub mod migrate;
 pub mod placement;
 pub mod rebalance;
@@ -104,6 +105,7 @@ pub async fn run(
         cancel: job::Cancel::default(),
         epochs: Arc::new(view::EpochHistory::default()),
         autopilot: autopilot::Autopilot::new(config.auto_rebalance_settle),
+        listings: listings::Listings::default(),
     });
     let recorder = tokio::spawn(view::record_epochs(store.clone(), service.epochs.clone()));
     // One active control plane: wait for leadership in the background (serving /health and the

@@ -39,6 +39,8 @@ pub(crate) struct ControlService {
     pub(crate) epochs: Arc<view::EpochHistory>,
     /// Admits registered nodes when the layout's `auto_rebalance` is on (while leading).
     pub(crate) autopilot: Arc<autopilot::Autopilot>,
+    /// What each node holds, for the cluster view (kept from the nodes' change feeds).
+    pub(crate) listings: crate::listings::Listings,
 }
 
 impl ControlService {
@@ -398,15 +400,17 @@ impl Service for ControlService {
                     Reply { route: "dashboard", response }
                 }
                 (Method::GET, "/v1/cluster") => {
-                    let response = match view::cluster_view(self.store.as_ref(), &self.client).await
-                    {
-                        Ok(mut v) => {
-                            v.epoch_history = self.epochs.list();
-                            self.autopilot.fill(&mut v.autopilot);
-                            json(200, &v)
-                        }
-                        Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
-                    };
+                    let response =
+                        match view::cluster_view(self.store.as_ref(), &self.client, &self.listings)
+                            .await
+                        {
+                            Ok(mut v) => {
+                                v.epoch_history = self.epochs.list();
+                                self.autopilot.fill(&mut v.autopilot);
+                                json(200, &v)
+                            }
+                            Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
+                        };
                     Reply { route: "cluster", response }
                 }
                 (Method::GET, "/v1/verify") => {

@@ -8,6 +8,7 @@ use memring_common::api::{ClusterView, EpochSeen, LayoutChangeView, NodeView, Re
 use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 
+use crate::listings::Listings;
 use crate::shard_client as shard;
 
 /// The client the control plane uses to ask shard nodes about their partitions.
@@ -22,10 +23,12 @@ pub fn http_client(
     Ok(InternalClient::new(inner, credential))
 }
 
-/// Builds the view from the store, then asks every reachable node what it holds.
+/// Builds the view from the store, then asks every reachable node what changed in what it
+/// holds since `listings` last asked it (`listings.rs`).
 pub async fn cluster_view(
     store: &dyn RingStore,
     client: &InternalClient,
+    listings: &Listings,
 ) -> anyhow::Result<ClusterView> {
     let layout = store.load().await?.layout;
     let live = store.live_nodes().await?;
@@ -63,26 +66,22 @@ pub async fn cluster_view(
             });
         }
     }
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let answers = futures::future::join_all(addrs.iter().map(|addr| async move {
-        (
-            shard::partitions(client, addr, None).await.ok(),
-            shard::replica_status(client, addr).await.ok(),
-        )
-    }))
+    // What each node holds, from its change feed (only what changed since the last look), and
+    // its followers' lag.
+    let asked: Vec<(memring_common::NodeId, String)> =
+        nodes.iter().map(|n| (n.id.clone(), n.addr.clone())).collect();
+    let replicated = layout.replication_factor > 1;
+    let ((holds, holders), statuses) = futures::future::join(
+        listings.refresh(client, &asked, replicated),
+        futures::future::join_all(nodes.iter().map(|n| shard::replica_status(client, &n.addr))),
+    )
     .await;
-    // Which nodes hold a copy (with memories) of each partition.
-    let mut holders: BTreeMap<memring_common::PartitionKey, Vec<memring_common::NodeId>> =
-        BTreeMap::new();
-    for (node, (list, status)) in nodes.iter_mut().zip(answers) {
-        if let Some(list) = list {
-            node.partitions = Some(list.partitions.len() as u64);
-            node.episodes = Some(list.partitions.iter().map(|p| p.count).sum());
-            for p in list.partitions {
-                holders.entry(p.partition).or_default().push(node.id.clone());
-            }
+    for (node, status) in nodes.iter_mut().zip(statuses) {
+        if let Some(held) = holds.get(&node.id) {
+            node.partitions = Some(held.partitions);
+            node.episodes = Some(held.memories);
         }
-        node.lag = status.filter(|_| ring.replicating()).map(|s| s.lag);
+        node.lag = status.ok().filter(|_| ring.replicating()).map(|s| s.lag);
     }
     let replica_sets = if layout.replication_factor > 1 {
         holders.iter().map(|(p, held)| replica_set(&ring, &live, p, held)).collect()

@@ -30,6 +30,32 @@ async fn control_plane_and_shardctl_show_the_cluster() -> anyhow::Result<()> {
     assert!(nodes.iter().all(|n| n["live"] == true && n["in_ring"] == true));
     let memories: u64 = nodes.iter().filter_map(|n| n["episodes"].as_u64()).sum();
     assert_eq!(memories, 30, "{view}");
+    let partitions: u64 = nodes.iter().filter_map(|n| n["partitions"].as_u64()).sum();
+    assert_eq!(partitions, 30, "one partition per tenant: {view}");
+
+    // The next looks ask the nodes only for what changed (`listings.rs`), and see all of it: a
+    // new tenant, more memories in an old one, a tenant deleted.
+    for i in 0..4 {
+        let m = json!({"scope": "shared", "content": "x", "embedding": vector(4, i, 0.1)});
+        assert_eq!(c.post("/v1/tenants/fresh/memories", &m).await?.0, 201);
+        assert_eq!(c.post("/v1/tenants/t0/memories", &m).await?.0, 201);
+    }
+    assert!(c.delete("/v1/tenants/t1").await?.0 < 300, "the tenant is deleted");
+    let client = memring_tests::client();
+    let mut seen = (0, 0);
+    for _ in 0..50 {
+        let view: Value =
+            client.get(format!("{}/v1/cluster", control.url())).send().await?.json().await?;
+        let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
+        let sum = |field: &str| nodes.iter().filter_map(|n| n[field].as_u64()).sum::<u64>();
+        seen = (sum("episodes"), sum("partitions"));
+        if seen == (37, 30) {
+            break;
+        }
+        // A tenant's deletion reaches its nodes' feeds once it is done (202: in the background).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, (37, 30), "30 + 8 - 1 memories in 30 + 1 - 1 partitions");
 
     let out =
         Command::new(binary("shardctl")?).args(["--control", &control.url(), "status"]).output()?;

@@ -194,6 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let view = memring_control::view::cluster_view(
                 store.as_ref(),
                 &memring_control::view::http_client(credential)?,
+                &memring_control::listings::Listings::default(),
             )
             .await?;
             if json {
