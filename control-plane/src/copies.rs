@@ -17,7 +17,7 @@
 //!   quorum, and every acknowledged write is in the owner's log).
 //!
 //! The node deletes the copy only once it has seen the layout that gives it none
-//! (`shard_client::drop_copy`), so no follower round of an older layout writes it again.
+//! (`drop_copies`), so no follower round of an older layout writes it again.
 
 use std::time::{Duration, Instant};
 
@@ -148,23 +148,12 @@ pub async fn drop_when_covered(
     if ring.keeps(p, &node.id) {
         return Ok(Outcome::Kept);
     }
-    let deadline = Instant::now() + patience;
-    while !covered(client, ring, p, held).await? {
-        if Instant::now() >= deadline {
-            tracing::warn!(partition = %p, node = %node.id, position = held.last_seq, term = held.last_term,
-                "copy outside its replica set kept: the set does not hold its last entry");
-            return Ok(Outcome::Kept);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if store.load().await?.layout.epoch != ring.epoch() {
-        // The set checked may not be the set now.
-        return Ok(Outcome::LayoutChanged);
-    }
-    shard::drop_copy(client, node, p, ring.epoch()).await?;
-    tracing::info!(partition = %p, node = %node.id, position = held.last_seq, "copy outside its replica set dropped");
-    metrics::counter!("memring_control_copies_dropped_total").increment(1);
-    Ok(Outcome::Dropped)
+    let done = drop_covered(store, client, ring, node, vec![(p.clone(), held)], patience).await?;
+    Ok(match done {
+        Batch { layout_changed: true, .. } => Outcome::LayoutChanged,
+        Batch { dropped: 1, .. } => Outcome::Dropped,
+        _ => Outcome::Kept,
+    })
 }
 
 /// What [`drop_outside`] did.
@@ -214,33 +203,66 @@ pub async fn drop_outside(
             .map(|c| (c.partition.clone(), Held::from(c)))
             .collect();
         for chunk in outside.chunks(DROP_CHUNK) {
-            let deadline = Instant::now() + patience;
-            let (mut covered, mut left) = (Vec::new(), chunk.to_vec());
-            loop {
-                let verdicts = covered_many(client, ring, &left).await?;
-                let (yes, no): (Vec<_>, Vec<_>) =
-                    left.into_iter().zip(verdicts).partition(|(_, covered)| *covered);
-                covered.extend(yes.into_iter().map(|(copy, _)| copy));
-                left = no.into_iter().map(|(copy, _)| copy).collect();
-                if left.is_empty() || Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            for (p, held) in &left {
-                tracing::warn!(partition = %p, node = %node.id, position = held.last_seq, term = held.last_term,
-                    "copy outside its replica set kept: the set does not hold its last entry");
-            }
-            swept.kept += left.len();
-            if store.load().await?.layout.epoch != ring.epoch() {
-                // The sets checked may not be the sets now.
+            let done = drop_covered(store, client, ring, node, chunk.to_vec(), patience).await?;
+            swept.dropped += done.dropped;
+            swept.kept += done.kept;
+            if done.layout_changed {
                 swept.layout_changed = true;
                 return Ok(swept);
             }
-            swept.dropped += drop_copies(client, node, &covered, ring.epoch()).await?;
         }
     }
     Ok(swept)
+}
+
+/// What became of some copies of one node [`drop_covered`] looked at.
+#[derive(Debug, Default)]
+struct Batch {
+    dropped: usize,
+    kept: usize,
+    /// The layout changed after they were checked: none was dropped.
+    layout_changed: bool,
+}
+
+/// Drops those of `node`'s `copies` (each outside its partition's holders in `ring`) that
+/// their sets hold, waiting up to `patience` for the sets to hold what they hold; the others
+/// are kept for the janitor. Checks the layout is still `ring`'s once, before the drops.
+async fn drop_covered(
+    store: &dyn RingStore,
+    client: &InternalClient,
+    ring: &Ring,
+    node: &LayoutNode,
+    copies: Vec<(PartitionKey, Held)>,
+    patience: Duration,
+) -> anyhow::Result<Batch> {
+    let deadline = Instant::now() + patience;
+    let (mut covered, mut left) = (Vec::new(), copies);
+    loop {
+        let verdicts = covered_many(client, ring, &left).await?;
+        let (yes, no): (Vec<_>, Vec<_>) =
+            left.into_iter().zip(verdicts).partition(|(_, covered)| *covered);
+        covered.extend(yes.into_iter().map(|(copy, _)| copy));
+        left = no.into_iter().map(|(copy, _)| copy).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (p, held) in &left {
+        tracing::warn!(partition = %p, node = %node.id, position = held.last_seq, term = held.last_term,
+            "copy outside its replica set kept: the set does not hold its last entry");
+    }
+    let mut done = Batch { kept: left.len(), ..Batch::default() };
+    if covered.is_empty() {
+        return Ok(done);
+    }
+    if store.load().await?.layout.epoch != ring.epoch() {
+        // The sets checked may not be the sets now.
+        done.layout_changed = true;
+        return Ok(done);
+    }
+    done.dropped = drop_copies(client, node, &covered, ring.epoch()).await?;
+    Ok(done)
 }
 
 /// How many copies of a node [`drop_outside`] checks and drops together.

@@ -5,7 +5,7 @@
 //! Calls fall into three groups: what a node holds (`partitions`, `partitions_changed`,
 //! `replica_status`), the replication steps of a layout change or a failover (`position`,
 //! `held`, `take_over`, `hand_over`, `holds`, and `batch` for many partitions of a node), and steps on one copy (`checksum`,
-//! `drop_partition`, `drop_copy`, and `unfence` for a source an older control plane's copy
+//! `drop_partition`, and `unfence` for a source an older control plane's copy
 //! protocol fenced).
 
 use std::time::Duration;
@@ -326,17 +326,4 @@ pub async fn drop_partition(
     send(client, &node.addr, Method::DELETE, &migrate_path(p, "partition"), None, STEP_TIMEOUT)
         .await
         .map(drop)
-}
-
-/// Deletes `node`'s copy of `partition` once the node has seen layout `epoch` — one in which
-/// it holds no copy — so no follower round of an older layout can write it again afterwards
-/// (a node applies log entries only while its current layout gives it a copy).
-pub async fn drop_copy(
-    client: &InternalClient,
-    node: &LayoutNode,
-    partition: &PartitionKey,
-    epoch: u64,
-) -> Result<(), ShardError> {
-    position(client, node, partition, epoch).await?;
-    drop_partition(client, node, partition).await
 }
