@@ -18,6 +18,8 @@ struct NodeCopies {
     feed: u64,
     cursor: u64,
     copies: HashMap<PartitionKey, (u64, u64)>,
+    /// The memories in `copies`, kept as they change.
+    memories: u64,
 }
 
 /// The tenants' stored memories and bytes.
@@ -48,11 +50,13 @@ impl Usage {
         let copies = self.nodes.entry(node.clone()).or_default();
         if list.full {
             forget(&mut self.held, node, copies.copies.drain().map(|(p, _)| p));
+            copies.memories = 0;
         }
         (copies.feed, copies.cursor) = (list.feed, list.cursor);
         for p in list.partitions {
             let now = (p.count, p.bytes);
             let before = copies.copies.insert(p.partition.clone(), now).unwrap_or((0, 0));
+            copies.memories = (copies.memories + now.0).saturating_sub(before.0);
             if !recount && owned(&p.partition) {
                 adjust(&mut self.sums, &p, before, now);
             }
@@ -77,8 +81,13 @@ impl Usage {
 
     /// Forgets the nodes no longer in `ring`'s layout; true when that counted the sums again.
     pub fn retain_nodes(&mut self, ring: &Ring) -> bool {
-        let gone: Vec<NodeId> =
-            self.nodes.keys().filter(|id| ring.layout().node(id).is_none()).cloned().collect();
+        self.retain(ring, |id| ring.layout().node(id).is_some())
+    }
+
+    /// Forgets the nodes `keep` says no to; true when that counted the sums again (under
+    /// `ring`).
+    pub fn retain(&mut self, ring: &Ring, keep: impl Fn(&NodeId) -> bool) -> bool {
+        let gone: Vec<NodeId> = self.nodes.keys().filter(|id| !keep(id)).cloned().collect();
         for id in &gone {
             if let Some(copies) = self.nodes.remove(id) {
                 forget(&mut self.held, id, copies.copies.into_keys());
@@ -89,6 +98,23 @@ impl Usage {
             self.recount(ring);
         }
         recount
+    }
+
+    /// What `node` held when it last answered: (partitions, memories); none if it never did.
+    pub fn node_totals(&self, node: &NodeId) -> Option<(u64, u64)> {
+        self.nodes.get(node).map(|n| (n.copies.len() as u64, n.memories))
+    }
+
+    /// The nodes holding a copy of each partition, by id (a walk over every copy known).
+    pub fn holders(&self) -> std::collections::BTreeMap<PartitionKey, Vec<NodeId>> {
+        let mut out: std::collections::BTreeMap<PartitionKey, Vec<NodeId>> = Default::default();
+        for (node, copies) in &self.nodes {
+            for p in copies.copies.keys() {
+                out.entry(p.clone()).or_default().push(node.clone());
+            }
+        }
+        out.values_mut().for_each(|held| held.sort());
+        out
     }
 
     /// Each tenant's (memories, bytes).
@@ -215,6 +241,7 @@ mod tests {
         );
         assert_eq!(usage.sums().get("t1"), Some(&(5, 50)));
         assert_eq!(usage.query(&a), "?feed=7&since=5");
+        assert_eq!(usage.node_totals(&a), Some((3, 6)), "partitions and memories on a");
         // Changed since: one partition grew, one is gone.
         usage.apply(
             &ring,
@@ -224,6 +251,9 @@ mod tests {
         assert_eq!(usage.sums().get("t1"), Some(&(6, 65)));
         assert_eq!(usage.sums().get("t2"), Some(&(0, 0)));
         assert_eq!(usage.query(&a), "?feed=7&since=9");
+        assert_eq!(usage.node_totals(&a), Some((2, 6)), "t2 gone, t1/shared 3 → 4");
+        let holders: Vec<String> = usage.holders().keys().map(|p| p.to_string()).collect();
+        assert_eq!(holders, ["t1/agent:x", "t1/shared"]);
         // One tenant's copies, found without a walk: the gone one is not among them.
         let copies = |usage: &Usage, t: &str| -> Vec<(String, u64)> {
             usage.copies_of(t).into_iter().map(|(_, p, n)| (p.to_string(), n)).collect()
@@ -237,6 +267,8 @@ mod tests {
         usage.apply(&ring, &a, list(&a, vec![stats("t1/shared", 1, 1)], 2, true));
         assert_eq!(usage.sums().get("t1"), Some(&(1, 1)));
         assert_eq!(usage.sums().get("t2"), None);
+        assert_eq!(usage.node_totals(&a), Some((1, 1)));
+        assert_eq!(usage.node_totals(&NodeId::parse("b").expect("id")), None);
         assert_eq!(copies(&usage, "t1"), [("t1/shared".to_owned(), 1)]);
     }
 

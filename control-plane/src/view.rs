@@ -72,7 +72,7 @@ pub async fn cluster_view(
         nodes.iter().map(|n| (n.id.clone(), n.addr.clone())).collect();
     let replicated = layout.replication_factor > 1;
     let ((holds, holders), statuses) = futures::future::join(
-        listings.refresh(client, &asked, replicated),
+        listings.refresh(client, &ring, &asked, replicated),
         futures::future::join_all(nodes.iter().map(|n| shard::replica_status(client, &n.addr))),
     )
     .await;
