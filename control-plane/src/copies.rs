@@ -87,9 +87,8 @@ pub async fn covered(
 }
 
 /// [`covered`] for each of `copies`, in order. Each live member node is asked once, for the
-/// positions of all the partitions it is asked about (`shard::batch`): a member whose copy ends
-/// at the copy's last entry holds it, one that ends before does not, and one that ends after
-/// (or at another term) is asked whether its log holds that entry.
+/// positions of all the partitions it is asked about (`shard::positions_of`), and each position
+/// is read by `shard::holds_entry`; a member that does not answer does not cover.
 pub async fn covered_many(
     client: &InternalClient,
     ring: &Ring,
@@ -113,20 +112,18 @@ pub async fn covered_many(
             members.chain((!set.iter().any(|m| m.id == owner.id)).then(|| (owner.clone(), i))),
         );
     }
-    for (member, asked) in shard::by_node(asks) {
-        let ps: Vec<PartitionKey> = asked.iter().map(|&i| copies[i].0.clone()).collect();
-        let answers =
-            shard::batch(client, &member, ReplicaStep::Position, ring.epoch(), &ps).await?;
-        for (&i, at) in asked.iter().zip(answers) {
-            let (p, held) = &copies[i];
-            let holds = match at {
-                Ok(at) if at.last_seq == held.last_seq && at.last_term == held.last_term => true,
-                Ok(at) if at.last_seq < held.last_seq => false,
-                Ok(_) => shard::holds(client, &member, p, held.last_seq, held.last_term).await?,
-                Err(_) => false,
-            };
-            verdicts[i] &= holds;
-        }
+    let pairs: Vec<(LayoutNode, PartitionKey)> =
+        asks.iter().map(|(member, i)| (member.clone(), copies[*i].0.clone())).collect();
+    let ends = shard::positions_of(client, ring.epoch(), ReplicaStep::Position, &pairs).await;
+    for ((member, p), (_, i)) in pairs.iter().zip(&asks) {
+        let held = copies[*i].1;
+        let entry = ReplicaPosition { last_seq: held.last_seq, last_term: held.last_term };
+        let holds = match ends.get(&(member.id.clone(), p.clone())) {
+            Some(at) => shard::holds_entry(client, member, p, *at, entry).await?,
+            // A member that did not answer does not show it.
+            None => false,
+        };
+        verdicts[*i] &= holds;
     }
     Ok(verdicts)
 }

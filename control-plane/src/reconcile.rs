@@ -22,9 +22,9 @@
 //! three steps at R = 1 and R = 3; the checks here are the ones it makes before its `Flip` and
 //! `Settle` steps (`caught_up_under_owner`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use memring_common::api::{ReplicaPosition, ReplicaStep};
+use memring_common::api::ReplicaStep;
 use memring_common::internal::InternalClient;
 use memring_common::layout::{LayoutNode, Transition, TransitionPhase};
 use memring_common::store::{RingStore, StoreError, Versioned, update_layout};
@@ -106,8 +106,7 @@ pub async fn moving(client: &InternalClient, ring: &Ring) -> anyhow::Result<Vec<
     if t.nodes == layout.nodes {
         return Ok(t.pins.keys().cloned().collect());
     }
-    let gone = t.nodes.iter().filter(|n| layout.node(&n.id).is_none());
-    let nodes: Vec<LayoutNode> = listable(layout).chain(gone).cloned().collect();
+    let nodes = listed_in_change(layout);
     let held = positions(client, &nodes, layout.epoch).await?;
     Ok(held.into_keys().filter(|p| ring.moving(p)).collect())
 }
@@ -278,9 +277,9 @@ async fn lagging(
     let epoch = ring.epoch();
     let owned: Vec<(LayoutNode, PartitionKey)> =
         partitions.iter().filter_map(|p| Some((ring.owner(p)?.clone(), p.clone()))).collect();
-    let owners = positions_of(client, epoch, ReplicaStep::Position, &owned).await;
+    let owners = shard::positions_of(client, epoch, ReplicaStep::Position, &owned).await;
     let members =
-        positions_of(client, epoch, ReplicaStep::Position, &members_of(ring, &owned)).await;
+        shard::positions_of(client, epoch, ReplicaStep::Position, &members_of(ring, &owned)).await;
     let filled: Vec<(LayoutNode, PartitionKey)> = owned
         .into_iter()
         .filter(|(owner, p)| {
@@ -291,9 +290,9 @@ async fn lagging(
         })
         .collect();
     // The check itself.
-    let taken = positions_of(client, epoch, ReplicaStep::TakeOver, &filled).await;
+    let taken = shard::positions_of(client, epoch, ReplicaStep::TakeOver, &filled).await;
     let members =
-        positions_of(client, epoch, ReplicaStep::Position, &members_of(ring, &filled)).await;
+        shard::positions_of(client, epoch, ReplicaStep::Position, &members_of(ring, &filled)).await;
     let mut held = BTreeSet::new();
     for (owner, p) in &filled {
         let Some(at) = taken.get(&(owner.id.clone(), p.clone())) else { continue };
@@ -302,12 +301,9 @@ async fn lagging(
             holds = holds
                 && match members.get(&(member.id.clone(), p.clone())) {
                     _ if at.last_seq == 0 => true,
-                    Some(m) if m == at => true,
-                    Some(m) if m.last_seq < at.last_seq => false,
-                    // Ahead, or another term there: its log is asked about the owner's entry.
-                    Some(_) => shard::holds(client, &member, p, at.last_seq, at.last_term)
-                        .await
-                        .unwrap_or(false),
+                    Some(m) => {
+                        shard::holds_entry(client, &member, p, *m, *at).await.unwrap_or(false)
+                    }
                     None => false,
                 };
         }
@@ -316,32 +312,6 @@ async fn lagging(
         }
     }
     partitions.iter().filter(|p| !held.contains(p)).cloned().collect()
-}
-
-/// `step` on each node of `asks` for its partitions there, each node asked once: the positions
-/// the nodes gave (none for a node that did not answer, or a partition the step failed for).
-async fn positions_of(
-    client: &InternalClient,
-    epoch: u64,
-    step: ReplicaStep,
-    asks: &[(LayoutNode, PartitionKey)],
-) -> HashMap<(NodeId, PartitionKey), ReplicaPosition> {
-    let nodes = shard::by_node(asks.iter().cloned());
-    let asked = nodes.iter().map(|(node, ps)| shard::batch(client, node, step, epoch, ps));
-    let mut out = HashMap::new();
-    for ((node, ps), answer) in nodes.iter().zip(join_all(asked).await) {
-        match answer {
-            Ok(results) => {
-                for (p, at) in ps.iter().zip(results) {
-                    if let Ok(at) = at {
-                        out.insert((node.id.clone(), p.clone()), at);
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(node = %node.id, ?step, error = %e, "a node did not answer"),
-        }
-    }
-    out
 }
 
 /// Each live member other than the owner of each of `owned`'s partitions, with the partition.
@@ -433,9 +403,7 @@ pub async fn end_transition(
 /// all reached their owner's position. The owners are listed before the members are.
 async fn unsettled(client: &InternalClient, ring: &Ring) -> anyhow::Result<Vec<PartitionKey>> {
     let layout = ring.layout();
-    let before = layout.transition.iter().flat_map(|t| &t.nodes);
-    let nodes: Vec<LayoutNode> =
-        listable(layout).chain(before.filter(|n| layout.node(&n.id).is_none())).cloned().collect();
+    let nodes = listed_in_change(layout);
     let first = positions(client, &nodes, layout.epoch).await?;
     let then = positions(client, &nodes, layout.epoch).await?;
     let at = |on: &BTreeMap<NodeId, (u64, u64)>, p: &PartitionKey| {
@@ -452,6 +420,15 @@ async fn unsettled(client: &InternalClient, ring: &Ring) -> anyhow::Result<Vec<P
         .filter(|(p, on)| !ring.retiring(p).is_empty() || !reached(p, on))
         .map(|(p, _)| p.clone())
         .collect())
+}
+
+/// The nodes a look at the change in flight in `layout` lists: [`listable`] ones, and those
+/// the change took out of the layout (a drained node, which leads or holds retiring copies
+/// until the change is over).
+fn listed_in_change(layout: &ClusterLayout) -> Vec<LayoutNode> {
+    let before = layout.transition.iter().flat_map(|t| &t.nodes);
+    let gone = before.filter(|n| layout.node(&n.id).is_none());
+    listable(layout).chain(gone).cloned().collect()
 }
 
 /// The nodes of `layout` a settle lists: all but those marked down (nobody waits on them).

@@ -8,16 +8,17 @@
 //! `drop_partition`, and `unfence` for a source an older control plane's copy
 //! protocol fenced).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use memring_common::PartitionKey;
 use memring_common::api::{
     MAX_REPLICA_BATCH, PartitionChecksum, PartitionList, ReplicaBatch, ReplicaBatchAnswer,
     ReplicaPosition, ReplicaStatus, ReplicaStep, partition_path,
 };
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
+use memring_common::{NodeId, PartitionKey};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
@@ -258,6 +259,52 @@ pub async fn batch(
         }));
     }
     Ok(out)
+}
+
+/// `step` on each node of `asks` for its partitions there, each node asked once ([`batch`]):
+/// the positions the nodes gave (none for a node that did not answer, or a partition the step
+/// failed for).
+pub async fn positions_of(
+    client: &InternalClient,
+    epoch: u64,
+    step: ReplicaStep,
+    asks: &[(LayoutNode, PartitionKey)],
+) -> HashMap<(NodeId, PartitionKey), ReplicaPosition> {
+    let nodes = by_node(asks.iter().cloned());
+    let asked = nodes.iter().map(|(node, ps)| batch(client, node, step, epoch, ps));
+    let mut out = HashMap::new();
+    for ((node, ps), answer) in nodes.iter().zip(futures::future::join_all(asked).await) {
+        match answer {
+            Ok(results) => {
+                for (p, at) in ps.iter().zip(results) {
+                    if let Ok(at) = at {
+                        out.insert((node.id.clone(), p.clone()), at);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(node = %node.id, ?step, error = %e, "a node did not answer"),
+        }
+    }
+    out
+}
+
+/// Whether `node`'s copy of `p`, whose log ends at `at`, holds the entry `entry` (its position
+/// and term): it does if it ends there, not if it ends before; otherwise (it ends after, or at
+/// another term there) its log is asked ([`holds`]).
+pub async fn holds_entry(
+    client: &InternalClient,
+    node: &LayoutNode,
+    p: &PartitionKey,
+    at: ReplicaPosition,
+    entry: ReplicaPosition,
+) -> Result<bool, ShardError> {
+    if at == entry {
+        return Ok(true);
+    }
+    if at.last_seq < entry.last_seq {
+        return Ok(false);
+    }
+    holds(client, node, p, entry.last_seq, entry.last_term).await
 }
 
 /// Whether `node`'s log of `p` holds the entry of term `term` at position `seq`, asked with the
