@@ -117,6 +117,18 @@ impl Usage {
         out
     }
 
+    /// The nodes holding a copy of `partition`, by id: one lookup per known node, not a walk.
+    pub fn holders_of(&self, partition: &PartitionKey) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, copies)| copies.copies.contains_key(partition))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Each tenant's (memories, bytes).
     pub fn sums(&self) -> &HashMap<String, (u64, u64)> {
         &self.sums
@@ -254,6 +266,8 @@ mod tests {
         assert_eq!(usage.node_totals(&a), Some((2, 6)), "t2 gone, t1/shared 3 → 4");
         let holders: Vec<String> = usage.holders().keys().map(|p| p.to_string()).collect();
         assert_eq!(holders, ["t1/agent:x", "t1/shared"]);
+        let of = |p: &str| usage.holders_of(&p.parse().expect("partition"));
+        assert_eq!((of("t1/shared"), of("t2/shared")), (vec![a.clone()], vec![]));
         // One tenant's copies, found without a walk: the gone one is not among them.
         let copies = |usage: &Usage, t: &str| -> Vec<(String, u64)> {
             usage.copies_of(t).into_iter().map(|(_, p, n)| (p.to_string(), n)).collect()

@@ -23,6 +23,7 @@ pub mod migrate;
 pub mod placement;
 pub mod rebalance;
 pub mod reconcile;
+pub mod replica_sets;
 pub mod report;
 pub mod resize;
 mod service;

@@ -17,7 +17,9 @@ use memring_common::{ApiError, ErrorCode, NodeId, PartitionKey, Scope, TenantId}
 #[cfg(feature = "testing")]
 use crate::failpoint;
 use crate::{autopilot, job, layout, migrate, rebalance, verify, view};
-use memring_common::api::{ChangeReport, MigrateRequest, MigrationReport, PlanReport};
+use memring_common::api::{
+    ChangeReport, ClusterView, MigrateRequest, MigrationReport, PlanReport, ReplicaSetsShown,
+};
 
 /// The operator page served at `/` (no external resources; it polls `GET /v1/cluster`).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -343,6 +345,31 @@ struct KeyRequest {
 }
 
 impl ControlService {
+    /// `GET /v1/cluster[?replica_sets=all|short|none]`: the cluster view.
+    async fn cluster(&self, query: Option<&str>) -> Result<ClusterView, ApiError> {
+        let mut shown = ReplicaSetsShown::All;
+        for (k, v) in query_pairs(query)? {
+            match k.as_str() {
+                "replica_sets" => {
+                    shown = ReplicaSetsShown::parse(&v).ok_or_else(|| {
+                        ApiError::invalid(format!("replica_sets is all, short or none, not {v:?}"))
+                    })?;
+                }
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown query parameter {other:?}; the cluster view takes replica_sets"
+                    )));
+                }
+            }
+        }
+        let mut view = view::cluster_view(self.store.as_ref(), &self.client, &self.listings, shown)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
+        view.epoch_history = self.epochs.list();
+        self.autopilot.fill(&mut view.autopilot);
+        Ok(view)
+    }
+
     /// The answer to a request without the key its route needs (when auth is on): an admin
     /// key everywhere, an operator key also reads `GET /v1/cluster` and the operator page;
     /// `None` lets it through. Every change an admin key makes is written to the audit log.
@@ -400,17 +427,10 @@ impl Service for ControlService {
                     Reply { route: "dashboard", response }
                 }
                 (Method::GET, "/v1/cluster") => {
-                    let response =
-                        match view::cluster_view(self.store.as_ref(), &self.client, &self.listings)
-                            .await
-                        {
-                            Ok(mut v) => {
-                                v.epoch_history = self.epochs.list();
-                                self.autopilot.fill(&mut v.autopilot);
-                                json(200, &v)
-                            }
-                            Err(e) => error_response(&ApiError::unavailable(e.to_string(), 1)),
-                        };
+                    let response = match self.cluster(req.uri().query()).await {
+                        Ok(v) => json(200, &v),
+                        Err(e) => error_response(&e),
+                    };
                     Reply { route: "cluster", response }
                 }
                 (Method::GET, "/v1/verify") => {

@@ -1,10 +1,12 @@
 //! The cluster view: layout, ring shares, live nodes, and what each node stores.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use memring_common::Ring;
-use memring_common::api::{ClusterView, EpochSeen, LayoutChangeView, NodeView, ReplicaSetView};
+use memring_common::api::{
+    ClusterView, EpochSeen, LayoutChangeView, NodeView, ReplicaSetsShown, ReplicaSummary,
+};
 use memring_common::internal::InternalClient;
 use memring_common::store::RingStore;
 
@@ -24,11 +26,13 @@ pub fn http_client(
 }
 
 /// Builds the view from the store, then asks every reachable node what changed in what it
-/// holds since `listings` last asked it (`listings.rs`).
+/// holds since `listings` last asked it (`listings.rs`); `shown` says which replica sets it
+/// lists.
 pub async fn cluster_view(
     store: &dyn RingStore,
     client: &InternalClient,
     listings: &Listings,
+    shown: ReplicaSetsShown,
 ) -> anyhow::Result<ClusterView> {
     let layout = store.load().await?.layout;
     let live = store.live_nodes().await?;
@@ -66,28 +70,23 @@ pub async fn cluster_view(
             });
         }
     }
-    // What each node holds, from its change feed (only what changed since the last look), and
-    // its followers' lag.
+    // What each node holds, from its change feed (only what changed since the last look), the
+    // replica sets short of a copy (kept as copies change), and the followers' lag.
     let asked: Vec<(memring_common::NodeId, String)> =
         nodes.iter().map(|n| (n.id.clone(), n.addr.clone())).collect();
-    let replicated = layout.replication_factor > 1;
-    let ((holds, holders), statuses) = futures::future::join(
-        listings.refresh(client, &ring, &asked, replicated),
+    let leased: BTreeSet<memring_common::NodeId> = live.iter().map(|r| r.id.clone()).collect();
+    let (look, statuses) = futures::future::join(
+        listings.refresh(client, &ring, &asked, &leased, shown),
         futures::future::join_all(nodes.iter().map(|n| shard::replica_status(client, &n.addr))),
     )
     .await;
     for (node, status) in nodes.iter_mut().zip(statuses) {
-        if let Some(held) = holds.get(&node.id) {
+        if let Some(held) = look.holds.get(&node.id) {
             node.partitions = Some(held.partitions);
             node.episodes = Some(held.memories);
         }
         node.lag = status.ok().filter(|_| ring.replicating()).map(|s| s.lag);
     }
-    let replica_sets = if layout.replication_factor > 1 {
-        holders.iter().map(|(p, held)| replica_set(&ring, &live, p, held)).collect()
-    } else {
-        Vec::new()
-    };
     Ok(ClusterView {
         epoch: layout.epoch,
         store: store.describe(),
@@ -102,7 +101,8 @@ pub async fn cluster_view(
             .collect(),
         pins: layout.pins.iter().map(|(p, pin)| (p.to_string(), pin.clone())).collect(),
         migrations: crate::journal::pending(store).await?,
-        replica_sets,
+        replica_sets: look.replica_sets,
+        replica_summary: look.summary,
         settling_since: layout.transition.as_ref().map(|t| t.since),
         layout_change: crate::resize::pending(store).await?.map(|job| LayoutChangeView {
             joining: job.joining,
@@ -120,32 +120,6 @@ pub async fn cluster_view(
             ..Default::default()
         },
     })
-}
-
-/// The replica set of `p` against the nodes that hold it.
-fn replica_set(
-    ring: &Ring,
-    live: &[memring_common::store::NodeRecord],
-    p: &memring_common::PartitionKey,
-    held: &[memring_common::NodeId],
-) -> ReplicaSetView {
-    let layout = ring.layout();
-    let replicas: Vec<memring_common::NodeId> =
-        ring.owner(p).into_iter().chain(ring.followers(p)).map(|n| n.id.clone()).collect();
-    let down: Vec<_> = replicas.iter().filter(|n| layout.is_down(n)).cloned().collect();
-    let missing: Vec<_> = replicas
-        .iter()
-        .filter(|n| !layout.is_down(n) && live.iter().any(|r| r.id == **n) && !held.contains(n))
-        .cloned()
-        .collect();
-    let serving = replicas.len() - down.len() - missing.len();
-    ReplicaSetView {
-        partition: p.to_string(),
-        under_replicated: serving < layout.replication_factor as usize,
-        replicas,
-        down,
-        missing,
-    }
 }
 
 /// The autopilot's lines of `shardctl status`: on or off, who waits, its last run.
@@ -253,18 +227,21 @@ pub fn render(view: &ClusterView) -> String {
             out.push_str(&format!("  {} {} -> {} ({})\n", m.partition, m.from, m.to, m.phase));
         }
     }
-    if !view.replica_sets.is_empty() {
+    // The counts: the control plane's summary, or (one from before it) counted from the list.
+    let summary = view.replica_summary.unwrap_or_else(|| ReplicaSummary {
+        partitions: view.replica_sets.len() as u64,
+        under_replicated: view.replica_sets.iter().filter(|r| r.under_replicated).count() as u64,
+        missing_copies: view.replica_sets.iter().filter(|r| !r.missing.is_empty()).count() as u64,
+    });
+    if summary.partitions > 0 {
         const SHOWN: usize = 20;
-        let under: Vec<&ReplicaSetView> =
-            view.replica_sets.iter().filter(|r| r.under_replicated).collect();
         out.push_str(&format!(
-            "\nreplica sets (owner first): {} partitions, {} under-replicated\n",
-            view.replica_sets.len(),
-            under.len()
+            "\nreplica sets (owner first): {} partitions, {} under-replicated, {} missing a copy\n",
+            summary.partitions, summary.under_replicated, summary.missing_copies
         ));
-        // Under-replicated ones first, then the rest, up to SHOWN rows.
-        let rows =
-            under.iter().copied().chain(view.replica_sets.iter().filter(|r| !r.under_replicated));
+        // Under-replicated ones first, then the rest listed, up to SHOWN rows.
+        let under = view.replica_sets.iter().filter(|r| r.under_replicated);
+        let rows = under.chain(view.replica_sets.iter().filter(|r| !r.under_replicated));
         for r in rows.take(SHOWN) {
             let set: Vec<&str> = r.replicas.iter().map(|n| n.as_str()).collect();
             let mut notes = Vec::new();
@@ -287,11 +264,9 @@ pub fn render(view: &ClusterView) -> String {
                 notes.join("; ")
             ));
         }
-        if view.replica_sets.len() > SHOWN {
-            out.push_str(&format!(
-                "  … {} more (--json lists all)\n",
-                view.replica_sets.len() - SHOWN
-            ));
+        let unshown = summary.partitions.saturating_sub(SHOWN.min(view.replica_sets.len()) as u64);
+        if unshown > 0 {
+            out.push_str(&format!("  … {unshown} more (--json lists all)\n"));
         }
     }
     if !view.overrides.is_empty() {

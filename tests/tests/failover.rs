@@ -62,6 +62,7 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     assert!(row.split_whitespace().nth(4) == Some("yes"), "DOWN column of {victim_id}: {status}");
     assert!(status.contains("under-replicated") && status.contains("down: "), "{status}");
     println!("{status}");
+    short_sets_agree_with_all(&control.url(), &victim_id).await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let seen = stop_writers(&stop, writers, || c.logs()).await?;
     let failed: usize = seen.iter().map(|s| s.failed).sum();
@@ -118,6 +119,53 @@ async fn a_killed_primary_loses_no_acknowledged_write() -> anyhow::Result<()> {
     assert!(report["memories"].as_u64().unwrap_or(0) >= 3 * acked.len() as u64, "{report}");
     assert_readable(&c.router(0), acked.iter().copied().step_by(7), "after the replacement")
         .await?;
+    Ok(())
+}
+
+/// `GET /v1/cluster?replica_sets=short` (kept by the control plane as copies change) lists
+/// exactly the sets of `?replica_sets=all` that are under-replicated or missing a copy, among
+/// them a set with `down` in it; both carry the same counts, and `none` lists nothing. A bad
+/// value or an unknown parameter is a 400.
+async fn short_sets_agree_with_all(control: &str, down: &NodeId) -> anyhow::Result<()> {
+    let http = client();
+    let view = |shown: &'static str| {
+        let http = http.clone();
+        async move {
+            let url = format!("{control}/v1/cluster?replica_sets={shown}");
+            let answer = http.get(url).send().await?;
+            anyhow::ensure!(answer.status().as_u16() == 200, "{shown}: {}", answer.status());
+            Ok::<Value, anyhow::Error>(answer.json().await?)
+        }
+    };
+    // The writers keep going: retry until two looks in a row see the same copies.
+    wait_for("the short replica sets to match all of them", Duration::from_secs(20), || async {
+        let (short, all, none) = (view("short").await?, view("all").await?, view("none").await?);
+        let lacking = |s: &&Value| {
+            s["under_replicated"] == true || s["missing"].as_array().is_some_and(|m| !m.is_empty())
+        };
+        let all_sets = all["replica_sets"].as_array().cloned().unwrap_or_default();
+        let expected: Vec<&Value> = all_sets.iter().filter(lacking).collect();
+        let listed: Vec<&Value> = short["replica_sets"].as_array().into_iter().flatten().collect();
+        let summary = &all["replica_summary"];
+        let same = listed == expected
+            && short["replica_summary"] == *summary
+            && none["replica_summary"] == *summary
+            && summary["partitions"].as_u64() == Some(all_sets.len() as u64);
+        Ok(same.then_some(()))
+    })
+    .await?;
+    let short = view("short").await?;
+    let sets = short["replica_sets"].as_array().cloned().unwrap_or_default();
+    assert!(
+        sets.iter()
+            .any(|s| s["down"].as_array().is_some_and(|d| d.iter().any(|n| n == down.as_str()))),
+        "no short set has {down} down: {short}"
+    );
+    assert_eq!(view("none").await?["replica_sets"], json!([]));
+    for bad in ["replica_sets=some", "replica_sets=", "sets=short"] {
+        let answer = http.get(format!("{control}/v1/cluster?{bad}")).send().await?;
+        assert_eq!(answer.status().as_u16(), 400, "{bad}: {}", answer.text().await?);
+    }
     Ok(())
 }
 

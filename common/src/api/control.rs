@@ -32,7 +32,7 @@ pub struct NodeView {
 }
 
 /// One partition's copies in the cluster view (with replication).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSetView {
     /// The partition, `tenant/scope`.
     pub partition: String,
@@ -44,6 +44,53 @@ pub struct ReplicaSetView {
     pub missing: Vec<crate::ids::NodeId>,
     /// Fewer live copies than the replication factor.
     pub under_replicated: bool,
+}
+
+/// How much of the replica sets `GET /v1/cluster` lists: `?replica_sets=all` (the default:
+/// every stored partition's), `short` (only those under-replicated or missing a copy: what the
+/// dashboard and `shardctl status` show, kept as copies change, so a look costs what changed)
+/// or `none`. [`ClusterView::replica_summary`] counts them all in every case.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReplicaSetsShown {
+    /// Every stored partition's set (a walk over every copy known).
+    #[default]
+    All,
+    /// The sets short of a copy.
+    Short,
+    /// None; the summary only.
+    None,
+}
+
+impl ReplicaSetsShown {
+    /// The value of `?replica_sets=`; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "all" => Some(Self::All),
+            "short" => Some(Self::Short),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    /// The value `?replica_sets=` takes for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Short => "short",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Counts over every stored partition's replica set (with replication).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSummary {
+    /// Partitions a node that answered holds a copy of.
+    pub partitions: u64,
+    /// Of those, the ones with fewer serving copies than the replication factor.
+    pub under_replicated: u64,
+    /// Of those, the ones with a live member that holds no copy yet.
+    pub missing_copies: u64,
 }
 
 /// `GET /v1/cluster` on the control plane.
@@ -70,9 +117,14 @@ pub struct ClusterView {
     pub pins: std::collections::BTreeMap<String, crate::layout::Pin>,
     /// Migrations in flight, from the control plane's journal (partition, from, to, phase).
     pub migrations: Vec<MigrationJob>,
-    /// With replication: every stored partition's replica set and what it lacks.
+    /// With replication: every stored partition's replica set and what it lacks (or only the
+    /// sets short of a copy, or none: [`ReplicaSetsShown`]).
     #[serde(default)]
     pub replica_sets: Vec<ReplicaSetView>,
+    /// With replication: how many partitions are stored, under-replicated and missing a copy,
+    /// whatever `replica_sets` lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_summary: Option<ReplicaSummary>,
     /// The epoch of a layout change that has not settled yet: until it does, the members it
     /// took out of replica sets are still asked by every take-over
     /// (`crate::layout::Transition`).

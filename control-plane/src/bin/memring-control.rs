@@ -5,6 +5,7 @@
 //! ring store or the file system (no running control plane needed).
 
 use clap::{Parser, Subcommand};
+use memring_common::api::ReplicaSetsShown;
 use memring_common::internal::{InternalAuthArgs, InternalAuthConfig};
 use memring_common::store::{StoreArgs, StoreConfig};
 
@@ -195,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 store.as_ref(),
                 &memring_control::view::http_client(credential)?,
                 &memring_control::listings::Listings::default(),
+                if json { ReplicaSetsShown::All } else { ReplicaSetsShown::Short },
             )
             .await?;
             if json {

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use memring_common::api::{
     ChangeReport, ClusterView, CopyPhase, MigrateRequest, MigrationReport, MovePhase, PlanReport,
-    VerifyReport,
+    ReplicaSetsShown, VerifyReport,
 };
 use memring_control::report as render;
 
@@ -217,7 +217,8 @@ async fn with_progress<T>(
                 return done;
             }
             _ = tick.tick() => {
-                let Ok(resp) = client.get(format!("{base}/v1/cluster")).send().await else { continue };
+                let url = format!("{base}/v1/cluster?replica_sets=none");
+                let Ok(resp) = client.get(url).send().await else { continue };
                 let Ok(view) = resp.json::<ClusterView>().await else { continue };
                 // A rebalance journals every move up front: one runs, the rest wait.
                 let pending = MovePhase::Copy(CopyPhase::Pending);
@@ -232,8 +233,9 @@ async fn with_progress<T>(
                 } else if let Some(change) = &view.layout_change {
                     // A join or drain: the new copies follow their old owners; show how far.
                     let lag: u64 = view.nodes.iter().filter_map(|n| n.lag).sum();
-                    let under = view.replica_sets.iter().filter(|r| r.under_replicated || !r.missing.is_empty()).count();
-                    eprint!("\rstep {}: followers behind by {lag} entries; {under} partitions short of copies     ", change.phase);
+                    let sets = view.replica_summary.unwrap_or_default();
+                    let (under, missing) = (sets.under_replicated, sets.missing_copies);
+                    eprint!("\rstep {}: followers behind by {lag} entries; {under} partitions under-replicated, {missing} missing a copy     ", change.phase);
                 }
             }
         }
@@ -261,8 +263,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.command {
         Command::Status | Command::Nodes => {
-            let resp =
-                client.get(format!("{base}/v1/cluster")).send().await.map_err(unreachable)?;
+            // The text lists only the sets short of a copy (with the counts of all); --json all.
+            let shown = if args.json { ReplicaSetsShown::All } else { ReplicaSetsShown::Short };
+            let url = format!("{base}/v1/cluster?replica_sets={}", shown.as_str());
+            let resp = client.get(url).send().await.map_err(unreachable)?;
             let view: ClusterView = answer(resp).await?.json().await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
