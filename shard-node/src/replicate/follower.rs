@@ -46,6 +46,8 @@ struct Following {
     /// Copies whose last pull failed: not pulled again before their time ([`Backoff`]), however
     /// often their primary writes to them meanwhile.
     backoff: HashMap<PartitionKey, Backoff>,
+    /// The last round left pulls for the next ([`PULLS_PER_ROUND`]): ask again without waiting.
+    deferred: bool,
 }
 
 /// How long a copy whose pull failed waits before the next: [`BACKOFF_FIRST`] after the first
@@ -119,6 +121,15 @@ enum Link {
 /// The target of a copy to bring to the end of its primary's log, wherever that is (a copy
 /// whose partition's term moved without a change in the primary's feed).
 const TO_END: u64 = u64::MAX;
+
+/// Copies a round pulls from one primary at once.
+const PULLS_AT_ONCE: usize = 32;
+
+/// Copies one round pulls at most; the rest wait for the next rounds. The acknowledgements of
+/// the writes waiting on this primary go out with the next poll, so a round's length is what
+/// they wait: a layout change that moves the term of thousands of partitions must not hold
+/// them back for all of those pulls (a join's stage made every write wait 0.6–1.1 s).
+const PULLS_PER_ROUND: usize = 32;
 
 /// How long a follower polls a primary without streams over HTTP before it tries again.
 const STREAM_RETRY: Duration = Duration::from_secs(60);
@@ -265,12 +276,15 @@ impl Replication {
                 wait_ms: 0,
                 acks: f.take_unsent(MAX_ACKS),
             };
-            // Hold the poll only with nothing left to retry or to acknowledge.
+            // Hold the poll only with nothing left to retry or to acknowledge, and not at all
+            // while pulls wait for their turn.
             let idle = f.retry.is_empty() && f.unsent.is_empty();
-            let ask = ReplicaPoll {
-                wait_ms: if idle { POLL_WAIT } else { RETRY_WAIT }.as_millis() as u64,
-                ..ask
+            let wait = match (f.deferred, idle) {
+                (true, _) => Duration::ZERO,
+                (false, true) => POLL_WAIT,
+                (false, false) => RETRY_WAIT,
             };
+            let ask = ReplicaPoll { wait_ms: wait.as_millis() as u64, ..ask };
             let polled = tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 // A new layout may make this node follow partitions the last answer was read
@@ -550,17 +564,55 @@ impl Replication {
     }
 
     /// Brings the `wanted` copies to `primary`'s log, each at its term (one pull per copy that
-    /// is not known to continue it already); copies that could not be checked are retried at
-    /// the next round.
+    /// is not known to continue it already, [`PULLS_AT_ONCE`] at a time); copies that could not
+    /// be checked are retried at the next round.
     async fn catch_up(&self, primary: &LayoutNode, wanted: Vec<Want>, f: &mut Following) {
-        for mut w in wanted {
+        use futures::StreamExt;
+        let mut reached = Vec::with_capacity(wanted.len());
+        let mut pulls = Vec::new();
+        for w in wanted {
             // Known to continue the primary's log at this term and not behind: nothing to ask.
             let known = f.applied.get(&w.partition).copied().filter(|at| at.term == w.term);
-            let reached = match known {
-                Some(at) if at.seq >= w.target => Ok(at.seq),
-                _ if w.same => Ok(w.target),
-                _ => self.catch_up_one(primary, &w.partition, w.term, w.target).await,
-            };
+            match known {
+                Some(at) if at.seq >= w.target => reached.push((w, Ok(at.seq))),
+                _ if w.same => {
+                    let target = w.target;
+                    reached.push((w, Ok(target)));
+                }
+                _ => pulls.push(w),
+            }
+        }
+        // Beyond this round's share, a copy waits unchecked for its turn (not a failure: no
+        // back-off), and the next poll does not wait.
+        f.deferred = pulls.len() > PULLS_PER_ROUND;
+        if f.deferred {
+            let mut copies = self.copies.lock();
+            for w in pulls.split_off(PULLS_PER_ROUND) {
+                // Counted unchecked (a copy not yet followed included) until its pull.
+                if copies.get(&w.partition).is_none_or(|p| p.synced.is_some()) {
+                    let unchecked = Progress {
+                        primary: primary.id.clone(),
+                        behind: if w.target == TO_END { 0 } else { w.target },
+                        synced: None,
+                        at: 0,
+                        committed: 0,
+                    };
+                    copies.set(&w.partition, unchecked);
+                }
+                f.queue(w.partition, w.target);
+            }
+        }
+        // Each pull is its own partition's; one at a time, a round after a new term (every
+        // partition a layout change touched) kept every acknowledgement waiting for all of them.
+        let pulled = futures::stream::iter(pulls)
+            .map(|w| async move {
+                let r = self.catch_up_one(primary, &w.partition, w.term, w.target).await;
+                (w, r)
+            })
+            .buffer_unordered(PULLS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        for (mut w, reached) in reached.into_iter().chain(pulled) {
             match reached {
                 Ok(at) => {
                     if w.target == TO_END {
