@@ -23,6 +23,7 @@ impl Replication {
         }
         let deadline = tokio::time::Instant::now() + self.quorum_timeout;
         let mut epochs = self.ring.subscribe();
+        let mut new_layout = false;
         let held = loop {
             let ring = self.ring.ring();
             if ring.owner(partition).is_none_or(|o| o.id != self.me) {
@@ -33,6 +34,16 @@ impl Replication {
                 }
                 break self.forward(partition, at, deadline).await;
             }
+            if new_layout && self.lead_term_in(&ring, partition).is_none() {
+                // A layout change moved the partition's term while this write waited: the
+                // copies now check what they hold against the new term, so no acknowledgement
+                // comes until this node takes the writes over at it. It does so now, as the
+                // next write would (which rebases this one: `rebase_waiting`), instead of
+                // waiting for such a write or for the control plane to ask.
+                if let Err(e) = self.take_over(partition).await {
+                    tracing::debug!(%partition, error = %e, "no take-over for a waiting write yet");
+                }
+            }
             let epoch = ring.epoch();
             let changed = async {
                 if epochs.wait_for(|e| *e > epoch).await.is_err() {
@@ -41,7 +52,7 @@ impl Replication {
             };
             tokio::select! {
                 held = self.acks.wait(partition, &mut waiting, deadline) => break held,
-                () = changed => {}
+                () = changed => new_layout = true,
             }
         };
         if held {
