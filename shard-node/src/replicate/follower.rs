@@ -458,8 +458,18 @@ impl Replication {
                 wanted.push(want);
             }
         }
+        // A round's share of the copies waiting (their pulls are [`PULLS_PER_ROUND`] a round),
+        // so a round costs what it pulls, not every copy still waiting.
         let now = Instant::now();
-        let due: Vec<PartitionKey> = f.retry.keys().filter(|p| f.due(p, now)).cloned().collect();
+        let mut due: Vec<PartitionKey> = f
+            .retry
+            .keys()
+            .filter(|p| f.due(p, now))
+            .take(PULLS_PER_ROUND + 1)
+            .cloned()
+            .collect();
+        let more_due = due.len() > PULLS_PER_ROUND;
+        due.truncate(PULLS_PER_ROUND);
         for partition in due {
             let Some(target) = f.retry.remove(&partition) else { continue };
             let term = ring.term(&partition);
@@ -480,6 +490,7 @@ impl Replication {
             }
         }
         self.catch_up(primary, wanted, f).await;
+        f.deferred |= more_due;
     }
 
     /// Applies entries a primary inlined in its answer, each partition under the same check
