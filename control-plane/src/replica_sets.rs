@@ -200,14 +200,11 @@ mod tests {
     /// lease gone, full lists.
     #[test]
     fn kept_sets_agree_with_a_fresh_look_at_every_step() {
+        use proptest::prelude::Rng;
+        use proptest::test_runner::{RngAlgorithm, TestRng};
         let nodes = ["a", "b", "c", "d"];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+        let mut next = move |n: u64| rng.next_u64() % n;
         let mut known = Usage::default();
         let mut kept = SetHealth::default();
         let (mut looks_short, mut looks_under) = (0, 0);

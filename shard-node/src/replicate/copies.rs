@@ -38,6 +38,14 @@ pub struct Copies {
     checked: usize,
 }
 
+impl Progress {
+    /// A copy followed from `primary` that is not checked (yet, or since its check failed), and
+    /// how far behind it is known to be.
+    pub fn unchecked(primary: NodeId, behind: u64) -> Progress {
+        Progress { primary, behind, synced: None, at: 0, committed: 0 }
+    }
+}
+
 impl Copies {
     /// The copy of `partition`, if followed.
     pub fn get(&self, partition: &PartitionKey) -> Option<&Progress> {

@@ -153,6 +153,14 @@ struct Want {
     committed: u64,
 }
 
+impl Want {
+    /// How far behind the copy is known to be before its pull (nothing known: the end of the
+    /// log was asked for).
+    fn behind(&self) -> u64 {
+        if self.target == TO_END { 0 } else { self.target }
+    }
+}
+
 thread_local! {
     /// Set on a follower's own thread ([`Replication::follow`]): its storage work runs right
     /// there, and its requests go through this client, whose connections that thread drives.
@@ -355,14 +363,7 @@ impl Replication {
             f.unsent.remove(&p);
             f.retry.remove(&p);
             if follows(ring, &self.me, primary, &p) {
-                let unchecked = Progress {
-                    primary: primary.clone(),
-                    behind: 0,
-                    synced: None,
-                    at: 0,
-                    committed: 0,
-                };
-                copies.set(&p, unchecked);
+                copies.set(&p, Progress::unchecked(primary.clone(), 0));
                 f.retry.insert(p, TO_END);
             } else if copies.get(&p).is_some_and(|c| c.primary == *primary) {
                 copies.remove(&p);
@@ -461,13 +462,8 @@ impl Replication {
         // A round's share of the copies waiting (their pulls are [`PULLS_PER_ROUND`] a round),
         // so a round costs what it pulls, not every copy still waiting.
         let now = Instant::now();
-        let mut due: Vec<PartitionKey> = f
-            .retry
-            .keys()
-            .filter(|p| f.due(p, now))
-            .take(PULLS_PER_ROUND + 1)
-            .cloned()
-            .collect();
+        let mut due: Vec<PartitionKey> =
+            f.retry.keys().filter(|p| f.due(p, now)).take(PULLS_PER_ROUND + 1).cloned().collect();
         let more_due = due.len() > PULLS_PER_ROUND;
         due.truncate(PULLS_PER_ROUND);
         for partition in due {
@@ -601,14 +597,7 @@ impl Replication {
             for w in pulls.split_off(PULLS_PER_ROUND) {
                 // Counted unchecked (a copy not yet followed included) until its pull.
                 if copies.get(&w.partition).is_none_or(|p| p.synced.is_some()) {
-                    let unchecked = Progress {
-                        primary: primary.id.clone(),
-                        behind: if w.target == TO_END { 0 } else { w.target },
-                        synced: None,
-                        at: 0,
-                        committed: 0,
-                    };
-                    copies.set(&w.partition, unchecked);
+                    copies.set(&w.partition, Progress::unchecked(primary.id.clone(), w.behind()));
                 }
                 f.queue(w.partition, w.target);
             }
@@ -636,13 +625,7 @@ impl Replication {
                     // on the next round, and not caught up until then.
                     tracing::debug!(partition = %w.partition, primary = %primary.id, error = %e, "replication round did not check this copy");
                     f.applied.remove(&w.partition);
-                    let progress = Progress {
-                        primary: primary.id.clone(),
-                        behind: if w.target == TO_END { 0 } else { w.target },
-                        synced: None,
-                        at: 0,
-                        committed: 0,
-                    };
+                    let progress = Progress::unchecked(primary.id.clone(), w.behind());
                     self.copies.lock().set(&w.partition, progress);
                     f.failed(&w.partition, Instant::now());
                     f.retry.insert(w.partition, w.target);
