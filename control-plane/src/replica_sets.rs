@@ -60,17 +60,24 @@ impl SetHealth {
             live: live.clone(),
             answered: answered.clone(),
         };
-        let partitions = match changed {
-            Changed::Only(list) if self.basis.as_ref() == Some(&basis) => list,
+        // Each partition to check with the nodes holding it: looked up for the listed ones,
+        // from one walk over every copy otherwise.
+        let partitions: Vec<(PartitionKey, Vec<NodeId>)> = match changed {
+            Changed::Only(list) if self.basis.as_ref() == Some(&basis) => list
+                .into_iter()
+                .map(|p| {
+                    let held = known.holders_of(&p);
+                    (p, held)
+                })
+                .collect(),
             _ => {
                 self.stored.clear();
                 self.short.clear();
-                known.holders().into_keys().collect()
+                known.holders().into_iter().collect()
             }
         };
         self.basis = Some(basis);
-        for p in partitions {
-            let mut held = known.holders_of(&p);
+        for (p, mut held) in partitions {
             held.retain(|id| answered.contains(id));
             if held.is_empty() {
                 self.stored.remove(&p);
