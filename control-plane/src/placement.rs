@@ -123,8 +123,8 @@ pub fn unsettled(layout: &ClusterLayout, leaving: Option<&NodeId>) -> Option<Str
     Some(format!(
         "node {id} is {}; a replicated layout change waits until every other node is active \
          (failover re-admits a node that is back and hands its leadership back, and replaces \
-         one down for --replace-after-secs; `memring-control layout remove-node` takes out a \
-         down node that will not return)",
+         one down for --replace-after-secs; `shardctl drain` takes out a down node that \
+         will not return)",
         match state {
             NodeState::Joining => "joining",
             NodeState::Draining => "draining",

@@ -33,10 +33,11 @@ pub enum Change {
     Drain(String),
 }
 
-/// Every partition each node holds data for, with its memories there.
+/// Every partition each node not marked down holds data for, with its memories there.
 async fn holdings(layout: &ClusterLayout, client: &InternalClient) -> anyhow::Result<Holdings> {
     let mut out = Holdings::new();
-    for node in &layout.nodes {
+    // A node marked down is in no quorum: its sets' live members hold every acknowledged write.
+    for node in crate::reconcile::listable(layout) {
         let list = crate::shard_client::partitions(client, &node.addr, None)
             .await
             .with_context(|| format!("node {}: a plan needs every node", node.id))?;

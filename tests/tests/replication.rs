@@ -563,6 +563,61 @@ async fn a_replicated_change_waits_while_a_node_is_down() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A node that will not return is drained while failover has it marked down (R = 2, four nodes,
+/// writes running). Nothing can be handed over from it, so `shardctl drain` takes it out at once
+/// (failover's replacement, made by the operator) and returns once every set it was in holds its
+/// owner's log on both copies again: the view shows no set short of a copy as soon as it returns,
+/// verify finds every copy equal, and every acknowledged write is readable. Until 2026-12-07 the
+/// drain failed: its plan listed every node, the down one too.
+#[tokio::test]
+async fn a_drained_down_node_leaves_at_once_and_its_sets_get_their_copies_back()
+-> anyhow::Result<()> {
+    let (mut c, store, control) = replicated_cluster(4, 2).await?;
+    let http = client();
+    for t in 0..8 {
+        let items: Vec<_> = (0..20)
+            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, &c.router(0), &format!("d{t}"), items).await?;
+    }
+    let gone = NodeId::parse("shard-4")?;
+    let held = c.partitions_on(&c.shards[3]).await?;
+    assert!(!held.is_empty(), "shard-4 holds no copy to replace");
+    let (stop, _, writers) = start_writers(&c.router(0), (0..4).map(|t| format!("d{t}")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.shards[3].kill();
+    wait_for("shard-4 marked down", Duration::from_secs(30), || async {
+        Ok(store.load().await?.layout.states.get(&gone).is_marked_down().then_some(()))
+    })
+    .await?;
+
+    let out = shardctl(&control, &["drain", "shard-4"]).await?;
+    assert!(out.contains("leaving Some(\"shard-4\")"), "{out}");
+    let layout = store.load().await?.layout;
+    assert!(layout.node(&gone).is_none() && layout.transition.is_none(), "{layout:?}");
+    let url = format!("{}/v1/cluster?replica_sets=short", control.url());
+    let view: Value = http.get(url).send().await?.json().await?;
+    let summary = &view["replica_summary"];
+    assert_eq!(summary["under_replicated"], 0, "{view}");
+    assert_eq!(summary["missing_copies"], 0, "{view}");
+    assert!(summary["partitions"].as_u64().is_some_and(|n| n as usize >= held.len()), "{view}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = stop_writers(&stop, writers, || c.logs()).await?;
+    let acked: Vec<_> = seen.iter().flat_map(|s| &s.acked).collect();
+    let failures: Vec<&String> = seen.iter().flat_map(|s| &s.failures).collect();
+    println!("{} writes acknowledged; failed: {failures:#?}", acked.len());
+    assert!(!acked.is_empty());
+    wait_verified(&control, Duration::from_secs(30)).await?;
+    c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    assert_readable(&c.router(0), acked.iter().copied(), "after the drain").await?;
+    for t in 0..8 {
+        let url = format!("{}/v1/tenants/d{t}/memories/s19?scope=shared", c.router(0));
+        assert_eq!(http.get(url).send().await?.status().as_u16(), 200, "d{t}");
+    }
+    Ok(())
+}
+
 /// `shardctl migrate` in a replicated cluster (R = 3, W = 2, four nodes) under a write + read-back
 /// load: a tenant moves to the node outside its replica set (it joins as an extra copy, replays
 /// the log, takes the writes over, and the member the new set leaves out drops its copy), then
