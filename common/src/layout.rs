@@ -220,11 +220,14 @@ impl ClusterLayout {
     }
 
     /// Whether replicated node `id` is out of service: marked down by failover, or (with
-    /// replication) draining — it keeps its place in replica sets and follows until it is out.
-    /// Nobody waits on such a node: a take-over does not ask it, routers do not read from it.
+    /// replication) draining — it keeps its place in replica sets and follows until it is out —
+    /// or taken out by the change in flight while marked down ([`Transition::down`]). Nobody
+    /// waits on such a node: a take-over asks it last, routers do not read from it.
     pub fn is_down(&self, id: &NodeId) -> bool {
         let state = self.states.get(id);
-        state.is_marked_down() || (self.replication_factor > 1 && state.is_draining())
+        state.is_marked_down()
+            || (self.replication_factor > 1 && state.is_draining())
+            || self.transition.as_ref().is_some_and(|t| t.down.contains(id))
     }
 
     /// Whether replicated node `id` may be a primary: not down, not draining, not joining.

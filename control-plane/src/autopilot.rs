@@ -24,13 +24,11 @@ use std::time::{Duration, Instant};
 
 use memring_common::api::{AutopilotRun, AutopilotView, Flip, PartitionList};
 use memring_common::clock::now_millis;
-use memring_common::internal::InternalClient;
 use memring_common::layout::SizePolicy;
-use memring_common::store::RingStore;
 use memring_common::usage::Usage;
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
-use crate::job::{Cancel, JobError, Throttle};
+use crate::job::{JobError, Jobs};
 use crate::migrate::migrate_partition;
 use crate::rebalance::{self, Change};
 use crate::shard_client as shard;
@@ -46,20 +44,6 @@ const HISTORY: usize = 10;
 /// First wait after a failed run; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// What the autopilot needs to run a rebalance: the same parts an operator's request uses.
-pub struct Jobs {
-    /// The ring store.
-    pub store: Arc<dyn RingStore>,
-    /// Requests to shard nodes.
-    pub client: InternalClient,
-    /// The control plane's one job slot.
-    pub slot: Arc<tokio::sync::Mutex<()>>,
-    /// Copy rate of every migration.
-    pub throttle: Throttle,
-    /// Set by `shardctl cancel`.
-    pub cancel: Cancel,
-}
 
 /// The autopilot's memory between ticks (it restarts empty with the control plane).
 #[derive(Default)]

@@ -15,21 +15,23 @@
 //!   **handed back** (epoch + 1): it becomes the owner where it comes first in its replica sets
 //!   and takes over from the copies that served meanwhile, whose whole log it has. A node that
 //!   returns therefore never takes the writes back at once, and only ever from a log it holds;
-//! - a node down for longer than `replace_after` is removed from the layout: each replica set
-//!   it was in takes the next node on the ring, which replays its new primaries' logs, so every
-//!   partition returns to R copies without an operator.
+//! - a node down for longer than `replace_after` is **replaced**: drained as `shardctl drain`
+//!   drains it, staged with the node recorded as down, so each replica set it was in keeps
+//!   leading while the next node on the ring fills its copy, and leads with it once it holds
+//!   the owner's log; every partition returns to R copies without an operator.
 //!
 //! How long a node has been down is kept by this control plane; a newly active one starts the
 //! clock again (a late replacement, never an early one).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memring_common::internal::InternalClient;
 use memring_common::layout::NodeState;
 use memring_common::store::{RingStore, update_layout};
 use memring_common::{ClusterLayout, NodeId};
+
+use crate::job::Jobs;
+use crate::rebalance::{self, Change};
 
 /// How often the layout and the live nodes are compared.
 const TICK: Duration = Duration::from_millis(500);
@@ -50,23 +52,26 @@ enum Action {
     Replace(NodeId),
 }
 
-/// Runs failover rounds for as long as the task lives (the leader's lifetime).
-pub async fn run(store: Arc<dyn RingStore>, client: InternalClient, config: FailoverConfig) {
+/// Runs failover rounds for as long as the task lives (the leader's lifetime). A replacement
+/// is a drain, run in `jobs`' slot like an operator's.
+pub async fn run(jobs: Jobs, config: FailoverConfig) {
     let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+    let mut replaced_at: HashMap<NodeId, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
-        if let Err(e) = round(store.as_ref(), &client, config, &mut down_since).await {
+        if let Err(e) = round(&jobs, config, &mut down_since, &mut replaced_at).await {
             tracing::warn!(error = %format!("{e:#}"), "failover round failed");
         }
     }
 }
 
 async fn round(
-    store: &dyn RingStore,
-    client: &InternalClient,
+    jobs: &Jobs,
     config: FailoverConfig,
     down_since: &mut HashMap<NodeId, Instant>,
+    replaced_at: &mut HashMap<NodeId, Instant>,
 ) -> anyhow::Result<()> {
+    let (store, client) = (jobs.store.as_ref(), &jobs.client);
     let layout = store.load().await?.layout;
     if layout.replication_factor < 2 {
         down_since.clear();
@@ -74,6 +79,7 @@ async fn round(
     }
     let live: Vec<NodeId> = store.live_nodes().await?.into_iter().map(|n| n.id).collect();
     down_since.retain(|id, _| layout.states.get(id).is_marked_down());
+    replaced_at.retain(|id, _| layout.node(id).is_some());
     for id in layout.states.down() {
         down_since.entry(id.clone()).or_insert_with(Instant::now);
     }
@@ -90,17 +96,82 @@ async fn round(
         }
     }
     for action in decide(&layout, &live, &caught_up, down_since, config, Instant::now()) {
+        if let Action::Replace(id) = &action {
+            replace(jobs, &layout, id, replaced_at);
+            continue;
+        }
         apply(store, &action).await?;
         tracing::warn!(?action, "failover");
-        metrics::counter!("memring_failover_actions_total", "action" => match action {
-            Action::MarkDown(_) => "mark_down",
-            Action::Readmit(_) => "readmit",
-            Action::HandBack(_) => "hand_back",
-            Action::Replace(_) => "replace",
-        })
-        .increment(1);
+        count(&action);
     }
     Ok(())
+}
+
+/// Counts a failover action in `memring_failover_actions_total`.
+fn count(action: &Action) {
+    metrics::counter!("memring_failover_actions_total", "action" => match action {
+        Action::MarkDown(_) => "mark_down",
+        Action::Readmit(_) => "readmit",
+        Action::HandBack(_) => "hand_back",
+        Action::Replace(_) => "replace",
+    })
+    .increment(1);
+}
+
+/// How long after starting the replacement of a node failover may start it again (one that
+/// could not start, failed or was cancelled).
+const REPLACE_AGAIN: Duration = Duration::from_secs(30);
+
+/// Replaces node `id`, down for longer than `replace_after`, by draining it as `shardctl drain`
+/// does (`rebalance.rs`, staged by `resize.rs` with the node recorded as down): its sets keep
+/// leading without it while the nodes that take its places fill, and lead with them only once
+/// they hold their owners' logs. Taking it out of its sets at once instead would let a
+/// take-over hear an empty new member alone and miss a write the set acknowledged (the model's
+/// `Membership::Replaced`). Runs in the background in the job slot; not while another job
+/// holds it, a journaled one waits to be resumed, or another node is not active (the drain
+/// would refuse); tried again after [`REPLACE_AGAIN`].
+fn replace(
+    jobs: &Jobs,
+    layout: &ClusterLayout,
+    id: &NodeId,
+    replaced_at: &mut HashMap<NodeId, Instant>,
+) {
+    if replaced_at.get(id).is_some_and(|at| at.elapsed() < REPLACE_AGAIN) {
+        return;
+    }
+    if let Some(why) = crate::placement::unsettled(layout, Some(id)) {
+        tracing::debug!(node = %id, why, "failover: the replacement waits");
+        return;
+    }
+    let Ok(slot) = jobs.slot.clone().try_lock_owned() else { return };
+    replaced_at.insert(id.clone(), Instant::now());
+    let (jobs, id) = (jobs.clone(), id.clone());
+    tokio::spawn(async move {
+        let _slot = slot;
+        let store = jobs.store.as_ref();
+        let journaled = async {
+            Ok::<_, anyhow::Error>(
+                !crate::journal::pending(store).await?.is_empty()
+                    || crate::resize::pending(store).await?.is_some(),
+            )
+        };
+        if journaled.await.unwrap_or(true) {
+            // A journaled job's resumption owns the cluster until it is done.
+            return;
+        }
+        tracing::warn!(node = %id, "failover: replacing a node down for too long (a drain)");
+        jobs.cancel.clear();
+        let drain = Change::Drain(id.to_string());
+        match rebalance::execute(store, &jobs.client, &drain, jobs.throttle, &jobs.cancel).await {
+            Ok(_) => {
+                tracing::warn!(node = %id, "failover: replaced");
+                count(&Action::Replace(id));
+            }
+            Err(e) => {
+                tracing::warn!(node = %id, error = %format!("{e:#}"), "failover: the replacement failed; it is tried again later")
+            }
+        }
+    });
 }
 
 /// The round's decisions: pure, so the rules are tested without a cluster.
@@ -138,7 +209,8 @@ fn decide(
     actions
 }
 
-/// One layout change by compare-and-swap, re-checked against the layout it applies to.
+/// One layout change by compare-and-swap, re-checked against the layout it applies to (a
+/// replacement is a drain: [`replace`]).
 async fn apply(store: &dyn RingStore, action: &Action) -> anyhow::Result<()> {
     update_layout(store, 20, |layout| {
         if layout.replication_factor < 2 {
@@ -161,7 +233,6 @@ async fn apply(store: &dyn RingStore, action: &Action) -> anyhow::Result<()> {
                 next.epoch += 1;
                 next.states.set(id, NodeState::Active);
             }
-            Action::Replace(id) if state(id).is_marked_down() => next = layout.without_node(id),
             _ => return None,
         }
         Some(next)

@@ -35,6 +35,22 @@ impl Cancel {
     }
 }
 
+/// What a job the control plane starts by itself needs (the autopilot's rebalances and size
+/// moves, failover's replacements): the same parts an operator's request uses.
+#[derive(Clone)]
+pub struct Jobs {
+    /// The ring store.
+    pub store: std::sync::Arc<dyn memring_common::store::RingStore>,
+    /// Requests to shard nodes.
+    pub client: memring_common::internal::InternalClient,
+    /// The control plane's one job slot.
+    pub slot: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Copy rate of every migration.
+    pub throttle: Throttle,
+    /// Set by `shardctl cancel`.
+    pub cancel: Cancel,
+}
+
 /// Why a migration, move, rebalance or drain stopped before it was done.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

@@ -134,9 +134,15 @@ pub async fn run(
                 tracing::error!(error = %format!("{e:#}"), "cannot lift a leftover creation freeze");
             }
             // Failover first: a resumed join waits for it to hand the joining nodes leadership.
+            let jobs = job::Jobs {
+                store: service.store.clone(),
+                client: service.client.clone(),
+                slot: service.migrating.clone(),
+                throttle: service.throttle,
+                cancel: service.cancel.clone(),
+            };
             let failover = tokio::spawn(failover::run(
-                service.store.clone(),
-                service.client.clone(),
+                jobs.clone(),
                 failover::FailoverConfig { replace_after },
             ));
             let janitor = tokio::spawn(janitor::run(
@@ -173,13 +179,7 @@ pub async fn run(
                     }
                 }
             }
-            let autopilot = tokio::spawn(service.autopilot.clone().run(autopilot::Jobs {
-                store: service.store.clone(),
-                client: service.client.clone(),
-                slot: service.migrating.clone(),
-                throttle: service.throttle,
-                cancel: service.cancel.clone(),
-            }));
+            let autopilot = tokio::spawn(service.autopilot.clone().run(jobs));
             if leadership.lost.wait_for(|lost| *lost).await.is_ok() {
                 // Another control plane may be active now; acting on would risk two drivers.
                 tracing::error!(

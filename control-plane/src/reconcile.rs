@@ -186,39 +186,6 @@ pub async fn flip(
     Ok(true)
 }
 
-/// One look at whether every set of `partitions` in the current layout holds its owner's log:
-/// each owner has taken its writes over and each live member holds its last entry ([`look`],
-/// the check of the flip and the end). `looks` keeps what is left for the next look; a new
-/// epoch starts the check over. For a change made with no transition: a drain of a node marked
-/// down (`resize.rs`).
-pub async fn hold_their_logs(
-    store: &dyn RingStore,
-    client: &InternalClient,
-    looks: &Looks,
-    partitions: &[PartitionKey],
-) -> anyhow::Result<bool> {
-    let ring = Ring::new(store.load().await?.layout);
-    let left = looks.take(ring.epoch()).unwrap_or_else(|| {
-        looks.start(ring.epoch(), partitions.to_vec());
-        partitions.to_vec()
-    });
-    Ok(look(client, &ring, looks, left).await)
-}
-
-/// The partitions held by the [`listable`] nodes of `layout` (each listed once it has seen
-/// the layout's epoch) whose replica set in `before` has `node` in it: those whose set a change
-/// taking `node` out of `before` gives a new member.
-pub async fn sets_with(
-    client: &InternalClient,
-    layout: &ClusterLayout,
-    before: &Ring,
-    node: &NodeId,
-) -> anyhow::Result<Vec<PartitionKey>> {
-    let nodes: Vec<LayoutNode> = listable(layout).cloned().collect();
-    let held = positions(client, &nodes, layout.epoch).await?;
-    Ok(held.into_keys().filter(|p| before.replicas(p).iter().any(|n| &n.id == node)).collect())
-}
-
 /// What the looks of one step (a flip, an end) found so far: the partitions it checks, listed
 /// at one epoch, and those not yet seen caught up. A look asks only about those left, a chunk
 /// at a time, and stops after the first chunk with one still behind, so a look costs what is
@@ -457,10 +424,10 @@ async fn unsettled(client: &InternalClient, ring: &Ring) -> anyhow::Result<Vec<P
 
 /// The nodes a look at the change in flight in `layout` lists: [`listable`] ones, and those
 /// the change took out of the layout (a drained node, which leads or holds retiring copies
-/// until the change is over).
+/// until the change is over) unless it took them out marked down.
 fn listed_in_change(layout: &ClusterLayout) -> Vec<LayoutNode> {
     let before = layout.transition.iter().flat_map(|t| &t.nodes);
-    let gone = before.filter(|n| layout.node(&n.id).is_none());
+    let gone = before.filter(|n| layout.node(&n.id).is_none() && !layout.is_down(&n.id));
     listable(layout).chain(gone).cloned().collect()
 }
 

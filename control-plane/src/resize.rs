@@ -31,9 +31,8 @@
 use anyhow::bail;
 use memring_common::internal::InternalClient;
 use memring_common::layout::LayoutNode;
-use memring_common::store::{RingStore, StoreError};
-use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
-use std::sync::Arc;
+use memring_common::store::RingStore;
+use memring_common::{ClusterLayout, NodeId, Ring};
 
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +113,11 @@ pub struct ResizeJob {
     pub joining: Vec<String>,
     /// The node being drained, with its address (kept to drop its copies once it is out).
     pub leaving: Option<LayoutNode>,
+    /// The drained node was marked down when the change was staged (a node that will not
+    /// return): the change took it out as down (`Transition::down`), and its copies, which it
+    /// cannot be asked to drop, are left where they are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving_down: bool,
     /// The step started last.
     pub phase: ResizePhase,
     /// When it was recorded, unix ms.
@@ -191,19 +195,13 @@ pub async fn run(
                 .ok_or_else(|| anyhow::anyhow!("node {id} is not in the ring layout"))
         })
         .transpose()?;
-    if let Some(down) = leaving.as_ref().filter(|n| down_in_replicated(&before, &n.id)) {
-        anyhow::ensure!(
-            before.epoch == epoch,
-            "the layout changed since the plan (epoch {epoch} → {}); plan again",
-            before.epoch
-        );
-        return replace_down(store, client, &before, change, down, cancel).await;
-    }
+    let leaving_down = leaving.as_ref().is_some_and(|n| before.states.get(&n.id).is_marked_down());
     let mut job = ResizeJob {
         format_version: JOB_FORMAT_VERSION,
         planned_at: epoch,
         joining,
         leaving,
+        leaving_down,
         phase: ResizePhase::Staging,
         at_ms: 0,
     };
@@ -219,57 +217,6 @@ pub async fn run(
     }
     tracing::info!(epoch = epoch + 1, joining = ?job.joining, leaving = ?job.leaving.as_ref().map(|n| &n.id), "layout change staged; the new sets follow the old owners");
     finish(store, client, job, cancel).await
-}
-
-/// Whether node `id` is marked down in replicated `layout`: its sets lead without it.
-fn down_in_replicated(layout: &ClusterLayout, id: &NodeId) -> bool {
-    layout.replication_factor > 1 && layout.states.get(id).is_marked_down()
-}
-
-/// A drain of a node failover has marked down is its replacement (`failover.rs`), made now:
-/// a node that does not answer hands nothing over, and its sets already lead without it, so
-/// there is nothing to stage. `next`, the layout without it, is stored at once, if the layout is
-/// still `before`. Each set the node was in keeps its owner and live members and takes the next
-/// node on the ring, which follows the owner and fills its copy. No write quorum and no
-/// take-over counted the down node, so every acknowledged write stays on the members left. The
-/// drain then waits until those sets hold their owners' logs (a cancel stops the wait, not the
-/// change). The node's copies cannot be dropped; should it return, it is in no set. Returns
-/// how many copies were dropped: none.
-async fn replace_down(
-    store: &dyn RingStore,
-    client: &InternalClient,
-    before: &ClusterLayout,
-    mut next: ClusterLayout,
-    down: &LayoutNode,
-    cancel: &Cancel,
-) -> anyhow::Result<usize> {
-    next.epoch = before.epoch + 1;
-    match store.compare_and_swap(before.epoch, &next).await {
-        Ok(_) => {}
-        Err(StoreError::Conflict { .. }) => {
-            bail!("the layout changed since the plan (epoch {}); plan again", before.epoch)
-        }
-        Err(e) => return Err(e.into()),
-    }
-    tracing::warn!(node = %down.id, epoch = next.epoch, "drained a node marked down: each of its replica sets takes the next node on the ring");
-    let old = Ring::new(before.clone());
-    let (listed, looks) = (parking_lot::Mutex::new(None), reconcile::Looks::default());
-    let what = format!("the replica sets {} was in to hold their owners' logs", down.id);
-    wait(cancel, &what, || async {
-        let cached = listed.lock().clone();
-        let partitions: Arc<Vec<PartitionKey>> = match cached {
-            Some(partitions) => partitions,
-            None => {
-                let partitions =
-                    Arc::new(reconcile::sets_with(client, &next, &old, &down.id).await?);
-                *listed.lock() = Some(partitions.clone());
-                partitions
-            }
-        };
-        reconcile::hold_their_logs(store, client, &looks, &partitions).await
-    })
-    .await?;
-    Ok(0)
 }
 
 /// Finishes a journaled rebalance or drain the last active control plane left (at start-up,
@@ -335,7 +282,8 @@ async fn finish(
             match phase {
                 ResizePhase::Flipping => flip(store, client, &job, cancel).await?,
                 ResizePhase::Settling => {
-                    return settle(store, client, job.leaving.as_ref(), cancel).await;
+                    let gone = job.leaving.as_ref().filter(|_| !job.leaving_down);
+                    return settle(store, client, gone, cancel).await;
                 }
                 _ => {}
             }

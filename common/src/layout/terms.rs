@@ -212,9 +212,11 @@ mod tests {
         SetState(u8, u8),
         Pin(u8, u8),
         Unpin(u8),
-        /// A staged pin move or node arrival (`reconcile::stage`).
+        /// A staged pin move, node arrival or drain (`reconcile::stage`; a drain of a node
+        /// marked down records it as down in the transition).
         StagePin(u8, u8),
         StageNode(u8),
+        StageDrain(u8),
         /// A flipped node change in one step (`resize.rs`).
         Resize(u8, bool),
         Flip,
@@ -234,6 +236,7 @@ mod tests {
             part.clone().prop_map(Change::Unpin),
             (part, node.clone()).prop_map(|(p, n)| Change::StagePin(p, n)),
             node.clone().prop_map(Change::StageNode),
+            node.clone().prop_map(Change::StageDrain),
             (node.clone(), any::<bool>()).prop_map(|(n, add)| Change::Resize(n, add)),
             Just(Change::Flip),
             Just(Change::End),
@@ -276,6 +279,10 @@ mod tests {
             }
             Change::StageNode(i) if !has(i) && l.transition.is_none() => {
                 next = l.with_node(node(i));
+                next.transition = Some(Transition::staged(l, &next));
+            }
+            Change::StageDrain(i) if has(i) && l.transition.is_none() && l.nodes.len() > 1 => {
+                next = l.without_node(&id(i));
                 next.transition = Some(Transition::staged(l, &next));
             }
             Change::Resize(i, add) if l.transition.is_none() && has(i) != add => {

@@ -1,11 +1,12 @@
 //! A replicated layout change that has not settled: the layout's [`Transition`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterLayout, LayoutNode, Pin};
 use crate::error::ApiError;
+use crate::ids::NodeId;
 use crate::scope::PartitionKey;
 
 /// Which layout leads while a change is in flight (docs/one-engine.md, "The rule").
@@ -59,6 +60,11 @@ pub struct Transition {
     /// change, so this stays as small as the change.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pins: BTreeMap<PartitionKey, Option<Pin>>,
+    /// The nodes the change took out of the layout while failover had them marked down (a drain
+    /// of a node that will not return): down for as long as the change is in flight, so nobody
+    /// waits on them or lists them, and a take-over asks them last ([`ClusterLayout::is_down`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub down: BTreeSet<NodeId>,
 }
 
 impl Transition {
@@ -70,6 +76,7 @@ impl Transition {
             nodes: nodes.to_vec(),
             phase: TransitionPhase::NewLeads,
             pins: BTreeMap::new(),
+            down: BTreeSet::new(),
         }
     }
 
@@ -88,6 +95,14 @@ impl Transition {
             nodes: before.nodes.clone(),
             phase: TransitionPhase::OldLeads,
             pins,
+            down: before
+                .nodes
+                .iter()
+                .filter(|n| {
+                    after.node(&n.id).is_none() && before.states.get(&n.id).is_marked_down()
+                })
+                .map(|n| n.id.clone())
+                .collect(),
         }
     }
 
@@ -97,6 +112,11 @@ impl Transition {
             return Err(ApiError::invalid(format!(
                 "transition since epoch {} is newer than the layout (epoch {epoch})",
                 self.since
+            )));
+        }
+        if let Some(id) = self.down.iter().find(|id| self.nodes.iter().all(|n| &n.id != *id)) {
+            return Err(ApiError::invalid(format!(
+                "transition down node {id} is not among its nodes"
             )));
         }
         for pair in self.nodes.windows(2) {
@@ -168,5 +188,60 @@ mod tests {
         ]);
         assert_eq!(t.pins, expected);
         t.validate(after.epoch).expect("valid");
+    }
+
+    /// A drain staged while failover has the node marked down records it as down: in the staged
+    /// layout it is down though its state went with it, so no old set it comes first in is led
+    /// by it, and its sets' quorums and take-overs treat it as they did. A node drained while
+    /// up, or marked down and staying, is not recorded.
+    #[test]
+    fn a_drain_of_a_node_marked_down_keeps_it_down_while_staged() {
+        use crate::Ring;
+        use crate::layout::NodeState;
+        let id = |s: &str| NodeId::parse(s).expect("id");
+        let mut before = ClusterLayout { replication_factor: 2, ..ClusterLayout::default() };
+        for i in 1..=4 {
+            before = before
+                .with_node(LayoutNode { id: id(&format!("shard-{i}")), addr: format!("h:{i}") });
+        }
+        before.states.set(&id("shard-4"), NodeState::Down { draining: false });
+        let stage = |gone: &str| {
+            let mut after = before.without_node(&id(gone));
+            after.epoch = before.epoch + 1;
+            after.transition = Some(Transition::staged(&before, &after));
+            after
+        };
+        let up_drained = stage("shard-1");
+        let t = up_drained.transition.as_ref().expect("staged");
+        assert!(t.down.is_empty(), "{t:?}");
+        assert!(!up_drained.is_down(&id("shard-1")) && up_drained.is_down(&id("shard-4")));
+
+        let staged = stage("shard-4");
+        let t = staged.transition.clone().expect("staged");
+        assert_eq!(t.down, BTreeSet::from([id("shard-4")]));
+        t.validate(staged.epoch).expect("valid");
+        assert!(staged.is_down(&id("shard-4")) && !staged.may_lead(&id("shard-4")));
+        let text = serde_json::to_string(&t).expect("json");
+        assert!(text.contains(r#""down":["shard-4"]"#), "{text}");
+        assert_eq!(serde_json::from_str::<Transition>(&text).expect("read"), t);
+
+        let (old, ring) = (Ring::new(before.clone()), Ring::new(staged.clone()));
+        let mut led_elsewhere = 0;
+        for n in 0..200 {
+            let p: PartitionKey = format!("t{n}/shared").parse().expect("key");
+            let owner = ring.owner(&p).expect("owner");
+            assert_ne!(owner.id, id("shard-4"), "{p} is led by the down node");
+            assert_eq!(
+                owner.id,
+                old.owner(&p).expect("owner").id,
+                "{p} changed owner at the stage"
+            );
+            led_elsewhere += usize::from(old.replica_set(&p)[0].id == id("shard-4"));
+        }
+        assert!(led_elsewhere > 0, "no partition had the down node first in its set");
+
+        let mut stray = t.clone();
+        stray.down.insert(id("shard-9"));
+        assert!(stray.validate(staged.epoch).is_err());
     }
 }

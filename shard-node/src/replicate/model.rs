@@ -100,6 +100,15 @@ pub enum Membership {
     /// must find the loss: the old owner still writes at the staged epoch until it learns of
     /// the flip).
     StagedForgetting,
+    /// A drain of a member marked down (a node that will not return), staged as any drain: the
+    /// set without it takes node 3 in its last place, the old set (led by its first member not
+    /// down) leads until the flip, and the drained member is *gone* from the layout — down until
+    /// the change is over (`Transition::down`), failover no longer acting on it.
+    StagedDown,
+    /// A member marked down replaced at once, unstaged (failover's replacement before
+    /// 2026-12-07): the set without it takes node 3 in its last place, empty, in one layout
+    /// change. The model must find the loss: a take-over may hear node 3 alone.
+    Replaced,
 }
 
 /// What a primary taking the writes over at a new term does with its writes still waiting for
@@ -258,6 +267,9 @@ struct Layout {
     old: [u8; MAX_R],
     /// Retiring copies (`Membership::Retiring`: the member a join displaced, until it settles).
     retiring: u8,
+    /// Members a drain took out while marked down (`Membership::StagedDown`): out of the
+    /// layout, so failover no longer marks them down, re-admits them or hands them back.
+    gone: u8,
 }
 
 impl Default for Layout {
@@ -283,7 +295,7 @@ impl Layout {
         for (i, place) in set.iter_mut().enumerate().take(r as usize) {
             *place = i as u8;
         }
-        Self { down: 0, joining: 0, set, old: [NONE; MAX_R], retiring: 0 }
+        Self { down: 0, joining: 0, set, old: [NONE; MAX_R], retiring: 0, gone: 0 }
     }
 
     /// Whether a join is staged (the old set still leads).
@@ -387,6 +399,9 @@ enum Step {
     HandBack(u8),
     /// Node 3 joins in the place of this member.
     Join(u8),
+    /// This member, marked down, is drained (`StagedDown`) or replaced (`Replaced`): node 3
+    /// takes the set's last place.
+    Drain(u8),
     /// Node 3 is pinned at the head of the set (staged).
     Move,
     /// A staged join's or move's new set takes the lead.
@@ -682,7 +697,7 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         let now = s.layout(latest);
         let bit = 1u8 << n;
         let caught_up = c.blind_control || node.synced == Some(latest);
-        let member = now.holders() & bit != 0;
+        let member = now.holders() & bit != 0 && now.gone & bit == 0;
         if can_change && member && node.run != Run::Up && now.down & bit == 0 {
             let mut t = *s;
             t.push_layout(Layout { down: now.down | bit, joining: now.joining & !bit, ..now });
@@ -705,27 +720,52 @@ fn successors(s: &State, c: &Config) -> Vec<(Step, State)> {
         }
         // Node 3 joins in member `n`'s place (`rebalance.rs`: joining, it leads nothing yet;
         // the control plane stages a join only while every node is active).
-        if can_change
-            && c.membership != Membership::Fixed
-            && !s.joined
-            && member
-            && now.down == 0
-            && now.joining == 0
-        {
+        let joins = matches!(
+            c.membership,
+            Membership::Forgotten
+                | Membership::Retiring
+                | Membership::Staged
+                | Membership::StagedForgetting
+        );
+        if can_change && joins && !s.joined && member && now.down == 0 && now.joining == 0 {
             let mut t = *s;
             let set = now.set.map(|m| if usize::from(m) == n { JOINER as u8 } else { m });
             let next = match c.membership {
                 Membership::Retiring => Layout { set, joining: 1 << JOINER, retiring: bit, ..now },
-                Membership::Forgotten | Membership::Fixed => {
-                    Layout { set, joining: 1 << JOINER, ..now }
-                }
                 Membership::Staged | Membership::StagedForgetting => {
                     Layout { set, old: now.set, ..now }
                 }
+                _ => Layout { set, joining: 1 << JOINER, ..now },
             };
             t.push_layout(next);
             t.joined = true;
             out.push((Step::Join(id), t));
+        }
+        // Member `n`, the only node marked down, leaves the set (`resize.rs`: a drain waits
+        // until every other node is active); node 3 takes the last place.
+        let drains = matches!(c.membership, Membership::StagedDown | Membership::Replaced);
+        if can_change
+            && drains
+            && !s.joined
+            && now.members() & bit != 0
+            && !now.staged()
+            && now.retiring == 0
+            && now.down == bit
+            && now.joining == 0
+        {
+            let mut set = [NONE; MAX_R];
+            let rest = placed(&now.set).filter(|&m| m != n).chain([JOINER]);
+            for (place, m) in set.iter_mut().zip(rest) {
+                *place = m as u8;
+            }
+            let next = match c.membership {
+                Membership::Replaced => Layout { set, ..now },
+                _ => Layout { set, old: now.set, gone: bit, ..now },
+            };
+            let mut t = *s;
+            t.push_layout(next);
+            t.joined = true;
+            out.push((Step::Drain(id), t));
         }
     }
     // Staged, node 3 can instead be pinned at the head of the set (`shardctl migrate` to a node
@@ -1069,8 +1109,8 @@ impl Node {
 
 impl Layout {
     fn pack(&self, out: &mut Packed) {
-        let Layout { down, joining, set, old, retiring } = self;
-        out.put(&[*down, *joining, *retiring]);
+        let Layout { down, joining, set, old, retiring, gone } = self;
+        out.put(&[*down, *joining, *retiring, *gone]);
         out.put(set);
         out.put(old);
     }
@@ -1416,6 +1456,40 @@ mod tests {
     fn a_staged_join_or_move_of_three_copies_loses_nothing() {
         let c = Config { writes: 1, faults: 1, membership: Membership::Staged, ..TERMS };
         assert_clean("terms, staged join or move of three copies", &c, 100_000);
+    }
+
+    /// Failover's replacement as it was until 2026-12-07 (R = 3, W = 2): a member marked down
+    /// leaves its set at once and node 3 takes the last place, empty. A take-over that hears
+    /// R − W = 1 other copy may hear node 3 alone, though the write its quorum acknowledged is
+    /// on the remaining member only (the other copy of it was on the node replaced): one
+    /// paused node loses a write. The model must find it, so staging the drain is what keeps
+    /// the replacement safe.
+    #[test]
+    fn a_down_member_replaced_at_once_loses_a_write() {
+        let c = Config { writes: 1, faults: 1, membership: Membership::Replaced, ..TERMS };
+        assert_loses_a_write(
+            "terms, a down member replaced at once",
+            &c,
+            "replacing a down member at once must lose a write",
+            &["MarkDown", "Drain", "TakeOver"],
+        );
+    }
+
+    /// The drain of a member marked down, staged (`resize.rs` with `Transition::down`; failover's
+    /// replacement runs the same drain): the old set leads without it until node 3, in the
+    /// set's last place, holds the owner's log; the drained member stays down and failover no
+    /// longer acts on it. No interleaving with writes, a crash or pause, stale layouts and the
+    /// flip loses an acknowledged write.
+    #[test]
+    fn a_staged_drain_of_a_member_marked_down_loses_nothing() {
+        let c = Config {
+            writes: 1,
+            faults: 1,
+            layout_changes: 4,
+            membership: Membership::StagedDown,
+            ..TERMS
+        };
+        assert_clean("terms, staged drain of a member marked down", &c, 100_000);
     }
 
     /// One path the exploration above covers, played step by step: R = 3, a write acknowledged
