@@ -82,11 +82,11 @@ pub async fn remove_node(
     apply(store, expect, |layout| {
         anyhow::ensure!(layout.node(&id).is_some(), "node {id} is not in the layout");
         anyhow::ensure!(
-            layout.replication_factor < 2 || layout.states.get(&id).is_marked_down(),
-            "the layout keeps {} copies of every partition and {id} is not down: taking it out \
-             here would hand its replica sets to nodes that hold nothing yet. Run `shardctl \
-             drain {id}`, which hands its partitions over first (a node marked down can be \
-             removed here).",
+            layout.replication_factor < 2,
+            "the layout keeps {} copies of every partition: taking {id} out here would hand its \
+             replica sets to nodes that hold nothing yet, and a node taking a partition over \
+             could hear only those. Run `shardctl drain {id}`, which keeps the sets leading \
+             until the nodes taking its places hold their logs (a node marked down too).",
             layout.replication_factor
         );
         Ok(Some(layout.without_node(&id)))

@@ -568,8 +568,10 @@ async fn a_replicated_change_waits_while_a_node_is_down() -> anyhow::Result<()> 
 /// it while the nodes that take its places fill from their owners (the change records it as
 /// down, so nobody waits on it or lists it), and `shardctl drain` returns once the change has
 /// settled: the view shows no set short of a copy as soon as it returns, verify finds every
-/// copy equal, and every acknowledged write is readable. Until 2026-12-07 the drain failed: its
-/// plan listed every node, the down one too.
+/// copy equal, and every acknowledged write is readable. `memring-control layout remove-node`,
+/// which would hand its sets to an empty copy at once, refuses and names the drain. Until
+/// 2026-12-07 the drain failed (its plan listed every node, the down one too) and remove-node
+/// took a down node out.
 #[tokio::test]
 async fn a_drained_down_node_leaves_and_its_sets_get_their_copies_back() -> anyhow::Result<()> {
     let (mut c, store, control) = replicated_cluster(4, 2).await?;
@@ -591,6 +593,13 @@ async fn a_drained_down_node_leaves_and_its_sets_get_their_copies_back() -> anyh
     })
     .await?;
 
+    // Taking it out of the layout by hand would hand its sets to an empty copy at once.
+    let by_hand = tokio::process::Command::new(binary("memring-control")?)
+        .args(["--etcd", &c.etcd.url, "layout", "remove-node", "shard-4"])
+        .output()
+        .await?;
+    let err = String::from_utf8_lossy(&by_hand.stderr);
+    assert!(!by_hand.status.success() && err.contains("shardctl drain shard-4"), "{err}");
     let drain = shardctl(&control, &["drain", "shard-4"]);
     let out = tokio::time::timeout(Duration::from_secs(60), drain).await.map_err(|_| {
         anyhow::anyhow!("the drain of the down node has not ended after 60 s\n{}", c.logs())

@@ -112,7 +112,8 @@ enum LayoutCommand {
         #[arg(long)]
         expect_epoch: Option<u64>,
     },
-    /// Take a node out of the ring (its data is NOT moved: drain it first once migration exists).
+    /// Take a node out of the ring without moving its data (one copy only; `shardctl drain`
+    /// moves it first, and is the only way out of a replicated layout).
     RemoveNode {
         /// Node id.
         id: String,
