@@ -14,6 +14,19 @@ use memring_tests::load::{
 use memring_tests::{Proc, binary, client, metric, shardctl, vector, write_batch};
 use serde_json::{Value, json};
 
+/// Writes `memories` memories (`s0`, `s1`, …, scope `shared`) to each of `tenants` tenants
+/// named `{prefix}0`, `{prefix}1`, … through `router`.
+async fn seed(router: &str, prefix: &str, tenants: usize, memories: usize) -> anyhow::Result<()> {
+    let http = client();
+    for t in 0..tenants {
+        let items: Vec<_> = (0..memories)
+            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
+            .collect();
+        write_batch(&http, router, &format!("{prefix}{t}"), items).await?;
+    }
+    Ok(())
+}
+
 /// `(count, checksum)` of `partition` on the node at `addr` (from its meta; 0 if absent).
 async fn sum_at(addr: &str, partition: &PartitionKey) -> anyhow::Result<(u64, String)> {
     let url = format!("http://{addr}/internal/v1/migrate/{}/checksum", partition_path(partition));
@@ -226,12 +239,7 @@ async fn followers_poll_primaries_without_streams_over_http() -> anyhow::Result<
 async fn a_replicated_cluster_grows_and_shrinks_under_writes() -> anyhow::Result<()> {
     let (mut c, store, control) = replicated_cluster(3, 3).await?;
     let http = client();
-    for t in 0..8 {
-        let items: Vec<_> = (0..30)
-            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
-            .collect();
-        write_batch(&http, &c.router(0), &format!("g{t}"), items).await?;
-    }
+    seed(&c.router(0), "g", 8, 30).await?;
     let (stop, _, writers) = start_writers(&c.router(0), (0..3).map(|t| format!("g{t}")));
 
     let joining = c.start_shard("shard-4").await?;
@@ -521,12 +529,7 @@ async fn a_replicated_move_waits_until_a_join_has_settled() -> anyhow::Result<()
 async fn a_replicated_change_waits_while_a_node_is_down() -> anyhow::Result<()> {
     let (mut c, store, control) = replicated_cluster(3, 2).await?;
     let http = client();
-    for t in 0..6 {
-        let items: Vec<_> = (0..20)
-            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
-            .collect();
-        write_batch(&http, &c.router(0), &format!("w{t}"), items).await?;
-    }
+    seed(&c.router(0), "w", 6, 20).await?;
     c.shards[2].kill();
     let down = NodeId::parse("shard-3")?;
     wait_for("shard-3 marked down", Duration::from_secs(30), || async {
@@ -576,12 +579,7 @@ async fn a_replicated_change_waits_while_a_node_is_down() -> anyhow::Result<()> 
 async fn a_drained_down_node_leaves_and_its_sets_get_their_copies_back() -> anyhow::Result<()> {
     let (mut c, store, control) = replicated_cluster(4, 2).await?;
     let http = client();
-    for t in 0..8 {
-        let items: Vec<_> = (0..20)
-            .map(|n| json!({"id": format!("s{n}"), "scope": "shared", "content": format!("seed {n}"), "embedding": vector(8, n, 0.2)}))
-            .collect();
-        write_batch(&http, &c.router(0), &format!("d{t}"), items).await?;
-    }
+    seed(&c.router(0), "d", 8, 20).await?;
     let gone = NodeId::parse("shard-4")?;
     let held = c.partitions_on(&c.shards[3]).await?;
     assert!(!held.is_empty(), "shard-4 holds no copy to replace");
