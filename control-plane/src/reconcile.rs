@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use memring_common::api::ReplicaStep;
 use memring_common::internal::InternalClient;
-use memring_common::layout::{LayoutNode, Transition, TransitionPhase};
+use memring_common::layout::{LayoutNode, NodeState, Transition, TransitionPhase};
 use memring_common::store::{RingStore, StoreError, Versioned, update_layout};
 use memring_common::{ClusterLayout, NodeId, PartitionKey, Ring};
 
@@ -67,8 +67,8 @@ pub fn staged(layout: &ClusterLayout) -> bool {
 }
 
 /// Undoes a staged change (epoch + 1): the nodes and the pins it set get their old values
-/// back (a joiner goes, a drained node returns), and the transition goes. Nothing if no change
-/// is staged (a flipped one is finished, never undone).
+/// back (a joiner goes, a drained node returns, marked down if it left so), and the transition
+/// goes. Nothing if no change is staged (a flipped one is finished, never undone).
 pub async fn unstage(store: &dyn RingStore) -> anyhow::Result<()> {
     update_layout(store, 20, |l| {
         let t = l.transition.as_ref().filter(|_| staged(l))?;
@@ -79,6 +79,10 @@ pub async fn unstage(store: &dyn RingStore) -> anyhow::Result<()> {
                 next.states.remove(&joiner.id);
             }
             next.nodes = t.nodes.clone();
+            // A drained node the change took out marked down returns marked down.
+            for id in &t.down {
+                next.states.set(id, NodeState::Down { draining: false });
+            }
         }
         for (p, old) in &t.pins {
             match old {
@@ -451,4 +455,46 @@ async fn positions(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use memring_common::store::embedded::EmbeddedStore;
+
+    use super::*;
+
+    /// A drain of a node failover has marked down, staged and then undone (`shardctl cancel`
+    /// before the flip): while staged the node is out of the layout and down by the transition;
+    /// undone, it is back in the layout marked down, not active (failover would otherwise see a
+    /// dead node leading its sets until its next round).
+    #[tokio::test]
+    async fn undoing_the_drain_of_a_node_marked_down_leaves_it_marked_down() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = EmbeddedStore::open(dir.path())?;
+        let id = |s: &str| NodeId::parse(s).expect("id");
+        let mut layout = ClusterLayout { replication_factor: 2, ..ClusterLayout::default() };
+        for i in 1..=3 {
+            let node = LayoutNode { id: id(&format!("shard-{i}")), addr: format!("h:{i}") };
+            layout = layout.with_node(node);
+        }
+        layout.states.set(&id("shard-3"), NodeState::Down { draining: false });
+        let first = store.load().await?.layout.epoch;
+        layout.epoch = first + 1;
+        store.compare_and_swap(first, &layout).await?;
+
+        let gone = id("shard-3");
+        let staged = stage(&store, Throttle::default(), |l| Some(l.without_node(&gone))).await?;
+        let staged = staged.expect("nothing else in flight").layout;
+        let t = staged.transition.as_ref().expect("staged");
+        assert_eq!(t.down, BTreeSet::from([gone.clone()]));
+        assert!(staged.node(&gone).is_none() && staged.is_down(&gone));
+
+        unstage(&store).await?;
+        let back = store.load().await?.layout;
+        assert!(back.transition.is_none());
+        assert_eq!(back.nodes, layout.nodes);
+        assert!(back.states.get(&gone).is_marked_down(), "{:?}", back.states);
+        assert!(back.is_down(&gone) && !back.may_lead(&gone));
+        Ok(())
+    }
 }
