@@ -88,6 +88,18 @@ impl Replication {
     /// the module notes). 503 while those copies cannot be asked or the log cannot be adopted.
     /// A layout change that leaves the partition's term as it was keeps the take-over.
     pub async fn take_over(&self, partition: &PartitionKey) -> Result<(), ApiError> {
+        self.take_over_with(partition, None).await
+    }
+
+    /// [`Self::take_over`], with the positions `ahead` of it asked for many partitions at once
+    /// (`replicate/batch.rs`): a copy's position asked there, at this layout's epoch, is one
+    /// this take-over would have asked for (the same question, once the copy has seen the
+    /// epoch), so it is not asked again; the other copies are asked here.
+    pub(super) async fn take_over_with(
+        &self,
+        partition: &PartitionKey,
+        ahead: Option<&batch::AskedAhead>,
+    ) -> Result<(), ApiError> {
         let ring = self.ring.ring();
         let (epoch, term) = (ring.epoch(), ring.term(partition));
         let taken_now = || self.lead.taken.lock().get(partition).is_some_and(|t| t.term == term);
@@ -117,7 +129,14 @@ impl Replication {
             .into_iter()
             .chain(retiring)
             .partition(|n| !ring.layout().is_down(&n.id));
-        let mut answered = self.positions(partition, epoch, &live).await;
+        let (mut answered, mut ask) = (Vec::new(), Vec::new());
+        for peer in &live {
+            match ahead.and_then(|a| a.position(epoch, &peer.id, partition)) {
+                Some(at) => answered.push(((*peer).clone(), at)),
+                None => ask.push(*peer),
+            }
+        }
+        answered.extend(self.positions(partition, epoch, &ask).await);
         if answered.len() < needed {
             answered.extend(self.positions(partition, epoch, &down).await);
         }
