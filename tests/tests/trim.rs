@@ -106,6 +106,9 @@ async fn a_follower_back_after_the_trim_window_is_reseeded_and_verifies() -> any
     Ok(())
 }
 
+/// The memories of the partition whose copy `a_reseed_killed_on_either_side_…` kills.
+const BIG: usize = 24_000;
+
 /// SIGKILL of the re-seeding node in the middle of its copy, and then of the copy's source in
 /// the middle of the next one: each time the copy starts over (the re-seed mark survives the
 /// kill) and ends complete and equal.
@@ -114,7 +117,9 @@ async fn a_reseed_killed_on_either_side_ends_complete_and_verified() -> anyhow::
     let (mut c, store, control) = replicated_cluster(3, 3).await?;
     let router = c.router(0);
     let p: PartitionKey = "big/shared".parse()?;
-    seed(&router, "big", 12_000).await?;
+    // Big enough that its copy outlasts the poll below and the node's log writes (one run in
+    // many saw a copy of 12,000 finish before the test could kill it).
+    seed(&router, "big", BIG).await?;
     let ring = Ring::new(store.load().await?.layout);
     let set = ring.replicas(&p);
     let index_of =
@@ -141,7 +146,7 @@ async fn a_reseed_killed_on_either_side_ends_complete_and_verified() -> anyhow::
     c.shards[follower].start_again()?;
     c.shards[follower].wait_ready(Duration::from_secs(30)).await?;
     let reseeds = |shard: &Proc| shard.log_text().matches("dropped to be re-seeded").count();
-    // Polled closely: the copy of 12,000 memories takes well under a second.
+    // Polled closely: the copy takes about a second.
     let begun = |shard: &Proc, n: usize| {
         let started = std::time::Instant::now();
         while reseeds(shard) < n {
@@ -168,7 +173,7 @@ async fn a_reseed_killed_on_either_side_ends_complete_and_verified() -> anyhow::
     wait_equal_copies(&store, &p).await?;
     let report = wait_verified(&control, Duration::from_secs(90)).await?;
     let memories = report["memories"].as_u64().unwrap_or(0);
-    assert!(memories >= 3 * (12_000 + acked.len() as u64) && memories % 3 == 0, "{report}");
+    assert!(memories >= 3 * (BIG as u64 + acked.len() as u64) && memories % 3 == 0, "{report}");
     assert_readable(&router, acked.iter().copied(), "after both kills").await?;
     let v: Value = http
         .get(format!("{router}/v1/tenants/big/memories/s7?scope=shared"))
