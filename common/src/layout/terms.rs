@@ -92,8 +92,9 @@ impl ClusterLayout {
     /// a change of nodes in flight), or where either layout has no terms.
     pub fn pins_touched_since(&self, before: &ClusterLayout) -> Option<BTreeSet<PartitionKey>> {
         let (now, was) = (self.terms.as_ref()?, before.terms.as_ref()?);
-        let pins_alone =
-            |l: &ClusterLayout| l.transition.as_ref().is_none_or(|t| t.nodes == l.nodes);
+        let pins_alone = |l: &ClusterLayout| {
+            l.transition.as_ref().is_none_or(|t| t.nodes == l.nodes && t.down.is_empty())
+        };
         let same = now.base == was.base
             && now.nodes == was.nodes
             && self.nodes == before.nodes
@@ -145,10 +146,12 @@ fn stamps(before: &ClusterLayout, after: &ClusterLayout) -> Terms {
         Some(terms) if !moves_all => terms.clone(),
         _ => return Terms::all_at(epoch),
     };
-    // A node that arrived, came onto the circle or changed state: the sets it is in now.
+    // A node that arrived, came onto the circle or changed state (its own, or down by the
+    // change in flight: `Transition::down`): the sets it is in now.
     for n in &after.nodes {
         let arrived = before.node(&n.id).is_none()
             || before.states.get(&n.id) != after.states.get(&n.id)
+            || before.is_down(&n.id) != after.is_down(&n.id)
             || before.on_circle(&n.id) != after.on_circle(&n.id);
         if arrived {
             terms.nodes.insert(n.id.clone(), epoch);
