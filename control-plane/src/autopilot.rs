@@ -188,10 +188,7 @@ impl Autopilot {
                 return Ok(());
             }
         }
-        if !crate::journal::pending(jobs.store.as_ref()).await?.is_empty()
-            || crate::resize::pending(jobs.store.as_ref()).await?.is_some()
-        {
-            // A journaled job's resumption owns the cluster until it is done.
+        if crate::resize::journaled(jobs.store.as_ref()).await? {
             return Ok(());
         }
         let Ok(_slot) = jobs.slot.try_lock() else {

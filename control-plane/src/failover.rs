@@ -149,14 +149,7 @@ fn replace(
     tokio::spawn(async move {
         let _slot = slot;
         let store = jobs.store.as_ref();
-        let journaled = async {
-            Ok::<_, anyhow::Error>(
-                !crate::journal::pending(store).await?.is_empty()
-                    || crate::resize::pending(store).await?.is_some(),
-            )
-        };
-        if journaled.await.unwrap_or(true) {
-            // A journaled job's resumption owns the cluster until it is done.
+        if crate::resize::journaled(store).await.unwrap_or(true) {
             return;
         }
         tracing::warn!(node = %id, "failover: replacing a node down for too long (a drain)");

@@ -163,6 +163,13 @@ pub async fn pending(store: &dyn RingStore) -> anyhow::Result<Option<ResizeJob>>
     Ok(Some(job))
 }
 
+/// Whether a journaled job (a migration, a join or a drain) waits to be finished: its
+/// resumption owns the cluster until it is done, so a job the control plane would start by
+/// itself (the autopilot's, failover's replacement) waits.
+pub async fn journaled(store: &dyn RingStore) -> anyhow::Result<bool> {
+    Ok(pending(store).await?.is_some() || !crate::journal::pending(store).await?.is_empty())
+}
+
 /// A planned join or drain.
 pub struct Planned {
     /// The epoch it was planned at.

@@ -128,8 +128,10 @@ impl AskedAhead {
         node: &NodeId,
         partition: &PartitionKey,
     ) -> Option<LogPos> {
-        (epoch == self.epoch)
-            .then(|| self.known.get(&(node.clone(), partition.clone())).copied())?
+        if epoch != self.epoch {
+            return None;
+        }
+        self.known.get(&(node.clone(), partition.clone())).copied()
     }
 }
 
