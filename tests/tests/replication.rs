@@ -849,6 +849,50 @@ async fn a_move_takes_over_and_checks_again_only_the_partition_it_moves() -> any
     Ok(())
 }
 
+/// A node that has changed nothing since it started (restarted, nothing written to it since)
+/// is asked for what changed, not listed in full, after each reader's first ask: its followers'
+/// polls wait for a change, and a listing's next ask (the cluster view's, the routers' usage)
+/// names no partition. Before, such a node's feed handed out cursor 0, which readers send to
+/// ask for everything: each follower listed every partition of it again at once, poll after
+/// poll, and each look at the cluster view checked every replica set again.
+#[tokio::test]
+async fn an_idle_restarted_node_is_asked_for_changes_not_listed_in_full_again() -> anyhow::Result<()>
+{
+    let (mut c, _store, _control) = replicated_cluster(3, 2).await?;
+    seed(&c.router(0), "idle-", 40, 1).await?;
+    c.shards[0].stop();
+    c.shards[0].start_again()?;
+    c.shards[0].wait_ready(Duration::from_secs(30)).await?;
+    // Each follower lists the new process in full once (more if the layout moves meanwhile);
+    // then the count stays put.
+    let full_listings = || metric(&c.shards[0], "memring_replication_full_listings_total");
+    let settle_by = Instant::now() + Duration::from_secs(20);
+    let mut before = full_listings().await?;
+    let settled = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = full_listings().await?;
+        if now == before && now >= 1.0 {
+            break now;
+        }
+        anyhow::ensure!(Instant::now() < settle_by, "the full listings did not stop: {now} so far");
+        before = now;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(full_listings().await?, settled, "a follower listed the idle node in full again");
+
+    // A listing's second ask, from the cursor the first handed out, names nothing.
+    let url = format!("{}/internal/v1/partitions", c.shards[0].url());
+    let first: Value = client().get(&url).send().await?.error_for_status()?.json().await?;
+    assert_eq!(first["full"], json!(true));
+    let held = first["partitions"].as_array().map_or(0, Vec::len);
+    assert!(held >= 10, "the node holds copies: {held}");
+    let since = format!("{url}?feed={}&since={}", first["feed"], first["cursor"]);
+    let next: Value = client().get(&since).send().await?.error_for_status()?.json().await?;
+    assert_eq!(next["full"], json!(false), "listed in full again: cursor {}", first["cursor"]);
+    assert_eq!(next["partitions"], json!([]));
+    Ok(())
+}
+
 /// With one copy of every partition (R = 1), a partition moves by the rule of
 /// docs/one-engine.md, with the shard nodes alone doing the copying: staged, the old owner keeps
 /// the writes and the new node follows it — filled from a snapshot, since the old log is trimmed

@@ -6,7 +6,10 @@
 //!
 //! The feed lives in memory: a cursor means something only to the process that gave it, which
 //! its `instance` names. A follower whose cursor names another instance (the primary
-//! restarted) starts over from a full listing, once.
+//! restarted) starts over from a full listing, once. Its readers (followers, the trimmer, the
+//! routers' and the control plane's listings) keep cursor 0 for "no cursor yet: list in full",
+//! so the counter starts at [`START`]: a node that has changed nothing since it started hands
+//! out a cursor that is not 0, and a reader asks it for changes next time, not for everything.
 //!
 //! Cost: one map entry per partition changed since the process started (a partition changed
 //! again moves to the end, it is not listed twice), one ordered-map move per commit, and a
@@ -18,6 +21,10 @@ use std::time::Duration;
 use memring_common::PartitionKey;
 use parking_lot::Mutex;
 
+/// The counter of a feed with no change yet: the cursor a listing taken then hands out. Never
+/// 0, which readers send to ask for a full listing.
+pub const START: u64 = 1;
+
 /// The partitions changed on this node, by the counter value of their last change.
 pub struct Feed {
     instance: u64,
@@ -25,8 +32,8 @@ pub struct Feed {
     counter: tokio::sync::watch::Sender<u64>,
 }
 
-#[derive(Default)]
 struct Inner {
+    /// The counter of the latest change ([`START`]: none yet).
     last: u64,
     at: HashMap<PartitionKey, u64>,
     order: BTreeMap<u64, PartitionKey>,
@@ -70,8 +77,8 @@ impl Feed {
         let instance = (nanos ^ (u64::from(std::process::id()) << 40)).max(1);
         Self {
             instance,
-            inner: Mutex::new(Inner::default()),
-            counter: tokio::sync::watch::channel(0).0,
+            inner: Mutex::new(Inner { last: START, at: HashMap::new(), order: BTreeMap::new() }),
+            counter: tokio::sync::watch::channel(START).0,
         }
     }
 
@@ -80,7 +87,7 @@ impl Feed {
         self.instance
     }
 
-    /// The counter of the latest change (0: none yet).
+    /// The counter of the latest change ([`START`]: none yet).
     pub fn now(&self) -> u64 {
         *self.counter.borrow()
     }
@@ -150,18 +157,21 @@ mod tests {
     #[test]
     fn lists_each_changed_partition_once_in_the_order_of_its_last_change() {
         let feed = Feed::new();
-        assert_eq!(feed.since(0, 10), Changed { partitions: vec![], cursor: 0, more: false });
+        assert_eq!(
+            feed.since(START, 10),
+            Changed { partitions: vec![], cursor: START, more: false }
+        );
         for t in ["a", "b", "c", "a"] {
             feed.note(&key(t));
         }
-        let all = feed.since(0, 10);
+        let all = feed.since(START, 10);
         assert_eq!(all.partitions, vec![key("b"), key("c"), key("a")]);
-        assert_eq!((all.cursor, all.more), (4, false));
+        assert_eq!((all.cursor, all.more), (START + 4, false));
         // Nothing after the latest change; a change after it is all there is next time.
-        assert_eq!(feed.since(4, 10).partitions, vec![]);
+        assert_eq!(feed.since(START + 4, 10).partitions, vec![]);
         feed.note(&key("b"));
-        assert_eq!(feed.since(4, 10).partitions, vec![key("b")]);
-        assert_eq!(feed.now(), 5);
+        assert_eq!(feed.since(START + 4, 10).partitions, vec![key("b")]);
+        assert_eq!(feed.now(), START + 5);
     }
 
     #[test]
@@ -172,7 +182,7 @@ mod tests {
             feed.note(&key(t));
         }
         let mut seen = Vec::new();
-        let mut cursor = 0;
+        let mut cursor = START;
         loop {
             let page = feed.since(cursor, 10);
             seen.extend(page.partitions);
@@ -193,11 +203,11 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_wakes_on_a_change_and_not_before() {
         let feed = std::sync::Arc::new(Feed::new());
-        let idle = feed.wait(0, Duration::from_millis(50)).await;
-        assert_eq!(idle, 0);
+        let idle = feed.wait(START, Duration::from_millis(50)).await;
+        assert_eq!(idle, START);
         let waiter = tokio::spawn({
             let feed = feed.clone();
-            async move { feed.wait(0, Duration::from_secs(30)).await }
+            async move { feed.wait(START, Duration::from_secs(30)).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         feed.note(&key("x"));
@@ -205,7 +215,7 @@ mod tests {
             .await
             .expect("woken by the change")
             .expect("task");
-        assert_eq!(woke, 1);
+        assert_eq!(woke, START + 1);
         assert_ne!(Feed::new().instance(), 0);
     }
 
@@ -214,20 +224,29 @@ mod tests {
         let feed = std::sync::Arc::new(Feed::new());
         let waiter = tokio::spawn({
             let feed = feed.clone();
-            async move { feed.wait(0, Duration::from_millis(300)).await }
+            async move { feed.wait(START, Duration::from_millis(300)).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let started = std::time::Instant::now();
         feed.note_as(&key("x"), Wake::Nobody);
         assert_eq!(
             waiter.await.expect("task"),
-            1,
+            START + 1,
             "the waiter reads the counter when it times out"
         );
         assert!(started.elapsed() >= Duration::from_millis(200), "woken early");
         // A later look sees it at once, and lists it.
-        assert_eq!(feed.wait(0, Duration::from_secs(30)).await, 1);
-        assert_eq!(feed.since(0, 10).partitions, vec![key("x")]);
-        assert_eq!(feed.now(), 1);
+        assert_eq!(feed.wait(START, Duration::from_secs(30)).await, START + 1);
+        assert_eq!(feed.since(START, 10).partitions, vec![key("x")]);
+        assert_eq!(feed.now(), START + 1);
+    }
+
+    #[test]
+    fn a_feed_with_no_change_yet_hands_out_a_cursor_that_asks_for_changes() {
+        // Readers send cursor 0 to ask for everything: a listing taken before any change must
+        // not hand 0 back, or every later ask of an idle node would be a full listing again.
+        let feed = Feed::new();
+        assert_ne!(feed.now(), 0);
+        assert_eq!(feed.since(feed.now(), 10).partitions, vec![]);
     }
 }
