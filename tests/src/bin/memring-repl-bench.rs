@@ -14,8 +14,9 @@
 //! 10 here) and the nodes are quiet, then measures each shard node's CPU over a
 //! quiet interval (from `/proc/<pid>/stat`), its resident memory and its data directory's size
 //! (against the stored memories' own bytes, `memring_shard_memory_bytes`), searches of random
-//! small tenants, and single and 8-in-flight writes to other tenants; one row per count. Last,
-//! it deletes the big tenants and reports the data directories' size 30 s to 5 min later.
+//! small tenants, and single and 8-in-flight writes to other tenants; then it restarts the first
+//! shard node and, once every copy is caught up again and 10 s have passed, measures each node's
+//! CPU over the same quiet interval; one row per count. Last, it deletes the big tenants and reports the data directories' size 30 s to 5 min later.
 
 use std::time::{Duration, Instant};
 
@@ -361,6 +362,32 @@ async fn load_tenant(
 }
 
 /// The `--scale-tenants` measurement (see the module notes).
+/// Waits (up to 30 minutes) until every shard node says each copy it follows has caught up.
+async fn caught_up(c: &EtcdCluster) -> anyhow::Result<()> {
+    memring_tests::load::wait_for("every copy caught up", Duration::from_secs(1800), || async {
+        let mut all = true;
+        for shard in &c.shards {
+            let url = format!("http://{}/internal/v1/replicate/status", shard.addr);
+            let status: serde_json::Value =
+                memring_tests::client().get(&url).send().await?.json().await?;
+            all &= status["caught_up"] == true;
+        }
+        Ok(all.then_some(()))
+    })
+    .await
+}
+
+/// Each shard process's CPU over `secs` seconds from now, in % of a core.
+async fn idle_cpu(c: &EtcdCluster, secs: u64) -> anyhow::Result<Vec<f64>> {
+    let pids: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
+    let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
+    let quiet = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let took = quiet.elapsed().as_secs_f64();
+    let after: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
+    Ok(before.iter().zip(&after).map(|(b, a)| (a - b) / took * 100.0).collect())
+}
+
 async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
     use rand::{Rng, SeedableRng};
     let store = c.etcd.store().await?;
@@ -418,9 +445,9 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| tenants | memories | load | idle CPU per node (% of a core) | RSS per node | write p50 / p99 | writes/s, 8 at a time | search p50 / p99 (random tenants) | data dir per node | SST files ÷ stored bytes | data dir per memory copy |"
+        "| tenants | memories | load | idle CPU per node (% of a core) | idle CPU per node after the first restarts | RSS per node | write p50 / p99 | writes/s, 8 at a time | search p50 / p99 (random tenants) | data dir per node | SST files ÷ stored bytes | data dir per memory copy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut have = 0;
     let mut rows: Vec<(usize, f64, f64)> = Vec::new();
     for &target in &args.scale_tenants {
@@ -439,21 +466,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
         in_flight(32, loads.into_iter()).await?;
         let load = started.elapsed();
         have = target;
-        memring_tests::load::wait_for(
-            "every copy caught up",
-            Duration::from_secs(1800),
-            || async {
-                let mut all = true;
-                for shard in &c.shards {
-                    let url = format!("http://{}/internal/v1/replicate/status", shard.addr);
-                    let status: serde_json::Value =
-                        memring_tests::client().get(&url).send().await?.json().await?;
-                    all &= status["caught_up"] == true;
-                }
-                Ok(all.then_some(()))
-            },
-        )
-        .await?;
+        caught_up(c).await?;
         // Quiet: let what the load started settle — the logs trimmed (the window and a round),
         // then no partition left waiting for its trim and no compaction pending on any node (up
         // to two minutes) — then measure.
@@ -473,14 +486,8 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
         }
         // Two more metric rounds, so the figures read below are from after the settling.
         tokio::time::sleep(Duration::from_secs(10)).await;
+        let cpu = idle_cpu(c, args.idle_secs).await?;
         let pids: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
-        let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
-        let quiet = Instant::now();
-        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-        let secs = quiet.elapsed().as_secs_f64();
-        let after: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
-        let cpu: Vec<f64> =
-            before.iter().zip(&after).map(|(b, a)| (a - b) / secs * 100.0).collect();
         let rss: Vec<String> = pids
             .iter()
             .map(|p| rss_mib(*p).map(|m| format!("{m:.0}")))
@@ -513,11 +520,21 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
             (0..args.writes).map(|n| write(format!("busy{}", n % 20), format!("t{target}-{n}"), n));
         in_flight(8, busy).await?;
         let rate = args.writes as f64 / rate_started.elapsed().as_secs_f64();
+        // A node that restarts and has nothing written to it after: it and the nodes following
+        // it settle back to idle (once caught up, after one full listing per follower).
+        c.shards[0].restart()?;
+        c.shards[0].wait_ready(Duration::from_secs(120)).await?;
+        caught_up(c).await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let restarted = idle_cpu(c, args.idle_secs).await?;
         let mib = |b: u64| format!("{:.0}", b as f64 / (1 << 20) as f64);
+        let shares =
+            |cpu: &[f64]| cpu.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" / ");
         println!(
-            "| {target} | {memories} | {:.0} s | {} | {} MiB | {:.2} / {:.2} ms | {rate:.0} | {search_p50:.2} / {search_p99:.2} ms | {} MiB | {:.2} | {:.0} B |",
+            "| {target} | {memories} | {:.0} s | {} | {} | {} MiB | {:.2} / {:.2} ms | {rate:.0} | {search_p50:.2} / {search_p99:.2} ms | {} MiB | {:.2} | {:.0} B |",
             load.as_secs_f64(),
-            cpu.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" / "),
+            shares(&cpu),
+            shares(&restarted),
             rss.join(" / "),
             pct(&took, 0.5),
             pct(&took, 0.99),
