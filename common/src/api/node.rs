@@ -34,7 +34,8 @@ pub struct ReplicaPoll {
     #[serde(default)]
     pub feed: u64,
     /// The cursor: the feed counter the follower has seen. 0, or a cursor of another feed
-    /// instance, asks for a full listing of the primary's partitions.
+    /// instance, asks for a full listing of the primary's partitions; a primary never hands
+    /// out 0 (a feed's counter starts at 1).
     pub seen: u64,
     /// The layout epoch the follower follows by (entries are inlined only at it).
     #[serde(default)]
@@ -174,7 +175,7 @@ pub struct PartitionList {
     /// The node's change-feed instance the cursor belongs to.
     #[serde(default)]
     pub feed: u64,
-    /// The cursor to ask from next.
+    /// The cursor to ask from next: never 0, which asks for every partition.
     #[serde(default)]
     pub cursor: u64,
     /// `partitions` is every partition the node holds.

@@ -10,13 +10,16 @@
 //! With `--scale-tenants 1000,100000` (`make bench-scale`) it measures instead what many tenants
 //! cost a replicated cluster (R = 3, W = 2): beside a few big tenants (`--big-tenants` of
 //! `--big-size` memories) it adds tenants of 1–10 memories (Zipf) up to each count, waits until
-//! every copy is caught up, the logs are trimmed (the nodes keep `--log-keep-secs`, default
-//! 10 here) and the nodes are quiet, then measures each shard node's CPU over a
-//! quiet interval (from `/proc/<pid>/stat`), its resident memory and its data directory's size
-//! (against the stored memories' own bytes, `memring_shard_memory_bytes`), searches of random
-//! small tenants, and single and 8-in-flight writes to other tenants; then it restarts the first
-//! shard node and, once every copy is caught up again and 10 s have passed, measures each node's
-//! CPU over the same quiet interval; one row per count. Last, it deletes the big tenants and reports the data directories' size 30 s to 5 min later.
+//! every copy is caught up, the logs are trimmed (the nodes keep `--log-keep-secs`, default 10
+//! here) and the nodes are quiet, then measures each shard node's CPU (and the router's and a
+//! control plane's, whose autopilot is on as in `make cluster`) over a quiet interval (from
+//! `/proc/<pid>/stat`), its resident memory and its data directory's size (against the stored
+//! memories' own bytes, `memring_shard_memory_bytes`), searches of random small tenants, and
+//! single and 8-in-flight writes to other tenants; then it restarts the first shard node and, once
+//! the cluster has settled (failover re-admitted it and handed its leadership back, every copy
+//! caught up, the epoch still for 10 s) and 10 s more have passed, measures each node's CPU over
+//! the same quiet interval; one row per count. Last, it deletes the big tenants and reports the data
+//! directories' size 30 s to 5 min later.
 
 use std::time::{Duration, Instant};
 
@@ -365,21 +368,48 @@ async fn load_tenant(
 /// Waits (up to 30 minutes) until every shard node says each copy it follows has caught up.
 async fn caught_up(c: &EtcdCluster) -> anyhow::Result<()> {
     memring_tests::load::wait_for("every copy caught up", Duration::from_secs(1800), || async {
-        let mut all = true;
-        for shard in &c.shards {
-            let url = format!("http://{}/internal/v1/replicate/status", shard.addr);
-            let status: serde_json::Value =
-                memring_tests::client().get(&url).send().await?.json().await?;
-            all &= status["caught_up"] == true;
-        }
-        Ok(all.then_some(()))
+        Ok(all_caught_up(c).await?.then_some(()))
     })
     .await
 }
 
-/// Each shard process's CPU over `secs` seconds from now, in % of a core.
-async fn idle_cpu(c: &EtcdCluster, secs: u64) -> anyhow::Result<Vec<f64>> {
-    let pids: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
+/// Whether every shard node says each copy it follows has caught up.
+async fn all_caught_up(c: &EtcdCluster) -> anyhow::Result<bool> {
+    let mut all = true;
+    for shard in &c.shards {
+        let url = format!("http://{}/internal/v1/replicate/status", shard.addr);
+        let status: serde_json::Value =
+            memring_tests::client().get(&url).send().await?.json().await?;
+        all &= status["caught_up"] == true;
+    }
+    Ok(all)
+}
+
+/// Waits (up to 10 minutes) until every node is active in the layout, every copy is caught up
+/// and the layout epoch has not moved for 10 s.
+async fn layout_settled(c: &EtcdCluster, store: &impl RingStore) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (mut epoch, mut since) = (0, Instant::now());
+    loop {
+        let layout = store.load().await?.layout;
+        if layout.epoch != epoch {
+            (epoch, since) = (layout.epoch, Instant::now());
+        }
+        let active = memring_control::placement::unsettled(&layout, None).is_none();
+        if active && since.elapsed() >= Duration::from_secs(10) && all_caught_up(c).await? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the cluster did not settle within 10 minutes (epoch {epoch})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The CPU of each of `procs` over `secs` seconds from now, in % of a core.
+async fn idle_cpu(procs: &[&memring_tests::Proc], secs: u64) -> anyhow::Result<Vec<f64>> {
+    let pids: Vec<u32> = procs.iter().filter_map(|p| p.pid()).collect();
     let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect::<Result<_, _>>()?;
     let quiet = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -395,6 +425,8 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
     let layout = store.load().await?.layout;
     c.wait_shards_epoch(layout.epoch).await?;
     c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+    // A control plane as `make cluster` runs one (the autopilot on), for its idle cost.
+    let control = c.start_control_with(&["--auto-rebalance", "true"]).await?;
     let router = c.router(0);
     let http = memring_tests::client();
     let dims = args.dims;
@@ -445,9 +477,9 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| tenants | memories | load | idle CPU per node (% of a core) | idle CPU per node after the first restarts | RSS per node | write p50 / p99 | writes/s, 8 at a time | search p50 / p99 (random tenants) | data dir per node | SST files ÷ stored bytes | data dir per memory copy |"
+        "| tenants | memories | load | idle CPU per node (% of a core) | idle CPU: router / control plane | idle CPU per node after the first restarts | RSS per node | write p50 / p99 | writes/s, 8 at a time | search p50 / p99 (random tenants) | data dir per node | SST files ÷ stored bytes | data dir per memory copy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut have = 0;
     let mut rows: Vec<(usize, f64, f64)> = Vec::new();
     for &target in &args.scale_tenants {
@@ -486,7 +518,10 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
         }
         // Two more metric rounds, so the figures read below are from after the settling.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let cpu = idle_cpu(c, args.idle_secs).await?;
+        let mut procs: Vec<&memring_tests::Proc> = c.shards.iter().collect();
+        procs.extend([&c.routers[0], &control]);
+        let mut cpu = idle_cpu(&procs, args.idle_secs).await?;
+        let others = cpu.split_off(c.shards.len());
         let pids: Vec<u32> = c.shards.iter().filter_map(memring_tests::Proc::pid).collect();
         let rss: Vec<String> = pids
             .iter()
@@ -520,21 +555,27 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
             (0..args.writes).map(|n| write(format!("busy{}", n % 20), format!("t{target}-{n}"), n));
         in_flight(8, busy).await?;
         let rate = args.writes as f64 / rate_started.elapsed().as_secs_f64();
-        // A node that restarts and has nothing written to it after: it and the nodes following
-        // it settle back to idle (once caught up, after one full listing per follower).
+        // A node that restarts and has nothing written to it after: failover marks it down,
+        // re-admits it and hands its leadership back (three epochs), then every node settles
+        // back to idle.
+        let restarting = Instant::now();
         c.shards[0].restart()?;
         c.shards[0].wait_ready(Duration::from_secs(120)).await?;
-        caught_up(c).await?;
+        layout_settled(c, &store).await?;
+        let settling = restarting.elapsed();
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let restarted = idle_cpu(c, args.idle_secs).await?;
+        let shards: Vec<&memring_tests::Proc> = c.shards.iter().collect();
+        let restarted = idle_cpu(&shards, args.idle_secs).await?;
         let mib = |b: u64| format!("{:.0}", b as f64 / (1 << 20) as f64);
         let shares =
             |cpu: &[f64]| cpu.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" / ");
         println!(
-            "| {target} | {memories} | {:.0} s | {} | {} | {} MiB | {:.2} / {:.2} ms | {rate:.0} | {search_p50:.2} / {search_p99:.2} ms | {} MiB | {:.2} | {:.0} B |",
+            "| {target} | {memories} | {:.0} s | {} | {} | {} (settled after {:.0} s) | {} MiB | {:.2} / {:.2} ms | {rate:.0} | {search_p50:.2} / {search_p99:.2} ms | {} MiB | {:.2} | {:.0} B |",
             load.as_secs_f64(),
             shares(&cpu),
+            shares(&others),
             shares(&restarted),
+            settling.as_secs_f64(),
             rss.join(" / "),
             pct(&took, 0.5),
             pct(&took, 0.99),
