@@ -15,11 +15,11 @@
 //! control plane's, whose autopilot is on as in `make cluster`) over a quiet interval (from
 //! `/proc/<pid>/stat`), its resident memory and its data directory's size (against the stored
 //! memories' own bytes, `memring_shard_memory_bytes`), searches of random small tenants, and
-//! single and 8-in-flight writes to other tenants; then it restarts the first shard node and, once
-//! the cluster has settled (failover re-admitted it and handed its leadership back, every copy
-//! caught up, the epoch still for 10 s) and 10 s more have passed, measures each node's CPU over
-//! the same quiet interval; one row per count. Last, it deletes the big tenants and reports the data
-//! directories' size 30 s to 5 min later.
+//! single and 8-in-flight writes to other tenants; then it restarts the first shard node and,
+//! once the cluster has settled (failover re-admitted it and handed its leadership back, every
+//! copy caught up, the epoch still for 10 s; the time to that is printed) and 10 s more have
+//! passed, measures each node's CPU over the same quiet interval; one row per count. Last, it
+//! deletes the big tenants and reports the data directories' size 30 s to 5 min later.
 
 use std::time::{Duration, Instant};
 
