@@ -368,6 +368,41 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Whether every running shard node says each copy it follows has caught up.
+    pub async fn all_caught_up(&self) -> anyhow::Result<bool> {
+        for shard in &self.shards {
+            let url = format!("http://{}/internal/v1/replicate/status", shard.addr);
+            let status: serde_json::Value = client().get(&url).send().await?.json().await?;
+            if status["caught_up"] != true {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits (up to `timeout`) until the cluster has settled: every node active in the layout
+    /// (failover has re-admitted a returning node and handed its leadership back), the epoch
+    /// unchanged for `still`, and every copy caught up.
+    pub async fn wait_settled(&self, still: Duration, timeout: Duration) -> anyhow::Result<()> {
+        let store = self.etcd.store().await?;
+        let started = Instant::now();
+        let (mut epoch, mut since) = (0, Instant::now());
+        loop {
+            let layout = store.load().await?.layout;
+            if layout.epoch != epoch {
+                (epoch, since) = (layout.epoch, Instant::now());
+            }
+            let active = memring_control::placement::unsettled(&layout, None).is_none();
+            if active && since.elapsed() >= still && self.all_caught_up().await? {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                bail!("the cluster did not settle within {timeout:?} (epoch {epoch})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Reads answered so far by primaries and by followers (replica reads), summed over every
     /// shard node's `memring_shard_reads_total`.
     pub async fn reads_by_role(&self) -> anyhow::Result<(f64, f64)> {

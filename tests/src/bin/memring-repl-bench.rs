@@ -368,43 +368,9 @@ async fn load_tenant(
 /// Waits (up to 30 minutes) until every shard node says each copy it follows has caught up.
 async fn caught_up(c: &EtcdCluster) -> anyhow::Result<()> {
     memring_tests::load::wait_for("every copy caught up", Duration::from_secs(1800), || async {
-        Ok(all_caught_up(c).await?.then_some(()))
+        Ok(c.all_caught_up().await?.then_some(()))
     })
     .await
-}
-
-/// Whether every shard node says each copy it follows has caught up.
-async fn all_caught_up(c: &EtcdCluster) -> anyhow::Result<bool> {
-    let mut all = true;
-    for shard in &c.shards {
-        let url = format!("http://{}/internal/v1/replicate/status", shard.addr);
-        let status: serde_json::Value =
-            memring_tests::client().get(&url).send().await?.json().await?;
-        all &= status["caught_up"] == true;
-    }
-    Ok(all)
-}
-
-/// Waits (up to 10 minutes) until every node is active in the layout, every copy is caught up
-/// and the layout epoch has not moved for 10 s.
-async fn layout_settled(c: &EtcdCluster, store: &impl RingStore) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let (mut epoch, mut since) = (0, Instant::now());
-    loop {
-        let layout = store.load().await?.layout;
-        if layout.epoch != epoch {
-            (epoch, since) = (layout.epoch, Instant::now());
-        }
-        let active = memring_control::placement::unsettled(&layout, None).is_none();
-        if active && since.elapsed() >= Duration::from_secs(10) && all_caught_up(c).await? {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "the cluster did not settle within 10 minutes (epoch {epoch})"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// The CPU of each of `procs` over `secs` seconds from now, in % of a core.
@@ -561,7 +527,7 @@ async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
         let restarting = Instant::now();
         c.shards[0].restart()?;
         c.shards[0].wait_ready(Duration::from_secs(120)).await?;
-        layout_settled(c, &store).await?;
+        c.wait_settled(Duration::from_secs(10), Duration::from_secs(600)).await?;
         let settling = restarting.elapsed();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let shards: Vec<&memring_tests::Proc> = c.shards.iter().collect();
