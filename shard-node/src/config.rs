@@ -62,6 +62,11 @@ pub struct ShardConfig {
     pub log_keep_secs: u64,
     /// The last this many entries of each partition's log are kept as well, whatever their age.
     pub log_keep_entries: u64,
+    /// A migration or a re-seed reading a log keeps it from being trimmed after where it reads
+    /// for this many seconds after its last read (`storage/trim.rs`'s pins). Pins matter only
+    /// beyond `log_keep_secs`: with the defaults a pin never holds back a trim once its reader
+    /// is done.
+    pub log_pin_secs: u64,
     /// Followers' polls may come over an upgraded connection (`replicate/stream.rs`); off, the
     /// stream route answers 404 as binaries before it did, and followers poll over HTTP (for
     /// testing a rolling upgrade).
@@ -92,6 +97,7 @@ impl Default for ShardConfig {
             purge_interval_secs: 60,
             log_keep_secs: 600,
             log_keep_entries: 0,
+            log_pin_secs: 300,
             replication_stream: true,
         }
     }
@@ -164,6 +170,9 @@ pub struct ShardArgs {
     /// Entries of each partition's log kept when trimming.
     #[arg(long, env = "MEMRING_LOG_KEEP_ENTRIES")]
     pub log_keep_entries: Option<u64>,
+    /// Seconds a migration's or a re-seed's pin of a log holds after its last read.
+    #[arg(long, env = "MEMRING_LOG_PIN_SECS")]
+    pub log_pin_secs: Option<u64>,
     /// Serve followers' polls over upgraded connections (false: only over HTTP, as binaries
     /// before 2026-12-05; for rolling-upgrade tests).
     #[arg(long, env = "MEMRING_REPLICATION_STREAM", action = clap::ArgAction::Set)]
@@ -194,6 +203,7 @@ impl ShardArgs {
         overlay(&mut c.purge_interval_secs, self.purge_interval_secs);
         overlay(&mut c.log_keep_secs, self.log_keep_secs);
         overlay(&mut c.log_keep_entries, self.log_keep_entries);
+        overlay(&mut c.log_pin_secs, self.log_pin_secs);
         overlay(&mut c.replication_stream, self.replication_stream);
         c.validate()?;
         Ok(c)

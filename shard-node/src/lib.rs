@@ -121,6 +121,7 @@ pub async fn run(
     let keep = replicate::trim::Keep {
         time: Duration::from_secs(config.log_keep_secs),
         entries: config.log_keep_entries,
+        pins: Duration::from_secs(config.log_pin_secs),
     };
     let trimmer = tokio::spawn(trim_logs(repl.clone(), keep, stop_rx.clone()));
     let purger = tokio::spawn(purge_expired(

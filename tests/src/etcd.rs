@@ -110,8 +110,11 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 
 /// What shard nodes of a test cluster get by default: they trim their logs after one second (so
 /// every replication, failover and migration test runs with logs trimmed under it, and copies
-/// re-seeded where they fall behind), where production keeps ten minutes.
-pub const TEST_SHARD_FLAGS: &[&str] = &["--log-keep-secs", "1"];
+/// re-seeded where they fall behind), where production keeps ten minutes; and a migration's or a
+/// re-seed's pin of a log holds 10 s after its last read, not five minutes (in production the
+/// kept window outlasts any such pin; here a re-seed's pin would hold every log it touched
+/// untrimmed for the rest of a test).
+pub const TEST_SHARD_FLAGS: &[&str] = &["--log-keep-secs", "1", "--log-pin-secs", "10"];
 
 /// etcd, `n` shard nodes in the layout, and `routers` routers, all on loopback.
 pub struct EtcdCluster {

@@ -28,6 +28,8 @@ pub struct Keep {
     pub time: Duration,
     /// The last this many entries.
     pub entries: u64,
+    /// Entries a reader pinned, for this long after its last read (`Storage::pin_log`).
+    pub pins: Duration,
 }
 
 /// The trimmer's state between rounds.
@@ -132,7 +134,7 @@ impl Replication {
             }
             let Some((_, p, aged)) = t.queue.pop_front() else { break };
             let last = self.storage.last_pos(&p)?.seq;
-            let pin = self.storage.pinned(&p).unwrap_or(u64::MAX);
+            let pin = self.storage.pinned(&p, keep.pins).unwrap_or(u64::MAX);
             let others = self.trim_limit(&ring, &p, last).min(pin);
             let floor = rules::keep_floor(last, keep.entries, aged);
             let to = rules::primary_trim(others, floor);

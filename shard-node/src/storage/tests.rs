@@ -960,11 +960,15 @@ fn a_trimmed_log_starts_where_it_was_trimmed_and_says_so() {
         );
         // Readers of the log pin it where they read from (a migration's export and catch-up);
         // the lowest pin holds.
+        let ttl = std::time::Duration::from_secs(300);
         s.pin_log(&k, 2);
-        assert_eq!(s.pinned(&k), Some(2));
+        assert_eq!(s.pinned(&k, ttl), Some(2));
         s.pin_log(&k, 6);
-        assert_eq!(s.pinned(&k), Some(2));
-        assert_eq!(s.pinned(&key("t", "agent:a")), None);
+        assert_eq!(s.pinned(&k, ttl), Some(2));
+        assert_eq!(s.pinned(&key("t", "agent:a"), ttl), None);
+        // A pin not used within the time given no longer holds, and is forgotten.
+        assert_eq!(s.pinned(&k, std::time::Duration::ZERO), None);
+        assert_eq!(s.pinned(&k, ttl), None);
         // Trimmed through its last entry, the log is empty and still knows its position.
         assert_eq!(s.trim_log(&k, 100).expect("trim"), 4);
         assert_eq!(s.log_start(&k).expect("start"), LogPos::new(3, 8));

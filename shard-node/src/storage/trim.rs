@@ -18,8 +18,9 @@
 //!
 //! **Pins.** A migration reads the source's log after its first export page (the control
 //! plane's `migrate.rs`), and a re-seeding copy after the snapshot it took: export and changes
-//! pin the log at the position they read from, and trimming keeps the pinned entries until
-//! [`PIN_TTL`] after the last use.
+//! pin the log at the position they read from, and trimming keeps the pinned entries for a while
+//! after the last use (`--log-pin-secs`, default 5 minutes: a reader that vanished releases its
+//! pin by its silence).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,8 +32,6 @@ use super::{CF_LOG, CF_META, Storage, db_err};
 use crate::record::{LogEntry, LogOp, decode, encode, log_key};
 use crate::replicate::rules::LogPos;
 
-/// How long a pin holds after its last use.
-pub const PIN_TTL: Duration = Duration::from_secs(300);
 /// Trims removing at least this many entries queue their key range for compaction at once.
 const RECLAIM_AT: u64 = 1000;
 /// Up to this many entries are removed by point deletes (many small range tombstones slow
@@ -115,19 +114,19 @@ impl Storage {
         Ok(removed)
     }
 
-    /// Keeps the partition's log after `seq` from being trimmed for [`PIN_TTL`].
+    /// Keeps the partition's log after `seq` from being trimmed for a while ([`Storage::pinned`]).
     pub fn pin_log(&self, key: &PartitionKey, seq: u64) {
         let mut pins = self.pins.lock();
         let pin = pins.entry(key.encode()).or_insert((seq, Instant::now()));
         *pin = (pin.0.min(seq), Instant::now());
     }
 
-    /// The position the partition's log is pinned at, if a pin holds.
-    pub fn pinned(&self, key: &PartitionKey) -> Option<u64> {
+    /// The position the partition's log is pinned at, if a pin used within `ttl` holds.
+    pub fn pinned(&self, key: &PartitionKey, ttl: Duration) -> Option<u64> {
         let mut pins = self.pins.lock();
         let enc = key.encode();
         match pins.get(&enc) {
-            Some((seq, used)) if used.elapsed() < PIN_TTL => Some(*seq),
+            Some((seq, used)) if used.elapsed() < ttl => Some(*seq),
             Some(_) => {
                 pins.remove(&enc);
                 None
