@@ -64,8 +64,8 @@ pub struct ShardConfig {
     pub log_keep_entries: u64,
     /// A migration or a re-seed reading a log keeps it from being trimmed after where it reads
     /// for this many seconds after its last read (`storage/trim.rs`'s pins). Pins matter only
-    /// beyond `log_keep_secs`: with the defaults a pin never holds back a trim once its reader
-    /// is done.
+    /// beyond `log_keep_secs`: with the defaults, the pin of a reader done within five minutes
+    /// (a re-seed, most migrations) never holds back a trim after it.
     pub log_pin_secs: u64,
     /// Followers' polls may come over an upgraded connection (`replicate/stream.rs`); off, the
     /// stream route answers 404 as binaries before it did, and followers poll over HTTP (for

@@ -112,8 +112,8 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 /// every replication, failover and migration test runs with logs trimmed under it, and copies
 /// re-seeded where they fall behind), where production keeps ten minutes; and a migration's or a
 /// re-seed's pin of a log holds 10 s after its last read, not five minutes (in production the
-/// kept window outlasts any such pin; here a re-seed's pin would hold every log it touched
-/// untrimmed for the rest of a test).
+/// kept window outlasts a re-seed's pin; here it would hold every log it touched untrimmed for
+/// the rest of a test).
 pub const TEST_SHARD_FLAGS: &[&str] = &["--log-keep-secs", "1", "--log-pin-secs", "10"];
 
 /// etcd, `n` shard nodes in the layout, and `routers` routers, all on loopback.
