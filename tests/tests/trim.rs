@@ -2,8 +2,9 @@
 //! copy that comes back behind the trimmed part is re-seeded from a snapshot, and neither a
 //! kill of the re-seeding node nor one of its source leaves a copy different or a write lost.
 //!
-//! The shard nodes of test clusters keep one second of log (`--log-keep-secs 1`,
-//! `memring_tests::etcd::TEST_SHARD_FLAGS`), so trimming runs within the tests' time (every 5 s).
+//! The shard nodes of test clusters keep one second of log and a reader's pin for 10 s
+//! (`--log-keep-secs 1 --log-pin-secs 10`, `memring_tests::etcd::TEST_SHARD_FLAGS`), so trimming
+//! runs within the tests' time (every 5 s).
 
 use std::time::Duration;
 
