@@ -10,7 +10,6 @@ use memring_common::NodeId;
 use memring_common::layout::LayoutNode;
 use memring_common::store::etcd::EtcdStore;
 use memring_common::store::{RingStore, update_layout};
-use serde_json::Value;
 
 use crate::{Proc, binary, client, free_port, send};
 
@@ -358,7 +357,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         for shard in &self.shards {
             loop {
-                let v = partition_list(shard).await?;
+                let v = crate::partition_listing(&shard.addr).await?;
                 if v["epoch"].as_u64().unwrap_or(0) >= epoch {
                     break;
                 }
@@ -438,12 +437,6 @@ impl EtcdCluster {
         out.push(self.etcd.proc.log_tail());
         out.join("\n")
     }
-}
-
-/// A shard node's `GET /internal/v1/partitions` answer (epoch and partitions).
-async fn partition_list(shard: &Proc) -> anyhow::Result<Value> {
-    let url = format!("{}/internal/v1/partitions", shard.url());
-    Ok(send(&client(), reqwest::Method::GET, &url, None).await?.1)
 }
 
 /// Adds `shard` to the layout through the store (compare-and-swap with retries).

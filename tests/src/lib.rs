@@ -556,10 +556,30 @@ pub async fn metric(shard: &Proc, name: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
+/// The shard node at `addr`'s `GET /internal/v1/partitions` answer (its epoch, feed cursor and
+/// partitions).
+pub async fn partition_listing(addr: &str) -> anyhow::Result<Value> {
+    let url = format!("http://{addr}/internal/v1/partitions");
+    Ok(send(&client(), reqwest::Method::GET, &url, None).await?.1)
+}
+
+/// `(term, seq)` of the last log entry of `partition` on the node at `addr` (`(0, 0)`: it holds
+/// none).
+pub async fn last_pos_at(
+    addr: &str,
+    partition: &memring_common::PartitionKey,
+) -> anyhow::Result<(u64, u64)> {
+    let v = partition_listing(addr).await?;
+    let name = partition.to_string();
+    let mut listed = v["partitions"].as_array().into_iter().flatten();
+    Ok(listed.find(|h| h["partition"].as_str() == Some(name.as_str())).map_or((0, 0), |h| {
+        (h["last_term"].as_u64().unwrap_or(0), h["last_seq"].as_u64().unwrap_or(0))
+    }))
+}
+
 /// The partitions the shard node at `addr` holds, as `tenant/scope` strings.
 pub async fn partitions_at(addr: &str) -> anyhow::Result<Vec<String>> {
-    let url = format!("http://{addr}/internal/v1/partitions");
-    let v = send(&client(), reqwest::Method::GET, &url, None).await?.1;
+    let v = partition_listing(addr).await?;
     Ok(v["partitions"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p["partition"].as_str().map(str::to_owned)).collect())

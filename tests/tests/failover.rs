@@ -14,7 +14,7 @@ use memring_tests::load::{
     wait_verified,
 };
 use memring_tests::proxy::Proxy;
-use memring_tests::{binary, client, vector};
+use memring_tests::{binary, client, last_pos_at, vector};
 use serde_json::{Value, json};
 
 async fn layout_of(store: &impl RingStore) -> anyhow::Result<ClusterLayout> {
@@ -381,7 +381,7 @@ async fn old_primary_returns_with_a_longer_log(
         items.push(json!({"id": format!("m{n}"), "scope": "shared", "content": format!("kept {n}"), "embedding": vector(8, n % 8, 0.2)}));
     }
     memring_tests::write_batch(&http, &router, tenant, items).await?;
-    let base = position_on(&c.shards[primary].addr, &p).await?;
+    let base = last_pos_at(&c.shards[primary].addr, &p).await?.1;
 
     // Followers paused: the primary commits three writes it can never get acknowledged.
     for f in followers {
@@ -397,7 +397,7 @@ async fn old_primary_returns_with_a_longer_log(
         }));
     }
     wait_for("the primary to commit the three writes", Duration::from_secs(5), || async {
-        Ok((position_on(&c.shards[primary].addr, &p).await? == base + 3).then_some(()))
+        Ok((last_pos_at(&c.shards[primary].addr, &p).await?.1 == base + 3).then_some(()))
     })
     .await?;
     match fails {
@@ -498,19 +498,6 @@ async fn old_primary_returns_with_a_longer_log(
     wait_verified(control, Duration::from_secs(30)).await?;
     println!("{fails:?}: the acknowledged write at {seq} survived the return of a longer log");
     Ok(())
-}
-
-/// A partition's log position on the node at `addr` (0 if it holds none).
-async fn position_on(addr: &str, p: &PartitionKey) -> anyhow::Result<u64> {
-    let list: Value =
-        client().get(format!("http://{addr}/internal/v1/partitions")).send().await?.json().await?;
-    Ok(list["partitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["partition"].as_str() == Some(p.to_string().as_str()))
-        .and_then(|e| e["last_seq"].as_u64())
-        .unwrap_or(0))
 }
 
 /// The lost write of the issue, killed and paused: a primary that committed writes its paused

@@ -16,7 +16,7 @@ use memring_common::{PartitionKey, Ring};
 use memring_tests::load::{
     assert_readable, replicated_cluster, start_writers, stop_writers, wait_for, wait_verified,
 };
-use memring_tests::{Proc, client, metric, shardctl, vector, write_batch};
+use memring_tests::{Proc, client, last_pos_at, metric, shardctl, vector, write_batch};
 use serde_json::{Value, json};
 
 /// `(count, checksum, last_seq)` of `partition` on the node at `addr`.
@@ -28,17 +28,6 @@ async fn sum_at(addr: &str, partition: &PartitionKey) -> anyhow::Result<(u64, St
         v["checksum"].as_str().unwrap_or("").to_owned(),
         v["last_seq"].as_u64().unwrap_or(0),
     ))
-}
-
-/// `(term, seq)` of the last entry of `partition` on the node at `addr`.
-async fn last_pos_at(addr: &str, partition: &PartitionKey) -> anyhow::Result<(u64, u64)> {
-    let url = format!("http://{addr}/internal/v1/partitions");
-    let v: Value = client().get(url).send().await?.error_for_status()?.json().await?;
-    let mut listed = v["partitions"].as_array().into_iter().flatten();
-    let held = listed
-        .find(|h| h["partition"] == partition.to_string())
-        .with_context(|| format!("{addr} does not hold {partition}: {v}"))?;
-    Ok((held["last_term"].as_u64().unwrap_or(0), held["last_seq"].as_u64().unwrap_or(0)))
 }
 
 /// Whether the log of `partition` on the node at `addr` starts after position `(term, seq)`

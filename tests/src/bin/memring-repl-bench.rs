@@ -364,7 +364,6 @@ async fn load_tenant(
     Ok(())
 }
 
-/// The `--scale-tenants` measurement (see the module notes).
 /// Waits (up to 30 minutes) until every shard node says each copy it follows has caught up.
 async fn caught_up(c: &EtcdCluster) -> anyhow::Result<()> {
     memring_tests::load::wait_for("every copy caught up", Duration::from_secs(1800), || async {
@@ -384,6 +383,7 @@ async fn idle_cpu(procs: &[&memring_tests::Proc], secs: u64) -> anyhow::Result<V
     Ok(before.iter().zip(&after).map(|(b, a)| (a - b) / took * 100.0).collect())
 }
 
+/// The `--scale-tenants` measurement (see the module notes).
 async fn scale(c: &mut EtcdCluster, args: &Args) -> anyhow::Result<()> {
     use rand::{Rng, SeedableRng};
     let store = c.etcd.store().await?;
