@@ -5,7 +5,10 @@
 //! same writes — one at a time for latency, then 8 at a time for throughput — and prints a
 //! Markdown table. Then, with R = 3, it searches one hot partition 8 at a time through a router
 //! with replica reads on and through one with them off, and prints the rates and which copies
-//! answered (the shard nodes' `memring_shard_reads_total`).
+//! answered (the shard nodes' `memring_shard_reads_total`). With `--rounds N` it measures the
+//! factors N times in turn, each round on new tenants (a factor's new followers first copy what
+//! earlier rounds wrote), and ends the write table with each factor's mean writes/s and its ratio
+//! to the first factor's: on a shared machine one round's ratio moves with the machine.
 //!
 //! With `--scale-tenants 1000,100000` (`make bench-scale`) it measures instead what many tenants
 //! cost a replicated cluster (R = 3, W = 2): beside a few big tenants (`--big-tenants` of
@@ -71,6 +74,11 @@ struct Args {
     /// Replication factors to measure, comma-separated (each after the one before).
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2, 3])]
     copies: Vec<u32>,
+    /// Measure the `--copies` list this many times, one factor after the other, each round on
+    /// tenants of its own; with more than one, a summary follows: each factor's writes/s over the
+    /// rounds and its ratio to the first factor's (a shared machine's drift reaches both).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 impl Args {
@@ -117,18 +125,27 @@ async fn main() -> anyhow::Result<()> {
         "| copies (R) | acknowledged after (W) | write p50 | write p99 | writes/s, 8 at a time | CPU per write, 8 at a time: shard nodes / router | machine idle meanwhile | follower rounds per write (entries per round) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for &r in &args.copies {
+    // Writes/s of each factor, round after round.
+    let mut rates: Vec<(u32, Vec<f64>)> = args.copies.iter().map(|&r| (r, Vec::new())).collect();
+    for (round, &r) in (0..args.rounds.max(1)).flat_map(|i| args.copies.iter().map(move |r| (i, r)))
+    {
         memring_control::layout::set_replication(&store, r, None).await?;
         let layout = store.load().await?.layout;
         c.wait_shards_epoch(layout.epoch).await?;
         c.wait_router_epoch(0, layout.epoch, Duration::from_secs(5)).await?;
+        // New followers first copy what earlier rounds wrote: measured once that is done.
+        let copied = Instant::now();
+        while r > 1 && !c.all_caught_up().await? {
+            anyhow::ensure!(copied.elapsed() < Duration::from_secs(120), "copies not caught up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let write = |n: usize| {
             let (http, router) = (http.clone(), router.clone());
             let body = json!({"id": format!("r{r}-{n}"), "scope": "shared", "content": "x", "embedding": vector(args.dims, n, 0.2)});
             async move {
                 let t = Instant::now();
                 let resp = http
-                    .post(format!("{router}/v1/tenants/bench{}/memories", n % 20))
+                    .post(format!("{router}/v1/tenants/bench{round}-{}/memories", n % 20))
                     .json(&body)
                     .send()
                     .await?;
@@ -161,6 +178,9 @@ async fn main() -> anyhow::Result<()> {
             per_write(cpu(&shards)?, shards_before),
             per_write(cpu(router_pid.as_slice())?, router_before),
         );
+        if let Some((_, seen)) = rates.iter_mut().find(|(f, _)| *f == r) {
+            seen.push(rate);
+        }
         let rounds_after = replication_rounds(&c.shards).await?;
         let rounds = rounds_after.0 - rounds_before.0;
         let entries = rounds_after.1 - rounds_before.1;
@@ -172,6 +192,10 @@ async fn main() -> anyhow::Result<()> {
             rounds / args.writes as f64,
             if rounds > 0.0 { entries / rounds } else { 0.0 },
         );
+    }
+
+    if args.rounds > 1 {
+        print_summary(&rates);
     }
 
     // Reads of one hot partition with R = 3: through a router with replica reads, then one without.
@@ -214,6 +238,24 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Each factor's writes/s (8 at a time) over the rounds, and the ratio of its mean to the first
+/// factor's.
+fn print_summary(rates: &[(u32, Vec<f64>)]) {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let base = rates.first().map_or(0.0, |(_, v)| mean(v));
+    println!();
+    println!(
+        "| copies (R) | rounds | writes/s, 8 at a time: mean (lowest – highest) | ÷ R = {} (means) |",
+        rates.first().map_or(0, |(r, _)| *r)
+    );
+    println!("|---|---|---|---|");
+    for (r, v) in rates {
+        let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        let ratio = if base > 0.0 { mean(v) / base } else { 0.0 };
+        println!("| {r} | {} | {:.0} ({lo:.0} – {hi:.0}) | {ratio:.2} |", v.len(), mean(v));
+    }
 }
 
 /// One search of `tenant` through `router`: how long it took (an error unless 200).
