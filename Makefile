@@ -94,7 +94,9 @@ fuzz: deps
 	$(CARGO) test $(PROFILE_FLAGS) --workspace $(TEST_FEATURES) --test hostile
 
 # The randomized fault test of `make test` for longer (faults keep coming for MEMRING_CHAOS_SECS,
-# default 600; MEMRING_CHAOS_SEED replays a run), then the replication model with wider bounds.
+# default 600; MEMRING_CHAOS_SEED replays a run), then the replication model with wider bounds,
+# breadth-first until it holds half the machine's memory (MEMRING_MODEL_MAX_GIB): it prints how
+# many steps deep every sequence was checked, or that the bounds were covered.
 chaos: test-deps
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins $(TEST_FEATURES)
 	MEMRING_CHAOS_SECS=$${MEMRING_CHAOS_SECS:-600} $(CARGO) test $(PROFILE_FLAGS) -p memring-tests $(TEST_FEATURES) --test chaos -- --nocapture

@@ -975,6 +975,10 @@ pub struct Outcome {
     pub depth: usize,
     /// The first state breaking an invariant, with the steps that lead there and what broke.
     pub violation: Option<(Vec<String>, String)>,
+    /// The exploration stopped before it was complete: the process held this many bytes, over
+    /// the budget it was given ([`explore_within`]). It stopped in level `depth` (breadth-first),
+    /// so only the states fewer than `depth` steps from the start were all checked.
+    pub stopped_at: Option<u64>,
 }
 
 /// What is wrong with `s`, if anything.
@@ -1137,6 +1141,14 @@ impl std::hash::Hasher for Spread {
 /// Explores every state reachable under `c`, breadth-first, level by level; stops at the first
 /// violation, whose steps are read back through each state's parent.
 pub fn explore(c: &Config) -> Outcome {
+    explore_within(c, u64::MAX)
+}
+
+/// [`explore`], stopping (`Outcome::stopped_at`) once the process's resident memory passes
+/// `budget` bytes, instead of being killed by the kernel for bounds wider than the machine.
+pub fn explore_within(c: &Config, budget: u64) -> Outcome {
+    /// New states between two looks at the resident memory.
+    const LOOK_EVERY: usize = 1 << 16;
     let start = State::initial(c);
     let mut seen: HashSet<u128, std::hash::BuildHasherDefault<Spread>> = HashSet::default();
     seen.insert(fingerprint(&start));
@@ -1156,13 +1168,28 @@ pub fn explore(c: &Config) -> Outcome {
                     i = from as usize;
                 }
                 steps.reverse();
-                return Outcome { states: trail.len(), depth, violation: Some((steps, why)) };
+                return Outcome {
+                    states: trail.len(),
+                    depth,
+                    violation: Some((steps, why)),
+                    stopped_at: None,
+                };
             }
             for (step, t) in successors(s, c) {
                 let t = canonical(t, c);
                 if seen.insert(fingerprint(&t)) {
                     next_level.push((trail.len() as u32, t));
                     trail.push((*at, Some(step)));
+                    if trail.len() % LOOK_EVERY == 0
+                        && let Some(held) = resident_bytes().filter(|held| *held > budget)
+                    {
+                        return Outcome {
+                            states: trail.len(),
+                            depth,
+                            violation: None,
+                            stopped_at: Some(held),
+                        };
+                    }
                 }
             }
         }
@@ -1171,7 +1198,14 @@ pub fn explore(c: &Config) -> Outcome {
         }
         level = next_level;
     }
-    Outcome { states: trail.len(), depth, violation: None }
+    Outcome { states: trail.len(), depth, violation: None, stopped_at: None }
+}
+
+/// This process's resident memory, bytes (`VmRSS` of `/proc/self/status`; `None` elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
 }
 
 #[cfg(test)]
@@ -1208,6 +1242,9 @@ mod tests {
         );
         if let Some((trace, why)) = &o.violation {
             println!("  violation: {why}\n  steps: {}", trace.join(" → "));
+        }
+        if let Some(held) = o.stopped_at {
+            println!("  stopped at {} MiB of memory, before the bounds were covered", held >> 20);
         }
     }
 
@@ -1546,6 +1583,18 @@ mod tests {
         }
     }
 
+    /// An exploration over its memory budget stops, says so, and claims no more than it
+    /// covered (the wider bounds of `make chaos` fail this way instead of being killed).
+    #[test]
+    fn an_exploration_over_its_memory_budget_stops_and_says_so() {
+        let o = explore_within(&TERMS, 1);
+        assert!(o.violation.is_none());
+        assert!(o.stopped_at.is_some_and(|held| held > 1), "{o:?}");
+        assert_eq!(o.states, 1 << 16, "it stops at its first look at the memory");
+        let whole = explore_within(&Config { faults: 0, layout_changes: 1, ..TERMS }, u64::MAX);
+        assert!(whole.stopped_at.is_none() && whole.states > 1, "{whole:?}");
+    }
+
     /// Wider bounds, from the environment (`make chaos` runs it): MEMRING_MODEL_WRITES,
     /// MEMRING_MODEL_CHANGES, MEMRING_MODEL_FAULTS, MEMRING_MODEL_BLIND (0/1),
     /// MEMRING_MODEL_JOIN (0: off, the default, as the fourth node makes the default bounds
@@ -1574,8 +1623,34 @@ mod tests {
                 _ => Membership::Fixed,
             },
         };
-        let o = explore(&c);
+        // Half the machine's memory unless told (MEMRING_MODEL_MAX_GIB): the memory is looked
+        // at between states, and growing the seen set or the trail doubles its table at once.
+        let budget = std::env::var("MEMRING_MODEL_MAX_GIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|gib| gib << 30)
+            .or_else(|| memory_total().map(|total| total / 2))
+            .unwrap_or(8 << 30);
+        let o = explore_within(&c, budget);
         report("terms, wider bounds", &c, &o);
         assert!(o.violation.is_none());
+        if o.stopped_at.is_some() {
+            // Breadth-first: every state fewer steps from the start than the level it stopped
+            // in was checked. That is the claim, and it must be a deep one.
+            let covered = o.depth.saturating_sub(1);
+            println!(
+                "  checked: every sequence of up to {covered} steps within these bounds (the \
+                 rest needs more than {} GiB here, MEMRING_MODEL_MAX_GIB)",
+                budget >> 30
+            );
+            assert!(covered >= 12, "only {covered} steps deep: give the model more memory");
+        }
+    }
+
+    /// The machine's memory, bytes (`MemTotal` of `/proc/meminfo`).
+    fn memory_total() -> Option<u64> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
     }
 }
