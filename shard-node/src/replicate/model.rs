@@ -1180,7 +1180,7 @@ pub fn explore_within(c: &Config, budget: u64) -> Outcome {
                 if seen.insert(fingerprint(&t)) {
                     next_level.push((trail.len() as u32, t));
                     trail.push((*at, Some(step)));
-                    if trail.len() % LOOK_EVERY == 0
+                    if trail.len().is_multiple_of(LOOK_EVERY)
                         && let Some(held) = resident_bytes().filter(|held| *held > budget)
                     {
                         return Outcome {
