@@ -1584,7 +1584,7 @@ mod tests {
     }
 
     /// An exploration over its memory budget stops, says so, and claims no more than it
-    /// covered (the wider bounds of `make chaos` fail this way instead of being killed).
+    /// covered (the wider bounds of `make chaos` stop this way instead of being killed).
     #[test]
     fn an_exploration_over_its_memory_budget_stops_and_says_so() {
         let o = explore_within(&TERMS, 1);
