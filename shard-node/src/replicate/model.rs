@@ -1203,8 +1203,13 @@ pub fn explore_within(c: &Config, budget: u64) -> Outcome {
 
 /// This process's resident memory, bytes (`VmRSS` of `/proc/self/status`; `None` elsewhere).
 fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    proc_bytes("/proc/self/status", "VmRSS:")
+}
+
+/// A `field` given in kB in the `/proc` file `file` (`None` where there is none), in bytes.
+fn proc_bytes(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kib = text.lines().find_map(|l| l.strip_prefix(field))?;
     kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
 }
 
@@ -1629,7 +1634,7 @@ mod tests {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .map(|gib| gib << 30)
-            .or_else(|| memory_total().map(|total| total / 2))
+            .or_else(|| proc_bytes("/proc/meminfo", "MemTotal:").map(|total| total / 2))
             .unwrap_or(8 << 30);
         let o = explore_within(&c, budget);
         report("terms, wider bounds", &c, &o);
@@ -1645,12 +1650,5 @@ mod tests {
             );
             assert!(covered >= 12, "only {covered} steps deep: give the model more memory");
         }
-    }
-
-    /// The machine's memory, bytes (`MemTotal` of `/proc/meminfo`).
-    fn memory_total() -> Option<u64> {
-        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kib = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
-        kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
     }
 }
